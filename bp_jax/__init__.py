@@ -1,0 +1,34 @@
+"""bp_jax: the documents' backpropagation as pure JAX functions over explicit parameter pytrees."""
+
+from bp_jax import manual
+from bp_jax._layers import (
+    ACTIVATIONS,
+    Linear,
+    Model,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Tanh,
+    neuron,
+    tiny_net,
+)
+from bp_jax._losses import loss_fn, mse, squared_error
+from bp_jax._steps import optax_step, sgd_step
+
+__all__ = [
+    "ACTIVATIONS",
+    "Linear",
+    "Model",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+    "loss_fn",
+    "manual",
+    "mse",
+    "neuron",
+    "optax_step",
+    "sgd_step",
+    "squared_error",
+    "tiny_net",
+]

@@ -1,0 +1,237 @@
+"""Models as pure functions over explicit parameter pytrees, in the style of stax.
+
+A `Model` is a NamedTuple of pure functions::
+
+    params = model.init(key)                  # PRNG key -> params pytree
+    y = model.apply(params, x)                # params, x -> y
+    y, backward = model.vjp(params, x)        # forward pass that keeps what the backward pass needs
+    grad_params, grad_x = backward(grad_y)    # hand-written chain rule: dL/dparams, dL/dx from dL/dy
+
+`vjp` is the layer's local derivative written by hand (no autodiff), used by `bp_jax.manual`; it is None
+for a model without one. Layers check their params and inputs at trace time and raise ValueError or
+TypeError naming the layer, the expected and the received shapes.
+"""
+
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+Array = jax.Array
+
+
+class Model(NamedTuple):
+    """`init(key) -> params`, `apply(params, x) -> y`, and optionally the hand-written `vjp`."""
+
+    init: Callable[[Array], Params]
+    apply: Callable[[Params, Array], Array]
+    vjp: Callable[[Params, Array], tuple[Array, Callable]] | None = None
+
+
+def _relu_derivative(z):
+    return (z > 0).astype(z.dtype)  # 0 at z == 0, as jax.nn.relu and torch.relu
+
+
+def _sigmoid_derivative(z):
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s)
+
+
+def _tanh_derivative(z):
+    return 1 - jnp.tanh(z) ** 2
+
+
+#: name -> (a, a'): each activation beside its hand-derived derivative.
+ACTIVATIONS: Mapping[str, tuple[Callable, Callable]] = {
+    "identity": (lambda z: z, jnp.ones_like),
+    "relu": (jax.nn.relu, _relu_derivative),
+    "sigmoid": (jax.nn.sigmoid, _sigmoid_derivative),
+    "tanh": (jnp.tanh, _tanh_derivative),
+}
+
+
+def activation(name: str) -> tuple[Callable, Callable]:
+    """(a, a') for an activation name; ValueError listing the known names otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def default_float():
+    """float64 under `jax.enable_x64`, float32 otherwise."""
+    return jnp.zeros(()).dtype
+
+
+def check_params(layer: str, params: Params, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise unless `params` is a mapping with exactly the keys and shapes in `shapes`."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{layer} expects params as a dict with keys {sorted(shapes)}, "
+                        f"got {type(params).__name__}")
+    if set(params) != set(shapes):
+        raise ValueError(f"{layer} expects params with keys {sorted(shapes)}, got {sorted(params)}")
+    for name, shape in shapes.items():
+        if jnp.shape(params[name]) != shape:
+            raise ValueError(f"{layer} expects {name} of shape {shape}, "
+                             f"got {jnp.shape(params[name])}")
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None) -> Model:
+    """Fully connected layer y = x·Wᵀ + b over any leading batch dims, as torch.nn.Linear.
+
+    Params `{"weight": (out, in), "bias": (out,)}` (PyTorch's layout), both drawn from
+    U(−1/√in, 1/√in) like nn.Linear. Backward: dW = dyᵀ·x, db = Σ dy, dx = dy·W.
+    """
+    _check_positive_int("in_features", in_features)
+    _check_positive_int("out_features", out_features)
+    name = f"Linear({in_features}, {out_features}{'' if bias else ', bias=False'})"
+    shapes = {"weight": (out_features, in_features)} | ({"bias": (out_features,)} if bias else {})
+
+    def init(key):
+        weight_key, bias_key = jax.random.split(key)
+        bound = 1 / in_features ** 0.5
+        draw = lambda k, shape: jax.random.uniform(k, shape, dtype or default_float(), -bound, bound)
+        params = {"weight": draw(weight_key, shapes["weight"])}
+        return params | ({"bias": draw(bias_key, (out_features,))} if bias else {})
+
+    def check_input(params, x):
+        check_params(name, params, shapes)
+        if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != in_features:
+            raise ValueError(f"{name} expects x with {in_features} features in its last axis, "
+                             f"got shape {jnp.shape(x)}")
+
+    def apply(params, x):
+        check_input(params, x)
+        y = x @ params["weight"].T
+        return y + jnp.broadcast_to(params["bias"], y.shape) if bias else y
+
+    def vjp(params, x):
+        y = apply(params, x)
+
+        def backward(dy):
+            dy_rows = dy.reshape(-1, out_features)
+            grads = {"weight": dy_rows.T @ x.reshape(-1, in_features)}
+            grads |= {"bias": dy_rows.sum(axis=0)} if bias else {}
+            return grads, dy @ params["weight"]
+
+        return y, backward
+
+    return Model(init, apply, vjp)
+
+
+def elementwise(name: str) -> Model:
+    """Parameter-free layer y = a(x) for an activation name; backward dx = dy·a'(x)."""
+    fn, derivative = activation(name)
+    layer = name.capitalize()
+
+    def apply(params, x):
+        check_params(layer, params, {})
+        return fn(x)
+
+    def vjp(params, x):
+        return apply(params, x), lambda dy: ({}, dy * derivative(x))
+
+    return Model(lambda key: {}, apply, vjp)
+
+
+def ReLU() -> Model:
+    """y = max(x, 0), with derivative 0 at 0 like torch.nn.ReLU."""
+    return elementwise("relu")
+
+
+def Sigmoid() -> Model:
+    """y = 1 / (1 + e^−x), derivative y·(1 − y)."""
+    return elementwise("sigmoid")
+
+
+def Tanh() -> Model:
+    """y = tanh(x), derivative 1 − y²."""
+    return elementwise("tanh")
+
+
+@contextmanager
+def _naming_layer(index: int):
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"Sequential layer {index}: {err}") from err
+
+
+def Sequential(*layers: Model) -> Model:
+    """Layers applied in order, as torch.nn.Sequential; params is a tuple with one entry per layer.
+
+    Backward applies each layer's hand-written backward in reverse order (the chain rule).
+    """
+    if not layers or not all(isinstance(layer, Model) for layer in layers):
+        raise TypeError(f"Sequential expects one or more Models, got {layers!r}")
+
+    def init(key):
+        return tuple(layer.init(k) for layer, k in zip(layers, jax.random.split(key, len(layers))))
+
+    def check_length(params):
+        if not isinstance(params, (tuple, list)) or len(params) != len(layers):
+            got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
+            raise ValueError(f"Sequential of {len(layers)} layers expects a tuple of {len(layers)} "
+                             f"params, got {got}")
+
+    def apply(params, x):
+        check_length(params)
+        for index, (layer, layer_params) in enumerate(zip(layers, params)):
+            with _naming_layer(index):
+                x = layer.apply(layer_params, x)
+        return x
+
+    def vjp(params, x):
+        check_length(params)
+        backwards = []
+        for index, (layer, layer_params) in enumerate(zip(layers, params)):
+            with _naming_layer(index):
+                x, layer_backward = layer.vjp(layer_params, x)
+            backwards.append(layer_backward)
+
+        def backward(dy):
+            grads = []
+            for layer_backward in reversed(backwards):
+                layer_grads, dy = layer_backward(dy)
+                grads.append(layer_grads)
+            return tuple(reversed(grads)), dy
+
+        return x, backward
+
+    return Model(init, apply, vjp if all(layer.vjp for layer in layers) else None)
+
+
+def neuron(activation_name: str = "identity") -> Model:
+    """The documents' single neuron y = a(w·x) with a scalar weight, params `{"w": ()}`.
+
+    init draws w ~ U(−1, 1), nn.Linear(1, 1, bias=False)'s distribution.
+    """
+    fn, _ = activation(activation_name)
+    name = f"neuron({activation_name!r})"
+
+    def apply(params, x):
+        check_params(name, params, {"w": ()})
+        return fn(params["w"] * x)
+
+    return Model(lambda key: {"w": jax.random.uniform(key, (), default_float(), -1, 1)}, apply)
+
+
+def tiny_net() -> Model:
+    """The documents' tiny network x → ·w1 → ReLU → ·w2 → y, params `{"w1": (), "w2": ()}`."""
+
+    def init(key):
+        w1, w2 = jax.random.uniform(key, (2,), default_float(), -1, 1)
+        return {"w1": w1, "w2": w2}
+
+    def apply(params, x):
+        check_params("tiny_net", params, {"w1": (), "w2": ()})
+        return params["w2"] * jax.nn.relu(params["w1"] * x)
+
+    return Model(init, apply)

@@ -1,0 +1,63 @@
+"""The documents' derivatives written out by hand: an independent reference for `jax.grad`.
+
+Nothing here calls jax autodiff. `neuron_grad` and `tiny_net_grads` are the documents' formulas;
+`value_and_grad` is the four-step algorithm for any Sequential of Linear, ReLU, Sigmoid and Tanh:
+a forward pass that keeps what each layer needs, the loss, then each layer's hand-written backward
+(`Model.vjp`) applied in reverse order.
+"""
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+
+from bp_jax._layers import Model, activation
+from bp_jax._losses import mse
+
+#: loss -> dL/dpred, written by hand.
+LOSS_GRADS: dict[Callable, Callable] = {
+    mse: lambda pred, target: 2 * (pred - target) / pred.size,
+}
+
+
+def neuron_grad(w, x, t, activation_name: str = "identity"):
+    """dL/dw = 2(y − t)·a'(w·x)·x for y = a(w·x), L = (y − t)²."""
+    a, a_prime = activation(activation_name)
+    w, x, t = (jnp.asarray(v) for v in (w, x, t))
+    z = w * x
+    return 2 * (a(z) - t) * a_prime(z) * x
+
+
+def tiny_net_grads(w1, w2, x, t) -> dict:
+    """Gradients of L = (y − t)² for y = w2·relu(w1·x), by the chain rule.
+
+    dL/dw2 = 2(y − t)·a1;  dL/dw1 = 2(y − t)·w2·relu'(z1)·x;  dL/dx = 2(y − t)·w2·relu'(z1)·w1.
+    """
+    relu, relu_prime = activation("relu")
+    w1, w2, x, t = (jnp.asarray(v) for v in (w1, w2, x, t))
+    z1 = w1 * x
+    a1 = relu(z1)
+    dL_dy = 2 * (w2 * a1 - t)
+    dL_dz1 = dL_dy * w2 * relu_prime(z1)
+    return {"w1": dL_dz1 * x, "w2": dL_dy * a1, "x": dL_dz1 * w1}
+
+
+def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
+    """`f(params, x, y) -> (loss, grads)` by a hand-written forward and backward pass.
+
+    Same contract as `jax.value_and_grad(loss_fn(model, loss))`; `loss` is one of LOSS_GRADS.
+    """
+    if model.vjp is None:
+        raise TypeError("manual.value_and_grad needs a model built from layers with hand-written "
+                        "derivatives (Sequential of Linear, ReLU, Sigmoid, Tanh)")
+    if loss not in LOSS_GRADS:
+        raise ValueError(f"manual.value_and_grad knows the derivatives of "
+                         f"{[f.__name__ for f in LOSS_GRADS]}, got {loss!r}")
+    loss_grad = LOSS_GRADS[loss]
+
+    def f(params, x, y):
+        pred, backward = model.vjp(params, x)   # steps 1–2: forward, keeping each layer's input
+        value = loss(pred, y)                   # step 3: loss
+        grads, _ = backward(loss_grad(pred, jnp.asarray(y)))  # step 4: chain rule, last layer first
+        return value, grads
+
+    return f

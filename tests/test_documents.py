@@ -1,0 +1,66 @@
+"""The seed documents' numbers, reproduced exactly (see shared/REFERENCE.md)."""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import bp_jax
+from bp_jax import manual
+
+X, W1, W2, TARGET = 2.0, 0.5, 1.5, 3.0
+
+
+def test_tiny_network_forward_values_and_loss():
+    params = {"w1": W1, "w2": W2}
+    z1 = W1 * X
+    assert z1 == 1.0
+    assert jax.nn.relu(z1) == 1.0
+    assert bp_jax.tiny_net().apply(params, X) == 1.5
+    assert bp_jax.loss_fn(bp_jax.tiny_net(), bp_jax.squared_error)(params, X, TARGET) == 2.25
+
+
+def test_tiny_network_gradients_from_jax_grad_and_by_hand():
+    loss = bp_jax.loss_fn(bp_jax.tiny_net(), bp_jax.squared_error)
+    grads, grad_x = jax.grad(loss, argnums=(0, 1))({"w1": W1, "w2": W2}, X, TARGET)
+    by_hand = manual.tiny_net_grads(W1, W2, X, TARGET)
+    assert (grads["w1"], grads["w2"], grad_x) == (-9.0, -3.0, -2.25)
+    assert (by_hand["w1"], by_hand["w2"], by_hand["x"]) == (-9.0, -3.0, -2.25)
+
+
+@pytest.mark.parametrize("name", ["identity", "relu", "sigmoid", "tanh"])
+def test_single_neuron_formula_is_the_documents(name):
+    w, x, t = 0.7, -1.3, 0.4
+    a = {"identity": lambda z: z, "relu": lambda z: max(z, 0.0),
+         "sigmoid": lambda z: 1 / (1 + jnp.exp(-z)), "tanh": jnp.tanh}[name]
+    # a'(z) by central difference: an independent check of the table's hand-written derivative.
+    z, h = w * x, 1e-3
+    a_prime = (a(z + h) - a(z - h)) / (2 * h)
+    expected = 2 * (a(z) - t) * a_prime * x
+    assert manual.neuron_grad(w, x, t, name) == pytest.approx(float(expected), rel=1e-3, abs=1e-6)
+
+
+def test_seed_mlp_layout_matches_nn_sequential():
+    model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
+    params = model.init(jax.random.key(0))
+    shapes = jax.tree.map(jnp.shape, params)
+    assert shapes == ({"weight": (5, 10), "bias": (5,)}, {}, {"weight": (1, 5), "bias": (1,)})
+    x = jax.random.normal(jax.random.key(1), (32, 10))
+    assert model.apply(params, x).shape == (32, 1)
+
+
+def test_seed_training_step_lowers_the_loss():
+    model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
+    keys = jax.random.split(jax.random.key(3), 3)
+    x, y = jax.random.normal(keys[1], (32, 10)), jax.random.normal(keys[2], (32, 1))
+    loss = bp_jax.loss_fn(model)
+    optimizer = optax.sgd(0.01)
+    params = model.init(keys[0])
+    step = bp_jax.optax_step(loss, optimizer)
+    state = optimizer.init(params)
+    losses = []
+    for _ in range(50):
+        params, state, value = step(params, state, x, y)
+        losses.append(float(value))
+    assert losses[-1] < losses[0]
+    assert all(later <= earlier + 1e-6 for earlier, later in zip(losses, losses[1:]))

@@ -1,0 +1,117 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bp_jax
+
+KEY = jax.random.key(0)
+
+
+def test_linear_matches_x_weight_transpose_plus_bias_over_leading_dims():
+    layer = bp_jax.Linear(4, 3)
+    params = layer.init(KEY)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, 4)))
+    expected = np.einsum("bni,oi->bno", x, params["weight"]) + np.asarray(params["bias"])
+    np.testing.assert_allclose(layer.apply(params, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_without_bias_has_only_a_weight():
+    layer = bp_jax.Linear(4, 3, bias=False)
+    params = layer.init(KEY)
+    assert set(params) == {"weight"}
+    x = jnp.ones((2, 4))
+    np.testing.assert_allclose(layer.apply(params, x), x @ params["weight"].T)
+
+
+def test_linear_init_is_uniform_within_one_over_sqrt_in_like_nn_linear():
+    params = bp_jax.Linear(64, 256).init(KEY)
+    bound = 1 / 8
+    for leaf in (params["weight"], params["bias"]):
+        assert float(jnp.abs(leaf).max()) <= bound
+    weight = np.asarray(params["weight"]).ravel()
+    # U(-b, b) has mean 0 and variance b²/3; 16384 draws pin both to a few percent.
+    assert abs(weight.mean()) < 0.05 * bound
+    assert weight.var() == pytest.approx(bound**2 / 3, rel=0.05)
+    assert float(jnp.abs(weight).max()) > 0.99 * bound
+    assert not np.allclose(np.asarray(params["bias"]), weight[:256])  # weight and bias use different keys
+
+
+def test_dtype_follows_x64_mode():
+    assert bp_jax.Linear(3, 2).init(KEY)["weight"].dtype == jnp.float32
+    with jax.enable_x64(True):
+        assert bp_jax.Linear(3, 2).init(KEY)["weight"].dtype == jnp.float64
+        assert bp_jax.neuron("tanh").init(KEY)["w"].dtype == jnp.float64
+    assert bp_jax.Linear(3, 2, dtype=jnp.bfloat16).init(KEY)["weight"].dtype == jnp.bfloat16
+
+
+def test_sequential_splits_the_key_once_per_layer():
+    model = bp_jax.Sequential(bp_jax.Linear(3, 3), bp_jax.Linear(3, 3))
+    first, second = model.init(KEY)
+    assert not np.allclose(first["weight"], second["weight"])
+    again = model.init(KEY)
+    np.testing.assert_array_equal(first["weight"], again[0]["weight"])
+
+
+@pytest.mark.parametrize("layer, fn", [
+    (bp_jax.ReLU(), lambda x: np.maximum(x, 0)),
+    (bp_jax.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+    (bp_jax.Tanh(), np.tanh),
+])
+def test_activation_layers_have_no_params_and_apply_elementwise(layer, fn):
+    x = np.linspace(-3, 3, 13, dtype=np.float32)
+    assert layer.init(KEY) == {}
+    np.testing.assert_allclose(layer.apply({}, x), fn(x), rtol=1e-6, atol=1e-7)
+
+
+def test_relu_derivative_at_zero_is_zero_like_torch():
+    _, backward = bp_jax.ReLU().vjp({}, jnp.zeros(3))
+    assert backward(jnp.ones(3))[1].tolist() == [0.0, 0.0, 0.0]
+    assert jax.grad(lambda x: bp_jax.ReLU().apply({}, x))(0.0) == 0.0
+
+
+# --- bad input: clear errors at trace time -----------------------------------------------------
+
+def test_wrong_feature_count_names_expected_and_actual():
+    layer = bp_jax.Linear(10, 5)
+    with pytest.raises(ValueError, match=r"Linear\(10, 5\) expects x with 10 features.*\(32, 7\)"):
+        layer.apply(layer.init(KEY), jnp.ones((32, 7)))
+    with pytest.raises(ValueError, match="10 features"):
+        jax.jit(layer.apply)(layer.init(KEY), jnp.ones((32, 7)))
+    with pytest.raises(ValueError, match=r"got shape \(\)"):
+        layer.apply(layer.init(KEY), jnp.float32(1.0))
+
+
+def test_params_that_do_not_match_the_model_name_the_layer():
+    model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
+    wrong = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(4, 1)).init(KEY)
+    with pytest.raises(ValueError, match=r"Sequential layer 2: Linear\(5, 1\) expects weight of shape \(1, 5\), got \(1, 4\)"):
+        model.apply(wrong, jnp.ones((2, 10)))
+    with pytest.raises(ValueError, match="expects a tuple of 3 params, got 2 entries"):
+        model.apply(wrong[:2], jnp.ones((2, 10)))
+    with pytest.raises(ValueError, match=r"Sequential layer 1: Relu expects params with keys \[\]"):
+        model.apply((wrong[0], {"w": 1.0}, wrong[2]), jnp.ones((2, 10)))
+    with pytest.raises(ValueError, match=r"keys \['bias', 'weight'\], got \['weight'\]"):
+        model.apply(({"weight": wrong[0]["weight"]}, {}, wrong[2]), jnp.ones((2, 10)))
+    with pytest.raises(TypeError, match="expects params as a dict"):
+        bp_jax.Linear(2, 2).apply([1, 2], jnp.ones(2))
+    with pytest.raises(ValueError, match=r"neuron\('relu'\) expects params with keys \['w'\]"):
+        bp_jax.neuron("relu").apply({"w1": 1.0}, 1.0)
+
+
+def test_unknown_activation_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown activation 'gelu'.*\['identity', 'relu', 'sigmoid', 'tanh'\]"):
+        bp_jax.neuron("gelu")
+
+
+@pytest.mark.parametrize("sizes", [(0, 3), (3, -1), (2.5, 3), (True, 3)])
+def test_linear_rejects_non_positive_int_sizes(sizes):
+    with pytest.raises(ValueError, match="must be a positive int"):
+        bp_jax.Linear(*sizes)
+
+
+def test_sequential_rejects_non_models():
+    with pytest.raises(TypeError, match="Sequential expects one or more Models"):
+        bp_jax.Sequential()
+    with pytest.raises(TypeError, match="Sequential expects one or more Models"):
+        bp_jax.Sequential(bp_jax.Linear(2, 2), jnp.tanh)
