@@ -12,19 +12,24 @@ from bp_jax._layers import (
     neuron,
     tiny_net,
 )
+from bp_jax._fit import FitResult, NonFiniteLoss, fit, minibatch_indices
 from bp_jax._losses import loss_fn, mse, squared_error
 from bp_jax._steps import optax_step, sgd_step
 
 __all__ = [
     "ACTIVATIONS",
+    "FitResult",
     "Linear",
     "Model",
+    "NonFiniteLoss",
     "ReLU",
     "Sequential",
     "Sigmoid",
     "Tanh",
+    "fit",
     "loss_fn",
     "manual",
+    "minibatch_indices",
     "mse",
     "neuron",
     "optax_step",

@@ -1,0 +1,138 @@
+"""The fused training loop: many steps compiled into one XLA program with `lax.scan`.
+
+Steps run in chunks of `chunk_size`; between chunks the host may report progress or checkpoint, with no
+per-step round trip. Minibatch order is a pure function of (key, step), so a run can stop anywhere and
+resume to the same params as an uninterrupted one.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bp_jax._steps import check_lr, check_optimizer, optax_update, sgd_update
+
+
+class FitResult(NamedTuple):
+    """Final `params` and `opt_state` (None for the hand-written SGD), the loss before each step
+    (`losses[i]` belongs to step `start_step + i`), and the number of steps taken in all."""
+
+    params: Any
+    opt_state: Any
+    losses: jax.Array
+    step: int
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Training produced a NaN or inf; `result` holds the last params whose loss and values were finite."""
+
+    def __init__(self, step: int, result: FitResult):
+        super().__init__(f"loss became non-finite at step {step}; stopped with the last finite params")
+        self.step = step
+        self.result = result
+
+
+def minibatch_indices(key: jax.Array, step, num_examples: int, batch_size: int) -> jax.Array:
+    """Rows of minibatch `step`: epoch e = step // (n // b) reads a fresh permutation drawn from
+    fold_in(key, e), slice (step mod n // b)·b, taking n // b full batches per epoch."""
+    batches_per_epoch = num_examples // batch_size
+    epoch, position = jnp.divmod(step, batches_per_epoch)
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    return jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+
+
+def _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size):
+    if (lr is None) == (optimizer is None):
+        raise ValueError("fit takes exactly one of lr (hand-written SGD) or optimizer (optax), "
+                         f"got lr={lr!r}, optimizer={optimizer!r}")
+    for name, value in (("steps", steps), ("chunk_size", chunk_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "chunk_size"):
+            raise ValueError(f"{name} must be a {'positive' if name == 'chunk_size' else 'non-negative'} "
+                             f"int, got {value!r}")
+    if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
+        raise ValueError(f"x and y must share their leading (example) axis, got shapes "
+                         f"{jnp.shape(x)} and {jnp.shape(y)}")
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(x):
+            raise ValueError(f"batch_size must be an int in [1, {len(x)}] (the number of examples), "
+                             f"got {batch_size!r}")
+        if key is None:
+            raise ValueError("fit needs a PRNG key to shuffle minibatches when batch_size is set")
+
+
+def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None = None, lr=None,
+        optimizer: optax.GradientTransformation | None = None, key: jax.Array | None = None,
+        opt_state=None, start_step: int = 0, chunk_size: int = 1000, unroll: int = 4,
+        on_chunk: Callable[[FitResult], None] | None = None) -> FitResult:
+    """Train for `steps` steps from `start_step`; returns a FitResult.
+
+    Exactly one of `lr` (w ← w − lr·g, as `sgd_step`) or `optimizer` (any optax GradientTransformation,
+    as `optax_step`; state from `optimizer.init` unless `opt_state` is given). Full batch when
+    `batch_size` is None, else the rows `minibatch_indices(key, step, len(x), batch_size)`.
+    Chunk boundaries fall on multiples of `chunk_size`; after each, `on_chunk(FitResult)` gets the state
+    so far with that chunk's losses.
+    A step whose loss or new params are not finite is not applied: fit raises NonFiniteLoss naming it,
+    carrying the last finite params. The caller's params are never donated.
+    """
+    _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size)
+    if optimizer is None:
+        lr, opt_state = check_lr(lr), None
+    else:
+        opt_state = check_optimizer(optimizer).init(params) if opt_state is None else opt_state
+    run_chunk = _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll)
+    state = jax.tree.map(jnp.copy, (params, opt_state))
+    step, end, losses = start_step, start_step + steps, []
+    while step < end:
+        length = min(end, (step // chunk_size + 1) * chunk_size) - step
+        state, chunk_losses, bad = run_chunk(state, x, y, key, jnp.asarray(step), length)
+        if int(bad) >= 0:
+            losses.append(chunk_losses[: int(bad) + 1])
+            raise NonFiniteLoss(step + int(bad), FitResult(*state, jnp.concatenate(losses), step + int(bad)))
+        losses.append(chunk_losses)
+        step += length
+        if on_chunk is not None:
+            on_chunk(FitResult(*state, chunk_losses, step))
+    return FitResult(*state, jnp.concatenate(losses) if losses else jnp.zeros(0), step)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+@functools.lru_cache(maxsize=32)  # so that repeated fits of the same problem reuse their compilation
+def _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll):
+    """jit of `length` steps under lax.scan; returns the new state, the losses, and the index of the
+    first non-finite step in the chunk (−1 if none), after which the state stays frozen."""
+    if optimizer is None:
+        update = sgd_update(loss_fn, lr)
+
+        def step_fn(params, opt_state, x, y):
+            params, loss = update(params, x, y)
+            return params, opt_state, loss
+    else:
+        step_fn = optax_update(loss_fn, optimizer)
+
+    @functools.partial(jax.jit, static_argnums=5, donate_argnums=0)
+    def run(state, x, y, key, first_step, length):
+        def body(carry, step):
+            state, bad = carry
+            if batch_size is None:
+                xb, yb = x, y
+            else:
+                rows = minibatch_indices(key, step, x.shape[0], batch_size)
+                xb, yb = x[rows], y[rows]
+            params, opt_state, loss = step_fn(*state, xb, yb)
+            new_state = (params, opt_state)
+            finite = jnp.isfinite(loss) & _all_finite(params) & (bad < 0)
+            state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+            bad = jnp.where((bad < 0) & ~finite, step - first_step, bad)
+            return (state, bad), loss
+
+        steps = first_step + jnp.arange(length)
+        (state, bad), losses = jax.lax.scan(body, (state, jnp.asarray(-1)), steps, unroll=unroll)
+        return state, losses, bad
+
+    return run
