@@ -1,0 +1,3 @@
+from bp_jax.cli import main
+
+raise SystemExit(main())

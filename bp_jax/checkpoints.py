@@ -1,0 +1,58 @@
+"""Checkpoints with orbax-checkpoint: params, optimizer state, step and data-order key, plus a JSON record.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a checkpoint is either
+whole or absent; a killed run leaves the previous one intact. Loading checks the record's config against
+the caller's and the arrays against the expected shapes, and refuses anything else with CheckpointError.
+"""
+
+from pathlib import Path
+
+import jax
+
+try:
+    import orbax.checkpoint as ocp
+except ImportError:  # pragma: no cover - exercised only without the cli extra
+    raise ImportError("checkpoints need orbax-checkpoint: pip install 'bp_jax[cli]'") from None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not match what is being resumed."""
+
+
+def manager(directory: Path, max_to_keep: int = 3) -> "ocp.CheckpointManager":
+    return ocp.CheckpointManager(
+        Path(directory).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False))
+
+
+def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict) -> None:
+    """Write `state` (a pytree of arrays) and the JSON `record` as checkpoint `step`."""
+    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   record=ocp.args.JsonSave(record)), force=True)
+    checkpoints.wait_until_finished()
+
+
+def latest_record(checkpoints: "ocp.CheckpointManager") -> tuple[int, dict]:
+    """(step, record) of the newest checkpoint; CheckpointError if there is none or it is unreadable."""
+    step = checkpoints.latest_step()
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {checkpoints.directory}")
+    try:
+        record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+    except Exception as err:  # orbax raises many types for a damaged directory
+        raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} is unreadable "
+                              f"(corrupt or truncated): {err}") from None
+    if not isinstance(record, dict) or "config" not in record:
+        raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} has no training record")
+    return step, record
+
+
+def restore(checkpoints: "ocp.CheckpointManager", step: int, like):
+    """The state of checkpoint `step`, which must have exactly the structure and shapes of `like`."""
+    target = jax.eval_shape(lambda: like)
+    try:
+        restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} does not match this model "
+                              f"and optimizer, or is corrupt: {str(err).splitlines()[0]}") from None
+    return restored["state"]

@@ -1,0 +1,215 @@
+"""The `bp-jax train` job: the seed MLP on real data, with progress, metrics, a loss curve and checkpoints.
+
+This is the edge of the library: it reads data, writes files and draws; the training itself is `fit`.
+"""
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import bp_jax
+from bp_jax import checkpoints, datasets
+
+OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = {
+    "sgd": None,  # the hand-written update w ← w − lr·g
+    "optax-sgd": optax.sgd,
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": optax.adam,
+}
+LAYERS = {"relu": bp_jax.ReLU, "sigmoid": bp_jax.Sigmoid, "tanh": bp_jax.Tanh}
+MAX_HISTORY_POINTS = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What defines a run; a resumed run must match it (steps excepted)."""
+
+    dataset: str = "diabetes"
+    hidden: tuple[int, ...] = (5,)
+    activation: str = "relu"
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    batch_size: int | None = 32
+    seed: int = 0
+
+
+class UsageError(ValueError):
+    """A bad command-line value; reported in one line."""
+
+
+def resumed_config(checkpoint_dir: Path, given: dict) -> Config:
+    """The Config a checkpoint was trained with; CheckpointError if a value in `given` differs."""
+    _, record = checkpoints.latest_record(checkpoints.manager(checkpoint_dir))
+    saved = Config(**record["config"] | {"hidden": tuple(record["config"]["hidden"])})
+    clash = [f"{name}={getattr(saved, name)!r}, not {value!r}" for name, value in given.items()
+             if getattr(saved, name) != value]
+    if clash:
+        raise checkpoints.CheckpointError(f"the checkpoint in {checkpoint_dir} was trained with "
+                                          + ", ".join(clash))
+    return saved
+
+
+def build_model(features: int, config: Config) -> bp_jax.Model:
+    """Linear(features, h1), act, …, Linear(hk, 1): the seed MLP for hidden = (5,) and relu."""
+    sizes = (features, *config.hidden, 1)
+    layers = []
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        layers += [bp_jax.Linear(fan_in, fan_out), LAYERS[config.activation]()]
+    return bp_jax.Sequential(*layers[:-1])
+
+
+def steps_per_epoch(n_train: int, batch_size: int | None) -> int:
+    return 1 if batch_size is None else n_train // batch_size
+
+
+def _chunk_size(checkpoint_every: int | None, steps: int) -> int:
+    """Chunks end on every checkpoint step and are short enough for a live progress bar."""
+    if checkpoint_every is None:
+        return max(1, min(500, steps))
+    return next(d for d in range(min(500, checkpoint_every), 0, -1) if checkpoint_every % d == 0)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"--out {out} is not writable: {err.strerror or err}") from None
+
+
+def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | None = None,
+        checkpoint_every: int | None = None, resume: Path | None = None,
+        progress: Callable | None = None) -> dict:
+    """Train, checkpoint and write metrics.json and loss_curve.png into `out`; returns the metrics.
+
+    `progress(step, total, loss)` is called between chunks. Raises UsageError for bad values,
+    CheckpointError for a checkpoint that cannot be resumed, NonFiniteLoss (after checkpointing the
+    last finite params and writing the metrics) if training diverges.
+    """
+    data = datasets.load(config.dataset, seed=config.seed)
+    n_train, features = data.x_train.shape
+    if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
+        raise UsageError(f"--batch-size must be between 1 and {n_train} (the training examples), "
+                         f"got {config.batch_size}")
+    total = steps if epochs is None else epochs * steps_per_epoch(n_train, config.batch_size)
+    model = build_model(features, config)
+    params_key, data_key = jax.random.split(jax.random.key(config.seed))
+    make_optimizer = OPTIMIZERS[config.optimizer]
+    optimizer = None if make_optimizer is None else make_optimizer(config.lr)
+    params = model.init(params_key)
+    state = {"params": params, "opt_state": None if optimizer is None else optimizer.init(params),
+             "key": jax.random.key_data(data_key)}
+    start, history, wall_before = 0, [], 0.0
+
+    if resume is not None:
+        step, record = checkpoints.latest_record(checkpoints.manager(resume))
+        resumed_config(resume, dataclasses.asdict(config))
+        state = checkpoints.restore(checkpoints.manager(resume), step, state)
+        start, history, wall_before = step, record["loss_history"], record["wall_time_s"]
+        total = record["total_steps"] if total is None else total
+        if total < start:
+            raise UsageError(f"the checkpoint is at step {start}; --steps must be at least that, got {total}")
+    if total is None or total < 0:
+        raise UsageError(f"steps must be a non-negative int, got {total}")
+
+    _check_writable(out)
+    manager = checkpoints.manager(out / "checkpoints")
+    if resume is None and manager.latest_step() is not None:
+        raise UsageError(f"{out} already holds checkpoints; pass --resume {out} to continue, or another --out")
+    stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    loss = bp_jax.loss_fn(model)
+    started = time.perf_counter()
+
+    def record():
+        return {"config": dataclasses.asdict(config), "total_steps": total, "loss_history": history,
+                "wall_time_s": wall_before + time.perf_counter() - started}
+
+    def save(result):
+        checkpoints.save(manager, result.step, {"params": result.params, "opt_state": result.opt_state,
+                                                "key": state["key"]}, record())
+
+    def extend_history(losses, first):
+        history.extend([s, float(v)] for s, v in enumerate(np.asarray(losses), first) if s % stride == 0)
+
+    completed = start
+
+    def on_chunk(result):
+        nonlocal completed
+        completed = result.step
+        extend_history(result.losses, result.step - len(result.losses))
+        if progress is not None:
+            progress(result.step, total, float(result.losses[-1]))
+        if (checkpoint_every and result.step % checkpoint_every == 0) or result.step == total:
+            save(result)
+
+    stopped = None
+    try:
+        result = bp_jax.fit(loss, state["params"], x, y, steps=total - start, batch_size=config.batch_size,
+                            lr=config.lr if optimizer is None else None, optimizer=optimizer,
+                            opt_state=state["opt_state"], key=jax.random.wrap_key_data(state["key"]),
+                            start_step=start, chunk_size=_chunk_size(checkpoint_every, total),
+                            on_chunk=on_chunk)
+    except bp_jax.NonFiniteLoss as diverged:
+        result, stopped = diverged.result, diverged
+        extend_history(result.losses[completed - start:], completed)
+        save(result)
+
+    metrics = _metrics(config, model, result.params, data, record(), start, result.step, stopped)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    _plot(history, metrics, out / "loss_curve.png")
+    if stopped is not None:
+        raise stopped
+    return metrics
+
+
+def _metrics(config, model, params, data, record, start, step, stopped) -> dict:
+    mse = lambda x, y: float(bp_jax.mse(model.apply(params, jnp.asarray(x)), jnp.asarray(y)))
+    mean_predictor = np.full_like(data.y_test, data.y_train.mean())
+    device = jax.devices()[0]
+    return {
+        **record,
+        "resumed_from_step": start,
+        "final_step": step,
+        "stopped": None if stopped is None else {"step": stopped.step, "reason": "non-finite loss"},
+        "train_mse": mse(data.x_train, data.y_train),
+        "held_out_mse": mse(data.x_test, data.y_test),
+        "baseline_held_out_mse": float(np.mean((mean_predictor - data.y_test) ** 2)),
+        "examples": {"train": len(data.x_train), "held_out": len(data.x_test),
+                     "features": data.x_train.shape[1]},
+        "device": f"{device.platform}: {device.device_kind}",
+        "jax": jax.__version__,
+    }
+
+
+def _plot(history, metrics, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("the loss curve needs matplotlib: pip install 'bp_jax[cli]'") from None
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
+    if history:
+        steps, losses = np.asarray(history).T
+        axes.plot(steps, losses, lw=1, label="training loss (minibatch MSE)")
+    axes.axhline(metrics["held_out_mse"], color="tab:green", ls="--", label="held-out MSE (final)")
+    axes.axhline(metrics["baseline_held_out_mse"], color="tab:red", ls=":", label="held-out MSE, mean predictor")
+    axes.set(xlabel="step", ylabel="MSE (standardised target)", yscale="log",
+             title=f"bp-jax train: {metrics['config']['dataset']}, hidden {metrics['config']['hidden']}, "
+                   f"{metrics['config']['optimizer']} lr {metrics['config']['lr']}")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
