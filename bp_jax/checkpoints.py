@@ -5,6 +5,8 @@ whole or absent; a killed run leaves the previous one intact. Loading checks the
 the caller's and the arrays against the expected shapes, and refuses anything else with CheckpointError.
 """
 
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -17,6 +19,28 @@ except ImportError:  # pragma: no cover - exercised only without the cli extra
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not match what is being resumed."""
+
+
+@contextmanager
+def _quiet_closed_event_loop():
+    """Orbax's reader threads report 'Event loop is closed' as unraisable errors after a failed read
+    of a damaged checkpoint; the failure itself is raised as CheckpointError, so drop that echo."""
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = default
+
+
+def _first_line(err: Exception, limit: int = 300) -> str:
+    line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return line if len(line) <= limit else line[:limit] + "…"
 
 
 def manager(directory: Path, max_to_keep: int = 3) -> "ocp.CheckpointManager":
@@ -38,10 +62,11 @@ def latest_record(checkpoints: "ocp.CheckpointManager") -> tuple[int, dict]:
     if step is None:
         raise CheckpointError(f"no checkpoint in {checkpoints.directory}")
     try:
-        record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+        with _quiet_closed_event_loop():
+            record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
     except Exception as err:  # orbax raises many types for a damaged directory
         raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} is unreadable "
-                              f"(corrupt or truncated): {err}") from None
+                              f"(corrupt or truncated): {_first_line(err)}") from None
     if not isinstance(record, dict) or "config" not in record:
         raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} has no training record")
     return step, record
@@ -51,8 +76,9 @@ def restore(checkpoints: "ocp.CheckpointManager", step: int, like):
     """The state of checkpoint `step`, which must have exactly the structure and shapes of `like`."""
     target = jax.eval_shape(lambda: like)
     try:
-        restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        with _quiet_closed_event_loop():
+            restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     except Exception as err:
         raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} does not match this model "
-                              f"and optimizer, or is corrupt: {str(err).splitlines()[0]}") from None
+                              f"and optimizer, or is corrupt: {_first_line(err)}") from None
     return restored["state"]

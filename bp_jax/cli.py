@@ -6,6 +6,7 @@ Bad values end with one line on stderr and exit status 2; a diverged run exits w
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 from bp_jax import datasets
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=_positive_int, help="passes over the training split (default 100)")
     train.add_argument("--batch-size", type=_batch_size, help="minibatch size, or 'full' (default 32)")
     train.add_argument("--seed", type=int, help="seeds the split, the init and the data order (default 0)")
-    train.add_argument("--out", type=Path, help="output directory (default runs/train, or the --resume directory)")
+    train.add_argument("--out", type=Path, help="output directory (default runs/DATASET-TIME, or the --resume directory)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="carry on from the newest checkpoint in DIR")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                        help="save every N steps (always at the end)")
@@ -91,12 +92,13 @@ def _train(args) -> int:
         given["batch_size"] = None
     resume = args.resume and args.resume / "checkpoints"
     config = train.Config(**given) if resume is None else train.resumed_config(resume, given)
-    out = args.out or args.resume or Path("runs/train")
+    out = args.out or args.resume or Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
 
     columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[rate]} steps/s"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("train", total=None, loss="…", rate="…")
 
         def progress(step, total, loss):

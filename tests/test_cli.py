@@ -1,0 +1,166 @@
+"""`bp-jax` end to end, each run in its own process as a user would run it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import jax
+
+
+def bp_jax_cli(*args, check=True, **kwargs):
+    result = subprocess.run([sys.executable, "-m", "bp_jax", *map(str, args)], capture_output=True,
+                            text=True, timeout=300, **kwargs)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    directory = run_dir / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
+def final_state(run_dir: Path):
+    """The newest checkpoint's arrays, restored without a template, as a flat list of numpy arrays."""
+    manager = ocp.CheckpointManager((run_dir / "checkpoints").absolute())
+    step = manager.latest_step()
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return step, [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
+
+
+def assert_same_state(a: Path, b: Path):
+    (step_a, leaves_a), (step_b, leaves_b) = final_state(a), final_state(b)
+    assert step_a == step_b
+    assert len(leaves_a) == len(leaves_b)
+    for left, right in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(left, right)
+
+
+def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    result = bp_jax_cli("train", "--out", out, "--epochs", 60, "--checkpoint-every", 300)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["hidden"] == [5] and metrics["config"]["dataset"] == "diabetes"
+    assert metrics["examples"] == {"train": 354, "held_out": 88, "features": 10}
+    assert metrics["final_step"] == 60 * (354 // 32)
+    assert metrics["held_out_mse"] < 0.8 * metrics["baseline_held_out_mse"]  # it learnt something
+    assert metrics["loss_history"][0][0] == 0 and len(metrics["loss_history"]) == metrics["final_step"]
+    assert metrics["device"].startswith(jax.default_backend())
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert checkpoint_steps(out) == [300, 600, 660]
+    assert "held-out MSE" in result.stdout and "mean predictor" in result.stdout
+
+
+@pytest.mark.parametrize("optimizer", ["optax-sgd", "momentum", "adam"])
+def test_each_optimizer_trains(tmp_path, optimizer):
+    bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--optimizer", optimizer,
+               "--hidden", "8,4", "--activation", "tanh", "--steps", 300, "--lr", 0.01)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    history = [loss for _, loss in metrics["loss_history"]]
+    assert np.mean(history[-30:]) < np.mean(history[:30])
+
+
+def test_resume_ends_with_the_params_of_an_uninterrupted_run(tmp_path):
+    args = ("--dataset", "synthetic", "--optimizer", "momentum", "--batch-size", 16, "--seed", 3)
+    bp_jax_cli("train", "--out", tmp_path / "whole", "--steps", 500, *args)
+    bp_jax_cli("train", "--out", tmp_path / "split", "--steps", 200, *args)
+    bp_jax_cli("train", "--resume", tmp_path / "split", "--steps", 500)
+    assert_same_state(tmp_path / "whole", tmp_path / "split")
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    split = json.loads((tmp_path / "split" / "metrics.json").read_text())
+    assert split["resumed_from_step"] == 200 and split["loss_history"] == whole["loss_history"]
+
+
+def test_sigkill_then_resume_loses_nothing_before_the_last_checkpoint(tmp_path):
+    killed, args = tmp_path / "killed", ("--dataset", "synthetic", "--seed", "1")
+    process = subprocess.Popen([sys.executable, "-m", "bp_jax", "train", "--out", str(killed),
+                                "--steps", "50000000", "--checkpoint-every", "2000", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while len(checkpoint_steps(killed)) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "training ended before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    last = checkpoint_steps(killed)[-1]
+    assert last % 2000 == 0 and last >= 4000
+    target = last + 1000
+    bp_jax_cli("train", "--resume", killed, "--steps", target)
+    bp_jax_cli("train", "--out", tmp_path / "whole", "--steps", target, *args)
+    assert_same_state(killed, tmp_path / "whole")
+
+
+def test_corrupt_truncated_or_mismatched_checkpoints_are_refused(tmp_path):
+    run = tmp_path / "run"
+    bp_jax_cli("train", "--out", run, "--dataset", "synthetic", "--steps", 50)
+    mismatched = bp_jax_cli("train", "--resume", run, "--hidden", 7, "--steps", 60, check=False)
+    assert mismatched.returncode == 2
+    assert "trained with hidden=(5,), not (7,)" in mismatched.stderr
+    other_optimizer = bp_jax_cli("train", "--resume", run, "--optimizer", "adam", check=False)
+    assert other_optimizer.returncode == 2 and "optimizer='sgd', not 'adam'" in other_optimizer.stderr
+
+    for data_file in (run / "checkpoints" / "50" / "state").rglob("*"):
+        if data_file.is_file() and data_file.stat().st_size > 0 and data_file.parent.name == "d":
+            data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
+    truncated = bp_jax_cli("train", "--resume", run, "--steps", 60, check=False)
+    assert truncated.returncode == 2 and "Traceback" not in truncated.stderr
+    assert "corrupt" in truncated.stderr and len(truncated.stderr.strip().splitlines()) == 1
+
+    (run / "checkpoints" / "50" / "record" / "metadata").write_text("{not json")
+    garbled = bp_jax_cli("train", "--resume", run, "--steps", 60, check=False)
+    assert garbled.returncode == 2 and "unreadable" in garbled.stderr
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path):
+    result = bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--lr", 1e6, "--steps", 500,
+                        check=False)
+    assert result.returncode == 1
+    step = int(result.stderr.split("non-finite at step ")[1].split(";")[0])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["stopped"] == {"step": step, "reason": "non-finite loss"}
+    saved_step, leaves = final_state(tmp_path)
+    assert saved_step == step and all(np.isfinite(leaf).all() for leaf in leaves)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+    (["--lr", "0"], "--lr: must be finite and > 0"),
+    (["--lr", "nan"], "--lr: must be finite and > 0"),
+    (["--hidden", "5,x"], "--hidden: expected comma-separated positive integers"),
+    (["--hidden", "0"], "--hidden: expected comma-separated positive integers"),
+    (["--batch-size", "0"], "--batch-size: expected a positive integer"),
+    (["--batch-size", "100000"], "--batch-size must be between 1 and 354"),
+    (["--steps", "10", "--epochs", "2"], "not allowed with argument"),
+    (["--out", "/proc/forbidden/run"], "is not writable"),
+    (["--resume", "/nonexistent/run"], "no checkpoint in"),
+])
+def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message):
+    result = bp_jax_cli("train", "--steps", 5, *args, check=False) if "--steps" not in args and "--epochs" not in args \
+        else bp_jax_cli("train", *args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path):
+    bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
+    again = bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20, check=False)
+    assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+
+
+def test_demo_prints_the_documents_numbers():
+    out = bp_jax_cli("demo", env={**os.environ, "COLUMNS": "120"}).stdout
+    for needle in ("-9.000000", "-3.000000", "-2.250000", "2.250000", "1.500000", "sigmoid", "tanh"):
+        assert needle in out
+    assert "model[0].weight" in out
