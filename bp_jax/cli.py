@@ -126,7 +126,7 @@ def _train(args) -> int:
         ("held-out MSE, mean predictor", f"{metrics['baseline_held_out_mse']:.4f}"),
         ("wall time", f"{metrics['wall_time_s']:.2f} s"),
         ("device", metrics["device"]),
-        ("written to", f"{out}/metrics.json, loss_curve.png, checkpoints/"),
+        ("written to", f"{out}/"),
     ]
     for name, value in rows:
         table.add_row(name, value)

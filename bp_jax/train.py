@@ -187,7 +187,8 @@ def _metrics(config, model, params, data, record, start, step, stopped) -> dict:
         "baseline_held_out_mse": float(np.mean((mean_predictor - data.y_test) ** 2)),
         "examples": {"train": len(data.x_train), "held_out": len(data.x_test),
                      "features": data.x_train.shape[1]},
-        "device": f"{device.platform}: {device.device_kind}",
+        "device": device.platform if device.device_kind == device.platform else
+                  f"{device.platform}: {device.device_kind}",
         "jax": jax.__version__,
     }
 
@@ -202,11 +203,14 @@ def _plot(history, metrics, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
     if history:
         steps, losses = np.asarray(history).T
-        axes.plot(steps, losses, lw=1, label="training loss (minibatch MSE)")
+        window = max(1, len(losses) // 50)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        axes.plot(steps, losses, lw=0.6, alpha=0.35, color="tab:blue", label="training loss (minibatch MSE)")
+        axes.plot(steps[window - 1:], smooth, lw=2, color="tab:blue", label=f"running mean of {window} steps")
     axes.axhline(metrics["held_out_mse"], color="tab:green", ls="--", label="held-out MSE (final)")
     axes.axhline(metrics["baseline_held_out_mse"], color="tab:red", ls=":", label="held-out MSE, mean predictor")
     axes.set(xlabel="step", ylabel="MSE (standardised target)", yscale="log",
-             title=f"bp-jax train: {metrics['config']['dataset']}, hidden {metrics['config']['hidden']}, "
+             title=f"bp-jax train: {metrics['config']['dataset']}, hidden {','.join(map(str, metrics['config']['hidden']))}, "
                    f"{metrics['config']['optimizer']} lr {metrics['config']['lr']}")
     axes.legend()
     axes.grid(alpha=0.3)
