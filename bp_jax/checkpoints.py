@@ -10,11 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import jax
-
-try:
-    import orbax.checkpoint as ocp
-except ImportError:  # pragma: no cover - exercised only without the cli extra
-    raise ImportError("checkpoints need orbax-checkpoint: pip install 'bp_jax[cli]'") from None
+import orbax.checkpoint as ocp
 
 
 class CheckpointError(ValueError):

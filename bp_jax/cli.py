@@ -142,12 +142,16 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bp_jax.checkpoints import CheckpointError
-    from bp_jax.train import UsageError
-
-    args = build_parser().parse_args(argv)
     try:
+        from bp_jax.checkpoints import CheckpointError
+        from bp_jax.train import UsageError
+
+        args = build_parser().parse_args(argv)
         return args.run(args)
-    except (UsageError, CheckpointError, ImportError, OSError) as err:
+    except ModuleNotFoundError as err:
+        missing = err.name.partition(".")[0]
+        print(f"bp-jax: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
+              file=sys.stderr)
+    except (UsageError, CheckpointError, OSError) as err:
         print(f"bp-jax {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return 2

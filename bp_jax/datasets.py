@@ -20,10 +20,8 @@ def load(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Split:
     """`diabetes`: scikit-learn's 442 patients × 10 features (shipped inside the package, no download).
     `synthetic`: 1000 rows of x ~ N(0, 1)¹⁰, y = sin(x·a) + 0.5·(x·b)² / 10 + noise, seeded."""
     if name == "diabetes":
-        try:
-            from sklearn.datasets import load_diabetes
-        except ImportError:
-            raise ImportError("the diabetes data needs scikit-learn: pip install 'bp_jax[cli]'") from None
+        from sklearn.datasets import load_diabetes
+
         x, y = load_diabetes(return_X_y=True)
     elif name == "synthetic":
         rng = np.random.default_rng(seed)

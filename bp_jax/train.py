@@ -48,6 +48,10 @@ class UsageError(ValueError):
 def resumed_config(checkpoint_dir: Path, given: dict) -> Config:
     """The Config a checkpoint was trained with; CheckpointError if a value in `given` differs."""
     _, record = checkpoints.latest_record(checkpoints.manager(checkpoint_dir))
+    return _matching_config(record, given, checkpoint_dir)
+
+
+def _matching_config(record: dict, given: dict, checkpoint_dir: Path) -> Config:
     saved = Config(**record["config"] | {"hidden": tuple(record["config"]["hidden"])})
     clash = [f"{name}={getattr(saved, name)!r}, not {value!r}" for name, value in given.items()
              if getattr(saved, name) != value]
@@ -112,9 +116,10 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
     start, history, wall_before = 0, [], 0.0
 
     if resume is not None:
-        step, record = checkpoints.latest_record(checkpoints.manager(resume))
-        resumed_config(resume, dataclasses.asdict(config))
-        state = checkpoints.restore(checkpoints.manager(resume), step, state)
+        manager = checkpoints.manager(resume)
+        step, record = checkpoints.latest_record(manager)
+        _matching_config(record, dataclasses.asdict(config), resume)
+        state = checkpoints.restore(manager, step, state)
         start, history, wall_before = step, record["loss_history"], record["wall_time_s"]
         total = record["total_steps"] if total is None else total
         if total < start:
@@ -194,12 +199,11 @@ def _metrics(config, model, params, data, record, start, step, stopped) -> dict:
 
 
 def _plot(history, metrics, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("the loss curve needs matplotlib: pip install 'bp_jax[cli]'") from None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
     if history:
         steps, losses = np.asarray(history).T

@@ -164,3 +164,11 @@ def test_demo_prints_the_documents_numbers():
     for needle in ("-9.000000", "-3.000000", "-2.250000", "2.250000", "1.500000", "sigmoid", "tanh"):
         assert needle in out
     assert "model[0].weight" in out
+
+
+def test_a_missing_extra_is_named_with_the_install_command():
+    code = "import sys; sys.modules['rich'] = None; from bp_jax.cli import main; sys.exit(main(['demo']))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("bp-jax: error: rich is missing; the command needs its extra: "
+                                     "pip install 'bp_jax[cli]'")
