@@ -43,11 +43,11 @@ def to_jax(tensor):
 def build(spec, seed, batch):
     """(torch module, bp_jax model, x, y) for an architecture, weights and data drawn by torch."""
     torch.manual_seed(seed)
-    module = nn.Sequential(*(getattr(nn, name)(*args) for name, *args in spec)).to(torch_dtype())
+    module = nn.Sequential(*(getattr(nn, name)(*args) for name, *args in spec))
     model = bp_jax.Sequential(*(getattr(bp_jax, name)(*args) for name, *args in spec))
-    x = torch.randn(batch, spec[0][1], dtype=torch_dtype())
-    y = torch.randn(batch, [layer for layer in spec if layer[0] == "Linear"][-1][2], dtype=torch_dtype())
-    return module, model, x, y
+    x = torch.randn(batch, spec[0][1])
+    y = torch.randn(batch, [layer for layer in spec if layer[0] == "Linear"][-1][2])
+    return module.to(torch_dtype()), model, x.to(torch_dtype()), y.to(torch_dtype())  # same draws in both
 
 
 def torch_grads(module):
