@@ -24,6 +24,7 @@ except ImportError as err:
 from bp_jax._layers import Model, Params
 
 PARAMETER_FREE = (nn.ReLU, nn.Sigmoid, nn.Tanh)
+SUPPORTED = "supported: nn.Sequential, nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh"
 
 
 def _to_jax(tensor: torch.Tensor) -> jax.Array:
@@ -38,7 +39,7 @@ def _module_params(module: nn.Module, where: str) -> Params:
     if isinstance(module, PARAMETER_FREE):
         return {}
     raise TypeError(f"layer {where.rstrip('.') or '(top)'} is {type(module).__name__}, which bp_jax has no "
-                    f"layer for; supported: nn.Sequential, nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh")
+                    f"layer for; {SUPPORTED}")
 
 
 def _state_dict_params(state_dict: Mapping, num_layers: int | None) -> Params:
@@ -118,8 +119,7 @@ def _pairs(params: Params, module: nn.Module, where: str) -> list[tuple[torch.Te
         return [pair for index, (layer_params, layer) in enumerate(zip(params, module))
                 for pair in _pairs(layer_params, layer, f"{where}{index}.")]
     if not isinstance(module, (nn.Linear, *PARAMETER_FREE)):
-        raise TypeError(f"{name}: bp_jax has no layer for it; supported: nn.Sequential, nn.Linear, "
-                        f"nn.ReLU, nn.Sigmoid, nn.Tanh")
+        raise TypeError(f"{name}: bp_jax has no layer for it; {SUPPORTED}")
     tensors = dict(module.named_parameters())
     if not isinstance(params, Mapping) or set(params) != set(tensors):
         got = sorted(params) if isinstance(params, Mapping) else type(params).__name__

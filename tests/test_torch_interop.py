@@ -170,3 +170,12 @@ def test_import_bp_jax_does_not_import_torch_but_from_torch_does():
             "print(before, 'torch' in sys.modules, 'from_torch' in bp_jax.__all__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True", "True"]
+
+
+def test_without_torch_star_import_works_and_from_torch_says_what_to_install():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from bp_jax import *\n"
+            "import bp_jax\n"
+            "try:\n    bp_jax.from_torch\nexcept ImportError as err:\n    print(err)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "bp_jax.from_torch and bp_jax.to_torch need PyTorch: pip install 'bp_jax[torch]'"
