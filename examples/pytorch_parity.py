@@ -14,6 +14,7 @@ from torch import nn
 import bp_jax
 
 jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 on GPUs, as torch's default
+torch.set_num_threads(1)  # tiny matrices: more threads only spin against JAX's
 
 STEPS = 200
 
