@@ -1,4 +1,10 @@
-"""bp_jax: the documents' backpropagation as pure JAX functions over explicit parameter pytrees."""
+"""bp_jax: the documents' backpropagation as pure JAX functions over explicit parameter pytrees.
+
+`from_torch` and `to_torch` live in the edge module `bp_jax.torch_interop`, imported on first access:
+`import bp_jax` never imports torch.
+"""
+
+import importlib.util
 
 from bp_jax import manual
 from bp_jax._layers import (
@@ -37,3 +43,15 @@ __all__ = [
     "squared_error",
     "tiny_net",
 ]
+
+_TORCH_INTEROP = ("from_torch", "to_torch")
+if importlib.util.find_spec("torch") is not None:  # keeps `from bp_jax import *` working without torch
+    __all__ += _TORCH_INTEROP
+
+
+def __getattr__(name: str):
+    if name in _TORCH_INTEROP:
+        from bp_jax import torch_interop
+
+        return getattr(torch_interop, name)
+    raise AttributeError(f"module 'bp_jax' has no attribute {name!r}")

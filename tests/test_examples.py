@@ -42,3 +42,18 @@ def test_training_step_lowers_the_loss_and_both_steps_agree():
     assert hand == via_optax
     assert hand[-1] < hand[0]
     assert float(re.search(r"max \|hand - optax\| over all params: (\S+)", out).group(1)) < 1e-5
+
+
+def test_pytorch_parity_prints_small_differences_for_every_quantity():
+    pytest.importorskip("torch", reason="the parity example runs PyTorch: pip install 'bp_jax[torch]'")
+    out = run("pytorch_parity.py")
+    tables = re.split(r"\n\n", out.strip())
+    assert len(tables) == 5, out
+    for table in tables:
+        title, header, *rows = table.splitlines()
+        tolerance = 1e-10 if "float64" in title else 1e-5
+        assert len(rows) >= 4, table
+        for row in rows:
+            torch_value, bp_jax_value, difference = map(float, row.split()[-3:])
+            assert difference < tolerance and abs(torch_value - bp_jax_value) < 10 * tolerance, row
+    assert "dL/dw1                    -9.000000000000    -9.000000000000    0.00e+00" in out

@@ -1,0 +1,147 @@
+"""PyTorch interop, the one edge module that imports torch: weights in and out of nn.Sequential.
+
+    params = from_torch(torch_model)              # nn.Sequential -> params for the matching bp_jax.Sequential
+    params = from_torch(state_dict, model=model)  # {"0.weight": ..., "2.bias": ...} -> the same
+    to_torch(params, torch_model)                 # writes params into the module in place, returns it
+
+Layers map one to one: nn.Linear -> {"weight": (out, in), "bias": (out,)} (PyTorch's layout, no transposes;
+no "bias" for bias=False), nn.ReLU, nn.Sigmoid, nn.Tanh -> {}, nn.Sequential -> a tuple with one entry per
+layer. Any other module is a TypeError naming its place and type. Values are copied, never shared.
+"""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+try:
+    import torch
+    from torch import nn
+except ImportError as err:
+    raise ImportError("bp_jax.from_torch and bp_jax.to_torch need PyTorch: pip install 'bp_jax[torch]'") from err
+
+from bp_jax._layers import Model, Params
+
+PARAMETER_FREE = (nn.ReLU, nn.Sigmoid, nn.Tanh)
+SUPPORTED = "supported: nn.Sequential, nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh"
+
+
+def _to_jax(tensor: torch.Tensor) -> jax.Array:
+    return jnp.array(tensor.detach().cpu().numpy())  # jnp.array copies: later in-place torch updates don't leak in
+
+
+def _module_params(module: nn.Module, where: str) -> Params:
+    if isinstance(module, nn.Sequential):
+        return tuple(_module_params(layer, f"{where}{index}.") for index, layer in enumerate(module))
+    if isinstance(module, nn.Linear):
+        return {name: _to_jax(tensor) for name, tensor in module.named_parameters()}
+    if isinstance(module, PARAMETER_FREE):
+        return {}
+    raise TypeError(f"layer {where.rstrip('.') or '(top)'} is {type(module).__name__}, which bp_jax has no "
+                    f"layer for; {SUPPORTED}")
+
+
+def _state_dict_params(state_dict: Mapping, num_layers: int | None) -> Params:
+    layers: dict[int, dict] = {}
+    for key, tensor in state_dict.items():
+        index, dot, name = key.partition(".")
+        if not (index.isdigit() and dot and name in ("weight", "bias")):
+            raise ValueError(f"state_dict key {key!r} is not '<layer index>.weight' or '<layer index>.bias', "
+                             f"the keys of a flat nn.Sequential of nn.Linear and activations")
+        layers.setdefault(int(index), {})[name] = _to_jax(tensor)
+    if num_layers is None:
+        num_layers = max(layers, default=-1) + 1
+    elif layers and max(layers) >= num_layers:
+        raise ValueError(f"state_dict has layer {max(layers)} but the model has {num_layers} layers")
+    return tuple(layers.get(index, {}) for index in range(num_layers))
+
+
+def _shapes(tree):
+    return jax.tree.map(jnp.shape, tree)
+
+
+def _expected_shapes(model: Model):
+    return _shapes(jax.eval_shape(model.init, jax.random.key(0)))
+
+
+def _check_against(params: Params, expected) -> None:
+    """ValueError naming the first layer whose keys or shapes differ from the model's."""
+    got = _shapes(params)
+    if isinstance(expected, tuple) and isinstance(got, tuple):
+        if len(got) != len(expected):
+            raise ValueError(f"torch gives {len(got)} layers but the model has {len(expected)}")
+        for index, (got_layer, expected_layer) in enumerate(zip(got, expected)):
+            if got_layer != expected_layer:
+                raise ValueError(f"layer {index}: torch gives params of shapes {got_layer}, "
+                                 f"the model expects {expected_layer}")
+    elif got != expected:
+        raise ValueError(f"torch gives params of shapes {got}, the model expects {expected}")
+
+
+def from_torch(module_or_state_dict: nn.Module | Mapping, model: Model | None = None) -> Params:
+    """Params for the bp_jax model matching a torch module or an nn.Sequential's state_dict.
+
+    Args:
+      module_or_state_dict: an nn.Sequential (possibly nested) of nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh,
+        one such layer, or an nn.Sequential's `state_dict()` (keys "<index>.weight", "<index>.bias").
+      model: the matching bp_jax model. When given, every layer's keys and shapes are checked against
+        `jax.eval_shape(model.init, key)` and a mismatch is a ValueError naming the layer index. A state_dict
+        says nothing about parameter-free layers: without `model` it yields `{}` for each missing index up to
+        the highest one present, so a trailing activation (Linear, ReLU, Linear, Sigmoid) needs `model`.
+
+    Returns:
+      The params pytree: a tuple for nn.Sequential, a dict per layer, arrays in PyTorch's layout and dtype
+      (float64 stays float64 only under `jax.enable_x64`; otherwise JAX stores float32). Always copies.
+    """
+    expected = None if model is None else _expected_shapes(model)
+    if isinstance(module_or_state_dict, nn.Module):
+        params = _module_params(module_or_state_dict, "")
+    elif isinstance(module_or_state_dict, Mapping):
+        if expected is not None and not isinstance(expected, tuple):
+            raise TypeError("from_torch(state_dict, model) needs a bp_jax.Sequential model")
+        params = _state_dict_params(module_or_state_dict, None if expected is None else len(expected))
+    else:
+        raise TypeError(f"from_torch expects an nn.Module or a state_dict, "
+                        f"got {type(module_or_state_dict).__name__}")
+    if expected is not None:
+        _check_against(params, expected)
+    return params
+
+
+def _pairs(params: Params, module: nn.Module, where: str) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """(module tensor, new value) for every parameter, every shape checked before anything is written."""
+    name = f"layer {where.rstrip('.') or '(top)'} ({type(module).__name__})"
+    if isinstance(module, nn.Sequential):
+        if not isinstance(params, (tuple, list)) or len(params) != len(module):
+            got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
+            raise ValueError(f"{name} has {len(module)} layers but params has {got}")
+        return [pair for index, (layer_params, layer) in enumerate(zip(params, module))
+                for pair in _pairs(layer_params, layer, f"{where}{index}.")]
+    if not isinstance(module, (nn.Linear, *PARAMETER_FREE)):
+        raise TypeError(f"{name}: bp_jax has no layer for it; {SUPPORTED}")
+    tensors = dict(module.named_parameters())
+    if not isinstance(params, Mapping) or set(params) != set(tensors):
+        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"{name} expects params with keys {sorted(tensors)}, got {got}")
+    pairs = []
+    for key, tensor in tensors.items():
+        value = np.array(params[key])  # a writable copy, as torch.from_numpy wants
+        if value.shape != tuple(tensor.shape):
+            raise ValueError(f"{name} {key}: module has shape {tuple(tensor.shape)}, params have {value.shape}")
+        pairs.append((tensor, value))
+    return pairs
+
+
+def to_torch(params: Params, module: nn.Module) -> nn.Module:
+    """Copy bp_jax params into `module`'s parameters in place (under torch.no_grad) and return the module.
+
+    The inverse of `from_torch`: the same layers and layout. Each tensor keeps the module's dtype and device.
+    Every layer is checked before anything is written: a missing key or a value of another shape is a
+    ValueError naming the layer and both shapes, and leaves the module untouched.
+    """
+    pairs = _pairs(params, module, "")
+    with torch.no_grad():
+        for tensor, value in pairs:
+            tensor.copy_(torch.from_numpy(value))  # casts to the tensor's dtype and device
+    return module
