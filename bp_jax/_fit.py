@@ -35,13 +35,16 @@ class NonFiniteLoss(FloatingPointError):
         self.result = result
 
 
+def _epoch_order(key: jax.Array, epoch, num_examples: int) -> jax.Array:
+    return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+
+
 def minibatch_indices(key: jax.Array, step, num_examples: int, batch_size: int) -> jax.Array:
     """Rows of minibatch `step`: epoch e = step // (n // b) reads a fresh permutation drawn from
     fold_in(key, e), slice (step mod n // b)·b, taking n // b full batches per epoch."""
-    batches_per_epoch = num_examples // batch_size
-    epoch, position = jnp.divmod(step, batches_per_epoch)
-    order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-    return jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+    epoch, position = jnp.divmod(step, num_examples // batch_size)
+    return jax.lax.dynamic_slice_in_dim(_epoch_order(key, epoch, num_examples), position * batch_size,
+                                        batch_size)
 
 
 def _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size):
@@ -117,17 +120,25 @@ def _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll):
 
     @functools.partial(jax.jit, static_argnums=5, donate_argnums=0)
     def run(state, x, y, key, first_step, length):
+        num_examples = x.shape[0]
+        if batch_size is not None:  # the permutations of every epoch this chunk touches, drawn once
+            batches_per_epoch = num_examples // batch_size
+            first_epoch = first_step // batches_per_epoch
+            epochs = first_epoch + jnp.arange((length - 1) // batches_per_epoch + 2)
+            orders = jax.vmap(lambda epoch: _epoch_order(key, epoch, num_examples))(epochs)
+
         def body(carry, step):
             state, bad = carry
             if batch_size is None:
                 xb, yb = x, y
-            else:
-                rows = minibatch_indices(key, step, x.shape[0], batch_size)
+            else:  # the rows of minibatch_indices(key, step, num_examples, batch_size)
+                epoch, position = jnp.divmod(step, batches_per_epoch)
+                rows = jax.lax.dynamic_slice(orders, (epoch - first_epoch, position * batch_size),
+                                             (1, batch_size))[0]
                 xb, yb = x[rows], y[rows]
             params, opt_state, loss = step_fn(*state, xb, yb)
-            new_state = (params, opt_state)
             finite = jnp.isfinite(loss) & _all_finite(params) & (bad < 0)
-            state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+            state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state), state)
             bad = jnp.where((bad < 0) & ~finite, step - first_step, bad)
             return (state, bad), loss
 
