@@ -1,0 +1,39 @@
+"""A suite's record: measured rows, and what was skipped with the reason (a failure never stops the run)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+try:
+    from benchmarks import torch_baselines
+    TORCH_MISSING = None
+except ImportError as error:  # torch is optional: its rows become recorded skips
+    torch_baselines, TORCH_MISSING = None, f"torch is not importable ({error})"
+
+
+@dataclass
+class SuiteRecord:
+    rows: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append({"name": name, "reason": reason})
+
+    def attempt(self, name: str, measure: Callable[[], dict], **fields) -> dict | None:
+        """Append `{name, **fields, **measure()}`; on an exception record a skip naming it instead."""
+        try:
+            row = {"name": name, **fields, **measure()}
+        except Exception as error:  # a baseline that fails to build (e.g. torch.compile) is a result too
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            self.skip(name, f"failed: {type(error).__name__}: {message}"[:300])
+            return None
+        self.rows.append(row)
+        return row
+
+    def needs_torch(self, name: str) -> bool:
+        """True if torch is there; else records the skip."""
+        if torch_baselines is None:
+            self.skip(name, TORCH_MISSING)
+        return torch_baselines is not None
+
+    def as_dict(self, **extra) -> dict:
+        return {"rows": self.rows, "skipped": self.skipped, **extra}
