@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 import bp_jax
 from benchmarks.problems import param_count
 from benchmarks.records import SuiteRecord
-from benchmarks.timing import time_per_step
+from benchmarks.timing import Timer, time_interleaved
 
 BATCH = 32
 FD_BLOCK = 256
@@ -55,8 +55,9 @@ def run(smoke: bool) -> dict:
     record = SuiteRecord()
     for width in widths(smoke, jax.devices()[0].platform):
         n, flat, functions = _methods(width)
-        times = {method: time_per_step(lambda f=f: f(flat), repeats=repeats, calls_per_repeat=None)
-                 for method, f in functions.items()}
+        timers = {method: Timer(lambda f=f: f(flat), calls_per_repeat=None).warm_up()
+                  for method, f in functions.items()}
+        times = time_interleaved(timers, repeats=repeats)
         reverse, forward_mode = functions[METHODS[1]](flat), functions[METHODS[2]](flat)
         record.rows.append({
             "name": f"MLP {width} → {width} → 1", "width": width, "params": n, "per_call_s": times,

@@ -31,3 +31,15 @@ def param_count(params) -> int:
 
 def param_bytes(params) -> int:
     return sum(leaf.nbytes for leaf in jax.tree.leaves(params))
+
+
+def chained(step, state: list, x, y):
+    """A call running `step(*state, x, y) -> (*state, loss)` on the state the previous call returned
+    (bp_jax's steps donate it); returns the loss, left on the device."""
+
+    def call():
+        nonlocal state
+        *state, loss = step(*state, x, y)
+        return loss
+
+    return call

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 try:
     from benchmarks import torch_baselines
@@ -19,15 +20,20 @@ class SuiteRecord:
         self.skipped.append({"name": name, "reason": reason})
 
     def attempt(self, name: str, measure: Callable[[], dict], **fields) -> dict | None:
-        """Append `{name, **fields, **measure()}`; on an exception record a skip naming it instead."""
+        """Append `{name, **fields, **measure()}` as a row; on an exception, record a skip instead."""
+        row = self.guarded(name, lambda: {"name": name, **fields, **measure()})
+        if row is not None:
+            self.rows.append(row)
+        return row
+
+    def guarded(self, name: str, action: Callable[[], Any]) -> Any:
+        """`action()`, or None and a recorded skip with the reason if it raises."""
         try:
-            row = {"name": name, **fields, **measure()}
+            return action()
         except Exception as error:  # a baseline that fails to build (e.g. torch.compile) is a result too
             message = str(error).strip().splitlines()[0] if str(error).strip() else ""
             self.skip(name, f"failed: {type(error).__name__}: {message}"[:300])
             return None
-        self.rows.append(row)
-        return row
 
     def needs_torch(self, name: str) -> bool:
         """True if torch is there; else records the skip."""

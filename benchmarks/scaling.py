@@ -2,19 +2,21 @@
 
 FLOPs per step follow the usual convention, 3 × the forward matmuls = 3 · 2 · (2·b·w²) = 12·b·w²; the
 step really executes 10·b·w² (no gradient is taken for x, so the first layer's dx is never computed).
-`pct_of_matmul` compares with a bare (b × w) @ (w × w) matmul timed in this run on the same dtype.
+`pct_of_matmul` compares with a bare (b × w) @ (w × w) matmul of the same dtype, timed in turns with the step.
 Memory: XLA's compiled memory analysis of the donating step beside the same step without donation, and
 the device's `peak_bytes_in_use` (a process-wide high-water mark) where the backend reports it.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 import bp_jax
 from bp_jax._steps import sgd_update  # the unjitted step, to compile it with and without donation
-from benchmarks.problems import mlp_problem, param_bytes
+from benchmarks.problems import chained, mlp_problem, param_bytes
 from benchmarks.records import SuiteRecord, torch_baselines
-from benchmarks.timing import time_per_step
+from benchmarks.timing import Timer, time_interleaved
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -43,77 +45,73 @@ def _peak_bytes_in_use() -> int | None:
     return stats.get("peak_bytes_in_use") if stats else None
 
 
-def _chained_step(step, params, x, y):
-    def call():
-        nonlocal params
-        params, loss = step(params, x, y)
-        return loss
-
-    return call
-
-
-def _mlp_step_row(width: int, batch: int, dtype_name: str, repeats: int) -> dict:
-    model, params, x, y = mlp_problem((width, width, width), batch, DTYPES[dtype_name])
-    update = sgd_update(bp_jax.loss_fn(model), lr=0.01)
+def _donation_memory(update, params, x, y) -> dict:
     memory = {"params_bytes": param_bytes(params)}
     for donate, label in ((0, "donating"), ((), "not_donating")):
         memory[label] = _footprint(jax.jit(update, donate_argnums=donate).lower(params, x, y).compile())
-    step = bp_jax.sgd_step(bp_jax.loss_fn(model), lr=0.01)
-    timing = time_per_step(_chained_step(step, params, x, y), repeats=repeats, calls_per_repeat=None)
-    memory["device_peak_bytes_in_use"] = _peak_bytes_in_use()
-    return {"per_step_s": timing, "tflops": _step_tflops(width, batch, timing), "memory": memory}
+    return memory
 
 
-def _step_tflops(width: int, batch: int, timing: dict) -> float:
-    return 12 * batch * width ** 2 / timing["median"] / 1e12
+def _measure_size(record: SuiteRecord, width: int, batch: int, dtype_name: str, repeats: int,
+                  torch_too: bool, smoke: bool) -> None:
+    """Rows for one size: bare matmul, bp_jax step (and PyTorch's steps if `torch_too`), timed in turns."""
+    dtype = DTYPES[dtype_name]
+    timers = {}  # name -> (framework, Timer)
 
+    def add(name: str, framework: str, make_timer) -> None:
+        timer = record.guarded(f"{name} {width}x{batch} {dtype_name}", lambda: make_timer().warm_up())
+        if timer is not None:
+            timers[name] = framework, timer
 
-def _matmul_row(width: int, batch: int, dtype_name: str, repeats: int) -> dict:
-    keys = jax.random.split(jax.random.key(1))
-    a = jax.random.normal(keys[0], (batch, width), DTYPES[dtype_name])
-    b = jax.random.normal(keys[1], (width, width), DTYPES[dtype_name])
+    a_key, b_key = jax.random.split(jax.random.key(1))
+    a, b = jax.random.normal(a_key, (batch, width), dtype), jax.random.normal(b_key, (width, width), dtype)
     matmul = jax.jit(jnp.matmul)
-    timing = time_per_step(lambda: matmul(a, b), repeats=repeats, calls_per_repeat=None)
-    return {"per_call_s": timing, "tflops": 2 * batch * width ** 2 / timing["median"] / 1e12}
+    add("bare matmul", "xla", lambda: Timer(lambda: matmul(a, b), calls_per_repeat=None))
 
+    model, params, x, y = mlp_problem((width, width, width), batch, dtype)
+    memory = _donation_memory(sgd_update(bp_jax.loss_fn(model), lr=0.01), params, x, y)
+    step = bp_jax.sgd_step(bp_jax.loss_fn(model), lr=0.01)
+    add("bp_jax sgd_step", "bp_jax", lambda: Timer(chained(step, [params], x, y), calls_per_repeat=None))
 
-def _torch_rows(record: SuiteRecord, width: int, batch: int, dtype_name: str, repeats: int, smoke: bool):
-    import torch  # only reached when torch_baselines imported, so torch is there
+    if torch_too:
+        import torch  # torch_baselines imported, so torch is there
 
-    problem = {"sizes": (width, width, width), "batch": batch, "dtype": getattr(torch, dtype_name)}
-    shape = {"width": width, "batch": batch, "dtype": dtype_name, "framework": "torch"}
-    builders = [("torch eager (no .item())", lambda: torch_baselines.eager_step(item=False, **problem))]
-    if smoke:
-        record.skip(f"torch.compile {width}x{batch} {dtype_name}", "not run in --smoke")
-    else:
-        builders.append(("torch.compile", lambda: torch_baselines.compiled_step(**problem)))
-    for name, build in builders:
-        def measure():
-            timing = time_per_step(build(), repeats=repeats, calls_per_repeat=None, warmup=3,
-                                   sync=torch_baselines.sync)
-            return {"per_step_s": timing, "tflops": _step_tflops(width, batch, timing)}
+        problem = {"sizes": (width, width, width), "batch": batch, "dtype": getattr(torch, dtype_name)}
+        torch_steps = {"torch eager (no .item())": functools.partial(torch_baselines.eager_step, item=False)}
+        if smoke:
+            record.skip(f"torch.compile {width}x{batch} {dtype_name}", "not run in --smoke")
+        else:
+            torch_steps["torch.compile"] = torch_baselines.compiled_step
+        for name, make_step in torch_steps.items():
+            add(name, "torch", lambda: Timer(make_step(**problem), calls_per_repeat=None, warmup=3,
+                                             sync=torch_baselines.sync))
 
-        record.attempt(name, measure, **shape)
+    timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)
+    matmul_tflops = "bare matmul" in timings and 2 * batch * width ** 2 / timings["bare matmul"]["median"] / 1e12
+    for name, (framework, _) in timers.items():
+        row = {"name": name, "framework": framework, "width": width, "batch": batch, "dtype": dtype_name,
+               "per_step_s": timings[name]}
+        if name == "bare matmul":
+            record.rows.append(row | {"tflops": matmul_tflops})
+            continue
+        row["tflops"] = 12 * batch * width ** 2 / timings[name]["median"] / 1e12
+        row["pct_of_matmul"] = matmul_tflops and 100 * row["tflops"] / matmul_tflops
+        if framework == "bp_jax":
+            row["memory"] = memory | {"device_peak_bytes_in_use": _peak_bytes_in_use()}
+        record.rows.append(row)
 
 
 def run(smoke: bool) -> dict:
     platform = jax.devices()[0].platform
     repeats = 3 if smoke else 7
     widths, batches = sizes(smoke, platform)
-    record, matmuls = SuiteRecord(), {}
+    record = SuiteRecord()
     for dtype_name in DTYPES:
+        torch_here = record.needs_torch(f"torch MLP step {dtype_name}")
         for width in widths:
             for batch in batches:
-                shape = {"width": width, "batch": batch, "dtype": dtype_name}
-                matmuls[width, batch, dtype_name] = record.attempt(
-                    "bare matmul", lambda: _matmul_row(width, batch, dtype_name, repeats), **shape)
-                record.attempt("bp_jax sgd_step", lambda: _mlp_step_row(width, batch, dtype_name, repeats),
-                               framework="bp_jax", **shape)
-        if record.needs_torch(f"torch MLP step {dtype_name}"):
-            _torch_rows(record, widths[-1], batches[-1], dtype_name, repeats, smoke)
-    for row in record.rows:
-        matmul = matmuls.get((row["width"], row["batch"], row["dtype"]))
-        if row["name"] != "bare matmul" and matmul:
-            row["pct_of_matmul"] = 100 * row["tflops"] / matmul["tflops"]
+                largest = (width, batch) == (widths[-1], batches[-1])
+                _measure_size(record, width, batch, dtype_name, repeats, torch_here and largest, smoke)
     return record.as_dict(flops_per_step="12·batch·width² (3 × forward)", platform=platform,
-                          memory_stats="available" if _peak_bytes_in_use() is not None else "not available")
+                          memory_stats="available" if _peak_bytes_in_use() is not None else "not available",
+                          repeats="interleaved per size: one of each per round")

@@ -1,7 +1,7 @@
 """Suite 1, the seed step (10 → 5 → 1, batch 32, float32): the documents' PyTorch against bp_jax.
 
 Rows give seconds per training step; `speedup_vs_torch_eager` is the documents' train_step's median
-over the row's median, both measured in this run.
+over the row's median, both measured in this run, their repeats interleaved.
 """
 
 import functools
@@ -11,27 +11,21 @@ import jax.numpy as jnp
 import optax
 
 import bp_jax
-from benchmarks.problems import SEED_BATCH, SEED_SIZES, mlp_problem
+from benchmarks.problems import SEED_BATCH, SEED_SIZES, chained, mlp_problem
 from benchmarks.records import SuiteRecord, torch_baselines
-from benchmarks.timing import time_per_step
+from benchmarks.timing import Timer, time_interleaved
 
 TORCH_EAGER = "torch eager: the documents' train_step (.item())"
 CUDA_GRAPH = "torch CUDA-graph replay of the whole step"
 FIT = "bp_jax fit, fused lax.scan (unroll=4, chunk 1000)"
 
 
-def _chained(step, state, x, y):
-    """A call that runs `step` on the state the previous call returned (the steps donate it)."""
-
-    def call():
-        nonlocal state
-        *state, loss = step(*state, x, y)
-        return loss
-
-    return call
+def _fit_name(unroll: int) -> str:
+    return FIT.replace("unroll=4", f"unroll={unroll}")
 
 
 def run(smoke: bool) -> dict:
+    """Every step is warmed up first, then all are timed in turns (see `time_interleaved`)."""
     repeats = 3 if smoke else 15
     calls = 20 if smoke else 500  # one Python call per step
     fit_steps = 200 if smoke else 20_000
@@ -39,12 +33,18 @@ def run(smoke: bool) -> dict:
     model, params, x, y = mlp_problem(SEED_SIZES, SEED_BATCH)
     loss = bp_jax.loss_fn(model)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    timers = {}  # name -> (framework, Timer)
+
+    def add(name: str, framework: str, make_timer) -> None:
+        timer = record.guarded(name, lambda: make_timer().warm_up())
+        if timer is not None:
+            timers[name] = framework, timer
 
     if record.needs_torch("torch"):
         torch_rows = [(TORCH_EAGER, torch_baselines.eager_step, None),
                       ("torch eager, without .item()",
                        functools.partial(torch_baselines.eager_step, item=False), None)]
-        if torch_baselines.device().type == "cpu":  # one thread: what a PyTorch expert sets for a tiny model on a CPU
+        if torch_baselines.device().type == "cpu":  # one thread: what a PyTorch expert sets for a tiny model
             torch_rows.append(("torch eager, the documents' train_step, torch.set_num_threads(1)",
                                torch_baselines.eager_step, 1))
         if smoke:
@@ -56,29 +56,28 @@ def run(smoke: bool) -> dict:
         else:
             record.skip(CUDA_GRAPH, "no CUDA device")
         for name, make_step, thread_count in torch_rows:
-            with torch_baselines.threads(thread_count):
-                record.attempt(name, lambda: {"per_step_s": time_per_step(
-                    make_step(), repeats=repeats, calls_per_repeat=calls, warmup=calls,
-                    sync=torch_baselines.sync)}, framework="torch")
+            around = functools.partial(torch_baselines.threads, thread_count)
+            add(name, "torch", lambda: Timer(make_step(), calls_per_repeat=calls, warmup=calls,
+                                             sync=torch_baselines.sync, around=around))
 
     sgd = bp_jax.sgd_step(loss, lr=0.01)
-    record.attempt("bp_jax sgd_step, one call per step", lambda: {"per_step_s": time_per_step(
-        _chained(sgd, [copy(params)], x, y), repeats=repeats, calls_per_repeat=calls, warmup=calls)},
-        framework="bp_jax")
+    add("bp_jax sgd_step, one call per step", "bp_jax",
+        lambda: Timer(chained(sgd, [copy(params)], x, y), calls_per_repeat=calls, warmup=calls))
     optimizer = optax.sgd(0.01)
     optax_sgd = bp_jax.optax_step(loss, optimizer)
-    record.attempt("bp_jax optax_step (optax.sgd), one call per step", lambda: {"per_step_s": time_per_step(
-        _chained(optax_sgd, [copy(params), optimizer.init(params)], x, y), repeats=repeats,
-        calls_per_repeat=calls, warmup=calls)}, framework="bp_jax")
+    add("bp_jax optax_step (optax.sgd), one call per step", "bp_jax",
+        lambda: Timer(chained(optax_sgd, [copy(params), optimizer.init(params)], x, y),
+                      calls_per_repeat=calls, warmup=calls))
     for unroll in (4,) if smoke else (1, 4, 16):
-        name = FIT if unroll == 4 else f"bp_jax fit, fused lax.scan (unroll={unroll}, chunk 1000)"
-        fused = lambda unroll=unroll: bp_jax.fit(loss, params, x, y, steps=fit_steps, lr=0.01,
-                                                 chunk_size=1000, unroll=unroll).losses
-        record.attempt(name, lambda: {"per_step_s": time_per_step(
-            fused, repeats=repeats, steps_per_call=fit_steps)}, framework="bp_jax")
+        fused = functools.partial(bp_jax.fit, loss, params, x, y, steps=fit_steps, lr=0.01, chunk_size=1000,
+                                  unroll=unroll)
+        add(_fit_name(unroll), "bp_jax",
+            lambda: Timer(lambda fused=fused: fused().losses, steps_per_call=fit_steps))
 
-    eager = next((row for row in record.rows if row["name"] == TORCH_EAGER), None)
-    for row in record.rows:
-        row["speedup_vs_torch_eager"] = eager and eager["per_step_s"]["median"] / row["per_step_s"]["median"]
+    timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)
+    eager = timings.get(TORCH_EAGER)
+    for name, (framework, _) in timers.items():
+        record.rows.append({"name": name, "framework": framework, "per_step_s": timings[name],
+                            "speedup_vs_torch_eager": eager and eager["median"] / timings[name]["median"]})
     return record.as_dict(problem={"sizes": SEED_SIZES, "batch": SEED_BATCH, "dtype": "float32",
-                                   "fit_steps_per_call": fit_steps})
+                                   "fit_steps_per_call": fit_steps, "repeats": "interleaved, one of each per round"})
