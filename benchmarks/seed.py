@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 import bp_jax
+from bp_jax._steps import sgd_update  # the unjitted update, for the bare-scan diagnostic
 from benchmarks.problems import SEED_BATCH, SEED_SIZES, chained, mlp_problem
 from benchmarks.records import SuiteRecord, torch_baselines
 from benchmarks.timing import Timer, time_interleaved
@@ -18,6 +19,7 @@ from benchmarks.timing import Timer, time_interleaved
 TORCH_EAGER = "torch eager: the documents' train_step (.item())"
 CUDA_GRAPH = "torch CUDA-graph replay of the whole step"
 FIT = "bp_jax fit, fused lax.scan (unroll=4, chunk 1000)"
+BARE_SCAN = "diagnostic: bare lax.scan of the SGD update (unroll=4; no finite guard, no chunks)"
 
 
 def _fit_name(unroll: int) -> str:
@@ -73,6 +75,10 @@ def run(smoke: bool) -> dict:
                                   unroll=unroll)
         add(_fit_name(unroll), "bp_jax",
             lambda: Timer(lambda fused=fused: fused().losses, steps_per_call=fit_steps))
+
+    bare_scan = jax.jit(lambda params: jax.lax.scan(lambda params, _: sgd_update(loss, 0.01)(params, x, y),
+                                                     params, length=fit_steps, unroll=4)[1])
+    add(BARE_SCAN, "bp_jax", lambda: Timer(lambda: bare_scan(params), steps_per_call=fit_steps))
 
     timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)
     eager = timings.get(TORCH_EAGER)

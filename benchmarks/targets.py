@@ -77,16 +77,17 @@ def evaluate(results: dict, platform: str) -> list[dict]:
         targets.append(_target(text, "gpu", None, None, gpu_reason if not on_gpu else "a row is missing"))
 
     grad_rows = sorted(results.get("grad", {}).get("rows", []), key=lambda row: row["params"])
-    if grad_rows:
-        worst = max(row["ratio_to_forward"]["reverse (jax.grad)"] for row in grad_rows)
-        targets.append(_target("Reverse-mode gradient ≤ 4× the forward time at every size", "any",
-                               f"at most {worst:.2f}× over n = {grad_rows[0]['params']}…{grad_rows[-1]['params']}",
-                               worst <= 4))
-        for method in ("forward mode (jax.jacfwd)", "central finite differences"):
-            slope = _growth_slope(grad_rows, method)
-            targets.append(_target(f"{method} grows with the parameter count", "any",
-                                   f"log-log slope {slope:.2f} over the three largest sizes", slope >= 0.5))
-    else:
-        targets.append(_target("Reverse-mode gradient ≤ 4× the forward time at every size", "any", None, None,
-                               "grad suite not run"))
+    reverse_text = "Reverse-mode gradient ≤ 4× the forward time at every size"
+    growth_text = "{} grows with the parameter count"
+    growing = ("forward mode (jax.jacfwd)", "central finite differences")
+    if not grad_rows:
+        return targets + [_target(text, "any", None, None, "grad suite not run")
+                          for text in (reverse_text, *map(growth_text.format, growing))]
+    worst = max(row["ratio_to_forward"]["reverse (jax.grad)"] for row in grad_rows)
+    targets.append(_target(reverse_text, "any", f"at most {worst:.2f}× over n = {grad_rows[0]['params']}…"
+                           f"{grad_rows[-1]['params']}", worst <= 4))
+    for method in growing:
+        slope = _growth_slope(grad_rows, method)
+        targets.append(_target(growth_text.format(method), "any",
+                               f"log-log slope {slope:.2f} over the three largest sizes", slope >= 0.5))
     return targets
