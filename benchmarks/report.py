@@ -116,12 +116,12 @@ def _plot(results: dict, out: Path) -> list[str]:
         dtypes = sorted({row["dtype"] for row in rows})
         figure, all_axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
         for axes, dtype in zip(all_axes[0], dtypes):
-            for batch in sorted({row["batch"] for row in rows}):
+            for index, batch in enumerate(sorted({row["batch"] for row in rows})):
                 for name, style in (("bp_jax sgd_step", "-o"), ("bare matmul", "--x")):
                     points = sorted((row["width"], row["tflops"]) for row in rows
                                     if row["name"] == name and row["dtype"] == dtype and row["batch"] == batch)
                     if points:
-                        axes.plot(*zip(*points), style, label=f"{name}, batch {batch}")
+                        axes.plot(*zip(*points), style, color=f"C{index}", label=f"{name}, batch {batch}")
             axes.set(xscale="log", yscale="log", xlabel="width", ylabel="TFLOP/s", title=dtype)
             axes.legend(fontsize=7)
         written.append(_save(figure, out / "scaling.png"))
