@@ -17,6 +17,10 @@ def _spread(timing: dict) -> str:
     return f"{_time(timing['q25'])} – {_time(timing['q75'])}"
 
 
+def _mib(size: int | None, missing: str = "–") -> str:
+    return missing if size is None else f"{size / 2**20:.3g}"
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows), ""]
@@ -54,11 +58,9 @@ def _scaling_section(suite: dict) -> list[str]:
                       _spread(row["per_step_s"]), f"{row['tflops']:.3g}",
                       f"{bare['tflops']:.3g}" if bare else "–",
                       f"{row['pct_of_matmul']:.0f}%" if row.get("pct_of_matmul") else "–",
-                      f"{memory['params_bytes'] / 2**20:.3g}",
-                      f"{memory['donating']['bytes'] / 2**20:.3g}" if memory["donating"]["bytes"] else "–",
-                      f"{memory['not_donating']['bytes'] / 2**20:.3g}" if memory["not_donating"]["bytes"] else "–",
-                      f"{memory['device_peak_bytes_in_use'] / 2**20:.4g}"
-                      if memory["device_peak_bytes_in_use"] else "not available"])
+                      _mib(memory["params_bytes"]), _mib(memory["donating"]["bytes"]),
+                      _mib(memory["not_donating"]["bytes"]),
+                      _mib(memory["device_peak_bytes_in_use"], missing="not available")])
     others = [[row["name"], row["dtype"], row["width"], row["batch"], _time(row["per_step_s"]["median"]),
                f"{row['tflops']:.3g}", f"{row['pct_of_matmul']:.0f}%" if row.get("pct_of_matmul") else "–"]
               for row in suite["rows"] if row.get("framework") == "torch"]
@@ -157,7 +159,7 @@ def write(results: dict, out: Path) -> None:
              f"load average at start {', '.join(f'{load:.2f}' for load in machine['load_average_1_5_15'])}. "
              f"Command: `{results['command']}`.", ""]
     if results["smoke"]:
-        lines += ["**Smoke run**: tiny sizes and few repeats, to check the runner works. These are not results.", ""]
+        lines += ["**Smoke run**: tiny sizes and few repeats, to check that the runner works. Not results.", ""]
     lines += ["## Targets", "",
               *_table(["target", "device", "measured", "status"],
                       [[t["target"], t["device"], t["measured"], t["status"]] for t in results["targets"]])]

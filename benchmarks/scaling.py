@@ -87,7 +87,8 @@ def _measure_size(record: SuiteRecord, width: int, batch: int, dtype_name: str, 
                                              sync=torch_baselines.sync))
 
     timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)
-    matmul_tflops = "bare matmul" in timings and 2 * batch * width ** 2 / timings["bare matmul"]["median"] / 1e12
+    matmul_tflops = (2 * batch * width ** 2 / timings["bare matmul"]["median"] / 1e12
+                     if "bare matmul" in timings else None)
     for name, (framework, _) in timers.items():
         row = {"name": name, "framework": framework, "width": width, "batch": batch, "dtype": dtype_name,
                "per_step_s": timings[name]}
@@ -95,7 +96,7 @@ def _measure_size(record: SuiteRecord, width: int, batch: int, dtype_name: str, 
             record.rows.append(row | {"tflops": matmul_tflops})
             continue
         row["tflops"] = 12 * batch * width ** 2 / timings[name]["median"] / 1e12
-        row["pct_of_matmul"] = matmul_tflops and 100 * row["tflops"] / matmul_tflops
+        row["pct_of_matmul"] = 100 * row["tflops"] / matmul_tflops if matmul_tflops else None
         if framework == "bp_jax":
             row["memory"] = memory | {"device_peak_bytes_in_use": _peak_bytes_in_use()}
         record.rows.append(row)

@@ -76,8 +76,9 @@ def run(smoke: bool) -> dict:
         add(_fit_name(unroll), "bp_jax",
             lambda: Timer(lambda fused=fused: fused().losses, steps_per_call=fit_steps))
 
-    bare_scan = jax.jit(lambda params: jax.lax.scan(lambda params, _: sgd_update(loss, 0.01)(params, x, y),
-                                                     params, length=fit_steps, unroll=4)[1])
+    update = sgd_update(loss, 0.01)
+    bare_scan = jax.jit(lambda params: jax.lax.scan(lambda params, _: update(params, x, y), params,
+                                                     length=fit_steps, unroll=4)[1])
     add(BARE_SCAN, "bp_jax", lambda: Timer(lambda: bare_scan(params), steps_per_call=fit_steps))
 
     timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)
@@ -86,4 +87,5 @@ def run(smoke: bool) -> dict:
         record.rows.append({"name": name, "framework": framework, "per_step_s": timings[name],
                             "speedup_vs_torch_eager": eager and eager["median"] / timings[name]["median"]})
     return record.as_dict(problem={"sizes": SEED_SIZES, "batch": SEED_BATCH, "dtype": "float32",
-                                   "fit_steps_per_call": fit_steps, "repeats": "interleaved, one of each per round"})
+                                   "fit_steps_per_call": fit_steps},
+                          repeats="interleaved: one of each per round")
