@@ -1,0 +1,170 @@
+"""Writes a run's record: results.json, README.md (tables and targets) and PNG plots."""
+
+import json
+from pathlib import Path
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _spread(timing: dict) -> str:
+    return f"{_time(timing['q25'])} – {_time(timing['q75'])}"
+
+
+def _mib(size: int | None, missing: str = "–") -> str:
+    return missing if size is None else f"{size / 2**20:.3g}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows), ""]
+
+
+def _skipped(suite: dict) -> list[str]:
+    lines = [f"- skipped **{skip['name']}**: {skip['reason']}" for skip in suite["skipped"]]
+    return lines + [""] if lines else []
+
+
+def _seed_section(suite: dict) -> list[str]:
+    rows = [[row["name"], _time(row["per_step_s"]["median"]), _spread(row["per_step_s"]),
+             f"{_time(row['per_step_s']['min'])} – {_time(row['per_step_s']['max'])}",
+             f"{row['speedup_vs_torch_eager']:.1f}×" if row["speedup_vs_torch_eager"] else "–"]
+            for row in suite["rows"]]
+    problem = suite["problem"]
+    return ["## 1. Seed step", "",
+            f"{' → '.join(map(str, problem['sizes']))}, batch {problem['batch']}, {problem['dtype']}. Time per "
+            f"training step, median over repeats with the interquartile range; speedup = the documents' "
+            f"train_step's median / the row's, in this run. fit: {problem['fit_steps_per_call']} steps per "
+            f"call, compile excluded.", "",
+            *_table(["step", "median / step", "IQR", "min – max", "speedup vs documents' train_step"], rows),
+            *_skipped(suite)]
+
+
+def _scaling_section(suite: dict) -> list[str]:
+    bp_rows = [row for row in suite["rows"] if row["name"] == "bp_jax sgd_step"]
+    matmul = {(row["width"], row["batch"], row["dtype"]): row for row in suite["rows"]
+              if row["name"] == "bare matmul"}
+    table = []
+    for row in bp_rows:
+        bare = matmul.get((row["width"], row["batch"], row["dtype"]))
+        memory = row["memory"]
+        table.append([row["dtype"], row["width"], row["batch"], _time(row["per_step_s"]["median"]),
+                      _spread(row["per_step_s"]), f"{row['tflops']:.3g}",
+                      f"{bare['tflops']:.3g}" if bare else "–",
+                      f"{row['pct_of_matmul']:.0f}%" if row.get("pct_of_matmul") else "–",
+                      _mib(memory["params_bytes"]), _mib(memory["donating"]["bytes"]),
+                      _mib(memory["not_donating"]["bytes"]),
+                      _mib(memory["device_peak_bytes_in_use"], missing="not available")])
+    others = [[row["name"], row["dtype"], row["width"], row["batch"], _time(row["per_step_s"]["median"]),
+               f"{row['tflops']:.3g}", f"{row['pct_of_matmul']:.0f}%" if row.get("pct_of_matmul") else "–"]
+              for row in suite["rows"] if row.get("framework") == "torch"]
+    return ["## 2. Scaling", "",
+            f"MLP width → width → width (ReLU), jitted `sgd_step` one call per step. FLOPs per step = "
+            f"{suite['flops_per_step']}; the step executes 5/6 of that (no dx for the first layer). % of matmul = "
+            f"step TFLOP/s over a bare (batch × width) @ (width × width) matmul's in this run. Memory: XLA's "
+            f"compiled footprint (arguments + outputs − donated aliases + temporaries) with and without "
+            f"donation, and the device's peak bytes in use (process high-water mark; {suite['memory_stats']} "
+            f"here).", "",
+            *_table(["dtype", "width", "batch", "median / step", "IQR", "TFLOP/s", "matmul TFLOP/s",
+                     "% of matmul", "params MiB", "XLA MiB donating", "XLA MiB not donating",
+                     "device peak MiB"], table),
+            *(["PyTorch on the largest size of each dtype:", "",
+               *_table(["step", "dtype", "width", "batch", "median / step", "TFLOP/s", "% of matmul"], others)]
+              if others else []),
+            *_skipped(suite)]
+
+
+def _grad_section(suite: dict) -> list[str]:
+    methods = list(suite["rows"][0]["per_call_s"]) if suite["rows"] else []
+    rows = [[row["params"], *(_time(row["per_call_s"][method]["median"]) for method in methods),
+             *(f"{row['ratio_to_forward'][method]:.3g}" for method in methods[1:])] for row in suite["rows"]]
+    return ["## 3. One backward pass instead of one computation per parameter", "",
+            f"MLP w → w → 1 (tanh), batch {suite['batch']}, {suite['dtype']}, every function jitted, one call "
+            f"timed (dispatch included: at small sizes every method sits on the same few-µs floor). Finite "
+            f"differences: central, 2n forward passes via {suite['finite_differences']}.", "",
+            *_table(["params n", *methods, *(f"{method} / forward" for method in methods[1:])], rows),
+            *_skipped(suite)]
+
+
+def _plot(results: dict, out: Path) -> list[str]:
+    """PNG files written (none where matplotlib is missing)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    suites = results["suites"]
+    if suites.get("seed", {}).get("rows"):
+        rows = suites["seed"]["rows"]
+        figure, axes = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
+        medians = [row["per_step_s"]["median"] * 1e6 for row in rows]
+        spread = [[(row["per_step_s"]["median"] - row["per_step_s"]["q25"]) * 1e6 for row in rows],
+                  [(row["per_step_s"]["q75"] - row["per_step_s"]["median"]) * 1e6 for row in rows]]
+        axes.barh([row["name"] for row in rows], medians, xerr=spread,
+                  color=["tab:orange" if row["framework"] == "torch" else "tab:blue" for row in rows])
+        axes.set(xscale="log", xlabel="µs per step (median, IQR bars)", title="Seed step 10 → 5 → 1, batch 32")
+        axes.invert_yaxis()
+        written.append(_save(figure, out / "seed.png"))
+    if suites.get("scaling", {}).get("rows"):
+        rows = suites["scaling"]["rows"]
+        dtypes = sorted({row["dtype"] for row in rows})
+        figure, all_axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
+        for axes, dtype in zip(all_axes[0], dtypes):
+            for index, batch in enumerate(sorted({row["batch"] for row in rows})):
+                for name, style in (("bp_jax sgd_step", "-o"), ("bare matmul", "--x")):
+                    points = sorted((row["width"], row["tflops"]) for row in rows
+                                    if row["name"] == name and row["dtype"] == dtype and row["batch"] == batch)
+                    if points:
+                        axes.plot(*zip(*points), style, color=f"C{index}", label=f"{name}, batch {batch}")
+            axes.set(xscale="log", yscale="log", xlabel="width", ylabel="TFLOP/s", title=dtype)
+            axes.legend(fontsize=7)
+        written.append(_save(figure, out / "scaling.png"))
+    if suites.get("grad", {}).get("rows"):
+        rows = suites["grad"]["rows"]
+        figure, axes = plt.subplots(figsize=(7, 5))
+        for method in rows[0]["per_call_s"]:
+            axes.plot([row["params"] for row in rows], [row["per_call_s"][method]["median"] for row in rows],
+                      "-o", label=method)
+        axes.set(xscale="log", yscale="log", xlabel="parameters n", ylabel="seconds per call (median)",
+                 title="Gradient of the loss: reverse vs forward mode vs finite differences")
+        axes.legend()
+        written.append(_save(figure, out / "grad.png"))
+    return written
+
+
+def _save(figure, path: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    figure.clf()
+    return path.name
+
+
+def write(results: dict, out: Path) -> None:
+    """results.json, README.md and the PNGs under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    results["plots"] = _plot(results, out)
+    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    machine = results["machine"]
+    versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items() if version)
+    lines = [f"# Benchmarks: {machine['date_utc']} on {machine['device']} ({machine['platform']})", "",
+             f"CPU {machine['cpu']} × {machine['cpu_cores']} cores; {versions}; Python {machine['python']}; "
+             f"load average at start {', '.join(f'{load:.2f}' for load in machine['load_average_1_5_15'])}. "
+             f"Command: `{results['command']}`.", ""]
+    if results["smoke"]:
+        lines += ["**Smoke run**: tiny sizes and few repeats, to check that the runner works. Not results.", ""]
+    lines += ["## Targets", "",
+              *_table(["target", "device", "measured", "status"],
+                      [[t["target"], t["device"], t["measured"], t["status"]] for t in results["targets"]])]
+    sections = {"seed": _seed_section, "scaling": _scaling_section, "grad": _grad_section}
+    for name, suite in results["suites"].items():
+        lines += sections[name](suite)
+    lines += [f"![{Path(plot).stem}]({plot})" for plot in results["plots"]] or ["No plots: matplotlib is missing."]
+    (out / "README.md").write_text("\n".join(lines) + "\n")

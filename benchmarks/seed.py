@@ -1,0 +1,91 @@
+"""Suite 1, the seed step (10 → 5 → 1, batch 32, float32): the documents' PyTorch against bp_jax.
+
+Rows give seconds per training step; `speedup_vs_torch_eager` is the documents' train_step's median
+over the row's median, both measured in this run, their repeats interleaved.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import bp_jax
+from bp_jax._steps import sgd_update  # the unjitted update, for the bare-scan diagnostic
+from benchmarks.problems import SEED_BATCH, SEED_SIZES, chained, mlp_problem
+from benchmarks.records import SuiteRecord, torch_baselines
+from benchmarks.timing import Timer, time_interleaved
+
+TORCH_EAGER = "torch eager: the documents' train_step (.item())"
+CUDA_GRAPH = "torch CUDA-graph replay of the whole step"
+FIT = "bp_jax fit, fused lax.scan (unroll=4, chunk 1000)"
+BARE_SCAN = "diagnostic: bare lax.scan of the SGD update (unroll=4; no finite guard, no chunks)"
+
+
+def _fit_name(unroll: int) -> str:
+    return FIT.replace("unroll=4", f"unroll={unroll}")
+
+
+def run(smoke: bool) -> dict:
+    """Every step is warmed up first, then all are timed in turns (see `time_interleaved`)."""
+    repeats = 3 if smoke else 15
+    calls = 20 if smoke else 500  # one Python call per step
+    fit_steps = 200 if smoke else 20_000
+    record = SuiteRecord()
+    model, params, x, y = mlp_problem(SEED_SIZES, SEED_BATCH)
+    loss = bp_jax.loss_fn(model)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    timers = {}  # name -> (framework, Timer)
+
+    def add(name: str, framework: str, make_timer) -> None:
+        timer = record.guarded(name, lambda: make_timer().warm_up())
+        if timer is not None:
+            timers[name] = framework, timer
+
+    if record.needs_torch("torch"):
+        torch_rows = [(TORCH_EAGER, torch_baselines.eager_step, None),
+                      ("torch eager, without .item()",
+                       functools.partial(torch_baselines.eager_step, item=False), None)]
+        if torch_baselines.device().type == "cpu":  # one thread: what a PyTorch expert sets for a tiny model
+            torch_rows.append(("torch eager, the documents' train_step, torch.set_num_threads(1)",
+                               torch_baselines.eager_step, 1))
+        if smoke:
+            record.skip("torch.compile", "not run in --smoke (compiling takes tens of seconds)")
+        else:
+            torch_rows.append(("torch.compile", torch_baselines.compiled_step, None))
+        if torch_baselines.device().type == "cuda":
+            torch_rows.append((CUDA_GRAPH, torch_baselines.cuda_graph_step, None))
+        else:
+            record.skip(CUDA_GRAPH, "no CUDA device")
+        for name, make_step, thread_count in torch_rows:
+            around = functools.partial(torch_baselines.threads, thread_count)
+            add(name, "torch", lambda: Timer(make_step(), calls_per_repeat=calls, warmup=calls,
+                                             sync=torch_baselines.sync, around=around))
+
+    sgd = bp_jax.sgd_step(loss, lr=0.01)
+    add("bp_jax sgd_step, one call per step", "bp_jax",
+        lambda: Timer(chained(sgd, [copy(params)], x, y), calls_per_repeat=calls, warmup=calls))
+    optimizer = optax.sgd(0.01)
+    optax_sgd = bp_jax.optax_step(loss, optimizer)
+    add("bp_jax optax_step (optax.sgd), one call per step", "bp_jax",
+        lambda: Timer(chained(optax_sgd, [copy(params), optimizer.init(params)], x, y),
+                      calls_per_repeat=calls, warmup=calls))
+    for unroll in (4,) if smoke else (1, 4, 16):
+        fused = functools.partial(bp_jax.fit, loss, params, x, y, steps=fit_steps, lr=0.01, chunk_size=1000,
+                                  unroll=unroll)
+        add(_fit_name(unroll), "bp_jax",
+            lambda: Timer(lambda fused=fused: fused().losses, steps_per_call=fit_steps))
+
+    update = sgd_update(loss, 0.01)
+    bare_scan = jax.jit(lambda params: jax.lax.scan(lambda params, _: update(params, x, y), params,
+                                                     length=fit_steps, unroll=4)[1])
+    add(BARE_SCAN, "bp_jax", lambda: Timer(lambda: bare_scan(params), steps_per_call=fit_steps))
+
+    timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)
+    eager = timings.get(TORCH_EAGER)
+    for name, (framework, _) in timers.items():
+        record.rows.append({"name": name, "framework": framework, "per_step_s": timings[name],
+                            "speedup_vs_torch_eager": eager and eager["median"] / timings[name]["median"]})
+    return record.as_dict(problem={"sizes": SEED_SIZES, "batch": SEED_BATCH, "dtype": "float32",
+                                   "fit_steps_per_call": fit_steps},
+                          repeats="interleaved: one of each per round")

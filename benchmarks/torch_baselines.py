@@ -1,0 +1,110 @@
+"""The PyTorch side: the documents' train_step verbatim, torch.compile, and CUDA-graph replay.
+
+Every builder returns `(step, sync)`: `step()` runs one training step, `sync(out)` waits for the device.
+Importing this module needs torch; the suites record a skip with the reason where it is missing.
+"""
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync(_out=None) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def threads(count: int | None):
+    """torch's intra-op thread count set to `count` inside the block (None: left as it is)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def mlp_problem(sizes: tuple[int, ...], batch: int, dtype=torch.float32, seed: int = 0):
+    """nn.Sequential of Linear layers with ReLU between, MSELoss, SGD(lr=0.01), and random x, y."""
+    torch.manual_seed(seed)
+    layers = [nn.Linear(sizes[0], sizes[1])]
+    for fan_in, fan_out in zip(sizes[1:], sizes[2:]):
+        layers += [nn.ReLU(), nn.Linear(fan_in, fan_out)]
+    model = nn.Sequential(*layers).to(device(), dtype)
+    x = torch.randn(batch, sizes[0], device=device(), dtype=dtype)
+    y = torch.randn(batch, sizes[-1], device=device(), dtype=dtype)
+    return model, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.01), x, y
+
+
+def documents_train_step(item: bool = True, sizes=(10, 5, 1), batch=32, dtype=torch.float32) -> Callable:
+    """The documents' train_step, verbatim; with item=False it returns the loss tensor (no host sync)."""
+    model, criterion, optimizer, x, y = mlp_problem(sizes, batch, dtype)
+
+    def train_step(x, y):
+        # 1. Forward pass
+        predictions = model(x)
+
+        # 2. Compute loss
+        loss = criterion(predictions, y)
+
+        # 3. Backward pass (backpropagation!)
+        optimizer.zero_grad()
+        loss.backward()
+
+        # 4. Update weights
+        optimizer.step()
+
+        return loss.item()
+
+    def train_step_without_item(x, y):
+        predictions = model(x)
+        loss = criterion(predictions, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return train_step if item else train_step_without_item, x, y
+
+
+def eager_step(**problem) -> Callable:
+    """One call of the documents' train_step (with `.item()` unless item=False)."""
+    train_step, x, y = documents_train_step(**problem)
+    return lambda: train_step(x, y)
+
+
+def compiled_step(**problem) -> Callable:
+    """torch.compile of the train_step without `.item()` (which would break the graph)."""
+    train_step, x, y = documents_train_step(item=False, **problem)
+    compiled = torch.compile(train_step)
+    return lambda: compiled(x, y)
+
+
+def cuda_graph_step(sizes=(10, 5, 1), batch=32, dtype=torch.float32) -> Callable:
+    """The whole step (forward, backward, SGD update) captured once as a CUDA graph and replayed.
+
+    Follows PyTorch's "whole network capture" recipe: warm up on a side stream, then capture.
+    """
+    model, criterion, optimizer, x, y = mlp_problem(sizes, batch, dtype)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            criterion(model(x), y).backward()
+            optimizer.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return graph.replay
