@@ -6,7 +6,6 @@ the caller's and the arrays against the expected shapes, and refuses anything el
 """
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -17,21 +16,20 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not match what is being resumed."""
 
 
-@contextmanager
-def _quiet_closed_event_loop():
-    """Orbax's reader threads report 'Event loop is closed' as unraisable errors after a failed read
-    of a damaged checkpoint; the failure itself is raised as CheckpointError, so drop that echo."""
+def _drop_closed_event_loop_echoes() -> None:
+    """Orbax's reader threads report 'Event loop is closed' as unraisable errors during and after a failed
+    read of a damaged checkpoint; the failure itself is raised as CheckpointError, so drop that echo."""
     default = sys.unraisablehook
+    if getattr(default, "drops_closed_event_loop", False):
+        return
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+        echo = isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)
+        if not echo:
             default(unraisable)
 
+    hook.drops_closed_event_loop = True
     sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        sys.unraisablehook = default
 
 
 def _first_line(err: Exception, limit: int = 300) -> str:
@@ -58,8 +56,8 @@ def latest_record(checkpoints: "ocp.CheckpointManager") -> tuple[int, dict]:
     if step is None:
         raise CheckpointError(f"no checkpoint in {checkpoints.directory}")
     try:
-        with _quiet_closed_event_loop():
-            record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+        _drop_closed_event_loop_echoes()
+        record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
     except Exception as err:  # orbax raises many types for a damaged directory
         raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} is unreadable "
                               f"(corrupt or truncated): {_first_line(err)}") from None
@@ -72,8 +70,8 @@ def restore(checkpoints: "ocp.CheckpointManager", step: int, like):
     """The state of checkpoint `step`, which must have exactly the structure and shapes of `like`."""
     target = jax.eval_shape(lambda: like)
     try:
-        with _quiet_closed_event_loop():
-            restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        _drop_closed_event_loop_echoes()
+        restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     except Exception as err:
         raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} does not match this model "
                               f"and optimizer, or is corrupt: {_first_line(err)}") from None
