@@ -44,9 +44,13 @@ def _first_line(err: Exception, limit: int = 300) -> str:
 
 
 def manager(directory: Path, max_to_keep: int = 3) -> "ocp.CheckpointManager":
+    """A manager used by this process alone, also in a multi-process run (whose state is replicated)."""
+    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                               active_processes={jax.process_index()})
     return ocp.CheckpointManager(
         Path(directory).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False))
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
+                                             multiprocessing_options=alone))
 
 
 def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict) -> None:
