@@ -44,13 +44,15 @@ def _first_line(err: Exception, limit: int = 300) -> str:
 
 
 def manager(directory: Path, max_to_keep: int = 3) -> "ocp.CheckpointManager":
-    """A manager used by this process alone, also in a multi-process run (whose state is replicated)."""
-    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
-                                               active_processes={jax.process_index()})
-    return ocp.CheckpointManager(
-        Path(directory).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
-                                             multiprocessing_options=alone))
+    """A manager used by this process alone, also in a multi-process run (whose state is replicated);
+    there it does not create `directory`."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False)
+    if jax.process_count() > 1:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=False, create=False,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=jax.process_index(), active_processes={jax.process_index()}))
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
 def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict) -> None:

@@ -151,6 +151,7 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
 
     if writer:
         _check_writable(out)
+        (out / "checkpoints").mkdir(exist_ok=True)
         manager = checkpoints.manager(out / "checkpoints")
         if resume is None and manager.latest_step() is not None:
             raise UsageError(f"{out} already holds checkpoints; pass --resume {out} to continue, or another --out")
