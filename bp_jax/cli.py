@@ -1,4 +1,4 @@
-"""`bp-jax` (also `python -m bp_jax`): train the seed MLP, or walk through the documents' examples.
+"""`bp-jax` (also `python -m bp_jax`): train the seed MLP, walk through the documents' examples, or check parity.
 
 Bad values end with one line on stderr and exit status 2; a diverged run exits with status 1.
 """

@@ -79,7 +79,8 @@ def test_sharded_fit_and_steps_equal_one_device():
 def test_train_on_8_devices_equals_one_device(one_device_run, tmp_path):
     result = cli("train", "--out", tmp_path, "--devices", "all", *TRAIN)
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "metrics.json").read_text())["devices"] == 8
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["devices"], metrics["processes"], metrics["matmul_precision"]) == (8, 1, "highest")
     assert "cpu × 8" in result.stdout
     assert_close_runs(tmp_path, one_device_run)
 
