@@ -45,8 +45,8 @@ def _hidden_sizes(text: str) -> tuple[int, ...]:
             f"expected comma-separated positive integers such as 5 or 16,8, got {text!r}") from None
 
 
-def _batch_size(text: str) -> int | None:
-    return None if text == "full" else _positive_int(text)
+def _batch_size(text: str) -> int | str:
+    return text if text == "full" else _positive_int(text)  # "full" becomes None once defaults are set
 
 
 def _device_count(text: str) -> int | None:

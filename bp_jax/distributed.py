@@ -60,7 +60,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise DistributedError(f"process id must be in [0, {count}) for {count} processes, got {index}")
     if index != 0:
         _wait_for(host, int(port), timeout_s, f"process {index} of {count}")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes reduce over TCP
     jax.distributed.initialize(address, count, index, initialization_timeout=timeout_s)
     return True
 
