@@ -5,6 +5,7 @@ whole or absent; a killed run leaves the previous one intact. Loading checks the
 the caller's and the arrays against the expected shapes, and refuses anything else with CheckpointError.
 """
 
+import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,19 +24,18 @@ class CheckpointError(ValueError):
 
 @contextmanager
 def _quiet_closed_event_loop():
-    """Orbax's reader threads report 'Event loop is closed' as unraisable errors after a failed read
-    of a damaged checkpoint; the failure itself is raised as CheckpointError, so drop that echo."""
-    default = sys.unraisablehook
-
-    def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
-            default(unraisable)
-
-    sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        sys.unraisablehook = default
+    """Orbax's reader threads and tasks echo a failed read of a damaged checkpoint as 'Event loop is closed'
+    errors and never-retrieved exceptions, some only at interpreter exit; the failure itself is raised as
+    CheckpointError, so drop those echoes: during the read, and for the rest of the process if it failed."""
+    echo = lambda exc: isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+    unraisablehook, excepthook, asyncio_log = sys.unraisablehook, sys.excepthook, logging.getLogger("asyncio")
+    never_retrieved = lambda record: "exception was never retrieved" not in record.getMessage()
+    sys.unraisablehook = lambda unraisable: None if echo(unraisable.exc_value) else unraisablehook(unraisable)
+    sys.excepthook = lambda kind, exc, trace: None if echo(exc) else excepthook(kind, exc, trace)
+    asyncio_log.addFilter(never_retrieved)
+    yield  # an exception leaves the filters in place
+    sys.unraisablehook, sys.excepthook = unraisablehook, excepthook
+    asyncio_log.removeFilter(never_retrieved)
 
 
 def _first_line(err: Exception, limit: int = 300) -> str:
