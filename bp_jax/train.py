@@ -90,7 +90,7 @@ def _check_writable(out: Path) -> None:
         raise UsageError(f"--out {out} is not writable: {err.strerror or err}") from None
 
 
-def data_parallel_mesh(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None:
+def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None:
     """The mesh for `--devices` (None: all), or None for one device in one process; UsageError when more
     devices are asked than exist or the global batch does not split evenly over them."""
     if devices == 1 and jax.process_count() == 1:
@@ -126,7 +126,7 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
     if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
         raise UsageError(f"--batch-size must be between 1 and {n_train} (the training examples), "
                          f"got {config.batch_size}")
-    mesh = data_parallel_mesh(devices, config.batch_size or n_train)
+    mesh = mesh_for(devices, config.batch_size or n_train)
     writer = jax.process_index() == 0
     total = steps if epochs is None else epochs * steps_per_epoch(n_train, config.batch_size)
     model = build_model(features, config)
@@ -179,9 +179,10 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
     def on_chunk(result):
         nonlocal completed
         completed = result.step
-        extend_history(result.losses, result.step - len(result.losses))
+        losses = distributed.host_local(result.losses)
+        extend_history(losses, result.step - len(losses))
         if progress is not None and writer:
-            progress(result.step, total, history[-1][1] if history else float("nan"))
+            progress(result.step, total, float(losses[-1]))
         if (checkpoint_every and result.step % checkpoint_every == 0) or result.step == total:
             save(result)
 
