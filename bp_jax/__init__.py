@@ -19,6 +19,7 @@ from bp_jax._layers import (
     tiny_net,
 )
 from bp_jax._fit import FitResult, NonFiniteLoss, fit, minibatch_indices
+from bp_jax._mesh import data_parallel_mesh
 from bp_jax._losses import loss_fn, mse, squared_error
 from bp_jax._steps import optax_step, sgd_step
 
@@ -32,6 +33,7 @@ __all__ = [
     "Sequential",
     "Sigmoid",
     "Tanh",
+    "data_parallel_mesh",
     "fit",
     "loss_fn",
     "manual",

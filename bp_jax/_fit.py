@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bp_jax._mesh import batch_sharded, data_devices, place, replicated
 from bp_jax._steps import check_lr, check_optimizer, optax_update, sgd_update
 
 
@@ -47,7 +48,7 @@ def minibatch_indices(key: jax.Array, step, num_examples: int, batch_size: int) 
                                         batch_size)
 
 
-def _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size):
+def _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size, mesh):
     if (lr is None) == (optimizer is None):
         raise ValueError("fit takes exactly one of lr (hand-written SGD) or optimizer (optax), "
                          f"got lr={lr!r}, optimizer={optimizer!r}")
@@ -64,12 +65,17 @@ def _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size):
                              f"got {batch_size!r}")
         if key is None:
             raise ValueError("fit needs a PRNG key to shuffle minibatches when batch_size is set")
+    if mesh is not None:
+        devices, batch = data_devices(mesh), len(x) if batch_size is None else batch_size
+        if batch % devices:
+            raise ValueError(f"the global batch of {batch} examples does not split evenly over the mesh's "
+                             f"{devices} 'data' devices; use a batch size that is a multiple of {devices}")
 
 
 def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None = None, lr=None,
         optimizer: optax.GradientTransformation | None = None, key: jax.Array | None = None,
         opt_state=None, start_step: int = 0, chunk_size: int = 1000, unroll: int = 4,
-        on_chunk: Callable[[FitResult], None] | None = None) -> FitResult:
+        on_chunk: Callable[[FitResult], None] | None = None, mesh: jax.sharding.Mesh | None = None) -> FitResult:
     """Train for `steps` steps from `start_step`; returns a FitResult.
 
     Exactly one of `lr` (w ← w − lr·g, as `sgd_step`) or `optimizer` (any optax GradientTransformation,
@@ -79,13 +85,21 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     so far with that chunk's losses.
     A step whose loss or new params are not finite is not applied: fit raises NonFiniteLoss naming it,
     carrying the last finite params. The caller's params are never donated.
+
+    With a `mesh` (`data_parallel_mesh`), each batch (full or minibatch) is split over its "data" axis,
+    which must divide it; params, optimizer state and the returned arrays are replicated, and the
+    compiler reduces the gradients. A mesh spanning processes takes the same x and y in every process.
     """
-    _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size)
+    _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size, mesh)
     if optimizer is None:
         lr, opt_state = check_lr(lr), None
     else:
         opt_state = check_optimizer(optimizer).init(params) if opt_state is None else opt_state
-    run_chunk = _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll)
+    run_chunk = _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll, mesh)
+    if mesh is not None:
+        params, opt_state, key = jax.tree.map(lambda leaf: place(leaf, replicated(mesh)), (params, opt_state, key))
+        data_layout = batch_sharded(mesh) if batch_size is None else replicated(mesh)
+        x, y = place(x, data_layout), place(y, data_layout)
     state = jax.tree.map(jnp.copy, (params, opt_state))
     step, end, losses = start_step, start_step + steps, []
     while step < end:
@@ -106,9 +120,10 @@ def _all_finite(tree) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=32)  # so that repeated fits of the same problem reuse their compilation
-def _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll):
+def _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll, mesh):
     """jit of `length` steps under lax.scan; returns the new state, the losses, and the index of the
-    first non-finite step in the chunk (−1 if none), after which the state stays frozen."""
+    first non-finite step in the chunk (−1 if none), after which the state stays frozen.
+    With a mesh every minibatch is split over "data" and every output is replicated."""
     if optimizer is None:
         update = sgd_update(loss_fn, lr)
 
@@ -118,7 +133,8 @@ def _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll):
     else:
         step_fn = optax_update(loss_fn, optimizer)
 
-    @functools.partial(jax.jit, static_argnums=5, donate_argnums=0)
+    @functools.partial(jax.jit, static_argnums=5, donate_argnums=0,
+                       out_shardings=None if mesh is None else replicated(mesh))
     def run(state, x, y, key, first_step, length):
         num_examples = x.shape[0]
         if batch_size is not None:  # the permutations of every epoch this chunk touches, drawn once
@@ -136,6 +152,8 @@ def _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll):
                 rows = jax.lax.dynamic_slice(orders, (epoch - first_epoch, position * batch_size),
                                              (1, batch_size))[0]
                 xb, yb = x[rows], y[rows]
+                if mesh is not None:  # each device gathers only its own rows of the minibatch
+                    xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
             params, opt_state, loss = step_fn(*state, xb, yb)
             finite = jnp.isfinite(loss) & _all_finite(params) & (bad < 0)
             state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state), state)

@@ -5,10 +5,13 @@ whole or absent; a killed run leaves the previous one intact. Loading checks the
 the caller's and the arrays against the expected shapes, and refuses anything else with CheckpointError.
 """
 
+import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
+
 import orbax.checkpoint as ocp
 
 
@@ -16,20 +19,20 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not match what is being resumed."""
 
 
-def _drop_closed_event_loop_echoes() -> None:
-    """Orbax's reader threads report 'Event loop is closed' as unraisable errors during and after a failed
-    read of a damaged checkpoint; the failure itself is raised as CheckpointError, so drop that echo."""
-    default = sys.unraisablehook
-    if getattr(default, "drops_closed_event_loop", False):
-        return
-
-    def hook(unraisable):
-        echo = isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)
-        if not echo:
-            default(unraisable)
-
-    hook.drops_closed_event_loop = True
-    sys.unraisablehook = hook
+@contextmanager
+def _quiet_closed_event_loop():
+    """Orbax's reader threads and tasks echo a failed read of a damaged checkpoint as 'Event loop is closed'
+    errors and never-retrieved exceptions, some only at interpreter exit; the failure itself is raised as
+    CheckpointError, so drop those echoes: during the read, and for the rest of the process if it failed."""
+    echo = lambda exc: isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+    unraisablehook, excepthook, asyncio_log = sys.unraisablehook, sys.excepthook, logging.getLogger("asyncio")
+    never_retrieved = lambda record: "exception was never retrieved" not in record.getMessage()
+    sys.unraisablehook = lambda unraisable: None if echo(unraisable.exc_value) else unraisablehook(unraisable)
+    sys.excepthook = lambda kind, exc, trace: None if echo(exc) else excepthook(kind, exc, trace)
+    asyncio_log.addFilter(never_retrieved)
+    yield  # an exception leaves the filters in place
+    sys.unraisablehook, sys.excepthook = unraisablehook, excepthook
+    asyncio_log.removeFilter(never_retrieved)
 
 
 def _first_line(err: Exception, limit: int = 300) -> str:
@@ -38,9 +41,15 @@ def _first_line(err: Exception, limit: int = 300) -> str:
 
 
 def manager(directory: Path, max_to_keep: int = 3) -> "ocp.CheckpointManager":
-    return ocp.CheckpointManager(
-        Path(directory).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False))
+    """A manager used by this process alone, also in a multi-process run (whose state is replicated);
+    there it does not create `directory`."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False)
+    if jax.process_count() > 1:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=False, create=False,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=jax.process_index(), active_processes={jax.process_index()}))
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
 def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict) -> None:
@@ -56,8 +65,8 @@ def latest_record(checkpoints: "ocp.CheckpointManager") -> tuple[int, dict]:
     if step is None:
         raise CheckpointError(f"no checkpoint in {checkpoints.directory}")
     try:
-        _drop_closed_event_loop_echoes()
-        record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+        with _quiet_closed_event_loop():
+            record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
     except Exception as err:  # orbax raises many types for a damaged directory
         raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} is unreadable "
                               f"(corrupt or truncated): {_first_line(err)}") from None
@@ -70,8 +79,8 @@ def restore(checkpoints: "ocp.CheckpointManager", step: int, like):
     """The state of checkpoint `step`, which must have exactly the structure and shapes of `like`."""
     target = jax.eval_shape(lambda: like)
     try:
-        _drop_closed_event_loop_echoes()
-        restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        with _quiet_closed_event_loop():
+            restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     except Exception as err:
         raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} does not match this model "
                               f"and optimizer, or is corrupt: {_first_line(err)}") from None

@@ -1,4 +1,4 @@
-"""`bp-jax` (also `python -m bp_jax`): train the seed MLP, or walk through the documents' examples.
+"""`bp-jax` (also `python -m bp_jax`): train the seed MLP, walk through the documents' examples, or check parity.
 
 Bad values end with one line on stderr and exit status 2; a diverged run exits with status 1.
 """
@@ -45,12 +45,16 @@ def _hidden_sizes(text: str) -> tuple[int, ...]:
             f"expected comma-separated positive integers such as 5 or 16,8, got {text!r}") from None
 
 
-def _batch_size(text: str) -> int | None:
-    return None if text == "full" else _positive_int(text)
+def _batch_size(text: str) -> int | str:
+    return text if text == "full" else _positive_int(text)  # "full" becomes None once defaults are set
+
+
+def _device_count(text: str) -> int | None:
+    return None if text == "all" else _positive_int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bp_jax.train import LAYERS, OPTIMIZERS
+    from bp_jax.train import LAYERS, MATMUL_PRECISIONS, OPTIMIZERS
 
     parser = _Parser(prog="bp-jax", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -70,9 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="DIR", help="carry on from the newest checkpoint in DIR")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                        help="save every N steps (always at the end)")
+    parallel = train.add_argument_group("devices, precision and multi-process runs")
+    parallel.add_argument("--devices", type=_device_count, default=1, metavar="N|all",
+                          help="split each batch over N devices, or all of them (default 1)")
+    parallel.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default="highest",
+                          help="highest: true float32 (default); high, default: TF32 on GPUs, bfloat16 on TPUs")
+    parallel.add_argument("--coordinator", metavar="HOST:PORT|auto",
+                          help="process 0's address (env BP_JAX_COORDINATOR); auto: detect a TPU pod or SLURM")
+    parallel.add_argument("--num-processes", type=_positive_int, help="env BP_JAX_NUM_PROCESSES")
+    parallel.add_argument("--process-id", type=int, help="0 … num-processes − 1 (env BP_JAX_PROCESS_ID)")
+    parallel.add_argument("--init-timeout", type=_positive_int, default=120, metavar="SECONDS",
+                          help="give up joining the run after this long (default 120)")
     train.set_defaults(run=_train)
     demo = commands.add_parser("demo", help="the documents' examples: manual vs autodiff, side by side")
     demo.set_defaults(run=_demo)
+    check = commands.add_parser("check", help="the parity checks on every backend JAX sees, as a table")
+    check.set_defaults(run=_check)
     return parser
 
 
@@ -83,9 +100,12 @@ def _train(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    import bp_jax
-    from bp_jax import train
+    import jax
 
+    import bp_jax
+    from bp_jax import distributed, train
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=args.init_timeout)
     given = {field.name: getattr(args, field.name) for field in dataclasses.fields(train.Config)
              if getattr(args, field.name) is not None}
     if given.get("batch_size") == "full":
@@ -98,7 +118,8 @@ def _train(args) -> int:
     columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[rate]} steps/s"), TimeElapsedColumn())
     console = Console(stderr=True)
-    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+    writer = jax.process_index() == 0
+    with Progress(*columns, console=console, disable=not (console.is_terminal and writer)) as bar:
         task = bar.add_task("train", total=None, loss="…", rate="…")
 
         def progress(step, total, loss):
@@ -108,7 +129,8 @@ def _train(args) -> int:
 
         try:
             metrics = train.run(config, out=out, steps=args.steps, epochs=epochs,
-                                checkpoint_every=args.checkpoint_every, resume=resume, progress=progress)
+                                checkpoint_every=args.checkpoint_every, resume=resume, devices=args.devices,
+                                matmul_precision=args.matmul_precision, progress=progress)
         except bp_jax.NonFiniteLoss as err:
             print(f"bp-jax train: error: {err}; the last finite params are checkpointed in {out}",
                   file=sys.stderr)
@@ -125,12 +147,14 @@ def _train(args) -> int:
         ("held-out MSE", f"{metrics['held_out_mse']:.4f}"),
         ("held-out MSE, mean predictor", f"{metrics['baseline_held_out_mse']:.4f}"),
         ("wall time", f"{metrics['wall_time_s']:.2f} s"),
-        ("device", metrics["device"]),
+        ("device", metrics["device"] + (f" × {metrics['devices']}" if metrics["devices"] > 1 else "")
+         + (f", {metrics['processes']} processes" if metrics["processes"] > 1 else "")),
         ("written to", f"{out}/"),
     ]
     for name, value in rows:
         table.add_row(name, value)
-    Console().print(table)
+    if writer:
+        Console().print(table)
     return 0
 
 
@@ -141,9 +165,16 @@ def _demo(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    from bp_jax.backends import run
+
+    return run()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         from bp_jax.checkpoints import CheckpointError
+        from bp_jax.distributed import DistributedError
         from bp_jax.train import UsageError
 
         args = build_parser().parse_args(argv)
@@ -152,6 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         missing = err.name.partition(".")[0]
         print(f"bp-jax: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
               file=sys.stderr)
-    except (UsageError, CheckpointError, OSError) as err:
+    except (UsageError, CheckpointError, DistributedError, OSError) as err:
         print(f"bp-jax {args.command}: error: {err}", file=sys.stderr)
     return 2

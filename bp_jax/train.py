@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 import bp_jax
-from bp_jax import checkpoints, datasets
+from bp_jax import checkpoints, datasets, distributed
 
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = {
     "sgd": None,  # the hand-written update w ← w − lr·g
@@ -26,6 +26,9 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = 
 }
 LAYERS = {"relu": bp_jax.ReLU, "sigmoid": bp_jax.Sigmoid, "tanh": bp_jax.Tanh}
 MAX_HISTORY_POINTS = 2000
+#: --matmul-precision: "highest" is true float32 (the reference); "high" and "default" allow TF32 on
+#: GPUs and bfloat16 passes on TPUs, for speed.
+MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +94,33 @@ def _check_writable(out: Path) -> None:
         raise UsageError(f"--out {out} is not writable: {err.strerror or err}") from None
 
 
+def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None:
+    """The mesh for `--devices` (None: all), or None for one device in one process; UsageError when more
+    devices are asked than exist or the global batch does not split evenly over them."""
+    if devices == 1 and jax.process_count() == 1:
+        return None
+    if jax.process_count() > 1 and devices not in (None, jax.device_count()):
+        raise UsageError(f"a run of {jax.process_count()} processes trains on all {jax.device_count()} "
+                         f"devices; pass --devices all, got {devices}")
+    try:
+        mesh = bp_jax.data_parallel_mesh(devices)
+    except ValueError as err:
+        raise UsageError(f"--devices: {err}") from None
+    count = mesh.devices.size
+    if global_batch % count:
+        raise UsageError(f"the global batch of {global_batch} examples does not split evenly over {count} "
+                         f"devices; use a --batch-size that is a multiple of {count}")
+    return mesh
+
+
 def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | None = None,
-        checkpoint_every: int | None = None, resume: Path | None = None,
-        progress: Callable | None = None) -> dict:
+        checkpoint_every: int | None = None, resume: Path | None = None, devices: int | None = 1,
+        matmul_precision: str = "highest", progress: Callable | None = None) -> dict:
     """Train, checkpoint and write metrics.json and loss_curve.png into `out`; returns the metrics.
 
+    `devices` (None: all) splits each batch over that many devices; in a multi-process run
+    (`distributed.initialize`) every process trains and only process 0 writes files.
+    Matmuls run at `matmul_precision` (see MATMUL_PRECISIONS).
     `progress(step, total, loss)` is called between chunks. Raises UsageError for bad values,
     CheckpointError for a checkpoint that cannot be resumed, NonFiniteLoss (after checkpointing the
     last finite params and writing the metrics) if training diverges.
@@ -105,6 +130,8 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
     if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
         raise UsageError(f"--batch-size must be between 1 and {n_train} (the training examples), "
                          f"got {config.batch_size}")
+    mesh = mesh_for(devices, config.batch_size or n_train)
+    writer = jax.process_index() == 0
     total = steps if epochs is None else epochs * steps_per_epoch(n_train, config.batch_size)
     model = build_model(features, config)
     params_key, data_key = jax.random.split(jax.random.key(config.seed))
@@ -127,10 +154,12 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
     if total is None or total < 0:
         raise UsageError(f"steps must be a non-negative int, got {total}")
 
-    _check_writable(out)
-    manager = checkpoints.manager(out / "checkpoints")
-    if resume is None and manager.latest_step() is not None:
-        raise UsageError(f"{out} already holds checkpoints; pass --resume {out} to continue, or another --out")
+    if writer:
+        _check_writable(out)
+        (out / "checkpoints").mkdir(exist_ok=True)
+        manager = checkpoints.manager(out / "checkpoints")
+        if resume is None and manager.latest_step() is not None:
+            raise UsageError(f"{out} already holds checkpoints; pass --resume {out} to continue, or another --out")
     stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     loss = bp_jax.loss_fn(model)
@@ -141,38 +170,48 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
                 "wall_time_s": wall_before + time.perf_counter() - started}
 
     def save(result):
-        checkpoints.save(manager, result.step, {"params": result.params, "opt_state": result.opt_state,
-                                                "key": state["key"]}, record())
+        if writer:
+            arrays = {"params": result.params, "opt_state": result.opt_state, "key": state["key"]}
+            checkpoints.save(manager, result.step, arrays if mesh is None else distributed.host_local(arrays),
+                             record())
 
     def extend_history(losses, first):
-        history.extend([s, float(v)] for s, v in enumerate(np.asarray(losses), first) if s % stride == 0)
+        history.extend([s, float(v)] for s, v in enumerate(distributed.host_local(losses), first)
+                       if s % stride == 0)
 
     completed = start
 
     def on_chunk(result):
         nonlocal completed
         completed = result.step
-        extend_history(result.losses, result.step - len(result.losses))
-        if progress is not None:
-            progress(result.step, total, float(result.losses[-1]))
+        losses = distributed.host_local(result.losses)
+        extend_history(losses, result.step - len(losses))
+        if progress is not None and writer:
+            progress(result.step, total, float(losses[-1]))
         if (checkpoint_every and result.step % checkpoint_every == 0) or result.step == total:
             save(result)
 
     stopped = None
     try:
-        result = bp_jax.fit(loss, state["params"], x, y, steps=total - start, batch_size=config.batch_size,
+        with jax.default_matmul_precision(matmul_precision):
+            result = bp_jax.fit(loss, state["params"], x, y, steps=total - start, batch_size=config.batch_size,
                             lr=config.lr if optimizer is None else None, optimizer=optimizer,
                             opt_state=state["opt_state"], key=jax.random.wrap_key_data(state["key"]),
                             start_step=start, chunk_size=_chunk_size(checkpoint_every, total),
-                            on_chunk=on_chunk)
+                            on_chunk=on_chunk, mesh=mesh)
     except bp_jax.NonFiniteLoss as diverged:
         result, stopped = diverged.result, diverged
         extend_history(result.losses[completed - start:], completed)
         save(result)
 
-    metrics = _metrics(config, model, result.params, data, record(), start, result.step, stopped)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    _plot(history, metrics, out / "loss_curve.png")
+    with jax.default_matmul_precision(matmul_precision):
+        metrics = _metrics(config, model, distributed.host_local(result.params), data, record(), start,
+                           result.step, stopped)
+    metrics |= {"devices": 1 if mesh is None else mesh.devices.size, "processes": jax.process_count(),
+                "matmul_precision": matmul_precision}
+    if writer:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _plot(history, metrics, out / "loss_curve.png")
     if stopped is not None:
         raise stopped
     return metrics

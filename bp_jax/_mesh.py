@@ -1,0 +1,52 @@
+"""Data parallelism by JAX's own SPMD engine: a one-axis device mesh named "data".
+
+`fit(..., mesh=mesh)` splits each batch along "data", replicates params and optimizer state, and leaves
+the gradient reduction to the compiler; no collective is written by hand. A mesh may span several
+processes (`jax.distributed`): every process then passes the same arrays and feeds only its own devices.
+"""
+
+from collections.abc import Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def data_parallel_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over `devices` with the single axis "data": all of `jax.devices()` when None, the first
+    n when an int. ValueError when more devices are asked than JAX sees."""
+    available = jax.devices()
+    if devices is None:
+        devices = available
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(available):
+            raise ValueError(f"asked for {devices} devices, but JAX sees {len(available)} "
+                             f"({available[0].platform}); pass a number from 1 to {len(available)}")
+        devices = available[:devices]
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def data_devices(mesh: Mesh) -> int:
+    """The size of the mesh's "data" axis; ValueError if it has none."""
+    if DATA_AXIS not in mesh.shape:
+        raise ValueError(f"the mesh needs an axis named {DATA_AXIS!r} to split the batch over, "
+                         f"got axes {tuple(mesh.shape)}")
+    return mesh.shape[DATA_AXIS]
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (example) axis split over "data", the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def place(array, sharding: NamedSharding) -> jax.Array:
+    """`array` laid out as `sharding`. Every process passes the whole array and transfers only the
+    slices its own devices hold; an array already laid out that way is returned as is."""
+    if isinstance(array, jax.Array) and array.sharding.is_equivalent_to(sharding, array.ndim):
+        return array
+    return jax.make_array_from_process_local_data(sharding, array, jax.numpy.shape(array))

@@ -1,0 +1,138 @@
+"""Data-parallel and multi-process training, on fake CPU devices in subprocesses (JAX_NUM_CPU_DEVICES is
+read when JAX starts, so this pytest process keeps its single device)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import jax
+
+ROOT = Path(__file__).parent.parent
+TOLERANCE = 1e-5  # float32: sums split over devices round differently
+TRAIN = ("--dataset", "synthetic", "--steps", 120, "--batch-size", 32, "--optimizer", "momentum", "--seed", 2)
+
+
+def environment(cpu_devices: int) -> dict:
+    return {**os.environ, "JAX_NUM_CPU_DEVICES": str(cpu_devices), "PYTHONPATH": str(ROOT)}
+
+
+def cli(*args, cpu_devices=8, timeout=240):
+    return subprocess.run([sys.executable, "-m", "bp_jax", *map(str, args)], capture_output=True, text=True,
+                          env=environment(cpu_devices), timeout=timeout)
+
+
+def trained(run_dir: Path) -> tuple[list[np.ndarray], list[float]]:
+    """The newest checkpoint's arrays and the run's loss history."""
+    manager = ocp.CheckpointManager((run_dir / "checkpoints").absolute())
+    state = manager.restore(manager.latest_step(),
+                            args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(state)], [loss for _, loss in metrics["loss_history"]]
+
+
+def assert_close_runs(a: Path, b: Path):
+    (leaves_a, losses_a), (leaves_b, losses_b) = trained(a), trained(b)
+    assert len(leaves_a) == len(leaves_b) and len(losses_a) == len(losses_b) == 120
+    for left, right in zip(leaves_a, leaves_b):
+        np.testing.assert_allclose(left, right, rtol=TOLERANCE, atol=TOLERANCE)
+    np.testing.assert_allclose(losses_a, losses_b, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one-device")
+    result = cli("train", "--out", out, "--devices", 1, *TRAIN)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_sharded_fit_and_steps_equal_one_device():
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "data_parallel_worker.py")], capture_output=True,
+                            text=True, env=environment(8), timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["fit"]) == 6
+    for case, difference in report["fit"].items():
+        assert difference < TOLERANCE, case
+    assert report["replicated"], "params after a sharded fit should be replicated over the mesh"
+    assert max(report["steps"].values()) < TOLERANCE and report["step_output_devices"] == 8
+    assert report["all_reduce"] == {"sgd_step": True, "fit": True}
+    errors = report["errors"]
+    assert "global batch of 12 examples does not split evenly over the mesh's 8" in errors["indivisible batch"]
+    assert "global batch of 60 examples" in errors["indivisible full batch"]
+    assert errors["too many devices"].startswith("asked for 16 devices, but JAX sees 8")
+
+
+def test_train_on_8_devices_equals_one_device(one_device_run, tmp_path):
+    result = cli("train", "--out", tmp_path, "--devices", "all", *TRAIN)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["devices"], metrics["processes"], metrics["matmul_precision"]) == (8, 1, "highest")
+    assert "cpu × 8" in result.stdout
+    assert_close_runs(tmp_path, one_device_run)
+
+
+def test_resume_on_8_devices_from_a_one_device_checkpoint(one_device_run, tmp_path):
+    first = cli("train", "--out", tmp_path, "--devices", 1, *TRAIN[:2], "--steps", 50, *TRAIN[4:])
+    assert first.returncode == 0, first.stderr
+    rest = cli("train", "--resume", tmp_path, "--steps", 120, "--devices", 8)
+    assert rest.returncode == 0, rest.stderr
+    assert_close_runs(tmp_path, one_device_run)
+
+
+def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
+    coordinator = f"127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen([sys.executable, "-m", "bp_jax", "train", "--out", str(tmp_path / f"process-{i}"),
+                                   "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i),
+                                   "--devices", "all", "--init-timeout", "60", *map(str, TRAIN)],
+                                  env=environment(2) | {"COLUMNS": "200"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    try:
+        outputs = [process.communicate(timeout=240) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+    metrics = json.loads((tmp_path / "process-0" / "metrics.json").read_text())
+    assert (metrics["devices"], metrics["processes"]) == (4, 2)
+    assert not (tmp_path / "process-1").exists(), "only process 0 writes files"
+    assert "cpu × 4, 2 processes" in outputs[0][0] and "held-out MSE" not in outputs[1][0]
+    assert_close_runs(tmp_path / "process-0", one_device_run)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--devices", 16], "--devices: asked for 16 devices, but JAX sees 8"),
+    (["--devices", 8, "--batch-size", 30], "global batch of 30 examples does not split evenly over 8 devices"),
+    (["--devices", 6, "--batch-size", "full"], "global batch of 800 examples does not split evenly over 6 devices"),
+    (["--coordinator", "127.0.0.1:1234"], "missing BP_JAX_NUM_PROCESSES, BP_JAX_PROCESS_ID"),
+    (["--coordinator", "nowhere", "--num-processes", 2, "--process-id", 1], "must be HOST:PORT"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", 2, "--process-id", 2], "process id must be in [0, 2)"),
+])
+def test_bad_device_and_process_settings_give_one_line(args, message, tmp_path):
+    result = cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 5, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_coordinator_that_never_answers_times_out_with_a_clear_error(tmp_path):
+    port = free_port()  # nobody listens here
+    result = cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 5, "--coordinator",
+                 f"127.0.0.1:{port}", "--num-processes", 2, "--process-id", 1, "--init-timeout", 3, timeout=60)
+    assert result.returncode == 2
+    assert f"the coordinator 127.0.0.1:{port} did not answer within 3 s (process 1 of 2)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
