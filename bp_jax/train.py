@@ -175,9 +175,8 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
             checkpoints.save(manager, result.step, arrays if mesh is None else distributed.host_local(arrays),
                              record())
 
-    def extend_history(losses, first):
-        history.extend([s, float(v)] for s, v in enumerate(distributed.host_local(losses), first)
-                       if s % stride == 0)
+    def extend_history(losses, first):  # losses: host-local numpy
+        history.extend([s, float(v)] for s, v in enumerate(losses, first) if s % stride == 0)
 
     completed = start
 
@@ -194,14 +193,14 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
     stopped = None
     try:
         with jax.default_matmul_precision(matmul_precision):
-            result = bp_jax.fit(loss, state["params"], x, y, steps=total - start, batch_size=config.batch_size,
-                            lr=config.lr if optimizer is None else None, optimizer=optimizer,
-                            opt_state=state["opt_state"], key=jax.random.wrap_key_data(state["key"]),
-                            start_step=start, chunk_size=_chunk_size(checkpoint_every, total),
-                            on_chunk=on_chunk, mesh=mesh)
+            result = bp_jax.fit(
+                loss, state["params"], x, y, steps=total - start, batch_size=config.batch_size,
+                lr=config.lr if optimizer is None else None, optimizer=optimizer, opt_state=state["opt_state"],
+                key=jax.random.wrap_key_data(state["key"]), start_step=start,
+                chunk_size=_chunk_size(checkpoint_every, total), on_chunk=on_chunk, mesh=mesh)
     except bp_jax.NonFiniteLoss as diverged:
         result, stopped = diverged.result, diverged
-        extend_history(result.losses[completed - start:], completed)
+        extend_history(distributed.host_local(result.losses)[completed - start:], completed)
         save(result)
 
     with jax.default_matmul_precision(matmul_precision):
@@ -252,9 +251,10 @@ def _plot(history, metrics, path: Path) -> None:
         axes.plot(steps[window - 1:], smooth, lw=2, color="tab:blue", label=f"running mean of {window} steps")
     axes.axhline(metrics["held_out_mse"], color="tab:green", ls="--", label="held-out MSE (final)")
     axes.axhline(metrics["baseline_held_out_mse"], color="tab:red", ls=":", label="held-out MSE, mean predictor")
+    config = metrics["config"]
     axes.set(xlabel="step", ylabel="MSE (standardised target)", yscale="log",
-             title=f"bp-jax train: {metrics['config']['dataset']}, hidden {','.join(map(str, metrics['config']['hidden']))}, "
-                   f"{metrics['config']['optimizer']} lr {metrics['config']['lr']}")
+             title=f"bp-jax train: {config['dataset']}, hidden {','.join(map(str, config['hidden']))}, "
+                   f"{config['optimizer']} lr {config['lr']}")
     axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()
