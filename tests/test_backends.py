@@ -1,10 +1,11 @@
-"""The parity checks on every platform JAX sees, and agreement between backends (bp_jax.backends)."""
+"""The parity checks on every platform JAX sees, and agreement between backends (bp_jax.cli.check)."""
 
 import jax
 import pytest
 
 import bp_jax
-from bp_jax import backends, cli, manual
+from bp_jax import cli, manual
+from bp_jax.cli import check as backends
 
 
 def device_or_skip(platform: str) -> jax.Device:

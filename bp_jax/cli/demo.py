@@ -80,3 +80,8 @@ def run(console: Console | None = None) -> None:
     for table in (single_neuron(), tiny_network(), seed_mlp_step()):
         console.print(table)
         console.print()
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("demo", help="the documents' examples: manual vs autodiff, side by side")
+    parser.set_defaults(run=lambda args: run() or 0)

@@ -6,6 +6,7 @@ This is the edge of the library: it reads data, writes files and draws; the trai
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ import numpy as np
 import optax
 
 import bp_jax
-from bp_jax import checkpoints, datasets, distributed
+from bp_jax.cli import _args, checkpoints, data, distributed
+from bp_jax.cli._args import UsageError
 
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = {
     "sgd": None,  # the hand-written update w ← w − lr·g
@@ -44,8 +46,94 @@ class Config:
     seed: int = 0
 
 
-class UsageError(ValueError):
-    """A bad command-line value; reported in one line."""
+def register(commands) -> None:
+    train = commands.add_parser("train", help="train the seed MLP (10 → 5 → 1, ReLU, MSE, SGD) on real data")
+    train.add_argument("--dataset", choices=data.NAMES, help="default: diabetes (442 × 10, from scikit-learn)")
+    train.add_argument("--hidden", type=_args.hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5)")
+    train.add_argument("--activation", choices=sorted(LAYERS), help="default relu")
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                       help="sgd: the hand-written update (default); optax-sgd, momentum (0.9), adam: optax")
+    train.add_argument("--lr", type=_args.learning_rate, help="learning rate (default 0.01)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_args.positive_int, help="total training steps")
+    length.add_argument("--epochs", type=_args.positive_int, help="passes over the training split (default 100)")
+    train.add_argument("--batch-size", type=_args.batch_size, help="minibatch size, or 'full' (default 32)")
+    train.add_argument("--seed", type=int, help="seeds the split, the init and the data order (default 0)")
+    train.add_argument("--out", type=Path, help="output directory (default runs/DATASET-TIME, or the --resume directory)")
+    train.add_argument("--resume", type=Path, metavar="DIR", help="carry on from the newest checkpoint in DIR")
+    train.add_argument("--checkpoint-every", type=_args.positive_int, metavar="N",
+                       help="save every N steps (always at the end)")
+    parallel = train.add_argument_group("devices, precision and multi-process runs")
+    parallel.add_argument("--devices", type=_args.device_count, default=1, metavar="N|all",
+                          help="split each batch over N devices, or all of them (default 1)")
+    parallel.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default="highest",
+                          help="highest: true float32 (default); high, default: TF32 on GPUs, bfloat16 on TPUs")
+    parallel.add_argument("--coordinator", metavar="HOST:PORT|auto",
+                          help="process 0's address (env BP_JAX_COORDINATOR); auto: detect a TPU pod or SLURM")
+    parallel.add_argument("--num-processes", type=_args.positive_int, help="env BP_JAX_NUM_PROCESSES")
+    parallel.add_argument("--process-id", type=int, help="0 … num-processes − 1 (env BP_JAX_PROCESS_ID)")
+    parallel.add_argument("--init-timeout", type=_args.positive_int, default=120, metavar="SECONDS",
+                          help="give up joining the run after this long (default 120)")
+    train.set_defaults(run=main)
+
+
+def main(args) -> int:
+    """The command: parse the run's settings, train with a progress bar, print the summary table."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=args.init_timeout)
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(Config)
+             if getattr(args, field.name) is not None}
+    if given.get("batch_size") == "full":
+        given["batch_size"] = None
+    resume = args.resume and args.resume / "checkpoints"
+    config = Config(**given) if resume is None else resumed_config(resume, given)
+    out = args.out or args.resume or Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
+
+    columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TextColumn("{task.fields[rate]} steps/s"), TimeElapsedColumn())
+    console = Console(stderr=True)
+    writer = jax.process_index() == 0
+    with Progress(*columns, console=console, disable=not (console.is_terminal and writer)) as bar:
+        task = bar.add_task("train", total=None, loss="…", rate="…")
+
+        def progress(step, total, loss):
+            bar.update(task, completed=step, total=total, loss=f"{loss:.4f}")
+            speed = bar.tasks[0].speed
+            bar.update(task, rate=f"{speed:,.0f}" if speed else "…")
+
+        try:
+            metrics = run(config, out=out, steps=args.steps, epochs=epochs,
+                          checkpoint_every=args.checkpoint_every, resume=resume, devices=args.devices,
+                          matmul_precision=args.matmul_precision, progress=progress)
+        except bp_jax.NonFiniteLoss as err:
+            print(f"bp-jax train: error: {err}; the last finite params are checkpointed in {out}",
+                  file=sys.stderr)
+            return 1
+
+    table = Table(title=f"bp-jax train: {config.dataset}, step {metrics['final_step']}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("model", " → ".join(map(str, (metrics["examples"]["features"], *config.hidden, 1)))
+         + f", {config.activation}"),
+        ("optimizer", f"{config.optimizer}, lr {config.lr}, batch {config.batch_size or 'full'}"),
+        ("train MSE", f"{metrics['train_mse']:.4f}"),
+        ("held-out MSE", f"{metrics['held_out_mse']:.4f}"),
+        ("held-out MSE, mean predictor", f"{metrics['baseline_held_out_mse']:.4f}"),
+        ("wall time", f"{metrics['wall_time_s']:.2f} s"),
+        ("device", metrics["device"] + (f" × {metrics['devices']}" if metrics["devices"] > 1 else "")
+         + (f", {metrics['processes']} processes" if metrics["processes"] > 1 else "")),
+        ("written to", f"{out}/"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    if writer:
+        Console().print(table)
+    return 0
 
 
 def resumed_config(checkpoint_dir: Path, given: dict) -> Config:
@@ -125,8 +213,8 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
     CheckpointError for a checkpoint that cannot be resumed, NonFiniteLoss (after checkpointing the
     last finite params and writing the metrics) if training diverges.
     """
-    data = datasets.load(config.dataset, seed=config.seed)
-    n_train, features = data.x_train.shape
+    split = data.load(config.dataset, seed=config.seed)
+    n_train, features = split.x_train.shape
     if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
         raise UsageError(f"--batch-size must be between 1 and {n_train} (the training examples), "
                          f"got {config.batch_size}")
@@ -161,7 +249,7 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
         if resume is None and manager.latest_step() is not None:
             raise UsageError(f"{out} already holds checkpoints; pass --resume {out} to continue, or another --out")
     stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    x, y = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
     loss = bp_jax.loss_fn(model)
     started = time.perf_counter()
 
@@ -204,7 +292,7 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
         save(result)
 
     with jax.default_matmul_precision(matmul_precision):
-        metrics = _metrics(config, model, distributed.host_local(result.params), data, record(), start,
+        metrics = _metrics(config, model, distributed.host_local(result.params), split, record(), start,
                            result.step, stopped)
     metrics |= {"devices": 1 if mesh is None else mesh.devices.size, "processes": jax.process_count(),
                 "matmul_precision": matmul_precision}
@@ -216,20 +304,20 @@ def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | No
     return metrics
 
 
-def _metrics(config, model, params, data, record, start, step, stopped) -> dict:
+def _metrics(config, model, params, split, record, start, step, stopped) -> dict:
     mse = lambda x, y: float(bp_jax.mse(model.apply(params, jnp.asarray(x)), jnp.asarray(y)))
-    mean_predictor = np.full_like(data.y_test, data.y_train.mean())
+    mean_predictor = np.full_like(split.y_test, split.y_train.mean())
     device = jax.devices()[0]
     return {
         **record,
         "resumed_from_step": start,
         "final_step": step,
         "stopped": None if stopped is None else {"step": stopped.step, "reason": "non-finite loss"},
-        "train_mse": mse(data.x_train, data.y_train),
-        "held_out_mse": mse(data.x_test, data.y_test),
-        "baseline_held_out_mse": float(np.mean((mean_predictor - data.y_test) ** 2)),
-        "examples": {"train": len(data.x_train), "held_out": len(data.x_test),
-                     "features": data.x_train.shape[1]},
+        "train_mse": mse(split.x_train, split.y_train),
+        "held_out_mse": mse(split.x_test, split.y_test),
+        "baseline_held_out_mse": float(np.mean((mean_predictor - split.y_test) ** 2)),
+        "examples": {"train": len(split.x_train), "held_out": len(split.x_test),
+                     "features": split.x_train.shape[1]},
         "device": device.platform if device.device_kind == device.platform else
                   f"{device.platform}: {device.device_kind}",
         "jax": jax.__version__,

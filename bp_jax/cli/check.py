@@ -166,3 +166,8 @@ def run() -> int:
     failed = sum(not r.passed for r in results)
     print(f"{len(results) - failed} of {len(results)} checks passed" + (f"; {failed} FAILED" if failed else ""))
     return 1 if failed else 0
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("check", help="the parity checks on every backend JAX sees, as a table")
+    parser.set_defaults(run=lambda args: run())

@@ -12,11 +12,13 @@ import time
 import jax
 import numpy as np
 
+from bp_jax.cli._args import UsageError
+
 ENVIRONMENT = {"coordinator_address": "BP_JAX_COORDINATOR", "num_processes": "BP_JAX_NUM_PROCESSES",
                "process_id": "BP_JAX_PROCESS_ID"}
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UsageError):
     """A multi-process run that cannot start: missing or bad settings, or a coordinator that never answers."""
 
 

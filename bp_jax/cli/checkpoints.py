@@ -14,8 +14,10 @@ import jax
 
 import orbax.checkpoint as ocp
 
+from bp_jax.cli._args import UsageError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UsageError):
     """A checkpoint that is missing, unreadable, or does not match what is being resumed."""
 
 

@@ -1,0 +1,54 @@
+"""What every subcommand shares: the one-line parser, the argument types, and UsageError."""
+
+import argparse
+import math
+
+
+class UsageError(ValueError):
+    """A bad command-line value, file or checkpoint: reported in one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump) and which never abbreviates options."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text!r}")
+    return value
+
+
+def hidden_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 5 or 16,8, got {text!r}") from None
+
+
+def batch_size(text: str) -> int | str:
+    return text if text == "full" else positive_int(text)  # "full" becomes None once defaults are set
+
+
+def device_count(text: str) -> int | None:
+    return None if text == "all" else positive_int(text)
