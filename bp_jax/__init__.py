@@ -18,13 +18,15 @@ from bp_jax._layers import (
     neuron,
     tiny_net,
 )
-from bp_jax._fit import FitResult, NonFiniteLoss, fit, minibatch_indices
-from bp_jax._mesh import data_parallel_mesh
+from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, fit, fit_ensemble
+from bp_jax._mesh import data_parallel_mesh, ensemble_mesh
+from bp_jax._order import minibatch_indices
 from bp_jax._losses import loss_fn, mse, squared_error
 from bp_jax._steps import optax_step, sgd_step
 
 __all__ = [
     "ACTIVATIONS",
+    "EnsembleResult",
     "FitResult",
     "Linear",
     "Model",
@@ -34,7 +36,9 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "data_parallel_mesh",
+    "ensemble_mesh",
     "fit",
+    "fit_ensemble",
     "loss_fn",
     "manual",
     "minibatch_indices",

@@ -1,167 +1,339 @@
-"""The fused training loop: many steps compiled into one XLA program with `lax.scan`.
+"""The fused training loop: many steps in one compiled XLA program, for one model (`fit`) or many
+(`fit_ensemble`, the same loop under `jax.vmap`).
 
-Steps run in chunks of `chunk_size`; between chunks the host may report progress or checkpoint, with no
-per-step round trip. Minibatch order is a pure function of (key, step), so a run can stop anywhere and
-resume to the same params as an uninterrupted one.
+One program per configuration (loss, optimizer, batch size, mesh, array shapes): the first step and
+the number of steps are data, so any run length, chunk size or resume point reuses it, and every step
+of a run executes the same compiled loop body; stopping and resuming anywhere gives the bits of one
+uninterrupted run by construction. A call runs at most CAPACITY steps (`lax.while_loop`, no masked
+steps); longer chunks are several calls. Between chunks the host may report progress or checkpoint.
+Minibatch order is a pure function of (key, step) costing O(batch) (`minibatch_indices`).
 """
 
 import functools
+import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from bp_jax._mesh import batch_sharded, data_devices, place, replicated
+from bp_jax._mesh import MODELS_AXIS, batch_sharded, data_devices, member_devices, place, replicated
+from bp_jax._order import minibatch_indices
 from bp_jax._steps import check_lr, check_optimizer, optax_update, sgd_update
+
+#: Steps per call of the compiled loop: the size of its loss buffer.
+CAPACITY = 1024
+#: Why a model stopped: its loss was non-finite, or its loss was finite but the update was not.
+CAUSES = ("loss", "update")
 
 
 class FitResult(NamedTuple):
-    """Final `params` and `opt_state` (None for the hand-written SGD), the loss before each step
-    (`losses[i]` belongs to step `start_step + i`), and the number of steps taken in all."""
+    """Final `params` and `opt_state` (None for the hand-written SGD), the loss before each step as a
+    host array (`losses[i]` belongs to step `start_step + i`), and the number of steps taken in all."""
 
     params: Any
     opt_state: Any
-    losses: jax.Array
+    losses: np.ndarray
     step: int
 
 
+class EnsembleResult(NamedTuple):
+    """`FitResult` for E models: `losses` has shape (steps, E) (NaN once a member has diverged), and
+    `diverged` (E,) the step at which each member's loss or update went non-finite, or −1."""
+
+    params: Any
+    opt_state: Any
+    losses: np.ndarray
+    step: int
+    diverged: np.ndarray
+
+
 class NonFiniteLoss(FloatingPointError):
-    """Training produced a NaN or inf; `result` holds the last params whose loss and values were finite."""
+    """Training produced a NaN or inf at `step`: `cause` is "loss" (the loss was non-finite) or "update"
+    (the loss was finite, the new params were not); `result` holds the last finite params."""
 
-    def __init__(self, step: int, result: FitResult):
-        super().__init__(f"loss became non-finite at step {step}; stopped with the last finite params")
-        self.step = step
-        self.result = result
-
-
-def _epoch_order(key: jax.Array, epoch, num_examples: int) -> jax.Array:
-    return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    def __init__(self, step: int, result: FitResult, cause: str = "loss"):
+        what = ("loss became non-finite" if cause == "loss" else
+                "the update made the params non-finite (the loss was finite)")
+        super().__init__(f"{what} at step {step}; stopped with the last finite params")
+        self.step, self.result, self.cause = step, result, cause
 
 
-def minibatch_indices(key: jax.Array, step, num_examples: int, batch_size: int) -> jax.Array:
-    """Rows of minibatch `step`: epoch e = step // (n // b) reads a fresh permutation drawn from
-    fold_in(key, e), slice (step mod n // b)·b, taking n // b full batches per epoch."""
-    epoch, position = jnp.divmod(step, num_examples // batch_size)
-    return jax.lax.dynamic_slice_in_dim(_epoch_order(key, epoch, num_examples), position * batch_size,
-                                        batch_size)
+class _Divergence(NamedTuple):
+    """Per model: the step at which it diverged (−1: it has not) and its index in CAUSES."""
+
+    step: jax.Array
+    cause: jax.Array
 
 
-def _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size, mesh):
-    if (lr is None) == (optimizer is None):
-        raise ValueError("fit takes exactly one of lr (hand-written SGD) or optimizer (optax), "
-                         f"got lr={lr!r}, optimizer={optimizer!r}")
-    for name, value in (("steps", steps), ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "chunk_size"):
-            raise ValueError(f"{name} must be a {'positive' if name == 'chunk_size' else 'non-negative'} "
-                             f"int, got {value!r}")
+def _count(name: str, value, minimum: int) -> int:
+    """`value` as an int ≥ minimum (numpy integers welcome); ValueError naming it otherwise."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return number
+
+
+def _check_data(x, y, batch_size, key, minimum_rows=1) -> int | None:
     if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
         raise ValueError(f"x and y must share their leading (example) axis, got shapes "
                          f"{jnp.shape(x)} and {jnp.shape(y)}")
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(x):
-            raise ValueError(f"batch_size must be an int in [1, {len(x)}] (the number of examples), "
-                             f"got {batch_size!r}")
-        if key is None:
-            raise ValueError("fit needs a PRNG key to shuffle minibatches when batch_size is set")
-    if mesh is not None:
-        devices, batch = data_devices(mesh), len(x) if batch_size is None else batch_size
-        if batch % devices:
-            raise ValueError(f"the global batch of {batch} examples does not split evenly over the mesh's "
-                             f"{devices} 'data' devices; use a batch size that is a multiple of {devices}")
+    rows = jnp.shape(x)[0]
+    if rows < minimum_rows:
+        raise ValueError(f"x and y hold no examples (shapes {jnp.shape(x)} and {jnp.shape(y)}); "
+                         "fit needs at least one row")
+    if batch_size is None:
+        return None
+    batch_size = _count("batch_size", batch_size, 1)
+    if batch_size > rows:
+        raise ValueError(f"batch_size must be at most {rows} (the number of examples), got {batch_size}")
+    if key is None:
+        raise ValueError("fit needs a PRNG key to shuffle minibatches when batch_size is set")
+    return batch_size
+
+
+def _check_method(lr, optimizer):
+    if (lr is None) == (optimizer is None):
+        raise ValueError("fit takes exactly one of lr (hand-written SGD) or optimizer (optax), "
+                         f"got lr={lr!r}, optimizer={optimizer!r}")
+    return None if optimizer is None else check_optimizer(optimizer)
 
 
 def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None = None, lr=None,
         optimizer: optax.GradientTransformation | None = None, key: jax.Array | None = None,
-        opt_state=None, start_step: int = 0, chunk_size: int = 1000, unroll: int = 4,
+        opt_state=None, start_step: int = 0, chunk_size: int = 1000,
         on_chunk: Callable[[FitResult], None] | None = None, mesh: jax.sharding.Mesh | None = None) -> FitResult:
     """Train for `steps` steps from `start_step`; returns a FitResult.
 
-    Exactly one of `lr` (w ← w − lr·g, as `sgd_step`) or `optimizer` (any optax GradientTransformation,
-    as `optax_step`; state from `optimizer.init` unless `opt_state` is given). Full batch when
-    `batch_size` is None, else the rows `minibatch_indices(key, step, len(x), batch_size)`.
-    Chunk boundaries fall on multiples of `chunk_size`; after each, `on_chunk(FitResult)` gets the state
-    so far with that chunk's losses.
-    A step whose loss or new params are not finite is not applied: fit raises NonFiniteLoss naming it,
-    carrying the last finite params. The caller's params are never donated.
+    Exactly one of `lr` (w ← w − lr·g, as `sgd_step`; lr is data, a new value does not recompile) or
+    `optimizer` (any optax GradientTransformation, as `optax_step`; state from `optimizer.init` unless
+    `opt_state` is given). Full batch when `batch_size` is None, else the rows
+    `minibatch_indices(key, step, len(x), batch_size)`. Chunk boundaries fall on multiples of
+    `chunk_size`; after each, `on_chunk(FitResult)` gets the state so far with that chunk's losses.
+    A step whose loss or new params are not finite is not applied: fit raises NonFiniteLoss naming it
+    and its cause, carrying the last finite params. The caller's params are never donated.
 
     With a `mesh` (`data_parallel_mesh`), each batch (full or minibatch) is split over its "data" axis,
     which must divide it; params, optimizer state and the returned arrays are replicated, and the
     compiler reduces the gradients. A mesh spanning processes takes the same x and y in every process.
     """
-    _check_fit_args(x, y, steps, batch_size, lr, optimizer, key, chunk_size, mesh)
-    if optimizer is None:
-        lr, opt_state = check_lr(lr), None
-    else:
-        opt_state = check_optimizer(optimizer).init(params) if opt_state is None else opt_state
-    run_chunk = _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll, mesh)
+    optimizer = _check_method(lr, optimizer)
+    steps, start_step = _count("steps", steps, 0), _count("start_step", start_step, 0)
+    chunk_size = _count("chunk_size", chunk_size, 1)
+    batch_size = _check_data(x, y, batch_size, key)
+    lr = 0.0 if optimizer is not None else check_lr(lr)  # a Python float: traced weakly typed, as sgd_step's
+    opt_state = None if optimizer is None else optimizer.init(params) if opt_state is None else opt_state
     if mesh is not None:
+        devices, batch = data_devices(mesh), len(x) if batch_size is None else batch_size
+        if batch % devices:
+            raise ValueError(f"the global batch of {batch} examples does not split evenly over the mesh's "
+                             f"{devices} 'data' devices; use a batch size that is a multiple of {devices}")
         params, opt_state, key = jax.tree.map(lambda leaf: place(leaf, replicated(mesh)), (params, opt_state, key))
         data_layout = batch_sharded(mesh) if batch_size is None else replicated(mesh)
         x, y = place(x, data_layout), place(y, data_layout)
-    state = jax.tree.map(jnp.copy, (params, opt_state))
+    run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=False, key_axis=None)
+    divergence = _Divergence(jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
+    state = (jax.tree.map(jnp.copy, (params, opt_state)), divergence)
+
+    def result(state, losses, step):
+        return FitResult(*state[0], losses, step)
+
+    state, losses, step = _drive(run, state, (lr, key, x, y), start_step, steps, chunk_size, on_chunk, result,
+                                 stop_when_diverged=True)
+    bad = int(_to_host(state[1].step))
+    if bad >= 0:
+        raise NonFiniteLoss(bad, result(state, losses[: bad - start_step + 1], bad),
+                            CAUSES[int(_to_host(state[1].cause))])
+    return result(state, losses, step)
+
+
+def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
+                 optimizer: optax.GradientTransformation | None = None, batch_size: int | None = None,
+                 key: jax.Array | None = None, opt_state=None, start_step: int = 0, chunk_size: int = 1000,
+                 on_chunk: Callable[[EnsembleResult], None] | None = None,
+                 mesh: jax.sharding.Mesh | None = None) -> EnsembleResult:
+    """Train E models at once, as one program: `fit`'s loop under `jax.vmap` over the members.
+
+    `params` has a leading member axis E on every leaf (e.g. `jax.vmap(model.init)(jax.random.split(k, E))`).
+    `lr`: one float or an array of E learning rates for the hand-written update, traced as data (new rates
+    never recompile). `optimizer`: one optax transformation for all members, its state vmapped over them
+    (`jax.vmap(optimizer.init)(params)` unless `opt_state` is given); per-member hyperparameters through
+    `optax.inject_hyperparams`, whose state holds them as arrays: set `opt_state.hyperparams[name]` to an
+    (E,) array. `key`: one key (every member reads the same minibatches) or E stacked keys (one order each),
+    read by `minibatch_indices` as in `fit`. A member whose loss or update turns non-finite is frozen at
+    its last finite params and reported in `diverged`; the others carry on. Member i ends where
+    `fit(loss_fn, params[i], ..., lr=lr[i], key=key[i])` ends, up to float rounding.
+
+    With a `mesh` (`ensemble_mesh`), the members are split over its "models" axis, which must divide E;
+    x and y are replicated.
+    """
+    optimizer = _check_method(lr, optimizer)
+    steps, start_step = _count("steps", steps, 0), _count("start_step", start_step, 0)
+    chunk_size = _count("chunk_size", chunk_size, 1)
+    batch_size = _check_data(x, y, batch_size, key)
+    members = _members(params)
+    if optimizer is None:
+        lrs = np.asarray(jax.device_get(lr), dtype=np.float64)
+        lrs = np.full(members, lrs) if lrs.ndim == 0 else lrs
+        if lrs.shape != (members,) or not np.all(np.isfinite(lrs) & (lrs > 0)):
+            raise ValueError(f"lr must be finite and > 0: one value or one per member ({members}), got {lr!r}")
+        lrs = jnp.asarray(lrs)
+    else:
+        lrs = jnp.zeros(members)
+        opt_state = jax.vmap(optimizer.init)(params) if opt_state is None else opt_state
+    key_axis = None if key is None else _key_axis(key, members)
+    if mesh is not None:
+        if members % member_devices(mesh):
+            raise ValueError(f"the {members} members do not split evenly over the mesh's "
+                             f"{member_devices(mesh)} '{MODELS_AXIS}' devices")
+        split = lambda leaf: place(leaf, _member_sharding(mesh))
+        params, opt_state, lrs = jax.tree.map(split, (params, opt_state, lrs))
+        key = None if key is None else split(key) if key_axis == 0 else place(key, replicated(mesh))
+        x, y = place(x, replicated(mesh)), place(y, replicated(mesh))
+    run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=True, key_axis=key_axis)
+    divergence = _Divergence(jnp.full(members, -1, jnp.int32), jnp.zeros(members, jnp.int32))
+    if mesh is not None:
+        divergence = jax.tree.map(lambda leaf: place(leaf, _member_sharding(mesh)), divergence)
+    state = (jax.tree.map(jnp.copy, (params, opt_state)), divergence)
+
+    def result(state, losses, step):
+        return EnsembleResult(*state[0], losses, step, _to_host(state[1].step))
+
+    state, losses, step = _drive(run, state, (lrs, key, x, y), start_step, steps, chunk_size, on_chunk, result,
+                                 stop_when_diverged=False)
+    return result(state, losses, step)
+
+
+def _members(params) -> int:
+    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"every leaf of an ensemble's params needs the same leading member axis, got leading "
+                         f"sizes {sorted(map(str, sizes))}")
+    return sizes.pop()
+
+
+def _key_axis(key, members: int) -> int | None:
+    """None for one key shared by all members, 0 for E stacked keys; ValueError otherwise."""
+    shape = key.shape if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key.shape[:-1]
+    if shape == ():
+        return None
+    if shape == (members,):
+        return 0
+    raise ValueError(f"key must be one PRNG key or {members} stacked keys (one per member), got key shape {shape}")
+
+
+def _member_sharding(mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(MODELS_AXIS))
+
+
+def _to_host(array) -> np.ndarray:
+    """A device array as numpy; a replicated array spanning processes gives this process's copy."""
+    return np.asarray(array if array.is_fully_addressable else array.addressable_data(0))
+
+
+def _drive(run, state, inputs, start_step, steps, chunk_size, on_chunk, result, stop_when_diverged):
+    """The host side of both loops: calls `run` for at most CAPACITY steps at a time, gives `on_chunk`
+    the result after every chunk (boundaries on multiples of chunk_size), returns the state, the losses
+    and the step reached; with `stop_when_diverged`, returns as soon as the model diverged."""
     step, end, losses = start_step, start_step + steps, []
     while step < end:
-        length = min(end, (step // chunk_size + 1) * chunk_size) - step
-        state, chunk_losses, bad = run_chunk(state, x, y, key, jnp.asarray(step), length)
-        if int(bad) >= 0:
-            losses.append(chunk_losses[: int(bad) + 1])
-            raise NonFiniteLoss(step + int(bad), FitResult(*state, jnp.concatenate(losses), step + int(bad)))
-        losses.append(chunk_losses)
-        step += length
+        chunk_end, chunk = min(end, (step // chunk_size + 1) * chunk_size), []
+        while step < chunk_end:
+            length = min(chunk_end - step, CAPACITY)
+            state, piece = run(state, *inputs, step, length)
+            chunk.append(_to_host(piece)[:length])
+            step += length
+            if stop_when_diverged and _to_host(state[1].step) >= 0:
+                return state, np.concatenate(losses + chunk), step
+        losses += chunk
         if on_chunk is not None:
-            on_chunk(FitResult(*state, chunk_losses, step))
-    return FitResult(*state, jnp.concatenate(losses) if losses else jnp.zeros(0), step)
+            on_chunk(result(state, np.concatenate(chunk), step))
+    return state, np.concatenate(losses) if losses else np.zeros(0, np.float32), step
 
 
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-@functools.lru_cache(maxsize=32)  # so that repeated fits of the same problem reuse their compilation
-def _chunk_runner(loss_fn, lr, optimizer, batch_size, unroll, mesh):
-    """jit of `length` steps under lax.scan; returns the new state, the losses, and the index of the
-    first non-finite step in the chunk (−1 if none), after which the state stays frozen.
-    With a mesh every minibatch is split over "data" and every output is replicated."""
+def _guarded_update(loss_fn, optimizer) -> Callable:
+    """One model's `(params, opt_state, divergence, lr, x, y, step) -> (params, opt_state, divergence,
+    loss)`: the update, applied only if its loss and new params are finite and the model had not diverged;
+    otherwise the old state is kept and the first bad step and its cause recorded. A diverged model's
+    loss reads NaN."""
     if optimizer is None:
-        update = sgd_update(loss_fn, lr)
+        sgd = sgd_update(loss_fn)
 
-        def step_fn(params, opt_state, x, y):
-            params, loss = update(params, x, y)
+        def update(params, opt_state, x, y, lr):
+            params, loss = sgd(params, x, y, lr)
             return params, opt_state, loss
     else:
-        step_fn = optax_update(loss_fn, optimizer)
+        optax_rule = optax_update(loss_fn, optimizer)
+        update = lambda params, opt_state, x, y, lr: optax_rule(params, opt_state, x, y)
 
-    @functools.partial(jax.jit, static_argnums=5, donate_argnums=0,
-                       out_shardings=None if mesh is None else replicated(mesh))
-    def run(state, x, y, key, first_step, length):
-        num_examples = x.shape[0]
-        if batch_size is not None:  # the permutations of every epoch this chunk touches, drawn once
-            batches_per_epoch = num_examples // batch_size
-            first_epoch = first_step // batches_per_epoch
-            epochs = first_epoch + jnp.arange((length - 1) // batches_per_epoch + 2)
-            orders = jax.vmap(lambda epoch: _epoch_order(key, epoch, num_examples))(epochs)
+    def guarded(params, opt_state, divergence, lr, x, y, step):
+        new_params, new_opt_state, loss = update(params, opt_state, x, y, lr)
+        loss_finite, live = jnp.isfinite(loss), divergence.step < 0
+        apply = loss_finite & _all_finite(new_params) & live
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
+                                         (new_params, new_opt_state), (params, opt_state))
+        diverges = live & ~apply
+        divergence = _Divergence(jnp.where(diverges, step.astype(jnp.int32), divergence.step),
+                                 jnp.where(diverges, loss_finite.astype(jnp.int32), divergence.cause))
+        return params, opt_state, divergence, jnp.where(live, loss, jnp.nan)
 
-        def body(carry, step):
-            state, bad = carry
-            if batch_size is None:
-                xb, yb = x, y
-            else:  # the rows of minibatch_indices(key, step, num_examples, batch_size)
-                epoch, position = jnp.divmod(step, batches_per_epoch)
-                rows = jax.lax.dynamic_slice(orders, (epoch - first_epoch, position * batch_size),
-                                             (1, batch_size))[0]
-                xb, yb = x[rows], y[rows]
-                if mesh is not None:  # each device gathers only its own rows of the minibatch
-                    xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
-            params, opt_state, loss = step_fn(*state, xb, yb)
-            finite = jnp.isfinite(loss) & _all_finite(params) & (bad < 0)
-            state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state), state)
-            bad = jnp.where((bad < 0) & ~finite, step - first_step, bad)
-            return (state, bad), loss
+    return guarded
 
-        steps = first_step + jnp.arange(length)
-        (state, bad), losses = jax.lax.scan(body, (state, jnp.asarray(-1)), steps, unroll=unroll)
-        return state, losses, bad
+
+@functools.lru_cache(maxsize=32)  # one compiled loop per configuration, reused by every later call
+def _compiled_loop(loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_axis: int | None) -> Callable:
+    """jit of `run(state, lr, key, x, y, first_step, length) -> (state, losses)`: steps first_step …
+    first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once
+    every model has diverged; losses[i] is step first_step + i's loss, NaN past the last step run.
+    state = ((params, opt_state), divergence). For an `ensemble` the per-model step is vmapped over the
+    members, with the key shared (`key_axis` None) or per member (0)."""
+    guarded = _guarded_update(loss_fn, optimizer)
+    data_parallel = mesh is not None and not ensemble
+
+    def model_step(params, opt_state, divergence, lr, key, x, y, step):
+        if batch_size is None:
+            xb, yb = x, y
+        else:
+            rows = minibatch_indices(key, step, x.shape[0], batch_size)
+            xb, yb = x[rows], y[rows]
+            if data_parallel:  # each device gathers only its own rows of the minibatch
+                xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
+        return guarded(params, opt_state, divergence, lr, xb, yb, step)
+
+    if ensemble:
+        model_step = jax.vmap(model_step, in_axes=(0, 0, 0, 0, key_axis, None, None, None), out_axes=(0, 0, 0, 0))
+    out_shardings = None
+    if mesh is not None:
+        out_shardings = (replicated(mesh), replicated(mesh)) if not ensemble else (
+            _member_sharding(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, MODELS_AXIS)))
+
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
+    def run(state, lr, key, x, y, first_step, length):
+        (params, opt_state), divergence = state
+        step_shape = jax.eval_shape(model_step, params, opt_state, divergence, lr, key, x, y, first_step)[3]
+        buffer = jnp.full((CAPACITY, *step_shape.shape), jnp.nan, step_shape.dtype)
+
+        def body(carry):
+            i, params, opt_state, divergence, losses = carry
+            params, opt_state, divergence, loss = model_step(params, opt_state, divergence, lr, key, x, y,
+                                                             first_step + i)
+            return i + 1, params, opt_state, divergence, losses.at[i].set(loss)
+
+        def more(carry):
+            i, _, _, divergence, _ = carry
+            return (i < length) & jnp.any(divergence.step < 0)
+
+        _, params, opt_state, divergence, losses = jax.lax.while_loop(
+            more, body, (jnp.zeros_like(length), params, opt_state, divergence, buffer))
+        return ((params, opt_state), divergence), losses
 
     return run

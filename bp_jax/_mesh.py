@@ -1,4 +1,5 @@
-"""Data parallelism by JAX's own SPMD engine: a one-axis device mesh named "data".
+"""Data and ensemble parallelism by JAX's own SPMD engine: a one-axis device mesh named "data" (`fit`
+splits each batch over it) or "models" (`fit_ensemble` splits its members over it).
 
 `fit(..., mesh=mesh)` splits each batch along "data", replicates params and optimizer state, and leaves
 the gradient reduction to the compiler; no collective is written by hand. A mesh may span several
@@ -11,11 +12,10 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+MODELS_AXIS = "models"
 
 
-def data_parallel_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over `devices` with the single axis "data": all of `jax.devices()` when None, the first
-    n when an int. ValueError when more devices are asked than JAX sees."""
+def _one_axis_mesh(axis: str, devices: int | Sequence[jax.Device] | None) -> Mesh:
     available = jax.devices()
     if devices is None:
         devices = available
@@ -24,15 +24,34 @@ def data_parallel_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mes
             raise ValueError(f"asked for {devices} devices, but JAX sees {len(available)} "
                              f"({available[0].platform}); pass a number from 1 to {len(available)}")
         devices = available[:devices]
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+    return jax.make_mesh((len(devices),), (axis,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def data_parallel_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over `devices` with the single axis "data": all of `jax.devices()` when None, the first
+    n when an int. ValueError when more devices are asked than JAX sees."""
+    return _one_axis_mesh(DATA_AXIS, devices)
+
+
+def ensemble_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """As `data_parallel_mesh`, with the single axis "models": `fit_ensemble` splits its members over it."""
+    return _one_axis_mesh(MODELS_AXIS, devices)
+
+
+def _axis_size(mesh: Mesh, axis: str) -> int:
+    if axis not in mesh.shape:
+        raise ValueError(f"the mesh needs an axis named {axis!r}, got axes {tuple(mesh.shape)}")
+    return mesh.shape[axis]
 
 
 def data_devices(mesh: Mesh) -> int:
     """The size of the mesh's "data" axis; ValueError if it has none."""
-    if DATA_AXIS not in mesh.shape:
-        raise ValueError(f"the mesh needs an axis named {DATA_AXIS!r} to split the batch over, "
-                         f"got axes {tuple(mesh.shape)}")
-    return mesh.shape[DATA_AXIS]
+    return _axis_size(mesh, DATA_AXIS)
+
+
+def member_devices(mesh: Mesh) -> int:
+    """The size of the mesh's "models" axis; ValueError if it has none."""
+    return _axis_size(mesh, MODELS_AXIS)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -9,6 +9,7 @@ import numbers
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -31,14 +32,14 @@ def check_optimizer(optimizer) -> optax.GradientTransformation:
     return optimizer
 
 
-def sgd_update(loss_fn: Callable, lr: float) -> Callable:
-    """Unjitted `(params, x, y) -> (params, loss)` with w ← w − lr·dL/dw."""
-    lr = check_lr(lr)
+def sgd_update(loss_fn: Callable) -> Callable:
+    """Unjitted `(params, x, y, lr) -> (params, loss)` with w ← w − lr·dL/dw; lr may be traced, and is
+    taken in each weight's dtype (as a Python float would be)."""
     value_and_grad = jax.value_and_grad(loss_fn)
 
-    def update(params, x, y):
+    def update(params, x, y, lr):
         loss, grads = value_and_grad(params, x, y)
-        return jax.tree.map(lambda w, g: w - lr * g, params, grads), loss
+        return jax.tree.map(lambda w, g: w - jnp.asarray(lr, g.dtype) * g, params, grads), loss
 
     return update
 
@@ -62,7 +63,8 @@ def sgd_step(loss_fn: Callable, lr: float) -> Callable:
     >>> step = sgd_step(loss_fn(model), lr=0.01)
     >>> params, loss = step(params, x, y)
     """
-    return jax.jit(sgd_update(loss_fn, lr), donate_argnums=0)
+    lr, update = check_lr(lr), sgd_update(loss_fn)
+    return jax.jit(lambda params, x, y: update(params, x, y, lr), donate_argnums=0)
 
 
 def optax_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:

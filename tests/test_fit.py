@@ -1,11 +1,21 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bp_jax
+from bp_jax._order import index_shuffle
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 def problem(seed=0, n=64, features=10):
@@ -114,11 +124,14 @@ def test_fit_does_not_donate_the_callers_params():
     ({}, "exactly one of lr"),
     ({"lr": 0.1, "optimizer": optax.sgd(0.1)}, "exactly one of lr"),
     ({"lr": -1.0}, "lr must be finite and > 0"),
-    ({"lr": 0.1, "steps": -1}, "steps must be a non-negative int"),
-    ({"lr": 0.1, "batch_size": 65, "key": jax.random.key(0)}, r"batch_size must be an int in \[1, 64\]"),
-    ({"lr": 0.1, "batch_size": 0, "key": jax.random.key(0)}, r"batch_size must be an int in \[1, 64\]"),
+    ({"lr": 0.1, "steps": -1}, "steps must be an integer ≥ 0, got -1"),
+    ({"lr": 0.1, "steps": 2.5}, "steps must be an integer ≥ 0, got 2.5"),
+    ({"lr": 0.1, "steps": True}, "steps must be an integer ≥ 0, got True"),
+    ({"lr": 0.1, "batch_size": 65, "key": jax.random.key(0)}, r"batch_size must be at most 64 \(the number of examples\), got 65"),
+    ({"lr": 0.1, "batch_size": 0, "key": jax.random.key(0)}, "batch_size must be an integer ≥ 1, got 0"),
     ({"lr": 0.1, "batch_size": 8}, "needs a PRNG key"),
-    ({"lr": 0.1, "chunk_size": 0}, "chunk_size must be a positive int"),
+    ({"lr": 0.1, "chunk_size": 0}, "chunk_size must be an integer ≥ 1, got 0"),
+    ({"lr": 0.1, "start_step": -3}, "start_step must be an integer ≥ 0, got -3"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
     model, params, x, y = problem()
@@ -131,3 +144,93 @@ def test_mismatched_example_counts_are_refused():
     model, params, x, y = problem()
     with pytest.raises(ValueError, match=r"share their leading.*\(64, 10\) and \(63, 1\)"):
         bp_jax.fit(bp_jax.loss_fn(model), params, x, y[:63], steps=1, lr=0.1)
+
+
+def test_numpy_integers_are_accepted_where_ints_are():
+    model, params, x, y = problem()
+    result = bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=np.int64(12), batch_size=np.int32(8),
+                        lr=np.float32(0.05), key=jax.random.key(0), chunk_size=np.int64(5), start_step=np.int64(3))
+    assert result.step == 15 and result.losses.shape == (12,)
+
+
+def test_data_without_rows_is_a_value_error_not_a_non_finite_loss():
+    model, params, x, y = problem()
+    with pytest.raises(ValueError, match=r"hold no examples \(shapes \(0, 10\) and \(0, 1\)\)"):
+        bp_jax.fit(bp_jax.loss_fn(model), params, x[:0], y[:0], steps=3, lr=0.1)
+
+
+def test_non_finite_loss_names_the_update_when_only_the_update_was_non_finite():
+    model, params, x, y = problem()
+    loss = bp_jax.loss_fn(model)
+    with pytest.raises(bp_jax.NonFiniteLoss, match="the update made the params non-finite") as info:
+        bp_jax.fit(loss, params, x, y * 1e4, steps=5, lr=1e36)
+    assert info.value.cause == "update" and info.value.step == 0
+    assert np.isfinite(info.value.result.losses).all()  # the loss of the refused step was finite
+    with pytest.raises(bp_jax.NonFiniteLoss, match="loss became non-finite") as info:
+        bp_jax.fit(loss, params, x, y.at[3].set(jnp.nan), steps=5, lr=0.1)
+    assert info.value.cause == "loss" and info.value.step == 0
+
+
+def test_a_minibatch_costs_o_batch_no_array_of_the_data_sets_size_and_no_sort():
+    rows = 1_000_000
+    hlo = jax.jit(bp_jax.minibatch_indices, static_argnums=(2, 3)).lower(jax.random.key(0), 5, rows, 32).as_text()
+    assert "sort" not in hlo and f"tensor<{rows}" not in hlo and f"{rows}x" not in hlo
+    indices = bp_jax.minibatch_indices(jax.random.key(0), 5, rows, 32)
+    assert indices.shape == (32,) and len(set(indices.tolist())) == 32 and int(indices.max()) < rows
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 3000), seed=st.integers(0, 2**31 - 1))
+def test_each_epoch_is_a_permutation_of_the_rows(rows, seed):
+    positions = jnp.arange(rows)
+    order = np.asarray(index_shuffle(jax.random.key(seed), positions, rows))
+    np.testing.assert_array_equal(np.sort(order), np.arange(rows))
+
+
+def test_every_position_is_equally_likely_for_every_row():
+    rows, trials = 8, 4000
+    counts = np.zeros((rows, rows))
+    for seed in range(trials):
+        counts[np.arange(rows), np.asarray(index_shuffle(jax.random.key(seed), jnp.arange(rows), rows))] += 1
+    expected = trials / rows
+    chi_squared = ((counts - expected) ** 2 / expected).sum()
+    assert chi_squared < 120  # 49 degrees of freedom: the 99.99th percentile is about 95
+
+
+def count_compilations():
+    """A list that grows by one entry per XLA compilation while the returned listener is registered."""
+    compiled = []
+    listener = lambda event, duration, **kwargs: compiled.append(event) if event == COMPILE_EVENT else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return compiled, listener
+
+
+@pytest.mark.parametrize("optimizer", [None, optax.sgd(0.02, momentum=0.9)], ids=["hand-sgd", "momentum"])
+def test_another_length_chunking_resume_point_or_lr_does_not_compile_again(optimizer):
+    model, params, x, y = problem(4)
+    loss, key = bp_jax.loss_fn(model), jax.random.key(1)
+    method = {"lr": 0.05} if optimizer is None else {"optimizer": optimizer}
+    first = bp_jax.fit(loss, params, x, y, steps=30, batch_size=8, key=key, **method)
+    compiled, listener = count_compilations()
+    try:
+        bp_jax.fit(loss, params, x, y, steps=1, batch_size=8, key=key, **method)
+        bp_jax.fit(loss, params, x, y, steps=2500, batch_size=8, key=key, chunk_size=97, **method)
+        bp_jax.fit(loss, first.params, x, y, steps=7, batch_size=8, key=key, opt_state=first.opt_state,
+                   start_step=first.step, chunk_size=3, **method)
+        if optimizer is None:
+            bp_jax.fit(loss, params, x, y, steps=40, batch_size=8, key=key, lr=0.003)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+    bp_jax.fit(loss, params, x, y, steps=5, batch_size=4, key=key, **method)  # a new configuration compiles
+
+
+@pytest.mark.parametrize("isa", ["default", "AVX2"])
+def test_resuming_anywhere_with_any_chunking_is_bit_identical_on_this_isa(isa):
+    env = dict(os.environ)
+    if isa == "AVX2":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
+    worker = Path(__file__).with_name("resume_worker.py")
+    done = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("20 stopped-and-resumed runs bit-identical to one run") == 3, done.stdout

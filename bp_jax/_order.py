@@ -1,0 +1,56 @@
+"""The order `fit` reads minibatches in: a pure function of (key, step) costing O(batch), never O(rows).
+
+Epoch e visits the rows in the order of a keyed bijection π_e of [0, n): position p of the epoch reads row
+π_e(p). π_e is a Feistel network (ROUNDS rounds, round keys drawn from fold_in(key, e)) on the k-bit
+integers, 2^k ≥ n > 2^(k−1), restricted to [0, n) by cycle walking: apply it again while the result is
+≥ n, which stays a bijection of [0, n) and takes fewer than 2 applications on average. Computing one row
+is O(1), so a step's cost does not grow with the data set, and no permutation is stored.
+"""
+
+import jax
+import jax.numpy as jnp
+
+ROUNDS = 6
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A 32-bit integer hash (lowbias32: xor-shift, multiply, xor-shift, multiply, xor-shift)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _feistel(value: jax.Array, round_keys: jax.Array, bits: int) -> jax.Array:
+    """One pass of the Feistel network over [0, 2^bits): (L, R) → (R, L ⊕ F(R, kᵢ)) for each round,
+    with L the high and R the low bits; the halves may differ by one bit, their widths swap each round."""
+    left_bits, right_bits = bits // 2, bits - bits // 2
+    left, right = value >> right_bits, value & ((1 << right_bits) - 1)
+    for round_key in round_keys:
+        mixed = _mix32(right ^ round_key) & jnp.uint32((1 << left_bits) - 1)
+        left, right = right, left ^ mixed
+        left_bits, right_bits = right_bits, left_bits
+    return (left << right_bits) | right
+
+
+def index_shuffle(key: jax.Array, positions: jax.Array, num_examples: int) -> jax.Array:
+    """π(positions) for the keyed bijection π of [0, num_examples) described in the module docstring."""
+    bits = max(1, (num_examples - 1).bit_length())
+    round_keys = jax.random.bits(key, (ROUNDS,), jnp.uint32)
+    walk = lambda value: _feistel(value, [round_keys[i] for i in range(ROUNDS)], bits)
+    value = walk(positions.astype(jnp.uint32))
+    value = jax.lax.while_loop(lambda v: jnp.any(v >= num_examples),
+                               lambda v: jnp.where(v >= num_examples, walk(v), v), value)
+    return value.astype(jnp.int32)
+
+
+def minibatch_indices(key: jax.Array, step, num_examples: int, batch_size: int) -> jax.Array:
+    """Rows of minibatch `step`: epoch e = step // (n // b), position p = step mod (n // b), rows
+    π_e(p·b), …, π_e(p·b + b − 1) with π_e the bijection keyed by fold_in(key, e). Each epoch takes
+    n // b full batches; the n mod b rows π_e places last wait for a later epoch."""
+    if not 1 <= batch_size <= num_examples:
+        raise ValueError(f"batch_size must be in [1, {num_examples}] (the number of examples), got {batch_size}")
+    epoch, position = jnp.divmod(step, num_examples // batch_size)
+    positions = position * batch_size + jnp.arange(batch_size)
+    return index_shuffle(jax.random.fold_in(key, epoch), positions, num_examples)
