@@ -183,7 +183,7 @@ def test_a_minibatch_costs_o_batch_no_array_of_the_data_sets_size_and_no_sort():
 @given(rows=st.integers(1, 3000), seed=st.integers(0, 2**31 - 1))
 def test_each_epoch_is_a_permutation_of_the_rows(rows, seed):
     positions = jnp.arange(rows)
-    order = np.asarray(index_shuffle(jax.random.key(seed), positions, rows))
+    order = np.asarray(index_shuffle(jax.random.key(seed), 0, positions, rows))
     np.testing.assert_array_equal(np.sort(order), np.arange(rows))
 
 
@@ -191,7 +191,7 @@ def test_every_position_is_equally_likely_for_every_row():
     rows, trials = 8, 4000
     counts = np.zeros((rows, rows))
     for seed in range(trials):
-        counts[np.arange(rows), np.asarray(index_shuffle(jax.random.key(seed), jnp.arange(rows), rows))] += 1
+        counts[np.arange(rows), np.asarray(index_shuffle(jax.random.key(seed), 0, jnp.arange(rows), rows))] += 1
     expected = trials / rows
     chi_squared = ((counts - expected) ** 2 / expected).sum()
     assert chi_squared < 120  # 49 degrees of freedom: the 99.99th percentile is about 95

@@ -1,0 +1,31 @@
+"""Run by tests/test_ensemble.py with JAX_NUM_CPU_DEVICES=8: 16 members over a "models" mesh of 8 devices
+against the same ensemble on one device. Prints a JSON report."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import bp_jax
+
+model = bp_jax.Sequential(bp_jax.Linear(5, 8), bp_jax.ReLU(), bp_jax.Linear(8, 1))
+keys = jax.random.split(jax.random.key(0), 3)
+params = jax.vmap(model.init)(jax.random.split(keys[0], 16))
+x, y = jax.random.normal(keys[1], (40, 5)), jax.random.normal(keys[2], (40, 1))
+lrs = jnp.geomspace(1e-3, 1e36, 16)  # the last members diverge
+arguments = dict(steps=60, lr=lrs, batch_size=8, key=jax.random.split(jax.random.key(1), 16))
+loss = bp_jax.loss_fn(model)
+one = bp_jax.fit_ensemble(loss, params, x, 1e3 * y, **arguments)
+split = bp_jax.fit_ensemble(loss, params, x, 1e3 * y, mesh=bp_jax.ensemble_mesh(8), **arguments)
+try:
+    bp_jax.fit_ensemble(loss, jax.tree.map(lambda leaf: leaf[:12], params), x, y, steps=1, lr=0.1,
+                        mesh=bp_jax.ensemble_mesh(8))
+    indivisible = None
+except ValueError as err:
+    indivisible = str(err)
+difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                 for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(split.params)))
+print(json.dumps({"devices_holding_params": len(split.params[0]["weight"].sharding.device_set),
+                  "max_abs_difference": difference, "diverged": split.diverged.tolist(),
+                  "diverged_one_device": one.diverged.tolist(), "indivisible": indivisible}))

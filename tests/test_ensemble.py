@@ -1,0 +1,140 @@
+"""fit_ensemble: E models as one program, each member ending where its own `fit` ends."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bp_jax
+from test_fit import count_compilations
+
+MEMBERS = 4
+
+
+def problem(seed=0, n=48, features=6):
+    model = bp_jax.Sequential(bp_jax.Linear(features, 8), bp_jax.Tanh(), bp_jax.Linear(8, 1))
+    init_key, x_key, y_key = jax.random.split(jax.random.key(seed), 3)
+    params = jax.vmap(model.init)(jax.random.split(init_key, MEMBERS))
+    x = jax.random.normal(x_key, (n, features))
+    return bp_jax.loss_fn(model), params, x, jnp.sin(x[:, :1]) + 0.1 * jax.random.normal(y_key, (n, 1))
+
+
+def member(tree, i):
+    return jax.tree.map(lambda leaf: leaf[i], tree)
+
+
+@pytest.mark.parametrize("batch_size, per_member_keys", [(None, False), (12, False), (12, True)],
+                         ids=["full-batch", "minibatch-shared-key", "minibatch-key-per-member"])
+def test_each_member_equals_its_own_fit_with_the_hand_written_update(batch_size, per_member_keys, precision):
+    loss, params, x, y = problem()
+    lrs = jnp.asarray([0.003, 0.01, 0.03, 0.1])
+    keys = jax.random.split(jax.random.key(7), MEMBERS) if per_member_keys else jax.random.key(7)
+    result = bp_jax.fit_ensemble(loss, params, x, y, steps=90, lr=lrs, batch_size=batch_size, key=keys,
+                                 chunk_size=40)
+    assert result.losses.shape == (90, MEMBERS) and result.step == 90
+    np.testing.assert_array_equal(result.diverged, [-1] * MEMBERS)
+    for i in range(MEMBERS):
+        single = bp_jax.fit(loss, member(params, i), x, y, steps=90, lr=float(lrs[i]), batch_size=batch_size,
+                            key=keys[i] if per_member_keys else keys)
+        chex.assert_trees_all_close(member(result.params, i), single.params, rtol=precision, atol=precision)
+        np.testing.assert_allclose(result.losses[:, i], single.losses, rtol=precision, atol=precision)
+
+
+def test_each_member_equals_its_own_fit_with_an_optax_optimizer(precision):
+    loss, params, x, y = problem(1)
+    optimizer = optax.sgd(0.02, momentum=0.9)
+    keys = jax.random.split(jax.random.key(3), MEMBERS)
+    result = bp_jax.fit_ensemble(loss, params, x, y, steps=60, optimizer=optimizer, batch_size=8, key=keys)
+    for i in range(MEMBERS):
+        single = bp_jax.fit(loss, member(params, i), x, y, steps=60, optimizer=optimizer, batch_size=8, key=keys[i])
+        chex.assert_trees_all_close((member(result.params, i), member(result.opt_state, i)),
+                                    (single.params, single.opt_state), rtol=precision, atol=precision)
+
+
+def test_per_member_learning_rates_through_inject_hyperparams():
+    loss, params, x, y = problem(2)
+    lrs = jnp.asarray([0.001, 0.01, 0.02, 0.05])
+    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
+    opt_state = jax.vmap(optimizer.init)(params)
+    opt_state.hyperparams["learning_rate"] = lrs
+    result = bp_jax.fit_ensemble(loss, params, x, y, steps=40, optimizer=optimizer, opt_state=opt_state)
+    for i in range(MEMBERS):
+        single = bp_jax.fit(loss, member(params, i), x, y, steps=40, optimizer=optax.adam(float(lrs[i])))
+        chex.assert_trees_all_close(member(result.params, i), single.params, rtol=1e-5, atol=1e-5)
+
+
+def test_a_diverging_member_is_frozen_and_reported_while_the_others_carry_on():
+    loss, params, x, y = problem(3)
+    lrs = jnp.asarray([0.01, 1e36, 0.05, 0.02])
+    result = bp_jax.fit_ensemble(loss, params, x, y, steps=50, lr=lrs, batch_size=12, key=jax.random.key(0))
+    with pytest.raises(bp_jax.NonFiniteLoss) as info:
+        bp_jax.fit(loss, member(params, 1), x, y, steps=50, lr=1e36, batch_size=12, key=jax.random.key(0))
+    np.testing.assert_array_equal(result.diverged, [-1, info.value.step, -1, -1])
+    chex.assert_trees_all_close(member(result.params, 1), info.value.result.params, rtol=1e-5)
+    assert np.isnan(result.losses[info.value.step + 1:, 1]).all()
+    for i in (0, 2, 3):
+        single = bp_jax.fit(loss, member(params, i), x, y, steps=50, lr=float(lrs[i]), batch_size=12,
+                            key=jax.random.key(0))
+        chex.assert_trees_all_close(member(result.params, i), single.params, rtol=1e-5, atol=1e-5)
+
+
+def test_new_learning_rates_do_not_compile_again():
+    loss, params, x, y = problem(4)
+    bp_jax.fit_ensemble(loss, params, x, y, steps=10, lr=jnp.full(MEMBERS, 0.01), batch_size=8, key=jax.random.key(0))
+    compiled, listener = count_compilations()
+    try:
+        bp_jax.fit_ensemble(loss, params, x, y, steps=33, lr=jnp.asarray([0.1, 0.2, 0.3, 0.4]), batch_size=8,
+                            key=jax.random.key(0), chunk_size=7)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+
+
+def test_resuming_an_ensemble_is_bit_identical():
+    loss, params, x, y = problem(5)
+    optimizer = optax.adam(0.01)
+    keys = jax.random.split(jax.random.key(1), MEMBERS)
+    whole = bp_jax.fit_ensemble(loss, params, x, y, steps=120, optimizer=optimizer, batch_size=8, key=keys)
+    first = bp_jax.fit_ensemble(loss, params, x, y, steps=37, optimizer=optimizer, batch_size=8, key=keys)
+    rest = bp_jax.fit_ensemble(loss, first.params, x, y, steps=83, optimizer=optimizer, batch_size=8, key=keys,
+                               opt_state=first.opt_state, start_step=first.step, chunk_size=10)
+    chex.assert_trees_all_equal((rest.params, rest.opt_state), (whole.params, whole.opt_state))
+    np.testing.assert_array_equal(np.concatenate([first.losses, rest.losses]), whole.losses)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": jnp.ones(3)}, r"one value or one per member \(4\)"),
+    ({"lr": -0.1}, "lr must be finite and > 0"),
+    ({"lr": 0.1, "batch_size": 8, "key": jax.random.split(jax.random.key(0), 3)}, r"4 stacked keys.*\(3,\)"),
+])
+def test_bad_ensemble_arguments_are_refused(kwargs, message):
+    loss, params, x, y = problem()
+    with pytest.raises(ValueError, match=message):
+        bp_jax.fit_ensemble(loss, params, x, y, steps=3, **kwargs)
+
+
+def test_params_without_a_common_member_axis_are_refused():
+    loss, params, x, y = problem()
+    params = (params[0], {}, jax.tree.map(lambda leaf: leaf[:2], params[2]))
+    with pytest.raises(ValueError, match="same leading member axis"):
+        bp_jax.fit_ensemble(loss, params, x, y, steps=3, lr=0.1)
+
+
+def test_members_split_over_8_devices_equal_one_device():
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="8")
+    worker = Path(__file__).with_name("ensemble_mesh_worker.py")
+    done = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["devices_holding_params"] == 8
+    assert report["max_abs_difference"] < 1e-6
+    np.testing.assert_array_equal(report["diverged"], report["diverged_one_device"])
+    assert "do not split evenly" in report["indivisible"]
