@@ -127,7 +127,7 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     chunk_size = _count("chunk_size", chunk_size, 1)
     batch_size = _check_data(x, y, batch_size, key)
     lr = 0.0 if optimizer is not None else check_lr(lr)  # a Python float: traced weakly typed, as sgd_step's
-    opt_state = None if optimizer is None else optimizer.init(params) if opt_state is None else opt_state
+    opt_state = None if optimizer is None else jax.jit(optimizer.init)(params) if opt_state is None else opt_state
     if mesh is not None:
         devices, batch = data_devices(mesh), len(x) if batch_size is None else batch_size
         if batch % devices:
@@ -137,8 +137,7 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
         data_layout = batch_sharded(mesh) if batch_size is None else replicated(mesh)
         x, y = place(x, data_layout), place(y, data_layout)
     run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=False, key_axis=None)
-    divergence = _Divergence(jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
-    state = (jax.tree.map(jnp.copy, (params, opt_state)), divergence)
+    state = (_copy((params, opt_state)), _Divergence(np.int32(-1), np.int32(0)))
 
     def result(state, losses, step):
         return FitResult(*state[0], losses, step)
@@ -182,10 +181,10 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
         lrs = np.full(members, lrs) if lrs.ndim == 0 else lrs
         if lrs.shape != (members,) or not np.all(np.isfinite(lrs) & (lrs > 0)):
             raise ValueError(f"lr must be finite and > 0: one value or one per member ({members}), got {lr!r}")
-        lrs = jnp.asarray(lrs)
+        lrs = lrs.astype(jax.dtypes.canonicalize_dtype(float))
     else:
-        lrs = jnp.zeros(members)
-        opt_state = jax.vmap(optimizer.init)(params) if opt_state is None else opt_state
+        lrs = np.zeros(members, jax.dtypes.canonicalize_dtype(float))
+        opt_state = jax.jit(jax.vmap(optimizer.init))(params) if opt_state is None else opt_state
     key_axis = None if key is None else _key_axis(key, members)
     if mesh is not None:
         if members % member_devices(mesh):
@@ -196,10 +195,10 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
         key = None if key is None else split(key) if key_axis == 0 else place(key, replicated(mesh))
         x, y = place(x, replicated(mesh)), place(y, replicated(mesh))
     run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=True, key_axis=key_axis)
-    divergence = _Divergence(jnp.full(members, -1, jnp.int32), jnp.zeros(members, jnp.int32))
+    divergence = _Divergence(np.full(members, -1, np.int32), np.zeros(members, np.int32))
     if mesh is not None:
         divergence = jax.tree.map(lambda leaf: place(leaf, _member_sharding(mesh)), divergence)
-    state = (jax.tree.map(jnp.copy, (params, opt_state)), divergence)
+    state = (_copy((params, opt_state)), divergence)
 
     def result(state, losses, step):
         return EnsembleResult(*state[0], losses, step, _to_host(state[1].step))
@@ -229,6 +228,12 @@ def _key_axis(key, members: int) -> int | None:
 
 def _member_sharding(mesh) -> jax.sharding.NamedSharding:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(MODELS_AXIS))
+
+
+@jax.jit
+def _copy(tree):
+    """Fresh buffers holding `tree` (the compiled loop donates its state; the caller's arrays are kept)."""
+    return jax.tree.map(jnp.copy, tree)
 
 
 def _to_host(array) -> np.ndarray:

@@ -7,6 +7,7 @@ Bad values end with one line on stderr and exit status 2; a diverged run exits w
 import importlib
 import sys
 
+from bp_jax.cli import _cache
 from bp_jax.cli._args import Parser, UsageError
 
 COMMANDS = ("train", "demo", "check")
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = f"bp-jax {args.command}"
+        if hasattr(args, "compile_cache"):
+            _cache.enable(args.compile_cache)
         return args.run(args)
     except ModuleNotFoundError as err:
         missing = err.name.partition(".")[0]

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 import bp_jax
-from bp_jax.cli import _args, checkpoints, data, distributed
+from bp_jax.cli import _args, _cache, checkpoints, data, distributed
 from bp_jax.cli._args import UsageError
 
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = {
@@ -74,6 +74,7 @@ def register(commands) -> None:
     parallel.add_argument("--process-id", type=int, help="0 … num-processes − 1 (env BP_JAX_PROCESS_ID)")
     parallel.add_argument("--init-timeout", type=_args.positive_int, default=120, metavar="SECONDS",
                           help="give up joining the run after this long (default 120)")
+    _cache.add_option(train)
     train.set_defaults(run=main)
 
 
