@@ -18,6 +18,7 @@ from bp_jax._layers import (
     neuron,
     tiny_net,
 )
+from bp_jax._explain import Graph, Node, explain
 from bp_jax._fit import FitResult, NonFiniteLoss, fit, minibatch_indices
 from bp_jax._mesh import data_parallel_mesh
 from bp_jax._losses import loss_fn, mse, squared_error
@@ -26,14 +27,17 @@ from bp_jax._steps import optax_step, sgd_step
 __all__ = [
     "ACTIVATIONS",
     "FitResult",
+    "Graph",
     "Linear",
     "Model",
+    "Node",
     "NonFiniteLoss",
     "ReLU",
     "Sequential",
     "Sigmoid",
     "Tanh",
     "data_parallel_mesh",
+    "explain",
     "fit",
     "loss_fn",
     "manual",

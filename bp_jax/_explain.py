@@ -352,20 +352,32 @@ def _wrap(name: str, atom: bool = False) -> str:
 _DTYPE_SHORT = (("bfloat", "bf"), ("float", "f"), ("uint", "u"), ("int", "i"), ("complex", "c"))
 
 
-def _brief(value, count: int = 3) -> str:
-    """A scalar as `-4.5`; a tensor as `f32[4,5] 0.1 -0.3 0.5 …` (its first `count` entries)."""
+def _brief(value) -> str:
+    """A scalar as `-4.5`; a tensor as `f32[4,5] 0.1 -0.3 0.5 …`, its type and first entries."""
+    return " ".join(part for part in _summary(value) if part)
+
+
+def _summary(value, count: int = 3) -> tuple[str, str]:
+    """(type, numbers): ("", "-4.5") for a scalar, ("f32[4,5]", "0.1 -0.3 0.5 …") for a tensor."""
     if value is None:
-        return "—"
+        return "", "—"
     array = np.asarray(value)
     if array.ndim == 0:
-        return f"{array.item():.6g}"
+        return "", f"{array.item():.6g}"
     dtype = array.dtype.name
     for long, short in _DTYPE_SHORT:
         if dtype.startswith(long):
             dtype = short + dtype.removeprefix(long)
             break
     head = " ".join(f"{v:.4g}" for v in array.ravel()[:count].tolist())
-    return f"{dtype}[{','.join(map(str, array.shape))}] {head}{' …' if array.size > count else ''}"
+    return f"{dtype}[{','.join(map(str, array.shape))}]", f"{head}{' …' if array.size > count else ''}"
+
+
+def box_lines(node: Node) -> list[str]:
+    """The lines of a node's box in a picture: name; index, op and type; value; grad."""
+    kind, value = _summary(node.value)
+    return [node.name, f"#{node.index} {node.op}{'  ' + kind if kind else ''}",
+            f"value {value}", f"grad {_summary(node.grad)[1]}"]
 
 
 def _cell(value) -> str:
@@ -373,11 +385,12 @@ def _cell(value) -> str:
 
 
 def _dot_label(node: Node, output: Node) -> str:
-    """A node's HTML-like DOT label: name and op, value in blue, grad in red."""
+    """A node's HTML-like DOT label: name, op, value in blue, grad in red."""
     escape = lambda text: text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    fill = NODE_FILL[node_kind(node, output)]
-    return (f'<table border="1" cellborder="0" cellspacing="0" cellpadding="3" bgcolor="{fill}">'
-            f'<tr><td><b>{escape(node.name)}</b></td></tr>'
-            f'<tr><td><font point-size="9" color="#777777">#{node.index} {escape(node.op)}</font></td></tr>'
-            f'<tr><td><font color="{VALUE_COLOR}">value {escape(_brief(node.value))}</font></td></tr>'
-            f'<tr><td><font color="{GRAD_COLOR}">grad {escape(_brief(node.grad))}</font></td></tr></table>')
+    name, op, value, grad = map(escape, box_lines(node))
+    return (f'<table border="1" cellborder="0" cellspacing="0" cellpadding="3" '
+            f'bgcolor="{NODE_FILL[node_kind(node, output)]}">'
+            f'<tr><td><b>{name}</b></td></tr>'
+            f'<tr><td><font point-size="9" color="#777777">{op}</font></td></tr>'
+            f'<tr><td><font color="{VALUE_COLOR}">{value}</font></td></tr>'
+            f'<tr><td><font color="{GRAD_COLOR}">{grad}</font></td></tr></table>')
