@@ -78,7 +78,8 @@ class Graph:
 
     def to_dot(self) -> str:
         """Graphviz DOT: a box per node with its value (blue, forward) and grad (red, backward)."""
-        lines = ["digraph explain {", "  rankdir=LR;", '  node [shape=plaintext, fontname="Helvetica"];',
+        lines = ["digraph explain {", '  rankdir=LR; fontname="Helvetica";',
+                 '  node [shape=plaintext, margin=0, fontname="Helvetica"];',
                  '  edge [color="#888888", arrowsize=0.7];',
                  f'  label=<<font color="{VALUE_COLOR}">value: forward pass</font>     '
                  f'<font color="{GRAD_COLOR}">grad = ∂f/∂node: backward pass</font>>;', '  labelloc=t;']

@@ -1,4 +1,5 @@
-"""The seed documents' numbers, reproduced exactly (see shared/REFERENCE.md)."""
+"""The seed documents' numbers, reproduced exactly: the tiny network at x = 2, w1 = 0.5, w2 = 1.5, target 3
+(z1 = 1, a1 = 1, y = 1.5, L = 2.25; gradients w1 −9, w2 −3, x −2.25), the single neuron's formula and the seed MLP."""
 
 import jax
 import jax.numpy as jnp
