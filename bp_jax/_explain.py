@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
-_INLINED = {"jit", "pjit"}                          # call primitives whose body is shown equation by equation
+_INLINED = {"jit", "pjit"}                          # jit calls (pjit in older jax), shown equation by equation
 _CUSTOM = {"custom_jvp_call", "custom_vjp_call"}    # one node each, differentiated by their own rule
 _MAX_NAME = 28                                      # longer expressions refer to their operands as #index
 

@@ -56,30 +56,31 @@ def columns(graph: Graph) -> list[int]:
 
 
 def rows(graph: Graph, column: list[int], sweeps: int = 4) -> list[float]:
-    """Each node's row in its column, centred on 0: a few sweeps, alternately left to right and back,
-    each ordering a column by the mean row of its neighbours in the column before (barycenter heuristic)."""
+    """Each node's row in its column, centred on 0: a few sweeps, alternately left to right (ordering each
+    column by the mean row of the node's inputs) and right to left (of its consumers): the barycenter heuristic."""
     members = defaultdict(list)
     for node in graph.nodes:
         members[column[node.index]].append(node.index)
-    before = {node.index: [s.index for s in node.inputs if column[s.index] < column[node.index]]
-              for node in graph.nodes}
-    after = defaultdict(list)
-    for index, sources in before.items():
+    inputs = {node.index: [source.index for source in dict.fromkeys(node.inputs)] for node in graph.nodes}
+    consumers = defaultdict(list)
+    for index, sources in inputs.items():
         for source in sources:
-            after[source].append(index)
+            consumers[source].append(index)
     row = [0.0] * len(graph.nodes)
 
     def place(indices):
         for rank, index in enumerate(indices):
             row[index] = rank - (len(indices) - 1) / 2
 
+    def mean(index, neighbours):
+        return sum(row[j] for j in neighbours[index]) / len(neighbours[index]) if neighbours[index] else row[index]
+
     for indices in members.values():
         place(indices)
     for sweep in range(sweeps):
-        order, neighbours = (sorted(members), before) if sweep % 2 == 0 else (sorted(members, reverse=True), after)
+        order, neighbours = (sorted(members), inputs) if sweep % 2 == 0 else (sorted(members, reverse=True), consumers)
         for c in order:
-            mean = lambda i: sum(row[j] for j in neighbours[i]) / len(neighbours[i]) if neighbours[i] else row[i]
-            members[c].sort(key=mean)
+            members[c].sort(key=lambda index: mean(index, neighbours))
             place(members[c])
     return row
 
@@ -104,8 +105,10 @@ def _draw(graph: Graph):
     column_width = defaultdict(float)
     for index, c in enumerate(column):
         column_width[c] = max(column_width[c], width[index])
-    left = {c: _COLUMN_GAP / 2 + sum(column_width[k] + _COLUMN_GAP for k in range(c)) for c in column_width}
-    total_width = sum(column_width.values()) + _COLUMN_GAP * len(column_width)
+    left, total_width = {}, 0.0
+    for c in range(max(column) + 1):
+        left[c] = total_width + _COLUMN_GAP / 2
+        total_width += column_width.get(c, 0.0) + _COLUMN_GAP
     span = max(row, default=0) - min(row, default=0)
     legend = 2.5 * _LINE
     total_height = (span + 1) * (height + _ROW_GAP) + legend
@@ -129,8 +132,8 @@ def _draw(graph: Graph):
             start = (centre_x(source.index) + width[source.index] / 2, centre_y(source.index) + legend)
             axes.add_patch(FancyArrowPatch(start, (x - w / 2, y), arrowstyle="-|>", mutation_scale=9,
                                            color="#888888", linewidth=0.8, shrinkA=0, shrinkB=1, zorder=1))
-    axes.text(_COLUMN_GAP / 2, legend / 2, "value: forward pass", color=VALUE_COLOR, fontsize=_FONT_SIZE + 1,
-              va="center", family="DejaVu Sans Mono")
-    axes.text(_COLUMN_GAP / 2 + 22 * _CHAR * 1.15, legend / 2, "grad = ∂f/∂node: backward pass", color=GRAD_COLOR,
-              fontsize=_FONT_SIZE + 1, va="center", family="DejaVu Sans Mono")
+    x = _COLUMN_GAP / 2
+    for text, colour in (("value: forward pass", VALUE_COLOR), ("grad = ∂f/∂node: backward pass", GRAD_COLOR)):
+        axes.text(x, legend / 2, text, color=colour, fontsize=_FONT_SIZE + 1, va="center", family="DejaVu Sans Mono")
+        x += (len(text) + 5) * _CHAR * (_FONT_SIZE + 1) / _FONT_SIZE
     return figure
