@@ -1,4 +1,4 @@
-"""`bp-jax` (also `python -m bp_jax`): train the seed MLP, walk through the documents' examples, check parity, or explain a backward pass.
+"""`bp-jax` (also `python -m bp_jax`): train, walk through the documents' examples, check parity, or explain.
 
 One module per subcommand, each with `register(commands)` adding its parser and the function it runs.
 Bad values end with one line on stderr and exit status 2; a diverged run exits with status 1.

@@ -5,6 +5,7 @@ difference beside autodiff's; writes graph.dot, graph.svg and graph.png into --o
 """
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +17,22 @@ from bp_jax.cli._args import UsageError
 MODELS = ("neuron", "tiny-net", "seed-mlp")
 LAYERS = {"relu": bp_jax.ReLU, "sigmoid": bp_jax.Sigmoid, "tanh": bp_jax.Tanh}
 #: the tiny network's node names -> the document's symbols (the keys of manual.tiny_net_backward)
-TINY_NET_SYMBOLS = {"w1": "w1", "w2": "w2", "x": "x", "target": "t", "w1·x": "z1", "relu(w1·x)": "a1",
-                    "w2·relu(w1·x)": "y", "w2·relu(w1·x) − target": "y − t", "(w2·relu(w1·x) − target)²": "L"}
+TINY_NET_SYMBOLS = {
+    "w1": "w1", "w2": "w2", "x": "x", "target": "t", "w1·x": "z1", "relu(w1·x)": "a1", "w2·relu(w1·x)": "y",
+    "w2·relu(w1·x) − target": "y − t", "(w2·relu(w1·x) − target)²": "L",
+}
 
 
-def neuron(activation: str):
+class Example(NamedTuple):
+    """A model's graph, the document's symbol for some of its nodes, and the hand-derived gradient of some."""
+
+    title: str
+    graph: bp_jax.Graph
+    symbols: dict[bp_jax.Node, str]
+    by_hand: dict[bp_jax.Node, Any]
+
+
+def neuron(activation: str) -> Example:
     """y = a(w·x), L = (y − t)² at w = 0.8, x = 1.5, t = 0.5. By hand dL/dw = 2(y − t)·a'(w·x)·x, and
     dL/dx, the same formula with w and x swapped (w·x is symmetric in them)."""
     w, x, t = 0.8, 1.5, 0.5
@@ -33,10 +45,11 @@ def neuron(activation: str):
     params, x_node, _ = graph.inputs
     by_hand = {params["w"]: manual.neuron_grad(w, x, t, activation),
                x_node: manual.neuron_grad(x, w, t, activation)}
-    return f"single neuron y = {activation}(w·x), L = (y − t)², w = {w}, x = {x}, t = {t}", graph, {}, by_hand
+    title = f"single neuron y = {activation}(w·x), L = (y − t)², w = {w}, x = {x}, t = {t}"
+    return Example(title, graph, {}, by_hand)
 
 
-def tiny_net(activation: str):
+def tiny_net(activation: str) -> Example:
     """The document's x → ·w1 → ReLU → ·w2 → y, L = (y − t)², at x = 2, w1 = 0.5, w2 = 1.5, t = 3."""
     if activation != "relu":
         raise UsageError(f"tiny-net is the document's ReLU network; --activation {activation} applies to "
@@ -50,11 +63,11 @@ def tiny_net(activation: str):
     steps = manual.tiny_net_backward(params["w1"], params["w2"], x, target)
     symbols = {node: TINY_NET_SYMBOLS[node.name] for node in graph.nodes if node.name in TINY_NET_SYMBOLS}
     by_hand = {node: steps[symbol][1] for node, symbol in symbols.items()}
-    return "tiny network x → ·w1 → ReLU → ·w2 → y, L = (y − t)², x = 2, w1 = 0.5, w2 = 1.5, t = 3", \
-        graph, symbols, by_hand
+    return Example("tiny network x → ·w1 → ReLU → ·w2 → y, L = (y − t)², x = 2, w1 = 0.5, w2 = 1.5, t = 3",
+                   graph, symbols, by_hand)
 
 
-def seed_mlp(activation: str):
+def seed_mlp(activation: str) -> Example:
     """The seed MLP 10 → 5 → 1 with MSE on 4 rows of random data; by hand: manual.value_and_grad."""
     if activation not in LAYERS:
         raise UsageError(f"seed-mlp's activation must be one of {', '.join(LAYERS)}, got {activation}")
@@ -65,7 +78,7 @@ def seed_mlp(activation: str):
     graph = bp_jax.explain(bp_jax.loss_fn(model), params, x, y)
     _, grads = manual.value_and_grad(model)(params, x, y)
     by_hand = dict(zip(jax.tree.leaves(graph.inputs[0]), jax.tree.leaves(grads)))
-    return f"seed MLP 10 → 5 → 1 ({activation}), MSE, 4 rows (seed 0)", graph, {}, by_hand
+    return Example(f"seed MLP 10 → 5 → 1 ({activation}), MSE, 4 rows (seed 0)", graph, {}, by_hand)
 
 
 EXAMPLES = {"neuron": neuron, "tiny-net": tiny_net, "seed-mlp": seed_mlp}
