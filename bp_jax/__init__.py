@@ -18,6 +18,7 @@ from bp_jax._layers import (
     neuron,
     tiny_net,
 )
+from bp_jax._explain import Graph, Node, explain
 from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, fit, fit_ensemble
 from bp_jax._mesh import data_parallel_mesh, ensemble_mesh
 from bp_jax._order import minibatch_indices
@@ -28,8 +29,10 @@ __all__ = [
     "ACTIVATIONS",
     "EnsembleResult",
     "FitResult",
+    "Graph",
     "Linear",
     "Model",
+    "Node",
     "NonFiniteLoss",
     "ReLU",
     "Sequential",
@@ -37,6 +40,7 @@ __all__ = [
     "Tanh",
     "data_parallel_mesh",
     "ensemble_mesh",
+    "explain",
     "fit",
     "fit_ensemble",
     "loss_fn",

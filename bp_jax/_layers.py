@@ -65,17 +65,23 @@ def default_float():
     return jnp.zeros(()).dtype
 
 
-def check_params(layer: str, params: Params, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Raise unless `params` is a mapping with exactly the keys and shapes in `shapes`."""
+def check_params(layer: str, params: Params, shapes: Mapping[str, tuple | list[tuple]]) -> None:
+    """Raise unless `params` is a mapping with exactly the keys in `shapes`, each of its shape
+    (or of one of its shapes, where `shapes[name]` is a list of them)."""
     if not isinstance(params, Mapping):
         raise TypeError(f"{layer} expects params as a dict with keys {sorted(shapes)}, "
                         f"got {type(params).__name__}")
     if set(params) != set(shapes):
         raise ValueError(f"{layer} expects params with keys {sorted(shapes)}, got {sorted(params)}")
     for name, shape in shapes.items():
-        if jnp.shape(params[name]) != shape:
-            raise ValueError(f"{layer} expects {name} of shape {shape}, "
+        allowed = shape if isinstance(shape, list) else [shape]
+        if jnp.shape(params[name]) not in allowed:
+            raise ValueError(f"{layer} expects {name} of shape {' or '.join(map(str, allowed))}, "
                              f"got {jnp.shape(params[name])}")
+
+
+#: The documents' weights are scalars written as `torch.tensor([0.5])`: shape () or (1,).
+_SCALAR = [(), (1,)]
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -209,7 +215,7 @@ def Sequential(*layers: Model) -> Model:
 
 
 def neuron(activation_name: str = "identity") -> Model:
-    """The documents' single neuron y = a(w·x) with a scalar weight, params `{"w": ()}`.
+    """The documents' single neuron y = a(w·x) with a scalar weight, params `{"w": ()}` (or shape (1,)).
 
     init draws w ~ U(−1, 1), nn.Linear(1, 1, bias=False)'s distribution.
     """
@@ -217,21 +223,24 @@ def neuron(activation_name: str = "identity") -> Model:
     name = f"neuron({activation_name!r})"
 
     def apply(params, x):
-        check_params(name, params, {"w": ()})
+        check_params(name, params, {"w": _SCALAR})
         return fn(params["w"] * x)
 
     return Model(lambda key: {"w": jax.random.uniform(key, (), default_float(), -1, 1)}, apply)
 
 
 def tiny_net() -> Model:
-    """The documents' tiny network x → ·w1 → ReLU → ·w2 → y, params `{"w1": (), "w2": ()}`."""
+    """The documents' tiny network x → ·w1 → ReLU → ·w2 → y, params `{"w1": (), "w2": ()}`.
+
+    Weights of shape (1,), as the document's `torch.tensor([0.5])`, are accepted too.
+    """
 
     def init(key):
         w1, w2 = jax.random.uniform(key, (2,), default_float(), -1, 1)
         return {"w1": w1, "w2": w2}
 
     def apply(params, x):
-        check_params("tiny_net", params, {"w1": (), "w2": ()})
+        check_params("tiny_net", params, {"w1": _SCALAR, "w2": _SCALAR})
         return params["w2"] * jax.nn.relu(params["w1"] * x)
 
     return Model(init, apply)

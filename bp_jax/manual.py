@@ -1,9 +1,9 @@
 """The documents' derivatives written out by hand: an independent reference for `jax.grad`.
 
-Nothing here calls jax autodiff. `neuron_grad` and `tiny_net_grads` are the documents' formulas;
-`value_and_grad` is the four-step algorithm for any Sequential of Linear, ReLU, Sigmoid and Tanh:
-a forward pass that keeps what each layer needs, the loss, then each layer's hand-written backward
-(`Model.vjp`) applied in reverse order.
+Nothing here calls jax autodiff. `neuron_grad`, `tiny_net_backward` and `tiny_net_grads` are the
+documents' formulas; `value_and_grad` is the four-step algorithm for any Sequential of Linear, ReLU,
+Sigmoid and Tanh: a forward pass that keeps what each layer needs, the loss, then each layer's
+hand-written backward (`Model.vjp`) applied in reverse order.
 """
 
 from collections.abc import Callable
@@ -27,18 +27,33 @@ def neuron_grad(w, x, t, activation_name: str = "identity"):
     return 2 * (a(z) - t) * a_prime(z) * x
 
 
-def tiny_net_grads(w1, w2, x, t) -> dict:
-    """Gradients of L = (y − t)² for y = w2·relu(w1·x), by the chain rule.
+def tiny_net_backward(w1, w2, x, t) -> dict:
+    """The document's derivation step by step: `{name: (value, dL/dname)}` for L = (y − t)².
 
-    dL/dw2 = 2(y − t)·a1;  dL/dw1 = 2(y − t)·w2·relu'(z1)·x;  dL/dx = 2(y − t)·w2·relu'(z1)·w1.
+    Forward z1 = w1·x, a1 = relu(z1), y = w2·a1, L = (y − t)². Backward, last to first: dL/dL = 1,
+    dL/dy = 2(y − t), dL/dw2 = dL/dy·a1, dL/da1 = dL/dy·w2, dL/dz1 = dL/da1·relu'(z1),
+    dL/dw1 = dL/dz1·x, dL/dx = dL/dz1·w1, dL/dt = −2(y − t). Names: w1, w2, x, t, z1, a1, y, "y − t", L.
     """
     relu, relu_prime = activation("relu")
     w1, w2, x, t = (jnp.asarray(v) for v in (w1, w2, x, t))
     z1 = w1 * x
     a1 = relu(z1)
-    dL_dy = 2 * (w2 * a1 - t)
-    dL_dz1 = dL_dy * w2 * relu_prime(z1)
-    return {"w1": dL_dz1 * x, "w2": dL_dy * a1, "x": dL_dz1 * w1}
+    y = w2 * a1
+    dL_dy = 2 * (y - t)
+    dL_da1 = dL_dy * w2
+    dL_dz1 = dL_da1 * relu_prime(z1)
+    return {"w1": (w1, dL_dz1 * x), "w2": (w2, dL_dy * a1), "x": (x, dL_dz1 * w1), "t": (t, -dL_dy),
+            "z1": (z1, dL_dz1), "a1": (a1, dL_da1), "y": (y, dL_dy), "y − t": (y - t, dL_dy),
+            "L": ((y - t) ** 2, jnp.ones_like(y))}
+
+
+def tiny_net_grads(w1, w2, x, t) -> dict:
+    """Gradients of L = (y − t)² for y = w2·relu(w1·x), by the chain rule.
+
+    dL/dw2 = 2(y − t)·a1;  dL/dw1 = 2(y − t)·w2·relu'(z1)·x;  dL/dx = 2(y − t)·w2·relu'(z1)·w1.
+    """
+    steps = tiny_net_backward(w1, w2, x, t)
+    return {name: steps[name][1] for name in ("w1", "w2", "x")}
 
 
 def value_and_grad(model: Model, loss: Callable = mse) -> Callable:

@@ -1,4 +1,5 @@
-"""The seed documents' numbers, reproduced exactly (see shared/REFERENCE.md)."""
+"""The seed documents' numbers, reproduced exactly: the tiny network at x = 2, w1 = 0.5, w2 = 1.5, target 3
+(z1 = 1, a1 = 1, y = 1.5, L = 2.25; gradients w1 −9, w2 −3, x −2.25), the single neuron's formula and the seed MLP."""
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,14 @@ def test_tiny_network_gradients_from_jax_grad_and_by_hand():
     by_hand = manual.tiny_net_grads(W1, W2, X, TARGET)
     assert (grads["w1"], grads["w2"], grad_x) == (-9.0, -3.0, -2.25)
     assert (by_hand["w1"], by_hand["w2"], by_hand["x"]) == (-9.0, -3.0, -2.25)
+
+
+def test_tiny_network_derivation_step_by_step():
+    steps = manual.tiny_net_backward(W1, W2, X, TARGET)
+    numbers = {name: (float(value), float(grad)) for name, (value, grad) in steps.items()}
+    assert numbers == {"w1": (0.5, -9.0), "w2": (1.5, -3.0), "x": (2.0, -2.25), "t": (3.0, 3.0),
+                       "z1": (1.0, -4.5), "a1": (1.0, -4.5), "y": (1.5, -3.0), "y − t": (-1.5, -3.0),
+                       "L": (2.25, 1.0)}
 
 
 @pytest.mark.parametrize("name", ["identity", "relu", "sigmoid", "tanh"])

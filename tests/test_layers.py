@@ -99,6 +99,18 @@ def test_params_that_do_not_match_the_model_name_the_layer():
         bp_jax.neuron("relu").apply({"w1": 1.0}, 1.0)
 
 
+def test_neuron_and_tiny_net_take_the_documents_shape_1_weights():
+    """The document writes w1 = torch.tensor([0.5]): shape (1,) is accepted beside (), nothing else."""
+    one = lambda v: jnp.array([v])
+    assert bp_jax.tiny_net().apply({"w1": one(0.5), "w2": one(1.5)}, one(2.0)).tolist() == [1.5]
+    assert bp_jax.tiny_net().apply({"w1": one(0.5), "w2": 1.5}, 2.0).tolist() == [1.5]
+    assert bp_jax.neuron("relu").apply({"w": one(0.5)}, one(2.0)).tolist() == [1.0]
+    with pytest.raises(ValueError, match=r"tiny_net expects w1 of shape \(\) or \(1,\), got \(2,\)"):
+        bp_jax.tiny_net().apply({"w1": jnp.ones(2), "w2": 1.5}, 2.0)
+    with pytest.raises(ValueError, match=r"neuron\('tanh'\) expects w of shape \(\) or \(1,\), got \(1, 1\)"):
+        bp_jax.neuron("tanh").apply({"w": jnp.ones((1, 1))}, 2.0)
+
+
 def test_unknown_activation_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown activation 'gelu'.*\['identity', 'relu', 'sigmoid', 'tanh'\]"):
         bp_jax.neuron("gelu")

@@ -1,4 +1,4 @@
-"""`bp-jax` (also `python -m bp_jax`): train the seed MLP, walk through the documents' examples, or check parity.
+"""`bp-jax` (also `python -m bp_jax`): train, walk through the documents' examples, check parity, or explain.
 
 One module per subcommand, each with `register(commands)` adding its parser and the function it runs.
 Bad values end with one line on stderr and exit status 2; a diverged run exits with status 1.
@@ -10,7 +10,7 @@ import sys
 from bp_jax.cli import _cache
 from bp_jax.cli._args import Parser, UsageError
 
-COMMANDS = ("train", "demo", "check")
+COMMANDS = ("train", "demo", "check", "explain")
 
 
 def build_parser() -> Parser:

@@ -1,0 +1,397 @@
+"""See the backward pass: the graph `jax.grad` works on, with every value and gradient.
+
+    graph = bp_jax.explain(f, *args)    # f(*args) -> float scalar; args: pytrees of arrays
+    graph.nodes                         # forward order: Node(name, op, value, grad, inputs)
+    graph.grads                         # = jax.grad(f, argnums=range(len(args)))(*args)
+    graph.table(); graph.to_dot(); graph.save("graph.png")   # .dot, .svg or .png
+
+The graph is JAX's own: the jaxpr of f (`jax.make_jaxpr`), one node per input leaf (op "input"), per
+closed-over constant ("const") and per equation output (op = the primitive's name). `jit` calls are
+inlined; `custom_jvp_call` and `custom_vjp_call` (`jax.nn.relu`, …) stay one node named after their
+function, so their own derivative rule is the one applied (relu'(0) = 0, as in jax.grad).
+
+Values come from evaluating the equations one at a time. Gradients come from micrograd's `backward()` run
+on those equations: seed ∂f/∂f = 1, then visit the equations last to first, and let each one's local
+derivative (`jax.vjp` of that one primitive) turn the gradients of its outputs into contributions to its
+inputs' gradients, summed where a value is used more than once:
+
+    ∂f/∂v = Σ over each use of v as operand k of an equation e:  vjp_e(∂f/∂outputs(e))[k]
+"""
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Literal
+
+_INLINED = {"jit", "pjit"}                          # jit calls (pjit in older jax), shown equation by equation
+_CUSTOM = {"custom_jvp_call", "custom_vjp_call"}    # one node each, differentiated by their own rule
+_MAX_NAME = 28                                      # longer expressions refer to their operands as #index
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Node:
+    """One value of the graph: `value`, `grad` = ∂f/∂value (None for integer and boolean values),
+    the `op` that computed it from `inputs` (one entry per operand, literals left out)."""
+
+    index: int
+    name: str
+    op: str
+    value: jax.Array
+    grad: jax.Array | None
+    inputs: tuple["Node", ...]
+
+    def __repr__(self):
+        return f"Node(#{self.index} {self.op} {self.name!r}, value={_brief(self.value)}, grad={_brief(self.grad)})"
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """The nodes in forward order, the input nodes in the structure of `args`, and the output node f."""
+
+    nodes: tuple[Node, ...]
+    inputs: tuple
+    output: Node
+
+    @property
+    def grads(self) -> tuple:
+        """The input nodes' gradients in the structure of `args`: jax.grad(f, argnums=all)'s answer."""
+        return jax.tree.map(lambda node: node.grad, self.inputs)
+
+    def table(self, columns: Mapping[str, Mapping[Node, Any]] | None = None) -> str:
+        """A text table, one row per node: #, op, name, value, grad, then any extra `columns`
+        (heading -> {node: text or array}); tensors show as dtype[shape] and their first numbers."""
+        columns = dict(columns or {})
+        header = ["#", "op", "name", "value", "grad", *columns]
+        rows = [[str(node.index), node.op, node.name, _brief(node.value), _brief(node.grad),
+                 *(_cell(column.get(node, "")) for column in columns.values())] for node in self.nodes]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        line = lambda row: "  ".join(cell.rjust(w) if i == 0 else cell.ljust(w)
+                                     for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+    def to_dot(self) -> str:
+        """Graphviz DOT: a box per node with its value (blue, forward) and grad (red, backward)."""
+        lines = ["digraph explain {", '  rankdir=LR; fontname="Helvetica";',
+                 '  node [shape=plaintext, margin=0, fontname="Helvetica"];',
+                 '  edge [color="#888888", arrowsize=0.7];',
+                 f'  label=<<font color="{VALUE_COLOR}">value: forward pass</font>     '
+                 f'<font color="{GRAD_COLOR}">grad = ∂f/∂node: backward pass</font>>;', '  labelloc=t;']
+        for node in self.nodes:
+            lines.append(f"  n{node.index} [label=<{_dot_label(node, self.output)}>];")
+        for node in self.nodes:
+            lines += [f"  n{source.index} -> n{node.index};" for source in dict.fromkeys(node.inputs)]
+        return "\n".join([*lines, "}", ""])
+
+    def save(self, path, *, engine: str | None = None) -> Path:
+        """Write the graph to `path`: .dot, .svg or .png by suffix. Pictures are drawn by Graphviz's `dot`
+        where it is installed, else by matplotlib (`engine` "graphviz" or "matplotlib" forces one)."""
+        from bp_jax import _render
+
+        return _render.save(self, Path(path), engine)
+
+
+VALUE_COLOR, GRAD_COLOR = "#1f5fbf", "#c0392b"
+NODE_FILL = {"input": "#e3f1e3", "const": "#eeeeee", "output": "#fff2c6", "op": "#ffffff"}
+
+
+def node_kind(node: Node, output: Node) -> str:
+    """input, const, output or op: what the picture colours a node by."""
+    return "output" if node is output else node.op if node.op in ("input", "const") else "op"
+
+
+def explain(f: Callable, *args) -> Graph:
+    """The graph `jax.grad(f)` works on, with every node's value and gradient ∂f/∂node.
+
+    Args:
+      f: a function of `args` returning a float scalar.
+      *args: pytrees of arrays (or numbers): params, x, y, …
+
+    Returns:
+      Graph: its input nodes' grads equal `jax.grad(f, argnums=range(len(args)))(*args)`.
+
+    >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
+    >>> [(node.name, float(node.value), float(node.grad)) for node in graph.nodes]
+    [('w', 0.5, -8.0), ('x', 2.0, -2.0), ('w·x', 1.0, -4.0), ('w·x − 3', -2.0, -4.0), ('(w·x − 3)²', 4.0, 1.0)]
+    """
+    if not callable(f):
+        raise TypeError(f"explain expects a function f, got {type(f).__name__}")
+    paths, leaves = _check_args(args)
+    closed, out_shape = jax.make_jaxpr(f, return_shape=True)(*args)
+    _check_scalar(out_shape)
+
+    nodes: list[_Draft] = []
+    equations: list[_Equation] = []
+    names = _input_names(f, len(args), paths)
+    inputs = [_add(nodes, name, "input", jnp.asarray(leaf), []) for name, leaf in zip(names, leaves)]
+    (output,) = _evaluate(closed.jaxpr, closed.consts, inputs, nodes, equations)
+    if isinstance(output, _Literal):  # f returned a constant
+        output = _add(nodes, _literal_text(output.value), "const", output.value, [])
+    grads = _backward(nodes, equations, output)
+
+    built: list[Node] = []
+    for index, (draft, grad) in enumerate(zip(nodes, grads)):
+        built.append(Node(index, draft.name, draft.op, draft.value, grad, tuple(built[i] for i in draft.inputs)))
+    treedef = jax.tree.structure(args)
+    return Graph(tuple(built), jax.tree.unflatten(treedef, [built[i] for i in inputs]), built[output])
+
+
+# --- the reverse pass ---------------------------------------------------------------------------
+
+class _Draft(NamedTuple):
+    name: str
+    op: str
+    value: jax.Array
+    inputs: list[int]       # node indices of the operands
+
+
+class _Equation(NamedTuple):
+    """One equation as the reverse pass needs it."""
+
+    outputs: list[int]      # node indices of its results
+    operands: list[int]     # node indices of its float operands, one per position (a node may repeat)
+    vjp: Callable | None    # cotangents of the outputs -> cotangents of those operands
+
+
+def _backward(nodes: list[_Draft], equations: list[_Equation], output: int) -> list:
+    """∂f/∂node for every node: seed 1 at f, then the chain rule equation by equation, last to first."""
+    grads = [jnp.zeros_like(node.value) if _is_float(node.value) else None for node in nodes]
+    grads[output] = jnp.ones_like(grads[output])
+    for equation in reversed(equations):
+        cotangents = [grads[i] if grads[i] is not None else _float0_zeros(nodes[i].value)
+                      for i in equation.outputs]
+        for i, contribution in zip(equation.operands, equation.vjp(cotangents)):
+            grads[i] = grads[i] + contribution   # summed: a value used twice gets both contributions
+    return grads
+
+
+# --- the forward pass ---------------------------------------------------------------------------
+
+class _Literal(NamedTuple):
+    value: Any
+
+
+def _evaluate(jaxpr, consts, arguments: list, nodes: list[_Draft], equations: list[_Equation]) -> list:
+    """Run `jaxpr` one equation at a time; an argument or result is a node index or a _Literal."""
+    env = {var: _add(nodes, f"const{sum(n.op == 'const' for n in nodes)}", "const", jnp.asarray(value), [])
+           for var, value in zip(jaxpr.constvars, consts)}
+    env.update(zip(jaxpr.invars, arguments))
+    read = lambda atom: _Literal(atom.val) if isinstance(atom, Literal) else env[atom]
+    for eqn in jaxpr.eqns:
+        operands = [read(atom) for atom in eqn.invars]
+        if eqn.primitive.name in _INLINED:
+            inner = eqn.params["jaxpr"]
+            results = _evaluate(inner.jaxpr, inner.consts, operands, nodes, equations)
+        else:
+            results = _apply(eqn, operands, nodes, equations)
+        env.update(zip(eqn.outvars, results))
+    return [read(atom) for atom in jaxpr.outvars]
+
+
+def _apply(eqn, operands: list, nodes: list[_Draft], equations: list[_Equation]) -> list[int]:
+    """Evaluate one equation, keeping its local derivative: jax.vjp of the primitive in its float operands."""
+    values = [x.value if isinstance(x, _Literal) else nodes[x].value for x in operands]
+    positions = [k for k, x in enumerate(operands) if not isinstance(x, _Literal) and _is_float(values[k])]
+
+    def primitive(*floats):
+        arguments = list(values)
+        for k, value in zip(positions, floats):
+            arguments[k] = value
+        out = eqn.primitive.bind(*arguments, **eqn.primitive.get_bind_params(eqn.params))
+        return list(out) if eqn.primitive.multiple_results else [out]
+
+    results, vjp = jax.vjp(primitive, *(values[k] for k in positions)) if positions else (primitive(), None)
+    name = _expression(eqn, [_literal_text(x.value) if isinstance(x, _Literal) else x for x in operands], nodes)
+    inputs = [x for x in operands if not isinstance(x, _Literal)]
+    outputs = [_add(nodes, name if len(results) == 1 else f"{name}[{k}]", eqn.primitive.name, value, inputs)
+               for k, value in enumerate(results)]
+    if vjp is not None:
+        equations.append(_Equation(outputs, [operands[k] for k in positions], vjp))
+    return outputs
+
+
+def _add(nodes: list[_Draft], name: str, op: str, value, inputs: list[int]) -> int:
+    nodes.append(_Draft(name, op, value, inputs))
+    return len(nodes) - 1
+
+
+def _is_float(value) -> bool:
+    return jnp.issubdtype(jnp.result_type(value), jnp.inexact)
+
+
+def _float0_zeros(value):
+    """The cotangent of an integer or boolean result: zeros of dtype float0, as jax.vjp expects."""
+    return np.zeros(jnp.shape(value), dtype=jax.dtypes.float0)
+
+
+# --- checks and names ---------------------------------------------------------------------------
+
+def _check_args(args: tuple) -> tuple[list, list]:
+    if not args:
+        raise TypeError("explain expects f and at least one argument to differentiate, got none")
+    flat = jax.tree_util.tree_flatten_with_path(args)[0]
+    paths, leaves = [path for path, _ in flat], [leaf for _, leaf in flat]
+    for path, leaf in zip(paths, leaves):
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex)):
+            raise TypeError(f"explain expects args as pytrees of arrays, got {type(leaf).__name__} "
+                            f"at args{jax.tree_util.keystr(path)}")
+    return paths, leaves
+
+
+def _check_scalar(out_shape) -> None:
+    leaves = jax.tree.leaves(out_shape)
+    if len(leaves) != 1:
+        raise ValueError(f"explain expects f to return a float scalar, got {type(out_shape).__name__} "
+                         f"of {len(leaves)} arrays")
+    (out,) = leaves
+    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.inexact):
+        raise ValueError(f"explain expects f to return a float scalar, got {out.dtype} of shape {out.shape}; "
+                         f"reduce it first, e.g. with jnp.sum or bp_jax.mse")
+
+
+def _input_names(f: Callable, count: int, paths: list) -> list[str]:
+    """Each input leaf's pytree path (`w1`, `[0].weight`); the argument's name for a bare array, and as
+    a prefix where two leaves would otherwise share a name."""
+    try:
+        positional = [p.name for p in inspect.signature(f).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):  # no signature to read, e.g. some builtins
+        positional = []
+    arguments = (positional + [f"args[{i}]" for i in range(len(positional), count)])[:count]
+    short = [_path_text(path[1:]) or arguments[path[0].idx] for path in paths]
+    return [name if short.count(name) == 1 or len(path) == 1 else _prefixed(arguments[path[0].idx], name)
+            for name, path in zip(short, paths)]
+
+
+def _path_text(path) -> str:
+    """`[0]['weight']` -> `[0].weight`, `['w1']` -> `w1`."""
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey) and isinstance(key.key, str) and key.key.isidentifier():
+            parts.append(f".{key.key}")
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            parts.append(f".{key.name}")
+        else:
+            parts.append(jax.tree_util.keystr((key,)))
+    return "".join(parts).removeprefix(".")
+
+
+def _prefixed(argument: str, name: str) -> str:
+    return f"{argument}{name}" if name.startswith("[") else f"{argument}.{name}"
+
+
+def _literal_text(value) -> str:
+    return f"{np.asarray(value).item():g}" if np.size(value) == 1 else f"const{list(np.shape(value))}"
+
+
+_INFIX = {"add": " + ", "sub": " − ", "mul": "·", "div": " / ", "dot_general": " @ "}
+_PREFIX = {"neg": "−"}
+_POSTFIX = {"transpose": "ᵀ", "square": "²"}
+_FUNCTIONS = {"logistic": "sigmoid", "reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min"}
+_SHAPE_ONLY = {"broadcast_in_dim", "convert_element_type", "reshape", "squeeze", "expand_dims", "copy"}
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _expression(eqn, operands: list, nodes: list[_Draft]) -> str:
+    """A short name for the equation's result, written with its operands' names: `w1·x`, `relu(z)`.
+    `operands` are node indices or literal texts; while the name is over _MAX_NAME characters, its
+    longest computed operand is named by its index instead, `#4`."""
+    names = [x if isinstance(x, str) else nodes[x].name for x in operands]
+    computed = sorted({x for x in operands if not isinstance(x, str) and nodes[x].op not in ("input", "const")},
+                      key=lambda i: -len(nodes[i].name))
+    for index in [None, *computed]:
+        if index is not None:
+            names = [f"#{index}" if x == index else name for x, name in zip(operands, names)]
+        name = _format(eqn, names)
+        if len(name) <= _MAX_NAME:
+            break
+    return name
+
+
+def _format(eqn, names: list[str]) -> str:
+    op = eqn.primitive.name
+    if op in _SHAPE_ONLY and names:
+        return names[0]
+    if op in _INFIX and len(names) == 2:
+        left, right = names
+        tight = op == "mul"   # `·` binds tighter than the spaced operators: wrap spaced operands
+        left = _wrap(left) if tight or op in ("div", "dot_general") else left
+        right = _wrap(right) if op != "add" else right
+        return f"{left}{_INFIX[op]}{right}"
+    if op in _PREFIX and len(names) == 1:
+        return f"{_PREFIX[op]}{_wrap(names[0], atom=True)}"
+    if op in _POSTFIX or op == "integer_pow":
+        suffix = _POSTFIX.get(op) or str(eqn.params["y"]).translate(_SUPERSCRIPT)
+        return f"{_wrap(names[0], atom=True)}{suffix}"
+    function = _FUNCTIONS.get(op, op)
+    if op in _CUSTOM:
+        function = getattr(getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None), "func_name", None) or op
+    return f"{function}({', '.join(names)})"
+
+
+def _wrap(name: str, atom: bool = False) -> str:
+    """Parenthesise `name` if it has a spaced operator (or, with `atom`, any operator) outside brackets."""
+    depth, outside = 0, []
+    for char in name:
+        depth -= char in ")]"
+        if depth == 0:
+            outside.append(char)
+        depth += char in "(["
+    bare = "".join(outside)
+    needs = " " in bare or (atom and re.search(r"[·/−@]", bare) is not None)
+    return f"({name})" if needs else name
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+_DTYPE_SHORT = (("bfloat", "bf"), ("float", "f"), ("uint", "u"), ("int", "i"), ("complex", "c"))
+
+
+def _brief(value) -> str:
+    """A scalar as `-4.5`; a tensor as `f32[4,5] 0.1 -0.3 0.5 …`, its type and first entries."""
+    return " ".join(part for part in _summary(value) if part)
+
+
+def _summary(value, count: int = 3) -> tuple[str, str]:
+    """(type, numbers): ("", "-4.5") for a scalar, ("f32[4,5]", "0.1 -0.3 0.5 …") for a tensor."""
+    if value is None:
+        return "", "—"
+    array = np.asarray(value)
+    if array.ndim == 0:
+        return "", f"{array.item():.6g}"
+    dtype = array.dtype.name
+    for long, short in _DTYPE_SHORT:
+        if dtype.startswith(long):
+            dtype = short + dtype.removeprefix(long)
+            break
+    head = " ".join(f"{v:.4g}" for v in array.ravel()[:count].tolist())
+    return f"{dtype}[{','.join(map(str, array.shape))}]", f"{head}{' …' if array.size > count else ''}"
+
+
+def box_lines(node: Node) -> list[str]:
+    """The lines of a node's box in a picture: name; index, op and type; value; grad."""
+    kind, value = _summary(node.value)
+    return [node.name, f"#{node.index} {node.op}{'  ' + kind if kind else ''}",
+            f"value {value}", f"grad {_summary(node.grad)[1]}"]
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, str) else _brief(value)
+
+
+def _dot_label(node: Node, output: Node) -> str:
+    """A node's HTML-like DOT label: name, op, value in blue, grad in red."""
+    escape = lambda text: text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    name, op, value, grad = map(escape, box_lines(node))
+    return (f'<table border="1" cellborder="0" cellspacing="0" cellpadding="3" '
+            f'bgcolor="{NODE_FILL[node_kind(node, output)]}">'
+            f'<tr><td><b>{name}</b></td></tr>'
+            f'<tr><td><font point-size="9" color="#777777">{op}</font></td></tr>'
+            f'<tr><td><font color="{VALUE_COLOR}">{value}</font></td></tr>'
+            f'<tr><td><font color="{GRAD_COLOR}">{grad}</font></td></tr></table>')

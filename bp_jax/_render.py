@@ -1,0 +1,139 @@
+"""Pictures of an explained graph: `save(graph, path, engine)` writes .dot, .svg or .png.
+
+An edge module: it writes files, runs Graphviz's `dot` where it is installed and imports matplotlib
+otherwise, so `import bp_jax` does neither. Without `dot`, matplotlib draws a layered layout left to
+right: each node one column before its first consumer, each column ordered by its neighbours' mean row.
+"""
+
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+from bp_jax._explain import GRAD_COLOR, NODE_FILL, VALUE_COLOR, Graph, box_lines, node_kind
+
+ENGINES = ("graphviz", "matplotlib")
+_FONT_SIZE = 8.0                        # points; the layout's unit is the point
+_CHAR, _LINE = 0.62 * _FONT_SIZE, 1.45 * _FONT_SIZE
+_PAD, _COLUMN_GAP, _ROW_GAP = 6.0, 44.0, 16.0
+
+
+def save(graph: Graph, path: Path, engine: str | None = None) -> Path:
+    """Write `graph` to `path` by its suffix; pictures by `engine`, default graphviz if `dot` exists."""
+    suffix = path.suffix.lower()
+    if suffix not in (".dot", ".svg", ".png"):
+        raise ValueError(f"Graph.save expects a path ending in .dot, .svg or .png, got {path.name!r}")
+    if engine not in (None, *ENGINES):
+        raise ValueError(f"Graph.save expects engine None or one of {ENGINES}, got {engine!r}")
+    if suffix == ".dot":
+        path.write_text(graph.to_dot(), encoding="utf-8")
+        return path
+    dot = shutil.which("dot")
+    if engine == "graphviz" and dot is None:
+        raise FileNotFoundError("Graphviz's dot program is not on PATH; install Graphviz or use engine='matplotlib'")
+    if dot is not None and engine != "matplotlib":
+        subprocess.run([dot, f"-T{suffix[1:]}", "-o", str(path)], input=graph.to_dot(), text=True,
+                       check=True, capture_output=True)
+    else:
+        _draw(graph).savefig(path, dpi=150)
+    return path
+
+
+def columns(graph: Graph) -> list[int]:
+    """Each node's column: one before its first consumer's; a node nothing consumes (f) sits at its
+    depth, the longest path to it from an input."""
+    depth, consumers = [], defaultdict(list)
+    for node in graph.nodes:
+        depth.append(1 + max((depth[source.index] for source in node.inputs), default=-1))
+        for source in node.inputs:
+            consumers[source.index].append(node.index)
+    column = [0] * len(graph.nodes)
+    for node in reversed(graph.nodes):
+        used_by = consumers[node.index]
+        column[node.index] = min(column[i] for i in used_by) - 1 if used_by else depth[node.index]
+    first = min(column, default=0)
+    return [c - first for c in column]
+
+
+def rows(graph: Graph, column: list[int], sweeps: int = 4) -> list[float]:
+    """Each node's row in its column, centred on 0: a few sweeps, alternately left to right (ordering each
+    column by the mean row of the node's inputs) and right to left (of its consumers): the barycenter heuristic."""
+    members = defaultdict(list)
+    for node in graph.nodes:
+        members[column[node.index]].append(node.index)
+    inputs = {node.index: [source.index for source in dict.fromkeys(node.inputs)] for node in graph.nodes}
+    consumers = defaultdict(list)
+    for index, sources in inputs.items():
+        for source in sources:
+            consumers[source].append(index)
+    row = [0.0] * len(graph.nodes)
+
+    def place(indices):
+        for rank, index in enumerate(indices):
+            row[index] = rank - (len(indices) - 1) / 2
+
+    def mean(index, neighbours):
+        return sum(row[j] for j in neighbours[index]) / len(neighbours[index]) if neighbours[index] else row[index]
+
+    for indices in members.values():
+        place(indices)
+    for sweep in range(sweeps):
+        order, neighbours = (sorted(members), inputs) if sweep % 2 == 0 else (sorted(members, reverse=True), consumers)
+        for c in order:
+            members[c].sort(key=lambda index: mean(index, neighbours))
+            place(members[c])
+    return row
+
+
+def _lines(node) -> list[tuple[str, str, str]]:
+    """(text, colour, weight) of each line in a node's box."""
+    name, op, value, grad = box_lines(node)
+    return [(name, "black", "bold"), (op, "#777777", "normal"), (value, VALUE_COLOR, "normal"),
+            (grad, GRAD_COLOR, "normal")]
+
+
+def _draw(graph: Graph):
+    """A matplotlib Figure of the graph (no pyplot: no global state)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    column = columns(graph)
+    row = rows(graph, column)
+    lines = [_lines(node) for node in graph.nodes]
+    width = [max(len(text) for text, _, _ in node_lines) * _CHAR + 2 * _PAD for node_lines in lines]
+    height = 4 * _LINE + 2 * _PAD
+    column_width = defaultdict(float)
+    for index, c in enumerate(column):
+        column_width[c] = max(column_width[c], width[index])
+    left, total_width = {}, 0.0
+    for c in range(max(column) + 1):
+        left[c] = total_width + _COLUMN_GAP / 2
+        total_width += column_width.get(c, 0.0) + _COLUMN_GAP
+    span = max(row, default=0) - min(row, default=0)
+    legend = 2.5 * _LINE
+    total_height = (span + 1) * (height + _ROW_GAP) + legend
+    centre_y = lambda index: (row[index] - min(row) + 0.5) * (height + _ROW_GAP)
+    centre_x = lambda index: left[column[index]] + column_width[column[index]] / 2
+
+    figure = Figure(figsize=(total_width / 72, total_height / 72))
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.set_axis_off()
+    axes.set_xlim(0, total_width)
+    axes.set_ylim(total_height, 0)   # rows go down
+    for node in graph.nodes:
+        x, y, w = centre_x(node.index), centre_y(node.index) + legend, width[node.index]
+        axes.add_patch(FancyBboxPatch((x - w / 2, y - height / 2), w, height, boxstyle="round,pad=0,rounding_size=4",
+                                      facecolor=NODE_FILL[node_kind(node, graph.output)], edgecolor="#555555",
+                                      linewidth=0.8, zorder=2))
+        for k, (text, colour, weight) in enumerate(lines[node.index]):
+            axes.text(x, y - height / 2 + _PAD + (k + 0.5) * _LINE, text, ha="center", va="center", color=colour,
+                      fontsize=_FONT_SIZE, family="DejaVu Sans Mono", weight=weight, zorder=3)
+        for source in dict.fromkeys(node.inputs):
+            start = (centre_x(source.index) + width[source.index] / 2, centre_y(source.index) + legend)
+            axes.add_patch(FancyArrowPatch(start, (x - w / 2, y), arrowstyle="-|>", mutation_scale=9,
+                                           color="#888888", linewidth=0.8, shrinkA=0, shrinkB=1, zorder=1))
+    x = _COLUMN_GAP / 2
+    for text, colour in (("value: forward pass", VALUE_COLOR), ("grad = ∂f/∂node: backward pass", GRAD_COLOR)):
+        axes.text(x, legend / 2, text, color=colour, fontsize=_FONT_SIZE + 1, va="center", family="DejaVu Sans Mono")
+        x += (len(text) + 5) * _CHAR * (_FONT_SIZE + 1) / _FONT_SIZE
+    return figure

@@ -1,0 +1,299 @@
+"""bp_jax.explain: JAX's graph with every value and gradient, checked against jax.grad and bp_jax.manual.
+
+The input nodes' gradients come from explain's own reverse pass over the jaxpr, so comparing them with
+`jax.grad` (float32 to 1e-5, float64 to 1e-10) checks that pass; the documents' numbers are checked exactly.
+"""
+
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bp_jax
+from bp_jax import _render, manual
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def all_grads(f, *args):
+    return jax.grad(f, argnums=tuple(range(len(args))))(*args)
+
+
+def tiny_net_loss(params, x, target):
+    return bp_jax.squared_error(bp_jax.tiny_net().apply(params, x), target)
+
+
+def by_name(graph):
+    names = [node.name for node in graph.nodes]
+    assert len(set(names)) == len(names), names
+    return {node.name: node for node in graph.nodes}
+
+
+# --- the documents' numbers ---------------------------------------------------------------------
+
+def test_tiny_network_every_number_of_the_document_on_its_node():
+    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
+    nodes = by_name(graph)
+    z1, a1, y = nodes["w1·x"], nodes["relu(w1·x)"], nodes["w2·relu(w1·x)"]
+    loss = graph.output
+    expected = {  # node: (value, dL/dnode), the document's forward values and gradients
+        nodes["x"]: (2.0, -2.25), nodes["w1"]: (0.5, -9.0), nodes["w2"]: (1.5, -3.0),
+        z1: (1.0, -4.5), a1: (1.0, -4.5), y: (1.5, -3.0), loss: (2.25, 1.0),
+    }
+    assert {node.name: (float(node.value), float(node.grad)) for node in expected} == \
+        {node.name: numbers for node, numbers in expected.items()}
+    assert (z1.op, a1.op, y.op) == ("mul", "custom_jvp_call", "mul")
+    assert z1.inputs == (nodes["w1"], nodes["x"]) and a1.inputs == (z1,) and y.inputs == (nodes["w2"], a1)
+    assert loss.name == "(w2·relu(w1·x) − target)²" and loss is graph.nodes[-1]
+
+
+def test_tiny_network_with_the_documents_own_tensors_of_shape_1():
+    w1, w2, x, target = (jnp.array([v]) for v in (0.5, 1.5, 2.0, 3.0))  # torch.tensor([0.5]), …
+    with pytest.raises(ValueError, match=r"explain expects f to return a float scalar, got float32 of shape \(1,\)"):
+        bp_jax.explain(tiny_net_loss, {"w1": w1, "w2": w2}, x, target)
+    graph = bp_jax.explain(lambda p, x, t: tiny_net_loss(p, x, t).sum(), {"w1": w1, "w2": w2}, x, target)
+    (params, grad_x, _) = graph.grads
+    assert (params["w1"].tolist(), params["w2"].tolist(), grad_x.tolist()) == ([-9.0], [-3.0], [-2.25])
+    assert float(graph.output.value) == 2.25
+
+
+def test_tiny_network_matches_the_hand_derivation_step_by_step():
+    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
+    steps = manual.tiny_net_backward(0.5, 1.5, 2.0, 3.0)
+    nodes = by_name(graph)
+    symbol = {"w1": "w1", "w2": "w2", "x": "x", "target": "t", "w1·x": "z1", "relu(w1·x)": "a1",
+              "w2·relu(w1·x)": "y", "w2·relu(w1·x) − target": "y − t", "(w2·relu(w1·x) − target)²": "L"}
+    assert set(nodes) == set(symbol)
+    for name, node in nodes.items():
+        assert (float(node.value), float(node.grad)) == tuple(map(float, steps[symbol[name]])), name
+
+
+@pytest.mark.parametrize("activation", sorted(bp_jax.ACTIVATIONS))
+def test_neuron_gradient_is_the_documents_formula(activation, precision):
+    w, x, t = jnp.asarray(0.7), jnp.asarray(-1.3), jnp.asarray(0.4)
+
+    def loss(params, x, t):
+        return bp_jax.squared_error(bp_jax.neuron(activation).apply(params, x), t)
+
+    graph = bp_jax.explain(loss, {"w": w}, x, t)
+    params, _, _ = graph.inputs
+    by_hand = manual.neuron_grad(w, x, t, activation)
+    np.testing.assert_allclose(params["w"].grad, by_hand, rtol=precision, atol=precision)
+    chex.assert_trees_all_close(graph.grads, all_grads(loss, {"w": w}, x, t), rtol=precision, atol=precision)
+
+
+# --- any model: the reverse pass is jax.grad's answer --------------------------------------------
+
+MODELS = {
+    "seed MLP": lambda: bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1)),
+    "tanh/sigmoid": lambda: bp_jax.Sequential(bp_jax.Linear(10, 8), bp_jax.Tanh(), bp_jax.Linear(8, 6),
+                                              bp_jax.Sigmoid(), bp_jax.Linear(6, 3), bp_jax.Tanh(),
+                                              bp_jax.Linear(3, 1)),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_mlp_input_gradients_equal_jax_grad_and_the_manual_backward_pass(name, precision):
+    model = MODELS[name]()
+    keys = jax.random.split(jax.random.key(7), 3)
+    params = model.init(keys[0])
+    x, y = jax.random.normal(keys[1], (6, 10), params[0]["weight"].dtype), jax.random.normal(keys[2], (6, 1))
+    loss = bp_jax.loss_fn(model)
+    graph = bp_jax.explain(loss, params, x, y)
+
+    chex.assert_trees_all_close(graph.grads, all_grads(loss, params, x, y), rtol=precision, atol=precision)
+    hand_loss, hand_grads = manual.value_and_grad(model)(params, x, y)
+    chex.assert_trees_all_close(graph.grads[0], hand_grads, rtol=precision, atol=precision)
+    np.testing.assert_allclose(graph.output.value, hand_loss, rtol=precision, atol=precision)
+    for node in graph.nodes:
+        assert node.grad.shape == node.value.shape and node.grad.dtype == node.value.dtype, node
+        assert all(source.index < node.index for source in node.inputs), node
+
+
+def test_mlp_input_names_are_pytree_paths():
+    model = MODELS["seed MLP"]()
+    params = model.init(jax.random.key(0))
+    graph = bp_jax.explain(bp_jax.loss_fn(model), params, jnp.ones((2, 10)), jnp.ones((2, 1)))
+    inputs = [node.name for node in graph.nodes if node.op == "input"]
+    assert inputs == ["[0].bias", "[0].weight", "[2].bias", "[2].weight", "x", "y"]
+    assert graph.inputs[0][2]["weight"].name == "[2].weight"
+
+
+def test_leaves_sharing_a_path_are_prefixed_by_their_argument():
+    graph = bp_jax.explain(lambda a, b: a["w"] * b["w"] + b["v"], {"w": 2.0}, {"w": 3.0, "v": 1.0})
+    assert [node.name for node in graph.nodes] == ["a.w", "v", "b.w", "a.w·b.w", "a.w·b.w + v"]
+
+
+# --- the reverse pass itself ---------------------------------------------------------------------
+
+def test_a_value_used_twice_sums_its_cotangents(precision):
+    f = lambda w: w * w + w              # df/dw = 2w + 1: the product contributes w twice, the sum once
+    graph = bp_jax.explain(f, 3.0)
+    w, square, total = graph.nodes
+    assert square.inputs == (w, w) and total.inputs == (square, w)
+    assert (float(w.grad), float(square.grad), float(total.grad)) == (7.0, 1.0, 1.0)
+    x = jnp.linspace(-1.0, 2.0, 4)
+    g = lambda x: jnp.sum(jnp.sin(x) * x + x ** 2)
+    chex.assert_trees_all_close(bp_jax.explain(g, x).grads, (jax.grad(g)(x),), rtol=precision, atol=precision)
+
+
+def test_custom_derivative_rules_stay_one_node_and_jit_is_inlined(precision):
+    @jax.custom_vjp
+    def clipped_identity(x):
+        return x
+
+    clipped_identity.defvjp(lambda x: (x, None), lambda _, g: (jnp.clip(g, -0.1, 0.1),))
+
+    @jax.jit
+    def f(x):
+        return jnp.sum(clipped_identity(x) * jax.nn.relu(x) + jnp.where(x > 0, x, 0.0))
+
+    x = jnp.array([-1.0, 0.0, 2.0])
+    graph = bp_jax.explain(f, x)
+    ops = [node.op for node in graph.nodes]
+    assert "jit" not in ops and "pjit" not in ops
+    assert ops.count("custom_vjp_call") == 1 and ops.count("custom_jvp_call") == 1
+    assert any(node.name.startswith("clipped_identity(") for node in graph.nodes)
+    chex.assert_trees_all_close(graph.grads, (jax.grad(f)(x),), rtol=precision, atol=precision)
+    assert float(graph.grads[0][1]) == 0.0   # relu'(0) = 0 by jax.nn.relu's own rule, not max's 0.5
+    comparison = next(node for node in graph.nodes if node.op == "gt")
+    assert comparison.value.dtype == bool and comparison.grad is None
+
+
+def test_closed_over_arrays_are_const_nodes(precision):
+    x, y = jnp.arange(6.0).reshape(3, 2), jnp.ones((3, 1))
+    model = bp_jax.Sequential(bp_jax.Linear(2, 1))
+    params = model.init(jax.random.key(0))
+    f = lambda params: bp_jax.mse(model.apply(params, x), y)
+    graph = bp_jax.explain(f, params)
+    assert [node.op for node in graph.nodes].count("const") == 2
+    chex.assert_trees_all_close(graph.grads, (jax.grad(f)(params),), rtol=precision, atol=precision)
+
+
+def test_an_output_that_is_an_input_or_a_constant():
+    graph = bp_jax.explain(lambda w: w, 2.0)
+    assert graph.output is graph.nodes[0] and float(graph.output.grad) == 1.0
+    graph = bp_jax.explain(lambda w: jnp.float32(5.0), 2.0)
+    assert float(graph.output.value) == 5.0 and float(graph.grads[0]) == 0.0
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def test_bad_input_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"float scalar, got float32 of shape \(3,\)"):
+        bp_jax.explain(lambda w: w * 2, jnp.ones(3))
+    with pytest.raises(ValueError, match="float scalar, got tuple of 2 arrays"):
+        bp_jax.explain(lambda w: (w, w), 1.0)
+    with pytest.raises(ValueError, match=r"float scalar, got int32 of shape \(\)"):
+        bp_jax.explain(lambda w: jnp.sum(w > 0).astype(jnp.int32), jnp.ones(3))
+    with pytest.raises(TypeError, match=r"args as pytrees of arrays, got str at args\[1\]\['name'\]"):
+        bp_jax.explain(lambda w, d: w, 1.0, {"name": "w"})
+    with pytest.raises(TypeError, match="explain expects a function f, got float"):
+        bp_jax.explain(1.0, 2.0)
+    with pytest.raises(TypeError, match="at least one argument"):
+        bp_jax.explain(lambda: 1.0)
+
+
+# --- table, DOT and pictures ---------------------------------------------------------------------
+
+def test_table_has_a_row_per_node_and_the_extra_columns():
+    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
+    lines = graph.table({"note": {graph.output: "L"}}).splitlines()
+    assert lines[0].split() == ["#", "op", "name", "value", "grad", "note"]
+    assert len(lines) == 2 + len(graph.nodes)
+    assert lines[-1].split()[-3:] == ["2.25", "1", "L"]
+    assert lines[2].split() == ["0", "input", "w1", "0.5", "-9"]
+    seed = bp_jax.explain(lambda w: jnp.sum(w ** 2), jnp.arange(12.0).reshape(3, 4))
+    assert "f32[3,4] 0 1 2 …" in seed.table()
+
+
+def test_dot_declares_every_node_and_edge():
+    graph = bp_jax.explain(lambda w: w * w + w, 3.0)
+    dot = graph.to_dot()
+    assert dot.startswith("digraph") and dot.rstrip().endswith("}")
+    assert all(f"n{node.index} [label=<" in dot for node in graph.nodes)
+    assert dot.count("->") == 3   # w -> w·w (once, though used twice), w·w -> sum, w -> sum
+    assert "value 12" in dot and "grad 7" in dot
+
+
+def test_layout_puts_every_node_after_its_inputs():
+    model = MODELS["tanh/sigmoid"]()
+    graph = bp_jax.explain(bp_jax.loss_fn(model), model.init(jax.random.key(0)), jnp.ones((2, 10)), jnp.ones((2, 1)))
+    column = _render.columns(graph)
+    assert all(column[source.index] < column[node.index] for node in graph.nodes for source in node.inputs)
+    assert column[graph.output.index] == max(column)
+    rows = _render.rows(graph, column)
+    cells = {(column[i], rows[i]) for i in range(len(graph.nodes))}
+    assert len(cells) == len(graph.nodes)   # no two boxes in the same place
+
+
+def test_save_writes_dot_svg_and_png(tmp_path):
+    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
+    assert graph.save(tmp_path / "g.dot").read_text(encoding="utf-8") == graph.to_dot()
+    assert graph.save(tmp_path / "g.png", engine="matplotlib").read_bytes()[:8] == PNG
+    svg = ElementTree.parse(graph.save(tmp_path / "g.svg", engine="matplotlib")).getroot()
+    assert svg.tag.endswith("svg")
+    with pytest.raises(ValueError, match=r"ending in .dot, .svg or .png, got 'g.jpg'"):
+        graph.save(tmp_path / "g.jpg")
+    with pytest.raises(ValueError, match="engine None or one of"):
+        graph.save(tmp_path / "g.png", engine="tikz")
+
+
+def test_save_with_graphviz_where_it_is_installed(tmp_path):
+    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
+    if _render.shutil.which("dot") is None:
+        with pytest.raises(FileNotFoundError, match="dot program is not on PATH"):
+            graph.save(tmp_path / "g.png", engine="graphviz")
+        pytest.skip("Graphviz's dot is not installed: the matplotlib drawing is tested instead")
+    assert graph.save(tmp_path / "g.png", engine="graphviz").read_bytes()[:8] == PNG
+    assert ElementTree.parse(graph.save(tmp_path / "g.svg", engine="graphviz")).getroot().tag.endswith("svg")
+
+
+# --- the command ------------------------------------------------------------------------------
+
+def bp_jax_explain(*args):
+    return subprocess.run([sys.executable, "-m", "bp_jax", "explain", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_command_tiny_net_prints_the_documents_numbers_and_writes_the_pictures(tmp_path):
+    result = bp_jax_explain("tiny-net", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    cells = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines() if line[:1].isdigit()]
+    rows = {row[2]: row[3:] for row in cells}   # name -> value, grad, document symbol, grad by hand, |difference|
+    expected = {"w1": ("0.5", "-9", "w1", "-9"), "w2": ("1.5", "-3", "w2", "-3"), "x": ("2", "-2.25", "x", "-2.25"),
+                "w1·x": ("1", "-4.5", "z1", "-4.5"), "relu(w1·x)": ("1", "-4.5", "a1", "-4.5"),
+                "w2·relu(w1·x)": ("1.5", "-3", "y", "-3"), "(w2·relu(w1·x) − target)²": ("2.25", "1", "L", "1")}
+    for name, numbers in expected.items():
+        assert rows[name] == [*numbers, "0.0e+00"], rows[name]
+    assert (tmp_path / "graph.dot").read_text(encoding="utf-8").startswith("digraph")
+    assert (tmp_path / "graph.png").read_bytes()[:8] == PNG
+    assert ElementTree.parse(tmp_path / "graph.svg").getroot().tag.endswith("svg")
+
+
+@pytest.mark.parametrize("args", [("neuron", "--activation", "tanh"), ("seed-mlp", "--activation", "sigmoid")])
+def test_command_other_models_agree_with_the_hand_derivation(tmp_path, args):
+    result = bp_jax_explain(*args, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    differences = [float(match.group(1)) for line in result.stdout.splitlines()
+                   if (match := re.search(r" (\d\.\de[+-]\d\d)$", line))]
+    assert len(differences) >= 2 and max(differences) < 1e-5
+    assert (tmp_path / "graph.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("args, message", [
+    (("tiny-net", "--activation", "tanh"), "tiny-net is the document's ReLU network"),
+    (("seed-mlp", "--activation", "identity"), "seed-mlp's activation must be one of relu, sigmoid, tanh"),
+    (("resnet",), "invalid choice: 'resnet'"),
+])
+def test_command_bad_values_are_one_line_and_exit_2(tmp_path, args, message):
+    result = bp_jax_explain(*args, "--out", tmp_path / "out")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert not (tmp_path / "out").exists()
