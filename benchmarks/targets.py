@@ -49,8 +49,16 @@ def evaluate(results: dict, platform: str) -> list[dict]:
                             ("CPU: fused fit ≥ 30× faster per step than the documents' train_step", FIT, 30)):
         targets.append(_speedup_target(results, text, "cpu", name, bar) if platform == "cpu"
                        else _target(text, "cpu", None, None, cpu_reason))
+    fit, text = _seed_row(results, FIT), "CPU: fused seed step ≤ 1 µs per step (stretch)"
+    if platform == "cpu" and fit:
+        speedup = fit["speedup_vs_torch_eager"]
+        targets.append(_target(text, "cpu", f"{fit['per_step_s']['median'] * 1e6:.2f} µs/step" +
+                               (f" ({speedup:.1f}× the documents' train_step)" if speedup else ""),
+                               fit["per_step_s"]["median"] <= 1e-6))
+    else:
+        targets.append(_target(text, "cpu", None, None, cpu_reason if platform != "cpu" else "a row is missing"))
 
-    fit, graph = _seed_row(results, FIT), _seed_row(results, CUDA_GRAPH)
+    graph = _seed_row(results, CUDA_GRAPH)
     text = "H100: fused seed step ≤ 5 µs per step"
     targets.append(_target(text, "gpu", f"{fit['per_step_s']['median'] * 1e6:.2f} µs/step",
                            fit["per_step_s"]["median"] <= 5e-6) if on_gpu and fit
