@@ -32,6 +32,8 @@ SECOND_FIT = "second fit of it: new steps, chunk size and start step"
 COLD = "bp-jax train --steps 1, cold (a fresh, empty BP_JAX_COMPILE_CACHE)"
 WARM = "bp-jax train --steps 1, warm (the BP_JAX_COMPILE_CACHE a previous run filled)"
 CACHE_OFF = "bp-jax train --steps 1, BP_JAX_COMPILE_CACHE=off"
+FIRST_CALL = {"steps": 1000, "chunk_size": 1000}  # minibatches of 32 of 354 rows, as `bp-jax train`
+SECOND_CALL = {"steps": 1500, "chunk_size": 300, "start_step": 7}
 CHECKPOINT_STEPS = 20_000
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -63,8 +65,13 @@ def run(smoke: bool) -> dict:
     else:
         record.guarded("bp-jax train", lambda: _command_rows(record, repeats=3))
     return record.as_dict(problem={"sizes": SEED_SIZES, "batch": SEED_BATCH, "dtype": "float32",
-                                   "fit_steps_per_call": steps, "chunk_size": 1000},
+                                   "fit_steps_per_call": steps, "chunk_size": 1000,
+                                   "first_fit": _options(FIRST_CALL), "second_fit": _options(SECOND_CALL)},
                           repeats="interleaved within each group: one of each per round")
+
+
+def _options(call: dict) -> str:
+    return ", ".join(f"{name}={value}" for name, value in call.items())
 
 
 def _step_rows(record: SuiteRecord, smoke: bool, steps: int) -> None:
@@ -105,10 +112,10 @@ def _compile_rows(record: SuiteRecord, repeats: int) -> None:
 
     def first():
         latest["loss"] = bp_jax.loss_fn(model)  # a new function: a configuration nothing has compiled
-        return fit(latest["loss"], steps=1000, chunk_size=1000)
+        return fit(latest["loss"], **FIRST_CALL)
 
     def second():
-        return fit(latest["loss"], steps=1500, chunk_size=300, start_step=7)
+        return fit(latest["loss"], **SECOND_CALL)
 
     def counted(name, call):
         def call_and_count():
