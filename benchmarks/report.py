@@ -1,6 +1,7 @@
 """Writes a run's record: results.json, README.md (tables and targets) and PNG plots."""
 
 import json
+import textwrap
 from pathlib import Path
 
 
@@ -188,8 +189,8 @@ def _plot(results: dict, out: Path) -> list[str]:
     if suites.get("data", {}).get("rows"):
         rows = suites["data"]["rows"]
         groups = [group for group in ("step", "compile", "command") if any(row["group"] == group for row in rows)]
-        figure, all_axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), squeeze=False)
-        for axes, group in zip(all_axes[0], groups):
+        figure, all_axes = plt.subplots(len(groups), 1, figsize=(10, 4 * len(groups)), squeeze=False)
+        for axes, group in zip(all_axes[:, 0], groups):
             chosen = [row for row in rows if row["group"] == group]
             if group == "step":
                 minibatch = [row for row in chosen if "minibatch" in row["name"]]
@@ -202,10 +203,11 @@ def _plot(results: dict, out: Path) -> list[str]:
                          title="Step cost by data size")
                 axes.legend(fontsize=7)
             else:
-                axes.barh([row["name"] for row in chosen], [row["seconds"]["median"] for row in chosen],
+                axes.barh([textwrap.fill(row["name"], 45) for row in chosen],
+                          [row["seconds"]["median"] for row in chosen],
                           xerr=[[row["seconds"]["median"] - row["seconds"]["q25"] for row in chosen],
                                 [row["seconds"]["q75"] - row["seconds"]["median"] for row in chosen]])
-                axes.set(xscale="log", xlabel="seconds (median, IQR bars)",
+                axes.set(xscale="log" if group == "compile" else "linear", xlabel="seconds (median, IQR bars)",
                          title="fit: compile, then re-use" if group == "compile" else "bp-jax train wall time")
                 axes.tick_params(axis="y", labelsize=7)
                 axes.invert_yaxis()

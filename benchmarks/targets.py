@@ -115,7 +115,7 @@ def _ratio_target(text: str, device: str, row: dict | None, base: dict | None, b
 
 def _data_targets(results: dict) -> list[dict]:
     row = lambda name: _row(results, name, "data")
-    smallest, largest = row(data_size.minibatch_name(data_size.ROWS[0])), row(data_size.minibatch_name(data_size.ROWS[-1]))
+    smallest, largest = (row(data_size.minibatch_name(rows)) for rows in (data_size.ROWS[0], data_size.ROWS[-1]))
     targets = [_ratio_target(f"Minibatch step at {data_size.spaced(data_size.ROWS[-1])} rows ≤ 1.5× its cost at "
                              f"{data_size.ROWS[0]} rows", "any", largest, smallest, 1.5),
                _ratio_target(f"Minibatch step ({data_size.ROWS[0]} rows) ≤ 1.5× the full batch of the same size",
