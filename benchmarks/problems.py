@@ -7,6 +7,7 @@ import bp_jax
 
 SEED_SIZES = (10, 5, 1)  # the documents' nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))
 SEED_BATCH = 32
+SEED_ROWS = 354  # the training split of the diabetes data `bp-jax train` reads by default (442 × 0.8)
 
 
 def mlp(sizes: tuple[int, ...], dtype=jnp.float32) -> bp_jax.Model:

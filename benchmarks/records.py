@@ -35,6 +35,10 @@ class SuiteRecord:
             self.skip(name, f"failed: {type(error).__name__}: {message}"[:300])
             return None
 
+    def warmed(self, name: str, make_timer: Callable[[], Any]) -> Any:
+        """`make_timer().warm_up()`, or None and a recorded skip if building or warming it up raises."""
+        return self.guarded(name, lambda: make_timer().warm_up())
+
     def needs_torch(self, name: str) -> bool:
         """True if torch is there; else records the skip."""
         if torch_baselines is None:

@@ -1,6 +1,7 @@
 """Writes a run's record: results.json, README.md (tables and targets) and PNG plots."""
 
 import json
+import textwrap
 from pathlib import Path
 
 
@@ -92,6 +93,54 @@ def _grad_section(suite: dict) -> list[str]:
             *_skipped(suite)]
 
 
+def _ratio(value: float | None) -> str:
+    return f"{value:.3g}×" if value else "–"
+
+
+def _timing_cells(timing: dict) -> list[str]:
+    return [_time(timing["median"]), _spread(timing), f"{_time(timing['min'])} – {_time(timing['max'])}"]
+
+
+def _data_section(suite: dict) -> list[str]:
+    group = lambda name: [row for row in suite["rows"] if row["group"] == name]
+    steps = [[row["name"], row["rows"], *_timing_cells(row["per_step_s"]), _ratio(row["vs_full_batch"]),
+              _ratio(row["torch_speedup"])] for row in group("step")]
+    compiles = [[row["name"], *_timing_cells(row["seconds"]), ", ".join(map(str, row["compilations"]))]
+                for row in group("compile")]
+    commands = [[f"`{row['name']}`", *_timing_cells(row["seconds"])] for row in group("command")]
+    problem = suite["problem"]
+    return ["## 4. Data size", "",
+            f"{' → '.join(map(str, problem['sizes']))}, {problem['dtype']}, x, y ~ N(0, 1). Time per step of "
+            f"`fit(..., steps={problem['fit_steps_per_call']}, chunk_size={problem['chunk_size']})` (call time / "
+            f"steps, compile excluded), in turns with the documents' train_step on rows drawn per step; "
+            f"× full batch = the row's median / the full batch's; torch / this = the torch row's median / the "
+            f"row's.", "",
+            *_table(["step", "rows", "median / step", "IQR", "min – max", "× full batch", "torch / this"], steps),
+            f"Compiling once: each round, a `fit` of a configuration never compiled (a new loss function; "
+            f"{problem['first_fit']}), then one of the same configuration with {problem['second_fit']}; XLA "
+            f"compilations counted by `jax.monitoring` (one number per round).", "",
+            *_table(["fit call", "median", "IQR", "min – max", "compilations"], compiles),
+            *(["`python -m bp_jax train` wall time, each run a new process writing into a new folder, in turns:",
+               "", *_table(["command", "median", "IQR", "min – max"], commands)] if commands else []),
+            *_skipped(suite)]
+
+
+def _ensemble_section(suite: dict) -> list[str]:
+    rows = [[row["members"], row["name"], "measured" if row["measured"] else "estimate",
+             _time(row["per_step_s"]["median"]), _time(row["per_model_step_s"]["median"]),
+             _spread(row["per_model_step_s"]), _ratio(row["vs_one_fit"])]
+            for row in sorted(suite["rows"], key=lambda row: row["members"])]
+    problem = suite["problem"]
+    return ["## 5. Ensembles", "",
+            f"E MLPs {' → '.join(map(str, problem['sizes']))}, {problem['dtype']}, hand-written SGD with lr "
+            f"{problem['lr']}, about {problem['model_steps_per_call']} model-steps per fit_ensemble call (20 to "
+            f"20 000 steps). Per model-step = per ensemble step / E; × one fit = the row's per model-step / one "
+            f"model's fit step, in this run. Estimates are E × one model's measured step, not runs.", "",
+            *_table(["E", "training", "", "median / ensemble step", "median / model-step", "IQR / model-step",
+                     "× one fit"], rows),
+            *_skipped(suite)]
+
+
 def _plot(results: dict, out: Path) -> list[str]:
     """PNG files written (none where matplotlib is missing)."""
     try:
@@ -137,6 +186,46 @@ def _plot(results: dict, out: Path) -> list[str]:
                  title="Gradient of the loss: reverse vs forward mode vs finite differences")
         axes.legend()
         written.append(_save(figure, out / "grad.png"))
+    if suites.get("data", {}).get("rows"):
+        rows = suites["data"]["rows"]
+        groups = [group for group in ("step", "compile", "command") if any(row["group"] == group for row in rows)]
+        figure, all_axes = plt.subplots(len(groups), 1, figsize=(10, 4 * len(groups)), squeeze=False)
+        for axes, group in zip(all_axes[:, 0], groups):
+            chosen = [row for row in rows if row["group"] == group]
+            if group == "step":
+                minibatch = [row for row in chosen if "minibatch" in row["name"]]
+                axes.plot([row["rows"] for row in minibatch], [row["per_step_s"]["median"] * 1e6 for row in minibatch],
+                          "-o", label="bp_jax fit, minibatch of 32")
+                for index, row in enumerate(row for row in chosen if "minibatch" not in row["name"]):
+                    axes.axhline(row["per_step_s"]["median"] * 1e6, linestyle="--", color=f"C{index + 1}",
+                                 label=row["name"])
+                axes.set(xscale="log", yscale="log", xlabel="rows in the data set", ylabel="µs per step (median)",
+                         title="Step cost by data size")
+                axes.legend(fontsize=7)
+            else:
+                axes.barh([textwrap.fill(row["name"], 45) for row in chosen],
+                          [row["seconds"]["median"] for row in chosen],
+                          xerr=[[row["seconds"]["median"] - row["seconds"]["q25"] for row in chosen],
+                                [row["seconds"]["q75"] - row["seconds"]["median"] for row in chosen]])
+                axes.set(xscale="log" if group == "compile" else "linear", xlabel="seconds (median, IQR bars)",
+                         title="fit: compile, then re-use" if group == "compile" else "bp-jax train wall time")
+                axes.tick_params(axis="y", labelsize=7)
+                axes.invert_yaxis()
+        written.append(_save(figure, out / "data.png"))
+    if suites.get("ensemble", {}).get("rows"):
+        rows = suites["ensemble"]["rows"]
+        figure, axes = plt.subplots(figsize=(8, 5.5))
+        for index, name in enumerate(dict.fromkeys(row["name"] for row in rows if row["measured"])):
+            points = sorted((row["members"], row["per_model_step_s"]["median"] * 1e6)
+                            for row in rows if row["name"] == name)
+            if len(points) > 1:
+                axes.plot(*zip(*points), "-o", color=f"C{index}", label=name)
+            else:  # one model: per model-step, training E of them one after another costs the same
+                axes.axhline(points[0][1], linestyle="--", color=f"C{index}", label=f"{name} (= E one after another)")
+        axes.set(xscale="log", yscale="log", xlabel="members E", ylabel="µs per model-step (median)",
+                 title="Ensembles of the seed MLP: time per model-step")
+        axes.legend(fontsize=7)
+        written.append(_save(figure, out / "ensemble.png"))
     return written
 
 
@@ -163,7 +252,8 @@ def write(results: dict, out: Path) -> None:
     lines += ["## Targets", "",
               *_table(["target", "device", "measured", "status"],
                       [[t["target"], t["device"], t["measured"], t["status"]] for t in results["targets"]])]
-    sections = {"seed": _seed_section, "scaling": _scaling_section, "grad": _grad_section}
+    sections = {"seed": _seed_section, "scaling": _scaling_section, "grad": _grad_section, "data": _data_section,
+                "ensemble": _ensemble_section}
     for name, suite in results["suites"].items():
         lines += sections[name](suite)
     lines += [f"![{Path(plot).stem}]({plot})" for plot in results["plots"]] or ["No plots: matplotlib is missing."]

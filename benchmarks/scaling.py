@@ -69,7 +69,7 @@ def _measure_size(record: SuiteRecord, width: int, batch: int, dtype_name: str, 
     add("bare matmul", "xla", lambda: Timer(lambda: matmul(a, b), calls_per_repeat=None))
 
     model, params, x, y = mlp_problem((width, width, width), batch, dtype)
-    memory = _donation_memory(sgd_update(bp_jax.loss_fn(model), lr=0.01), params, x, y)
+    memory = _donation_memory(functools.partial(sgd_update(bp_jax.loss_fn(model)), lr=0.01), params, x, y)
     step = bp_jax.sgd_step(bp_jax.loss_fn(model), lr=0.01)
     add("bp_jax sgd_step", "bp_jax", lambda: Timer(chained(step, [params], x, y), calls_per_repeat=None))
 

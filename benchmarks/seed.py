@@ -12,18 +12,15 @@ import optax
 
 import bp_jax
 from bp_jax._steps import sgd_update  # the unjitted update, for the bare-scan diagnostic
-from benchmarks.problems import SEED_BATCH, SEED_SIZES, chained, mlp_problem
+from benchmarks.problems import SEED_BATCH, SEED_ROWS, SEED_SIZES, chained, mlp_problem
 from benchmarks.records import SuiteRecord, torch_baselines
 from benchmarks.timing import Timer, time_interleaved
 
 TORCH_EAGER = "torch eager: the documents' train_step (.item())"
 CUDA_GRAPH = "torch CUDA-graph replay of the whole step"
-FIT = "bp_jax fit, fused lax.scan (unroll=4, chunk 1000)"
-BARE_SCAN = "diagnostic: bare lax.scan of the SGD update (unroll=4; no finite guard, no chunks)"
-
-
-def _fit_name(unroll: int) -> str:
-    return FIT.replace("unroll=4", f"unroll={unroll}")
+FIT = f"bp_jax fit, fused (full batch {SEED_BATCH}, chunk 1000)"
+MINIBATCH = f"bp_jax fit, minibatch {SEED_BATCH} of {SEED_ROWS} rows"
+BARE_SCAN = "diagnostic: bare lax.scan of the SGD update (unroll 1; no finite guard, no chunks)"
 
 
 def run(smoke: bool) -> dict:
@@ -38,7 +35,7 @@ def run(smoke: bool) -> dict:
     timers = {}  # name -> (framework, Timer)
 
     def add(name: str, framework: str, make_timer) -> None:
-        timer = record.guarded(name, lambda: make_timer().warm_up())
+        timer = record.warmed(name, make_timer)
         if timer is not None:
             timers[name] = framework, timer
 
@@ -70,15 +67,15 @@ def run(smoke: bool) -> dict:
     add("bp_jax optax_step (optax.sgd), one call per step", "bp_jax",
         lambda: Timer(chained(optax_sgd, [copy(params), optimizer.init(params)], x, y),
                       calls_per_repeat=calls, warmup=calls))
-    for unroll in (4,) if smoke else (1, 4, 16):
-        fused = functools.partial(bp_jax.fit, loss, params, x, y, steps=fit_steps, lr=0.01, chunk_size=1000,
-                                  unroll=unroll)
-        add(_fit_name(unroll), "bp_jax",
-            lambda: Timer(lambda fused=fused: fused().losses, steps_per_call=fit_steps))
+    _, _, rows_x, rows_y = mlp_problem(SEED_SIZES, SEED_ROWS)
+    for name, data in ((FIT, dict(x=x, y=y)),
+                       (MINIBATCH, dict(x=rows_x, y=rows_y, batch_size=SEED_BATCH, key=jax.random.key(0)))):
+        fused = functools.partial(bp_jax.fit, loss, params, **data, steps=fit_steps, lr=0.01, chunk_size=1000)
+        add(name, "bp_jax", lambda fused=fused: Timer(lambda: fused().losses, steps_per_call=fit_steps))
 
-    update = sgd_update(loss, 0.01)
-    bare_scan = jax.jit(lambda params: jax.lax.scan(lambda params, _: update(params, x, y), params,
-                                                     length=fit_steps, unroll=4)[1])
+    update = sgd_update(loss)
+    bare_scan = jax.jit(lambda params: jax.lax.scan(lambda params, _: update(params, x, y, 0.01), params,
+                                                     length=fit_steps)[1])
     add(BARE_SCAN, "bp_jax", lambda: Timer(lambda: bare_scan(params), steps_per_call=fit_steps))
 
     timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)

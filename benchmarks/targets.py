@@ -2,11 +2,12 @@
 
 import math
 
+from benchmarks import data_size, ensemble
 from benchmarks.seed import CUDA_GRAPH, FIT, TORCH_EAGER
 
 
-def _seed_row(results: dict, name: str) -> dict | None:
-    rows = results.get("seed", {}).get("rows", [])
+def _row(results: dict, name: str, suite: str = "seed") -> dict | None:
+    rows = results.get(suite, {}).get("rows", [])
     return next((row for row in rows if row["name"] == name), None)
 
 
@@ -22,12 +23,12 @@ def _target(text: str, device: str, measured: str | None, met: bool | None, why_
 
 
 def _speedup_target(results, text, device, name, bar):
-    row = _seed_row(results, name)
+    row = _row(results, name)
     speedup = row and row["speedup_vs_torch_eager"]
     if not speedup:
         return _target(text, device, None, None, "no seed-suite row for it or for torch eager in this run")
     return _target(text, device, f"{speedup:.1f}× ({row['per_step_s']['median'] * 1e6:.2f} µs/step vs "
-                   f"{_seed_row(results, TORCH_EAGER)['per_step_s']['median'] * 1e6:.1f} µs/step)", speedup >= bar)
+                   f"{_row(results, TORCH_EAGER)['per_step_s']['median'] * 1e6:.1f} µs/step)", speedup >= bar)
 
 
 def _growth_slope(rows: list[dict], method: str) -> float:
@@ -49,8 +50,16 @@ def evaluate(results: dict, platform: str) -> list[dict]:
                             ("CPU: fused fit ≥ 30× faster per step than the documents' train_step", FIT, 30)):
         targets.append(_speedup_target(results, text, "cpu", name, bar) if platform == "cpu"
                        else _target(text, "cpu", None, None, cpu_reason))
+    fit, text = _row(results, FIT), "CPU: fused seed step ≤ 1 µs per step (stretch)"
+    if platform == "cpu" and fit:
+        speedup = fit["speedup_vs_torch_eager"]
+        targets.append(_target(text, "cpu", f"{fit['per_step_s']['median'] * 1e6:.2f} µs/step" +
+                               (f" ({speedup:.1f}× the documents' train_step)" if speedup else ""),
+                               fit["per_step_s"]["median"] <= 1e-6))
+    else:
+        targets.append(_target(text, "cpu", None, None, cpu_reason if platform != "cpu" else "a row is missing"))
 
-    fit, graph = _seed_row(results, FIT), _seed_row(results, CUDA_GRAPH)
+    graph = _row(results, CUDA_GRAPH)
     text = "H100: fused seed step ≤ 5 µs per step"
     targets.append(_target(text, "gpu", f"{fit['per_step_s']['median'] * 1e6:.2f} µs/step",
                            fit["per_step_s"]["median"] <= 5e-6) if on_gpu and fit
@@ -76,6 +85,8 @@ def evaluate(results: dict, platform: str) -> list[dict]:
     else:
         targets.append(_target(text, "gpu", None, None, gpu_reason if not on_gpu else "a row is missing"))
 
+    targets += _data_targets(results) + _ensemble_targets(results, platform, cpu_reason)
+
     grad_rows = sorted(results.get("grad", {}).get("rows", []), key=lambda row: row["params"])
     reverse_text = "Reverse-mode gradient ≤ 4× the forward time at every size"
     growth_text = "{} grows with the parameter count"
@@ -91,3 +102,51 @@ def evaluate(results: dict, platform: str) -> list[dict]:
         targets.append(_target(growth_text.format(method), "any",
                                f"log-log slope {slope:.2f} over the three largest sizes", slope >= 0.5))
     return targets
+
+
+def _ratio_target(text: str, device: str, row: dict | None, base: dict | None, bar: float) -> dict:
+    """Met if the row's median time per step ≤ bar × the base row's."""
+    if not (row and base):
+        return _target(text, device, None, None, "a row is missing in this run")
+    ratio = row["per_step_s"]["median"] / base["per_step_s"]["median"]
+    return _target(text, device, f"{ratio:.2f}× ({row['per_step_s']['median'] * 1e6:.3g} µs vs "
+                   f"{base['per_step_s']['median'] * 1e6:.3g} µs per step)", ratio <= bar)
+
+
+def _data_targets(results: dict) -> list[dict]:
+    row = lambda name: _row(results, name, "data")
+    smallest, largest = (row(data_size.minibatch_name(rows)) for rows in (data_size.ROWS[0], data_size.ROWS[-1]))
+    targets = [_ratio_target(f"Minibatch step at {data_size.spaced(data_size.ROWS[-1])} rows ≤ 1.5× its cost at "
+                             f"{data_size.ROWS[0]} rows", "any", largest, smallest, 1.5),
+               _ratio_target(f"Minibatch step ({data_size.ROWS[0]} rows) ≤ 1.5× the full batch of the same size",
+                             "any", smallest, row(data_size.FULL_BATCH), 1.5)]
+    every_997, every_1000 = row(data_size.checkpoint_name(997)), row(data_size.checkpoint_name(1000))
+    text = "`bp-jax train --checkpoint-every 997` within 1.5× of `--checkpoint-every 1000` (wall time)"
+    if every_997 and every_1000:
+        ratio = every_997["seconds"]["median"] / every_1000["seconds"]["median"]
+        targets.append(_target(text, "any", f"{ratio:.2f}× ({every_997['seconds']['median']:.2f} s vs "
+                               f"{every_1000['seconds']['median']:.2f} s)", ratio <= 1.5))
+    else:
+        targets.append(_target(text, "any", None, None, "a row is missing in this run"))
+    second, text = row(data_size.SECOND_FIT), "Second fit of a new length, chunk size and start step: 0 compilations"
+    targets.append(_target(text, "any", f"{max(second['compilations'])} in {len(second['compilations'])} "
+                           f"fits ({second['seconds']['median'] * 1e3:.3g} ms each)", max(second["compilations"]) == 0)
+                   if second else _target(text, "any", None, None, "a row is missing in this run"))
+    warm, text = row(data_size.WARM), "Warm `bp-jax train --steps 1` ≤ 2 s wall"
+    targets.append(_target(text, "any", f"{warm['seconds']['median']:.2f} s", warm["seconds"]["median"] <= 2)
+                   if warm else _target(text, "any", None, None, "a row is missing in this run"))
+    return targets
+
+
+def _ensemble_targets(results: dict, platform: str, cpu_reason: str) -> list[dict]:
+    rows = [row for row in results.get("ensemble", {}).get("rows", [])
+            if row["name"] == ensemble.ENSEMBLE and row["members"] >= 256]
+    worst = max(rows, key=lambda row: row["per_model_step_s"]["median"], default=None)
+    texts = ("CPU: fit_ensemble ≤ 0.5 µs per model-step at E ≥ 256",
+             "CPU: fit_ensemble's model-step ≤ 0.25× one model's fit step at E ≥ 256")
+    if platform != "cpu" or worst is None or worst["vs_one_fit"] is None:
+        return [_target(text, "cpu", None, None, cpu_reason if platform != "cpu" else
+                        "no E ≥ 256 row or no one-model fit row in this run") for text in texts]
+    median, where = worst["per_model_step_s"]["median"], f"E = {worst['members']}, the worst of E ≥ 256"
+    return [_target(texts[0], "cpu", f"{median * 1e6:.3g} µs ({where})", median <= 0.5e-6),
+            _target(texts[1], "cpu", f"{worst['vs_one_fit']:.3g}× ({where})", worst["vs_one_fit"] <= 0.25)]

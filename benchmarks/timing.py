@@ -61,3 +61,8 @@ def time_interleaved(timers: dict[str, Timer], *, repeats: int) -> dict[str, dic
         for name, timer in timers.items():
             samples[name].append(timer.sample())
     return {name: timers[name].summary(samples[name]) for name in timers}
+
+
+def scaled(summary: dict, factor: float) -> dict:
+    """`summary` with every time multiplied by `factor` (e.g. per model from per ensemble step)."""
+    return summary | {key: summary[key] * factor for key in ("median", "q25", "q75", "min", "max")}

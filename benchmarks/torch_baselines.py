@@ -1,6 +1,7 @@
-"""The PyTorch side: the documents' train_step verbatim, torch.compile, and CUDA-graph replay.
+"""The PyTorch side: the documents' train_step verbatim (also on rows sampled per step), torch.compile,
+CUDA-graph replay, and a torch.func ensemble.
 
-Every builder returns `(step, sync)`: `step()` runs one training step, `sync(out)` waits for the device.
+Every builder returns `step()`, which runs one training step; `sync(out)` waits for the device.
 Importing this module needs torch; the suites record a skip with the reason where it is missing.
 """
 
@@ -108,3 +109,42 @@ def cuda_graph_step(sizes=(10, 5, 1), batch=32, dtype=torch.float32) -> Callable
         loss.backward()
         optimizer.step()
     return graph.replay
+
+
+def sampled_step(x, y, batch: int = 32) -> Callable:
+    """The documents' train_step on `batch` rows of the numpy arrays (x, y) drawn per step by
+    `torch.randint` (what a PyTorch user writes instead of a DataLoader for tensors already in memory)."""
+    train_step, _, _ = documents_train_step(batch=batch)
+    x, y = torch.from_numpy(x).to(device()), torch.from_numpy(y).to(device())
+
+    def step():
+        rows = torch.randint(len(x), (batch,), device=x.device)
+        return train_step(x[rows], y[rows])
+
+    return step
+
+
+def vmap_ensemble_step(lrs, sizes=(10, 5, 1), batch=32, dtype=torch.float32) -> Callable:
+    """PyTorch's own ensemble of len(lrs) MLPs, one step per call: parameters stacked by
+    `torch.func.stack_module_state`, loss and gradient of every member at once by `torch.func.vmap` of
+    `torch.func.grad_and_value` of a `functional_call`, and the SGD update params − lr·g with one lr per
+    member; x, y shared. Returns the members' losses (no host sync)."""
+    from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+    models = [mlp_problem(sizes, batch, dtype, seed)[0] for seed in range(len(lrs))]
+    _, criterion, _, x, y = mlp_problem(sizes, batch, dtype)
+    params, buffers = stack_module_state(models)
+    params = {name: value.detach() for name, value in params.items()}
+    lr = torch.as_tensor(lrs, dtype=dtype, device=device())
+    gradient = vmap(grad_and_value(lambda params, buffers, x, y:
+                                   criterion(functional_call(models[0], (params, buffers), (x,)), y)),
+                    in_dims=(0, 0, None, None))
+
+    def step():
+        nonlocal params
+        grads, losses = gradient(params, buffers, x, y)
+        params = {name: value - lr.view(-1, *[1] * (value.dim() - 1)) * grads[name]
+                  for name, value in params.items()}
+        return losses
+
+    return step

@@ -27,12 +27,21 @@ def _positive_finite(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
+def _summaries(tree):
+    """Every timing summary (a dict with a median) anywhere in a row."""
+    if isinstance(tree, dict):
+        if "median" in tree:
+            yield tree
+        for value in tree.values():
+            yield from _summaries(value)
+
+
 def test_json_records_machine_suites_and_targets(smoke_run):
     results = json.loads((smoke_run / "results.json").read_text())
     assert results["smoke"] is True
     assert {"date_utc", "cpu", "cpu_cores", "platform", "device", "versions"} <= set(results["machine"])
     assert results["machine"]["versions"]["jax"]
-    assert set(results["suites"]) == {"seed", "scaling", "grad"}
+    assert set(results["suites"]) == {"seed", "scaling", "grad", "data", "ensemble"}
     for suite in results["suites"].values():
         assert suite["rows"], suite["skipped"]
         assert all(skip["reason"] for skip in suite["skipped"])
@@ -41,14 +50,18 @@ def test_json_records_machine_suites_and_targets(smoke_run):
 
 def test_every_time_and_ratio_is_positive_and_finite(smoke_run):
     suites = json.loads((smoke_run / "results.json").read_text())["suites"]
+    for suite in suites.values():
+        for row in suite["rows"]:
+            for timing in _summaries(row):
+                assert all(_positive_finite(timing[key]) for key in ("median", "q25", "q75", "min", "max")), row
+                assert timing["min"] <= timing["median"] <= timing["max"]
+    torch = importlib.util.find_spec("torch") is not None
     seed_rows = {row["name"]: row for row in suites["seed"]["rows"]}
     assert {"bp_jax sgd_step, one call per step", "bp_jax optax_step (optax.sgd), one call per step",
-            "bp_jax fit, fused lax.scan (unroll=4, chunk 1000)"} <= set(seed_rows)
+            "bp_jax fit, fused (full batch 32, chunk 1000)", "bp_jax fit, minibatch 32 of 354 rows",
+            "diagnostic: bare lax.scan of the SGD update (unroll 1; no finite guard, no chunks)"} <= set(seed_rows)
     for row in seed_rows.values():
-        timing = row["per_step_s"]
-        assert all(_positive_finite(timing[key]) for key in ("median", "q25", "q75", "min", "max"))
-        assert timing["min"] <= timing["median"] <= timing["max"]
-        if importlib.util.find_spec("torch"):
+        if torch:
             assert _positive_finite(row["speedup_vs_torch_eager"])
     for row in suites["scaling"]["rows"]:
         assert _positive_finite(row["tflops"])
@@ -60,13 +73,47 @@ def test_every_time_and_ratio_is_positive_and_finite(smoke_run):
         assert row["max_abs_diff_jacfwd_vs_grad"] < 1e-4  # the methods time the same gradient
 
 
+def test_data_and_ensemble_suites_record_their_rows(smoke_run):
+    suites = json.loads((smoke_run / "results.json").read_text())["suites"]
+    torch = importlib.util.find_spec("torch") is not None
+    data = {row["name"]: row for row in suites["data"]["rows"]}
+    steps = [row for row in data.values() if row["group"] == "step"]
+    assert {row["rows"] for row in steps if row["framework"] == "bp_jax"} == {32, 354, 10_000}
+    assert len([row for row in steps if row["framework"] == "torch"]) == torch
+    for row in steps:
+        assert _positive_finite(row["vs_full_batch"])
+        assert _positive_finite(row["torch_speedup"]) if torch else row["torch_speedup"] is None
+    first = data["first fit of a configuration (compile included)"]
+    second = data["second fit of it: new steps, chunk size and start step"]
+    assert len(first["compilations"]) == len(second["compilations"]) == first["seconds"]["repeats"]
+    assert min(first["compilations"]) >= 1  # a new configuration compiles: the counting works
+    assert all(isinstance(count, int) and count >= 0 for count in second["compilations"])
+    skipped = {skip["name"] for skip in suites["data"]["skipped"]}
+    assert {name for name in skipped if name.startswith("bp-jax train")} and not any(
+        name.startswith("bp-jax train") for name in data)  # the command rows are full-run only
+
+    ensemble = suites["ensemble"]["rows"]
+    measured = {(row["name"], row["members"]) for row in ensemble if row["measured"]}
+    for members in (1, 16):
+        assert {("bp_jax fit_ensemble (full batch 32 shared)", members),
+                ("bp_jax fit_ensemble (minibatch 32 of 354 rows, one key shared)", members)} <= measured
+        assert any(name.startswith("torch.func ensemble") for name, count in measured if count == members) == torch
+    assert ("bp_jax fit, one model (full batch 32)", 1) in measured
+    estimates = [row for row in ensemble if not row["measured"]]
+    assert {row["members"] for row in estimates} == {16} and len(estimates) == 1 + torch
+    for row in ensemble:
+        assert _positive_finite(row["vs_one_fit"])
+        assert math.isclose(row["per_model_step_s"]["median"] * row["members"], row["per_step_s"]["median"])
+
+
 def test_markdown_and_plots_are_written(smoke_run):
     markdown = (smoke_run / "README.md").read_text()
-    for heading in ("## Targets", "## 1. Seed step", "## 2. Scaling", "## 3. One backward pass"):
+    for heading in ("## Targets", "## 1. Seed step", "## 2. Scaling", "## 3. One backward pass", "## 4. Data size",
+                    "## 5. Ensembles"):
         assert heading in markdown
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed: the report says so instead of plotting")
-    for name in ("seed.png", "scaling.png", "grad.png"):
+    for name in ("seed.png", "scaling.png", "grad.png", "data.png", "ensemble.png"):
         assert (smoke_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in markdown
 

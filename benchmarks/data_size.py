@@ -1,0 +1,166 @@
+"""Suite 4, data size: the seed MLP's `fit` step as the data set grows, what compiles when, and the wall
+time of the `bp-jax train` command.
+
+Step rows: seconds per step of `fit(..., steps=S, chunk_size=1000)` (call time / S) with minibatches of 32
+rows out of 354 … 1 000 000 (x, y ~ N(0, 1)), and with the full batch of 32 rows (the same arithmetic
+without the gather), beside the documents' train_step on 32 rows drawn per step from the largest data set,
+all timed in turns. Compile rows: a `fit` of a configuration never compiled before (a new loss function),
+then one of the same configuration with new steps, chunk size and start step, in turns, with the number of
+XLA compilations each made. Command rows: wall time of `python -m bp_jax train` processes, in turns.
+"""
+
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import bp_jax
+from benchmarks.problems import SEED_BATCH, SEED_ROWS, SEED_SIZES, mlp_problem
+from benchmarks.records import SuiteRecord, torch_baselines
+from benchmarks.timing import Timer, time_interleaved
+
+ROWS = (SEED_ROWS, 10_000, 100_000, 1_000_000)
+FULL_BATCH = f"bp_jax fit, full batch of {SEED_BATCH} rows"
+FIRST_FIT = "first fit of a configuration (compile included)"
+SECOND_FIT = "second fit of it: new steps, chunk size and start step"
+COLD = "bp-jax train --steps 1, cold (a fresh, empty BP_JAX_COMPILE_CACHE)"
+WARM = "bp-jax train --steps 1, warm (the BP_JAX_COMPILE_CACHE a previous run filled)"
+CACHE_OFF = "bp-jax train --steps 1, BP_JAX_COMPILE_CACHE=off"
+FIRST_CALL = {"steps": 1000, "chunk_size": 1000}  # minibatches of 32 of 354 rows, as `bp-jax train`
+SECOND_CALL = {"steps": 1500, "chunk_size": 300, "start_step": 7}
+CHECKPOINT_STEPS = 20_000
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def spaced(count: int) -> str:
+    return f"{count:,}".replace(",", " ")
+
+
+def minibatch_name(rows: int) -> str:
+    return f"bp_jax fit, minibatch {SEED_BATCH} of {spaced(rows)} rows"
+
+
+def torch_name(rows: int) -> str:
+    return f"torch: the documents' train_step on {SEED_BATCH} of {spaced(rows)} rows drawn per step (torch.randint)"
+
+
+def checkpoint_name(every: int) -> str:
+    return f"bp-jax train --steps {CHECKPOINT_STEPS} --batch-size {SEED_BATCH} --checkpoint-every {every} (warm cache)"
+
+
+def run(smoke: bool) -> dict:
+    record = SuiteRecord()
+    steps = 200 if smoke else 10_000
+    record.guarded("fit step by data size", lambda: _step_rows(record, smoke, steps))
+    record.guarded("compile and re-use", lambda: _compile_rows(record, repeats=2 if smoke else 5))
+    if smoke:
+        for name in (COLD, WARM, CACHE_OFF, checkpoint_name(997), checkpoint_name(1000)):
+            record.skip(name, "not run in --smoke (each run is a new Python process that compiles: seconds)")
+    else:
+        record.guarded("bp-jax train", lambda: _command_rows(record, repeats=3))
+    return record.as_dict(problem={"sizes": SEED_SIZES, "batch": SEED_BATCH, "dtype": "float32",
+                                   "fit_steps_per_call": steps, "chunk_size": 1000,
+                                   "first_fit": _options(FIRST_CALL), "second_fit": _options(SECOND_CALL)},
+                          repeats="interleaved within each group: one of each per round")
+
+
+def _options(call: dict) -> str:
+    return ", ".join(f"{name}={value}" for name, value in call.items())
+
+
+def _step_rows(record: SuiteRecord, smoke: bool, steps: int) -> None:
+    rows, repeats, torch_calls = (ROWS[:2], 3, 20) if smoke else (ROWS, 11, 500)
+    model, params, x, y = mlp_problem(SEED_SIZES, max(rows))
+    fit = functools.partial(bp_jax.fit, bp_jax.loss_fn(model), params, steps=steps, lr=0.01, chunk_size=1000)
+    runs = {FULL_BATCH: (SEED_BATCH, functools.partial(fit, x[:SEED_BATCH], y[:SEED_BATCH]))}
+    runs |= {minibatch_name(n): (n, functools.partial(fit, x[:n], y[:n], batch_size=SEED_BATCH,
+                                                      key=jax.random.key(0))) for n in rows}
+    timers, sizes = {}, {}
+    for name, (size, call) in runs.items():
+        timer = record.warmed(name, lambda call=call: Timer(lambda: call().losses, steps_per_call=steps))
+        if timer is not None:
+            timers[name], sizes[name] = timer, (size, "bp_jax")
+    torch_row = torch_name(max(rows))
+    if record.needs_torch(torch_row):
+        timer = record.warmed(torch_row, lambda: Timer(torch_baselines.sampled_step(np.array(x), np.array(y)),
+                                                       calls_per_repeat=torch_calls, warmup=torch_calls,
+                                                       sync=torch_baselines.sync))
+        if timer is not None:
+            timers[torch_row], sizes[torch_row] = timer, (max(rows), "torch")
+    timings = time_interleaved(timers, repeats=repeats)
+    full, torch_step = timings.get(FULL_BATCH), timings.get(torch_row)
+    for name, timing in timings.items():
+        record.rows.append({"name": name, "group": "step", "framework": sizes[name][1], "rows": sizes[name][0],
+                            "per_step_s": timing,
+                            "vs_full_batch": full and timing["median"] / full["median"],
+                            "torch_speedup": torch_step and torch_step["median"] / timing["median"]})
+
+
+def _compile_rows(record: SuiteRecord, repeats: int) -> None:
+    """Each round: a fit of a new configuration, then one of the same with new steps, chunk size and start
+    step (time_interleaved keeps the order within a round)."""
+    model, params, x, y = mlp_problem(SEED_SIZES, SEED_ROWS)
+    fit = functools.partial(bp_jax.fit, params=params, x=x, y=y, lr=0.01, batch_size=SEED_BATCH,
+                            key=jax.random.key(0))
+    latest, compiled, counts = {}, [], {FIRST_FIT: [], SECOND_FIT: []}
+
+    def first():
+        latest["loss"] = bp_jax.loss_fn(model)  # a new function: a configuration nothing has compiled
+        return fit(latest["loss"], **FIRST_CALL)
+
+    def second():
+        return fit(latest["loss"], **SECOND_CALL)
+
+    def counted(name, call):
+        def call_and_count():
+            before = len(compiled)
+            call()
+            counts[name].append(len(compiled) - before)
+        return call_and_count
+
+    listener = lambda event, duration, **_: compiled.append(event) if event == COMPILE_EVENT else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        timings = time_interleaved({name: Timer(counted(name, call), warmup=0)
+                                    for name, call in ((FIRST_FIT, first), (SECOND_FIT, second))}, repeats=repeats)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    for name, timing in timings.items():
+        record.rows.append({"name": name, "group": "compile", "framework": "bp_jax", "seconds": timing,
+                            "compilations": counts[name]})
+
+
+def _command_rows(record: SuiteRecord, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        warm_cache = tempfile.mkdtemp(dir=scratch)
+        fresh = lambda: tempfile.mkdtemp(dir=scratch)
+        runs = {COLD: ((), fresh), WARM: ((), lambda: warm_cache), CACHE_OFF: ((), lambda: "off")}
+        runs |= {checkpoint_name(every): (("--steps", str(CHECKPOINT_STEPS), "--batch-size", str(SEED_BATCH),
+                                           "--checkpoint-every", str(every)), lambda: warm_cache)
+                 for every in (997, 1000)}
+        timers = {}
+        for name, (options, cache) in runs.items():
+            call = functools.partial(_train, options or ("--steps", "1"), cache, scratch)
+            timer = record.warmed(name, lambda call=call, name=name: Timer(call, warmup=int(name == WARM)))
+            if timer is not None:
+                timers[name] = timer
+        for name, timing in time_interleaved(timers, repeats=repeats).items():
+            record.rows.append({"name": name, "group": "command", "framework": "bp_jax", "seconds": timing})
+
+
+def _train(options: tuple[str, ...], cache: Callable[[], str], scratch: Path) -> None:
+    """`python -m bp_jax train OPTIONS` in a new process writing into a new folder, with
+    BP_JAX_COMPILE_CACHE=cache(); RuntimeError with the last line of its stderr if it fails."""
+    done = subprocess.run([sys.executable, "-m", "bp_jax", "train", *options, "--out", tempfile.mkdtemp(dir=scratch)],
+                          capture_output=True, text=True, cwd=scratch,
+                          env=os.environ | {"BP_JAX_COMPILE_CACHE": cache()})
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no stderr"])[-1]
+        raise RuntimeError(f"bp-jax train {' '.join(options)} exited with {done.returncode}: {last}")
