@@ -1,7 +1,8 @@
-"""`bp-jax` (also `python -m bp_jax`): train the seed MLP, walk through the documents' examples, or check parity.
+"""`bp-jax` (also `python -m bp_jax`): train an MLP, predict with it, walk through the documents' examples, or check parity.
 
 One module per subcommand, each with `register(commands)` adding its parser and the function it runs.
-Bad values end with one line on stderr and exit status 2; a diverged run exits with status 1.
+Bad values end with one line on stderr and exit status 2; a diverged run exits with status 1; an
+interrupted one with 128 + the signal's number (130 for Ctrl-C).
 """
 
 import importlib
@@ -9,7 +10,7 @@ import sys
 
 from bp_jax.cli._args import Parser, UsageError
 
-COMMANDS = ("train", "demo", "check")
+COMMANDS = ("train", "predict", "demo", "check")
 
 
 def build_parser() -> Parser:
@@ -32,4 +33,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     except (UsageError, OSError) as err:
         print(f"{command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:  # a Ctrl-C that training did not catch (before it began, or a second one)
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
     return 2
