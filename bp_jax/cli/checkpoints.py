@@ -10,6 +10,7 @@ naming the newest intact one.
 import logging
 import shutil
 import sys
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,24 +27,29 @@ class CheckpointError(UsageError):
 
 
 @contextmanager
-def _quiet_failed_reads():
-    """Orbax's reader threads and tasks echo a failed read of a damaged checkpoint as 'Event loop is closed'
-    errors, never-retrieved exceptions and abandoned coroutines, some only at interpreter exit; the failure
-    itself is raised as CheckpointError, so drop those echoes: during the read, and for the rest of the
-    process if it failed."""
-    echo = lambda exc: isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+def _quiet_failures():
+    """Orbax's reader and writer threads echo a failed read or write as 'Event loop is closed' errors,
+    logged thread failures, never-retrieved exceptions and abandoned coroutines, some only at interpreter
+    exit; the failure itself is raised as CheckpointError, so drop those echoes: during the operation, and
+    for the rest of the process if it failed."""
+    echo = lambda exc: isinstance(exc, RuntimeError) and ("Event loop is closed" in str(exc)
+                                                          or "cannot schedule new futures" in str(exc))
     abandoned = lambda unraisable: echo(unraisable.exc_value) or type(unraisable.object).__name__ == "coroutine"
-    unraisablehook, excepthook, asyncio_log = sys.unraisablehook, sys.excepthook, logging.getLogger("asyncio")
-    never_retrieved = lambda record: "exception was never retrieved" not in record.getMessage()
+    unraisablehook, excepthook, threadhook = sys.unraisablehook, sys.excepthook, threading.excepthook
+    loggers = [logging.getLogger(name) for name in ("asyncio", "absl", "concurrent.futures")]
+    quiet = lambda record: record.levelno < logging.ERROR and "never retrieved" not in record.getMessage()
     sys.unraisablehook = lambda unraisable: None if abandoned(unraisable) else unraisablehook(unraisable)
     sys.excepthook = lambda kind, exc, trace: None if echo(exc) else excepthook(kind, exc, trace)
-    asyncio_log.addFilter(never_retrieved)
+    threading.excepthook = lambda failure: None if echo(failure.exc_value) else threadhook(failure)
+    for logger in loggers:
+        logger.addFilter(quiet)
     yield  # an exception leaves the filters in place
-    sys.unraisablehook, sys.excepthook = unraisablehook, excepthook
-    asyncio_log.removeFilter(never_retrieved)
+    sys.unraisablehook, sys.excepthook, threading.excepthook = unraisablehook, excepthook, threadhook
+    for logger in loggers:
+        logger.removeFilter(quiet)
 
 
-def _first_line(err: Exception, limit: int = 300) -> str:
+def _first_line(err: Exception, limit: int = 200) -> str:
     line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return line if len(line) <= limit else line[:limit] + "…"
 
@@ -71,11 +77,15 @@ def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict) -
     directory behind, if the write fails (a full disk, say)."""
     if step in checkpoints.all_steps():
         return
+    threads = set(threading.enumerate())
     try:
-        checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       record=ocp.args.JsonSave(record)), force=True)
-        checkpoints.wait_until_finished()
+        with _quiet_failures():
+            checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                           record=ocp.args.JsonSave(record)), force=True)
+            checkpoints.wait_until_finished()
     except Exception as err:  # orbax wraps the OSError in several layers
+        for writer in set(threading.enumerate()) - threads:  # its other writers may still be at work
+            writer.join(timeout=30)
         for partial in Path(checkpoints.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
             shutil.rmtree(partial, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {step} in {checkpoints.directory}: "
@@ -89,7 +99,7 @@ def _root_cause(err: BaseException) -> BaseException:
 
 
 def _read_record(checkpoints, step: int) -> dict:
-    with _quiet_failed_reads():
+    with _quiet_failures():
         record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
     if not isinstance(record, dict) or "config" not in record:
         raise ValueError("it has no training record")
@@ -106,7 +116,7 @@ def _shapes(tree) -> dict[str, tuple]:
 
 def _read_state(checkpoints, step: int, like):
     """The arrays of checkpoint `step`; CheckpointError (not a failed read) if their shapes are not like's."""
-    with _quiet_failed_reads():
+    with _quiet_failures():
         stored = _shapes(checkpoints.item_metadata(step)["state"].tree)
     expected = _shapes(like)
     if stored != expected:
@@ -115,7 +125,7 @@ def _read_state(checkpoints, step: int, like):
         raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} holds arrays that do not match its "
                               f"record (this model and optimizer): {differ}")
     target = jax.eval_shape(lambda: like)
-    with _quiet_failed_reads():
+    with _quiet_failures():
         return checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
 

@@ -60,8 +60,9 @@ def claimed(folder: Path, *, continuing: Path | None = None):
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         same = continuing is not None and continuing.resolve() == folder.resolve()
         if holds_run(folder) and not same:
-            hint = f"pass --resume {folder} to continue it" if continuing is None else "choose an empty --out"
-            raise UsageError(f"{folder} already holds a run (checkpoints or metrics.json); {hint}, or another --out")
+            hint = f"pass --resume {folder} to continue it, or another --out" if continuing is None else \
+                "choose an empty --out"
+            raise UsageError(f"{folder} already holds a run (checkpoints or metrics.json); {hint}")
         yield folder
     finally:
         os.close(descriptor)  # releases the lock
