@@ -144,6 +144,11 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path)
     (["--steps", "10", "--epochs", "2"], "not allowed with argument"),
     (["--out", "/proc/forbidden/run"], "is not writable"),
     (["--resume", "/nonexistent/run"], "no checkpoint in"),
+    (["--seed", "-1"], "--seed: expected an integer in [0, 2**32 - 1]"),
+    (["--seed", str(2**70)], "--seed: expected an integer in [0, 2**32 - 1]"),
+    (["--split-seed", "x"], "--split-seed: expected an integer"),
+    (["--data", "synthetic"], "expected a .csv or .npz file"),  # --data is not short for --dataset
+    (["--datas", "synthetic"], "unrecognized arguments: --datas"),
 ])
 def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message):
     result = bp_jax_cli("train", "--steps", 5, *args, check=False) if "--steps" not in args and "--epochs" not in args \
@@ -156,7 +161,7 @@ def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message):
 def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path):
     bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
     again = bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20, check=False)
-    assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+    assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
 def test_demo_prints_the_documents_numbers():
