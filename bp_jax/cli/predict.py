@@ -29,7 +29,8 @@ def register(commands) -> None:
 def main(args) -> int:
     if args.out is not None and args.out.exists():
         raise UsageError(f"--out {args.out} already exists; choose a new file")
-    frame = predictions(args.run_dir, data.read(str(args.data)), str(args.data))
+    run = runs.load(args.run_dir)
+    frame = predictions(run, data.read(str(args.data)), str(args.data))
     if args.out is None:
         frame.to_csv(sys.stdout, index=False)
     else:
@@ -37,11 +38,10 @@ def main(args) -> int:
     return 0
 
 
-def predictions(run_dir: Path, frame, source: str):
+def predictions(run: runs.Trained, frame, source: str):
     """A DataFrame with one column, named after the run's target, of its predictions for `frame`'s rows."""
     import pandas as pd
 
-    run = runs.load(run_dir)
     x = run.scaling.features(frame, source)
     with jax.default_matmul_precision("highest"):
         standardised = run.model.apply(run.params, jnp.asarray(x))
