@@ -28,7 +28,16 @@ SUPPORTED = "supported: nn.Sequential, nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh"
 
 
 def _to_jax(tensor: torch.Tensor) -> jax.Array:
-    return jnp.array(tensor.detach().cpu().numpy())  # jnp.array copies: later in-place torch updates don't leak in
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: move the bits, as JAX's (ml_dtypes') bfloat16
+        return jnp.array(tensor.view(torch.int16).numpy().view(jnp.bfloat16))
+    return jnp.array(tensor.numpy())  # jnp.array copies: later in-place torch updates don't leak in
+
+
+def _to_torch(value: np.ndarray) -> torch.Tensor:
+    if value.dtype == jnp.bfloat16:  # torch.from_numpy cannot read ml_dtypes' bfloat16: move the bits
+        return torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(value)
 
 
 def _module_params(module: nn.Module, where: str) -> Params:
@@ -143,5 +152,5 @@ def to_torch(params: Params, module: nn.Module) -> nn.Module:
     pairs = _pairs(params, module, "")
     with torch.no_grad():
         for tensor, value in pairs:
-            tensor.copy_(torch.from_numpy(value))  # casts to the tensor's dtype and device
+            tensor.copy_(_to_torch(value))  # casts to the tensor's dtype and device
     return module

@@ -144,6 +144,11 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path)
     (["--steps", "10", "--epochs", "2"], "not allowed with argument"),
     (["--out", "/proc/forbidden/run"], "is not writable"),
     (["--resume", "/nonexistent/run"], "no checkpoint in"),
+    (["--seed", "-1"], "--seed: expected an integer in [0, 2**32 - 1]"),
+    (["--seed", str(2**70)], "--seed: expected an integer in [0, 2**32 - 1]"),
+    (["--split-seed", "x"], "--split-seed: expected an integer"),
+    (["--data", "synthetic"], "expected a .csv or .npz file"),  # --data is not short for --dataset
+    (["--datas", "synthetic"], "unrecognized arguments: --datas"),
 ])
 def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message):
     result = bp_jax_cli("train", "--steps", 5, *args, check=False) if "--steps" not in args and "--epochs" not in args \
@@ -156,7 +161,7 @@ def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message):
 def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path):
     bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
     again = bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20, check=False)
-    assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+    assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
 def test_demo_prints_the_documents_numbers():
@@ -172,3 +177,147 @@ def test_a_missing_extra_is_named_with_the_install_command():
     assert result.returncode == 2
     assert result.stderr.strip() == ("bp-jax: error: rich is missing; the command needs its extra: "
                                      "pip install 'bp_jax[cli]'")
+
+
+def start_training(out: Path, *args) -> subprocess.Popen:
+    """A long `bp-jax train` into `out`, returned once it holds the folder's lock (its pid is in the lock file)."""
+    process = subprocess.Popen([sys.executable, "-m", "bp_jax", "train", "--out", str(out), *map(str, args)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock, deadline = out / ".bp-jax.lock", time.monotonic() + 240
+    while not (lock.exists() and lock.read_text().strip()) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before it could be interrupted"
+    return process
+
+
+@pytest.mark.parametrize("signal_number, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted_run(tmp_path, signal_number,
+                                                                                       status):
+    stopped, args = tmp_path / "stopped", ("--dataset", "synthetic", "--optimizer", "adam", "--seed", 2)
+    process = start_training(stopped, "--steps", 50_000_000, *args)
+    try:
+        in_use = bp_jax_cli("train", "--out", stopped, "--steps", 10, *args, check=False)
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        process.kill()
+    assert in_use.returncode == 2 and f"in use by a running bp-jax train (pid {process.pid})" in in_use.stderr
+    assert process.returncode == status
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    step = int(stderr.split("interrupted at step ")[1].split(";")[0])
+    assert f"resume with: bp-jax train --resume {stopped}" in stderr
+    assert checkpoint_steps(stopped) == [step]
+    metrics = json.loads((stopped / "metrics.json").read_text())
+    assert metrics["stopped"] == {"step": step, "reason": f"interrupted by {signal.Signals(signal_number).name}"}
+    assert metrics["final_step"] == step and (stopped / "loss_curve.png").exists()
+    bp_jax_cli("train", "--resume", stopped, "--steps", step + 700)
+    bp_jax_cli("train", "--out", tmp_path / "whole", "--steps", step + 700, *args)
+    assert_same_state(stopped, tmp_path / "whole")
+
+
+def test_runs_started_together_without_out_get_folders_of_their_own(tmp_path):
+    command = [sys.executable, "-m", "bp_jax", "train", "--dataset", "synthetic", "--steps", "30"]
+    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(2)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 2 and all(folder.name.startswith("synthetic-") for folder in folders)
+    assert all(checkpoint_steps(folder) == [30] and (folder / "metrics.json").exists() for folder in folders)
+
+
+def test_resume_into_a_folder_holding_another_run_is_refused(tmp_path):
+    bp_jax_cli("train", "--out", tmp_path / "a", "--dataset", "synthetic", "--steps", 20)
+    bp_jax_cli("train", "--out", tmp_path / "b", "--dataset", "synthetic", "--steps", 30, "--seed", 1)
+    before = (tmp_path / "b" / "metrics.json").read_text()
+    refused = bp_jax_cli("train", "--resume", tmp_path / "a", "--out", tmp_path / "b", "--steps", 40, check=False)
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    assert checkpoint_steps(tmp_path / "b") == [30] and (tmp_path / "b" / "metrics.json").read_text() == before
+    bp_jax_cli("train", "--resume", tmp_path / "a", "--out", tmp_path / "c", "--steps", 40)
+    assert checkpoint_steps(tmp_path / "c") == [40]
+
+
+def test_resuming_a_missing_folder_creates_nothing(tmp_path):
+    result = bp_jax_cli("train", "--resume", tmp_path / "typo", check=False)
+    assert result.returncode == 2 and "no checkpoint in" in result.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def strict_json(path: Path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_divergence_between_checkpoints_and_its_resume_exit_1_with_metrics_and_curve(tmp_path):
+    args = ("--dataset", "synthetic", "--lr", 1e9, "--checkpoint-every", 2, "--steps", 100)
+    for attempt in (("--out", tmp_path), ("--resume", tmp_path)):
+        (tmp_path / "metrics.json").unlink(missing_ok=True)
+        result = bp_jax_cli("train", *attempt, *args, check=False)
+        assert result.returncode == 1 and "non-finite at step" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        metrics = strict_json(tmp_path / "metrics.json")
+        assert metrics["stopped"]["reason"] == "non-finite loss"
+        assert (tmp_path / "loss_curve.png").exists()
+    assert checkpoint_steps(tmp_path)[-1] == metrics["stopped"]["step"]
+
+
+def test_a_damaged_newest_checkpoint_names_the_newest_intact_one(tmp_path):
+    run = tmp_path / "run"
+    bp_jax_cli("train", "--out", run, "--dataset", "synthetic", "--steps", 300, "--checkpoint-every", 100)
+    bp_jax_cli("train", "--out", tmp_path / "whole", "--dataset", "synthetic", "--steps", 400)
+    for data_file in (run / "checkpoints" / "300" / "state").rglob("*"):
+        if data_file.is_file() and data_file.stat().st_size > 0 and data_file.parent.name == "d":
+            data_file.write_bytes(data_file.read_bytes()[:10])
+    refused = bp_jax_cli("train", "--resume", run, "--steps", 400, check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "checkpoint 300" in refused.stderr and "the newest intact one is step 200" in refused.stderr
+    move = refused.stderr.split("(mv ")[1].split(")")[0].split()
+    Path(move[0]).rename(move[1])  # what the message says to do
+    bp_jax_cli("train", "--resume", run, "--steps", 400)
+    assert_same_state(run, tmp_path / "whole")
+
+
+def edit_record(run: Path, step: int, edit):
+    path = run / "checkpoints" / str(step) / "record" / "metadata"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r | {"config": {k: v for k, v in r["config"].items() if k != "split_seed"}}, "lacks split_seed"),
+    (lambda r: r | {"config": r["config"] | {"dropout": 0.5}}, "has unknown dropout"),
+    (lambda r: r | {"config": r["config"] | {"hidden": [7]}}, "holds arrays that do not match its record"),
+])
+def test_a_record_from_another_version_or_not_matching_its_arrays_is_one_line(tmp_path, edit, message):
+    bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
+    edit_record(tmp_path, 20, edit)
+    for command in (["train", "--resume", tmp_path, "--steps", 30], ["predict", tmp_path, "--data", "any.csv"]):
+        result = bp_jax_cli(*command, check=False, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_leftover_temporary_checkpoint_is_cleaned_up_by_the_next_run(tmp_path):
+    bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
+    leftover = tmp_path / "checkpoints" / "30.orbax-checkpoint-tmp"  # as a save killed midway leaves it
+    (leftover / "state").mkdir(parents=True)
+    bp_jax_cli("train", "--resume", tmp_path, "--steps", 30)
+    assert not leftover.exists() and checkpoint_steps(tmp_path) == [20, 30]
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
+    """The disk fills up as orbax writes the checkpoint's record (after its arrays): its file write raises
+    ENOSPC as the OS would."""
+    code = ("import errno, sys\n"
+            "from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler\n"
+            "async def full(self, item, directory):\n"
+            "    raise OSError(errno.ENOSPC, 'No space left on device', str(directory / 'metadata'))\n"
+            "handler.JsonCheckpointHandler._save_fn = full\n"
+            "from bp_jax.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", code, "train", "--out", str(tmp_path), "--dataset", "synthetic",
+                             "--steps", "50", "--checkpoint-every", "25"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"bp-jax train: error: could not write checkpoint 25 in {tmp_path}")
+    assert "No space left on device" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list((tmp_path / "checkpoints").iterdir()) == []

@@ -85,6 +85,23 @@ def test_float64_stays_float64_under_x64():
         np.testing.assert_array_equal(params[0]["weight"], module[0].weight.detach().numpy())
 
 
+def test_bfloat16_modules_and_params_round_trip_bit_for_bit():
+    torch.manual_seed(2)
+    module = seed_mlp().to(torch.bfloat16)
+    params = bp_jax.from_torch(module, SEED_MODEL)
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    np.testing.assert_array_equal(np.asarray(params[0]["weight"], np.float32),
+                                  module[0].weight.detach().float().numpy())
+    state_dict_params = bp_jax.from_torch(module.state_dict(), SEED_MODEL)
+    chex.assert_trees_all_equal(state_dict_params, params)
+    into_bfloat16, into_float32 = seed_mlp().to(torch.bfloat16), seed_mlp()
+    bp_jax.to_torch(params, into_bfloat16)
+    bp_jax.to_torch(params, into_float32)
+    for source, same, wider in zip(module.parameters(), into_bfloat16.parameters(), into_float32.parameters()):
+        assert same.dtype == torch.bfloat16 and torch.equal(same, source)
+        assert wider.dtype == torch.float32 and torch.equal(wider, source.float())
+
+
 def test_state_dict_with_the_model_fills_parameter_free_layers():
     module = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2), nn.Sigmoid())
     model = bp_jax.Sequential(bp_jax.Linear(4, 3), bp_jax.Tanh(), bp_jax.Linear(3, 2), bp_jax.Sigmoid())

@@ -1,7 +1,9 @@
-"""`bp-jax` (also `python -m bp_jax`): train, walk through the documents' examples, check parity, or explain.
+"""`bp-jax` (also `python -m bp_jax`): train an MLP, predict with it, sweep learning rates and seeds, walk through
+the documents' examples, check parity, or explain the backward pass.
 
 One module per subcommand, each with `register(commands)` adding its parser and the function it runs.
-Bad values end with one line on stderr and exit status 2; a diverged run exits with status 1.
+Bad values end with one line on stderr and exit status 2; a diverged run exits with status 1; an
+interrupted one with 128 + the signal's number (130 for Ctrl-C).
 """
 
 import importlib
@@ -10,7 +12,7 @@ import sys
 from bp_jax.cli import _cache
 from bp_jax.cli._args import Parser, UsageError
 
-COMMANDS = ("train", "demo", "check", "explain")
+COMMANDS = ("train", "predict", "demo", "check", "explain")
 
 
 def build_parser() -> Parser:
@@ -35,4 +37,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     except (UsageError, OSError) as err:
         print(f"{command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:  # a Ctrl-C that training did not catch (before it began, or a second one)
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
     return 2

@@ -1,12 +1,17 @@
 """Checkpoints with orbax-checkpoint: params, optimizer state, step and data-order key, plus a JSON record.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a checkpoint is either
-whole or absent; a killed run leaves the previous one intact. Loading checks the record's config against
-the caller's and the arrays against the expected shapes, and refuses anything else with CheckpointError.
+whole or absent; a killed run leaves the previous one intact, and the next run writing there removes the
+leftover temporary directory. Loading checks the arrays' shapes against the expected ones before reading
+them, and refuses anything else with a one-line CheckpointError; a damaged newest checkpoint is refused
+naming the newest intact one.
 """
 
 import logging
+import shutil
 import sys
+import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,47 +23,125 @@ from bp_jax.cli._args import UsageError
 
 
 class CheckpointError(UsageError):
-    """A checkpoint that is missing, unreadable, or does not match what is being resumed."""
+    """A checkpoint that is missing, unreadable, unwritable, or does not match what is being resumed."""
 
 
 @contextmanager
-def _quiet_closed_event_loop():
-    """Orbax's reader threads and tasks echo a failed read of a damaged checkpoint as 'Event loop is closed'
-    errors and never-retrieved exceptions, some only at interpreter exit; the failure itself is raised as
-    CheckpointError, so drop those echoes: during the read, and for the rest of the process if it failed."""
-    echo = lambda exc: isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
-    unraisablehook, excepthook, asyncio_log = sys.unraisablehook, sys.excepthook, logging.getLogger("asyncio")
-    never_retrieved = lambda record: "exception was never retrieved" not in record.getMessage()
-    sys.unraisablehook = lambda unraisable: None if echo(unraisable.exc_value) else unraisablehook(unraisable)
+def _quiet_failures():
+    """Orbax's reader and writer threads echo a failed read or write as 'Event loop is closed' errors,
+    logged thread failures, never-retrieved exceptions and abandoned coroutines, some only at interpreter
+    exit; the failure itself is raised as CheckpointError, so drop those echoes: during the operation, and
+    for the rest of the process if it failed."""
+    echo = lambda exc: isinstance(exc, RuntimeError) and ("Event loop is closed" in str(exc)
+                                                          or "cannot schedule new futures" in str(exc))
+    abandoned = lambda unraisable: echo(unraisable.exc_value) or type(unraisable.object).__name__ == "coroutine"
+    unraisablehook, excepthook, threadhook = sys.unraisablehook, sys.excepthook, threading.excepthook
+    loggers = [logging.getLogger(name) for name in ("asyncio", "absl", "concurrent.futures")]
+    quiet = lambda record: record.levelno < logging.ERROR and "never retrieved" not in record.getMessage()
+    sys.unraisablehook = lambda unraisable: None if abandoned(unraisable) else unraisablehook(unraisable)
     sys.excepthook = lambda kind, exc, trace: None if echo(exc) else excepthook(kind, exc, trace)
-    asyncio_log.addFilter(never_retrieved)
+    threading.excepthook = lambda failure: None if echo(failure.exc_value) else threadhook(failure)
+    for logger in loggers:
+        logger.addFilter(quiet)
     yield  # an exception leaves the filters in place
-    sys.unraisablehook, sys.excepthook = unraisablehook, excepthook
-    asyncio_log.removeFilter(never_retrieved)
+    sys.unraisablehook, sys.excepthook, threading.excepthook = unraisablehook, excepthook, threadhook
+    for logger in loggers:
+        logger.removeFilter(quiet)
 
 
-def _first_line(err: Exception, limit: int = 300) -> str:
-    line = str(err).splitlines()[0] if str(err) else type(err).__name__
+def _first_line(err: Exception, limit: int = 200) -> str:
+    line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return line if len(line) <= limit else line[:limit] + "…"
 
 
-def manager(directory: Path, max_to_keep: int = 3) -> "ocp.CheckpointManager":
-    """A manager used by this process alone, also in a multi-process run (whose state is replicated);
-    there it does not create `directory`."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False)
-    if jax.process_count() > 1:
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=False, create=False,
-            multiprocessing_options=ocp.options.MultiprocessingOptions(
-                primary_host=jax.process_index(), active_processes={jax.process_index()}))
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+def manager(directory: Path, *, write: bool = False, max_to_keep: int = 3) -> "ocp.CheckpointManager":
+    """A manager used by this process alone, also in a multi-process run (whose state is replicated).
+    Only a `write` manager creates `directory` (in a one-process run) and removes leftover temporary
+    directories of interrupted saves: open one only on a folder this process has locked."""
+    directory = Path(directory).absolute()
+    if not write and not directory.is_dir():
+        raise CheckpointError(f"no checkpoint in {directory}")
+    multiprocess = jax.process_count() > 1
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=write and not multiprocess,
+        cleanup_tmp_directories=write,
+        **({"multiprocessing_options": ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()})} if multiprocess else {}))
+    return ocp.CheckpointManager(directory, options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
 
 
 def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict) -> None:
-    """Write `state` (a pytree of arrays) and the JSON `record` as checkpoint `step`."""
-    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   record=ocp.args.JsonSave(record)), force=True)
-    checkpoints.wait_until_finished()
+    """Write `state` (a pytree of arrays) and the JSON `record` as checkpoint `step`, unless that step is
+    already saved (the same state: training is deterministic). CheckpointError, leaving no partial
+    directory behind, if the write fails (a full disk, say)."""
+    if step in checkpoints.all_steps():
+        return
+    threads = set(threading.enumerate())
+    try:
+        with _quiet_failures():
+            checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                           record=ocp.args.JsonSave(record)), force=True)
+            checkpoints.wait_until_finished()
+    except Exception as err:  # orbax wraps the OSError in several layers
+        for writer in set(threading.enumerate()) - threads:  # its other writers may still be at work
+            writer.join(timeout=30)
+        for partial in Path(checkpoints.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {step} in {checkpoints.directory}: "
+                              f"{_first_line(_root_cause(err))}") from None
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def _read_record(checkpoints, step: int) -> dict:
+    with _quiet_failures():
+        record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+    if not isinstance(record, dict) or "config" not in record:
+        raise ValueError("it has no training record")
+    return record
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """{path: shape} of every array; paths as "opt_state/0/count", alike for a tuple and the list orbax
+    stores it as, a NamedTuple and its dict."""
+    name = lambda key: str(next(getattr(key, field) for field in ("key", "idx", "name") if hasattr(key, field)))
+    return {"/".join(map(name, path)): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _read_state(checkpoints, step: int, like):
+    """The arrays of checkpoint `step`; CheckpointError (not a failed read) if their shapes are not like's."""
+    with _quiet_failures():
+        stored = _shapes(checkpoints.item_metadata(step)["state"].tree)
+    expected = _shapes(like)
+    if stored != expected:
+        differ = next(f"{path} is {stored.get(path)}, expected {expected.get(path)}"
+                      for path in sorted(set(stored) | set(expected)) if stored.get(path) != expected.get(path))
+        raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} holds arrays that do not match its "
+                              f"record (this model and optimizer): {differ}")
+    target = jax.eval_shape(lambda: like)
+    with _quiet_failures():
+        return checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+
+def _damaged(checkpoints, step: int, err: Exception, intact: Callable[[int], object]) -> CheckpointError:
+    """The error for a damaged checkpoint `step`, naming the newest older one that `intact` reads."""
+    directory = Path(checkpoints.directory)
+    message = f"checkpoint {step} in {directory} is unreadable (corrupt or truncated): {_first_line(err)}"
+    for older in sorted((s for s in checkpoints.all_steps() if s < step), reverse=True):
+        try:
+            intact(older)
+        except Exception:
+            continue
+        return CheckpointError(f"{message}; the newest intact one is step {older}: to resume from it, move the "
+                               f"damaged one aside (mv {directory / str(step)} {directory.parent}/damaged-{step}) "
+                               f"and run again")
+    return CheckpointError(f"{message}; no intact checkpoint remains")
 
 
 def latest_record(checkpoints: "ocp.CheckpointManager") -> tuple[int, dict]:
@@ -66,24 +149,19 @@ def latest_record(checkpoints: "ocp.CheckpointManager") -> tuple[int, dict]:
     step = checkpoints.latest_step()
     if step is None:
         raise CheckpointError(f"no checkpoint in {checkpoints.directory}")
+    read = lambda s: _read_record(checkpoints, s)
     try:
-        with _quiet_closed_event_loop():
-            record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+        return step, read(step)
     except Exception as err:  # orbax raises many types for a damaged directory
-        raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} is unreadable "
-                              f"(corrupt or truncated): {_first_line(err)}") from None
-    if not isinstance(record, dict) or "config" not in record:
-        raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} has no training record")
-    return step, record
+        raise _damaged(checkpoints, step, err, read) from None
 
 
 def restore(checkpoints: "ocp.CheckpointManager", step: int, like):
     """The state of checkpoint `step`, which must have exactly the structure and shapes of `like`."""
-    target = jax.eval_shape(lambda: like)
+    read = lambda s: _read_state(checkpoints, s, like)
     try:
-        with _quiet_closed_event_loop():
-            restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        return read(step)
+    except CheckpointError:
+        raise
     except Exception as err:
-        raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} does not match this model "
-                              f"and optimizer, or is corrupt: {_first_line(err)}") from None
-    return restored["state"]
+        raise _damaged(checkpoints, step, err, read) from None

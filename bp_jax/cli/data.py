@@ -1,40 +1,185 @@
-"""Regression data for the `bp-jax` command: a train/held-out split, standardised with training statistics."""
+"""Regression data for the `bp-jax` command: one loader for the built-in data sets and the user's files.
 
+    frame = read("diabetes" | "synthetic" | "path/to/file.csv" | ".npz")   # a DataFrame of named columns
+    split = load(source, target=None, features=None, split_seed=0)        # standardised train/held-out split
+    x = split.scaling.features(frame, source)      # new rows, standardised with the training statistics
+    y = split.scaling.target_units(predictions)    # back in the target's own units
+
+The target is the last column unless named; the features are the other columns unless named. Every used
+cell must be a finite number: anything else is a DataError naming the file, the column and the row.
+Features and target are standardised with the training split's mean and standard deviation (a constant
+column's deviation counts as 1, so it standardises to 0, not NaN).
+"""
+
+import hashlib
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from bp_jax.cli._args import UsageError
+
 NAMES = ("diabetes", "synthetic")
+SUFFIXES = (".csv", ".npz")
+
+
+class DataError(UsageError):
+    """A data file that cannot be trained on or predicted from: reported in one line, exit status 2."""
+
+
+class Scaling(NamedTuple):
+    """What turns a table's raw columns into the model's inputs, and its outputs back into the target's units."""
+
+    feature_names: tuple[str, ...]
+    target_name: str
+    x_mean: tuple[float, ...]
+    x_std: tuple[float, ...]
+    y_mean: float
+    y_std: float
+
+    def features(self, frame, source: str) -> np.ndarray:
+        """The feature columns of `frame`, standardised, as float32; DataError naming missing or extra columns
+        (the target column may be present, and is ignored)."""
+        missing = [name for name in self.feature_names if name not in frame.columns]
+        extra = [name for name in frame.columns if name not in self.feature_names and name != self.target_name]
+        if missing or extra:
+            raise DataError(f"{source}: " + "; ".join(
+                [f"missing column(s) {', '.join(map(repr, missing))}"] * bool(missing)
+                + [f"extra column(s) {', '.join(map(repr, extra))}"] * bool(extra))
+                + f"; the run was trained on {', '.join(self.feature_names)}")
+        return self.standardise(_numeric(frame, self.feature_names, source))
+
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        return ((x - np.asarray(self.x_mean)) / np.asarray(self.x_std)).astype(np.float32)
+
+    def target(self, y: np.ndarray) -> np.ndarray:
+        return ((y - self.y_mean) / self.y_std).astype(np.float32)[:, None]
+
+    def target_units(self, standardised: np.ndarray) -> np.ndarray:
+        return np.asarray(standardised, np.float64).reshape(-1) * self.y_std + self.y_mean
+
+    def to_record(self) -> dict:
+        return self._asdict()
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Scaling":
+        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in record.items()})
 
 
 class Split(NamedTuple):
-    """Standardised float32 arrays; targets have shape (n, 1), like the documents' y = randn(32, 1)."""
+    """Standardised float32 arrays (targets of shape (n, 1), like the documents' y = randn(32, 1)), the
+    Scaling that made them, and a fingerprint of the raw data (to check a resumed run reads the same)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    scaling: Scaling
+    fingerprint: str
 
 
-def load(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Split:
-    """`diabetes`: scikit-learn's 442 patients × 10 features (shipped inside the package, no download).
-    `synthetic`: 1000 rows of x ~ N(0, 1)¹⁰, y = sin(x·a) + 0.5·(x·b)² / 10 + noise, seeded."""
-    if name == "diabetes":
+def is_file(source: str) -> bool:
+    return source not in NAMES
+
+
+def read(source: str, *, seed: int = 0):
+    """A DataFrame: a built-in data set (`synthetic` is drawn from `seed`), or a CSV with a header row, or an
+    .npz with arrays `x` (rows × features, columns named x0, x1, …) and optionally `y`."""
+    import pandas as pd
+
+    if source == "diabetes":  # scikit-learn's 442 patients × 10 features, shipped inside the package
         from sklearn.datasets import load_diabetes
 
-        x, y = load_diabetes(return_X_y=True)
-    elif name == "synthetic":
+        return load_diabetes(as_frame=True).frame
+    if source == "synthetic":  # y = sin(x·a) + 0.05·(x·b)² + noise, x ~ N(0, 1)¹⁰
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((1000, 10))
         a, b = rng.standard_normal(10) / 3, rng.standard_normal(10) / 3
         y = np.sin(x @ a) + 0.05 * (x @ b) ** 2 + 0.1 * rng.standard_normal(1000)
-    else:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {list(NAMES)}")
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(round(len(x) * test_fraction))
+        return pd.DataFrame({**{f"x{i}": x[:, i] for i in range(10)}, "y": y})
+    path = Path(source)
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"{source}: expected a .csv or .npz file, or one of {', '.join(NAMES)}")
+    if not path.is_file():
+        raise DataError(f"{source}: no such file")
+    try:
+        return _read_npz(path) if path.suffix.lower() == ".npz" else pd.read_csv(path)
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{source}: the file is empty; expected a header row and data rows") from None
+    except (ValueError, OSError, pd.errors.ParserError) as err:  # unparsable CSV, not a zip, unreadable
+        raise DataError(f"{source}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+
+
+def _read_npz(path: Path):
+    import pandas as pd
+
+    with np.load(path, allow_pickle=False) as arrays:
+        if "x" not in arrays:
+            raise DataError(f"{path}: expected an array 'x' (and 'y' to train), found {sorted(arrays)}")
+        x = arrays["x"]
+        y = arrays["y"] if "y" in arrays else None
+    if x.ndim != 2 or (y is not None and (y.ndim not in (1, 2) or y.size != len(y) or len(y) != len(x))):
+        raise DataError(f"{path}: expected x of shape (rows, features) and y of shape (rows,), got "
+                        f"{x.shape} and {None if y is None else y.shape}")
+    columns = {f"x{i}": x[:, i] for i in range(x.shape[1])}
+    return pd.DataFrame(columns if y is None else {**columns, "y": y.reshape(-1)})
+
+
+def _numeric(frame, columns, source: str) -> np.ndarray:
+    """The columns as float64, rows × columns; DataError naming the first cell that is not a finite number."""
+    import pandas as pd
+
+    if len(frame) == 0:
+        raise DataError(f"{source}: no rows")
+    values = []
+    for name in columns:
+        column = pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        bad = np.flatnonzero(~np.isfinite(column))
+        if len(bad):
+            cell = frame[name].iloc[bad[0]]
+            what = "is empty or NaN" if pd.isna(cell) else f"holds {cell!r}, not a finite number"
+            raise DataError(f"{source}: column {name!r}, row {bad[0] + 1}: the cell {what}")
+        values.append(column)
+    return np.stack(values, axis=1)
+
+
+def columns(frame, source: str, target: str | None, features: tuple[str, ...] | None):
+    """(x, y, feature names, target name): float64 arrays of the chosen columns; DataError naming what is
+    missing."""
+    names = [str(name) for name in frame.columns]
+    frame = frame.set_axis(names, axis=1)
+    if len(names) < 2:
+        raise DataError(f"{source}: expected at least two columns (features and a target), got {names}")
+    target = names[-1] if target is None else target
+    if target not in names:
+        raise DataError(f"{source}: no target column {target!r}; the columns are {', '.join(names)}")
+    features = tuple(name for name in names if name != target) if features is None else tuple(features)
+    missing = [name for name in features if name not in names]
+    if missing:
+        raise DataError(f"{source}: no column(s) {', '.join(map(repr, missing))} for --features; "
+                        f"the columns are {', '.join(names)}")
+    if target in features:
+        raise DataError(f"{source}: the target {target!r} cannot also be a feature")
+    xy = _numeric(frame, (*features, target), source)
+    return xy[:, :-1], xy[:, -1], features, target
+
+
+def load(source: str, *, target: str | None = None, features: tuple[str, ...] | None = None,
+         split_seed: int = 0, test_fraction: float = 0.2) -> Split:
+    """Read `source` (see `read`), hold out round(test_fraction · rows) rows (at least one) chosen by
+    `split_seed`, and standardise with the training rows' statistics."""
+    x, y, features, target = columns(read(source, seed=split_seed), source, target, features)
+    if len(x) < 2:
+        raise DataError(f"{source}: {len(x)} row; need at least 2 (one to train on, one held out)")
+    order = np.random.default_rng(split_seed).permutation(len(x))
+    n_test = max(1, int(round(len(x) * test_fraction)))
     test, train = order[:n_test], order[n_test:]
-    x_mean, x_std = x[train].mean(0), x[train].std(0)
-    y_mean, y_std = y[train].mean(), y[train].std()
-    standard_x = lambda rows: ((x[rows] - x_mean) / x_std).astype(np.float32)
-    standard_y = lambda rows: ((y[rows] - y_mean) / y_std).astype(np.float32)[:, None]
-    return Split(standard_x(train), standard_y(train), standard_x(test), standard_y(test))
+    deviation = lambda values: np.where(values > 0, values, 1.0)  # a constant column standardises to 0
+    scaling = Scaling(features, target, tuple(x[train].mean(0).tolist()), tuple(deviation(x[train].std(0)).tolist()),
+                      float(y[train].mean()), float(deviation(y[train].std())))
+    fingerprint = hashlib.sha256(np.ascontiguousarray(np.column_stack([x, y])).tobytes()
+                                 + repr((features, target)).encode()).hexdigest()
+    return Split(scaling.standardise(x[train]), scaling.target(y[train]), scaling.standardise(x[test]),
+                 scaling.target(y[test]), scaling, fingerprint)

@@ -1,68 +1,79 @@
-"""The `bp-jax train` job: the seed MLP on real data, with progress, metrics, a loss curve and checkpoints.
+"""The `bp-jax train` job: an MLP on a built-in data set or the user's file, with progress, metrics, a loss
+curve and checkpoints.
 
 This is the edge of the library: it reads data, writes files and draws; the training itself is `fit`.
+`run` goes in named steps: `_prepare` (data, model, initial state), `_resume` (the checkpoint to carry on
+from), `_run_folder` (the folder, locked), `_train` (the one `fit` call; `_Recorder` keeps the history and
+checkpoints between chunks) and `_finish` (metrics.json and the loss curve).
 """
 
 import dataclasses
-import json
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import bp_jax
-from bp_jax.cli import _args, _cache, checkpoints, data, distributed
+from bp_jax.cli import _args, _cache, checkpoints, data, distributed, folders, plots, runs
 from bp_jax.cli._args import UsageError
+from bp_jax.cli.runs import Config
 
-OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = {
-    "sgd": None,  # the hand-written update w ← w − lr·g
-    "optax-sgd": optax.sgd,
-    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-    "adam": optax.adam,
-}
-LAYERS = {"relu": bp_jax.ReLU, "sigmoid": bp_jax.Sigmoid, "tanh": bp_jax.Tanh}
 MAX_HISTORY_POINTS = 2000
 #: --matmul-precision: "highest" is true float32 (the reference); "high" and "default" allow TF32 on
 #: GPUs and bfloat16 passes on TPUs, for speed.
 MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """What defines a run; a resumed run must match it (steps excepted)."""
+class Diverged(Exception):
+    """The loss or an update became non-finite; the last finite params are checkpointed in `out`."""
 
-    dataset: str = "diabetes"
-    hidden: tuple[int, ...] = (5,)
-    activation: str = "relu"
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    batch_size: int | None = 32
-    seed: int = 0
+    def __init__(self, cause: bp_jax.NonFiniteLoss, out: Path):
+        super().__init__(f"{cause}; the last finite params are checkpointed in {out}")
+        self.step, self.out = cause.step, out
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped training at `step`, which is checkpointed in `out`."""
+
+    def __init__(self, signal_number: int, step: int, out: Path):
+        super().__init__(f"interrupted at step {step}; resume with: bp-jax train --resume {out}")
+        self.signal_number, self.step, self.out = signal_number, step, out
 
 
 def register(commands) -> None:
     train = commands.add_parser("train", help="train the seed MLP (10 → 5 → 1, ReLU, MSE, SGD) on real data")
-    train.add_argument("--dataset", choices=data.NAMES, help="default: diabetes (442 × 10, from scikit-learn)")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=data.NAMES, help="default: diabetes (442 × 10, from scikit-learn)")
+    source.add_argument("--data", type=Path, metavar="FILE",
+                        help="your own data: a CSV with a header row, or an .npz with arrays x and y")
+    train.add_argument("--target", metavar="COLUMN", help="the column to predict (default: the last one)")
+    train.add_argument("--features", type=_args.column_names, metavar="A,B,…",
+                       help="the columns to predict from (default: all but the target)")
     train.add_argument("--hidden", type=_args.hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5)")
-    train.add_argument("--activation", choices=sorted(LAYERS), help="default relu")
-    train.add_argument("--optimizer", choices=list(OPTIMIZERS),
+    train.add_argument("--activation", choices=sorted(runs.LAYERS), help="default relu")
+    train.add_argument("--optimizer", choices=list(runs.OPTIMIZERS),
                        help="sgd: the hand-written update (default); optax-sgd, momentum (0.9), adam: optax")
     train.add_argument("--lr", type=_args.learning_rate, help="learning rate (default 0.01)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_args.positive_int, help="total training steps")
     length.add_argument("--epochs", type=_args.positive_int, help="passes over the training split (default 100)")
     train.add_argument("--batch-size", type=_args.batch_size, help="minibatch size, or 'full' (default 32)")
-    train.add_argument("--seed", type=int, help="seeds the split, the init and the data order (default 0)")
-    train.add_argument("--out", type=Path, help="output directory (default runs/DATASET-TIME, or the --resume directory)")
+    train.add_argument("--seed", type=_args.seed, help="seeds the init and the data order, and the split unless "
+                                                       "--split-seed is given (default 0)")
+    train.add_argument("--split-seed", type=_args.seed, help="chooses the held-out rows (default: --seed)")
+    train.add_argument("--out", type=Path, help="output directory (default: a new runs/DATASET-TIME, or the "
+                                                "--resume directory)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="carry on from the newest checkpoint in DIR")
     train.add_argument("--checkpoint-every", type=_args.positive_int, metavar="N",
-                       help="save every N steps (always at the end)")
+                       help="save every N steps (always at the end, and when interrupted)")
     parallel = train.add_argument_group("devices, precision and multi-process runs")
     parallel.add_argument("--devices", type=_args.device_count, default=1, metavar="N|all",
                           help="split each batch over N devices, or all of them (default 1)")
@@ -79,26 +90,51 @@ def register(commands) -> None:
 
 
 def main(args) -> int:
-    """The command: parse the run's settings, train with a progress bar, print the summary table."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
+    """The command: the run's settings, training with a progress bar, the summary table. SIGINT and SIGTERM
+    stop training at the end of the current chunk, checkpointed (exit status 128 + the signal's number)."""
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=args.init_timeout)
-    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(Config)
-             if getattr(args, field.name) is not None}
-    if given.get("batch_size") == "full":
-        given["batch_size"] = None
+    given = _given(args)
     resume = args.resume and args.resume / "checkpoints"
     config = Config(**given) if resume is None else resumed_config(resume, given)
-    out = args.out or args.resume or Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
+    signals = runs.StopSignals()
+    with _progress_bar() as progress, signals.caught():
+        try:
+            metrics = run(config, out=args.out or args.resume, steps=args.steps, epochs=epochs,
+                          checkpoint_every=args.checkpoint_every, resume=resume, devices=args.devices,
+                          matmul_precision=args.matmul_precision, progress=progress, stop=signals)
+        except Diverged as err:
+            print(f"bp-jax train: error: {err}", file=sys.stderr)
+            return 1
+        except Interrupted as err:
+            print(f"bp-jax train: {err}", file=sys.stderr)
+            return 128 + err.signal_number
+    if jax.process_index() == 0:
+        _print_summary(config, metrics)
+    return 0
+
+
+def _given(args) -> dict:
+    """The Config values set on the command line."""
+    names = {field.name for field in dataclasses.fields(Config)}
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if args.data is not None:
+        given["dataset"] = str(args.data.absolute())
+    if given.get("batch_size") == "full":
+        given["batch_size"] = None
+    return given
+
+
+@contextmanager
+def _progress_bar():
+    """A rich progress bar on a terminal (process 0 only); yields `progress(step, total, loss)`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[rate]} steps/s"), TimeElapsedColumn())
     console = Console(stderr=True)
-    writer = jax.process_index() == 0
-    with Progress(*columns, console=console, disable=not (console.is_terminal and writer)) as bar:
+    with Progress(*columns, console=console, disable=not (console.is_terminal and jax.process_index() == 0)) as bar:
         task = bar.add_task("train", total=None, loss="…", rate="…")
 
         def progress(step, total, loss):
@@ -106,16 +142,14 @@ def main(args) -> int:
             speed = bar.tasks[0].speed
             bar.update(task, rate=f"{speed:,.0f}" if speed else "…")
 
-        try:
-            metrics = run(config, out=out, steps=args.steps, epochs=epochs,
-                          checkpoint_every=args.checkpoint_every, resume=resume, devices=args.devices,
-                          matmul_precision=args.matmul_precision, progress=progress)
-        except bp_jax.NonFiniteLoss as err:
-            print(f"bp-jax train: error: {err}; the last finite params are checkpointed in {out}",
-                  file=sys.stderr)
-            return 1
+        yield progress
 
-    table = Table(title=f"bp-jax train: {config.dataset}, step {metrics['final_step']}")
+
+def _print_summary(config: Config, metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bp-jax train: {config.name}, step {metrics['final_step']}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     rows = [
@@ -128,38 +162,20 @@ def main(args) -> int:
         ("wall time", f"{metrics['wall_time_s']:.2f} s"),
         ("device", metrics["device"] + (f" × {metrics['devices']}" if metrics["devices"] > 1 else "")
          + (f", {metrics['processes']} processes" if metrics["processes"] > 1 else "")),
-        ("written to", f"{out}/"),
+        ("written to", f"{metrics['run_dir']}/"),
     ]
     for name, value in rows:
         table.add_row(name, value)
-    if writer:
-        Console().print(table)
-    return 0
+    Console().print(table)
 
 
 def resumed_config(checkpoint_dir: Path, given: dict) -> Config:
     """The Config a checkpoint was trained with; CheckpointError if a value in `given` differs."""
-    _, record = checkpoints.latest_record(checkpoints.manager(checkpoint_dir))
-    return _matching_config(record, given, checkpoint_dir)
-
-
-def _matching_config(record: dict, given: dict, checkpoint_dir: Path) -> Config:
-    saved = Config(**record["config"] | {"hidden": tuple(record["config"]["hidden"])})
-    clash = [f"{name}={getattr(saved, name)!r}, not {value!r}" for name, value in given.items()
-             if getattr(saved, name) != value]
-    if clash:
-        raise checkpoints.CheckpointError(f"the checkpoint in {checkpoint_dir} was trained with "
-                                          + ", ".join(clash))
+    step, record = checkpoints.latest_record(checkpoints.manager(checkpoint_dir))
+    where = f"the checkpoint in {checkpoint_dir}"
+    saved, _ = runs.checked_record(record, where)
+    saved.check_matches(given, where)
     return saved
-
-
-def build_model(features: int, config: Config) -> bp_jax.Model:
-    """Linear(features, h1), act, …, Linear(hk, 1): the seed MLP for hidden = (5,) and relu."""
-    sizes = (features, *config.hidden, 1)
-    layers = []
-    for fan_in, fan_out in zip(sizes, sizes[1:]):
-        layers += [bp_jax.Linear(fan_in, fan_out), LAYERS[config.activation]()]
-    return bp_jax.Sequential(*layers[:-1])
 
 
 def steps_per_epoch(n_train: int, batch_size: int | None) -> int:
@@ -171,16 +187,6 @@ def _chunk_size(checkpoint_every: int | None, steps: int) -> int:
     if checkpoint_every is None:
         return max(1, min(500, steps))
     return next(d for d in range(min(500, checkpoint_every), 0, -1) if checkpoint_every % d == 0)
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"--out {out} is not writable: {err.strerror or err}") from None
 
 
 def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None:
@@ -202,118 +208,226 @@ def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None
     return mesh
 
 
-def run(config: Config, *, out: Path, steps: int | None = None, epochs: int | None = None,
+class Problem(NamedTuple):
+    """What is trained: the config (target and features resolved), the data, the model, the mesh, and the
+    state a checkpoint holds (params, optimizer state, data-order key)."""
+
+    config: Config
+    split: data.Split
+    model: bp_jax.Model
+    mesh: jax.sharding.Mesh | None
+    state: dict
+
+
+class Start(NamedTuple):
+    """Where training begins: the state, its step, the loss history and wall time so far, and the total
+    steps the checkpoint was heading for (None for a fresh run)."""
+
+    state: dict
+    step: int = 0
+    history: tuple = ()
+    wall_time_s: float = 0.0
+    total_steps: int | None = None
+
+
+def run(config: Config, *, out: Path | None = None, steps: int | None = None, epochs: int | None = None,
         checkpoint_every: int | None = None, resume: Path | None = None, devices: int | None = 1,
-        matmul_precision: str = "highest", progress: Callable | None = None) -> dict:
-    """Train, checkpoint and write metrics.json and loss_curve.png into `out`; returns the metrics.
+        matmul_precision: str = "highest", progress: Callable | None = None,
+        stop: runs.StopSignals | None = None) -> dict:
+    """Train, checkpoint and write metrics.json and loss_curve.png into `out` (default: a new
+    runs/NAME-TIME folder); returns the metrics, with `run_dir`.
 
-    `devices` (None: all) splits each batch over that many devices; in a multi-process run
-    (`distributed.initialize`) every process trains and only process 0 writes files.
-    Matmuls run at `matmul_precision` (see MATMUL_PRECISIONS).
-    `progress(step, total, loss)` is called between chunks. Raises UsageError for bad values,
-    CheckpointError for a checkpoint that cannot be resumed, NonFiniteLoss (after checkpointing the
-    last finite params and writing the metrics) if training diverges.
+    `resume` is a checkpoints directory to carry on from. `devices` (None: all) splits each batch over that
+    many devices; in a multi-process run (`distributed.initialize`) every process trains and only process 0
+    writes files. Matmuls run at `matmul_precision` (see MATMUL_PRECISIONS). `progress(step, total, loss)`
+    is called between chunks, and a signal in `stop.received` ends training there.
+    Raises UsageError for bad values or a folder in use, CheckpointError for a checkpoint that cannot be
+    resumed or written; Diverged or Interrupted after checkpointing and writing the metrics.
     """
-    split = data.load(config.dataset, seed=config.seed)
-    n_train, features = split.x_train.shape
-    if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
-        raise UsageError(f"--batch-size must be between 1 and {n_train} (the training examples), "
-                         f"got {config.batch_size}")
-    mesh = mesh_for(devices, config.batch_size or n_train)
+    problem = _prepare(config, devices)
+    start = Start(problem.state) if resume is None else _resume(problem, resume)
+    total = _total_steps(problem, start, steps, epochs)
     writer = jax.process_index() == 0
-    total = steps if epochs is None else epochs * steps_per_epoch(n_train, config.batch_size)
-    model = build_model(features, config)
-    params_key, data_key = jax.random.split(jax.random.key(config.seed))
-    make_optimizer = OPTIMIZERS[config.optimizer]
-    optimizer = None if make_optimizer is None else make_optimizer(config.lr)
-    params = model.init(params_key)
-    state = {"params": params, "opt_state": None if optimizer is None else optimizer.init(params),
-             "key": jax.random.key_data(data_key)}
-    start, history, wall_before = 0, [], 0.0
-
-    if resume is not None:
-        manager = checkpoints.manager(resume)
-        step, record = checkpoints.latest_record(manager)
-        _matching_config(record, dataclasses.asdict(config), resume)
-        state = checkpoints.restore(manager, step, state)
-        start, history, wall_before = step, record["loss_history"], record["wall_time_s"]
-        total = record["total_steps"] if total is None else total
-        if total < start:
-            raise UsageError(f"the checkpoint is at step {start}; --steps must be at least that, got {total}")
-    if total is None or total < 0:
-        raise UsageError(f"steps must be a non-negative int, got {total}")
-
-    if writer:
-        _check_writable(out)
-        (out / "checkpoints").mkdir(exist_ok=True)
-        manager = checkpoints.manager(out / "checkpoints")
-        if resume is None and manager.latest_step() is not None:
-            raise UsageError(f"{out} already holds checkpoints; pass --resume {out} to continue, or another --out")
-    stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
-    x, y = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
-    loss = bp_jax.loss_fn(model)
-    started = time.perf_counter()
-
-    def record():
-        return {"config": dataclasses.asdict(config), "total_steps": total, "loss_history": history,
-                "wall_time_s": wall_before + time.perf_counter() - started}
-
-    def save(result):
-        if writer:
-            arrays = {"params": result.params, "opt_state": result.opt_state, "key": state["key"]}
-            checkpoints.save(manager, result.step, arrays if mesh is None else distributed.host_local(arrays),
-                             record())
-
-    def extend_history(losses, first):  # losses: host-local numpy
-        history.extend([s, float(v)] for s, v in enumerate(losses, first) if s % stride == 0)
-
-    completed = start
-
-    def on_chunk(result):
-        nonlocal completed
-        completed = result.step
-        losses = distributed.host_local(result.losses)
-        extend_history(losses, result.step - len(losses))
-        if progress is not None and writer:
-            progress(result.step, total, float(losses[-1]))
-        if (checkpoint_every and result.step % checkpoint_every == 0) or result.step == total:
-            save(result)
-
-    stopped = None
-    try:
+    if out is None:
+        out = folders.create_unique(Path("runs"), config.name) if writer else Path("runs") / config.name
+    with _run_folder(out, resume, writer) as manager:
+        recorder = _Recorder(problem, start, total, manager, checkpoint_every, progress, stop)
         with jax.default_matmul_precision(matmul_precision):
-            result = bp_jax.fit(
-                loss, state["params"], x, y, steps=total - start, batch_size=config.batch_size,
-                lr=config.lr if optimizer is None else None, optimizer=optimizer, opt_state=state["opt_state"],
-                key=jax.random.wrap_key_data(state["key"]), start_step=start,
-                chunk_size=_chunk_size(checkpoint_every, total), on_chunk=on_chunk, mesh=mesh)
-    except bp_jax.NonFiniteLoss as diverged:
-        result, stopped = diverged.result, diverged
-        extend_history(distributed.host_local(result.losses)[completed - start:], completed)
-        save(result)
-
-    with jax.default_matmul_precision(matmul_precision):
-        metrics = _metrics(config, model, distributed.host_local(result.params), split, record(), start,
-                           result.step, stopped)
-    metrics |= {"devices": 1 if mesh is None else mesh.devices.size, "processes": jax.process_count(),
-                "matmul_precision": matmul_precision}
-    if writer:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        _plot(history, metrics, out / "loss_curve.png")
-    if stopped is not None:
-        raise stopped
+            result, stopped = _train(problem, start, total, recorder, checkpoint_every)
+            metrics = _finish(problem, recorder, result, stopped, out, matmul_precision, writer)
+    if isinstance(stopped, bp_jax.NonFiniteLoss):
+        raise Diverged(stopped, out)
+    if isinstance(stopped, _StopRequested):
+        raise Interrupted(stopped.signal_number, result.step, out)
     return metrics
 
 
-def _metrics(config, model, params, split, record, start, step, stopped) -> dict:
+def _prepare(config: Config, devices: int | None) -> Problem:
+    """Read and split the data, check the batch size, build the model and its initial state."""
+    split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed)
+    config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names)
+    n_train, features = split.x_train.shape
+    if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
+        source = f"{config.dataset}: " if data.is_file(config.dataset) else ""
+        raise UsageError(f"{source}--batch-size must be between 1 and {n_train} (the training examples), "
+                         f"got {config.batch_size}")
+    mesh = mesh_for(devices, config.batch_size or n_train)
+    model = runs.build_model(features, config)
+    return Problem(config, split, model, mesh, runs.initial_state(model, config))
+
+
+def _resume(problem: Problem, checkpoint_dir: Path) -> Start:
+    """The newest checkpoint in `checkpoint_dir`, checked against the problem's config and data."""
+    manager = checkpoints.manager(checkpoint_dir)
+    step, record = checkpoints.latest_record(manager)
+    where = f"checkpoint {step} in {manager.directory}"
+    saved, record = runs.checked_record(record, where)
+    saved.check_matches(problem.config.to_record(), where)
+    if record["data"]["fingerprint"] != problem.split.fingerprint:
+        raise checkpoints.CheckpointError(f"{where} was trained on other data than {problem.config.dataset} "
+                                          f"holds now")
+    state = checkpoints.restore(manager, step, problem.state)
+    history = [[s, math.nan if loss is None else loss] for s, loss in record["loss_history"]]
+    return Start(state, step, history, record["wall_time_s"], record["total_steps"])
+
+
+def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int | None) -> int:
+    n_train = len(problem.split.x_train)
+    total = steps if epochs is None else epochs * steps_per_epoch(n_train, problem.config.batch_size)
+    total = start.total_steps if total is None else total
+    if total is None:
+        raise UsageError("pass --steps or --epochs")
+    if total < start.step:
+        raise UsageError(f"the checkpoint is at step {start.step}; --steps must be at least that, got {total}")
+    return total
+
+
+@contextmanager
+def _run_folder(out: Path, resume: Path | None, writer: bool):
+    """Yield the checkpoint manager of `out`, locked for this run (None in processes that do not write)."""
+    if not writer:
+        yield None
+        return
+    with folders.claimed(out, continuing=resume and resume.parent):
+        yield checkpoints.manager(out / "checkpoints", write=True)
+
+
+class _StopRequested(Exception):
+    """Raised out of `fit` by `_Recorder.on_chunk` after checkpointing `result`, on a stop signal."""
+
+    def __init__(self, signal_number: int, result: bp_jax.FitResult):
+        self.signal_number, self.result = signal_number, result
+
+
+class _Recorder:
+    """Between chunks: keeps the loss history (every k-th step for long runs), reports progress,
+    checkpoints every `checkpoint_every` steps, at the end and when a stop signal came."""
+
+    def __init__(self, problem: Problem, start: Start, total: int, manager, checkpoint_every, progress, stop):
+        self.problem, self.start, self.total, self.manager = problem, start, total, manager
+        self.checkpoint_every, self.progress, self.stop = checkpoint_every, progress, stop
+        self.history = list(start.history)
+        self.stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
+        self.completed = start.step
+        self.started = time.perf_counter()
+
+    def record(self) -> dict:
+        split = self.problem.split
+        return runs.finite({
+            "config": self.problem.config.to_record(), "total_steps": self.total, "loss_history": self.history,
+            "wall_time_s": self.start.wall_time_s + time.perf_counter() - self.started,
+            "data": {"scaling": split.scaling.to_record(), "fingerprint": split.fingerprint}})
+
+    def extend_history(self, losses: np.ndarray, first: int) -> None:
+        self.history.extend([s, float(v)] for s, v in enumerate(losses, first) if s % self.stride == 0)
+
+    def save(self, result: bp_jax.FitResult) -> None:
+        if self.manager is not None:
+            arrays = {"params": result.params, "opt_state": result.opt_state, "key": self.start.state["key"]}
+            if self.problem.mesh is not None:
+                arrays = distributed.host_local(arrays)
+            checkpoints.save(self.manager, result.step, arrays, self.record())
+
+    def on_chunk(self, result: bp_jax.FitResult) -> None:
+        self.completed = result.step
+        losses = distributed.host_local(result.losses)
+        self.extend_history(losses, result.step - len(losses))
+        if self.progress is not None and jax.process_index() == 0:
+            self.progress(result.step, self.total, float(losses[-1]))
+        signal_number = self._stop_signal()
+        due = self.checkpoint_every and result.step % self.checkpoint_every == 0
+        if due or result.step == self.total or signal_number is not None:
+            self.save(result)
+        if signal_number is not None and result.step < self.total:
+            raise _StopRequested(signal_number, result)
+
+    def _stop_signal(self) -> int | None:
+        """The stop signal received, agreed on by all processes (so that they stop at the same step)."""
+        received = None if self.stop is None else self.stop.received
+        if jax.process_count() == 1:
+            return received
+        from jax.experimental import multihost_utils
+
+        numbers = multihost_utils.process_allgather(np.asarray(received or 0))
+        return int(numbers.max()) or None
+
+
+def _train(problem: Problem, start: Start, total: int, recorder: _Recorder, checkpoint_every: int | None):
+    """(result, stopped): the one `fit` call, from `start` to `total`; `stopped` is the NonFiniteLoss or
+    _StopRequested that ended it early (its params checkpointed), or None."""
+    config, split = problem.config, problem.split
+    transform = runs.optimizer(config)
+    try:
+        result = bp_jax.fit(
+            bp_jax.loss_fn(problem.model), start.state["params"], jnp.asarray(split.x_train),
+            jnp.asarray(split.y_train), steps=total - start.step, batch_size=config.batch_size,
+            lr=config.lr if transform is None else None, optimizer=transform, opt_state=start.state["opt_state"],
+            key=jax.random.wrap_key_data(start.state["key"]), start_step=start.step,
+            chunk_size=_chunk_size(checkpoint_every, total), on_chunk=recorder.on_chunk, mesh=problem.mesh)
+    except bp_jax.NonFiniteLoss as diverged:
+        result = diverged.result
+        recorder.extend_history(distributed.host_local(result.losses)[recorder.completed - start.step:],
+                                recorder.completed)
+        recorder.save(result)
+        return result, diverged
+    except _StopRequested as stop:
+        return stop.result, stop
+    return result, None
+
+
+def _finish(problem: Problem, recorder: _Recorder, result: bp_jax.FitResult, stopped, out: Path,
+            matmul_precision: str, writer: bool) -> dict:
+    """The metrics of `result`, written with the loss curve into `out` by process 0."""
+    metrics = _metrics(problem, distributed.host_local(result.params), recorder, result.step, stopped)
+    metrics |= {"devices": 1 if problem.mesh is None else problem.mesh.devices.size,
+                "processes": jax.process_count(), "matmul_precision": matmul_precision, "run_dir": str(out)}
+    if writer:
+        runs.write_json(out / "metrics.json", metrics)
+        config = problem.config
+        plots.loss_curve(out / "loss_curve.png", recorder.history,
+                         title=f"bp-jax train: {config.name}, hidden {','.join(map(str, config.hidden))}, "
+                               f"{config.optimizer} lr {config.lr}",
+                         levels={"held-out MSE (final)": metrics["held_out_mse"],
+                                 "held-out MSE, mean predictor": metrics["baseline_held_out_mse"]})
+    return metrics
+
+
+def _stop_reason(stopped: Exception) -> str:
+    if isinstance(stopped, _StopRequested):
+        return f"interrupted by {signal.Signals(stopped.signal_number).name}"
+    return "non-finite loss"
+
+
+def _metrics(problem: Problem, params, recorder: _Recorder, step: int, stopped) -> dict:
+    split, model = problem.split, problem.model
     mse = lambda x, y: float(bp_jax.mse(model.apply(params, jnp.asarray(x)), jnp.asarray(y)))
     mean_predictor = np.full_like(split.y_test, split.y_train.mean())
     device = jax.devices()[0]
     return {
-        **record,
-        "resumed_from_step": start,
+        **recorder.record(),
+        "resumed_from_step": recorder.start.step,
         "final_step": step,
-        "stopped": None if stopped is None else {"step": stopped.step, "reason": "non-finite loss"},
+        "stopped": None if stopped is None else {"step": step, "reason": _stop_reason(stopped)},
         "train_mse": mse(split.x_train, split.y_train),
         "held_out_mse": mse(split.x_test, split.y_test),
         "baseline_held_out_mse": float(np.mean((mean_predictor - split.y_test) ** 2)),
@@ -323,29 +437,3 @@ def _metrics(config, model, params, split, record, start, step, stopped) -> dict
                   f"{device.platform}: {device.device_kind}",
         "jax": jax.__version__,
     }
-
-
-def _plot(history, metrics, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
-    if history:
-        steps, losses = np.asarray(history).T
-        window = max(1, len(losses) // 50)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        axes.plot(steps, losses, lw=0.6, alpha=0.35, color="tab:blue", label="training loss (minibatch MSE)")
-        axes.plot(steps[window - 1:], smooth, lw=2, color="tab:blue", label=f"running mean of {window} steps")
-    axes.axhline(metrics["held_out_mse"], color="tab:green", ls="--", label="held-out MSE (final)")
-    axes.axhline(metrics["baseline_held_out_mse"], color="tab:red", ls=":", label="held-out MSE, mean predictor")
-    config = metrics["config"]
-    axes.set(xlabel="step", ylabel="MSE (standardised target)", yscale="log",
-             title=f"bp-jax train: {config['dataset']}, hidden {','.join(map(str, config['hidden']))}, "
-                   f"{config['optimizer']} lr {config['lr']}")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)

@@ -1,0 +1,166 @@
+"""`bp-jax train --data FILE` and `bp-jax predict`: the user's own data, end to end in subprocesses."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_cli import bp_jax_cli, checkpoint_steps
+
+
+def houses(rows: int, seed: int = 0) -> pd.DataFrame:
+    """A small regression table: float and integer features, a constant column, a target in its own units."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"size": rng.uniform(30, 200, rows).round(1), "rooms": rng.integers(1, 7, rows),
+                          "floors": np.full(rows, 2), "age": rng.integers(0, 80, rows)})
+    frame["price"] = (2.5 * frame["size"] + 10 * frame["rooms"] - 0.8 * frame["age"]
+                      + rng.normal(0, 15, rows)).round(2)  # as written to a CSV, so .npz and .csv hold the same
+    return frame
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """A run trained on a CSV (target named, not the last column), and that CSV."""
+    folder = tmp_path_factory.mktemp("csv")
+    table = houses(300)[["size", "rooms", "price", "floors", "age"]]
+    table.to_csv(folder / "houses.csv", index=False)
+    bp_jax_cli("train", "--data", folder / "houses.csv", "--target", "price", "--optimizer", "adam",
+               "--steps", 600, "--out", folder / "run")
+    return folder / "run", folder / "houses.csv"
+
+
+def test_training_on_a_csv_learns_and_records_what_prediction_needs(csv_run):
+    run, _ = csv_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["target"] == "price"
+    assert metrics["config"]["features"] == ["size", "rooms", "floors", "age"]
+    assert metrics["config"]["dataset"] == str(csv_run[1].absolute())
+    scaling = metrics["data"]["scaling"]
+    assert scaling["feature_names"] == metrics["config"]["features"] and scaling["target_name"] == "price"
+    assert scaling["x_std"][2] == 1.0  # the constant column: no division by zero
+    assert all(np.isfinite(value) for _, value in metrics["loss_history"])
+    assert metrics["held_out_mse"] < 0.5 * metrics["baseline_held_out_mse"]
+
+
+def test_predict_writes_one_prediction_per_row_in_the_targets_units(csv_run, tmp_path):
+    run, csv = csv_run
+    table = pd.read_csv(csv)
+    printed = bp_jax_cli("predict", run, "--data", csv).stdout
+    bp_jax_cli("predict", run, "--data", csv, "--out", tmp_path / "predictions.csv")
+    assert (tmp_path / "predictions.csv").read_text() == printed
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(predictions.columns) == ["price"] and len(predictions) == len(table)
+    # In the target's units: the squared error over all rows, divided by the training split's variance of
+    # the target, is the row-weighted mean of train and held-out MSE that training measured.
+    metrics = json.loads((run / "metrics.json").read_text())
+    scaling, examples = metrics["data"]["scaling"], metrics["examples"]
+    measured = np.mean(((predictions["price"] - table["price"]) / scaling["y_std"]) ** 2)
+    expected = (examples["train"] * metrics["train_mse"] + examples["held_out"] * metrics["held_out_mse"]) / len(table)
+    assert measured == pytest.approx(expected, rel=1e-4)
+
+
+def test_predict_takes_rows_without_the_target_and_in_any_column_order(csv_run, tmp_path):
+    run, csv = csv_run
+    table = pd.read_csv(csv)
+    table[["age", "floors", "rooms", "size"]].to_csv(tmp_path / "new.csv", index=False)
+    with_target = pd.read_csv(io.StringIO(bp_jax_cli("predict", run, "--data", csv).stdout))
+    without = pd.read_csv(io.StringIO(bp_jax_cli("predict", run, "--data", tmp_path / "new.csv").stdout))
+    pd.testing.assert_frame_equal(with_target, without)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda table: table.drop(columns=["rooms"]), "missing column(s) 'rooms'"),
+    (lambda table: table.assign(colour=1), "extra column(s) 'colour'"),
+    (lambda table: table.assign(age=table["age"].astype(object).where(table.index != 3, "old")),
+     "column 'age', row 4: the cell holds 'old'"),
+])
+def test_predict_refuses_other_columns_or_bad_cells_naming_them(csv_run, tmp_path, change, message):
+    run, csv = csv_run
+    change(pd.read_csv(csv)).to_csv(tmp_path / "new.csv", index=False)
+    result = bp_jax_cli("predict", run, "--data", tmp_path / "new.csv", "--out", tmp_path / "out.csv", check=False)
+    assert result.returncode == 2 and message in result.stderr and "new.csv" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_predict_never_overwrites_a_file(csv_run, tmp_path):
+    run, csv = csv_run
+    (tmp_path / "out.csv").write_text("mine\n")
+    result = bp_jax_cli("predict", run, "--data", csv, "--out", tmp_path / "out.csv", check=False)
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert (tmp_path / "out.csv").read_text() == "mine\n"
+
+
+def test_training_on_an_npz_and_default_target_is_the_last_column(tmp_path):
+    table = houses(200, seed=1)
+    np.savez(tmp_path / "houses.npz", x=table.drop(columns="price").to_numpy(), y=table["price"].to_numpy())
+    table.to_csv(tmp_path / "houses.csv", index=False)
+    for source in ("houses.npz", "houses.csv"):
+        bp_jax_cli("train", "--data", tmp_path / source, "--steps", 50, "--out", tmp_path / source.replace(".", "-"))
+    from_npz = json.loads((tmp_path / "houses-npz" / "metrics.json").read_text())
+    from_csv = json.loads((tmp_path / "houses-csv" / "metrics.json").read_text())
+    assert from_csv["config"]["target"] == "price" and from_npz["config"]["target"] == "y"
+    assert from_npz["loss_history"] == from_csv["loss_history"]  # the same numbers, whatever the format
+
+
+def test_features_picks_columns(tmp_path):
+    houses(200).to_csv(tmp_path / "houses.csv", index=False)
+    bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--features", "size,age", "--steps", 20,
+               "--out", tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["features"] == ["size", "age"] and metrics["examples"]["features"] == 2
+
+
+def _text_cell(table):
+    table["age"] = table["age"].astype(object)
+    table.loc[6, "age"] = "unknown"
+    return table
+
+
+def _empty_cell(table):
+    table.loc[4, "rooms"] = None
+    return table
+
+
+BAD_DATA = {
+    "missing file": (None, [], "no such file"),
+    "a text cell": (_text_cell, [], "column 'age', row 7: the cell holds 'unknown'"),
+    "an empty cell": (_empty_cell, [], "column 'rooms', row 5: the cell is empty or NaN"),
+    "a NaN": (lambda table: table.assign(size=table["size"].where(table.index != 9, np.nan)), [],
+              "column 'size', row 10: the cell is empty or NaN"),
+    "a missing target": (lambda table: table, ["--target", "value"], "no target column 'value'"),
+    "a missing feature": (lambda table: table, ["--features", "size,colour"], "no column(s) 'colour'"),
+    "no rows": (lambda table: table.iloc[:0], [], "no rows"),
+    "fewer rows than a batch": (lambda table: table.iloc[:30], [], "--batch-size must be between 1 and 24"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_data_is_one_line_naming_the_file_and_nothing_is_written(tmp_path, case):
+    change, args, message = BAD_DATA[case]
+    data = tmp_path / "houses.csv"
+    if change is not None:
+        change(houses(100)).to_csv(data, index=False)
+    result = bp_jax_cli("train", "--data", data, "--steps", 10, *args, check=False, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and str(data) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == (["houses.csv"] if change else [])
+
+
+def test_split_seed_chooses_the_held_out_rows_apart_from_the_init(tmp_path):
+    args = ("--dataset", "synthetic", "--steps", 30)
+    bp_jax_cli("train", *args, "--seed", 5, "--out", tmp_path / "a")
+    bp_jax_cli("train", *args, "--seed", 0, "--split-seed", 5, "--out", tmp_path / "b")
+    bp_jax_cli("train", *args, "--seed", 0, "--out", tmp_path / "c")
+    a, b, c = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in "abc")
+    assert a["config"]["split_seed"] == b["config"]["split_seed"] == 5 and c["config"]["split_seed"] == 0
+    assert a["data"]["scaling"] == b["data"]["scaling"] != c["data"]["scaling"]  # the same training rows
+    assert a["baseline_held_out_mse"] == b["baseline_held_out_mse"]
+    assert a["loss_history"] != b["loss_history"]  # another init and data order
+    refused = bp_jax_cli("train", "--resume", tmp_path / "b", "--split-seed", 6, "--steps", 40, check=False)
+    assert refused.returncode == 2 and "split_seed=5, not 6" in refused.stderr
+    assert checkpoint_steps(Path(tmp_path / "b")) == [30]
