@@ -97,6 +97,11 @@ def _check_data(x, y, batch_size, key, minimum_rows=1) -> int | None:
     return batch_size
 
 
+def _chunk_sizes(chunk_size) -> tuple[int, ...]:
+    sizes = chunk_size if isinstance(chunk_size, (tuple, list)) else (chunk_size,)
+    return tuple(_count("chunk_size", size, 1) for size in sizes) or (_count("chunk_size", None, 1),)
+
+
 def _check_method(lr, optimizer):
     if (lr is None) == (optimizer is None):
         raise ValueError("fit takes exactly one of lr (hand-written SGD) or optimizer (optax), "
@@ -106,15 +111,17 @@ def _check_method(lr, optimizer):
 
 def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None = None, lr=None,
         optimizer: optax.GradientTransformation | None = None, key: jax.Array | None = None,
-        opt_state=None, start_step: int = 0, chunk_size: int = 1000,
+        opt_state=None, start_step: int = 0, chunk_size: int | tuple[int, ...] = 1000,
         on_chunk: Callable[[FitResult], None] | None = None, mesh: jax.sharding.Mesh | None = None) -> FitResult:
     """Train for `steps` steps from `start_step`; returns a FitResult.
 
     Exactly one of `lr` (w ← w − lr·g, as `sgd_step`; lr is data, a new value does not recompile) or
     `optimizer` (any optax GradientTransformation, as `optax_step`; state from `optimizer.init` unless
     `opt_state` is given). Full batch when `batch_size` is None, else the rows
-    `minibatch_indices(key, step, len(x), batch_size)`. Chunk boundaries fall on multiples of
-    `chunk_size`; after each, `on_chunk(FitResult)` gets the state so far with that chunk's losses.
+    `minibatch_indices(key, step, len(x), batch_size)`. Chunk boundaries fall on the multiples of
+    `chunk_size` (or of each of several sizes, e.g. (1000, checkpoint_every)); after each,
+    `on_chunk(FitResult)` gets the state so far with that chunk's losses. The chunking changes nothing
+    but where on_chunk is called.
     A step whose loss or new params are not finite is not applied: fit raises NonFiniteLoss naming it
     and its cause, carrying the last finite params. The caller's params are never donated.
 
@@ -124,7 +131,7 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     """
     optimizer = _check_method(lr, optimizer)
     steps, start_step = _count("steps", steps, 0), _count("start_step", start_step, 0)
-    chunk_size = _count("chunk_size", chunk_size, 1)
+    chunk_sizes = _chunk_sizes(chunk_size)
     batch_size = _check_data(x, y, batch_size, key)
     lr = 0.0 if optimizer is not None else check_lr(lr)  # a Python float: traced weakly typed, as sgd_step's
     opt_state = None if optimizer is None else jax.jit(optimizer.init)(params) if opt_state is None else opt_state
@@ -142,7 +149,7 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     def result(state, losses, step):
         return FitResult(*state[0], losses, step)
 
-    state, losses, step = _drive(run, state, (lr, key, x, y), start_step, steps, chunk_size, on_chunk, result,
+    state, losses, step = _drive(run, state, (lr, key, x, y), start_step, steps, chunk_sizes, on_chunk, result,
                                  stop_when_diverged=True)
     bad = int(_to_host(state[1].step))
     if bad >= 0:
@@ -153,7 +160,8 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
 
 def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
                  optimizer: optax.GradientTransformation | None = None, batch_size: int | None = None,
-                 key: jax.Array | None = None, opt_state=None, start_step: int = 0, chunk_size: int = 1000,
+                 key: jax.Array | None = None, opt_state=None, start_step: int = 0,
+                 chunk_size: int | tuple[int, ...] = 1000,
                  on_chunk: Callable[[EnsembleResult], None] | None = None,
                  mesh: jax.sharding.Mesh | None = None) -> EnsembleResult:
     """Train E models at once, as one program: `fit`'s loop under `jax.vmap` over the members.
@@ -173,7 +181,7 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     """
     optimizer = _check_method(lr, optimizer)
     steps, start_step = _count("steps", steps, 0), _count("start_step", start_step, 0)
-    chunk_size = _count("chunk_size", chunk_size, 1)
+    chunk_sizes = _chunk_sizes(chunk_size)
     batch_size = _check_data(x, y, batch_size, key)
     members = _members(params)
     if optimizer is None:
@@ -203,7 +211,7 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     def result(state, losses, step):
         return EnsembleResult(*state[0], losses, step, _to_host(state[1].step))
 
-    state, losses, step = _drive(run, state, (lrs, key, x, y), start_step, steps, chunk_size, on_chunk, result,
+    state, losses, step = _drive(run, state, (lrs, key, x, y), start_step, steps, chunk_sizes, on_chunk, result,
                                  stop_when_diverged=False)
     return result(state, losses, step)
 
@@ -241,13 +249,13 @@ def _to_host(array) -> np.ndarray:
     return np.asarray(array if array.is_fully_addressable else array.addressable_data(0))
 
 
-def _drive(run, state, inputs, start_step, steps, chunk_size, on_chunk, result, stop_when_diverged):
+def _drive(run, state, inputs, start_step, steps, chunk_sizes, on_chunk, result, stop_when_diverged):
     """The host side of both loops: calls `run` for at most CAPACITY steps at a time, gives `on_chunk`
-    the result after every chunk (boundaries on multiples of chunk_size), returns the state, the losses
-    and the step reached; with `stop_when_diverged`, returns as soon as the model diverged."""
+    the result after every chunk (boundaries on the multiples of each chunk size), returns the state, the
+    losses and the step reached; with `stop_when_diverged`, returns as soon as the model diverged."""
     step, end, losses = start_step, start_step + steps, []
     while step < end:
-        chunk_end, chunk = min(end, (step // chunk_size + 1) * chunk_size), []
+        chunk_end, chunk = min(end, *((step // size + 1) * size for size in chunk_sizes)), []
         while step < chunk_end:
             length = min(chunk_end - step, CAPACITY)
             state, piece = run(state, *inputs, step, length)

@@ -12,6 +12,7 @@ column's deviation counts as 1, so it standardises to 0, not NaN).
 """
 
 import hashlib
+import importlib.util
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +21,8 @@ import numpy as np
 from bp_jax.cli._args import UsageError
 
 NAMES = ("diabetes", "synthetic")
+#: The diabetes features, named as scikit-learn's load_diabetes names them; the target column is "target".
+DIABETES_FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 SUFFIXES = (".csv", ".npz")
 
 
@@ -87,10 +90,10 @@ def read(source: str, *, seed: int = 0):
     .npz with arrays `x` (rows × features, columns named x0, x1, …) and optionally `y`."""
     import pandas as pd
 
-    if source == "diabetes":  # scikit-learn's 442 patients × 10 features, shipped inside the package
-        from sklearn.datasets import load_diabetes
-
-        return load_diabetes(as_frame=True).frame
+    if source == "diabetes":  # scikit-learn's 442 patients × 10 features, read from its package
+        folder = _sklearn_data_folder()
+        x, y = np.loadtxt(folder / "diabetes_data_raw.csv.gz"), np.loadtxt(folder / "diabetes_target.csv.gz")
+        return pd.DataFrame({**dict(zip(DIABETES_FEATURES, x.T)), "target": y})
     if source == "synthetic":  # y = sin(x·a) + 0.05·(x·b)² + noise, x ~ N(0, 1)¹⁰
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((1000, 10))
@@ -110,6 +113,14 @@ def read(source: str, *, seed: int = 0):
         raise DataError(f"{source}: the file is empty; expected a header row and data rows") from None
     except (ValueError, OSError, pd.errors.ParserError) as err:  # unparsable CSV, not a zip, unreadable
         raise DataError(f"{source}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+
+
+def _sklearn_data_folder() -> Path:
+    """scikit-learn's bundled data files, found without importing scikit-learn (a second of start-up)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise ModuleNotFoundError("scikit-learn provides the diabetes data", name="sklearn")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
 
 
 def _read_npz(path: Path):

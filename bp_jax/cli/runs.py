@@ -94,12 +94,18 @@ def optimizer(config: Config) -> optax.GradientTransformation | None:
 
 
 def initial_state(model: bp_jax.Model, config: Config) -> dict:
-    """What a checkpoint holds at step 0: params from `seed`, optimizer state, and the data-order key."""
-    params_key, data_key = jax.random.split(jax.random.key(config.seed))
-    params = model.init(params_key)
+    """What a checkpoint holds at step 0: params from `seed`, optimizer state, and the data-order key,
+    made by one compiled program (eager, each small op would compile on its own)."""
     transform = optimizer(config)
-    return {"params": params, "opt_state": None if transform is None else transform.init(params),
-            "key": jax.random.key_data(data_key)}
+
+    @jax.jit
+    def state(key):
+        params_key, data_key = jax.random.split(key)
+        params = model.init(params_key)
+        return {"params": params, "opt_state": None if transform is None else transform.init(params),
+                "key": jax.random.key_data(data_key)}
+
+    return state(jax.random.key(config.seed))
 
 
 def checked_record(record: dict, where: str) -> tuple[Config, dict]:

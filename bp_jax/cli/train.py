@@ -27,6 +27,7 @@ from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
 
 MAX_HISTORY_POINTS = 2000
+PROGRESS_EVERY = 1000
 #: --matmul-precision: "highest" is true float32 (the reference); "high" and "default" allow TF32 on
 #: GPUs and bfloat16 passes on TPUs, for speed.
 MATMUL_PRECISIONS = ("highest", "high", "default")
@@ -182,11 +183,10 @@ def steps_per_epoch(n_train: int, batch_size: int | None) -> int:
     return 1 if batch_size is None else n_train // batch_size
 
 
-def _chunk_size(checkpoint_every: int | None, steps: int) -> int:
-    """Chunks end on every checkpoint step and are short enough for a live progress bar."""
-    if checkpoint_every is None:
-        return max(1, min(500, steps))
-    return next(d for d in range(min(500, checkpoint_every), 0, -1) if checkpoint_every % d == 0)
+def _chunk_sizes(checkpoint_every: int | None) -> tuple[int, ...]:
+    """Chunks end every PROGRESS_EVERY steps (the progress bar, Ctrl-C) and on every checkpoint step;
+    fit compiles one program whatever they are."""
+    return (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
 
 
 def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None:
@@ -383,7 +383,7 @@ def _train(problem: Problem, start: Start, total: int, recorder: _Recorder, chec
             jnp.asarray(split.y_train), steps=total - start.step, batch_size=config.batch_size,
             lr=config.lr if transform is None else None, optimizer=transform, opt_state=start.state["opt_state"],
             key=jax.random.wrap_key_data(start.state["key"]), start_step=start.step,
-            chunk_size=_chunk_size(checkpoint_every, total), on_chunk=recorder.on_chunk, mesh=problem.mesh)
+            chunk_size=_chunk_sizes(checkpoint_every), on_chunk=recorder.on_chunk, mesh=problem.mesh)
     except bp_jax.NonFiniteLoss as diverged:
         result = diverged.result
         recorder.extend_history(distributed.host_local(result.losses)[recorder.completed - start.step:],
@@ -420,7 +420,8 @@ def _stop_reason(stopped: Exception) -> str:
 
 def _metrics(problem: Problem, params, recorder: _Recorder, step: int, stopped) -> dict:
     split, model = problem.split, problem.model
-    mse = lambda x, y: float(bp_jax.mse(model.apply(params, jnp.asarray(x)), jnp.asarray(y)))
+    loss = jax.jit(bp_jax.loss_fn(model))
+    mse = lambda x, y: float(loss(params, x, y))
     mean_predictor = np.full_like(split.y_test, split.y_train.mean())
     device = jax.devices()[0]
     return {
