@@ -12,7 +12,7 @@ import sys
 from bp_jax.cli import _cache
 from bp_jax.cli._args import Parser, UsageError
 
-COMMANDS = ("train", "predict", "demo", "check", "explain")
+COMMANDS = ("train", "predict", "sweep", "demo", "check", "explain")
 
 
 def build_parser() -> Parser:

@@ -38,6 +38,15 @@ def learning_rate(text: str) -> float:
     return value
 
 
+def learning_rates(text: str) -> tuple[float, ...]:
+    """Comma-separated learning rates, each finite and > 0, at least one."""
+    try:
+        return tuple(learning_rate(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers > 0 such as 0.001,0.01,0.1, got {text!r}") from None
+
+
 def hidden_sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(positive_int(part) for part in text.split(","))

@@ -15,13 +15,14 @@ from pathlib import Path
 from bp_jax.cli._args import UsageError
 
 LOCK = ".bp-jax.lock"
-RUN_FILES = ("checkpoints", "metrics.json")
+RESULT_FILES = ("metrics.json", "sweep.json")
 
 
 def holds_run(folder: Path) -> bool:
-    """Whether `folder` holds a run's results (checkpoints or metrics)."""
+    """Whether `folder` holds a run's results (checkpoints, metrics or a sweep's results)."""
     checkpoints = folder / "checkpoints"
-    return (folder / "metrics.json").exists() or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+    return any((folder / name).exists() for name in RESULT_FILES) or (checkpoints.is_dir()
+                                                                       and any(checkpoints.iterdir()))
 
 
 def create_unique(root: Path, name: str) -> Path:
@@ -54,7 +55,7 @@ def claimed(folder: Path, *, continuing: Path | None = None):
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UsageError(f"{folder} is in use by a running bp-jax train (pid {holder}); wait for it to end "
+            raise UsageError(f"{folder} is in use by a running bp-jax command (pid {holder}); wait for it to end "
                              f"or choose another --out") from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
@@ -62,7 +63,7 @@ def claimed(folder: Path, *, continuing: Path | None = None):
         if holds_run(folder) and not same:
             hint = f"pass --resume {folder} to continue it, or another --out" if continuing is None else \
                 "choose an empty --out"
-            raise UsageError(f"{folder} already holds a run (checkpoints or metrics.json); {hint}")
+            raise UsageError(f"{folder} already holds a run (checkpoints, metrics.json or sweep.json); {hint}")
         yield folder
     finally:
         os.close(descriptor)  # releases the lock

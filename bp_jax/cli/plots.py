@@ -2,8 +2,9 @@
 
     with figure(path, title=..., xlabel=..., ylabel=...) as axes:   # one axes, saved on leaving the block
         plot_losses(axes, history, label="…")                        # a raw curve and its running mean
+    with panels(path, 2, title=...) as (left, right): ...           # several axes side by side
 
-`loss_curve` is train's figure; commands comparing runs draw several `plot_losses` on one `figure`.
+`loss_curve` is train's figure, `panels` serves sweep's.
 """
 
 from collections.abc import Sequence
@@ -16,24 +17,34 @@ from bp_jax.cli.runs import write_atomically
 
 
 @contextmanager
-def figure(path: Path, *, title: str, xlabel: str, ylabel: str, yscale: str = "linear", size=(7, 4)):
-    """Yield one matplotlib Axes; on leaving, add a legend and grid and write the PNG to `path`."""
+def panels(path: Path, count: int, *, title: str, size=None):
+    """Yield `count` matplotlib Axes side by side; on leaving, add legends and grids and write the PNG to
+    `path` atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    canvas, axes = plt.subplots(figsize=size, dpi=120)
+    canvas, axes = plt.subplots(1, count, figsize=size or (7 * count, 4), dpi=120, squeeze=False)
     try:
-        yield axes
-        axes.set(title=title, xlabel=xlabel, ylabel=ylabel, yscale=yscale)
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend()
-        axes.grid(alpha=0.3)
+        yield tuple(axes[0])
+        for each in axes[0]:
+            if each.get_legend_handles_labels()[0]:
+                each.legend(fontsize="small")
+            each.grid(alpha=0.3)
+        canvas.suptitle(title) if count > 1 else axes[0][0].set_title(title)
         canvas.tight_layout()
         write_atomically(path, lambda temporary: canvas.savefig(temporary, format="png"))
     finally:
         plt.close(canvas)
+
+
+@contextmanager
+def figure(path: Path, *, title: str, xlabel: str, ylabel: str, yscale: str = "linear", size=(7, 4)):
+    """`panels` with one Axes, labelled."""
+    with panels(path, 1, title=title, size=size) as (axes,):
+        yield axes
+        axes.set(xlabel=xlabel, ylabel=ylabel, yscale=yscale)
 
 
 def plot_losses(axes, history: Sequence, *, label: str, color: str = "tab:blue") -> None:

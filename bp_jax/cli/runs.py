@@ -93,19 +93,23 @@ def optimizer(config: Config) -> optax.GradientTransformation | None:
     return None if make is None else make(config.lr)
 
 
-def initial_state(model: bp_jax.Model, config: Config) -> dict:
-    """What a checkpoint holds at step 0: params from `seed`, optimizer state, and the data-order key,
-    made by one compiled program (eager, each small op would compile on its own)."""
-    transform = optimizer(config)
+def state_from_key(model: bp_jax.Model, transform: optax.GradientTransformation | None) -> Callable:
+    """`key -> state`: what a checkpoint holds at step 0 for the run seeded by `key`: params from its first
+    half, the optimizer state, and the data-order key (its second half)."""
 
-    @jax.jit
     def state(key):
         params_key, data_key = jax.random.split(key)
         params = model.init(params_key)
         return {"params": params, "opt_state": None if transform is None else transform.init(params),
                 "key": jax.random.key_data(data_key)}
 
-    return state(jax.random.key(config.seed))
+    return state
+
+
+def initial_state(model: bp_jax.Model, config: Config) -> dict:
+    """The state at step 0 of the run `config` describes, made by one compiled program (eager, each small
+    op would compile on its own)."""
+    return jax.jit(state_from_key(model, optimizer(config)))(jax.random.key(config.seed))
 
 
 def checked_record(record: dict, where: str) -> tuple[Config, dict]:

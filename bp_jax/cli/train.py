@@ -49,24 +49,29 @@ class Interrupted(Exception):
         self.signal_number, self.step, self.out = signal_number, step, out
 
 
-def register(commands) -> None:
-    train = commands.add_parser("train", help="train the seed MLP (10 → 5 → 1, ReLU, MSE, SGD) on real data")
-    source = train.add_mutually_exclusive_group()
+def add_problem_options(parser) -> None:
+    """The options `train` and `sweep` share: the data, the model, the optimizer and the run length."""
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=data.NAMES, help="default: diabetes (442 × 10, from scikit-learn)")
     source.add_argument("--data", type=Path, metavar="FILE",
                         help="your own data: a CSV with a header row, or an .npz with arrays x and y")
-    train.add_argument("--target", metavar="COLUMN", help="the column to predict (default: the last one)")
-    train.add_argument("--features", type=_args.column_names, metavar="A,B,…",
-                       help="the columns to predict from (default: all but the target)")
-    train.add_argument("--hidden", type=_args.hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5)")
-    train.add_argument("--activation", choices=sorted(runs.LAYERS), help="default relu")
-    train.add_argument("--optimizer", choices=list(runs.OPTIMIZERS),
-                       help="sgd: the hand-written update (default); optax-sgd, momentum (0.9), adam: optax")
-    train.add_argument("--lr", type=_args.learning_rate, help="learning rate (default 0.01)")
-    length = train.add_mutually_exclusive_group()
+    parser.add_argument("--target", metavar="COLUMN", help="the column to predict (default: the last one)")
+    parser.add_argument("--features", type=_args.column_names, metavar="A,B,…",
+                        help="the columns to predict from (default: all but the target)")
+    parser.add_argument("--hidden", type=_args.hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5)")
+    parser.add_argument("--activation", choices=sorted(runs.LAYERS), help="default relu")
+    parser.add_argument("--optimizer", choices=list(runs.OPTIMIZERS),
+                        help="sgd: the hand-written update (default); optax-sgd, momentum (0.9), adam: optax")
+    length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_args.positive_int, help="total training steps")
     length.add_argument("--epochs", type=_args.positive_int, help="passes over the training split (default 100)")
-    train.add_argument("--batch-size", type=_args.batch_size, help="minibatch size, or 'full' (default 32)")
+    parser.add_argument("--batch-size", type=_args.batch_size, help="minibatch size, or 'full' (default 32)")
+
+
+def register(commands) -> None:
+    train = commands.add_parser("train", help="train the seed MLP (10 → 5 → 1, ReLU, MSE, SGD) on real data")
+    add_problem_options(train)
+    train.add_argument("--lr", type=_args.learning_rate, help="learning rate (default 0.01)")
     train.add_argument("--seed", type=_args.seed, help="seeds the init and the data order, and the split unless "
                                                        "--split-seed is given (default 0)")
     train.add_argument("--split-seed", type=_args.seed, help="chooses the held-out rows (default: --seed)")
@@ -94,12 +99,12 @@ def main(args) -> int:
     """The command: the run's settings, training with a progress bar, the summary table. SIGINT and SIGTERM
     stop training at the end of the current chunk, checkpointed (exit status 128 + the signal's number)."""
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=args.init_timeout)
-    given = _given(args)
+    given = given_config(args)
     resume = args.resume and args.resume / "checkpoints"
     config = Config(**given) if resume is None else resumed_config(resume, given)
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     signals = runs.StopSignals()
-    with _progress_bar() as progress, signals.caught():
+    with progress_bar("train") as progress, signals.caught():
         try:
             metrics = run(config, out=args.out or args.resume, steps=args.steps, epochs=epochs,
                           checkpoint_every=args.checkpoint_every, resume=resume, devices=args.devices,
@@ -115,7 +120,7 @@ def main(args) -> int:
     return 0
 
 
-def _given(args) -> dict:
+def given_config(args) -> dict:
     """The Config values set on the command line."""
     names = {field.name for field in dataclasses.fields(Config)}
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
@@ -127,16 +132,16 @@ def _given(args) -> dict:
 
 
 @contextmanager
-def _progress_bar():
+def progress_bar(label: str):
     """A rich progress bar on a terminal (process 0 only); yields `progress(step, total, loss)`."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[rate]} steps/s"), TimeElapsedColumn())
     console = Console(stderr=True)
     with Progress(*columns, console=console, disable=not (console.is_terminal and jax.process_index() == 0)) as bar:
-        task = bar.add_task("train", total=None, loss="…", rate="…")
+        task = bar.add_task(label, total=None, loss="…", rate="…")
 
         def progress(step, total, loss):
             bar.update(task, completed=step, total=total, loss=f"{loss:.4f}")

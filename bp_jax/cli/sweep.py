@@ -1,0 +1,234 @@
+"""The `bp-jax sweep` job: every (learning rate, seed) pair trained as one program (`fit_ensemble`).
+
+    bp-jax sweep --lr 0.001,0.003,0.01,0.03,0.1 --seeds 8 [--data FILE --target COLUMN] [train's options]
+
+Member (lr, s) is `bp-jax train --lr lr --seed s --split-seed S` with the same other options: all members
+share the split chosen by --split-seed (default 0); seed s (--seed, --seed + 1, …) sets the member's init
+and data order. Writes sweep.json (one entry per member: lr, seed, train and held-out MSE, the step it
+diverged at or null) and sweep.png into --out, and prints a table per learning rate. Diverged members are
+frozen and shown, and do not fail the sweep. SIGINT/SIGTERM stop at the end of the current chunk and write
+what was trained so far (exit 130/143).
+"""
+
+import dataclasses
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import bp_jax
+from bp_jax.cli import _args, _cache, data, folders, plots, runs, train
+from bp_jax.cli._args import UsageError
+from bp_jax.cli.runs import Config
+
+MAX_CURVE_POINTS = 2000
+
+
+def register(commands) -> None:
+    sweep = commands.add_parser("sweep", help="train every (learning rate, seed) pair at once, as one program")
+    sweep.add_argument("--lr", dest="lrs", type=_args.learning_rates, required=True, metavar="LR,LR,…",
+                       help="the learning rates, e.g. 0.001,0.003,0.01,0.03,0.1")
+    sweep.add_argument("--seeds", type=_args.positive_int, default=1, metavar="N",
+                       help="seeds per learning rate: --seed, --seed + 1, …, --seed + N − 1 (default 1)")
+    sweep.add_argument("--seed", type=_args.seed, help="the first seed (default 0)")
+    sweep.add_argument("--split-seed", type=_args.seed, default=0, help="chooses the held-out rows (default 0)")
+    train.add_problem_options(sweep)
+    sweep.add_argument("--out", type=Path, help="output directory (default: a new runs/sweep-DATASET-TIME)")
+    sweep.add_argument("--devices", type=_args.device_count, default=1, metavar="N|all",
+                       help="split the members over N devices, or all of them (default 1)")
+    _cache.add_option(sweep)
+    sweep.set_defaults(run=main)
+
+
+def main(args) -> int:
+    config = Config(**train.given_config(args))
+    seeds = [config.seed + i for i in range(args.seeds)]
+    if seeds[-1] >= 2**32:
+        raise UsageError(f"--seed {config.seed} + --seeds {args.seeds} passes 2**32 − 1, the largest seed")
+    split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed)
+    config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names)
+    n_train = len(split.x_train)
+    if config.batch_size is not None and config.batch_size > n_train:
+        raise UsageError(f"--batch-size must be between 1 and {n_train} (the training examples), "
+                         f"got {config.batch_size}")
+    members = len(args.lrs) * len(seeds)
+    mesh = _mesh(args.devices, members)
+    epochs = 100 if args.epochs is args.steps is None else args.epochs
+    total = args.steps or epochs * train.steps_per_epoch(n_train, config.batch_size)
+    out = args.out or folders.create_unique(Path("runs"), f"sweep-{config.name}")
+    signals, started = runs.StopSignals(), time.perf_counter()
+    with folders.claimed(out), train.progress_bar("sweep") as progress, signals.caught():
+        with jax.default_matmul_precision("highest"):
+            result, stopped = _train(config, split, args.lrs, seeds, total, mesh, progress, signals)
+            report = _report(config, split, args.lrs, seeds, result, stopped, time.perf_counter() - started)
+        runs.write_json(out / "sweep.json", report)
+        _plot(out / "sweep.png", report, result.losses, result.step)
+    _print_tables(report, out)
+    if stopped is not None:
+        print(f"bp-jax sweep: interrupted at step {result.step}; wrote what was trained so far to {out}",
+              file=sys.stderr)
+        return 128 + stopped
+    return 0
+
+
+def _mesh(devices: int | None, members: int) -> jax.sharding.Mesh | None:
+    if devices == 1:
+        return None
+    try:
+        mesh = bp_jax.ensemble_mesh(devices)
+    except ValueError as err:
+        raise UsageError(f"--devices: {err}") from None
+    if members % mesh.devices.size:
+        raise UsageError(f"the {members} members (learning rates × seeds) do not split evenly over "
+                         f"{mesh.devices.size} devices")
+    return mesh
+
+
+class _Stop(Exception):
+    def __init__(self, signal_number: int, result: bp_jax.EnsembleResult):
+        self.signal_number, self.result = signal_number, result
+
+
+def _train(config, split, lrs, seeds, total, mesh, progress, signals):
+    """(EnsembleResult with every step's losses, the stop signal's number or None). Members run lr-major:
+    member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised as `bp-jax train` would."""
+    model = runs.build_model(split.x_train.shape[1], config)
+    transform = runs.optimizer(config)
+    if transform is not None:  # one learning rate per member, held in the optimizer state
+        make = runs.OPTIMIZERS[config.optimizer]
+        transform = optax.inject_hyperparams(lambda learning_rate: make(learning_rate))(learning_rate=lrs[0])
+    keys = jnp.stack([jax.random.key(seed) for seed in seeds])
+    per_seed = jax.jit(jax.vmap(runs.state_from_key(model, transform)))(keys)
+    state = jax.tree.map(lambda leaf: jnp.concatenate([leaf] * len(lrs)), per_seed)
+    member_lrs = np.repeat(np.asarray(lrs), len(seeds))
+    if transform is not None:
+        state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(member_lrs, jnp.float32)
+    chunks = []
+
+    def on_chunk(result):
+        chunks.append(result.losses)
+        live = result.losses[-1][result.diverged < 0]
+        progress(result.step, total, float(np.median(live)) if len(live) else float("nan"))
+        if signals.received is not None and result.step < total:
+            raise _Stop(signals.received, result._replace(losses=np.concatenate(chunks)))
+
+    try:
+        result = bp_jax.fit_ensemble(
+            bp_jax.loss_fn(model), state["params"], jnp.asarray(split.x_train), jnp.asarray(split.y_train),
+            steps=total, lr=None if transform is not None else member_lrs, optimizer=transform,
+            opt_state=state["opt_state"], batch_size=config.batch_size,
+            key=jax.random.wrap_key_data(state["key"]), chunk_size=train.PROGRESS_EVERY, on_chunk=on_chunk,
+            mesh=mesh)
+    except _Stop as stop:
+        return stop.result, stop.signal_number
+    return result, None
+
+
+def _report(config, split, lrs, seeds, result, stopped, wall_time_s) -> dict:
+    """sweep.json: the shared config, then one entry per member."""
+    model = runs.build_model(split.x_train.shape[1], config)
+    mse = jax.jit(jax.vmap(bp_jax.loss_fn(model), in_axes=(0, None, None)))
+    train_mse = np.asarray(mse(result.params, split.x_train, split.y_train))
+    held_out_mse = np.asarray(mse(result.params, split.x_test, split.y_test))
+    device = jax.devices()[0]
+    shared = {name: value for name, value in config.to_record().items() if name not in ("lr", "seed")}
+    return {
+        "config": shared,
+        "learning_rates": list(lrs),
+        "seeds": seeds,
+        "steps": result.step,
+        "stopped": None if stopped is None else {"step": result.step, "signal": stopped},
+        "runs": [{"lr": lrs[i // len(seeds)], "seed": seeds[i % len(seeds)], "train_mse": float(train_mse[i]),
+                  "held_out_mse": float(held_out_mse[i]),
+                  "diverged_at": None if result.diverged[i] < 0 else int(result.diverged[i])}
+                 for i in range(len(lrs) * len(seeds))],
+        "baseline_held_out_mse": float(np.mean((split.y_test - split.y_train.mean()) ** 2)),
+        "examples": {"train": len(split.x_train), "held_out": len(split.x_test)},
+        "wall_time_s": wall_time_s,
+        "device": device.platform if device.device_kind == device.platform else
+                  f"{device.platform}: {device.device_kind}",
+        "jax": jax.__version__,
+    }
+
+
+def summary(report: dict) -> list[dict]:
+    """Per learning rate: held-out MSE mean and std over the seeds that did not diverge, the best seed,
+    and how many diverged."""
+    rows = []
+    for lr in report["learning_rates"]:
+        members = [run for run in report["runs"] if run["lr"] == lr]
+        finished = [run for run in members if run["diverged_at"] is None]
+        scores = np.asarray([run["held_out_mse"] for run in finished])
+        best = min(finished, key=lambda run: run["held_out_mse"], default=None)
+        rows.append({"lr": lr, "mean": float(scores.mean()) if len(scores) else None,
+                     "std": float(scores.std()) if len(scores) else None,
+                     "best_seed": best and best["seed"], "best": best and best["held_out_mse"],
+                     "diverged": len(members) - len(finished), "seeds": len(members)})
+    return rows
+
+
+def _print_tables(report: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = summary(report)
+    best = min((row for row in rows if row["best"] is not None), key=lambda row: row["best"], default=None)
+    table = Table(title=f"bp-jax sweep: {len(report['runs'])} members, {report['steps']} steps, held-out MSE "
+                        f"(mean predictor {report['baseline_held_out_mse']:.4f})")
+    for column in ("lr", "held-out MSE, mean ± std", "best seed", "its held-out MSE", "diverged"):
+        table.add_column(column, justify="left" if column == "lr" else "right")
+    for row in rows:
+        table.add_row(f"{row['lr']:g}" + (" ★" if row is best else ""),
+                      "—" if row["mean"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}",
+                      "—" if row["best_seed"] is None else str(row["best_seed"]),
+                      "—" if row["best"] is None else f"{row['best']:.4f}",
+                      f"{row['diverged']} of {row['seeds']}")
+    Console().print(table)
+    print(f"wrote {out}/sweep.json and {out}/sweep.png")
+
+
+def _plot(path: Path, report: dict, losses: np.ndarray, steps: int) -> None:
+    """Left: the training loss by step per learning rate (median over seeds, 25–75 % band; dashed where a
+    seed diverged). Right: held-out MSE against learning rate, one dot per seed, the mean over finished
+    seeds, the best marked, diverged members as red crosses along the top."""
+    first, seeds = steps - len(losses), len(report["seeds"])
+    stride = max(1, len(losses) // MAX_CURVE_POINTS)
+    per_lr = losses[::stride].reshape(-1, len(report["learning_rates"]), seeds)
+    rows = summary(report)
+    with plots.panels(path, 2, title=f"bp-jax sweep: {len(report['runs'])} members "
+                                     f"({len(rows)} learning rates × {seeds} seeds)") as (curves, scores):
+        x, finished_medians = first + np.arange(0, len(losses), stride), []
+        for band, row in zip(per_lr.transpose(1, 0, 2), rows):
+            with warnings.catch_warnings():  # steps after every seed diverged are all NaN: left blank
+                warnings.simplefilter("ignore", RuntimeWarning)
+                low, median, high = np.nanpercentile(band, [25, 50, 75], axis=1)
+            line, = curves.plot(x, median, lw=1.5, ls="--" if row["diverged"] else "-",
+                                label=f"lr {row['lr']:g}" + (f" ({row['diverged']} diverged)" if row["diverged"] else ""))
+            curves.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+            if row["diverged"] < row["seeds"]:
+                finished_medians.append(median)
+        curves.set(xlabel="step", ylabel="training loss (median over seeds)", yscale="log")
+        if finished_medians:  # diverging curves would stretch the axis over many decades
+            curves.set_ylim(0.5 * np.nanmin(finished_medians), 3 * np.nanmax(finished_medians))
+
+        finished = [run for run in report["runs"] if run["diverged_at"] is None]
+        top = 1.5 * max([run["held_out_mse"] for run in finished] + [report["baseline_held_out_mse"]])
+        scores.scatter([run["lr"] for run in finished], [run["held_out_mse"] for run in finished], s=12, alpha=0.5,
+                       color="tab:blue", label="a seed")
+        diverged = [run["lr"] for run in report["runs"] if run["diverged_at"] is not None]
+        if diverged:
+            scores.scatter(diverged, [top] * len(diverged), marker="x", color="tab:red", label="diverged")
+        means = [row for row in rows if row["mean"] is not None]
+        scores.plot([row["lr"] for row in means], [row["mean"] for row in means], "o-", color="tab:blue",
+                    label="mean over seeds that finished")
+        best = min(means, key=lambda row: row["best"], default=None)
+        if best is not None:
+            scores.scatter(best["lr"], best["best"], marker="*", s=200, color="gold", edgecolor="black",
+                           zorder=3, label=f"best: lr {best['lr']:g}, seed {best['best_seed']}")
+        scores.axhline(report["baseline_held_out_mse"], color="tab:red", ls=":", label="mean predictor")
+        scores.set(xlabel="learning rate", ylabel="held-out MSE", xscale="log", yscale="log")
