@@ -177,7 +177,7 @@ def _print_summary(config: Config, metrics: dict) -> None:
 
 def resumed_config(checkpoint_dir: Path, given: dict) -> Config:
     """The Config a checkpoint was trained with; CheckpointError if a value in `given` differs."""
-    step, record = checkpoints.latest_record(checkpoints.manager(checkpoint_dir))
+    _, record = checkpoints.latest_record(checkpoints.manager(checkpoint_dir))
     where = f"the checkpoint in {checkpoint_dir}"
     saved, _ = runs.checked_record(record, where)
     saved.check_matches(given, where)
@@ -230,7 +230,7 @@ class Start(NamedTuple):
 
     state: dict
     step: int = 0
-    history: tuple = ()
+    history: list | tuple = ()
     wall_time_s: float = 0.0
     total_steps: int | None = None
 
@@ -292,8 +292,7 @@ def _resume(problem: Problem, checkpoint_dir: Path) -> Start:
         raise checkpoints.CheckpointError(f"{where} was trained on other data than {problem.config.dataset} "
                                           f"holds now")
     state = checkpoints.restore(manager, step, problem.state)
-    history = [[s, math.nan if loss is None else loss] for s, loss in record["loss_history"]]
-    return Start(state, step, history, record["wall_time_s"], record["total_steps"])
+    return Start(state, step, record["loss_history"], record["wall_time_s"], record["total_steps"])
 
 
 def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int | None) -> int:
@@ -314,6 +313,7 @@ def _run_folder(out: Path, resume: Path | None, writer: bool):
         yield None
         return
     with folders.claimed(out, continuing=resume and resume.parent):
+        (out / "checkpoints").mkdir(exist_ok=True)  # orbax creates it only in a one-process run
         yield checkpoints.manager(out / "checkpoints", write=True)
 
 
