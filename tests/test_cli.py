@@ -201,7 +201,7 @@ def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted
         _, stderr = process.communicate(timeout=240)
     finally:
         process.kill()
-    assert in_use.returncode == 2 and f"in use by a running bp-jax train (pid {process.pid})" in in_use.stderr
+    assert in_use.returncode == 2 and f"in use by a running bp-jax command (pid {process.pid})" in in_use.stderr
     assert process.returncode == status
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     step = int(stderr.split("interrupted at step ")[1].split(";")[0])
