@@ -27,6 +27,8 @@ from bp_jax._steps import check_lr, check_optimizer, optax_update, sgd_update
 CAPACITY = 1024
 #: Why a model stopped: its loss was non-finite, or its loss was finite but the update was not.
 CAUSES = ("loss", "update")
+#: The step counter inside the loop is an int32.
+MAX_STEP = 2**31 - 1
 
 
 class FitResult(NamedTuple):
@@ -98,8 +100,29 @@ def _check_data(x, y, batch_size, key, minimum_rows=1) -> int | None:
 
 
 def _chunk_sizes(chunk_size) -> tuple[int, ...]:
-    sizes = chunk_size if isinstance(chunk_size, (tuple, list)) else (chunk_size,)
-    return tuple(_count("chunk_size", size, 1) for size in sizes) or (_count("chunk_size", None, 1),)
+    sizes = tuple(chunk_size) if isinstance(chunk_size, (tuple, list, np.ndarray)) else (chunk_size,)
+    if not sizes:
+        raise ValueError(f"chunk_size must be an integer ≥ 1 or a non-empty sequence of them, got {chunk_size!r}")
+    return tuple(_count("chunk_size", size, 1) for size in sizes)
+
+
+def _check_steps(steps, start_step) -> tuple[int, int]:
+    steps, start_step = _count("steps", steps, 0), _count("start_step", start_step, 0)
+    if start_step + steps > MAX_STEP:
+        raise ValueError(f"start_step + steps must be at most {MAX_STEP} (steps are counted in int32), got "
+                         f"{start_step} + {steps}")
+    return steps, start_step
+
+
+def _key_batch_shape(key) -> tuple[int, ...]:
+    """The shape of a typed PRNG key array, or of a raw uint32 one without its last (key data) axis;
+    TypeError for anything else."""
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.shape
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.ndim >= 1:
+        return key.shape[:-1]
+    described = f"{type(key).__name__} of dtype {key.dtype} and shape {key.shape}" if hasattr(key, "dtype") else repr(key)
+    raise TypeError(f"key must be a PRNG key such as jax.random.key(0) (or a raw jax.random.PRNGKey(0)), got {described}")
 
 
 def _check_method(lr, optimizer):
@@ -130,9 +153,12 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     compiler reduces the gradients. A mesh spanning processes takes the same x and y in every process.
     """
     optimizer = _check_method(lr, optimizer)
-    steps, start_step = _count("steps", steps, 0), _count("start_step", start_step, 0)
+    steps, start_step = _check_steps(steps, start_step)
     chunk_sizes = _chunk_sizes(chunk_size)
     batch_size = _check_data(x, y, batch_size, key)
+    if key is not None and _key_batch_shape(key) != ():
+        raise ValueError(f"fit takes one key, got keys of shape {_key_batch_shape(key)}; fit_ensemble takes one per "
+                         "member")
     lr = 0.0 if optimizer is not None else check_lr(lr)  # a Python float: traced weakly typed, as sgd_step's
     opt_state = None if optimizer is None else jax.jit(optimizer.init)(params) if opt_state is None else opt_state
     if mesh is not None:
@@ -180,16 +206,12 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     x and y are replicated.
     """
     optimizer = _check_method(lr, optimizer)
-    steps, start_step = _count("steps", steps, 0), _count("start_step", start_step, 0)
+    steps, start_step = _check_steps(steps, start_step)
     chunk_sizes = _chunk_sizes(chunk_size)
     batch_size = _check_data(x, y, batch_size, key)
     members = _members(params)
     if optimizer is None:
-        lrs = np.asarray(jax.device_get(lr), dtype=np.float64)
-        lrs = np.full(members, lrs) if lrs.ndim == 0 else lrs
-        if lrs.shape != (members,) or not np.all(np.isfinite(lrs) & (lrs > 0)):
-            raise ValueError(f"lr must be finite and > 0: one value or one per member ({members}), got {lr!r}")
-        lrs = lrs.astype(jax.dtypes.canonicalize_dtype(float))
+        lrs = _member_lrs(lr, members)
     else:
         lrs = np.zeros(members, jax.dtypes.canonicalize_dtype(float))
         opt_state = jax.jit(jax.vmap(optimizer.init))(params) if opt_state is None else opt_state
@@ -216,6 +238,21 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     return result(state, losses, step)
 
 
+def _member_lrs(lr, members: int) -> np.ndarray:
+    """lr as an (E,) array of the default float dtype; TypeError or ValueError naming what came."""
+    lrs = np.asarray(jax.device_get(lr))
+    if lrs.dtype.kind not in "iuf":
+        raise TypeError(f"lr must be real numbers: one, or one per member ({members}); got dtype {lrs.dtype}")
+    lrs = np.full(members, lrs) if lrs.ndim == 0 else lrs
+    if lrs.shape != (members,):
+        raise ValueError(f"lr must be one value or one per member ({members}), got shape {lrs.shape}")
+    with np.errstate(over="ignore"):
+        lrs = lrs.astype(jax.dtypes.canonicalize_dtype(float))
+    if not np.all(np.isfinite(lrs) & (lrs > 0)):
+        raise ValueError(f"lr must be finite and > 0 in {lrs.dtype}, got {lrs.tolist()}")
+    return lrs
+
+
 def _members(params) -> int:
     sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
     if len(sizes) != 1 or None in sizes:
@@ -226,7 +263,7 @@ def _members(params) -> int:
 
 def _key_axis(key, members: int) -> int | None:
     """None for one key shared by all members, 0 for E stacked keys; ValueError otherwise."""
-    shape = key.shape if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key.shape[:-1]
+    shape = _key_batch_shape(key)
     if shape == ():
         return None
     if shape == (members,):
@@ -246,7 +283,8 @@ def _copy(tree):
 
 def _to_host(array) -> np.ndarray:
     """A device array as numpy; a replicated array spanning processes gives this process's copy."""
-    return np.asarray(array if array.is_fully_addressable else array.addressable_data(0))
+    spans_processes = isinstance(array, jax.Array) and not array.is_fully_addressable
+    return np.asarray(array.addressable_data(0) if spans_processes else array)
 
 
 def _drive(run, state, inputs, start_step, steps, chunk_sizes, on_chunk, result, stop_when_diverged):
@@ -264,8 +302,8 @@ def _drive(run, state, inputs, start_step, steps, chunk_sizes, on_chunk, result,
             if stop_when_diverged and _to_host(state[1].step) >= 0:
                 return state, np.concatenate(losses + chunk), step
         losses += chunk
-        if on_chunk is not None:
-            on_chunk(result(state, np.concatenate(chunk), step))
+        if on_chunk is not None:  # a copy: the next call donates the state
+            on_chunk(result((_copy(state[0]), state[1]), np.concatenate(chunk), step))
     return state, np.concatenate(losses) if losses else np.zeros(0, np.float32), step
 
 

@@ -138,3 +138,21 @@ def test_members_split_over_8_devices_equal_one_device():
     assert report["max_abs_difference"] < 1e-6
     np.testing.assert_array_equal(report["diverged"], report["diverged_one_device"])
     assert "do not split evenly" in report["indivisible"]
+
+
+@pytest.mark.parametrize("lr, error, message", [
+    (True, TypeError, "lr must be real numbers"),
+    ("0.1", TypeError, "lr must be real numbers"),
+    (jnp.ones((MEMBERS, 1)), ValueError, r"got shape \(4, 1\)"),
+    (1e40, ValueError, "lr must be finite and > 0 in float32"),
+])
+def test_ensemble_learning_rates_are_checked_like_fits(lr, error, message):
+    loss, params, x, y = problem()
+    with pytest.raises(error, match=message):
+        bp_jax.fit_ensemble(loss, params, x, y, steps=3, lr=lr)
+
+
+def test_an_ensemble_key_that_is_not_a_prng_key_is_a_type_error():
+    loss, params, x, y = problem()
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        bp_jax.fit_ensemble(loss, params, x, y, steps=3, lr=0.1, batch_size=8, key=0)

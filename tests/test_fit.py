@@ -234,3 +234,67 @@ def test_resuming_anywhere_with_any_chunking_is_bit_identical_on_this_isa(isa):
     done = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("20 stopped-and-resumed runs bit-identical to one run") == 3, done.stdout
+
+
+def test_what_on_chunk_receives_stays_usable_after_later_chunks():
+    model, params, x, y = problem()
+    kept = []
+    bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=6, optimizer=optax.adam(0.01), chunk_size=2,
+               on_chunk=kept.append)
+    assert [result.step for result in kept] == [2, 4, 6]
+    for result in kept:  # none of them donated by the next chunk
+        assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves((result.params, result.opt_state)))
+
+
+def test_zero_steps_returns_the_params_unchanged():
+    model, params, x, y = problem()
+    result = bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=0, lr=0.1, start_step=5)
+    assert result.step == 5 and result.losses.shape == (0,)
+    chex.assert_trees_all_equal(result.params, params)
+
+
+@pytest.mark.parametrize("key, error, message", [
+    (0, TypeError, "key must be a PRNG key such as jax.random.key"),
+    (jnp.array([0.5, 0.2]), TypeError, "got ArrayImpl of dtype float32 and shape \\(2,\\)"),
+    (jax.random.split(jax.random.key(0), 2), ValueError, r"fit takes one key, got keys of shape \(2,\)"),
+])
+def test_keys_that_are_not_one_prng_key_are_refused(key, error, message):
+    model, params, x, y = problem()
+    with pytest.raises(error, match=message):
+        bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=3, lr=0.1, batch_size=4, key=key)
+
+
+def test_a_raw_uint32_key_gives_the_same_run_as_the_typed_key():
+    model, params, x, y = problem()
+    loss = bp_jax.loss_fn(model)
+    typed = bp_jax.fit(loss, params, x, y, steps=20, lr=0.1, batch_size=4, key=jax.random.key(3))
+    raw = bp_jax.fit(loss, params, x, y, steps=20, lr=0.1, batch_size=4, key=jax.random.PRNGKey(3))
+    np.testing.assert_array_equal(typed.losses, raw.losses)
+
+
+def test_steps_past_the_int32_step_counter_are_refused():
+    model, params, x, y = problem()
+    with pytest.raises(ValueError, match=r"start_step \+ steps must be at most 2147483647"):
+        bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=5, lr=0.1, start_step=2**31 - 3)
+
+
+def test_an_empty_chunk_size_sequence_is_refused_by_name():
+    model, params, x, y = problem()
+    with pytest.raises(ValueError, match=r"non-empty sequence of them, got \(\)"):
+        bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=5, lr=0.1, chunk_size=())
+
+
+@pytest.mark.parametrize("step", [-1, 2.5])
+def test_minibatch_indices_refuse_a_step_that_is_not_a_count(step):
+    with pytest.raises(ValueError, match="step must be an integer ≥ 0"):
+        bp_jax.minibatch_indices(jax.random.key(0), step, 10, 3)
+
+
+def test_every_ordering_of_a_tiny_data_set_is_equally_likely():
+    rows, trials = 4, 4800
+    orders = jax.jit(jax.vmap(lambda seed: index_shuffle(jax.random.key(seed), 0, jnp.arange(rows), rows)))(
+        jnp.arange(trials))
+    _, counts = np.unique(np.asarray(orders), axis=0, return_counts=True)
+    expected = trials / 24
+    assert len(counts) == 24
+    assert ((counts - expected) ** 2 / expected).sum() < 55  # 23 degrees of freedom: 99.99th percentile ≈ 52

@@ -83,6 +83,8 @@ def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
     (["--lr", "0.1,fast"], "--lr: expected comma-separated numbers > 0"),
     (["--lr", "0.1", "--seeds", "0"], "--seeds: expected a positive integer"),
     (["--seeds", "2"], "the following arguments are required: --lr"),
+    (["--lr", "0.1,0.01,0.1"], "--lr lists 0.1 more than once"),
+    (["--lr", "0.1", "--compile-cache", "/dev/null/cache"], "--compile-cache /dev/null/cache: cannot create the folder"),
     (["--lr", "0.1", "--seeds", "3", "--devices", "2"], "3 members (learning rates × seeds) do not split evenly"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
@@ -96,5 +98,5 @@ def test_a_folder_holding_a_sweep_is_not_written_over(sweep):
     out, _ = sweep
     before = (out / "sweep.json").read_bytes()
     done = bp_jax_cli("sweep", "--lr", "0.1", "--steps", 5, "--out", out, check=False)
-    assert done.returncode == 2 and "already holds a run" in done.stderr
+    assert done.returncode == 2 and "already holds a run" in done.stderr and "--resume" not in done.stderr
     assert (out / "sweep.json").read_bytes() == before

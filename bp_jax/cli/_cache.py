@@ -8,6 +8,8 @@ The directory is `--compile-cache DIR`, else $BP_JAX_COMPILE_CACHE, else `$XDG_C
 import os
 from pathlib import Path
 
+from bp_jax.cli._args import UsageError
+
 ENVIRONMENT = "BP_JAX_COMPILE_CACHE"
 
 
@@ -19,7 +21,9 @@ def add_option(parser) -> None:
 
 def directory(setting: str | None) -> Path | None:
     """The cache directory for a flag value (None: not given), or None when the cache is off."""
-    setting = setting or os.environ.get(ENVIRONMENT)
+    if setting == "":
+        raise UsageError("--compile-cache: expected a folder or 'off', got an empty string")
+    setting = setting if setting is not None else os.environ.get(ENVIRONMENT)
     if setting == "off":
         return None
     if setting:
@@ -34,6 +38,11 @@ def enable(setting: str | None) -> Path | None:
 
     path = directory(setting)
     if path is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"--compile-cache {path}: cannot create the folder ({err.strerror or err}); "
+                             "give another or 'off'") from None
         jax.config.update("jax_compilation_cache_dir", str(path))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

@@ -42,9 +42,10 @@ def create_unique(root: Path, name: str) -> Path:
 
 
 @contextmanager
-def claimed(folder: Path, *, continuing: Path | None = None):
+def claimed(folder: Path, *, continuing: Path | None = None, resumable: bool = True):
     """Lock `folder` for this run (creating it) for the duration of the block. UsageError if it is not
-    writable, another live run holds it, or it holds a run other than `continuing` (the resumed folder)."""
+    writable, another live run holds it, or it holds a run other than `continuing` (the resumed folder);
+    the message suggests --resume when the command has it (`resumable`)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -61,8 +62,8 @@ def claimed(folder: Path, *, continuing: Path | None = None):
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         same = continuing is not None and continuing.resolve() == folder.resolve()
         if holds_run(folder) and not same:
-            hint = f"pass --resume {folder} to continue it, or another --out" if continuing is None else \
-                "choose an empty --out"
+            hint = f"pass --resume {folder} to continue it, or another --out" if continuing is None and resumable \
+                else "choose an empty --out"
             raise UsageError(f"{folder} already holds a run (checkpoints, metrics.json or sweep.json); {hint}")
         yield folder
     finally:

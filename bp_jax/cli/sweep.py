@@ -47,6 +47,9 @@ def register(commands) -> None:
 
 def main(args) -> int:
     config = Config(**train.given_config(args))
+    repeated = sorted({lr for lr in args.lrs if args.lrs.count(lr) > 1})
+    if repeated:
+        raise UsageError(f"--lr lists {', '.join(f'{lr:g}' for lr in repeated)} more than once")
     seeds = [config.seed + i for i in range(args.seeds)]
     if seeds[-1] >= 2**32:
         raise UsageError(f"--seed {config.seed} + --seeds {args.seeds} passes 2**32 − 1, the largest seed")
@@ -62,12 +65,12 @@ def main(args) -> int:
     total = args.steps or epochs * train.steps_per_epoch(n_train, config.batch_size)
     out = args.out or folders.create_unique(Path("runs"), f"sweep-{config.name}")
     signals, started = runs.StopSignals(), time.perf_counter()
-    with folders.claimed(out), train.progress_bar("sweep") as progress, signals.caught():
+    with folders.claimed(out, resumable=False), train.progress_bar("sweep") as progress, signals.caught():
         with jax.default_matmul_precision("highest"):
             result, stopped = _train(config, split, args.lrs, seeds, total, mesh, progress, signals)
             report = _report(config, split, args.lrs, seeds, result, stopped, time.perf_counter() - started)
         runs.write_json(out / "sweep.json", report)
-        _plot(out / "sweep.png", report, result.losses, result.step)
+        _plot(out / "sweep.png", report, result.losses, curve_stride(total))
     _print_tables(report, out)
     if stopped is not None:
         print(f"bp-jax sweep: interrupted at step {result.step}; wrote what was trained so far to {out}",
@@ -89,13 +92,18 @@ def _mesh(devices: int | None, members: int) -> jax.sharding.Mesh | None:
     return mesh
 
 
+def curve_stride(total: int) -> int:
+    return max(1, total // MAX_CURVE_POINTS)
+
+
 class _Stop(Exception):
     def __init__(self, signal_number: int, result: bp_jax.EnsembleResult):
         self.signal_number, self.result = signal_number, result
 
 
 def _train(config, split, lrs, seeds, total, mesh, progress, signals):
-    """(EnsembleResult with every step's losses, the stop signal's number or None). Members run lr-major:
+    """(EnsembleResult, the stop signal's number or None); its `losses` are those of steps 0, k, 2k, …, at most
+    about MAX_CURVE_POINTS of them (`curve_stride(total)` = k). Members run lr-major:
     member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised as `bp-jax train` would."""
     model = runs.build_model(split.x_train.shape[1], config)
     transform = runs.optimizer(config)
@@ -108,10 +116,11 @@ def _train(config, split, lrs, seeds, total, mesh, progress, signals):
     member_lrs = np.repeat(np.asarray(lrs), len(seeds))
     if transform is not None:
         state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(member_lrs, jnp.float32)
-    chunks = []
+    chunks, stride = [], curve_stride(total)
 
     def on_chunk(result):
-        chunks.append(result.losses)
+        first = result.step - len(result.losses)
+        chunks.append(result.losses[(-first) % stride::stride])  # the losses of steps 0, stride, 2·stride, …
         live = result.losses[-1][result.diverged < 0]
         progress(result.step, total, float(np.median(live)) if len(live) else float("nan"))
         if signals.received is not None and result.step < total:
@@ -126,7 +135,7 @@ def _train(config, split, lrs, seeds, total, mesh, progress, signals):
             mesh=mesh)
     except _Stop as stop:
         return stop.result, stop.signal_number
-    return result, None
+    return result._replace(losses=np.concatenate(chunks)), None
 
 
 def _report(config, split, lrs, seeds, result, stopped, wall_time_s) -> dict:
@@ -192,17 +201,16 @@ def _print_tables(report: dict, out: Path) -> None:
     print(f"wrote {out}/sweep.json and {out}/sweep.png")
 
 
-def _plot(path: Path, report: dict, losses: np.ndarray, steps: int) -> None:
+def _plot(path: Path, report: dict, losses: np.ndarray, stride: int) -> None:
     """Left: the training loss by step per learning rate (median over seeds, 25–75 % band; dashed where a
     seed diverged). Right: held-out MSE against learning rate, one dot per seed, the mean over finished
     seeds, the best marked, diverged members as red crosses along the top."""
-    first, seeds = steps - len(losses), len(report["seeds"])
-    stride = max(1, len(losses) // MAX_CURVE_POINTS)
-    per_lr = losses[::stride].reshape(-1, len(report["learning_rates"]), seeds)
+    seeds = len(report["seeds"])
+    per_lr = losses.reshape(-1, len(report["learning_rates"]), seeds)
     rows = summary(report)
     with plots.panels(path, 2, title=f"bp-jax sweep: {len(report['runs'])} members "
                                      f"({len(rows)} learning rates × {seeds} seeds)") as (curves, scores):
-        x, finished_medians = first + np.arange(0, len(losses), stride), []
+        x, finished_medians = stride * np.arange(len(losses)), []
         for band, row in zip(per_lr.transpose(1, 0, 2), rows):
             with warnings.catch_warnings():  # steps after every seed diverged are all NaN: left blank
                 warnings.simplefilter("ignore", RuntimeWarning)
