@@ -4,7 +4,8 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 whole or absent; a killed run leaves the previous one intact, and the next run writing there removes the
 leftover temporary directory. Loading checks the arrays' shapes against the expected ones before reading
 them, and refuses anything else with a one-line CheckpointError; a damaged newest checkpoint is refused
-naming the newest intact one.
+naming the newest intact one. orbax is imported inside the functions that use it, so the commands that
+write no checkpoint (demo, check, explain) never load it.
 """
 
 import logging
@@ -16,8 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import jax
-
-import orbax.checkpoint as ocp
 
 from bp_jax.cli._args import UsageError
 
@@ -58,6 +57,7 @@ def manager(directory: Path, *, write: bool = False, max_to_keep: int = 3) -> "o
     """A manager used by this process alone, also in a multi-process run (whose state is replicated).
     Only a `write` manager creates `directory` (in a one-process run) and removes leftover temporary
     directories of interrupted saves: open one only on a folder this process has locked."""
+    import orbax.checkpoint as ocp
     directory = Path(directory).absolute()
     if not write and not directory.is_dir():
         raise CheckpointError(f"no checkpoint in {directory}")
@@ -75,6 +75,7 @@ def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict) -
     """Write `state` (a pytree of arrays) and the JSON `record` as checkpoint `step`, unless that step is
     already saved (the same state: training is deterministic). CheckpointError, leaving no partial
     directory behind, if the write fails (a full disk, say)."""
+    import orbax.checkpoint as ocp
     if step in checkpoints.all_steps():
         return
     threads = set(threading.enumerate())
@@ -99,6 +100,7 @@ def _root_cause(err: BaseException) -> BaseException:
 
 
 def _read_record(checkpoints, step: int) -> dict:
+    import orbax.checkpoint as ocp
     with _quiet_failures():
         record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
     if not isinstance(record, dict) or "config" not in record:
@@ -116,6 +118,7 @@ def _shapes(tree) -> dict[str, tuple]:
 
 def _read_state(checkpoints, step: int, like):
     """The arrays of checkpoint `step`; CheckpointError (not a failed read) if their shapes are not like's."""
+    import orbax.checkpoint as ocp
     with _quiet_failures():
         stored = _shapes(checkpoints.item_metadata(step)["state"].tree)
     expected = _shapes(like)
