@@ -50,6 +50,7 @@ def _round_keys(key: jax.Array, epoch, rounds: int) -> list[jax.Array]:
     return [_mix32(digest + jnp.uint32((i + 1) * 0x85EBCA6B % 2**32)) for i in range(rounds)]
 
 
+@functools.partial(jax.jit, static_argnums=3)  # compiled once per n, also when called eagerly in a loop
 def index_shuffle(key: jax.Array, epoch, positions: jax.Array, num_examples: int) -> jax.Array:
     """π_epoch(positions) for the keyed bijection π_epoch of [0, num_examples) of the module docstring."""
     bits = max(1, (num_examples - 1).bit_length())
