@@ -81,22 +81,27 @@ def _count(name: str, value, minimum: int) -> int:
     return number
 
 
-def _check_data(x, y, batch_size, key, minimum_rows=1) -> int | None:
+def _check_data(x, y, batch_size, key, mesh):
+    """(x, y, batch_size): x and y as arrays (a nested list becomes one), batch_size an int or None;
+    ValueError or TypeError naming what does not fit."""
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (data_parallel_mesh, ensemble_mesh), got {mesh!r}")
+    x, y = (value if isinstance(value, (jax.Array, np.ndarray)) else np.asarray(value) for value in (x, y))
     if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
         raise ValueError(f"x and y must share their leading (example) axis, got shapes "
                          f"{jnp.shape(x)} and {jnp.shape(y)}")
     rows = jnp.shape(x)[0]
-    if rows < minimum_rows:
+    if rows < 1:
         raise ValueError(f"x and y hold no examples (shapes {jnp.shape(x)} and {jnp.shape(y)}); "
                          "fit needs at least one row")
     if batch_size is None:
-        return None
+        return x, y, None
     batch_size = _count("batch_size", batch_size, 1)
     if batch_size > rows:
         raise ValueError(f"batch_size must be at most {rows} (the number of examples), got {batch_size}")
     if key is None:
         raise ValueError("fit needs a PRNG key to shuffle minibatches when batch_size is set")
-    return batch_size
+    return x, y, batch_size
 
 
 def _chunk_sizes(chunk_size) -> tuple[int, ...]:
@@ -155,7 +160,7 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     optimizer = _check_method(lr, optimizer)
     steps, start_step = _check_steps(steps, start_step)
     chunk_sizes = _chunk_sizes(chunk_size)
-    batch_size = _check_data(x, y, batch_size, key)
+    x, y, batch_size = _check_data(x, y, batch_size, key, mesh)
     if key is not None and _key_batch_shape(key) != ():
         raise ValueError(f"fit takes one key, got keys of shape {_key_batch_shape(key)}; fit_ensemble takes one per "
                          "member")
@@ -208,7 +213,7 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     optimizer = _check_method(lr, optimizer)
     steps, start_step = _check_steps(steps, start_step)
     chunk_sizes = _chunk_sizes(chunk_size)
-    batch_size = _check_data(x, y, batch_size, key)
+    x, y, batch_size = _check_data(x, y, batch_size, key, mesh)
     members = _members(params)
     if optimizer is None:
         lrs = _member_lrs(lr, members)

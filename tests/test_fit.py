@@ -299,3 +299,12 @@ def test_every_ordering_of_a_tiny_data_set_is_equally_likely():
     expected = trials / 24
     assert len(counts) == 24
     assert ((counts - expected) ** 2 / expected).sum() < 55  # 23 degrees of freedom: 99.99th percentile ≈ 52
+
+
+def test_nested_lists_are_data_and_a_mesh_must_be_a_mesh():
+    model, params, x, y = problem()
+    from_lists = bp_jax.fit(bp_jax.loss_fn(model), params, x.tolist(), y.tolist(), steps=5, lr=0.05)
+    from_arrays = bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=5, lr=0.05)
+    np.testing.assert_allclose(from_lists.losses, from_arrays.losses, rtol=1e-6)
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh .*got 'data'"):
+        bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=5, lr=0.05, mesh="data")
