@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bp_jax._mesh import MODELS_AXIS, batch_sharded, data_devices, member_devices, place, replicated
+from bp_jax._mesh import MODELS_AXIS, batch_sharded, data_devices, member_devices, member_sharded, place, replicated
 from bp_jax._order import minibatch_indices
 from bp_jax._steps import check_lr, check_optimizer, optax_update, sgd_update
 
@@ -225,14 +225,14 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
         if members % member_devices(mesh):
             raise ValueError(f"the {members} members do not split evenly over the mesh's "
                              f"{member_devices(mesh)} '{MODELS_AXIS}' devices")
-        split = lambda leaf: place(leaf, _member_sharding(mesh))
+        split = lambda leaf: place(leaf, member_sharded(mesh))
         params, opt_state, lrs = jax.tree.map(split, (params, opt_state, lrs))
         key = None if key is None else split(key) if key_axis == 0 else place(key, replicated(mesh))
         x, y = place(x, replicated(mesh)), place(y, replicated(mesh))
     run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=True, key_axis=key_axis)
     divergence = _Divergence(np.full(members, -1, np.int32), np.zeros(members, np.int32))
     if mesh is not None:
-        divergence = jax.tree.map(lambda leaf: place(leaf, _member_sharding(mesh)), divergence)
+        divergence = jax.tree.map(lambda leaf: place(leaf, member_sharded(mesh)), divergence)
     state = (_copy((params, opt_state)), divergence)
 
     def result(state, losses, step):
@@ -274,10 +274,6 @@ def _key_axis(key, members: int) -> int | None:
     if shape == (members,):
         return 0
     raise ValueError(f"key must be one PRNG key or {members} stacked keys (one per member), got key shape {shape}")
-
-
-def _member_sharding(mesh) -> jax.sharding.NamedSharding:
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(MODELS_AXIS))
 
 
 @jax.jit
@@ -370,7 +366,7 @@ def _compiled_loop(loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_
     out_shardings = None
     if mesh is not None:
         out_shardings = (replicated(mesh), replicated(mesh)) if not ensemble else (
-            _member_sharding(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, MODELS_AXIS)))
+            member_sharded(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, MODELS_AXIS)))
 
     @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
     def run(state, lr, key, x, y, first_step, length):

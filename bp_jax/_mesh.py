@@ -58,6 +58,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def member_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (member) axis split over "models", the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(MODELS_AXIS))
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     """Leading (example) axis split over "data", the rest whole."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))

@@ -15,10 +15,14 @@ import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 
 from bp_jax.cli._args import UsageError
+
+if TYPE_CHECKING:  # for the annotations only: orbax loads when a checkpoint is read or written
+    import orbax.checkpoint as ocp
 
 
 class CheckpointError(UsageError):

@@ -18,6 +18,7 @@ import optax
 
 import bp_jax
 from bp_jax.cli import checkpoints, data
+from bp_jax.cli._args import UsageError
 
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = {
     "sgd": None,  # the hand-written update w ← w − lr·g
@@ -76,6 +77,19 @@ class Config:
                  if getattr(self, name) != value]
         if clash:
             raise checkpoints.CheckpointError(f"{where} was trained with " + ", ".join(clash))
+
+
+def load_data(config: Config) -> tuple[Config, data.Split]:
+    """The split `config` names, and `config` with its target and feature columns resolved; UsageError
+    when the batch size does not fit the training rows."""
+    split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed)
+    config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names)
+    n_train = len(split.x_train)
+    if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
+        source = f"{config.dataset}: " if data.is_file(config.dataset) else ""
+        raise UsageError(f"{source}--batch-size must be between 1 and {n_train} (the training examples), "
+                         f"got {config.batch_size}")
+    return config, split
 
 
 def build_model(features: int, config: Config) -> bp_jax.Model:

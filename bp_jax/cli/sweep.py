@@ -10,7 +10,6 @@ frozen and shown, and do not fail the sweep. SIGINT/SIGTERM stop at the end of t
 what was trained so far (exit 130/143).
 """
 
-import dataclasses
 import sys
 import time
 import warnings
@@ -22,7 +21,7 @@ import numpy as np
 import optax
 
 import bp_jax
-from bp_jax.cli import _args, _cache, data, folders, plots, runs, train
+from bp_jax.cli import _args, _cache, folders, plots, runs, train
 from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
 
@@ -53,12 +52,8 @@ def main(args) -> int:
     seeds = [config.seed + i for i in range(args.seeds)]
     if seeds[-1] >= 2**32:
         raise UsageError(f"--seed {config.seed} + --seeds {args.seeds} passes 2**32 − 1, the largest seed")
-    split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed)
-    config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names)
+    config, split = runs.load_data(config)
     n_train = len(split.x_train)
-    if config.batch_size is not None and config.batch_size > n_train:
-        raise UsageError(f"--batch-size must be between 1 and {n_train} (the training examples), "
-                         f"got {config.batch_size}")
     members = len(args.lrs) * len(seeds)
     mesh = _mesh(args.devices, members)
     epochs = 100 if args.epochs is args.steps is None else args.epochs

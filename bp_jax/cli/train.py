@@ -269,13 +269,8 @@ def run(config: Config, *, out: Path | None = None, steps: int | None = None, ep
 
 def _prepare(config: Config, devices: int | None) -> Problem:
     """Read and split the data, check the batch size, build the model and its initial state."""
-    split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed)
-    config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names)
+    config, split = runs.load_data(config)
     n_train, features = split.x_train.shape
-    if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
-        source = f"{config.dataset}: " if data.is_file(config.dataset) else ""
-        raise UsageError(f"{source}--batch-size must be between 1 and {n_train} (the training examples), "
-                         f"got {config.batch_size}")
     mesh = mesh_for(devices, config.batch_size or n_train)
     model = runs.build_model(features, config)
     return Problem(config, split, model, mesh, runs.initial_state(model, config))
