@@ -140,7 +140,7 @@ def _check_method(lr, optimizer):
 def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None = None, lr=None,
         optimizer: optax.GradientTransformation | None = None, key: jax.Array | None = None,
         opt_state=None, start_step: int = 0, chunk_size: int | tuple[int, ...] = 1000,
-        on_chunk: Callable[[FitResult], None] | None = None, mesh: jax.sharding.Mesh | None = None) -> FitResult:
+        on_chunk: Callable[[FitResult], bool | None] | None = None, mesh: jax.sharding.Mesh | None = None) -> FitResult:
     """Train for `steps` steps from `start_step`; returns a FitResult.
 
     Exactly one of `lr` (w ← w − lr·g, as `sgd_step`; lr is data, a new value does not recompile) or
@@ -148,8 +148,9 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     `opt_state` is given). Full batch when `batch_size` is None, else the rows
     `minibatch_indices(key, step, len(x), batch_size)`. Chunk boundaries fall on the multiples of
     `chunk_size` (or of each of several sizes, e.g. (1000, checkpoint_every)); after each,
-    `on_chunk(FitResult)` gets the state so far with that chunk's losses. The chunking changes nothing
-    but where on_chunk is called.
+    `on_chunk(FitResult)` gets the state so far with that chunk's losses; if it returns True, fit stops
+    there and returns that state (`result.step` < start_step + steps). The chunking changes nothing but
+    where on_chunk is called.
     A step whose loss or new params are not finite is not applied: fit raises NonFiniteLoss naming it
     and its cause, carrying the last finite params. The caller's params are never donated.
 
@@ -193,7 +194,7 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
                  optimizer: optax.GradientTransformation | None = None, batch_size: int | None = None,
                  key: jax.Array | None = None, opt_state=None, start_step: int = 0,
                  chunk_size: int | tuple[int, ...] = 1000,
-                 on_chunk: Callable[[EnsembleResult], None] | None = None,
+                 on_chunk: Callable[[EnsembleResult], bool | None] | None = None,
                  mesh: jax.sharding.Mesh | None = None) -> EnsembleResult:
     """Train E models at once, as one program: `fit`'s loop under `jax.vmap` over the members.
 
@@ -290,8 +291,9 @@ def _to_host(array) -> np.ndarray:
 
 def _drive(run, state, inputs, start_step, steps, chunk_sizes, on_chunk, result, stop_when_diverged):
     """The host side of both loops: calls `run` for at most CAPACITY steps at a time, gives `on_chunk`
-    the result after every chunk (boundaries on the multiples of each chunk size), returns the state, the
-    losses and the step reached; with `stop_when_diverged`, returns as soon as the model diverged."""
+    the result after every chunk (boundaries on the multiples of each chunk size) and stops when it returns
+    True; returns the state, the losses and the step reached; with `stop_when_diverged`, returns as soon as
+    the model diverged."""
     step, end, losses = start_step, start_step + steps, []
     while step < end:
         chunk_end, chunk = min(end, *((step // size + 1) * size for size in chunk_sizes)), []
@@ -303,8 +305,8 @@ def _drive(run, state, inputs, start_step, steps, chunk_sizes, on_chunk, result,
             if stop_when_diverged and _to_host(state[1].step) >= 0:
                 return state, np.concatenate(losses + chunk), step
         losses += chunk
-        if on_chunk is not None:  # a copy: the next call donates the state
-            on_chunk(result((_copy(state[0]), state[1]), np.concatenate(chunk), step))
+        if on_chunk is not None and on_chunk(result((_copy(state[0]), state[1]), np.concatenate(chunk), step)) is True:
+            break  # a copy went to on_chunk: the next call donates the state
     return state, np.concatenate(losses) if losses else np.zeros(0, np.float32), step
 
 

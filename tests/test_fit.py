@@ -100,6 +100,18 @@ def test_on_chunk_reports_progress_between_chunks():
     assert seen == [(10, 10), (20, 10), (25, 5)]
 
 
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_on_chunk_returning_true_stops_training_there(ensemble):
+    model, params, x, y = problem()
+    train = bp_jax.fit_ensemble if ensemble else bp_jax.fit
+    params = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), params) if ensemble else params
+    whole = train(bp_jax.loss_fn(model), params, x, y, steps=20, lr=0.01, chunk_size=10)
+    stopped = train(bp_jax.loss_fn(model), params, x, y, steps=25, lr=0.01, chunk_size=10,
+                    on_chunk=lambda r: r.step >= 20)
+    assert stopped.step == 20 and stopped.losses.shape[0] == 20
+    chex.assert_trees_all_equal(stopped.params, whole.params)
+
+
 def test_a_non_finite_loss_stops_with_the_last_finite_params():
     model, params, x, y = problem()
     loss = bp_jax.loss_fn(model)
