@@ -15,6 +15,7 @@ from bp_jax._layers import (
     Sequential,
     Sigmoid,
     Tanh,
+    mlp,
     neuron,
     tiny_net,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "loss_fn",
     "manual",
     "minibatch_indices",
+    "mlp",
     "mse",
     "neuron",
     "optax_step",

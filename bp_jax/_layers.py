@@ -12,7 +12,7 @@ for a model without one. Layers check their params and inputs at trace time and 
 TypeError naming the layer, the expected and the received shapes.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -212,6 +212,19 @@ def Sequential(*layers: Model) -> Model:
         return x, backward
 
     return Model(init, apply, vjp if all(layer.vjp for layer in layers) else None)
+
+
+def mlp(sizes: Sequence[int], activation_name: str = "relu") -> Model:
+    """Sequential(Linear(n0, n1), a, Linear(n1, n2), a, …, Linear(n_{k−1}, n_k)): an activation between
+    every pair of Linear layers, none after the last. `mlp((10, 5, 1))` is the documents' seed MLP."""
+    sizes = tuple(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"mlp needs at least two sizes (inputs and outputs), got {sizes}")
+    activation(activation_name)
+    layers = []
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        layers += [Linear(fan_in, fan_out), elementwise(activation_name)]
+    return Sequential(*layers[:-1])
 
 
 def neuron(activation_name: str = "identity") -> Model:

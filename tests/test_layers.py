@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,3 +128,22 @@ def test_sequential_rejects_non_models():
         bp_jax.Sequential()
     with pytest.raises(TypeError, match="Sequential expects one or more Models"):
         bp_jax.Sequential(bp_jax.Linear(2, 2), jnp.tanh)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
+def test_mlp_is_the_sequential_written_out_by_hand(activation):
+    key, x = jax.random.key(3), jax.random.normal(jax.random.key(4), (7, 10))
+    by_hand = bp_jax.Sequential(bp_jax.Linear(10, 8), bp_jax._layers.elementwise(activation), bp_jax.Linear(8, 4),
+                                bp_jax._layers.elementwise(activation), bp_jax.Linear(4, 2))
+    built = bp_jax.mlp((10, 8, 4, 2), activation)
+    params = built.init(key)
+    chex.assert_trees_all_equal(params, by_hand.init(key))
+    chex.assert_trees_all_equal(built.apply(params, x), by_hand.apply(params, x))
+    assert [layer["weight"].shape if layer else None for layer in params] == [(8, 10), None, (4, 8), None, (2, 4)]
+
+
+def test_mlp_refuses_too_few_sizes_and_unknown_activations():
+    with pytest.raises(ValueError, match=r"at least two sizes.*\(10,\)"):
+        bp_jax.mlp((10,))
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        bp_jax.mlp((10, 5, 1), "gelu")
