@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,146 @@ def test_split_seed_chooses_the_held_out_rows_apart_from_the_init(tmp_path):
     refused = bp_jax_cli("train", "--resume", tmp_path / "b", "--split-seed", 6, "--steps", 40, check=False)
     assert refused.returncode == 2 and "split_seed=5, not 6" in refused.stderr
     assert checkpoint_steps(Path(tmp_path / "b")) == [30]
+
+
+def _refused(result, *messages):
+    """The command's refusal: exit 2, one line `bp-jax <cmd>: error: …` holding every message, no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and " error: " in lines[0] and "Traceback" not in result.stderr, result.stderr
+    for message in messages:
+        assert message in lines[0], lines[0]
+
+
+def _cell(column, row, value):
+    """A change putting `value` (a number or the cell's text) in `column` at row `row` (from 1)."""
+    def change(table):
+        table[column] = table[column].astype(object)
+        table.loc[row - 1, column] = value
+        return table
+    return change
+
+
+@pytest.mark.parametrize("change, args, message", [
+    (_cell("size", 8, 1e39), [], "column 'size', row 8: the cell holds 1e+39, beyond float32's range"),
+    (_cell("price", 3, -1e308), [], "column 'price', row 3: the cell holds -1e+308, beyond float32's range"),
+    (_cell("age", 5, "inf"), [], "column 'age', row 5: the cell holds inf, not a finite number"),
+    (_cell("age", 6, "-inf"), [], "column 'age', row 6: the cell holds -inf, not a finite number"),
+    (lambda table: table, ["--features", "size,nope"], "the columns are 'size', 'rooms', 'floors', 'age', 'price'"),
+    (lambda table: table.rename(columns={"size": " size "}), ["--features", "size"],
+     "no column(s) 'size' for --features; the columns are ' size ', "),
+])
+def test_cells_beyond_float32_and_unknown_names_are_refused_naming_them(tmp_path, change, args, message):
+    change(houses(100)).to_csv(tmp_path / "houses.csv", index=False)
+    result = bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--steps", 10, *args, check=False, cwd=tmp_path)
+    _refused(result, message, str(tmp_path / "houses.csv"))
+    assert "np.float64" not in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["houses.csv"]
+
+
+def _write_folder(path):
+    path.mkdir()
+
+
+RAW_FILES = {  # what is written at data/<name>, and what the refusal says
+    "a folder named .csv": ("x.csv", _write_folder, "x.csv: is a folder, not a file"),
+    "a CSV renamed .npz": ("x.npz", lambda path: houses(20).to_csv(path, index=False),
+                           "x.npz: not a valid .npz (zip) file"),
+    "a repeated header name": ("x.csv", lambda path: path.write_text("a,a,y\n1,2,3\n4,5,6\n7,8,9\n"),
+                               "x.csv: the header names column(s) 'a' more than once"),
+}
+
+
+@pytest.mark.parametrize("case", RAW_FILES)
+def test_files_that_are_not_tables_are_refused_saying_what_they_are(tmp_path, case):
+    name, write, message = RAW_FILES[case]
+    (tmp_path / "data").mkdir()
+    write(tmp_path / "data" / name)
+    for command in (["train", "--steps", 10], ["sweep", "--lr", "0.1", "--steps", 10]):
+        result = bp_jax_cli(*command, "--data", tmp_path / "data" / name, check=False, cwd=tmp_path)
+        _refused(result, message)
+        assert "allow_pickle" not in result.stderr and "no such file" not in result.stderr
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]
+
+
+@pytest.mark.parametrize("features, message", [
+    ("size,size", "--features: column 'size' is named twice"),
+    ('size,"age', "expected comma-separated column names"),
+    ("size,,age", "expected comma-separated column names"),
+])
+def test_features_naming_a_column_twice_or_unparsable_are_refused(tmp_path, features, message):
+    houses(100).to_csv(tmp_path / "houses.csv", index=False)
+    result = bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--features", features, "--steps", 10,
+                        check=False, cwd=tmp_path)
+    _refused(result, message)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["houses.csv"]
+
+
+def test_columns_with_spaces_or_commas_are_named_in_quotes(tmp_path):
+    table = houses(100).rename(columns={"size": "size, m²", "rooms": " rooms "})
+    table.to_csv(tmp_path / "houses.csv", index=False)
+    bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--features", '"size, m²", " rooms " ,age', "--steps", 10,
+               "--out", tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["features"] == ["size, m²", " rooms ", "age"]
+
+
+def test_an_unnamed_index_column_is_left_out_with_a_note(tmp_path):
+    table = houses(100)
+    table.to_csv(tmp_path / "indexed.csv")  # pandas' default: the index first, under an empty header
+    table.to_csv(tmp_path / "plain.csv", index=False)
+    runs, notes = {}, {}
+    for name in ("indexed", "plain"):
+        result = bp_jax_cli("train", "--data", tmp_path / f"{name}.csv", "--steps", 20, "--out", tmp_path / name)
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+        notes[name] = [line for line in result.stderr.splitlines() if "note:" in line]
+    assert notes["plain"] == [] and len(notes["indexed"]) == 1
+    assert "indexed.csv: left out the first column, unnamed" in notes["indexed"][0]
+    assert runs["indexed"]["config"]["features"] == ["size", "rooms", "floors", "age"]
+    assert runs["indexed"]["loss_history"] == runs["plain"]["loss_history"]  # the same data
+    predicted = bp_jax_cli("predict", tmp_path / "plain", "--data", tmp_path / "indexed.csv")
+    assert "left out the first column" in predicted.stderr
+    assert predicted.stdout == bp_jax_cli("predict", tmp_path / "plain", "--data", tmp_path / "plain.csv").stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    (_cell("size", 2, 1e39), "column 'size', row 2: the cell holds 1e+39, beyond float32's range"),
+    (_cell("tiny", 3, 1e10), "column 'tiny', row 3: the cell 10000000000.0 standardises to beyond float32's range"),
+])
+def test_predict_refuses_rows_beyond_float32(tmp_path, change, message):
+    """A cell beyond float32, or one whose standardised form is (a column that varied by 1e-30 in training)."""
+    table = houses(100).assign(tiny=np.random.default_rng(0).uniform(0, 1e-30, 100))
+    table.to_csv(tmp_path / "houses.csv", index=False)
+    bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--target", "price", "--steps", 5, "--out", tmp_path / "run")
+    change(table).to_csv(tmp_path / "new.csv", index=False)
+    result = bp_jax_cli("predict", tmp_path / "run", "--data", tmp_path / "new.csv", "--out", tmp_path / "out.csv",
+                        check=False)
+    _refused(result, message, "new.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def _below_a_file(tmp_path):
+    """A folder that cannot be created, even by root: its parent is a regular file."""
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file" / "cache"
+
+
+@pytest.mark.parametrize("where, named", [
+    ("XDG_CACHE_HOME", "$XDG_CACHE_HOME"), ("BP_JAX_COMPILE_CACHE", "$BP_JAX_COMPILE_CACHE"),
+])
+def test_an_unusable_default_cache_is_a_warning_and_training_goes_on(tmp_path, where, named):
+    for folder in (_below_a_file(tmp_path), Path("/proc")):  # cannot be created; exists but cannot be written
+        env = {key: value for key, value in os.environ.items() if key != "BP_JAX_COMPILE_CACHE"}
+        out = tmp_path / f"run-{folder.name}"
+        result = bp_jax_cli("train", "--steps", 5, "--out", out, env={**env, where: str(folder)})
+        warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+        assert len(warnings) == 1 and named in warnings[0] and "without it" in warnings[0], result.stderr
+        assert "--compile-cache" not in result.stderr and "Traceback" not in result.stderr
+        assert (out / "metrics.json").exists()
+
+
+def test_an_unusable_compile_cache_flag_is_an_error_naming_the_flag(tmp_path):
+    for folder in (_below_a_file(tmp_path), Path("/proc")):
+        result = bp_jax_cli("train", "--steps", 5, "--out", tmp_path / "run", "--compile-cache", folder, check=False)
+        _refused(result, f"--compile-cache {folder}: cannot ")
+        assert not (tmp_path / "run").exists()

@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import re
 
 
 class UsageError(ValueError):
@@ -73,8 +74,24 @@ def seed(text: str) -> int:
     return value
 
 
+#: One name of a --features list: "quoted" (kept exactly, "" for a quote inside) or plain (spaces around it dropped),
+#: then a comma or the end.
+COLUMN_NAME = re.compile(r'\s*(?:"((?:[^"]|"")*)"\s*|([^,"]*))(,|$)')
+
+
 def column_names(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(","))
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"expected comma-separated column names such as age,bmi, got {text!r}")
-    return names
+    """Column names as one CSV row: `a, b` is ('a', 'b'); quote a name to keep its commas and surrounding spaces:
+    `"a,b", " c "` is ('a,b', ' c '). Each name at least one character, none twice."""
+    names, position, separator = [], 0, ","
+    while separator:
+        match = COLUMN_NAME.match(text, position)
+        quoted, plain = (None, "") if match is None else match.group(1, 2)
+        name = quoted.replace('""', '"') if quoted is not None else plain.strip()
+        if not name:
+            raise argparse.ArgumentTypeError("expected comma-separated column names such as age,bmi (quote a name "
+                                             f'holding a comma or spaces to keep: "a,b"), got {text!r}')
+        if name in names:
+            raise argparse.ArgumentTypeError(f"column {name!r} is named twice")
+        names.append(name)
+        position, separator = match.end(), match.group(3)
+    return tuple(names)

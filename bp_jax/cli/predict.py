@@ -30,7 +30,9 @@ def main(args) -> int:
     if args.out is not None and args.out.exists():
         raise UsageError(f"--out {args.out} already exists; choose a new file")
     run = runs.load(args.run_dir)
-    frame = predictions(run, data.read(str(args.data)), str(args.data))
+    table = data.read(str(args.data))
+    print(*(f"bp-jax: note: {note}\n" for note in table.attrs.get("notes", ())), sep="", end="", file=sys.stderr)
+    frame = predictions(run, table, str(args.data))
     if args.out is None:
         frame.to_csv(sys.stdout, index=False)
     else:

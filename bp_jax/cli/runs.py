@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +84,7 @@ def load_data(config: Config) -> tuple[Config, data.Split]:
     """The split `config` names, and `config` with its target and feature columns resolved; UsageError
     when the batch size does not fit the training rows."""
     split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed)
+    print(*(f"bp-jax: note: {note}\n" for note in split.notes), sep="", end="", file=sys.stderr)
     config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names)
     n_train = len(split.x_train)
     if config.batch_size is not None and not 1 <= config.batch_size <= n_train:

@@ -57,7 +57,8 @@ def add_problem_options(parser) -> None:
                         help="your own data: a CSV with a header row, or an .npz with arrays x and y")
     parser.add_argument("--target", metavar="COLUMN", help="the column to predict (default: the last one)")
     parser.add_argument("--features", type=_args.column_names, metavar="A,B,…",
-                        help="the columns to predict from (default: all but the target)")
+                        help='the columns to predict from (default: all but the target); quote a name to keep its '
+                             'commas and surrounding spaces: \'"a,b", c\'')
     parser.add_argument("--hidden", type=_args.hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5)")
     parser.add_argument("--activation", choices=sorted(runs.LAYERS), help="default relu")
     parser.add_argument("--optimizer", choices=list(runs.OPTIMIZERS),
