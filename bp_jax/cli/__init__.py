@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             _cache.enable(args.compile_cache)
         return command_module(args.command).run(args)
     except ModuleNotFoundError as err:
-        missing = err.name.partition(".")[0]
+        missing = (err.name or str(err)).partition(".")[0]
         print(f"{command}: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
               file=sys.stderr)
     except (UsageError, OSError) as err:

@@ -83,7 +83,7 @@ def finite(tree):
     return None if isinstance(tree, float) and not math.isfinite(tree) else tree
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """`write(temporary)` then rename over `path`: readers see the old file or the new one, never half."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -179,8 +179,8 @@ def _plot(path: Path, report: dict, history: list) -> None:
             with warnings.catch_warnings():  # steps after every seed diverged are all NaN: left blank
                 warnings.simplefilter("ignore", RuntimeWarning)
                 low, median, high = np.nanpercentile(band, [25, 50, 75], axis=1)
-            line, = curves.plot(x, median, lw=1.5, ls="--" if row["diverged"] else "-",
-                                label=f"lr {row['lr']:g}" + (f" ({row['diverged']} diverged)" if row["diverged"] else ""))
+            note = f" ({row['diverged']} diverged)" if row["diverged"] else ""
+            line, = curves.plot(x, median, lw=1.5, ls="--" if row["diverged"] else "-", label=f"lr {row['lr']:g}{note}")
             curves.fill_between(x, low, high, alpha=0.2, color=line.get_color())
             if row["diverged"] < row["seeds"]:
                 finished_medians.append(median)

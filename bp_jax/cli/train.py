@@ -225,9 +225,12 @@ def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResu
     loss = jax.jit(bp_jax.loss_fn(problem.model))
     params = distributed.host_local(result.params)
     mse = lambda x, y: float(loss(params, x, y))
-    stopped = None if diverged is None and watch.stopped_by is None else {
-        "step": result.step, "reason": "non-finite loss" if diverged is not None else
-        f"interrupted by {signal.Signals(watch.stopped_by).name}"}
+    if diverged is not None:
+        stopped = {"step": result.step, "reason": "non-finite loss"}
+    elif watch.stopped_by is not None:
+        stopped = {"step": result.step, "reason": f"interrupted by {signal.Signals(watch.stopped_by).name}"}
+    else:
+        stopped = None
     metrics = {
         **_record(problem, start, watch),
         "resumed_from_step": start.step,
