@@ -145,7 +145,7 @@ def initial_state(model: bp_jax.Model, config: Config) -> dict:
 class Run(NamedTuple):
     """A run folder's newest checkpoint, opened: its record read and checked, its arrays not yet read."""
 
-    checkpoints: "ocp.CheckpointManager"
+    manager: "ocp.CheckpointManager"
     step: int
     config: Config
     record: dict
@@ -153,7 +153,7 @@ class Run(NamedTuple):
     @property
     def where(self) -> str:
         """How messages name the checkpoint: "checkpoint STEP in FOLDER/checkpoints"."""
-        return _where(self.checkpoints, self.step)
+        return _where(self.manager, self.step)
 
     @property
     def scaling(self) -> data.Scaling:
@@ -161,7 +161,7 @@ class Run(NamedTuple):
 
     def restore(self, like) -> dict:
         """The checkpoint's state (params, opt_state, key), which must have the structure and shapes of `like`."""
-        return checkpoints.restore(self.checkpoints, self.step, like)
+        return checkpoints.restore(self.manager, self.step, like)
 
     def model_and_params(self) -> tuple[bp_jax.Model, object]:
         """The run's model and its params at this checkpoint."""
@@ -174,8 +174,9 @@ def open_run(folder: Path) -> Run:
     record is not this version's."""
     manager = checkpoints.manager(folder / "checkpoints")
     step, record = checkpoints.latest_record(manager)
-    _check_keys("record", record, RECORD_KEYS, _where(manager, step))
-    return Run(manager, step, Config.from_record(record["config"], _where(manager, step)), record)
+    where = _where(manager, step)
+    _check_keys("record", record, RECORD_KEYS, where)
+    return Run(manager, step, Config.from_record(record["config"], where), record)
 
 
 def _where(manager: "ocp.CheckpointManager", step: int) -> str:
