@@ -1,5 +1,6 @@
 """`bp-jax` end to end, each run in its own process as a user would run it."""
 
+import ast
 import json
 import os
 import signal
@@ -8,40 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import orbax.checkpoint as ocp
-import pytest
-
 import jax
+import numpy as np
+import pytest
+from helpers import ROOT, assert_same_state, bp_jax_cli, checkpoint_steps, command, final_state, strict_json
 
-
-def bp_jax_cli(*args, check=True, **kwargs):
-    result = subprocess.run([sys.executable, "-m", "bp_jax", *map(str, args)], capture_output=True,
-                            text=True, timeout=300, **kwargs)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    directory = run_dir / "checkpoints"
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
-
-
-def final_state(run_dir: Path):
-    """The newest checkpoint's arrays, restored without a template, as a flat list of numpy arrays."""
-    manager = ocp.CheckpointManager((run_dir / "checkpoints").absolute())
-    step = manager.latest_step()
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    return step, [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
-
-
-def assert_same_state(a: Path, b: Path):
-    (step_a, leaves_a), (step_b, leaves_b) = final_state(a), final_state(b)
-    assert step_a == step_b
-    assert len(leaves_a) == len(leaves_b)
-    for left, right in zip(leaves_a, leaves_b):
-        np.testing.assert_array_equal(left, right)
+import bp_jax
+from bp_jax import cli
+from bp_jax.cli.watch import StopSignals, Watch
 
 
 def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path):
@@ -81,9 +56,8 @@ def test_resume_ends_with_the_params_of_an_uninterrupted_run(tmp_path):
 
 def test_sigkill_then_resume_loses_nothing_before_the_last_checkpoint(tmp_path):
     killed, args = tmp_path / "killed", ("--dataset", "synthetic", "--seed", "1")
-    process = subprocess.Popen([sys.executable, "-m", "bp_jax", "train", "--out", str(killed),
-                                "--steps", "50000000", "--checkpoint-every", "2000", *args],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command("train", "--out", killed, "--steps", 50000000, "--checkpoint-every", 2000,
+                                       *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while len(checkpoint_steps(killed)) < 2 and process.poll() is None and time.monotonic() < deadline:
@@ -165,7 +139,7 @@ def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path):
 
 
 def test_demo_prints_the_documents_numbers():
-    out = bp_jax_cli("demo", env={**os.environ, "COLUMNS": "120"}).stdout
+    out = bp_jax_cli("demo", env={"COLUMNS": "120"}).stdout
     for needle in ("-9.000000", "-3.000000", "-2.250000", "2.250000", "1.500000", "sigmoid", "tanh"):
         assert needle in out
     assert "model[0].weight" in out
@@ -181,8 +155,8 @@ def test_a_missing_extra_is_named_with_the_install_command():
 
 def start_training(out: Path, *args) -> subprocess.Popen:
     """A long `bp-jax train` into `out`, returned once it holds the folder's lock (its pid is in the lock file)."""
-    process = subprocess.Popen([sys.executable, "-m", "bp_jax", "train", "--out", str(out), *map(str, args)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command("train", "--out", out, *args), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
     lock, deadline = out / ".bp-jax.lock", time.monotonic() + 240
     while not (lock.exists() and lock.read_text().strip()) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -216,8 +190,8 @@ def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted
 
 
 def test_runs_started_together_without_out_get_folders_of_their_own(tmp_path):
-    command = [sys.executable, "-m", "bp_jax", "train", "--dataset", "synthetic", "--steps", "30"]
-    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    processes = [subprocess.Popen(command("train", "--dataset", "synthetic", "--steps", 30), cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                  for _ in range(2)]
     for process in processes:
         assert process.wait(timeout=300) == 0, process.stderr.read()
@@ -241,12 +215,6 @@ def test_resuming_a_missing_folder_creates_nothing(tmp_path):
     result = bp_jax_cli("train", "--resume", tmp_path / "typo", check=False)
     assert result.returncode == 2 and "no checkpoint in" in result.stderr
     assert not (tmp_path / "typo").exists()
-
-
-def strict_json(path: Path):
-    def refuse(constant):
-        raise ValueError(f"{path} holds {constant}, which is not JSON")
-    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def test_divergence_between_checkpoints_and_its_resume_exit_1_with_metrics_and_curve(tmp_path):
@@ -291,8 +259,8 @@ def edit_record(run: Path, step: int, edit):
 def test_a_record_from_another_version_or_not_matching_its_arrays_is_one_line(tmp_path, edit, message):
     bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
     edit_record(tmp_path, 20, edit)
-    for command in (["train", "--resume", tmp_path, "--steps", 30], ["predict", tmp_path, "--data", "any.csv"]):
-        result = bp_jax_cli(*command, check=False, cwd=tmp_path)
+    for argv in (["train", "--resume", tmp_path, "--steps", 30], ["predict", tmp_path, "--data", "any.csv"]):
+        result = bp_jax_cli(*argv, check=False, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
@@ -321,3 +289,74 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_check
     assert result.stderr.startswith(f"bp-jax train: error: could not write checkpoint 25 in {tmp_path}")
     assert "No space left on device" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+HEAVY = ("pandas", "orbax", "matplotlib")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo"]])
+def test_help_and_demo_load_only_what_they_need(argv):
+    """A command's module, and so its heavy imports, loads only when that command runs."""
+    code = (f"import contextlib, io, sys\nfrom bp_jax.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    try:\n        status = main({argv!r})\n    except SystemExit as exit:\n        status = exit.code\n"
+            f"modules = {{name.split('.')[0] for name in sys.modules}}\n"
+            f"print(status, sorted(modules & {set(HEAVY)!r}), sorted(name for name in sys.modules "
+            f"if name.startswith('bp_jax.cli.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    status, heavy, loaded = result.stdout.strip().split(" ", 2)
+    assert status == "0" and heavy == "[]", result.stdout
+    commands = {module for module, _ in cli.COMMANDS.values()}
+    assert commands & set(ast.literal_eval(loaded)) == ({"bp_jax.cli.demo"} if argv == ["demo"] else set())
+
+
+def test_help_lists_every_command_with_its_help_and_each_command_its_options():
+    listed = " ".join(bp_jax_cli("--help").stdout.split())
+    for name, (_, summary) in cli.COMMANDS.items():
+        assert f"{name} {' '.join(summary.split())}" in listed
+    assert "--checkpoint-every" in bp_jax_cli("train", "--help").stdout
+    assert "--seeds" in bp_jax_cli("sweep", "--help").stdout
+
+
+def command_module_imports(name: str) -> set[str]:
+    """The bp_jax.cli modules that command `name`'s module imports, read from its source."""
+    tree = ast.parse((ROOT / "bp_jax" / "cli" / f"{name}.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "bp_jax.cli":
+            imported |= {f"bp_jax.cli.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    return {module for module in imported if module.startswith("bp_jax.cli.")}
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_commands_share_one_entry_point_shape_and_never_import_each_other(name):
+    module, _ = cli.COMMANDS[name]
+    assert module == f"bp_jax.cli.{name}"
+    others = {other for other, _ in cli.COMMANDS.values()} - {module}
+    assert not command_module_imports(name) & others
+    functions = {node.name: node for node in ast.parse((ROOT / "bp_jax" / "cli" / f"{name}.py").read_text()).body
+                 if isinstance(node, ast.FunctionDef)}
+    assert [arg.arg for arg in functions["add_arguments"].args.args] == ["parser"]
+    assert [arg.arg for arg in functions["run"].args.args] == ["args"]
+
+
+def test_watch_keeps_every_kth_loss_and_a_signal_stops_fit_at_the_next_chunk():
+    model = bp_jax.mlp((3, 4, 1), "tanh")
+    x = jax.random.normal(jax.random.key(1), (16, 3))
+    signals = StopSignals()
+    watch = Watch(4500, signals=signals)  # at most 2000 points: every ⌈4500 / 2000⌉ = 3rd step
+
+    def on_chunk(result):
+        stop = watch.on_chunk(result)
+        signals.received = signal.SIGINT  # arrives during the second chunk
+        return stop
+
+    result = bp_jax.fit(bp_jax.loss_fn(model), model.init(jax.random.key(0)), x, x[:, :1], steps=4500, lr=0.01,
+                        chunk_size=1000, on_chunk=on_chunk)
+    assert result.step == 2000 and watch.stopped_by == signal.SIGINT
+    assert [step for step, _ in watch.history] == list(range(0, 2000, 3))
+    assert [loss for _, loss in watch.history] == result.losses[::3].tolist()

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from test_cli import bp_jax_cli, checkpoint_steps
+from helpers import bp_jax_cli, checkpoint_steps
 
 
 def houses(rows: int, seed: int = 0) -> pd.DataFrame:

@@ -9,32 +9,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from helpers import ROOT, bp_jax_cli, command, fake_devices, final_state
 
-import jax
-
-ROOT = Path(__file__).parent.parent
 TOLERANCE = 1e-5  # float32: sums split over devices round differently
 TRAIN = ("--dataset", "synthetic", "--steps", 120, "--batch-size", 32, "--optimizer", "momentum", "--seed", 2)
 
 
-def environment(cpu_devices: int) -> dict:
-    return {**os.environ, "JAX_NUM_CPU_DEVICES": str(cpu_devices), "PYTHONPATH": str(ROOT)}
-
-
 def cli(*args, cpu_devices=8, timeout=240):
-    return subprocess.run([sys.executable, "-m", "bp_jax", *map(str, args)], capture_output=True, text=True,
-                          env=environment(cpu_devices), timeout=timeout)
+    return bp_jax_cli(*args, check=False, env=fake_devices(cpu_devices), timeout=timeout)
 
 
 def trained(run_dir: Path) -> tuple[list[np.ndarray], list[float]]:
     """The newest checkpoint's arrays and the run's loss history."""
-    manager = ocp.CheckpointManager((run_dir / "checkpoints").absolute())
-    state = manager.restore(manager.latest_step(),
-                            args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return [np.asarray(leaf) for leaf in jax.tree.leaves(state)], [loss for _, loss in metrics["loss_history"]]
+    return final_state(run_dir)[1], [loss for _, loss in metrics["loss_history"]]
 
 
 def assert_close_runs(a: Path, b: Path):
@@ -61,7 +50,7 @@ def one_device_run(tmp_path_factory) -> Path:
 
 def test_sharded_fit_and_steps_equal_one_device():
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "data_parallel_worker.py")], capture_output=True,
-                            text=True, env=environment(8), timeout=300)
+                            text=True, env=os.environ | fake_devices(8), timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert len(report["fit"]) == 6
@@ -95,10 +84,11 @@ def test_resume_on_8_devices_from_a_one_device_checkpoint(one_device_run, tmp_pa
 
 def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
     coordinator = f"127.0.0.1:{free_port()}"
-    processes = [subprocess.Popen([sys.executable, "-m", "bp_jax", "train", "--out", str(tmp_path / f"process-{i}"),
-                                   "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i),
-                                   "--devices", "all", "--init-timeout", "60", *map(str, TRAIN)],
-                                  env=environment(2) | {"COLUMNS": "200"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes = [subprocess.Popen(command("train", "--out", tmp_path / f"process-{i}", "--coordinator", coordinator,
+                                          "--num-processes", 2, "--process-id", i, "--devices", "all",
+                                          "--init-timeout", 60, *TRAIN),
+                                  env=os.environ | fake_devices(2) | {"COLUMNS": "200"}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
                  for i in range(2)]
     try:
         outputs = [process.communicate(timeout=240) for process in processes]

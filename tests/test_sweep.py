@@ -1,29 +1,10 @@
 """`bp-jax sweep` end to end, each run in its own process: every (lr, seed) member is `bp-jax train` with
 that lr and seed and the sweep's split seed."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+from helpers import bp_jax_cli, strict_json
 
 STEPS = "150"
-
-
-def bp_jax_cli(*args, env=None, check=True):
-    result = subprocess.run([sys.executable, "-m", "bp_jax", *map(str, args)], capture_output=True, text=True,
-                            timeout=300, env=None if env is None else os.environ | env)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def strict_json(path):
-    def refuse(constant):
-        raise ValueError(f"not JSON: {constant}")
-
-    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +65,8 @@ def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
     (["--lr", "0.1", "--seeds", "0"], "--seeds: expected a positive integer"),
     (["--seeds", "2"], "the following arguments are required: --lr"),
     (["--lr", "0.1,0.01,0.1"], "--lr lists 0.1 more than once"),
-    (["--lr", "0.1", "--compile-cache", "/dev/null/cache"], "--compile-cache /dev/null/cache: cannot create the folder"),
+    (["--lr", "0.1", "--compile-cache", "/dev/null/cache"],
+     "--compile-cache /dev/null/cache: cannot create the folder"),
     (["--lr", "0.1", "--seeds", "3", "--devices", "2"], "3 members (learning rates × seeds) do not split evenly"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

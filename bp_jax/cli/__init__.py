@@ -1,38 +1,65 @@
 """`bp-jax` (also `python -m bp_jax`): train an MLP, predict with it, sweep learning rates and seeds, walk through
 the documents' examples, check parity, or explain the backward pass.
 
-One module per subcommand, each with `register(commands)` adding its parser and the function it runs.
-Bad values end with one line on stderr and exit status 2; a diverged run exits with status 1; an
-interrupted one with 128 + the signal's number (130 for Ctrl-C).
+One module per command, as pip lays its commands out: COMMANDS maps each name to its module and its
+one-line help, and only the module of the command that runs is imported (`bp-jax --help` and `bp-jax demo`
+load neither pandas, orbax nor matplotlib). Every command module has the same two entry points:
+
+    add_arguments(parser)    # its options
+    run(args) -> int         # what it does; the exit status
+
+Commands never import each other: what several share lives beside them (`options`, `console`, `watch`,
+`runs`, `folders`, `checkpoints`, `data`, `plots`, `distributed`). Bad values end with one line on stderr
+and exit status 2; a diverged run exits with status 1; an interrupted one with 128 + the signal's number
+(130 for Ctrl-C).
 """
 
 import importlib
 import sys
+from types import ModuleType
 
 from bp_jax.cli import _cache
 from bp_jax.cli._args import Parser, UsageError
 
-COMMANDS = ("train", "predict", "sweep", "demo", "check", "explain")
+#: command name -> (its module, its one-line help)
+COMMANDS = {
+    "train": ("bp_jax.cli.train", "train the seed MLP (10 → 5 → 1, ReLU, MSE, SGD) on real data"),
+    "predict": ("bp_jax.cli.predict", "predict with a trained run: one value per row of a data file"),
+    "sweep": ("bp_jax.cli.sweep", "train every (learning rate, seed) pair at once, as one program"),
+    "demo": ("bp_jax.cli.demo", "the documents' examples: manual vs autodiff, side by side"),
+    "check": ("bp_jax.cli.check", "the parity checks on every backend JAX sees, as a table"),
+    "explain": ("bp_jax.cli.explain", "the graph jax.grad works on: every value and gradient, beside the "
+                                      "hand-derived ones; a picture of it"),
+}
 
 
-def build_parser() -> Parser:
+def command_module(name: str) -> ModuleType:
+    return importlib.import_module(COMMANDS[name][0])
+
+
+def build_parser(argv: list[str]) -> Parser:
+    """The parser for `argv`: every command listed with its help, the options of the one named in
+    `argv[0]` (the only module imported)."""
     parser = Parser(prog="bp-jax", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for name in COMMANDS:
-        importlib.import_module(f"bp_jax.cli.{name}").register(commands)
+    for name, (_, summary) in COMMANDS.items():
+        command = commands.add_parser(name, help=summary)
+        if argv[:1] == [name]:
+            command_module(name).add_arguments(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     command = "bp-jax"
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         command = f"bp-jax {args.command}"
         if hasattr(args, "compile_cache"):
             _cache.enable(args.compile_cache)
-        return args.run(args)
+        return command_module(args.command).run(args)
     except ModuleNotFoundError as err:
-        missing = err.name.partition(".")[0]
+        missing = (err.name or str(err)).partition(".")[0]
         print(f"{command}: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
               file=sys.stderr)
     except (UsageError, OSError) as err:

@@ -147,7 +147,11 @@ def agreement(reference: jax.Device, device: jax.Device, tolerance: float = 1e-4
                        _max_abs_error(training_run(device), training_run(reference)), tolerance)
 
 
-def run() -> int:
+def add_arguments(parser) -> None:
+    """check takes no options."""
+
+
+def run(args) -> int:
     """Print the table of every backend's checks (and each accelerator against the CPU); 1 if any failed."""
     from rich.console import Console
     from rich.table import Table
@@ -166,8 +170,3 @@ def run() -> int:
     failed = sum(not r.passed for r in results)
     print(f"{len(results) - failed} of {len(results)} checks passed" + (f"; {failed} FAILED" if failed else ""))
     return 1 if failed else 0
-
-
-def register(commands) -> None:
-    parser = commands.add_parser("check", help="the parity checks on every backend JAX sees, as a table")
-    parser.set_defaults(run=lambda args: run())

@@ -75,13 +75,13 @@ def seed_mlp_step() -> Table:
     return table
 
 
-def run(console: Console | None = None) -> None:
-    console = console or Console()
+def add_arguments(parser) -> None:
+    """demo takes no options."""
+
+
+def run(args) -> int:
+    console = Console()
     for table in (single_neuron(), tiny_network(), seed_mlp_step()):
         console.print(table)
         console.print()
-
-
-def register(commands) -> None:
-    parser = commands.add_parser("demo", help="the documents' examples: manual vs autodiff, side by side")
-    parser.set_defaults(run=lambda args: run() or 0)
+    return 0

@@ -84,8 +84,16 @@ def seed_mlp(activation: str) -> Example:
 EXAMPLES = {"neuron": neuron, "tiny-net": tiny_net, "seed-mlp": seed_mlp}
 
 
-def run(model: str, activation: str, out: Path) -> int:
-    title, graph, symbols, by_hand = EXAMPLES[model](activation)
+def add_arguments(parser) -> None:
+    parser.add_argument("model", choices=MODELS)
+    parser.add_argument("--activation", choices=sorted(bp_jax.ACTIVATIONS), default="relu",
+                        help="the neuron's or the seed MLP's activation (default relu)")
+    parser.add_argument("--out", type=Path, help="directory for graph.dot, .svg and .png (default runs/explain-MODEL)")
+
+
+def run(args) -> int:
+    title, graph, symbols, by_hand = EXAMPLES[args.model](args.activation)
+    out = args.out or Path("runs") / f"explain-{args.model}"
     out.mkdir(parents=True, exist_ok=True)
     difference = {node: f"{float(jnp.max(jnp.abs(node.grad - grad))):.1e}" for node, grad in by_hand.items()}
     columns = ({"document": symbols} if symbols else {}) | {"grad by hand": by_hand, "|difference|": difference}
@@ -94,14 +102,3 @@ def run(model: str, activation: str, out: Path) -> int:
     written = [graph.save(out / f"graph{suffix}") for suffix in (".dot", ".svg", ".png")]
     print(f"\nwritten: {', '.join(map(str, written))}")
     return 0
-
-
-def register(commands) -> None:
-    parser = commands.add_parser("explain", help="the graph jax.grad works on: every value and gradient, "
-                                                 "beside the hand-derived ones; a picture of it")
-    parser.add_argument("model", choices=MODELS)
-    parser.add_argument("--activation", choices=sorted(bp_jax.ACTIVATIONS), default="relu",
-                        help="the neuron's or the seed MLP's activation (default relu)")
-    parser.add_argument("--out", type=Path, help="directory for graph.dot, .svg and .png (default runs/explain-MODEL)")
-    parser.set_defaults(run=lambda args: run(args.model, args.activation,
-                                             args.out or Path("runs") / f"explain-{args.model}"))

@@ -1,4 +1,5 @@
-"""Run folders: unique default names, one live run per folder, and no run written over another.
+"""Run folders: unique default names, one live run per folder, no run written over another, and files
+written atomically (strict JSON: NaN and infinities become null).
 
 A live run holds an exclusive `fcntl.flock` on `<folder>/.bp-jax.lock` (the file names its pid). The kernel
 drops the lock when the process ends, however it ends (SIGKILL included), so a lock is never stale and no
@@ -7,8 +8,11 @@ would let two runs lock two different files of the same name.
 """
 
 import fcntl
+import json
+import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,3 +72,27 @@ def claimed(folder: Path, *, continuing: Path | None = None, resumable: bool = T
         yield folder
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def finite(tree):
+    """`tree` (dicts, lists, numbers) with every NaN or infinity replaced by None, so it is strict JSON."""
+    if isinstance(tree, dict):
+        return {key: finite(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [finite(value) for value in tree]
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(temporary)` then rename over `path`: readers see the old file or the new one, never half."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, value) -> None:
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(finite(value), indent=1,
+                                                                             allow_nan=False)))

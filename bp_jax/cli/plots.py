@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bp_jax.cli.runs import write_atomically
+from bp_jax.cli.folders import write_atomically
 
 
 @contextmanager

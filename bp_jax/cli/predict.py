@@ -13,38 +13,38 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bp_jax.cli import data, runs
+from bp_jax.cli import data, folders, runs
 from bp_jax.cli._args import UsageError
 
 
-def register(commands) -> None:
-    predict = commands.add_parser("predict", help="predict with a trained run: one value per row of a data file")
-    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bp-jax train output directory")
-    predict.add_argument("--data", type=Path, required=True, metavar="FILE",
-                         help="a CSV with a header row (or .npz with an array x) holding the run's feature columns")
-    predict.add_argument("--out", type=Path, metavar="FILE", help="write the CSV here (default: stdout); must not exist")
-    predict.set_defaults(run=main)
+def add_arguments(parser) -> None:
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bp-jax train output directory")
+    parser.add_argument("--data", type=Path, required=True, metavar="FILE",
+                        help="a CSV with a header row (or .npz with an array x) holding the run's feature columns")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write the CSV here (default: stdout); must not exist")
 
 
-def main(args) -> int:
+def run(args) -> int:
     if args.out is not None and args.out.exists():
         raise UsageError(f"--out {args.out} already exists; choose a new file")
-    run = runs.load(args.run_dir)
+    trained = runs.open_run(args.run_dir)
+    model, params = trained.model_and_params()
     table = data.read(str(args.data))
     print(*(f"bp-jax: note: {note}\n" for note in table.attrs.get("notes", ())), sep="", end="", file=sys.stderr)
-    frame = predictions(run, table, str(args.data))
+    frame = predictions(model, params, trained.scaling, table, str(args.data))
     if args.out is None:
         frame.to_csv(sys.stdout, index=False)
     else:
-        runs.write_atomically(args.out, lambda temporary: frame.to_csv(temporary, index=False))
+        folders.write_atomically(args.out, lambda temporary: frame.to_csv(temporary, index=False))
     return 0
 
 
-def predictions(run: runs.Trained, frame, source: str):
-    """A DataFrame with one column, named after the run's target, of its predictions for `frame`'s rows."""
+def predictions(model, params, scaling: data.Scaling, frame, source: str):
+    """A DataFrame with one column, named after the run's target, of the model's predictions for `frame`'s
+    rows (standardised with `scaling`, and back in the target's units)."""
     import pandas as pd
 
-    x = run.scaling.features(frame, source)
+    x = scaling.features(frame, source)
     with jax.default_matmul_precision("highest"):
-        standardised = run.model.apply(run.params, jnp.asarray(x))
-    return pd.DataFrame({run.scaling.target_name: run.scaling.target_units(standardised)})
+        standardised = model.apply(params, jnp.asarray(x))
+    return pd.DataFrame({scaling.target_name: scaling.target_units(standardised)})

@@ -1,25 +1,31 @@
-"""What a run is: its Config, its model and the state a checkpoint holds, its JSON files, and its stop signals.
+"""What a run is: its Config, its model and the state a checkpoint holds, and `open_run`, the one way to
+read a run folder back.
 
-Shared by `train` (which writes runs), `predict` (which reads them) and any command that trains several.
+    config, split = load_data(config)              # the data, target and feature columns resolved
+    model = build_model(features, config)          # bp_jax.mlp((features, *hidden, 1), activation)
+    run = open_run(folder)                         # newest checkpoint: manager, step, Config, record
+    state = run.restore(initial_state(model, run.config))   # or: model, params = run.model_and_params()
+
+Shared by `train` (which writes runs and resumes them), `predict` (which reads them) and `sweep` (which
+trains many at once).
 """
 
 import dataclasses
-import json
-import math
-import os
-import signal
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
+import numpy as np
 import optax
 
 import bp_jax
 from bp_jax.cli import checkpoints, data
 from bp_jax.cli._args import UsageError
+
+if TYPE_CHECKING:  # for the annotations only: orbax loads when a checkpoint is read or written
+    import orbax.checkpoint as ocp
 
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = {
     "sgd": None,  # the hand-written update w ← w − lr·g
@@ -27,8 +33,19 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = 
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
     "adam": optax.adam,
 }
-LAYERS = {"relu": bp_jax.ReLU, "sigmoid": bp_jax.Sigmoid, "tanh": bp_jax.Tanh}
+#: the hidden layers' activations the command offers (bp_jax.ACTIVATIONS less the identity)
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
 RECORD_KEYS = {"config", "data", "total_steps", "loss_history", "wall_time_s"}
+
+
+def _check_keys(what: str, got: dict, expected: set, where: str) -> None:
+    """CheckpointError naming the keys `got` lacks and those it has beyond `expected`."""
+    missing, extra = sorted(expected - set(got)), sorted(set(got) - expected)
+    if missing or extra:
+        raise checkpoints.CheckpointError(
+            f"{where} was written by another version of bp_jax: its {what} "
+            + " and ".join([f"lacks {', '.join(missing)}"] * bool(missing) + [f"has unknown {', '.join(extra)}"]
+                           * bool(extra)) + "; resume it with that version, or start a new run")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +80,7 @@ class Config:
     @classmethod
     def from_record(cls, record: dict, where: str) -> "Config":
         """The Config in a checkpoint's record; CheckpointError if its keys are not this version's."""
-        fields = {field.name for field in dataclasses.fields(cls)}
-        missing, extra = sorted(fields - set(record)), sorted(set(record) - fields)
-        if missing or extra:
-            raise checkpoints.CheckpointError(
-                f"{where} was written by another version of bp_jax: its config "
-                + " and ".join([f"lacks {', '.join(missing)}"] * bool(missing) + [f"has unknown {', '.join(extra)}"]
-                               * bool(extra)) + "; resume it with that version, or start a new run")
+        _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
         return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in record.items()})
 
     def check_matches(self, given: dict, where: str) -> None:
@@ -94,13 +105,18 @@ def load_data(config: Config) -> tuple[Config, data.Split]:
     return config, split
 
 
+def steps_per_epoch(n_train: int, batch_size: int | None) -> int:
+    return 1 if batch_size is None else n_train // batch_size
+
+
+def mean_predictor_mse(split: data.Split) -> float:
+    """The held-out MSE of predicting the training split's mean target for every row: the baseline."""
+    return float(np.mean((split.y_test - split.y_train.mean()) ** 2))
+
+
 def build_model(features: int, config: Config) -> bp_jax.Model:
     """Linear(features, h1), act, …, Linear(hk, 1): the seed MLP for hidden = (5,) and relu."""
-    sizes = (features, *config.hidden, 1)
-    layers = []
-    for fan_in, fan_out in zip(sizes, sizes[1:]):
-        layers += [bp_jax.Linear(fan_in, fan_out), LAYERS[config.activation]()]
-    return bp_jax.Sequential(*layers[:-1])
+    return bp_jax.mlp((features, *config.hidden, 1), config.activation)
 
 
 def optimizer(config: Config) -> optax.GradientTransformation | None:
@@ -128,86 +144,42 @@ def initial_state(model: bp_jax.Model, config: Config) -> dict:
     return jax.jit(state_from_key(model, optimizer(config)))(jax.random.key(config.seed))
 
 
-def checked_record(record: dict, where: str) -> tuple[Config, dict]:
-    """(Config, record) of a checkpoint's record; CheckpointError if it is not this version's layout."""
-    missing, extra = sorted(RECORD_KEYS - set(record)), sorted(set(record) - RECORD_KEYS)
-    if missing or extra:
-        raise checkpoints.CheckpointError(
-            f"{where} was written by another version of bp_jax: its record "
-            + " and ".join([f"lacks {', '.join(missing)}"] * bool(missing) + [f"has unknown {', '.join(extra)}"]
-                           * bool(extra)) + "; resume it with that version, or start a new run")
-    return Config.from_record(record["config"], where), record
+class Run(NamedTuple):
+    """A run folder's newest checkpoint, opened: its record read and checked, its arrays not yet read."""
 
-
-class Trained(NamedTuple):
-    """A run's newest checkpoint, ready to predict with."""
-
-    config: Config
-    scaling: data.Scaling
-    model: bp_jax.Model
-    params: object
+    manager: "ocp.CheckpointManager"
     step: int
+    config: Config
+    record: dict
+
+    @property
+    def where(self) -> str:
+        """How messages name the checkpoint: "checkpoint STEP in FOLDER/checkpoints"."""
+        return _where(self.manager, self.step)
+
+    @property
+    def scaling(self) -> data.Scaling:
+        return data.Scaling.from_record(self.record["data"]["scaling"])
+
+    def restore(self, like) -> dict:
+        """The checkpoint's state (params, opt_state, key), which must have the structure and shapes of `like`."""
+        return checkpoints.restore(self.manager, self.step, like)
+
+    def model_and_params(self) -> tuple[bp_jax.Model, object]:
+        """The run's model and its params at this checkpoint."""
+        model = build_model(len(self.scaling.feature_names), self.config)
+        return model, self.restore(initial_state(model, self.config))["params"]
 
 
-def load(folder: Path) -> Trained:
-    """The newest checkpoint in a run folder; CheckpointError if there is none usable."""
+def open_run(folder: Path) -> Run:
+    """The newest checkpoint of the run in `folder`; CheckpointError if there is none, it is damaged, or its
+    record is not this version's."""
     manager = checkpoints.manager(folder / "checkpoints")
     step, record = checkpoints.latest_record(manager)
-    where = f"checkpoint {step} in {manager.directory}"
-    config, record = checked_record(record, where)
-    scaling = data.Scaling.from_record(record["data"]["scaling"])
-    model = build_model(len(scaling.feature_names), config)
-    state = checkpoints.restore(manager, step, initial_state(model, config))
-    return Trained(config, scaling, model, state["params"], step)
+    where = _where(manager, step)
+    _check_keys("record", record, RECORD_KEYS, where)
+    return Run(manager, step, Config.from_record(record["config"], where), record)
 
 
-def finite(tree):
-    """`tree` (dicts, lists, numbers) with every NaN or infinity replaced by None, so it is strict JSON."""
-    if isinstance(tree, dict):
-        return {key: finite(value) for key, value in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [finite(value) for value in tree]
-    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary)` then rename over `path`: readers see the old file or the new one, never half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_json(path: Path, value) -> None:
-    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(finite(value), indent=1,
-                                                                             allow_nan=False)))
-
-
-class StopSignals:
-    """SIGINT and SIGTERM, caught: `received` holds the first one's number, for a training loop to see
-    between chunks and stop there. A second signal acts as it would have without this (ends the process)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def _handle(self, number, frame):
-        self.received = number
-        self._restore()
-
-    def _restore(self):
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        self._previous = {}
-
-    @contextmanager
-    def caught(self):
-        self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
-        try:
-            yield self
-        finally:
-            self._restore()
+def _where(manager: "ocp.CheckpointManager", step: int) -> str:
+    return f"checkpoint {step} in {manager.directory}"

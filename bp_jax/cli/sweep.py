@@ -11,7 +11,6 @@ what was trained so far (exit 130/143).
 """
 
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -21,31 +20,28 @@ import numpy as np
 import optax
 
 import bp_jax
-from bp_jax.cli import _args, _cache, folders, plots, runs, train
+from bp_jax.cli import _cache, console, folders, options, plots, runs
 from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
-
-MAX_CURVE_POINTS = 2000
-
-
-def register(commands) -> None:
-    sweep = commands.add_parser("sweep", help="train every (learning rate, seed) pair at once, as one program")
-    sweep.add_argument("--lr", dest="lrs", type=_args.learning_rates, required=True, metavar="LR,LR,…",
-                       help="the learning rates, e.g. 0.001,0.003,0.01,0.03,0.1")
-    sweep.add_argument("--seeds", type=_args.positive_int, default=1, metavar="N",
-                       help="seeds per learning rate: --seed, --seed + 1, …, --seed + N − 1 (default 1)")
-    sweep.add_argument("--seed", type=_args.seed, help="the first seed (default 0)")
-    sweep.add_argument("--split-seed", type=_args.seed, default=0, help="chooses the held-out rows (default 0)")
-    train.add_problem_options(sweep)
-    sweep.add_argument("--out", type=Path, help="output directory (default: a new runs/sweep-DATASET-TIME)")
-    sweep.add_argument("--devices", type=_args.device_count, default=1, metavar="N|all",
-                       help="split the members over N devices, or all of them (default 1)")
-    _cache.add_option(sweep)
-    sweep.set_defaults(run=main)
+from bp_jax.cli.watch import PROGRESS_EVERY, StopSignals, Watch
 
 
-def main(args) -> int:
-    config = Config(**train.given_config(args))
+def add_arguments(parser) -> None:
+    parser.add_argument("--lr", dest="lrs", type=options.learning_rates, required=True, metavar="LR,LR,…",
+                        help="the learning rates, e.g. 0.001,0.003,0.01,0.03,0.1")
+    parser.add_argument("--seeds", type=options.positive_int, default=1, metavar="N",
+                        help="seeds per learning rate: --seed, --seed + 1, …, --seed + N − 1 (default 1)")
+    parser.add_argument("--seed", type=options.seed, help="the first seed (default 0)")
+    parser.add_argument("--split-seed", type=options.seed, default=0, help="chooses the held-out rows (default 0)")
+    options.add_problem_options(parser)
+    parser.add_argument("--out", type=Path, help="output directory (default: a new runs/sweep-DATASET-TIME)")
+    parser.add_argument("--devices", type=options.device_count, default=1, metavar="N|all",
+                        help="split the members over N devices, or all of them (default 1)")
+    _cache.add_option(parser)
+
+
+def run(args) -> int:
+    config = Config(**options.given_config(args))
     repeated = sorted({lr for lr in args.lrs if args.lrs.count(lr) > 1})
     if repeated:
         raise UsageError(f"--lr lists {', '.join(f'{lr:g}' for lr in repeated)} more than once")
@@ -57,20 +53,21 @@ def main(args) -> int:
     members = len(args.lrs) * len(seeds)
     mesh = _mesh(args.devices, members)
     epochs = 100 if args.epochs is args.steps is None else args.epochs
-    total = args.steps or epochs * train.steps_per_epoch(n_train, config.batch_size)
+    total = args.steps or epochs * runs.steps_per_epoch(n_train, config.batch_size)
     out = args.out or folders.create_unique(Path("runs"), f"sweep-{config.name}")
-    signals, started = runs.StopSignals(), time.perf_counter()
-    with folders.claimed(out, resumable=False), train.progress_bar("sweep") as progress, signals.caught():
+    with folders.claimed(out, resumable=False), console.progress_bar("sweep") as progress, \
+            StopSignals().caught() as signals:
+        watch = Watch(total, progress=progress, signals=signals)
         with jax.default_matmul_precision("highest"):
-            result, stopped = _train(config, split, args.lrs, seeds, total, mesh, progress, signals)
-            report = _report(config, split, args.lrs, seeds, result, stopped, time.perf_counter() - started)
-        runs.write_json(out / "sweep.json", report)
-        _plot(out / "sweep.png", report, result.losses, curve_stride(total))
+            result = _train(config, split, args.lrs, seeds, mesh, watch)
+            report = _report(config, split, args.lrs, seeds, result, watch)
+        folders.write_json(out / "sweep.json", report)
+        _plot(out / "sweep.png", report, watch.history)
     _print_tables(report, out)
-    if stopped is not None:
+    if watch.stopped_by is not None:
         print(f"bp-jax sweep: interrupted at step {result.step}; wrote what was trained so far to {out}",
               file=sys.stderr)
-        return 128 + stopped
+        return 128 + watch.stopped_by
     return 0
 
 
@@ -87,19 +84,10 @@ def _mesh(devices: int | None, members: int) -> jax.sharding.Mesh | None:
     return mesh
 
 
-def curve_stride(total: int) -> int:
-    return max(1, total // MAX_CURVE_POINTS)
-
-
-class _Stop(Exception):
-    def __init__(self, signal_number: int, result: bp_jax.EnsembleResult):
-        self.signal_number, self.result = signal_number, result
-
-
-def _train(config, split, lrs, seeds, total, mesh, progress, signals):
-    """(EnsembleResult, the stop signal's number or None); its `losses` are those of steps 0, k, 2k, …, at most
-    about MAX_CURVE_POINTS of them (`curve_stride(total)` = k). Members run lr-major:
-    member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised as `bp-jax train` would."""
+def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResult:
+    """The ensemble trained to `watch.total` steps, or to where a stop signal ended it. Members run
+    lr-major: member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised as `bp-jax train`
+    would."""
     model = runs.build_model(split.x_train.shape[1], config)
     transform = runs.optimizer(config)
     if transform is not None:  # one learning rate per member, held in the optimizer state
@@ -111,51 +99,34 @@ def _train(config, split, lrs, seeds, total, mesh, progress, signals):
     member_lrs = np.repeat(np.asarray(lrs), len(seeds))
     if transform is not None:
         state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(member_lrs, jnp.float32)
-    chunks, stride = [], curve_stride(total)
-
-    def on_chunk(result):
-        first = result.step - len(result.losses)
-        chunks.append(result.losses[(-first) % stride::stride])  # the losses of steps 0, stride, 2·stride, …
-        live = result.losses[-1][result.diverged < 0]
-        progress(result.step, total, float(np.median(live)) if len(live) else float("nan"))
-        if signals.received is not None and result.step < total:
-            raise _Stop(signals.received, result._replace(losses=np.concatenate(chunks)))
-
-    try:
-        result = bp_jax.fit_ensemble(
-            bp_jax.loss_fn(model), state["params"], jnp.asarray(split.x_train), jnp.asarray(split.y_train),
-            steps=total, lr=None if transform is not None else member_lrs, optimizer=transform,
-            opt_state=state["opt_state"], batch_size=config.batch_size,
-            key=jax.random.wrap_key_data(state["key"]), chunk_size=train.PROGRESS_EVERY, on_chunk=on_chunk,
-            mesh=mesh)
-    except _Stop as stop:
-        return stop.result, stop.signal_number
-    return result._replace(losses=np.concatenate(chunks)), None
+    return bp_jax.fit_ensemble(
+        bp_jax.loss_fn(model), state["params"], jnp.asarray(split.x_train), jnp.asarray(split.y_train),
+        steps=watch.total, lr=None if transform is not None else member_lrs, optimizer=transform,
+        opt_state=state["opt_state"], batch_size=config.batch_size, key=jax.random.wrap_key_data(state["key"]),
+        chunk_size=PROGRESS_EVERY, on_chunk=watch.on_chunk, mesh=mesh)
 
 
-def _report(config, split, lrs, seeds, result, stopped, wall_time_s) -> dict:
+def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
     """sweep.json: the shared config, then one entry per member."""
     model = runs.build_model(split.x_train.shape[1], config)
     mse = jax.jit(jax.vmap(bp_jax.loss_fn(model), in_axes=(0, None, None)))
     train_mse = np.asarray(mse(result.params, split.x_train, split.y_train))
     held_out_mse = np.asarray(mse(result.params, split.x_test, split.y_test))
-    device = jax.devices()[0]
     shared = {name: value for name, value in config.to_record().items() if name not in ("lr", "seed")}
     return {
         "config": shared,
         "learning_rates": list(lrs),
         "seeds": seeds,
         "steps": result.step,
-        "stopped": None if stopped is None else {"step": result.step, "signal": stopped},
+        "stopped": None if watch.stopped_by is None else {"step": result.step, "signal": watch.stopped_by},
         "runs": [{"lr": lrs[i // len(seeds)], "seed": seeds[i % len(seeds)], "train_mse": float(train_mse[i]),
                   "held_out_mse": float(held_out_mse[i]),
                   "diverged_at": None if result.diverged[i] < 0 else int(result.diverged[i])}
                  for i in range(len(lrs) * len(seeds))],
-        "baseline_held_out_mse": float(np.mean((split.y_test - split.y_train.mean()) ** 2)),
+        "baseline_held_out_mse": runs.mean_predictor_mse(split),
         "examples": {"train": len(split.x_train), "held_out": len(split.x_test)},
-        "wall_time_s": wall_time_s,
-        "device": device.platform if device.device_kind == device.platform else
-                  f"{device.platform}: {device.device_kind}",
+        "wall_time_s": watch.elapsed_s,
+        "device": console.device_description(),
         "jax": jax.__version__,
     }
 
@@ -177,41 +148,39 @@ def summary(report: dict) -> list[dict]:
 
 
 def _print_tables(report: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     rows = summary(report)
     best = min((row for row in rows if row["best"] is not None), key=lambda row: row["best"], default=None)
-    table = Table(title=f"bp-jax sweep: {len(report['runs'])} members, {report['steps']} steps, held-out MSE "
-                        f"(mean predictor {report['baseline_held_out_mse']:.4f})")
-    for column in ("lr", "held-out MSE, mean ± std", "best seed", "its held-out MSE", "diverged"):
-        table.add_column(column, justify="left" if column == "lr" else "right")
-    for row in rows:
-        table.add_row(f"{row['lr']:g}" + (" ★" if row is best else ""),
-                      "—" if row["mean"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}",
-                      "—" if row["best_seed"] is None else str(row["best_seed"]),
-                      "—" if row["best"] is None else f"{row['best']:.4f}",
-                      f"{row['diverged']} of {row['seeds']}")
-    Console().print(table)
+    console.print_table(
+        f"bp-jax sweep: {len(report['runs'])} members, {report['steps']} steps, held-out MSE "
+        f"(mean predictor {report['baseline_held_out_mse']:.4f})",
+        ("lr", "held-out MSE, mean ± std", "best seed", "its held-out MSE", "diverged"),
+        [(f"{row['lr']:g}" + (" ★" if row is best else ""),
+          "—" if row["mean"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}",
+          "—" if row["best_seed"] is None else str(row["best_seed"]),
+          "—" if row["best"] is None else f"{row['best']:.4f}",
+          f"{row['diverged']} of {row['seeds']}") for row in rows])
     print(f"wrote {out}/sweep.json and {out}/sweep.png")
 
 
-def _plot(path: Path, report: dict, losses: np.ndarray, stride: int) -> None:
+def _plot(path: Path, report: dict, history: list) -> None:
     """Left: the training loss by step per learning rate (median over seeds, 25–75 % band; dashed where a
-    seed diverged). Right: held-out MSE against learning rate, one dot per seed, the mean over finished
-    seeds, the best marked, diverged members as red crosses along the top."""
+    seed diverged), from the watch's [step, losses of every member] history. Right: held-out MSE against
+    learning rate, one dot per seed, the mean over finished seeds, the best marked, diverged members as red
+    crosses along the top."""
+    x = np.asarray([step for step, _ in history])
+    losses = np.asarray([member_losses for _, member_losses in history], np.float32)
     seeds = len(report["seeds"])
     per_lr = losses.reshape(-1, len(report["learning_rates"]), seeds)
     rows = summary(report)
     with plots.panels(path, 2, title=f"bp-jax sweep: {len(report['runs'])} members "
                                      f"({len(rows)} learning rates × {seeds} seeds)") as (curves, scores):
-        x, finished_medians = stride * np.arange(len(losses)), []
+        finished_medians = []
         for band, row in zip(per_lr.transpose(1, 0, 2), rows):
             with warnings.catch_warnings():  # steps after every seed diverged are all NaN: left blank
                 warnings.simplefilter("ignore", RuntimeWarning)
                 low, median, high = np.nanpercentile(band, [25, 50, 75], axis=1)
-            line, = curves.plot(x, median, lw=1.5, ls="--" if row["diverged"] else "-",
-                                label=f"lr {row['lr']:g}" + (f" ({row['diverged']} diverged)" if row["diverged"] else ""))
+            note = f" ({row['diverged']} diverged)" if row["diverged"] else ""
+            line, = curves.plot(x, median, lw=1.5, ls="--" if row["diverged"] else "-", label=f"lr {row['lr']:g}{note}")
             curves.fill_between(x, low, high, alpha=0.2, color=line.get_color())
             if row["diverged"] < row["seeds"]:
                 finished_medians.append(median)

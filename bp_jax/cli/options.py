@@ -1,0 +1,124 @@
+"""The options commands share (pip's cmdoptions): argument types, the problem options of `train` and
+`sweep`, and the Config values they set.
+
+    add_problem_options(parser)        # --dataset/--data, --target, --features, --hidden, --activation, …
+    Config(**given_config(args))       # the values given on the command line, the rest defaulted
+"""
+
+import argparse
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+from bp_jax.cli import data
+from bp_jax.cli.runs import ACTIVATIONS, OPTIMIZERS, Config
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text!r}")
+    return value
+
+
+def learning_rates(text: str) -> tuple[float, ...]:
+    """Comma-separated learning rates, each finite and > 0, at least one."""
+    try:
+        return tuple(learning_rate(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers > 0 such as 0.001,0.01,0.1, got {text!r}") from None
+
+
+def hidden_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 5 or 16,8, got {text!r}") from None
+
+
+def batch_size(text: str) -> int | str:
+    return text if text == "full" else positive_int(text)  # "full" becomes None in given_config
+
+
+def device_count(text: str) -> int | None:
+    return None if text == "all" else positive_int(text)
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32 - 1], got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32 - 1], got {text!r}")
+    return value
+
+
+#: One name of a --features list: "quoted" (kept exactly, "" for a quote inside) or plain (spaces around it dropped),
+#: then a comma or the end.
+COLUMN_NAME = re.compile(r'\s*(?:"((?:[^"]|"")*)"\s*|([^,"]*))(,|$)')
+
+
+def column_names(text: str) -> tuple[str, ...]:
+    """Column names as one CSV row: `a, b` is ('a', 'b'); quote a name to keep its commas and surrounding spaces:
+    `"a,b", " c "` is ('a,b', ' c '). Each name at least one character, none twice."""
+    names, position, separator = [], 0, ","
+    while separator:
+        match = COLUMN_NAME.match(text, position)
+        quoted, plain = (None, "") if match is None else match.group(1, 2)
+        name = quoted.replace('""', '"') if quoted is not None else plain.strip()
+        if not name:
+            raise argparse.ArgumentTypeError("expected comma-separated column names such as age,bmi (quote a name "
+                                             f'holding a comma or spaces to keep: "a,b"), got {text!r}')
+        if name in names:
+            raise argparse.ArgumentTypeError(f"column {name!r} is named twice")
+        names.append(name)
+        position, separator = match.end(), match.group(3)
+    return tuple(names)
+
+
+def add_problem_options(parser) -> None:
+    """The options `train` and `sweep` share: the data, the model, the optimizer and the run length."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=data.NAMES, help="default: diabetes (442 × 10, from scikit-learn)")
+    source.add_argument("--data", type=Path, metavar="FILE",
+                        help="your own data: a CSV with a header row, or an .npz with arrays x and y")
+    parser.add_argument("--target", metavar="COLUMN", help="the column to predict (default: the last one)")
+    parser.add_argument("--features", type=column_names, metavar="A,B,…",
+                        help='the columns to predict from (default: all but the target); quote a name to keep its '
+                             'commas and surrounding spaces: \'"a,b", c\'')
+    parser.add_argument("--hidden", type=hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5)")
+    parser.add_argument("--activation", choices=ACTIVATIONS, help="default relu")
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                        help="sgd: the hand-written update (default); optax-sgd, momentum (0.9), adam: optax")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, help="total training steps")
+    length.add_argument("--epochs", type=positive_int, help="passes over the training split (default 100)")
+    parser.add_argument("--batch-size", type=batch_size, help="minibatch size, or 'full' (default 32)")
+
+
+def given_config(args) -> dict:
+    """The Config values set on the command line."""
+    names = {field.name for field in dataclasses.fields(Config)}
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if args.data is not None:
+        given["dataset"] = str(args.data.absolute())
+    if given.get("batch_size") == "full":
+        given["batch_size"] = None
+    return given

@@ -1,0 +1,119 @@
+"""Watching training and stopping it, for every command that trains (`train`, `sweep`).
+
+    with console.progress_bar("train") as progress, StopSignals().caught() as signals:
+        watch = Watch(total, progress=progress, signals=signals)
+        result = bp_jax.fit(..., chunk_size=PROGRESS_EVERY, on_chunk=watch.on_chunk)
+        watch.history, watch.stopped_by, watch.elapsed_s  # [[step, loss], …]; the signal that stopped it
+
+Between `fit`'s chunks, `Watch.on_chunk` keeps the loss history (steps 0, k, 2k, …: at most about
+MAX_HISTORY_POINTS of them, k = ⌈total / MAX_HISTORY_POINTS⌉), shows progress, and returns True, which
+stops `fit` there, once SIGINT or SIGTERM came (every process of a multi-process run agreeing on it, so
+they all stop at the same step).
+"""
+
+import math
+import signal
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import jax
+import numpy as np
+
+from bp_jax.cli import distributed
+
+#: fit's chunks end every PROGRESS_EVERY steps: the progress bar moves and a stop signal is seen there.
+PROGRESS_EVERY = 1000
+MAX_HISTORY_POINTS = 2000
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, caught: `received` holds the first one's number, for a training loop to see
+    between chunks and stop there. A second signal acts as it would have without this (ends the process)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def _handle(self, number, frame):
+        self.received = number
+        self._restore()
+
+    def _restore(self):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    @contextmanager
+    def caught(self):
+        self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            self._restore()
+
+
+def shown_loss(result) -> float:
+    """The loss the progress bar shows: the chunk's last, for an ensemble the median over the members that
+    have not diverged (NaN when none is left)."""
+    last = np.asarray(result.losses[-1])
+    if last.ndim == 0:
+        return float(last)
+    live = last[np.asarray(result.diverged) < 0]
+    return float(np.median(live)) if len(live) else float("nan")
+
+
+class Watch:
+    """Training from step `start` to `total`, watched between chunks (see the module's docstring).
+
+    `history` continues a resumed run's [step, loss] pairs; an ensemble's loss is a list, one per member.
+    `progress(step, total, loss)` (process 0 only) and `signals` (a StopSignals) are optional.
+    """
+
+    def __init__(self, total: int, *, start: int = 0, history: Sequence = (), progress: Callable | None = None,
+                 signals: StopSignals | None = None):
+        self.total, self.progress, self.signals = total, progress, signals
+        self.history = list(history)
+        self.stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
+        self.step = start  # the losses of the steps before this one are in the history
+        self.stopped_by: int | None = None
+        self.started = time.perf_counter()
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the watch began."""
+        return time.perf_counter() - self.started
+
+    def add_losses(self, losses: np.ndarray, first: int) -> None:
+        """Keep the losses of steps `first`, `first + 1`, … that fall on the history's stride."""
+        self.history.extend([step, loss.tolist()] for step, loss in enumerate(losses, first)
+                            if step % self.stride == 0)
+        self.step = first + len(losses)
+
+    def add_rest(self, losses: np.ndarray, first: int) -> None:
+        """From `losses` (those of steps `first`, `first + 1`, …), keep the ones not seen yet: after `fit`
+        raised NonFiniteLoss, whose result holds the losses of the chunk it stopped in."""
+        self.add_losses(losses[self.step - first:], self.step)
+
+    def on_chunk(self, result) -> bool:
+        """`fit`'s on_chunk: record, show progress; True (stop there) once a stop signal came."""
+        losses = distributed.host_local(result.losses)
+        self.add_losses(losses, result.step - len(losses))
+        if self.progress is not None and jax.process_index() == 0:
+            self.progress(result.step, self.total, shown_loss(result))
+        received = self._agreed_signal()
+        if received is not None and result.step < self.total:
+            self.stopped_by = received
+        return self.stopped_by is not None
+
+    def _agreed_signal(self) -> int | None:
+        """The stop signal received, agreed on by all processes (so that they stop at the same step)."""
+        received = None if self.signals is None else self.signals.received
+        if jax.process_count() == 1:
+            return received
+        from jax.experimental import multihost_utils
+
+        numbers = multihost_utils.process_allgather(np.asarray(received or 0))
+        return int(numbers.max()) or None
