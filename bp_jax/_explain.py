@@ -64,8 +64,13 @@ class Graph:
         return jax.tree.map(lambda node: node.grad, self.inputs)
 
     def table(self, columns: Mapping[str, Mapping[Node, Any]] | None = None) -> str:
-        """A text table, one row per node: #, op, name, value, grad, then any extra `columns`
-        (heading -> {node: text or array}); tensors show as dtype[shape] and their first numbers."""
+        """A text table, one row per node: #, op, name, value, grad, then any extra `columns`, a mapping
+        heading -> {node: text or array} (e.g. `{"note": {graph.output: "L"}}`); tensors show as dtype[shape]
+        and their first numbers."""
+        if columns is not None and not (isinstance(columns, Mapping)
+                                        and all(isinstance(column, Mapping) for column in columns.values())):
+            raise TypeError("table(columns=...) takes extra columns as a mapping heading -> {node: text or array}, "
+                            f"e.g. {{'note': {{graph.output: 'L'}}}}; got {type(columns).__name__} {columns!r:.60}")
         columns = dict(columns or {})
         header = ["#", "op", "name", "value", "grad", *columns]
         rows = [[str(node.index), node.op, node.name, _brief(node.value), _brief(node.grad),
@@ -220,9 +225,10 @@ def _check_scalar(out_shape) -> None:
         raise ValueError(f"explain expects f to return a float scalar, got {type(out_shape).__name__} "
                          f"of {len(leaves)} arrays")
     (out,) = leaves
-    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.inexact):
-        raise ValueError(f"explain expects f to return a float scalar, got {out.dtype} of shape {out.shape}; "
-                         f"reduce it first, e.g. with jnp.sum or bp_jax.mse")
+    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        advice = ("a complex value has no gradient here: take its jnp.real or jnp.abs"
+                  if jnp.issubdtype(out.dtype, jnp.complexfloating) else "reduce it first, e.g. with jnp.sum or bp_jax.mse")
+        raise ValueError(f"explain expects f to return a float scalar, got {out.dtype} of shape {out.shape}; {advice}")
 
 
 def _input_names(f: Callable, count: int, paths: list) -> list[str]:
@@ -329,9 +335,12 @@ def _brief(value) -> str:
 
 
 def summary(value, count: int = 3) -> tuple[str, str]:
-    """(type, numbers): ("", "-4.5") for a scalar, ("f32[4,5]", "0.1 -0.3 0.5 …") for a tensor."""
+    """(type, numbers): ("", "-4.5") for a scalar, ("f32[4,5]", "0.1 -0.3 0.5 …") for a tensor,
+    ("key[]", "0 42") for a PRNG key (its key data: keys have no gradient)."""
     if value is None:
         return "", "—"
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return f"key[{','.join(map(str, value.shape))}]", _head(np.asarray(jax.random.key_data(value)), count)
     array = np.asarray(value)
     if array.ndim == 0:
         return "", f"{array.item():.6g}"
@@ -340,8 +349,12 @@ def summary(value, count: int = 3) -> tuple[str, str]:
         if dtype.startswith(long):
             dtype = short + dtype.removeprefix(long)
             break
+    return f"{dtype}[{','.join(map(str, array.shape))}]", _head(array, count)
+
+
+def _head(array: np.ndarray, count: int) -> str:
     head = " ".join(f"{v:.4g}" for v in array.ravel()[:count].tolist())
-    return f"{dtype}[{','.join(map(str, array.shape))}]", f"{head}{' …' if array.size > count else ''}"
+    return f"{head}{' …' if array.size > count else ''}"
 
 
 def _cell(value) -> str:

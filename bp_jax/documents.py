@@ -3,6 +3,7 @@
     from bp_jax import documents
     documents.NEURON.w, documents.NEURON.x, documents.NEURON.t    # 0.8, 1.5, 0.5
     documents.neuron_loss("sigmoid")(documents.NEURON.params, documents.NEURON.x, documents.NEURON.t)
+    documents.tiny_net_loss(documents.TINY_NET.params, documents.TINY_NET.x, documents.TINY_NET.t)   # 2.25
     documents.TINY_NET.params, documents.TINY_NET.x, ...          # {"w1": 0.5, "w2": 1.5}, 2.0, t = 3.0
     documents.TINY_NET_VALUES["L"], documents.TINY_NET_GRADS["w1"]    # 2.25, −9.0: the document's numbers
     model, params, x, y = documents.seed_problem(jax.random.key(0))   # the seed MLP, x = randn(32, 10)
@@ -12,12 +13,13 @@ seed MLP `nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))` with MSE,
 Pure: no files, no globals beyond these constants.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 
 from bp_jax._layers import Model, default_float, mlp, neuron, tiny_net
-from bp_jax._losses import LossFn, loss_fn, squared_error
+from bp_jax._losses import squared_error
 
 
 class Neuron(NamedTuple):
@@ -61,14 +63,19 @@ SEED_LR = 0.01
 SEED_BATCH = 32
 
 
-def neuron_loss(activation: str = "identity") -> LossFn:
-    """L(params, x, t) = (a(w·x) − t)², the single neuron's loss."""
-    return loss_fn(neuron(activation), squared_error)
+def neuron_loss(activation: str = "identity") -> Callable:
+    """L(params, x, t) = (a(w·x) − t)², the single neuron's loss (its arguments named as the document's)."""
+    model = neuron(activation)
+
+    def loss(params, x, t):
+        return squared_error(model.apply(params, x), t)
+
+    return loss
 
 
-def tiny_net_loss() -> LossFn:
-    """L(params, x, t) = (w2·relu(w1·x) − t)², the tiny network's loss."""
-    return loss_fn(tiny_net(), squared_error)
+def tiny_net_loss(params, x, t):
+    """L = (w2·relu(w1·x) − t)², the tiny network's loss."""
+    return squared_error(tiny_net().apply(params, x), t)
 
 
 def seed_mlp(activation: str = "relu", *, sizes=SEED_SIZES, dtype=None) -> Model:
