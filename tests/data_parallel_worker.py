@@ -9,12 +9,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import bp_jax
+from bp_jax import documents
 
 assert jax.device_count() == 8, jax.devices()
-model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
-params_key, x_key, y_key = jax.random.split(jax.random.key(0), 3)
-params = model.init(params_key)
-x, y = jax.random.normal(x_key, (64, 10)), jax.random.normal(y_key, (64, 1))
+model, params, x, y = documents.seed_problem(jax.random.key(0), 64)
 loss, key = bp_jax.loss_fn(model), jax.random.key(1)
 
 
