@@ -116,7 +116,7 @@ def _data_section(suite: dict) -> list[str]:
             f"× full batch = the row's median / the full batch's; torch / this = the torch row's median / the "
             f"row's.", "",
             *_table(["step", "rows", "median / step", "IQR", "min – max", "× full batch", "torch / this"], steps),
-            f"Compiling once: each round, a `fit` of a configuration never compiled (a new loss function; "
+            f"Compiling once: each round, a `fit` of a configuration never compiled (a new model's loss function; "
             f"{problem['first_fit']}), then one of the same configuration with {problem['second_fit']}; XLA "
             f"compilations counted by `jax.monitoring` (one number per round).", "",
             *_table(["fit call", "median", "IQR", "min – max", "compilations"], compiles),

@@ -3,7 +3,7 @@
     graph = bp_jax.explain(f, *args)    # f(*args) -> float scalar; args: pytrees of arrays
     graph.nodes                         # forward order: Node(name, op, value, grad, inputs)
     graph.grads                         # = jax.grad(f, argnums=range(len(args)))(*args)
-    graph.table(); graph.to_dot(); graph.save("graph.png")   # .dot, .svg or .png
+    graph.table()                       # one row per node; pictures: bp_jax.draw.save(graph, "graph.png")
 
 The graph is JAX's own: the jaxpr of f (`jax.make_jaxpr`), one node per input leaf (op "input"), per
 closed-over constant ("const") and per equation output (op = the primitive's name). `jit` calls are
@@ -22,7 +22,6 @@ import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -65,8 +64,13 @@ class Graph:
         return jax.tree.map(lambda node: node.grad, self.inputs)
 
     def table(self, columns: Mapping[str, Mapping[Node, Any]] | None = None) -> str:
-        """A text table, one row per node: #, op, name, value, grad, then any extra `columns`
-        (heading -> {node: text or array}); tensors show as dtype[shape] and their first numbers."""
+        """A text table, one row per node: #, op, name, value, grad, then any extra `columns`, a mapping
+        heading -> {node: text or array} (e.g. `{"note": {graph.output: "L"}}`); tensors show as dtype[shape]
+        and their first numbers."""
+        if columns is not None and not (isinstance(columns, Mapping)
+                                        and all(isinstance(column, Mapping) for column in columns.values())):
+            raise TypeError("table(columns=...) takes extra columns as a mapping heading -> {node: text or array}, "
+                            f"e.g. {{'note': {{graph.output: 'L'}}}}; got {type(columns).__name__} {columns!r:.60}")
         columns = dict(columns or {})
         header = ["#", "op", "name", "value", "grad", *columns]
         rows = [[str(node.index), node.op, node.name, _brief(node.value), _brief(node.grad),
@@ -75,35 +79,6 @@ class Graph:
         line = lambda row: "  ".join(cell.rjust(w) if i == 0 else cell.ljust(w)
                                      for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
         return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
-
-    def to_dot(self) -> str:
-        """Graphviz DOT: a box per node with its value (blue, forward) and grad (red, backward)."""
-        lines = ["digraph explain {", '  rankdir=LR; fontname="Helvetica";',
-                 '  node [shape=plaintext, margin=0, fontname="Helvetica"];',
-                 '  edge [color="#888888", arrowsize=0.7];',
-                 f'  label=<<font color="{VALUE_COLOR}">value: forward pass</font>     '
-                 f'<font color="{GRAD_COLOR}">grad = ∂f/∂node: backward pass</font>>;', '  labelloc=t;']
-        for node in self.nodes:
-            lines.append(f"  n{node.index} [label=<{_dot_label(node, self.output)}>];")
-        for node in self.nodes:
-            lines += [f"  n{source.index} -> n{node.index};" for source in dict.fromkeys(node.inputs)]
-        return "\n".join([*lines, "}", ""])
-
-    def save(self, path, *, engine: str | None = None) -> Path:
-        """Write the graph to `path`: .dot, .svg or .png by suffix. Pictures are drawn by Graphviz's `dot`
-        where it is installed, else by matplotlib (`engine` "graphviz" or "matplotlib" forces one)."""
-        from bp_jax import _render
-
-        return _render.save(self, Path(path), engine)
-
-
-VALUE_COLOR, GRAD_COLOR = "#1f5fbf", "#c0392b"
-NODE_FILL = {"input": "#e3f1e3", "const": "#eeeeee", "output": "#fff2c6", "op": "#ffffff"}
-
-
-def node_kind(node: Node, output: Node) -> str:
-    """input, const, output or op: what the picture colours a node by."""
-    return "output" if node is output else node.op if node.op in ("input", "const") else "op"
 
 
 def explain(f: Callable, *args) -> Graph:
@@ -250,9 +225,10 @@ def _check_scalar(out_shape) -> None:
         raise ValueError(f"explain expects f to return a float scalar, got {type(out_shape).__name__} "
                          f"of {len(leaves)} arrays")
     (out,) = leaves
-    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.inexact):
-        raise ValueError(f"explain expects f to return a float scalar, got {out.dtype} of shape {out.shape}; "
-                         f"reduce it first, e.g. with jnp.sum or bp_jax.mse")
+    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        advice = ("a complex value has no gradient here: take its jnp.real or jnp.abs"
+                  if jnp.issubdtype(out.dtype, jnp.complexfloating) else "reduce it first, e.g. with jnp.sum or bp_jax.mse")
+        raise ValueError(f"explain expects f to return a float scalar, got {out.dtype} of shape {out.shape}; {advice}")
 
 
 def _input_names(f: Callable, count: int, paths: list) -> list[str]:
@@ -355,13 +331,16 @@ _DTYPE_SHORT = (("bfloat", "bf"), ("float", "f"), ("uint", "u"), ("int", "i"), (
 
 def _brief(value) -> str:
     """A scalar as `-4.5`; a tensor as `f32[4,5] 0.1 -0.3 0.5 …`, its type and first entries."""
-    return " ".join(part for part in _summary(value) if part)
+    return " ".join(part for part in summary(value) if part)
 
 
-def _summary(value, count: int = 3) -> tuple[str, str]:
-    """(type, numbers): ("", "-4.5") for a scalar, ("f32[4,5]", "0.1 -0.3 0.5 …") for a tensor."""
+def summary(value, count: int = 3) -> tuple[str, str]:
+    """(type, numbers): ("", "-4.5") for a scalar, ("f32[4,5]", "0.1 -0.3 0.5 …") for a tensor,
+    ("key[]", "0 42") for a PRNG key (its key data: keys have no gradient)."""
     if value is None:
         return "", "—"
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return f"key[{','.join(map(str, value.shape))}]", _head(np.asarray(jax.random.key_data(value)), count)
     array = np.asarray(value)
     if array.ndim == 0:
         return "", f"{array.item():.6g}"
@@ -370,28 +349,13 @@ def _summary(value, count: int = 3) -> tuple[str, str]:
         if dtype.startswith(long):
             dtype = short + dtype.removeprefix(long)
             break
+    return f"{dtype}[{','.join(map(str, array.shape))}]", _head(array, count)
+
+
+def _head(array: np.ndarray, count: int) -> str:
     head = " ".join(f"{v:.4g}" for v in array.ravel()[:count].tolist())
-    return f"{dtype}[{','.join(map(str, array.shape))}]", f"{head}{' …' if array.size > count else ''}"
-
-
-def box_lines(node: Node) -> list[str]:
-    """The lines of a node's box in a picture: name; index, op and type; value; grad."""
-    kind, value = _summary(node.value)
-    return [node.name, f"#{node.index} {node.op}{'  ' + kind if kind else ''}",
-            f"value {value}", f"grad {_summary(node.grad)[1]}"]
+    return f"{head}{' …' if array.size > count else ''}"
 
 
 def _cell(value) -> str:
     return value if isinstance(value, str) else _brief(value)
-
-
-def _dot_label(node: Node, output: Node) -> str:
-    """A node's HTML-like DOT label: name, op, value in blue, grad in red."""
-    escape = lambda text: text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    name, op, value, grad = map(escape, box_lines(node))
-    return (f'<table border="1" cellborder="0" cellspacing="0" cellpadding="3" '
-            f'bgcolor="{NODE_FILL[node_kind(node, output)]}">'
-            f'<tr><td><b>{name}</b></td></tr>'
-            f'<tr><td><font point-size="9" color="#777777">{op}</font></td></tr>'
-            f'<tr><td><font color="{VALUE_COLOR}">{value}</font></td></tr>'
-            f'<tr><td><font color="{GRAD_COLOR}">{grad}</font></td></tr></table>')

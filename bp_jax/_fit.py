@@ -70,6 +70,14 @@ class _Divergence(NamedTuple):
     cause: jax.Array
 
 
+class _LoopState(NamedTuple):
+    """What the compiled loop carries from step to step (and donates between calls)."""
+
+    params: Any
+    opt_state: Any
+    divergence: _Divergence
+
+
 def _count(name: str, value, minimum: int) -> int:
     """`value` as an int ≥ minimum (numpy integers welcome); ValueError naming it otherwise."""
     try:
@@ -130,11 +138,58 @@ def _key_batch_shape(key) -> tuple[int, ...]:
     raise TypeError(f"key must be a PRNG key such as jax.random.key(0) (or a raw jax.random.PRNGKey(0)), got {described}")
 
 
-def _check_method(lr, optimizer):
+class _Setup(NamedTuple):
+    """What `fit` and `fit_ensemble` share once their arguments are checked."""
+
+    optimizer: optax.GradientTransformation | None
+    steps: int
+    start_step: int
+    chunk_sizes: tuple[int, ...]
+    x: Any
+    y: Any
+    batch_size: int | None
+
+
+def _check_arguments(params, x, y, *, steps, start_step, chunk_size, batch_size, lr, optimizer, key, opt_state,
+                     mesh, ensemble: bool) -> _Setup:
+    """The opening checks of `fit` and `fit_ensemble`: exactly one of lr or optimizer, an opt_state only with an
+    optimizer and shaped as its init (vmapped for an `ensemble`) would make it, counts, chunk sizes and data;
+    ValueError or TypeError naming what does not fit."""
     if (lr is None) == (optimizer is None):
         raise ValueError("fit takes exactly one of lr (hand-written SGD) or optimizer (optax), "
                          f"got lr={lr!r}, optimizer={optimizer!r}")
-    return None if optimizer is None else check_optimizer(optimizer)
+    optimizer = None if optimizer is None else check_optimizer(optimizer)
+    if opt_state is not None:
+        if optimizer is None:
+            raise ValueError("opt_state is an optimizer's state: the hand-written SGD (lr=...) has none; pass "
+                             "optimizer=... with it, or leave opt_state out")
+        init = jax.vmap(optimizer.init) if ensemble else optimizer.init
+        _check_opt_state(opt_state, jax.eval_shape(init, params))
+    steps, start_step = _check_steps(steps, start_step)
+    chunk_sizes = _chunk_sizes(chunk_size)
+    x, y, batch_size = _check_data(x, y, batch_size, key, mesh)
+    return _Setup(optimizer, steps, start_step, chunk_sizes, x, y, batch_size)
+
+
+def _check_opt_state(opt_state, expected) -> None:
+    """ValueError unless `opt_state` has the tree structure and leaf shapes of `expected` (the optimizer's
+    init of these params, as jax.eval_shape gives it)."""
+    got_tree, expected_tree = jax.tree.structure(opt_state), jax.tree.structure(expected)
+    if got_tree != expected_tree:
+        raise ValueError(f"opt_state does not match the optimizer: optimizer.init(params) gives {expected_tree}, "
+                         f"got {got_tree}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        want = _leaf_at(expected, path)
+        if jnp.shape(leaf) != want.shape:
+            raise ValueError(f"opt_state{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; "
+                             f"optimizer.init(params) gives {want.shape}")
+
+
+def _leaf_at(tree, path):
+    for key in path:
+        tree = (tree[key.key] if isinstance(key, jax.tree_util.DictKey) else tree[key.idx]
+                if isinstance(key, jax.tree_util.SequenceKey) else getattr(tree, key.name))
+    return tree
 
 
 def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None = None, lr=None,
@@ -145,9 +200,9 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
 
     Exactly one of `lr` (w ← w − lr·g, as `sgd_step`; lr is data, a new value does not recompile) or
     `optimizer` (any optax GradientTransformation, as `optax_step`; state from `optimizer.init` unless
-    `opt_state` is given). Full batch when `batch_size` is None, else the rows
-    `minibatch_indices(key, step, len(x), batch_size)`. Chunk boundaries fall on the multiples of
-    `chunk_size` (or of each of several sizes, e.g. (1000, checkpoint_every)); after each,
+    `opt_state` is given, which must have that state's structure). Full batch when `batch_size` is None,
+    else the rows `minibatch_indices(key, step, len(x), batch_size)`. Chunk boundaries fall on the multiples
+    of `chunk_size` (or of each of several sizes, e.g. (1000, checkpoint_every)); after each,
     `on_chunk(FitResult)` gets the state so far with that chunk's losses; if it returns True, fit stops
     there and returns that state (`result.step` < start_step + steps). The chunking changes nothing but
     where on_chunk is called.
@@ -158,10 +213,10 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     which must divide it; params, optimizer state and the returned arrays are replicated, and the
     compiler reduces the gradients. A mesh spanning processes takes the same x and y in every process.
     """
-    optimizer = _check_method(lr, optimizer)
-    steps, start_step = _check_steps(steps, start_step)
-    chunk_sizes = _chunk_sizes(chunk_size)
-    x, y, batch_size = _check_data(x, y, batch_size, key, mesh)
+    setup = _check_arguments(params, x, y, steps=steps, start_step=start_step, chunk_size=chunk_size,
+                             batch_size=batch_size, lr=lr, optimizer=optimizer, key=key, opt_state=opt_state,
+                             mesh=mesh, ensemble=False)
+    optimizer, x, y, batch_size = setup.optimizer, setup.x, setup.y, setup.batch_size
     if key is not None and _key_batch_shape(key) != ():
         raise ValueError(f"fit takes one key, got keys of shape {_key_batch_shape(key)}; fit_ensemble takes one per "
                          "member")
@@ -176,17 +231,17 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
         data_layout = batch_sharded(mesh) if batch_size is None else replicated(mesh)
         x, y = place(x, data_layout), place(y, data_layout)
     run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=False, key_axis=None)
-    state = (_copy((params, opt_state)), _Divergence(np.int32(-1), np.int32(0)))
+    params, opt_state = _copy((params, opt_state))
+    state = _LoopState(params, opt_state, _Divergence(np.int32(-1), np.int32(0)))
 
     def result(state, losses, step):
-        return FitResult(*state[0], losses, step)
+        return FitResult(state.params, state.opt_state, losses, step)
 
-    state, losses, step = _drive(run, state, (lr, key, x, y), start_step, steps, chunk_sizes, on_chunk, result,
-                                 stop_when_diverged=True)
-    bad = int(_to_host(state[1].step))
+    state, losses, step = _drive(run, state, (lr, key, x, y), setup, on_chunk, result, stop_when_diverged=True)
+    bad = int(_to_host(state.divergence.step))
     if bad >= 0:
-        raise NonFiniteLoss(bad, result(state, losses[: bad - start_step + 1], bad),
-                            CAUSES[int(_to_host(state[1].cause))])
+        raise NonFiniteLoss(bad, result(state, losses[: bad - setup.start_step + 1], bad),
+                            CAUSES[int(_to_host(state.divergence.cause))])
     return result(state, losses, step)
 
 
@@ -201,21 +256,21 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     `params` has a leading member axis E on every leaf (e.g. `jax.vmap(model.init)(jax.random.split(k, E))`).
     `lr`: one float or an array of E learning rates for the hand-written update, traced as data (new rates
     never recompile). `optimizer`: one optax transformation for all members, its state vmapped over them
-    (`jax.vmap(optimizer.init)(params)` unless `opt_state` is given); per-member hyperparameters through
-    `optax.inject_hyperparams`, whose state holds them as arrays: set `opt_state.hyperparams[name]` to an
-    (E,) array. `key`: one key (every member reads the same minibatches) or E stacked keys (one order each),
-    read by `minibatch_indices` as in `fit`. A member whose loss or update turns non-finite is frozen at
-    its last finite params and reported in `diverged`; the others carry on. Member i ends where
-    `fit(loss_fn, params[i], ..., lr=lr[i], key=key[i])` ends, up to float rounding.
+    (`jax.vmap(optimizer.init)(params)` unless `opt_state` is given, with that structure); per-member
+    hyperparameters through `optax.inject_hyperparams`, whose state holds them as arrays: set
+    `opt_state.hyperparams[name]` to an (E,) array. `key`: one key (every member reads the same minibatches)
+    or E stacked keys (one order each), read by `minibatch_indices` as in `fit`. A member whose loss or update
+    turns non-finite is frozen at its last finite params and reported in `diverged`; the others carry on.
+    Member i ends where `fit(loss_fn, params[i], ..., lr=lr[i], key=key[i])` ends, up to float rounding.
 
     With a `mesh` (`ensemble_mesh`), the members are split over its "models" axis, which must divide E;
     x and y are replicated.
     """
-    optimizer = _check_method(lr, optimizer)
-    steps, start_step = _check_steps(steps, start_step)
-    chunk_sizes = _chunk_sizes(chunk_size)
-    x, y, batch_size = _check_data(x, y, batch_size, key, mesh)
     members = _members(params)
+    setup = _check_arguments(params, x, y, steps=steps, start_step=start_step, chunk_size=chunk_size,
+                             batch_size=batch_size, lr=lr, optimizer=optimizer, key=key, opt_state=opt_state,
+                             mesh=mesh, ensemble=True)
+    optimizer, x, y, batch_size = setup.optimizer, setup.x, setup.y, setup.batch_size
     if optimizer is None:
         lrs = _member_lrs(lr, members)
     else:
@@ -234,13 +289,14 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     divergence = _Divergence(np.full(members, -1, np.int32), np.zeros(members, np.int32))
     if mesh is not None:
         divergence = jax.tree.map(lambda leaf: place(leaf, member_sharded(mesh)), divergence)
-    state = (_copy((params, opt_state)), divergence)
+    params, opt_state = _copy((params, opt_state))
+    state = _LoopState(params, opt_state, divergence)
 
     def result(state, losses, step):
-        return EnsembleResult(*state[0], losses, step, _to_host(state[1].step))
+        return EnsembleResult(state.params, state.opt_state, losses, step, _to_host(state.divergence.step))
 
-    state, losses, step = _drive(run, state, (lrs, key, x, y), start_step, steps, chunk_sizes, on_chunk, result,
-                                 stop_when_diverged=False)
+    state, losses, step = _drive(run, state, (lrs, key, x, y), setup, on_chunk, result, stop_when_diverged=False,
+                                 loss_shape=(members,))
     return result(state, losses, step)
 
 
@@ -289,25 +345,28 @@ def _to_host(array) -> np.ndarray:
     return np.asarray(array.addressable_data(0) if spans_processes else array)
 
 
-def _drive(run, state, inputs, start_step, steps, chunk_sizes, on_chunk, result, stop_when_diverged):
+def _drive(run, state: _LoopState, inputs, setup: _Setup, on_chunk, result, stop_when_diverged: bool,
+           loss_shape: tuple[int, ...] = ()):
     """The host side of both loops: calls `run` for at most CAPACITY steps at a time, gives `on_chunk`
     the result after every chunk (boundaries on the multiples of each chunk size) and stops when it returns
-    True; returns the state, the losses and the step reached; with `stop_when_diverged`, returns as soon as
-    the model diverged."""
-    step, end, losses = start_step, start_step + steps, []
+    True; returns the state, the losses (steps, *loss_shape) and the step reached; with `stop_when_diverged`,
+    returns as soon as the model diverged."""
+    step, end, losses = setup.start_step, setup.start_step + setup.steps, []
     while step < end:
-        chunk_end, chunk = min(end, *((step // size + 1) * size for size in chunk_sizes)), []
+        chunk_end, chunk = min(end, *((step // size + 1) * size for size in setup.chunk_sizes)), []
         while step < chunk_end:
             length = min(chunk_end - step, CAPACITY)
             state, piece = run(state, *inputs, step, length)
             chunk.append(_to_host(piece)[:length])
             step += length
-            if stop_when_diverged and _to_host(state[1].step) >= 0:
+            if stop_when_diverged and _to_host(state.divergence.step) >= 0:
                 return state, np.concatenate(losses + chunk), step
         losses += chunk
-        if on_chunk is not None and on_chunk(result((_copy(state[0]), state[1]), np.concatenate(chunk), step)) is True:
-            break  # a copy went to on_chunk: the next call donates the state
-    return state, np.concatenate(losses) if losses else np.zeros(0, np.float32), step
+        if on_chunk is not None:
+            params, opt_state = _copy((state.params, state.opt_state))  # the next call donates the state
+            if on_chunk(result(state._replace(params=params, opt_state=opt_state), np.concatenate(chunk), step)) is True:
+                break
+    return state, np.concatenate(losses) if losses else np.zeros((0, *loss_shape), np.float32), step
 
 
 def _all_finite(tree) -> jax.Array:
@@ -348,7 +407,7 @@ def _compiled_loop(loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_
     """jit of `run(state, lr, key, x, y, first_step, length) -> (state, losses)`: steps first_step …
     first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once
     every model has diverged; losses[i] is step first_step + i's loss, NaN past the last step run.
-    state = ((params, opt_state), divergence). For an `ensemble` the per-model step is vmapped over the
+    state is a _LoopState. For an `ensemble` the per-model step is vmapped over the
     members, with the key shared (`key_axis` None) or per member (0)."""
     guarded = _guarded_update(loss_fn, optimizer)
     data_parallel = mesh is not None and not ensemble
@@ -372,22 +431,19 @@ def _compiled_loop(loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_
 
     @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
     def run(state, lr, key, x, y, first_step, length):
-        (params, opt_state), divergence = state
-        step_shape = jax.eval_shape(model_step, params, opt_state, divergence, lr, key, x, y, first_step)[3]
+        step_shape = jax.eval_shape(model_step, *state, lr, key, x, y, first_step)[3]
         buffer = jnp.full((CAPACITY, *step_shape.shape), jnp.nan, step_shape.dtype)
 
         def body(carry):
-            i, params, opt_state, divergence, losses = carry
-            params, opt_state, divergence, loss = model_step(params, opt_state, divergence, lr, key, x, y,
-                                                             first_step + i)
-            return i + 1, params, opt_state, divergence, losses.at[i].set(loss)
+            i, state, losses = carry
+            *new_state, loss = model_step(*state, lr, key, x, y, first_step + i)
+            return i + 1, _LoopState(*new_state), losses.at[i].set(loss)
 
         def more(carry):
-            i, _, _, divergence, _ = carry
-            return (i < length) & jnp.any(divergence.step < 0)
+            i, state, _ = carry
+            return (i < length) & jnp.any(state.divergence.step < 0)
 
-        _, params, opt_state, divergence, losses = jax.lax.while_loop(
-            more, body, (jnp.zeros_like(length), params, opt_state, divergence, buffer))
-        return ((params, opt_state), divergence), losses
+        _, state, losses = jax.lax.while_loop(more, body, (jnp.zeros_like(length), state, buffer))
+        return state, losses
 
     return run

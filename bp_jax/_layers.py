@@ -24,11 +24,14 @@ Array = jax.Array
 
 
 class Model(NamedTuple):
-    """`init(key) -> params`, `apply(params, x) -> y`, and optionally the hand-written `vjp`."""
+    """`init(key) -> params`, `apply(params, x) -> y`, optionally the hand-written `vjp`, and `name`, what
+    the model is as the constructor call that builds it, e.g. "Sequential(Linear(10, 5), ReLU(), Linear(5, 1))"
+    (None when unknown): two models of one name compute the same function of the same params."""
 
     init: Callable[[Array], Params]
     apply: Callable[[Params, Array], Array]
     vjp: Callable[[Params, Array], tuple[Array, Callable]] | None = None
+    name: str | None = None
 
 
 def _relu_derivative(z):
@@ -129,7 +132,11 @@ def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None
 
         return y, backward
 
-    return Model(init, apply, vjp)
+    return Model(init, apply, vjp, name)
+
+
+#: Each activation's layer as torch.nn names it.
+_LAYER_NAMES = {"identity": "Identity", "relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 
 
 def elementwise(name: str) -> Model:
@@ -144,7 +151,7 @@ def elementwise(name: str) -> Model:
     def vjp(params, x):
         return apply(params, x), lambda dy: ({}, dy * derivative(x))
 
-    return Model(lambda key: {}, apply, vjp)
+    return Model(lambda key: {}, apply, vjp, f"{_LAYER_NAMES[name]}()")
 
 
 def ReLU() -> Model:
@@ -211,19 +218,22 @@ def Sequential(*layers: Model) -> Model:
 
         return x, backward
 
-    return Model(init, apply, vjp if all(layer.vjp for layer in layers) else None)
+    names = [layer.name for layer in layers]
+    name = None if None in names else f"Sequential({', '.join(names)})"
+    return Model(init, apply, vjp if all(layer.vjp for layer in layers) else None, name)
 
 
-def mlp(sizes: Sequence[int], activation_name: str = "relu") -> Model:
+def mlp(sizes: Sequence[int], activation_name: str = "relu", *, dtype=None) -> Model:
     """Sequential(Linear(n0, n1), a, Linear(n1, n2), a, …, Linear(n_{k−1}, n_k)): an activation between
-    every pair of Linear layers, none after the last. `mlp((10, 5, 1))` is the documents' seed MLP."""
+    every pair of Linear layers, none after the last (their params of `dtype`, default float). `mlp((10, 5, 1))`
+    is the documents' seed MLP."""
     sizes = tuple(sizes)
     if len(sizes) < 2:
         raise ValueError(f"mlp needs at least two sizes (inputs and outputs), got {sizes}")
     activation(activation_name)
     layers = []
     for fan_in, fan_out in zip(sizes, sizes[1:]):
-        layers += [Linear(fan_in, fan_out), elementwise(activation_name)]
+        layers += [Linear(fan_in, fan_out, dtype=dtype), elementwise(activation_name)]
     return Sequential(*layers[:-1])
 
 
@@ -239,7 +249,7 @@ def neuron(activation_name: str = "identity") -> Model:
         check_params(name, params, {"w": _SCALAR})
         return fn(params["w"] * x)
 
-    return Model(lambda key: {"w": jax.random.uniform(key, (), default_float(), -1, 1)}, apply)
+    return Model(lambda key: {"w": jax.random.uniform(key, (), default_float(), -1, 1)}, apply, name=name)
 
 
 def tiny_net() -> Model:
@@ -256,4 +266,4 @@ def tiny_net() -> Model:
         check_params("tiny_net", params, {"w1": _SCALAR, "w2": _SCALAR})
         return params["w2"] * jax.nn.relu(params["w1"] * x)
 
-    return Model(init, apply)
+    return Model(init, apply, name="tiny_net()")

@@ -1,6 +1,7 @@
 """Losses: pure functions of (pred, target) that refuse to broadcast mismatched shapes."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax.numpy as jnp
 
@@ -25,10 +26,19 @@ def mse(pred, target):
     return jnp.mean(squared_error(pred, target))
 
 
-def loss_fn(model: Model, loss: Callable = mse) -> Callable:
-    """`f(params, x, y) = loss(model.apply(params, x), y)`, the function that gets differentiated."""
+@dataclass(frozen=True)
+class LossFn:
+    """`f(params, x, y) = loss(model.apply(params, x), y)`: equal (and equally hashed) for the same model and
+    loss, so the compiled programs cached on it are reused by a fresh `loss_fn(model)`."""
 
-    def f(params, x, y):
-        return loss(model.apply(params, x), y)
+    model: Model
+    loss: Callable = mse
 
-    return f
+    def __call__(self, params, x, y):
+        return self.loss(self.model.apply(params, x), y)
+
+
+def loss_fn(model: Model, loss: Callable = mse) -> LossFn:
+    """`f(params, x, y) = loss(model.apply(params, x), y)`, the function that gets differentiated; equal
+    arguments give equal functions (one compilation for `fit` however often it is called)."""
+    return LossFn(model, loss)

@@ -2,11 +2,13 @@
 
     params = from_torch(torch_model)              # nn.Sequential -> params for the matching bp_jax.Sequential
     params = from_torch(state_dict, model=model)  # {"0.weight": ..., "2.bias": ...} -> the same
-    to_torch(params, torch_model)                 # writes params into the module in place, returns it
+    to_torch(params, torch_model, model=model)    # writes params into the module in place, returns it
 
 Layers map one to one: nn.Linear -> {"weight": (out, in), "bias": (out,)} (PyTorch's layout, no transposes;
 no "bias" for bias=False), nn.ReLU, nn.Sigmoid, nn.Tanh -> {}, nn.Sequential -> a tuple with one entry per
-layer. Any other module is a TypeError naming its place and type. Values are copied, never shared.
+layer. Any other module is a TypeError naming its place and type. Given a `model`, its `name` must be the
+module's (same layers, same activations): a Tanh network's weights never go silently into a ReLU one. Values
+are copied, never shared.
 """
 
 from collections.abc import Mapping
@@ -27,7 +29,9 @@ PARAMETER_FREE = (nn.ReLU, nn.Sigmoid, nn.Tanh)
 SUPPORTED = "supported: nn.Sequential, nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh"
 
 
-def _to_jax(tensor: torch.Tensor) -> jax.Array:
+def _to_jax(tensor: torch.Tensor | np.ndarray) -> jax.Array:
+    if isinstance(tensor, (np.ndarray, np.generic)):
+        return jnp.array(tensor)
     tensor = tensor.detach().cpu()
     if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: move the bits, as JAX's (ml_dtypes') bfloat16
         return jnp.array(tensor.view(torch.int16).numpy().view(jnp.bfloat16))
@@ -49,6 +53,22 @@ def _module_params(module: nn.Module, where: str) -> Params:
         return {}
     raise TypeError(f"layer {where.rstrip('.') or '(top)'} is {type(module).__name__}, which bp_jax has no "
                     f"layer for; {SUPPORTED}")
+
+
+def _module_name(module: nn.Module) -> str:
+    """The module as the bp_jax constructor call naming the same layers: `Model.name`'s form."""
+    if isinstance(module, nn.Sequential):
+        return f"Sequential({', '.join(map(_module_name, module))})"
+    if isinstance(module, nn.Linear):
+        return f"Linear({module.in_features}, {module.out_features}{'' if module.bias is not None else ', bias=False'})"
+    return f"{type(module).__name__}()"
+
+
+def _check_layers(module: nn.Module, model: Model | None) -> None:
+    """ValueError unless the module has the model's layers and activations (where the model's name is known)."""
+    if model is not None and model.name is not None and _module_name(module) != model.name:
+        raise ValueError(f"the torch module is {_module_name(module)} but the model is {model.name}: they compute "
+                         "different functions")
 
 
 def _state_dict_params(state_dict: Mapping, num_layers: int | None) -> Params:
@@ -95,7 +115,8 @@ def from_torch(module_or_state_dict: nn.Module | Mapping, model: Model | None = 
       module_or_state_dict: an nn.Sequential (possibly nested) of nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh,
         one such layer, or an nn.Sequential's `state_dict()` (keys "<index>.weight", "<index>.bias").
       model: the matching bp_jax model. When given, every layer's keys and shapes are checked against
-        `jax.eval_shape(model.init, key)` and a mismatch is a ValueError naming the layer index. A state_dict
+        `jax.eval_shape(model.init, key)` and a mismatch is a ValueError naming the layer index; a module's
+        layers and activations must be the model's (`model.name`). A state_dict (of torch tensors or numpy arrays)
         says nothing about parameter-free layers: without `model` it yields `{}` for each missing index up to
         the highest one present, so a trailing activation (Linear, ReLU, Linear, Sigmoid) needs `model`.
 
@@ -115,6 +136,8 @@ def from_torch(module_or_state_dict: nn.Module | Mapping, model: Model | None = 
                         f"got {type(module_or_state_dict).__name__}")
     if expected is not None:
         _check_against(params, expected)
+    if isinstance(module_or_state_dict, nn.Module):
+        _check_layers(module_or_state_dict, model)
     return params
 
 
@@ -142,13 +165,15 @@ def _pairs(params: Params, module: nn.Module, where: str) -> list[tuple[torch.Te
     return pairs
 
 
-def to_torch(params: Params, module: nn.Module) -> nn.Module:
+def to_torch(params: Params, module: nn.Module, model: Model | None = None) -> nn.Module:
     """Copy bp_jax params into `module`'s parameters in place (under torch.no_grad) and return the module.
 
     The inverse of `from_torch`: the same layers and layout. Each tensor keeps the module's dtype and device.
     Every layer is checked before anything is written: a missing key or a value of another shape is a
-    ValueError naming the layer and both shapes, and leaves the module untouched.
+    ValueError naming the layer and both shapes, and leaves the module untouched; so is a `model` (the one
+    the params belong to) whose layers or activations are not the module's.
     """
+    _check_layers(module, model)
     pairs = _pairs(params, module, "")
     with torch.no_grad():
         for tensor, value in pairs:

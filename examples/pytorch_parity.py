@@ -60,7 +60,7 @@ def seed_mlp(dtype):
     criterion = nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
-    bp_model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
+    bp_model = bp_jax.mlp((10, 5, 1), "relu")
     params = bp_jax.from_torch(model, bp_model)  # identical weights: the two RNG streams differ
     bp_x, bp_y = to_jax(x), to_jax(y)
     precision = "float64" if dtype == torch.float64 else "float32"

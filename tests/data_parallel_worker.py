@@ -9,12 +9,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import bp_jax
+from bp_jax import documents
 
 assert jax.device_count() == 8, jax.devices()
-model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
-params_key, x_key, y_key = jax.random.split(jax.random.key(0), 3)
-params = model.init(params_key)
-x, y = jax.random.normal(x_key, (64, 10)), jax.random.normal(y_key, (64, 1))
+model, params, x, y = documents.seed_problem(jax.random.key(0), 64)
 loss, key = bp_jax.loss_fn(model), jax.random.key(1)
 
 
@@ -54,8 +52,9 @@ report["step_output_devices"] = len(sgd_sharded[0][0]["weight"].sharding.device_
 # Split batches mean the compiler sums the gradients across devices: an all-reduce in both programs.
 step_program = bp_jax.sgd_step(loss, 0.05).lower(replicate(params), split(x), split(y)).compile().as_text()
 divergence = bp_jax._fit._Divergence(replicate(jnp.asarray(-1, jnp.int32)), replicate(jnp.asarray(0, jnp.int32)))
+state = bp_jax._fit._LoopState(replicate(params), None, divergence)
 fit_program = bp_jax._fit._compiled_loop(loss, None, 16, mesh, ensemble=False, key_axis=None).lower(
-    ((replicate(params), None), divergence), 0.05, replicate(key), replicate(x), replicate(y), 0, 40
+    state, 0.05, replicate(key), replicate(x), replicate(y), 0, 40
 ).compile().as_text()
 report["all_reduce"] = {"sgd_step": "all-reduce" in step_program, "fit": "all-reduce" in fit_program}
 

@@ -4,7 +4,7 @@ import jax
 import pytest
 
 import bp_jax
-from bp_jax import cli, manual
+from bp_jax import cli, documents, manual
 from bp_jax.cli import check as backends
 
 
@@ -29,7 +29,7 @@ def test_parity_checks_pass_on(platform):
 def test_checks_run_on_the_device_they_name(platform):
     device = device_or_skip(platform)
     with jax.default_device(device):
-        model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
+        model = documents.seed_mlp()
         params = model.init(jax.random.key(0))
         loss, _ = manual.value_and_grad(model)(params, jax.numpy.ones((4, 10)), jax.numpy.zeros((4, 1)))
     assert loss.devices() == {device}

@@ -7,13 +7,29 @@ import optax
 import pytest
 
 import bp_jax
-from bp_jax import manual
+from bp_jax import documents, manual
 
-X, W1, W2, TARGET = 2.0, 0.5, 1.5, 3.0
+X, W1, W2, TARGET = documents.TINY_NET.x, documents.TINY_NET.w1, documents.TINY_NET.w2, documents.TINY_NET.t
+
+
+def test_the_catalogue_holds_the_documents_constants():
+    assert (X, W1, W2, TARGET) == (2.0, 0.5, 1.5, 3.0)
+    assert tuple(documents.NEURON) == (0.8, 1.5, 0.5)
+    assert documents.TINY_NET_VALUES == {"z1": 1.0, "a1": 1.0, "y": 1.5, "L": 2.25}
+    assert documents.TINY_NET_GRADS == {"w1": -9.0, "w2": -3.0, "x": -2.25}
+    assert (documents.SEED_SIZES, documents.SEED_LR, documents.SEED_BATCH) == ((10, 5, 1), 0.01, 32)
+
+
+def test_the_catalogues_tiny_net_equations_are_the_hand_derivation():
+    steps = manual.tiny_net_backward(W1, W2, X, TARGET)
+    values = {name: float(value) for name, (value, _) in steps.items()}
+    assert {name: values[name] for name in documents.TINY_NET_VALUES} == documents.TINY_NET_VALUES
+    assert set(documents.TINY_NET_EQUATIONS) | {"w1", "w2", "x", "t"} == set(steps)
+    assert documents.tiny_net_loss(documents.TINY_NET.params, X, TARGET) == documents.TINY_NET_VALUES["L"]
 
 
 def test_tiny_network_forward_values_and_loss():
-    params = {"w1": W1, "w2": W2}
+    params = documents.TINY_NET.params
     z1 = W1 * X
     assert z1 == 1.0
     assert jax.nn.relu(z1) == 1.0
@@ -50,21 +66,18 @@ def test_single_neuron_formula_is_the_documents(name):
 
 
 def test_seed_mlp_layout_matches_nn_sequential():
-    model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
-    params = model.init(jax.random.key(0))
+    model, params, x, y = documents.seed_problem(jax.random.key(0))
+    assert model.name == "Sequential(Linear(10, 5), ReLU(), Linear(5, 1))"
     shapes = jax.tree.map(jnp.shape, params)
     assert shapes == ({"weight": (5, 10), "bias": (5,)}, {}, {"weight": (1, 5), "bias": (1,)})
-    x = jax.random.normal(jax.random.key(1), (32, 10))
+    assert (x.shape, y.shape) == ((32, 10), (32, 1))
     assert model.apply(params, x).shape == (32, 1)
 
 
 def test_seed_training_step_lowers_the_loss():
-    model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
-    keys = jax.random.split(jax.random.key(3), 3)
-    x, y = jax.random.normal(keys[1], (32, 10)), jax.random.normal(keys[2], (32, 1))
+    model, params, x, y = documents.seed_problem(jax.random.key(3))
     loss = bp_jax.loss_fn(model)
-    optimizer = optax.sgd(0.01)
-    params = model.init(keys[0])
+    optimizer = optax.sgd(documents.SEED_LR)
     step = bp_jax.optax_step(loss, optimizer)
     state = optimizer.init(params)
     losses = []

@@ -14,7 +14,6 @@ import optax
 import pytest
 
 import bp_jax
-from test_fit import count_compilations
 
 MEMBERS = 4
 
@@ -86,15 +85,12 @@ def test_a_diverging_member_is_frozen_and_reported_while_the_others_carry_on():
         chex.assert_trees_all_close(member(result.params, i), single.params, rtol=1e-5, atol=1e-5)
 
 
-def test_new_learning_rates_do_not_compile_again():
+def test_new_learning_rates_do_not_compile_again(count_compilations):
     loss, params, x, y = problem(4)
     bp_jax.fit_ensemble(loss, params, x, y, steps=10, lr=jnp.full(MEMBERS, 0.01), batch_size=8, key=jax.random.key(0))
-    compiled, listener = count_compilations()
-    try:
+    with count_compilations() as compiled:
         bp_jax.fit_ensemble(loss, params, x, y, steps=33, lr=jnp.asarray([0.1, 0.2, 0.3, 0.4]), batch_size=8,
                             key=jax.random.key(0), chunk_size=7)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert compiled == []
 
 
@@ -119,6 +115,26 @@ def test_bad_ensemble_arguments_are_refused(kwargs, message):
     loss, params, x, y = problem()
     with pytest.raises(ValueError, match=message):
         bp_jax.fit_ensemble(loss, params, x, y, steps=3, **kwargs)
+
+
+@pytest.mark.parametrize("method, opt_state, message", [
+    ({"lr": 0.1}, lambda params: jax.vmap(optax.sgd(0.1).init)(params), "the hand-written SGD .* has none"),
+    ({"optimizer": optax.adam(0.01)}, lambda params: jax.vmap(optax.sgd(0.1, momentum=0.9).init)(params),
+     "opt_state does not match the optimizer: optimizer.init.* gives .*ScaleByAdamState.*got .*TraceState"),
+    ({"optimizer": optax.adam(0.01)}, lambda params: optax.adam(0.01).init(member(params, 0)),
+     r"opt_state\[0\].count has shape \(\); optimizer.init\(params\) gives \(4,\)"),
+], ids=["with-lr", "another-optimizers-state", "one-members-state"])
+def test_an_opt_state_that_is_not_the_optimizers_is_refused(method, opt_state, message):
+    loss, params, x, y = problem()
+    with pytest.raises(ValueError, match=message):
+        bp_jax.fit_ensemble(loss, params, x, y, steps=3, opt_state=opt_state(params), **method)
+
+
+def test_zero_steps_give_losses_of_shape_0_by_members():
+    loss, params, x, y = problem()
+    result = bp_jax.fit_ensemble(loss, params, x, y, steps=0, lr=0.1)
+    assert result.losses.shape == (0, MEMBERS) and result.step == 0
+    chex.assert_trees_all_equal(result.params, params)
 
 
 def test_params_without_a_common_member_axis_are_refused():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import bp_jax
-from bp_jax import _render, manual
+from bp_jax import documents, manual
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -25,8 +25,8 @@ def all_grads(f, *args):
     return jax.grad(f, argnums=tuple(range(len(args))))(*args)
 
 
-def tiny_net_loss(params, x, target):
-    return bp_jax.squared_error(bp_jax.tiny_net().apply(params, x), target)
+NET = documents.TINY_NET
+tiny_net_loss = documents.tiny_net_loss
 
 
 def by_name(graph):
@@ -38,7 +38,7 @@ def by_name(graph):
 # --- the documents' numbers ---------------------------------------------------------------------
 
 def test_tiny_network_every_number_of_the_document_on_its_node():
-    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
+    graph = bp_jax.explain(tiny_net_loss, NET.params, NET.x, NET.t)
     nodes = by_name(graph)
     z1, a1, y = nodes["w1·x"], nodes["relu(w1·x)"], nodes["w2·relu(w1·x)"]
     loss = graph.output
@@ -50,11 +50,11 @@ def test_tiny_network_every_number_of_the_document_on_its_node():
         {node.name: numbers for node, numbers in expected.items()}
     assert (z1.op, a1.op, y.op) == ("mul", "custom_jvp_call", "mul")
     assert z1.inputs == (nodes["w1"], nodes["x"]) and a1.inputs == (z1,) and y.inputs == (nodes["w2"], a1)
-    assert loss.name == "(w2·relu(w1·x) − target)²" and loss is graph.nodes[-1]
+    assert loss.name == "(w2·relu(w1·x) − t)²" and loss is graph.nodes[-1]
 
 
 def test_tiny_network_with_the_documents_own_tensors_of_shape_1():
-    w1, w2, x, target = (jnp.array([v]) for v in (0.5, 1.5, 2.0, 3.0))  # torch.tensor([0.5]), …
+    w1, w2, x, target = (jnp.array([v]) for v in (NET.w1, NET.w2, NET.x, NET.t))  # torch.tensor([0.5]), …
     with pytest.raises(ValueError, match=r"explain expects f to return a float scalar, got float32 of shape \(1,\)"):
         bp_jax.explain(tiny_net_loss, {"w1": w1, "w2": w2}, x, target)
     graph = bp_jax.explain(lambda p, x, t: tiny_net_loss(p, x, t).sum(), {"w1": w1, "w2": w2}, x, target)
@@ -64,11 +64,11 @@ def test_tiny_network_with_the_documents_own_tensors_of_shape_1():
 
 
 def test_tiny_network_matches_the_hand_derivation_step_by_step():
-    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
-    steps = manual.tiny_net_backward(0.5, 1.5, 2.0, 3.0)
+    graph = bp_jax.explain(tiny_net_loss, NET.params, NET.x, NET.t)
+    steps = manual.tiny_net_backward(NET.w1, NET.w2, NET.x, NET.t)
     nodes = by_name(graph)
-    symbol = {"w1": "w1", "w2": "w2", "x": "x", "target": "t", "w1·x": "z1", "relu(w1·x)": "a1",
-              "w2·relu(w1·x)": "y", "w2·relu(w1·x) − target": "y − t", "(w2·relu(w1·x) − target)²": "L"}
+    symbol = {"w1": "w1", "w2": "w2", "x": "x", "t": "t", "w1·x": "z1", "relu(w1·x)": "a1",
+              "w2·relu(w1·x)": "y", "w2·relu(w1·x) − t": "y − t", "(w2·relu(w1·x) − t)²": "L"}
     assert set(nodes) == set(symbol)
     for name, node in nodes.items():
         assert (float(node.value), float(node.grad)) == tuple(map(float, steps[symbol[name]])), name
@@ -91,7 +91,7 @@ def test_neuron_gradient_is_the_documents_formula(activation, precision):
 # --- any model: the reverse pass is jax.grad's answer --------------------------------------------
 
 MODELS = {
-    "seed MLP": lambda: bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1)),
+    "seed MLP": documents.seed_mlp,
     "tanh/sigmoid": lambda: bp_jax.Sequential(bp_jax.Linear(10, 8), bp_jax.Tanh(), bp_jax.Linear(8, 6),
                                               bp_jax.Sigmoid(), bp_jax.Linear(6, 3), bp_jax.Tanh(),
                                               bp_jax.Linear(3, 1)),
@@ -200,10 +200,10 @@ def test_bad_input_is_one_clear_error():
         bp_jax.explain(lambda: 1.0)
 
 
-# --- table, DOT and pictures ---------------------------------------------------------------------
+# --- the table ---------------------------------------------------------------------
 
 def test_table_has_a_row_per_node_and_the_extra_columns():
-    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
+    graph = bp_jax.explain(tiny_net_loss, NET.params, NET.x, NET.t)
     lines = graph.table({"note": {graph.output: "L"}}).splitlines()
     assert lines[0].split() == ["#", "op", "name", "value", "grad", "note"]
     assert len(lines) == 2 + len(graph.nodes)
@@ -213,46 +213,30 @@ def test_table_has_a_row_per_node_and_the_extra_columns():
     assert "f32[3,4] 0 1 2 …" in seed.table()
 
 
-def test_dot_declares_every_node_and_edge():
-    graph = bp_jax.explain(lambda w: w * w + w, 3.0)
-    dot = graph.to_dot()
-    assert dot.startswith("digraph") and dot.rstrip().endswith("}")
-    assert all(f"n{node.index} [label=<" in dot for node in graph.nodes)
-    assert dot.count("->") == 3   # w -> w·w (once, though used twice), w·w -> sum, w -> sum
-    assert "value 12" in dot and "grad 7" in dot
+def test_a_complex_output_is_refused_not_given_zero_gradients():
+    with pytest.raises(ValueError, match=r"float scalar, got complex64 of shape \(\); .*jnp.real"):
+        bp_jax.explain(lambda x: x * 1j, 1.0)
 
 
-def test_layout_puts_every_node_after_its_inputs():
-    model = MODELS["tanh/sigmoid"]()
-    graph = bp_jax.explain(bp_jax.loss_fn(model), model.init(jax.random.key(0)), jnp.ones((2, 10)), jnp.ones((2, 1)))
-    column = _render.columns(graph)
-    assert all(column[source.index] < column[node.index] for node in graph.nodes for source in node.inputs)
-    assert column[graph.output.index] == max(column)
-    rows = _render.rows(graph, column)
-    cells = {(column[i], rows[i]) for i in range(len(graph.nodes))}
-    assert len(cells) == len(graph.nodes)   # no two boxes in the same place
+@pytest.mark.parametrize("make_key", [lambda: jax.random.key(3), lambda: jax.random.PRNGKey(3)], ids=["typed", "raw"])
+def test_prng_keys_show_their_key_data_and_have_no_gradient(make_key):
+    key = make_key()
+    graph = bp_jax.explain(lambda x, key: x * jax.random.uniform(key), 2.0, key)
+    chex.assert_trees_all_close(graph.grads[0], jax.grad(lambda x: x * jax.random.uniform(key))(2.0))
+    keys = [node for node in graph.nodes if jax.dtypes.issubdtype(node.value.dtype, jax.dtypes.prng_key)]
+    assert keys and all(node.grad is None for node in keys)
+    rows = {line.split()[0]: line for line in graph.table().splitlines()[2:]}
+    assert all("key[] 0 3" in rows[str(node.index)] for node in keys)
+    inside = bp_jax.explain(lambda x: x * jax.random.normal(jax.random.key(0)), 1.0)
+    assert "key[] 0 0" in inside.table()
 
 
-def test_save_writes_dot_svg_and_png(tmp_path):
-    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
-    assert graph.save(tmp_path / "g.dot").read_text(encoding="utf-8") == graph.to_dot()
-    assert graph.save(tmp_path / "g.png", engine="matplotlib").read_bytes()[:8] == PNG
-    svg = ElementTree.parse(graph.save(tmp_path / "g.svg", engine="matplotlib")).getroot()
-    assert svg.tag.endswith("svg")
-    with pytest.raises(ValueError, match=r"ending in .dot, .svg or .png, got 'g.jpg'"):
-        graph.save(tmp_path / "g.jpg")
-    with pytest.raises(ValueError, match="engine None or one of"):
-        graph.save(tmp_path / "g.png", engine="tikz")
-
-
-def test_save_with_graphviz_where_it_is_installed(tmp_path):
-    graph = bp_jax.explain(tiny_net_loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
-    if _render.shutil.which("dot") is None:
-        with pytest.raises(FileNotFoundError, match="dot program is not on PATH"):
-            graph.save(tmp_path / "g.png", engine="graphviz")
-        pytest.skip("Graphviz's dot is not installed: the matplotlib drawing is tested instead")
-    assert graph.save(tmp_path / "g.png", engine="graphviz").read_bytes()[:8] == PNG
-    assert ElementTree.parse(graph.save(tmp_path / "g.svg", engine="graphviz")).getroot().tag.endswith("svg")
+def test_table_columns_must_be_a_mapping_of_columns():
+    graph = bp_jax.explain(lambda w: w * w, 2.0)
+    with pytest.raises(TypeError, match=r"mapping heading -> \{node: text or array\}.*got list \['op', 'grad'\]"):
+        graph.table(columns=["op", "grad"])
+    with pytest.raises(TypeError, match="got dict"):
+        graph.table(columns={"note": "L"})
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -269,7 +253,7 @@ def test_command_tiny_net_prints_the_documents_numbers_and_writes_the_pictures(t
     rows = {row[2]: row[3:] for row in cells}   # name -> value, grad, document symbol, grad by hand, |difference|
     expected = {"w1": ("0.5", "-9", "w1", "-9"), "w2": ("1.5", "-3", "w2", "-3"), "x": ("2", "-2.25", "x", "-2.25"),
                 "w1·x": ("1", "-4.5", "z1", "-4.5"), "relu(w1·x)": ("1", "-4.5", "a1", "-4.5"),
-                "w2·relu(w1·x)": ("1.5", "-3", "y", "-3"), "(w2·relu(w1·x) − target)²": ("2.25", "1", "L", "1")}
+                "w2·relu(w1·x)": ("1.5", "-3", "y", "-3"), "(w2·relu(w1·x) − t)²": ("2.25", "1", "L", "1")}
     for name, numbers in expected.items():
         assert rows[name] == [*numbers, "0.0e+00"], rows[name]
     assert (tmp_path / "graph.dot").read_text(encoding="utf-8").startswith("digraph")

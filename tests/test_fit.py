@@ -9,13 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import bp_jax
-from bp_jax._order import index_shuffle
-
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 def problem(seed=0, n=64, features=10):
@@ -84,14 +79,6 @@ def test_resuming_from_a_result_equals_one_uninterrupted_run():
     assert rest.step == 250
 
 
-def test_every_example_is_seen_once_per_epoch():
-    key = jax.random.key(5)
-    epoch = jnp.concatenate([bp_jax.minibatch_indices(key, i, 20, 6) for i in range(3)])
-    assert len(set(epoch.tolist())) == 18  # 3 full batches of 6 from 20 rows, none repeated
-    next_epoch = bp_jax.minibatch_indices(key, 3, 20, 6)
-    assert not np.array_equal(next_epoch, epoch[:6])
-
-
 def test_on_chunk_reports_progress_between_chunks():
     model, params, x, y = problem()
     seen = []
@@ -152,6 +139,26 @@ def test_bad_arguments_are_refused(kwargs, message):
         bp_jax.fit(bp_jax.loss_fn(model), params, x, y, **kwargs)
 
 
+def test_an_opt_state_with_lr_is_refused_not_ignored():
+    model, params, x, y = problem()
+    with pytest.raises(ValueError, match=r"opt_state is an optimizer's state: the hand-written SGD \(lr=...\) has none"):
+        bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=3, lr=0.1, opt_state=optax.sgd(0.1).init(params))
+
+
+def test_an_opt_state_of_another_optimizer_is_one_value_error():
+    model, params, x, y = problem()
+    momentum = optax.sgd(0.1, momentum=0.9).init(params)
+    with pytest.raises(ValueError, match="opt_state does not match the optimizer: optimizer.init.* gives "
+                                         ".*ScaleByAdamState.*got .*TraceState") as refused:
+        bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=3, optimizer=optax.adam(0.01), opt_state=momentum)
+    assert "\n" not in str(refused.value)
+    wrong_shape = optax.sgd(0.1, momentum=0.9).init(jax.tree.map(lambda leaf: leaf[:1], params))
+    with pytest.raises(ValueError, match=r"opt_state\[0\].trace\[0\]\['bias'\] has shape \(1,\); "
+                                         r"optimizer.init\(params\) gives \(5,\)"):
+        bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=3, optimizer=optax.sgd(0.1, momentum=0.9),
+                   opt_state=wrong_shape)
+
+
 def test_mismatched_example_counts_are_refused():
     model, params, x, y = problem()
     with pytest.raises(ValueError, match=r"share their leading.*\(64, 10\) and \(63, 1\)"):
@@ -183,57 +190,19 @@ def test_non_finite_loss_names_the_update_when_only_the_update_was_non_finite():
     assert info.value.cause == "loss" and info.value.step == 0
 
 
-def test_a_minibatch_costs_o_batch_no_array_of_the_data_sets_size_and_no_sort():
-    rows = 1_000_000
-    hlo = jax.jit(bp_jax.minibatch_indices, static_argnums=(2, 3)).lower(jax.random.key(0), 5, rows, 32).as_text()
-    assert "sort" not in hlo and f"tensor<{rows}" not in hlo and f"{rows}x" not in hlo
-    indices = bp_jax.minibatch_indices(jax.random.key(0), 5, rows, 32)
-    assert indices.shape == (32,) and len(set(indices.tolist())) == 32 and int(indices.max()) < rows
-
-
-@settings(max_examples=25, deadline=None)
-@given(rows=st.integers(1, 3000), seed=st.integers(0, 2**31 - 1))
-def test_each_epoch_is_a_permutation_of_the_rows(rows, seed):
-    positions = jnp.arange(rows)
-    order = np.asarray(index_shuffle(jax.random.key(seed), 0, positions, rows))
-    np.testing.assert_array_equal(np.sort(order), np.arange(rows))
-
-
-def test_every_position_is_equally_likely_for_every_row():
-    rows, trials = 8, 4000
-    orders = jax.jit(jax.vmap(lambda seed: index_shuffle(jax.random.key(seed), 0, jnp.arange(rows), rows)))(
-        jnp.arange(trials))
-    counts = np.zeros((rows, rows))
-    np.add.at(counts, (np.tile(np.arange(rows), trials), np.asarray(orders).reshape(-1)), 1)
-    expected = trials / rows
-    chi_squared = ((counts - expected) ** 2 / expected).sum()
-    assert chi_squared < 120  # 49 degrees of freedom: the 99.99th percentile is about 95
-
-
-def count_compilations():
-    """A list that grows by one entry per XLA compilation while the returned listener is registered."""
-    compiled = []
-    listener = lambda event, duration, **kwargs: compiled.append(event) if event == COMPILE_EVENT else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    return compiled, listener
-
-
 @pytest.mark.parametrize("optimizer", [None, optax.sgd(0.02, momentum=0.9)], ids=["hand-sgd", "momentum"])
-def test_another_length_chunking_resume_point_or_lr_does_not_compile_again(optimizer):
+def test_another_length_chunking_resume_point_or_lr_does_not_compile_again(optimizer, count_compilations):
     model, params, x, y = problem(4)
     loss, key = bp_jax.loss_fn(model), jax.random.key(1)
     method = {"lr": 0.05} if optimizer is None else {"optimizer": optimizer}
     first = bp_jax.fit(loss, params, x, y, steps=30, batch_size=8, key=key, **method)
-    compiled, listener = count_compilations()
-    try:
+    with count_compilations() as compiled:
         bp_jax.fit(loss, params, x, y, steps=1, batch_size=8, key=key, **method)
         bp_jax.fit(loss, params, x, y, steps=2500, batch_size=8, key=key, chunk_size=97, **method)
         bp_jax.fit(loss, first.params, x, y, steps=7, batch_size=8, key=key, opt_state=first.opt_state,
                    start_step=first.step, chunk_size=3, **method)
         if optimizer is None:
             bp_jax.fit(loss, params, x, y, steps=40, batch_size=8, key=key, lr=0.003)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert compiled == []
     bp_jax.fit(loss, params, x, y, steps=5, batch_size=4, key=key, **method)  # a new configuration compiles
 
@@ -295,22 +264,6 @@ def test_an_empty_chunk_size_sequence_is_refused_by_name():
     model, params, x, y = problem()
     with pytest.raises(ValueError, match=r"non-empty sequence of them, got \(\)"):
         bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=5, lr=0.1, chunk_size=())
-
-
-@pytest.mark.parametrize("step", [-1, 2.5])
-def test_minibatch_indices_refuse_a_step_that_is_not_a_count(step):
-    with pytest.raises(ValueError, match="step must be an integer ≥ 0"):
-        bp_jax.minibatch_indices(jax.random.key(0), step, 10, 3)
-
-
-def test_every_ordering_of_a_tiny_data_set_is_equally_likely():
-    rows, trials = 4, 4800
-    orders = jax.jit(jax.vmap(lambda seed: index_shuffle(jax.random.key(seed), 0, jnp.arange(rows), rows)))(
-        jnp.arange(trials))
-    _, counts = np.unique(np.asarray(orders), axis=0, return_counts=True)
-    expected = trials / 24
-    assert len(counts) == 24
-    assert ((counts - expected) ** 2 / expected).sum() < 55  # 23 degrees of freedom: 99.99th percentile ≈ 52
 
 
 def test_nested_lists_are_data_and_a_mesh_must_be_a_mesh():

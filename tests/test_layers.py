@@ -147,3 +147,18 @@ def test_mlp_refuses_too_few_sizes_and_unknown_activations():
         bp_jax.mlp((10,))
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         bp_jax.mlp((10, 5, 1), "gelu")
+
+
+def test_a_model_is_named_as_the_call_that_builds_it():
+    assert bp_jax.mlp((10, 5, 1), "tanh").name == "Sequential(Linear(10, 5), Tanh(), Linear(5, 1))"
+    assert bp_jax.Linear(3, 2, bias=False).name == "Linear(3, 2, bias=False)"
+    assert (bp_jax.ReLU().name, bp_jax.Sigmoid().name, bp_jax.neuron("relu").name) == ("ReLU()", "Sigmoid()",
+                                                                                       "neuron('relu')")
+    assert bp_jax.mlp((10, 5, 1), "tanh").name != bp_jax.mlp((10, 5, 1), "relu").name
+    unknown = bp_jax.Model(lambda key: {}, lambda params, x: x)
+    assert unknown.name is None and bp_jax.Sequential(unknown, bp_jax.ReLU()).name is None
+
+
+def test_mlp_params_take_the_dtype_asked_for():
+    params = bp_jax.mlp((3, 2, 1), dtype=jnp.bfloat16).init(jax.random.key(0))
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bp_jax
-from bp_jax import manual
+from bp_jax import documents, manual
 
 ACTIVATIONS = ["identity", "relu", "sigmoid", "tanh"]
 finite = st.floats(-3.0, 3.0, allow_nan=False).filter(lambda v: abs(v) > 1e-3)  # keep relu off its kink
@@ -40,7 +40,7 @@ def test_tiny_net_grads_equal_jax_grad(w1, w2, x, t):
 
 
 MODELS = {
-    "seed": lambda: bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1)),
+    "seed": documents.seed_mlp,
     "every layer": lambda: bp_jax.Sequential(
         bp_jax.Linear(10, 8), bp_jax.Tanh(), bp_jax.Linear(8, 6), bp_jax.Sigmoid(),
         bp_jax.Linear(6, 4, bias=False), bp_jax.ReLU(), bp_jax.Linear(4, 3)),

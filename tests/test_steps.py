@@ -6,14 +6,11 @@ import optax
 import pytest
 
 import bp_jax
-from bp_jax import manual
+from bp_jax import documents, manual
 
 
-def seed_problem(seed=0, batch=32):
-    model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
-    params_key, x_key, y_key = jax.random.split(jax.random.key(seed), 3)
-    return (model, model.init(params_key), jax.random.normal(x_key, (batch, 10)),
-            jax.random.normal(y_key, (batch, 1)))
+def seed_problem(seed=0, batch=documents.SEED_BATCH):
+    return documents.seed_problem(jax.random.key(seed), batch)
 
 
 def copy(tree):

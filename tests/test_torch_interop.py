@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import bp_jax
+from bp_jax import documents
 
 torch = pytest.importorskip("torch", reason="torch interop needs PyTorch: pip install 'bp_jax[torch]'")
 nn = torch.nn
@@ -19,7 +20,7 @@ def seed_mlp():
     return nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))
 
 
-SEED_MODEL = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
+SEED_MODEL = documents.seed_mlp()
 
 
 def test_from_torch_keeps_pytorchs_layout_and_values():
@@ -145,6 +146,27 @@ def test_from_torch_checks_every_layer_against_the_model():
         bp_jax.from_torch(seed_mlp().state_dict() | {"2.weight": torch.zeros(1, 4)}, SEED_MODEL)
     with pytest.raises(ValueError, match="state_dict has layer 3 but the model has 3 layers"):
         bp_jax.from_torch(seed_mlp().state_dict() | {"3.weight": torch.zeros(1, 1)}, SEED_MODEL)
+
+
+def test_another_activation_is_refused_both_ways():
+    tanh_module = nn.Sequential(nn.Linear(10, 5), nn.Tanh(), nn.Linear(5, 1))
+    message = (r"the torch module is Sequential\(Linear\(10, 5\), Tanh\(\), Linear\(5, 1\)\) but the model is "
+               r"Sequential\(Linear\(10, 5\), ReLU\(\), Linear\(5, 1\)\): they compute different functions")
+    with pytest.raises(ValueError, match=message):
+        bp_jax.from_torch(tanh_module, SEED_MODEL)
+    params = SEED_MODEL.init(jax.random.key(0))
+    before = [tensor.clone() for tensor in tanh_module.parameters()]
+    with pytest.raises(ValueError, match=message):
+        bp_jax.to_torch(params, tanh_module, SEED_MODEL)
+    assert all(torch.equal(a, b) for a, b in zip(before, tanh_module.parameters()))  # nothing written
+    same = bp_jax.to_torch(params, seed_mlp(), SEED_MODEL)  # the same layers are accepted
+    chex.assert_trees_all_equal(bp_jax.from_torch(same, SEED_MODEL), params)
+
+
+def test_a_state_dict_of_numpy_arrays_is_accepted():
+    module = seed_mlp()
+    as_numpy = {key: tensor.detach().numpy() for key, tensor in module.state_dict().items()}
+    chex.assert_trees_all_equal(bp_jax.from_torch(as_numpy, SEED_MODEL), bp_jax.from_torch(module, SEED_MODEL))
 
 
 @pytest.mark.parametrize("key", ["fc1.weight", "0.running_mean", "0.0.weight"])

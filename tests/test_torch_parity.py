@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import bp_jax
-from bp_jax import manual
+from bp_jax import documents, manual
 
 torch = pytest.importorskip("torch", reason="parity tests run the documents' PyTorch code: "
                                             "pip install 'bp_jax[torch]'")
@@ -68,9 +68,9 @@ def test_tiny_network_the_documents_code_verbatim():
     loss = (y - target) ** 2
     loss.backward()  # This does ALL the backpropagation!
 
-    bp_loss = bp_jax.loss_fn(bp_jax.tiny_net(), bp_jax.squared_error)
-    value, (grads, grad_x) = jax.value_and_grad(bp_loss, argnums=(0, 1))({"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
-    by_hand = manual.tiny_net_grads(0.5, 1.5, 2.0, 3.0)
+    net = documents.TINY_NET
+    value, (grads, grad_x) = jax.value_and_grad(documents.tiny_net_loss, argnums=(0, 1))(net.params, net.x, net.t)
+    by_hand = manual.tiny_net_grads(net.w1, net.w2, net.x, net.t)
     assert (loss.item(), w1.grad.item(), w2.grad.item(), x.grad.item()) == (2.25, -9.0, -3.0, -2.25)
     assert (value, grads["w1"], grads["w2"], grad_x) == (2.25, -9.0, -3.0, -2.25)
     assert (by_hand["w1"], by_hand["w2"], by_hand["x"]) == (-9.0, -3.0, -2.25)
@@ -111,7 +111,7 @@ def test_seed_mlp_loss_and_grads_the_documents_code(seed, precision):
     optimizer.zero_grad()  # Clear previous gradients
     loss.backward()         # Compute gradients (backprop!)
 
-    bp_model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
+    bp_model = documents.seed_mlp()
     params = bp_jax.from_torch(model, bp_model)
     expected = (loss.item(), torch_grads(model))
     autodiff = jax.value_and_grad(bp_jax.loss_fn(bp_model))(params, to_jax(x), to_jax(y))

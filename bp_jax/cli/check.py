@@ -14,13 +14,10 @@ import jax.numpy as jnp
 import optax
 
 import bp_jax
-from bp_jax import manual
+from bp_jax import documents, manual
 
 PLATFORMS = ("cpu", "gpu", "tpu")
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
-#: The tiny network of the documents: x = 2, w1 = 0.5, w2 = 1.5, t = 3, and what they compute from it.
-TINY_NET = {"x": 2.0, "w1": 0.5, "w2": 1.5, "t": 3.0}
-TINY_NET_VALUES = {"y": 1.5, "loss": 2.25, "dL/dw1": -9.0, "dL/dw2": -3.0, "dL/dx": -2.25}
 
 
 class CheckResult(NamedTuple):
@@ -52,15 +49,13 @@ def _max_abs_error(got, expected) -> float:
 
 
 def _documents_numbers():
-    p = TINY_NET
-    params = {"w1": p["w1"], "w2": p["w2"]}
-    loss = bp_jax.loss_fn(bp_jax.tiny_net(), bp_jax.squared_error)
-    grads, grad_x = jax.grad(loss, argnums=(0, 1))(params, p["x"], p["t"])
-    by_hand = manual.tiny_net_grads(p["w1"], p["w2"], p["x"], p["t"])
-    got = [bp_jax.tiny_net().apply(params, p["x"]), loss(params, p["x"], p["t"]),
-           grads["w1"], grads["w2"], grad_x, by_hand["w1"], by_hand["w2"], by_hand["x"]]
-    v = TINY_NET_VALUES
-    return got, [v["y"], v["loss"], v["dL/dw1"], v["dL/dw2"], v["dL/dx"], v["dL/dw1"], v["dL/dw2"], v["dL/dx"]]
+    """y, L and the gradients of the tiny network, by jax.grad and by hand, against the document's numbers."""
+    net, values, grads_expected = documents.TINY_NET, documents.TINY_NET_VALUES, documents.TINY_NET_GRADS
+    grads, grad_x = jax.grad(documents.tiny_net_loss, argnums=(0, 1))(net.params, net.x, net.t)
+    by_hand = manual.tiny_net_grads(net.w1, net.w2, net.x, net.t)
+    got = [bp_jax.tiny_net().apply(net.params, net.x), documents.tiny_net_loss(net.params, net.x, net.t),
+           {"w1": grads["w1"], "w2": grads["w2"], "x": grad_x}, by_hand]
+    return got, [values["y"], values["L"], grads_expected, grads_expected]
 
 
 def _neuron():
@@ -83,31 +78,24 @@ def _tiny_net():
 def _mlp(model: bp_jax.Model, outputs: int):
     params_key, x_key, y_key = jax.random.split(jax.random.key(2), 3)
     params = model.init(params_key)
-    x, y = jax.random.normal(x_key, (32, 10)), jax.random.normal(y_key, (32, outputs))
+    x, y = jax.random.normal(x_key, (documents.SEED_BATCH, 10)), jax.random.normal(y_key, (documents.SEED_BATCH, outputs))
     return (jax.jit(manual.value_and_grad(model))(params, x, y),
             jax.jit(jax.value_and_grad(bp_jax.loss_fn(model)))(params, x, y))
 
 
 def _hand_vs_optax_sgd(steps: int = 150):
-    model = _seed_mlp()
-    params_key, x_key, y_key = jax.random.split(jax.random.key(3), 3)
-    params = model.init(params_key)
-    x, y = jax.random.normal(x_key, (32, 10)), jax.random.normal(y_key, (32, 1))
-    optimizer = optax.sgd(0.01)
-    hand = bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=steps, lr=0.01)
+    model, params, x, y = documents.seed_problem(jax.random.key(3))
+    optimizer = optax.sgd(documents.SEED_LR)
+    hand = bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=steps, lr=documents.SEED_LR)
     by_optax = bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=steps, optimizer=optimizer)
     return (hand.params, hand.losses), (by_optax.params, by_optax.losses)
-
-
-def _seed_mlp() -> bp_jax.Model:
-    return bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
 
 
 CHECKS: dict[str, Callable] = {
     "documents' tiny-network numbers": _documents_numbers,
     "neuron: manual vs jax.grad": _neuron,
     "tiny net: manual vs jax.grad": _tiny_net,
-    "seed MLP: manual vs jax.grad": lambda: _mlp(_seed_mlp(), 1),
+    "seed MLP: manual vs jax.grad": lambda: _mlp(documents.seed_mlp(), 1),
     "5-layer MLP: manual vs jax.grad": lambda: _mlp(bp_jax.Sequential(
         bp_jax.Linear(10, 8), bp_jax.Tanh(), bp_jax.Linear(8, 6), bp_jax.Sigmoid(),
         bp_jax.Linear(6, 4, bias=False), bp_jax.ReLU(), bp_jax.Linear(4, 3)), 3),
@@ -132,10 +120,11 @@ def parity_checks(device: jax.Device) -> list[CheckResult]:
 def training_run(device: jax.Device, steps: int = 300):
     """Params and losses of the seed MLP trained with minibatch SGD on `device`, in float32 at 'highest'."""
     with jax.default_device(device), jax.default_matmul_precision("highest"):
-        model = _seed_mlp()
+        model = documents.seed_mlp()
         params_key, x_key, y_key = jax.random.split(jax.random.key(4), 3)
         x, y = jax.random.normal(x_key, (256, 10)), jax.random.normal(y_key, (256, 1))
-        result = bp_jax.fit(bp_jax.loss_fn(model), model.init(params_key), x, y, steps=steps, batch_size=32,
+        result = bp_jax.fit(bp_jax.loss_fn(model), model.init(params_key), x, y, steps=steps,
+                            batch_size=documents.SEED_BATCH,
                             lr=0.05, key=jax.random.key(5))
         return jax.device_get((result.params, result.losses))
 

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 import bp_jax
-from bp_jax import manual
+from bp_jax import documents, manual
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -24,29 +24,29 @@ def _row(table: Table, name: str, by_hand, by_autodiff) -> None:
 
 
 def single_neuron() -> Table:
-    """dL/dw = 2(y − t)·a'(w·x)·x beside jax.grad, at w = 0.8, x = 1.5, t = 0.5."""
-    w, x, t = 0.8, 1.5, 0.5
-    table = _table("1. Single neuron y = a(w·x), L = (y − t)², w = 0.8, x = 1.5, t = 0.5",
+    """dL/dw = 2(y − t)·a'(w·x)·x beside jax.grad, at the document's w, x, t."""
+    w, x, t = documents.NEURON
+    table = _table(f"1. Single neuron y = a(w·x), L = (y − t)², w = {w}, x = {x}, t = {t}",
                    "dL/dw", "2(y − t)·a'(w·x)·x", "jax.grad", "|difference|")
     for name in bp_jax.ACTIVATIONS:
-        loss = bp_jax.loss_fn(bp_jax.neuron(name), bp_jax.squared_error)
-        _row(table, name, manual.neuron_grad(w, x, t, name), jax.grad(loss)({"w": w}, x, t)["w"])
+        grad = jax.grad(documents.neuron_loss(name))(documents.NEURON.params, x, t)["w"]
+        _row(table, name, manual.neuron_grad(w, x, t, name), grad)
     return table
 
 
 def tiny_network() -> Table:
-    """The tiny network's forward values, loss and gradients at x = 2, w1 = 0.5, w2 = 1.5, t = 3."""
-    params, x, t = {"w1": 0.5, "w2": 1.5}, 2.0, 3.0
-    loss = bp_jax.loss_fn(bp_jax.tiny_net(), bp_jax.squared_error)
+    """The tiny network's forward values, loss and gradients at the document's x, w1, w2, t."""
+    net = documents.TINY_NET
+    params, x, t, loss = net.params, net.x, net.t, documents.tiny_net_loss
     z1 = params["w1"] * x
     grads, grad_x = jax.grad(loss, argnums=(0, 1))(params, x, t)
     by_hand = manual.tiny_net_grads(params["w1"], params["w2"], x, t)
-    table = _table("2. Tiny network x → ·w1 → ReLU → ·w2 → y, x = 2, w1 = 0.5, w2 = 1.5, t = 3",
-                   "quantity", "by hand", "jax", "|difference|")
+    table = _table(f"2. Tiny network x → ·w1 → ReLU → ·w2 → y, x = {x:g}, w1 = {net.w1:g}, w2 = {net.w2:g}, "
+                   f"t = {t:g}", "quantity", "by hand", "jax", "|difference|")
     _row(table, "z1 = w1·x", z1, z1)
     _row(table, "a1 = relu(z1)", max(z1, 0.0), jax.nn.relu(z1))
     _row(table, "y = w2·a1", params["w2"] * max(z1, 0.0), bp_jax.tiny_net().apply(params, x))
-    _row(table, "L = (y − 3)²", (params["w2"] * max(z1, 0.0) - t) ** 2, loss(params, x, t))
+    _row(table, f"L = (y − {t:g})²", (params["w2"] * max(z1, 0.0) - t) ** 2, loss(params, x, t))
     for name, autodiff in (("w1", grads["w1"]), ("w2", grads["w2"]), ("x", grad_x)):
         _row(table, f"dL/d{name}", by_hand[name], autodiff)
     return table
@@ -54,21 +54,18 @@ def tiny_network() -> Table:
 
 def seed_mlp_step() -> Table:
     """One training step of the seed MLP: manual backward vs jax.grad, hand SGD vs optax.sgd."""
-    model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
-    params_key, x_key, y_key = jax.random.split(jax.random.key(0), 3)
-    params = model.init(params_key)
-    x, y = jax.random.normal(x_key, (32, 10)), jax.random.normal(y_key, (32, 1))
-    loss = bp_jax.loss_fn(model)
+    model, params, x, y = documents.seed_problem(jax.random.key(0))
+    loss, lr = bp_jax.loss_fn(model), documents.SEED_LR
     auto_loss, auto_grads = jax.value_and_grad(loss)(params, x, y)
     hand_loss, hand_grads = manual.value_and_grad(model)(params, x, y)
-    table = _table("3. Seed MLP 10 → 5 → 1, MSE, batch 32 (tensors: first entry shown, max |difference|)",
+    table = _table(f"3. Seed MLP 10 → 5 → 1, MSE, batch {len(x)} (tensors: first entry shown, max |difference|)",
                    "quantity", "manual / hand step", "jax.grad / optax", "|difference|")
     _row(table, "loss", hand_loss, auto_loss)
     for index, name in ((0, "weight"), (0, "bias"), (2, "weight"), (2, "bias")):
         _row(table, f"dL/d model[{index}].{name}", hand_grads[index][name], auto_grads[index][name])
-    optimizer = optax.sgd(0.01)
+    optimizer = optax.sgd(lr)
     copy = lambda tree: jax.tree.map(jnp.array, tree)
-    hand_params, _ = bp_jax.sgd_step(loss, 0.01)(copy(params), x, y)
+    hand_params, _ = bp_jax.sgd_step(loss, lr)(copy(params), x, y)
     optax_params, _, _ = bp_jax.optax_step(loss, optimizer)(copy(params), optimizer.init(params), x, y)
     _row(table, "model[0].weight after one SGD step", hand_params[0]["weight"], optax_params[0]["weight"])
     _row(table, "loss after the step", loss(hand_params, x, y), loss(optax_params, x, y))

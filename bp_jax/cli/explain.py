@@ -11,16 +11,10 @@ import jax
 import jax.numpy as jnp
 
 import bp_jax
-from bp_jax import manual
+from bp_jax import documents, draw, manual
 from bp_jax.cli._args import UsageError
 
 MODELS = ("neuron", "tiny-net", "seed-mlp")
-LAYERS = {"relu": bp_jax.ReLU, "sigmoid": bp_jax.Sigmoid, "tanh": bp_jax.Tanh}
-#: the tiny network's node names -> the document's symbols (the keys of manual.tiny_net_backward)
-TINY_NET_SYMBOLS = {
-    "w1": "w1", "w2": "w2", "x": "x", "target": "t", "w1·x": "z1", "relu(w1·x)": "a1", "w2·relu(w1·x)": "y",
-    "w2·relu(w1·x) − target": "y − t", "(w2·relu(w1·x) − target)²": "L",
-}
 
 
 class Example(NamedTuple):
@@ -33,15 +27,10 @@ class Example(NamedTuple):
 
 
 def neuron(activation: str) -> Example:
-    """y = a(w·x), L = (y − t)² at w = 0.8, x = 1.5, t = 0.5. By hand dL/dw = 2(y − t)·a'(w·x)·x, and
+    """y = a(w·x), L = (y − t)² at the document's w, x, t. By hand dL/dw = 2(y − t)·a'(w·x)·x, and
     dL/dx, the same formula with w and x swapped (w·x is symmetric in them)."""
-    w, x, t = 0.8, 1.5, 0.5
-    model = bp_jax.neuron(activation)
-
-    def loss(params, x, t):
-        return bp_jax.squared_error(model.apply(params, x), t)
-
-    graph = bp_jax.explain(loss, {"w": w}, x, t)
+    w, x, t = documents.NEURON
+    graph = bp_jax.explain(documents.neuron_loss(activation), documents.NEURON.params, x, t)
     params, x_node, _ = graph.inputs
     by_hand = {params["w"]: manual.neuron_grad(w, x, t, activation),
                x_node: manual.neuron_grad(x, w, t, activation)}
@@ -49,32 +38,40 @@ def neuron(activation: str) -> Example:
     return Example(title, graph, {}, by_hand)
 
 
+def document_symbols(graph: bp_jax.Graph) -> dict[bp_jax.Node, str]:
+    """The tiny network's nodes named as the document names them: the inputs by their place in the
+    arguments (params["w1"], params["w2"], x, t), then each of `documents.TINY_NET_EQUATIONS` at the first
+    node, in forward order, computed from exactly its operands."""
+    params, x, t = graph.inputs
+    symbols = {params["w1"]: "w1", params["w2"]: "w2", x: "x", t: "t"}
+    for node in graph.nodes:
+        operands = tuple(symbols.get(source) for source in node.inputs)
+        symbol = next((symbol for symbol, inputs in documents.TINY_NET_EQUATIONS.items()
+                       if inputs == operands and symbol not in symbols.values()), None)
+        if node not in symbols and symbol is not None:
+            symbols[node] = symbol
+    return symbols
+
+
 def tiny_net(activation: str) -> Example:
-    """The document's x → ·w1 → ReLU → ·w2 → y, L = (y − t)², at x = 2, w1 = 0.5, w2 = 1.5, t = 3."""
+    """The document's x → ·w1 → ReLU → ·w2 → y, L = (y − t)², at its x, w1, w2, t."""
     if activation != "relu":
         raise UsageError(f"tiny-net is the document's ReLU network; --activation {activation} applies to "
                          f"neuron and seed-mlp")
-    params, x, target = {"w1": 0.5, "w2": 1.5}, 2.0, 3.0
-
-    def loss(params, x, target):
-        return bp_jax.squared_error(bp_jax.tiny_net().apply(params, x), target)
-
-    graph = bp_jax.explain(loss, params, x, target)
-    steps = manual.tiny_net_backward(params["w1"], params["w2"], x, target)
-    symbols = {node: TINY_NET_SYMBOLS[node.name] for node in graph.nodes if node.name in TINY_NET_SYMBOLS}
+    net = documents.TINY_NET
+    graph = bp_jax.explain(documents.tiny_net_loss, net.params, net.x, net.t)
+    steps = manual.tiny_net_backward(net.w1, net.w2, net.x, net.t)
+    symbols = document_symbols(graph)
     by_hand = {node: steps[symbol][1] for node, symbol in symbols.items()}
-    return Example("tiny network x → ·w1 → ReLU → ·w2 → y, L = (y − t)², x = 2, w1 = 0.5, w2 = 1.5, t = 3",
-                   graph, symbols, by_hand)
+    return Example(f"tiny network x → ·w1 → ReLU → ·w2 → y, L = (y − t)², x = {net.x:g}, w1 = {net.w1:g}, "
+                   f"w2 = {net.w2:g}, t = {net.t:g}", graph, symbols, by_hand)
 
 
 def seed_mlp(activation: str) -> Example:
     """The seed MLP 10 → 5 → 1 with MSE on 4 rows of random data; by hand: manual.value_and_grad."""
-    if activation not in LAYERS:
-        raise UsageError(f"seed-mlp's activation must be one of {', '.join(LAYERS)}, got {activation}")
-    model = bp_jax.Sequential(bp_jax.Linear(10, 5), LAYERS[activation](), bp_jax.Linear(5, 1))
-    params_key, x_key, y_key = jax.random.split(jax.random.key(0), 3)
-    params = model.init(params_key)
-    x, y = jax.random.normal(x_key, (4, 10)), jax.random.normal(y_key, (4, 1))
+    if activation == "identity":
+        raise UsageError(f"seed-mlp's activation must be one of relu, sigmoid, tanh, got {activation}")
+    model, params, x, y = documents.seed_problem(jax.random.key(0), rows=4, activation=activation)
     graph = bp_jax.explain(bp_jax.loss_fn(model), params, x, y)
     _, grads = manual.value_and_grad(model)(params, x, y)
     by_hand = dict(zip(jax.tree.leaves(graph.inputs[0]), jax.tree.leaves(grads)))
@@ -99,6 +96,6 @@ def run(args) -> int:
     columns = ({"document": symbols} if symbols else {}) | {"grad by hand": by_hand, "|difference|": difference}
     print(f"bp-jax explain: {title}\n")
     print(graph.table(columns))
-    written = [graph.save(out / f"graph{suffix}") for suffix in (".dot", ".svg", ".png")]
+    written = [draw.save(graph, out / f"graph{suffix}") for suffix in (".dot", ".svg", ".png")]
     print(f"\nwritten: {', '.join(map(str, written))}")
     return 0

@@ -1,42 +1,114 @@
-"""Pictures of an explained graph: `save(graph, path, engine)` writes .dot, .svg or .png.
+"""Pictures of an explained graph: `to_dot(graph)` (Graphviz DOT text) and `save(graph, path, engine=None)`
+(.dot, .svg or .png by suffix).
 
-An edge module: it writes files, runs Graphviz's `dot` where it is installed and imports matplotlib
-otherwise, so `import bp_jax` does neither. Without `dot`, matplotlib draws a layered layout left to
-right: each node one column before its first consumer, each column ordered by its neighbours' mean row.
+    import bp_jax.draw
+    bp_jax.draw.save(bp_jax.explain(f, *args), "graph.png")
+
+The edge that draws: the engine (`bp_jax._explain`) knows nothing of colours, DOT or files; this module imports
+it, writes files (atomically: a temporary file beside the target, then a rename), runs Graphviz's `dot` where it
+is installed and imports matplotlib otherwise, so `import bp_jax` does neither. Each node is a box: name, index
+and op, its value in blue (forward pass), its gradient in red (backward pass). Without `dot`, matplotlib draws a
+layered layout left to right: each node one column before its first consumer, each column ordered by its
+neighbours' mean row.
 """
 
+import os
 import shutil
 import subprocess
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from bp_jax._explain import GRAD_COLOR, NODE_FILL, VALUE_COLOR, Graph, box_lines, node_kind
+from bp_jax._explain import Graph, Node, summary
 
 ENGINES = ("graphviz", "matplotlib")
+VALUE_COLOR, GRAD_COLOR = "#1f5fbf", "#c0392b"
+NODE_FILL = {"input": "#e3f1e3", "const": "#eeeeee", "output": "#fff2c6", "op": "#ffffff"}
 _FONT_SIZE = 8.0                        # points; the layout's unit is the point
 _CHAR, _LINE = 0.62 * _FONT_SIZE, 1.45 * _FONT_SIZE
 _PAD, _COLUMN_GAP, _ROW_GAP = 6.0, 44.0, 16.0
 
 
-def save(graph: Graph, path: Path, engine: str | None = None) -> Path:
-    """Write `graph` to `path` by its suffix; pictures by `engine`, default graphviz if `dot` exists."""
+def to_dot(graph: Graph) -> str:
+    """Graphviz DOT: a box per node with its value (blue, forward) and grad (red, backward)."""
+    lines = ["digraph explain {", '  rankdir=LR; fontname="Helvetica";',
+             '  node [shape=plaintext, margin=0, fontname="Helvetica"];',
+             '  edge [color="#888888", arrowsize=0.7];',
+             f'  label=<<font color="{VALUE_COLOR}">value: forward pass</font>     '
+             f'<font color="{GRAD_COLOR}">grad = ∂f/∂node: backward pass</font>>;', '  labelloc=t;']
+    for node in graph.nodes:
+        lines.append(f"  n{node.index} [label=<{_dot_label(node, graph.output)}>];")
+    for node in graph.nodes:
+        lines += [f"  n{source.index} -> n{node.index};" for source in dict.fromkeys(node.inputs)]
+    return "\n".join([*lines, "}", ""])
+
+
+def save(graph: Graph, path, engine: str | None = None) -> Path:
+    """Write `graph` to `path` by its suffix (.dot, .svg or .png); pictures by Graphviz's `dot` where it is
+    installed, else by matplotlib (`engine` "graphviz" or "matplotlib" forces one). Returns the path."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".dot", ".svg", ".png"):
-        raise ValueError(f"Graph.save expects a path ending in .dot, .svg or .png, got {path.name!r}")
+        raise ValueError(f"save expects a path ending in .dot, .svg or .png, got {path.name!r}")
     if engine not in (None, *ENGINES):
-        raise ValueError(f"Graph.save expects engine None or one of {ENGINES}, got {engine!r}")
-    if suffix == ".dot":
-        path.write_text(graph.to_dot(), encoding="utf-8")
-        return path
+        raise ValueError(f"save expects engine None or one of {ENGINES}, got {engine!r}")
     dot = shutil.which("dot")
-    if engine == "graphviz" and dot is None:
+    if suffix != ".dot" and engine == "graphviz" and dot is None:
         raise FileNotFoundError("Graphviz's dot program is not on PATH; install Graphviz or use engine='matplotlib'")
-    if dot is not None and engine != "matplotlib":
-        subprocess.run([dot, f"-T{suffix[1:]}", "-o", str(path)], input=graph.to_dot(), text=True,
-                       check=True, capture_output=True)
-    else:
-        _draw(graph).savefig(path, dpi=150)
+    with _atomic(path) as partial:
+        if suffix == ".dot":
+            partial.write_text(to_dot(graph), encoding="utf-8")
+        elif dot is not None and engine != "matplotlib":
+            subprocess.run([dot, f"-T{suffix[1:]}", "-o", str(partial)], input=to_dot(graph), text=True,
+                           check=True, capture_output=True)
+        else:
+            _draw(graph).savefig(partial, dpi=150, format=suffix[1:])
     return path
+
+
+class _atomic:
+    """`with _atomic(path) as partial:` write `partial`; on success it replaces `path` in one rename, on
+    failure it is removed and `path` is untouched."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> Path:
+        handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix, dir=self.path.parent)
+        os.close(handle)
+        self.partial = Path(name)
+        return self.partial
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None:
+            os.replace(self.partial, self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
+        return False
+
+
+def node_kind(node: Node, output: Node) -> str:
+    """input, const, output or op: what a picture colours a node by."""
+    return "output" if node is output else node.op if node.op in ("input", "const") else "op"
+
+
+def box_lines(node: Node) -> list[str]:
+    """The lines of a node's box: name; index, op and type; value; grad."""
+    kind, value = summary(node.value)
+    return [node.name, f"#{node.index} {node.op}{'  ' + kind if kind else ''}",
+            f"value {value}", f"grad {summary(node.grad)[1]}"]
+
+
+def _dot_label(node: Node, output: Node) -> str:
+    """A node's HTML-like DOT label: name, op, value in blue, grad in red."""
+    escape = lambda text: text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    name, op, value, grad = map(escape, box_lines(node))
+    return (f'<table border="1" cellborder="0" cellspacing="0" cellpadding="3" '
+            f'bgcolor="{NODE_FILL[node_kind(node, output)]}">'
+            f'<tr><td><b>{name}</b></td></tr>'
+            f'<tr><td><font point-size="9" color="#777777">{op}</font></td></tr>'
+            f'<tr><td><font color="{VALUE_COLOR}">{value}</font></td></tr>'
+            f'<tr><td><font color="{GRAD_COLOR}">{grad}</font></td></tr></table>')
 
 
 def columns(graph: Graph) -> list[int]:

@@ -1,0 +1,64 @@
+"""Minibatch order: `minibatch_indices(key, step, n, batch)`, each epoch a uniformly random permutation of the
+rows, computed in O(batch) per step (`index_shuffle`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bp_jax
+from bp_jax._order import index_shuffle
+
+
+def test_every_example_is_seen_once_per_epoch():
+    key = jax.random.key(5)
+    epoch = jnp.concatenate([bp_jax.minibatch_indices(key, i, 20, 6) for i in range(3)])
+    assert len(set(epoch.tolist())) == 18  # 3 full batches of 6 from 20 rows, none repeated
+    next_epoch = bp_jax.minibatch_indices(key, 3, 20, 6)
+    assert not np.array_equal(next_epoch, epoch[:6])
+
+
+def test_a_minibatch_costs_o_batch_no_array_of_the_data_sets_size_and_no_sort():
+    rows = 1_000_000
+    hlo = jax.jit(bp_jax.minibatch_indices, static_argnums=(2, 3)).lower(jax.random.key(0), 5, rows, 32).as_text()
+    assert "sort" not in hlo and f"tensor<{rows}" not in hlo and f"{rows}x" not in hlo
+    indices = bp_jax.minibatch_indices(jax.random.key(0), 5, rows, 32)
+    assert indices.shape == (32,) and len(set(indices.tolist())) == 32 and int(indices.max()) < rows
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 3000), seed=st.integers(0, 2**31 - 1))
+def test_each_epoch_is_a_permutation_of_the_rows(rows, seed):
+    positions = jnp.arange(rows)
+    order = np.asarray(index_shuffle(jax.random.key(seed), 0, positions, rows))
+    np.testing.assert_array_equal(np.sort(order), np.arange(rows))
+
+
+def test_every_position_is_equally_likely_for_every_row():
+    rows, trials = 8, 4000
+    orders = jax.jit(jax.vmap(lambda seed: index_shuffle(jax.random.key(seed), 0, jnp.arange(rows), rows)))(
+        jnp.arange(trials))
+    counts = np.zeros((rows, rows))
+    np.add.at(counts, (np.tile(np.arange(rows), trials), np.asarray(orders).reshape(-1)), 1)
+    expected = trials / rows
+    chi_squared = ((counts - expected) ** 2 / expected).sum()
+    assert chi_squared < 120  # 49 degrees of freedom: the 99.99th percentile is about 95
+
+
+@pytest.mark.parametrize("step", [-1, 2.5])
+def test_minibatch_indices_refuse_a_step_that_is_not_a_count(step):
+    with pytest.raises(ValueError, match="step must be an integer ≥ 0"):
+        bp_jax.minibatch_indices(jax.random.key(0), step, 10, 3)
+
+
+def test_every_ordering_of_a_tiny_data_set_is_equally_likely():
+    rows, trials = 4, 4800
+    orders = jax.jit(jax.vmap(lambda seed: index_shuffle(jax.random.key(seed), 0, jnp.arange(rows), rows)))(
+        jnp.arange(trials))
+    _, counts = np.unique(np.asarray(orders), axis=0, return_counts=True)
+    expected = trials / 24
+    assert len(counts) == 24
+    assert ((counts - expected) ** 2 / expected).sum() < 55  # 23 degrees of freedom: 99.99th percentile ≈ 52
+
