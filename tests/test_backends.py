@@ -3,7 +3,6 @@
 import jax
 import pytest
 
-import bp_jax
 from bp_jax import cli, documents, manual
 from bp_jax.cli import check as backends
 
