@@ -23,7 +23,7 @@ from bp_jax._explain import Graph, Node, explain
 from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, fit, fit_ensemble
 from bp_jax._mesh import data_parallel_mesh, ensemble_mesh
 from bp_jax._order import minibatch_indices
-from bp_jax._losses import loss_fn, mse, squared_error
+from bp_jax._losses import loss_fn, mse, softmax_cross_entropy, squared_error
 from bp_jax._steps import optax_step, sgd_step
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "neuron",
     "optax_step",
     "sgd_step",
+    "softmax_cross_entropy",
     "squared_error",
     "tiny_net",
 ]

@@ -8,14 +8,32 @@ hand-written backward (`Model.vjp`) applied in reverse order.
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
 from bp_jax._layers import Model, activation
-from bp_jax._losses import mse
+from bp_jax._losses import mse, softmax_cross_entropy
+
+
+def mse_grad(pred, target):
+    """dL/dy = 2(y − t)/N for L = (1/N)·Σ(y − t)² over all N elements."""
+    return 2 * (pred - target) / pred.size
+
+
+def softmax_cross_entropy_grad(logits, labels):
+    """dL/dz = (softmax(z) − onehot(label))/B for L = (1/B)·Σ_b [logsumexp(z_b) − z_b[label_b]].
+
+    Per row, ∂logsumexp(z)/∂z_j = exp(z_j)/Σ_k exp(z_k) = softmax(z)_j and ∂z[label]/∂z_j = [j = label];
+    the mean over B rows divides by B.
+    """
+    onehot = jax.nn.one_hot(labels, logits.shape[1], dtype=logits.dtype)
+    return (jax.nn.softmax(logits) - onehot) / logits.shape[0]
+
 
 #: loss -> dL/dpred, written by hand.
 LOSS_GRADS: dict[Callable, Callable] = {
-    mse: lambda pred, target: 2 * (pred - target) / pred.size,
+    mse: mse_grad,
+    softmax_cross_entropy: softmax_cross_entropy_grad,
 }
 
 

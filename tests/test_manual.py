@@ -97,8 +97,41 @@ def test_both_gradients_agree_with_finite_differences(model_name):
         assert float(analytic) == pytest.approx(float(numeric), rel=1e-6, abs=1e-8)
 
 
+CLASSIFIERS = {
+    "every layer, 3 classes": MODELS["every layer"],
+    "single linear, 2 classes": MODELS["single linear"],
+    "relu mlp, 5 classes": lambda: bp_jax.mlp((10, 16, 16, 5)),
+}
+
+
+@pytest.mark.parametrize("model_name", CLASSIFIERS)
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_manual_cross_entropy_equals_jax(model_name, batch, seed, precision):
+    model = CLASSIFIERS[model_name]()
+    params = model.init(jax.random.key(seed))
+    classes = jax.tree.leaves(params)[-1].shape[0]
+    x = 3 * jax.random.normal(jax.random.key(seed + 100), (batch, 10))  # logits of a few units: softmax not saturated
+    labels = jax.random.randint(jax.random.key(seed + 200), (batch,), 0, classes)
+    loss = bp_jax.softmax_cross_entropy
+    expected = jax.jit(jax.value_and_grad(bp_jax.loss_fn(model, loss)))(params, x, labels)
+    got = jax.jit(manual.value_and_grad(model, loss))(params, x, labels)
+    chex.assert_trees_all_close(got, expected, rtol=precision, atol=precision)
+    chex.assert_trees_all_equal_dtypes(got[1], params)
+
+
+def test_cross_entropy_grad_by_hand_equals_jax_grad_of_the_loss(precision):
+    logits = 5 * jax.random.normal(jax.random.key(0), (64, 7))
+    labels = jax.random.randint(jax.random.key(1), (64,), 0, 7)
+    by_hand = manual.LOSS_GRADS[bp_jax.softmax_cross_entropy](logits, labels)
+    chex.assert_trees_all_close(by_hand, jax.grad(bp_jax.softmax_cross_entropy)(logits, labels),
+                                rtol=precision, atol=precision)
+    chex.assert_trees_all_close(by_hand.sum(axis=1), jnp.zeros(64), atol=precision)  # Σ_j softmax_j − 1 = 0
+
+
 def test_manual_refuses_models_without_hand_written_derivatives():
     with pytest.raises(TypeError, match="hand-written derivatives"):
         manual.value_and_grad(bp_jax.tiny_net())
-    with pytest.raises(ValueError, match=r"knows the derivatives of \['mse'\], got <function squared_error"):
+    with pytest.raises(ValueError, match=r"knows the derivatives of \['mse', 'softmax_cross_entropy'\], "
+                                         r"got <function squared_error"):
         manual.value_and_grad(MODELS["seed"](), loss=bp_jax.squared_error)
