@@ -134,6 +134,25 @@ def test_loss_and_grads_of_nn_mseloss_backward(architecture, batch, precision):
                                     expected, rtol=precision, atol=precision)
 
 
+@pytest.mark.parametrize("batch", [1, 256])
+@pytest.mark.parametrize("architecture", ["deep_tanh_sigmoid", "no_bias"])
+def test_loss_and_grads_of_nn_crossentropyloss_backward(architecture, batch, precision):
+    module, model, x, _ = build(ARCHITECTURES[architecture], seed=batch, batch=batch)
+    with torch.no_grad():
+        for p in module[-1].parameters():
+            p.mul_(10)  # logits of several units: a softmax far from uniform
+    labels = torch.randint(module[-1].out_features, (batch,))
+    loss = nn.CrossEntropyLoss()(module(x), labels)
+    loss.backward()
+
+    params = bp_jax.from_torch(module, model)
+    expected = (loss.item(), torch_grads(module))
+    loss_fn = bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)
+    for value_and_grad in (jax.value_and_grad(loss_fn), manual.value_and_grad(model, bp_jax.softmax_cross_entropy)):
+        chex.assert_trees_all_close(jax.jit(value_and_grad)(params, to_jax(x), to_jax(labels)),
+                                    expected, rtol=precision, atol=precision)
+
+
 def run_documents_train_step(model, x, y, optimizer, steps):
     """The documents' `train_step`, verbatim, called `steps` times; returns the loss of every step."""
     criterion = nn.MSELoss()
