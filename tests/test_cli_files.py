@@ -65,7 +65,8 @@ def test_explain_without_out_gets_a_new_folder_each_time(tmp_path):
         bp_jax_cli("explain", "neuron", cwd=tmp_path)
     folders = sorted((tmp_path / "runs").iterdir())
     assert len(folders) == 2 and all(folder.name.startswith("explain-neuron-") for folder in folders)
-    assert all({path.name for path in folder.iterdir()} >= {"graph.dot", "graph.svg", "graph.png"} for folder in folders)
+    assert all({path.name for path in folder.iterdir()} >= {"graph.dot", "graph.svg", "graph.png"}
+               for folder in folders)
 
 
 def limit_file_size(size: int):
@@ -74,7 +75,7 @@ def limit_file_size(size: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
 
-@pytest.mark.parametrize("name", list(WRITERS) + ["predict"])
+@pytest.mark.parametrize("name", [*WRITERS, "predict"])
 def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, tmp_path, name):
     """16 kB: the checkpoints (a few kB per file), metrics.json and graph.dot fit; the pictures and the
     predictions of 2000 rows do not."""
@@ -201,7 +202,8 @@ def test_resume_with_the_same_data_at_another_path_uses_it(tmp_path):
     frame = pd.read_csv(features_csv(tmp_path / "x.csv", 200))
     frame["y"] = frame.sum(axis=1)
     frame.to_csv(tmp_path / "a.csv", index=False)
-    bp_jax_cli("train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20, "--compile-cache", "off")
+    bp_jax_cli("train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20,
+               "--compile-cache", "off")
     (tmp_path / "moved").mkdir()
     shutil.move(tmp_path / "a.csv", tmp_path / "moved" / "a.csv")
     moved = bp_jax_cli("train", "--resume", tmp_path / "run", "--data", tmp_path / "moved" / "a.csv", "--steps", 30)
