@@ -11,10 +11,11 @@ load neither pandas, orbax nor matplotlib). Every command module has the same tw
 Commands never import each other: what several share lives beside them (`options`, `console`, `watch`,
 `runs`, `folders`, `checkpoints`, `data`, `plots`, `distributed`). Bad values end with one line on stderr
 and exit status 2; a diverged run exits with status 1; an interrupted one with 128 + the signal's number
-(130 for Ctrl-C).
+(130 for Ctrl-C); one whose output's reader left (`| head`) ends quietly with 141, as Unix tools do.
 """
 
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         missing = (err.name or str(err)).partition(".")[0]
         print(f"{command}: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
               file=sys.stderr)
+    except BrokenPipeError:  # stdout's reader left (`| head -1`): end quietly, as Unix tools do (128 + SIGPIPE)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush cannot fail
+        return 141
     except (UsageError, OSError) as err:
         print(f"{command}: error: {err}", file=sys.stderr)
     except KeyboardInterrupt:  # a Ctrl-C that training did not catch (before it began, or a second one)

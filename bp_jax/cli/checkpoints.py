@@ -75,13 +75,16 @@ def manager(directory: Path, *, write: bool = False, max_to_keep: int = 3) -> "o
         "state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
 
 
-def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict) -> None:
+def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict, *, overwrite: bool = False) -> None:
     """Write `state` (a pytree of arrays) and the JSON `record` as checkpoint `step`, unless that step is
-    already saved (the same state: training is deterministic). CheckpointError, leaving no partial
-    directory behind, if the write fails (a full disk, say)."""
+    already saved (the same state: training is deterministic) and not to be written again (`overwrite`: its
+    record changed). CheckpointError, leaving no partial directory behind, if the write fails (a full disk,
+    say)."""
     import orbax.checkpoint as ocp
     if step in checkpoints.all_steps():
-        return
+        if not overwrite:
+            return
+        checkpoints.delete(step)
     threads = set(threading.enumerate())
     try:
         with _quiet_failures():

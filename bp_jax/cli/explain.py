@@ -1,7 +1,8 @@
 """`bp-jax explain`: the graph jax.grad works on for one of the documents' models, every value and gradient.
 
 Prints `Graph.table()` with, where `bp_jax.manual` derives it by hand, the hand-derived gradient and the
-difference beside autodiff's; writes graph.dot, graph.svg and graph.png into --out.
+difference beside autodiff's; writes graph.dot, graph.svg and graph.png into --out, a new or empty folder
+(default: a new runs/explain-MODEL-TIME), each file atomically (`folders`).
 """
 
 from pathlib import Path
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 
 import bp_jax
 from bp_jax import documents, draw, manual
+from bp_jax.cli import folders
 from bp_jax.cli._args import UsageError
 
 MODELS = ("neuron", "tiny-net", "seed-mlp")
@@ -85,17 +87,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("model", choices=MODELS)
     parser.add_argument("--activation", choices=sorted(bp_jax.ACTIVATIONS), default="relu",
                         help="the neuron's or the seed MLP's activation (default relu)")
-    parser.add_argument("--out", type=Path, help="directory for graph.dot, .svg and .png (default runs/explain-MODEL)")
+    parser.add_argument("--out", type=Path, help="a new or empty directory for graph.dot, .svg and .png (default: a "
+                                                 "new runs/explain-MODEL-TIME)")
 
 
 def run(args) -> int:
     title, graph, symbols, by_hand = EXAMPLES[args.model](args.activation)
-    out = args.out or Path("runs") / f"explain-{args.model}"
-    out.mkdir(parents=True, exist_ok=True)
     difference = {node: f"{float(jnp.max(jnp.abs(node.grad - grad))):.1e}" for node, grad in by_hand.items()}
     columns = ({"document": symbols} if symbols else {}) | {"grad by hand": by_hand, "|difference|": difference}
-    print(f"bp-jax explain: {title}\n")
-    print(graph.table(columns))
-    written = [draw.save(graph, out / f"graph{suffix}") for suffix in (".dot", ".svg", ".png")]
+    out = args.out or folders.create_unique(Path("runs"), f"explain-{args.model}")
+    with folders.claimed(out, resumable=False):
+        print(f"bp-jax explain: {title}\n")
+        print(graph.table(columns))
+        written = [folders.write_atomically(out / f"graph{suffix}", lambda temporary: draw.save(graph, temporary))
+                   for suffix in (".dot", ".svg", ".png")]
     print(f"\nwritten: {', '.join(map(str, written))}")
     return 0

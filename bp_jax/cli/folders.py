@@ -1,5 +1,11 @@
-"""Run folders: unique default names, one live run per folder, no run written over another, and files
-written atomically (strict JSON: NaN and infinities become null).
+"""Output folders: unique default names, one live run per folder, nothing of the user's ever replaced, and
+files written atomically (strict JSON: NaN and infinities become null).
+
+Every command that writes (train, sweep, explain, predict) follows one rule: it never replaces or deletes a
+file it did not create. A fresh run's folder is new or empty (`claimed`); only a resumed train run writes
+into a folder that holds files, its own. A file is written into a temporary file beside it and then put in
+place in one step: created with `os.link`, which fails rather than replace a file that appeared meanwhile,
+or renamed over the run's own file when resuming. A failed write names the file.
 
 A live run holds an exclusive `fcntl.flock` on `<folder>/.bp-jax.lock` (the file names its pid). The kernel
 drops the lock when the process ends, however it ends (SIGKILL included), so a lock is never stale and no
@@ -7,6 +13,7 @@ pid has to be checked for liveness, unlike an O_EXCL lock file. The lock file it
 would let two runs lock two different files of the same name.
 """
 
+import errno
 import fcntl
 import json
 import math
@@ -19,14 +26,6 @@ from pathlib import Path
 from bp_jax.cli._args import UsageError
 
 LOCK = ".bp-jax.lock"
-RESULT_FILES = ("metrics.json", "sweep.json")
-
-
-def holds_run(folder: Path) -> bool:
-    """Whether `folder` holds a run's results (checkpoints, metrics or a sweep's results)."""
-    checkpoints = folder / "checkpoints"
-    return any((folder / name).exists() for name in RESULT_FILES) or (checkpoints.is_dir()
-                                                                       and any(checkpoints.iterdir()))
 
 
 def create_unique(root: Path, name: str) -> Path:
@@ -41,15 +40,60 @@ def create_unique(root: Path, name: str) -> Path:
         except FileExistsError:
             continue
         except OSError as err:
-            raise UsageError(f"cannot create a run folder in {root}: {err.strerror or err}") from None
-    raise UsageError(f"{root} already has 999 runs named {base}; pass --out")
+            raise UsageError(f"cannot create a folder in {root}: {err.strerror or err}") from None
+    raise UsageError(f"{root} already has 999 folders named {base}; pass --out")
+
+
+def live_holder(folder: Path) -> str | None:
+    """The pid (as the lock file names it) of the live bp-jax command holding `folder`, or None."""
+    try:
+        descriptor = os.open(folder / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it exclusively (a shared lock is dropped with the descriptor)
+    except BlockingIOError:
+        return os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(descriptor)
+
+
+def in_use(folder: Path, holder: str, hint: str = "wait for it to end or choose another --out") -> UsageError:
+    return UsageError(f"{folder} is in use by a running bp-jax command (pid {holder}); {hint}")
+
+
+def _not_empty(folder: Path, resumable: bool) -> str | None:
+    """Why a fresh run cannot write into `folder`, worded by what it holds; None when it holds nothing (a
+    lock file left by an earlier command aside)."""
+    held = sorted(entry.name + "/" * entry.is_dir() for entry in folder.iterdir() if entry.name != LOCK)
+    if not held:
+        return None
+    checkpoints = folder / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        hint = f"pass --resume {folder} to continue it, or choose" if resumable else "choose"
+        return f"{folder} already holds a run (checkpoints); {hint} a new or empty --out"
+    if (folder / "sweep.json").exists():
+        return f"{folder} already holds a run: a sweep (sweep.json); choose a new or empty --out"
+    if (folder / "metrics.json").exists():
+        return f"{folder} already holds a run (metrics.json); choose a new or empty --out"
+    shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+    return (f"{folder} is not empty (it holds {shown}); bp-jax writes only into a new or empty --out, so that "
+            f"no file of yours is replaced")
 
 
 @contextmanager
 def claimed(folder: Path, *, continuing: Path | None = None, resumable: bool = True):
-    """Lock `folder` for this run (creating it) for the duration of the block. UsageError if it is not
-    writable, another live run holds it, or it holds a run other than `continuing` (the resumed folder);
-    the message suggests --resume when the command has it (`resumable`)."""
+    """Lock `folder` for this command (creating it) for the duration of the block. UsageError if it is not
+    writable, another live command holds it, or it holds anything but the run it continues (`continuing`,
+    the resumed folder); the message suggests --resume where it would work (`resumable`). A folder refused
+    is left as it was (checked before the lock file is made, and again once locked)."""
+    same = continuing is not None and continuing.resolve() == folder.resolve()
+    resumable = continuing is None and resumable
+    holder = live_holder(folder)
+    refusal = None if same or not folder.is_dir() else _not_empty(folder, resumable)
+    if holder is not None or refusal:
+        raise in_use(folder, holder) if holder is not None else UsageError(refusal)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -59,16 +103,15 @@ def claimed(folder: Path, *, continuing: Path | None = None, resumable: bool = T
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UsageError(f"{folder} is in use by a running bp-jax command (pid {holder}); wait for it to end "
-                             f"or choose another --out") from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-        same = continuing is not None and continuing.resolve() == folder.resolve()
-        if holds_run(folder) and not same:
-            hint = f"pass --resume {folder} to continue it, or another --out" if continuing is None and resumable \
-                else "choose an empty --out"
-            raise UsageError(f"{folder} already holds a run (checkpoints, metrics.json or sweep.json); {hint}")
+            raise in_use(folder, os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown") from None
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            raise UsageError(f"could not write {folder / LOCK}: {err.strerror or err}") from None
+        refusal = None if same else _not_empty(folder, resumable)  # a command that started with this one
+        if refusal:
+            raise UsageError(refusal)
         yield folder
     finally:
         os.close(descriptor)  # releases the lock
@@ -83,16 +126,39 @@ def finite(tree):
     return None if isinstance(tree, float) and not math.isfinite(tree) else tree
 
 
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(temporary)` then rename over `path`: readers see the old file or the new one, never half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_atomically(path: Path, write: Callable[[Path], object], *, replace: bool = False) -> Path:
+    """`write(temporary)`, then put the temporary file (named like `path`, suffix kept) in place in one step:
+    readers see no file or the whole one. `path` must not exist, unless `replace` (the command's own file,
+    written again). UsageError naming `path` if it exists or the write fails (a full disk, say); nothing
+    is left behind then."""
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(temporary)
-        os.replace(temporary, path)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            _create(temporary, path)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists (not written by this command); it was left as it is") from None
+    except OSError as err:
+        raise UsageError(f"could not write {path}: {err.strerror or err}") from None
     finally:
         temporary.unlink(missing_ok=True)
+    return path
 
 
-def write_json(path: Path, value) -> None:
-    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(finite(value), indent=1,
-                                                                             allow_nan=False)))
+def _create(temporary: Path, path: Path) -> None:
+    """Give the complete `temporary` the name `path`, which must not exist (FileExistsError)."""
+    try:
+        os.link(temporary, path)  # atomic, and never replaces
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if path.exists():  # a file system without hard links: as close as it allows
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        os.rename(temporary, path)
+
+
+def write_json(path: Path, value, *, replace: bool = False) -> Path:
+    return write_atomically(path, lambda temporary: temporary.write_text(
+        json.dumps(finite(value), indent=1, allow_nan=False)), replace=replace)

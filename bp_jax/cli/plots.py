@@ -17,9 +17,9 @@ from bp_jax.cli.folders import write_atomically
 
 
 @contextmanager
-def panels(path: Path, count: int, *, title: str, size=None):
+def panels(path: Path, count: int, *, title: str, size=None, replace: bool = False):
     """Yield `count` matplotlib Axes side by side; on leaving, add legends and grids and write the PNG to
-    `path` atomically."""
+    `path` atomically (`folders.write_atomically`: a new file, unless `replace`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,15 +34,16 @@ def panels(path: Path, count: int, *, title: str, size=None):
             each.grid(alpha=0.3)
         canvas.suptitle(title) if count > 1 else axes[0][0].set_title(title)
         canvas.tight_layout()
-        write_atomically(path, lambda temporary: canvas.savefig(temporary, format="png"))
+        write_atomically(path, lambda temporary: canvas.savefig(temporary, format="png"), replace=replace)
     finally:
         plt.close(canvas)
 
 
 @contextmanager
-def figure(path: Path, *, title: str, xlabel: str, ylabel: str, yscale: str = "linear", size=(7, 4)):
+def figure(path: Path, *, title: str, xlabel: str, ylabel: str, yscale: str = "linear", size=(7, 4),
+           replace: bool = False):
     """`panels` with one Axes, labelled."""
-    with panels(path, 1, title=title, size=size) as (axes,):
+    with panels(path, 1, title=title, size=size, replace=replace) as (axes,):
         yield axes
         axes.set(xlabel=xlabel, ylabel=ylabel, yscale=yscale)
 
@@ -63,10 +64,11 @@ def plot_losses(axes, history: Sequence, *, label: str, color: str = "tab:blue")
     axes.plot(steps[window - 1:], smooth, lw=2, color=color, label=f"running mean of {window} steps")
 
 
-def loss_curve(path: Path, history: Sequence, *, title: str, levels: dict[str, float]) -> None:
+def loss_curve(path: Path, history: Sequence, *, title: str, levels: dict[str, float], replace: bool = False) -> None:
     """`bp-jax train`'s figure: the training loss by step, and horizontal lines at `levels` (label: value,
     e.g. the held-out MSE and the mean predictor's), on a log scale."""
-    with figure(path, title=title, xlabel="step", ylabel="MSE (standardised target)", yscale="log") as axes:
+    with figure(path, title=title, xlabel="step", ylabel="MSE (standardised target)", yscale="log",
+                replace=replace) as axes:
         plot_losses(axes, history, label="training loss (minibatch MSE)")
         for (label, value), (color, style) in zip(levels.items(), [("tab:green", "--"), ("tab:red", ":")] * 4):
             if value is not None and np.isfinite(value):

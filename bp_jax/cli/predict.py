@@ -1,10 +1,12 @@
 """The `bp-jax predict` job: a trained run's predictions for new rows, in the target's own units.
 
-    bp-jax predict RUN_DIR --data FILE [--out FILE]
+    bp-jax predict RUN_DIR --data FILE [--out FILE] [--allow-diverged]
 
 Loads the run's newest checkpoint and its record (feature names, standardisation statistics, model config),
 reads FILE with the same loader as `train` (its columns must be the run's features; the target column may be
 present and is ignored), and writes one prediction per row as CSV: to stdout, or atomically to a new --out file.
+A live run is read at its newest checkpoint (`runs.read_trained`). A run that stopped on divergence is refused
+unless --allow-diverged; a prediction that is not finite is never written: the rows are named instead.
 """
 
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bp_jax.cli import data, folders, runs
 from bp_jax.cli._args import UsageError
@@ -22,18 +25,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", type=Path, required=True, metavar="FILE",
                         help="a CSV with a header row (or .npz with an array x) holding the run's feature columns")
     parser.add_argument("--out", type=Path, metavar="FILE", help="write the CSV here (default: stdout); must not exist")
+    parser.add_argument("--allow-diverged", action="store_true",
+                        help="predict with a run that stopped on divergence (its last finite params)")
 
 
 def run(args) -> int:
     if args.out is not None and args.out.exists():
         raise UsageError(f"--out {args.out} already exists; choose a new file")
-    trained = runs.open_run(args.run_dir)
-    model, params = trained.model_and_params()
+    trained, model, params = runs.read_trained(args.run_dir)
+    diverged_at = trained.record["diverged_at"]
+    if diverged_at is not None and not args.allow_diverged:
+        raise UsageError(f"{args.run_dir} stopped on divergence at step {diverged_at} (non-finite loss): its params "
+                         f"are the last finite ones, not a trained model; retrain with a smaller --lr, or pass "
+                         f"--allow-diverged")
     table = data.read(str(args.data))
     print(*(f"bp-jax: note: {note}\n" for note in table.attrs.get("notes", ())), sep="", end="", file=sys.stderr)
     frame = predictions(model, params, trained.scaling, table, str(args.data))
     if args.out is None:
-        frame.to_csv(sys.stdout, index=False)
+        try:
+            frame.to_csv(sys.stdout, index=False)
+            sys.stdout.flush()  # here, so that a closed pipe or a full disk is seen while it can be reported
+        except BrokenPipeError:
+            raise  # the reader left (`| head`): `main` ends quietly, as Unix tools do
+        except OSError as err:
+            raise UsageError(f"could not write the predictions to stdout: {err.strerror or err}") from None
     else:
         folders.write_atomically(args.out, lambda temporary: frame.to_csv(temporary, index=False))
     return 0
@@ -41,10 +56,17 @@ def run(args) -> int:
 
 def predictions(model, params, scaling: data.Scaling, frame, source: str):
     """A DataFrame with one column, named after the run's target, of the model's predictions for `frame`'s
-    rows (standardised with `scaling`, and back in the target's units)."""
+    rows (standardised with `scaling`, and back in the target's units); UsageError naming the rows whose
+    prediction is not finite."""
     import pandas as pd
 
     x = scaling.features(frame, source)
     with jax.default_matmul_precision("highest"):
         standardised = model.apply(params, jnp.asarray(x))
-    return pd.DataFrame({scaling.target_name: scaling.target_units(standardised)})
+    y = scaling.target_units(standardised)
+    bad = np.flatnonzero(~np.isfinite(y)) + 1
+    if len(bad):
+        rows = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UsageError(f"{source}: the prediction for row(s) {rows} (from 1, after the header) is not finite "
+                         f"(the model overflows there); nothing written")
+    return pd.DataFrame({scaling.target_name: y})

@@ -5,13 +5,16 @@ read a run folder back.
     model = build_model(features, config)          # bp_jax.mlp((features, *hidden, 1), activation)
     run = open_run(folder)                         # newest checkpoint: manager, step, Config, record
     state = run.restore(initial_state(model, run.config))   # or: model, params = run.model_and_params()
+    run, model, params = read_trained(folder)      # the same, also while the run in `folder` is live
 
 Shared by `train` (which writes runs and resumes them), `predict` (which reads them) and `sweep` (which
 trains many at once).
 """
 
 import dataclasses
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -21,7 +24,7 @@ import numpy as np
 import optax
 
 import bp_jax
-from bp_jax.cli import checkpoints, data
+from bp_jax.cli import checkpoints, data, folders
 from bp_jax.cli._args import UsageError
 
 if TYPE_CHECKING:  # for the annotations only: orbax loads when a checkpoint is read or written
@@ -35,7 +38,9 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = 
 }
 #: the hidden layers' activations the command offers (bp_jax.ACTIVATIONS less the identity)
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
-RECORD_KEYS = {"config", "data", "total_steps", "loss_history", "wall_time_s"}
+#: how often `read_trained` reads a live run's newest checkpoint again when the run deleted it meanwhile
+LIVE_READS = 20
+RECORD_KEYS = {"config", "data", "total_steps", "loss_history", "wall_time_s", "diverged_at"}
 
 
 def _check_keys(what: str, got: dict, expected: set, where: str) -> None:
@@ -177,8 +182,37 @@ def open_run(folder: Path) -> Run:
     manager = checkpoints.manager(folder / "checkpoints")
     step, record = checkpoints.latest_record(manager)
     where = _where(manager, step)
+    record = {"diverged_at": None} | record  # older records lack the mark; predict still refuses non-finite output
     _check_keys("record", record, RECORD_KEYS, where)
     return Run(manager, step, Config.from_record(record["config"], where), record)
+
+
+def read_trained(folder: Path) -> tuple[Run, bp_jax.Model, object]:
+    """The run in `folder` (`open_run`), its model and the params of its newest checkpoint. A live run (one
+    whose command holds the folder's lock) saves checkpoints and deletes old ones as it is read: its newest
+    checkpoint is copied aside and read there, copied again from the then newest when it vanished midway
+    (up to LIVE_READS times). CheckpointError saying the run is live when that fails, or it has no checkpoint
+    yet."""
+    for _ in range(LIVE_READS):
+        holder = folders.live_holder(folder)
+        if holder is None:
+            run = open_run(folder)
+            return run, *run.model_and_params()
+        steps = [path.name for path in (folder / "checkpoints").glob("*") if path.name.isdigit()]
+        if not steps:
+            raise checkpoints.CheckpointError(f"no checkpoint in {folder} yet: the run there (pid {holder}) is still "
+                                              f"training; wait for its first checkpoint")
+        newest = folder / "checkpoints" / max(steps, key=int)
+        with tempfile.TemporaryDirectory(prefix="bp-jax-predict-") as snapshot:
+            try:
+                shutil.copytree(newest, Path(snapshot) / "checkpoints" / newest.name)
+                run = open_run(Path(snapshot))
+                return run, *run.model_and_params()
+            except (OSError, checkpoints.CheckpointError) as err:
+                if newest.exists():  # not deleted while read: damaged, or not this version's
+                    raise checkpoints.CheckpointError(str(err).replace(snapshot, str(folder))) from None
+    raise checkpoints.CheckpointError(f"{folder} holds a live run (pid {holder}) whose newest checkpoint was "
+                                      f"deleted {LIVE_READS} times while being read; try again, or once it ends")
 
 
 def _where(manager: "ocp.CheckpointManager", step: int) -> str:

@@ -9,6 +9,8 @@ training at the end of the current chunk, checkpointed (exit status 128 + the si
 run keeps its last finite params and exits with status 1.
 """
 
+import dataclasses
+import math
 import signal
 import sys
 from contextlib import contextmanager
@@ -82,13 +84,14 @@ def run(args) -> int:
     and only process 0 writes files. Raises UsageError for bad values or a folder in use, CheckpointError
     for a checkpoint that cannot be resumed or written."""
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=args.init_timeout)
-    given = options.given_config(args)
-    resumed = None if args.resume is None else runs.open_run(args.resume)
-    if resumed is not None:
-        resumed.config.check_matches(given, resumed.where)
-    config = Config(**given) if resumed is None else resumed.config
-    epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     writer = jax.process_index() == 0
+    given = options.given_config(args)
+    holder = None if args.resume is None or not writer else folders.live_holder(args.resume)
+    if holder is not None:
+        raise folders.in_use(args.resume, holder, "wait for it to end, then resume it")
+    resumed = None if args.resume is None else runs.open_run(args.resume)
+    config = Config(**given) if resumed is None else _resumed_config(resumed, given)
+    epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     with console.progress_bar("train") as progress, StopSignals().caught() as signals:
         problem = _prepare(config, args.devices)
         start = Start(problem.state) if resumed is None else _resume(problem, resumed)
@@ -98,11 +101,12 @@ def run(args) -> int:
             out = folders.create_unique(Path("runs"), config.name) if writer else Path("runs") / config.name
         with _run_folder(out, args.resume, writer) as manager:
             watch = Watch(total, start=start.step, history=start.history, progress=progress, signals=signals)
+            own = args.resume is not None and args.resume.resolve() == out.resolve()  # its files, written again
             with jax.default_matmul_precision(args.matmul_precision):
                 result, diverged = _train(problem, start, watch, manager, args.checkpoint_every)
-                metrics = _finish(problem, start, watch, result, diverged, out, args.matmul_precision, writer)
+                metrics = _finish(problem, start, watch, result, diverged, out, args.matmul_precision, writer, own)
     if diverged is not None:
-        print(f"bp-jax train: error: {diverged}; the last finite params are checkpointed in {out}", file=sys.stderr)
+        print(f"bp-jax train: error: {diverged}; checkpointed in {out}, marked as diverged", file=sys.stderr)
         return 1
     if watch.stopped_by is not None:
         print(f"bp-jax train: interrupted at step {result.step}; resume with: bp-jax train --resume {out}",
@@ -141,23 +145,45 @@ def _prepare(config: Config, devices: int | None) -> Problem:
     return Problem(config, split, model, mesh, runs.initial_state(model, config))
 
 
+def _resumed_config(resumed: runs.Run, given: dict) -> Config:
+    """The resumed run's Config; CheckpointError naming the values `given` that differ from it. A data file
+    given at another path (moved, or a copy) is taken: its content decides (`_resume` checks it)."""
+    dataset = given.get("dataset", resumed.config.dataset)
+    moved = dataset != resumed.config.dataset and data.is_file(dataset) and data.is_file(resumed.config.dataset)
+    resumed.config.check_matches({name: value for name, value in given.items() if not (moved and name == "dataset")},
+                                 resumed.where)
+    return dataclasses.replace(resumed.config, dataset=dataset)
+
+
 def _resume(problem: Problem, resumed: runs.Run) -> Start:
-    """The state of the opened checkpoint, checked against the problem's config and data."""
-    resumed.config.check_matches(problem.config.to_record(), resumed.where)
+    """The state of the opened checkpoint, checked against the problem's config and data (the data by its
+    content: the file may have moved)."""
+    config, saved = problem.config, resumed.config
+    resumed.config.check_matches({name: value for name, value in config.to_record().items() if name != "dataset"},
+                                 resumed.where)
     record = resumed.record
     if record["data"]["fingerprint"] != problem.split.fingerprint:
-        raise checkpoints.CheckpointError(f"{resumed.where} was trained on other data than {problem.config.dataset} "
+        raise checkpoints.CheckpointError(f"{resumed.where} was trained on other data than {config.dataset} "
                                           f"holds now")
+    if config.dataset != saved.dataset:
+        print(f"bp-jax train: note: reading the data from {config.dataset}, which holds the same data as "
+              f"{saved.dataset}, where the run was trained; the run records the new path", file=sys.stderr)
     state = resumed.restore(problem.state)
     return Start(state, resumed.step, record["loss_history"], record["wall_time_s"], record["total_steps"])
 
 
 def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int | None) -> int:
-    n_train = len(problem.split.x_train)
-    total = steps if epochs is None else epochs * runs.steps_per_epoch(n_train, problem.config.batch_size)
+    """The step to train to: --steps, --epochs × steps per epoch, or the checkpoint's; UsageError, worded in
+    the flag given, when it is before the checkpoint's step."""
+    per_epoch = runs.steps_per_epoch(len(problem.split.x_train), problem.config.batch_size)
+    total = steps if epochs is None else epochs * per_epoch
     total = start.total_steps if total is None else total
     if total is None:
         raise UsageError("pass --steps or --epochs")
+    if total < start.step and epochs is not None:
+        raise UsageError(f"the checkpoint is at step {start.step}, in epoch {start.step // per_epoch + 1} "
+                         f"({per_epoch} steps each); --epochs must be at least {math.ceil(start.step / per_epoch)}, "
+                         f"got {epochs}")
     if total < start.step:
         raise UsageError(f"the checkpoint is at step {start.step}; --steps must be at least that, got {total}")
     return total
@@ -174,12 +200,13 @@ def _run_folder(out: Path, resume: Path | None, writer: bool):
         yield checkpoints.manager(out / "checkpoints", write=True)
 
 
-def _record(problem: Problem, start: Start, watch: Watch) -> dict:
-    """The JSON record a checkpoint carries (and metrics.json begins with)."""
+def _record(problem: Problem, start: Start, watch: Watch, diverged_at: int | None = None) -> dict:
+    """The JSON record a checkpoint carries (and metrics.json begins with); `diverged_at`: the step whose loss
+    or update was not finite (the checkpoint then holds the params before it), else None."""
     split = problem.split
     return folders.finite({
         "config": problem.config.to_record(), "total_steps": watch.total, "loss_history": watch.history,
-        "wall_time_s": start.wall_time_s + watch.elapsed_s,
+        "wall_time_s": start.wall_time_s + watch.elapsed_s, "diverged_at": diverged_at,
         "data": {"scaling": split.scaling.to_record(), "fingerprint": split.fingerprint}})
 
 
@@ -189,12 +216,15 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     diverged (`diverged`: the NonFiniteLoss, else None)."""
     config, split = problem.config, problem.split
 
-    def save(result: bp_jax.FitResult) -> None:
+    def save(result: bp_jax.FitResult, diverged: bool = False) -> None:
         if manager is not None:
             arrays = {"params": result.params, "opt_state": result.opt_state, "key": start.state["key"]}
             if problem.mesh is not None:
                 arrays = distributed.host_local(arrays)
-            checkpoints.save(manager, result.step, arrays, _record(problem, start, watch))
+            # a step checkpointed in this run before its loss proved non-finite is written again, marked
+            checkpoints.save(manager, result.step, arrays, _record(problem, start, watch, result.step if diverged
+                                                                   else None),
+                             overwrite=diverged and result.step != start.step)
 
     def on_chunk(result: bp_jax.FitResult) -> bool:
         stop = watch.on_chunk(result)
@@ -213,14 +243,15 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
             on_chunk=on_chunk, mesh=problem.mesh)
     except bp_jax.NonFiniteLoss as diverged:
         watch.add_rest(distributed.host_local(diverged.result.losses), start.step)
-        save(diverged.result)
+        save(diverged.result, diverged=True)
         return diverged.result, diverged
     return result, None
 
 
 def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResult, diverged, out: Path,
-            matmul_precision: str, writer: bool) -> dict:
-    """The metrics of `result`, written with the loss curve into `out` by process 0."""
+            matmul_precision: str, writer: bool, replace: bool) -> dict:
+    """The metrics of `result`, written with the loss curve into `out` by process 0: new files, or
+    replacing the resumed run's own (`replace`)."""
     split, config = problem.split, problem.config
     loss = jax.jit(bp_jax.loss_fn(problem.model))
     params = distributed.host_local(result.params)
@@ -232,7 +263,7 @@ def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResu
     else:
         stopped = None
     metrics = {
-        **_record(problem, start, watch),
+        **_record(problem, start, watch, None if diverged is None else result.step),
         "resumed_from_step": start.step,
         "final_step": result.step,
         "stopped": stopped,
@@ -247,8 +278,8 @@ def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResu
         "processes": jax.process_count(), "matmul_precision": matmul_precision, "run_dir": str(out),
     }
     if writer:
-        folders.write_json(out / "metrics.json", metrics)
-        plots.loss_curve(out / "loss_curve.png", watch.history,
+        folders.write_json(out / "metrics.json", metrics, replace=replace)
+        plots.loss_curve(out / "loss_curve.png", watch.history, replace=replace,
                          title=f"bp-jax train: {config.name}, hidden {','.join(map(str, config.hidden))}, "
                                f"{config.optimizer} lr {config.lr}",
                          levels={"held-out MSE (final)": metrics["held_out_mse"],
