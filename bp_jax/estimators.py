@@ -18,7 +18,9 @@ Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, 
   rows; α enters the program as data (a frozen params leaf), so a grid over it compiles nothing new.
 """
 
+import contextvars
 import functools
+import hashlib
 import itertools
 import numbers
 import warnings
@@ -33,15 +35,20 @@ from scipy.special import expit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
+from sklearn.model_selection import ParameterGrid, check_cv, train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from bp_jax._fit import NonFiniteLoss, fit
+from bp_jax._fit import NonFiniteLoss, fit, fit_ensemble
 from bp_jax._layers import mlp
 from bp_jax._losses import mse, softmax_cross_entropy
 
+#: Grid parameters that change data, not the compiled program: a grid over them is one `fit_ensemble` program.
+VECTORISED = ("learning_rate_init", "random_state", "alpha", "momentum", "tol", "n_iter_no_change", "max_iter")
+#: fingerprint → (TrainRun, seed) of the members a GridSearchCV trained at once; fits of the search read them.
+_PRETRAINED: contextvars.ContextVar[dict] = contextvars.ContextVar("bp_jax_estimators_pretrained", default={})  # noqa: B039
 #: Epochs per chunk of the fused loop between two checks of the stopping rule (without early stopping).
 EPOCHS_PER_CHECK = 10
 _ACTIVATIONS = {"identity": "identity", "relu": "relu", "tanh": "tanh", "logistic": "sigmoid"}
@@ -307,9 +314,13 @@ class _BaseMLP(BaseEstimator):
             params["l2"] = jnp.asarray(self.alpha / steps.batch_size, X.dtype)
         epochs = 1 if incremental else self.max_iter
         stopping = Stopping(self.tol, self.n_iter_no_change, early)
-        run = train(loss_fn, transform, params, opt_state, X, targets, key=key, steps=steps, epochs=epochs,
-                    start_step=self._step, stopping=None if incremental else stopping,
-                    score=None if not early else functools.partial(self._score_params, *validation))
+        pretrained = _PRETRAINED.get().get(_fingerprint(self, X, targets)) if first and not early else None
+        if pretrained is not None:  # trained as one member of a GridSearchCV's program
+            run, self._seed = pretrained
+        else:
+            run = train(loss_fn, transform, params, opt_state, X, targets, key=key, steps=steps, epochs=epochs,
+                        start_step=self._step, stopping=None if incremental else stopping,
+                        score=None if not early else functools.partial(self._score_params, *validation))
         self.coefs_, self.intercepts_ = to_sklearn(run.params["layers"])
         self._opt_state = jax.device_get(run.opt_state)
         self._step = run.step
@@ -484,3 +495,115 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict_log_proba(self, X):
         return np.log(self.predict_proba(X))
+
+
+def _fingerprint(estimator, x: np.ndarray, targets: np.ndarray) -> tuple:
+    """What identifies one training run: the estimator's parameters and the bytes of its (validated) data."""
+    digest = lambda array: hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return repr(sorted(estimator.get_params().items())), x.shape, digest(x), digest(targets)
+
+
+class GridSearchCV(SklearnGridSearchCV):
+    """sklearn.model_selection.GridSearchCV, unchanged in signature and results, for a bp_jax MLPRegressor or
+    MLPClassifier: first every (grid point × fold) is trained as one member of one `fit_ensemble` program
+    (each member on its fold's rows, its own key, learning rate, momentum and α), then sklearn's search runs as
+    usual and each of its fits reads its member's result instead of training (scores, refit and cv_results_ are
+    sklearn's own). The grid may vary only VECTORISED parameters: any other is refused in one line naming it.
+    Members sharing a batch size and steps per epoch share a program (folds of unequal size may make two).
+    Not vectorised, and trained one by one as sklearn would: early_stopping=True, random_state=None, folds
+    missing a class, n_jobs > 1 (the workers do not see the members) and a cv that splits differently per call.
+    """
+
+    def fit(self, X, y=None, **params):
+        if not isinstance(self.estimator, _BaseMLP):
+            raise TypeError(f"bp_jax.estimators.GridSearchCV searches MLPRegressor or MLPClassifier, got "
+                            f"{type(self.estimator).__name__}; use sklearn.model_selection.GridSearchCV")
+        grids = [self.param_grid] if isinstance(self.param_grid, dict) else list(self.param_grid)
+        for name in sorted({name for grid in grids for name in grid}):
+            if name not in VECTORISED:
+                raise ValueError(f"GridSearchCV: the grid varies {name!r}, which changes the compiled program; "
+                                 f"bp_jax vectorises only {', '.join(VECTORISED)} (search others with "
+                                 "sklearn.model_selection.GridSearchCV)")
+        splits = list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(X, y, params.get("groups")))
+        token = _PRETRAINED.set(_train_members(self.estimator, list(ParameterGrid(self.param_grid)), X, y, splits))
+        try:
+            return super().fit(X, y, **params)
+        finally:
+            _PRETRAINED.reset(token)
+
+
+def _train_members(estimator, candidates, X, y, splits) -> dict:
+    """fingerprint → (TrainRun, seed) for every (candidate, training fold) that one program can train."""
+    if estimator.early_stopping:
+        return {}
+    whole = clone_unfitted(estimator)
+    whole._check_params()
+    x_all, y_all = whole._validate_input(X, y, reset=True)
+    targets_all = whole._encode_targets(y_all, first=True)
+    groups: dict = {}
+    for candidate in candidates:
+        for train_rows, _ in splits:
+            member = clone_unfitted(estimator).set_params(**candidate)
+            if member.random_state is None:
+                continue  # a fresh seed per fit: nothing to share
+            member._check_params()
+            x, y_fold = member._validate_input(X[train_rows] if hasattr(X, "shape") else np.asarray(X)[train_rows],
+                                               np.asarray(y)[train_rows], reset=True)
+            targets = member._encode_targets(y_fold, first=True)
+            if is_classifier(member) and not np.array_equal(member.classes_, whole.classes_):
+                continue  # its outputs differ from the shared encoding: trained on its own
+            steps = plan(member.batch_size, len(x))
+            if steps.batch_size == len(x):
+                continue  # full batch: fit takes no minibatches
+            programs = member._program(x.shape[1], member._n_outputs())
+            groups.setdefault((programs, steps), []).append((member, train_rows, _fingerprint(member, x, targets)))
+    pretrained = {}
+    for ((loss_fn, transform), steps), members in groups.items():
+        pretrained |= _train_group(loss_fn, transform, steps, members, x_all, targets_all)
+    return pretrained
+
+
+def clone_unfitted(estimator):
+    return type(estimator)(**estimator.get_params())
+
+
+def _train_group(loss_fn, transform, steps: Plan, members, x_all, targets_all) -> dict:
+    """One `fit_ensemble` program for members of one configuration, each stopped where its own fit stops."""
+    dtype = x_all.dtype
+    seeds = [seed_of(member.random_state) for member, _, _ in members]
+    sizes = (x_all.shape[1], *members[0][0]._hidden_sizes(), members[0][0]._n_outputs())
+    layers = [glorot(seed, sizes, members[0][0].activation, dtype) for seed in seeds]
+    params = {"layers": jax.tree.map(lambda *leaves: np.stack(leaves), *layers),
+              "l2": np.asarray([member.alpha / steps.batch_size for member, _, _ in members], dtype)}
+    opt_state = initial_state(transform, params, [m.learning_rate_init for m, _, _ in members],
+                              [m.momentum for m, _, _ in members], members=True)
+    counts = np.array([len(rows) for _, rows, _ in members])
+    rows = np.zeros((len(members), counts.max()), np.int32)
+    for index, (_, member_rows, _) in enumerate(members):
+        rows[index, : counts[index]] = member_rows
+    rules = [Stopping(member.tol, member.n_iter_no_change, False) for member, _, _ in members]
+    curves, done = [[] for _ in members], {}
+    epochs = max(member.max_iter for member, _, _ in members)
+
+    def on_chunk(result) -> bool:
+        epoch_losses = np.asarray(result.losses, np.float64).mean(axis=0)
+        for index, (member, _, _) in enumerate(members):
+            if index in done:
+                continue
+            curves[index].append(float(epoch_losses[index]))
+            stops = rules[index].update(float(epoch_losses[index]))
+            if stops or len(curves[index]) == member.max_iter or result.diverged[index] >= 0:
+                state = jax.tree.map(lambda leaf, i=index: np.asarray(leaf)[i], (result.params, result.opt_state))
+                done[index] = (state, result.step, stops, result.diverged[index] >= 0)
+        return len(done) == len(members)
+
+    fit_ensemble(loss_fn, params, x_all, targets_all, steps=epochs * steps.steps_per_epoch, optimizer=transform,
+                 opt_state=opt_state, batch_size=steps.batch_size, key=jax.vmap(jax.random.key)(np.asarray(seeds)),
+                 rows=rows, row_counts=counts, chunk_size=steps.steps_per_epoch, on_chunk=on_chunk)
+    pretrained = {}
+    for index, (_, _, fingerprint) in enumerate(members):
+        (member_params, member_state), step, stopped, diverged = done[index]
+        if not diverged:  # a diverged member is trained again on its own, to raise fit's error
+            pretrained[fingerprint] = (TrainRun(member_params, member_state, step, curves[index], [], stopped),
+                                       seeds[index])
+    return pretrained

@@ -144,3 +144,39 @@ def test_bad_parameters_and_features_are_named():
     model = MLPRegressor((3,), max_iter=2).fit(x, y)
     with pytest.raises(ValueError, match="features"):
         model.predict(x[:, :5])
+
+
+GRID = {"learning_rate_init": [0.01, 0.05], "alpha": [1e-4, 1e-2], "momentum": [0.5, 0.9], "random_state": [0, 1]}
+
+
+@pytest.mark.parametrize("estimator, data, scoring", [
+    (MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=40, tol=1e-3, n_iter_no_change=4), _regression, None),
+    (MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30), _classification, "neg_log_loss"),
+], ids=["regressor", "classifier"])
+def test_grid_search_scores_equal_sklearns_grid_search_over_the_same_estimator(estimator, data, scoring,
+                                                                               monkeypatch):
+    from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
+
+    from bp_jax import estimators
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = data()
+    ours, one_by_one = GridSearchCV(estimator, GRID, cv=3, scoring=scoring), []
+    with monkeypatch.context() as patch:  # count the fits that train on their own
+        patch.setattr(estimators, "train",
+                      lambda *a, train=estimators.train, **k: one_by_one.append(1) or train(*a, **k))
+        ours.fit(x, y)
+    assert len(one_by_one) == 1  # only the refit on all rows: the 48 (point × fold) fits read their members
+    theirs = SklearnGridSearchCV(estimator, GRID, cv=3, scoring=scoring).fit(x, y)
+    for name in ["mean_test_score", *(f"split{i}_test_score" for i in range(3))]:
+        np.testing.assert_allclose(ours.cv_results_[name], theirs.cv_results_[name], rtol=1e-4, atol=1e-5)
+    assert ours.best_params_ == theirs.best_params_
+
+
+def test_a_grid_over_a_parameter_that_changes_the_program_is_refused_in_one_line():
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _regression()
+    with pytest.raises(ValueError, match="'hidden_layer_sizes'") as error:
+        GridSearchCV(MLPRegressor(), {"hidden_layer_sizes": [(3,), (4,)], "alpha": [0.1]}).fit(x, y)
+    assert "\n" not in str(error.value)
