@@ -1,4 +1,5 @@
-"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble] [--smoke] [--out DIR]`: run, record, report."""
+"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn] [--smoke] [--out DIR]`: run, record,
+report."""
 
 import argparse
 import datetime
@@ -6,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import data_size, ensemble, grad, machine, report, scaling, seed, targets
+from benchmarks import data_size, ensemble, estimators, grad, machine, report, scaling, seed, targets
 
 SUITES = {"seed": seed.run, "scaling": scaling.run, "grad": grad.run, "data": data_size.run,
-          "ensemble": ensemble.run}
+          "ensemble": ensemble.run, "sklearn": estimators.run}
 
 
 def main(argv: list[str] | None = None) -> Path:

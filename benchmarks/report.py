@@ -141,6 +141,23 @@ def _ensemble_section(suite: dict) -> list[str]:
             *_skipped(suite)]
 
 
+def _sklearn_section(suite: dict) -> list[str]:
+    problem = suite["problem"]
+    fits = [[row["name"], row["task"], _time(row["seconds"]["median"]), _spread(row["seconds"]),
+             f"{row['held_out_score']:.3f}", _ratio(row["speedup_vs_sklearn"])]
+            for row in suite["rows"] if row["group"] == "fit"]
+    grids = [[row["name"], row["members"], _time(row["seconds"]["median"]), _spread(row["seconds"]),
+              _ratio(row["bp_jax_grid_speedup"])] for row in suite["rows"] if row["group"] == "grid"]
+    return ["## 6. scikit-learn", "",
+            f"Configuration {problem['config']}; regression: {problem['regression']}; classification: "
+            f"{problem['classification']}. Fit rows: seconds per (second) fit, held-out R² or accuracy, and "
+            f"sklearn's time / bp_jax's. Grid rows: {problem['grid']} × {problem['folds']} folds, seconds per "
+            "search, and the row's time / bp_jax GridSearchCV's.", "",
+            *_table(["fit", "task", "median", "IQR", "held-out score", "× faster than sklearn"], fits),
+            *_table(["grid search", "members", "median", "IQR", "bp_jax GridSearchCV × faster"], grids),
+            *_skipped(suite)]
+
+
 def _plot(results: dict, out: Path) -> list[str]:
     """PNG files written (none where matplotlib is missing)."""
     try:
@@ -253,7 +270,7 @@ def write(results: dict, out: Path) -> None:
               *_table(["target", "device", "measured", "status"],
                       [[t["target"], t["device"], t["measured"], t["status"]] for t in results["targets"]])]
     sections = {"seed": _seed_section, "scaling": _scaling_section, "grad": _grad_section, "data": _data_section,
-                "ensemble": _ensemble_section}
+                "ensemble": _ensemble_section, "sklearn": _sklearn_section}
     for name, suite in results["suites"].items():
         lines += sections[name](suite)
     lines += [f"![{Path(plot).stem}]({plot})" for plot in results["plots"]] or ["No plots: matplotlib is missing."]

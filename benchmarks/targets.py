@@ -2,7 +2,7 @@
 
 import math
 
-from benchmarks import data_size, ensemble
+from benchmarks import data_size, ensemble, estimators
 from benchmarks.seed import CUDA_GRAPH, FIT, TORCH_EAGER
 
 
@@ -85,7 +85,7 @@ def evaluate(results: dict, platform: str) -> list[dict]:
     else:
         targets.append(_target(text, "gpu", None, None, gpu_reason if not on_gpu else "a row is missing"))
 
-    targets += _data_targets(results) + _ensemble_targets(results, platform, cpu_reason)
+    targets += _data_targets(results) + _ensemble_targets(results, platform, cpu_reason) + _sklearn_targets(results)
 
     grad_rows = sorted(results.get("grad", {}).get("rows", []), key=lambda row: row["params"])
     reverse_text = "Reverse-mode gradient ≤ 4× the forward time at every size"
@@ -150,3 +150,23 @@ def _ensemble_targets(results: dict, platform: str, cpu_reason: str) -> list[dic
     median, where = worst["per_model_step_s"]["median"], f"E = {worst['members']}, the worst of E ≥ 256"
     return [_target(texts[0], "cpu", f"{median * 1e6:.3g} µs ({where})", median <= 0.5e-6),
             _target(texts[1], "cpu", f"{worst['vs_one_fit']:.3g}× ({where})", worst["vs_one_fit"] <= 0.25)]
+
+
+def _sklearn_targets(results: dict) -> list[dict]:
+    """The estimator fit ≥ 20× sklearn's (with both held-out scores), the grid search ≥ 10× / ≥ 100×."""
+    rows = {row["name"]: row for row in results.get("sklearn", {}).get("rows", [])}
+    targets = []
+    for ours, theirs in estimators.FIT.values():
+        text = f"{ours} ≥ 20× {theirs} (second fits, 200 epochs)"
+        if ours in rows and theirs in rows and rows[ours]["speedup_vs_sklearn"]:
+            speedup = rows[ours]["speedup_vs_sklearn"]
+            targets.append(_target(text, "any", f"{speedup:.3g}× (held-out score {rows[ours]['held_out_score']:.3f} "
+                                   f"vs {rows[theirs]['held_out_score']:.3f})", speedup >= 20))
+        else:
+            targets.append(_target(text, "any", None, None, "a row is missing in this run"))
+    for name, bar in ((estimators.GRID_SKLEARN_OURS, 10), (estimators.GRID_SKLEARN, 100)):
+        text = f"{estimators.GRID_OURS} ≥ {bar}× {name}"
+        speedup = rows.get(name, {}).get("bp_jax_grid_speedup")
+        targets.append(_target(text, "any", f"{speedup:.3g}×", speedup >= bar) if speedup
+                       else _target(text, "any", None, None, "a row is missing in this run"))
+    return targets

@@ -237,7 +237,8 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     def result(state, losses, step):
         return FitResult(state.params, state.opt_state, losses, step)
 
-    state, losses, step = _drive(run, state, (lr, key, x, y), setup, on_chunk, result, stop_when_diverged=True)
+    state, losses, step = _drive(run, state, (lr, key, x, y, None), setup, on_chunk, result,
+                                 stop_when_diverged=True)
     bad = int(_to_host(state.divergence.step))
     if bad >= 0:
         raise NonFiniteLoss(bad, result(state, losses[: bad - setup.start_step + 1], bad),
@@ -250,7 +251,7 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
                  key: jax.Array | None = None, opt_state=None, start_step: int = 0,
                  chunk_size: int | tuple[int, ...] = 1000,
                  on_chunk: Callable[[EnsembleResult], bool | None] | None = None,
-                 mesh: jax.sharding.Mesh | None = None) -> EnsembleResult:
+                 mesh: jax.sharding.Mesh | None = None, rows=None, row_counts=None) -> EnsembleResult:
     """Train E models at once, as one program: `fit`'s loop under `jax.vmap` over the members.
 
     `params` has a leading member axis E on every leaf (e.g. `jax.vmap(model.init)(jax.random.split(k, E))`).
@@ -263,6 +264,11 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     turns non-finite is frozen at its last finite params and reported in `diverged`; the others carry on.
     Member i ends where `fit(loss_fn, params[i], ..., lr=lr[i], key=key[i])` ends, up to float rounding.
 
+    Each member on its own rows (e.g. the folds of a cross-validation): `rows` (E, R) integer indices into x
+    and `row_counts` (E,), both data; member i trains on x[rows[i, :row_counts[i]]] (needs a `batch_size` ≤
+    every count), reading minibatch `step` at `rows[i][minibatch_indices(key_i, step, row_counts[i], b)]`, so
+    it ends where `fit` on those rows ends.
+
     With a `mesh` (`ensemble_mesh`), the members are split over its "models" axis, which must divide E;
     x and y are replicated.
     """
@@ -271,6 +277,8 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
                              batch_size=batch_size, lr=lr, optimizer=optimizer, key=key, opt_state=opt_state,
                              mesh=mesh, ensemble=True)
     optimizer, x, y, batch_size = setup.optimizer, setup.x, setup.y, setup.batch_size
+    member_rows = None if rows is None and row_counts is None else _member_rows(rows, row_counts, members, len(x),
+                                                                                 batch_size)
     if optimizer is None:
         lrs = _member_lrs(lr, members)
     else:
@@ -284,8 +292,10 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
         split = lambda leaf: place(leaf, member_sharded(mesh))
         params, opt_state, lrs = jax.tree.map(split, (params, opt_state, lrs))
         key = None if key is None else split(key) if key_axis == 0 else place(key, replicated(mesh))
+        member_rows = None if member_rows is None else split(member_rows)
         x, y = place(x, replicated(mesh)), place(y, replicated(mesh))
-    run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=True, key_axis=key_axis)
+    run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=True, key_axis=key_axis,
+                         own_rows=member_rows is not None)
     divergence = _Divergence(np.full(members, -1, np.int32), np.zeros(members, np.int32))
     if mesh is not None:
         divergence = jax.tree.map(lambda leaf: place(leaf, member_sharded(mesh)), divergence)
@@ -295,7 +305,8 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     def result(state, losses, step):
         return EnsembleResult(state.params, state.opt_state, losses, step, _to_host(state.divergence.step))
 
-    state, losses, step = _drive(run, state, (lrs, key, x, y), setup, on_chunk, result, stop_when_diverged=False,
+    state, losses, step = _drive(run, state, (lrs, key, x, y, member_rows), setup, on_chunk, result,
+                                 stop_when_diverged=False,
                                  loss_shape=(members,))
     return result(state, losses, step)
 
@@ -313,6 +324,34 @@ def _member_lrs(lr, members: int) -> np.ndarray:
     if not np.all(np.isfinite(lrs) & (lrs > 0)):
         raise ValueError(f"lr must be finite and > 0 in {lrs.dtype}, got {lrs.tolist()}")
     return lrs
+
+
+class _MemberRows(NamedTuple):
+    """Each member's rows of x: indices (E, R) and how many of them it uses (E,)."""
+
+    indices: Any
+    counts: Any
+
+
+def _member_rows(rows, row_counts, members: int, num_examples: int, batch_size) -> _MemberRows:
+    """rows (E, R) and row_counts (E,) as int32 arrays; ValueError or TypeError naming what does not fit."""
+    if rows is None or row_counts is None:
+        raise ValueError("rows and row_counts come together: per-member row indices (E, R) and counts (E,)")
+    if batch_size is None:
+        raise ValueError("per-member rows need a batch_size (minibatches drawn from each member's own rows)")
+    rows, row_counts = np.asarray(jax.device_get(rows)), np.asarray(jax.device_get(row_counts))
+    if rows.dtype.kind not in "iu" or row_counts.dtype.kind not in "iu":
+        raise TypeError(f"rows and row_counts must be integers, got dtypes {rows.dtype} and {row_counts.dtype}")
+    if rows.ndim != 2 or rows.shape[0] != members or row_counts.shape != (members,):
+        raise ValueError(f"rows must have shape ({members}, R) and row_counts ({members},) for {members} members, "
+                         f"got {rows.shape} and {row_counts.shape}")
+    if np.any(row_counts < batch_size) or np.any(row_counts > rows.shape[1]):
+        raise ValueError(f"each row count must lie in [batch_size, R] = [{batch_size}, {rows.shape[1]}], got "
+                         f"{row_counts.tolist()}")
+    used = np.arange(rows.shape[1]) < row_counts[:, None]
+    if np.any(used & ((rows < 0) | (rows >= num_examples))):
+        raise ValueError(f"rows must index x's {num_examples} examples, got values in [{rows.min()}, {rows.max()}]")
+    return _MemberRows(rows.astype(np.int32), row_counts.astype(np.int32))
 
 
 def _members(params) -> int:
@@ -403,40 +442,45 @@ def _guarded_update(loss_fn, optimizer) -> Callable:
 
 
 @functools.lru_cache(maxsize=32)  # one compiled loop per configuration, reused by every later call
-def _compiled_loop(loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_axis: int | None) -> Callable:
-    """jit of `run(state, lr, key, x, y, first_step, length) -> (state, losses)`: steps first_step …
+def _compiled_loop(loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_axis: int | None,
+                   own_rows: bool = False) -> Callable:
+    """jit of `run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`: steps first_step …
     first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once
     every model has diverged; losses[i] is step first_step + i's loss, NaN past the last step run.
     state is a _LoopState. For an `ensemble` the per-model step is vmapped over the
-    members, with the key shared (`key_axis` None) or per member (0)."""
+    members, with the key shared (`key_axis` None) or per member (0), and with `own_rows` each member's
+    minibatches drawn from its own rows (`rows`, a _MemberRows; None otherwise)."""
     guarded = _guarded_update(loss_fn, optimizer)
     data_parallel = mesh is not None and not ensemble
 
-    def model_step(params, opt_state, divergence, lr, key, x, y, step):
+    def model_step(params, opt_state, divergence, lr, key, x, y, member_rows, step):
         if batch_size is None:
             xb, yb = x, y
         else:
-            rows = minibatch_indices(key, step, x.shape[0], batch_size)
+            if own_rows:
+                rows = member_rows.indices[minibatch_indices(key, step, member_rows.counts, batch_size)]
+            else:
+                rows = minibatch_indices(key, step, x.shape[0], batch_size)
             xb, yb = x[rows], y[rows]
             if data_parallel:  # each device gathers only its own rows of the minibatch
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
         return guarded(params, opt_state, divergence, lr, xb, yb, step)
 
     if ensemble:
-        model_step = jax.vmap(model_step, in_axes=(0, 0, 0, 0, key_axis, None, None, None), out_axes=(0, 0, 0, 0))
+        model_step = jax.vmap(model_step, in_axes=(0, 0, 0, 0, key_axis, None, None, 0, None), out_axes=(0, 0, 0, 0))
     out_shardings = None
     if mesh is not None:
         out_shardings = (replicated(mesh), replicated(mesh)) if not ensemble else (
             member_sharded(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, MODELS_AXIS)))
 
     @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
-    def run(state, lr, key, x, y, first_step, length):
-        step_shape = jax.eval_shape(model_step, *state, lr, key, x, y, first_step)[3]
+    def run(state, lr, key, x, y, member_rows, first_step, length):
+        step_shape = jax.eval_shape(model_step, *state, lr, key, x, y, member_rows, first_step)[3]
         buffer = jnp.full((CAPACITY, *step_shape.shape), jnp.nan, step_shape.dtype)
 
         def body(carry):
             i, state, losses = carry
-            *new_state, loss = model_step(*state, lr, key, x, y, first_step + i)
+            *new_state, loss = model_step(*state, lr, key, x, y, member_rows, first_step + i)
             return i + 1, _LoopState(*new_state), losses.at[i].set(loss)
 
         def more(carry):

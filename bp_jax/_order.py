@@ -5,7 +5,9 @@ Epoch e visits the rows in the order of a keyed bijection π_e of [0, n): positi
 and e) on the k-bit integers, 2^k ≥ n > 2^(k−1), restricted to [0, n) by cycle walking: apply it again
 while the result is ≥ n, which stays a bijection of [0, n) and takes fewer than 2 applications on
 average. Computing one row is O(1), so a step's cost does not grow with the data set, and no permutation
-is stored.
+is stored. n may also be traced (an array: e.g. one row count per ensemble member): then k and the number of
+rounds are computed in the program and rounds past that number are skipped, giving the same bits as the
+static n.
 """
 
 import functools
@@ -28,16 +30,27 @@ def _mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def _feistel(value: jax.Array, round_keys: jax.Array, bits: int) -> jax.Array:
+def _low_mask(width) -> jax.Array:
+    """2^width − 1 as a uint32, for a static or traced width."""
+    return (jnp.uint32(1) << jnp.asarray(width, jnp.uint32)) - jnp.uint32(1)
+
+
+def _feistel(value: jax.Array, round_keys: jax.Array, bits, active_rounds=None) -> jax.Array:
     """One pass of the Feistel network over [0, 2^bits): (L, R) → (R, L ⊕ F(R, kᵢ)) for each round,
-    with L the high and R the low bits; the halves may differ by one bit, their widths swap each round."""
+    with L the high and R the low bits; the halves may differ by one bit, their widths swap each round.
+    With a traced `bits`, rounds from `active_rounds` on leave (L, R) as they are."""
     left_bits, right_bits = bits // 2, bits - bits // 2
-    left, right = value >> right_bits, value & ((1 << right_bits) - 1)
-    for round_key in round_keys:
-        mixed = _mix32(right ^ round_key) & jnp.uint32((1 << left_bits) - 1)
-        left, right = right, left ^ mixed
-        left_bits, right_bits = right_bits, left_bits
-    return (left << right_bits) | right
+    left, right = value >> jnp.asarray(right_bits, jnp.uint32), value & _low_mask(right_bits)
+    for index, round_key in enumerate(round_keys):
+        mixed = _mix32(right ^ round_key) & _low_mask(left_bits)
+        swapped = (right, left ^ mixed, right_bits, left_bits)
+        if active_rounds is None:
+            left, right, left_bits, right_bits = swapped
+        else:
+            active = index < active_rounds
+            left, right, left_bits, right_bits = (jnp.where(active, new, old) for new, old in
+                                                  zip(swapped, (left, right, left_bits, right_bits)))
+    return (left << jnp.asarray(right_bits, jnp.uint32)) | right
 
 
 def _round_keys(key: jax.Array, epoch, rounds: int) -> list[jax.Array]:
@@ -50,25 +63,44 @@ def _round_keys(key: jax.Array, epoch, rounds: int) -> list[jax.Array]:
     return [_mix32(digest + jnp.uint32((i + 1) * 0x85EBCA6B % 2**32)) for i in range(rounds)]
 
 
+def _cycle_walk(walk, value: jax.Array, num_examples) -> jax.Array:
+    """Apply `walk` to each value until it lies in [0, num_examples)."""
+    value = walk(value)
+    value = jax.lax.while_loop(lambda v: jnp.any(v >= num_examples),
+                               lambda v: jnp.where(v >= num_examples, walk(v), v), value)
+    return value.astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnums=3)  # compiled once per n, also when called eagerly in a loop
 def index_shuffle(key: jax.Array, epoch, positions: jax.Array, num_examples: int) -> jax.Array:
     """π_epoch(positions) for the keyed bijection π_epoch of [0, num_examples) of the module docstring."""
     bits = max(1, (num_examples - 1).bit_length())
     rounds = ROUNDS if bits >= SMALL_DOMAIN_BITS else SMALL_DOMAIN_ROUNDS
     walk = functools.partial(_feistel, round_keys=_round_keys(key, epoch, rounds), bits=bits)
-    value = walk(positions.astype(jnp.uint32))
-    value = jax.lax.while_loop(lambda v: jnp.any(v >= num_examples),
-                               lambda v: jnp.where(v >= num_examples, walk(v), v), value)
-    return value.astype(jnp.int32)
+    return _cycle_walk(walk, positions.astype(jnp.uint32), num_examples)
 
 
-def minibatch_indices(key: jax.Array, step, num_examples: int, batch_size: int) -> jax.Array:
+def traced_index_shuffle(key: jax.Array, epoch, positions: jax.Array, num_examples: jax.Array) -> jax.Array:
+    """`index_shuffle` for a traced n ≥ 1 (an int32 array): the same bits, k and the round count computed in the
+    program, the network run for the most rounds with the ones past the count skipped."""
+    num_examples = jnp.asarray(num_examples, jnp.int32)
+    bits = jnp.maximum(1, 32 - jax.lax.clz((num_examples - 1).astype(jnp.uint32)).astype(jnp.int32))
+    rounds = jnp.where(bits >= SMALL_DOMAIN_BITS, ROUNDS, SMALL_DOMAIN_ROUNDS)
+    walk = functools.partial(_feistel, round_keys=_round_keys(key, epoch, max(ROUNDS, SMALL_DOMAIN_ROUNDS)),
+                             bits=bits, active_rounds=rounds)
+    return _cycle_walk(walk, positions.astype(jnp.uint32), num_examples.astype(jnp.uint32))
+
+
+def minibatch_indices(key: jax.Array, step, num_examples, batch_size: int) -> jax.Array:
     """Rows of minibatch `step`: epoch e = step // (n // b), position p = step mod (n // b), rows
     π_e(p·b), …, π_e(p·b + b − 1) with π_e the bijection keyed by (key, e). Each epoch takes n // b full
-    batches; the n mod b rows π_e places last wait for a later epoch."""
-    if not 1 <= batch_size <= num_examples:
+    batches; the n mod b rows π_e places last wait for a later epoch. `num_examples` may be traced (an
+    array, b ≤ n then unchecked): the same rows as for that n given as an int."""
+    traced = isinstance(num_examples, (jax.Array, jax.core.Tracer))
+    if not traced and not 1 <= batch_size <= num_examples:
         raise ValueError(f"batch_size must be in [1, {num_examples}] (the number of examples), got {batch_size}")
     if not jnp.issubdtype(jnp.result_type(step), jnp.integer) or (isinstance(step, int) and step < 0):
         raise ValueError(f"step must be an integer ≥ 0, got {step!r}")
     epoch, position = jnp.divmod(step, num_examples // batch_size)
-    return index_shuffle(key, epoch, position * batch_size + jnp.arange(batch_size), num_examples)
+    shuffle = traced_index_shuffle if traced else index_shuffle
+    return shuffle(key, epoch, position * batch_size + jnp.arange(batch_size), num_examples)

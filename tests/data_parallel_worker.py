@@ -54,7 +54,7 @@ step_program = bp_jax.sgd_step(loss, 0.05).lower(replicate(params), split(x), sp
 divergence = bp_jax._fit._Divergence(replicate(jnp.asarray(-1, jnp.int32)), replicate(jnp.asarray(0, jnp.int32)))
 state = bp_jax._fit._LoopState(replicate(params), None, divergence)
 fit_program = bp_jax._fit._compiled_loop(loss, None, 16, mesh, ensemble=False, key_axis=None).lower(
-    state, 0.05, replicate(key), replicate(x), replicate(y), 0, 40
+    state, 0.05, replicate(key), replicate(x), replicate(y), None, 0, 40
 ).compile().as_text()
 report["all_reduce"] = {"sgd_step": "all-reduce" in step_program, "fit": "all-reduce" in fit_program}
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).parent.parent
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)], cwd=ROOT, check=True,
-                   capture_output=True, text=True, timeout=120)
+                   capture_output=True, text=True, timeout=240)
     return out
 
 
@@ -41,7 +41,7 @@ def test_json_records_machine_suites_and_targets(smoke_run):
     assert results["smoke"] is True
     assert {"date_utc", "cpu", "cpu_cores", "platform", "device", "versions"} <= set(results["machine"])
     assert results["machine"]["versions"]["jax"]
-    assert set(results["suites"]) == {"seed", "scaling", "grad", "data", "ensemble"}
+    assert set(results["suites"]) == {"seed", "scaling", "grad", "data", "ensemble", "sklearn"}
     for suite in results["suites"].values():
         assert suite["rows"], suite["skipped"]
         assert all(skip["reason"] for skip in suite["skipped"])
@@ -109,7 +109,7 @@ def test_data_and_ensemble_suites_record_their_rows(smoke_run):
 def test_markdown_and_plots_are_written(smoke_run):
     markdown = (smoke_run / "README.md").read_text()
     for heading in ("## Targets", "## 1. Seed step", "## 2. Scaling", "## 3. One backward pass", "## 4. Data size",
-                    "## 5. Ensembles"):
+                    "## 5. Ensembles", "## 6. scikit-learn"):
         assert heading in markdown
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed: the report says so instead of plotting")
@@ -122,3 +122,17 @@ def test_unknown_suite_is_refused():
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--suite", "nope"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "unknown suite" in done.stderr
+
+
+def test_sklearn_suite_records_fits_grids_and_skorch(smoke_run):
+    suite = json.loads((smoke_run / "results.json").read_text())["suites"]["sklearn"]
+    rows = {row["name"]: row for row in suite["rows"]}
+    for ours, theirs in (("bp_jax MLPRegressor.fit", "sklearn MLPRegressor.fit"),
+                         ("bp_jax MLPClassifier.fit", "sklearn MLPClassifier.fit")):
+        assert _positive_finite(rows[ours]["speedup_vs_sklearn"]) and rows[theirs]["speedup_vs_sklearn"] is None
+        assert all(math.isfinite(rows[name]["held_out_score"]) for name in (ours, theirs))
+    grids = [row for row in suite["rows"] if row["group"] == "grid"]
+    assert len(grids) == 3 and all(_positive_finite(row["bp_jax_grid_speedup"]) for row in grids)
+    assert {row["members"] for row in grids} == {8}
+    assert [skip["name"].split()[0] for skip in suite["skipped"]] == (
+        ["skorch"] if importlib.util.find_spec("skorch") is None else [])

@@ -172,3 +172,44 @@ def test_an_ensemble_key_that_is_not_a_prng_key_is_a_type_error():
     loss, params, x, y = problem()
     with pytest.raises(TypeError, match="key must be a PRNG key"):
         bp_jax.fit_ensemble(loss, params, x, y, steps=3, lr=0.1, batch_size=8, key=0)
+
+
+def test_members_on_their_own_rows_end_where_fit_on_those_rows_ends(precision):
+    loss, params, x, y = problem()
+    counts = np.array([48, 30, 33, 17])
+    rows = np.stack([np.random.default_rng(i).permutation(48) for i in range(MEMBERS)])
+    keys = jax.random.split(jax.random.key(3), MEMBERS)
+    lrs = jnp.asarray([0.003, 0.01, 0.03, 0.1])
+    result = bp_jax.fit_ensemble(loss, params, x, y, steps=50, lr=lrs, batch_size=8, key=keys, rows=rows,
+                                 row_counts=counts, chunk_size=20)
+    for i in range(MEMBERS):
+        mine = rows[i, : counts[i]]
+        alone = bp_jax.fit(loss, member(params, i), x[mine], y[mine], steps=50, lr=float(lrs[i]), batch_size=8,
+                           key=keys[i])
+        chex.assert_trees_all_close(member(result.params, i), alone.params, rtol=precision, atol=precision)
+        np.testing.assert_allclose(result.losses[:, i], alone.losses, rtol=precision, atol=precision)
+
+
+def test_resuming_members_on_their_own_rows_is_bit_identical():
+    loss, params, x, y = problem()
+    rows, counts = np.tile(np.arange(48), (MEMBERS, 1)), np.array([40, 48, 20, 9])
+    run = lambda p, steps, start: bp_jax.fit_ensemble(loss, p, x, y, steps=steps, start_step=start, lr=0.05,
+                                                     batch_size=9, key=jax.random.key(0), rows=rows,
+                                                     row_counts=counts)
+    whole, first = run(params, 40, 0), run(params, 17, 0)
+    chex.assert_trees_all_equal(run(first.params, 23, 17).params, whole.params)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rows": np.zeros((MEMBERS, 48), int)}, "come together"),
+    ({"rows": np.zeros((MEMBERS, 48), int), "row_counts": np.full(MEMBERS, 48), "batch_size": None}, "batch_size"),
+    ({"rows": np.zeros((3, 48), int), "row_counts": np.full(3, 48)}, "shape"),
+    ({"rows": np.zeros((MEMBERS, 48)), "row_counts": np.full(MEMBERS, 48)}, "integers"),
+    ({"rows": np.zeros((MEMBERS, 48), int), "row_counts": np.full(MEMBERS, 4)}, r"\[8, 48\]"),
+    ({"rows": np.full((MEMBERS, 48), 48), "row_counts": np.full(MEMBERS, 48)}, "index x's 48"),
+])
+def test_bad_member_rows_are_refused(kwargs, message):
+    loss, params, x, y = problem()
+    arguments = {"batch_size": 8, "key": jax.random.key(0)} | kwargs
+    with pytest.raises((ValueError, TypeError), match=message):
+        bp_jax.fit_ensemble(loss, params, x, y, steps=3, lr=0.1, **arguments)

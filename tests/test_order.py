@@ -62,3 +62,19 @@ def test_every_ordering_of_a_tiny_data_set_is_equally_likely():
     assert len(counts) == 24
     assert ((counts - expected) ** 2 / expected).sum() < 55  # 23 degrees of freedom: 99.99th percentile ≈ 52
 
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 5000), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
+def test_a_traced_row_count_gives_the_rows_of_the_static_one(rows, step, seed):
+    batch = max(1, rows // 7)
+    key = jax.random.key(seed)
+    traced = jax.jit(lambda key, step, n: bp_jax.minibatch_indices(key, step, n, batch))
+    np.testing.assert_array_equal(traced(key, step, jnp.int32(rows)), bp_jax.minibatch_indices(key, step, rows, batch))
+
+
+def test_one_program_serves_every_traced_row_count():
+    traced = jax.jit(lambda n: bp_jax.minibatch_indices(jax.random.key(1), 3, n, 4))
+    for rows in (4, 31, 32, 33, 64, 1000):  # across the small-domain round count and several bit widths
+        np.testing.assert_array_equal(traced(jnp.int32(rows)), bp_jax.minibatch_indices(jax.random.key(1), 3, rows, 4))
+    assert traced._cache_size() == 1

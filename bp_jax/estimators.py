@@ -1,0 +1,609 @@
+"""scikit-learn estimators trained by bp_jax's fused loop: `MLPRegressor`, `MLPClassifier`, and a `GridSearchCV`
+that trains every (grid point × fold) as one member of one `fit_ensemble` program.
+
+An edge module (needs scikit-learn, the `sklearn` extra); `import bp_jax` does not import it.
+
+Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, and why:
+- Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
+  key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch).
+  `shuffle=False` is accepted only with full-batch training (the fused loop always reads a keyed order).
+- The stopping rules are sklearn's, checked per epoch: with `early_stopping=False`, `fit` runs chunks of
+  EPOCHS_PER_CHECK epochs and, when the rule fires inside a chunk, resumes from the chunk's start for exactly
+  the epochs sklearn would have run (resuming is bit-identical); with `early_stopping=True` every epoch ends a
+  chunk, where the validation score is taken and the best params kept.
+- Binary classification uses two softmax outputs (`out_activation_ = "softmax"`), not one logistic unit.
+- `solver="adam"` is optax's adam (ε added to √v̂, sklearn adds it to √v); `learning_rate` schedules other
+  than constant, `warm_start`, `lbfgs` and `verbose` are not offered.
+- The loss is sklearn's: ½·mean((y − ŷ)²) or the mean cross-entropy, plus α/(2b)·Σ‖W‖² per minibatch of b
+  rows; α enters the program as data (a frozen params leaf), so a grid over it compiles nothing new.
+"""
+
+import contextvars
+import functools
+import hashlib
+import itertools
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy.special import expit, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
+from sklearn.model_selection import ParameterGrid, check_cv, train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from bp_jax._fit import NonFiniteLoss, fit, fit_ensemble
+from bp_jax._layers import mlp
+from bp_jax._losses import mse, softmax_cross_entropy
+
+#: Grid parameters that change data, not the compiled program: a grid over them is one `fit_ensemble` program.
+VECTORISED = ("learning_rate_init", "random_state", "alpha", "momentum", "tol", "n_iter_no_change", "max_iter")
+#: fingerprint → (TrainRun, seed) of the members a GridSearchCV trained at once; fits of the search read them.
+_PRETRAINED: contextvars.ContextVar[dict] = contextvars.ContextVar("bp_jax_estimators_pretrained", default={})  # noqa: B039
+#: Epochs per chunk of the fused loop between two checks of the stopping rule (without early stopping).
+EPOCHS_PER_CHECK = 10
+_ACTIVATIONS = {"identity": "identity", "relu": "relu", "tanh": "tanh", "logistic": "sigmoid"}
+_NUMPY_ACTIVATIONS = {"identity": lambda z: z, "relu": lambda z: np.maximum(z, 0), "tanh": np.tanh,
+                      "logistic": expit}
+
+
+def half_squared_error(pred, target):
+    """½·mean((ŷ − y)²): sklearn's squared loss."""
+    return mse(pred, target) / 2
+
+
+@dataclass(frozen=True)
+class Objective:
+    """`f(params, x, y) = loss(model.apply(params["layers"], x), y) + ½·l2·Σ‖W‖²` with `l2 = α / batch_size`
+    held in params but never trained (stop_gradient): sklearn's objective, its α as data."""
+
+    model: Any
+    loss: Any
+
+    def __call__(self, params, x, y):
+        weights = params["layers"][::2]  # Linear, activation, Linear, …
+        penalty = sum(jnp.sum(layer["weight"] ** 2) for layer in weights)
+        return self.loss(self.model.apply(params["layers"], x), y) + 0.5 * jax.lax.stop_gradient(params["l2"]) * penalty
+
+
+@functools.lru_cache(maxsize=64)  # one objective per configuration: equal configurations share one program
+def objective(sizes: tuple[int, ...], activation: str, classifier: bool) -> Objective:
+    return Objective(mlp(sizes, _ACTIVATIONS[activation]), softmax_cross_entropy if classifier else half_squared_error)
+
+
+@functools.lru_cache(maxsize=64)
+def optimizer(solver: str, nesterov: bool, beta_1: float, beta_2: float,
+              epsilon: float) -> optax.GradientTransformation:
+    """sklearn's solver with its learning rate and momentum as state (`opt_state.hyperparams`): data, not
+    program. sgd: v ← μ·v − η·g, w ← w + v (Nesterov: w ← w + μ·v − η·g); adam: optax.adam."""
+
+    def rule(learning_rate, momentum):
+        if solver == "sgd":
+            return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+        return optax.adam(learning_rate, b1=beta_1, b2=beta_2, eps=epsilon)
+
+    return optax.inject_hyperparams(rule)(learning_rate=0.0, momentum=0.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(transform: optax.GradientTransformation, members: bool):
+    return jax.jit(jax.vmap(transform.init) if members else transform.init)
+
+
+def initial_state(transform, params, learning_rate, momentum, *, members: bool = False):
+    """`transform.init(params)` (vmapped over a leading member axis when `members`) with its hyperparameters set."""
+    state = _jitted_init(transform, members)(params)
+    dtype = state.hyperparams["learning_rate"].dtype
+    hyper = {"learning_rate": jnp.asarray(learning_rate, dtype), "momentum": jnp.asarray(momentum, dtype)}
+    return state._replace(hyperparams=hyper)
+
+
+def glorot(seed: int, sizes: tuple[int, ...], activation: str, dtype) -> tuple:
+    """sklearn's initialisation: W and b ~ U(−s, s), s = √(f / (fan_in + fan_out)), f = 2 for logistic, else 6;
+    as bp_jax layers (weights (out, in)), drawn by numpy's Generator from `seed`."""
+    rng, factor, layers = np.random.default_rng(seed), 2.0 if activation == "logistic" else 6.0, []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        bound = np.sqrt(factor / (fan_in + fan_out))
+        weight = rng.uniform(-bound, bound, (fan_in, fan_out)).T
+        layers += [{"weight": weight.astype(dtype), "bias": rng.uniform(-bound, bound, fan_out).astype(dtype)}, {}]
+    return tuple(layers[:-1])
+
+
+def to_sklearn(layers) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """bp_jax layer params → sklearn's (coefs_, intercepts_): (n_in, n_out) and (n_out,) numpy arrays."""
+    linear = [jax.device_get(layer) for layer in layers[::2]]
+    return [np.array(layer["weight"]).T for layer in linear], [np.array(layer["bias"]) for layer in linear]
+
+
+def from_sklearn(coefs, intercepts) -> tuple:
+    layers = []
+    for weight, bias in zip(coefs, intercepts):
+        layers += [{"weight": jnp.asarray(weight.T), "bias": jnp.asarray(bias)}, {}]
+    return tuple(layers[:-1])
+
+
+def forward(coefs, intercepts, activation: str, x: np.ndarray) -> np.ndarray:
+    """The network's output (before the output activation), in numpy: predicting compiles nothing."""
+    hidden = _NUMPY_ACTIVATIONS[activation]
+    for index, (weight, bias) in enumerate(zip(coefs, intercepts)):
+        x = x @ weight + bias
+        if index < len(coefs) - 1:
+            x = hidden(x)
+    return x
+
+
+def seed_of(random_state) -> int:
+    """An int seed: the int itself, else one drawn from `check_random_state(random_state)`."""
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+class Stopping:
+    """sklearn's per-epoch rule: count epochs whose training loss is above best − tol (or, with early stopping,
+    whose validation score is below best + tol); stop once the count exceeds n_iter_no_change."""
+
+    def __init__(self, tol: float, n_iter_no_change: int, early_stopping: bool):
+        self.tol, self.patience, self.early_stopping = tol, n_iter_no_change, early_stopping
+        self.best_loss, self.best_score, self.count, self.best_params = np.inf, -np.inf, 0, None
+
+    def update(self, loss: float, score: float | None = None, params=None) -> bool:
+        """Record one epoch; True when training should stop after it."""
+        if self.early_stopping:
+            self.count = self.count + 1 if score < self.best_score + self.tol else 0
+            if score > self.best_score:
+                self.best_score, self.best_params = score, params
+        else:
+            self.count = self.count + 1 if loss > self.best_loss - self.tol else 0
+            self.best_loss = min(self.best_loss, loss)
+        return self.count > self.patience
+
+
+class Plan(NamedTuple):
+    """What one training run needs beside the data: batch size, steps per epoch and the epochs to run."""
+
+    batch_size: int
+    steps_per_epoch: int
+
+
+def plan(batch_size, rows: int) -> Plan:
+    """sklearn's batch size ('auto': min(200, n); larger than n: n, with a warning) and n // b steps per epoch."""
+    if batch_size == "auto":
+        batch = min(200, rows)
+    else:
+        if batch_size > rows:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                          stacklevel=3)
+        batch = int(np.clip(batch_size, 1, rows))
+    return Plan(batch, rows // batch)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"The '{name}' parameter of this estimator must be an int ≥ {minimum}, got {value!r}")
+
+
+def _check_float(name: str, value, low: float, high: float = np.inf, *, open_low: bool = False,
+                 open_high: bool = False) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value) if high < np.inf \
+        else isinstance(value, numbers.Real) and not isinstance(value, bool) and not np.isnan(value)
+    if ok:
+        ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+    if not ok:
+        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise ValueError(f"The '{name}' parameter of this estimator must be a float in {interval}, got {value!r}")
+
+
+def _check_option(name: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"The '{name}' parameter of this estimator must be one of {sorted(options)}, got {value!r}")
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPRegressor and MLPClassifier share: parameters, checks, the training run, prediction."""
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
+                 tol=1e-4, momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+
+    # -- checks ----------------------------------------------------------------------------------------------
+    def _hidden_sizes(self) -> tuple[int, ...]:
+        sizes = self.hidden_layer_sizes
+        sizes = (sizes,) if isinstance(sizes, numbers.Integral) else sizes
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            sizes = (sizes,)
+        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
+        return tuple(int(s) for s in sizes)
+
+    def _check_params(self) -> None:
+        _check_option("activation", self.activation, _ACTIVATIONS)
+        _check_option("solver", self.solver, {"sgd", "adam"})
+        _check_float("alpha", self.alpha, 0.0)
+        if self.batch_size != "auto":
+            _check_int("batch_size", self.batch_size, 1)
+        _check_float("learning_rate_init", self.learning_rate_init, 0.0, open_low=True)
+        _check_int("max_iter", self.max_iter, 1)
+        _check_float("tol", self.tol, 0.0)
+        _check_float("momentum", self.momentum, 0.0, 1.0)
+        _check_float("validation_fraction", self.validation_fraction, 0.0, 1.0, open_high=True)
+        _check_float("beta_1", self.beta_1, 0.0, 1.0, open_high=True)
+        _check_float("beta_2", self.beta_2, 0.0, 1.0, open_high=True)
+        _check_float("epsilon", self.epsilon, 0.0, open_low=True)
+        _check_int("n_iter_no_change", self.n_iter_no_change, 1)
+        for name in ("shuffle", "nesterovs_momentum", "early_stopping"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"The '{name}' parameter of this estimator must be a bool, got {value!r}")
+
+    def _program(self, features: int, outputs: int):
+        """(objective, optimizer): shared by every estimator of this configuration."""
+        sizes = (features, *self._hidden_sizes(), outputs)
+        return (objective(sizes, self.activation, is_classifier(self)),
+                optimizer(self.solver, bool(self.nesterovs_momentum), float(self.beta_1), float(self.beta_2),
+                          float(self.epsilon)))
+
+    def _validate_input(self, X, y, *, reset: bool):
+        dtype = np.dtype(jax.dtypes.canonicalize_dtype(float))
+        X, y = validate_data(self, X, y, reset=reset, dtype=dtype, multi_output=not is_classifier(self),
+                             y_numeric=not is_classifier(self))
+        return X, y
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def _fit(self, X, y, *, incremental: bool, classes=None):
+        self._check_params()
+        first = not (incremental and hasattr(self, "coefs_"))
+        X, y = self._validate_input(X, y, reset=first)
+        targets = self._encode_targets(y, first=first, classes=classes)
+        rows = X.shape[0]
+        steps = plan(self.batch_size, rows)
+        if not self.shuffle and steps.batch_size < rows:
+            raise ValueError("shuffle=False needs full-batch training (batch_size ≥ n_samples): the fused loop reads "
+                             "minibatches in a keyed order")
+        loss_fn, transform = self._program(X.shape[1], self._n_outputs())
+        if first:
+            self._seed = seed_of(self.random_state)
+            sizes = (X.shape[1], *self._hidden_sizes(), self._n_outputs())
+            layers = glorot(self._seed, sizes, self.activation, X.dtype)
+            self.loss_curve_, self.t_, self._step = [], 0, 0
+            self.n_iter_ = 0
+        else:
+            layers = from_sklearn(self.coefs_, self.intercepts_)
+        params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
+        opt_state = (initial_state(transform, params, self.learning_rate_init, self.momentum)
+                     if first or self._opt_state is None else self._opt_state)
+        key = jax.random.key(self._seed)
+        validation = None
+        early = self.early_stopping and not incremental
+        if early:
+            kept, held = train_test_split(np.arange(rows), random_state=self._seed, test_size=self.validation_fraction,
+                                           stratify=targets if is_classifier(self) else None)
+            validation = (X[held], y[held])
+            X, targets = X[kept], targets[kept]
+            steps = plan(self.batch_size, len(kept))
+            params["l2"] = jnp.asarray(self.alpha / steps.batch_size, X.dtype)
+        epochs = 1 if incremental else self.max_iter
+        stopping = Stopping(self.tol, self.n_iter_no_change, early)
+        pretrained = _PRETRAINED.get().get(_fingerprint(self, X, targets)) if first and not early else None
+        if pretrained is not None:  # trained as one member of a GridSearchCV's program
+            run, self._seed = pretrained
+        else:
+            run = train(loss_fn, transform, params, opt_state, X, targets, key=key, steps=steps, epochs=epochs,
+                        start_step=self._step, stopping=None if incremental else stopping,
+                        score=None if not early else functools.partial(self._score_params, *validation))
+        self.coefs_, self.intercepts_ = to_sklearn(run.params["layers"])
+        self._opt_state = jax.device_get(run.opt_state)
+        self._step = run.step
+        self.loss_curve_ = [*self.loss_curve_, *run.curve]
+        self.loss_ = self.loss_curve_[-1]
+        self.n_iter_ += len(run.curve)
+        self.t_ += len(run.curve) * steps.steps_per_epoch * steps.batch_size
+        self.n_layers_ = len(self.coefs_) + 1
+        self.out_activation_ = "softmax" if is_classifier(self) else "identity"
+        if early:
+            self.validation_scores_ = run.scores
+            self.best_validation_score_ = stopping.best_score
+            self.best_loss_ = None
+            self.coefs_, self.intercepts_ = to_sklearn(stopping.best_params["layers"])
+        else:
+            self.validation_scores_ = self.best_validation_score_ = None
+            self.best_loss_ = float(np.min(self.loss_curve_))
+        if not incremental and not run.stopped:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
+                          "hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+        return self
+
+    def _score_params(self, X, y, params) -> float:
+        """The estimator's score (R² or accuracy) on (X, y) of bp_jax `params` (early stopping's validation)."""
+        coefs, intercepts = to_sklearn(params["layers"])
+        return self._metric(y, self._decode(forward(coefs, intercepts, self.activation, X)))
+
+    def _raw(self, X) -> np.ndarray:
+        check_is_fitted(self, "coefs_")
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        return forward(self.coefs_, self.intercepts_, self.activation, X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+class TrainRun(NamedTuple):
+    """What `train` returns: final params and optimizer state, the step reached, the loss of each epoch run,
+    validation scores (early stopping), and whether the stopping rule ended it."""
+
+    params: Any
+    opt_state: Any
+    step: int
+    curve: list[float]
+    scores: list[float]
+    stopped: bool
+
+
+def train(loss_fn, transform, params, opt_state, x, y, *, key, steps: Plan, epochs: int, start_step: int,
+          stopping: Stopping | None, score=None) -> TrainRun:
+    """Up to `epochs` epochs of `fit` from `start_step`, stopping where sklearn's rule would (see the module
+    docstring): chunks of EPOCHS_PER_CHECK epochs (one with a `score`), and on a stop inside a chunk a resume
+    from that chunk's start for the epochs that remain before the stop."""
+    per_epoch = steps.steps_per_epoch
+    per_chunk = 1 if score is not None or stopping is None else EPOCHS_PER_CHECK
+    batch = None if steps.batch_size == x.shape[0] else steps.batch_size
+    run = functools.partial(fit, loss_fn, x=x, y=y, batch_size=batch, optimizer=transform, key=key)
+    curve, scores, stop = [], [], {}
+    chunk_start = (params, opt_state, start_step)
+
+    def on_chunk(result) -> bool:
+        nonlocal chunk_start
+        epoch_losses = np.asarray(result.losses, np.float64).reshape(-1, per_epoch).mean(axis=1)
+        for index, loss in enumerate(epoch_losses):
+            curve.append(float(loss))
+            value = None
+            if score is not None:
+                value = score(result.params)
+                scores.append(value)
+            if stopping is not None and stopping.update(float(loss), value, result.params):
+                stop["epoch_in_chunk"] = index + 1
+                stop["whole_chunk"] = index + 1 == len(epoch_losses)
+                return True
+        chunk_start = (result.params, result.opt_state, result.step)
+        return False
+
+    # chunk boundaries fall on multiples of the chunk size: from a later start (partial_fit) one chunk to the end
+    chunk_steps = per_chunk * per_epoch if start_step == 0 else start_step + epochs * per_epoch
+    try:
+        result = run(params=params, opt_state=opt_state, steps=epochs * per_epoch, start_step=start_step,
+                     chunk_size=chunk_steps, on_chunk=on_chunk)
+        if stop and not stop["whole_chunk"]:  # resume from the chunk's start: the same bits, fewer epochs
+            params, opt_state, step = chunk_start
+            result = run(params=params, opt_state=opt_state, steps=stop["epoch_in_chunk"] * per_epoch,
+                         start_step=step, chunk_size=chunk_steps)
+    except NonFiniteLoss as error:
+        raise ValueError(f"Solver produced non-finite parameter weights at step {error.step}. The input data may "
+                         "contain large values and need to be preprocessed.") from None
+    return TrainRun(result.params, result.opt_state, result.step, curve, scores, bool(stop))
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """sklearn.neural_network.MLPRegressor's parameters and attributes, trained by bp_jax's fused loop: the
+    identity output and the loss ½·mean((ŷ − y)²) + α/(2b)·Σ‖W‖² (see the module docstring for differences)."""
+
+    _metric = staticmethod(r2_score)
+
+    def fit(self, X, y):
+        """Train from a fresh initialisation for up to max_iter epochs; returns self."""
+        return self._fit(X, y, incremental=False)
+
+    def partial_fit(self, X, y):
+        """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted)."""
+        return self._fit(X, y, incremental=True)
+
+    def _encode_targets(self, y, *, first: bool, classes=None):
+        y = y.reshape(-1, 1) if y.ndim == 1 else y
+        if first:
+            self.n_outputs_ = y.shape[1]
+        elif y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {y.shape[1]} outputs, but this estimator was fitted with {self.n_outputs_}")
+        return y
+
+    def _n_outputs(self) -> int:
+        return self.n_outputs_
+
+    def _decode(self, raw: np.ndarray) -> np.ndarray:
+        return raw.ravel() if raw.shape[1] == 1 else raw
+
+    def predict(self, X):
+        """The network's output for X: (n,) for one target, (n, n_outputs) for several."""
+        return self._decode(self._raw(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """sklearn.neural_network.MLPClassifier's parameters and attributes, trained by bp_jax's fused loop: softmax
+    over one output per class (two for a binary problem) and the loss mean cross-entropy + α/(2b)·Σ‖W‖²."""
+
+    _metric = staticmethod(accuracy_score)
+
+    def fit(self, X, y):
+        """Train from a fresh initialisation for up to max_iter epochs; returns self."""
+        return self._fit(X, y, incremental=False)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y) from the current state; the first call needs `classes` (all labels to expect)."""
+        if classes is None and not hasattr(self, "coefs_"):
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        return self._fit(X, y, incremental=True, classes=classes)
+
+    def _encode_targets(self, y, *, first: bool, classes=None):
+        check_classification_targets(y)
+        if first:
+            self.classes_ = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+        labels = np.searchsorted(self.classes_, y)
+        unknown = (labels >= len(self.classes_)) | (self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y)
+        if np.any(unknown):
+            raise ValueError(f"y contains labels not in classes_ {self.classes_.tolist()}: "
+                             f"{np.unique(y[unknown]).tolist()}")
+        return labels.astype(np.int32)
+
+    def _n_outputs(self) -> int:
+        return max(len(self.classes_), 2)
+
+    def _decode(self, raw: np.ndarray) -> np.ndarray:
+        return self.classes_[np.argmax(raw[:, : len(self.classes_)], axis=1)]
+
+    def predict(self, X):
+        """The class of highest probability for each row of X."""
+        return self._decode(self._raw(X))
+
+    def predict_proba(self, X):
+        """softmax of the outputs: (n, n_classes), rows summing to 1, columns in the order of classes_."""
+        return softmax(self._raw(X)[:, : len(self.classes_)], axis=1)
+
+    def predict_log_proba(self, X):
+        return np.log(self.predict_proba(X))
+
+
+def _fingerprint(estimator, x: np.ndarray, targets: np.ndarray) -> tuple:
+    """What identifies one training run: the estimator's parameters and the bytes of its (validated) data."""
+    digest = lambda array: hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return repr(sorted(estimator.get_params().items())), x.shape, digest(x), digest(targets)
+
+
+class GridSearchCV(SklearnGridSearchCV):
+    """sklearn.model_selection.GridSearchCV, unchanged in signature and results, for a bp_jax MLPRegressor or
+    MLPClassifier: first every (grid point × fold) is trained as one member of one `fit_ensemble` program
+    (each member on its fold's rows, its own key, learning rate, momentum and α), then sklearn's search runs as
+    usual and each of its fits reads its member's result instead of training (scores, refit and cv_results_ are
+    sklearn's own). The grid may vary only VECTORISED parameters: any other is refused in one line naming it.
+    Members sharing a batch size and steps per epoch share a program (folds of unequal size may make two).
+    Not vectorised, and trained one by one as sklearn would: early_stopping=True, random_state=None, folds
+    missing a class, n_jobs > 1 (the workers do not see the members) and a cv that splits differently per call.
+    """
+
+    def fit(self, X, y=None, **params):
+        if not isinstance(self.estimator, _BaseMLP):
+            raise TypeError(f"bp_jax.estimators.GridSearchCV searches MLPRegressor or MLPClassifier, got "
+                            f"{type(self.estimator).__name__}; use sklearn.model_selection.GridSearchCV")
+        grids = [self.param_grid] if isinstance(self.param_grid, dict) else list(self.param_grid)
+        for name in sorted({name for grid in grids for name in grid}):
+            if name not in VECTORISED:
+                raise ValueError(f"GridSearchCV: the grid varies {name!r}, which changes the compiled program; "
+                                 f"bp_jax vectorises only {', '.join(VECTORISED)} (search others with "
+                                 "sklearn.model_selection.GridSearchCV)")
+        splits = list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(X, y, params.get("groups")))
+        token = _PRETRAINED.set(_train_members(self.estimator, list(ParameterGrid(self.param_grid)), X, y, splits))
+        try:
+            return super().fit(X, y, **params)
+        finally:
+            _PRETRAINED.reset(token)
+
+
+def _train_members(estimator, candidates, X, y, splits) -> dict:
+    """fingerprint → (TrainRun, seed) for every (candidate, training fold) that one program can train."""
+    if estimator.early_stopping:
+        return {}
+    whole = clone_unfitted(estimator)
+    whole._check_params()
+    x_all, y_all = whole._validate_input(X, y, reset=True)
+    targets_all = whole._encode_targets(y_all, first=True)
+    groups: dict = {}
+    for candidate in candidates:
+        for train_rows, _ in splits:
+            member = clone_unfitted(estimator).set_params(**candidate)
+            if member.random_state is None:
+                continue  # a fresh seed per fit: nothing to share
+            member._check_params()
+            x, y_fold = member._validate_input(X[train_rows] if hasattr(X, "shape") else np.asarray(X)[train_rows],
+                                               np.asarray(y)[train_rows], reset=True)
+            targets = member._encode_targets(y_fold, first=True)
+            if is_classifier(member) and not np.array_equal(member.classes_, whole.classes_):
+                continue  # its outputs differ from the shared encoding: trained on its own
+            steps = plan(member.batch_size, len(x))
+            if steps.batch_size == len(x):
+                continue  # full batch: fit takes no minibatches
+            programs = member._program(x.shape[1], member._n_outputs())
+            groups.setdefault((programs, steps), []).append((member, train_rows, _fingerprint(member, x, targets)))
+    pretrained = {}
+    for ((loss_fn, transform), steps), members in groups.items():
+        pretrained |= _train_group(loss_fn, transform, steps, members, x_all, targets_all)
+    return pretrained
+
+
+def clone_unfitted(estimator):
+    return type(estimator)(**estimator.get_params())
+
+
+def _train_group(loss_fn, transform, steps: Plan, members, x_all, targets_all) -> dict:
+    """One `fit_ensemble` program for members of one configuration, each stopped where its own fit stops."""
+    dtype = x_all.dtype
+    seeds = [seed_of(member.random_state) for member, _, _ in members]
+    sizes = (x_all.shape[1], *members[0][0]._hidden_sizes(), members[0][0]._n_outputs())
+    layers = [glorot(seed, sizes, members[0][0].activation, dtype) for seed in seeds]
+    params = {"layers": jax.tree.map(lambda *leaves: np.stack(leaves), *layers),
+              "l2": np.asarray([member.alpha / steps.batch_size for member, _, _ in members], dtype)}
+    opt_state = initial_state(transform, params, [m.learning_rate_init for m, _, _ in members],
+                              [m.momentum for m, _, _ in members], members=True)
+    counts = np.array([len(rows) for _, rows, _ in members])
+    rows = np.zeros((len(members), counts.max()), np.int32)
+    for index, (_, member_rows, _) in enumerate(members):
+        rows[index, : counts[index]] = member_rows
+    rules = [Stopping(member.tol, member.n_iter_no_change, False) for member, _, _ in members]
+    curves, done = [[] for _ in members], {}
+    epochs = max(member.max_iter for member, _, _ in members)
+
+    def on_chunk(result) -> bool:
+        epoch_losses = np.asarray(result.losses, np.float64).mean(axis=0)
+        for index, (member, _, _) in enumerate(members):
+            if index in done:
+                continue
+            curves[index].append(float(epoch_losses[index]))
+            stops = rules[index].update(float(epoch_losses[index]))
+            if stops or len(curves[index]) == member.max_iter or result.diverged[index] >= 0:
+                state = jax.tree.map(lambda leaf, i=index: np.asarray(leaf)[i], (result.params, result.opt_state))
+                done[index] = (state, result.step, stops, result.diverged[index] >= 0)
+        return len(done) == len(members)
+
+    fit_ensemble(loss_fn, params, x_all, targets_all, steps=epochs * steps.steps_per_epoch, optimizer=transform,
+                 opt_state=opt_state, batch_size=steps.batch_size, key=jax.vmap(jax.random.key)(np.asarray(seeds)),
+                 rows=rows, row_counts=counts, chunk_size=steps.steps_per_epoch, on_chunk=on_chunk)
+    pretrained = {}
+    for index, (_, _, fingerprint) in enumerate(members):
+        (member_params, member_state), step, stopped, diverged = done[index]
+        if not diverged:  # a diverged member is trained again on its own, to raise fit's error
+            pretrained[fingerprint] = (TrainRun(member_params, member_state, step, curves[index], [], stopped),
+                                       seeds[index])
+    return pretrained

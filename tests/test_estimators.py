@@ -1,0 +1,182 @@
+"""bp_jax.estimators: scikit-learn's own estimator checks, the fitted attributes, compiling once, pickling,
+bad input, and GridSearchCV against scikit-learn's."""
+
+import pickle
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+from sklearn.base import clone
+from sklearn.datasets import make_classification, make_regression
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from bp_jax.estimators import MLPClassifier, MLPRegressor
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+#: Small networks keep each estimator's suite under a minute.
+CHECKED = [MLPRegressor(hidden_layer_sizes=(5,), learning_rate_init=0.01, max_iter=200, random_state=0),
+           MLPClassifier(hidden_layer_sizes=(5,), learning_rate_init=0.01, max_iter=200, random_state=0)]
+
+
+def _expected_failures(estimator):
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_convergence():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+@parametrize_with_checks(CHECKED, expected_failed_checks=_expected_failures)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def _compilations(run) -> int:
+    events = []
+    listener = lambda event, duration, **kwargs: events.append(event) if event == COMPILE_EVENT else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        run()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return len(events)
+
+
+def _regression(rows=200):
+    x, y = make_regression(rows, 10, noise=5.0, random_state=0)
+    return x, y / y.std()
+
+
+def _classification(rows=200, classes=3):
+    return make_classification(rows, 10, n_informative=5, n_classes=classes, random_state=0)
+
+
+@pytest.mark.parametrize("estimator, data", [(MLPRegressor, _regression), (MLPClassifier, _classification)])
+def test_a_second_fit_of_the_same_configuration_compiles_nothing(estimator, data):
+    x, y = data()
+    make = lambda seed, lr: estimator((7,), solver="sgd", batch_size=16, learning_rate_init=lr, alpha=1e-3 * seed,
+                                      momentum=0.5, max_iter=30, random_state=seed)
+    make(0, 0.01).fit(x, y)
+    assert _compilations(lambda: make(1, 0.02).fit(x, y)) == 0
+    assert _compilations(lambda: clone(make(2, 0.03)).fit(x, y).predict(x)) == 0
+
+
+def test_fitted_attributes_have_sklearns_layout():
+    x, y = _classification(classes=3)
+    model = MLPClassifier((6, 4), max_iter=15, random_state=0, tol=0.0).fit(x, np.array(["a", "b", "c"])[y])
+    assert [w.shape for w in model.coefs_] == [(10, 6), (6, 4), (4, 3)]
+    assert [b.shape for b in model.intercepts_] == [(6,), (4,), (3,)]
+    assert all(isinstance(w, np.ndarray) for w in model.coefs_ + model.intercepts_)
+    assert model.n_iter_ == len(model.loss_curve_) == 15 and model.loss_ == model.loss_curve_[-1]
+    assert model.classes_.tolist() == ["a", "b", "c"] and model.n_features_in_ == 10 and model.n_layers_ == 4
+    proba = model.predict_proba(x)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert set(model.predict(x)) <= {"a", "b", "c"}
+    np.testing.assert_array_equal(model.predict(x), model.classes_[proba.argmax(axis=1)])
+
+
+def test_the_stopping_rule_stops_where_sklearns_rule_says():
+    x, y = _regression()
+    model = MLPRegressor((5,), solver="sgd", batch_size=20, learning_rate_init=0.01, max_iter=500, tol=1e-3,
+                         n_iter_no_change=5, random_state=0).fit(x, y)
+    curve, best, count = model.loss_curve_, np.inf, 0
+    stop = None
+    for epoch, loss in enumerate(curve, 1):  # sklearn's _update_no_improvement_count, replayed
+        count = count + 1 if loss > best - 1e-3 else 0
+        best = min(best, loss)
+        if count > 5:
+            stop = epoch
+            break
+    assert stop == model.n_iter_ < 500 and model.n_iter_ % 10  # stopped inside a chunk of 10 epochs
+    # the stop fell inside a chunk: the resumed run ends on the bits of an uninterrupted one of that length
+    again = MLPRegressor((5,), solver="sgd", batch_size=20, learning_rate_init=0.01, max_iter=model.n_iter_, tol=0.0,
+                         random_state=0).fit(x, y)
+    for mine, theirs in zip(model.coefs_, again.coefs_):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_early_stopping_keeps_the_best_validation_params():
+    x, y = _classification(rows=300)
+    model = MLPClassifier((5,), solver="sgd", learning_rate_init=0.05, batch_size=16, early_stopping=True,
+                          n_iter_no_change=3, max_iter=200, random_state=0).fit(x, y)
+    assert len(model.validation_scores_) == model.n_iter_
+    assert model.best_validation_score_ == max(model.validation_scores_)
+    assert model.best_loss_ is None
+
+
+def test_pickle_and_clone_round_trip():
+    x, y = _regression()
+    model = MLPRegressor((5,), max_iter=10, random_state=0).fit(x, y)
+    copy = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(copy.predict(x), model.predict(x))
+    assert all(type(leaf) is np.ndarray for leaf in jax.tree.leaves(copy.__dict__)
+               if hasattr(leaf, "shape"))
+    copy.partial_fit(x, y)
+    assert copy.n_iter_ == model.n_iter_ + 1
+    assert clone(model).get_params() == model.get_params()
+
+
+@pytest.mark.parametrize("x, y, error, words", [
+    (np.ones((10, 3)), np.ones(9), ValueError, "inconsistent numbers of samples"),
+    (np.full((10, 3), np.nan), np.ones(10), ValueError, "NaN"),
+    (np.array([["a", "b"]] * 10, dtype=object), np.ones(10), ValueError, "could not convert"),
+    (np.ones((10, 3)), np.full(10, np.inf), ValueError, "infinity"),
+])
+def test_bad_input_gives_sklearn_style_errors(x, y, error, words):
+    with pytest.raises(error, match=words):
+        MLPRegressor(max_iter=2).fit(x, y)
+
+
+def test_bad_parameters_and_features_are_named():
+    x, y = _regression()
+    with pytest.raises(ValueError, match="'activation' parameter"):
+        MLPRegressor(activation="softplus").fit(x, y)
+    with pytest.raises(ValueError, match="hidden_layer_sizes"):
+        MLPRegressor(hidden_layer_sizes=(0,)).fit(x, y)
+    model = MLPRegressor((3,), max_iter=2).fit(x, y)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(x[:, :5])
+
+
+GRID = {"learning_rate_init": [0.01, 0.05], "alpha": [1e-4, 1e-2], "momentum": [0.5, 0.9], "random_state": [0, 1]}
+
+
+@pytest.mark.parametrize("estimator, data, scoring", [
+    (MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=40, tol=1e-3, n_iter_no_change=4), _regression, None),
+    (MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30), _classification, "neg_log_loss"),
+], ids=["regressor", "classifier"])
+def test_grid_search_scores_equal_sklearns_grid_search_over_the_same_estimator(estimator, data, scoring,
+                                                                               monkeypatch):
+    from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
+
+    from bp_jax import estimators
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = data()
+    ours, one_by_one = GridSearchCV(estimator, GRID, cv=3, scoring=scoring), []
+    with monkeypatch.context() as patch:  # count the fits that train on their own
+        patch.setattr(estimators, "train",
+                      lambda *a, train=estimators.train, **k: one_by_one.append(1) or train(*a, **k))
+        ours.fit(x, y)
+    assert len(one_by_one) == 1  # only the refit on all rows: the 48 (point × fold) fits read their members
+    theirs = SklearnGridSearchCV(estimator, GRID, cv=3, scoring=scoring).fit(x, y)
+    for name in ["mean_test_score", *(f"split{i}_test_score" for i in range(3))]:
+        np.testing.assert_allclose(ours.cv_results_[name], theirs.cv_results_[name], rtol=1e-4, atol=1e-5)
+    assert ours.best_params_ == theirs.best_params_
+
+
+def test_a_grid_over_a_parameter_that_changes_the_program_is_refused_in_one_line():
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _regression()
+    with pytest.raises(ValueError, match="'hidden_layer_sizes'") as error:
+        GridSearchCV(MLPRegressor(), {"hidden_layer_sizes": [(3,), (4,)], "alpha": [0.1]}).fit(x, y)
+    assert "\n" not in str(error.value)
