@@ -10,11 +10,12 @@ import pytest
 from helpers import bp_jax_cli, strict_json
 
 import bp_jax
-from bp_jax.cli import runs, sweep as sweep_command
+from bp_jax.cli import runs
+from bp_jax.cli import sweep as sweep_command
 
 STEPS = "150"
-#: a member against `bp-jax train`: equal to float32 rounding (a few ulps), not bit for bit, since XLA
-#: computes a batch of E matmuls (the ensemble, vmapped) in another order than one
+#: a member against `bp-jax train`: equal to float32 rounding, not bit for bit: the ensemble's vmapped
+#: (batched) operations may round differently from one run's
 MEMBER_TOLERANCE = 1e-5
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -142,15 +143,15 @@ def test_member_states_are_train_runs_initial_states_by_one_program_of_fixed_siz
     assert counts[0] == counts[1] >= 1 and sizes[0] == sizes[1]
 
 
-COUNT_COMPILES = """
+COUNT_COMPILES = f"""
 import sys, jax
 compiled = []
 jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kwargs: compiled.append(event) if event == "%s" else None)
+    lambda event, duration, **kwargs: compiled.append(event) if event == "{COMPILE_EVENT}" else None)
 from bp_jax.cli import main
 status = main(sys.argv[1:])
 print(status, len(compiled))
-""" % COMPILE_EVENT
+"""
 
 
 def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_path):
