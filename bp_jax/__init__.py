@@ -1,70 +1,75 @@
 """bp_jax: the documents' backpropagation as pure JAX functions over explicit parameter pytrees.
 
-`from_torch` and `to_torch` live in the edge module `bp_jax.torch_interop`, imported on first access:
-`import bp_jax` never imports torch.
+The public names are listed once, in `_EXPORTS` (name -> the submodule that defines it), and resolved from
+their submodule on first access (PEP 562), so `import bp_jax` imports neither jax nor torch: the command
+installs its signal handling before anything heavy loads. `from_torch` and `to_torch` come from the edge
+module `bp_jax.torch_interop` and are listed in `__all__` only where torch is installed.
 """
 
+import importlib
 import importlib.util
+from typing import TYPE_CHECKING
 
-from bp_jax import manual
-from bp_jax._layers import (
-    ACTIVATIONS,
-    Linear,
-    Model,
-    ReLU,
-    Sequential,
-    Sigmoid,
-    Tanh,
-    mlp,
-    neuron,
-    tiny_net,
-)
-from bp_jax._explain import Graph, Node, explain
-from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, fit, fit_ensemble
-from bp_jax._mesh import data_parallel_mesh, ensemble_mesh
-from bp_jax._order import minibatch_indices
-from bp_jax._losses import loss_fn, mse, softmax_cross_entropy, squared_error
-from bp_jax._steps import optax_step, sgd_step
-
-__all__ = [
-    "ACTIVATIONS",
-    "EnsembleResult",
-    "FitResult",
-    "Graph",
-    "Linear",
-    "Model",
-    "Node",
-    "NonFiniteLoss",
-    "ReLU",
-    "Sequential",
-    "Sigmoid",
-    "Tanh",
-    "data_parallel_mesh",
-    "ensemble_mesh",
-    "explain",
-    "fit",
-    "fit_ensemble",
-    "loss_fn",
-    "manual",
-    "minibatch_indices",
-    "mlp",
-    "mse",
-    "neuron",
-    "optax_step",
-    "sgd_step",
-    "softmax_cross_entropy",
-    "squared_error",
-    "tiny_net",
-]
-
+#: public name -> the submodule it lives in (the module itself for a submodule such as `manual`)
+_EXPORTS = {
+    "ACTIVATIONS": "_layers",
+    "Linear": "_layers",
+    "Model": "_layers",
+    "ReLU": "_layers",
+    "Sequential": "_layers",
+    "Sigmoid": "_layers",
+    "Tanh": "_layers",
+    "mlp": "_layers",
+    "neuron": "_layers",
+    "tiny_net": "_layers",
+    "Graph": "_explain",
+    "Node": "_explain",
+    "explain": "_explain",
+    "EnsembleResult": "_fit",
+    "FitResult": "_fit",
+    "NonFiniteLoss": "_fit",
+    "fit": "_fit",
+    "fit_ensemble": "_fit",
+    "data_parallel_mesh": "_mesh",
+    "ensemble_mesh": "_mesh",
+    "minibatch_indices": "_order",
+    "loss_fn": "_losses",
+    "mse": "_losses",
+    "softmax_cross_entropy": "_losses",
+    "squared_error": "_losses",
+    "optax_step": "_steps",
+    "sgd_step": "_steps",
+    "manual": "manual",
+    "from_torch": "torch_interop",
+    "to_torch": "torch_interop",
+}
 _TORCH_INTEROP = ("from_torch", "to_torch")
+
+__all__ = sorted(name for name in _EXPORTS if name not in _TORCH_INTEROP)
 if importlib.util.find_spec("torch") is not None:  # keeps `from bp_jax import *` working without torch
     __all__ += _TORCH_INTEROP
 
+if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` imports each name on first use
+    from bp_jax import manual  # noqa: F401
+    from bp_jax._explain import Graph, Node, explain  # noqa: F401
+    from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, fit, fit_ensemble  # noqa: F401
+    from bp_jax._layers import ACTIVATIONS, Linear, Model, ReLU, Sequential, Sigmoid, Tanh, mlp, neuron, tiny_net  # noqa: F401
+    from bp_jax._losses import loss_fn, mse, softmax_cross_entropy, squared_error  # noqa: F401
+    from bp_jax._mesh import data_parallel_mesh, ensemble_mesh  # noqa: F401
+    from bp_jax._order import minibatch_indices  # noqa: F401
+    from bp_jax._steps import optax_step, sgd_step  # noqa: F401
+    from bp_jax.torch_interop import from_torch, to_torch  # noqa: F401
+
 
 def __getattr__(name: str):
-    if name in _TORCH_INTEROP:
-        from bp_jax import torch_interop
+    """The public `name`, imported from its submodule and kept here for the next access."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bp_jax' has no attribute {name!r}")
+    module = importlib.import_module(f"bp_jax.{_EXPORTS[name]}")
+    value = module if _EXPORTS[name] == name else getattr(module, name)
+    globals()[name] = value
+    return value
 
-        return getattr(torch_interop, name)
-    raise AttributeError(f"module 'bp_jax' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -16,7 +16,8 @@ from helpers import ROOT, assert_same_state, bp_jax_cli, checkpoint_steps, comma
 
 import bp_jax
 from bp_jax import cli
-from bp_jax.cli.watch import StopSignals, Watch
+from bp_jax.cli.interrupts import Signals
+from bp_jax.cli.watch import Watch
 
 
 def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path):
@@ -154,11 +155,14 @@ def test_a_missing_extra_is_named_with_the_install_command():
 
 
 def start_training(out: Path, *args) -> subprocess.Popen:
-    """A long `bp-jax train` into `out`, returned once it holds the folder's lock (its pid is in the lock file)."""
+    """A long `bp-jax train` into `out`, returned once it holds the folder's lock (its pid is in the lock file)
+    and has checkpointed (it trains: a signal now stops it at the end of a chunk, as before the first chunk
+    there is nothing to save and a signal ends it at once)."""
     process = subprocess.Popen(command("train", "--out", out, *args), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     lock, deadline = out / ".bp-jax.lock", time.monotonic() + 240
-    while not (lock.exists() and lock.read_text().strip()) and process.poll() is None and time.monotonic() < deadline:
+    while not (lock.exists() and lock.read_text().strip() and checkpoint_steps(out)) and process.poll() is None \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, "training ended before it could be interrupted"
     return process
@@ -168,7 +172,7 @@ def start_training(out: Path, *args) -> subprocess.Popen:
 def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted_run(tmp_path, signal_number,
                                                                                        status):
     stopped, args = tmp_path / "stopped", ("--dataset", "synthetic", "--optimizer", "adam", "--seed", 2)
-    process = start_training(stopped, "--steps", 50_000_000, *args)
+    process = start_training(stopped, "--steps", 50_000_000, "--checkpoint-every", 100_000, *args)
     try:
         in_use = bp_jax_cli("train", "--out", stopped, "--steps", 10, *args, check=False)
         process.send_signal(signal_number)
@@ -180,7 +184,7 @@ def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     step = int(stderr.split("interrupted at step ")[1].split(";")[0])
     assert f"resume with: bp-jax train --resume {stopped}" in stderr
-    assert checkpoint_steps(stopped) == [step]
+    assert checkpoint_steps(stopped)[-1] == step  # the stop's own checkpoint
     metrics = json.loads((stopped / "metrics.json").read_text())
     assert metrics["stopped"] == {"step": step, "reason": f"interrupted by {signal.Signals(signal_number).name}"}
     assert metrics["final_step"] == step and (stopped / "loss_curve.png").exists()
@@ -347,7 +351,7 @@ def test_commands_share_one_entry_point_shape_and_never_import_each_other(name):
 def test_watch_keeps_every_kth_loss_and_a_signal_stops_fit_at_the_next_chunk():
     model = bp_jax.mlp((3, 4, 1), "tanh")
     x = jax.random.normal(jax.random.key(1), (16, 3))
-    signals = StopSignals()
+    signals = Signals()
     watch = Watch(4500, signals=signals)  # at most 2000 points: every ⌈4500 / 2000⌉ = 3rd step
 
     def on_chunk(result):

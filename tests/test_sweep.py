@@ -1,10 +1,23 @@
 """`bp-jax sweep` end to end, each run in its own process: every (lr, seed) member is `bp-jax train` with
 that lr and seed and the sweep's split seed."""
 
+import subprocess
+import sys
+
+import jax
+import numpy as np
 import pytest
 from helpers import bp_jax_cli, strict_json
 
+import bp_jax
+from bp_jax.cli import runs
+from bp_jax.cli import sweep as sweep_command
+
 STEPS = "150"
+#: a member against `bp-jax train`: equal to float32 rounding, not bit for bit: the ensemble's vmapped
+#: (batched) operations may round differently from one run's
+MEMBER_TOLERANCE = 1e-5
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +55,7 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
                "--out", tmp_path / "train", "--compile-cache", "off")
     metrics = strict_json(tmp_path / "train" / "metrics.json")
     for name in ("train_mse", "held_out_mse"):
-        assert member[name] == pytest.approx(metrics[name], rel=1e-5), name
+        assert member[name] == pytest.approx(metrics[name], rel=MEMBER_TOLERANCE), name
 
 
 def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
@@ -68,6 +81,8 @@ def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
     (["--lr", "0.1", "--compile-cache", "/dev/null/cache"],
      "--compile-cache /dev/null/cache: cannot create the folder"),
     (["--lr", "0.1", "--seeds", "3", "--devices", "2"], "3 members (learning rates × seeds) do not split evenly"),
+    (["--lr", "0.01", "--seeds", "99999999999"], "--seed 0 + --seeds 99999999999 passes 2**32 − 1, the largest"),
+    (["--lr", "0.01", "--seeds", "4000000000"], "4,000,000,000 members × 5 steps need about"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     done = bp_jax_cli("sweep", *args, "--steps", 5, "--out", tmp_path / "bad", check=False,
@@ -82,3 +97,77 @@ def test_a_folder_holding_a_sweep_is_not_written_over(sweep):
     done = bp_jax_cli("sweep", "--lr", "0.1", "--steps", 5, "--out", out, check=False)
     assert done.returncode == 2 and "already holds a run" in done.stderr and "--resume" not in done.stderr
     assert (out / "sweep.json").read_bytes() == before
+
+
+def test_a_sweep_that_cannot_fit_in_memory_is_refused_before_anything_is_allocated(tmp_path):
+    """The losses of every step of every member: 1000 × 10**10 × 4 bytes, refused in one line."""
+    done = bp_jax_cli("sweep", "--lr", "0.01", "--seeds", 1000, "--steps", 10**10, "--out", tmp_path / "big",
+                      check=False)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "1,000 members × 10,000,000,000 steps need about" in done.stderr and "GiB, more than" in done.stderr
+    assert not (tmp_path / "big").exists()
+
+
+def test_the_memory_estimate_grows_with_members_and_steps_and_is_below_the_machine_for_the_readme_sweep():
+    config = runs.Config()
+    needed = lambda members, steps: sweep_command.bytes_needed(config, 10, 442, members, steps)
+    assert needed(2, 100) == 2 * needed(1, 100) and needed(1, 10**6) - needed(1, 0) >= 8 * 10**6
+    assert needed(48, 1100) < sweep_command.memory_limit()[0]
+
+
+def test_member_states_are_train_runs_initial_states_by_one_program_of_fixed_size():
+    """Member (lr, s) starts where `bp-jax train --seed s` starts; set-up of 10 or 1000 seeds compiles the
+    same number of programs (one), each of the same size: set-up is O(members), not a program per member."""
+    model, config = bp_jax.mlp((10, 5, 1), "relu"), runs.Config(optimizer="momentum")
+    seeds = np.asarray([0, 5, 2**31, 2**32 - 1], np.uint32)
+    states = sweep_command.member_states(model, runs.optimizer(config), seeds, 2)
+    for i in range(2 * len(seeds)):
+        alone = runs.initial_state(model, runs.Config(optimizer="momentum", seed=int(seeds[i % len(seeds)])))
+        for member, reference in zip(jax.tree.leaves(states), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_array_equal(member[i], reference)
+
+    compiled = []
+    listener = lambda event, duration, **kwargs: compiled.append(event) if event == COMPILE_EVENT else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        counts, sizes = [], []
+        for count in (10, 1000):
+            before = len(compiled)
+            seeds = np.arange(count, dtype=np.uint32)
+            jax.block_until_ready(sweep_command.member_states(model, None, seeds, 3))
+            counts.append(len(compiled) - before)
+            program = jax.make_jaxpr(lambda s: sweep_command.member_states(model, None, s, 3))(seeds)
+            sizes.append(len(str(program).splitlines()))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert counts[0] == counts[1] >= 1 and sizes[0] == sizes[1]
+
+
+COUNT_COMPILES = f"""
+import sys, jax
+compiled = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kwargs: compiled.append(event) if event == "{COMPILE_EVENT}" else None)
+from bp_jax.cli import main
+status = main(sys.argv[1:])
+print(status, len(compiled))
+"""
+
+
+def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_path):
+    counts = []
+    for seeds in (10, 1000):
+        done = subprocess.run([sys.executable, "-c", COUNT_COMPILES, "sweep", "--lr", "0.01", "--seeds", str(seeds),
+                               "--steps", "3", "--out", str(tmp_path / str(seeds)), "--compile-cache", "off"],
+                              capture_output=True, text=True, timeout=300, check=True)
+        status, count = done.stdout.split()[-2:]
+        assert status == "0", done.stderr
+        counts.append(int(count))
+    assert counts[0] == counts[1]
+
+
+def test_a_sweep_of_20000_members_finishes(tmp_path):
+    """Set-up used to stack 20000 keys into one program that compiled for over 13 minutes."""
+    bp_jax_cli("sweep", "--lr", "0.01,0.1", "--seeds", 10_000, "--steps", 5, "--out", tmp_path / "wide",
+               "--compile-cache", "off")
+    assert len(strict_json(tmp_path / "wide" / "sweep.json")["runs"]) == 20_000

@@ -11,7 +11,8 @@ load neither pandas, orbax nor matplotlib). Every command module has the same tw
 Commands never import each other: what several share lives beside them (`options`, `console`, `watch`,
 `runs`, `folders`, `checkpoints`, `data`, `plots`, `distributed`). Bad values end with one line on stderr
 and exit status 2; a diverged run exits with status 1; an interrupted one with 128 + the signal's number
-(130 for Ctrl-C); one whose output's reader left (`| head`) ends quietly with 141, as Unix tools do.
+(130 for Ctrl-C, 143 for SIGTERM) and one line, at any moment (`interrupts`); one whose output's reader left
+(`| head`) ends quietly with 141, as Unix tools do.
 """
 
 import importlib
@@ -19,7 +20,7 @@ import os
 import sys
 from types import ModuleType
 
-from bp_jax.cli import _cache
+from bp_jax.cli import _cache, interrupts
 from bp_jax.cli._args import Parser, UsageError
 
 #: command name -> (its module, its one-line help)
@@ -41,7 +42,7 @@ def command_module(name: str) -> ModuleType:
 def build_parser(argv: list[str]) -> Parser:
     """The parser for `argv`: every command listed with its help, the options of the one named in
     `argv[0]` (the only module imported)."""
-    parser = Parser(prog="bp-jax", description=__doc__.splitlines()[0])
+    parser = Parser(prog="bp-jax", description=" ".join(__doc__.split("\n\n")[0].split()))
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, (_, summary) in COMMANDS.items():
         command = commands.add_parser(name, help=summary)
@@ -51,24 +52,27 @@ def build_parser(argv: list[str]) -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command `argv` names (default: sys.argv[1:]); its exit status. SIGINT and SIGTERM are
+    handled from the first act on (`interrupts`)."""
     argv = sys.argv[1:] if argv is None else argv
-    command = "bp-jax"
-    try:
-        args = build_parser(argv).parse_args(argv)
-        command = f"bp-jax {args.command}"
-        if hasattr(args, "compile_cache"):
-            _cache.enable(args.compile_cache)
-        return command_module(args.command).run(args)
-    except ModuleNotFoundError as err:
-        missing = (err.name or str(err)).partition(".")[0]
-        print(f"{command}: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
-              file=sys.stderr)
-    except BrokenPipeError:  # stdout's reader left (`| head -1`): end quietly, as Unix tools do (128 + SIGPIPE)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush cannot fail
-        return 141
-    except (UsageError, OSError) as err:
-        print(f"{command}: error: {err}", file=sys.stderr)
-    except KeyboardInterrupt:  # a Ctrl-C that training did not catch (before it began, or a second one)
-        print(f"{command}: interrupted", file=sys.stderr)
-        return 130
-    return 2
+    with interrupts.handled(f"bp-jax {argv[0]}" if argv[:1] and argv[0] in COMMANDS else "bp-jax"):
+        command = "bp-jax"
+        try:
+            args = build_parser(argv).parse_args(argv)
+            command = f"bp-jax {args.command}"
+            if hasattr(args, "compile_cache"):
+                _cache.enable(args.compile_cache)
+            return command_module(args.command).run(args)
+        except ModuleNotFoundError as err:
+            missing = (err.name or str(err)).partition(".")[0]
+            print(f"{command}: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
+                  file=sys.stderr)
+        except BrokenPipeError:  # stdout's reader left (`| head -1`): end quietly, as Unix tools do (128 + SIGPIPE)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush cannot fail
+            return 141
+        except (UsageError, OSError) as err:
+            print(f"{command}: error: {err}", file=sys.stderr)
+        except interrupts.Interrupted as interrupted:  # came while results were written: they are complete
+            print(f"{command}: interrupted", file=sys.stderr)
+            return 128 + interrupted.number
+        return 2

@@ -6,10 +6,15 @@ Member (lr, s) is `bp-jax train --lr lr --seed s --split-seed S` with the same o
 share the split chosen by --split-seed (default 0); seed s (--seed, --seed + 1, …) sets the member's init
 and data order. Writes sweep.json (one entry per member: lr, seed, train and held-out MSE, the step it
 diverged at or null) and sweep.png into --out, and prints a table per learning rate. Diverged members are
-frozen and shown, and do not fail the sweep. SIGINT/SIGTERM stop at the end of the current chunk and write
-what was trained so far (exit 130/143).
+frozen and shown, and do not fail the sweep. A sweep that cannot fit in memory (estimated before anything
+is allocated: `bytes_needed`) is refused in one line. Set-up is one compiled program whatever the number of
+members (`member_states`). SIGINT/SIGTERM end the process at once during set-up and compile, stop at the end
+of the current chunk once training runs and write what was trained so far, and let the results being
+written finish (exit 130/143; see `interrupts`).
 """
 
+import itertools
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,10 +25,16 @@ import numpy as np
 import optax
 
 import bp_jax
-from bp_jax.cli import _cache, console, folders, options, plots, runs
+from bp_jax._fit import CAPACITY
+from bp_jax.cli import _cache, console, folders, interrupts, options, plots, runs
 from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
-from bp_jax.cli.watch import PROGRESS_EVERY, StopSignals, Watch
+from bp_jax.cli.watch import MAX_HISTORY_POINTS, PROGRESS_EVERY, Watch
+
+#: the optimizer state's size, in copies of the params (inject_hyperparams adds a few scalars)
+OPTIMIZER_COPIES = {"sgd": 0, "optax-sgd": 0, "momentum": 1, "adam": 2}
+#: host bytes per member beyond its arrays: its sweep.json entry and table row, as Python objects
+REPORT_BYTES_PER_MEMBER = 2048
 
 
 def add_arguments(parser) -> None:
@@ -45,24 +56,27 @@ def run(args) -> int:
     repeated = sorted({lr for lr in args.lrs if args.lrs.count(lr) > 1})
     if repeated:
         raise UsageError(f"--lr lists {', '.join(f'{lr:g}' for lr in repeated)} more than once")
-    seeds = [config.seed + i for i in range(args.seeds)]
-    if seeds[-1] >= 2**32:
+    if config.seed + args.seeds > 2**32:
         raise UsageError(f"--seed {config.seed} + --seeds {args.seeds} passes 2**32 − 1, the largest seed")
     config, split = runs.load_data(config)
     n_train = len(split.x_train)
-    members = len(args.lrs) * len(seeds)
-    mesh = _mesh(args.devices, members)
+    members = len(args.lrs) * args.seeds
     epochs = 100 if args.epochs is args.steps is None else args.epochs
     total = args.steps or epochs * runs.steps_per_epoch(n_train, config.batch_size)
+    _check_memory(bytes_needed(config, split.x_train.shape[1], n_train + len(split.x_test), members, total),
+                  members, total)
+    seeds = list(range(config.seed, config.seed + args.seeds))
+    mesh = _mesh(args.devices, members)
     out = args.out or folders.create_unique(Path("runs"), f"sweep-{config.name}")
-    with folders.claimed(out, resumable=False), console.progress_bar("sweep") as progress, \
-            StopSignals().caught() as signals:
+    signals = interrupts.current()
+    with folders.claimed(out, resumable=False), console.progress_bar("sweep") as progress:
         watch = Watch(total, progress=progress, signals=signals)
         with jax.default_matmul_precision("highest"):
             result = _train(config, split, args.lrs, seeds, mesh, watch)
-            report = _report(config, split, args.lrs, seeds, result, watch)
-        folders.write_json(out / "sweep.json", report)
-        _plot(out / "sweep.png", report, watch.history)
+            with signals.writing():
+                report = _report(config, split, args.lrs, seeds, result, watch)
+                folders.write_json(out / "sweep.json", report)
+                _plot(out / "sweep.png", report, watch.history)
     _print_tables(report, out)
     if watch.stopped_by is not None:
         print(f"bp-jax sweep: interrupted at step {result.step}; wrote what was trained so far to {out}",
@@ -84,6 +98,53 @@ def _mesh(devices: int | None, members: int) -> jax.sharding.Mesh | None:
     return mesh
 
 
+def bytes_needed(config: Config, features: int, rows: int, members: int, steps: int) -> int:
+    """About how many bytes a sweep of `members` members and `steps` steps needs, from the per-member sizes
+    (float32, 4 bytes): params, their gradients and the optimizer's copies of them; the activations and their
+    gradients for a batch, and the activations over all `rows` when the MSEs are evaluated; the losses of
+    one fit call (CAPACITY steps) on the device, of every step twice on the host (fit's chunks, then joined),
+    and the history's Python floats (32 bytes each); plus each member's report entry."""
+    widths = (features, *config.hidden, 1)
+    params = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
+    batch = config.batch_size or rows
+    floats = (params * (2 + OPTIMIZER_COPIES[config.optimizer]) + (2 * batch + rows) * sum(widths) + CAPACITY
+              + 2 * steps)
+    return members * (4 * floats + 32 * min(steps + 1, MAX_HISTORY_POINTS) + REPORT_BYTES_PER_MEMBER)
+
+
+def memory_limit() -> tuple[int, str]:
+    """The bytes a sweep may use, and what they are: the machine's physical memory, or the first device's
+    memory where JAX reports it (GPU, TPU) and it is smaller."""
+    limit, what = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit") and stats["bytes_limit"] < limit:
+        limit, what = stats["bytes_limit"], f"the memory of {console.device_description()}"
+    return limit, what
+
+
+def _check_memory(needed: int, members: int, steps: int) -> None:
+    """UsageError, before anything is allocated, when `needed` bytes exceed `memory_limit()`."""
+    limit, what = memory_limit()
+    if needed > limit:
+        raise UsageError(f"{members:,} members × {steps:,} steps need about {needed / 2**30:,.1f} GiB, more than "
+                         f"{what} ({limit / 2**30:,.1f} GiB); ask for fewer learning rates, seeds or steps")
+
+
+def member_states(model: bp_jax.Model, transform: optax.GradientTransformation | None, seeds: np.ndarray,
+                  copies: int) -> dict:
+    """The step-0 states of `copies` × len(seeds) members, lr-major (member i has seed seeds[i % len(seeds)]),
+    each what `bp-jax train --seed s` starts from (`runs.state_from_key` of `jax.random.key(s)`): one
+    compiled program of the seed array, vmapped, so set-up is O(members) work in a program of fixed size."""
+    state_from_key = runs.state_from_key(model, transform)
+
+    @jax.jit
+    def states(seeds):
+        per_seed = jax.vmap(lambda seed: state_from_key(jax.random.key(seed)))(seeds)
+        return jax.tree.map(lambda leaf: jnp.tile(leaf, (copies,) + (1,) * (leaf.ndim - 1)), per_seed)
+
+    return states(jnp.asarray(seeds, jnp.uint32))
+
+
 def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResult:
     """The ensemble trained to `watch.total` steps, or to where a stop signal ended it. Members run
     lr-major: member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised as `bp-jax train`
@@ -93,9 +154,7 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
     if transform is not None:  # one learning rate per member, held in the optimizer state
         make = runs.OPTIMIZERS[config.optimizer]
         transform = optax.inject_hyperparams(lambda learning_rate: make(learning_rate))(learning_rate=lrs[0])
-    keys = jnp.stack([jax.random.key(seed) for seed in seeds])
-    per_seed = jax.jit(jax.vmap(runs.state_from_key(model, transform)))(keys)
-    state = jax.tree.map(lambda leaf: jnp.concatenate([leaf] * len(lrs)), per_seed)
+    state = member_states(model, transform, np.asarray(seeds, np.uint32), len(lrs))
     member_lrs = np.repeat(np.asarray(lrs), len(seeds))
     if transform is not None:
         state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(member_lrs, jnp.float32)

@@ -4,9 +4,11 @@ and checkpoints.
 This is the edge of the library: it reads data, writes files and draws; the training itself is `fit`.
 `run` goes in named steps: `_prepare` (data, model, initial state), `_resume` (the checkpoint to carry on
 from), `_run_folder` (the folder, locked), `_train` (the one `fit` call, watched by `watch.Watch`, which
-checkpoints between chunks) and `_finish` (metrics.json and the loss curve). SIGINT and SIGTERM stop
-training at the end of the current chunk, checkpointed (exit status 128 + the signal's number); a diverged
-run keeps its last finite params and exits with status 1.
+checkpoints between chunks) and `_finish` (metrics.json and the loss curve). SIGINT and SIGTERM end the
+process at once before the first chunk is done (nothing to save yet), stop training at the end of the
+current chunk once it runs, checkpointed, and let metrics.json and the curve be written whole (exit status
+128 + the signal's number; see `interrupts`); a diverged run keeps its last finite params and exits with
+status 1.
 """
 
 import dataclasses
@@ -21,10 +23,10 @@ import jax
 import jax.numpy as jnp
 
 import bp_jax
-from bp_jax.cli import _cache, checkpoints, console, data, distributed, folders, options, plots, runs
+from bp_jax.cli import _cache, checkpoints, console, data, distributed, folders, interrupts, options, plots, runs
 from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
-from bp_jax.cli.watch import PROGRESS_EVERY, StopSignals, Watch
+from bp_jax.cli.watch import PROGRESS_EVERY, Watch
 
 #: --matmul-precision: "highest" is true float32 (the reference); "high" and "default" allow TF32 on
 #: GPUs and bfloat16 passes on TPUs, for speed.
@@ -92,7 +94,8 @@ def run(args) -> int:
     resumed = None if args.resume is None else runs.open_run(args.resume)
     config = Config(**given) if resumed is None else _resumed_config(resumed, given)
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
-    with console.progress_bar("train") as progress, StopSignals().caught() as signals:
+    signals = interrupts.current()
+    with console.progress_bar("train") as progress:
         problem = _prepare(config, args.devices)
         start = Start(problem.state) if resumed is None else _resume(problem, resumed)
         total = _total_steps(problem, start, args.steps, epochs)
@@ -104,7 +107,9 @@ def run(args) -> int:
             own = args.resume is not None and args.resume.resolve() == out.resolve()  # its files, written again
             with jax.default_matmul_precision(args.matmul_precision):
                 result, diverged = _train(problem, start, watch, manager, args.checkpoint_every)
-                metrics = _finish(problem, start, watch, result, diverged, out, args.matmul_precision, writer, own)
+                with signals.writing():
+                    metrics = _finish(problem, start, watch, result, diverged, out, args.matmul_precision, writer,
+                                      own)
     if diverged is not None:
         print(f"bp-jax train: error: {diverged}; checkpointed in {out}, marked as diverged", file=sys.stderr)
         return 1

@@ -1,58 +1,29 @@
 """Watching training and stopping it, for every command that trains (`train`, `sweep`).
 
-    with console.progress_bar("train") as progress, StopSignals().caught() as signals:
-        watch = Watch(total, progress=progress, signals=signals)
+    with console.progress_bar("train") as progress:
+        watch = Watch(total, progress=progress, signals=interrupts.current())
         result = bp_jax.fit(..., chunk_size=PROGRESS_EVERY, on_chunk=watch.on_chunk)
         watch.history, watch.stopped_by, watch.elapsed_s  # [[step, loss], …]; the signal that stopped it
 
 Between `fit`'s chunks, `Watch.on_chunk` keeps the loss history (steps 0, k, 2k, …: at most about
 MAX_HISTORY_POINTS of them, k = ⌈total / MAX_HISTORY_POINTS⌉), shows progress, and returns True, which
 stops `fit` there, once SIGINT or SIGTERM came (every process of a multi-process run agreeing on it, so
-they all stop at the same step).
+they all stop at the same step). Its first call puts `signals` in the training phase (`interrupts`): before
+the first chunk is done (set-up, compile) there is nothing to save and a signal ends the process at once.
 """
 
 import math
-import signal
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 
 import jax
 import numpy as np
 
-from bp_jax.cli import distributed
+from bp_jax.cli import distributed, interrupts
 
 #: fit's chunks end every PROGRESS_EVERY steps: the progress bar moves and a stop signal is seen there.
 PROGRESS_EVERY = 1000
 MAX_HISTORY_POINTS = 2000
-
-
-class StopSignals:
-    """SIGINT and SIGTERM, caught: `received` holds the first one's number, for a training loop to see
-    between chunks and stop there. A second signal acts as it would have without this (ends the process)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def _handle(self, number, frame):
-        self.received = number
-        self._restore()
-
-    def _restore(self):
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        self._previous = {}
-
-    @contextmanager
-    def caught(self):
-        self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
-        try:
-            yield self
-        finally:
-            self._restore()
 
 
 def shown_loss(result) -> float:
@@ -69,11 +40,11 @@ class Watch:
     """Training from step `start` to `total`, watched between chunks (see the module's docstring).
 
     `history` continues a resumed run's [step, loss] pairs; an ensemble's loss is a list, one per member.
-    `progress(step, total, loss)` (process 0 only) and `signals` (a StopSignals) are optional.
+    `progress(step, total, loss)` (process 0 only) and `signals` (an `interrupts.Signals`) are optional.
     """
 
     def __init__(self, total: int, *, start: int = 0, history: Sequence = (), progress: Callable | None = None,
-                 signals: StopSignals | None = None):
+                 signals: interrupts.Signals | None = None):
         self.total, self.progress, self.signals = total, progress, signals
         self.history = list(history)
         self.stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
@@ -99,6 +70,8 @@ class Watch:
 
     def on_chunk(self, result) -> bool:
         """`fit`'s on_chunk: record, show progress; True (stop there) once a stop signal came."""
+        if self.signals is not None:
+            self.signals.training()
         losses = distributed.host_local(result.losses)
         self.add_losses(losses, result.step - len(losses))
         if self.progress is not None and jax.process_index() == 0:
@@ -106,6 +79,8 @@ class Watch:
         received = self._agreed_signal()
         if received is not None and result.step < self.total:
             self.stopped_by = received
+            if self.signals is not None:
+                self.signals.stopped = True
         return self.stopped_by is not None
 
     def _agreed_signal(self) -> int | None:
