@@ -379,8 +379,9 @@ def _missing_cells(frame, source: str, features: tuple[str, ...], target: str, m
     empty = frame[[*features, target]].isna()
     counts = {name: int(count) for name, count in empty.sum().items() if count}
     if counts and missing == "error":
-        raise DataError(f"{source}: " + ", ".join(f"column {name!r} has {count} empty cell(s)"
-                                                  for name, count in counts.items())
+        first = lambda name: frame.index[np.flatnonzero(empty[name].to_numpy())[0]] + 1
+        raise DataError(f"{source}: " + ", ".join(f"column {name!r} has {count} empty cell(s) (the first in row "
+                                                  f"{first(name)})" for name, count in counts.items())
                         + "; pass --missing drop to leave those rows out, or --missing impute to fill the features "
                           "(the training rows' mean, or most frequent category) and leave out rows without a target")
     no_target = empty[target].to_numpy()

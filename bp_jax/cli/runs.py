@@ -140,24 +140,33 @@ def loss(model: bp_jax.Model, scaling: data.Scaling) -> Callable:
     return bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy if classify else bp_jax.mse)
 
 
-def scores(model: bp_jax.Model, split: data.Split) -> Callable:
-    """`params -> metrics` of one model, jitted (vmap it for an ensemble): regression: train_mse, held_out_mse;
-    classification: train_accuracy, train_log_loss, held_out_accuracy, held_out_log_loss (log loss: the mean
-    softmax cross-entropy)."""
+def scores(model: bp_jax.Model, split: data.Split, *, ensemble: bool = False) -> Callable:
+    """`params -> metrics` (float64, one per member of an `ensemble`) from one compiled program: regression:
+    train_mse, held_out_mse; classification: train_accuracy, train_log_loss, held_out_accuracy, held_out_log_loss
+    (log loss: the mean softmax cross-entropy; accuracy: rows right over rows, divided exactly on the host)."""
     fn = loss(model, split.scaling)
     classify = split.scaling.task == "classification"
+    parts = (("train", split.x_train, split.y_train), ("held_out", split.x_test, split.y_test))
 
     def measured(params):
         metrics = {}
-        for name, x, y in (("train", split.x_train, split.y_train), ("held_out", split.x_test, split.y_test)):
+        for name, x, y in parts:
             if classify:
-                metrics[f"{name}_accuracy"] = jnp.mean(jnp.argmax(model.apply(params, x), axis=1) == y)
+                metrics[f"{name}_accuracy"] = jnp.sum(jnp.argmax(model.apply(params, x), axis=1) == y)
                 metrics[f"{name}_log_loss"] = fn(params, x, y)
             else:
                 metrics[f"{name}_mse"] = fn(params, x, y)
         return metrics
 
-    return measured
+    program = jax.jit(jax.vmap(measured) if ensemble else measured)
+
+    def on_host(params) -> dict:
+        metrics = {name: np.asarray(value, np.float64) for name, value in program(params).items()}
+        for name, _, y in parts if classify else ():
+            metrics[f"{name}_accuracy"] /= len(y)
+        return metrics
+
+    return on_host
 
 
 def baseline(split: data.Split) -> dict:

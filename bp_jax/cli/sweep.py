@@ -111,8 +111,7 @@ def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
     """sweep.json: the shared config, then one entry per member: its scores (`runs.scores`), and the step it
     diverged at or None."""
     model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
-    scores = {name: np.asarray(value) for name, value in
-              jax.jit(jax.vmap(runs.scores(model, split)))(result.params).items()}
+    scores = runs.scores(model, split, ensemble=True)(result.params)
     shared = {name: value for name, value in config.to_record().items() if name not in ("lr", "seed")}
     return {
         "config": shared,

@@ -254,7 +254,7 @@ def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResu
     replacing the resumed run's own (`replace`)."""
     split, config = problem.split, problem.config
     params = distributed.host_local(result.params)
-    scores = {name: float(value) for name, value in jax.jit(runs.scores(problem.model, split))(params).items()}
+    scores = {name: float(value) for name, value in runs.scores(problem.model, split)(params).items()}
     classify = config.task == "classification"
     if diverged is not None:
         stopped = {"step": result.step, "reason": "non-finite loss"}
