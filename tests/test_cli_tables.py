@@ -55,6 +55,7 @@ def test_a_text_target_is_classification_and_the_defaults_beat_the_majority_clas
     run, _, result = class_run
     metrics = strict_json(run / "metrics.json")
     assert metrics["task"] == metrics["config"]["task"] == "classification"
+    assert metrics["config"]["hidden"] == [16] and metrics["config"]["lr"] == 0.1  # the class target's defaults
     scaling = metrics["data"]["scaling"]
     assert scaling["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
     assert scaling["categories"] == {"island": ["Biscoe", "Dream", "Torgersen"], "sex": ["female", "male"]}
@@ -131,7 +132,8 @@ def test_empty_cells_are_refused_by_default_naming_columns_counts_and_option(tmp
 
 def test_drop_leaves_out_rows_with_an_empty_cell_and_counts_the_rows_used(tmp_path):
     with_holes().to_csv(tmp_path / "holes.csv", index=False)
-    result = bp_jax_cli("train", "--data", tmp_path / "holes.csv", "--missing", "drop", *QUICK, "--out", tmp_path / "run")
+    result = bp_jax_cli("train", "--data", tmp_path / "holes.csv", "--missing", "drop", *QUICK,
+                        "--out", tmp_path / "run")
     assert "left out 2 row(s) without a target ('species')" in result.stderr
     assert "left out 3 row(s) with an empty feature cell" in result.stderr
     examples = strict_json(tmp_path / "run" / "metrics.json")["examples"]
@@ -159,9 +161,8 @@ def test_impute_fills_features_from_the_training_rows_and_predict_reuses_the_fil
     features = table.drop(columns="species")
     features.to_csv(tmp_path / "new.csv", index=False)
     features.fillna(fill).to_csv(tmp_path / "filled.csv", index=False)
-    pd.testing.assert_frame_equal(read_csv(bp_jax_cli("predict", tmp_path / "run", "--data", tmp_path / "new.csv").stdout),
-                                  read_csv(bp_jax_cli("predict", tmp_path / "run", "--data",
-                                                      tmp_path / "filled.csv").stdout))
+    predicted = lambda name: read_csv(bp_jax_cli("predict", tmp_path / "run", "--data", tmp_path / name).stdout)
+    pd.testing.assert_frame_equal(predicted("new.csv"), predicted("filled.csv"))
 
 
 def test_dates_and_free_text_are_refused_suggesting_features(tmp_path):
@@ -182,7 +183,9 @@ def test_task_auto_keeps_integer_targets_regression_unless_asked(tmp_path):
     bp_jax_cli("train", "--data", tmp_path / "ranked.csv", *QUICK, "--out", tmp_path / "auto")
     metrics = strict_json(tmp_path / "auto" / "metrics.json")
     assert metrics["task"] == "regression" and "held_out_mse" in metrics and "held_out_accuracy" not in metrics
-    bp_jax_cli("train", "--data", tmp_path / "ranked.csv", "--task", "classification", *QUICK, "--out", tmp_path / "cls")
+    assert metrics["config"]["hidden"] == [5] and metrics["config"]["lr"] == 0.01
+    bp_jax_cli("train", "--data", tmp_path / "ranked.csv", "--task", "classification", *QUICK,
+               "--out", tmp_path / "cls")
     assert strict_json(tmp_path / "cls" / "metrics.json")["data"]["scaling"]["classes"] == [1, 2, 3]
     predictions = read_csv(bp_jax_cli("predict", tmp_path / "cls", "--data", tmp_path / "ranked.csv").stdout)
     assert list(predictions.columns) == ["rank", "P(1)", "P(2)", "P(3)"]

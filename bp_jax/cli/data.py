@@ -416,6 +416,8 @@ def load(source: str, *, target: str | None = None, features: tuple[str, ...] | 
 
     frame = read(source, seed=split_seed)
     frame, features, target = _choose(frame, source, target, features)
+    if len(frame) == 0:
+        raise DataError(f"{source}: no rows")
     fingerprint, task = _fingerprint(frame, features, target), _task(frame, target, task)
     _refuse_unusable(frame, source, features)
     keep, left_out, notes = _missing_cells(frame, source, features, target, missing)

@@ -108,7 +108,8 @@ def add_problem_options(parser) -> None:
     parser.add_argument("--missing", choices=data.MISSING,
                         help="empty cells: error (default), drop their rows, or impute features (training mean or "
                              "most frequent category); rows without a target are left out")
-    parser.add_argument("--hidden", type=hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5)")
+    parser.add_argument("--hidden", type=hidden_sizes,
+                        help="hidden layer sizes, e.g. 5 or 16,8 (default 5; 16 for classes)")
     parser.add_argument("--activation", choices=ACTIVATIONS, help="default relu")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="sgd: the hand-written update (default); optax-sgd, momentum (0.9), adam: optax")

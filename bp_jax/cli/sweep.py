@@ -42,14 +42,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    config = Config(**options.given_config(args))
+    given = options.given_config(args)
+    config = Config(**given)
     repeated = sorted({lr for lr in args.lrs if args.lrs.count(lr) > 1})
     if repeated:
         raise UsageError(f"--lr lists {', '.join(f'{lr:g}' for lr in repeated)} more than once")
     seeds = [config.seed + i for i in range(args.seeds)]
     if seeds[-1] >= 2**32:
         raise UsageError(f"--seed {config.seed} + --seeds {args.seeds} passes 2**32 − 1, the largest seed")
-    config, split = runs.load_data(config)
+    config, split = runs.load_data(config, given)
     n_train = len(split.x_train)
     members = len(args.lrs) * len(seeds)
     mesh = _mesh(args.devices, members)

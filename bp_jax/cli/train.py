@@ -33,7 +33,7 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 
 def add_arguments(parser) -> None:
     options.add_problem_options(parser)
-    parser.add_argument("--lr", type=options.learning_rate, help="learning rate (default 0.01)")
+    parser.add_argument("--lr", type=options.learning_rate, help="learning rate (default 0.01; 0.1 for classes)")
     parser.add_argument("--seed", type=options.seed, help="seeds the init and the data order, and the split unless "
                                                           "--split-seed is given (default 0)")
     parser.add_argument("--split-seed", type=options.seed, help="chooses the held-out rows (default: --seed)")
@@ -93,7 +93,7 @@ def run(args) -> int:
     config = Config(**given) if resumed is None else _resumed_config(resumed, given)
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     with console.progress_bar("train") as progress, StopSignals().caught() as signals:
-        problem = _prepare(config, args.devices)
+        problem = _prepare(config, args.devices, given if resumed is None else None)
         start = Start(problem.state) if resumed is None else _resume(problem, resumed)
         total = _total_steps(problem, start, args.steps, epochs)
         out = args.out or args.resume
@@ -136,9 +136,10 @@ def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None
     return mesh
 
 
-def _prepare(config: Config, devices: int | None) -> Problem:
-    """Read and split the data, check the batch size, build the model and its initial state."""
-    config, split = runs.load_data(config)
+def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem:
+    """Read and split the data, check the batch size, build the model and its initial state (`given`: the
+    values set on the command line of a new run, see `runs.load_data`)."""
+    config, split = runs.load_data(config, given)
     n_train, features = split.x_train.shape
     mesh = mesh_for(devices, config.batch_size or n_train)
     model = runs.build_model(features, config, split.scaling.outputs)
