@@ -3,7 +3,8 @@ time of the `bp-jax train` command.
 
 Step rows: seconds per step of `fit(..., steps=S, chunk_size=1000)` (call time / S) with minibatches of 32
 rows out of 354 … 1 000 000 (x, y ~ N(0, 1)), and with the full batch of 32 rows (the same arithmetic
-without the gather), beside the documents' train_step on 32 rows drawn per step from the largest data set,
+without the gather), and a 3-class classifier's (10 → 5 → 3, softmax cross-entropy, labels drawn uniformly) on
+the 354 rows, beside the documents' train_step on 32 rows drawn per step from the largest data set,
 all timed in turns. Compile rows: a `fit` of a configuration never compiled before (a new model's loss function),
 then one of the same configuration with new steps, chunk size and start step, in turns, with the number of
 XLA compilations each made. Command rows: wall time of `python -m bp_jax train` processes, in turns.
@@ -27,6 +28,9 @@ from benchmarks.timing import Timer, time_interleaved
 
 ROWS = (SEED_ROWS, 10_000, 100_000, 1_000_000)
 FULL_BATCH = f"bp_jax fit, full batch of {SEED_BATCH} rows"
+CLASSES = 3
+CLASSIFIER = (f"bp_jax fit, {CLASSES}-class softmax cross-entropy (10 → 5 → {CLASSES}), minibatch {SEED_BATCH} of "
+              f"{SEED_ROWS} rows")
 FIRST_FIT = "first fit of a configuration (compile included)"
 SECOND_FIT = "second fit of it: new steps, chunk size and start step"
 COLD = "bp-jax train --steps 1, cold (a fresh, empty BP_JAX_COMPILE_CACHE)"
@@ -81,6 +85,11 @@ def _step_rows(record: SuiteRecord, smoke: bool, steps: int) -> None:
     runs = {FULL_BATCH: (SEED_BATCH, functools.partial(fit, x[:SEED_BATCH], y[:SEED_BATCH]))}
     runs |= {minibatch_name(n): (n, functools.partial(fit, x[:n], y[:n], batch_size=SEED_BATCH,
                                                       key=jax.random.key(0))) for n in rows}
+    classifier = bp_jax.mlp((*SEED_SIZES[:-1], CLASSES), "relu")
+    labels = jax.random.randint(jax.random.key(1), (SEED_ROWS,), 0, CLASSES)
+    runs[CLASSIFIER] = (SEED_ROWS, functools.partial(
+        bp_jax.fit, bp_jax.loss_fn(classifier, bp_jax.softmax_cross_entropy), classifier.init(jax.random.key(0)),
+        x[:SEED_ROWS], labels, steps=steps, lr=0.01, chunk_size=1000, batch_size=SEED_BATCH, key=jax.random.key(0)))
     timers, sizes = {}, {}
     for name, (size, call) in runs.items():
         timer = record.warmed(name, lambda call=call: Timer(lambda: call().losses, steps_per_call=steps))

@@ -120,6 +120,9 @@ def _data_targets(results: dict) -> list[dict]:
                              f"{data_size.ROWS[0]} rows", "any", largest, smallest, 1.5),
                _ratio_target(f"Minibatch step ({data_size.ROWS[0]} rows) ≤ 1.5× the full batch of the same size",
                              "any", smallest, row(data_size.FULL_BATCH), 1.5)]
+    targets.append(_ratio_target(f"{data_size.CLASSES}-class fit step (softmax cross-entropy) ≤ 1.3× the regression "
+                                 f"fit step of the same size ({data_size.ROWS[0]} rows, minibatch)", "any",
+                                 row(data_size.CLASSIFIER), smallest, 1.3))
     every_997, every_1000 = row(data_size.checkpoint_name(997)), row(data_size.checkpoint_name(1000))
     text = "`bp-jax train --checkpoint-every 997` within 1.5× of `--checkpoint-every 1000` (wall time)"
     if every_997 and every_1000:

@@ -79,6 +79,7 @@ def test_data_and_ensemble_suites_record_their_rows(smoke_run):
     data = {row["name"]: row for row in suites["data"]["rows"]}
     steps = [row for row in data.values() if row["group"] == "step"]
     assert {row["rows"] for row in steps if row["framework"] == "bp_jax"} == {32, 354, 10_000}
+    assert data["bp_jax fit, 3-class softmax cross-entropy (10 → 5 → 3), minibatch 32 of 354 rows"]["group"] == "step"
     assert len([row for row in steps if row["framework"] == "torch"]) == torch
     for row in steps:
         assert _positive_finite(row["vs_full_batch"])

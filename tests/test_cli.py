@@ -122,7 +122,7 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path)
     (["--seed", "-1"], "--seed: expected an integer in [0, 2**32 - 1]"),
     (["--seed", str(2**70)], "--seed: expected an integer in [0, 2**32 - 1]"),
     (["--split-seed", "x"], "--split-seed: expected an integer"),
-    (["--data", "synthetic"], "expected a .csv or .npz file"),  # --data is not short for --dataset
+    (["--data", "synthetic"], "expected a .csv, .parquet or .npz file"),  # --data is not short for --dataset
     (["--datas", "synthetic"], "unrecognized arguments: --datas"),
 ])
 def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message):

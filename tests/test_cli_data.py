@@ -128,9 +128,9 @@ def _empty_cell(table):
 BAD_DATA = {
     "missing file": (None, [], "no such file"),
     "a text cell": (_text_cell, [], "column 'age', row 7: the cell holds 'unknown'"),
-    "an empty cell": (_empty_cell, [], "column 'rooms', row 5: the cell is empty or NaN"),
+    "an empty cell": (_empty_cell, [], "column 'rooms' has 1 empty cell(s) (the first in row 5)"),
     "a NaN": (lambda table: table.assign(size=table["size"].where(table.index != 9, np.nan)), [],
-              "column 'size', row 10: the cell is empty or NaN"),
+              "column 'size' has 1 empty cell(s) (the first in row 10)"),
     "a missing target": (lambda table: table, ["--target", "value"], "no target column 'value'"),
     "a missing feature": (lambda table: table, ["--features", "size,colour"], "no column(s) 'colour'"),
     "no rows": (lambda table: table.iloc[:0], [], "no rows"),

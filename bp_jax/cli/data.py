@@ -1,23 +1,31 @@
-"""Regression data for the `bp-jax` command: one loader for the built-in data sets and the user's files.
+"""Tables for the `bp-jax` command: one loader for the built-in data sets and the user's files.
 
-    frame = read("diabetes" | "synthetic" | "path/to/file.csv" | ".npz")   # a DataFrame of named columns
-    split = load(source, target=None, features=None, split_seed=0)        # standardised train/held-out split
-    x = split.scaling.features(frame, source)      # new rows, standardised with the training statistics
-    y = split.scaling.target_units(predictions)    # back in the target's own units
+    frame = read("diabetes" | "synthetic" | "path/to/file.csv" | ".parquet" | ".npz")   # a DataFrame
+    split = load(source, target=None, features=None, split_seed=0, task="auto", missing="error")
+    x = split.scaling.features(frame, source)      # new rows, encoded and standardised as the training rows were
+    y = split.scaling.target_units(predictions)    # a regression's predictions back in the target's own units
 
 The target is the last column unless named; the features are the other columns unless named (names match
 exactly, spaces included). A CSV's header names each column once; a first column unnamed in the header (the row
 index pandas writes) is left out, and `read` says so in `frame.attrs["notes"]` (`load` in `Split.notes`), for the
-command to print. Every used cell must be a number float32 holds (finite, |x| ≤ 3.4e38), and so must its
-standardised value: anything else is a DataError naming the file, the column and the row (from 1, after the
-header). Features and target are standardised with the training split's mean and standard deviation (a constant
-column's deviation counts as 1, so it standardises to 0, not NaN).
+command to print. The task (`auto`): a text or boolean target is classification (its classes as the data spells
+them), a numeric one regression. A numeric feature is standardised with the training split's mean and standard
+deviation (a constant column's deviation counts as 1, so it standardises to 0, not NaN); a text feature is
+one-hot, one input per category of the training split; dates and free text (many distinct values) are refused,
+naming the `--features` that leaves them out. Empty cells: `missing="error"` refuses them, naming the columns and
+counts; "drop" leaves out their rows; "impute" fills a feature with the training split's mean or most frequent
+category; a row without a target is never used. Every used numeric cell must be a number float32 holds (finite,
+|x| ≤ 3.4e38), and so must its standardised value: anything else is a DataError naming the file, the column and
+the row (from 1, after the header).
 """
 
 import hashlib
 import importlib.util
+import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -27,7 +35,7 @@ from bp_jax.cli._args import UsageError
 NAMES = ("diabetes", "synthetic")
 #: The diabetes features, named as scikit-learn's load_diabetes names them; the target column is "target".
 DIABETES_FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
-SUFFIXES = (".csv", ".npz")
+SUFFIXES = (".csv", ".parquet", ".npz")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: a larger cell would overflow on the way to the model
 
 
@@ -36,7 +44,14 @@ class DataError(UsageError):
 
 
 class Scaling(NamedTuple):
-    """What turns a table's raw columns into the model's inputs, and its outputs back into the target's units."""
+    """What turns a table's raw columns into the model's inputs, and its outputs back into the target's terms.
+
+    The inputs are the features in order, a numeric one as one input and a text one as one 0/1 input per
+    training category (`categories`, one-hot); a missing cell takes its `fill` value (--missing impute) or is an
+    error. Each input is standardised, (x − x_mean) / x_std (a one-hot input keeps 0/1: mean 0, deviation 1).
+    A regression target is standardised with y_mean, y_std; a classification target is the index of its value
+    in `classes` (text, numbers or booleans, as the data spells them). Records written before classification
+    lack task, classes, categories and fill: a regression run on numeric columns, without missing cells."""
 
     feature_names: tuple[str, ...]
     target_name: str
@@ -44,10 +59,27 @@ class Scaling(NamedTuple):
     x_std: tuple[float, ...]
     y_mean: float
     y_std: float
+    task: str = "regression"
+    classes: tuple = ()
+    categories: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+    fill: Mapping[str, float | str] = MappingProxyType({})
+
+    @property
+    def outputs(self) -> int:
+        """The model's outputs: one logit per class, or the one standardised target."""
+        return len(self.classes) if self.task == "classification" else 1
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """One name per model input: the numeric feature's, or `column=category` per one-hot input."""
+        return tuple(name for feature in self.feature_names for name in
+                     ([f"{feature}={category}" for category in self.categories[feature]]
+                      if feature in self.categories else [feature]))
 
     def features(self, frame, source: str) -> np.ndarray:
-        """The feature columns of `frame`, standardised, as float32; DataError naming missing or extra columns
-        (the target column may be present, and is ignored)."""
+        """The feature columns of `frame`, encoded and standardised, as float32; DataError naming missing or extra
+        columns (the target column may be present, and is ignored), a missing cell without a fill value, a
+        category never seen in training, or a cell that is not a number."""
         missing = [name for name in self.feature_names if name not in frame.columns]
         extra = [name for name in frame.columns if name not in self.feature_names and name != self.target_name]
         if missing or extra:
@@ -55,31 +87,67 @@ class Scaling(NamedTuple):
                 [f"missing column(s) {', '.join(map(repr, missing))}"] * bool(missing)
                 + [f"extra column(s) {', '.join(map(repr, extra))}"] * bool(extra))
                 + f"; the run was trained on {', '.join(map(repr, self.feature_names))}")
-        return self.standardise(_numeric(frame, self.feature_names, source), source)
+        if len(frame) == 0:
+            raise DataError(f"{source}: no rows")
+        return self.standardise(self.encode(frame, source, unseen="error"), source)
 
-    def standardise(self, x: np.ndarray, source: str) -> np.ndarray:
-        """(x − x_mean) / x_std as float32, x of shape (rows, features)."""
-        return _standardised(x, self.x_mean, self.x_std, self.feature_names, source)
+    def encode(self, frame, source: str, *, unseen: str) -> np.ndarray:
+        """The model's inputs before standardising, float64 rows × inputs: missing cells filled, text one-hot.
+        A category not among the training ones is an error (`unseen="error"`) or all zeros (`"zeros"`)."""
+        import pandas as pd
 
-    def target(self, y: np.ndarray, source: str) -> np.ndarray:
-        """(y − y_mean) / y_std as float32, of shape (rows, 1)."""
-        return _standardised(y[:, None], (self.y_mean,), (self.y_std,), (self.target_name,), source)
+        frame = frame[list(self.feature_names)].fillna(dict(self.fill)) if self.fill else frame
+        blocks = []
+        for name in self.feature_names:
+            if name not in self.categories:
+                blocks.append(_numeric(frame, (name,), source))
+                continue
+            known = self.categories[name]
+            cells = frame[name]
+            if cells.isna().any():
+                row = frame.index[np.flatnonzero(cells.isna().to_numpy())[0]] + 1
+                raise DataError(f"{source}: column {name!r}, row {row}: the cell is empty or NaN")
+            text = cells.map(str).to_numpy()
+            index = pd.Index(known).get_indexer(text)
+            if unseen == "error" and (index < 0).any():
+                bad = np.flatnonzero(index < 0)[0]
+                raise DataError(f"{source}: column {name!r}, row {frame.index[bad] + 1}: {text[bad]!r} is not a "
+                                f"category the run was trained on; the known ones are {', '.join(map(repr, known))}")
+            blocks.append((index[:, None] == np.arange(len(known))).astype(np.float64))
+        return np.concatenate(blocks, axis=1)
+
+    def standardise(self, x: np.ndarray, source: str, rows=None) -> np.ndarray:
+        """(x − x_mean) / x_std as float32, x of shape (rows, inputs)."""
+        return _standardised(x, self.x_mean, self.x_std, self.input_names, source, rows)
+
+    def target(self, y: np.ndarray, source: str, rows=None) -> np.ndarray:
+        """Regression: (y − y_mean) / y_std as float32, of shape (rows, 1); classification: each value's index
+        in `classes`, int32 of shape (rows,)."""
+        if self.task == "classification":
+            return _class_index(self.classes, y)
+        return _standardised(y[:, None], (self.y_mean,), (self.y_std,), (self.target_name,), source, rows)
 
     def target_units(self, standardised: np.ndarray) -> np.ndarray:
         return np.asarray(standardised, np.float64).reshape(-1) * self.y_std + self.y_mean
 
     def to_record(self) -> dict:
-        return self._asdict()
+        return {**self._asdict(), "categories": dict(self.categories), "fill": dict(self.fill)}
 
     @classmethod
     def from_record(cls, record: dict) -> "Scaling":
-        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in record.items()})
+        tuples = lambda value: tuple(value) if isinstance(value, list) else value
+        record = {name: tuples(value) for name, value in record.items()}
+        record["categories"] = MappingProxyType({name: tuple(known) for name, known in
+                                                 record.get("categories", {}).items()})
+        record["fill"] = MappingProxyType(record.get("fill", {}))
+        return cls(**record)
 
 
 class Split(NamedTuple):
-    """Standardised float32 arrays (targets of shape (n, 1), like the documents' y = randn(32, 1)), the
-    Scaling that made them, a fingerprint of the raw data (to check a resumed run reads the same), and notes
-    on what was read (a left-out index column) for the command to print."""
+    """Standardised float32 inputs; targets standardised float32 of shape (n, 1), like the documents'
+    y = randn(32, 1), or int32 class indices of shape (n,); the Scaling that made them, a fingerprint of the raw
+    data (to check a resumed run reads the same), notes on what was read (a left-out index column, rows left out)
+    for the command to print, and how many rows were left out (without a target; for an empty feature cell)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -88,6 +156,7 @@ class Split(NamedTuple):
     scaling: Scaling
     fingerprint: str
     notes: tuple[str, ...] = ()
+    left_out: Mapping[str, int] = MappingProxyType({"no_target": 0, "empty_feature": 0})
 
 
 def is_file(source: str) -> bool:
@@ -112,17 +181,20 @@ def read(source: str, *, seed: int = 0):
         return pd.DataFrame({**{f"x{i}": x[:, i] for i in range(10)}, "y": y})
     path = Path(source)
     if path.suffix.lower() not in SUFFIXES:
-        raise DataError(f"{source}: expected a .csv or .npz file, or one of {', '.join(NAMES)}")
+        raise DataError(f"{source}: expected a .csv, .parquet or .npz file, or one of {', '.join(NAMES)}")
     if not path.is_file():
         raise DataError(f"{source}: " + ("is a folder, not a file" if path.is_dir() else
                                          "not a regular file" if path.exists() else "no such file"))
     try:
-        return _read_npz(path) if path.suffix.lower() == ".npz" else _read_csv(path)
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        return _read_npz(path) if suffix == ".npz" else _read_csv(path)
     except DataError:
         raise
     except pd.errors.EmptyDataError:
         raise DataError(f"{source}: the file is empty; expected a header row and data rows") from None
-    except (ValueError, OSError, pd.errors.ParserError) as err:  # unparsable CSV, not a zip, unreadable
+    except (ValueError, OSError, pd.errors.ParserError) as err:  # unparsable CSV or parquet, not a zip, unreadable
         raise DataError(f"{source}: cannot be read: {str(err).strip().splitlines()[0]}") from None
 
 
@@ -171,7 +243,7 @@ def _read_npz(path: Path):
 
 def _numeric(frame, columns, source: str) -> np.ndarray:
     """The columns as float64, rows × columns; DataError naming the first cell that is not a number float32
-    holds (finite, |x| ≤ FLOAT32_MAX)."""
+    holds (finite, |x| ≤ FLOAT32_MAX), by its row in the file (the frame's index, from 1)."""
     import pandas as pd
 
     if len(frame) == 0:
@@ -186,28 +258,71 @@ def _numeric(frame, columns, source: str) -> np.ndarray:
                     f"holds {cell!r}, not a finite number" if np.isnan(number) else  # text, as written
                     f"holds {number}, not a finite number" if np.isinf(number) else  # inf or -inf
                     f"holds {number}, beyond float32's range (±{FLOAT32_MAX:.3g})")
-            raise DataError(f"{source}: column {name!r}, row {bad[0] + 1}: the cell {what}")
+            raise DataError(f"{source}: column {name!r}, row {frame.index[bad[0]] + 1}: the cell {what}")
         values.append(column)
     return np.stack(values, axis=1)
 
 
-def _standardised(values: np.ndarray, mean, std, names, source: str) -> np.ndarray:
-    """(values − mean) / std as float32 (columns named `names`); DataError naming the first cell whose
-    standardised value float32 cannot hold."""
+def _standardised(values: np.ndarray, mean, std, names, source: str, rows=None) -> np.ndarray:
+    """(values − mean) / std as float32 (columns named `names`, rows numbered `rows` in the file, default
+    1, 2, …); DataError naming the first cell whose standardised value float32 cannot hold."""
     with np.errstate(over="ignore"):
         standardised = ((values - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
     bad = np.argwhere(~np.isfinite(standardised))
     if len(bad):
         row, column = bad[0]
-        raise DataError(f"{source}: column {names[column]!r}, row {row + 1}: the cell {values[row, column]} "
-                        f"standardises to beyond float32's range (the training rows' mean {mean[column]:.3g}, "
-                        f"standard deviation {std[column]:.3g})")
+        raise DataError(f"{source}: column {names[column]!r}, row {row + 1 if rows is None else rows[row]}: the cell "
+                        f"{values[row, column]} standardises to beyond float32's range (the training rows' mean "
+                        f"{mean[column]:.3g}, standard deviation {std[column]:.3g})")
     return standardised
 
 
-def columns(frame, source: str, target: str | None, features: tuple[str, ...] | None):
-    """(x, y, feature names, target name): float64 arrays of the chosen columns; DataError naming what is
-    missing."""
+#: --task; --missing: what to do with rows that have an empty cell
+TASKS = ("auto", "regression", "classification")
+MISSING = ("error", "drop", "impute")
+#: a text feature with more distinct values in the training rows than this, or than half its cells (when over
+#: 10), is free text or an identifier, not a category
+MAX_CATEGORIES = 50
+#: a classification target with more classes than this is refused
+MAX_CLASSES = 1000
+DATE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?)?\s*")
+
+
+def _kind(column) -> str:
+    """How a column is read: "numeric" (numbers or booleans, or text whose cells are mostly numbers: its other
+    cells are errors, named by `_numeric`), "date" (date or time cells), else "text"."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return "numeric"
+    if pd.api.types.is_datetime64_any_dtype(column) or isinstance(column.dtype, pd.PeriodDtype):
+        return "date"
+    cells = column.dropna()
+    if len(cells) and pd.to_numeric(cells, errors="coerce").notna().mean() > 0.5:
+        return "numeric"
+    if len(cells) and cells.map(lambda cell: isinstance(cell, str) and DATE.fullmatch(cell) is not None).all():
+        return "date"
+    return "text"
+
+
+def _label(value):
+    """A class label as JSON and the predictions spell it: text, a bool, an int (an integral float too: an
+    integer column with empty cells reads as floats), or a float."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return int(value) if float(value).is_integer() else float(value)
+    return str(value)
+
+
+def _class_index(classes: tuple, values) -> np.ndarray:
+    """Each value's index in `classes`, int32."""
+    position = {label: index for index, label in enumerate(classes)}
+    return np.asarray([position[_label(value)] for value in values], np.int32)
+
+
+def _choose(frame, source: str, target: str | None, features: tuple[str, ...] | None):
+    """(frame with str column names, feature names, target name); DataError naming what is missing."""
     names = [str(name) for name in frame.columns]
     frame = frame.set_axis(names, axis=1)
     if len(names) < 2:
@@ -224,25 +339,129 @@ def columns(frame, source: str, target: str | None, features: tuple[str, ...] | 
         raise DataError(f"{source}: --features names a column more than once: {', '.join(map(repr, features))}")
     if target in features:
         raise DataError(f"{source}: the target {target!r} cannot also be a feature")
-    xy = _numeric(frame, (*features, target), source)
-    return xy[:, :-1], xy[:, -1], features, target
+    return frame, features, target
+
+
+def _task(frame, target: str, task: str) -> str:
+    """"classification" for a text or boolean target under auto (numbers, integers included, are regression
+    unless asked), or as given."""
+    if task != "auto":
+        return task
+    column = frame[target]
+    cells = column.dropna()
+    boolean = len(cells) > 0 and cells.map(lambda cell: isinstance(cell, (bool, np.bool_))).all()
+    return "classification" if boolean or _kind(column) == "text" else "regression"
+
+
+def _refuse_unusable(frame, source: str, features: tuple[str, ...]) -> None:
+    """DataError naming the feature columns that are neither numbers nor categories (dates, free text, an
+    identifier per row), with the --features that leaves them out."""
+    unusable = {}
+    for name in features:
+        kind, cells = _kind(frame[name]), frame[name].dropna()
+        distinct = cells.map(str).nunique()
+        if kind == "date":
+            unusable[name] = f"dates or times (such as {str(cells.iloc[0])!r})"
+        elif kind == "text" and (distinct > MAX_CATEGORIES or (distinct > 10 and distinct > len(cells) / 2)):
+            unusable[name] = f"free text ({distinct} distinct values in {len(cells)} cells)"
+    if unusable:
+        quote = lambda name: f'"{name}"' if "," in name or '"' in name or name != name.strip() else name
+        kept = ",".join(quote(name) for name in features if name not in unusable)
+        raise DataError(f"{source}: " + "; ".join(f"column {name!r} holds {what}" for name, what in unusable.items())
+                        + ", which cannot be a feature (neither numbers nor categories); leave "
+                        + ("it" if len(unusable) == 1 else "them") + f" out with --features {kept or '…'}")
+
+
+def _missing_cells(frame, source: str, features: tuple[str, ...], target: str, missing: str):
+    """(rows kept, left_out, notes): under "error" a DataError naming each column with empty cells, how many,
+    and the --missing to use; "drop" keeps the rows with every cell, "impute" those with a target.
+    left_out counts the rows without a target, and those left out for an empty feature cell."""
+    empty = frame[[*features, target]].isna()
+    counts = {name: int(count) for name, count in empty.sum().items() if count}
+    if counts and missing == "error":
+        first = lambda name: frame.index[np.flatnonzero(empty[name].to_numpy())[0]] + 1
+        raise DataError(f"{source}: " + ", ".join(f"column {name!r} has {count} empty cell(s) (the first in row "
+                                                  f"{first(name)})" for name, count in counts.items())
+                        + "; pass --missing drop to leave those rows out, or --missing impute to fill the features "
+                          "(the training rows' mean, or most frequent category) and leave out rows without a target")
+    no_target = empty[target].to_numpy()
+    keep = ~(empty.any(axis=1).to_numpy() if missing == "drop" else no_target)
+    left_out = {"no_target": int(no_target.sum()), "empty_feature": int((~keep & ~no_target).sum())}
+    notes = ([f"{source}: left out {left_out['no_target']} row(s) without a target ({target!r})"]
+             * bool(left_out["no_target"])
+             + [f"{source}: left out {left_out['empty_feature']} row(s) with an empty feature cell (--missing drop)"]
+             * bool(left_out["empty_feature"]))
+    return keep, left_out, notes
+
+
+def _fingerprint(frame, features: tuple[str, ...], target: str) -> str:
+    """sha256 of the used columns' cells and names: numbers as float64 bytes (as they always were, so older
+    runs resume), a table with text by pandas' hash of each row."""
+    import pandas as pd
+
+    used = frame[[*features, target]]
+    if all(pd.api.types.is_numeric_dtype(used[name]) for name in used.columns):
+        content = np.ascontiguousarray(used.to_numpy(np.float64, na_value=np.nan)).tobytes()
+    else:
+        content = pd.util.hash_pandas_object(used, index=False).to_numpy().tobytes()
+    return hashlib.sha256(content + repr((tuple(features), target)).encode()).hexdigest()
 
 
 def load(source: str, *, target: str | None = None, features: tuple[str, ...] | None = None,
-         split_seed: int = 0, test_fraction: float = 0.2) -> Split:
-    """Read `source` (see `read`), hold out round(test_fraction · rows) rows (at least one) chosen by
-    `split_seed`, and standardise with the training rows' statistics."""
+         split_seed: int = 0, test_fraction: float = 0.2, task: str = "auto", missing: str = "error") -> Split:
+    """Read `source` (see `read`), leave out rows with empty cells as `missing` says, hold out
+    round(test_fraction · rows) rows (at least one) chosen by `split_seed`, and encode and standardise with the
+    training rows' statistics: categories, fill values, means and deviations (see `Scaling`)."""
+    import pandas as pd
+
     frame = read(source, seed=split_seed)
-    x, y, features, target = columns(frame, source, target, features)
-    if len(x) < 2:
-        raise DataError(f"{source}: {len(x)} row; need at least 2 (one to train on, one held out)")
-    order = np.random.default_rng(split_seed).permutation(len(x))
-    n_test = max(1, int(round(len(x) * test_fraction)))
+    frame, features, target = _choose(frame, source, target, features)
+    if len(frame) == 0:
+        raise DataError(f"{source}: no rows")
+    fingerprint, task = _fingerprint(frame, features, target), _task(frame, target, task)
+    _refuse_unusable(frame, source, features)
+    keep, left_out, notes = _missing_cells(frame, source, features, target, missing)
+    notes = (*frame.attrs.get("notes", ()), *notes)
+    frame = frame[keep]
+    if len(frame) < 2:
+        raise DataError(f"{source}: {len(frame)} row{'s' * (len(frame) != 1)}{' with a target' * any(~keep)}; "
+                        f"need at least 2 (one to train on, one held out)")
+    order = np.random.default_rng(split_seed).permutation(len(frame))
+    n_test = max(1, int(round(len(frame) * test_fraction)))
     test, train = order[:n_test], order[n_test:]
-    deviation = lambda values: np.where(values > 0, values, 1.0)  # a constant column standardises to 0
-    scaling = Scaling(features, target, tuple(x[train].mean(0).tolist()), tuple(deviation(x[train].std(0)).tolist()),
-                      float(y[train].mean()), float(deviation(y[train].std())))
-    fingerprint = hashlib.sha256(np.ascontiguousarray(np.column_stack([x, y])).tobytes()
-                                 + repr((features, target)).encode()).hexdigest()
-    x, y = scaling.standardise(x, source), scaling.target(y, source)  # every row checked, by its row number
-    return Split(x[train], y[train], x[test], y[test], scaling, fingerprint, frame.attrs.get("notes", ()))
+    training = frame.iloc[train]
+    text = [name for name in features if _kind(frame[name]) == "text"]
+    fill: dict = {}
+    for name in features if missing == "impute" else ():
+        cells = training[name].dropna()
+        if frame[name].isna().any() and not len(cells):
+            raise DataError(f"{source}: column {name!r} has no value in the training rows to impute from")
+        if frame[name].isna().any():  # the most frequent category (the first in order on a tie), or the mean
+            fill[name] = (cells.map(str).value_counts().sort_index().idxmax() if name in text
+                          else float(pd.to_numeric(cells, errors="coerce").mean()))
+    categories = {name: tuple(sorted(training[name].dropna().map(str).unique())) for name in text}
+    rows = frame.index.to_numpy() + 1  # each kept row's number in the file, for messages
+    if task == "classification":
+        labels = frame[target].to_numpy()
+        classes = tuple(sorted({_label(value) for value in labels}, key=lambda label: (str(type(label)), label)))
+        if not 2 <= len(classes) <= MAX_CLASSES:
+            raise DataError(f"{source}: the target {target!r} has {len(classes)} distinct value(s); classification "
+                            f"needs between 2 and {MAX_CLASSES}" + "; use --task regression" * (len(classes) > 2))
+        scaling = Scaling(features, target, (), (), 0.0, 1.0, task, classes)
+    else:
+        labels = _numeric(frame, (target,), source)[:, 0]
+        scaling = Scaling(features, target, (), (), float(labels[train].mean()),
+                          float(labels[train].std()) or 1.0)  # a constant target standardises to 0
+    scaling = scaling._replace(categories=MappingProxyType(categories), fill=MappingProxyType(fill))
+    x = scaling.encode(frame, source, unseen="zeros")
+    one_hot = np.asarray([name not in features for name in scaling.input_names])
+    deviation = x[train].std(0)
+    scaling = scaling._replace(x_mean=tuple(np.where(one_hot, 0.0, x[train].mean(0)).tolist()),
+                               x_std=tuple(np.where(one_hot | (deviation == 0), 1.0, deviation).tolist()))
+    unseen = {name: sorted(set(frame[name].iloc[test].dropna().map(str)) - set(known))
+              for name, known in categories.items()}
+    notes += tuple(f"{source}: column {name!r} holds {', '.join(map(repr, values))} in held-out rows only, not in "
+                   f"the training rows: encoded there as no known category"
+                   for name, values in unseen.items() if values)
+    x, y = scaling.standardise(x, source, rows), scaling.target(labels, source, rows)  # every row checked
+    return Split(x[train], y[train], x[test], y[test], scaling, fingerprint, notes, MappingProxyType(left_out))

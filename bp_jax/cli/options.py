@@ -1,7 +1,7 @@
 """The options commands share (pip's cmdoptions): argument types, the problem options of `train` and
 `sweep`, and the Config values they set.
 
-    add_problem_options(parser)        # --dataset/--data, --target, --features, --hidden, --activation, …
+    add_problem_options(parser)        # --dataset/--data, --target, --task, --features, --missing, --hidden, …
     Config(**given_config(args))       # the values given on the command line, the rest defaulted
 """
 
@@ -98,12 +98,18 @@ def add_problem_options(parser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=data.NAMES, help="default: diabetes (442 × 10, from scikit-learn)")
     source.add_argument("--data", type=Path, metavar="FILE",
-                        help="your own data: a CSV with a header row, or an .npz with arrays x and y")
+                        help="your own data: a CSV with a header row, a .parquet, or an .npz with arrays x and y")
     parser.add_argument("--target", metavar="COLUMN", help="the column to predict (default: the last one)")
+    parser.add_argument("--task", choices=data.TASKS,
+                        help="auto (default): classification for a text or true/false target, regression for numbers")
     parser.add_argument("--features", type=column_names, metavar="A,B,…",
                         help='the columns to predict from (default: all but the target); quote a name to keep its '
                              'commas and surrounding spaces: \'"a,b", c\'')
-    parser.add_argument("--hidden", type=hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5)")
+    parser.add_argument("--missing", choices=data.MISSING,
+                        help="empty cells: error (default), drop their rows, or impute features (training mean or "
+                             "most frequent category); rows without a target are left out")
+    parser.add_argument("--hidden", type=hidden_sizes,
+                        help="hidden layer sizes, e.g. 5 or 16,8 (default 5; 16 for classes)")
     parser.add_argument("--activation", choices=ACTIVATIONS, help="default relu")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
                         help="sgd: the hand-written update (default); optax-sgd, momentum (0.9), adam: optax")

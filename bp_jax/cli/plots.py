@@ -64,12 +64,20 @@ def plot_losses(axes, history: Sequence, *, label: str, color: str = "tab:blue")
     axes.plot(steps[window - 1:], smooth, lw=2, color=color, label=f"running mean of {window} steps")
 
 
-def loss_curve(path: Path, history: Sequence, *, title: str, levels: dict[str, float], replace: bool = False) -> None:
+def loss_curve(path: Path, history: Sequence, *, title: str, levels: dict[str, float], loss: str = "MSE",
+               accuracy: dict[str, float] | None = None, replace: bool = False) -> None:
     """`bp-jax train`'s figure: the training loss by step, and horizontal lines at `levels` (label: value,
-    e.g. the held-out MSE and the mean predictor's), on a log scale."""
-    with figure(path, title=title, xlabel="step", ylabel="MSE (standardised target)", yscale="log",
-                replace=replace) as axes:
-        plot_losses(axes, history, label="training loss (minibatch MSE)")
+    e.g. the held-out MSE and the mean predictor's), on a log scale; for a classifier, `accuracy` levels (the
+    held-out accuracy and the majority class's) on a second axis, from 0 to 1."""
+    unit = "MSE (standardised target)" if loss == "MSE" else loss
+    with figure(path, title=title, xlabel="step", ylabel=unit, yscale="log", replace=replace) as axes:
+        plot_losses(axes, history, label=f"training loss (minibatch {loss})")
         for (label, value), (color, style) in zip(levels.items(), [("tab:green", "--"), ("tab:red", ":")] * 4):
             if value is not None and np.isfinite(value):
                 axes.axhline(value, color=color, ls=style, label=label)
+        if accuracy:
+            right = axes.twinx()
+            for (label, value), (color, style) in zip(accuracy.items(), [("tab:purple", "-."), ("tab:gray", ":")] * 4):
+                right.axhline(value, color=color, ls=style, label=f"{label}: accuracy {value:.1%}")
+            right.set(ylabel="accuracy", ylim=(0, 1.02))
+            right.legend(fontsize="small", loc="center right")

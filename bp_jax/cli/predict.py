@@ -1,12 +1,15 @@
-"""The `bp-jax predict` job: a trained run's predictions for new rows, in the target's own units.
+"""The `bp-jax predict` job: a trained run's predictions for new rows: in the target's own units, or a class
+and each class's probability.
 
     bp-jax predict RUN_DIR --data FILE [--out FILE] [--allow-diverged]
 
 Loads the run's newest checkpoint and its record (feature names, standardisation statistics, model config),
 reads FILE with the same loader as `train` (its columns must be the run's features; the target column may be
-present and is ignored), and writes one prediction per row as CSV: to stdout, or atomically to a new --out file.
-A live run is read at its newest checkpoint (`runs.read_trained`). A run that stopped on divergence is refused
-unless --allow-diverged; a prediction that is not finite is never written: the rows are named instead.
+present and is ignored; text columns are one-hot encoded with the training categories, empty cells filled with
+the run's fill values if it imputed them), and writes one prediction per row as CSV: to stdout, or atomically to
+a new --out file. A live run is read at its newest checkpoint (`runs.read_trained`). A run that stopped on
+divergence is refused unless --allow-diverged; a prediction that is not finite is never written: the rows are
+named instead.
 """
 
 import sys
@@ -23,7 +26,8 @@ from bp_jax.cli._args import UsageError
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bp-jax train output directory")
     parser.add_argument("--data", type=Path, required=True, metavar="FILE",
-                        help="a CSV with a header row (or .npz with an array x) holding the run's feature columns")
+                        help="a CSV with a header row, a .parquet, or an .npz with an array x, holding the run's "
+                             "feature columns")
     parser.add_argument("--out", type=Path, metavar="FILE", help="write the CSV here (default: stdout); must not exist")
     parser.add_argument("--allow-diverged", action="store_true",
                         help="predict with a run that stopped on divergence (its last finite params)")
@@ -55,18 +59,24 @@ def run(args) -> int:
 
 
 def predictions(model, params, scaling: data.Scaling, frame, source: str):
-    """A DataFrame with one column, named after the run's target, of the model's predictions for `frame`'s
-    rows (standardised with `scaling`, and back in the target's units); UsageError naming the rows whose
-    prediction is not finite."""
+    """A DataFrame of the model's predictions for `frame`'s rows (encoded and standardised with `scaling`):
+    for regression one column, named after the run's target, in the target's units; for classification the
+    predicted class under the target's name, spelled as in the training data, then one column "P(class)" per
+    class, its softmax probability (each row sums to 1). UsageError naming the rows whose output is not finite."""
     import pandas as pd
 
     x = scaling.features(frame, source)
     with jax.default_matmul_precision("highest"):
-        standardised = model.apply(params, jnp.asarray(x))
-    y = scaling.target_units(standardised)
-    bad = np.flatnonzero(~np.isfinite(y)) + 1
+        outputs = np.asarray(model.apply(params, jnp.asarray(x)), np.float64)
+    bad = np.flatnonzero(~np.isfinite(outputs).all(axis=1)) + 1
     if len(bad):
         rows = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise UsageError(f"{source}: the prediction for row(s) {rows} (from 1, after the header) is not finite "
                          f"(the model overflows there); nothing written")
-    return pd.DataFrame({scaling.target_name: y})
+    if scaling.task != "classification":
+        return pd.DataFrame({scaling.target_name: scaling.target_units(outputs)})
+    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))  # softmax, in float64
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    predicted = pd.Series(np.asarray(scaling.classes, dtype=object)[outputs.argmax(axis=1)])
+    return pd.DataFrame({scaling.target_name: predicted,
+                         **{f"P({label})": probabilities[:, index] for index, label in enumerate(scaling.classes)}})

@@ -1,8 +1,8 @@
 """What a run is: its Config, its model and the state a checkpoint holds, and `open_run`, the one way to
 read a run folder back.
 
-    config, split = load_data(config)              # the data, target and feature columns resolved
-    model = build_model(features, config)          # bp_jax.mlp((features, *hidden, 1), activation)
+    config, split = load_data(config, given)       # the data, target, feature columns and task resolved
+    model = build_model(inputs, config, outputs)   # bp_jax.mlp((inputs, *hidden, outputs), activation)
     run = open_run(folder)                         # newest checkpoint: manager, step, Config, record
     state = run.restore(initial_state(model, run.config))   # or: model, params = run.model_and_params()
     run, model, params = read_trained(folder)      # the same, also while the run in `folder` is live
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -40,6 +41,9 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation] | None] = 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 #: how often `read_trained` reads a live run's newest checkpoint again when the run deleted it meanwhile
 LIVE_READS = 20
+#: a class target's defaults where they differ from Config's: a first run on a few hundred rows (100 epochs of
+#: minibatches of 32) then beats the majority class clearly (the iris and penguin-like tables of the README and tests)
+CLASSIFICATION_DEFAULTS = {"hidden": (16,), "lr": 0.1}
 RECORD_KEYS = {"config", "data", "total_steps", "loss_history", "wall_time_s", "diverged_at"}
 
 
@@ -57,7 +61,9 @@ def _check_keys(what: str, got: dict, expected: set, where: str) -> None:
 class Config:
     """What defines a run; a resumed run must match it (steps excepted). `dataset` is a built-in name or the
     data file's absolute path; `target` and `features` are column names (None before the data is read:
-    the last column, and all the others); `split_seed` chooses the held-out rows (None: `seed`)."""
+    the last column, and all the others); `split_seed` chooses the held-out rows (None: `seed`); `task` is
+    "auto" until the data is read, then "regression" or "classification" (`data.load`); `missing`: what to do
+    with empty cells (`data.MISSING`)."""
 
     dataset: str = "diabetes"
     target: str | None = None
@@ -69,6 +75,8 @@ class Config:
     batch_size: int | None = 32
     seed: int = 0
     split_seed: int | None = None
+    task: str = "auto"
+    missing: str = "error"
 
     def __post_init__(self):
         if self.split_seed is None:
@@ -84,7 +92,9 @@ class Config:
 
     @classmethod
     def from_record(cls, record: dict, where: str) -> "Config":
-        """The Config in a checkpoint's record; CheckpointError if its keys are not this version's."""
+        """The Config in a checkpoint's record (one written before classification: regression, empty cells
+        refused); CheckpointError if its keys are not this version's."""
+        record = {"task": "regression", "missing": "error"} | record
         _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
         return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in record.items()})
 
@@ -96,12 +106,18 @@ class Config:
             raise checkpoints.CheckpointError(f"{where} was trained with " + ", ".join(clash))
 
 
-def load_data(config: Config) -> tuple[Config, data.Split]:
-    """The split `config` names, and `config` with its target and feature columns resolved; UsageError
-    when the batch size does not fit the training rows."""
-    split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed)
+def load_data(config: Config, given=None) -> tuple[Config, data.Split]:
+    """The split `config` names, and `config` with its target, feature columns and task resolved: a new run
+    (`given`: the names set on the command line) of a class target takes CLASSIFICATION_DEFAULTS for the values
+    not given; UsageError when the batch size does not fit the training rows."""
+    split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed,
+                      task=config.task, missing=config.missing)
     print(*(f"bp-jax: note: {note}\n" for note in split.notes), sep="", end="", file=sys.stderr)
-    config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names)
+    config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names,
+                                 task=split.scaling.task)
+    if given is not None and config.task == "classification":
+        config = dataclasses.replace(config, **{name: value for name, value in CLASSIFICATION_DEFAULTS.items()
+                                                if name not in given})
     n_train = len(split.x_train)
     if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
         source = f"{config.dataset}: " if data.is_file(config.dataset) else ""
@@ -119,9 +135,61 @@ def mean_predictor_mse(split: data.Split) -> float:
     return float(np.mean((split.y_test - split.y_train.mean()) ** 2))
 
 
-def build_model(features: int, config: Config) -> bp_jax.Model:
-    """Linear(features, h1), act, …, Linear(hk, 1): the seed MLP for hidden = (5,) and relu."""
-    return bp_jax.mlp((features, *config.hidden, 1), config.activation)
+def build_model(inputs: int, config: Config, outputs: int = 1) -> bp_jax.Model:
+    """Linear(inputs, h1), act, …, Linear(hk, outputs): the seed MLP for hidden = (5,), relu and one output;
+    a classifier has one output (logit) per class."""
+    return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation)
+
+
+def loss(model: bp_jax.Model, scaling: data.Scaling) -> Callable:
+    """The training loss: softmax cross-entropy over the classes, or the MSE of the standardised target."""
+    classify = scaling.task == "classification"
+    return bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy if classify else bp_jax.mse)
+
+
+def scores(model: bp_jax.Model, split: data.Split, *, ensemble: bool = False) -> Callable:
+    """`params -> metrics` (float64, one per member of an `ensemble`) from one compiled program: regression:
+    train_mse, held_out_mse; classification: train_accuracy, train_log_loss, held_out_accuracy, held_out_log_loss
+    (log loss: the mean softmax cross-entropy; accuracy: rows right over rows, divided exactly on the host)."""
+    fn = loss(model, split.scaling)
+    classify = split.scaling.task == "classification"
+    parts = (("train", split.x_train, split.y_train), ("held_out", split.x_test, split.y_test))
+
+    def measured(params):
+        metrics = {}
+        for name, x, y in parts:
+            if classify:
+                metrics[f"{name}_accuracy"] = jnp.sum(jnp.argmax(model.apply(params, x), axis=1) == y)
+                metrics[f"{name}_log_loss"] = fn(params, x, y)
+            else:
+                metrics[f"{name}_mse"] = fn(params, x, y)
+        return metrics
+
+    program = jax.jit(jax.vmap(measured) if ensemble else measured)
+
+    def on_host(params) -> dict:
+        metrics = {name: np.asarray(value, np.float64) for name, value in program(params).items()}
+        for name, _, y in parts if classify else ():
+            metrics[f"{name}_accuracy"] /= len(y)
+        return metrics
+
+    return on_host
+
+
+def baseline(split: data.Split) -> dict:
+    """What a model must beat on the held-out rows: the MSE of predicting the training split's mean target
+    for every row, or the accuracy of predicting its most frequent class."""
+    if split.scaling.task == "classification":
+        majority = np.bincount(split.y_train, minlength=split.scaling.outputs).argmax()
+        return {"baseline_held_out_accuracy": float(np.mean(split.y_test == majority))}
+    return {"baseline_held_out_mse": mean_predictor_mse(split)}
+
+
+def class_counts(split: data.Split) -> dict:
+    """Rows per class in each split, keyed by the class as text (JSON keys are text)."""
+    count = lambda y: dict(zip(map(str, split.scaling.classes),
+                               np.bincount(y, minlength=split.scaling.outputs).tolist()))
+    return {"train": count(split.y_train), "held_out": count(split.y_test)}
 
 
 def optimizer(config: Config) -> optax.GradientTransformation | None:
@@ -172,7 +240,7 @@ class Run(NamedTuple):
 
     def model_and_params(self) -> tuple[bp_jax.Model, object]:
         """The run's model and its params at this checkpoint."""
-        model = build_model(len(self.scaling.feature_names), self.config)
+        model = build_model(len(self.scaling.x_mean), self.config, self.scaling.outputs)
         return model, self.restore(initial_state(model, self.config))["params"]
 
 

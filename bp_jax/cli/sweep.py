@@ -4,13 +4,13 @@
 
 Member (lr, s) is `bp-jax train --lr lr --seed s --split-seed S` with the same other options: all members
 share the split chosen by --split-seed (default 0); seed s (--seed, --seed + 1, …) sets the member's init
-and data order. Writes sweep.json (one entry per member: lr, seed, train and held-out MSE, the step it
-diverged at or null) and sweep.png into --out, and prints a table per learning rate. Diverged members are
-frozen and shown, and do not fail the sweep. A sweep that cannot fit in memory (estimated before anything
-is allocated: `bytes_needed`) is refused in one line. Set-up is one compiled program whatever the number of
-members (`member_states`). SIGINT/SIGTERM end the process at once during set-up and compile, stop at the end
-of the current chunk once training runs and write what was trained so far, and let the results being
-written finish (exit 130/143; see `interrupts`).
+and data order. Writes sweep.json (one entry per member: lr, seed, train and held-out MSE, or for a class
+target train and held-out accuracy and log loss, the step it diverged at or null) and sweep.png into --out,
+and prints a table per learning rate. Diverged members are frozen and shown, and do not fail the sweep. A
+sweep that cannot fit in memory (estimated before anything is allocated: `bytes_needed`) is refused in one
+line. Set-up is one compiled program whatever the number of members (`member_states`). SIGINT/SIGTERM end
+the process at once during set-up and compile, stop at the end of the current chunk once training runs and
+write what was trained so far, and let the results being written finish (exit 130/143; see `interrupts`).
 """
 
 import itertools
@@ -18,6 +18,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,13 +53,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    config = Config(**options.given_config(args))
+    given = options.given_config(args)
+    config = Config(**given)
     repeated = sorted({lr for lr in args.lrs if args.lrs.count(lr) > 1})
     if repeated:
         raise UsageError(f"--lr lists {', '.join(f'{lr:g}' for lr in repeated)} more than once")
     if config.seed + args.seeds > 2**32:
         raise UsageError(f"--seed {config.seed} + --seeds {args.seeds} passes 2**32 − 1, the largest seed")
-    config, split = runs.load_data(config)
+    config, split = runs.load_data(config, given)
     n_train = len(split.x_train)
     members = len(args.lrs) * args.seeds
     epochs = 100 if args.epochs is args.steps is None else args.epochs
@@ -149,7 +151,7 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
     """The ensemble trained to `watch.total` steps, or to where a stop signal ended it. Members run
     lr-major: member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised as `bp-jax train`
     would."""
-    model = runs.build_model(split.x_train.shape[1], config)
+    model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
     transform = runs.optimizer(config)
     if transform is not None:  # one learning rate per member, held in the optimizer state
         make = runs.OPTIMIZERS[config.optimizer]
@@ -159,18 +161,17 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
     if transform is not None:
         state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(member_lrs, jnp.float32)
     return bp_jax.fit_ensemble(
-        bp_jax.loss_fn(model), state["params"], jnp.asarray(split.x_train), jnp.asarray(split.y_train),
+        runs.loss(model, split.scaling), state["params"], jnp.asarray(split.x_train), jnp.asarray(split.y_train),
         steps=watch.total, lr=None if transform is not None else member_lrs, optimizer=transform,
         opt_state=state["opt_state"], batch_size=config.batch_size, key=jax.random.wrap_key_data(state["key"]),
         chunk_size=PROGRESS_EVERY, on_chunk=watch.on_chunk, mesh=mesh)
 
 
 def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
-    """sweep.json: the shared config, then one entry per member."""
-    model = runs.build_model(split.x_train.shape[1], config)
-    mse = jax.jit(jax.vmap(bp_jax.loss_fn(model), in_axes=(0, None, None)))
-    train_mse = np.asarray(mse(result.params, split.x_train, split.y_train))
-    held_out_mse = np.asarray(mse(result.params, split.x_test, split.y_test))
+    """sweep.json: the shared config, then one entry per member: its scores (`runs.scores`), and the step it
+    diverged at or None."""
+    model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
+    scores = runs.scores(model, split, ensemble=True)(result.params)
     shared = {name: value for name, value in config.to_record().items() if name not in ("lr", "seed")}
     return {
         "config": shared,
@@ -178,11 +179,11 @@ def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
         "seeds": seeds,
         "steps": result.step,
         "stopped": None if watch.stopped_by is None else {"step": result.step, "signal": watch.stopped_by},
-        "runs": [{"lr": lrs[i // len(seeds)], "seed": seeds[i % len(seeds)], "train_mse": float(train_mse[i]),
-                  "held_out_mse": float(held_out_mse[i]),
+        "runs": [{"lr": lrs[i // len(seeds)], "seed": seeds[i % len(seeds)],
+                  **{name: float(values[i]) for name, values in scores.items()},
                   "diverged_at": None if result.diverged[i] < 0 else int(result.diverged[i])}
                  for i in range(len(lrs) * len(seeds))],
-        "baseline_held_out_mse": runs.mean_predictor_mse(split),
+        **runs.baseline(split),
         "examples": {"train": len(split.x_train), "held_out": len(split.x_test)},
         "wall_time_s": watch.elapsed_s,
         "device": console.device_description(),
@@ -190,29 +191,50 @@ def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
     }
 
 
+class Score(NamedTuple):
+    """What ranks the members: a held-out score in sweep.json's runs, the baseline it is shown against, and
+    `sign` (1: lower is better, −1: higher is)."""
+
+    key: str
+    label: str
+    baseline_key: str
+    baseline_label: str
+    sign: int
+
+    def best(self, items, value=lambda item: item):
+        return min(items, key=lambda item: self.sign * value(item), default=None)
+
+
+def score(report: dict) -> Score:
+    """Held-out accuracy for a classification sweep, held-out MSE for regression."""
+    if report["config"].get("task") == "classification":
+        return Score("held_out_accuracy", "held-out accuracy", "baseline_held_out_accuracy", "majority class", -1)
+    return Score("held_out_mse", "held-out MSE", "baseline_held_out_mse", "mean predictor", 1)
+
+
 def summary(report: dict) -> list[dict]:
-    """Per learning rate: held-out MSE mean and std over the seeds that did not diverge, the best seed,
-    and how many diverged."""
-    rows = []
+    """Per learning rate: the held-out score's (`score`) mean and std over the seeds that did not diverge, the
+    best seed, and how many diverged."""
+    rows, ranked = [], score(report)
     for lr in report["learning_rates"]:
         members = [run for run in report["runs"] if run["lr"] == lr]
         finished = [run for run in members if run["diverged_at"] is None]
-        scores = np.asarray([run["held_out_mse"] for run in finished])
-        best = min(finished, key=lambda run: run["held_out_mse"], default=None)
+        scores = np.asarray([run[ranked.key] for run in finished])
+        best = ranked.best(finished, lambda run: run[ranked.key])
         rows.append({"lr": lr, "mean": float(scores.mean()) if len(scores) else None,
                      "std": float(scores.std()) if len(scores) else None,
-                     "best_seed": best and best["seed"], "best": best and best["held_out_mse"],
+                     "best_seed": best and best["seed"], "best": best and best[ranked.key],
                      "diverged": len(members) - len(finished), "seeds": len(members)})
     return rows
 
 
 def _print_tables(report: dict, out: Path) -> None:
-    rows = summary(report)
-    best = min((row for row in rows if row["best"] is not None), key=lambda row: row["best"], default=None)
+    rows, ranked = summary(report), score(report)
+    best = ranked.best([row for row in rows if row["best"] is not None], lambda row: row["best"])
     console.print_table(
-        f"bp-jax sweep: {len(report['runs'])} members, {report['steps']} steps, held-out MSE "
-        f"(mean predictor {report['baseline_held_out_mse']:.4f})",
-        ("lr", "held-out MSE, mean ± std", "best seed", "its held-out MSE", "diverged"),
+        f"bp-jax sweep: {len(report['runs'])} members, {report['steps']} steps, {ranked.label} "
+        f"({ranked.baseline_label} {report[ranked.baseline_key]:.4f})",
+        ("lr", f"{ranked.label}, mean ± std", "best seed", f"its {ranked.label}", "diverged"),
         [(f"{row['lr']:g}" + (" ★" if row is best else ""),
           "—" if row["mean"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}",
           "—" if row["best_seed"] is None else str(row["best_seed"]),
@@ -223,14 +245,14 @@ def _print_tables(report: dict, out: Path) -> None:
 
 def _plot(path: Path, report: dict, history: list) -> None:
     """Left: the training loss by step per learning rate (median over seeds, 25–75 % band; dashed where a
-    seed diverged), from the watch's [step, losses of every member] history. Right: held-out MSE against
-    learning rate, one dot per seed, the mean over finished seeds, the best marked, diverged members as red
-    crosses along the top."""
+    seed diverged), from the watch's [step, losses of every member] history. Right: the held-out score
+    (`score`: MSE, or accuracy for classification) against learning rate, one dot per seed, the mean over finished
+    seeds, the best marked, diverged members as red crosses along the top."""
     x = np.asarray([step for step, _ in history])
     losses = np.asarray([member_losses for _, member_losses in history], np.float32)
     seeds = len(report["seeds"])
     per_lr = losses.reshape(-1, len(report["learning_rates"]), seeds)
-    rows = summary(report)
+    rows, ranked = summary(report), score(report)
     with plots.panels(path, 2, title=f"bp-jax sweep: {len(report['runs'])} members "
                                      f"({len(rows)} learning rates × {seeds} seeds)") as (curves, scores):
         finished_medians = []
@@ -248,8 +270,9 @@ def _plot(path: Path, report: dict, history: list) -> None:
             curves.set_ylim(0.5 * np.nanmin(finished_medians), 3 * np.nanmax(finished_medians))
 
         finished = [run for run in report["runs"] if run["diverged_at"] is None]
-        top = 1.5 * max([run["held_out_mse"] for run in finished] + [report["baseline_held_out_mse"]])
-        scores.scatter([run["lr"] for run in finished], [run["held_out_mse"] for run in finished], s=12, alpha=0.5,
+        accuracy = ranked.sign < 0
+        top = 1.05 if accuracy else 1.5 * max([run[ranked.key] for run in finished] + [report[ranked.baseline_key]])
+        scores.scatter([run["lr"] for run in finished], [run[ranked.key] for run in finished], s=12, alpha=0.5,
                        color="tab:blue", label="a seed")
         diverged = [run["lr"] for run in report["runs"] if run["diverged_at"] is not None]
         if diverged:
@@ -257,9 +280,11 @@ def _plot(path: Path, report: dict, history: list) -> None:
         means = [row for row in rows if row["mean"] is not None]
         scores.plot([row["lr"] for row in means], [row["mean"] for row in means], "o-", color="tab:blue",
                     label="mean over seeds that finished")
-        best = min(means, key=lambda row: row["best"], default=None)
+        best = ranked.best(means, lambda row: row["best"])
         if best is not None:
             scores.scatter(best["lr"], best["best"], marker="*", s=200, color="gold", edgecolor="black",
                            zorder=3, label=f"best: lr {best['lr']:g}, seed {best['best_seed']}")
-        scores.axhline(report["baseline_held_out_mse"], color="tab:red", ls=":", label="mean predictor")
-        scores.set(xlabel="learning rate", ylabel="held-out MSE", xscale="log", yscale="log")
+        scores.axhline(report[ranked.baseline_key], color="tab:red", ls=":", label=ranked.baseline_label)
+        scores.set(xlabel="learning rate", ylabel=ranked.label, xscale="log", yscale="linear" if accuracy else "log")
+        if accuracy:
+            scores.set_ylim(0, 1.1)

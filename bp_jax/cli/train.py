@@ -35,7 +35,7 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 
 def add_arguments(parser) -> None:
     options.add_problem_options(parser)
-    parser.add_argument("--lr", type=options.learning_rate, help="learning rate (default 0.01)")
+    parser.add_argument("--lr", type=options.learning_rate, help="learning rate (default 0.01; 0.1 for classes)")
     parser.add_argument("--seed", type=options.seed, help="seeds the init and the data order, and the split unless "
                                                           "--split-seed is given (default 0)")
     parser.add_argument("--split-seed", type=options.seed, help="chooses the held-out rows (default: --seed)")
@@ -96,7 +96,7 @@ def run(args) -> int:
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     signals = interrupts.current()
     with console.progress_bar("train") as progress:
-        problem = _prepare(config, args.devices)
+        problem = _prepare(config, args.devices, given if resumed is None else None)
         start = Start(problem.state) if resumed is None else _resume(problem, resumed)
         total = _total_steps(problem, start, args.steps, epochs)
         out = args.out or args.resume
@@ -141,12 +141,13 @@ def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None
     return mesh
 
 
-def _prepare(config: Config, devices: int | None) -> Problem:
-    """Read and split the data, check the batch size, build the model and its initial state."""
-    config, split = runs.load_data(config)
+def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem:
+    """Read and split the data, check the batch size, build the model and its initial state (`given`: the
+    values set on the command line of a new run, see `runs.load_data`)."""
+    config, split = runs.load_data(config, given)
     n_train, features = split.x_train.shape
     mesh = mesh_for(devices, config.batch_size or n_train)
-    model = runs.build_model(features, config)
+    model = runs.build_model(features, config, split.scaling.outputs)
     return Problem(config, split, model, mesh, runs.initial_state(model, config))
 
 
@@ -241,7 +242,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
     try:
         result = bp_jax.fit(
-            bp_jax.loss_fn(problem.model), start.state["params"], jnp.asarray(split.x_train),
+            runs.loss(problem.model, split.scaling), start.state["params"], jnp.asarray(split.x_train),
             jnp.asarray(split.y_train), steps=watch.total - start.step, batch_size=config.batch_size,
             lr=config.lr if transform is None else None, optimizer=transform, opt_state=start.state["opt_state"],
             key=jax.random.wrap_key_data(start.state["key"]), start_step=start.step, chunk_size=chunk_sizes,
@@ -258,9 +259,9 @@ def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResu
     """The metrics of `result`, written with the loss curve into `out` by process 0: new files, or
     replacing the resumed run's own (`replace`)."""
     split, config = problem.split, problem.config
-    loss = jax.jit(bp_jax.loss_fn(problem.model))
     params = distributed.host_local(result.params)
-    mse = lambda x, y: float(loss(params, x, y))
+    scores = {name: float(value) for name, value in runs.scores(problem.model, split)(params).items()}
+    classify = config.task == "classification"
     if diverged is not None:
         stopped = {"step": result.step, "reason": "non-finite loss"}
     elif watch.stopped_by is not None:
@@ -272,11 +273,12 @@ def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResu
         "resumed_from_step": start.step,
         "final_step": result.step,
         "stopped": stopped,
-        "train_mse": mse(split.x_train, split.y_train),
-        "held_out_mse": mse(split.x_test, split.y_test),
-        "baseline_held_out_mse": runs.mean_predictor_mse(split),
-        "examples": {"train": len(split.x_train), "held_out": len(split.x_test),
-                     "features": split.x_train.shape[1]},
+        "task": config.task,
+        **scores,
+        **runs.baseline(split),
+        "examples": {"train": len(split.x_train), "held_out": len(split.x_test), "features": split.x_train.shape[1],
+                     **({"left_out": dict(split.left_out)} if any(split.left_out.values()) else {}),
+                     **({"classes": runs.class_counts(split)} if classify else {})},
         "device": console.device_description(),
         "jax": jax.__version__,
         "devices": 1 if problem.mesh is None else problem.mesh.devices.size,
@@ -284,22 +286,41 @@ def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResu
     }
     if writer:
         folders.write_json(out / "metrics.json", metrics, replace=replace)
-        plots.loss_curve(out / "loss_curve.png", watch.history, replace=replace,
-                         title=f"bp-jax train: {config.name}, hidden {','.join(map(str, config.hidden))}, "
-                               f"{config.optimizer} lr {config.lr}",
-                         levels={"held-out MSE (final)": metrics["held_out_mse"],
-                                 "held-out MSE, mean predictor": metrics["baseline_held_out_mse"]})
+        title = (f"bp-jax train: {config.name}, hidden {','.join(map(str, config.hidden))}, "
+                 f"{config.optimizer} lr {config.lr}")
+        if classify:
+            plots.loss_curve(out / "loss_curve.png", watch.history, replace=replace, title=title,
+                             loss="cross-entropy", levels={"held-out log loss (final)": metrics["held_out_log_loss"]},
+                             accuracy={"held-out (final)": metrics["held_out_accuracy"],
+                                       "majority class": metrics["baseline_held_out_accuracy"]})
+        else:
+            plots.loss_curve(out / "loss_curve.png", watch.history, replace=replace, title=title,
+                             levels={"held-out MSE (final)": metrics["held_out_mse"],
+                                     "held-out MSE, mean predictor": metrics["baseline_held_out_mse"]})
     return metrics
 
 
 def _print_summary(config: Config, metrics: dict) -> None:
+    classes = metrics["examples"].get("classes", {}).get("train", {})
+    if classes:
+        scores = [("classes", ", ".join(classes)),
+                  ("train accuracy", f"{metrics['train_accuracy']:.1%}"),
+                  ("held-out accuracy", f"{metrics['held_out_accuracy']:.1%}"),
+                  ("held-out accuracy, majority class", f"{metrics['baseline_held_out_accuracy']:.1%}"),
+                  ("held-out log loss", f"{metrics['held_out_log_loss']:.4f}")]
+    else:
+        scores = [("train MSE", f"{metrics['train_mse']:.4f}"),
+                  ("held-out MSE", f"{metrics['held_out_mse']:.4f}"),
+                  ("held-out MSE, mean predictor", f"{metrics['baseline_held_out_mse']:.4f}")]
+    left_out = metrics["examples"].get("left_out", {})
     console.print_table(f"bp-jax train: {config.name}, step {metrics['final_step']}", ("quantity", "value"), [
-        ("model", " → ".join(map(str, (metrics["examples"]["features"], *config.hidden, 1)))
+        ("model", " → ".join(map(str, (metrics["examples"]["features"], *config.hidden, len(classes) or 1)))
          + f", {config.activation}"),
         ("optimizer", f"{config.optimizer}, lr {config.lr}, batch {config.batch_size or 'full'}"),
-        ("train MSE", f"{metrics['train_mse']:.4f}"),
-        ("held-out MSE", f"{metrics['held_out_mse']:.4f}"),
-        ("held-out MSE, mean predictor", f"{metrics['baseline_held_out_mse']:.4f}"),
+        *[("rows", f"{metrics['examples']['train']} train, {metrics['examples']['held_out']} held out"
+           + "".join(f", {count} left out ({why.replace('_', ' ')})" for why, count in left_out.items() if count))]
+        * bool(classes or left_out),
+        *scores,
         ("wall time", f"{metrics['wall_time_s']:.2f} s"),
         ("device", metrics["device"] + (f" × {metrics['devices']}" if metrics["devices"] > 1 else "")
          + (f", {metrics['processes']} processes" if metrics["processes"] > 1 else "")),
