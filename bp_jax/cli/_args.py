@@ -11,7 +11,7 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (no usage dump) and which never abbreviates options."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, allow_abbrev=False, **kwargs)
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -52,7 +52,7 @@ def _quiet_failures():
         logger.removeFilter(quiet)
 
 
-def _first_line(err: Exception, limit: int = 200) -> str:
+def _first_line(err: BaseException, limit: int = 200) -> str:
     line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return line if len(line) <= limit else line[:limit] + "…"
 
@@ -101,8 +101,8 @@ def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict, *
 
 
 def _root_cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None or err.__context__ is not None:
-        err = err.__cause__ or err.__context__
+    while (inner := err.__cause__ or err.__context__) is not None:
+        err = inner
     return err
 
 

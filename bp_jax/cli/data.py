@@ -201,7 +201,7 @@ def read(source: str, *, seed: int = 0):
 def _sklearn_data_folder() -> Path:
     """scikit-learn's bundled data files, found without importing scikit-learn (a second of start-up)."""
     spec = importlib.util.find_spec("sklearn")
-    if spec is None:
+    if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("scikit-learn provides the diabetes data", name="sklearn")
     return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
 

@@ -83,7 +83,7 @@ def column_names(text: str) -> tuple[str, ...]:
         match = COLUMN_NAME.match(text, position)
         quoted, plain = (None, "") if match is None else match.group(1, 2)
         name = quoted.replace('""', '"') if quoted is not None else plain.strip()
-        if not name:
+        if match is None or not name:
             raise argparse.ArgumentTypeError("expected comma-separated column names such as age,bmi (quote a name "
                                              f'holding a comma or spaces to keep: "a,b"), got {text!r}')
         if name in names:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -96,7 +96,9 @@ class Config:
         refused); CheckpointError if its keys are not this version's."""
         record = {"task": "regression", "missing": "error"} | record
         _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
-        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in record.items()})
+        values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
+                                   for name, value in record.items()}
+        return cls(**values)
 
     def check_matches(self, given: dict, where: str) -> None:
         """CheckpointError naming every value in `given` that differs from this (the saved) Config."""
@@ -110,14 +112,16 @@ def load_data(config: Config, given=None) -> tuple[Config, data.Split]:
     """The split `config` names, and `config` with its target, feature columns and task resolved: a new run
     (`given`: the names set on the command line) of a class target takes CLASSIFICATION_DEFAULTS for the values
     not given; UsageError when the batch size does not fit the training rows."""
+    assert config.split_seed is not None  # Config.__post_init__ sets it
     split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed,
                       task=config.task, missing=config.missing)
     print(*(f"bp-jax: note: {note}\n" for note in split.notes), sep="", end="", file=sys.stderr)
     config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names,
                                  task=split.scaling.task)
     if given is not None and config.task == "classification":
-        config = dataclasses.replace(config, **{name: value for name, value in CLASSIFICATION_DEFAULTS.items()
-                                                if name not in given})
+        defaults: dict[str, Any] = {name: value for name, value in CLASSIFICATION_DEFAULTS.items()
+                                    if name not in given}
+        config = dataclasses.replace(config, **defaults)
     n_train = len(split.x_train)
     if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
         source = f"{config.dataset}: " if data.is_file(config.dataset) else ""

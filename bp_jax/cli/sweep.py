@@ -152,10 +152,10 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
     lr-major: member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised as `bp-jax train`
     would."""
     model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
-    transform = runs.optimizer(config)
-    if transform is not None:  # one learning rate per member, held in the optimizer state
-        make = runs.OPTIMIZERS[config.optimizer]
-        transform = optax.inject_hyperparams(lambda learning_rate: make(learning_rate))(learning_rate=lrs[0])
+    make, transform = runs.OPTIMIZERS[config.optimizer], None  # None: the hand-written update, lr as data
+    if make is not None:  # one learning rate per member, held in the optimizer state
+        optimizer = make  # bound here: the lambda below needs it narrowed
+        transform = optax.inject_hyperparams(lambda learning_rate: optimizer(learning_rate))(learning_rate=lrs[0])
     state = member_states(model, transform, np.asarray(seeds, np.uint32), len(lrs))
     member_lrs = np.repeat(np.asarray(lrs), len(seeds))
     if transform is not None:
