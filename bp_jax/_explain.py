@@ -137,7 +137,9 @@ class _Equation(NamedTuple):
 def _backward(nodes: list[_Draft], equations: list[_Equation], output: int) -> list:
     """∂f/∂node for every node: seed 1 at f, then the chain rule equation by equation, last to first."""
     grads = [jnp.zeros_like(node.value) if _is_float(node.value) else None for node in nodes]
-    grads[output] = jnp.ones_like(grads[output])
+    seed = grads[output]
+    assert seed is not None  # f's output is a float scalar (checked by _check_scalar)
+    grads[output] = jnp.ones_like(seed)
     for equation in reversed(equations):
         cotangents = [grads[i] if grads[i] is not None else _float0_zeros(nodes[i].value)
                       for i in equation.outputs]
@@ -227,7 +229,8 @@ def _check_scalar(out_shape) -> None:
     (out,) = leaves
     if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
         advice = ("a complex value has no gradient here: take its jnp.real or jnp.abs"
-                  if jnp.issubdtype(out.dtype, jnp.complexfloating) else "reduce it first, e.g. with jnp.sum or bp_jax.mse")
+                  if jnp.issubdtype(out.dtype, jnp.complexfloating)
+                  else "reduce it first, e.g. with jnp.sum or bp_jax.mse")
         raise ValueError(f"explain expects f to return a float scalar, got {out.dtype} of shape {out.shape}; {advice}")
 
 

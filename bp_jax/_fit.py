@@ -66,8 +66,8 @@ class NonFiniteLoss(FloatingPointError):
 class _Divergence(NamedTuple):
     """Per model: the step at which it diverged (−1: it has not) and its index in CAUSES."""
 
-    step: jax.Array
-    cause: jax.Array
+    step: jax.Array | np.ndarray
+    cause: jax.Array | np.ndarray
 
 
 class _LoopState(NamedTuple):
@@ -134,8 +134,10 @@ def _key_batch_shape(key) -> tuple[int, ...]:
         return key.shape
     if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.ndim >= 1:
         return key.shape[:-1]
-    described = f"{type(key).__name__} of dtype {key.dtype} and shape {key.shape}" if hasattr(key, "dtype") else repr(key)
-    raise TypeError(f"key must be a PRNG key such as jax.random.key(0) (or a raw jax.random.PRNGKey(0)), got {described}")
+    described = (f"{type(key).__name__} of dtype {key.dtype} and shape {key.shape}" if hasattr(key, "dtype")
+                 else repr(key))
+    raise TypeError(f"key must be a PRNG key such as jax.random.key(0) (or a raw jax.random.PRNGKey(0)), "
+                    f"got {described}")
 
 
 class _Setup(NamedTuple):
@@ -175,7 +177,8 @@ def _check_opt_state(opt_state, expected) -> None:
     """ValueError unless `opt_state` has the tree structure and leaf shapes of `expected` (the optimizer's
     init of these params, as jax.eval_shape gives it)."""
     got_tree, expected_tree = jax.tree.structure(opt_state), jax.tree.structure(expected)
-    if got_tree != expected_tree:
+    # jaxlib ships no stub for PyTreeDef (mypy sees "PyTreeDef?" and no __ne__), which compares structures
+    if got_tree != expected_tree:  # type: ignore[operator]
         raise ValueError(f"opt_state does not match the optimizer: optimizer.init(params) gives {expected_tree}, "
                          f"got {got_tree}")
     for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
@@ -232,7 +235,7 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
         x, y = place(x, data_layout), place(y, data_layout)
     run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=False, key_axis=None)
     params, opt_state = _copy((params, opt_state))
-    state = _LoopState(params, opt_state, _Divergence(np.int32(-1), np.int32(0)))
+    state = _LoopState(params, opt_state, _Divergence(np.full((), -1, np.int32), np.zeros((), np.int32)))
 
     def result(state, losses, step):
         return FitResult(state.params, state.opt_state, losses, step)
@@ -292,7 +295,7 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
         split = lambda leaf: place(leaf, member_sharded(mesh))
         params, opt_state, lrs = jax.tree.map(split, (params, opt_state, lrs))
         key = None if key is None else split(key) if key_axis == 0 else place(key, replicated(mesh))
-        member_rows = None if member_rows is None else split(member_rows)
+        member_rows = None if member_rows is None else jax.tree.map(split, member_rows)
         x, y = place(x, replicated(mesh)), place(y, replicated(mesh))
     run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=True, key_axis=key_axis,
                          own_rows=member_rows is not None)
@@ -356,10 +359,11 @@ def _member_rows(rows, row_counts, members: int, num_examples: int, batch_size) 
 
 def _members(params) -> int:
     sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
-    if len(sizes) != 1 or None in sizes:
+    size = next(iter(sizes)) if len(sizes) == 1 else None
+    if size is None:
         raise ValueError(f"every leaf of an ensemble's params needs the same leading member axis, got leading "
                          f"sizes {sorted(map(str, sizes))}")
-    return sizes.pop()
+    return size
 
 
 def _key_axis(key, members: int) -> int | None:
@@ -390,9 +394,11 @@ def _drive(run, state: _LoopState, inputs, setup: _Setup, on_chunk, result, stop
     the result after every chunk (boundaries on the multiples of each chunk size) and stops when it returns
     True; returns the state, the losses (steps, *loss_shape) and the step reached; with `stop_when_diverged`,
     returns as soon as the model diverged."""
-    step, end, losses = setup.start_step, setup.start_step + setup.steps, []
+    step, end = setup.start_step, setup.start_step + setup.steps
+    losses: list[np.ndarray] = []
     while step < end:
-        chunk_end, chunk = min(end, *((step // size + 1) * size for size in setup.chunk_sizes)), []
+        chunk_end = min(end, *((step // size + 1) * size for size in setup.chunk_sizes))
+        chunk: list[np.ndarray] = []
         while step < chunk_end:
             length = min(chunk_end - step, CAPACITY)
             state, piece = run(state, *inputs, step, length)
@@ -403,7 +409,8 @@ def _drive(run, state: _LoopState, inputs, setup: _Setup, on_chunk, result, stop
         losses += chunk
         if on_chunk is not None:
             params, opt_state = _copy((state.params, state.opt_state))  # the next call donates the state
-            if on_chunk(result(state._replace(params=params, opt_state=opt_state), np.concatenate(chunk), step)) is True:
+            chunk_result = result(state._replace(params=params, opt_state=opt_state), np.concatenate(chunk), step)
+            if on_chunk(chunk_result) is True:
                 break
     return state, np.concatenate(losses) if losses else np.zeros((0, *loss_shape), np.float32), step
 
@@ -478,7 +485,7 @@ def _compiled_loop(loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_
         step_shape = jax.eval_shape(model_step, *state, lr, key, x, y, member_rows, first_step)[3]
         buffer = jnp.full((CAPACITY, *step_shape.shape), jnp.nan, step_shape.dtype)
 
-        def body(carry):
+        def body(carry: tuple[jax.Array, _LoopState, jax.Array]):
             i, state, losses = carry
             *new_state, loss = model_step(*state, lr, key, x, y, member_rows, first_step + i)
             return i + 1, _LoopState(*new_state), losses.at[i].set(loss)

@@ -12,6 +12,7 @@ for a model without one. Layers check their params and inputs at trace time and 
 TypeError naming the layer, the expected and the received shapes.
 """
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -205,6 +206,7 @@ def Sequential(*layers: Model) -> Model:
         check_length(params)
         backwards = []
         for index, (layer, layer_params) in enumerate(zip(layers, params)):
+            assert layer.vjp is not None  # Sequential offers vjp only when every layer has one
             with _naming_layer(index):
                 x, layer_backward = layer.vjp(layer_params, x)
             backwards.append(layer_backward)
@@ -218,8 +220,8 @@ def Sequential(*layers: Model) -> Model:
 
         return x, backward
 
-    names = [layer.name for layer in layers]
-    name = None if None in names else f"Sequential({', '.join(names)})"
+    names = [layer.name for layer in layers if layer.name is not None]
+    name = f"Sequential({', '.join(names)})" if len(names) == len(layers) else None
     return Model(init, apply, vjp if all(layer.vjp for layer in layers) else None, name)
 
 
@@ -232,7 +234,7 @@ def mlp(sizes: Sequence[int], activation_name: str = "relu", *, dtype=None) -> M
         raise ValueError(f"mlp needs at least two sizes (inputs and outputs), got {sizes}")
     activation(activation_name)
     layers = []
-    for fan_in, fan_out in zip(sizes, sizes[1:]):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         layers += [Linear(fan_in, fan_out, dtype=dtype), elementwise(activation_name)]
     return Sequential(*layers[:-1])
 

@@ -17,9 +17,11 @@ MODELS_AXIS = "models"
 
 def _one_axis_mesh(axis: str, devices: int | Sequence[jax.Device] | None) -> Mesh:
     available = jax.devices()
+    if isinstance(devices, bool):
+        raise TypeError(f"devices must be a number of devices, a sequence of devices or None, got {devices!r}")
     if devices is None:
         devices = available
-    elif isinstance(devices, int) and not isinstance(devices, bool):
+    elif isinstance(devices, int):
         if not 1 <= devices <= len(available):
             raise ValueError(f"asked for {devices} devices, but JAX sees {len(available)} "
                              f"({available[0].platform}); pass a number from 1 to {len(available)}")

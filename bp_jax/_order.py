@@ -11,6 +11,7 @@ static n.
 """
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ def _low_mask(width) -> jax.Array:
     return (jnp.uint32(1) << jnp.asarray(width, jnp.uint32)) - jnp.uint32(1)
 
 
-def _feistel(value: jax.Array, round_keys: jax.Array, bits, active_rounds=None) -> jax.Array:
+def _feistel(value: jax.Array, round_keys: Sequence[jax.Array], bits, active_rounds=None) -> jax.Array:
     """One pass of the Feistel network over [0, 2^bits): (L, R) → (R, L ⊕ F(R, kᵢ)) for each round,
     with L the high and R the low bits; the halves may differ by one bit, their widths swap each round.
     With a traced `bits`, rounds from `active_rounds` on leave (L, R) as they are."""

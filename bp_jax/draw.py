@@ -114,7 +114,8 @@ def _dot_label(node: Node, output: Node) -> str:
 def columns(graph: Graph) -> list[int]:
     """Each node's column: one before its first consumer's; a node nothing consumes (f) sits at its
     depth, the longest path to it from an input."""
-    depth, consumers = [], defaultdict(list)
+    depth: list[int] = []
+    consumers: defaultdict[int, list[int]] = defaultdict(list)
     for node in graph.nodes:
         depth.append(1 + max((depth[source.index] for source in node.inputs), default=-1))
         for source in node.inputs:
@@ -174,7 +175,7 @@ def _draw(graph: Graph):
     lines = [_lines(node) for node in graph.nodes]
     width = [max(len(text) for text, _, _ in node_lines) * _CHAR + 2 * _PAD for node_lines in lines]
     height = 4 * _LINE + 2 * _PAD
-    column_width = defaultdict(float)
+    column_width: defaultdict[int, float] = defaultdict(float)
     for index, c in enumerate(column):
         column_width[c] = max(column_width[c], width[index])
     left, total_width = {}, 0.0

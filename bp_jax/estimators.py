@@ -22,6 +22,7 @@ import contextvars
 import functools
 import hashlib
 import itertools
+import math
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -159,6 +160,7 @@ class Stopping:
     def update(self, loss: float, score: float | None = None, params=None) -> bool:
         """Record one epoch; True when training should stop after it."""
         if self.early_stopping:
+            assert score is not None  # with early stopping every epoch is scored
             self.count = self.count + 1 if score < self.best_score + self.tol else 0
             if score > self.best_score:
                 self.best_score, self.best_params = score, params
@@ -194,8 +196,8 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 def _check_float(name: str, value, low: float, high: float = np.inf, *, open_low: bool = False,
                  open_high: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value) if high < np.inf \
-        else isinstance(value, numbers.Real) and not isinstance(value, bool) and not np.isnan(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) if high < np.inf \
+        else isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
     if ok:
         ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
     if not ok:
@@ -210,6 +212,15 @@ def _check_option(name: str, value, options) -> None:
 
 class _BaseMLP(BaseEstimator):
     """What MLPRegressor and MLPClassifier share: parameters, checks, the training run, prediction."""
+
+    # fitted attributes (set by fit, absent before it, as sklearn's check_is_fitted expects)
+    coefs_: list[np.ndarray]
+    intercepts_: list[np.ndarray]
+    loss_curve_: list[float]
+    validation_scores_: list[float] | None
+    best_validation_score_: float | None
+    best_loss_: float | None
+    _opt_state: Any
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
@@ -303,12 +314,12 @@ class _BaseMLP(BaseEstimator):
         opt_state = (initial_state(transform, params, self.learning_rate_init, self.momentum)
                      if first or self._opt_state is None else self._opt_state)
         key = jax.random.key(self._seed)
-        validation = None
+        score = None
         early = self.early_stopping and not incremental
         if early:
             kept, held = train_test_split(np.arange(rows), random_state=self._seed, test_size=self.validation_fraction,
                                            stratify=targets if is_classifier(self) else None)
-            validation = (X[held], y[held])
+            score = functools.partial(self._score_params, X[held], y[held])
             X, targets = X[kept], targets[kept]
             steps = plan(self.batch_size, len(kept))
             params["l2"] = jnp.asarray(self.alpha / steps.batch_size, X.dtype)
@@ -320,7 +331,7 @@ class _BaseMLP(BaseEstimator):
         else:
             run = train(loss_fn, transform, params, opt_state, X, targets, key=key, steps=steps, epochs=epochs,
                         start_step=self._step, stopping=None if incremental else stopping,
-                        score=None if not early else functools.partial(self._score_params, *validation))
+                        score=score)
         self.coefs_, self.intercepts_ = to_sklearn(run.params["layers"])
         self._opt_state = jax.device_get(run.opt_state)
         self._step = run.step
@@ -334,6 +345,7 @@ class _BaseMLP(BaseEstimator):
             self.validation_scores_ = run.scores
             self.best_validation_score_ = stopping.best_score
             self.best_loss_ = None
+            assert stopping.best_params is not None  # the first epoch's score (finite params) beats −inf
             self.coefs_, self.intercepts_ = to_sklearn(stopping.best_params["layers"])
         else:
             self.validation_scores_ = self.best_validation_score_ = None
@@ -557,7 +569,7 @@ def _train_members(estimator, candidates, X, y, splits) -> dict:
                 continue  # full batch: fit takes no minibatches
             programs = member._program(x.shape[1], member._n_outputs())
             groups.setdefault((programs, steps), []).append((member, train_rows, _fingerprint(member, x, targets)))
-    pretrained = {}
+    pretrained: dict[tuple, tuple[TrainRun, int]] = {}
     for ((loss_fn, transform), steps), members in groups.items():
         pretrained |= _train_group(loss_fn, transform, steps, members, x_all, targets_all)
     return pretrained
@@ -582,7 +594,8 @@ def _train_group(loss_fn, transform, steps: Plan, members, x_all, targets_all) -
     for index, (_, member_rows, _) in enumerate(members):
         rows[index, : counts[index]] = member_rows
     rules = [Stopping(member.tol, member.n_iter_no_change, False) for member, _, _ in members]
-    curves, done = [[] for _ in members], {}
+    curves: list[list[float]] = [[] for _ in members]
+    done: dict[int, tuple] = {}
     epochs = max(member.max_iter for member, _, _ in members)
 
     def on_chunk(result) -> bool:

@@ -79,7 +79,8 @@ def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
 
     Same contract as `jax.value_and_grad(loss_fn(model, loss))`; `loss` is one of LOSS_GRADS.
     """
-    if model.vjp is None:
+    forward = model.vjp
+    if forward is None:
         raise TypeError("manual.value_and_grad needs a model built from layers with hand-written "
                         "derivatives (Sequential of Linear, ReLU, Sigmoid, Tanh)")
     if loss not in LOSS_GRADS:
@@ -88,7 +89,7 @@ def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
     loss_grad = LOSS_GRADS[loss]
 
     def f(params, x, y):
-        pred, backward = model.vjp(params, x)   # steps 1–2: forward, keeping each layer's input
+        pred, backward = forward(params, x)     # steps 1–2: forward, keeping each layer's input
         value = loss(pred, y)                   # step 3: loss
         grads, _ = backward(loss_grad(pred, jnp.asarray(y)))  # step 4: chain rule, last layer first
         return value, grads

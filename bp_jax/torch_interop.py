@@ -154,9 +154,9 @@ def _pairs(params: Params, module: nn.Module, where: str) -> list[tuple[torch.Te
         raise TypeError(f"{name}: bp_jax has no layer for it; {SUPPORTED}")
     tensors = dict(module.named_parameters())
     if not isinstance(params, Mapping) or set(params) != set(tensors):
-        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        got = str(sorted(params)) if isinstance(params, Mapping) else type(params).__name__
         raise ValueError(f"{name} expects params with keys {sorted(tensors)}, got {got}")
-    pairs = []
+    pairs: list[tuple[torch.Tensor, np.ndarray]] = []
     for key, tensor in tensors.items():
         value = np.array(params[key])  # a writable copy, as torch.from_numpy wants
         if value.shape != tuple(tensor.shape):

@@ -1,5 +1,5 @@
 """Run by tests/test_ensemble.py with JAX_NUM_CPU_DEVICES=8: 16 members over a "models" mesh of 8 devices
-against the same ensemble on one device. Prints a JSON report."""
+against the same ensemble on one device, also with each member on its own rows. Prints a JSON report."""
 
 import json
 
@@ -24,8 +24,16 @@ try:
     indivisible = None
 except ValueError as err:
     indivisible = str(err)
-difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                 for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(split.params)))
+own_rows = dict(steps=20, lr=0.01, batch_size=8, key=jax.random.split(jax.random.key(2), 16),
+                rows=np.stack([np.roll(np.arange(40), 3 * member) for member in range(16)]),
+                row_counts=np.arange(20, 36))
+own_one = bp_jax.fit_ensemble(loss, params, x, y, **own_rows)
+own_split = bp_jax.fit_ensemble(loss, params, x, y, mesh=bp_jax.ensemble_mesh(8), **own_rows)
+difference, own_rows_difference = (
+    max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(first.params),
+                                                                             jax.tree.leaves(second.params)))
+    for first, second in ((one, split), (own_one, own_split)))
 print(json.dumps({"devices_holding_params": len(split.params[0]["weight"].sharding.device_set),
-                  "max_abs_difference": difference, "diverged": split.diverged.tolist(),
+                  "max_abs_difference": difference, "own_rows_max_abs_difference": own_rows_difference,
+                  "diverged": split.diverged.tolist(),
                   "diverged_one_device": one.diverged.tolist(), "indivisible": indivisible}))

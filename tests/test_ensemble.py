@@ -152,6 +152,7 @@ def test_members_split_over_8_devices_equal_one_device():
     report = json.loads(done.stdout)
     assert report["devices_holding_params"] == 8
     assert report["max_abs_difference"] < 1e-6
+    assert report["own_rows_max_abs_difference"] < 1e-6
     np.testing.assert_array_equal(report["diverged"], report["diverged_one_device"])
     assert "do not split evenly" in report["indivisible"]
 

@@ -273,3 +273,9 @@ def test_nested_lists_are_data_and_a_mesh_must_be_a_mesh():
     np.testing.assert_allclose(from_lists.losses, from_arrays.losses, rtol=1e-6)
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh .*got 'data'"):
         bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=5, lr=0.05, mesh="data")
+
+
+@pytest.mark.parametrize("make_mesh", [bp_jax.data_parallel_mesh, bp_jax.ensemble_mesh])
+def test_a_mesh_of_true_devices_is_a_type_error_naming_what_it_takes(make_mesh):
+    with pytest.raises(TypeError, match="devices must be a number of devices, a sequence of devices or None, got True"):
+        make_mesh(True)
