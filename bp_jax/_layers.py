@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 Params = Any
 Array = jax.Array
@@ -30,8 +31,8 @@ class Model(NamedTuple):
     (None when unknown): two models of one name compute the same function of the same params."""
 
     init: Callable[[Array], Params]
-    apply: Callable[[Params, Array], Array]
-    vjp: Callable[[Params, Array], tuple[Array, Callable]] | None = None
+    apply: Callable[[Params, ArrayLike], Array]
+    vjp: Callable[[Params, ArrayLike], tuple[Array, Callable]] | None = None
     name: str | None = None
 
 
