@@ -29,8 +29,10 @@ from benchmarks.timing import Timer, time_interleaved
 ROWS = (SEED_ROWS, 10_000, 100_000, 1_000_000)
 FULL_BATCH = f"bp_jax fit, full batch of {SEED_BATCH} rows"
 CLASSES = 3
-CLASSIFIER = (f"bp_jax fit, {CLASSES}-class softmax cross-entropy (10 → 5 → {CLASSES}), minibatch {SEED_BATCH} of "
-              f"{SEED_ROWS} rows")
+CLASSIFIER = (
+    f"bp_jax fit, {CLASSES}-class softmax cross-entropy (10 → 5 → {CLASSES}), minibatch {SEED_BATCH} of "
+    f"{SEED_ROWS} rows"
+)
 FIRST_FIT = "first fit of a configuration (compile included)"
 SECOND_FIT = "second fit of it: new steps, chunk size and start step"
 COLD = "bp-jax train --steps 1, cold (a fresh, empty BP_JAX_COMPILE_CACHE)"
@@ -68,10 +70,18 @@ def run(smoke: bool) -> dict:
             record.skip(name, "not run in --smoke (each run is a new Python process that compiles: seconds)")
     else:
         record.guarded("bp-jax train", lambda: _command_rows(record, repeats=3))
-    return record.as_dict(problem={"sizes": SEED_SIZES, "batch": SEED_BATCH, "dtype": "float32",
-                                   "fit_steps_per_call": steps, "chunk_size": 1000,
-                                   "first_fit": _options(FIRST_CALL), "second_fit": _options(SECOND_CALL)},
-                          repeats="interleaved within each group: one of each per round")
+    return record.as_dict(
+        problem={
+            "sizes": SEED_SIZES,
+            "batch": SEED_BATCH,
+            "dtype": "float32",
+            "fit_steps_per_call": steps,
+            "chunk_size": 1000,
+            "first_fit": _options(FIRST_CALL),
+            "second_fit": _options(SECOND_CALL),
+        },
+        repeats="interleaved within each group: one of each per round",
+    )
 
 
 def _options(call: dict) -> str:
@@ -83,13 +93,27 @@ def _step_rows(record: SuiteRecord, smoke: bool, steps: int) -> None:
     model, params, x, y = mlp_problem(SEED_SIZES, max(rows))
     fit = functools.partial(bp_jax.fit, bp_jax.loss_fn(model), params, steps=steps, lr=0.01, chunk_size=1000)
     runs = {FULL_BATCH: (SEED_BATCH, functools.partial(fit, x[:SEED_BATCH], y[:SEED_BATCH]))}
-    runs |= {minibatch_name(n): (n, functools.partial(fit, x[:n], y[:n], batch_size=SEED_BATCH,
-                                                      key=jax.random.key(0))) for n in rows}
+    runs |= {
+        minibatch_name(n): (n, functools.partial(fit, x[:n], y[:n], batch_size=SEED_BATCH, key=jax.random.key(0)))
+        for n in rows
+    }
     classifier = bp_jax.mlp((*SEED_SIZES[:-1], CLASSES), "relu")
     labels = jax.random.randint(jax.random.key(1), (SEED_ROWS,), 0, CLASSES)
-    runs[CLASSIFIER] = (SEED_ROWS, functools.partial(
-        bp_jax.fit, bp_jax.loss_fn(classifier, bp_jax.softmax_cross_entropy), classifier.init(jax.random.key(0)),
-        x[:SEED_ROWS], labels, steps=steps, lr=0.01, chunk_size=1000, batch_size=SEED_BATCH, key=jax.random.key(0)))
+    runs[CLASSIFIER] = (
+        SEED_ROWS,
+        functools.partial(
+            bp_jax.fit,
+            bp_jax.loss_fn(classifier, bp_jax.softmax_cross_entropy),
+            classifier.init(jax.random.key(0)),
+            x[:SEED_ROWS],
+            labels,
+            steps=steps,
+            lr=0.01,
+            chunk_size=1000,
+            batch_size=SEED_BATCH,
+            key=jax.random.key(0),
+        ),
+    )
     timers, sizes = {}, {}
     for name, (size, call) in runs.items():
         timer = record.warmed(name, lambda call=call: Timer(lambda: call().losses, steps_per_call=steps))
@@ -97,26 +121,38 @@ def _step_rows(record: SuiteRecord, smoke: bool, steps: int) -> None:
             timers[name], sizes[name] = timer, (size, "bp_jax")
     torch_row = torch_name(max(rows))
     if record.needs_torch(torch_row):
-        timer = record.warmed(torch_row, lambda: Timer(torch_baselines.sampled_step(np.array(x), np.array(y)),
-                                                       calls_per_repeat=torch_calls, warmup=torch_calls,
-                                                       sync=torch_baselines.sync))
+        timer = record.warmed(
+            torch_row,
+            lambda: Timer(
+                torch_baselines.sampled_step(np.array(x), np.array(y)),
+                calls_per_repeat=torch_calls,
+                warmup=torch_calls,
+                sync=torch_baselines.sync,
+            ),
+        )
         if timer is not None:
             timers[torch_row], sizes[torch_row] = timer, (max(rows), "torch")
     timings = time_interleaved(timers, repeats=repeats)
     full, torch_step = timings.get(FULL_BATCH), timings.get(torch_row)
     for name, timing in timings.items():
-        record.rows.append({"name": name, "group": "step", "framework": sizes[name][1], "rows": sizes[name][0],
-                            "per_step_s": timing,
-                            "vs_full_batch": full and timing["median"] / full["median"],
-                            "torch_speedup": torch_step and torch_step["median"] / timing["median"]})
+        record.rows.append(
+            {
+                "name": name,
+                "group": "step",
+                "framework": sizes[name][1],
+                "rows": sizes[name][0],
+                "per_step_s": timing,
+                "vs_full_batch": full and timing["median"] / full["median"],
+                "torch_speedup": torch_step and torch_step["median"] / timing["median"],
+            }
+        )
 
 
 def _compile_rows(record: SuiteRecord, repeats: int) -> None:
     """Each round: a fit of a new configuration, then one of the same with new steps, chunk size and start
     step (time_interleaved keeps the order within a round)."""
     _, params, x, y = mlp_problem(SEED_SIZES, SEED_ROWS)
-    fit = functools.partial(bp_jax.fit, params=params, x=x, y=y, lr=0.01, batch_size=SEED_BATCH,
-                            key=jax.random.key(0))
+    fit = functools.partial(bp_jax.fit, params=params, x=x, y=y, lr=0.01, batch_size=SEED_BATCH, key=jax.random.key(0))
     latest, compiled, counts = {}, [], {FIRST_FIT: [], SECOND_FIT: []}
 
     def first():
@@ -133,18 +169,22 @@ def _compile_rows(record: SuiteRecord, repeats: int) -> None:
             before = len(compiled)
             call()
             counts[name].append(len(compiled) - before)
+
         return call_and_count
 
     listener = lambda event, duration, **_: compiled.append(event) if event == COMPILE_EVENT else None
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        timings = time_interleaved({name: Timer(counted(name, call), warmup=0)
-                                    for name, call in ((FIRST_FIT, first), (SECOND_FIT, second))}, repeats=repeats)
+        timings = time_interleaved(
+            {name: Timer(counted(name, call), warmup=0) for name, call in ((FIRST_FIT, first), (SECOND_FIT, second))},
+            repeats=repeats,
+        )
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     for name, timing in timings.items():
-        record.rows.append({"name": name, "group": "compile", "framework": "bp_jax", "seconds": timing,
-                            "compilations": counts[name]})
+        record.rows.append(
+            {"name": name, "group": "compile", "framework": "bp_jax", "seconds": timing, "compilations": counts[name]}
+        )
 
 
 def _command_rows(record: SuiteRecord, repeats: int) -> None:
@@ -153,9 +193,13 @@ def _command_rows(record: SuiteRecord, repeats: int) -> None:
         warm_cache = tempfile.mkdtemp(dir=scratch)
         fresh = lambda: tempfile.mkdtemp(dir=scratch)
         runs = {COLD: ((), fresh), WARM: ((), lambda: warm_cache), CACHE_OFF: ((), lambda: "off")}
-        runs |= {checkpoint_name(every): (("--steps", str(CHECKPOINT_STEPS), "--batch-size", str(SEED_BATCH),
-                                           "--checkpoint-every", str(every)), lambda: warm_cache)
-                 for every in (997, 1000)}
+        runs |= {
+            checkpoint_name(every): (
+                ("--steps", str(CHECKPOINT_STEPS), "--batch-size", str(SEED_BATCH), "--checkpoint-every", str(every)),
+                lambda: warm_cache,
+            )
+            for every in (997, 1000)
+        }
         timers = {}
         for name, (options, cache) in runs.items():
             call = functools.partial(_train, options or ("--steps", "1"), cache, scratch)
@@ -169,9 +213,13 @@ def _command_rows(record: SuiteRecord, repeats: int) -> None:
 def _train(options: tuple[str, ...], cache: Callable[[], str], scratch: Path) -> None:
     """`python -m bp_jax train OPTIONS` in a new process writing into a new folder, with
     BP_JAX_COMPILE_CACHE=cache(); RuntimeError with the last line of its stderr if it fails."""
-    done = subprocess.run([sys.executable, "-m", "bp_jax", "train", *options, "--out", tempfile.mkdtemp(dir=scratch)],
-                          capture_output=True, text=True, cwd=scratch,
-                          env=os.environ | {"BP_JAX_COMPILE_CACHE": cache()})
+    done = subprocess.run(
+        [sys.executable, "-m", "bp_jax", "train", *options, "--out", tempfile.mkdtemp(dir=scratch)],
+        capture_output=True,
+        text=True,
+        cwd=scratch,
+        env=os.environ | {"BP_JAX_COMPILE_CACHE": cache()},
+    )
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no stderr"])[-1]
         raise RuntimeError(f"bp-jax train {' '.join(options)} exited with {done.returncode}: {last}")

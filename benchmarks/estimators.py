@@ -22,12 +22,23 @@ from benchmarks.records import SuiteRecord
 from benchmarks.timing import Timer, time_interleaved
 from bp_jax import estimators
 
-CONFIG = {"hidden_layer_sizes": (5,), "solver": "sgd", "learning_rate_init": 0.01, "momentum": 0.9,
-          "batch_size": 32, "max_iter": 200, "tol": 0.0, "n_iter_no_change": 201, "random_state": 0}
+CONFIG = {
+    "hidden_layer_sizes": (5,),
+    "solver": "sgd",
+    "learning_rate_init": 0.01,
+    "momentum": 0.9,
+    "batch_size": 32,
+    "max_iter": 200,
+    "tol": 0.0,
+    "n_iter_no_change": 201,
+    "random_state": 0,
+}
 GRID = {"learning_rate_init": [0.001, 0.003, 0.01, 0.03], "alpha": [1e-4, 1e-3, 1e-2, 1e-1]}
 FOLDS = 5
-FIT = {"regressor": ("bp_jax MLPRegressor.fit", "sklearn MLPRegressor.fit"),
-       "classifier": ("bp_jax MLPClassifier.fit", "sklearn MLPClassifier.fit")}
+FIT = {
+    "regressor": ("bp_jax MLPRegressor.fit", "sklearn MLPRegressor.fit"),
+    "classifier": ("bp_jax MLPClassifier.fit", "sklearn MLPClassifier.fit"),
+}
 GRID_OURS = "bp_jax GridSearchCV (one fit_ensemble program)"
 GRID_SKLEARN_OURS = "sklearn GridSearchCV over bp_jax's MLPRegressor"
 GRID_SKLEARN = "sklearn GridSearchCV over sklearn's MLPRegressor"
@@ -36,29 +47,42 @@ GRID_SKLEARN = "sklearn GridSearchCV over sklearn's MLPRegressor"
 def _problems() -> dict:
     x, y = load_diabetes(return_X_y=True)
     x_c, y_c = make_classification(442, 10, n_informative=5, n_classes=3, random_state=0)
-    return {"regressor": train_test_split(x, (y - y.mean()) / y.std(), test_size=0.2, random_state=0),
-            "classifier": train_test_split(x_c, y_c, test_size=0.2, random_state=0)}
+    return {
+        "regressor": train_test_split(x, (y - y.mean()) / y.std(), test_size=0.2, random_state=0),
+        "classifier": train_test_split(x_c, y_c, test_size=0.2, random_state=0),
+    }
 
 
 def run(smoke: bool) -> dict:
-    epochs, grid, folds, repeats = (5, {"learning_rate_init": [0.01, 0.03], "alpha": [1e-4, 1e-2]}, 2, 2) if smoke \
+    epochs, grid, folds, repeats = (
+        (5, {"learning_rate_init": [0.01, 0.03], "alpha": [1e-4, 1e-2]}, 2, 2)
+        if smoke
         else (CONFIG["max_iter"], GRID, FOLDS, 5)
+    )
     config = CONFIG | {"max_iter": epochs}
     record, problems, timers, fitted = SuiteRecord(), _problems(), {}, {}
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     for kind, (ours, theirs) in FIT.items():
         x_train, x_test, y_train, y_test = problems[kind]
-        for name, make in ((ours, getattr(estimators, f"MLP{kind.capitalize()}")),
-                           (theirs, getattr(neural_network, f"MLP{kind.capitalize()}"))):
+        for name, make in (
+            (ours, getattr(estimators, f"MLP{kind.capitalize()}")),
+            (theirs, getattr(neural_network, f"MLP{kind.capitalize()}")),
+        ):
             fitted[name] = (make(**config), x_test, y_test)
-            timer = record.warmed(name, lambda model=fitted[name][0], x=x_train, y=y_train: Timer(
-                lambda: model.fit(x, y), sync=lambda out: out))
+            timer = record.warmed(
+                name,
+                lambda model=fitted[name][0], x=x_train, y=y_train: Timer(
+                    lambda: model.fit(x, y), sync=lambda out: out
+                ),
+            )
             if timer is not None:
                 timers[name] = timer
     x, _, y, _ = problems["regressor"]
-    searches = {GRID_OURS: lambda: estimators.GridSearchCV(estimators.MLPRegressor(**config), grid, cv=folds),
-                GRID_SKLEARN_OURS: lambda: SklearnGridSearchCV(estimators.MLPRegressor(**config), grid, cv=folds),
-                GRID_SKLEARN: lambda: SklearnGridSearchCV(neural_network.MLPRegressor(**config), grid, cv=folds)}
+    searches = {
+        GRID_OURS: lambda: estimators.GridSearchCV(estimators.MLPRegressor(**config), grid, cv=folds),
+        GRID_SKLEARN_OURS: lambda: SklearnGridSearchCV(estimators.MLPRegressor(**config), grid, cv=folds),
+        GRID_SKLEARN: lambda: SklearnGridSearchCV(neural_network.MLPRegressor(**config), grid, cv=folds),
+    }
     for name, make in searches.items():
         timer = record.warmed(name, lambda make=make: Timer(lambda: make().fit(x, y), sync=lambda out: out))
         if timer is not None:
@@ -68,20 +92,43 @@ def run(smoke: bool) -> dict:
         for name in (ours, theirs):
             if name in timings:
                 model, x_test, y_test = fitted[name]
-                speedup = timings[theirs]["median"] / timings[ours]["median"] if name == ours and theirs in timings \
-                    else None
-                record.rows.append({"name": name, "group": "fit", "task": kind, "seconds": timings[name],
-                                    "held_out_score": float(model.score(x_test, y_test)),
-                                    "speedup_vs_sklearn": speedup})
+                speedup = (
+                    timings[theirs]["median"] / timings[ours]["median"] if name == ours and theirs in timings else None
+                )
+                record.rows.append(
+                    {
+                        "name": name,
+                        "group": "fit",
+                        "task": kind,
+                        "seconds": timings[name],
+                        "held_out_score": float(model.score(x_test, y_test)),
+                        "speedup_vs_sklearn": speedup,
+                    }
+                )
     members = len(grid["alpha"]) * len(grid["learning_rate_init"]) * folds
     for name in searches:
         if name in timings:
             speedup = timings[name]["median"] / timings[GRID_OURS]["median"] if GRID_OURS in timings else None
-            record.rows.append({"name": name, "group": "grid", "members": members, "seconds": timings[name],
-                                "bp_jax_grid_speedup": speedup})
+            record.rows.append(
+                {
+                    "name": name,
+                    "group": "grid",
+                    "members": members,
+                    "seconds": timings[name],
+                    "bp_jax_grid_speedup": speedup,
+                }
+            )
     if importlib.util.find_spec("skorch") is None:
-        record.skip("skorch NeuralNetRegressor (PyTorch's sklearn wrapper)", "skorch is not installed here "
-                    "(not in the environment; no package is installed for a benchmark)")
-    return record.as_dict(problem={"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
-                                   "grid": grid, "folds": folds, "regression": "diabetes, y standardised, 80/20",
-                                   "classification": "make_classification(442, 10, 3 classes), 80/20"})
+        record.skip(
+            "skorch NeuralNetRegressor (PyTorch's sklearn wrapper)",
+            "skorch is not installed here (not in the environment; no package is installed for a benchmark)",
+        )
+    return record.as_dict(
+        problem={
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+            "grid": grid,
+            "folds": folds,
+            "regression": "diabetes, y standardised, 80/20",
+            "classification": "make_classification(442, 10, 3 classes), 80/20",
+        }
+    )

@@ -55,13 +55,20 @@ def run(smoke: bool) -> dict:
     record = SuiteRecord()
     for width in widths(smoke, jax.devices()[0].platform):
         n, flat, functions = _methods(width)
-        timers = {method: Timer(lambda f=f: f(flat), calls_per_repeat=None).warm_up()
-                  for method, f in functions.items()}
+        timers = {
+            method: Timer(lambda f=f, flat=flat: f(flat), calls_per_repeat=None).warm_up()
+            for method, f in functions.items()
+        }
         times = time_interleaved(timers, repeats=repeats)
         reverse, forward_mode = functions[METHODS[1]](flat), functions[METHODS[2]](flat)
-        record.rows.append({
-            "name": f"MLP {width} → {width} → 1", "width": width, "params": n, "per_call_s": times,
-            "ratio_to_forward": {method: t["median"] / times["forward"]["median"] for method, t in times.items()},
-            "max_abs_diff_jacfwd_vs_grad": float(jnp.max(jnp.abs(reverse - forward_mode))),
-        })
+        record.rows.append(
+            {
+                "name": f"MLP {width} → {width} → 1",
+                "width": width,
+                "params": n,
+                "per_call_s": times,
+                "ratio_to_forward": {method: t["median"] / times["forward"]["median"] for method, t in times.items()},
+                "max_abs_diff_jacfwd_vs_grad": float(jnp.max(jnp.abs(reverse - forward_mode))),
+            }
+        )
     return record.as_dict(batch=BATCH, dtype="float32", finite_differences=f"lax.map, vmapped blocks of {FD_BLOCK}")

@@ -6,6 +6,7 @@ from typing import Any
 
 try:
     from benchmarks import torch_baselines
+
     TORCH_MISSING = None
 except ImportError as error:  # torch is optional: its rows become recorded skips
     torch_baselines, TORCH_MISSING = None, f"torch is not importable ({error})"

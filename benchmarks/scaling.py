@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 
 import bp_jax
-from bp_jax._steps import sgd_update  # the unjitted step, to compile it with and without donation
 from benchmarks.problems import chained, mlp_problem, param_bytes
 from benchmarks.records import SuiteRecord, torch_baselines
 from benchmarks.timing import Timer, time_interleaved
+from bp_jax._steps import sgd_update  # the unjitted step, to compile it with and without donation
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -35,8 +35,9 @@ def _footprint(compiled) -> dict:
     stats = compiled.memory_analysis()
     if stats is None:
         return {"bytes": None}
-    footprint = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-                 + stats.temp_size_in_bytes)
+    footprint = (
+        stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+    )
     return {"bytes": footprint, "aliased_bytes": stats.alias_size_in_bytes, "temp_bytes": stats.temp_size_in_bytes}
 
 
@@ -52,8 +53,9 @@ def _donation_memory(update, params, x, y) -> dict:
     return memory
 
 
-def _measure_size(record: SuiteRecord, width: int, batch: int, dtype_name: str, repeats: int,
-                  torch_too: bool, smoke: bool) -> None:
+def _measure_size(
+    record: SuiteRecord, width: int, batch: int, dtype_name: str, repeats: int, torch_too: bool, smoke: bool
+) -> None:
     """Rows for one size: bare matmul, bp_jax step (and PyTorch's steps if `torch_too`), timed in turns."""
     dtype = DTYPES[dtype_name]
     timers = {}  # name -> (framework, Timer)
@@ -83,19 +85,29 @@ def _measure_size(record: SuiteRecord, width: int, batch: int, dtype_name: str, 
         else:
             torch_steps["torch.compile"] = torch_baselines.compiled_step
         for name, make_step in torch_steps.items():
-            add(name, "torch", lambda: Timer(make_step(**problem), calls_per_repeat=None, warmup=3,
-                                             sync=torch_baselines.sync))
+            add(
+                name,
+                "torch",
+                lambda make_step=make_step: Timer(
+                    make_step(**problem), calls_per_repeat=None, warmup=3, sync=torch_baselines.sync
+                ),
+            )
 
     timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)
-    matmul_tflops = (2 * batch * width ** 2 / timings["bare matmul"]["median"] / 1e12
-                     if "bare matmul" in timings else None)
+    matmul_tflops = 2 * batch * width**2 / timings["bare matmul"]["median"] / 1e12 if "bare matmul" in timings else None
     for name, (framework, _) in timers.items():
-        row = {"name": name, "framework": framework, "width": width, "batch": batch, "dtype": dtype_name,
-               "per_step_s": timings[name]}
+        row = {
+            "name": name,
+            "framework": framework,
+            "width": width,
+            "batch": batch,
+            "dtype": dtype_name,
+            "per_step_s": timings[name],
+        }
         if name == "bare matmul":
             record.rows.append(row | {"tflops": matmul_tflops})
             continue
-        row["tflops"] = 12 * batch * width ** 2 / timings[name]["median"] / 1e12
+        row["tflops"] = 12 * batch * width**2 / timings[name]["median"] / 1e12
         row["pct_of_matmul"] = 100 * row["tflops"] / matmul_tflops if matmul_tflops else None
         if framework == "bp_jax":
             row["memory"] = memory | {"device_peak_bytes_in_use": _peak_bytes_in_use()}
@@ -113,6 +125,9 @@ def run(smoke: bool) -> dict:
             for batch in batches:
                 largest = (width, batch) == (widths[-1], batches[-1])
                 _measure_size(record, width, batch, dtype_name, repeats, torch_here and largest, smoke)
-    return record.as_dict(flops_per_step="12·batch·width² (3 × forward)", platform=platform,
-                          memory_stats="available" if _peak_bytes_in_use() is not None else "not available",
-                          repeats="interleaved per size: one of each per round")
+    return record.as_dict(
+        flops_per_step="12·batch·width² (3 × forward)",
+        platform=platform,
+        memory_stats="available" if _peak_bytes_in_use() is not None else "not available",
+        repeats="interleaved per size: one of each per round",
+    )

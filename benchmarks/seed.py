@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import optax
 
 import bp_jax
-from bp_jax._steps import sgd_update  # the unjitted update, for the bare-scan diagnostic
 from benchmarks.problems import SEED_BATCH, SEED_ROWS, SEED_SIZES, chained, mlp_problem
 from benchmarks.records import SuiteRecord, torch_baselines
 from benchmarks.timing import Timer, time_interleaved
+from bp_jax._steps import sgd_update  # the unjitted update, for the bare-scan diagnostic
 
 TORCH_EAGER = "torch eager: the documents' train_step (.item())"
 CUDA_GRAPH = "torch CUDA-graph replay of the whole step"
@@ -40,12 +40,14 @@ def run(smoke: bool) -> dict:
             timers[name] = framework, timer
 
     if record.needs_torch("torch"):
-        torch_rows = [(TORCH_EAGER, torch_baselines.eager_step, None),
-                      ("torch eager, without .item()",
-                       functools.partial(torch_baselines.eager_step, item=False), None)]
+        torch_rows = [
+            (TORCH_EAGER, torch_baselines.eager_step, None),
+            ("torch eager, without .item()", functools.partial(torch_baselines.eager_step, item=False), None),
+        ]
         if torch_baselines.device().type == "cpu":  # one thread: what a PyTorch expert sets for a tiny model
-            torch_rows.append(("torch eager, the documents' train_step, torch.set_num_threads(1)",
-                               torch_baselines.eager_step, 1))
+            torch_rows.append(
+                ("torch eager, the documents' train_step, torch.set_num_threads(1)", torch_baselines.eager_step, 1)
+            )
         if smoke:
             record.skip("torch.compile", "not run in --smoke (compiling takes tens of seconds)")
         else:
@@ -56,33 +58,55 @@ def run(smoke: bool) -> dict:
             record.skip(CUDA_GRAPH, "no CUDA device")
         for name, make_step, thread_count in torch_rows:
             around = functools.partial(torch_baselines.threads, thread_count)
-            add(name, "torch", lambda: Timer(make_step(), calls_per_repeat=calls, warmup=calls,
-                                             sync=torch_baselines.sync, around=around))
+            add(
+                name,
+                "torch",
+                lambda make_step=make_step, around=around: Timer(
+                    make_step(), calls_per_repeat=calls, warmup=calls, sync=torch_baselines.sync, around=around
+                ),
+            )
 
     sgd = bp_jax.sgd_step(loss, lr=0.01)
-    add("bp_jax sgd_step, one call per step", "bp_jax",
-        lambda: Timer(chained(sgd, [copy(params)], x, y), calls_per_repeat=calls, warmup=calls))
+    add(
+        "bp_jax sgd_step, one call per step",
+        "bp_jax",
+        lambda: Timer(chained(sgd, [copy(params)], x, y), calls_per_repeat=calls, warmup=calls),
+    )
     optimizer = optax.sgd(0.01)
     optax_sgd = bp_jax.optax_step(loss, optimizer)
-    add("bp_jax optax_step (optax.sgd), one call per step", "bp_jax",
-        lambda: Timer(chained(optax_sgd, [copy(params), optimizer.init(params)], x, y),
-                      calls_per_repeat=calls, warmup=calls))
+    add(
+        "bp_jax optax_step (optax.sgd), one call per step",
+        "bp_jax",
+        lambda: Timer(
+            chained(optax_sgd, [copy(params), optimizer.init(params)], x, y), calls_per_repeat=calls, warmup=calls
+        ),
+    )
     _, _, rows_x, rows_y = mlp_problem(SEED_SIZES, SEED_ROWS)
-    for name, data in ((FIT, dict(x=x, y=y)),
-                       (MINIBATCH, dict(x=rows_x, y=rows_y, batch_size=SEED_BATCH, key=jax.random.key(0)))):
+    for name, data in (
+        (FIT, dict(x=x, y=y)),
+        (MINIBATCH, dict(x=rows_x, y=rows_y, batch_size=SEED_BATCH, key=jax.random.key(0))),
+    ):
         fused = functools.partial(bp_jax.fit, loss, params, **data, steps=fit_steps, lr=0.01, chunk_size=1000)
         add(name, "bp_jax", lambda fused=fused: Timer(lambda: fused().losses, steps_per_call=fit_steps))
 
     update = sgd_update(loss)
-    bare_scan = jax.jit(lambda params: jax.lax.scan(lambda params, _: update(params, x, y, 0.01), params,
-                                                     length=fit_steps)[1])
+    bare_scan = jax.jit(
+        lambda params: jax.lax.scan(lambda params, _: update(params, x, y, 0.01), params, length=fit_steps)[1]
+    )
     add(BARE_SCAN, "bp_jax", lambda: Timer(lambda: bare_scan(params), steps_per_call=fit_steps))
 
     timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)
     eager = timings.get(TORCH_EAGER)
     for name, (framework, _) in timers.items():
-        record.rows.append({"name": name, "framework": framework, "per_step_s": timings[name],
-                            "speedup_vs_torch_eager": eager and eager["median"] / timings[name]["median"]})
-    return record.as_dict(problem={"sizes": SEED_SIZES, "batch": SEED_BATCH, "dtype": "float32",
-                                   "fit_steps_per_call": fit_steps},
-                          repeats="interleaved: one of each per round")
+        record.rows.append(
+            {
+                "name": name,
+                "framework": framework,
+                "per_step_s": timings[name],
+                "speedup_vs_torch_eager": eager and eager["median"] / timings[name]["median"],
+            }
+        )
+    return record.as_dict(
+        problem={"sizes": SEED_SIZES, "batch": SEED_BATCH, "dtype": "float32", "fit_steps_per_call": fit_steps},
+        repeats="interleaved: one of each per round",
+    )

@@ -12,8 +12,9 @@ def _row(results: dict, name: str, suite: str = "seed") -> dict | None:
 
 
 def _largest_bf16(results: dict, name: str) -> dict | None:
-    rows = [row for row in results.get("scaling", {}).get("rows", [])
-            if row["name"] == name and row["dtype"] == "bfloat16"]
+    rows = [
+        row for row in results.get("scaling", {}).get("rows", []) if row["name"] == name and row["dtype"] == "bfloat16"
+    ]
     return max(rows, key=lambda row: (row["width"], row["batch"]), default=None)
 
 
@@ -27,8 +28,13 @@ def _speedup_target(results, text, device, name, bar):
     speedup = row and row["speedup_vs_torch_eager"]
     if not speedup:
         return _target(text, device, None, None, "no seed-suite row for it or for torch eager in this run")
-    return _target(text, device, f"{speedup:.1f}× ({row['per_step_s']['median'] * 1e6:.2f} µs/step vs "
-                   f"{_row(results, TORCH_EAGER)['per_step_s']['median'] * 1e6:.1f} µs/step)", speedup >= bar)
+    return _target(
+        text,
+        device,
+        f"{speedup:.1f}× ({row['per_step_s']['median'] * 1e6:.2f} µs/step vs "
+        f"{_row(results, TORCH_EAGER)['per_step_s']['median'] * 1e6:.1f} µs/step)",
+        speedup >= bar,
+    )
 
 
 def _growth_slope(rows: list[dict], method: str) -> float:
@@ -36,8 +42,7 @@ def _growth_slope(rows: list[dict], method: str) -> float:
     points = [(math.log(row["params"]), math.log(row["per_call_s"][method]["median"])) for row in rows[-3:]]
     mean_x = sum(x for x, _ in points) / len(points)
     mean_y = sum(y for _, y in points) / len(points)
-    return (sum((x - mean_x) * (y - mean_y) for x, y in points)
-            / sum((x - mean_x) ** 2 for x, _ in points))
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
 
 
 def evaluate(results: dict, platform: str) -> list[dict]:
@@ -45,25 +50,37 @@ def evaluate(results: dict, platform: str) -> list[dict]:
     on_gpu, gpu_reason = platform == "gpu", f"needs an NVIDIA GPU; this run was on {platform}"
     cpu_reason = f"a CPU target; this run was on {platform}"
     targets = []
-    for text, name, bar in (("CPU: sgd_step ≥ 5× faster per step than the documents' train_step",
-                             "bp_jax sgd_step, one call per step", 5),
-                            ("CPU: fused fit ≥ 30× faster per step than the documents' train_step", FIT, 30)):
-        targets.append(_speedup_target(results, text, "cpu", name, bar) if platform == "cpu"
-                       else _target(text, "cpu", None, None, cpu_reason))
+    for text, name, bar in (
+        ("CPU: sgd_step ≥ 5× faster per step than the documents' train_step", "bp_jax sgd_step, one call per step", 5),
+        ("CPU: fused fit ≥ 30× faster per step than the documents' train_step", FIT, 30),
+    ):
+        targets.append(
+            _speedup_target(results, text, "cpu", name, bar)
+            if platform == "cpu"
+            else _target(text, "cpu", None, None, cpu_reason)
+        )
     fit, text = _row(results, FIT), "CPU: fused seed step ≤ 1 µs per step (stretch)"
     if platform == "cpu" and fit:
         speedup = fit["speedup_vs_torch_eager"]
-        targets.append(_target(text, "cpu", f"{fit['per_step_s']['median'] * 1e6:.2f} µs/step" +
-                               (f" ({speedup:.1f}× the documents' train_step)" if speedup else ""),
-                               fit["per_step_s"]["median"] <= 1e-6))
+        targets.append(
+            _target(
+                text,
+                "cpu",
+                f"{fit['per_step_s']['median'] * 1e6:.2f} µs/step"
+                + (f" ({speedup:.1f}× the documents' train_step)" if speedup else ""),
+                fit["per_step_s"]["median"] <= 1e-6,
+            )
+        )
     else:
         targets.append(_target(text, "cpu", None, None, cpu_reason if platform != "cpu" else "a row is missing"))
 
     graph = _row(results, CUDA_GRAPH)
     text = "H100: fused seed step ≤ 5 µs per step"
-    targets.append(_target(text, "gpu", f"{fit['per_step_s']['median'] * 1e6:.2f} µs/step",
-                           fit["per_step_s"]["median"] <= 5e-6) if on_gpu and fit
-                   else _target(text, "gpu", None, None, gpu_reason))
+    targets.append(
+        _target(text, "gpu", f"{fit['per_step_s']['median'] * 1e6:.2f} µs/step", fit["per_step_s"]["median"] <= 5e-6)
+        if on_gpu and fit
+        else _target(text, "gpu", None, None, gpu_reason)
+    )
     text = "H100: fused seed step ≥ 7× faster than PyTorch's CUDA-graph replay"
     if on_gpu and fit and graph:
         ratio = graph["per_step_s"]["median"] / fit["per_step_s"]["median"]
@@ -74,8 +91,14 @@ def evaluate(results: dict, platform: str) -> list[dict]:
     large, compiled = _largest_bf16(results, "bp_jax sgd_step"), _largest_bf16(results, "torch.compile")
     text = "H100: large bf16 MLP step ≥ 90% of the bare matmul's TFLOP/s"
     if on_gpu and large and large.get("pct_of_matmul"):
-        targets.append(_target(text, "gpu", f"{large['pct_of_matmul']:.0f}% ({large['tflops']:.0f} TFLOP/s, "
-                               f"{large['width']}×{large['batch']})", large["pct_of_matmul"] >= 90))
+        targets.append(
+            _target(
+                text,
+                "gpu",
+                f"{large['pct_of_matmul']:.0f}% ({large['tflops']:.0f} TFLOP/s, {large['width']}×{large['batch']})",
+                large["pct_of_matmul"] >= 90,
+            )
+        )
     else:
         targets.append(_target(text, "gpu", None, None, gpu_reason if not on_gpu else "a row is missing"))
     text = "H100: large bf16 MLP step ahead of torch.compile"
@@ -92,15 +115,29 @@ def evaluate(results: dict, platform: str) -> list[dict]:
     growth_text = "{} grows with the parameter count"
     growing = ("forward mode (jax.jacfwd)", "central finite differences")
     if not grad_rows:
-        return targets + [_target(text, "any", None, None, "grad suite not run")
-                          for text in (reverse_text, *map(growth_text.format, growing))]
+        return targets + [
+            _target(text, "any", None, None, "grad suite not run")
+            for text in (reverse_text, *map(growth_text.format, growing))
+        ]
     worst = max(row["ratio_to_forward"]["reverse (jax.grad)"] for row in grad_rows)
-    targets.append(_target(reverse_text, "any", f"at most {worst:.2f}× over n = {grad_rows[0]['params']}…"
-                           f"{grad_rows[-1]['params']}", worst <= 4))
+    targets.append(
+        _target(
+            reverse_text,
+            "any",
+            f"at most {worst:.2f}× over n = {grad_rows[0]['params']}…{grad_rows[-1]['params']}",
+            worst <= 4,
+        )
+    )
     for method in growing:
         slope = _growth_slope(grad_rows, method)
-        targets.append(_target(growth_text.format(method), "any",
-                               f"log-log slope {slope:.2f} over the three largest sizes", slope >= 0.5))
+        targets.append(
+            _target(
+                growth_text.format(method),
+                "any",
+                f"log-log slope {slope:.2f} over the three largest sizes",
+                slope >= 0.5,
+            )
+        )
     return targets
 
 
@@ -109,50 +146,107 @@ def _ratio_target(text: str, device: str, row: dict | None, base: dict | None, b
     if not (row and base):
         return _target(text, device, None, None, "a row is missing in this run")
     ratio = row["per_step_s"]["median"] / base["per_step_s"]["median"]
-    return _target(text, device, f"{ratio:.2f}× ({row['per_step_s']['median'] * 1e6:.3g} µs vs "
-                   f"{base['per_step_s']['median'] * 1e6:.3g} µs per step)", ratio <= bar)
+    return _target(
+        text,
+        device,
+        f"{ratio:.2f}× ({row['per_step_s']['median'] * 1e6:.3g} µs vs "
+        f"{base['per_step_s']['median'] * 1e6:.3g} µs per step)",
+        ratio <= bar,
+    )
 
 
 def _data_targets(results: dict) -> list[dict]:
     row = lambda name: _row(results, name, "data")
     smallest, largest = (row(data_size.minibatch_name(rows)) for rows in (data_size.ROWS[0], data_size.ROWS[-1]))
-    targets = [_ratio_target(f"Minibatch step at {data_size.spaced(data_size.ROWS[-1])} rows ≤ 1.5× its cost at "
-                             f"{data_size.ROWS[0]} rows", "any", largest, smallest, 1.5),
-               _ratio_target(f"Minibatch step ({data_size.ROWS[0]} rows) ≤ 1.5× the full batch of the same size",
-                             "any", smallest, row(data_size.FULL_BATCH), 1.5)]
-    targets.append(_ratio_target(f"{data_size.CLASSES}-class fit step (softmax cross-entropy) ≤ 1.3× the regression "
-                                 f"fit step of the same size ({data_size.ROWS[0]} rows, minibatch)", "any",
-                                 row(data_size.CLASSIFIER), smallest, 1.3))
+    targets = [
+        _ratio_target(
+            f"Minibatch step at {data_size.spaced(data_size.ROWS[-1])} rows ≤ 1.5× its cost at "
+            f"{data_size.ROWS[0]} rows",
+            "any",
+            largest,
+            smallest,
+            1.5,
+        ),
+        _ratio_target(
+            f"Minibatch step ({data_size.ROWS[0]} rows) ≤ 1.5× the full batch of the same size",
+            "any",
+            smallest,
+            row(data_size.FULL_BATCH),
+            1.5,
+        ),
+    ]
+    targets.append(
+        _ratio_target(
+            f"{data_size.CLASSES}-class fit step (softmax cross-entropy) ≤ 1.3× the regression "
+            f"fit step of the same size ({data_size.ROWS[0]} rows, minibatch)",
+            "any",
+            row(data_size.CLASSIFIER),
+            smallest,
+            1.3,
+        )
+    )
     every_997, every_1000 = row(data_size.checkpoint_name(997)), row(data_size.checkpoint_name(1000))
     text = "`bp-jax train --checkpoint-every 997` within 1.5× of `--checkpoint-every 1000` (wall time)"
     if every_997 and every_1000:
         ratio = every_997["seconds"]["median"] / every_1000["seconds"]["median"]
-        targets.append(_target(text, "any", f"{ratio:.2f}× ({every_997['seconds']['median']:.2f} s vs "
-                               f"{every_1000['seconds']['median']:.2f} s)", ratio <= 1.5))
+        targets.append(
+            _target(
+                text,
+                "any",
+                f"{ratio:.2f}× ({every_997['seconds']['median']:.2f} s vs {every_1000['seconds']['median']:.2f} s)",
+                ratio <= 1.5,
+            )
+        )
     else:
         targets.append(_target(text, "any", None, None, "a row is missing in this run"))
     second, text = row(data_size.SECOND_FIT), "Second fit of a new length, chunk size and start step: 0 compilations"
-    targets.append(_target(text, "any", f"{max(second['compilations'])} in {len(second['compilations'])} "
-                           f"fits ({second['seconds']['median'] * 1e3:.3g} ms each)", max(second["compilations"]) == 0)
-                   if second else _target(text, "any", None, None, "a row is missing in this run"))
+    targets.append(
+        _target(
+            text,
+            "any",
+            f"{max(second['compilations'])} in {len(second['compilations'])} "
+            f"fits ({second['seconds']['median'] * 1e3:.3g} ms each)",
+            max(second["compilations"]) == 0,
+        )
+        if second
+        else _target(text, "any", None, None, "a row is missing in this run")
+    )
     warm, text = row(data_size.WARM), "Warm `bp-jax train --steps 1` ≤ 2 s wall"
-    targets.append(_target(text, "any", f"{warm['seconds']['median']:.2f} s", warm["seconds"]["median"] <= 2)
-                   if warm else _target(text, "any", None, None, "a row is missing in this run"))
+    targets.append(
+        _target(text, "any", f"{warm['seconds']['median']:.2f} s", warm["seconds"]["median"] <= 2)
+        if warm
+        else _target(text, "any", None, None, "a row is missing in this run")
+    )
     return targets
 
 
 def _ensemble_targets(results: dict, platform: str, cpu_reason: str) -> list[dict]:
-    rows = [row for row in results.get("ensemble", {}).get("rows", [])
-            if row["name"] == ensemble.ENSEMBLE and row["members"] >= 256]
+    rows = [
+        row
+        for row in results.get("ensemble", {}).get("rows", [])
+        if row["name"] == ensemble.ENSEMBLE and row["members"] >= 256
+    ]
     worst = max(rows, key=lambda row: row["per_model_step_s"]["median"], default=None)
-    texts = ("CPU: fit_ensemble ≤ 0.5 µs per model-step at E ≥ 256",
-             "CPU: fit_ensemble's model-step ≤ 0.25× one model's fit step at E ≥ 256")
+    texts = (
+        "CPU: fit_ensemble ≤ 0.5 µs per model-step at E ≥ 256",
+        "CPU: fit_ensemble's model-step ≤ 0.25× one model's fit step at E ≥ 256",
+    )
     if platform != "cpu" or worst is None or worst["vs_one_fit"] is None:
-        return [_target(text, "cpu", None, None, cpu_reason if platform != "cpu" else
-                        "no E ≥ 256 row or no one-model fit row in this run") for text in texts]
+        return [
+            _target(
+                text,
+                "cpu",
+                None,
+                None,
+                cpu_reason if platform != "cpu" else "no E ≥ 256 row or no one-model fit row in this run",
+            )
+            for text in texts
+        ]
     median, where = worst["per_model_step_s"]["median"], f"E = {worst['members']}, the worst of E ≥ 256"
-    return [_target(texts[0], "cpu", f"{median * 1e6:.3g} µs ({where})", median <= 0.5e-6),
-            _target(texts[1], "cpu", f"{worst['vs_one_fit']:.3g}× ({where})", worst["vs_one_fit"] <= 0.25)]
+    return [
+        _target(texts[0], "cpu", f"{median * 1e6:.3g} µs ({where})", median <= 0.5e-6),
+        _target(texts[1], "cpu", f"{worst['vs_one_fit']:.3g}× ({where})", worst["vs_one_fit"] <= 0.25),
+    ]
 
 
 def _sklearn_targets(results: dict) -> list[dict]:
@@ -163,13 +257,23 @@ def _sklearn_targets(results: dict) -> list[dict]:
         text = f"{ours} ≥ 20× {theirs} (second fits, 200 epochs)"
         if ours in rows and theirs in rows and rows[ours]["speedup_vs_sklearn"]:
             speedup = rows[ours]["speedup_vs_sklearn"]
-            targets.append(_target(text, "any", f"{speedup:.3g}× (held-out score {rows[ours]['held_out_score']:.3f} "
-                                   f"vs {rows[theirs]['held_out_score']:.3f})", speedup >= 20))
+            targets.append(
+                _target(
+                    text,
+                    "any",
+                    f"{speedup:.3g}× (held-out score {rows[ours]['held_out_score']:.3f} "
+                    f"vs {rows[theirs]['held_out_score']:.3f})",
+                    speedup >= 20,
+                )
+            )
         else:
             targets.append(_target(text, "any", None, None, "a row is missing in this run"))
     for name, bar in ((estimators.GRID_SKLEARN_OURS, 10), (estimators.GRID_SKLEARN, 100)):
         text = f"{estimators.GRID_OURS} ≥ {bar}× {name}"
         speedup = rows.get(name, {}).get("bp_jax_grid_speedup")
-        targets.append(_target(text, "any", f"{speedup:.3g}×", speedup >= bar) if speedup
-                       else _target(text, "any", None, None, "a row is missing in this run"))
+        targets.append(
+            _target(text, "any", f"{speedup:.3g}×", speedup >= bar)
+            if speedup
+            else _target(text, "any", None, None, "a row is missing in this run")
+        )
     return targets

@@ -21,9 +21,17 @@ class Timer:
     to last `min_repeat_s`. `warm_up()` runs `warmup` calls first, so compilation stays out of the numbers.
     """
 
-    def __init__(self, call: Callable[[], Any], *, calls_per_repeat: int | None = 1, steps_per_call: int = 1,
-                 warmup: int = 1, min_repeat_s: float = 0.02, sync: Callable[[Any], Any] = jax.block_until_ready,
-                 around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+    def __init__(
+        self,
+        call: Callable[[], Any],
+        *,
+        calls_per_repeat: int | None = 1,
+        steps_per_call: int = 1,
+        warmup: int = 1,
+        min_repeat_s: float = 0.02,
+        sync: Callable[[Any], Any] = jax.block_until_ready,
+        around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ):
         self.call, self.calls_per_repeat, self.steps_per_call = call, calls_per_repeat, steps_per_call
         self.warmup, self.min_repeat_s, self.sync, self.around = warmup, min_repeat_s, sync, around
 
@@ -49,9 +57,15 @@ class Timer:
     def summary(self, samples: list[float]) -> dict:
         """Median, quartiles, min and max of the samples, with how many there were and steps per repeat."""
         q25, median, q75 = np.percentile(samples, [25, 50, 75])
-        return {"median": float(median), "q25": float(q25), "q75": float(q75), "min": min(samples),
-                "max": max(samples), "repeats": len(samples),
-                "steps_per_repeat": self.calls_per_repeat * self.steps_per_call}
+        return {
+            "median": float(median),
+            "q25": float(q25),
+            "q75": float(q75),
+            "min": min(samples),
+            "max": max(samples),
+            "repeats": len(samples),
+            "steps_per_repeat": self.calls_per_repeat * self.steps_per_call,
+        }
 
 
 def time_interleaved(timers: dict[str, Timer], *, repeats: int) -> dict[str, dict]:

@@ -5,6 +5,7 @@ Every builder returns `step()`, which runs one training step; `sync(out)` waits 
 Importing this module needs torch; the suites record a skip with the reason where it is missing.
 """
 
+import itertools
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -36,7 +37,7 @@ def mlp_problem(sizes: tuple[int, ...], batch: int, dtype=torch.float32, seed: i
     """nn.Sequential of Linear layers with ReLU between, MSELoss, SGD(lr=0.01), and random x, y."""
     torch.manual_seed(seed)
     layers = [nn.Linear(sizes[0], sizes[1])]
-    for fan_in, fan_out in zip(sizes[1:], sizes[2:]):
+    for fan_in, fan_out in itertools.pairwise(sizes[1:]):
         layers += [nn.ReLU(), nn.Linear(fan_in, fan_out)]
     model = nn.Sequential(*layers).to(device(), dtype)
     x = torch.randn(batch, sizes[0], device=device(), dtype=dtype)
@@ -136,15 +137,15 @@ def vmap_ensemble_step(lrs, sizes=(10, 5, 1), batch=32, dtype=torch.float32) -> 
     params, buffers = stack_module_state(models)
     params = {name: value.detach() for name, value in params.items()}
     lr = torch.as_tensor(lrs, dtype=dtype, device=device())
-    gradient = vmap(grad_and_value(lambda params, buffers, x, y:
-                                   criterion(functional_call(models[0], (params, buffers), (x,)), y)),
-                    in_dims=(0, 0, None, None))
+    gradient = vmap(
+        grad_and_value(lambda params, buffers, x, y: criterion(functional_call(models[0], (params, buffers), (x,)), y)),
+        in_dims=(0, 0, None, None),
+    )
 
     def step():
         nonlocal params
         grads, losses = gradient(params, buffers, x, y)
-        params = {name: value - lr.view(-1, *[1] * (value.dim() - 1)) * grads[name]
-                  for name, value in params.items()}
+        params = {name: value - lr.view(-1, *[1] * (value.dim() - 1)) * grads[name] for name, value in params.items()}
         return losses
 
     return step

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
-_INLINED = {"jit", "pjit"}                          # jit calls (pjit in older jax), shown equation by equation
-_CUSTOM = {"custom_jvp_call", "custom_vjp_call"}    # one node each, differentiated by their own rule
-_MAX_NAME = 28                                      # longer expressions refer to their operands as #index
+_INLINED = {"jit", "pjit"}  # jit calls (pjit in older jax), shown equation by equation
+_CUSTOM = {"custom_jvp_call", "custom_vjp_call"}  # one node each, differentiated by their own rule
+_MAX_NAME = 28  # longer expressions refer to their operands as #index
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -67,17 +67,30 @@ class Graph:
         """A text table, one row per node: #, op, name, value, grad, then any extra `columns`, a mapping
         heading -> {node: text or array} (e.g. `{"note": {graph.output: "L"}}`); tensors show as dtype[shape]
         and their first numbers."""
-        if columns is not None and not (isinstance(columns, Mapping)
-                                        and all(isinstance(column, Mapping) for column in columns.values())):
-            raise TypeError("table(columns=...) takes extra columns as a mapping heading -> {node: text or array}, "
-                            f"e.g. {{'note': {{graph.output: 'L'}}}}; got {type(columns).__name__} {columns!r:.60}")
+        if columns is not None and not (
+            isinstance(columns, Mapping) and all(isinstance(column, Mapping) for column in columns.values())
+        ):
+            raise TypeError(
+                "table(columns=...) takes extra columns as a mapping heading -> {node: text or array}, "
+                f"e.g. {{'note': {{graph.output: 'L'}}}}; got {type(columns).__name__} {columns!r:.60}"
+            )
         columns = dict(columns or {})
         header = ["#", "op", "name", "value", "grad", *columns]
-        rows = [[str(node.index), node.op, node.name, _brief(node.value), _brief(node.grad),
-                 *(_cell(column.get(node, "")) for column in columns.values())] for node in self.nodes]
+        rows = [
+            [
+                str(node.index),
+                node.op,
+                node.name,
+                _brief(node.value),
+                _brief(node.grad),
+                *(_cell(column.get(node, "")) for column in columns.values()),
+            ]
+            for node in self.nodes
+        ]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        line = lambda row: "  ".join(cell.rjust(w) if i == 0 else cell.ljust(w)
-                                     for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        line = lambda row: "  ".join(
+            cell.rjust(w) if i == 0 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+        ).rstrip()
         return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -119,19 +132,20 @@ def explain(f: Callable, *args) -> Graph:
 
 # --- the reverse pass ---------------------------------------------------------------------------
 
+
 class _Draft(NamedTuple):
     name: str
     op: str
     value: jax.Array
-    inputs: list[int]       # node indices of the operands
+    inputs: list[int]  # node indices of the operands
 
 
 class _Equation(NamedTuple):
     """One equation as the reverse pass needs it."""
 
-    outputs: list[int]      # node indices of its results
-    operands: list[int]     # node indices of its float operands, one per position (a node may repeat)
-    vjp: Callable | None    # cotangents of the outputs -> cotangents of those operands
+    outputs: list[int]  # node indices of its results
+    operands: list[int]  # node indices of its float operands, one per position (a node may repeat)
+    vjp: Callable | None  # cotangents of the outputs -> cotangents of those operands
 
 
 def _backward(nodes: list[_Draft], equations: list[_Equation], output: int) -> list:
@@ -141,14 +155,14 @@ def _backward(nodes: list[_Draft], equations: list[_Equation], output: int) -> l
     assert seed is not None  # f's output is a float scalar (checked by _check_scalar)
     grads[output] = jnp.ones_like(seed)
     for equation in reversed(equations):
-        cotangents = [grads[i] if grads[i] is not None else _float0_zeros(nodes[i].value)
-                      for i in equation.outputs]
+        cotangents = [grads[i] if grads[i] is not None else _float0_zeros(nodes[i].value) for i in equation.outputs]
         for i, contribution in zip(equation.operands, equation.vjp(cotangents)):
-            grads[i] = grads[i] + contribution   # summed: a value used twice gets both contributions
+            grads[i] = grads[i] + contribution  # summed: a value used twice gets both contributions
     return grads
 
 
 # --- the forward pass ---------------------------------------------------------------------------
+
 
 class _Literal(NamedTuple):
     value: Any
@@ -156,8 +170,10 @@ class _Literal(NamedTuple):
 
 def _evaluate(jaxpr, consts, arguments: list, nodes: list[_Draft], equations: list[_Equation]) -> list:
     """Run `jaxpr` one equation at a time; an argument or result is a node index or a _Literal."""
-    env = {var: _add(nodes, f"const{sum(n.op == 'const' for n in nodes)}", "const", jnp.asarray(value), [])
-           for var, value in zip(jaxpr.constvars, consts)}
+    env = {
+        var: _add(nodes, f"const{sum(n.op == 'const' for n in nodes)}", "const", jnp.asarray(value), [])
+        for var, value in zip(jaxpr.constvars, consts)
+    }
     env.update(zip(jaxpr.invars, arguments))
     read = lambda atom: _Literal(atom.val) if isinstance(atom, Literal) else env[atom]
     for eqn in jaxpr.eqns:
@@ -186,8 +202,10 @@ def _apply(eqn, operands: list, nodes: list[_Draft], equations: list[_Equation])
     results, vjp = jax.vjp(primitive, *(values[k] for k in positions)) if positions else (primitive(), None)
     name = _expression(eqn, [_literal_text(x.value) if isinstance(x, _Literal) else x for x in operands], nodes)
     inputs = [x for x in operands if not isinstance(x, _Literal)]
-    outputs = [_add(nodes, name if len(results) == 1 else f"{name}[{k}]", eqn.primitive.name, value, inputs)
-               for k, value in enumerate(results)]
+    outputs = [
+        _add(nodes, name if len(results) == 1 else f"{name}[{k}]", eqn.primitive.name, value, inputs)
+        for k, value in enumerate(results)
+    ]
     if vjp is not None:
         equations.append(_Equation(outputs, [operands[k] for k in positions], vjp))
     return outputs
@@ -209,6 +227,7 @@ def _float0_zeros(value):
 
 # --- checks and names ---------------------------------------------------------------------------
 
+
 def _check_args(args: tuple) -> tuple[list, list]:
     if not args:
         raise TypeError("explain expects f and at least one argument to differentiate, got none")
@@ -216,21 +235,26 @@ def _check_args(args: tuple) -> tuple[list, list]:
     paths, leaves = [path for path, _ in flat], [leaf for _, leaf in flat]
     for path, leaf in zip(paths, leaves):
         if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex)):
-            raise TypeError(f"explain expects args as pytrees of arrays, got {type(leaf).__name__} "
-                            f"at args{jax.tree_util.keystr(path)}")
+            raise TypeError(
+                f"explain expects args as pytrees of arrays, got {type(leaf).__name__} "
+                f"at args{jax.tree_util.keystr(path)}"
+            )
     return paths, leaves
 
 
 def _check_scalar(out_shape) -> None:
     leaves = jax.tree.leaves(out_shape)
     if len(leaves) != 1:
-        raise ValueError(f"explain expects f to return a float scalar, got {type(out_shape).__name__} "
-                         f"of {len(leaves)} arrays")
+        raise ValueError(
+            f"explain expects f to return a float scalar, got {type(out_shape).__name__} of {len(leaves)} arrays"
+        )
     (out,) = leaves
     if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
-        advice = ("a complex value has no gradient here: take its jnp.real or jnp.abs"
-                  if jnp.issubdtype(out.dtype, jnp.complexfloating)
-                  else "reduce it first, e.g. with jnp.sum or bp_jax.mse")
+        advice = (
+            "a complex value has no gradient here: take its jnp.real or jnp.abs"
+            if jnp.issubdtype(out.dtype, jnp.complexfloating)
+            else "reduce it first, e.g. with jnp.sum or bp_jax.mse"
+        )
         raise ValueError(f"explain expects f to return a float scalar, got {out.dtype} of shape {out.shape}; {advice}")
 
 
@@ -238,14 +262,19 @@ def _input_names(f: Callable, count: int, paths: list) -> list[str]:
     """Each input leaf's pytree path (`w1`, `[0].weight`); the argument's name for a bare array, and as
     a prefix where two leaves would otherwise share a name."""
     try:
-        positional = [p.name for p in inspect.signature(f).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        positional = [
+            p.name
+            for p in inspect.signature(f).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):  # no signature to read, e.g. some builtins
         positional = []
     arguments = (positional + [f"args[{i}]" for i in range(len(positional), count)])[:count]
     short = [_path_text(path[1:]) or arguments[path[0].idx] for path in paths]
-    return [name if short.count(name) == 1 or len(path) == 1 else _prefixed(arguments[path[0].idx], name)
-            for name, path in zip(short, paths)]
+    return [
+        name if short.count(name) == 1 or len(path) == 1 else _prefixed(arguments[path[0].idx], name)
+        for name, path in zip(short, paths)
+    ]
 
 
 def _path_text(path) -> str:
@@ -282,8 +311,10 @@ def _expression(eqn, operands: list, nodes: list[_Draft]) -> str:
     `operands` are node indices or literal texts; while the name is over _MAX_NAME characters, its
     longest computed operand is named by its index instead, `#4`."""
     names = [x if isinstance(x, str) else nodes[x].name for x in operands]
-    computed = sorted({x for x in operands if not isinstance(x, str) and nodes[x].op not in ("input", "const")},
-                      key=lambda i: -len(nodes[i].name))
+    computed = sorted(
+        {x for x in operands if not isinstance(x, str) and nodes[x].op not in ("input", "const")},
+        key=lambda i: -len(nodes[i].name),
+    )
     for index in [None, *computed]:
         if index is not None:
             names = [f"#{index}" if x == index else name for x, name in zip(operands, names)]
@@ -299,7 +330,7 @@ def _format(eqn, names: list[str]) -> str:
         return names[0]
     if op in _INFIX and len(names) == 2:
         left, right = names
-        tight = op == "mul"   # `·` binds tighter than the spaced operators: wrap spaced operands
+        tight = op == "mul"  # `·` binds tighter than the spaced operators: wrap spaced operands
         left = _wrap(left) if tight or op in ("div", "dot_general") else left
         right = _wrap(right) if op != "add" else right
         return f"{left}{_INFIX[op]}{right}"

@@ -57,8 +57,11 @@ class NonFiniteLoss(FloatingPointError):
     (the loss was finite, the new params were not); `result` holds the last finite params."""
 
     def __init__(self, step: int, result: FitResult, cause: str = "loss"):
-        what = ("loss became non-finite" if cause == "loss" else
-                "the update made the params non-finite (the loss was finite)")
+        what = (
+            "loss became non-finite"
+            if cause == "loss"
+            else "the update made the params non-finite (the loss was finite)"
+        )
         super().__init__(f"{what} at step {step}; stopped with the last finite params")
         self.step, self.result, self.cause = step, result, cause
 
@@ -96,12 +99,14 @@ def _check_data(x, y, batch_size, key, mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (data_parallel_mesh, ensemble_mesh), got {mesh!r}")
     x, y = (value if isinstance(value, (jax.Array, np.ndarray)) else np.asarray(value) for value in (x, y))
     if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
-        raise ValueError(f"x and y must share their leading (example) axis, got shapes "
-                         f"{jnp.shape(x)} and {jnp.shape(y)}")
+        raise ValueError(
+            f"x and y must share their leading (example) axis, got shapes {jnp.shape(x)} and {jnp.shape(y)}"
+        )
     rows = jnp.shape(x)[0]
     if rows < 1:
-        raise ValueError(f"x and y hold no examples (shapes {jnp.shape(x)} and {jnp.shape(y)}); "
-                         "fit needs at least one row")
+        raise ValueError(
+            f"x and y hold no examples (shapes {jnp.shape(x)} and {jnp.shape(y)}); fit needs at least one row"
+        )
     if batch_size is None:
         return x, y, None
     batch_size = _count("batch_size", batch_size, 1)
@@ -122,8 +127,9 @@ def _chunk_sizes(chunk_size) -> tuple[int, ...]:
 def _check_steps(steps, start_step) -> tuple[int, int]:
     steps, start_step = _count("steps", steps, 0), _count("start_step", start_step, 0)
     if start_step + steps > MAX_STEP:
-        raise ValueError(f"start_step + steps must be at most {MAX_STEP} (steps are counted in int32), got "
-                         f"{start_step} + {steps}")
+        raise ValueError(
+            f"start_step + steps must be at most {MAX_STEP} (steps are counted in int32), got {start_step} + {steps}"
+        )
     return steps, start_step
 
 
@@ -134,10 +140,12 @@ def _key_batch_shape(key) -> tuple[int, ...]:
         return key.shape
     if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.ndim >= 1:
         return key.shape[:-1]
-    described = (f"{type(key).__name__} of dtype {key.dtype} and shape {key.shape}" if hasattr(key, "dtype")
-                 else repr(key))
-    raise TypeError(f"key must be a PRNG key such as jax.random.key(0) (or a raw jax.random.PRNGKey(0)), "
-                    f"got {described}")
+    described = (
+        f"{type(key).__name__} of dtype {key.dtype} and shape {key.shape}" if hasattr(key, "dtype") else repr(key)
+    )
+    raise TypeError(
+        f"key must be a PRNG key such as jax.random.key(0) (or a raw jax.random.PRNGKey(0)), got {described}"
+    )
 
 
 class _Setup(NamedTuple):
@@ -152,19 +160,24 @@ class _Setup(NamedTuple):
     batch_size: int | None
 
 
-def _check_arguments(params, x, y, *, steps, start_step, chunk_size, batch_size, lr, optimizer, key, opt_state,
-                     mesh, ensemble: bool) -> _Setup:
+def _check_arguments(
+    params, x, y, *, steps, start_step, chunk_size, batch_size, lr, optimizer, key, opt_state, mesh, ensemble: bool
+) -> _Setup:
     """The opening checks of `fit` and `fit_ensemble`: exactly one of lr or optimizer, an opt_state only with an
     optimizer and shaped as its init (vmapped for an `ensemble`) would make it, counts, chunk sizes and data;
     ValueError or TypeError naming what does not fit."""
     if (lr is None) == (optimizer is None):
-        raise ValueError("fit takes exactly one of lr (hand-written SGD) or optimizer (optax), "
-                         f"got lr={lr!r}, optimizer={optimizer!r}")
+        raise ValueError(
+            "fit takes exactly one of lr (hand-written SGD) or optimizer (optax), "
+            f"got lr={lr!r}, optimizer={optimizer!r}"
+        )
     optimizer = None if optimizer is None else check_optimizer(optimizer)
     if opt_state is not None:
         if optimizer is None:
-            raise ValueError("opt_state is an optimizer's state: the hand-written SGD (lr=...) has none; pass "
-                             "optimizer=... with it, or leave opt_state out")
+            raise ValueError(
+                "opt_state is an optimizer's state: the hand-written SGD (lr=...) has none; pass "
+                "optimizer=... with it, or leave opt_state out"
+            )
         init = jax.vmap(optimizer.init) if ensemble else optimizer.init
         _check_opt_state(opt_state, jax.eval_shape(init, params))
     steps, start_step = _check_steps(steps, start_step)
@@ -179,26 +192,47 @@ def _check_opt_state(opt_state, expected) -> None:
     got_tree, expected_tree = jax.tree.structure(opt_state), jax.tree.structure(expected)
     # jaxlib ships no stub for PyTreeDef (mypy sees "PyTreeDef?" and no __ne__), which compares structures
     if got_tree != expected_tree:  # type: ignore[operator]
-        raise ValueError(f"opt_state does not match the optimizer: optimizer.init(params) gives {expected_tree}, "
-                         f"got {got_tree}")
+        raise ValueError(
+            f"opt_state does not match the optimizer: optimizer.init(params) gives {expected_tree}, got {got_tree}"
+        )
     for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
         want = _leaf_at(expected, path)
         if jnp.shape(leaf) != want.shape:
-            raise ValueError(f"opt_state{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; "
-                             f"optimizer.init(params) gives {want.shape}")
+            raise ValueError(
+                f"opt_state{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; "
+                f"optimizer.init(params) gives {want.shape}"
+            )
 
 
 def _leaf_at(tree, path):
     for key in path:
-        tree = (tree[key.key] if isinstance(key, jax.tree_util.DictKey) else tree[key.idx]
-                if isinstance(key, jax.tree_util.SequenceKey) else getattr(tree, key.name))
+        tree = (
+            tree[key.key]
+            if isinstance(key, jax.tree_util.DictKey)
+            else tree[key.idx]
+            if isinstance(key, jax.tree_util.SequenceKey)
+            else getattr(tree, key.name)
+        )
     return tree
 
 
-def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None = None, lr=None,
-        optimizer: optax.GradientTransformation | None = None, key: jax.Array | None = None,
-        opt_state=None, start_step: int = 0, chunk_size: int | tuple[int, ...] = 1000,
-        on_chunk: Callable[[FitResult], bool | None] | None = None, mesh: jax.sharding.Mesh | None = None) -> FitResult:
+def fit(
+    loss_fn: Callable,
+    params,
+    x,
+    y,
+    *,
+    steps: int,
+    batch_size: int | None = None,
+    lr=None,
+    optimizer: optax.GradientTransformation | None = None,
+    key: jax.Array | None = None,
+    opt_state=None,
+    start_step: int = 0,
+    chunk_size: int | tuple[int, ...] = 1000,
+    on_chunk: Callable[[FitResult], bool | None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> FitResult:
     """Train for `steps` steps from `start_step`; returns a FitResult.
 
     Exactly one of `lr` (w ← w − lr·g, as `sgd_step`; lr is data, a new value does not recompile) or
@@ -216,20 +250,35 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     which must divide it; params, optimizer state and the returned arrays are replicated, and the
     compiler reduces the gradients. A mesh spanning processes takes the same x and y in every process.
     """
-    setup = _check_arguments(params, x, y, steps=steps, start_step=start_step, chunk_size=chunk_size,
-                             batch_size=batch_size, lr=lr, optimizer=optimizer, key=key, opt_state=opt_state,
-                             mesh=mesh, ensemble=False)
+    setup = _check_arguments(
+        params,
+        x,
+        y,
+        steps=steps,
+        start_step=start_step,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        key=key,
+        opt_state=opt_state,
+        mesh=mesh,
+        ensemble=False,
+    )
     optimizer, x, y, batch_size = setup.optimizer, setup.x, setup.y, setup.batch_size
     if key is not None and _key_batch_shape(key) != ():
-        raise ValueError(f"fit takes one key, got keys of shape {_key_batch_shape(key)}; fit_ensemble takes one per "
-                         "member")
+        raise ValueError(
+            f"fit takes one key, got keys of shape {_key_batch_shape(key)}; fit_ensemble takes one per member"
+        )
     lr = 0.0 if optimizer is not None else check_lr(lr)  # a Python float: traced weakly typed, as sgd_step's
     opt_state = None if optimizer is None else jax.jit(optimizer.init)(params) if opt_state is None else opt_state
     if mesh is not None:
         devices, batch = data_devices(mesh), len(x) if batch_size is None else batch_size
         if batch % devices:
-            raise ValueError(f"the global batch of {batch} examples does not split evenly over the mesh's "
-                             f"{devices} 'data' devices; use a batch size that is a multiple of {devices}")
+            raise ValueError(
+                f"the global batch of {batch} examples does not split evenly over the mesh's "
+                f"{devices} 'data' devices; use a batch size that is a multiple of {devices}"
+            )
         params, opt_state, key = jax.tree.map(lambda leaf: place(leaf, replicated(mesh)), (params, opt_state, key))
         data_layout = batch_sharded(mesh) if batch_size is None else replicated(mesh)
         x, y = place(x, data_layout), place(y, data_layout)
@@ -240,21 +289,34 @@ def fit(loss_fn: Callable, params, x, y, *, steps: int, batch_size: int | None =
     def result(state, losses, step):
         return FitResult(state.params, state.opt_state, losses, step)
 
-    state, losses, step = _drive(run, state, (lr, key, x, y, None), setup, on_chunk, result,
-                                 stop_when_diverged=True)
+    state, losses, step = _drive(run, state, (lr, key, x, y, None), setup, on_chunk, result, stop_when_diverged=True)
     bad = int(_to_host(state.divergence.step))
     if bad >= 0:
-        raise NonFiniteLoss(bad, result(state, losses[: bad - setup.start_step + 1], bad),
-                            CAUSES[int(_to_host(state.divergence.cause))])
+        raise NonFiniteLoss(
+            bad, result(state, losses[: bad - setup.start_step + 1], bad), CAUSES[int(_to_host(state.divergence.cause))]
+        )
     return result(state, losses, step)
 
 
-def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
-                 optimizer: optax.GradientTransformation | None = None, batch_size: int | None = None,
-                 key: jax.Array | None = None, opt_state=None, start_step: int = 0,
-                 chunk_size: int | tuple[int, ...] = 1000,
-                 on_chunk: Callable[[EnsembleResult], bool | None] | None = None,
-                 mesh: jax.sharding.Mesh | None = None, rows=None, row_counts=None) -> EnsembleResult:
+def fit_ensemble(
+    loss_fn: Callable,
+    params,
+    x,
+    y,
+    *,
+    steps: int,
+    lr=None,
+    optimizer: optax.GradientTransformation | None = None,
+    batch_size: int | None = None,
+    key: jax.Array | None = None,
+    opt_state=None,
+    start_step: int = 0,
+    chunk_size: int | tuple[int, ...] = 1000,
+    on_chunk: Callable[[EnsembleResult], bool | None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rows=None,
+    row_counts=None,
+) -> EnsembleResult:
     """Train E models at once, as one program: `fit`'s loop under `jax.vmap` over the members.
 
     `params` has a leading member axis E on every leaf (e.g. `jax.vmap(model.init)(jax.random.split(k, E))`).
@@ -276,12 +338,25 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     x and y are replicated.
     """
     members = _members(params)
-    setup = _check_arguments(params, x, y, steps=steps, start_step=start_step, chunk_size=chunk_size,
-                             batch_size=batch_size, lr=lr, optimizer=optimizer, key=key, opt_state=opt_state,
-                             mesh=mesh, ensemble=True)
+    setup = _check_arguments(
+        params,
+        x,
+        y,
+        steps=steps,
+        start_step=start_step,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        key=key,
+        opt_state=opt_state,
+        mesh=mesh,
+        ensemble=True,
+    )
     optimizer, x, y, batch_size = setup.optimizer, setup.x, setup.y, setup.batch_size
-    member_rows = None if rows is None and row_counts is None else _member_rows(rows, row_counts, members, len(x),
-                                                                                 batch_size)
+    member_rows = (
+        None if rows is None and row_counts is None else _member_rows(rows, row_counts, members, len(x), batch_size)
+    )
     if optimizer is None:
         lrs = _member_lrs(lr, members)
     else:
@@ -290,15 +365,18 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     key_axis = None if key is None else _key_axis(key, members)
     if mesh is not None:
         if members % member_devices(mesh):
-            raise ValueError(f"the {members} members do not split evenly over the mesh's "
-                             f"{member_devices(mesh)} '{MODELS_AXIS}' devices")
+            raise ValueError(
+                f"the {members} members do not split evenly over the mesh's "
+                f"{member_devices(mesh)} '{MODELS_AXIS}' devices"
+            )
         split = lambda leaf: place(leaf, member_sharded(mesh))
         params, opt_state, lrs = jax.tree.map(split, (params, opt_state, lrs))
         key = None if key is None else split(key) if key_axis == 0 else place(key, replicated(mesh))
         member_rows = None if member_rows is None else jax.tree.map(split, member_rows)
         x, y = place(x, replicated(mesh)), place(y, replicated(mesh))
-    run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=True, key_axis=key_axis,
-                         own_rows=member_rows is not None)
+    run = _compiled_loop(
+        loss_fn, optimizer, batch_size, mesh, ensemble=True, key_axis=key_axis, own_rows=member_rows is not None
+    )
     divergence = _Divergence(np.full(members, -1, np.int32), np.zeros(members, np.int32))
     if mesh is not None:
         divergence = jax.tree.map(lambda leaf: place(leaf, member_sharded(mesh)), divergence)
@@ -308,9 +386,16 @@ def fit_ensemble(loss_fn: Callable, params, x, y, *, steps: int, lr=None,
     def result(state, losses, step):
         return EnsembleResult(state.params, state.opt_state, losses, step, _to_host(state.divergence.step))
 
-    state, losses, step = _drive(run, state, (lrs, key, x, y, member_rows), setup, on_chunk, result,
-                                 stop_when_diverged=False,
-                                 loss_shape=(members,))
+    state, losses, step = _drive(
+        run,
+        state,
+        (lrs, key, x, y, member_rows),
+        setup,
+        on_chunk,
+        result,
+        stop_when_diverged=False,
+        loss_shape=(members,),
+    )
     return result(state, losses, step)
 
 
@@ -346,11 +431,14 @@ def _member_rows(rows, row_counts, members: int, num_examples: int, batch_size) 
     if rows.dtype.kind not in "iu" or row_counts.dtype.kind not in "iu":
         raise TypeError(f"rows and row_counts must be integers, got dtypes {rows.dtype} and {row_counts.dtype}")
     if rows.ndim != 2 or rows.shape[0] != members or row_counts.shape != (members,):
-        raise ValueError(f"rows must have shape ({members}, R) and row_counts ({members},) for {members} members, "
-                         f"got {rows.shape} and {row_counts.shape}")
+        raise ValueError(
+            f"rows must have shape ({members}, R) and row_counts ({members},) for {members} members, "
+            f"got {rows.shape} and {row_counts.shape}"
+        )
     if np.any(row_counts < batch_size) or np.any(row_counts > rows.shape[1]):
-        raise ValueError(f"each row count must lie in [batch_size, R] = [{batch_size}, {rows.shape[1]}], got "
-                         f"{row_counts.tolist()}")
+        raise ValueError(
+            f"each row count must lie in [batch_size, R] = [{batch_size}, {rows.shape[1]}], got {row_counts.tolist()}"
+        )
     used = np.arange(rows.shape[1]) < row_counts[:, None]
     if np.any(used & ((rows < 0) | (rows >= num_examples))):
         raise ValueError(f"rows must index x's {num_examples} examples, got values in [{rows.min()}, {rows.max()}]")
@@ -361,8 +449,10 @@ def _members(params) -> int:
     sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
     size = next(iter(sizes)) if len(sizes) == 1 else None
     if size is None:
-        raise ValueError(f"every leaf of an ensemble's params needs the same leading member axis, got leading "
-                         f"sizes {sorted(map(str, sizes))}")
+        raise ValueError(
+            f"every leaf of an ensemble's params needs the same leading member axis, got leading "
+            f"sizes {sorted(map(str, sizes))}"
+        )
     return size
 
 
@@ -388,8 +478,16 @@ def _to_host(array) -> np.ndarray:
     return np.asarray(array.addressable_data(0) if spans_processes else array)
 
 
-def _drive(run, state: _LoopState, inputs, setup: _Setup, on_chunk, result, stop_when_diverged: bool,
-           loss_shape: tuple[int, ...] = ()):
+def _drive(
+    run,
+    state: _LoopState,
+    inputs,
+    setup: _Setup,
+    on_chunk,
+    result,
+    stop_when_diverged: bool,
+    loss_shape: tuple[int, ...] = (),
+):
     """The host side of both loops: calls `run` for at most CAPACITY steps at a time, gives `on_chunk`
     the result after every chunk (boundaries on the multiples of each chunk size) and stops when it returns
     True; returns the state, the losses (steps, *loss_shape) and the step reached; with `stop_when_diverged`,
@@ -438,19 +536,23 @@ def _guarded_update(loss_fn, optimizer) -> Callable:
         new_params, new_opt_state, loss = update(params, opt_state, x, y, lr)
         loss_finite, live = jnp.isfinite(loss), divergence.step < 0
         apply = loss_finite & _all_finite(new_params) & live
-        params, opt_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
-                                         (new_params, new_opt_state), (params, opt_state))
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(apply, new, old), (new_params, new_opt_state), (params, opt_state)
+        )
         diverges = live & ~apply
-        divergence = _Divergence(jnp.where(diverges, step.astype(jnp.int32), divergence.step),
-                                 jnp.where(diverges, loss_finite.astype(jnp.int32), divergence.cause))
+        divergence = _Divergence(
+            jnp.where(diverges, step.astype(jnp.int32), divergence.step),
+            jnp.where(diverges, loss_finite.astype(jnp.int32), divergence.cause),
+        )
         return params, opt_state, divergence, jnp.where(live, loss, jnp.nan)
 
     return guarded
 
 
 @functools.lru_cache(maxsize=32)  # one compiled loop per configuration, reused by every later call
-def _compiled_loop(loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_axis: int | None,
-                   own_rows: bool = False) -> Callable:
+def _compiled_loop(
+    loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_axis: int | None, own_rows: bool = False
+) -> Callable:
     """jit of `run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`: steps first_step …
     first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once
     every model has diverged; losses[i] is step first_step + i's loss, NaN past the last step run.
@@ -477,8 +579,11 @@ def _compiled_loop(loss_fn, optimizer, batch_size, mesh, *, ensemble: bool, key_
         model_step = jax.vmap(model_step, in_axes=(0, 0, 0, 0, key_axis, None, None, 0, None), out_axes=(0, 0, 0, 0))
     out_shardings = None
     if mesh is not None:
-        out_shardings = (replicated(mesh), replicated(mesh)) if not ensemble else (
-            member_sharded(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, MODELS_AXIS)))
+        out_shardings = (
+            (replicated(mesh), replicated(mesh))
+            if not ensemble
+            else (member_sharded(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, MODELS_AXIS)))
+        )
 
     @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
     def run(state, lr, key, x, y, member_rows, first_step, length):

@@ -74,15 +74,15 @@ def check_params(layer: str, params: Params, shapes: Mapping[str, tuple | list[t
     """Raise unless `params` is a mapping with exactly the keys in `shapes`, each of its shape
     (or of one of its shapes, where `shapes[name]` is a list of them)."""
     if not isinstance(params, Mapping):
-        raise TypeError(f"{layer} expects params as a dict with keys {sorted(shapes)}, "
-                        f"got {type(params).__name__}")
+        raise TypeError(f"{layer} expects params as a dict with keys {sorted(shapes)}, got {type(params).__name__}")
     if set(params) != set(shapes):
         raise ValueError(f"{layer} expects params with keys {sorted(shapes)}, got {sorted(params)}")
     for name, shape in shapes.items():
         allowed = shape if isinstance(shape, list) else [shape]
         if jnp.shape(params[name]) not in allowed:
-            raise ValueError(f"{layer} expects {name} of shape {' or '.join(map(str, allowed))}, "
-                             f"got {jnp.shape(params[name])}")
+            raise ValueError(
+                f"{layer} expects {name} of shape {' or '.join(map(str, allowed))}, got {jnp.shape(params[name])}"
+            )
 
 
 #: The documents' weights are scalars written as `torch.tensor([0.5])`: shape () or (1,).
@@ -107,7 +107,7 @@ def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None
 
     def init(key):
         weight_key, bias_key = jax.random.split(key)
-        bound = 1 / in_features ** 0.5
+        bound = 1 / in_features**0.5
         draw = lambda k, shape: jax.random.uniform(k, shape, dtype or default_float(), -bound, bound)
         params = {"weight": draw(weight_key, shapes["weight"])}
         return params | ({"bias": draw(bias_key, (out_features,))} if bias else {})
@@ -115,8 +115,7 @@ def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None
     def check_input(params, x):
         check_params(name, params, shapes)
         if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != in_features:
-            raise ValueError(f"{name} expects x with {in_features} features in its last axis, "
-                             f"got shape {jnp.shape(x)}")
+            raise ValueError(f"{name} expects x with {in_features} features in its last axis, got shape {jnp.shape(x)}")
 
     def apply(params, x):
         check_input(params, x)
@@ -193,8 +192,7 @@ def Sequential(*layers: Model) -> Model:
     def check_length(params):
         if not isinstance(params, (tuple, list)) or len(params) != len(layers):
             got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
-            raise ValueError(f"Sequential of {len(layers)} layers expects a tuple of {len(layers)} "
-                             f"params, got {got}")
+            raise ValueError(f"Sequential of {len(layers)} layers expects a tuple of {len(layers)} params, got {got}")
 
     def apply(params, x):
         check_length(params)

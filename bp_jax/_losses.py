@@ -12,8 +12,10 @@ from bp_jax._layers import Model
 
 def _check_same_shape(loss: str, pred, target) -> None:
     if jnp.shape(pred) != jnp.shape(target):
-        raise ValueError(f"{loss}: pred has shape {jnp.shape(pred)} but target has shape "
-                         f"{jnp.shape(target)}; they must match (no silent broadcasting)")
+        raise ValueError(
+            f"{loss}: pred has shape {jnp.shape(pred)} but target has shape "
+            f"{jnp.shape(target)}; they must match (no silent broadcasting)"
+        )
 
 
 def squared_error(pred, target):
@@ -32,8 +34,10 @@ def _check_logits_and_labels(logits, labels) -> None:
     """logits (B, C) and integer labels (B,), each label in [0, C) where labels are concrete (not traced)."""
     logits_shape, labels_shape = np.shape(logits), np.shape(labels)
     if len(logits_shape) != 2 or len(labels_shape) != 1 or logits_shape[0] != labels_shape[0]:
-        raise ValueError(f"softmax_cross_entropy: logits must have shape (B, C) and labels shape (B,), got "
-                         f"logits of shape {logits_shape} and labels of shape {labels_shape}")
+        raise ValueError(
+            f"softmax_cross_entropy: logits must have shape (B, C) and labels shape (B,), got "
+            f"logits of shape {logits_shape} and labels of shape {labels_shape}"
+        )
     dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"softmax_cross_entropy: labels must be integer class indices, got dtype {dtype}")
@@ -42,8 +46,10 @@ def _check_logits_and_labels(logits, labels) -> None:
     labels, classes = np.asarray(labels), logits_shape[1]
     bad = np.flatnonzero((labels < 0) | (labels >= classes))
     if bad.size:
-        raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {classes}) for logits of shape "
-                         f"{logits_shape}, got label {labels[bad[0]]} at row {bad[0]}")
+        raise ValueError(
+            f"softmax_cross_entropy: labels must lie in [0, {classes}) for logits of shape "
+            f"{logits_shape}, got label {labels[bad[0]]} at row {bad[0]}"
+        )
 
 
 def softmax_cross_entropy(logits, labels):

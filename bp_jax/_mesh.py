@@ -23,8 +23,10 @@ def _one_axis_mesh(axis: str, devices: int | Sequence[jax.Device] | None) -> Mes
         devices = available
     elif isinstance(devices, int):
         if not 1 <= devices <= len(available):
-            raise ValueError(f"asked for {devices} devices, but JAX sees {len(available)} "
-                             f"({available[0].platform}); pass a number from 1 to {len(available)}")
+            raise ValueError(
+                f"asked for {devices} devices, but JAX sees {len(available)} "
+                f"({available[0].platform}); pass a number from 1 to {len(available)}"
+            )
         devices = available[:devices]
     return jax.make_mesh((len(devices),), (axis,), axis_types=(AxisType.Auto,), devices=devices)
 

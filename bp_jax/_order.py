@@ -49,8 +49,9 @@ def _feistel(value: jax.Array, round_keys: Sequence[jax.Array], bits, active_rou
             left, right, left_bits, right_bits = swapped
         else:
             active = index < active_rounds
-            left, right, left_bits, right_bits = (jnp.where(active, new, old) for new, old in
-                                                  zip(swapped, (left, right, left_bits, right_bits)))
+            left, right, left_bits, right_bits = (
+                jnp.where(active, new, old) for new, old in zip(swapped, (left, right, left_bits, right_bits))
+            )
     return (left << jnp.asarray(right_bits, jnp.uint32)) | right
 
 
@@ -67,8 +68,9 @@ def _round_keys(key: jax.Array, epoch, rounds: int) -> list[jax.Array]:
 def _cycle_walk(walk, value: jax.Array, num_examples) -> jax.Array:
     """Apply `walk` to each value until it lies in [0, num_examples)."""
     value = walk(value)
-    value = jax.lax.while_loop(lambda v: jnp.any(v >= num_examples),
-                               lambda v: jnp.where(v >= num_examples, walk(v), v), value)
+    value = jax.lax.while_loop(
+        lambda v: jnp.any(v >= num_examples), lambda v: jnp.where(v >= num_examples, walk(v), v), value
+    )
     return value.astype(jnp.int32)
 
 
@@ -87,8 +89,9 @@ def traced_index_shuffle(key: jax.Array, epoch, positions: jax.Array, num_exampl
     num_examples = jnp.asarray(num_examples, jnp.int32)
     bits = jnp.maximum(1, 32 - jax.lax.clz((num_examples - 1).astype(jnp.uint32)).astype(jnp.int32))
     rounds = jnp.where(bits >= SMALL_DOMAIN_BITS, ROUNDS, SMALL_DOMAIN_ROUNDS)
-    walk = functools.partial(_feistel, round_keys=_round_keys(key, epoch, max(ROUNDS, SMALL_DOMAIN_ROUNDS)),
-                             bits=bits, active_rounds=rounds)
+    walk = functools.partial(
+        _feistel, round_keys=_round_keys(key, epoch, max(ROUNDS, SMALL_DOMAIN_ROUNDS)), bits=bits, active_rounds=rounds
+    )
     return _cycle_walk(walk, positions.astype(jnp.uint32), num_examples.astype(jnp.uint32))
 
 

@@ -27,8 +27,9 @@ def check_lr(lr) -> float:
 
 def check_optimizer(optimizer) -> optax.GradientTransformation:
     if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.01)), "
-                        f"got {type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.01)), got {type(optimizer).__name__}"
+        )
     return optimizer
 
 

@@ -83,8 +83,9 @@ def seed_mlp(activation: str = "relu", *, sizes=SEED_SIZES, dtype=None) -> Model
     return mlp(sizes, activation, dtype=dtype)
 
 
-def seed_problem(key: jax.Array, rows: int = SEED_BATCH, *, activation: str = "relu", sizes=SEED_SIZES,
-                 dtype=None) -> tuple[Model, object, jax.Array, jax.Array]:
+def seed_problem(
+    key: jax.Array, rows: int = SEED_BATCH, *, activation: str = "relu", sizes=SEED_SIZES, dtype=None
+) -> tuple[Model, object, jax.Array, jax.Array]:
     """(model, params, x, y): `seed_mlp`, its init and x, y ~ N(0, 1) of shapes (rows, sizes[0]) and
     (rows, sizes[-1]); `key` is split in three, for params, x and y."""
     model = seed_mlp(activation, sizes=sizes, dtype=dtype)

@@ -24,18 +24,22 @@ from bp_jax._explain import Graph, Node, summary
 ENGINES = ("graphviz", "matplotlib")
 VALUE_COLOR, GRAD_COLOR = "#1f5fbf", "#c0392b"
 NODE_FILL = {"input": "#e3f1e3", "const": "#eeeeee", "output": "#fff2c6", "op": "#ffffff"}
-_FONT_SIZE = 8.0                        # points; the layout's unit is the point
+_FONT_SIZE = 8.0  # points; the layout's unit is the point
 _CHAR, _LINE = 0.62 * _FONT_SIZE, 1.45 * _FONT_SIZE
 _PAD, _COLUMN_GAP, _ROW_GAP = 6.0, 44.0, 16.0
 
 
 def to_dot(graph: Graph) -> str:
     """Graphviz DOT: a box per node with its value (blue, forward) and grad (red, backward)."""
-    lines = ["digraph explain {", '  rankdir=LR; fontname="Helvetica";',
-             '  node [shape=plaintext, margin=0, fontname="Helvetica"];',
-             '  edge [color="#888888", arrowsize=0.7];',
-             f'  label=<<font color="{VALUE_COLOR}">value: forward pass</font>     '
-             f'<font color="{GRAD_COLOR}">grad = ∂f/∂node: backward pass</font>>;', '  labelloc=t;']
+    lines = [
+        "digraph explain {",
+        '  rankdir=LR; fontname="Helvetica";',
+        '  node [shape=plaintext, margin=0, fontname="Helvetica"];',
+        '  edge [color="#888888", arrowsize=0.7];',
+        f'  label=<<font color="{VALUE_COLOR}">value: forward pass</font>     '
+        f'<font color="{GRAD_COLOR}">grad = ∂f/∂node: backward pass</font>>;',
+        "  labelloc=t;",
+    ]
     for node in graph.nodes:
         lines.append(f"  n{node.index} [label=<{_dot_label(node, graph.output)}>];")
     for node in graph.nodes:
@@ -59,8 +63,13 @@ def save(graph: Graph, path, engine: str | None = None) -> Path:
         if suffix == ".dot":
             partial.write_text(to_dot(graph), encoding="utf-8")
         elif dot is not None and engine != "matplotlib":
-            subprocess.run([dot, f"-T{suffix[1:]}", "-o", str(partial)], input=to_dot(graph), text=True,
-                           check=True, capture_output=True)
+            subprocess.run(
+                [dot, f"-T{suffix[1:]}", "-o", str(partial)],
+                input=to_dot(graph),
+                text=True,
+                check=True,
+                capture_output=True,
+            )
         else:
             _draw(graph).savefig(partial, dpi=150, format=suffix[1:])
     return path
@@ -95,20 +104,26 @@ def node_kind(node: Node, output: Node) -> str:
 def box_lines(node: Node) -> list[str]:
     """The lines of a node's box: name; index, op and type; value; grad."""
     kind, value = summary(node.value)
-    return [node.name, f"#{node.index} {node.op}{'  ' + kind if kind else ''}",
-            f"value {value}", f"grad {summary(node.grad)[1]}"]
+    return [
+        node.name,
+        f"#{node.index} {node.op}{'  ' + kind if kind else ''}",
+        f"value {value}",
+        f"grad {summary(node.grad)[1]}",
+    ]
 
 
 def _dot_label(node: Node, output: Node) -> str:
     """A node's HTML-like DOT label: name, op, value in blue, grad in red."""
     escape = lambda text: text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     name, op, value, grad = map(escape, box_lines(node))
-    return (f'<table border="1" cellborder="0" cellspacing="0" cellpadding="3" '
-            f'bgcolor="{NODE_FILL[node_kind(node, output)]}">'
-            f'<tr><td><b>{name}</b></td></tr>'
-            f'<tr><td><font point-size="9" color="#777777">{op}</font></td></tr>'
-            f'<tr><td><font color="{VALUE_COLOR}">{value}</font></td></tr>'
-            f'<tr><td><font color="{GRAD_COLOR}">{grad}</font></td></tr></table>')
+    return (
+        f'<table border="1" cellborder="0" cellspacing="0" cellpadding="3" '
+        f'bgcolor="{NODE_FILL[node_kind(node, output)]}">'
+        f"<tr><td><b>{name}</b></td></tr>"
+        f'<tr><td><font point-size="9" color="#777777">{op}</font></td></tr>'
+        f'<tr><td><font color="{VALUE_COLOR}">{value}</font></td></tr>'
+        f'<tr><td><font color="{GRAD_COLOR}">{grad}</font></td></tr></table>'
+    )
 
 
 def columns(graph: Graph) -> list[int]:
@@ -161,8 +176,12 @@ def rows(graph: Graph, column: list[int], sweeps: int = 4) -> list[float]:
 def _lines(node) -> list[tuple[str, str, str]]:
     """(text, colour, weight) of each line in a node's box."""
     name, op, value, grad = box_lines(node)
-    return [(name, "black", "bold"), (op, "#777777", "normal"), (value, VALUE_COLOR, "normal"),
-            (grad, GRAD_COLOR, "normal")]
+    return [
+        (name, "black", "bold"),
+        (op, "#777777", "normal"),
+        (value, VALUE_COLOR, "normal"),
+        (grad, GRAD_COLOR, "normal"),
+    ]
 
 
 def _draw(graph: Graph):
@@ -192,19 +211,49 @@ def _draw(graph: Graph):
     axes = figure.add_axes((0, 0, 1, 1))
     axes.set_axis_off()
     axes.set_xlim(0, total_width)
-    axes.set_ylim(total_height, 0)   # rows go down
+    axes.set_ylim(total_height, 0)  # rows go down
     for node in graph.nodes:
         x, y, w = centre_x(node.index), centre_y(node.index) + legend, width[node.index]
-        axes.add_patch(FancyBboxPatch((x - w / 2, y - height / 2), w, height, boxstyle="round,pad=0,rounding_size=4",
-                                      facecolor=NODE_FILL[node_kind(node, graph.output)], edgecolor="#555555",
-                                      linewidth=0.8, zorder=2))
+        axes.add_patch(
+            FancyBboxPatch(
+                (x - w / 2, y - height / 2),
+                w,
+                height,
+                boxstyle="round,pad=0,rounding_size=4",
+                facecolor=NODE_FILL[node_kind(node, graph.output)],
+                edgecolor="#555555",
+                linewidth=0.8,
+                zorder=2,
+            )
+        )
         for k, (text, colour, weight) in enumerate(lines[node.index]):
-            axes.text(x, y - height / 2 + _PAD + (k + 0.5) * _LINE, text, ha="center", va="center", color=colour,
-                      fontsize=_FONT_SIZE, family="DejaVu Sans Mono", weight=weight, zorder=3)
+            axes.text(
+                x,
+                y - height / 2 + _PAD + (k + 0.5) * _LINE,
+                text,
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=_FONT_SIZE,
+                family="DejaVu Sans Mono",
+                weight=weight,
+                zorder=3,
+            )
         for source in dict.fromkeys(node.inputs):
             start = (centre_x(source.index) + width[source.index] / 2, centre_y(source.index) + legend)
-            axes.add_patch(FancyArrowPatch(start, (x - w / 2, y), arrowstyle="-|>", mutation_scale=9,
-                                           color="#888888", linewidth=0.8, shrinkA=0, shrinkB=1, zorder=1))
+            axes.add_patch(
+                FancyArrowPatch(
+                    start,
+                    (x - w / 2, y),
+                    arrowstyle="-|>",
+                    mutation_scale=9,
+                    color="#888888",
+                    linewidth=0.8,
+                    shrinkA=0,
+                    shrinkB=1,
+                    zorder=1,
+                )
+            )
     x = _COLUMN_GAP / 2
     for text, colour in (("value: forward pass", VALUE_COLOR), ("grad = ∂f/∂node: backward pass", GRAD_COLOR)):
         axes.text(x, legend / 2, text, color=colour, fontsize=_FONT_SIZE + 1, va="center", family="DejaVu Sans Mono")

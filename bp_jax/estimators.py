@@ -53,8 +53,7 @@ _PRETRAINED: contextvars.ContextVar[dict] = contextvars.ContextVar("bp_jax_estim
 #: Epochs per chunk of the fused loop between two checks of the stopping rule (without early stopping).
 EPOCHS_PER_CHECK = 10
 _ACTIVATIONS = {"identity": "identity", "relu": "relu", "tanh": "tanh", "logistic": "sigmoid"}
-_NUMPY_ACTIVATIONS = {"identity": lambda z: z, "relu": lambda z: np.maximum(z, 0), "tanh": np.tanh,
-                      "logistic": expit}
+_NUMPY_ACTIVATIONS = {"identity": lambda z: z, "relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "logistic": expit}
 
 
 def half_squared_error(pred, target):
@@ -82,8 +81,9 @@ def objective(sizes: tuple[int, ...], activation: str, classifier: bool) -> Obje
 
 
 @functools.lru_cache(maxsize=64)
-def optimizer(solver: str, nesterov: bool, beta_1: float, beta_2: float,
-              epsilon: float) -> optax.GradientTransformation:
+def optimizer(
+    solver: str, nesterov: bool, beta_1: float, beta_2: float, epsilon: float
+) -> optax.GradientTransformation:
     """sklearn's solver with its learning rate and momentum as state (`opt_state.hyperparams`): data, not
     program. sgd: v ← μ·v − η·g, w ← w + v (Nesterov: w ← w + μ·v − η·g); adam: optax.adam."""
 
@@ -183,8 +183,9 @@ def plan(batch_size, rows: int) -> Plan:
         batch = min(200, rows)
     else:
         if batch_size > rows:
-            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
-                          stacklevel=3)
+            warnings.warn(
+                "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=3
+            )
         batch = int(np.clip(batch_size, 1, rows))
     return Plan(batch, rows // batch)
 
@@ -194,10 +195,14 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"The '{name}' parameter of this estimator must be an int ≥ {minimum}, got {value!r}")
 
 
-def _check_float(name: str, value, low: float, high: float = np.inf, *, open_low: bool = False,
-                 open_high: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) if high < np.inf \
+def _check_float(
+    name: str, value, low: float, high: float = np.inf, *, open_low: bool = False, open_high: bool = False
+) -> None:
+    ok = (
+        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if high < np.inf
         else isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    )
     if ok:
         ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
     if not ok:
@@ -222,10 +227,28 @@ class _BaseMLP(BaseEstimator):
     best_loss_: float | None
     _opt_state: Any
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
-                 batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
-                 tol=1e-4, momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate_init=0.001,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+    ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -280,14 +303,24 @@ class _BaseMLP(BaseEstimator):
     def _program(self, features: int, outputs: int):
         """(objective, optimizer): shared by every estimator of this configuration."""
         sizes = (features, *self._hidden_sizes(), outputs)
-        return (objective(sizes, self.activation, is_classifier(self)),
-                optimizer(self.solver, bool(self.nesterovs_momentum), float(self.beta_1), float(self.beta_2),
-                          float(self.epsilon)))
+        return (
+            objective(sizes, self.activation, is_classifier(self)),
+            optimizer(
+                self.solver, bool(self.nesterovs_momentum), float(self.beta_1), float(self.beta_2), float(self.epsilon)
+            ),
+        )
 
     def _validate_input(self, X, y, *, reset: bool):
         dtype = np.dtype(jax.dtypes.canonicalize_dtype(float))
-        X, y = validate_data(self, X, y, reset=reset, dtype=dtype, multi_output=not is_classifier(self),
-                             y_numeric=not is_classifier(self))
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            reset=reset,
+            dtype=dtype,
+            multi_output=not is_classifier(self),
+            y_numeric=not is_classifier(self),
+        )
         return X, y
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -299,8 +332,10 @@ class _BaseMLP(BaseEstimator):
         rows = X.shape[0]
         steps = plan(self.batch_size, rows)
         if not self.shuffle and steps.batch_size < rows:
-            raise ValueError("shuffle=False needs full-batch training (batch_size ≥ n_samples): the fused loop reads "
-                             "minibatches in a keyed order")
+            raise ValueError(
+                "shuffle=False needs full-batch training (batch_size ≥ n_samples): the fused loop reads "
+                "minibatches in a keyed order"
+            )
         loss_fn, transform = self._program(X.shape[1], self._n_outputs())
         if first:
             self._seed = seed_of(self.random_state)
@@ -311,14 +346,21 @@ class _BaseMLP(BaseEstimator):
         else:
             layers = from_sklearn(self.coefs_, self.intercepts_)
         params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
-        opt_state = (initial_state(transform, params, self.learning_rate_init, self.momentum)
-                     if first or self._opt_state is None else self._opt_state)
+        opt_state = (
+            initial_state(transform, params, self.learning_rate_init, self.momentum)
+            if first or self._opt_state is None
+            else self._opt_state
+        )
         key = jax.random.key(self._seed)
         score = None
         early = self.early_stopping and not incremental
         if early:
-            kept, held = train_test_split(np.arange(rows), random_state=self._seed, test_size=self.validation_fraction,
-                                           stratify=targets if is_classifier(self) else None)
+            kept, held = train_test_split(
+                np.arange(rows),
+                random_state=self._seed,
+                test_size=self.validation_fraction,
+                stratify=targets if is_classifier(self) else None,
+            )
             score = functools.partial(self._score_params, X[held], y[held])
             X, targets = X[kept], targets[kept]
             steps = plan(self.batch_size, len(kept))
@@ -329,9 +371,20 @@ class _BaseMLP(BaseEstimator):
         if pretrained is not None:  # trained as one member of a GridSearchCV's program
             run, self._seed = pretrained
         else:
-            run = train(loss_fn, transform, params, opt_state, X, targets, key=key, steps=steps, epochs=epochs,
-                        start_step=self._step, stopping=None if incremental else stopping,
-                        score=score)
+            run = train(
+                loss_fn,
+                transform,
+                params,
+                opt_state,
+                X,
+                targets,
+                key=key,
+                steps=steps,
+                epochs=epochs,
+                start_step=self._step,
+                stopping=None if incremental else stopping,
+                score=score,
+            )
         self.coefs_, self.intercepts_ = to_sklearn(run.params["layers"])
         self._opt_state = jax.device_get(run.opt_state)
         self._step = run.step
@@ -351,8 +404,12 @@ class _BaseMLP(BaseEstimator):
             self.validation_scores_ = self.best_validation_score_ = None
             self.best_loss_ = float(np.min(self.loss_curve_))
         if not incremental and not run.stopped:
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
-                          "hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
+                "hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
         return self
 
     def _score_params(self, X, y, params) -> float:
@@ -383,8 +440,21 @@ class TrainRun(NamedTuple):
     stopped: bool
 
 
-def train(loss_fn, transform, params, opt_state, x, y, *, key, steps: Plan, epochs: int, start_step: int,
-          stopping: Stopping | None, score=None) -> TrainRun:
+def train(
+    loss_fn,
+    transform,
+    params,
+    opt_state,
+    x,
+    y,
+    *,
+    key,
+    steps: Plan,
+    epochs: int,
+    start_step: int,
+    stopping: Stopping | None,
+    score=None,
+) -> TrainRun:
     """Up to `epochs` epochs of `fit` from `start_step`, stopping where sklearn's rule would (see the module
     docstring): chunks of EPOCHS_PER_CHECK epochs (one with a `score`), and on a stop inside a chunk a resume
     from that chunk's start for the epochs that remain before the stop."""
@@ -414,15 +484,28 @@ def train(loss_fn, transform, params, opt_state, x, y, *, key, steps: Plan, epoc
     # chunk boundaries fall on multiples of the chunk size: from a later start (partial_fit) one chunk to the end
     chunk_steps = per_chunk * per_epoch if start_step == 0 else start_step + epochs * per_epoch
     try:
-        result = run(params=params, opt_state=opt_state, steps=epochs * per_epoch, start_step=start_step,
-                     chunk_size=chunk_steps, on_chunk=on_chunk)
+        result = run(
+            params=params,
+            opt_state=opt_state,
+            steps=epochs * per_epoch,
+            start_step=start_step,
+            chunk_size=chunk_steps,
+            on_chunk=on_chunk,
+        )
         if stop and not stop["whole_chunk"]:  # resume from the chunk's start: the same bits, fewer epochs
             params, opt_state, step = chunk_start
-            result = run(params=params, opt_state=opt_state, steps=stop["epoch_in_chunk"] * per_epoch,
-                         start_step=step, chunk_size=chunk_steps)
+            result = run(
+                params=params,
+                opt_state=opt_state,
+                steps=stop["epoch_in_chunk"] * per_epoch,
+                start_step=step,
+                chunk_size=chunk_steps,
+            )
     except NonFiniteLoss as error:
-        raise ValueError(f"Solver produced non-finite parameter weights at step {error.step}. The input data may "
-                         "contain large values and need to be preprocessed.") from None
+        raise ValueError(
+            f"Solver produced non-finite parameter weights at step {error.step}. The input data may "
+            "contain large values and need to be preprocessed."
+        ) from None
     return TrainRun(result.params, result.opt_state, result.step, curve, scores, bool(stop))
 
 
@@ -487,8 +570,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         labels = np.searchsorted(self.classes_, y)
         unknown = (labels >= len(self.classes_)) | (self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y)
         if np.any(unknown):
-            raise ValueError(f"y contains labels not in classes_ {self.classes_.tolist()}: "
-                             f"{np.unique(y[unknown]).tolist()}")
+            raise ValueError(
+                f"y contains labels not in classes_ {self.classes_.tolist()}: {np.unique(y[unknown]).tolist()}"
+            )
         return labels.astype(np.int32)
 
     def _n_outputs(self) -> int:
@@ -528,14 +612,18 @@ class GridSearchCV(SklearnGridSearchCV):
 
     def fit(self, X, y=None, **params):
         if not isinstance(self.estimator, _BaseMLP):
-            raise TypeError(f"bp_jax.estimators.GridSearchCV searches MLPRegressor or MLPClassifier, got "
-                            f"{type(self.estimator).__name__}; use sklearn.model_selection.GridSearchCV")
+            raise TypeError(
+                f"bp_jax.estimators.GridSearchCV searches MLPRegressor or MLPClassifier, got "
+                f"{type(self.estimator).__name__}; use sklearn.model_selection.GridSearchCV"
+            )
         grids = [self.param_grid] if isinstance(self.param_grid, dict) else list(self.param_grid)
         for name in sorted({name for grid in grids for name in grid}):
             if name not in VECTORISED:
-                raise ValueError(f"GridSearchCV: the grid varies {name!r}, which changes the compiled program; "
-                                 f"bp_jax vectorises only {', '.join(VECTORISED)} (search others with "
-                                 "sklearn.model_selection.GridSearchCV)")
+                raise ValueError(
+                    f"GridSearchCV: the grid varies {name!r}, which changes the compiled program; "
+                    f"bp_jax vectorises only {', '.join(VECTORISED)} (search others with "
+                    "sklearn.model_selection.GridSearchCV)"
+                )
         splits = list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(X, y, params.get("groups")))
         token = _PRETRAINED.set(_train_members(self.estimator, list(ParameterGrid(self.param_grid)), X, y, splits))
         try:
@@ -559,8 +647,11 @@ def _train_members(estimator, candidates, X, y, splits) -> dict:
             if member.random_state is None:
                 continue  # a fresh seed per fit: nothing to share
             member._check_params()
-            x, y_fold = member._validate_input(X[train_rows] if hasattr(X, "shape") else np.asarray(X)[train_rows],
-                                               np.asarray(y)[train_rows], reset=True)
+            x, y_fold = member._validate_input(
+                X[train_rows] if hasattr(X, "shape") else np.asarray(X)[train_rows],
+                np.asarray(y)[train_rows],
+                reset=True,
+            )
             targets = member._encode_targets(y_fold, first=True)
             if is_classifier(member) and not np.array_equal(member.classes_, whole.classes_):
                 continue  # its outputs differ from the shared encoding: trained on its own
@@ -585,10 +676,17 @@ def _train_group(loss_fn, transform, steps: Plan, members, x_all, targets_all) -
     seeds = [seed_of(member.random_state) for member, _, _ in members]
     sizes = (x_all.shape[1], *members[0][0]._hidden_sizes(), members[0][0]._n_outputs())
     layers = [glorot(seed, sizes, members[0][0].activation, dtype) for seed in seeds]
-    params = {"layers": jax.tree.map(lambda *leaves: np.stack(leaves), *layers),
-              "l2": np.asarray([member.alpha / steps.batch_size for member, _, _ in members], dtype)}
-    opt_state = initial_state(transform, params, [m.learning_rate_init for m, _, _ in members],
-                              [m.momentum for m, _, _ in members], members=True)
+    params = {
+        "layers": jax.tree.map(lambda *leaves: np.stack(leaves), *layers),
+        "l2": np.asarray([member.alpha / steps.batch_size for member, _, _ in members], dtype),
+    }
+    opt_state = initial_state(
+        transform,
+        params,
+        [m.learning_rate_init for m, _, _ in members],
+        [m.momentum for m, _, _ in members],
+        members=True,
+    )
     counts = np.array([len(rows) for _, rows, _ in members])
     rows = np.zeros((len(members), counts.max()), np.int32)
     for index, (_, member_rows, _) in enumerate(members):
@@ -610,13 +708,27 @@ def _train_group(loss_fn, transform, steps: Plan, members, x_all, targets_all) -
                 done[index] = (state, result.step, stops, result.diverged[index] >= 0)
         return len(done) == len(members)
 
-    fit_ensemble(loss_fn, params, x_all, targets_all, steps=epochs * steps.steps_per_epoch, optimizer=transform,
-                 opt_state=opt_state, batch_size=steps.batch_size, key=jax.vmap(jax.random.key)(np.asarray(seeds)),
-                 rows=rows, row_counts=counts, chunk_size=steps.steps_per_epoch, on_chunk=on_chunk)
+    fit_ensemble(
+        loss_fn,
+        params,
+        x_all,
+        targets_all,
+        steps=epochs * steps.steps_per_epoch,
+        optimizer=transform,
+        opt_state=opt_state,
+        batch_size=steps.batch_size,
+        key=jax.vmap(jax.random.key)(np.asarray(seeds)),
+        rows=rows,
+        row_counts=counts,
+        chunk_size=steps.steps_per_epoch,
+        on_chunk=on_chunk,
+    )
     pretrained = {}
     for index, (_, _, fingerprint) in enumerate(members):
         (member_params, member_state), step, stopped, diverged = done[index]
         if not diverged:  # a diverged member is trained again on its own, to raise fit's error
-            pretrained[fingerprint] = (TrainRun(member_params, member_state, step, curves[index], [], stopped),
-                                       seeds[index])
+            pretrained[fingerprint] = (
+                TrainRun(member_params, member_state, step, curves[index], [], stopped),
+                seeds[index],
+            )
     return pretrained

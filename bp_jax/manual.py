@@ -60,9 +60,17 @@ def tiny_net_backward(w1, w2, x, t) -> dict:
     dL_dy = 2 * (y - t)
     dL_da1 = dL_dy * w2
     dL_dz1 = dL_da1 * relu_prime(z1)
-    return {"w1": (w1, dL_dz1 * x), "w2": (w2, dL_dy * a1), "x": (x, dL_dz1 * w1), "t": (t, -dL_dy),
-            "z1": (z1, dL_dz1), "a1": (a1, dL_da1), "y": (y, dL_dy), "y − t": (y - t, dL_dy),
-            "L": ((y - t) ** 2, jnp.ones_like(y))}
+    return {
+        "w1": (w1, dL_dz1 * x),
+        "w2": (w2, dL_dy * a1),
+        "x": (x, dL_dz1 * w1),
+        "t": (t, -dL_dy),
+        "z1": (z1, dL_dz1),
+        "a1": (a1, dL_da1),
+        "y": (y, dL_dy),
+        "y − t": (y - t, dL_dy),
+        "L": ((y - t) ** 2, jnp.ones_like(y)),
+    }
 
 
 def tiny_net_grads(w1, w2, x, t) -> dict:
@@ -81,16 +89,19 @@ def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
     """
     forward = model.vjp
     if forward is None:
-        raise TypeError("manual.value_and_grad needs a model built from layers with hand-written "
-                        "derivatives (Sequential of Linear, ReLU, Sigmoid, Tanh)")
+        raise TypeError(
+            "manual.value_and_grad needs a model built from layers with hand-written "
+            "derivatives (Sequential of Linear, ReLU, Sigmoid, Tanh)"
+        )
     if loss not in LOSS_GRADS:
-        raise ValueError(f"manual.value_and_grad knows the derivatives of "
-                         f"{[f.__name__ for f in LOSS_GRADS]}, got {loss!r}")
+        raise ValueError(
+            f"manual.value_and_grad knows the derivatives of {[f.__name__ for f in LOSS_GRADS]}, got {loss!r}"
+        )
     loss_grad = LOSS_GRADS[loss]
 
     def f(params, x, y):
-        pred, backward = forward(params, x)     # steps 1–2: forward, keeping each layer's input
-        value = loss(pred, y)                   # step 3: loss
+        pred, backward = forward(params, x)  # steps 1–2: forward, keeping each layer's input
+        value = loss(pred, y)  # step 3: loss
         grads, _ = backward(loss_grad(pred, jnp.asarray(y)))  # step 4: chain rule, last layer first
         return value, grads
 

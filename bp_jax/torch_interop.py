@@ -51,8 +51,9 @@ def _module_params(module: nn.Module, where: str) -> Params:
         return {name: _to_jax(tensor) for name, tensor in module.named_parameters()}
     if isinstance(module, PARAMETER_FREE):
         return {}
-    raise TypeError(f"layer {where.rstrip('.') or '(top)'} is {type(module).__name__}, which bp_jax has no "
-                    f"layer for; {SUPPORTED}")
+    raise TypeError(
+        f"layer {where.rstrip('.') or '(top)'} is {type(module).__name__}, which bp_jax has no layer for; {SUPPORTED}"
+    )
 
 
 def _module_name(module: nn.Module) -> str:
@@ -67,8 +68,10 @@ def _module_name(module: nn.Module) -> str:
 def _check_layers(module: nn.Module, model: Model | None) -> None:
     """ValueError unless the module has the model's layers and activations (where the model's name is known)."""
     if model is not None and model.name is not None and _module_name(module) != model.name:
-        raise ValueError(f"the torch module is {_module_name(module)} but the model is {model.name}: they compute "
-                         "different functions")
+        raise ValueError(
+            f"the torch module is {_module_name(module)} but the model is {model.name}: they compute "
+            "different functions"
+        )
 
 
 def _state_dict_params(state_dict: Mapping, num_layers: int | None) -> Params:
@@ -76,8 +79,10 @@ def _state_dict_params(state_dict: Mapping, num_layers: int | None) -> Params:
     for key, tensor in state_dict.items():
         index, dot, name = key.partition(".")
         if not (index.isdigit() and dot and name in ("weight", "bias")):
-            raise ValueError(f"state_dict key {key!r} is not '<layer index>.weight' or '<layer index>.bias', "
-                             f"the keys of a flat nn.Sequential of nn.Linear and activations")
+            raise ValueError(
+                f"state_dict key {key!r} is not '<layer index>.weight' or '<layer index>.bias', "
+                f"the keys of a flat nn.Sequential of nn.Linear and activations"
+            )
         layers.setdefault(int(index), {})[name] = _to_jax(tensor)
     if num_layers is None:
         num_layers = max(layers, default=-1) + 1
@@ -102,8 +107,9 @@ def _check_against(params: Params, expected) -> None:
             raise ValueError(f"torch gives {len(got)} layers but the model has {len(expected)}")
         for index, (got_layer, expected_layer) in enumerate(zip(got, expected)):
             if got_layer != expected_layer:
-                raise ValueError(f"layer {index}: torch gives params of shapes {got_layer}, "
-                                 f"the model expects {expected_layer}")
+                raise ValueError(
+                    f"layer {index}: torch gives params of shapes {got_layer}, the model expects {expected_layer}"
+                )
     elif got != expected:
         raise ValueError(f"torch gives params of shapes {got}, the model expects {expected}")
 
@@ -132,8 +138,7 @@ def from_torch(module_or_state_dict: nn.Module | Mapping, model: Model | None = 
             raise TypeError("from_torch(state_dict, model) needs a bp_jax.Sequential model")
         params = _state_dict_params(module_or_state_dict, None if expected is None else len(expected))
     else:
-        raise TypeError(f"from_torch expects an nn.Module or a state_dict, "
-                        f"got {type(module_or_state_dict).__name__}")
+        raise TypeError(f"from_torch expects an nn.Module or a state_dict, got {type(module_or_state_dict).__name__}")
     if expected is not None:
         _check_against(params, expected)
     if isinstance(module_or_state_dict, nn.Module):
@@ -148,8 +153,11 @@ def _pairs(params: Params, module: nn.Module, where: str) -> list[tuple[torch.Te
         if not isinstance(params, (tuple, list)) or len(params) != len(module):
             got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
             raise ValueError(f"{name} has {len(module)} layers but params has {got}")
-        return [pair for index, (layer_params, layer) in enumerate(zip(params, module))
-                for pair in _pairs(layer_params, layer, f"{where}{index}.")]
+        return [
+            pair
+            for index, (layer_params, layer) in enumerate(zip(params, module))
+            for pair in _pairs(layer_params, layer, f"{where}{index}.")
+        ]
     if not isinstance(module, (nn.Linear, *PARAMETER_FREE)):
         raise TypeError(f"{name}: bp_jax has no layer for it; {SUPPORTED}")
     tensors = dict(module.named_parameters())

@@ -46,16 +46,22 @@ def tiny_network():
 
     bp_loss = bp_jax.loss_fn(bp_jax.tiny_net(), bp_jax.squared_error)
     value, (grads, grad_x) = jax.value_and_grad(bp_loss, argnums=(0, 1))({"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
-    print_table("tiny network x → ·w1 → ReLU → ·w2 → y (float32)", [
-        ("loss", loss.item(), value), ("dL/dw1", w1.grad.item(), grads["w1"]),
-        ("dL/dw2", w2.grad.item(), grads["w2"]), ("dL/dx", x.grad.item(), grad_x)])
+    print_table(
+        "tiny network x → ·w1 → ReLU → ·w2 → y (float32)",
+        [
+            ("loss", loss.item(), value),
+            ("dL/dw1", w1.grad.item(), grads["w1"]),
+            ("dL/dw2", w2.grad.item(), grads["w2"]),
+            ("dL/dx", x.grad.item(), grad_x),
+        ],
+    )
 
 
 def seed_mlp(dtype):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))
     x = torch.randn(32, 10)  # 32 samples, 10 features
-    y = torch.randn(32, 1)   # true values
+    y = torch.randn(32, 1)  # true values
     model, x, y = model.to(dtype), x.to(dtype), y.to(dtype)  # the same draws in both precisions
     criterion = nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -68,9 +74,15 @@ def seed_mlp(dtype):
     loss = criterion(model(x), y)
     loss.backward()
     value, grads = jax.value_and_grad(bp_jax.loss_fn(bp_model))(params, bp_x, bp_y)
-    print_table(f"seed MLP, loss.backward() vs jax.value_and_grad ({precision})", [("loss", loss.item(), value)] + [
-        (f"grad {index}.{name}", tensor.grad.detach().numpy(), grads[index][name])
-        for index, layer in enumerate(model) for name, tensor in layer.named_parameters()])
+    print_table(
+        f"seed MLP, loss.backward() vs jax.value_and_grad ({precision})",
+        [("loss", loss.item(), value)]
+        + [
+            (f"grad {index}.{name}", tensor.grad.detach().numpy(), grads[index][name])
+            for index, layer in enumerate(model)
+            for name, tensor in layer.named_parameters()
+        ],
+    )
 
     def train_step(x, y):  # the document's, verbatim
         predictions = model(x)
@@ -87,8 +99,11 @@ def seed_mlp(dtype):
         params, bp_loss = step(params, bp_x, bp_y)
         if number == 1 or number % 50 == 0:
             rows.append((f"loss at step {number}", torch_loss, bp_loss))
-    rows += [(f"final {index}.{name}", tensor.detach().numpy(), params[index][name])
-             for index, layer in enumerate(model) for name, tensor in layer.named_parameters()]
+    rows += [
+        (f"final {index}.{name}", tensor.detach().numpy(), params[index][name])
+        for index, layer in enumerate(model)
+        for name, tensor in layer.named_parameters()
+    ]
     print_table(f"seed MLP, {STEPS} steps of train_step vs bp_jax.sgd_step ({precision})", rows)
 
 

@@ -18,8 +18,10 @@ for name in bp_jax.ACTIVATIONS:
     y = model.apply(params, x)
     by_formula = manual.neuron_grad(w, x, t, name)
     by_autodiff = jax.grad(loss)(params, x, t)["w"]
-    print(f"{name:<10} {y:>10.6f} {loss(params, x, t):>10.6f} {by_formula:>15.6f} {by_autodiff:>15.6f} "
-          f"{abs(by_formula - by_autodiff):>11.2e}")
+    print(
+        f"{name:<10} {y:>10.6f} {loss(params, x, t):>10.6f} {by_formula:>15.6f} {by_autodiff:>15.6f} "
+        f"{abs(by_formula - by_autodiff):>11.2e}"
+    )
 
 lr = 0.1
 grad = manual.neuron_grad(w, x, t, "sigmoid")

@@ -11,7 +11,7 @@ import bp_jax
 model = bp_jax.mlp((10, 5, 1), "relu")  # Linear(10, 5), ReLU, Linear(5, 1)
 params_key, x_key, y_key = jax.random.split(jax.random.key(0), 3)
 x = jax.random.normal(x_key, (32, 10))  # 32 samples, 10 features
-y = jax.random.normal(y_key, (32, 1))   # true values
+y = jax.random.normal(y_key, (32, 1))  # true values
 
 loss = bp_jax.loss_fn(model, bp_jax.mse)
 optimizer = optax.sgd(learning_rate=0.01)

@@ -38,4 +38,3 @@ def precision(request):
     """Run the test in float32 and again under jax.enable_x64; yields the tolerance to use."""
     with jax.enable_x64(request.param == "float64"):
         yield TOLERANCE[request.param]
-

@@ -22,18 +22,26 @@ def max_abs_difference(a, b) -> float:
 
 def fit(batch_size, optimizer, mesh=None):
     update = {"lr": 0.05} if optimizer == "sgd" else {"optimizer": optax.adam(1e-2)}
-    return bp_jax.fit(loss, params, x, y, steps=40, batch_size=batch_size, key=key, chunk_size=40, mesh=mesh,
-                      **update)
+    return bp_jax.fit(loss, params, x, y, steps=40, batch_size=batch_size, key=key, chunk_size=40, mesh=mesh, **update)
 
 
 report = {"fit": {}, "replicated": True}
-for devices, batch_size, optimizer in [(8, None, "sgd"), (8, 16, "sgd"), (8, None, "adam"), (8, 16, "adam"),
-                                       (4, 16, "adam"), (2, None, "sgd")]:
+for devices, batch_size, optimizer in [
+    (8, None, "sgd"),
+    (8, 16, "sgd"),
+    (8, None, "adam"),
+    (8, 16, "adam"),
+    (4, 16, "adam"),
+    (2, None, "sgd"),
+]:
     single, sharded = fit(batch_size, optimizer), fit(batch_size, optimizer, bp_jax.data_parallel_mesh(devices))
     report["fit"][f"{devices} devices, batch {batch_size or 'full'}, {optimizer}"] = max_abs_difference(
-        (single.params, single.opt_state, single.losses), (sharded.params, sharded.opt_state, sharded.losses))
-    report["replicated"] &= all(leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == devices
-                                for leaf in jax.tree.leaves(sharded.params))
+        (single.params, single.opt_state, single.losses), (sharded.params, sharded.opt_state, sharded.losses)
+    )
+    report["replicated"] &= all(
+        leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == devices
+        for leaf in jax.tree.leaves(sharded.params)
+    )
 
 # The steps take sharded inputs as they are: jit propagates the shardings and reduces the gradients.
 mesh = bp_jax.data_parallel_mesh(8)
@@ -44,25 +52,32 @@ optimizer = optax.sgd(0.05, momentum=0.9)
 sgd_single = bp_jax.sgd_step(loss, 0.05)(copy(params), x, y)
 sgd_sharded = bp_jax.sgd_step(loss, 0.05)(replicate(copy(params)), split(x), split(y))
 optax_single = bp_jax.optax_step(loss, optimizer)(copy(params), optimizer.init(params), x, y)
-optax_sharded = bp_jax.optax_step(loss, optimizer)(replicate(copy(params)), replicate(optimizer.init(params)),
-                                                   split(x), split(y))
-report["steps"] = {"sgd_step": max_abs_difference(sgd_single, sgd_sharded),
-                   "optax_step": max_abs_difference(optax_single, optax_sharded)}
+optax_sharded = bp_jax.optax_step(loss, optimizer)(
+    replicate(copy(params)), replicate(optimizer.init(params)), split(x), split(y)
+)
+report["steps"] = {
+    "sgd_step": max_abs_difference(sgd_single, sgd_sharded),
+    "optax_step": max_abs_difference(optax_single, optax_sharded),
+}
 report["step_output_devices"] = len(sgd_sharded[0][0]["weight"].sharding.device_set)
 # Split batches mean the compiler sums the gradients across devices: an all-reduce in both programs.
 step_program = bp_jax.sgd_step(loss, 0.05).lower(replicate(params), split(x), split(y)).compile().as_text()
 divergence = bp_jax._fit._Divergence(replicate(jnp.asarray(-1, jnp.int32)), replicate(jnp.asarray(0, jnp.int32)))
 state = bp_jax._fit._LoopState(replicate(params), None, divergence)
-fit_program = bp_jax._fit._compiled_loop(loss, None, 16, mesh, ensemble=False, key_axis=None).lower(
-    state, 0.05, replicate(key), replicate(x), replicate(y), None, 0, 40
-).compile().as_text()
+fit_program = (
+    bp_jax._fit._compiled_loop(loss, None, 16, mesh, ensemble=False, key_axis=None)
+    .lower(state, 0.05, replicate(key), replicate(x), replicate(y), None, 0, 40)
+    .compile()
+    .as_text()
+)
 report["all_reduce"] = {"sgd_step": "all-reduce" in step_program, "fit": "all-reduce" in fit_program}
 
 report["errors"] = {}
-for name, call in {"indivisible batch": lambda: fit(12, "sgd", mesh),
-                   "indivisible full batch": lambda: bp_jax.fit(loss, params, x[:60], y[:60], steps=1, lr=0.1,
-                                                                mesh=mesh),
-                   "too many devices": lambda: bp_jax.data_parallel_mesh(16)}.items():
+for name, call in {
+    "indivisible batch": lambda: fit(12, "sgd", mesh),
+    "indivisible full batch": lambda: bp_jax.fit(loss, params, x[:60], y[:60], steps=1, lr=0.1, mesh=mesh),
+    "too many devices": lambda: bp_jax.data_parallel_mesh(16),
+}.items():
     try:
         call()
         report["errors"][name] = None

@@ -19,21 +19,38 @@ loss = bp_jax.loss_fn(model)
 one = bp_jax.fit_ensemble(loss, params, x, 1e3 * y, **arguments)
 split = bp_jax.fit_ensemble(loss, params, x, 1e3 * y, mesh=bp_jax.ensemble_mesh(8), **arguments)
 try:
-    bp_jax.fit_ensemble(loss, jax.tree.map(lambda leaf: leaf[:12], params), x, y, steps=1, lr=0.1,
-                        mesh=bp_jax.ensemble_mesh(8))
+    bp_jax.fit_ensemble(
+        loss, jax.tree.map(lambda leaf: leaf[:12], params), x, y, steps=1, lr=0.1, mesh=bp_jax.ensemble_mesh(8)
+    )
     indivisible = None
 except ValueError as err:
     indivisible = str(err)
-own_rows = dict(steps=20, lr=0.01, batch_size=8, key=jax.random.split(jax.random.key(2), 16),
-                rows=np.stack([np.roll(np.arange(40), 3 * member) for member in range(16)]),
-                row_counts=np.arange(20, 36))
+own_rows = dict(
+    steps=20,
+    lr=0.01,
+    batch_size=8,
+    key=jax.random.split(jax.random.key(2), 16),
+    rows=np.stack([np.roll(np.arange(40), 3 * member) for member in range(16)]),
+    row_counts=np.arange(20, 36),
+)
 own_one = bp_jax.fit_ensemble(loss, params, x, y, **own_rows)
 own_split = bp_jax.fit_ensemble(loss, params, x, y, mesh=bp_jax.ensemble_mesh(8), **own_rows)
 difference, own_rows_difference = (
-    max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(first.params),
-                                                                             jax.tree.leaves(second.params)))
-    for first, second in ((one, split), (own_one, own_split)))
-print(json.dumps({"devices_holding_params": len(split.params[0]["weight"].sharding.device_set),
-                  "max_abs_difference": difference, "own_rows_max_abs_difference": own_rows_difference,
-                  "diverged": split.diverged.tolist(),
-                  "diverged_one_device": one.diverged.tolist(), "indivisible": indivisible}))
+    max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params))
+    )
+    for first, second in ((one, split), (own_one, own_split))
+)
+print(
+    json.dumps(
+        {
+            "devices_holding_params": len(split.params[0]["weight"].sharding.device_set),
+            "max_abs_difference": difference,
+            "own_rows_max_abs_difference": own_rows_difference,
+            "diverged": split.diverged.tolist(),
+            "diverged_one_device": one.diverged.tolist(),
+            "indivisible": indivisible,
+        }
+    )
+)

@@ -20,8 +20,14 @@ def command(*args) -> list[str]:
 def bp_jax_cli(*args, check: bool = True, env: dict | None = None, timeout: float = 300, **kwargs):
     """Run `bp-jax ARGS` to its end (`env`: variables set on top of this process's); with `check`, assert
     that it exited with status 0."""
-    result = subprocess.run(command(*args), capture_output=True, text=True, timeout=timeout,
-                            env=None if env is None else os.environ | env, **kwargs)
+    result = subprocess.run(
+        command(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else os.environ | env,
+        **kwargs,
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -34,8 +40,10 @@ def fake_devices(count: int) -> dict:
 
 def strict_json(path: Path):
     """The JSON in `path`, refusing NaN and infinities, which strict JSON does not have."""
+
     def refuse(constant):
         raise ValueError(f"{path} holds {constant}, which is not JSON")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 

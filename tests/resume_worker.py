@@ -21,8 +21,17 @@ def check(name, loss, params, x, y, **method):
         runs = [[bp_jax.fit(loss, params, x, y, steps=STEPS, chunk_size=chunk, **method)]]
         for cut in CUTS:
             first = bp_jax.fit(loss, params, x, y, steps=cut, chunk_size=chunk, **method)
-            rest = bp_jax.fit(loss, first.params, x, y, steps=STEPS - cut, start_step=cut, chunk_size=chunk,
-                              opt_state=first.opt_state, **method)
+            rest = bp_jax.fit(
+                loss,
+                first.params,
+                x,
+                y,
+                steps=STEPS - cut,
+                start_step=cut,
+                chunk_size=chunk,
+                opt_state=first.opt_state,
+                **method,
+            )
             runs.append([first, rest])
         for parts in runs:
             leaves = jax.tree.leaves((parts[-1].params, parts[-1].opt_state))
@@ -35,13 +44,22 @@ def check(name, loss, params, x, y, **method):
     print(f"{name}: {compared} stopped-and-resumed runs bit-identical to one run")
 
 
-model = bp_jax.Sequential(bp_jax.Linear(10, 16), bp_jax.Tanh(), bp_jax.Linear(16, 5), bp_jax.ReLU(),
-                          bp_jax.Linear(5, 1))
+model = bp_jax.Sequential(
+    bp_jax.Linear(10, 16), bp_jax.Tanh(), bp_jax.Linear(16, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1)
+)
 keys = jax.random.split(jax.random.key(0), 3)
 params, x = model.init(keys[0]), jax.random.normal(keys[1], (200, 10))
 y = jax.random.normal(keys[2], (200, 1))
 loss = bp_jax.loss_fn(model)
-check("momentum, minibatch 16", loss, params, x, y, batch_size=16, key=jax.random.key(1),
-      optimizer=optax.sgd(0.02, momentum=0.9))
+check(
+    "momentum, minibatch 16",
+    loss,
+    params,
+    x,
+    y,
+    batch_size=16,
+    key=jax.random.key(1),
+    optimizer=optax.sgd(0.02, momentum=0.9),
+)
 check("hand-written sgd, minibatch 7", loss, params, x, y, batch_size=7, key=jax.random.key(2), lr=0.03)
 check("adam, full batch", loss, params, x, y, optimizer=optax.adam(1e-3))

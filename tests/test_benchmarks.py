@@ -18,8 +18,14 @@ ROOT = Path(__file__).parent.parent
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)], cwd=ROOT, check=True,
-                   capture_output=True, text=True, timeout=240)
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     return out
 
 
@@ -57,9 +63,13 @@ def test_every_time_and_ratio_is_positive_and_finite(smoke_run):
                 assert timing["min"] <= timing["median"] <= timing["max"]
     torch = importlib.util.find_spec("torch") is not None
     seed_rows = {row["name"]: row for row in suites["seed"]["rows"]}
-    assert {"bp_jax sgd_step, one call per step", "bp_jax optax_step (optax.sgd), one call per step",
-            "bp_jax fit, fused (full batch 32, chunk 1000)", "bp_jax fit, minibatch 32 of 354 rows",
-            "diagnostic: bare lax.scan of the SGD update (unroll 1; no finite guard, no chunks)"} <= set(seed_rows)
+    assert {
+        "bp_jax sgd_step, one call per step",
+        "bp_jax optax_step (optax.sgd), one call per step",
+        "bp_jax fit, fused (full batch 32, chunk 1000)",
+        "bp_jax fit, minibatch 32 of 354 rows",
+        "diagnostic: bare lax.scan of the SGD update (unroll 1; no finite guard, no chunks)",
+    } <= set(seed_rows)
     for row in seed_rows.values():
         if torch:
             assert _positive_finite(row["speedup_vs_torch_eager"])
@@ -91,13 +101,16 @@ def test_data_and_ensemble_suites_record_their_rows(smoke_run):
     assert all(isinstance(count, int) and count >= 0 for count in second["compilations"])
     skipped = {skip["name"] for skip in suites["data"]["skipped"]}
     assert {name for name in skipped if name.startswith("bp-jax train")} and not any(
-        name.startswith("bp-jax train") for name in data)  # the command rows are full-run only
+        name.startswith("bp-jax train") for name in data
+    )  # the command rows are full-run only
 
     ensemble = suites["ensemble"]["rows"]
     measured = {(row["name"], row["members"]) for row in ensemble if row["measured"]}
     for members in (1, 16):
-        assert {("bp_jax fit_ensemble (full batch 32 shared)", members),
-                ("bp_jax fit_ensemble (minibatch 32 of 354 rows, one key shared)", members)} <= measured
+        assert {
+            ("bp_jax fit_ensemble (full batch 32 shared)", members),
+            ("bp_jax fit_ensemble (minibatch 32 of 354 rows, one key shared)", members),
+        } <= measured
         assert any(name.startswith("torch.func ensemble") for name, count in measured if count == members) == torch
     assert ("bp_jax fit, one model (full batch 32)", 1) in measured
     estimates = [row for row in ensemble if not row["measured"]]
@@ -109,8 +122,15 @@ def test_data_and_ensemble_suites_record_their_rows(smoke_run):
 
 def test_markdown_and_plots_are_written(smoke_run):
     markdown = (smoke_run / "README.md").read_text()
-    for heading in ("## Targets", "## 1. Seed step", "## 2. Scaling", "## 3. One backward pass", "## 4. Data size",
-                    "## 5. Ensembles", "## 6. scikit-learn"):
+    for heading in (
+        "## Targets",
+        "## 1. Seed step",
+        "## 2. Scaling",
+        "## 3. One backward pass",
+        "## 4. Data size",
+        "## 5. Ensembles",
+        "## 6. scikit-learn",
+    ):
         assert heading in markdown
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed: the report says so instead of plotting")
@@ -120,20 +140,24 @@ def test_markdown_and_plots_are_written(smoke_run):
 
 
 def test_unknown_suite_is_refused():
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--suite", "nope"], cwd=ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--suite", "nope"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 2 and "unknown suite" in done.stderr
 
 
 def test_sklearn_suite_records_fits_grids_and_skorch(smoke_run):
     suite = json.loads((smoke_run / "results.json").read_text())["suites"]["sklearn"]
     rows = {row["name"]: row for row in suite["rows"]}
-    for ours, theirs in (("bp_jax MLPRegressor.fit", "sklearn MLPRegressor.fit"),
-                         ("bp_jax MLPClassifier.fit", "sklearn MLPClassifier.fit")):
+    for ours, theirs in (
+        ("bp_jax MLPRegressor.fit", "sklearn MLPRegressor.fit"),
+        ("bp_jax MLPClassifier.fit", "sklearn MLPClassifier.fit"),
+    ):
         assert _positive_finite(rows[ours]["speedup_vs_sklearn"]) and rows[theirs]["speedup_vs_sklearn"] is None
         assert all(math.isfinite(rows[name]["held_out_score"]) for name in (ours, theirs))
     grids = [row for row in suite["rows"] if row["group"] == "grid"]
     assert len(grids) == 3 and all(_positive_finite(row["bp_jax_grid_speedup"]) for row in grids)
     assert {row["members"] for row in grids} == {8}
     assert [skip["name"].split()[0] for skip in suite["skipped"]] == (
-        ["skorch"] if importlib.util.find_spec("skorch") is None else [])
+        ["skorch"] if importlib.util.find_spec("skorch") is None else []
+    )

@@ -37,8 +37,23 @@ def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["optax-sgd", "momentum", "adam"])
 def test_each_optimizer_trains(tmp_path, optimizer):
-    bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--optimizer", optimizer,
-               "--hidden", "8,4", "--activation", "tanh", "--steps", 300, "--lr", 0.01)
+    bp_jax_cli(
+        "train",
+        "--out",
+        tmp_path,
+        "--dataset",
+        "synthetic",
+        "--optimizer",
+        optimizer,
+        "--hidden",
+        "8,4",
+        "--activation",
+        "tanh",
+        "--steps",
+        300,
+        "--lr",
+        0.01,
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     history = [loss for _, loss in metrics["loss_history"]]
     assert np.mean(history[-30:]) < np.mean(history[:30])
@@ -57,8 +72,11 @@ def test_resume_ends_with_the_params_of_an_uninterrupted_run(tmp_path):
 
 def test_sigkill_then_resume_loses_nothing_before_the_last_checkpoint(tmp_path):
     killed, args = tmp_path / "killed", ("--dataset", "synthetic", "--seed", "1")
-    process = subprocess.Popen(command("train", "--out", killed, "--steps", 50000000, "--checkpoint-every", 2000,
-                                       *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command("train", "--out", killed, "--steps", 50000000, "--checkpoint-every", 2000, *args),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while len(checkpoint_steps(killed)) < 2 and process.poll() is None and time.monotonic() < deadline:
@@ -98,8 +116,7 @@ def test_corrupt_truncated_or_mismatched_checkpoints_are_refused(tmp_path):
 
 
 def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path):
-    result = bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--lr", 1e6, "--steps", 500,
-                        check=False)
+    result = bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--lr", 1e6, "--steps", 500, check=False)
     assert result.returncode == 1
     step = int(result.stderr.split("non-finite at step ")[1].split(";")[0])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -108,26 +125,32 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path)
     assert saved_step == step and all(np.isfinite(leaf).all() for leaf in leaves)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "mnist"], "invalid choice: 'mnist'"),
-    (["--lr", "0"], "--lr: must be finite and > 0"),
-    (["--lr", "nan"], "--lr: must be finite and > 0"),
-    (["--hidden", "5,x"], "--hidden: expected comma-separated positive integers"),
-    (["--hidden", "0"], "--hidden: expected comma-separated positive integers"),
-    (["--batch-size", "0"], "--batch-size: expected a positive integer"),
-    (["--batch-size", "100000"], "--batch-size must be between 1 and 354"),
-    (["--steps", "10", "--epochs", "2"], "not allowed with argument"),
-    (["--out", "/proc/forbidden/run"], "is not writable"),
-    (["--resume", "/nonexistent/run"], "no checkpoint in"),
-    (["--seed", "-1"], "--seed: expected an integer in [0, 2**32 - 1]"),
-    (["--seed", str(2**70)], "--seed: expected an integer in [0, 2**32 - 1]"),
-    (["--split-seed", "x"], "--split-seed: expected an integer"),
-    (["--data", "synthetic"], "expected a .csv, .parquet or .npz file"),  # --data is not short for --dataset
-    (["--datas", "synthetic"], "unrecognized arguments: --datas"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+        (["--lr", "0"], "--lr: must be finite and > 0"),
+        (["--lr", "nan"], "--lr: must be finite and > 0"),
+        (["--hidden", "5,x"], "--hidden: expected comma-separated positive integers"),
+        (["--hidden", "0"], "--hidden: expected comma-separated positive integers"),
+        (["--batch-size", "0"], "--batch-size: expected a positive integer"),
+        (["--batch-size", "100000"], "--batch-size must be between 1 and 354"),
+        (["--steps", "10", "--epochs", "2"], "not allowed with argument"),
+        (["--out", "/proc/forbidden/run"], "is not writable"),
+        (["--resume", "/nonexistent/run"], "no checkpoint in"),
+        (["--seed", "-1"], "--seed: expected an integer in [0, 2**32 - 1]"),
+        (["--seed", str(2**70)], "--seed: expected an integer in [0, 2**32 - 1]"),
+        (["--split-seed", "x"], "--split-seed: expected an integer"),
+        (["--data", "synthetic"], "expected a .csv, .parquet or .npz file"),  # --data is not short for --dataset
+        (["--datas", "synthetic"], "unrecognized arguments: --datas"),
+    ],
+)
 def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message):
-    result = bp_jax_cli("train", "--steps", 5, *args, check=False) if "--steps" not in args and "--epochs" not in args \
+    result = (
+        bp_jax_cli("train", "--steps", 5, *args, check=False)
+        if "--steps" not in args and "--epochs" not in args
         else bp_jax_cli("train", *args, check=False)
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -150,27 +173,31 @@ def test_a_missing_extra_is_named_with_the_install_command():
     code = "import sys; sys.modules['rich'] = None; from bp_jax.cli import main; sys.exit(main(['demo']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("bp-jax: error: rich is missing; the command needs its extra: "
-                                     "pip install 'bp_jax[cli]'")
+    assert result.stderr.strip() == (
+        "bp-jax: error: rich is missing; the command needs its extra: pip install 'bp_jax[cli]'"
+    )
 
 
 def start_training(out: Path, *args) -> subprocess.Popen:
     """A long `bp-jax train` into `out`, returned once it holds the folder's lock (its pid is in the lock file)
     and has checkpointed (it trains: a signal now stops it at the end of a chunk, as before the first chunk
     there is nothing to save and a signal ends it at once)."""
-    process = subprocess.Popen(command("train", "--out", out, *args), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command("train", "--out", out, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     lock, deadline = out / ".bp-jax.lock", time.monotonic() + 240
-    while not (lock.exists() and lock.read_text().strip() and checkpoint_steps(out)) and process.poll() is None \
-            and time.monotonic() < deadline:
+    while (
+        not (lock.exists() and lock.read_text().strip() and checkpoint_steps(out))
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert process.poll() is None, "training ended before it could be interrupted"
     return process
 
 
 @pytest.mark.parametrize("signal_number, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted_run(tmp_path, signal_number,
-                                                                                       status):
+def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted_run(tmp_path, signal_number, status):
     stopped, args = tmp_path / "stopped", ("--dataset", "synthetic", "--optimizer", "adam", "--seed", 2)
     process = start_training(stopped, "--steps", 50_000_000, "--checkpoint-every", 100_000, *args)
     try:
@@ -194,9 +221,15 @@ def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted
 
 
 def test_runs_started_together_without_out_get_folders_of_their_own(tmp_path):
-    processes = [subprocess.Popen(command("train", "--dataset", "synthetic", "--steps", 30), cwd=tmp_path,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            command("train", "--dataset", "synthetic", "--steps", 30),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     for process in processes:
         assert process.wait(timeout=300) == 0, process.stderr.read()
     folders = sorted((tmp_path / "runs").iterdir())
@@ -255,11 +288,14 @@ def edit_record(run: Path, step: int, edit):
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda r: r | {"config": {k: v for k, v in r["config"].items() if k != "split_seed"}}, "lacks split_seed"),
-    (lambda r: r | {"config": r["config"] | {"dropout": 0.5}}, "has unknown dropout"),
-    (lambda r: r | {"config": r["config"] | {"hidden": [7]}}, "holds arrays that do not match its record"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r | {"config": {k: v for k, v in r["config"].items() if k != "split_seed"}}, "lacks split_seed"),
+        (lambda r: r | {"config": r["config"] | {"dropout": 0.5}}, "has unknown dropout"),
+        (lambda r: r | {"config": r["config"] | {"hidden": [7]}}, "holds arrays that do not match its record"),
+    ],
+)
 def test_a_record_from_another_version_or_not_matching_its_arrays_is_one_line(tmp_path, edit, message):
     bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
     edit_record(tmp_path, 20, edit)
@@ -280,15 +316,34 @@ def test_a_leftover_temporary_checkpoint_is_cleaned_up_by_the_next_run(tmp_path)
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
     """The disk fills up as orbax writes the checkpoint's record (after its arrays): its file write raises
     ENOSPC as the OS would."""
-    code = ("import errno, sys\n"
-            "from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler\n"
-            "async def full(self, item, directory):\n"
-            "    raise OSError(errno.ENOSPC, 'No space left on device', str(directory / 'metadata'))\n"
-            "handler.JsonCheckpointHandler._save_fn = full\n"
-            "from bp_jax.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
-    result = subprocess.run([sys.executable, "-c", code, "train", "--out", str(tmp_path), "--dataset", "synthetic",
-                             "--steps", "50", "--checkpoint-every", "25"], capture_output=True, text=True, timeout=300)
+    code = (
+        "import errno, sys\n"
+        "from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler\n"
+        "async def full(self, item, directory):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device', str(directory / 'metadata'))\n"
+        "handler.JsonCheckpointHandler._save_fn = full\n"
+        "from bp_jax.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "train",
+            "--out",
+            str(tmp_path),
+            "--dataset",
+            "synthetic",
+            "--steps",
+            "50",
+            "--checkpoint-every",
+            "25",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith(f"bp-jax train: error: could not write checkpoint 25 in {tmp_path}")
     assert "No space left on device" in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -301,12 +356,14 @@ HEAVY = ("pandas", "orbax", "matplotlib")
 @pytest.mark.parametrize("argv", [["--help"], ["demo"]])
 def test_help_and_demo_load_only_what_they_need(argv):
     """A command's module, and so its heavy imports, loads only when that command runs."""
-    code = (f"import contextlib, io, sys\nfrom bp_jax.cli import main\n"
-            f"with contextlib.redirect_stdout(io.StringIO()):\n"
-            f"    try:\n        status = main({argv!r})\n    except SystemExit as exit:\n        status = exit.code\n"
-            f"modules = {{name.split('.')[0] for name in sys.modules}}\n"
-            f"print(status, sorted(modules & {set(HEAVY)!r}), sorted(name for name in sys.modules "
-            f"if name.startswith('bp_jax.cli.')))")
+    code = (
+        f"import contextlib, io, sys\nfrom bp_jax.cli import main\n"
+        f"with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    try:\n        status = main({argv!r})\n    except SystemExit as exit:\n        status = exit.code\n"
+        f"modules = {{name.split('.')[0] for name in sys.modules}}\n"
+        f"print(status, sorted(modules & {set(HEAVY)!r}), sorted(name for name in sys.modules "
+        f"if name.startswith('bp_jax.cli.')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     status, heavy, loaded = result.stdout.strip().split(" ", 2)
     assert status == "0" and heavy == "[]", result.stdout
@@ -342,8 +399,11 @@ def test_commands_share_one_entry_point_shape_and_never_import_each_other(name):
     assert module == f"bp_jax.cli.{name}"
     others = {other for other, _ in cli.COMMANDS.values()} - {module}
     assert not command_module_imports(name) & others
-    functions = {node.name: node for node in ast.parse((ROOT / "bp_jax" / "cli" / f"{name}.py").read_text()).body
-                 if isinstance(node, ast.FunctionDef)}
+    functions = {
+        node.name: node
+        for node in ast.parse((ROOT / "bp_jax" / "cli" / f"{name}.py").read_text()).body
+        if isinstance(node, ast.FunctionDef)
+    }
     assert [arg.arg for arg in functions["add_arguments"].args.args] == ["parser"]
     assert [arg.arg for arg in functions["run"].args.args] == ["args"]
 
@@ -359,8 +419,16 @@ def test_watch_keeps_every_kth_loss_and_a_signal_stops_fit_at_the_next_chunk():
         signals.received = signal.SIGINT  # arrives during the second chunk
         return stop
 
-    result = bp_jax.fit(bp_jax.loss_fn(model), model.init(jax.random.key(0)), x, x[:, :1], steps=4500, lr=0.01,
-                        chunk_size=1000, on_chunk=on_chunk)
+    result = bp_jax.fit(
+        bp_jax.loss_fn(model),
+        model.init(jax.random.key(0)),
+        x,
+        x[:, :1],
+        steps=4500,
+        lr=0.01,
+        chunk_size=1000,
+        on_chunk=on_chunk,
+    )
     assert result.step == 2000 and watch.stopped_by == signal.SIGINT
     assert [step for step, _ in watch.history] == list(range(0, 2000, 3))
     assert [loss for _, loss in watch.history] == result.losses[::3].tolist()

@@ -14,10 +14,17 @@ from helpers import bp_jax_cli, checkpoint_steps
 def houses(rows: int, seed: int = 0) -> pd.DataFrame:
     """A small regression table: float and integer features, a constant column, a target in its own units."""
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({"size": rng.uniform(30, 200, rows).round(1), "rooms": rng.integers(1, 7, rows),
-                          "floors": np.full(rows, 2), "age": rng.integers(0, 80, rows)})
-    frame["price"] = (2.5 * frame["size"] + 10 * frame["rooms"] - 0.8 * frame["age"]
-                      + rng.normal(0, 15, rows)).round(2)  # as written to a CSV, so .npz and .csv hold the same
+    frame = pd.DataFrame(
+        {
+            "size": rng.uniform(30, 200, rows).round(1),
+            "rooms": rng.integers(1, 7, rows),
+            "floors": np.full(rows, 2),
+            "age": rng.integers(0, 80, rows),
+        }
+    )
+    frame["price"] = (2.5 * frame["size"] + 10 * frame["rooms"] - 0.8 * frame["age"] + rng.normal(0, 15, rows)).round(
+        2
+    )  # as written to a CSV, so .npz and .csv hold the same
     return frame
 
 
@@ -27,8 +34,19 @@ def csv_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("csv")
     table = houses(300)[["size", "rooms", "price", "floors", "age"]]
     table.to_csv(folder / "houses.csv", index=False)
-    bp_jax_cli("train", "--data", folder / "houses.csv", "--target", "price", "--optimizer", "adam",
-               "--steps", 600, "--out", folder / "run")
+    bp_jax_cli(
+        "train",
+        "--data",
+        folder / "houses.csv",
+        "--target",
+        "price",
+        "--optimizer",
+        "adam",
+        "--steps",
+        600,
+        "--out",
+        folder / "run",
+    )
     return folder / "run", folder / "houses.csv"
 
 
@@ -71,12 +89,17 @@ def test_predict_takes_rows_without_the_target_and_in_any_column_order(csv_run, 
     pd.testing.assert_frame_equal(with_target, without)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda table: table.drop(columns=["rooms"]), "missing column(s) 'rooms'"),
-    (lambda table: table.assign(colour=1), "extra column(s) 'colour'"),
-    (lambda table: table.assign(age=table["age"].astype(object).where(table.index != 3, "old")),
-     "column 'age', row 4: the cell holds 'old'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda table: table.drop(columns=["rooms"]), "missing column(s) 'rooms'"),
+        (lambda table: table.assign(colour=1), "extra column(s) 'colour'"),
+        (
+            lambda table: table.assign(age=table["age"].astype(object).where(table.index != 3, "old")),
+            "column 'age', row 4: the cell holds 'old'",
+        ),
+    ],
+)
 def test_predict_refuses_other_columns_or_bad_cells_naming_them(csv_run, tmp_path, change, message):
     run, csv = csv_run
     change(pd.read_csv(csv)).to_csv(tmp_path / "new.csv", index=False)
@@ -108,8 +131,9 @@ def test_training_on_an_npz_and_default_target_is_the_last_column(tmp_path):
 
 def test_features_picks_columns(tmp_path):
     houses(200).to_csv(tmp_path / "houses.csv", index=False)
-    bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--features", "size,age", "--steps", 20,
-               "--out", tmp_path / "run")
+    bp_jax_cli(
+        "train", "--data", tmp_path / "houses.csv", "--features", "size,age", "--steps", 20, "--out", tmp_path / "run"
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["config"]["features"] == ["size", "age"] and metrics["examples"]["features"] == 2
 
@@ -129,8 +153,11 @@ BAD_DATA = {
     "missing file": (None, [], "no such file"),
     "a text cell": (_text_cell, [], "column 'age', row 7: the cell holds 'unknown'"),
     "an empty cell": (_empty_cell, [], "column 'rooms' has 1 empty cell(s) (the first in row 5)"),
-    "a NaN": (lambda table: table.assign(size=table["size"].where(table.index != 9, np.nan)), [],
-              "column 'size' has 1 empty cell(s) (the first in row 10)"),
+    "a NaN": (
+        lambda table: table.assign(size=table["size"].where(table.index != 9, np.nan)),
+        [],
+        "column 'size' has 1 empty cell(s) (the first in row 10)",
+    ),
     "a missing target": (lambda table: table, ["--target", "value"], "no target column 'value'"),
     "a missing feature": (lambda table: table, ["--features", "size,colour"], "no column(s) 'colour'"),
     "no rows": (lambda table: table.iloc[:0], [], "no rows"),
@@ -177,22 +204,30 @@ def _refused(result, *messages):
 
 def _cell(column, row, value):
     """A change putting `value` (a number or the cell's text) in `column` at row `row` (from 1)."""
+
     def change(table):
         table[column] = table[column].astype(object)
         table.loc[row - 1, column] = value
         return table
+
     return change
 
 
-@pytest.mark.parametrize("change, args, message", [
-    (_cell("size", 8, 1e39), [], "column 'size', row 8: the cell holds 1e+39, beyond float32's range"),
-    (_cell("price", 3, -1e308), [], "column 'price', row 3: the cell holds -1e+308, beyond float32's range"),
-    (_cell("age", 5, "inf"), [], "column 'age', row 5: the cell holds inf, not a finite number"),
-    (_cell("age", 6, "-inf"), [], "column 'age', row 6: the cell holds -inf, not a finite number"),
-    (lambda table: table, ["--features", "size,nope"], "the columns are 'size', 'rooms', 'floors', 'age', 'price'"),
-    (lambda table: table.rename(columns={"size": " size "}), ["--features", "size"],
-     "no column(s) 'size' for --features; the columns are ' size ', "),
-])
+@pytest.mark.parametrize(
+    "change, args, message",
+    [
+        (_cell("size", 8, 1e39), [], "column 'size', row 8: the cell holds 1e+39, beyond float32's range"),
+        (_cell("price", 3, -1e308), [], "column 'price', row 3: the cell holds -1e+308, beyond float32's range"),
+        (_cell("age", 5, "inf"), [], "column 'age', row 5: the cell holds inf, not a finite number"),
+        (_cell("age", 6, "-inf"), [], "column 'age', row 6: the cell holds -inf, not a finite number"),
+        (lambda table: table, ["--features", "size,nope"], "the columns are 'size', 'rooms', 'floors', 'age', 'price'"),
+        (
+            lambda table: table.rename(columns={"size": " size "}),
+            ["--features", "size"],
+            "no column(s) 'size' for --features; the columns are ' size ', ",
+        ),
+    ],
+)
 def test_cells_beyond_float32_and_unknown_names_are_refused_naming_them(tmp_path, change, args, message):
     change(houses(100)).to_csv(tmp_path / "houses.csv", index=False)
     result = bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--steps", 10, *args, check=False, cwd=tmp_path)
@@ -207,10 +242,16 @@ def _write_folder(path):
 
 RAW_FILES = {  # what is written at data/<name>, and what the refusal says
     "a folder named .csv": ("x.csv", _write_folder, "x.csv: is a folder, not a file"),
-    "a CSV renamed .npz": ("x.npz", lambda path: houses(20).to_csv(path, index=False),
-                           "x.npz: not a valid .npz (zip) file"),
-    "a repeated header name": ("x.csv", lambda path: path.write_text("a,a,y\n1,2,3\n4,5,6\n7,8,9\n"),
-                               "x.csv: the header names column(s) 'a' more than once"),
+    "a CSV renamed .npz": (
+        "x.npz",
+        lambda path: houses(20).to_csv(path, index=False),
+        "x.npz: not a valid .npz (zip) file",
+    ),
+    "a repeated header name": (
+        "x.csv",
+        lambda path: path.write_text("a,a,y\n1,2,3\n4,5,6\n7,8,9\n"),
+        "x.csv: the header names column(s) 'a' more than once",
+    ),
 }
 
 
@@ -226,15 +267,19 @@ def test_files_that_are_not_tables_are_refused_saying_what_they_are(tmp_path, ca
         assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]
 
 
-@pytest.mark.parametrize("features, message", [
-    ("size,size", "--features: column 'size' is named twice"),
-    ('size,"age', "expected comma-separated column names"),
-    ("size,,age", "expected comma-separated column names"),
-])
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        ("size,size", "--features: column 'size' is named twice"),
+        ('size,"age', "expected comma-separated column names"),
+        ("size,,age", "expected comma-separated column names"),
+    ],
+)
 def test_features_naming_a_column_twice_or_unparsable_are_refused(tmp_path, features, message):
     houses(100).to_csv(tmp_path / "houses.csv", index=False)
-    result = bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--features", features, "--steps", 10,
-                        check=False, cwd=tmp_path)
+    result = bp_jax_cli(
+        "train", "--data", tmp_path / "houses.csv", "--features", features, "--steps", 10, check=False, cwd=tmp_path
+    )
     _refused(result, message)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["houses.csv"]
 
@@ -242,8 +287,17 @@ def test_features_naming_a_column_twice_or_unparsable_are_refused(tmp_path, feat
 def test_columns_with_spaces_or_commas_are_named_in_quotes(tmp_path):
     table = houses(100).rename(columns={"size": "size, m²", "rooms": " rooms "})
     table.to_csv(tmp_path / "houses.csv", index=False)
-    bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--features", '"size, m²", " rooms " ,age', "--steps", 10,
-               "--out", tmp_path / "run")
+    bp_jax_cli(
+        "train",
+        "--data",
+        tmp_path / "houses.csv",
+        "--features",
+        '"size, m²", " rooms " ,age',
+        "--steps",
+        10,
+        "--out",
+        tmp_path / "run",
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["config"]["features"] == ["size, m²", " rooms ", "age"]
 
@@ -266,18 +320,22 @@ def test_an_unnamed_index_column_is_left_out_with_a_note(tmp_path):
     assert predicted.stdout == bp_jax_cli("predict", tmp_path / "plain", "--data", tmp_path / "plain.csv").stdout
 
 
-@pytest.mark.parametrize("change, message", [
-    (_cell("size", 2, 1e39), "column 'size', row 2: the cell holds 1e+39, beyond float32's range"),
-    (_cell("tiny", 3, 1e10), "column 'tiny', row 3: the cell 10000000000.0 standardises to beyond float32's range"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_cell("size", 2, 1e39), "column 'size', row 2: the cell holds 1e+39, beyond float32's range"),
+        (_cell("tiny", 3, 1e10), "column 'tiny', row 3: the cell 10000000000.0 standardises to beyond float32's range"),
+    ],
+)
 def test_predict_refuses_rows_beyond_float32(tmp_path, change, message):
     """A cell beyond float32, or one whose standardised form is (a column that varied by 1e-30 in training)."""
     table = houses(100).assign(tiny=np.random.default_rng(0).uniform(0, 1e-30, 100))
     table.to_csv(tmp_path / "houses.csv", index=False)
     bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--target", "price", "--steps", 5, "--out", tmp_path / "run")
     change(table).to_csv(tmp_path / "new.csv", index=False)
-    result = bp_jax_cli("predict", tmp_path / "run", "--data", tmp_path / "new.csv", "--out", tmp_path / "out.csv",
-                        check=False)
+    result = bp_jax_cli(
+        "predict", tmp_path / "run", "--data", tmp_path / "new.csv", "--out", tmp_path / "out.csv", check=False
+    )
     _refused(result, message, "new.csv")
     assert not (tmp_path / "out.csv").exists()
 
@@ -288,9 +346,13 @@ def _below_a_file(tmp_path):
     return tmp_path / "file" / "cache"
 
 
-@pytest.mark.parametrize("where, named", [
-    ("XDG_CACHE_HOME", "$XDG_CACHE_HOME"), ("BP_JAX_COMPILE_CACHE", "$BP_JAX_COMPILE_CACHE"),
-])
+@pytest.mark.parametrize(
+    "where, named",
+    [
+        ("XDG_CACHE_HOME", "$XDG_CACHE_HOME"),
+        ("BP_JAX_COMPILE_CACHE", "$BP_JAX_COMPILE_CACHE"),
+    ],
+)
 def test_an_unusable_default_cache_is_a_warning_and_training_goes_on(tmp_path, where, named):
     for folder in (_below_a_file(tmp_path), Path("/proc")):  # cannot be created; exists but cannot be written
         env = {key: value for key, value in os.environ.items() if key != "BP_JAX_COMPILE_CACHE"}

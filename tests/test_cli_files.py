@@ -65,8 +65,9 @@ def test_explain_without_out_gets_a_new_folder_each_time(tmp_path):
         bp_jax_cli("explain", "neuron", cwd=tmp_path)
     folders = sorted((tmp_path / "runs").iterdir())
     assert len(folders) == 2 and all(folder.name.startswith("explain-neuron-") for folder in folders)
-    assert all({path.name for path in folder.iterdir()} >= {"graph.dot", "graph.svg", "graph.png"}
-               for folder in folders)
+    assert all(
+        {path.name for path in folder.iterdir()} >= {"graph.dot", "graph.svg", "graph.png"} for folder in folders
+    )
 
 
 def limit_file_size(size: int):
@@ -83,8 +84,13 @@ def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, 
         argv, target = ["predict", trained, "--data", features_csv(tmp_path / "x.csv", 2000)], tmp_path / "y.csv"
     else:
         argv, target = [*WRITERS[name][0], "--out", tmp_path / "out"], tmp_path / "out" / WRITERS[name][1]
-    result = subprocess.run(command(*argv, "--out", target) if name == "predict" else command(*argv),
-                            capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size(16_000))
+    result = subprocess.run(
+        command(*argv, "--out", target) if name == "predict" else command(*argv),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size(16_000),
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"error: could not write {target}: File too large" in result.stderr
     assert not target.exists() and not list(target.parent.glob(".*tmp*"))
@@ -92,19 +98,25 @@ def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, 
 
 def test_explain_on_a_full_disk_leaves_no_truncated_picture(tmp_path):
     """The disk fills up halfway through graph.svg: the drawing's write raises ENOSPC as the OS would."""
-    code = ("import errno, sys\n"
-            "from bp_jax import draw\n"
-            "save = draw.save\n"
-            "def full(graph, path, engine=None):\n"
-            "    if path.suffix != '.svg':\n"
-            "        return save(graph, path, engine)\n"
-            "    path.write_text('<svg')\n"
-            "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
-            "draw.save = full\n"
-            "from bp_jax.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
-    result = subprocess.run([*command()[:1], "-c", code, "explain", "tiny-net", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    code = (
+        "import errno, sys\n"
+        "from bp_jax import draw\n"
+        "save = draw.save\n"
+        "def full(graph, path, engine=None):\n"
+        "    if path.suffix != '.svg':\n"
+        "        return save(graph, path, engine)\n"
+        "    path.write_text('<svg')\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "draw.save = full\n"
+        "from bp_jax.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [*command()[:1], "-c", code, "explain", "tiny-net", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"could not write {tmp_path / 'graph.svg'}: No space left on device" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == [".bp-jax.lock", "graph.dot"]
@@ -147,8 +159,11 @@ def test_predictions_that_are_not_finite_are_refused_naming_the_rows(trained, tm
 
 def start_training(out, *args) -> subprocess.Popen:
     """A long `bp-jax train` into `out`, returned once it holds the folder's lock."""
-    process = subprocess.Popen(command("train", "--out", out, "--steps", 10**9, *args, *QUICK),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command("train", "--out", out, "--steps", 10**9, *args, *QUICK),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     lock, deadline = out / ".bp-jax.lock", time.monotonic() + 240
     while not (lock.exists() and lock.read_text().strip()) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -184,14 +199,20 @@ def test_a_live_run_without_a_checkpoint_is_named_live(tmp_path):
         process.kill()
         process.wait()
     assert resumed.returncode == 2 and f"in use by a running bp-jax command (pid {process.pid})" in resumed.stderr
-    assert predicted.returncode == 2 and f"no checkpoint in {run} yet: the run there (pid {process.pid})" \
-        in predicted.stderr
+    assert (
+        predicted.returncode == 2
+        and f"no checkpoint in {run} yet: the run there (pid {process.pid})" in predicted.stderr
+    )
 
 
 def test_predict_into_a_closed_pipe_ends_quietly(trained, tmp_path):
     """As `bp-jax predict RUN --data F | head -1`: the reader leaves after one line of 20000."""
-    process = subprocess.Popen(command("predict", trained, "--data", features_csv(tmp_path / "x.csv", 20000)),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command("predict", trained, "--data", features_csv(tmp_path / "x.csv", 20000)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout.readline().strip() == "y"
     process.stdout.close()
     stderr = process.stderr.read()
@@ -202,16 +223,18 @@ def test_resume_with_the_same_data_at_another_path_uses_it(tmp_path):
     frame = pd.read_csv(features_csv(tmp_path / "x.csv", 200))
     frame["y"] = frame.sum(axis=1)
     frame.to_csv(tmp_path / "a.csv", index=False)
-    bp_jax_cli("train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20,
-               "--compile-cache", "off")
+    bp_jax_cli(
+        "train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20, "--compile-cache", "off"
+    )
     (tmp_path / "moved").mkdir()
     shutil.move(tmp_path / "a.csv", tmp_path / "moved" / "a.csv")
     moved = bp_jax_cli("train", "--resume", tmp_path / "run", "--data", tmp_path / "moved" / "a.csv", "--steps", 30)
     assert f"reading the data from {tmp_path / 'moved' / 'a.csv'}" in moved.stderr
     assert record(tmp_path / "run", 30)["config"]["dataset"] == str(tmp_path / "moved" / "a.csv")
     frame.assign(y=frame["y"] + 1).to_csv(tmp_path / "other.csv", index=False)
-    other = bp_jax_cli("train", "--resume", tmp_path / "run", "--data", tmp_path / "other.csv", "--steps", 40,
-                       check=False)
+    other = bp_jax_cli(
+        "train", "--resume", tmp_path / "run", "--data", tmp_path / "other.csv", "--steps", 40, check=False
+    )
     assert other.returncode == 2 and "was trained on other data" in other.stderr
 
 

@@ -18,15 +18,23 @@ def animals(rows: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     species = rng.choice(["Adelie", "Chinstrap", "Gentoo"], rows, p=[0.45, 0.2, 0.35])
     means = {"Adelie": (38.8, 18.3, 190, 3700), "Chinstrap": (48.8, 18.4, 196, 3730), "Gentoo": (47.5, 15.0, 217, 5080)}
-    island = np.where(species == "Gentoo", "Biscoe", np.where(species == "Chinstrap", "Dream",
-                                                              rng.choice(["Torgersen", "Biscoe", "Dream"], rows)))
+    island = np.where(
+        species == "Gentoo",
+        "Biscoe",
+        np.where(species == "Chinstrap", "Dream", rng.choice(["Torgersen", "Biscoe", "Dream"], rows)),
+    )
     mean = np.array([means[name] for name in species])
-    return pd.DataFrame({
-        "island": island, "bill_length_mm": (mean[:, 0] + rng.normal(0, 2.5, rows)).round(1),
-        "bill_depth_mm": (mean[:, 1] + rng.normal(0, 1, rows)).round(1),
-        "flipper_length_mm": (mean[:, 2] + rng.normal(0, 6, rows)).round(0),
-        "body_mass_g": (mean[:, 3] + rng.normal(0, 400, rows)).round(-1),
-        "sex": rng.choice(["male", "female"], rows), "species": species})
+    return pd.DataFrame(
+        {
+            "island": island,
+            "bill_length_mm": (mean[:, 0] + rng.normal(0, 2.5, rows)).round(1),
+            "bill_depth_mm": (mean[:, 1] + rng.normal(0, 1, rows)).round(1),
+            "flipper_length_mm": (mean[:, 2] + rng.normal(0, 6, rows)).round(0),
+            "body_mass_g": (mean[:, 3] + rng.normal(0, 400, rows)).round(-1),
+            "sex": rng.choice(["male", "female"], rows),
+            "species": species,
+        }
+    )
 
 
 def error_line(result) -> str:
@@ -83,13 +91,15 @@ def test_predict_writes_the_class_as_spelled_and_probabilities_summing_to_one(cl
     # every row predicted: the accuracy over the whole table is the row-weighted mean that training measured
     metrics = strict_json(run / "metrics.json")
     examples = metrics["examples"]
-    expected = (examples["train"] * metrics["train_accuracy"]
-                + examples["held_out"] * metrics["held_out_accuracy"]) / len(table)
+    expected = (
+        examples["train"] * metrics["train_accuracy"] + examples["held_out"] * metrics["held_out_accuracy"]
+    ) / len(table)
     assert np.mean(predictions["species"] == table["species"]) == pytest.approx(expected, abs=1e-9)
     # without the target, columns in another order: the same predictions
     table.drop(columns="species")[table.columns[::-1][1:]].to_csv(tmp_path / "new.csv", index=False)
-    pd.testing.assert_frame_equal(read_csv(bp_jax_cli("predict", run, "--data", tmp_path / "new.csv").stdout),
-                                  predictions)
+    pd.testing.assert_frame_equal(
+        read_csv(bp_jax_cli("predict", run, "--data", tmp_path / "new.csv").stdout), predictions
+    )
 
 
 def test_predict_refuses_a_category_never_seen_in_training_naming_it(class_run, tmp_path):
@@ -97,8 +107,9 @@ def test_predict_refuses_a_category_never_seen_in_training_naming_it(class_run, 
     table = pd.read_csv(csv).head(5)
     table.loc[3, "island"] = "Mars"
     table.to_csv(tmp_path / "new.csv", index=False)
-    line = error_line(bp_jax_cli("predict", run, "--data", tmp_path / "new.csv", "--out", tmp_path / "p.csv",
-                                 check=False))
+    line = error_line(
+        bp_jax_cli("predict", run, "--data", tmp_path / "new.csv", "--out", tmp_path / "p.csv", check=False)
+    )
     assert "column 'island', row 4: 'Mars' is not a category" in line
     assert "'Biscoe', 'Dream', 'Torgersen'" in line
     assert not (tmp_path / "p.csv").exists()
@@ -124,16 +135,19 @@ def with_holes(rows: int = 200) -> pd.DataFrame:
 def test_empty_cells_are_refused_by_default_naming_columns_counts_and_option(tmp_path):
     with_holes().to_csv(tmp_path / "holes.csv", index=False)
     line = error_line(bp_jax_cli("train", "--data", tmp_path / "holes.csv", "--out", tmp_path / "run", check=False))
-    assert ("column 'body_mass_g' has 1 empty cell(s) (the first in row 8), column 'sex' has 2 empty cell(s) (the "
-            "first in row 4), column 'species' has 2 empty cell(s) (the first in row 11)") in line
+    assert (
+        "column 'body_mass_g' has 1 empty cell(s) (the first in row 8), column 'sex' has 2 empty cell(s) (the "
+        "first in row 4), column 'species' has 2 empty cell(s) (the first in row 11)"
+    ) in line
     assert "--missing drop" in line and "--missing impute" in line
     assert not (tmp_path / "run").exists()
 
 
 def test_drop_leaves_out_rows_with_an_empty_cell_and_counts_the_rows_used(tmp_path):
     with_holes().to_csv(tmp_path / "holes.csv", index=False)
-    result = bp_jax_cli("train", "--data", tmp_path / "holes.csv", "--missing", "drop", *QUICK,
-                        "--out", tmp_path / "run")
+    result = bp_jax_cli(
+        "train", "--data", tmp_path / "holes.csv", "--missing", "drop", *QUICK, "--out", tmp_path / "run"
+    )
     assert "left out 2 row(s) without a target ('species')" in result.stderr
     assert "left out 3 row(s) with an empty feature cell" in result.stderr
     examples = strict_json(tmp_path / "run" / "metrics.json")["examples"]
@@ -144,8 +158,9 @@ def test_drop_leaves_out_rows_with_an_empty_cell_and_counts_the_rows_used(tmp_pa
 def test_impute_fills_features_from_the_training_rows_and_predict_reuses_the_fill(tmp_path):
     table = with_holes()
     table.to_csv(tmp_path / "holes.csv", index=False)
-    result = bp_jax_cli("train", "--data", tmp_path / "holes.csv", "--missing", "impute", *QUICK,
-                        "--out", tmp_path / "run")
+    result = bp_jax_cli(
+        "train", "--data", tmp_path / "holes.csv", "--missing", "impute", *QUICK, "--out", tmp_path / "run"
+    )
     assert "left out 2 row(s) without a target" in result.stderr
     metrics = strict_json(tmp_path / "run" / "metrics.json")
     assert metrics["examples"]["train"] + metrics["examples"]["held_out"] == 198
@@ -154,7 +169,7 @@ def test_impute_fills_features_from_the_training_rows_and_predict_reuses_the_fil
     # the fill values are the training rows' statistics: recompute them from the training split's rows
     used = table[table["species"].notna()].reset_index(drop=True)
     order = np.random.default_rng(0).permutation(len(used))
-    training = used.iloc[order[round(len(used) * 0.2):]]
+    training = used.iloc[order[round(len(used) * 0.2) :]]
     assert fill["body_mass_g"] == pytest.approx(training["body_mass_g"].mean(), rel=1e-12)
     assert fill["sex"] == training["sex"].value_counts().idxmax()
     # predict fills empty cells with the same values
@@ -173,7 +188,7 @@ def test_dates_and_free_text_are_refused_suggesting_features(tmp_path):
     line = error_line(bp_jax_cli("train", "--data", tmp_path / "dated.csv", "--out", tmp_path / "run", check=False))
     assert "column 'day' holds dates or times (such as '2024-01-01')" in line
     assert "column 'note' holds free text (120 distinct values in 120 cells)" in line
-    assert ("--features island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex" in line)
+    assert "--features island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex" in line
     assert not (tmp_path / "run").exists()
 
 
@@ -184,14 +199,28 @@ def test_task_auto_keeps_integer_targets_regression_unless_asked(tmp_path):
     metrics = strict_json(tmp_path / "auto" / "metrics.json")
     assert metrics["task"] == "regression" and "held_out_mse" in metrics and "held_out_accuracy" not in metrics
     assert metrics["config"]["hidden"] == [5] and metrics["config"]["lr"] == 0.01
-    bp_jax_cli("train", "--data", tmp_path / "ranked.csv", "--task", "classification", *QUICK,
-               "--out", tmp_path / "cls")
+    bp_jax_cli(
+        "train", "--data", tmp_path / "ranked.csv", "--task", "classification", *QUICK, "--out", tmp_path / "cls"
+    )
     assert strict_json(tmp_path / "cls" / "metrics.json")["data"]["scaling"]["classes"] == [1, 2, 3]
     predictions = read_csv(bp_jax_cli("predict", tmp_path / "cls", "--data", tmp_path / "ranked.csv").stdout)
     assert list(predictions.columns) == ["rank", "P(1)", "P(2)", "P(3)"]
     assert set(predictions["rank"]) <= {1, 2, 3} and predictions["rank"].dtype.kind == "i"
-    line = error_line(bp_jax_cli("train", "--data", tmp_path / "ranked.csv", "--target", "island", "--task",
-                                 "regression", *QUICK, "--out", tmp_path / "text", check=False))
+    line = error_line(
+        bp_jax_cli(
+            "train",
+            "--data",
+            tmp_path / "ranked.csv",
+            "--target",
+            "island",
+            "--task",
+            "regression",
+            *QUICK,
+            "--out",
+            tmp_path / "text",
+            check=False,
+        )
+    )
     assert "column 'island', row 1: the cell holds" in line and not (tmp_path / "text").exists()
 
 
@@ -238,8 +267,18 @@ def test_runs_recorded_before_classification_still_predict_and_resume(tmp_path):
 
 def test_sweep_on_a_class_target_ranks_by_accuracy(tmp_path):
     animals(150).to_csv(tmp_path / "animals.csv", index=False)
-    result = bp_jax_cli("sweep", "--data", tmp_path / "animals.csv", "--lr", "0.01,0.1", "--seeds", 2, *QUICK,
-                        "--out", tmp_path / "sweep")
+    result = bp_jax_cli(
+        "sweep",
+        "--data",
+        tmp_path / "animals.csv",
+        "--lr",
+        "0.01,0.1",
+        "--seeds",
+        2,
+        *QUICK,
+        "--out",
+        tmp_path / "sweep",
+    )
     report = strict_json(tmp_path / "sweep" / "sweep.json")
     assert report["config"]["task"] == "classification" and len(report["runs"]) == 4
     assert all(0 <= run["held_out_accuracy"] <= 1 and run["held_out_log_loss"] > 0 for run in report["runs"])

@@ -49,8 +49,13 @@ def one_device_run(tmp_path_factory) -> Path:
 
 
 def test_sharded_fit_and_steps_equal_one_device():
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "data_parallel_worker.py")], capture_output=True,
-                            text=True, env=os.environ | fake_devices(8), timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "data_parallel_worker.py")],
+        capture_output=True,
+        text=True,
+        env=os.environ | fake_devices(8),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert len(report["fit"]) == 6
@@ -84,12 +89,31 @@ def test_resume_on_8_devices_from_a_one_device_checkpoint(one_device_run, tmp_pa
 
 def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
     coordinator = f"127.0.0.1:{free_port()}"
-    processes = [subprocess.Popen(command("train", "--out", tmp_path / f"process-{i}", "--coordinator", coordinator,
-                                          "--num-processes", 2, "--process-id", i, "--devices", "all",
-                                          "--init-timeout", 60, *TRAIN),
-                                  env=os.environ | fake_devices(2) | {"COLUMNS": "200"}, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-                 for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            command(
+                "train",
+                "--out",
+                tmp_path / f"process-{i}",
+                "--coordinator",
+                coordinator,
+                "--num-processes",
+                2,
+                "--process-id",
+                i,
+                "--devices",
+                "all",
+                "--init-timeout",
+                60,
+                *TRAIN,
+            ),
+            env=os.environ | fake_devices(2) | {"COLUMNS": "200"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         outputs = [process.communicate(timeout=240) for process in processes]
     finally:
@@ -104,14 +128,17 @@ def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
     assert_close_runs(tmp_path / "process-0", one_device_run)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--devices", 16], "--devices: asked for 16 devices, but JAX sees 8"),
-    (["--devices", 8, "--batch-size", 30], "global batch of 30 examples does not split evenly over 8 devices"),
-    (["--devices", 6, "--batch-size", "full"], "global batch of 800 examples does not split evenly over 6 devices"),
-    (["--coordinator", "127.0.0.1:1234"], "missing BP_JAX_NUM_PROCESSES, BP_JAX_PROCESS_ID"),
-    (["--coordinator", "nowhere", "--num-processes", 2, "--process-id", 1], "must be HOST:PORT"),
-    (["--coordinator", "127.0.0.1:1234", "--num-processes", 2, "--process-id", 2], "process id must be in [0, 2)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--devices", 16], "--devices: asked for 16 devices, but JAX sees 8"),
+        (["--devices", 8, "--batch-size", 30], "global batch of 30 examples does not split evenly over 8 devices"),
+        (["--devices", 6, "--batch-size", "full"], "global batch of 800 examples does not split evenly over 6 devices"),
+        (["--coordinator", "127.0.0.1:1234"], "missing BP_JAX_NUM_PROCESSES, BP_JAX_PROCESS_ID"),
+        (["--coordinator", "nowhere", "--num-processes", 2, "--process-id", 1], "must be HOST:PORT"),
+        (["--coordinator", "127.0.0.1:1234", "--num-processes", 2, "--process-id", 2], "process id must be in [0, 2)"),
+    ],
+)
 def test_bad_device_and_process_settings_give_one_line(args, message, tmp_path):
     result = cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 5, *args)
     assert result.returncode == 2
@@ -121,8 +148,24 @@ def test_bad_device_and_process_settings_give_one_line(args, message, tmp_path):
 
 def test_a_coordinator_that_never_answers_times_out_with_a_clear_error(tmp_path):
     port = free_port()  # nobody listens here
-    result = cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 5, "--coordinator",
-                 f"127.0.0.1:{port}", "--num-processes", 2, "--process-id", 1, "--init-timeout", 3, timeout=60)
+    result = cli(
+        "train",
+        "--out",
+        tmp_path,
+        "--dataset",
+        "synthetic",
+        "--steps",
+        5,
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        2,
+        "--process-id",
+        1,
+        "--init-timeout",
+        3,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert f"the coordinator 127.0.0.1:{port} did not answer within 3 s (process 1 of 2)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

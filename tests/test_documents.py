@@ -1,6 +1,8 @@
 """The seed documents' numbers, reproduced exactly: the tiny network at x = 2, w1 = 0.5, w2 = 1.5, target 3
 (z1 = 1, a1 = 1, y = 1.5, L = 2.25; gradients w1 −9, w2 −3, x −2.25), the single neuron's formula and the seed MLP."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -48,16 +50,28 @@ def test_tiny_network_gradients_from_jax_grad_and_by_hand():
 def test_tiny_network_derivation_step_by_step():
     steps = manual.tiny_net_backward(W1, W2, X, TARGET)
     numbers = {name: (float(value), float(grad)) for name, (value, grad) in steps.items()}
-    assert numbers == {"w1": (0.5, -9.0), "w2": (1.5, -3.0), "x": (2.0, -2.25), "t": (3.0, 3.0),
-                       "z1": (1.0, -4.5), "a1": (1.0, -4.5), "y": (1.5, -3.0), "y − t": (-1.5, -3.0),
-                       "L": (2.25, 1.0)}
+    assert numbers == {
+        "w1": (0.5, -9.0),
+        "w2": (1.5, -3.0),
+        "x": (2.0, -2.25),
+        "t": (3.0, 3.0),
+        "z1": (1.0, -4.5),
+        "a1": (1.0, -4.5),
+        "y": (1.5, -3.0),
+        "y − t": (-1.5, -3.0),
+        "L": (2.25, 1.0),
+    }
 
 
 @pytest.mark.parametrize("name", ["identity", "relu", "sigmoid", "tanh"])
 def test_single_neuron_formula_is_the_documents(name):
     w, x, t = 0.7, -1.3, 0.4
-    a = {"identity": lambda z: z, "relu": lambda z: max(z, 0.0),
-         "sigmoid": lambda z: 1 / (1 + jnp.exp(-z)), "tanh": jnp.tanh}[name]
+    a = {
+        "identity": lambda z: z,
+        "relu": lambda z: max(z, 0.0),
+        "sigmoid": lambda z: 1 / (1 + jnp.exp(-z)),
+        "tanh": jnp.tanh,
+    }[name]
     # a'(z) by central difference: an independent check of the table's hand-written derivative.
     z, h = w * x, 1e-3
     a_prime = (a(z + h) - a(z - h)) / (2 * h)
@@ -85,4 +99,4 @@ def test_seed_training_step_lowers_the_loss():
         params, state, value = step(params, state, x, y)
         losses.append(float(value))
     assert losses[-1] < losses[0]
-    assert all(later <= earlier + 1e-6 for earlier, later in zip(losses, losses[1:]))
+    assert all(later <= earlier + 1e-6 for earlier, later in itertools.pairwise(losses))

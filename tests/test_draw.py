@@ -2,6 +2,7 @@
 
 import os
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ def test_dot_declares_every_node_and_edge():
     dot = draw.to_dot(graph)
     assert dot.startswith("digraph") and dot.rstrip().endswith("}")
     assert all(f"n{node.index} [label=<" in dot for node in graph.nodes)
-    assert dot.count("->") == 3   # w -> w·w (once, though used twice), w·w -> sum, w -> sum
+    assert dot.count("->") == 3  # w -> w·w (once, though used twice), w·w -> sum, w -> sum
     assert "value 12" in dot and "grad 7" in dot
 
 
@@ -35,7 +36,7 @@ def test_layout_puts_every_node_after_its_inputs():
     assert column[graph.output.index] == max(column)
     rows = draw.rows(graph, column)
     cells = {(column[i], rows[i]) for i in range(len(graph.nodes))}
-    assert len(cells) == len(graph.nodes)   # no two boxes in the same place
+    assert len(cells) == len(graph.nodes)  # no two boxes in the same place
 
 
 def test_save_writes_dot_svg_and_png(tmp_path):
@@ -60,13 +61,12 @@ def test_save_with_graphviz_where_it_is_installed(tmp_path):
     assert ElementTree.parse(draw.save(graph, tmp_path / "g.svg", engine="graphviz")).getroot().tag.endswith("svg")
 
 
-
 def test_a_failed_save_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
     graph, target = tiny_net_graph(), tmp_path / "graph.svg"
     target.write_text("the previous picture", encoding="utf-8")
 
     def disk_full(figure, path, **kwargs):
-        open(path, "wb").write(b"<svg trunc")
+        Path(path).write_bytes(b"<svg trunc")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("matplotlib.figure.Figure.savefig", disk_full)
@@ -87,8 +87,10 @@ def test_the_engine_knows_nothing_of_drawing():
     import subprocess
     import sys
 
-    code = ("import sys, bp_jax; bp_jax.explain(lambda w: w * w, 2.0).table(); "
-            "print(sorted(m for m in sys.modules if m in ('bp_jax.draw', 'matplotlib') or m.startswith('bp_jax._render')))")
+    code = (
+        "import sys, bp_jax; bp_jax.explain(lambda w: w * w, 2.0).table(); "
+        "print(sorted(m for m in sys.modules if m in ('bp_jax.draw', 'matplotlib') or m.startswith('bp_jax._render')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr[-2000:]
     assert not hasattr(bp_jax.Graph, "to_dot") and not hasattr(bp_jax.Graph, "save")

@@ -30,19 +30,29 @@ def member(tree, i):
     return jax.tree.map(lambda leaf: leaf[i], tree)
 
 
-@pytest.mark.parametrize("batch_size, per_member_keys", [(None, False), (12, False), (12, True)],
-                         ids=["full-batch", "minibatch-shared-key", "minibatch-key-per-member"])
+@pytest.mark.parametrize(
+    "batch_size, per_member_keys",
+    [(None, False), (12, False), (12, True)],
+    ids=["full-batch", "minibatch-shared-key", "minibatch-key-per-member"],
+)
 def test_each_member_equals_its_own_fit_with_the_hand_written_update(batch_size, per_member_keys, precision):
     loss, params, x, y = problem()
     lrs = jnp.asarray([0.003, 0.01, 0.03, 0.1])
     keys = jax.random.split(jax.random.key(7), MEMBERS) if per_member_keys else jax.random.key(7)
-    result = bp_jax.fit_ensemble(loss, params, x, y, steps=90, lr=lrs, batch_size=batch_size, key=keys,
-                                 chunk_size=40)
+    result = bp_jax.fit_ensemble(loss, params, x, y, steps=90, lr=lrs, batch_size=batch_size, key=keys, chunk_size=40)
     assert result.losses.shape == (90, MEMBERS) and result.step == 90
     np.testing.assert_array_equal(result.diverged, [-1] * MEMBERS)
     for i in range(MEMBERS):
-        single = bp_jax.fit(loss, member(params, i), x, y, steps=90, lr=float(lrs[i]), batch_size=batch_size,
-                            key=keys[i] if per_member_keys else keys)
+        single = bp_jax.fit(
+            loss,
+            member(params, i),
+            x,
+            y,
+            steps=90,
+            lr=float(lrs[i]),
+            batch_size=batch_size,
+            key=keys[i] if per_member_keys else keys,
+        )
         chex.assert_trees_all_close(member(result.params, i), single.params, rtol=precision, atol=precision)
         np.testing.assert_allclose(result.losses[:, i], single.losses, rtol=precision, atol=precision)
 
@@ -54,8 +64,12 @@ def test_each_member_equals_its_own_fit_with_an_optax_optimizer(precision):
     result = bp_jax.fit_ensemble(loss, params, x, y, steps=60, optimizer=optimizer, batch_size=8, key=keys)
     for i in range(MEMBERS):
         single = bp_jax.fit(loss, member(params, i), x, y, steps=60, optimizer=optimizer, batch_size=8, key=keys[i])
-        chex.assert_trees_all_close((member(result.params, i), member(result.opt_state, i)),
-                                    (single.params, single.opt_state), rtol=precision, atol=precision)
+        chex.assert_trees_all_close(
+            (member(result.params, i), member(result.opt_state, i)),
+            (single.params, single.opt_state),
+            rtol=precision,
+            atol=precision,
+        )
 
 
 def test_per_member_learning_rates_through_inject_hyperparams():
@@ -78,10 +92,11 @@ def test_a_diverging_member_is_frozen_and_reported_while_the_others_carry_on():
         bp_jax.fit(loss, member(params, 1), x, y, steps=50, lr=1e36, batch_size=12, key=jax.random.key(0))
     np.testing.assert_array_equal(result.diverged, [-1, info.value.step, -1, -1])
     chex.assert_trees_all_close(member(result.params, 1), info.value.result.params, rtol=1e-5)
-    assert np.isnan(result.losses[info.value.step + 1:, 1]).all()
+    assert np.isnan(result.losses[info.value.step + 1 :, 1]).all()
     for i in (0, 2, 3):
-        single = bp_jax.fit(loss, member(params, i), x, y, steps=50, lr=float(lrs[i]), batch_size=12,
-                            key=jax.random.key(0))
+        single = bp_jax.fit(
+            loss, member(params, i), x, y, steps=50, lr=float(lrs[i]), batch_size=12, key=jax.random.key(0)
+        )
         chex.assert_trees_all_close(member(result.params, i), single.params, rtol=1e-5, atol=1e-5)
 
 
@@ -89,8 +104,17 @@ def test_new_learning_rates_do_not_compile_again(count_compilations):
     loss, params, x, y = problem(4)
     bp_jax.fit_ensemble(loss, params, x, y, steps=10, lr=jnp.full(MEMBERS, 0.01), batch_size=8, key=jax.random.key(0))
     with count_compilations() as compiled:
-        bp_jax.fit_ensemble(loss, params, x, y, steps=33, lr=jnp.asarray([0.1, 0.2, 0.3, 0.4]), batch_size=8,
-                            key=jax.random.key(0), chunk_size=7)
+        bp_jax.fit_ensemble(
+            loss,
+            params,
+            x,
+            y,
+            steps=33,
+            lr=jnp.asarray([0.1, 0.2, 0.3, 0.4]),
+            batch_size=8,
+            key=jax.random.key(0),
+            chunk_size=7,
+        )
     assert compiled == []
 
 
@@ -100,30 +124,54 @@ def test_resuming_an_ensemble_is_bit_identical():
     keys = jax.random.split(jax.random.key(1), MEMBERS)
     whole = bp_jax.fit_ensemble(loss, params, x, y, steps=120, optimizer=optimizer, batch_size=8, key=keys)
     first = bp_jax.fit_ensemble(loss, params, x, y, steps=37, optimizer=optimizer, batch_size=8, key=keys)
-    rest = bp_jax.fit_ensemble(loss, first.params, x, y, steps=83, optimizer=optimizer, batch_size=8, key=keys,
-                               opt_state=first.opt_state, start_step=first.step, chunk_size=10)
+    rest = bp_jax.fit_ensemble(
+        loss,
+        first.params,
+        x,
+        y,
+        steps=83,
+        optimizer=optimizer,
+        batch_size=8,
+        key=keys,
+        opt_state=first.opt_state,
+        start_step=first.step,
+        chunk_size=10,
+    )
     chex.assert_trees_all_equal((rest.params, rest.opt_state), (whole.params, whole.opt_state))
     np.testing.assert_array_equal(np.concatenate([first.losses, rest.losses]), whole.losses)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"lr": jnp.ones(3)}, r"one value or one per member \(4\)"),
-    ({"lr": -0.1}, "lr must be finite and > 0"),
-    ({"lr": 0.1, "batch_size": 8, "key": jax.random.split(jax.random.key(0), 3)}, r"4 stacked keys.*\(3,\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": jnp.ones(3)}, r"one value or one per member \(4\)"),
+        ({"lr": -0.1}, "lr must be finite and > 0"),
+        ({"lr": 0.1, "batch_size": 8, "key": jax.random.split(jax.random.key(0), 3)}, r"4 stacked keys.*\(3,\)"),
+    ],
+)
 def test_bad_ensemble_arguments_are_refused(kwargs, message):
     loss, params, x, y = problem()
     with pytest.raises(ValueError, match=message):
         bp_jax.fit_ensemble(loss, params, x, y, steps=3, **kwargs)
 
 
-@pytest.mark.parametrize("method, opt_state, message", [
-    ({"lr": 0.1}, lambda params: jax.vmap(optax.sgd(0.1).init)(params), "the hand-written SGD .* has none"),
-    ({"optimizer": optax.adam(0.01)}, lambda params: jax.vmap(optax.sgd(0.1, momentum=0.9).init)(params),
-     "opt_state does not match the optimizer: optimizer.init.* gives .*ScaleByAdamState.*got .*TraceState"),
-    ({"optimizer": optax.adam(0.01)}, lambda params: optax.adam(0.01).init(member(params, 0)),
-     r"opt_state\[0\].count has shape \(\); optimizer.init\(params\) gives \(4,\)"),
-], ids=["with-lr", "another-optimizers-state", "one-members-state"])
+@pytest.mark.parametrize(
+    "method, opt_state, message",
+    [
+        ({"lr": 0.1}, lambda params: jax.vmap(optax.sgd(0.1).init)(params), "the hand-written SGD .* has none"),
+        (
+            {"optimizer": optax.adam(0.01)},
+            lambda params: jax.vmap(optax.sgd(0.1, momentum=0.9).init)(params),
+            "opt_state does not match the optimizer: optimizer.init.* gives .*ScaleByAdamState.*got .*TraceState",
+        ),
+        (
+            {"optimizer": optax.adam(0.01)},
+            lambda params: optax.adam(0.01).init(member(params, 0)),
+            r"opt_state\[0\].count has shape \(\); optimizer.init\(params\) gives \(4,\)",
+        ),
+    ],
+    ids=["with-lr", "another-optimizers-state", "one-members-state"],
+)
 def test_an_opt_state_that_is_not_the_optimizers_is_refused(method, opt_state, message):
     loss, params, x, y = problem()
     with pytest.raises(ValueError, match=message):
@@ -157,12 +205,15 @@ def test_members_split_over_8_devices_equal_one_device():
     assert "do not split evenly" in report["indivisible"]
 
 
-@pytest.mark.parametrize("lr, error, message", [
-    (True, TypeError, "lr must be real numbers"),
-    ("0.1", TypeError, "lr must be real numbers"),
-    (jnp.ones((MEMBERS, 1)), ValueError, r"got shape \(4, 1\)"),
-    (1e40, ValueError, "lr must be finite and > 0 in float32"),
-])
+@pytest.mark.parametrize(
+    "lr, error, message",
+    [
+        (True, TypeError, "lr must be real numbers"),
+        ("0.1", TypeError, "lr must be real numbers"),
+        (jnp.ones((MEMBERS, 1)), ValueError, r"got shape \(4, 1\)"),
+        (1e40, ValueError, "lr must be finite and > 0 in float32"),
+    ],
+)
 def test_ensemble_learning_rates_are_checked_like_fits(lr, error, message):
     loss, params, x, y = problem()
     with pytest.raises(error, match=message):
@@ -181,12 +232,14 @@ def test_members_on_their_own_rows_end_where_fit_on_those_rows_ends(precision):
     rows = np.stack([np.random.default_rng(i).permutation(48) for i in range(MEMBERS)])
     keys = jax.random.split(jax.random.key(3), MEMBERS)
     lrs = jnp.asarray([0.003, 0.01, 0.03, 0.1])
-    result = bp_jax.fit_ensemble(loss, params, x, y, steps=50, lr=lrs, batch_size=8, key=keys, rows=rows,
-                                 row_counts=counts, chunk_size=20)
+    result = bp_jax.fit_ensemble(
+        loss, params, x, y, steps=50, lr=lrs, batch_size=8, key=keys, rows=rows, row_counts=counts, chunk_size=20
+    )
     for i in range(MEMBERS):
         mine = rows[i, : counts[i]]
-        alone = bp_jax.fit(loss, member(params, i), x[mine], y[mine], steps=50, lr=float(lrs[i]), batch_size=8,
-                           key=keys[i])
+        alone = bp_jax.fit(
+            loss, member(params, i), x[mine], y[mine], steps=50, lr=float(lrs[i]), batch_size=8, key=keys[i]
+        )
         chex.assert_trees_all_close(member(result.params, i), alone.params, rtol=precision, atol=precision)
         np.testing.assert_allclose(result.losses[:, i], alone.losses, rtol=precision, atol=precision)
 
@@ -194,21 +247,34 @@ def test_members_on_their_own_rows_end_where_fit_on_those_rows_ends(precision):
 def test_resuming_members_on_their_own_rows_is_bit_identical():
     loss, params, x, y = problem()
     rows, counts = np.tile(np.arange(48), (MEMBERS, 1)), np.array([40, 48, 20, 9])
-    run = lambda p, steps, start: bp_jax.fit_ensemble(loss, p, x, y, steps=steps, start_step=start, lr=0.05,
-                                                     batch_size=9, key=jax.random.key(0), rows=rows,
-                                                     row_counts=counts)
+    run = lambda p, steps, start: bp_jax.fit_ensemble(
+        loss,
+        p,
+        x,
+        y,
+        steps=steps,
+        start_step=start,
+        lr=0.05,
+        batch_size=9,
+        key=jax.random.key(0),
+        rows=rows,
+        row_counts=counts,
+    )
     whole, first = run(params, 40, 0), run(params, 17, 0)
     chex.assert_trees_all_equal(run(first.params, 23, 17).params, whole.params)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"rows": np.zeros((MEMBERS, 48), int)}, "come together"),
-    ({"rows": np.zeros((MEMBERS, 48), int), "row_counts": np.full(MEMBERS, 48), "batch_size": None}, "batch_size"),
-    ({"rows": np.zeros((3, 48), int), "row_counts": np.full(3, 48)}, "shape"),
-    ({"rows": np.zeros((MEMBERS, 48)), "row_counts": np.full(MEMBERS, 48)}, "integers"),
-    ({"rows": np.zeros((MEMBERS, 48), int), "row_counts": np.full(MEMBERS, 4)}, r"\[8, 48\]"),
-    ({"rows": np.full((MEMBERS, 48), 48), "row_counts": np.full(MEMBERS, 48)}, "index x's 48"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rows": np.zeros((MEMBERS, 48), int)}, "come together"),
+        ({"rows": np.zeros((MEMBERS, 48), int), "row_counts": np.full(MEMBERS, 48), "batch_size": None}, "batch_size"),
+        ({"rows": np.zeros((3, 48), int), "row_counts": np.full(3, 48)}, "shape"),
+        ({"rows": np.zeros((MEMBERS, 48)), "row_counts": np.full(MEMBERS, 48)}, "integers"),
+        ({"rows": np.zeros((MEMBERS, 48), int), "row_counts": np.full(MEMBERS, 4)}, r"\[8, 48\]"),
+        ({"rows": np.full((MEMBERS, 48), 48), "row_counts": np.full(MEMBERS, 48)}, "index x's 48"),
+    ],
+)
 def test_bad_member_rows_are_refused(kwargs, message):
     loss, params, x, y = problem()
     arguments = {"batch_size": 8, "key": jax.random.key(0)} | kwargs

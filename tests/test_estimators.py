@@ -19,8 +19,10 @@ from bp_jax.estimators import MLPClassifier, MLPRegressor
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 #: Small networks keep each estimator's suite under a minute.
-CHECKED = [MLPRegressor(hidden_layer_sizes=(5,), learning_rate_init=0.01, max_iter=200, random_state=0),
-           MLPClassifier(hidden_layer_sizes=(5,), learning_rate_init=0.01, max_iter=200, random_state=0)]
+CHECKED = [
+    MLPRegressor(hidden_layer_sizes=(5,), learning_rate_init=0.01, max_iter=200, random_state=0),
+    MLPClassifier(hidden_layer_sizes=(5,), learning_rate_init=0.01, max_iter=200, random_state=0),
+]
 
 
 def _expected_failures(estimator):
@@ -62,8 +64,16 @@ def _classification(rows=200, classes=3):
 @pytest.mark.parametrize("estimator, data", [(MLPRegressor, _regression), (MLPClassifier, _classification)])
 def test_a_second_fit_of_the_same_configuration_compiles_nothing(estimator, data):
     x, y = data()
-    make = lambda seed, lr: estimator((7,), solver="sgd", batch_size=16, learning_rate_init=lr, alpha=1e-3 * seed,
-                                      momentum=0.5, max_iter=30, random_state=seed)
+    make = lambda seed, lr: estimator(
+        (7,),
+        solver="sgd",
+        batch_size=16,
+        learning_rate_init=lr,
+        alpha=1e-3 * seed,
+        momentum=0.5,
+        max_iter=30,
+        random_state=seed,
+    )
     make(0, 0.01).fit(x, y)
     assert _compilations(lambda: make(1, 0.02).fit(x, y)) == 0
     assert _compilations(lambda: clone(make(2, 0.03)).fit(x, y).predict(x)) == 0
@@ -85,8 +95,16 @@ def test_fitted_attributes_have_sklearns_layout():
 
 def test_the_stopping_rule_stops_where_sklearns_rule_says():
     x, y = _regression()
-    model = MLPRegressor((5,), solver="sgd", batch_size=20, learning_rate_init=0.01, max_iter=500, tol=1e-3,
-                         n_iter_no_change=5, random_state=0).fit(x, y)
+    model = MLPRegressor(
+        (5,),
+        solver="sgd",
+        batch_size=20,
+        learning_rate_init=0.01,
+        max_iter=500,
+        tol=1e-3,
+        n_iter_no_change=5,
+        random_state=0,
+    ).fit(x, y)
     curve, best, count = model.loss_curve_, np.inf, 0
     stop = None
     for epoch, loss in enumerate(curve, 1):  # sklearn's _update_no_improvement_count, replayed
@@ -97,16 +115,25 @@ def test_the_stopping_rule_stops_where_sklearns_rule_says():
             break
     assert stop == model.n_iter_ < 500 and model.n_iter_ % 10  # stopped inside a chunk of 10 epochs
     # the stop fell inside a chunk: the resumed run ends on the bits of an uninterrupted one of that length
-    again = MLPRegressor((5,), solver="sgd", batch_size=20, learning_rate_init=0.01, max_iter=model.n_iter_, tol=0.0,
-                         random_state=0).fit(x, y)
+    again = MLPRegressor(
+        (5,), solver="sgd", batch_size=20, learning_rate_init=0.01, max_iter=model.n_iter_, tol=0.0, random_state=0
+    ).fit(x, y)
     for mine, theirs in zip(model.coefs_, again.coefs_):
         np.testing.assert_array_equal(mine, theirs)
 
 
 def test_early_stopping_keeps_the_best_validation_params():
     x, y = _classification(rows=300)
-    model = MLPClassifier((5,), solver="sgd", learning_rate_init=0.05, batch_size=16, early_stopping=True,
-                          n_iter_no_change=3, max_iter=200, random_state=0).fit(x, y)
+    model = MLPClassifier(
+        (5,),
+        solver="sgd",
+        learning_rate_init=0.05,
+        batch_size=16,
+        early_stopping=True,
+        n_iter_no_change=3,
+        max_iter=200,
+        random_state=0,
+    ).fit(x, y)
     assert len(model.validation_scores_) == model.n_iter_
     assert model.best_validation_score_ == max(model.validation_scores_)
     assert model.best_loss_ is None
@@ -117,19 +144,21 @@ def test_pickle_and_clone_round_trip():
     model = MLPRegressor((5,), max_iter=10, random_state=0).fit(x, y)
     copy = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(copy.predict(x), model.predict(x))
-    assert all(type(leaf) is np.ndarray for leaf in jax.tree.leaves(copy.__dict__)
-               if hasattr(leaf, "shape"))
+    assert all(type(leaf) is np.ndarray for leaf in jax.tree.leaves(copy.__dict__) if hasattr(leaf, "shape"))
     copy.partial_fit(x, y)
     assert copy.n_iter_ == model.n_iter_ + 1
     assert clone(model).get_params() == model.get_params()
 
 
-@pytest.mark.parametrize("x, y, error, words", [
-    (np.ones((10, 3)), np.ones(9), ValueError, "inconsistent numbers of samples"),
-    (np.full((10, 3), np.nan), np.ones(10), ValueError, "NaN"),
-    (np.array([["a", "b"]] * 10, dtype=object), np.ones(10), ValueError, "could not convert"),
-    (np.ones((10, 3)), np.full(10, np.inf), ValueError, "infinity"),
-])
+@pytest.mark.parametrize(
+    "x, y, error, words",
+    [
+        (np.ones((10, 3)), np.ones(9), ValueError, "inconsistent numbers of samples"),
+        (np.full((10, 3), np.nan), np.ones(10), ValueError, "NaN"),
+        (np.array([["a", "b"]] * 10, dtype=object), np.ones(10), ValueError, "could not convert"),
+        (np.ones((10, 3)), np.full(10, np.inf), ValueError, "infinity"),
+    ],
+)
 def test_bad_input_gives_sklearn_style_errors(x, y, error, words):
     with pytest.raises(error, match=words):
         MLPRegressor(max_iter=2).fit(x, y)
@@ -149,12 +178,15 @@ def test_bad_parameters_and_features_are_named():
 GRID = {"learning_rate_init": [0.01, 0.05], "alpha": [1e-4, 1e-2], "momentum": [0.5, 0.9], "random_state": [0, 1]}
 
 
-@pytest.mark.parametrize("estimator, data, scoring", [
-    (MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=40, tol=1e-3, n_iter_no_change=4), _regression, None),
-    (MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30), _classification, "neg_log_loss"),
-], ids=["regressor", "classifier"])
-def test_grid_search_scores_equal_sklearns_grid_search_over_the_same_estimator(estimator, data, scoring,
-                                                                               monkeypatch):
+@pytest.mark.parametrize(
+    "estimator, data, scoring",
+    [
+        (MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=40, tol=1e-3, n_iter_no_change=4), _regression, None),
+        (MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30), _classification, "neg_log_loss"),
+    ],
+    ids=["regressor", "classifier"],
+)
+def test_grid_search_scores_equal_sklearns_grid_search_over_the_same_estimator(estimator, data, scoring, monkeypatch):
     from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
 
     from bp_jax import estimators
@@ -163,8 +195,9 @@ def test_grid_search_scores_equal_sklearns_grid_search_over_the_same_estimator(e
     x, y = data()
     ours, one_by_one = GridSearchCV(estimator, GRID, cv=3, scoring=scoring), []
     with monkeypatch.context() as patch:  # count the fits that train on their own
-        patch.setattr(estimators, "train",
-                      lambda *a, train=estimators.train, **k: one_by_one.append(1) or train(*a, **k))
+        patch.setattr(
+            estimators, "train", lambda *a, train=estimators.train, **k: one_by_one.append(1) or train(*a, **k)
+        )
         ours.fit(x, y)
     assert len(one_by_one) == 1  # only the refit on all rows: the 48 (point × fold) fits read their members
     theirs = SklearnGridSearchCV(estimator, GRID, cv=3, scoring=scoring).fit(x, y)

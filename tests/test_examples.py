@@ -11,8 +11,9 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def run(name: str) -> str:
-    result = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True,
-                            timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -50,7 +51,7 @@ def test_pytorch_parity_prints_small_differences_for_every_quantity():
     tables = re.split(r"\n\n", out.strip())
     assert len(tables) == 5, out
     for table in tables:
-        title, header, *rows = table.splitlines()
+        title, _header, *rows = table.splitlines()
         tolerance = 1e-10 if "float64" in title else 1e-5
         assert len(rows) >= 4, table
         for row in rows:

@@ -37,17 +37,24 @@ def by_name(graph):
 
 # --- the documents' numbers ---------------------------------------------------------------------
 
+
 def test_tiny_network_every_number_of_the_document_on_its_node():
     graph = bp_jax.explain(tiny_net_loss, NET.params, NET.x, NET.t)
     nodes = by_name(graph)
     z1, a1, y = nodes["w1·x"], nodes["relu(w1·x)"], nodes["w2·relu(w1·x)"]
     loss = graph.output
     expected = {  # node: (value, dL/dnode), the document's forward values and gradients
-        nodes["x"]: (2.0, -2.25), nodes["w1"]: (0.5, -9.0), nodes["w2"]: (1.5, -3.0),
-        z1: (1.0, -4.5), a1: (1.0, -4.5), y: (1.5, -3.0), loss: (2.25, 1.0),
+        nodes["x"]: (2.0, -2.25),
+        nodes["w1"]: (0.5, -9.0),
+        nodes["w2"]: (1.5, -3.0),
+        z1: (1.0, -4.5),
+        a1: (1.0, -4.5),
+        y: (1.5, -3.0),
+        loss: (2.25, 1.0),
     }
-    assert {node.name: (float(node.value), float(node.grad)) for node in expected} == \
-        {node.name: numbers for node, numbers in expected.items()}
+    assert {node.name: (float(node.value), float(node.grad)) for node in expected} == {
+        node.name: numbers for node, numbers in expected.items()
+    }
     assert (z1.op, a1.op, y.op) == ("mul", "custom_jvp_call", "mul")
     assert z1.inputs == (nodes["w1"], nodes["x"]) and a1.inputs == (z1,) and y.inputs == (nodes["w2"], a1)
     assert loss.name == "(w2·relu(w1·x) − t)²" and loss is graph.nodes[-1]
@@ -67,8 +74,17 @@ def test_tiny_network_matches_the_hand_derivation_step_by_step():
     graph = bp_jax.explain(tiny_net_loss, NET.params, NET.x, NET.t)
     steps = manual.tiny_net_backward(NET.w1, NET.w2, NET.x, NET.t)
     nodes = by_name(graph)
-    symbol = {"w1": "w1", "w2": "w2", "x": "x", "t": "t", "w1·x": "z1", "relu(w1·x)": "a1",
-              "w2·relu(w1·x)": "y", "w2·relu(w1·x) − t": "y − t", "(w2·relu(w1·x) − t)²": "L"}
+    symbol = {
+        "w1": "w1",
+        "w2": "w2",
+        "x": "x",
+        "t": "t",
+        "w1·x": "z1",
+        "relu(w1·x)": "a1",
+        "w2·relu(w1·x)": "y",
+        "w2·relu(w1·x) − t": "y − t",
+        "(w2·relu(w1·x) − t)²": "L",
+    }
     assert set(nodes) == set(symbol)
     for name, node in nodes.items():
         assert (float(node.value), float(node.grad)) == tuple(map(float, steps[symbol[name]])), name
@@ -92,9 +108,15 @@ def test_neuron_gradient_is_the_documents_formula(activation, precision):
 
 MODELS = {
     "seed MLP": documents.seed_mlp,
-    "tanh/sigmoid": lambda: bp_jax.Sequential(bp_jax.Linear(10, 8), bp_jax.Tanh(), bp_jax.Linear(8, 6),
-                                              bp_jax.Sigmoid(), bp_jax.Linear(6, 3), bp_jax.Tanh(),
-                                              bp_jax.Linear(3, 1)),
+    "tanh/sigmoid": lambda: bp_jax.Sequential(
+        bp_jax.Linear(10, 8),
+        bp_jax.Tanh(),
+        bp_jax.Linear(8, 6),
+        bp_jax.Sigmoid(),
+        bp_jax.Linear(6, 3),
+        bp_jax.Tanh(),
+        bp_jax.Linear(3, 1),
+    ),
 }
 
 
@@ -132,14 +154,15 @@ def test_leaves_sharing_a_path_are_prefixed_by_their_argument():
 
 # --- the reverse pass itself ---------------------------------------------------------------------
 
+
 def test_a_value_used_twice_sums_its_cotangents(precision):
-    f = lambda w: w * w + w              # df/dw = 2w + 1: the product contributes w twice, the sum once
+    f = lambda w: w * w + w  # df/dw = 2w + 1: the product contributes w twice, the sum once
     graph = bp_jax.explain(f, 3.0)
     w, square, total = graph.nodes
     assert square.inputs == (w, w) and total.inputs == (square, w)
     assert (float(w.grad), float(square.grad), float(total.grad)) == (7.0, 1.0, 1.0)
     x = jnp.linspace(-1.0, 2.0, 4)
-    g = lambda x: jnp.sum(jnp.sin(x) * x + x ** 2)
+    g = lambda x: jnp.sum(jnp.sin(x) * x + x**2)
     chex.assert_trees_all_close(bp_jax.explain(g, x).grads, (jax.grad(g)(x),), rtol=precision, atol=precision)
 
 
@@ -161,7 +184,7 @@ def test_custom_derivative_rules_stay_one_node_and_jit_is_inlined(precision):
     assert ops.count("custom_vjp_call") == 1 and ops.count("custom_jvp_call") == 1
     assert any(node.name.startswith("clipped_identity(") for node in graph.nodes)
     chex.assert_trees_all_close(graph.grads, (jax.grad(f)(x),), rtol=precision, atol=precision)
-    assert float(graph.grads[0][1]) == 0.0   # relu'(0) = 0 by jax.nn.relu's own rule, not max's 0.5
+    assert float(graph.grads[0][1]) == 0.0  # relu'(0) = 0 by jax.nn.relu's own rule, not max's 0.5
     comparison = next(node for node in graph.nodes if node.op == "gt")
     assert comparison.value.dtype == bool and comparison.grad is None
 
@@ -185,6 +208,7 @@ def test_an_output_that_is_an_input_or_a_constant():
 
 # --- bad input ----------------------------------------------------------------------------------
 
+
 def test_bad_input_is_one_clear_error():
     with pytest.raises(ValueError, match=r"float scalar, got float32 of shape \(3,\)"):
         bp_jax.explain(lambda w: w * 2, jnp.ones(3))
@@ -202,6 +226,7 @@ def test_bad_input_is_one_clear_error():
 
 # --- the table ---------------------------------------------------------------------
 
+
 def test_table_has_a_row_per_node_and_the_extra_columns():
     graph = bp_jax.explain(tiny_net_loss, NET.params, NET.x, NET.t)
     lines = graph.table({"note": {graph.output: "L"}}).splitlines()
@@ -209,7 +234,7 @@ def test_table_has_a_row_per_node_and_the_extra_columns():
     assert len(lines) == 2 + len(graph.nodes)
     assert lines[-1].split()[-3:] == ["2.25", "1", "L"]
     assert lines[2].split() == ["0", "input", "w1", "0.5", "-9"]
-    seed = bp_jax.explain(lambda w: jnp.sum(w ** 2), jnp.arange(12.0).reshape(3, 4))
+    seed = bp_jax.explain(lambda w: jnp.sum(w**2), jnp.arange(12.0).reshape(3, 4))
     assert "f32[3,4] 0 1 2 …" in seed.table()
 
 
@@ -241,19 +266,27 @@ def test_table_columns_must_be_a_mapping_of_columns():
 
 # --- the command ------------------------------------------------------------------------------
 
+
 def bp_jax_explain(*args):
-    return subprocess.run([sys.executable, "-m", "bp_jax", "explain", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bp_jax", "explain", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_command_tiny_net_prints_the_documents_numbers_and_writes_the_pictures(tmp_path):
     result = bp_jax_explain("tiny-net", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     cells = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines() if line[:1].isdigit()]
-    rows = {row[2]: row[3:] for row in cells}   # name -> value, grad, document symbol, grad by hand, |difference|
-    expected = {"w1": ("0.5", "-9", "w1", "-9"), "w2": ("1.5", "-3", "w2", "-3"), "x": ("2", "-2.25", "x", "-2.25"),
-                "w1·x": ("1", "-4.5", "z1", "-4.5"), "relu(w1·x)": ("1", "-4.5", "a1", "-4.5"),
-                "w2·relu(w1·x)": ("1.5", "-3", "y", "-3"), "(w2·relu(w1·x) − t)²": ("2.25", "1", "L", "1")}
+    rows = {row[2]: row[3:] for row in cells}  # name -> value, grad, document symbol, grad by hand, |difference|
+    expected = {
+        "w1": ("0.5", "-9", "w1", "-9"),
+        "w2": ("1.5", "-3", "w2", "-3"),
+        "x": ("2", "-2.25", "x", "-2.25"),
+        "w1·x": ("1", "-4.5", "z1", "-4.5"),
+        "relu(w1·x)": ("1", "-4.5", "a1", "-4.5"),
+        "w2·relu(w1·x)": ("1.5", "-3", "y", "-3"),
+        "(w2·relu(w1·x) − t)²": ("2.25", "1", "L", "1"),
+    }
     for name, numbers in expected.items():
         assert rows[name] == [*numbers, "0.0e+00"], rows[name]
     assert (tmp_path / "graph.dot").read_text(encoding="utf-8").startswith("digraph")
@@ -265,17 +298,23 @@ def test_command_tiny_net_prints_the_documents_numbers_and_writes_the_pictures(t
 def test_command_other_models_agree_with_the_hand_derivation(tmp_path, args):
     result = bp_jax_explain(*args, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
-    differences = [float(match.group(1)) for line in result.stdout.splitlines()
-                   if (match := re.search(r" (\d\.\de[+-]\d\d)$", line))]
+    differences = [
+        float(match.group(1))
+        for line in result.stdout.splitlines()
+        if (match := re.search(r" (\d\.\de[+-]\d\d)$", line))
+    ]
     assert len(differences) >= 2 and max(differences) < 1e-5
     assert (tmp_path / "graph.png").read_bytes()[:8] == PNG
 
 
-@pytest.mark.parametrize("args, message", [
-    (("tiny-net", "--activation", "tanh"), "tiny-net is the document's ReLU network"),
-    (("seed-mlp", "--activation", "identity"), "seed-mlp's activation must be one of relu, sigmoid, tanh"),
-    (("resnet",), "invalid choice: 'resnet'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("tiny-net", "--activation", "tanh"), "tiny-net is the document's ReLU network"),
+        (("seed-mlp", "--activation", "identity"), "seed-mlp's activation must be one of relu, sigmoid, tanh"),
+        (("resnet",), "invalid choice: 'resnet'"),
+    ],
+)
 def test_command_bad_values_are_one_line_and_exit_2(tmp_path, args, message):
     result = bp_jax_explain(*args, "--out", tmp_path / "out")
     assert result.returncode == 2 and result.stdout == ""

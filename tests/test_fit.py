@@ -39,8 +39,11 @@ def test_fit_equals_sgd_step_in_a_python_loop(batch_size, precision):
     assert result.step == 120 and result.opt_state is None
 
 
-@pytest.mark.parametrize("optimizer", [optax.sgd(0.05), optax.sgd(0.02, momentum=0.9, nesterov=True),
-                                       optax.adam(1e-2)], ids=["sgd", "nesterov", "adam"])
+@pytest.mark.parametrize(
+    "optimizer",
+    [optax.sgd(0.05), optax.sgd(0.02, momentum=0.9, nesterov=True), optax.adam(1e-2)],
+    ids=["sgd", "nesterov", "adam"],
+)
 def test_fit_equals_optax_step_in_a_python_loop(optimizer):
     model, params, x, y = problem(1)
     loss, key = bp_jax.loss_fn(model), jax.random.key(7)
@@ -58,8 +61,10 @@ def test_fit_equals_optax_step_in_a_python_loop(optimizer):
 def test_same_seed_is_bit_identical_and_chunking_does_not_change_anything():
     model, params, x, y = problem(2)
     loss = bp_jax.loss_fn(model)
-    runs = [bp_jax.fit(loss, params, x, y, steps=300, batch_size=10, lr=0.05, key=jax.random.key(3),
-                       chunk_size=chunk) for chunk in (300, 300, 64, 7)]
+    runs = [
+        bp_jax.fit(loss, params, x, y, steps=300, batch_size=10, lr=0.05, key=jax.random.key(3), chunk_size=chunk)
+        for chunk in (300, 300, 64, 7)
+    ]
     for other in runs[1:]:
         chex.assert_trees_all_equal(other.params, runs[0].params)
         np.testing.assert_array_equal(other.losses, runs[0].losses)
@@ -72,8 +77,18 @@ def test_resuming_from_a_result_equals_one_uninterrupted_run():
     loss, key, optimizer = bp_jax.loss_fn(model), jax.random.key(0), optax.sgd(0.02, momentum=0.9)
     whole = bp_jax.fit(loss, params, x, y, steps=250, batch_size=16, optimizer=optimizer, key=key)
     first = bp_jax.fit(loss, params, x, y, steps=110, batch_size=16, optimizer=optimizer, key=key)
-    rest = bp_jax.fit(loss, first.params, x, y, steps=140, batch_size=16, optimizer=optimizer, key=key,
-                      opt_state=first.opt_state, start_step=first.step)
+    rest = bp_jax.fit(
+        loss,
+        first.params,
+        x,
+        y,
+        steps=140,
+        batch_size=16,
+        optimizer=optimizer,
+        key=key,
+        opt_state=first.opt_state,
+        start_step=first.step,
+    )
     chex.assert_trees_all_equal(rest.params, whole.params)
     np.testing.assert_array_equal(jnp.concatenate([first.losses, rest.losses]), whole.losses)
     assert rest.step == 250
@@ -82,8 +97,16 @@ def test_resuming_from_a_result_equals_one_uninterrupted_run():
 def test_on_chunk_reports_progress_between_chunks():
     model, params, x, y = problem()
     seen = []
-    bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=25, lr=0.01, chunk_size=10,
-               on_chunk=lambda r: seen.append((r.step, r.losses.shape[0])))
+    bp_jax.fit(
+        bp_jax.loss_fn(model),
+        params,
+        x,
+        y,
+        steps=25,
+        lr=0.01,
+        chunk_size=10,
+        on_chunk=lambda r: seen.append((r.step, r.losses.shape[0])),
+    )
     assert seen == [(10, 10), (20, 10), (25, 5)]
 
 
@@ -93,8 +116,9 @@ def test_on_chunk_returning_true_stops_training_there(ensemble):
     train = bp_jax.fit_ensemble if ensemble else bp_jax.fit
     params = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), params) if ensemble else params
     whole = train(bp_jax.loss_fn(model), params, x, y, steps=20, lr=0.01, chunk_size=10)
-    stopped = train(bp_jax.loss_fn(model), params, x, y, steps=25, lr=0.01, chunk_size=10,
-                    on_chunk=lambda r: r.step >= 20)
+    stopped = train(
+        bp_jax.loss_fn(model), params, x, y, steps=25, lr=0.01, chunk_size=10, on_chunk=lambda r: r.step >= 20
+    )
     assert stopped.step == 20 and stopped.losses.shape[0] == 20
     chex.assert_trees_all_equal(stopped.params, whole.params)
 
@@ -119,19 +143,25 @@ def test_fit_does_not_donate_the_callers_params():
     assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({}, "exactly one of lr"),
-    ({"lr": 0.1, "optimizer": optax.sgd(0.1)}, "exactly one of lr"),
-    ({"lr": -1.0}, "lr must be finite and > 0"),
-    ({"lr": 0.1, "steps": -1}, "steps must be an integer ≥ 0, got -1"),
-    ({"lr": 0.1, "steps": 2.5}, "steps must be an integer ≥ 0, got 2.5"),
-    ({"lr": 0.1, "steps": True}, "steps must be an integer ≥ 0, got True"),
-    ({"lr": 0.1, "batch_size": 65, "key": jax.random.key(0)}, r"batch_size must be at most 64 \(the number of examples\), got 65"),
-    ({"lr": 0.1, "batch_size": 0, "key": jax.random.key(0)}, "batch_size must be an integer ≥ 1, got 0"),
-    ({"lr": 0.1, "batch_size": 8}, "needs a PRNG key"),
-    ({"lr": 0.1, "chunk_size": 0}, "chunk_size must be an integer ≥ 1, got 0"),
-    ({"lr": 0.1, "start_step": -3}, "start_step must be an integer ≥ 0, got -3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "exactly one of lr"),
+        ({"lr": 0.1, "optimizer": optax.sgd(0.1)}, "exactly one of lr"),
+        ({"lr": -1.0}, "lr must be finite and > 0"),
+        ({"lr": 0.1, "steps": -1}, "steps must be an integer ≥ 0, got -1"),
+        ({"lr": 0.1, "steps": 2.5}, "steps must be an integer ≥ 0, got 2.5"),
+        ({"lr": 0.1, "steps": True}, "steps must be an integer ≥ 0, got True"),
+        (
+            {"lr": 0.1, "batch_size": 65, "key": jax.random.key(0)},
+            r"batch_size must be at most 64 \(the number of examples\), got 65",
+        ),
+        ({"lr": 0.1, "batch_size": 0, "key": jax.random.key(0)}, "batch_size must be an integer ≥ 1, got 0"),
+        ({"lr": 0.1, "batch_size": 8}, "needs a PRNG key"),
+        ({"lr": 0.1, "chunk_size": 0}, "chunk_size must be an integer ≥ 1, got 0"),
+        ({"lr": 0.1, "start_step": -3}, "start_step must be an integer ≥ 0, got -3"),
+    ],
+)
 def test_bad_arguments_are_refused(kwargs, message):
     model, params, x, y = problem()
     kwargs = {"steps": 10} | kwargs
@@ -141,22 +171,30 @@ def test_bad_arguments_are_refused(kwargs, message):
 
 def test_an_opt_state_with_lr_is_refused_not_ignored():
     model, params, x, y = problem()
-    with pytest.raises(ValueError, match=r"opt_state is an optimizer's state: the hand-written SGD \(lr=...\) has none"):
+    with pytest.raises(
+        ValueError, match=r"opt_state is an optimizer's state: the hand-written SGD \(lr=...\) has none"
+    ):
         bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=3, lr=0.1, opt_state=optax.sgd(0.1).init(params))
 
 
 def test_an_opt_state_of_another_optimizer_is_one_value_error():
     model, params, x, y = problem()
     momentum = optax.sgd(0.1, momentum=0.9).init(params)
-    with pytest.raises(ValueError, match="opt_state does not match the optimizer: optimizer.init.* gives "
-                                         ".*ScaleByAdamState.*got .*TraceState") as refused:
+    with pytest.raises(
+        ValueError,
+        match=r"opt_state does not match the optimizer: optimizer.init.* gives .*ScaleByAdamState.*got .*TraceState",
+    ) as refused:
         bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=3, optimizer=optax.adam(0.01), opt_state=momentum)
     assert "\n" not in str(refused.value)
     wrong_shape = optax.sgd(0.1, momentum=0.9).init(jax.tree.map(lambda leaf: leaf[:1], params))
-    with pytest.raises(ValueError, match=r"opt_state\[0\].trace\[0\]\['bias'\] has shape \(1,\); "
-                                         r"optimizer.init\(params\) gives \(5,\)"):
-        bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=3, optimizer=optax.sgd(0.1, momentum=0.9),
-                   opt_state=wrong_shape)
+    with pytest.raises(
+        ValueError,
+        match=r"opt_state\[0\].trace\[0\]\['bias'\] has shape \(1,\); "
+        r"optimizer.init\(params\) gives \(5,\)",
+    ):
+        bp_jax.fit(
+            bp_jax.loss_fn(model), params, x, y, steps=3, optimizer=optax.sgd(0.1, momentum=0.9), opt_state=wrong_shape
+        )
 
 
 def test_mismatched_example_counts_are_refused():
@@ -167,8 +205,18 @@ def test_mismatched_example_counts_are_refused():
 
 def test_numpy_integers_are_accepted_where_ints_are():
     model, params, x, y = problem()
-    result = bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=np.int64(12), batch_size=np.int32(8),
-                        lr=np.float32(0.05), key=jax.random.key(0), chunk_size=np.int64(5), start_step=np.int64(3))
+    result = bp_jax.fit(
+        bp_jax.loss_fn(model),
+        params,
+        x,
+        y,
+        steps=np.int64(12),
+        batch_size=np.int32(8),
+        lr=np.float32(0.05),
+        key=jax.random.key(0),
+        chunk_size=np.int64(5),
+        start_step=np.int64(3),
+    )
     assert result.step == 15 and result.losses.shape == (12,)
 
 
@@ -199,8 +247,19 @@ def test_another_length_chunking_resume_point_or_lr_does_not_compile_again(optim
     with count_compilations() as compiled:
         bp_jax.fit(loss, params, x, y, steps=1, batch_size=8, key=key, **method)
         bp_jax.fit(loss, params, x, y, steps=2500, batch_size=8, key=key, chunk_size=97, **method)
-        bp_jax.fit(loss, first.params, x, y, steps=7, batch_size=8, key=key, opt_state=first.opt_state,
-                   start_step=first.step, chunk_size=3, **method)
+        bp_jax.fit(
+            loss,
+            first.params,
+            x,
+            y,
+            steps=7,
+            batch_size=8,
+            key=key,
+            opt_state=first.opt_state,
+            start_step=first.step,
+            chunk_size=3,
+            **method,
+        )
         if optimizer is None:
             bp_jax.fit(loss, params, x, y, steps=40, batch_size=8, key=key, lr=0.003)
     assert compiled == []
@@ -221,8 +280,9 @@ def test_resuming_anywhere_with_any_chunking_is_bit_identical_on_this_isa(isa):
 def test_what_on_chunk_receives_stays_usable_after_later_chunks():
     model, params, x, y = problem()
     kept = []
-    bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=6, optimizer=optax.adam(0.01), chunk_size=2,
-               on_chunk=kept.append)
+    bp_jax.fit(
+        bp_jax.loss_fn(model), params, x, y, steps=6, optimizer=optax.adam(0.01), chunk_size=2, on_chunk=kept.append
+    )
     assert [result.step for result in kept] == [2, 4, 6]
     for result in kept:  # none of them donated by the next chunk
         assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves((result.params, result.opt_state)))
@@ -235,11 +295,14 @@ def test_zero_steps_returns_the_params_unchanged():
     chex.assert_trees_all_equal(result.params, params)
 
 
-@pytest.mark.parametrize("key, error, message", [
-    (0, TypeError, "key must be a PRNG key such as jax.random.key"),
-    (jnp.array([0.5, 0.2]), TypeError, "got ArrayImpl of dtype float32 and shape \\(2,\\)"),
-    (jax.random.split(jax.random.key(0), 2), ValueError, r"fit takes one key, got keys of shape \(2,\)"),
-])
+@pytest.mark.parametrize(
+    "key, error, message",
+    [
+        (0, TypeError, "key must be a PRNG key such as jax.random.key"),
+        (jnp.array([0.5, 0.2]), TypeError, "got ArrayImpl of dtype float32 and shape \\(2,\\)"),
+        (jax.random.split(jax.random.key(0), 2), ValueError, r"fit takes one key, got keys of shape \(2,\)"),
+    ],
+)
 def test_keys_that_are_not_one_prng_key_are_refused(key, error, message):
     model, params, x, y = problem()
     with pytest.raises(error, match=message):
@@ -271,7 +334,7 @@ def test_nested_lists_are_data_and_a_mesh_must_be_a_mesh():
     from_lists = bp_jax.fit(bp_jax.loss_fn(model), params, x.tolist(), y.tolist(), steps=5, lr=0.05)
     from_arrays = bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=5, lr=0.05)
     np.testing.assert_allclose(from_lists.losses, from_arrays.losses, rtol=1e-6)
-    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh .*got 'data'"):
+    with pytest.raises(TypeError, match=r"mesh must be a jax\.sharding\.Mesh .*got 'data'"):
         bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=5, lr=0.05, mesh="data")
 
 

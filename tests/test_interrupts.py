@@ -68,8 +68,9 @@ def block_stop_signals():
 
 
 def spawn(argv, cwd) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=block_stop_signals)
+    return subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=block_stop_signals
+    )
 
 
 def finish(process) -> tuple[int, str]:
@@ -82,8 +83,9 @@ def finish(process) -> tuple[int, str]:
 
 def signalled_at(tmp_path, target: str, when: str, number: int, *args) -> tuple[int, str]:
     module, attribute = target.split(":")
-    return finish(spawn([sys.executable, "-c", SIGNAL_AT, module, attribute, when, str(int(number)), *map(str, args)],
-                        tmp_path))
+    return finish(
+        spawn([sys.executable, "-c", SIGNAL_AT, module, attribute, when, str(int(number)), *map(str, args)], tmp_path)
+    )
 
 
 def assert_one_line(stderr: str, expected: str):
@@ -95,14 +97,17 @@ def no_temporary_files(folder) -> bool:
     return not [path for path in folder.rglob("*") if path.name.endswith(".tmp") or "tmp" in path.name.split(".")]
 
 
-@pytest.mark.parametrize("delay_s, number", [(0, signal.SIGINT), (0, signal.SIGTERM), (0.3, signal.SIGINT),
-                                             (0.8, signal.SIGTERM)])
+@pytest.mark.parametrize(
+    "delay_s, number", [(0, signal.SIGINT), (0, signal.SIGTERM), (0.3, signal.SIGINT), (0.8, signal.SIGTERM)]
+)
 def test_a_signal_at_start_up_is_one_line_and_128_plus_its_number(tmp_path, delay_s, number):
     """Right after spawn, and while jax and the data load: the process ends at once (or, had training begun
     already, at the end of the chunk, checkpointed)."""
     out = tmp_path / "run"
-    process = spawn(command("train", "--dataset", "synthetic", "--steps", 50_000_000, "--out", out,
-                            "--compile-cache", "off"), tmp_path)
+    process = spawn(
+        command("train", "--dataset", "synthetic", "--steps", 50_000_000, "--out", out, "--compile-cache", "off"),
+        tmp_path,
+    )
     time.sleep(delay_s)
     process.send_signal(number)
     status, stderr = finish(process)
@@ -116,21 +121,52 @@ def test_a_signal_at_start_up_is_one_line_and_128_plus_its_number(tmp_path, dela
         assert not (out / "metrics.json").exists() and checkpoint_steps(out) == []
 
 
-@pytest.mark.parametrize("target, when, number", [
-    ("bp_jax.cli.sweep:_train", "call", signal.SIGINT),  # set-up of the members
-    ("bp_jax:fit_ensemble", "compile", signal.SIGTERM),  # compiling the training program of 20000 members
-])
+@pytest.mark.parametrize(
+    "target, when, number",
+    [
+        ("bp_jax.cli.sweep:_train", "call", signal.SIGINT),  # set-up of the members
+        ("bp_jax:fit_ensemble", "compile", signal.SIGTERM),  # compiling the training program of 20000 members
+    ],
+)
 def test_a_signal_during_a_big_sweeps_set_up_or_compile_ends_it_at_once(tmp_path, target, when, number):
-    status, stderr = signalled_at(tmp_path, target, when, number, "sweep", "--lr", "0.01,0.1", "--seeds", 10_000,
-                                  "--steps", 5, "--out", tmp_path / "sweep", "--compile-cache", "off")
+    status, stderr = signalled_at(
+        tmp_path,
+        target,
+        when,
+        number,
+        "sweep",
+        "--lr",
+        "0.01,0.1",
+        "--seeds",
+        10_000,
+        "--steps",
+        5,
+        "--out",
+        tmp_path / "sweep",
+        "--compile-cache",
+        "off",
+    )
     assert status == EXIT_STATUS[number]
     assert_one_line(stderr, "bp-jax sweep: interrupted")
     assert not (tmp_path / "sweep" / "sweep.json").exists() and no_temporary_files(tmp_path)
 
 
 def test_a_signal_while_train_compiles_ends_it_at_once_with_nothing_written(tmp_path):
-    status, stderr = signalled_at(tmp_path, "bp_jax:fit", "compile", signal.SIGINT, "train", "--dataset",
-                                  "synthetic", "--steps", 5000, "--out", tmp_path / "run", "--compile-cache", "off")
+    status, stderr = signalled_at(
+        tmp_path,
+        "bp_jax:fit",
+        "compile",
+        signal.SIGINT,
+        "train",
+        "--dataset",
+        "synthetic",
+        "--steps",
+        5000,
+        "--out",
+        tmp_path / "run",
+        "--compile-cache",
+        "off",
+    )
     assert status == 130
     assert_one_line(stderr, "bp-jax train: interrupted")
     assert checkpoint_steps(tmp_path / "run") == [] and not (tmp_path / "run" / "metrics.json").exists()
@@ -138,9 +174,23 @@ def test_a_signal_while_train_compiles_ends_it_at_once_with_nothing_written(tmp_
 
 def test_a_signal_while_a_sweep_trains_stops_at_the_chunks_end_and_writes_what_was_trained(tmp_path):
     out = tmp_path / "sweep"
-    status, stderr = signalled_at(tmp_path, "bp_jax.cli.watch:Watch.on_chunk", "return", signal.SIGTERM, "sweep",
-                                  "--lr", "0.01,0.03", "--seeds", 2, "--steps", 5000, "--out", out,
-                                  "--compile-cache", "off")
+    status, stderr = signalled_at(
+        tmp_path,
+        "bp_jax.cli.watch:Watch.on_chunk",
+        "return",
+        signal.SIGTERM,
+        "sweep",
+        "--lr",
+        "0.01,0.03",
+        "--seeds",
+        2,
+        "--steps",
+        5000,
+        "--out",
+        out,
+        "--compile-cache",
+        "off",
+    )
     assert status == 143
     report = strict_json(out / "sweep.json")
     step = report["steps"]  # the end of the chunk after the first (or the next, had the signal come late)
@@ -152,8 +202,20 @@ def test_a_signal_while_a_sweep_trains_stops_at_the_chunks_end_and_writes_what_w
 def test_a_signal_while_results_are_written_lets_them_finish_then_exits(tmp_path, name, written):
     out = tmp_path / "out"
     args = ("--lr", "0.01,0.03", "--seeds", 2) if name == "sweep" else ("--dataset", "synthetic")
-    status, stderr = signalled_at(tmp_path, "bp_jax.cli.folders:write_json", "call", signal.SIGINT, name, *args,
-                                  "--steps", 300, "--out", out, "--compile-cache", "off")
+    status, stderr = signalled_at(
+        tmp_path,
+        "bp_jax.cli.folders:write_json",
+        "call",
+        signal.SIGINT,
+        name,
+        *args,
+        "--steps",
+        300,
+        "--out",
+        out,
+        "--compile-cache",
+        "off",
+    )
     assert status == 130
     assert_one_line(stderr, f"bp-jax {name}: interrupted")
     strict_json(out / written)  # whole, and valid
@@ -179,13 +241,15 @@ def test_the_phases_keep_a_signal_for_training_and_answer_one_that_came_while_wr
 
 
 def test_import_bp_jax_and_help_load_no_jax_and_every_public_name_resolves():
-    code = ("import contextlib, io, sys\nimport bp_jax\nfrom bp_jax.cli import main\nloaded = 'jax' in sys.modules\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        main(['--help'])\n"
-            "    except SystemExit:\n        pass\n"
-            "print(loaded, 'jax' in sys.modules)\n"
-            "names = {}\nexec('from bp_jax import *', names)\nimport bp_jax.manual\n"
-            "print(sorted(set(names) - {'__builtins__'}) == sorted(bp_jax.__all__), "
-            "set(bp_jax.__all__) <= set(dir(bp_jax)), bp_jax.manual is names['manual'], bp_jax.fit.__module__)")
+    code = (
+        "import contextlib, io, sys\nimport bp_jax\nfrom bp_jax.cli import main\nloaded = 'jax' in sys.modules\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        main(['--help'])\n"
+        "    except SystemExit:\n        pass\n"
+        "print(loaded, 'jax' in sys.modules)\n"
+        "names = {}\nexec('from bp_jax import *', names)\nimport bp_jax.manual\n"
+        "print(sorted(set(names) - {'__builtins__'}) == sorted(bp_jax.__all__), "
+        "set(bp_jax.__all__) <= set(dir(bp_jax)), bp_jax.manual is names['manual'], bp_jax.fit.__module__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["False", "False", "True", "True", "True", "bp_jax._fit"], done.stdout
 
@@ -208,6 +272,7 @@ def test_what_type_checkers_see_is_the_lazy_list():
 def test_help_shows_the_whole_description():
     from bp_jax import cli
 
-    shown = " ".join(subprocess.run(command("--help"), capture_output=True, text=True, timeout=120,
-                                    check=True).stdout.split())
+    shown = " ".join(
+        subprocess.run(command("--help"), capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    )
     assert " ".join(cli.__doc__.split("\n\n")[0].split()) in shown

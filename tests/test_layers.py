@@ -54,11 +54,14 @@ def test_sequential_splits_the_key_once_per_layer():
     np.testing.assert_array_equal(first["weight"], again[0]["weight"])
 
 
-@pytest.mark.parametrize("layer, fn", [
-    (bp_jax.ReLU(), lambda x: np.maximum(x, 0)),
-    (bp_jax.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
-    (bp_jax.Tanh(), np.tanh),
-])
+@pytest.mark.parametrize(
+    "layer, fn",
+    [
+        (bp_jax.ReLU(), lambda x: np.maximum(x, 0)),
+        (bp_jax.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+        (bp_jax.Tanh(), np.tanh),
+    ],
+)
 def test_activation_layers_have_no_params_and_apply_elementwise(layer, fn):
     x = np.linspace(-3, 3, 13, dtype=np.float32)
     assert layer.init(KEY) == {}
@@ -73,6 +76,7 @@ def test_relu_derivative_at_zero_is_zero_like_torch():
 
 # --- bad input: clear errors at trace time -----------------------------------------------------
 
+
 def test_wrong_feature_count_names_expected_and_actual():
     layer = bp_jax.Linear(10, 5)
     with pytest.raises(ValueError, match=r"Linear\(10, 5\) expects x with 10 features.*\(32, 7\)"):
@@ -86,7 +90,9 @@ def test_wrong_feature_count_names_expected_and_actual():
 def test_params_that_do_not_match_the_model_name_the_layer():
     model = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1))
     wrong = bp_jax.Sequential(bp_jax.Linear(10, 5), bp_jax.ReLU(), bp_jax.Linear(4, 1)).init(KEY)
-    with pytest.raises(ValueError, match=r"Sequential layer 2: Linear\(5, 1\) expects weight of shape \(1, 5\), got \(1, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"Sequential layer 2: Linear\(5, 1\) expects weight of shape \(1, 5\), got \(1, 4\)"
+    ):
         model.apply(wrong, jnp.ones((2, 10)))
     with pytest.raises(ValueError, match="expects a tuple of 3 params, got 2 entries"):
         model.apply(wrong[:2], jnp.ones((2, 10)))
@@ -133,8 +139,13 @@ def test_sequential_rejects_non_models():
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
 def test_mlp_is_the_sequential_written_out_by_hand(activation):
     key, x = jax.random.key(3), jax.random.normal(jax.random.key(4), (7, 10))
-    by_hand = bp_jax.Sequential(bp_jax.Linear(10, 8), bp_jax._layers.elementwise(activation), bp_jax.Linear(8, 4),
-                                bp_jax._layers.elementwise(activation), bp_jax.Linear(4, 2))
+    by_hand = bp_jax.Sequential(
+        bp_jax.Linear(10, 8),
+        bp_jax._layers.elementwise(activation),
+        bp_jax.Linear(8, 4),
+        bp_jax._layers.elementwise(activation),
+        bp_jax.Linear(4, 2),
+    )
     built = bp_jax.mlp((10, 8, 4, 2), activation)
     params = built.init(key)
     chex.assert_trees_all_equal(params, by_hand.init(key))
@@ -152,8 +163,11 @@ def test_mlp_refuses_too_few_sizes_and_unknown_activations():
 def test_a_model_is_named_as_the_call_that_builds_it():
     assert bp_jax.mlp((10, 5, 1), "tanh").name == "Sequential(Linear(10, 5), Tanh(), Linear(5, 1))"
     assert bp_jax.Linear(3, 2, bias=False).name == "Linear(3, 2, bias=False)"
-    assert (bp_jax.ReLU().name, bp_jax.Sigmoid().name, bp_jax.neuron("relu").name) == ("ReLU()", "Sigmoid()",
-                                                                                       "neuron('relu')")
+    assert (bp_jax.ReLU().name, bp_jax.Sigmoid().name, bp_jax.neuron("relu").name) == (
+        "ReLU()",
+        "Sigmoid()",
+        "neuron('relu')",
+    )
     assert bp_jax.mlp((10, 5, 1), "tanh").name != bp_jax.mlp((10, 5, 1), "relu").name
     unknown = bp_jax.Model(lambda key: {}, lambda params, x: x)
     assert unknown.name is None and bp_jax.Sequential(unknown, bp_jax.ReLU()).name is None

@@ -16,8 +16,7 @@ def test_mse_is_the_mean_over_all_elements():
 
 
 def test_squared_error_is_elementwise():
-    np.testing.assert_array_equal(bp_jax.squared_error(jnp.array([1.5, -1.0]), jnp.array([3.0, 1.0])),
-                                  [2.25, 4.0])
+    np.testing.assert_array_equal(bp_jax.squared_error(jnp.array([1.5, -1.0]), jnp.array([3.0, 1.0])), [2.25, 4.0])
 
 
 @pytest.mark.parametrize("loss", [bp_jax.mse, bp_jax.squared_error])
@@ -79,7 +78,8 @@ def test_softmax_cross_entropy_is_the_mean_of_logsumexp_minus_the_labels_logit()
     with jax.enable_x64(True):
         assert float(bp_jax.softmax_cross_entropy(logits, labels)) == pytest.approx(by_hand, rel=1e-12)
     assert float(bp_jax.softmax_cross_entropy(np.zeros((4, 2), np.float32), np.zeros(4, int))) == pytest.approx(
-        np.log(2), rel=1e-6)
+        np.log(2), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("size", [1e4, 1e30])
@@ -92,8 +92,7 @@ def test_softmax_cross_entropy_is_finite_at_huge_logits(size):
     assert float(value) == pytest.approx((2 * size + np.log(2)) / 2, rel=1e-6)  # row 0: 2·size, row 1: log 2
     grad = jax.grad(bp_jax.softmax_cross_entropy)(logits, labels)
     np.testing.assert_allclose(grad, [[0.5, -0.5, 0.0], [-0.25, 0.25, 0.0]], atol=1e-7)
-    np.testing.assert_allclose(bp_jax.manual.LOSS_GRADS[bp_jax.softmax_cross_entropy](logits, labels), grad,
-                               atol=1e-7)
+    np.testing.assert_allclose(bp_jax.manual.LOSS_GRADS[bp_jax.softmax_cross_entropy](logits, labels), grad, atol=1e-7)
     hand_value, hand_grads = bp_jax.manual.value_and_grad(model, bp_jax.softmax_cross_entropy)(params, logits, labels)
     assert hand_value == value
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(hand_grads))
@@ -101,8 +100,10 @@ def test_softmax_cross_entropy_is_finite_at_huge_logits(size):
 
 @pytest.mark.parametrize(("logits_shape", "labels_shape"), [((5, 3), (4,)), ((5, 3), (5, 1)), ((3,), (3,))])
 def test_softmax_cross_entropy_names_both_shapes(logits_shape, labels_shape):
-    message = (rf"logits of shape {re.escape(str(logits_shape))} and labels of shape "
-               rf"{re.escape(str(labels_shape))}")
+    message = (
+        rf"logits of shape {re.escape(str(logits_shape))} and labels of shape "
+        rf"{re.escape(str(labels_shape))}"
+    )
     with pytest.raises(ValueError, match=message):
         bp_jax.softmax_cross_entropy(jnp.zeros(logits_shape), jnp.zeros(labels_shape, int))
 
@@ -111,8 +112,11 @@ def test_softmax_cross_entropy_names_both_shapes(logits_shape, labels_shape):
 def test_softmax_cross_entropy_names_the_label_out_of_range(label, row):
     labels = np.zeros(4, int)
     labels[row] = label
-    with pytest.raises(ValueError, match=rf"labels must lie in \[0, 3\) for logits of shape \(4, 3\), "
-                                         rf"got label {label} at row {row}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"labels must lie in \[0, 3\) for logits of shape \(4, 3\), "
+        rf"got label {label} at row {row}$",
+    ):
         bp_jax.softmax_cross_entropy(jnp.zeros((4, 3)), labels)
 
 
@@ -129,8 +133,14 @@ def test_out_of_range_labels_under_jit_give_nan_and_fit_reports_it():
     model = bp_jax.mlp((2, 2), "tanh")
     x, _ = three_blobs((1, 1, 1))
     with pytest.raises(bp_jax.NonFiniteLoss) as stopped:
-        bp_jax.fit(bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy), model.init(jax.random.key(0)), x, labels,
-                   steps=5, lr=0.1)
+        bp_jax.fit(
+            bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy),
+            model.init(jax.random.key(0)),
+            x,
+            labels,
+            steps=5,
+            lr=0.1,
+        )
     assert (stopped.value.step, stopped.value.cause) == (0, "loss")
 
 
@@ -142,8 +152,9 @@ def test_cross_entropy_steps_are_the_hand_written_update():
     expected = jax.tree.map(lambda w, g: w - 0.1 * g, params, grads)
     new_params, sgd_loss = bp_jax.sgd_step(loss, lr=0.1)(jax.tree.map(jnp.array, params), x, labels)
     optimizer = optax.sgd(0.1)
-    optax_params, _, optax_loss = bp_jax.optax_step(loss, optimizer)(jax.tree.map(jnp.array, params),
-                                                                     optimizer.init(params), x, labels)
+    optax_params, _, optax_loss = bp_jax.optax_step(loss, optimizer)(
+        jax.tree.map(jnp.array, params), optimizer.init(params), x, labels
+    )
     for got, got_loss in ((new_params, sgd_loss), (optax_params, optax_loss)):
         np.testing.assert_allclose(got_loss, value, rtol=1e-5, atol=1e-6)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
@@ -159,8 +170,16 @@ def test_fit_learns_three_classes_with_cross_entropy(batch_size):
     model = bp_jax.mlp((2, 16, 3), "tanh")
     params, (x, labels) = model.init(jax.random.key(1)), three_blobs()
     majority = np.bincount(labels).max() / len(labels)
-    result = bp_jax.fit(bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy), params, x, labels, steps=300,
-                        lr=0.3, batch_size=batch_size, key=jax.random.key(2))
+    result = bp_jax.fit(
+        bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy),
+        params,
+        x,
+        labels,
+        steps=300,
+        lr=0.3,
+        batch_size=batch_size,
+        key=jax.random.key(2),
+    )
     assert majority == 0.5
     assert accuracy(model, params, x, labels) < 0.6
     assert accuracy(model, result.params, x, labels) > 0.9
@@ -171,8 +190,16 @@ def test_fit_ensemble_trains_every_member_on_class_labels():
     model = bp_jax.mlp((2, 16, 3), "tanh")
     x, labels = three_blobs()
     params = jax.vmap(model.init)(jax.random.split(jax.random.key(3), 3))
-    result = bp_jax.fit_ensemble(bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy), params, x, labels,
-                                 steps=300, lr=np.array([0.1, 0.3, 1.0]), batch_size=16, key=jax.random.key(4))
+    result = bp_jax.fit_ensemble(
+        bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy),
+        params,
+        x,
+        labels,
+        steps=300,
+        lr=np.array([0.1, 0.3, 1.0]),
+        batch_size=16,
+        key=jax.random.key(4),
+    )
     assert list(result.diverged) == [-1, -1, -1]
     members = [jax.tree.map(lambda leaf, i=i: leaf[i], result.params) for i in range(3)]
     assert all(accuracy(model, params, x, labels) > 0.9 for params in members)

@@ -24,8 +24,7 @@ def test_neuron_formula_equals_jax_grad(name, w, x, t):
             w_, x_, t_ = (jnp.asarray(v, dtype) for v in (w, x, t))
             loss = bp_jax.loss_fn(bp_jax.neuron(name), bp_jax.squared_error)
             expected = jax.grad(loss)({"w": w_}, x_, t_)["w"]
-            chex.assert_trees_all_close(manual.neuron_grad(w_, x_, t_, name), expected,
-                                        rtol=tolerance, atol=tolerance)
+            chex.assert_trees_all_close(manual.neuron_grad(w_, x_, t_, name), expected, rtol=tolerance, atol=tolerance)
 
 
 @settings(max_examples=50, deadline=None)
@@ -35,23 +34,29 @@ def test_tiny_net_grads_equal_jax_grad(w1, w2, x, t):
         loss = bp_jax.loss_fn(bp_jax.tiny_net(), bp_jax.squared_error)
         grads, grad_x = jax.grad(loss, argnums=(0, 1))({"w1": w1, "w2": w2}, x, t)
         by_hand = manual.tiny_net_grads(w1, w2, x, t)
-        chex.assert_trees_all_close(by_hand, {"w1": grads["w1"], "w2": grads["w2"], "x": grad_x},
-                                    rtol=1e-10, atol=1e-10)
+        chex.assert_trees_all_close(
+            by_hand, {"w1": grads["w1"], "w2": grads["w2"], "x": grad_x}, rtol=1e-10, atol=1e-10
+        )
 
 
 MODELS = {
     "seed": documents.seed_mlp,
     "every layer": lambda: bp_jax.Sequential(
-        bp_jax.Linear(10, 8), bp_jax.Tanh(), bp_jax.Linear(8, 6), bp_jax.Sigmoid(),
-        bp_jax.Linear(6, 4, bias=False), bp_jax.ReLU(), bp_jax.Linear(4, 3)),
+        bp_jax.Linear(10, 8),
+        bp_jax.Tanh(),
+        bp_jax.Linear(8, 6),
+        bp_jax.Sigmoid(),
+        bp_jax.Linear(6, 4, bias=False),
+        bp_jax.ReLU(),
+        bp_jax.Linear(4, 3),
+    ),
     "single linear": lambda: bp_jax.Sequential(bp_jax.Linear(10, 2)),
 }
 
 
 def data(seed, batch_shape, features, outputs):
     x_key, y_key = jax.random.split(jax.random.key(seed))
-    return (jax.random.normal(x_key, (*batch_shape, features)),
-            jax.random.normal(y_key, (*batch_shape, outputs)))
+    return (jax.random.normal(x_key, (*batch_shape, features)), jax.random.normal(y_key, (*batch_shape, outputs)))
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -73,8 +78,7 @@ def test_manual_value_and_grad_jits():
     params = model.init(jax.random.key(5))
     x, y = data(6, (8,), 10, 3)
     expected = jax.value_and_grad(bp_jax.loss_fn(model))(params, x, y)
-    chex.assert_trees_all_close(jax.jit(manual.value_and_grad(model))(params, x, y), expected,
-                                rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(jax.jit(manual.value_and_grad(model))(params, x, y), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -88,8 +92,9 @@ def test_both_gradients_agree_with_finite_differences(model_name):
         manual_grads = manual.value_and_grad(model)(params, x, y)[1]
         # Directional derivative by central differences along a random direction, vs the manual grads.
         leaves, treedef = jax.tree.flatten(params)
-        direction = jax.tree.unflatten(treedef, [jax.random.normal(jax.random.key(i), leaf.shape)
-                                                 for i, leaf in enumerate(leaves)])
+        direction = jax.tree.unflatten(
+            treedef, [jax.random.normal(jax.random.key(i), leaf.shape) for i, leaf in enumerate(leaves)]
+        )
         eps = 1e-6
         shifted = lambda s: loss(jax.tree.map(lambda p, d: p + s * d, params, direction), x, y)
         numeric = (shifted(eps) - shifted(-eps)) / (2 * eps)
@@ -124,14 +129,18 @@ def test_cross_entropy_grad_by_hand_equals_jax_grad_of_the_loss(precision):
     logits = 5 * jax.random.normal(jax.random.key(0), (64, 7))
     labels = jax.random.randint(jax.random.key(1), (64,), 0, 7)
     by_hand = manual.LOSS_GRADS[bp_jax.softmax_cross_entropy](logits, labels)
-    chex.assert_trees_all_close(by_hand, jax.grad(bp_jax.softmax_cross_entropy)(logits, labels),
-                                rtol=precision, atol=precision)
+    chex.assert_trees_all_close(
+        by_hand, jax.grad(bp_jax.softmax_cross_entropy)(logits, labels), rtol=precision, atol=precision
+    )
     chex.assert_trees_all_close(by_hand.sum(axis=1), jnp.zeros(64), atol=precision)  # Σ_j softmax_j − 1 = 0
 
 
 def test_manual_refuses_models_without_hand_written_derivatives():
     with pytest.raises(TypeError, match="hand-written derivatives"):
         manual.value_and_grad(bp_jax.tiny_net())
-    with pytest.raises(ValueError, match=r"knows the derivatives of \['mse', 'softmax_cross_entropy'\], "
-                                         r"got <function squared_error"):
+    with pytest.raises(
+        ValueError,
+        match=r"knows the derivatives of \['mse', 'softmax_cross_entropy'\], "
+        r"got <function squared_error",
+    ):
         manual.value_and_grad(MODELS["seed"](), loss=bp_jax.squared_error)

@@ -39,7 +39,8 @@ def test_each_epoch_is_a_permutation_of_the_rows(rows, seed):
 def test_every_position_is_equally_likely_for_every_row():
     rows, trials = 8, 4000
     orders = jax.jit(jax.vmap(lambda seed: index_shuffle(jax.random.key(seed), 0, jnp.arange(rows), rows)))(
-        jnp.arange(trials))
+        jnp.arange(trials)
+    )
     counts = np.zeros((rows, rows))
     np.add.at(counts, (np.tile(np.arange(rows), trials), np.asarray(orders).reshape(-1)), 1)
     expected = trials / rows
@@ -56,12 +57,12 @@ def test_minibatch_indices_refuse_a_step_that_is_not_a_count(step):
 def test_every_ordering_of_a_tiny_data_set_is_equally_likely():
     rows, trials = 4, 4800
     orders = jax.jit(jax.vmap(lambda seed: index_shuffle(jax.random.key(seed), 0, jnp.arange(rows), rows)))(
-        jnp.arange(trials))
+        jnp.arange(trials)
+    )
     _, counts = np.unique(np.asarray(orders), axis=0, return_counts=True)
     expected = trials / 24
     assert len(counts) == 24
     assert ((counts - expected) ** 2 / expected).sum() < 55  # 23 degrees of freedom: 99.99th percentile ≈ 52
-
 
 
 @settings(max_examples=25, deadline=None)

@@ -20,7 +20,9 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_importing_bp_jax_stays_light():
-    code = ("import sys, bp_jax; heavy = {'torch', 'matplotlib', 'orbax', 'sklearn', 'rich', 'tqdm'}; "
-            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    code = (
+        "import sys, bp_jax; heavy = {'torch', 'matplotlib', 'orbax', 'sklearn', 'rich', 'tqdm'}; "
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

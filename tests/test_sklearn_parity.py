@@ -32,8 +32,9 @@ def float64():
 
 def sklearn_network(estimator, activation, hidden, x, y):
     """An initialised scikit-learn MLP (one SGD epoch on x, y sets up its layers and weights), alpha = 0."""
-    network = estimator(hidden_layer_sizes=hidden, activation=activation, alpha=0.0, solver="sgd", max_iter=1,
-                        random_state=0)
+    network = estimator(
+        hidden_layer_sizes=hidden, activation=activation, alpha=0.0, solver="sgd", max_iter=1, random_state=0
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return network.fit(x, y)
@@ -51,9 +52,14 @@ def twin(network, activation):
 def sklearn_backprop(network, x, y_encoded):
     """scikit-learn's (loss, grads) in bp_jax's layout (weights (out, in)) for encoded targets."""
     layers = network.n_layers_
-    arguments = {"X": x, "y": y_encoded, "activations": [x] + [None] * (layers - 1), "deltas": [None] * (layers - 1),
-                 "coef_grads": [np.empty_like(c) for c in network.coefs_],
-                 "intercept_grads": [np.empty_like(b) for b in network.intercepts_]}
+    arguments = {
+        "X": x,
+        "y": y_encoded,
+        "activations": [x] + [None] * (layers - 1),
+        "deltas": [None] * (layers - 1),
+        "coef_grads": [np.empty_like(c) for c in network.coefs_],
+        "intercept_grads": [np.empty_like(b) for b in network.intercepts_],
+    }
     if "sample_weight" in inspect.signature(network._backprop).parameters:
         arguments["sample_weight"] = None
     loss, coef_grads, intercept_grads = network._backprop(**arguments)
@@ -74,10 +80,13 @@ def test_cross_entropy_equals_mlpclassifier_multiclass_backprop(activation, hidd
     assert network.out_activation_ == "softmax"
     model, params = twin(network, activation)
     expected = sklearn_backprop(network, x, network._label_binarizer.transform(labels))
-    for value_and_grad in (jax.value_and_grad(bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)),
-                           manual.value_and_grad(model, bp_jax.softmax_cross_entropy)):
-        chex.assert_trees_all_close(value_and_grad(params, jnp.asarray(x), jnp.asarray(labels)), expected,
-                                    rtol=1e-10, atol=1e-10)
+    for value_and_grad in (
+        jax.value_and_grad(bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)),
+        manual.value_and_grad(model, bp_jax.softmax_cross_entropy),
+    ):
+        chex.assert_trees_all_close(
+            value_and_grad(params, jnp.asarray(x), jnp.asarray(labels)), expected, rtol=1e-10, atol=1e-10
+        )
 
 
 @pytest.mark.parametrize("activation", LAYERS)
@@ -90,21 +99,35 @@ def test_a_binary_target_is_the_two_class_softmax(activation):
     assert network.out_activation_ == "logistic"
     _, params = twin(network, activation)
     last = params[-1]
-    two_class = {"weight": jnp.concatenate([jnp.zeros_like(last["weight"]), last["weight"]]),
-                 "bias": jnp.concatenate([jnp.zeros_like(last["bias"]), last["bias"]])}
+    two_class = {
+        "weight": jnp.concatenate([jnp.zeros_like(last["weight"]), last["weight"]]),
+        "bias": jnp.concatenate([jnp.zeros_like(last["bias"]), last["bias"]]),
+    }
     model = bp_jax.Sequential(bp_jax.Linear(6, 8), LAYERS[activation](), bp_jax.Linear(8, 2))
     params = (*params[:-1], two_class)
-    chex.assert_trees_all_close(jax.nn.softmax(model.apply(params, jnp.asarray(x))), network.predict_proba(x),
-                                rtol=1e-10, atol=1e-10)
+    chex.assert_trees_all_close(
+        jax.nn.softmax(model.apply(params, jnp.asarray(x))), network.predict_proba(x), rtol=1e-10, atol=1e-10
+    )
 
     loss, grads = sklearn_backprop(network, x, network._label_binarizer.transform(labels))
     last_grad = grads[-1]
-    expected = (loss, (*grads[:-1], {"weight": jnp.concatenate([-last_grad["weight"], last_grad["weight"]]),
-                                     "bias": jnp.concatenate([-last_grad["bias"], last_grad["bias"]])}))
-    for value_and_grad in (jax.value_and_grad(bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)),
-                           manual.value_and_grad(model, bp_jax.softmax_cross_entropy)):
-        chex.assert_trees_all_close(value_and_grad(params, jnp.asarray(x), jnp.asarray(labels)), expected,
-                                    rtol=1e-10, atol=1e-10)
+    expected = (
+        loss,
+        (
+            *grads[:-1],
+            {
+                "weight": jnp.concatenate([-last_grad["weight"], last_grad["weight"]]),
+                "bias": jnp.concatenate([-last_grad["bias"], last_grad["bias"]]),
+            },
+        ),
+    )
+    for value_and_grad in (
+        jax.value_and_grad(bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)),
+        manual.value_and_grad(model, bp_jax.softmax_cross_entropy),
+    ):
+        chex.assert_trees_all_close(
+            value_and_grad(params, jnp.asarray(x), jnp.asarray(labels)), expected, rtol=1e-10, atol=1e-10
+        )
 
 
 @pytest.mark.parametrize("activation", LAYERS)
@@ -118,5 +141,6 @@ def test_mse_equals_mlpregressor_backprop(activation):
     loss, grads = sklearn_backprop(network, x, y)
     expected = (2 * loss, jax.tree.map(lambda g: 2 * g / y.shape[1], grads))
     for value_and_grad in (jax.value_and_grad(bp_jax.loss_fn(model)), manual.value_and_grad(model)):
-        chex.assert_trees_all_close(value_and_grad(params, jnp.asarray(x), jnp.asarray(y)), expected,
-                                    rtol=1e-10, atol=1e-10)
+        chex.assert_trees_all_close(
+            value_and_grad(params, jnp.asarray(x), jnp.asarray(y)), expected, rtol=1e-10, atol=1e-10
+        )

@@ -72,7 +72,7 @@ def test_non_numeric_learning_rates_are_refused(lr):
 
 def test_optax_step_refuses_non_optimizers():
     model, *_ = seed_problem()
-    with pytest.raises(TypeError, match="optax.GradientTransformation"):
+    with pytest.raises(TypeError, match=r"optax\.GradientTransformation"):
         bp_jax.optax_step(bp_jax.loss_fn(model), 0.01)
 
 

@@ -23,8 +23,21 @@ COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "run"
-    done = bp_jax_cli("sweep", "--lr", "0.003,0.03,5", "--seeds", 3, "--seed", 4, "--steps", STEPS, "--out", out,
-                      "--compile-cache", "off")
+    done = bp_jax_cli(
+        "sweep",
+        "--lr",
+        "0.003,0.03,5",
+        "--seeds",
+        3,
+        "--seed",
+        4,
+        "--steps",
+        STEPS,
+        "--out",
+        out,
+        "--compile-cache",
+        "off",
+    )
     return out, done
 
 
@@ -32,11 +45,11 @@ def test_every_member_is_reported_and_diverged_ones_do_not_fail_the_sweep(sweep)
     out, done = sweep
     report = strict_json(out / "sweep.json")
     assert [(run["lr"], run["seed"]) for run in report["runs"]] == [
-        (lr, seed) for lr in (0.003, 0.03, 5.0) for seed in (4, 5, 6)]
+        (lr, seed) for lr in (0.003, 0.03, 5.0) for seed in (4, 5, 6)
+    ]
     assert report["steps"] == int(STEPS) and report["config"]["split_seed"] == 0
     finished = [run for run in report["runs"] if run["lr"] != 5.0]
-    assert all(run["diverged_at"] is None and run["held_out_mse"] < report["baseline_held_out_mse"]
-               for run in finished)
+    assert all(run["diverged_at"] is None and run["held_out_mse"] < report["baseline_held_out_mse"] for run in finished)
     assert all(isinstance(run["diverged_at"], int) for run in report["runs"] if run["lr"] == 5.0)
     table = done.stdout
     assert "3 of 3" in table and "0 of 3" in table and "held-out MSE, mean ± std" in table
@@ -48,11 +61,41 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
     out, _ = sweep
     if optimizer != "sgd":  # a sweep of its own with that optimizer
         out = tmp_path / "sweep"
-        bp_jax_cli("sweep", "--lr", f"{lr},0.01", "--seeds", 3, "--seed", 4, "--steps", STEPS,
-                   "--optimizer", optimizer, "--out", out, "--compile-cache", "off")
+        bp_jax_cli(
+            "sweep",
+            "--lr",
+            f"{lr},0.01",
+            "--seeds",
+            3,
+            "--seed",
+            4,
+            "--steps",
+            STEPS,
+            "--optimizer",
+            optimizer,
+            "--out",
+            out,
+            "--compile-cache",
+            "off",
+        )
     member = next(run for run in strict_json(out / "sweep.json")["runs"] if run["lr"] == lr and run["seed"] == seed)
-    bp_jax_cli("train", "--lr", lr, "--seed", seed, "--split-seed", 0, "--steps", STEPS, "--optimizer", optimizer,
-               "--out", tmp_path / "train", "--compile-cache", "off")
+    bp_jax_cli(
+        "train",
+        "--lr",
+        lr,
+        "--seed",
+        seed,
+        "--split-seed",
+        0,
+        "--steps",
+        STEPS,
+        "--optimizer",
+        optimizer,
+        "--out",
+        tmp_path / "train",
+        "--compile-cache",
+        "off",
+    )
     metrics = strict_json(tmp_path / "train" / "metrics.json")
     for name in ("train_mse", "held_out_mse"):
         assert member[name] == pytest.approx(metrics[name], rel=MEMBER_TOLERANCE), name
@@ -60,8 +103,24 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
 
 def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
     out, _ = sweep
-    bp_jax_cli("sweep", "--lr", "0.003,0.03,5", "--seeds", 4, "--seed", 4, "--steps", STEPS, "--devices", 4,
-               "--out", tmp_path / "split", "--compile-cache", "off", env={"JAX_NUM_CPU_DEVICES": "4"})
+    bp_jax_cli(
+        "sweep",
+        "--lr",
+        "0.003,0.03,5",
+        "--seeds",
+        4,
+        "--seed",
+        4,
+        "--steps",
+        STEPS,
+        "--devices",
+        4,
+        "--out",
+        tmp_path / "split",
+        "--compile-cache",
+        "off",
+        env={"JAX_NUM_CPU_DEVICES": "4"},
+    )
     one = {(run["lr"], run["seed"]): run for run in strict_json(out / "sweep.json")["runs"]}
     for run in strict_json(tmp_path / "split" / "sweep.json")["runs"]:
         if (run["lr"], run["seed"]) in one:
@@ -71,22 +130,28 @@ def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
                 assert run["held_out_mse"] == pytest.approx(reference["held_out_mse"], rel=1e-5)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--lr", ""], "--lr: expected comma-separated numbers > 0"),
-    (["--lr", "0.1,-1"], "--lr: expected comma-separated numbers > 0"),
-    (["--lr", "0.1,fast"], "--lr: expected comma-separated numbers > 0"),
-    (["--lr", "0.1", "--seeds", "0"], "--seeds: expected a positive integer"),
-    (["--seeds", "2"], "the following arguments are required: --lr"),
-    (["--lr", "0.1,0.01,0.1"], "--lr lists 0.1 more than once"),
-    (["--lr", "0.1", "--compile-cache", "/dev/null/cache"],
-     "--compile-cache /dev/null/cache: cannot create the folder"),
-    (["--lr", "0.1", "--seeds", "3", "--devices", "2"], "3 members (learning rates × seeds) do not split evenly"),
-    (["--lr", "0.01", "--seeds", "99999999999"], "--seed 0 + --seeds 99999999999 passes 2**32 − 1, the largest"),
-    (["--lr", "0.01", "--seeds", "4000000000"], "4,000,000,000 members × 5 steps need about"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", ""], "--lr: expected comma-separated numbers > 0"),
+        (["--lr", "0.1,-1"], "--lr: expected comma-separated numbers > 0"),
+        (["--lr", "0.1,fast"], "--lr: expected comma-separated numbers > 0"),
+        (["--lr", "0.1", "--seeds", "0"], "--seeds: expected a positive integer"),
+        (["--seeds", "2"], "the following arguments are required: --lr"),
+        (["--lr", "0.1,0.01,0.1"], "--lr lists 0.1 more than once"),
+        (
+            ["--lr", "0.1", "--compile-cache", "/dev/null/cache"],
+            "--compile-cache /dev/null/cache: cannot create the folder",
+        ),
+        (["--lr", "0.1", "--seeds", "3", "--devices", "2"], "3 members (learning rates × seeds) do not split evenly"),
+        (["--lr", "0.01", "--seeds", "99999999999"], "--seed 0 + --seeds 99999999999 passes 2**32 − 1, the largest"),
+        (["--lr", "0.01", "--seeds", "4000000000"], "4,000,000,000 members × 5 steps need about"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    done = bp_jax_cli("sweep", *args, "--steps", 5, "--out", tmp_path / "bad", check=False,
-                      env={"JAX_NUM_CPU_DEVICES": "2"})
+    done = bp_jax_cli(
+        "sweep", *args, "--steps", 5, "--out", tmp_path / "bad", check=False, env={"JAX_NUM_CPU_DEVICES": "2"}
+    )
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "bad" / "sweep.json").exists()
 
@@ -101,8 +166,9 @@ def test_a_folder_holding_a_sweep_is_not_written_over(sweep):
 
 def test_a_sweep_that_cannot_fit_in_memory_is_refused_before_anything_is_allocated(tmp_path):
     """The losses of every step of every member: 1000 × 10**10 × 4 bytes, refused in one line."""
-    done = bp_jax_cli("sweep", "--lr", "0.01", "--seeds", 1000, "--steps", 10**10, "--out", tmp_path / "big",
-                      check=False)
+    done = bp_jax_cli(
+        "sweep", "--lr", "0.01", "--seeds", 1000, "--steps", 10**10, "--out", tmp_path / "big", check=False
+    )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "1,000 members × 10,000,000,000 steps need about" in done.stderr and "GiB, more than" in done.stderr
     assert not (tmp_path / "big").exists()
@@ -157,9 +223,28 @@ print(status, len(compiled))
 def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_path):
     counts = []
     for seeds in (10, 1000):
-        done = subprocess.run([sys.executable, "-c", COUNT_COMPILES, "sweep", "--lr", "0.01", "--seeds", str(seeds),
-                               "--steps", "3", "--out", str(tmp_path / str(seeds)), "--compile-cache", "off"],
-                              capture_output=True, text=True, timeout=300, check=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                COUNT_COMPILES,
+                "sweep",
+                "--lr",
+                "0.01",
+                "--seeds",
+                str(seeds),
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / str(seeds)),
+                "--compile-cache",
+                "off",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
         status, count = done.stdout.split()[-2:]
         assert status == "0", done.stderr
         counts.append(int(count))
@@ -168,6 +253,17 @@ def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_pa
 
 def test_a_sweep_of_20000_members_finishes(tmp_path):
     """Set-up used to stack 20000 keys into one program that compiled for over 13 minutes."""
-    bp_jax_cli("sweep", "--lr", "0.01,0.1", "--seeds", 10_000, "--steps", 5, "--out", tmp_path / "wide",
-               "--compile-cache", "off")
+    bp_jax_cli(
+        "sweep",
+        "--lr",
+        "0.01,0.1",
+        "--seeds",
+        10_000,
+        "--steps",
+        5,
+        "--out",
+        tmp_path / "wide",
+        "--compile-cache",
+        "off",
+    )
     assert len(strict_json(tmp_path / "wide" / "sweep.json")["runs"]) == 20_000

@@ -27,13 +27,13 @@ def test_from_torch_keeps_pytorchs_layout_and_values():
     torch.manual_seed(0)
     module = seed_mlp()
     params = bp_jax.from_torch(module, SEED_MODEL)
-    assert jax.tree.map(jnp.shape, params) == ({"weight": (5, 10), "bias": (5,)}, {},
-                                               {"weight": (1, 5), "bias": (1,)})
+    assert jax.tree.map(jnp.shape, params) == ({"weight": (5, 10), "bias": (5,)}, {}, {"weight": (1, 5), "bias": (1,)})
     np.testing.assert_array_equal(params[0]["weight"], module[0].weight.detach().numpy())
     np.testing.assert_array_equal(params[2]["bias"], module[2].bias.detach().numpy())
     x = torch.randn(7, 10)
-    np.testing.assert_allclose(SEED_MODEL.apply(params, jnp.asarray(x.numpy())), module(x).detach().numpy(),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        SEED_MODEL.apply(params, jnp.asarray(x.numpy())), module(x).detach().numpy(), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_from_torch_copies_so_later_torch_updates_do_not_leak_in():
@@ -51,7 +51,9 @@ def test_nested_sequential_and_single_layers_map_one_to_one():
     params = bp_jax.from_torch(module, model)
     assert jax.tree.map(jnp.shape, params) == (({"weight": (4, 3)}, {}), {})
     assert jax.tree.map(jnp.shape, bp_jax.from_torch(nn.Linear(3, 2), bp_jax.Linear(3, 2))) == {
-        "weight": (2, 3), "bias": (2,)}
+        "weight": (2, 3),
+        "bias": (2,),
+    }
     assert bp_jax.from_torch(nn.ReLU(), bp_jax.ReLU()) == {}
 
 
@@ -91,8 +93,9 @@ def test_bfloat16_modules_and_params_round_trip_bit_for_bit():
     module = seed_mlp().to(torch.bfloat16)
     params = bp_jax.from_torch(module, SEED_MODEL)
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-    np.testing.assert_array_equal(np.asarray(params[0]["weight"], np.float32),
-                                  module[0].weight.detach().float().numpy())
+    np.testing.assert_array_equal(
+        np.asarray(params[0]["weight"], np.float32), module[0].weight.detach().float().numpy()
+    )
     state_dict_params = bp_jax.from_torch(module.state_dict(), SEED_MODEL)
     chex.assert_trees_all_equal(state_dict_params, params)
     into_bfloat16, into_float32 = seed_mlp().to(torch.bfloat16), seed_mlp()
@@ -150,8 +153,10 @@ def test_from_torch_checks_every_layer_against_the_model():
 
 def test_another_activation_is_refused_both_ways():
     tanh_module = nn.Sequential(nn.Linear(10, 5), nn.Tanh(), nn.Linear(5, 1))
-    message = (r"the torch module is Sequential\(Linear\(10, 5\), Tanh\(\), Linear\(5, 1\)\) but the model is "
-               r"Sequential\(Linear\(10, 5\), ReLU\(\), Linear\(5, 1\)\): they compute different functions")
+    message = (
+        r"the torch module is Sequential\(Linear\(10, 5\), Tanh\(\), Linear\(5, 1\)\) but the model is "
+        r"Sequential\(Linear\(10, 5\), ReLU\(\), Linear\(5, 1\)\): they compute different functions"
+    )
     with pytest.raises(ValueError, match=message):
         bp_jax.from_torch(tanh_module, SEED_MODEL)
     params = SEED_MODEL.init(jax.random.key(0))
@@ -176,9 +181,9 @@ def test_state_dict_keys_of_other_modules_are_refused(key):
 
 
 def test_from_torch_refuses_other_inputs():
-    with pytest.raises(TypeError, match="expects an nn.Module or a state_dict, got list"):
+    with pytest.raises(TypeError, match=r"expects an nn\.Module or a state_dict, got list"):
         bp_jax.from_torch([torch.zeros(2)])
-    with pytest.raises(TypeError, match="needs a bp_jax.Sequential model"):
+    with pytest.raises(TypeError, match=r"needs a bp_jax\.Sequential model"):
         bp_jax.from_torch({"0.weight": torch.zeros(1, 1)}, bp_jax.Linear(1, 1))
 
 
@@ -197,24 +202,31 @@ def test_to_torch_refuses_params_of_another_structure():
     params = SEED_MODEL.init(jax.random.key(0))
     with pytest.raises(ValueError, match=r"layer \(top\) \(Sequential\) has 3 layers but params has 2 entries"):
         bp_jax.to_torch(params[:2], module)
-    with pytest.raises(ValueError, match=r"layer 0 \(Linear\) expects params with keys \['bias', 'weight'\], "
-                                         r"got \['weight'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"layer 0 \(Linear\) expects params with keys \['bias', 'weight'\], "
+        r"got \['weight'\]",
+    ):
         bp_jax.to_torch(({"weight": params[0]["weight"]}, *params[1:]), module)
     with pytest.raises(ValueError, match=r"layer 1 \(ReLU\) expects params with keys \[\]"):
         bp_jax.to_torch((params[0], params[0], params[2]), module)
 
 
 def test_import_bp_jax_does_not_import_torch_but_from_torch_does():
-    code = ("import sys, bp_jax; before = 'torch' in sys.modules; bp_jax.from_torch; "
-            "print(before, 'torch' in sys.modules, 'from_torch' in bp_jax.__all__)")
+    code = (
+        "import sys, bp_jax; before = 'torch' in sys.modules; bp_jax.from_torch; "
+        "print(before, 'torch' in sys.modules, 'from_torch' in bp_jax.__all__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True", "True"]
 
 
 def test_without_torch_star_import_works_and_from_torch_says_what_to_install():
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from bp_jax import *\n"
-            "import bp_jax\n"
-            "try:\n    bp_jax.from_torch\nexcept ImportError as err:\n    print(err)")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from bp_jax import *\n"
+        "import bp_jax\n"
+        "try:\n    bp_jax.from_torch\nexcept ImportError as err:\n    print(err)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "bp_jax.from_torch and bp_jax.to_torch need PyTorch: pip install 'bp_jax[torch]'"

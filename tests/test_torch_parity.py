@@ -14,8 +14,7 @@ import pytest
 import bp_jax
 from bp_jax import documents, manual
 
-torch = pytest.importorskip("torch", reason="parity tests run the documents' PyTorch code: "
-                                            "pip install 'bp_jax[torch]'")
+torch = pytest.importorskip("torch", reason="parity tests run the documents' PyTorch code: pip install 'bp_jax[torch]'")
 nn = torch.nn
 torch.set_num_threads(1)  # tiny matrices: more threads only spin against JAX's (100x slower on 2 busy cores)
 
@@ -96,20 +95,16 @@ def test_tiny_network_at_random_values(seed, precision):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_seed_mlp_loss_and_grads_the_documents_code(seed, precision):
     torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Linear(10, 5),
-        nn.ReLU(),
-        nn.Linear(5, 1)
-    )
+    model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))
     x = torch.randn(32, 10)  # 32 samples, 10 features
     y = torch.randn(32, 1)  # True values
     model, x, y = model.to(torch_dtype()), x.to(torch_dtype()), y.to(torch_dtype())
-    predictions = model(x)    # Get predictions
+    predictions = model(x)  # Get predictions
     criterion = nn.MSELoss()
     loss = criterion(predictions, y)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     optimizer.zero_grad()  # Clear previous gradients
-    loss.backward()         # Compute gradients (backprop!)
+    loss.backward()  # Compute gradients (backprop!)
 
     bp_model = documents.seed_mlp()
     params = bp_jax.from_torch(model, bp_model)
@@ -130,8 +125,9 @@ def test_loss_and_grads_of_nn_mseloss_backward(architecture, batch, precision):
     params = bp_jax.from_torch(module, model)
     expected = (loss.item(), torch_grads(module))
     for value_and_grad in (jax.value_and_grad(bp_jax.loss_fn(model)), manual.value_and_grad(model)):
-        chex.assert_trees_all_close(jax.jit(value_and_grad)(params, to_jax(x), to_jax(y)),
-                                    expected, rtol=precision, atol=precision)
+        chex.assert_trees_all_close(
+            jax.jit(value_and_grad)(params, to_jax(x), to_jax(y)), expected, rtol=precision, atol=precision
+        )
 
 
 @pytest.mark.parametrize("batch", [1, 256])
@@ -149,8 +145,9 @@ def test_loss_and_grads_of_nn_crossentropyloss_backward(architecture, batch, pre
     expected = (loss.item(), torch_grads(module))
     loss_fn = bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)
     for value_and_grad in (jax.value_and_grad(loss_fn), manual.value_and_grad(model, bp_jax.softmax_cross_entropy)):
-        chex.assert_trees_all_close(jax.jit(value_and_grad)(params, to_jax(x), to_jax(labels)),
-                                    expected, rtol=precision, atol=precision)
+        chex.assert_trees_all_close(
+            jax.jit(value_and_grad)(params, to_jax(x), to_jax(labels)), expected, rtol=precision, atol=precision
+        )
 
 
 def run_documents_train_step(model, x, y, optimizer, steps):
@@ -185,17 +182,25 @@ def run_optax(model, params, x, y, optimizer, steps):
     return losses, params
 
 
-@pytest.mark.parametrize(("architecture", "batch", "seed"), [
-    ("seed_mlp", 32, 0), ("seed_mlp", 32, 1), ("seed_mlp", 32, 2),
-    ("deep_tanh_sigmoid", 1, 3), ("deep_tanh_sigmoid", 256, 4), ("no_bias", 256, 5),
-])
+@pytest.mark.parametrize(
+    ("architecture", "batch", "seed"),
+    [
+        ("seed_mlp", 32, 0),
+        ("seed_mlp", 32, 1),
+        ("seed_mlp", 32, 2),
+        ("deep_tanh_sigmoid", 1, 3),
+        ("deep_tanh_sigmoid", 256, 4),
+        ("no_bias", 256, 5),
+    ],
+)
 def test_documents_train_step_against_both_bp_jax_steps_over_120_steps(architecture, batch, seed, precision):
     module, model, x_torch, y_torch = build(ARCHITECTURES[architecture], seed, batch)
     x, y = to_jax(x_torch), to_jax(y_torch)
     hand_params, optax_params = bp_jax.from_torch(module, model), bp_jax.from_torch(module, model)  # two copies
 
-    torch_losses = run_documents_train_step(module, x_torch, y_torch,
-                                            torch.optim.SGD(module.parameters(), lr=0.01), steps=120)
+    torch_losses = run_documents_train_step(
+        module, x_torch, y_torch, torch.optim.SGD(module.parameters(), lr=0.01), steps=120
+    )
     hand_step, hand_losses = bp_jax.sgd_step(bp_jax.loss_fn(model), lr=0.01), []
     for _ in range(120):
         hand_params, loss = hand_step(hand_params, x, y)
@@ -210,26 +215,34 @@ def test_documents_train_step_against_both_bp_jax_steps_over_120_steps(architect
 
 def optax_like_torch_sgd(lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     """torch.optim.SGD(lr, momentum, weight_decay, nesterov) with dampening 0, as optax: coupled L2 first."""
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(lr, momentum=momentum or None, nesterov=nesterov))
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
+    )
 
 
-@pytest.mark.parametrize("config", [
-    {"momentum": 0.9},
-    {"momentum": 0.9, "nesterov": True},
-    {"weight_decay": 0.05},
-    {"momentum": 0.5, "weight_decay": 0.1},
-    {"momentum": 0.9, "weight_decay": 0.01, "nesterov": True},
-], ids=lambda config: "-".join(f"{k}={v}" for k, v in config.items()))
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"momentum": 0.9},
+        {"momentum": 0.9, "nesterov": True},
+        {"weight_decay": 0.05},
+        {"momentum": 0.5, "weight_decay": 0.1},
+        {"momentum": 0.9, "weight_decay": 0.01, "nesterov": True},
+    ],
+    ids=lambda config: "-".join(f"{k}={v}" for k, v in config.items()),
+)
 def test_torch_sgd_variants_against_their_optax_equivalent(config, precision):
     module, model, x_torch, y_torch = build(DEEP_TANH_SIGMOID, seed=7, batch=32)
     params = bp_jax.from_torch(module, model)
-    torch_losses = run_documents_train_step(module, x_torch, y_torch,
-                                            torch.optim.SGD(module.parameters(), lr=0.01, **config), steps=100)
-    losses, params = run_optax(model, params, to_jax(x_torch), to_jax(y_torch),
-                               optax_like_torch_sgd(0.01, **config), steps=100)
-    chex.assert_trees_all_close((np.array(losses), params), (np.array(torch_losses), bp_jax.from_torch(module)),
-                                rtol=precision, atol=precision)
+    torch_losses = run_documents_train_step(
+        module, x_torch, y_torch, torch.optim.SGD(module.parameters(), lr=0.01, **config), steps=100
+    )
+    losses, params = run_optax(
+        model, params, to_jax(x_torch), to_jax(y_torch), optax_like_torch_sgd(0.01, **config), steps=100
+    )
+    chex.assert_trees_all_close(
+        (np.array(losses), params), (np.array(torch_losses), bp_jax.from_torch(module)), rtol=precision, atol=precision
+    )
 
 
 def test_dampening_has_no_optax_sgd_equivalent():
@@ -244,8 +257,14 @@ def test_dampening_has_no_optax_sgd_equivalent():
 
     step_params = []
     for steps in (1, 2):
-        _, optax_params = run_optax(model, jax.tree.map(jnp.array, params), to_jax(x_torch), to_jax(y_torch),
-                                    optax.sgd(0.1, momentum=0.9), steps)
+        _, optax_params = run_optax(
+            model,
+            jax.tree.map(jnp.array, params),
+            to_jax(x_torch),
+            to_jax(y_torch),
+            optax.sgd(0.1, momentum=0.9),
+            steps,
+        )
         step_params.append(optax_params)
     chex.assert_trees_all_close(step_params[0], after_one, rtol=1e-5, atol=1e-5)  # b = g: dampening unused
     gap = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), step_params[1], after_two)))

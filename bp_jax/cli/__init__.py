@@ -30,8 +30,10 @@ COMMANDS = {
     "sweep": ("bp_jax.cli.sweep", "train every (learning rate, seed) pair at once, as one program"),
     "demo": ("bp_jax.cli.demo", "the documents' examples: manual vs autodiff, side by side"),
     "check": ("bp_jax.cli.check", "the parity checks on every backend JAX sees, as a table"),
-    "explain": ("bp_jax.cli.explain", "the graph jax.grad works on: every value and gradient, beside the "
-                                      "hand-derived ones; a picture of it"),
+    "explain": (
+        "bp_jax.cli.explain",
+        "the graph jax.grad works on: every value and gradient, beside the hand-derived ones; a picture of it",
+    ),
 }
 
 
@@ -65,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             return command_module(args.command).run(args)
         except ModuleNotFoundError as err:
             missing = (err.name or str(err)).partition(".")[0]
-            print(f"{command}: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
-                  file=sys.stderr)
+            print(
+                f"{command}: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
+                file=sys.stderr,
+            )
         except BrokenPipeError:  # stdout's reader left (`| head -1`): end quietly, as Unix tools do (128 + SIGPIPE)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush cannot fail
             return 141

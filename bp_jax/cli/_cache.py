@@ -18,9 +18,12 @@ ENVIRONMENT = "BP_JAX_COMPILE_CACHE"
 
 
 def add_option(parser) -> None:
-    parser.add_argument("--compile-cache", metavar="DIR|off",
-                        help=f"where compiled programs are kept between runs, or 'off' (env {ENVIRONMENT}; "
-                             "default ~/.cache/bp_jax/jax)")
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR|off",
+        help=f"where compiled programs are kept between runs, or 'off' (env {ENVIRONMENT}; "
+        "default ~/.cache/bp_jax/jax)",
+    )
 
 
 def directory(setting: str | None) -> tuple[Path | None, str]:
@@ -62,8 +65,9 @@ def enable(setting: str | None) -> Path | None:
     if problem and origin == "--compile-cache":
         raise UsageError(f"--compile-cache {path}: {problem}; give another or 'off'")
     if problem:
-        print(f"bp-jax: warning: the compile cache {path} (from {origin}): {problem}; running without it",
-              file=sys.stderr)
+        print(
+            f"bp-jax: warning: the compile cache {path} (from {origin}): {problem}; running without it", file=sys.stderr
+        )
         return None
     if path is not None:
         jax.config.update("jax_compilation_cache_dir", str(path))

@@ -6,6 +6,7 @@ values, `manual` against `jax.grad` (neuron, tiny net, MLPs), the hand-written S
 Float32 checks pass within 1e-5, float64 ones (not on TPU, which has no float64) within 1e-10.
 """
 
+import contextlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -36,16 +37,16 @@ def devices() -> dict[str, jax.Device]:
     """The first device of each platform in PLATFORMS that JAX sees."""
     found = {}
     for platform in PLATFORMS:
-        try:
+        with contextlib.suppress(RuntimeError):  # no such backend installed or initialised
             found[platform] = jax.devices(platform)[0]
-        except RuntimeError:  # no such backend installed or initialised
-            pass
     return found
 
 
 def _max_abs_error(got, expected) -> float:
-    return max(float(jnp.max(jnp.abs(jnp.asarray(a) - jnp.asarray(b))))
-               for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True))
+    return max(
+        float(jnp.max(jnp.abs(jnp.asarray(a) - jnp.asarray(b))))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True)
+    )
 
 
 def _documents_numbers():
@@ -53,8 +54,12 @@ def _documents_numbers():
     net, values, grads_expected = documents.TINY_NET, documents.TINY_NET_VALUES, documents.TINY_NET_GRADS
     grads, grad_x = jax.grad(documents.tiny_net_loss, argnums=(0, 1))(net.params, net.x, net.t)
     by_hand = manual.tiny_net_grads(net.w1, net.w2, net.x, net.t)
-    got = [bp_jax.tiny_net().apply(net.params, net.x), documents.tiny_net_loss(net.params, net.x, net.t),
-           {"w1": grads["w1"], "w2": grads["w2"], "x": grad_x}, by_hand]
+    got = [
+        bp_jax.tiny_net().apply(net.params, net.x),
+        documents.tiny_net_loss(net.params, net.x, net.t),
+        {"w1": grads["w1"], "w2": grads["w2"], "x": grad_x},
+        by_hand,
+    ]
     return got, [values["y"], values["L"], grads_expected, grads_expected]
 
 
@@ -64,7 +69,7 @@ def _neuron():
     for name in bp_jax.ACTIVATIONS:
         loss = bp_jax.loss_fn(bp_jax.neuron(name), bp_jax.squared_error)
         got.append(manual.neuron_grad(w, x, t, name))
-        expected.append(jax.vmap(lambda w, x, t: jax.grad(loss)({"w": w}, x, t)["w"])(w, x, t))
+        expected.append(jax.vmap(lambda w, x, t, loss=loss: jax.grad(loss)({"w": w}, x, t)["w"])(w, x, t))
     return got, expected
 
 
@@ -78,9 +83,14 @@ def _tiny_net():
 def _mlp(model: bp_jax.Model, outputs: int):
     params_key, x_key, y_key = jax.random.split(jax.random.key(2), 3)
     params = model.init(params_key)
-    x, y = jax.random.normal(x_key, (documents.SEED_BATCH, 10)), jax.random.normal(y_key, (documents.SEED_BATCH, outputs))
-    return (jax.jit(manual.value_and_grad(model))(params, x, y),
-            jax.jit(jax.value_and_grad(bp_jax.loss_fn(model)))(params, x, y))
+    x, y = (
+        jax.random.normal(x_key, (documents.SEED_BATCH, 10)),
+        jax.random.normal(y_key, (documents.SEED_BATCH, outputs)),
+    )
+    return (
+        jax.jit(manual.value_and_grad(model))(params, x, y),
+        jax.jit(jax.value_and_grad(bp_jax.loss_fn(model)))(params, x, y),
+    )
 
 
 def _hand_vs_optax_sgd(steps: int = 150):
@@ -96,9 +106,18 @@ CHECKS: dict[str, Callable] = {
     "neuron: manual vs jax.grad": _neuron,
     "tiny net: manual vs jax.grad": _tiny_net,
     "seed MLP: manual vs jax.grad": lambda: _mlp(documents.seed_mlp(), 1),
-    "5-layer MLP: manual vs jax.grad": lambda: _mlp(bp_jax.Sequential(
-        bp_jax.Linear(10, 8), bp_jax.Tanh(), bp_jax.Linear(8, 6), bp_jax.Sigmoid(),
-        bp_jax.Linear(6, 4, bias=False), bp_jax.ReLU(), bp_jax.Linear(4, 3)), 3),
+    "5-layer MLP: manual vs jax.grad": lambda: _mlp(
+        bp_jax.Sequential(
+            bp_jax.Linear(10, 8),
+            bp_jax.Tanh(),
+            bp_jax.Linear(8, 6),
+            bp_jax.Sigmoid(),
+            bp_jax.Linear(6, 4, bias=False),
+            bp_jax.ReLU(),
+            bp_jax.Linear(4, 3),
+        ),
+        3,
+    ),
     "hand SGD vs optax.sgd, 150 steps": _hand_vs_optax_sgd,
 }
 
@@ -108,12 +127,18 @@ def parity_checks(device: jax.Device) -> list[CheckResult]:
     dtypes = ["float32"] if device.platform == "tpu" else ["float32", "float64"]
     results = []
     for dtype in dtypes:
-        with jax.default_device(device), jax.enable_x64(dtype == "float64"), \
-                jax.default_matmul_precision("highest"):
+        with jax.default_device(device), jax.enable_x64(dtype == "float64"), jax.default_matmul_precision("highest"):
             for name, check in CHECKS.items():
                 got, expected = check()
-                results.append(CheckResult(device.platform, device.device_kind, f"{name} ({dtype})",
-                                           _max_abs_error(got, expected), TOLERANCE[dtype]))
+                results.append(
+                    CheckResult(
+                        device.platform,
+                        device.device_kind,
+                        f"{name} ({dtype})",
+                        _max_abs_error(got, expected),
+                        TOLERANCE[dtype],
+                    )
+                )
     return results
 
 
@@ -123,17 +148,28 @@ def training_run(device: jax.Device, steps: int = 300):
         model = documents.seed_mlp()
         params_key, x_key, y_key = jax.random.split(jax.random.key(4), 3)
         x, y = jax.random.normal(x_key, (256, 10)), jax.random.normal(y_key, (256, 1))
-        result = bp_jax.fit(bp_jax.loss_fn(model), model.init(params_key), x, y, steps=steps,
-                            batch_size=documents.SEED_BATCH,
-                            lr=0.05, key=jax.random.key(5))
+        result = bp_jax.fit(
+            bp_jax.loss_fn(model),
+            model.init(params_key),
+            x,
+            y,
+            steps=steps,
+            batch_size=documents.SEED_BATCH,
+            lr=0.05,
+            key=jax.random.key(5),
+        )
         return jax.device_get((result.params, result.losses))
 
 
 def agreement(reference: jax.Device, device: jax.Device, tolerance: float = 1e-4) -> CheckResult:
     """The same training run on `device` and on `reference`: how far its params and losses end apart."""
-    return CheckResult(f"{device.platform} vs {reference.platform}", device.device_kind,
-                       "seed MLP, 300 SGD steps: params and losses (float32)",
-                       _max_abs_error(training_run(device), training_run(reference)), tolerance)
+    return CheckResult(
+        f"{device.platform} vs {reference.platform}",
+        device.device_kind,
+        "seed MLP, 300 SGD steps: params and losses (float32)",
+        _max_abs_error(training_run(device), training_run(reference)),
+        tolerance,
+    )
 
 
 def add_arguments(parser) -> None:
@@ -148,13 +184,16 @@ def run(args) -> int:
     found = devices()
     results = [result for device in found.values() for result in parity_checks(device)]
     results += [agreement(found["cpu"], device) for platform, device in found.items() if platform != "cpu"]
-    table = Table(title=f"bp-jax check: jax {jax.__version__}, backends {', '.join(found)}; "
-                        f"not present: {', '.join(p for p in PLATFORMS if p not in found) or 'none'}")
+    table = Table(
+        title=f"bp-jax check: jax {jax.__version__}, backends {', '.join(found)}; "
+        f"not present: {', '.join(p for p in PLATFORMS if p not in found) or 'none'}"
+    )
     for column in ("backend", "device", "check", "max abs error", "tolerance", "result"):
         table.add_column(column, justify="right" if column in ("max abs error", "tolerance") else "left")
     for r in results:
-        table.add_row(r.backend, r.device, r.check, f"{r.max_abs_error:.1e}", f"{r.tolerance:.0e}",
-                      "pass" if r.passed else "FAIL")
+        table.add_row(
+            r.backend, r.device, r.check, f"{r.max_abs_error:.1e}", f"{r.tolerance:.0e}", "pass" if r.passed else "FAIL"
+        )
     Console(width=max(Console().width, 120)).print(table)
     failed = sum(not r.passed for r in results)
     print(f"{len(results) - failed} of {len(results)} checks passed" + (f"; {failed} FAILED" if failed else ""))

@@ -35,8 +35,10 @@ def _quiet_failures():
     logged thread failures, never-retrieved exceptions and abandoned coroutines, some only at interpreter
     exit; the failure itself is raised as CheckpointError, so drop those echoes: during the operation, and
     for the rest of the process if it failed."""
-    echo = lambda exc: isinstance(exc, RuntimeError) and ("Event loop is closed" in str(exc)
-                                                          or "cannot schedule new futures" in str(exc))
+    echo = lambda exc: (
+        isinstance(exc, RuntimeError)
+        and ("Event loop is closed" in str(exc) or "cannot schedule new futures" in str(exc))
+    )
     abandoned = lambda unraisable: echo(unraisable.exc_value) or type(unraisable.object).__name__ == "coroutine"
     unraisablehook, excepthook, threadhook = sys.unraisablehook, sys.excepthook, threading.excepthook
     loggers = [logging.getLogger(name) for name in ("asyncio", "absl", "concurrent.futures")]
@@ -62,17 +64,31 @@ def manager(directory: Path, *, write: bool = False, max_to_keep: int = 3) -> "o
     Only a `write` manager creates `directory` (in a one-process run) and removes leftover temporary
     directories of interrupted saves: open one only on a folder this process has locked."""
     import orbax.checkpoint as ocp
+
     directory = Path(directory).absolute()
     if not write and not directory.is_dir():
         raise CheckpointError(f"no checkpoint in {directory}")
     multiprocess = jax.process_count() > 1
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=write and not multiprocess,
+        max_to_keep=max_to_keep,
+        enable_async_checkpointing=False,
+        create=write and not multiprocess,
         cleanup_tmp_directories=write,
-        **({"multiprocessing_options": ocp.options.MultiprocessingOptions(
-            primary_host=jax.process_index(), active_processes={jax.process_index()})} if multiprocess else {}))
-    return ocp.CheckpointManager(directory, options=options, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
+        **(
+            {
+                "multiprocessing_options": ocp.options.MultiprocessingOptions(
+                    primary_host=jax.process_index(), active_processes={jax.process_index()}
+                )
+            }
+            if multiprocess
+            else {}
+        ),
+    )
+    return ocp.CheckpointManager(
+        directory,
+        options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()},
+    )
 
 
 def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict, *, overwrite: bool = False) -> None:
@@ -81,6 +97,7 @@ def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict, *
     record changed). CheckpointError, leaving no partial directory behind, if the write fails (a full disk,
     say)."""
     import orbax.checkpoint as ocp
+
     if step in checkpoints.all_steps():
         if not overwrite:
             return
@@ -88,16 +105,20 @@ def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict, *
     threads = set(threading.enumerate())
     try:
         with _quiet_failures():
-            checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                           record=ocp.args.JsonSave(record)), force=True)
+            checkpoints.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
+                force=True,
+            )
             checkpoints.wait_until_finished()
     except Exception as err:  # orbax wraps the OSError in several layers
         for writer in set(threading.enumerate()) - threads:  # its other writers may still be at work
             writer.join(timeout=30)
         for partial in Path(checkpoints.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
             shutil.rmtree(partial, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {step} in {checkpoints.directory}: "
-                              f"{_first_line(_root_cause(err))}") from None
+        raise CheckpointError(
+            f"could not write checkpoint {step} in {checkpoints.directory}: {_first_line(_root_cause(err))}"
+        ) from None
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -108,6 +129,7 @@ def _root_cause(err: BaseException) -> BaseException:
 
 def _read_record(checkpoints, step: int) -> dict:
     import orbax.checkpoint as ocp
+
     with _quiet_failures():
         record = checkpoints.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
     if not isinstance(record, dict) or "config" not in record:
@@ -119,21 +141,28 @@ def _shapes(tree) -> dict[str, tuple]:
     """{path: shape} of every array; paths as "opt_state/0/count", alike for a tuple and the list orbax
     stores it as, a NamedTuple and its dict."""
     name = lambda key: str(next(getattr(key, field) for field in ("key", "idx", "name") if hasattr(key, field)))
-    return {"/".join(map(name, path)): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        "/".join(map(name, path)): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _read_state(checkpoints, step: int, like):
     """The arrays of checkpoint `step`; CheckpointError (not a failed read) if their shapes are not like's."""
     import orbax.checkpoint as ocp
+
     with _quiet_failures():
         stored = _shapes(checkpoints.item_metadata(step)["state"].tree)
     expected = _shapes(like)
     if stored != expected:
-        differ = next(f"{path} is {stored.get(path)}, expected {expected.get(path)}"
-                      for path in sorted(set(stored) | set(expected)) if stored.get(path) != expected.get(path))
-        raise CheckpointError(f"checkpoint {step} in {checkpoints.directory} holds arrays that do not match its "
-                              f"record (this model and optimizer): {differ}")
+        differ = next(
+            f"{path} is {stored.get(path)}, expected {expected.get(path)}"
+            for path in sorted(set(stored) | set(expected))
+            if stored.get(path) != expected.get(path)
+        )
+        raise CheckpointError(
+            f"checkpoint {step} in {checkpoints.directory} holds arrays that do not match its "
+            f"record (this model and optimizer): {differ}"
+        )
     target = jax.eval_shape(lambda: like)
     with _quiet_failures():
         return checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
@@ -148,9 +177,11 @@ def _damaged(checkpoints, step: int, err: Exception, intact: Callable[[int], obj
             intact(older)
         except Exception:
             continue
-        return CheckpointError(f"{message}; the newest intact one is step {older}: to resume from it, move the "
-                               f"damaged one aside (mv {directory / str(step)} {directory.parent}/damaged-{step}) "
-                               f"and run again")
+        return CheckpointError(
+            f"{message}; the newest intact one is step {older}: to resume from it, move the "
+            f"damaged one aside (mv {directory / str(step)} {directory.parent}/damaged-{step}) "
+            f"and run again"
+        )
     return CheckpointError(f"{message}; no intact checkpoint remains")
 
 

@@ -72,9 +72,15 @@ class Scaling(NamedTuple):
     @property
     def input_names(self) -> tuple[str, ...]:
         """One name per model input: the numeric feature's, or `column=category` per one-hot input."""
-        return tuple(name for feature in self.feature_names for name in
-                     ([f"{feature}={category}" for category in self.categories[feature]]
-                      if feature in self.categories else [feature]))
+        return tuple(
+            name
+            for feature in self.feature_names
+            for name in (
+                [f"{feature}={category}" for category in self.categories[feature]]
+                if feature in self.categories
+                else [feature]
+            )
+        )
 
     def features(self, frame, source: str) -> np.ndarray:
         """The feature columns of `frame`, encoded and standardised, as float32; DataError naming missing or extra
@@ -83,10 +89,14 @@ class Scaling(NamedTuple):
         missing = [name for name in self.feature_names if name not in frame.columns]
         extra = [name for name in frame.columns if name not in self.feature_names and name != self.target_name]
         if missing or extra:
-            raise DataError(f"{source}: " + "; ".join(
-                [f"missing column(s) {', '.join(map(repr, missing))}"] * bool(missing)
-                + [f"extra column(s) {', '.join(map(repr, extra))}"] * bool(extra))
-                + f"; the run was trained on {', '.join(map(repr, self.feature_names))}")
+            raise DataError(
+                f"{source}: "
+                + "; ".join(
+                    [f"missing column(s) {', '.join(map(repr, missing))}"] * bool(missing)
+                    + [f"extra column(s) {', '.join(map(repr, extra))}"] * bool(extra)
+                )
+                + f"; the run was trained on {', '.join(map(repr, self.feature_names))}"
+            )
         if len(frame) == 0:
             raise DataError(f"{source}: no rows")
         return self.standardise(self.encode(frame, source, unseen="error"), source)
@@ -111,8 +121,10 @@ class Scaling(NamedTuple):
             index = pd.Index(known).get_indexer(text)
             if unseen == "error" and (index < 0).any():
                 bad = np.flatnonzero(index < 0)[0]
-                raise DataError(f"{source}: column {name!r}, row {frame.index[bad] + 1}: {text[bad]!r} is not a "
-                                f"category the run was trained on; the known ones are {', '.join(map(repr, known))}")
+                raise DataError(
+                    f"{source}: column {name!r}, row {frame.index[bad] + 1}: {text[bad]!r} is not a "
+                    f"category the run was trained on; the known ones are {', '.join(map(repr, known))}"
+                )
             blocks.append((index[:, None] == np.arange(len(known))).astype(np.float64))
         return np.concatenate(blocks, axis=1)
 
@@ -137,8 +149,9 @@ class Scaling(NamedTuple):
     def from_record(cls, record: dict) -> "Scaling":
         tuples = lambda value: tuple(value) if isinstance(value, list) else value
         record = {name: tuples(value) for name, value in record.items()}
-        record["categories"] = MappingProxyType({name: tuple(known) for name, known in
-                                                 record.get("categories", {}).items()})
+        record["categories"] = MappingProxyType(
+            {name: tuple(known) for name, known in record.get("categories", {}).items()}
+        )
         record["fill"] = MappingProxyType(record.get("fill", {}))
         return cls(**record)
 
@@ -183,8 +196,16 @@ def read(source: str, *, seed: int = 0):
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{source}: expected a .csv, .parquet or .npz file, or one of {', '.join(NAMES)}")
     if not path.is_file():
-        raise DataError(f"{source}: " + ("is a folder, not a file" if path.is_dir() else
-                                         "not a regular file" if path.exists() else "no such file"))
+        raise DataError(
+            f"{source}: "
+            + (
+                "is a folder, not a file"
+                if path.is_dir()
+                else "not a regular file"
+                if path.exists()
+                else "no such file"
+            )
+        )
     try:
         suffix = path.suffix.lower()
         if suffix == ".parquet":
@@ -214,8 +235,10 @@ def _read_csv(path: Path):
     header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:
-        raise DataError(f"{path}: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
-                        "give each column its own name")
+        raise DataError(
+            f"{path}: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
+            "give each column its own name"
+        )
     frame = pd.read_csv(path)
     if header[0] == "" and len(frame.columns) == len(header):
         frame = frame.iloc[:, 1:]
@@ -233,10 +256,12 @@ def _read_npz(path: Path):
         if "x" not in arrays:
             raise DataError(f"{path}: expected an array 'x' (and 'y' to train), found {sorted(arrays)}")
         x = arrays["x"]
-        y = arrays["y"] if "y" in arrays else None
+        y = arrays.get("y")
     if x.ndim != 2 or (y is not None and (y.ndim not in (1, 2) or y.size != len(y) or len(y) != len(x))):
-        raise DataError(f"{path}: expected x of shape (rows, features) and y of shape (rows,), got "
-                        f"{x.shape} and {None if y is None else y.shape}")
+        raise DataError(
+            f"{path}: expected x of shape (rows, features) and y of shape (rows,), got "
+            f"{x.shape} and {None if y is None else y.shape}"
+        )
     columns = {f"x{i}": x[:, i] for i in range(x.shape[1])}
     return pd.DataFrame(columns if y is None else {**columns, "y": y.reshape(-1)})
 
@@ -254,10 +279,17 @@ def _numeric(frame, columns, source: str) -> np.ndarray:
         bad = np.flatnonzero(~(np.abs(column) <= FLOAT32_MAX))
         if len(bad):
             cell, number = frame[name].iloc[bad[0]], column[bad[0]]
-            what = ("is empty or NaN" if pd.isna(cell) else
-                    f"holds {cell!r}, not a finite number" if np.isnan(number) else  # text, as written
-                    f"holds {number}, not a finite number" if np.isinf(number) else  # inf or -inf
-                    f"holds {number}, beyond float32's range (±{FLOAT32_MAX:.3g})")
+            what = (
+                "is empty or NaN"
+                if pd.isna(cell)
+                else f"holds {cell!r}, not a finite number"
+                if np.isnan(number)
+                # text, as written
+                else f"holds {number}, not a finite number"
+                if np.isinf(number)
+                # inf or -inf
+                else f"holds {number}, beyond float32's range (±{FLOAT32_MAX:.3g})"
+            )
             raise DataError(f"{source}: column {name!r}, row {frame.index[bad[0]] + 1}: the cell {what}")
         values.append(column)
     return np.stack(values, axis=1)
@@ -271,9 +303,11 @@ def _standardised(values: np.ndarray, mean, std, names, source: str, rows=None) 
     bad = np.argwhere(~np.isfinite(standardised))
     if len(bad):
         row, column = bad[0]
-        raise DataError(f"{source}: column {names[column]!r}, row {row + 1 if rows is None else rows[row]}: the cell "
-                        f"{values[row, column]} standardises to beyond float32's range (the training rows' mean "
-                        f"{mean[column]:.3g}, standard deviation {std[column]:.3g})")
+        raise DataError(
+            f"{source}: column {names[column]!r}, row {row + 1 if rows is None else rows[row]}: the cell "
+            f"{values[row, column]} standardises to beyond float32's range (the training rows' mean "
+            f"{mean[column]:.3g}, standard deviation {std[column]:.3g})"
+        )
     return standardised
 
 
@@ -333,8 +367,10 @@ def _choose(frame, source: str, target: str | None, features: tuple[str, ...] | 
     features = tuple(name for name in names if name != target) if features is None else tuple(features)
     missing = [name for name in features if name not in names]
     if missing:
-        raise DataError(f"{source}: no column(s) {', '.join(map(repr, missing))} for --features; "
-                        f"the columns are {', '.join(map(repr, names))}")
+        raise DataError(
+            f"{source}: no column(s) {', '.join(map(repr, missing))} for --features; "
+            f"the columns are {', '.join(map(repr, names))}"
+        )
     if len(set(features)) < len(features):
         raise DataError(f"{source}: --features names a column more than once: {', '.join(map(repr, features))}")
     if target in features:
@@ -343,7 +379,7 @@ def _choose(frame, source: str, target: str | None, features: tuple[str, ...] | 
 
 
 def _task(frame, target: str, task: str) -> str:
-    """"classification" for a text or boolean target under auto (numbers, integers included, are regression
+    """ "classification" for a text or boolean target under auto (numbers, integers included, are regression
     unless asked), or as given."""
     if task != "auto":
         return task
@@ -367,9 +403,13 @@ def _refuse_unusable(frame, source: str, features: tuple[str, ...]) -> None:
     if unusable:
         quote = lambda name: f'"{name}"' if "," in name or '"' in name or name != name.strip() else name
         kept = ",".join(quote(name) for name in features if name not in unusable)
-        raise DataError(f"{source}: " + "; ".join(f"column {name!r} holds {what}" for name, what in unusable.items())
-                        + ", which cannot be a feature (neither numbers nor categories); leave "
-                        + ("it" if len(unusable) == 1 else "them") + f" out with --features {kept or '…'}")
+        raise DataError(
+            f"{source}: "
+            + "; ".join(f"column {name!r} holds {what}" for name, what in unusable.items())
+            + ", which cannot be a feature (neither numbers nor categories); leave "
+            + ("it" if len(unusable) == 1 else "them")
+            + f" out with --features {kept or '…'}"
+        )
 
 
 def _missing_cells(frame, source: str, features: tuple[str, ...], target: str, missing: str):
@@ -380,17 +420,23 @@ def _missing_cells(frame, source: str, features: tuple[str, ...], target: str, m
     counts = {name: int(count) for name, count in empty.sum().items() if count}
     if counts and missing == "error":
         first = lambda name: frame.index[np.flatnonzero(empty[name].to_numpy())[0]] + 1
-        raise DataError(f"{source}: " + ", ".join(f"column {name!r} has {count} empty cell(s) (the first in row "
-                                                  f"{first(name)})" for name, count in counts.items())
-                        + "; pass --missing drop to leave those rows out, or --missing impute to fill the features "
-                          "(the training rows' mean, or most frequent category) and leave out rows without a target")
+        raise DataError(
+            f"{source}: "
+            + ", ".join(
+                f"column {name!r} has {count} empty cell(s) (the first in row {first(name)})"
+                for name, count in counts.items()
+            )
+            + "; pass --missing drop to leave those rows out, or --missing impute to fill the features "
+            "(the training rows' mean, or most frequent category) and leave out rows without a target"
+        )
     no_target = empty[target].to_numpy()
     keep = ~(empty.any(axis=1).to_numpy() if missing == "drop" else no_target)
     left_out = {"no_target": int(no_target.sum()), "empty_feature": int((~keep & ~no_target).sum())}
-    notes = ([f"{source}: left out {left_out['no_target']} row(s) without a target ({target!r})"]
-             * bool(left_out["no_target"])
-             + [f"{source}: left out {left_out['empty_feature']} row(s) with an empty feature cell (--missing drop)"]
-             * bool(left_out["empty_feature"]))
+    notes = [f"{source}: left out {left_out['no_target']} row(s) without a target ({target!r})"] * bool(
+        left_out["no_target"]
+    ) + [f"{source}: left out {left_out['empty_feature']} row(s) with an empty feature cell (--missing drop)"] * bool(
+        left_out["empty_feature"]
+    )
     return keep, left_out, notes
 
 
@@ -407,8 +453,16 @@ def _fingerprint(frame, features: tuple[str, ...], target: str) -> str:
     return hashlib.sha256(content + repr((tuple(features), target)).encode()).hexdigest()
 
 
-def load(source: str, *, target: str | None = None, features: tuple[str, ...] | None = None,
-         split_seed: int = 0, test_fraction: float = 0.2, task: str = "auto", missing: str = "error") -> Split:
+def load(
+    source: str,
+    *,
+    target: str | None = None,
+    features: tuple[str, ...] | None = None,
+    split_seed: int = 0,
+    test_fraction: float = 0.2,
+    task: str = "auto",
+    missing: str = "error",
+) -> Split:
     """Read `source` (see `read`), leave out rows with empty cells as `missing` says, hold out
     round(test_fraction · rows) rows (at least one) chosen by `split_seed`, and encode and standardise with the
     training rows' statistics: categories, fill values, means and deviations (see `Scaling`)."""
@@ -424,10 +478,12 @@ def load(source: str, *, target: str | None = None, features: tuple[str, ...] | 
     notes = (*frame.attrs.get("notes", ()), *notes)
     frame = frame[keep]
     if len(frame) < 2:
-        raise DataError(f"{source}: {len(frame)} row{'s' * (len(frame) != 1)}{' with a target' * any(~keep)}; "
-                        f"need at least 2 (one to train on, one held out)")
+        raise DataError(
+            f"{source}: {len(frame)} row{'s' * (len(frame) != 1)}{' with a target' * any(~keep)}; "
+            f"need at least 2 (one to train on, one held out)"
+        )
     order = np.random.default_rng(split_seed).permutation(len(frame))
-    n_test = max(1, int(round(len(frame) * test_fraction)))
+    n_test = max(1, round(len(frame) * test_fraction))
     test, train = order[:n_test], order[n_test:]
     training = frame.iloc[train]
     text = [name for name in features if _kind(frame[name]) == "text"]
@@ -437,31 +493,43 @@ def load(source: str, *, target: str | None = None, features: tuple[str, ...] | 
         if frame[name].isna().any() and not len(cells):
             raise DataError(f"{source}: column {name!r} has no value in the training rows to impute from")
         if frame[name].isna().any():  # the most frequent category (the first in order on a tie), or the mean
-            fill[name] = (cells.map(str).value_counts().sort_index().idxmax() if name in text
-                          else float(pd.to_numeric(cells, errors="coerce").mean()))
+            fill[name] = (
+                cells.map(str).value_counts().sort_index().idxmax()
+                if name in text
+                else float(pd.to_numeric(cells, errors="coerce").mean())
+            )
     categories = {name: tuple(sorted(training[name].dropna().map(str).unique())) for name in text}
     rows = frame.index.to_numpy() + 1  # each kept row's number in the file, for messages
     if task == "classification":
         labels = frame[target].to_numpy()
         classes = tuple(sorted({_label(value) for value in labels}, key=lambda label: (str(type(label)), label)))
         if not 2 <= len(classes) <= MAX_CLASSES:
-            raise DataError(f"{source}: the target {target!r} has {len(classes)} distinct value(s); classification "
-                            f"needs between 2 and {MAX_CLASSES}" + "; use --task regression" * (len(classes) > 2))
+            raise DataError(
+                f"{source}: the target {target!r} has {len(classes)} distinct value(s); classification "
+                f"needs between 2 and {MAX_CLASSES}" + "; use --task regression" * (len(classes) > 2)
+            )
         scaling = Scaling(features, target, (), (), 0.0, 1.0, task, classes)
     else:
         labels = _numeric(frame, (target,), source)[:, 0]
-        scaling = Scaling(features, target, (), (), float(labels[train].mean()),
-                          float(labels[train].std()) or 1.0)  # a constant target standardises to 0
+        scaling = Scaling(
+            features, target, (), (), float(labels[train].mean()), float(labels[train].std()) or 1.0
+        )  # a constant target standardises to 0
     scaling = scaling._replace(categories=MappingProxyType(categories), fill=MappingProxyType(fill))
     x = scaling.encode(frame, source, unseen="zeros")
     one_hot = np.asarray([name not in features for name in scaling.input_names])
     deviation = x[train].std(0)
-    scaling = scaling._replace(x_mean=tuple(np.where(one_hot, 0.0, x[train].mean(0)).tolist()),
-                               x_std=tuple(np.where(one_hot | (deviation == 0), 1.0, deviation).tolist()))
-    unseen = {name: sorted(set(frame[name].iloc[test].dropna().map(str)) - set(known))
-              for name, known in categories.items()}
-    notes += tuple(f"{source}: column {name!r} holds {', '.join(map(repr, values))} in held-out rows only, not in "
-                   f"the training rows: encoded there as no known category"
-                   for name, values in unseen.items() if values)
+    scaling = scaling._replace(
+        x_mean=tuple(np.where(one_hot, 0.0, x[train].mean(0)).tolist()),
+        x_std=tuple(np.where(one_hot | (deviation == 0), 1.0, deviation).tolist()),
+    )
+    unseen = {
+        name: sorted(set(frame[name].iloc[test].dropna().map(str)) - set(known)) for name, known in categories.items()
+    }
+    notes += tuple(
+        f"{source}: column {name!r} holds {', '.join(map(repr, values))} in held-out rows only, not in "
+        f"the training rows: encoded there as no known category"
+        for name, values in unseen.items()
+        if values
+    )
     x, y = scaling.standardise(x, source, rows), scaling.target(labels, source, rows)  # every row checked
     return Split(x[train], y[train], x[test], y[test], scaling, fingerprint, notes, MappingProxyType(left_out))

@@ -19,15 +19,24 @@ def _table(title: str, *columns: str) -> Table:
 
 def _row(table: Table, name: str, by_hand, by_autodiff) -> None:
     difference = float(jnp.max(jnp.abs(jnp.asarray(by_hand) - jnp.asarray(by_autodiff))))
-    table.add_row(name, f"{float(jnp.ravel(jnp.asarray(by_hand))[0]):.6f}",
-                  f"{float(jnp.ravel(jnp.asarray(by_autodiff))[0]):.6f}", f"{difference:.1e}")
+    table.add_row(
+        name,
+        f"{float(jnp.ravel(jnp.asarray(by_hand))[0]):.6f}",
+        f"{float(jnp.ravel(jnp.asarray(by_autodiff))[0]):.6f}",
+        f"{difference:.1e}",
+    )
 
 
 def single_neuron() -> Table:
     """dL/dw = 2(y − t)·a'(w·x)·x beside jax.grad, at the document's w, x, t."""
     w, x, t = documents.NEURON
-    table = _table(f"1. Single neuron y = a(w·x), L = (y − t)², w = {w}, x = {x}, t = {t}",
-                   "dL/dw", "2(y − t)·a'(w·x)·x", "jax.grad", "|difference|")
+    table = _table(
+        f"1. Single neuron y = a(w·x), L = (y − t)², w = {w}, x = {x}, t = {t}",
+        "dL/dw",
+        "2(y − t)·a'(w·x)·x",
+        "jax.grad",
+        "|difference|",
+    )
     for name in bp_jax.ACTIVATIONS:
         grad = jax.grad(documents.neuron_loss(name))(documents.NEURON.params, x, t)["w"]
         _row(table, name, manual.neuron_grad(w, x, t, name), grad)
@@ -41,8 +50,13 @@ def tiny_network() -> Table:
     z1 = params["w1"] * x
     grads, grad_x = jax.grad(loss, argnums=(0, 1))(params, x, t)
     by_hand = manual.tiny_net_grads(params["w1"], params["w2"], x, t)
-    table = _table(f"2. Tiny network x → ·w1 → ReLU → ·w2 → y, x = {x:g}, w1 = {net.w1:g}, w2 = {net.w2:g}, "
-                   f"t = {t:g}", "quantity", "by hand", "jax", "|difference|")
+    table = _table(
+        f"2. Tiny network x → ·w1 → ReLU → ·w2 → y, x = {x:g}, w1 = {net.w1:g}, w2 = {net.w2:g}, t = {t:g}",
+        "quantity",
+        "by hand",
+        "jax",
+        "|difference|",
+    )
     _row(table, "z1 = w1·x", z1, z1)
     _row(table, "a1 = relu(z1)", max(z1, 0.0), jax.nn.relu(z1))
     _row(table, "y = w2·a1", params["w2"] * max(z1, 0.0), bp_jax.tiny_net().apply(params, x))
@@ -58,8 +72,13 @@ def seed_mlp_step() -> Table:
     loss, lr = bp_jax.loss_fn(model), documents.SEED_LR
     auto_loss, auto_grads = jax.value_and_grad(loss)(params, x, y)
     hand_loss, hand_grads = manual.value_and_grad(model)(params, x, y)
-    table = _table(f"3. Seed MLP 10 → 5 → 1, MSE, batch {len(x)} (tensors: first entry shown, max |difference|)",
-                   "quantity", "manual / hand step", "jax.grad / optax", "|difference|")
+    table = _table(
+        f"3. Seed MLP 10 → 5 → 1, MSE, batch {len(x)} (tensors: first entry shown, max |difference|)",
+        "quantity",
+        "manual / hand step",
+        "jax.grad / optax",
+        "|difference|",
+    )
     _row(table, "loss", hand_loss, auto_loss)
     for index, name in ((0, "weight"), (0, "bias"), (2, "weight"), (2, "bias")):
         _row(table, f"dL/d model[{index}].{name}", hand_grads[index][name], auto_grads[index][name])

@@ -14,16 +14,20 @@ import numpy as np
 
 from bp_jax.cli._args import UsageError
 
-ENVIRONMENT = {"coordinator_address": "BP_JAX_COORDINATOR", "num_processes": "BP_JAX_NUM_PROCESSES",
-               "process_id": "BP_JAX_PROCESS_ID"}
+ENVIRONMENT = {
+    "coordinator_address": "BP_JAX_COORDINATOR",
+    "num_processes": "BP_JAX_NUM_PROCESSES",
+    "process_id": "BP_JAX_PROCESS_ID",
+}
 
 
 class DistributedError(UsageError):
     """A multi-process run that cannot start: missing or bad settings, or a coordinator that never answers."""
 
 
-def settings(coordinator_address: str | None = None, num_processes: int | None = None,
-             process_id: int | None = None) -> dict:
+def settings(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> dict:
     """The three settings, each from its argument or else its environment variable (None if neither)."""
     given = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
     for name, variable in ENVIRONMENT.items():
@@ -36,8 +40,13 @@ def settings(coordinator_address: str | None = None, num_processes: int | None =
     return given
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, timeout_s: int = 120) -> bool:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: int = 120,
+) -> bool:
     """Join the run described by the settings (see `settings`); False, doing nothing, when none is set.
 
     Processes other than 0 first wait up to `timeout_s` for the coordinator's port to accept a connection
@@ -52,8 +61,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         return True
     missing = [ENVIRONMENT[name] for name, value in given.items() if value is None]
     if missing:
-        raise DistributedError(f"a multi-process run needs the coordinator address, process count and process "
-                               f"id; missing {', '.join(missing)} (or their flags)")
+        raise DistributedError(
+            f"a multi-process run needs the coordinator address, process count and process "
+            f"id; missing {', '.join(missing)} (or their flags)"
+        )
     address, count, index = given["coordinator_address"], given["num_processes"], given["process_id"]
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
@@ -74,12 +85,15 @@ def _wait_for(host: str, port: int, timeout_s: float, who: str) -> None:
                 return
         except OSError:
             if time.monotonic() >= deadline:
-                raise DistributedError(f"the coordinator {host}:{port} did not answer within {timeout_s:g} s "
-                                       f"({who}); start process 0 there first, or check the address") from None
+                raise DistributedError(
+                    f"the coordinator {host}:{port} did not answer within {timeout_s:g} s "
+                    f"({who}); start process 0 there first, or check the address"
+                ) from None
             time.sleep(0.2)
 
 
 def host_local(tree):
     """Numpy copies of a pytree of fully replicated (or single-device) arrays, readable in every process."""
-    return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf),
-                        tree)
+    return jax.tree.map(
+        lambda leaf: np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf), tree
+    )

@@ -34,8 +34,7 @@ def neuron(activation: str) -> Example:
     w, x, t = documents.NEURON
     graph = bp_jax.explain(documents.neuron_loss(activation), documents.NEURON.params, x, t)
     params, x_node, _ = graph.inputs
-    by_hand = {params["w"]: manual.neuron_grad(w, x, t, activation),
-               x_node: manual.neuron_grad(x, w, t, activation)}
+    by_hand = {params["w"]: manual.neuron_grad(w, x, t, activation), x_node: manual.neuron_grad(x, w, t, activation)}
     title = f"single neuron y = {activation}(w·x), L = (y − t)², w = {w}, x = {x}, t = {t}"
     return Example(title, graph, {}, by_hand)
 
@@ -48,8 +47,14 @@ def document_symbols(graph: bp_jax.Graph) -> dict[bp_jax.Node, str]:
     symbols = {params["w1"]: "w1", params["w2"]: "w2", x: "x", t: "t"}
     for node in graph.nodes:
         operands = tuple(symbols.get(source) for source in node.inputs)
-        symbol = next((symbol for symbol, inputs in documents.TINY_NET_EQUATIONS.items()
-                       if inputs == operands and symbol not in symbols.values()), None)
+        symbol = next(
+            (
+                symbol
+                for symbol, inputs in documents.TINY_NET_EQUATIONS.items()
+                if inputs == operands and symbol not in symbols.values()
+            ),
+            None,
+        )
         if node not in symbols and symbol is not None:
             symbols[node] = symbol
     return symbols
@@ -58,15 +63,21 @@ def document_symbols(graph: bp_jax.Graph) -> dict[bp_jax.Node, str]:
 def tiny_net(activation: str) -> Example:
     """The document's x → ·w1 → ReLU → ·w2 → y, L = (y − t)², at its x, w1, w2, t."""
     if activation != "relu":
-        raise UsageError(f"tiny-net is the document's ReLU network; --activation {activation} applies to "
-                         f"neuron and seed-mlp")
+        raise UsageError(
+            f"tiny-net is the document's ReLU network; --activation {activation} applies to neuron and seed-mlp"
+        )
     net = documents.TINY_NET
     graph = bp_jax.explain(documents.tiny_net_loss, net.params, net.x, net.t)
     steps = manual.tiny_net_backward(net.w1, net.w2, net.x, net.t)
     symbols = document_symbols(graph)
     by_hand = {node: steps[symbol][1] for node, symbol in symbols.items()}
-    return Example(f"tiny network x → ·w1 → ReLU → ·w2 → y, L = (y − t)², x = {net.x:g}, w1 = {net.w1:g}, "
-                   f"w2 = {net.w2:g}, t = {net.t:g}", graph, symbols, by_hand)
+    return Example(
+        f"tiny network x → ·w1 → ReLU → ·w2 → y, L = (y − t)², x = {net.x:g}, w1 = {net.w1:g}, "
+        f"w2 = {net.w2:g}, t = {net.t:g}",
+        graph,
+        symbols,
+        by_hand,
+    )
 
 
 def seed_mlp(activation: str) -> Example:
@@ -85,10 +96,17 @@ EXAMPLES = {"neuron": neuron, "tiny-net": tiny_net, "seed-mlp": seed_mlp}
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", choices=MODELS)
-    parser.add_argument("--activation", choices=sorted(bp_jax.ACTIVATIONS), default="relu",
-                        help="the neuron's or the seed MLP's activation (default relu)")
-    parser.add_argument("--out", type=Path, help="a new or empty directory for graph.dot, .svg and .png (default: a "
-                                                 "new runs/explain-MODEL-TIME)")
+    parser.add_argument(
+        "--activation",
+        choices=sorted(bp_jax.ACTIVATIONS),
+        default="relu",
+        help="the neuron's or the seed MLP's activation (default relu)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="a new or empty directory for graph.dot, .svg and .png (default: a new runs/explain-MODEL-TIME)",
+    )
 
 
 def run(args) -> int:
@@ -99,7 +117,9 @@ def run(args) -> int:
     with folders.claimed(out, resumable=False):
         print(f"bp-jax explain: {title}\n")
         print(graph.table(columns))
-        written = [folders.write_atomically(out / f"graph{suffix}", lambda temporary: draw.save(graph, temporary))
-                   for suffix in (".dot", ".svg", ".png")]
+        written = [
+            folders.write_atomically(out / f"graph{suffix}", lambda temporary: draw.save(graph, temporary))
+            for suffix in (".dot", ".svg", ".png")
+        ]
     print(f"\nwritten: {', '.join(map(str, written))}")
     return 0

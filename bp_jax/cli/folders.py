@@ -78,8 +78,10 @@ def _not_empty(folder: Path, resumable: bool) -> str | None:
     if (folder / "metrics.json").exists():
         return f"{folder} already holds a run (metrics.json); choose a new or empty --out"
     shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-    return (f"{folder} is not empty (it holds {shown}); bp-jax writes only into a new or empty --out, so that "
-            f"no file of yours is replaced")
+    return (
+        f"{folder} is not empty (it holds {shown}); bp-jax writes only into a new or empty --out, so that "
+        f"no file of yours is replaced"
+    )
 
 
 @contextmanager
@@ -160,5 +162,8 @@ def _create(temporary: Path, path: Path) -> None:
 
 
 def write_json(path: Path, value, *, replace: bool = False) -> Path:
-    return write_atomically(path, lambda temporary: temporary.write_text(
-        json.dumps(finite(value), indent=1, allow_nan=False)), replace=replace)
+    return write_atomically(
+        path,
+        lambda temporary: temporary.write_text(json.dumps(finite(value), indent=1, allow_nan=False)),
+        replace=replace,
+    )

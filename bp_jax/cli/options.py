@@ -41,7 +41,8 @@ def learning_rates(text: str) -> tuple[float, ...]:
         return tuple(learning_rate(part) for part in text.split(","))
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers > 0 such as 0.001,0.01,0.1, got {text!r}") from None
+            f"expected comma-separated numbers > 0 such as 0.001,0.01,0.1, got {text!r}"
+        ) from None
 
 
 def hidden_sizes(text: str) -> tuple[int, ...]:
@@ -49,7 +50,8 @@ def hidden_sizes(text: str) -> tuple[int, ...]:
         return tuple(positive_int(part) for part in text.split(","))
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers such as 5 or 16,8, got {text!r}") from None
+            f"expected comma-separated positive integers such as 5 or 16,8, got {text!r}"
+        ) from None
 
 
 def batch_size(text: str) -> int | str:
@@ -84,8 +86,10 @@ def column_names(text: str) -> tuple[str, ...]:
         quoted, plain = (None, "") if match is None else match.group(1, 2)
         name = quoted.replace('""', '"') if quoted is not None else plain.strip()
         if match is None or not name:
-            raise argparse.ArgumentTypeError("expected comma-separated column names such as age,bmi (quote a name "
-                                             f'holding a comma or spaces to keep: "a,b"), got {text!r}')
+            raise argparse.ArgumentTypeError(
+                "expected comma-separated column names such as age,bmi (quote a name "
+                f'holding a comma or spaces to keep: "a,b"), got {text!r}'
+            )
         if name in names:
             raise argparse.ArgumentTypeError(f"column {name!r} is named twice")
         names.append(name)
@@ -97,22 +101,40 @@ def add_problem_options(parser) -> None:
     """The options `train` and `sweep` share: the data, the model, the optimizer and the run length."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=data.NAMES, help="default: diabetes (442 × 10, from scikit-learn)")
-    source.add_argument("--data", type=Path, metavar="FILE",
-                        help="your own data: a CSV with a header row, a .parquet, or an .npz with arrays x and y")
+    source.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="your own data: a CSV with a header row, a .parquet, or an .npz with arrays x and y",
+    )
     parser.add_argument("--target", metavar="COLUMN", help="the column to predict (default: the last one)")
-    parser.add_argument("--task", choices=data.TASKS,
-                        help="auto (default): classification for a text or true/false target, regression for numbers")
-    parser.add_argument("--features", type=column_names, metavar="A,B,…",
-                        help='the columns to predict from (default: all but the target); quote a name to keep its '
-                             'commas and surrounding spaces: \'"a,b", c\'')
-    parser.add_argument("--missing", choices=data.MISSING,
-                        help="empty cells: error (default), drop their rows, or impute features (training mean or "
-                             "most frequent category); rows without a target are left out")
-    parser.add_argument("--hidden", type=hidden_sizes,
-                        help="hidden layer sizes, e.g. 5 or 16,8 (default 5; 16 for classes)")
+    parser.add_argument(
+        "--task",
+        choices=data.TASKS,
+        help="auto (default): classification for a text or true/false target, regression for numbers",
+    )
+    parser.add_argument(
+        "--features",
+        type=column_names,
+        metavar="A,B,…",
+        help="the columns to predict from (default: all but the target); quote a name to keep its "
+        "commas and surrounding spaces: '\"a,b\", c'",
+    )
+    parser.add_argument(
+        "--missing",
+        choices=data.MISSING,
+        help="empty cells: error (default), drop their rows, or impute features (training mean or "
+        "most frequent category); rows without a target are left out",
+    )
+    parser.add_argument(
+        "--hidden", type=hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5; 16 for classes)"
+    )
     parser.add_argument("--activation", choices=ACTIVATIONS, help="default relu")
-    parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
-                        help="sgd: the hand-written update (default); optax-sgd, momentum (0.9), adam: optax")
+    parser.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        help="sgd: the hand-written update (default); optax-sgd, momentum (0.9), adam: optax",
+    )
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, help="total training steps")
     length.add_argument("--epochs", type=positive_int, help="passes over the training split (default 100)")

@@ -40,8 +40,9 @@ def panels(path: Path, count: int, *, title: str, size=None, replace: bool = Fal
 
 
 @contextmanager
-def figure(path: Path, *, title: str, xlabel: str, ylabel: str, yscale: str = "linear", size=(7, 4),
-           replace: bool = False):
+def figure(
+    path: Path, *, title: str, xlabel: str, ylabel: str, yscale: str = "linear", size=(7, 4), replace: bool = False
+):
     """`panels` with one Axes, labelled."""
     with panels(path, 1, title=title, size=size, replace=replace) as (axes,):
         yield axes
@@ -61,11 +62,19 @@ def plot_losses(axes, history: Sequence, *, label: str, color: str = "tab:blue")
     window = max(1, len(losses) // 50)
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     axes.plot(steps, losses, lw=0.6, alpha=0.35, color=color, label=label)
-    axes.plot(steps[window - 1:], smooth, lw=2, color=color, label=f"running mean of {window} steps")
+    axes.plot(steps[window - 1 :], smooth, lw=2, color=color, label=f"running mean of {window} steps")
 
 
-def loss_curve(path: Path, history: Sequence, *, title: str, levels: dict[str, float], loss: str = "MSE",
-               accuracy: dict[str, float] | None = None, replace: bool = False) -> None:
+def loss_curve(
+    path: Path,
+    history: Sequence,
+    *,
+    title: str,
+    levels: dict[str, float],
+    loss: str = "MSE",
+    accuracy: dict[str, float] | None = None,
+    replace: bool = False,
+) -> None:
     """`bp-jax train`'s figure: the training loss by step, and horizontal lines at `levels` (label: value,
     e.g. the held-out MSE and the mean predictor's), on a log scale; for a classifier, `accuracy` levels (the
     held-out accuracy and the majority class's) on a second axis, from 0 to 1."""

@@ -25,12 +25,19 @@ from bp_jax.cli._args import UsageError
 
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bp-jax train output directory")
-    parser.add_argument("--data", type=Path, required=True, metavar="FILE",
-                        help="a CSV with a header row, a .parquet, or an .npz with an array x, holding the run's "
-                             "feature columns")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="a CSV with a header row, a .parquet, or an .npz with an array x, holding the run's feature columns",
+    )
     parser.add_argument("--out", type=Path, metavar="FILE", help="write the CSV here (default: stdout); must not exist")
-    parser.add_argument("--allow-diverged", action="store_true",
-                        help="predict with a run that stopped on divergence (its last finite params)")
+    parser.add_argument(
+        "--allow-diverged",
+        action="store_true",
+        help="predict with a run that stopped on divergence (its last finite params)",
+    )
 
 
 def run(args) -> int:
@@ -39,9 +46,11 @@ def run(args) -> int:
     trained, model, params = runs.read_trained(args.run_dir)
     diverged_at = trained.record["diverged_at"]
     if diverged_at is not None and not args.allow_diverged:
-        raise UsageError(f"{args.run_dir} stopped on divergence at step {diverged_at} (non-finite loss): its params "
-                         f"are the last finite ones, not a trained model; retrain with a smaller --lr, or pass "
-                         f"--allow-diverged")
+        raise UsageError(
+            f"{args.run_dir} stopped on divergence at step {diverged_at} (non-finite loss): its params "
+            f"are the last finite ones, not a trained model; retrain with a smaller --lr, or pass "
+            f"--allow-diverged"
+        )
     table = data.read(str(args.data))
     print(*(f"bp-jax: note: {note}\n" for note in table.attrs.get("notes", ())), sep="", end="", file=sys.stderr)
     frame = predictions(model, params, trained.scaling, table, str(args.data))
@@ -71,12 +80,18 @@ def predictions(model, params, scaling: data.Scaling, frame, source: str):
     bad = np.flatnonzero(~np.isfinite(outputs).all(axis=1)) + 1
     if len(bad):
         rows = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise UsageError(f"{source}: the prediction for row(s) {rows} (from 1, after the header) is not finite "
-                         f"(the model overflows there); nothing written")
+        raise UsageError(
+            f"{source}: the prediction for row(s) {rows} (from 1, after the header) is not finite "
+            f"(the model overflows there); nothing written"
+        )
     if scaling.task != "classification":
         return pd.DataFrame({scaling.target_name: scaling.target_units(outputs)})
     shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))  # softmax, in float64
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     predicted = pd.Series(np.asarray(scaling.classes, dtype=object)[outputs.argmax(axis=1)])
-    return pd.DataFrame({scaling.target_name: predicted,
-                         **{f"P({label})": probabilities[:, index] for index, label in enumerate(scaling.classes)}})
+    return pd.DataFrame(
+        {
+            scaling.target_name: predicted,
+            **{f"P({label})": probabilities[:, index] for index, label in enumerate(scaling.classes)},
+        }
+    )

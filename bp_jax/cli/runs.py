@@ -53,8 +53,11 @@ def _check_keys(what: str, got: dict, expected: set, where: str) -> None:
     if missing or extra:
         raise checkpoints.CheckpointError(
             f"{where} was written by another version of bp_jax: its {what} "
-            + " and ".join([f"lacks {', '.join(missing)}"] * bool(missing) + [f"has unknown {', '.join(extra)}"]
-                           * bool(extra)) + "; resume it with that version, or start a new run")
+            + " and ".join(
+                [f"lacks {', '.join(missing)}"] * bool(missing) + [f"has unknown {', '.join(extra)}"] * bool(extra)
+            )
+            + "; resume it with that version, or start a new run"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,14 +99,18 @@ class Config:
         refused); CheckpointError if its keys are not this version's."""
         record = {"task": "regression", "missing": "error"} | record
         _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
-        values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
-                                   for name, value in record.items()}
+        values: dict[str, Any] = {
+            name: tuple(value) if isinstance(value, list) else value for name, value in record.items()
+        }
         return cls(**values)
 
     def check_matches(self, given: dict, where: str) -> None:
         """CheckpointError naming every value in `given` that differs from this (the saved) Config."""
-        clash = [f"{name}={getattr(self, name)!r}, not {value!r}" for name, value in given.items()
-                 if getattr(self, name) != value]
+        clash = [
+            f"{name}={getattr(self, name)!r}, not {value!r}"
+            for name, value in given.items()
+            if getattr(self, name) != value
+        ]
         if clash:
             raise checkpoints.CheckpointError(f"{where} was trained with " + ", ".join(clash))
 
@@ -113,20 +120,27 @@ def load_data(config: Config, given=None) -> tuple[Config, data.Split]:
     (`given`: the names set on the command line) of a class target takes CLASSIFICATION_DEFAULTS for the values
     not given; UsageError when the batch size does not fit the training rows."""
     assert config.split_seed is not None  # Config.__post_init__ sets it
-    split = data.load(config.dataset, target=config.target, features=config.features, split_seed=config.split_seed,
-                      task=config.task, missing=config.missing)
+    split = data.load(
+        config.dataset,
+        target=config.target,
+        features=config.features,
+        split_seed=config.split_seed,
+        task=config.task,
+        missing=config.missing,
+    )
     print(*(f"bp-jax: note: {note}\n" for note in split.notes), sep="", end="", file=sys.stderr)
-    config = dataclasses.replace(config, target=split.scaling.target_name, features=split.scaling.feature_names,
-                                 task=split.scaling.task)
+    config = dataclasses.replace(
+        config, target=split.scaling.target_name, features=split.scaling.feature_names, task=split.scaling.task
+    )
     if given is not None and config.task == "classification":
-        defaults: dict[str, Any] = {name: value for name, value in CLASSIFICATION_DEFAULTS.items()
-                                    if name not in given}
+        defaults: dict[str, Any] = {name: value for name, value in CLASSIFICATION_DEFAULTS.items() if name not in given}
         config = dataclasses.replace(config, **defaults)
     n_train = len(split.x_train)
     if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
         source = f"{config.dataset}: " if data.is_file(config.dataset) else ""
-        raise UsageError(f"{source}--batch-size must be between 1 and {n_train} (the training examples), "
-                         f"got {config.batch_size}")
+        raise UsageError(
+            f"{source}--batch-size must be between 1 and {n_train} (the training examples), got {config.batch_size}"
+        )
     return config, split
 
 
@@ -191,8 +205,9 @@ def baseline(split: data.Split) -> dict:
 
 def class_counts(split: data.Split) -> dict:
     """Rows per class in each split, keyed by the class as text (JSON keys are text)."""
-    count = lambda y: dict(zip(map(str, split.scaling.classes),
-                               np.bincount(y, minlength=split.scaling.outputs).tolist()))
+    count = lambda y: dict(
+        zip(map(str, split.scaling.classes), np.bincount(y, minlength=split.scaling.outputs).tolist())
+    )
     return {"train": count(split.y_train), "held_out": count(split.y_test)}
 
 
@@ -209,8 +224,11 @@ def state_from_key(model: bp_jax.Model, transform: optax.GradientTransformation 
     def state(key):
         params_key, data_key = jax.random.split(key)
         params = model.init(params_key)
-        return {"params": params, "opt_state": None if transform is None else transform.init(params),
-                "key": jax.random.key_data(data_key)}
+        return {
+            "params": params,
+            "opt_state": None if transform is None else transform.init(params),
+            "key": jax.random.key_data(data_key),
+        }
 
     return state
 
@@ -272,8 +290,10 @@ def read_trained(folder: Path) -> tuple[Run, bp_jax.Model, object]:
             return run, *run.model_and_params()
         steps = [path.name for path in (folder / "checkpoints").glob("*") if path.name.isdigit()]
         if not steps:
-            raise checkpoints.CheckpointError(f"no checkpoint in {folder} yet: the run there (pid {holder}) is still "
-                                              f"training; wait for its first checkpoint")
+            raise checkpoints.CheckpointError(
+                f"no checkpoint in {folder} yet: the run there (pid {holder}) is still "
+                f"training; wait for its first checkpoint"
+            )
         newest = folder / "checkpoints" / max(steps, key=int)
         with tempfile.TemporaryDirectory(prefix="bp-jax-predict-") as snapshot:
             try:
@@ -283,8 +303,10 @@ def read_trained(folder: Path) -> tuple[Run, bp_jax.Model, object]:
             except (OSError, checkpoints.CheckpointError) as err:
                 if newest.exists():  # not deleted while read: damaged, or not this version's
                     raise checkpoints.CheckpointError(str(err).replace(snapshot, str(folder))) from None
-    raise checkpoints.CheckpointError(f"{folder} holds a live run (pid {holder}) whose newest checkpoint was "
-                                      f"deleted {LIVE_READS} times while being read; try again, or once it ends")
+    raise checkpoints.CheckpointError(
+        f"{folder} holds a live run (pid {holder}) whose newest checkpoint was "
+        f"deleted {LIVE_READS} times while being read; try again, or once it ends"
+    )
 
 
 def _where(manager: "ocp.CheckpointManager", step: int) -> str:

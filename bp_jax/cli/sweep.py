@@ -39,16 +39,32 @@ REPORT_BYTES_PER_MEMBER = 2048
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--lr", dest="lrs", type=options.learning_rates, required=True, metavar="LR,LR,…",
-                        help="the learning rates, e.g. 0.001,0.003,0.01,0.03,0.1")
-    parser.add_argument("--seeds", type=options.positive_int, default=1, metavar="N",
-                        help="seeds per learning rate: --seed, --seed + 1, …, --seed + N − 1 (default 1)")
+    parser.add_argument(
+        "--lr",
+        dest="lrs",
+        type=options.learning_rates,
+        required=True,
+        metavar="LR,LR,…",
+        help="the learning rates, e.g. 0.001,0.003,0.01,0.03,0.1",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=options.positive_int,
+        default=1,
+        metavar="N",
+        help="seeds per learning rate: --seed, --seed + 1, …, --seed + N − 1 (default 1)",
+    )
     parser.add_argument("--seed", type=options.seed, help="the first seed (default 0)")
     parser.add_argument("--split-seed", type=options.seed, default=0, help="chooses the held-out rows (default 0)")
     options.add_problem_options(parser)
     parser.add_argument("--out", type=Path, help="output directory (default: a new runs/sweep-DATASET-TIME)")
-    parser.add_argument("--devices", type=options.device_count, default=1, metavar="N|all",
-                        help="split the members over N devices, or all of them (default 1)")
+    parser.add_argument(
+        "--devices",
+        type=options.device_count,
+        default=1,
+        metavar="N|all",
+        help="split the members over N devices, or all of them (default 1)",
+    )
     _cache.add_option(parser)
 
 
@@ -65,8 +81,9 @@ def run(args) -> int:
     members = len(args.lrs) * args.seeds
     epochs = 100 if args.epochs is args.steps is None else args.epochs
     total = args.steps or epochs * runs.steps_per_epoch(n_train, config.batch_size)
-    _check_memory(bytes_needed(config, split.x_train.shape[1], n_train + len(split.x_test), members, total),
-                  members, total)
+    _check_memory(
+        bytes_needed(config, split.x_train.shape[1], n_train + len(split.x_test), members, total), members, total
+    )
     seeds = list(range(config.seed, config.seed + args.seeds))
     mesh = _mesh(args.devices, members)
     out = args.out or folders.create_unique(Path("runs"), f"sweep-{config.name}")
@@ -81,8 +98,9 @@ def run(args) -> int:
                 _plot(out / "sweep.png", report, watch.history)
     _print_tables(report, out)
     if watch.stopped_by is not None:
-        print(f"bp-jax sweep: interrupted at step {result.step}; wrote what was trained so far to {out}",
-              file=sys.stderr)
+        print(
+            f"bp-jax sweep: interrupted at step {result.step}; wrote what was trained so far to {out}", file=sys.stderr
+        )
         return 128 + watch.stopped_by
     return 0
 
@@ -95,8 +113,9 @@ def _mesh(devices: int | None, members: int) -> jax.sharding.Mesh | None:
     except ValueError as err:
         raise UsageError(f"--devices: {err}") from None
     if members % mesh.devices.size:
-        raise UsageError(f"the {members} members (learning rates × seeds) do not split evenly over "
-                         f"{mesh.devices.size} devices")
+        raise UsageError(
+            f"the {members} members (learning rates × seeds) do not split evenly over {mesh.devices.size} devices"
+        )
     return mesh
 
 
@@ -109,8 +128,7 @@ def bytes_needed(config: Config, features: int, rows: int, members: int, steps: 
     widths = (features, *config.hidden, 1)
     params = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
     batch = config.batch_size or rows
-    floats = (params * (2 + OPTIMIZER_COPIES[config.optimizer]) + (2 * batch + rows) * sum(widths) + CAPACITY
-              + 2 * steps)
+    floats = params * (2 + OPTIMIZER_COPIES[config.optimizer]) + (2 * batch + rows) * sum(widths) + CAPACITY + 2 * steps
     return members * (4 * floats + 32 * min(steps + 1, MAX_HISTORY_POINTS) + REPORT_BYTES_PER_MEMBER)
 
 
@@ -128,12 +146,15 @@ def _check_memory(needed: int, members: int, steps: int) -> None:
     """UsageError, before anything is allocated, when `needed` bytes exceed `memory_limit()`."""
     limit, what = memory_limit()
     if needed > limit:
-        raise UsageError(f"{members:,} members × {steps:,} steps need about {needed / 2**30:,.1f} GiB, more than "
-                         f"{what} ({limit / 2**30:,.1f} GiB); ask for fewer learning rates, seeds or steps")
+        raise UsageError(
+            f"{members:,} members × {steps:,} steps need about {needed / 2**30:,.1f} GiB, more than "
+            f"{what} ({limit / 2**30:,.1f} GiB); ask for fewer learning rates, seeds or steps"
+        )
 
 
-def member_states(model: bp_jax.Model, transform: optax.GradientTransformation | None, seeds: np.ndarray,
-                  copies: int) -> dict:
+def member_states(
+    model: bp_jax.Model, transform: optax.GradientTransformation | None, seeds: np.ndarray, copies: int
+) -> dict:
     """The step-0 states of `copies` × len(seeds) members, lr-major (member i has seed seeds[i % len(seeds)]),
     each what `bp-jax train --seed s` starts from (`runs.state_from_key` of `jax.random.key(s)`): one
     compiled program of the seed array, vmapped, so set-up is O(members) work in a program of fixed size."""
@@ -161,10 +182,20 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
     if transform is not None:
         state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(member_lrs, jnp.float32)
     return bp_jax.fit_ensemble(
-        runs.loss(model, split.scaling), state["params"], jnp.asarray(split.x_train), jnp.asarray(split.y_train),
-        steps=watch.total, lr=None if transform is not None else member_lrs, optimizer=transform,
-        opt_state=state["opt_state"], batch_size=config.batch_size, key=jax.random.wrap_key_data(state["key"]),
-        chunk_size=PROGRESS_EVERY, on_chunk=watch.on_chunk, mesh=mesh)
+        runs.loss(model, split.scaling),
+        state["params"],
+        jnp.asarray(split.x_train),
+        jnp.asarray(split.y_train),
+        steps=watch.total,
+        lr=None if transform is not None else member_lrs,
+        optimizer=transform,
+        opt_state=state["opt_state"],
+        batch_size=config.batch_size,
+        key=jax.random.wrap_key_data(state["key"]),
+        chunk_size=PROGRESS_EVERY,
+        on_chunk=watch.on_chunk,
+        mesh=mesh,
+    )
 
 
 def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
@@ -179,10 +210,15 @@ def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
         "seeds": seeds,
         "steps": result.step,
         "stopped": None if watch.stopped_by is None else {"step": result.step, "signal": watch.stopped_by},
-        "runs": [{"lr": lrs[i // len(seeds)], "seed": seeds[i % len(seeds)],
-                  **{name: float(values[i]) for name, values in scores.items()},
-                  "diverged_at": None if result.diverged[i] < 0 else int(result.diverged[i])}
-                 for i in range(len(lrs) * len(seeds))],
+        "runs": [
+            {
+                "lr": lrs[i // len(seeds)],
+                "seed": seeds[i % len(seeds)],
+                **{name: float(values[i]) for name, values in scores.items()},
+                "diverged_at": None if result.diverged[i] < 0 else int(result.diverged[i]),
+            }
+            for i in range(len(lrs) * len(seeds))
+        ],
         **runs.baseline(split),
         "examples": {"train": len(split.x_train), "held_out": len(split.x_test)},
         "wall_time_s": watch.elapsed_s,
@@ -221,10 +257,17 @@ def summary(report: dict) -> list[dict]:
         finished = [run for run in members if run["diverged_at"] is None]
         scores = np.asarray([run[ranked.key] for run in finished])
         best = ranked.best(finished, lambda run: run[ranked.key])
-        rows.append({"lr": lr, "mean": float(scores.mean()) if len(scores) else None,
-                     "std": float(scores.std()) if len(scores) else None,
-                     "best_seed": best and best["seed"], "best": best and best[ranked.key],
-                     "diverged": len(members) - len(finished), "seeds": len(members)})
+        rows.append(
+            {
+                "lr": lr,
+                "mean": float(scores.mean()) if len(scores) else None,
+                "std": float(scores.std()) if len(scores) else None,
+                "best_seed": best and best["seed"],
+                "best": best and best[ranked.key],
+                "diverged": len(members) - len(finished),
+                "seeds": len(members),
+            }
+        )
     return rows
 
 
@@ -235,11 +278,17 @@ def _print_tables(report: dict, out: Path) -> None:
         f"bp-jax sweep: {len(report['runs'])} members, {report['steps']} steps, {ranked.label} "
         f"({ranked.baseline_label} {report[ranked.baseline_key]:.4f})",
         ("lr", f"{ranked.label}, mean ± std", "best seed", f"its {ranked.label}", "diverged"),
-        [(f"{row['lr']:g}" + (" ★" if row is best else ""),
-          "—" if row["mean"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}",
-          "—" if row["best_seed"] is None else str(row["best_seed"]),
-          "—" if row["best"] is None else f"{row['best']:.4f}",
-          f"{row['diverged']} of {row['seeds']}") for row in rows])
+        [
+            (
+                f"{row['lr']:g}" + (" ★" if row is best else ""),
+                "—" if row["mean"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}",
+                "—" if row["best_seed"] is None else str(row["best_seed"]),
+                "—" if row["best"] is None else f"{row['best']:.4f}",
+                f"{row['diverged']} of {row['seeds']}",
+            )
+            for row in rows
+        ],
+    )
     print(f"wrote {out}/sweep.json and {out}/sweep.png")
 
 
@@ -253,15 +302,18 @@ def _plot(path: Path, report: dict, history: list) -> None:
     seeds = len(report["seeds"])
     per_lr = losses.reshape(-1, len(report["learning_rates"]), seeds)
     rows, ranked = summary(report), score(report)
-    with plots.panels(path, 2, title=f"bp-jax sweep: {len(report['runs'])} members "
-                                     f"({len(rows)} learning rates × {seeds} seeds)") as (curves, scores):
+    with plots.panels(
+        path, 2, title=f"bp-jax sweep: {len(report['runs'])} members ({len(rows)} learning rates × {seeds} seeds)"
+    ) as (curves, scores):
         finished_medians = []
         for band, row in zip(per_lr.transpose(1, 0, 2), rows):
             with warnings.catch_warnings():  # steps after every seed diverged are all NaN: left blank
                 warnings.simplefilter("ignore", RuntimeWarning)
                 low, median, high = np.nanpercentile(band, [25, 50, 75], axis=1)
             note = f" ({row['diverged']} diverged)" if row["diverged"] else ""
-            line, = curves.plot(x, median, lw=1.5, ls="--" if row["diverged"] else "-", label=f"lr {row['lr']:g}{note}")
+            (line,) = curves.plot(
+                x, median, lw=1.5, ls="--" if row["diverged"] else "-", label=f"lr {row['lr']:g}{note}"
+            )
             curves.fill_between(x, low, high, alpha=0.2, color=line.get_color())
             if row["diverged"] < row["seeds"]:
                 finished_medians.append(median)
@@ -272,18 +324,37 @@ def _plot(path: Path, report: dict, history: list) -> None:
         finished = [run for run in report["runs"] if run["diverged_at"] is None]
         accuracy = ranked.sign < 0
         top = 1.05 if accuracy else 1.5 * max([run[ranked.key] for run in finished] + [report[ranked.baseline_key]])
-        scores.scatter([run["lr"] for run in finished], [run[ranked.key] for run in finished], s=12, alpha=0.5,
-                       color="tab:blue", label="a seed")
+        scores.scatter(
+            [run["lr"] for run in finished],
+            [run[ranked.key] for run in finished],
+            s=12,
+            alpha=0.5,
+            color="tab:blue",
+            label="a seed",
+        )
         diverged = [run["lr"] for run in report["runs"] if run["diverged_at"] is not None]
         if diverged:
             scores.scatter(diverged, [top] * len(diverged), marker="x", color="tab:red", label="diverged")
         means = [row for row in rows if row["mean"] is not None]
-        scores.plot([row["lr"] for row in means], [row["mean"] for row in means], "o-", color="tab:blue",
-                    label="mean over seeds that finished")
+        scores.plot(
+            [row["lr"] for row in means],
+            [row["mean"] for row in means],
+            "o-",
+            color="tab:blue",
+            label="mean over seeds that finished",
+        )
         best = ranked.best(means, lambda row: row["best"])
         if best is not None:
-            scores.scatter(best["lr"], best["best"], marker="*", s=200, color="gold", edgecolor="black",
-                           zorder=3, label=f"best: lr {best['lr']:g}, seed {best['best_seed']}")
+            scores.scatter(
+                best["lr"],
+                best["best"],
+                marker="*",
+                s=200,
+                color="gold",
+                edgecolor="black",
+                zorder=3,
+                label=f"best: lr {best['lr']:g}, seed {best['best_seed']}",
+            )
         scores.axhline(report[ranked.baseline_key], color="tab:red", ls=":", label=ranked.baseline_label)
         scores.set(xlabel="learning rate", ylabel=ranked.label, xscale="log", yscale="linear" if accuracy else "log")
         if accuracy:

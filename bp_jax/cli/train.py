@@ -36,25 +36,50 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 def add_arguments(parser) -> None:
     options.add_problem_options(parser)
     parser.add_argument("--lr", type=options.learning_rate, help="learning rate (default 0.01; 0.1 for classes)")
-    parser.add_argument("--seed", type=options.seed, help="seeds the init and the data order, and the split unless "
-                                                          "--split-seed is given (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=options.seed,
+        help="seeds the init and the data order, and the split unless --split-seed is given (default 0)",
+    )
     parser.add_argument("--split-seed", type=options.seed, help="chooses the held-out rows (default: --seed)")
-    parser.add_argument("--out", type=Path, help="output directory (default: a new runs/DATASET-TIME, or the "
-                                                 "--resume directory)")
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default: a new runs/DATASET-TIME, or the --resume directory)"
+    )
     parser.add_argument("--resume", type=Path, metavar="DIR", help="carry on from the newest checkpoint in DIR")
-    parser.add_argument("--checkpoint-every", type=options.positive_int, metavar="N",
-                        help="save every N steps (always at the end, and when interrupted)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=options.positive_int,
+        metavar="N",
+        help="save every N steps (always at the end, and when interrupted)",
+    )
     parallel = parser.add_argument_group("devices, precision and multi-process runs")
-    parallel.add_argument("--devices", type=options.device_count, default=1, metavar="N|all",
-                          help="split each batch over N devices, or all of them (default 1)")
-    parallel.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default="highest",
-                          help="highest: true float32 (default); high, default: TF32 on GPUs, bfloat16 on TPUs")
-    parallel.add_argument("--coordinator", metavar="HOST:PORT|auto",
-                          help="process 0's address (env BP_JAX_COORDINATOR); auto: detect a TPU pod or SLURM")
+    parallel.add_argument(
+        "--devices",
+        type=options.device_count,
+        default=1,
+        metavar="N|all",
+        help="split each batch over N devices, or all of them (default 1)",
+    )
+    parallel.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        default="highest",
+        help="highest: true float32 (default); high, default: TF32 on GPUs, bfloat16 on TPUs",
+    )
+    parallel.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT|auto",
+        help="process 0's address (env BP_JAX_COORDINATOR); auto: detect a TPU pod or SLURM",
+    )
     parallel.add_argument("--num-processes", type=options.positive_int, help="env BP_JAX_NUM_PROCESSES")
     parallel.add_argument("--process-id", type=int, help="0 … num-processes − 1 (env BP_JAX_PROCESS_ID)")
-    parallel.add_argument("--init-timeout", type=options.positive_int, default=120, metavar="SECONDS",
-                          help="give up joining the run after this long (default 120)")
+    parallel.add_argument(
+        "--init-timeout",
+        type=options.positive_int,
+        default=120,
+        metavar="SECONDS",
+        help="give up joining the run after this long (default 120)",
+    )
     _cache.add_option(parser)
 
 
@@ -108,14 +133,15 @@ def run(args) -> int:
             with jax.default_matmul_precision(args.matmul_precision):
                 result, diverged = _train(problem, start, watch, manager, args.checkpoint_every)
                 with signals.writing():
-                    metrics = _finish(problem, start, watch, result, diverged, out, args.matmul_precision, writer,
-                                      own)
+                    metrics = _finish(problem, start, watch, result, diverged, out, args.matmul_precision, writer, own)
     if diverged is not None:
         print(f"bp-jax train: error: {diverged}; checkpointed in {out}, marked as diverged", file=sys.stderr)
         return 1
     if watch.stopped_by is not None:
-        print(f"bp-jax train: interrupted at step {result.step}; resume with: bp-jax train --resume {out}",
-              file=sys.stderr)
+        print(
+            f"bp-jax train: interrupted at step {result.step}; resume with: bp-jax train --resume {out}",
+            file=sys.stderr,
+        )
         return 128 + watch.stopped_by
     if writer:
         _print_summary(problem.config, metrics)
@@ -128,16 +154,20 @@ def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None
     if devices == 1 and jax.process_count() == 1:
         return None
     if jax.process_count() > 1 and devices not in (None, jax.device_count()):
-        raise UsageError(f"a run of {jax.process_count()} processes trains on all {jax.device_count()} "
-                         f"devices; pass --devices all, got {devices}")
+        raise UsageError(
+            f"a run of {jax.process_count()} processes trains on all {jax.device_count()} "
+            f"devices; pass --devices all, got {devices}"
+        )
     try:
         mesh = bp_jax.data_parallel_mesh(devices)
     except ValueError as err:
         raise UsageError(f"--devices: {err}") from None
     count = mesh.devices.size
     if global_batch % count:
-        raise UsageError(f"the global batch of {global_batch} examples does not split evenly over {count} "
-                         f"devices; use a --batch-size that is a multiple of {count}")
+        raise UsageError(
+            f"the global batch of {global_batch} examples does not split evenly over {count} "
+            f"devices; use a --batch-size that is a multiple of {count}"
+        )
     return mesh
 
 
@@ -156,8 +186,9 @@ def _resumed_config(resumed: runs.Run, given: dict) -> Config:
     given at another path (moved, or a copy) is taken: its content decides (`_resume` checks it)."""
     dataset = given.get("dataset", resumed.config.dataset)
     moved = dataset != resumed.config.dataset and data.is_file(dataset) and data.is_file(resumed.config.dataset)
-    resumed.config.check_matches({name: value for name, value in given.items() if not (moved and name == "dataset")},
-                                 resumed.where)
+    resumed.config.check_matches(
+        {name: value for name, value in given.items() if not (moved and name == "dataset")}, resumed.where
+    )
     return dataclasses.replace(resumed.config, dataset=dataset)
 
 
@@ -165,15 +196,18 @@ def _resume(problem: Problem, resumed: runs.Run) -> Start:
     """The state of the opened checkpoint, checked against the problem's config and data (the data by its
     content: the file may have moved)."""
     config, saved = problem.config, resumed.config
-    resumed.config.check_matches({name: value for name, value in config.to_record().items() if name != "dataset"},
-                                 resumed.where)
+    resumed.config.check_matches(
+        {name: value for name, value in config.to_record().items() if name != "dataset"}, resumed.where
+    )
     record = resumed.record
     if record["data"]["fingerprint"] != problem.split.fingerprint:
-        raise checkpoints.CheckpointError(f"{resumed.where} was trained on other data than {config.dataset} "
-                                          f"holds now")
+        raise checkpoints.CheckpointError(f"{resumed.where} was trained on other data than {config.dataset} holds now")
     if config.dataset != saved.dataset:
-        print(f"bp-jax train: note: reading the data from {config.dataset}, which holds the same data as "
-              f"{saved.dataset}, where the run was trained; the run records the new path", file=sys.stderr)
+        print(
+            f"bp-jax train: note: reading the data from {config.dataset}, which holds the same data as "
+            f"{saved.dataset}, where the run was trained; the run records the new path",
+            file=sys.stderr,
+        )
     state = resumed.restore(problem.state)
     return Start(state, resumed.step, record["loss_history"], record["wall_time_s"], record["total_steps"])
 
@@ -187,9 +221,11 @@ def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int 
     if total is None:
         raise UsageError("pass --steps or --epochs")
     if total < start.step and epochs is not None:
-        raise UsageError(f"the checkpoint is at step {start.step}, in epoch {start.step // per_epoch + 1} "
-                         f"({per_epoch} steps each); --epochs must be at least {math.ceil(start.step / per_epoch)}, "
-                         f"got {epochs}")
+        raise UsageError(
+            f"the checkpoint is at step {start.step}, in epoch {start.step // per_epoch + 1} "
+            f"({per_epoch} steps each); --epochs must be at least {math.ceil(start.step / per_epoch)}, "
+            f"got {epochs}"
+        )
     if total < start.step:
         raise UsageError(f"the checkpoint is at step {start.step}; --steps must be at least that, got {total}")
     return total
@@ -210,10 +246,16 @@ def _record(problem: Problem, start: Start, watch: Watch, diverged_at: int | Non
     """The JSON record a checkpoint carries (and metrics.json begins with); `diverged_at`: the step whose loss
     or update was not finite (the checkpoint then holds the params before it), else None."""
     split = problem.split
-    return folders.finite({
-        "config": problem.config.to_record(), "total_steps": watch.total, "loss_history": watch.history,
-        "wall_time_s": start.wall_time_s + watch.elapsed_s, "diverged_at": diverged_at,
-        "data": {"scaling": split.scaling.to_record(), "fingerprint": split.fingerprint}})
+    return folders.finite(
+        {
+            "config": problem.config.to_record(),
+            "total_steps": watch.total,
+            "loss_history": watch.history,
+            "wall_time_s": start.wall_time_s + watch.elapsed_s,
+            "diverged_at": diverged_at,
+            "data": {"scaling": split.scaling.to_record(), "fingerprint": split.fingerprint},
+        }
+    )
 
 
 def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_every: int | None):
@@ -228,9 +270,13 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
             if problem.mesh is not None:
                 arrays = distributed.host_local(arrays)
             # a step checkpointed in this run before its loss proved non-finite is written again, marked
-            checkpoints.save(manager, result.step, arrays, _record(problem, start, watch, result.step if diverged
-                                                                   else None),
-                             overwrite=diverged and result.step != start.step)
+            checkpoints.save(
+                manager,
+                result.step,
+                arrays,
+                _record(problem, start, watch, result.step if diverged else None),
+                overwrite=diverged and result.step != start.step,
+            )
 
     def on_chunk(result: bp_jax.FitResult) -> bool:
         stop = watch.on_chunk(result)
@@ -242,11 +288,21 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
     try:
         result = bp_jax.fit(
-            runs.loss(problem.model, split.scaling), start.state["params"], jnp.asarray(split.x_train),
-            jnp.asarray(split.y_train), steps=watch.total - start.step, batch_size=config.batch_size,
-            lr=config.lr if transform is None else None, optimizer=transform, opt_state=start.state["opt_state"],
-            key=jax.random.wrap_key_data(start.state["key"]), start_step=start.step, chunk_size=chunk_sizes,
-            on_chunk=on_chunk, mesh=problem.mesh)
+            runs.loss(problem.model, split.scaling),
+            start.state["params"],
+            jnp.asarray(split.x_train),
+            jnp.asarray(split.y_train),
+            steps=watch.total - start.step,
+            batch_size=config.batch_size,
+            lr=config.lr if transform is None else None,
+            optimizer=transform,
+            opt_state=start.state["opt_state"],
+            key=jax.random.wrap_key_data(start.state["key"]),
+            start_step=start.step,
+            chunk_size=chunk_sizes,
+            on_chunk=on_chunk,
+            mesh=problem.mesh,
+        )
     except bp_jax.NonFiniteLoss as diverged:
         watch.add_rest(distributed.host_local(diverged.result.losses), start.step)
         save(diverged.result, diverged=True)
@@ -254,8 +310,17 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     return result, None
 
 
-def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResult, diverged, out: Path,
-            matmul_precision: str, writer: bool, replace: bool) -> dict:
+def _finish(
+    problem: Problem,
+    start: Start,
+    watch: Watch,
+    result: bp_jax.FitResult,
+    diverged,
+    out: Path,
+    matmul_precision: str,
+    writer: bool,
+    replace: bool,
+) -> dict:
     """The metrics of `result`, written with the loss curve into `out` by process 0: new files, or
     replacing the resumed run's own (`replace`)."""
     split, config = problem.split, problem.config
@@ -276,53 +341,98 @@ def _finish(problem: Problem, start: Start, watch: Watch, result: bp_jax.FitResu
         "task": config.task,
         **scores,
         **runs.baseline(split),
-        "examples": {"train": len(split.x_train), "held_out": len(split.x_test), "features": split.x_train.shape[1],
-                     **({"left_out": dict(split.left_out)} if any(split.left_out.values()) else {}),
-                     **({"classes": runs.class_counts(split)} if classify else {})},
+        "examples": {
+            "train": len(split.x_train),
+            "held_out": len(split.x_test),
+            "features": split.x_train.shape[1],
+            **({"left_out": dict(split.left_out)} if any(split.left_out.values()) else {}),
+            **({"classes": runs.class_counts(split)} if classify else {}),
+        },
         "device": console.device_description(),
         "jax": jax.__version__,
         "devices": 1 if problem.mesh is None else problem.mesh.devices.size,
-        "processes": jax.process_count(), "matmul_precision": matmul_precision, "run_dir": str(out),
+        "processes": jax.process_count(),
+        "matmul_precision": matmul_precision,
+        "run_dir": str(out),
     }
     if writer:
         folders.write_json(out / "metrics.json", metrics, replace=replace)
-        title = (f"bp-jax train: {config.name}, hidden {','.join(map(str, config.hidden))}, "
-                 f"{config.optimizer} lr {config.lr}")
+        title = (
+            f"bp-jax train: {config.name}, hidden {','.join(map(str, config.hidden))}, "
+            f"{config.optimizer} lr {config.lr}"
+        )
         if classify:
-            plots.loss_curve(out / "loss_curve.png", watch.history, replace=replace, title=title,
-                             loss="cross-entropy", levels={"held-out log loss (final)": metrics["held_out_log_loss"]},
-                             accuracy={"held-out (final)": metrics["held_out_accuracy"],
-                                       "majority class": metrics["baseline_held_out_accuracy"]})
+            plots.loss_curve(
+                out / "loss_curve.png",
+                watch.history,
+                replace=replace,
+                title=title,
+                loss="cross-entropy",
+                levels={"held-out log loss (final)": metrics["held_out_log_loss"]},
+                accuracy={
+                    "held-out (final)": metrics["held_out_accuracy"],
+                    "majority class": metrics["baseline_held_out_accuracy"],
+                },
+            )
         else:
-            plots.loss_curve(out / "loss_curve.png", watch.history, replace=replace, title=title,
-                             levels={"held-out MSE (final)": metrics["held_out_mse"],
-                                     "held-out MSE, mean predictor": metrics["baseline_held_out_mse"]})
+            plots.loss_curve(
+                out / "loss_curve.png",
+                watch.history,
+                replace=replace,
+                title=title,
+                levels={
+                    "held-out MSE (final)": metrics["held_out_mse"],
+                    "held-out MSE, mean predictor": metrics["baseline_held_out_mse"],
+                },
+            )
     return metrics
 
 
 def _print_summary(config: Config, metrics: dict) -> None:
     classes = metrics["examples"].get("classes", {}).get("train", {})
     if classes:
-        scores = [("classes", ", ".join(classes)),
-                  ("train accuracy", f"{metrics['train_accuracy']:.1%}"),
-                  ("held-out accuracy", f"{metrics['held_out_accuracy']:.1%}"),
-                  ("held-out accuracy, majority class", f"{metrics['baseline_held_out_accuracy']:.1%}"),
-                  ("held-out log loss", f"{metrics['held_out_log_loss']:.4f}")]
+        scores = [
+            ("classes", ", ".join(classes)),
+            ("train accuracy", f"{metrics['train_accuracy']:.1%}"),
+            ("held-out accuracy", f"{metrics['held_out_accuracy']:.1%}"),
+            ("held-out accuracy, majority class", f"{metrics['baseline_held_out_accuracy']:.1%}"),
+            ("held-out log loss", f"{metrics['held_out_log_loss']:.4f}"),
+        ]
     else:
-        scores = [("train MSE", f"{metrics['train_mse']:.4f}"),
-                  ("held-out MSE", f"{metrics['held_out_mse']:.4f}"),
-                  ("held-out MSE, mean predictor", f"{metrics['baseline_held_out_mse']:.4f}")]
+        scores = [
+            ("train MSE", f"{metrics['train_mse']:.4f}"),
+            ("held-out MSE", f"{metrics['held_out_mse']:.4f}"),
+            ("held-out MSE, mean predictor", f"{metrics['baseline_held_out_mse']:.4f}"),
+        ]
     left_out = metrics["examples"].get("left_out", {})
-    console.print_table(f"bp-jax train: {config.name}, step {metrics['final_step']}", ("quantity", "value"), [
-        ("model", " → ".join(map(str, (metrics["examples"]["features"], *config.hidden, len(classes) or 1)))
-         + f", {config.activation}"),
-        ("optimizer", f"{config.optimizer}, lr {config.lr}, batch {config.batch_size or 'full'}"),
-        *[("rows", f"{metrics['examples']['train']} train, {metrics['examples']['held_out']} held out"
-           + "".join(f", {count} left out ({why.replace('_', ' ')})" for why, count in left_out.items() if count))]
-        * bool(classes or left_out),
-        *scores,
-        ("wall time", f"{metrics['wall_time_s']:.2f} s"),
-        ("device", metrics["device"] + (f" × {metrics['devices']}" if metrics["devices"] > 1 else "")
-         + (f", {metrics['processes']} processes" if metrics["processes"] > 1 else "")),
-        ("written to", f"{metrics['run_dir']}/"),
-    ])
+    console.print_table(
+        f"bp-jax train: {config.name}, step {metrics['final_step']}",
+        ("quantity", "value"),
+        [
+            (
+                "model",
+                " → ".join(map(str, (metrics["examples"]["features"], *config.hidden, len(classes) or 1)))
+                + f", {config.activation}",
+            ),
+            ("optimizer", f"{config.optimizer}, lr {config.lr}, batch {config.batch_size or 'full'}"),
+            *[
+                (
+                    "rows",
+                    f"{metrics['examples']['train']} train, {metrics['examples']['held_out']} held out"
+                    + "".join(
+                        f", {count} left out ({why.replace('_', ' ')})" for why, count in left_out.items() if count
+                    ),
+                )
+            ]
+            * bool(classes or left_out),
+            *scores,
+            ("wall time", f"{metrics['wall_time_s']:.2f} s"),
+            (
+                "device",
+                metrics["device"]
+                + (f" × {metrics['devices']}" if metrics["devices"] > 1 else "")
+                + (f", {metrics['processes']} processes" if metrics["processes"] > 1 else ""),
+            ),
+            ("written to", f"{metrics['run_dir']}/"),
+        ],
+    )

@@ -43,8 +43,15 @@ class Watch:
     `progress(step, total, loss)` (process 0 only) and `signals` (an `interrupts.Signals`) are optional.
     """
 
-    def __init__(self, total: int, *, start: int = 0, history: Sequence = (), progress: Callable | None = None,
-                 signals: interrupts.Signals | None = None):
+    def __init__(
+        self,
+        total: int,
+        *,
+        start: int = 0,
+        history: Sequence = (),
+        progress: Callable | None = None,
+        signals: interrupts.Signals | None = None,
+    ):
         self.total, self.progress, self.signals = total, progress, signals
         self.history = list(history)
         self.stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
@@ -59,14 +66,13 @@ class Watch:
 
     def add_losses(self, losses: np.ndarray, first: int) -> None:
         """Keep the losses of steps `first`, `first + 1`, … that fall on the history's stride."""
-        self.history.extend([step, loss.tolist()] for step, loss in enumerate(losses, first)
-                            if step % self.stride == 0)
+        self.history.extend([step, loss.tolist()] for step, loss in enumerate(losses, first) if step % self.stride == 0)
         self.step = first + len(losses)
 
     def add_rest(self, losses: np.ndarray, first: int) -> None:
         """From `losses` (those of steps `first`, `first + 1`, …), keep the ones not seen yet: after `fit`
         raised NonFiniteLoss, whose result holds the losses of the chunk it stopped in."""
-        self.add_losses(losses[self.step - first:], self.step)
+        self.add_losses(losses[self.step - first :], self.step)
 
     def on_chunk(self, result) -> bool:
         """`fit`'s on_chunk: record, show progress; True (stop there) once a stop signal came."""
