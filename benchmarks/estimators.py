@@ -6,12 +6,17 @@ stopping, no early stopping), 80 % of the rows; second fits (bp_jax's first fit 
 turns with sklearn's, with the held-out R² / accuracy of both. Grid search: 16 points (learning_rate_init ×
 alpha, 4 × 4) × 5 folds of the regressor: bp_jax.estimators.GridSearchCV (one fit_ensemble program), sklearn's
 GridSearchCV over the same bp_jax estimator (80 fits one by one), and sklearn's GridSearchCV over sklearn's
-MLPRegressor. skorch is not installed in this environment: its rows are recorded as not run.
+MLPRegressor. skorch (PyTorch's sklearn wrapper, the `bench` extra) on the same task: NeuralNetRegressor over
+nn.Sequential(Linear(10, 5), ReLU(), Linear(5, 1)), torch.optim.SGD (lr 0.01, momentum 0.9), MSE, batch 32,
+200 epochs, no validation split, one torch thread; its fit is timed in turns with the others, its grid search
+(16 points of lr × weight_decay, 5 folds) once, for it takes minutes.
 """
 
 import importlib.util
+import time
 import warnings
 
+import numpy as np
 from sklearn import neural_network
 from sklearn.datasets import load_diabetes, make_classification
 from sklearn.exceptions import ConvergenceWarning
@@ -42,6 +47,32 @@ FIT = {
 GRID_OURS = "bp_jax GridSearchCV (one fit_ensemble program)"
 GRID_SKLEARN_OURS = "sklearn GridSearchCV over bp_jax's MLPRegressor"
 GRID_SKLEARN = "sklearn GridSearchCV over sklearn's MLPRegressor"
+SKORCH_FIT = "skorch NeuralNetRegressor.fit (PyTorch)"
+GRID_SKORCH = "sklearn GridSearchCV over skorch's NeuralNetRegressor (timed once)"
+
+
+def _skorch(epochs: int):
+    """skorch's NeuralNetRegressor of the seed MLP, configured as CONFIG (float32 data: x, and y as (n, 1))."""
+    import torch
+    from skorch import NeuralNetRegressor
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return NeuralNetRegressor(
+        torch.nn.Sequential(torch.nn.Linear(10, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1)),
+        max_epochs=epochs,
+        lr=CONFIG["learning_rate_init"],
+        optimizer=torch.optim.SGD,
+        optimizer__momentum=CONFIG["momentum"],
+        batch_size=CONFIG["batch_size"],
+        iterator_train__shuffle=True,
+        train_split=None,
+        verbose=0,
+    )
+
+
+def _as_torch(x, y):
+    return np.asarray(x, np.float32), np.asarray(y, np.float32).reshape(-1, 1)
 
 
 def _problems() -> dict:
@@ -77,6 +108,18 @@ def run(smoke: bool) -> dict:
             )
             if timer is not None:
                 timers[name] = timer
+    has_skorch = importlib.util.find_spec("skorch") is not None
+    if has_skorch:
+        x_train, x_test, y_train, y_test = problems["regressor"]
+        fitted[SKORCH_FIT] = (_skorch(epochs), *_as_torch(x_test, y_test))
+        timer = record.warmed(
+            SKORCH_FIT,
+            lambda model=fitted[SKORCH_FIT][0]: Timer(
+                lambda: model.fit(*_as_torch(x_train, y_train)), sync=lambda out: out
+            ),
+        )
+        if timer is not None:
+            timers[SKORCH_FIT] = timer
     x, _, y, _ = problems["regressor"]
     searches = {
         GRID_OURS: lambda: estimators.GridSearchCV(estimators.MLPRegressor(**config), grid, cv=folds),
@@ -88,13 +131,29 @@ def run(smoke: bool) -> dict:
         if timer is not None:
             timers[name] = timer
     timings = time_interleaved(timers, repeats=repeats)
+    if has_skorch:
+        skorch_grid = {"lr": grid["learning_rate_init"], "optimizer__weight_decay": grid["alpha"]}
+        search = SklearnGridSearchCV(_skorch(epochs), skorch_grid, cv=folds, scoring="r2")
+        start = time.perf_counter()
+        search.fit(*_as_torch(x, y))
+        seconds = time.perf_counter() - start
+        timings[GRID_SKORCH] = {
+            "median": seconds,
+            "q25": seconds,
+            "q75": seconds,
+            "min": seconds,
+            "max": seconds,
+            "repeats": 1,
+        }
     for kind, (ours, theirs) in FIT.items():
-        for name in (ours, theirs):
+        for name in (ours, theirs) if kind == "classifier" or not has_skorch else (ours, theirs, SKORCH_FIT):
             if name in timings:
                 model, x_test, y_test = fitted[name]
                 speedup = (
                     timings[theirs]["median"] / timings[ours]["median"] if name == ours and theirs in timings else None
                 )
+                if name == SKORCH_FIT:  # how much slower skorch is than bp_jax (not a speed-up of ours over sklearn)
+                    speedup = None
                 record.rows.append(
                     {
                         "name": name,
@@ -103,10 +162,13 @@ def run(smoke: bool) -> dict:
                         "seconds": timings[name],
                         "held_out_score": float(model.score(x_test, y_test)),
                         "speedup_vs_sklearn": speedup,
+                        "time_over_bp_jax": timings[name]["median"] / timings[ours]["median"]
+                        if ours in timings
+                        else None,
                     }
                 )
     members = len(grid["alpha"]) * len(grid["learning_rate_init"]) * folds
-    for name in searches:
+    for name in [*searches, GRID_SKORCH]:
         if name in timings:
             speedup = timings[name]["median"] / timings[GRID_OURS]["median"] if GRID_OURS in timings else None
             record.rows.append(
@@ -118,10 +180,10 @@ def run(smoke: bool) -> dict:
                     "bp_jax_grid_speedup": speedup,
                 }
             )
-    if importlib.util.find_spec("skorch") is None:
+    if not has_skorch:
         record.skip(
             "skorch NeuralNetRegressor (PyTorch's sklearn wrapper)",
-            "skorch is not installed here (not in the environment; no package is installed for a benchmark)",
+            "skorch is not installed here: pip install -e '.[bench]'",
         )
     return record.as_dict(
         problem={

@@ -28,6 +28,7 @@ _EXPORTS = {
     "EnsembleResult": "_fit",
     "FitResult": "_fit",
     "NonFiniteLoss": "_fit",
+    "StopRule": "_fit",
     "fit": "_fit",
     "fit_ensemble": "_fit",
     "data_parallel_mesh": "_mesh",
@@ -52,7 +53,7 @@ if importlib.util.find_spec("torch") is not None:  # keeps `from bp_jax import *
 if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` imports each name on first use
     from bp_jax import manual  # noqa: F401
     from bp_jax._explain import Graph, Node, explain  # noqa: F401
-    from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, fit, fit_ensemble  # noqa: F401
+    from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, StopRule, fit, fit_ensemble  # noqa: F401
     from bp_jax._layers import ACTIVATIONS, Linear, Model, ReLU, Sequential, Sigmoid, Tanh, mlp, neuron, tiny_net  # noqa: F401
     from bp_jax._losses import loss_fn, mse, softmax_cross_entropy, squared_error  # noqa: F401
     from bp_jax._mesh import data_parallel_mesh, ensemble_mesh  # noqa: F401

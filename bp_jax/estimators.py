@@ -7,10 +7,11 @@ Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, 
 - Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
   key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch).
   `shuffle=False` is accepted only with full-batch training (the fused loop always reads a keyed order).
-- The stopping rules are sklearn's, checked per epoch: with `early_stopping=False`, `fit` runs chunks of
-  EPOCHS_PER_CHECK epochs and, when the rule fires inside a chunk, resumes from the chunk's start for exactly
-  the epochs sklearn would have run (resuming is bit-identical); with `early_stopping=True` every epoch ends a
-  chunk, where the validation score is taken and the best params kept.
+- The stopping rules are sklearn's, checked per epoch: with `early_stopping=False` the rule runs inside the
+  compiled loop (`epoch_rule`, a `StopRule`), so a whole fit is one call of the loop with no trip to the host
+  between epochs; it compares epoch means in the program's float precision (float32 unless x64 is on). With
+  `early_stopping=True` every epoch ends a chunk, where the validation score is taken on the host and the best
+  params kept.
 - Binary classification uses two softmax outputs (`out_activation_ = "softmax"`), not one logistic unit.
 - `solver="adam"` is optax's adam (ε added to √v̂, sklearn adds it to √v); `learning_rate` schedules other
   than constant, `warm_start`, `lbfgs` and `verbose` are not offered.
@@ -30,19 +31,21 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import joblib
 import numpy as np
 import optax
 from scipy.special import expit, softmax
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
 from sklearn.model_selection import ParameterGrid, check_cv, train_test_split
+from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from bp_jax._fit import NonFiniteLoss, fit, fit_ensemble
+from bp_jax._fit import NonFiniteLoss, StopRule, fit, fit_ensemble
 from bp_jax._layers import mlp
 from bp_jax._losses import mse, softmax_cross_entropy
 
@@ -50,8 +53,6 @@ from bp_jax._losses import mse, softmax_cross_entropy
 VECTORISED = ("learning_rate_init", "random_state", "alpha", "momentum", "tol", "n_iter_no_change", "max_iter")
 #: fingerprint → (TrainRun, seed) of the members a GridSearchCV trained at once; fits of the search read them.
 _PRETRAINED: contextvars.ContextVar[dict] = contextvars.ContextVar("bp_jax_estimators_pretrained", default={})  # noqa: B039
-#: Epochs per chunk of the fused loop between two checks of the stopping rule (without early stopping).
-EPOCHS_PER_CHECK = 10
 _ACTIVATIONS = {"identity": "identity", "relu": "relu", "tanh": "tanh", "logistic": "sigmoid"}
 _NUMPY_ACTIVATIONS = {"identity": lambda z: z, "relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "logistic": expit}
 
@@ -168,6 +169,40 @@ class Stopping:
             self.count = self.count + 1 if loss > self.best_loss - self.tol else 0
             self.best_loss = min(self.best_loss, loss)
         return self.count > self.patience
+
+
+@functools.lru_cache(maxsize=64)  # one update per epoch length: every fit of that length shares one program
+def _epoch_rule_update(steps_per_epoch: int):
+    def update(state, step, loss):
+        total = state["total"] + loss
+        epoch_end = (step + 1) % steps_per_epoch == 0
+        mean = total / steps_per_epoch
+        count = jnp.where(mean > state["best"] - state["tol"], state["count"] + 1, 0)
+        state = state | {
+            "total": jnp.where(epoch_end, jnp.zeros_like(total), total),
+            "best": jnp.where(epoch_end, jnp.minimum(state["best"], mean), state["best"]),
+            "count": jnp.where(epoch_end, count, state["count"]),
+        }
+        return state, epoch_end & (state["count"] > state["patience"])
+
+    return update
+
+
+def epoch_rule(steps_per_epoch: int, tol, n_iter_no_change, dtype) -> StopRule:
+    """`Stopping` without early stopping as a `StopRule` run inside the loop (steps counted from 0): at the end of
+    each epoch of `steps_per_epoch` steps, with m its mean loss, count ← count + 1 if m > best − tol else 0,
+    best ← min(best, m); stop once count > n_iter_no_change. tol and n_iter_no_change may be arrays (one per
+    ensemble member): they are data."""
+    tol = np.asarray(tol, dtype)
+    zeros = np.zeros(tol.shape, dtype)
+    init = {
+        "total": zeros,
+        "best": np.full(tol.shape, np.inf, dtype),
+        "count": np.zeros(tol.shape, np.int32),
+        "tol": tol,
+        "patience": np.asarray(n_iter_no_change, np.int32),
+    }
+    return StopRule(_epoch_rule_update(steps_per_epoch), init)
 
 
 class Plan(NamedTuple):
@@ -456,57 +491,53 @@ def train(
     score=None,
 ) -> TrainRun:
     """Up to `epochs` epochs of `fit` from `start_step`, stopping where sklearn's rule would (see the module
-    docstring): chunks of EPOCHS_PER_CHECK epochs (one with a `score`), and on a stop inside a chunk a resume
-    from that chunk's start for the epochs that remain before the stop."""
+    docstring): with a `score` (early stopping), one epoch a chunk and `stopping` on the host; otherwise with
+    `stopping`, its rule inside the loop (`epoch_rule`), all epochs one call; without, all epochs."""
     per_epoch = steps.steps_per_epoch
-    per_chunk = 1 if score is not None or stopping is None else EPOCHS_PER_CHECK
     batch = None if steps.batch_size == x.shape[0] else steps.batch_size
-    run = functools.partial(fit, loss_fn, x=x, y=y, batch_size=batch, optimizer=transform, key=key)
-    curve, scores, stop = [], [], {}
-    chunk_start = (params, opt_state, start_step)
+    scores: list[float] = []
+    halted: list[bool] = []
+    rule = None
+    if stopping is not None and score is None:
+        rule = epoch_rule(per_epoch, stopping.tol, stopping.patience, jnp.result_type(float))
 
-    def on_chunk(result) -> bool:
-        nonlocal chunk_start
-        epoch_losses = np.asarray(result.losses, np.float64).reshape(-1, per_epoch).mean(axis=1)
-        for index, loss in enumerate(epoch_losses):
-            curve.append(float(loss))
-            value = None
-            if score is not None:
-                value = score(result.params)
-                scores.append(value)
-            if stopping is not None and stopping.update(float(loss), value, result.params):
-                stop["epoch_in_chunk"] = index + 1
-                stop["whole_chunk"] = index + 1 == len(epoch_losses)
-                return True
-        chunk_start = (result.params, result.opt_state, result.step)
-        return False
+    def on_epoch(result) -> bool:
+        assert stopping is not None  # a score comes with early stopping's rule
+        value = score(result.params)
+        scores.append(value)
+        halted.append(stopping.update(float(np.mean(result.losses, dtype=np.float64)), value, result.params))
+        return halted[-1]
 
-    # chunk boundaries fall on multiples of the chunk size: from a later start (partial_fit) one chunk to the end
-    chunk_steps = per_chunk * per_epoch if start_step == 0 else start_step + epochs * per_epoch
     try:
-        result = run(
-            params=params,
+        result = fit(
+            loss_fn,
+            params,
+            x,
+            y,
+            batch_size=batch,
+            optimizer=transform,
+            key=key,
             opt_state=opt_state,
             steps=epochs * per_epoch,
             start_step=start_step,
-            chunk_size=chunk_steps,
-            on_chunk=on_chunk,
+            chunk_size=per_epoch if score is not None else start_step + epochs * per_epoch,
+            on_chunk=on_epoch if score is not None else None,
+            stop_rule=rule,
         )
-        if stop and not stop["whole_chunk"]:  # resume from the chunk's start: the same bits, fewer epochs
-            params, opt_state, step = chunk_start
-            result = run(
-                params=params,
-                opt_state=opt_state,
-                steps=stop["epoch_in_chunk"] * per_epoch,
-                start_step=step,
-                chunk_size=chunk_steps,
-            )
     except NonFiniteLoss as error:
         raise ValueError(
             f"Solver produced non-finite parameter weights at step {error.step}. The input data may "
             "contain large values and need to be preprocessed."
         ) from None
-    return TrainRun(result.params, result.opt_state, result.step, curve, scores, bool(stop))
+    curve = epoch_means(result.losses, per_epoch).tolist()
+    return TrainRun(result.params, result.opt_state, result.step, curve, scores, result.stopped_at >= 0 or any(halted))
+
+
+def epoch_means(losses, steps_per_epoch: int) -> np.ndarray:
+    """Each epoch's mean step loss (float64), over the first axis of `losses` (whole epochs; any axes after it
+    kept, e.g. the members of an ensemble)."""
+    losses = np.asarray(losses, np.float64)
+    return losses.reshape(-1, steps_per_epoch, *losses.shape[1:]).mean(axis=1)
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
@@ -601,134 +632,155 @@ def _fingerprint(estimator, x: np.ndarray, targets: np.ndarray) -> tuple:
 
 class GridSearchCV(SklearnGridSearchCV):
     """sklearn.model_selection.GridSearchCV, unchanged in signature and results, for a bp_jax MLPRegressor or
-    MLPClassifier: first every (grid point × fold) is trained as one member of one `fit_ensemble` program
-    (each member on its fold's rows, its own key, learning rate, momentum and α), then sklearn's search runs as
-    usual and each of its fits reads its member's result instead of training (scores, refit and cv_results_ are
-    sklearn's own). The grid may vary only VECTORISED parameters: any other is refused in one line naming it.
-    Members sharing a batch size and steps per epoch share a program (folds of unequal size may make two).
-    Not vectorised, and trained one by one as sklearn would: early_stopping=True, random_state=None, folds
-    missing a class, n_jobs > 1 (the workers do not see the members) and a cv that splits differently per call.
+    MLPClassifier, or a Pipeline ending in one: first every (grid point × fold) is trained as one member of one
+    `fit_ensemble` program (each member on its fold's rows, as the pipeline's earlier steps transform them when
+    fitted on that fold, with its own key, learning rate, momentum, α and stopping rule, stopped inside the
+    program), then sklearn's search runs as usual and each of its fits reads its member's result instead of
+    training (scores, refit and cv_results_ are sklearn's own, and its fits run in this process). The grid may
+    vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any other is
+    refused in one line naming it. Members sharing a program shape (features, outputs, batch size, steps per
+    epoch, max_iter) share one call of one program. Trained one by one as sklearn would: early_stopping=True,
+    full-batch folds (batch_size ≥ the fold's rows) and a cv that splits differently per call.
     """
 
     def fit(self, X, y=None, **params):
-        if not isinstance(self.estimator, _BaseMLP):
-            raise TypeError(
-                f"bp_jax.estimators.GridSearchCV searches MLPRegressor or MLPClassifier, got "
-                f"{type(self.estimator).__name__}; use sklearn.model_selection.GridSearchCV"
-            )
+        final, name = _searched(self.estimator)
         grids = [self.param_grid] if isinstance(self.param_grid, dict) else list(self.param_grid)
-        for name in sorted({name for grid in grids for name in grid}):
-            if name not in VECTORISED:
+        for key in sorted({key for grid in grids for key in grid}):
+            parameter = key if name is None else key.removeprefix(f"{name}__") if key.startswith(f"{name}__") else None
+            if parameter is None and name is not None and "__" not in key:
+                parameter = key  # a whole step or a Pipeline parameter (steps, memory, …): not searched here
+            if parameter is not None and parameter not in VECTORISED:
                 raise ValueError(
-                    f"GridSearchCV: the grid varies {name!r}, which changes the compiled program; "
+                    f"GridSearchCV: the grid varies {key!r}, which changes the compiled program; "
                     f"bp_jax vectorises only {', '.join(VECTORISED)} (search others with "
                     "sklearn.model_selection.GridSearchCV)"
                 )
-        splits = list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(X, y, params.get("groups")))
-        token = _PRETRAINED.set(_train_members(self.estimator, list(ParameterGrid(self.param_grid)), X, y, splits))
+        splits = list(check_cv(self.cv, y, classifier=is_classifier(final)).split(X, y, params.get("groups")))
+        members = _train_members(self.estimator, list(ParameterGrid(self.param_grid)), X, y, splits)
+        token = _PRETRAINED.set(members)
         try:
-            return super().fit(X, y, **params)
+            with joblib.parallel_config(backend="sequential"):  # the members live in this process's context
+                return super().fit(X, y, **params)
         finally:
             _PRETRAINED.reset(token)
 
 
+def _searched(estimator) -> tuple[Any, str | None]:
+    """(the bp_jax estimator searched, its step name in a Pipeline or None); TypeError for anything else."""
+    final, name = estimator, None
+    if isinstance(estimator, Pipeline) and estimator.steps:
+        name, final = estimator.steps[-1]
+    if not isinstance(final, _BaseMLP):
+        raise TypeError(
+            f"bp_jax.estimators.GridSearchCV searches MLPRegressor or MLPClassifier, or a Pipeline ending in one, "
+            f"got {type(final).__name__}; use sklearn.model_selection.GridSearchCV"
+        )
+    return final, name
+
+
+class _Member(NamedTuple):
+    """One (grid point × fold) fit: the estimator, its block of training data and the fingerprint its fit has."""
+
+    estimator: Any
+    block: str
+    fingerprint: tuple
+
+
 def _train_members(estimator, candidates, X, y, splits) -> dict:
-    """fingerprint → (TrainRun, seed) for every (candidate, training fold) that one program can train."""
-    if estimator.early_stopping:
-        return {}
-    whole = clone_unfitted(estimator)
-    whole._check_params()
-    x_all, y_all = whole._validate_input(X, y, reset=True)
-    targets_all = whole._encode_targets(y_all, first=True)
-    groups: dict = {}
+    """fingerprint → (TrainRun, seed) for every (candidate, training fold) that one program can train. A block
+    is one fold's training data as the final estimator sees it (after the pipeline's earlier steps, fitted on
+    that fold); members of one program shape share a program over their blocks stacked."""
+    blocks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    groups: dict[tuple, list[_Member]] = {}
+    rows_of = lambda data, rows: data.iloc[rows] if hasattr(data, "iloc") else np.asarray(data)[rows]
     for candidate in candidates:
         for train_rows, _ in splits:
-            member = clone_unfitted(estimator).set_params(**candidate)
-            if member.random_state is None:
-                continue  # a fresh seed per fit: nothing to share
+            searched = clone(estimator).set_params(**candidate)
+            member, name = _searched(searched)
+            if member.early_stopping:
+                continue  # a validation split and a score per epoch: sklearn's own fit
+            x, y_fold = rows_of(X, train_rows), rows_of(y, train_rows)
+            if name is not None and len(searched.steps) > 1:
+                x = searched[:-1].fit_transform(x, y_fold)
             member._check_params()
-            x, y_fold = member._validate_input(
-                X[train_rows] if hasattr(X, "shape") else np.asarray(X)[train_rows],
-                np.asarray(y)[train_rows],
-                reset=True,
-            )
+            x, y_fold = member._validate_input(x, y_fold, reset=True)
             targets = member._encode_targets(y_fold, first=True)
-            if is_classifier(member) and not np.array_equal(member.classes_, whole.classes_):
-                continue  # its outputs differ from the shared encoding: trained on its own
             steps = plan(member.batch_size, len(x))
             if steps.batch_size == len(x):
                 continue  # full batch: fit takes no minibatches
-            programs = member._program(x.shape[1], member._n_outputs())
-            groups.setdefault((programs, steps), []).append((member, train_rows, _fingerprint(member, x, targets)))
+            fingerprint = _fingerprint(member, x, targets)
+            block = fingerprint[2] + fingerprint[3]  # the digests of x and of the targets
+            blocks.setdefault(block, (x, targets))
+            shape = (member._program(x.shape[1], member._n_outputs()), steps, member.max_iter, x.dtype)
+            groups.setdefault(shape, []).append(_Member(member, block, fingerprint))
     pretrained: dict[tuple, tuple[TrainRun, int]] = {}
-    for ((loss_fn, transform), steps), members in groups.items():
-        pretrained |= _train_group(loss_fn, transform, steps, members, x_all, targets_all)
+    for ((loss_fn, transform), steps, max_iter, _), members in groups.items():
+        pretrained |= _train_group(loss_fn, transform, steps, max_iter, members, blocks)
     return pretrained
 
 
-def clone_unfitted(estimator):
-    return type(estimator)(**estimator.get_params())
-
-
-def _train_group(loss_fn, transform, steps: Plan, members, x_all, targets_all) -> dict:
-    """One `fit_ensemble` program for members of one configuration, each stopped where its own fit stops."""
-    dtype = x_all.dtype
-    seeds = [seed_of(member.random_state) for member, _, _ in members]
-    sizes = (x_all.shape[1], *members[0][0]._hidden_sizes(), members[0][0]._n_outputs())
-    layers = [glorot(seed, sizes, members[0][0].activation, dtype) for seed in seeds]
+def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_Member], blocks: dict) -> dict:
+    """One `fit_ensemble` call for members of one program shape, over their blocks stacked, each member on its own
+    block's rows and stopped by its own `epoch_rule` inside the program."""
+    used = list(dict.fromkeys(member.block for member in members))
+    x_all = np.concatenate([blocks[block][0] for block in used])
+    targets_all = np.concatenate([blocks[block][1] for block in used])
+    offsets = dict(zip(used, np.cumsum([0] + [len(blocks[block][0]) for block in used])))
+    counts = np.array([len(blocks[member.block][0]) for member in members])
+    rows = np.zeros((len(members), counts.max()), np.int32)
+    for index, member in enumerate(members):
+        rows[index, : counts[index]] = offsets[member.block] + np.arange(counts[index])
+    estimators = [member.estimator for member in members]
+    seeds = [seed_of(estimator.random_state) for estimator in estimators]
+    first, dtype = estimators[0], x_all.dtype
+    sizes = (x_all.shape[1], *first._hidden_sizes(), first._n_outputs())
+    layers = [glorot(seed, sizes, first.activation, dtype) for seed in seeds]
     params = {
         "layers": jax.tree.map(lambda *leaves: np.stack(leaves), *layers),
-        "l2": np.asarray([member.alpha / steps.batch_size for member, _, _ in members], dtype),
+        "l2": np.asarray([estimator.alpha / steps.batch_size for estimator in estimators], dtype),
     }
     opt_state = initial_state(
         transform,
         params,
-        [m.learning_rate_init for m, _, _ in members],
-        [m.momentum for m, _, _ in members],
+        [estimator.learning_rate_init for estimator in estimators],
+        [estimator.momentum for estimator in estimators],
         members=True,
     )
-    counts = np.array([len(rows) for _, rows, _ in members])
-    rows = np.zeros((len(members), counts.max()), np.int32)
-    for index, (_, member_rows, _) in enumerate(members):
-        rows[index, : counts[index]] = member_rows
-    rules = [Stopping(member.tol, member.n_iter_no_change, False) for member, _, _ in members]
-    curves: list[list[float]] = [[] for _ in members]
-    done: dict[int, tuple] = {}
-    epochs = max(member.max_iter for member, _, _ in members)
-
-    def on_chunk(result) -> bool:
-        epoch_losses = np.asarray(result.losses, np.float64).mean(axis=0)
-        for index, (member, _, _) in enumerate(members):
-            if index in done:
-                continue
-            curves[index].append(float(epoch_losses[index]))
-            stops = rules[index].update(float(epoch_losses[index]))
-            if stops or len(curves[index]) == member.max_iter or result.diverged[index] >= 0:
-                state = jax.tree.map(lambda leaf, i=index: np.asarray(leaf)[i], (result.params, result.opt_state))
-                done[index] = (state, result.step, stops, result.diverged[index] >= 0)
-        return len(done) == len(members)
-
-    fit_ensemble(
+    per_epoch = steps.steps_per_epoch
+    rule = epoch_rule(
+        per_epoch,
+        [estimator.tol for estimator in estimators],
+        [estimator.n_iter_no_change for estimator in estimators],
+        jnp.result_type(float),
+    )
+    result = fit_ensemble(
         loss_fn,
         params,
         x_all,
         targets_all,
-        steps=epochs * steps.steps_per_epoch,
+        steps=max_iter * per_epoch,
         optimizer=transform,
         opt_state=opt_state,
         batch_size=steps.batch_size,
         key=jax.vmap(jax.random.key)(np.asarray(seeds)),
         rows=rows,
         row_counts=counts,
-        chunk_size=steps.steps_per_epoch,
-        on_chunk=on_chunk,
+        chunk_size=max_iter * per_epoch,
+        stop_rule=rule,
     )
+    assert result.stopped_at is not None  # a stop rule was given
+    curves = epoch_means(result.losses, per_epoch)
+    state = jax.device_get((result.params, result.opt_state))
     pretrained = {}
-    for index, (_, _, fingerprint) in enumerate(members):
-        (member_params, member_state), step, stopped, diverged = done[index]
-        if not diverged:  # a diverged member is trained again on its own, to raise fit's error
-            pretrained[fingerprint] = (
-                TrainRun(member_params, member_state, step, curves[index], [], stopped),
-                seeds[index],
-            )
+    for index, member in enumerate(members):
+        if result.diverged[index] >= 0:
+            continue  # trained again on its own, to raise fit's error
+        stopped = result.stopped_at[index] >= 0
+        epochs = (result.stopped_at[index] + 1) // per_epoch if stopped else max_iter
+        member_params, member_state = jax.tree.map(lambda leaf, i=index: leaf[i], state)
+        pretrained[member.fingerprint] = (
+            TrainRun(member_params, member_state, epochs * per_epoch, curves[:epochs, index].tolist(), [], stopped),
+            seeds[index],
+        )
     return pretrained

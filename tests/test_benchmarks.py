@@ -155,9 +155,12 @@ def test_sklearn_suite_records_fits_grids_and_skorch(smoke_run):
     ):
         assert _positive_finite(rows[ours]["speedup_vs_sklearn"]) and rows[theirs]["speedup_vs_sklearn"] is None
         assert all(math.isfinite(rows[name]["held_out_score"]) for name in (ours, theirs))
+        assert rows[ours]["time_over_bp_jax"] == 1 and _positive_finite(rows[theirs]["time_over_bp_jax"])
+    has_skorch = importlib.util.find_spec("skorch") is not None
     grids = [row for row in suite["rows"] if row["group"] == "grid"]
-    assert len(grids) == 3 and all(_positive_finite(row["bp_jax_grid_speedup"]) for row in grids)
+    assert len(grids) == 3 + has_skorch and all(_positive_finite(row["bp_jax_grid_speedup"]) for row in grids)
     assert {row["members"] for row in grids} == {8}
-    assert [skip["name"].split()[0] for skip in suite["skipped"]] == (
-        ["skorch"] if importlib.util.find_spec("skorch") is None else []
-    )
+    if has_skorch:
+        skorch = rows["skorch NeuralNetRegressor.fit (PyTorch)"]
+        assert _positive_finite(skorch["time_over_bp_jax"]) and math.isfinite(skorch["held_out_score"])
+    assert [skip["name"].split()[0] for skip in suite["skipped"]] == ([] if has_skorch else ["skorch"])

@@ -213,3 +213,58 @@ def test_a_grid_over_a_parameter_that_changes_the_program_is_refused_in_one_line
     with pytest.raises(ValueError, match="'hidden_layer_sizes'") as error:
         GridSearchCV(MLPRegressor(), {"hidden_layer_sizes": [(3,), (4,)], "alpha": [0.1]}).fit(x, y)
     assert "\n" not in str(error.value)
+
+
+def _count_own_training(patch, estimators, counter):
+    patch.setattr(estimators, "train", lambda *a, train=estimators.train, **k: counter.append(1) or train(*a, **k))
+
+
+def test_a_pipeline_grid_over_its_scaler_and_the_estimator_equals_sklearns_with_n_jobs(monkeypatch):
+    from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from bp_jax import estimators
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _regression()
+    x = x * np.arange(1, 11) + 3.0  # columns on other scales: the scaler fitted per fold matters
+    pipeline = Pipeline(
+        [("scale", StandardScaler()), ("mlp", MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=30))]
+    )
+    grid = {"scale__with_mean": [True, False], "mlp__learning_rate_init": [0.01, 0.03], "mlp__random_state": [0, 1]}
+    ours, one_by_one = GridSearchCV(pipeline, grid, cv=3, n_jobs=2), []
+    with monkeypatch.context() as patch:
+        _count_own_training(patch, estimators, one_by_one)
+        ours.fit(x, y)
+    assert len(one_by_one) == 1  # the refit: the 24 fold fits (2 scalers × 3 folds as data) read their members
+    theirs = SklearnGridSearchCV(pipeline, grid, cv=3).fit(x, y)
+    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], theirs.cv_results_["mean_test_score"], rtol=1e-4)
+    assert ours.best_params_ == theirs.best_params_
+    np.testing.assert_allclose(ours.predict(x[:5]), theirs.predict(x[:5]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_grid_with_random_state_none_is_still_one_program(monkeypatch):
+    from bp_jax import estimators
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _regression()
+    search, one_by_one = GridSearchCV(MLPRegressor((4,), batch_size=16, max_iter=20), {"alpha": [1e-4, 1e-2]}, cv=3), []
+    with monkeypatch.context() as patch:
+        _count_own_training(patch, estimators, one_by_one)
+        search.fit(x, y)
+    assert len(one_by_one) == 1 and np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+@pytest.mark.parametrize("parameter", ["mlp__hidden_layer_sizes", "mlp", "memory"])
+def test_a_pipeline_grid_over_the_estimators_program_is_refused_in_one_line(parameter):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _regression()
+    pipeline = Pipeline([("scale", StandardScaler()), ("mlp", MLPRegressor())])
+    with pytest.raises(ValueError, match=f"'{parameter}'") as error:
+        GridSearchCV(pipeline, {parameter: [None, None]}).fit(x, y)
+    assert "\n" not in str(error.value)

@@ -342,3 +342,74 @@ def test_nested_lists_are_data_and_a_mesh_must_be_a_mesh():
 def test_a_mesh_of_true_devices_is_a_type_error_naming_what_it_takes(make_mesh):
     with pytest.raises(TypeError, match="devices must be a number of devices, a sequence of devices or None, got True"):
         make_mesh(True)
+
+
+def _below(state, step, loss):
+    """A StopRule update: stop once the loss is below the state's threshold."""
+    return state, loss < state
+
+
+BELOW = bp_jax.StopRule(_below, np.float32(0.0))
+
+
+def test_a_stop_rule_ends_fit_after_the_step_it_names_with_the_bits_of_a_shorter_run():
+    model, params, x, y = problem(3)
+    loss, key = bp_jax.loss_fn(model), jax.random.key(5)
+    run = lambda **kw: bp_jax.fit(loss, params, x, y, batch_size=16, lr=0.05, key=key, chunk_size=7, **kw)
+    free = run(steps=300)
+    threshold = float(np.median(free.losses))  # the loss falls below it somewhere inside the run
+    crossing = int(np.argmax(free.losses < threshold))
+    assert 0 < crossing < 299
+    stopped = run(steps=300, stop_rule=BELOW._replace(init=np.float32(threshold)))
+    assert (stopped.stopped_at, stopped.step, len(stopped.losses)) == (crossing, crossing + 1, crossing + 1)
+    shorter = run(steps=crossing + 1)
+    chex.assert_trees_all_equal(stopped.params, shorter.params)
+    np.testing.assert_array_equal(stopped.losses, shorter.losses)
+    assert free.stopped_at == -1 and run(steps=10, stop_rule=BELOW).stopped_at == -1
+
+
+def test_each_member_stops_where_its_own_rule_says_and_its_state_is_data(count_compilations):
+    model, _, x, y = problem(4)
+    members, loss = 4, bp_jax.loss_fn(model)
+    params = jax.vmap(model.init)(jax.random.split(jax.random.key(2), members))
+    key = jax.random.split(jax.random.key(1), members)
+    ensemble = lambda thresholds: bp_jax.fit_ensemble(
+        loss,
+        params,
+        x,
+        y,
+        steps=200,
+        lr=0.05,
+        batch_size=8,
+        key=key,
+        stop_rule=BELOW._replace(init=np.asarray(thresholds, np.float32)),
+    )
+    free = ensemble([0.0] * members)
+    thresholds = np.median(free.losses, axis=0)
+    with count_compilations() as compiled:
+        result = ensemble(thresholds)
+    assert compiled == []  # the thresholds are data: the same program
+    for i in range(members):
+        own = bp_jax.fit(
+            loss,
+            jax.tree.map(lambda leaf, i=i: leaf[i], params),
+            x,
+            y,
+            steps=200,
+            lr=0.05,
+            batch_size=8,
+            key=key[i],
+            stop_rule=BELOW._replace(init=np.float32(thresholds[i])),
+        )
+        assert result.stopped_at[i] == own.stopped_at >= 0
+        assert np.all(np.isnan(result.losses[own.step :, i]))
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda leaf, i=i: leaf[i], result.params), own.params, rtol=1e-5, atol=1e-6
+        )
+    assert free.stopped_at.tolist() == [-1] * members
+
+
+def test_a_stop_rule_that_is_not_a_stop_rule_is_a_type_error():
+    model, params, x, y = problem()
+    with pytest.raises(TypeError, match="StopRule"):
+        bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=1, lr=0.1, stop_rule=_below)
