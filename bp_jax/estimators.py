@@ -371,54 +371,18 @@ class _BaseMLP(BaseEstimator):
                 "shuffle=False needs full-batch training (batch_size ≥ n_samples): the fused loop reads "
                 "minibatches in a keyed order"
             )
-        loss_fn, transform = self._program(X.shape[1], self._n_outputs())
-        if first:
-            self._seed = seed_of(self.random_state)
-            sizes = (X.shape[1], *self._hidden_sizes(), self._n_outputs())
-            layers = glorot(self._seed, sizes, self.activation, X.dtype)
-            self.loss_curve_, self.t_, self._step = [], 0, 0
-            self.n_iter_ = 0
-        else:
-            layers = from_sklearn(self.coefs_, self.intercepts_)
-        params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
-        opt_state = (
-            initial_state(transform, params, self.learning_rate_init, self.momentum)
-            if first or self._opt_state is None
-            else self._opt_state
-        )
-        key = jax.random.key(self._seed)
-        score = None
         early = self.early_stopping and not incremental
-        if early:
-            kept, held = train_test_split(
-                np.arange(rows),
-                random_state=self._seed,
-                test_size=self.validation_fraction,
-                stratify=targets if is_classifier(self) else None,
-            )
-            score = functools.partial(self._score_params, X[held], y[held])
-            X, targets = X[kept], targets[kept]
-            steps = plan(self.batch_size, len(kept))
-            params["l2"] = jnp.asarray(self.alpha / steps.batch_size, X.dtype)
-        epochs = 1 if incremental else self.max_iter
         stopping = Stopping(self.tol, self.n_iter_no_change, early)
+        if first:
+            self.loss_curve_, self.t_, self._step, self.n_iter_ = [], 0, 0, 0
         pretrained = _PRETRAINED.get().get(_fingerprint(self, X, targets)) if first and not early else None
         if pretrained is not None:  # trained as one member of a GridSearchCV's program
             run, self._seed = pretrained
         else:
-            run = train(
-                loss_fn,
-                transform,
-                params,
-                opt_state,
-                X,
-                targets,
-                key=key,
-                steps=steps,
-                epochs=epochs,
-                start_step=self._step,
-                stopping=None if incremental else stopping,
-                score=score,
+            if first:
+                self._seed = seed_of(self.random_state)
+            run, steps = self._train(
+                X, y, targets, steps, first=first, incremental=incremental, early=early, stopping=stopping
             )
         self.coefs_, self.intercepts_ = to_sklearn(run.params["layers"])
         self._opt_state = jax.device_get(run.opt_state)
@@ -446,6 +410,49 @@ class _BaseMLP(BaseEstimator):
                 stacklevel=3,
             )
         return self
+
+    def _train(self, X, y, targets, steps: Plan, *, first: bool, incremental: bool, early: bool, stopping: Stopping):
+        """(TrainRun, the Plan it ran): the params to start from (Glorot or the fitted ones), then `train`; with
+        early stopping, on the rows left after the validation split, which it scores."""
+        loss_fn, transform = self._program(X.shape[1], self._n_outputs())
+        sizes = (X.shape[1], *self._hidden_sizes(), self._n_outputs())
+        layers = (
+            glorot(self._seed, sizes, self.activation, X.dtype)
+            if first
+            else from_sklearn(self.coefs_, self.intercepts_)
+        )
+        score = None
+        if early:
+            kept, held = train_test_split(
+                np.arange(X.shape[0]),
+                random_state=self._seed,
+                test_size=self.validation_fraction,
+                stratify=targets if is_classifier(self) else None,
+            )
+            score = functools.partial(self._score_params, X[held], y[held])
+            X, targets = X[kept], targets[kept]
+            steps = plan(self.batch_size, len(kept))
+        params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
+        opt_state = (
+            initial_state(transform, params, self.learning_rate_init, self.momentum)
+            if first or self._opt_state is None
+            else self._opt_state
+        )
+        run = train(
+            loss_fn,
+            transform,
+            params,
+            opt_state,
+            X,
+            targets,
+            key=jax.random.key(self._seed),
+            steps=steps,
+            epochs=1 if incremental else self.max_iter,
+            start_step=self._step,
+            stopping=None if incremental else stopping,
+            score=score,
+        )
+        return run, steps
 
     def _score_params(self, X, y, params) -> float:
         """The estimator's score (R² or accuracy) on (X, y) of bp_jax `params` (early stopping's validation)."""
