@@ -16,7 +16,6 @@ its most frequent category); in any other run a NaN input gives a NaN output row
 Neither file may exist beforehand; both are written atomically, and the first is removed if the second fails.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -53,8 +52,11 @@ def inputs_path(out: Path) -> Path:
 
 
 def run(args) -> int:
-    if args.format == "onnx" and importlib.util.find_spec("onnx") is None:
-        raise UsageError("--format onnx needs onnx, in the export extra: pip install 'bp_jax[export]'")
+    if args.format == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise UsageError("--format onnx needs onnx, in the export extra: pip install 'bp_jax[export]'") from None
     for path in (args.out, inputs_path(args.out)):
         if path.exists():
             raise UsageError(f"--out: {path} already exists; choose a new file")
