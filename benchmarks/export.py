@@ -37,9 +37,9 @@ def _predictors(folder: Path, run: Path) -> dict:
     exported = jax.export.deserialize(bytearray((folder / "model.jax").read_bytes()))
     jitted = jax.jit(exported.call)
     predictors = {
-        PREDICT: lambda frame, x: predict.predictions(model, params, trained.scaling, frame, "rows")
-        .iloc[:, 0]
-        .to_numpy(),
+        PREDICT: lambda frame, x: (
+            predict.predictions(model, params, trained.scaling, frame, "rows").iloc[:, 0].to_numpy()
+        ),
         CALL: lambda frame, x: exported.call(x),
         JITTED: lambda frame, x: jitted(x),
     }

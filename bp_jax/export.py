@@ -21,7 +21,7 @@ Sigmoid and Tanh layers (as `mlp` builds), read from `model.name`. The names are
 """
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
@@ -94,7 +94,7 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
-def _predictor(model: Model, params: Params, around: _Around) -> Callable[[jax.Array], jax.Array]:
+def _predictor(model: Model, params: Params, around: _Around) -> jax.stages.Wrapped:
     """The jitted `x -> y` of the module docstring, params as float32 constants."""
     constants = jax.tree.map(lambda leaf: np.asarray(leaf, np.float32), params)
 
@@ -106,7 +106,7 @@ def _predictor(model: Model, params: Params, around: _Around) -> Callable[[jax.A
             x = (x - around.x_mean) / around.x_std
         with jax.default_matmul_precision("highest"):
             out = model.apply(constants, x)
-        if around.y_mean is not None:
+        if around.y_mean is not None and around.y_std is not None:
             out = out * around.y_std + around.y_mean
         return jax.nn.softmax(out, axis=-1) if around.probabilities else out
 

@@ -38,7 +38,11 @@ def add_arguments(parser) -> None:
         help="; ".join(f"{name}: {what}" for name, what in FORMATS.items()),
     )
     parser.add_argument(
-        "--out", type=Path, required=True, metavar="FILE", help="the file to write (and FILE.inputs.json); must not exist"
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the file to write (and FILE.inputs.json); must not exist",
     )
     parser.add_argument(
         "--allow-diverged",
