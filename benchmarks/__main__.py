@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn] [--smoke] [--out DIR]`: run, record,
+"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn,export] [--smoke] [--out DIR]`: run, record,
 report."""
 
 import argparse
@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import data_size, ensemble, estimators, grad, machine, report, scaling, seed, targets
+from benchmarks import data_size, ensemble, estimators, export, grad, machine, report, scaling, seed, targets
 
 SUITES = {
     "seed": seed.run,
@@ -16,6 +16,7 @@ SUITES = {
     "data": data_size.run,
     "ensemble": ensemble.run,
     "sklearn": estimators.run,
+    "export": export.run,
 }
 
 

@@ -284,6 +284,32 @@ def _sklearn_section(suite: dict) -> list[str]:
     ]
 
 
+def _export_section(suite: dict) -> list[str]:
+    problem = suite["problem"]
+    rows = [
+        [
+            row["name"],
+            row["rows"],
+            _time(row["per_call_s"]["median"]),
+            _spread(row["per_call_s"]),
+            _time(row["per_row_s"]),
+            _ratio(row["speedup_vs_predict"]),
+            "" if row["max_abs_difference_from_predict"] is None else f"{row['max_abs_difference_from_predict']:.1e}",
+        ]
+        for row in suite["rows"]
+    ]
+    return [
+        "## 7. export",
+        "",
+        f"{problem['run']}; rows: {problem['input']}. Seconds per call from rows in memory to predictions in "
+        "memory; × predict = predict's path's time / the row's; |Δ| = the largest difference from predict's "
+        "numbers, in the target's units.",
+        "",
+        *_table(["predictor", "rows", "median / call", "IQR", "per row", "× predict", "max |Δ|"], rows),
+        *_skipped(suite),
+    ]
+
+
 def _plot(results: dict, out: Path) -> list[str]:
     """PNG files written (none where matplotlib is missing)."""
     try:
@@ -453,6 +479,7 @@ def write(results: dict, out: Path) -> None:
         "data": _data_section,
         "ensemble": _ensemble_section,
         "sklearn": _sklearn_section,
+        "export": _export_section,
     }
     for name, suite in results["suites"].items():
         lines += sections[name](suite)

@@ -24,7 +24,7 @@ def smoke_run(tmp_path_factory) -> Path:
         check=True,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=400,
     )
     return out
 
@@ -47,7 +47,7 @@ def test_json_records_machine_suites_and_targets(smoke_run):
     assert results["smoke"] is True
     assert {"date_utc", "cpu", "cpu_cores", "platform", "device", "versions"} <= set(results["machine"])
     assert results["machine"]["versions"]["jax"]
-    assert set(results["suites"]) == {"seed", "scaling", "grad", "data", "ensemble", "sklearn"}
+    assert set(results["suites"]) == {"seed", "scaling", "grad", "data", "ensemble", "sklearn", "export"}
     for suite in results["suites"].values():
         assert suite["rows"], suite["skipped"]
         assert all(skip["reason"] for skip in suite["skipped"])
@@ -164,3 +164,14 @@ def test_sklearn_suite_records_fits_grids_and_skorch(smoke_run):
         skorch = rows["skorch NeuralNetRegressor.fit (PyTorch)"]
         assert _positive_finite(skorch["time_over_bp_jax"]) and math.isfinite(skorch["held_out_score"])
     assert [skip["name"].split()[0] for skip in suite["skipped"]] == ([] if has_skorch else ["skorch"])
+
+
+def test_export_suite_times_each_predictor_against_predicts_numbers(smoke_run):
+    suite = json.loads((smoke_run / "results.json").read_text())["suites"]["export"]
+    rows = {(row["name"], row["rows"]): row for row in suite["rows"]}
+    names = {name for name, _ in rows}
+    assert len(names) == 4 and {count for _, count in rows} == {1, 100}, suite["skipped"]
+    for (name, _), row in rows.items():
+        assert _positive_finite(row["per_call_s"]["median"]) and _positive_finite(row["speedup_vs_predict"])
+        difference = row["max_abs_difference_from_predict"]
+        assert (difference == 0.0) if name.startswith("bp-jax predict") else (0 <= difference < 1e-3), row

@@ -1,5 +1,5 @@
-"""`bp-jax` (also `python -m bp_jax`): train an MLP, predict with it, sweep learning rates and seeds, walk through
-the documents' examples, check parity, or explain the backward pass.
+"""`bp-jax` (also `python -m bp_jax`): train an MLP, predict with it, export it, sweep learning rates and seeds, walk
+through the documents' examples, check parity, or explain the backward pass.
 
 One module per command, as pip lays its commands out: COMMANDS maps each name to its module and its
 one-line help, and only the module of the command that runs is imported (`bp-jax --help` and `bp-jax demo`
@@ -27,6 +27,7 @@ from bp_jax.cli._args import Parser, UsageError
 COMMANDS = {
     "train": ("bp_jax.cli.train", "train the seed MLP (10 → 5 → 1, ReLU, MSE, SGD) on real data"),
     "predict": ("bp_jax.cli.predict", "predict with a trained run: one value per row of a data file"),
+    "export": ("bp_jax.cli.export", "a trained run as a jax.export program or an ONNX model, to run without bp_jax"),
     "sweep": ("bp_jax.cli.sweep", "train every (learning rate, seed) pair at once, as one program"),
     "demo": ("bp_jax.cli.demo", "the documents' examples: manual vs autodiff, side by side"),
     "check": ("bp_jax.cli.check", "the parity checks on every backend JAX sees, as a table"),

@@ -44,13 +44,7 @@ def run(args) -> int:
     if args.out is not None and args.out.exists():
         raise UsageError(f"--out {args.out} already exists; choose a new file")
     trained, model, params = runs.read_trained(args.run_dir)
-    diverged_at = trained.record["diverged_at"]
-    if diverged_at is not None and not args.allow_diverged:
-        raise UsageError(
-            f"{args.run_dir} stopped on divergence at step {diverged_at} (non-finite loss): its params "
-            f"are the last finite ones, not a trained model; retrain with a smaller --lr, or pass "
-            f"--allow-diverged"
-        )
+    runs.refuse_diverged(trained, args.run_dir, allowed=args.allow_diverged)
     table = data.read(str(args.data))
     print(*(f"bp-jax: note: {note}\n" for note in table.attrs.get("notes", ())), sep="", end="", file=sys.stderr)
     frame = predictions(model, params, trained.scaling, table, str(args.data))

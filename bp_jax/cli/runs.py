@@ -309,5 +309,16 @@ def read_trained(folder: Path) -> tuple[Run, bp_jax.Model, object]:
     )
 
 
+def refuse_diverged(run: Run, folder: Path, *, allowed: bool) -> None:
+    """UsageError when the run in `folder` stopped on divergence, unless `allowed` (--allow-diverged)."""
+    diverged_at = run.record["diverged_at"]
+    if diverged_at is not None and not allowed:
+        raise UsageError(
+            f"{folder} stopped on divergence at step {diverged_at} (non-finite loss): its params "
+            f"are the last finite ones, not a trained model; retrain with a smaller --lr, or pass "
+            f"--allow-diverged"
+        )
+
+
 def _where(manager: "ocp.CheckpointManager", step: int) -> str:
     return f"checkpoint {step} in {manager.directory}"

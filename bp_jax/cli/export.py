@@ -1,0 +1,155 @@
+"""The `bp-jax export` job: a trained run as a file that runs without bp_jax.
+
+    bp-jax export RUN_DIR --format jax|onnx --out FILE [--allow-diverged]
+
+Reads the run's newest checkpoint (`runs.read_trained`, a live run too) and writes FILE: `--format jax` a
+serialized `jax.export.Exported` lowered for cpu, cuda, rocm and tpu (`jax.export.deserialize(data).call(x)`
+runs it with jax alone), `--format onnx` an ONNX model (the export extra: onnx). Either maps float32 rows x
+(rows × inputs) to `bp-jax predict`'s numbers: the target in its units, shape (rows, 1), or each class's
+probability, shape (rows, classes); the run's standardisation is inside (`bp_jax.export`).
+
+The inputs are the model's: a numeric feature is one column, a text feature one 0/1 column per training
+category (one-hot), in the run's order. `FILE.inputs.json` beside FILE names them (column, and category for a
+one-hot input), the outputs, and how a missing cell is given: a run trained with --missing impute fills a NaN
+input with the training value (a numeric column's mean; for a text column, NaN in all its one-hot inputs gives
+its most frequent category); in any other run a NaN input gives a NaN output row (`predict` refuses it).
+Neither file may exist beforehand; both are written atomically, and the first is removed if the second fails.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import bp_jax.export
+from bp_jax.cli import data, folders, runs
+from bp_jax.cli._args import UsageError
+
+#: --format -> what it writes
+FORMATS = {"jax": "a serialized jax.export.Exported (jax alone runs it)", "onnx": "an ONNX model (onnxruntime …)"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bp-jax train output directory")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="; ".join(f"{name}: {what}" for name, what in FORMATS.items()),
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the file to write (and FILE.inputs.json); must not exist",
+    )
+    parser.add_argument(
+        "--allow-diverged",
+        action="store_true",
+        help="export a run that stopped on divergence (its last finite params)",
+    )
+
+
+def inputs_path(out: Path) -> Path:
+    return out.with_name(out.name + ".inputs.json")
+
+
+def run(args) -> int:
+    if args.format == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise UsageError("--format onnx needs onnx, in the export extra: pip install 'bp_jax[export]'") from None
+    for path in (args.out, inputs_path(args.out)):
+        if path.exists():
+            raise UsageError(f"--out: {path} already exists; choose a new file")
+    if not args.run_dir.is_dir():
+        raise UsageError(f"{args.run_dir} is not a run folder: no such directory")
+    trained, model, params = runs.read_trained(args.run_dir)
+    runs.refuse_diverged(trained, args.run_dir, allowed=args.allow_diverged)
+    scaling = trained.scaling
+    arguments = around(scaling)
+    if args.format == "jax":
+        content = bytes(bp_jax.export.to_jax_export(model, params, **arguments).serialize())
+    else:
+        content = bp_jax.export.to_onnx(model, params, **arguments).SerializeToString()
+    description = describe(scaling, args.format, args.run_dir, trained.step)
+    folders.write_atomically(args.out, lambda temporary: temporary.write_bytes(content))
+    try:
+        folders.write_atomically(
+            inputs_path(args.out),
+            lambda temporary: temporary.write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n"),
+        )
+    except UsageError:
+        args.out.unlink()  # ours, written just now: no model file without its inputs
+        raise
+    print(
+        f"wrote {args.out} ({len(content):,} bytes) and {inputs_path(args.out)}: "
+        f"{len(description['inputs'])} inputs → {', '.join(description['outputs'])}"
+    )
+    return 0
+
+
+def input_columns(scaling: data.Scaling) -> list[tuple[str, str | None]]:
+    """(feature, category) per model input, in order: category None for a numeric feature's one input."""
+    return [(name, category) for name in scaling.feature_names for category in scaling.categories.get(name, (None,))]
+
+
+def fill_values(scaling: data.Scaling) -> list[float] | None:
+    """Each input's value for a NaN (--missing impute): a numeric column's fill, or 1/0 for a one-hot input of a
+    text column's fill category; NaN (no fill) for a column without one. None when the run fills nothing."""
+    if not scaling.fill:
+        return None
+    fill = lambda name, category: (
+        np.nan
+        if name not in scaling.fill
+        else float(scaling.fill[name])
+        if category is None
+        else float(category == scaling.fill[name])
+    )
+    return [fill(name, category) for name, category in input_columns(scaling)]
+
+
+def around(scaling: data.Scaling) -> dict:
+    """`bp_jax.export`'s keyword arguments for a run: its fill values, standardisation, and target units or
+    class probabilities."""
+    classify = scaling.task == "classification"
+    return {
+        "inputs": len(scaling.input_names),
+        "fill": fill_values(scaling),
+        "x_mean": scaling.x_mean,
+        "x_std": scaling.x_std,
+        "y_mean": None if classify else scaling.y_mean,
+        "y_std": None if classify else scaling.y_std,
+        "probabilities": classify,
+    }
+
+
+def describe(scaling: data.Scaling, format: str, run_dir: Path, step: int) -> dict:
+    """FILE.inputs.json: the run, each input column (its feature, the category of a one-hot input, its value for
+    a NaN where the run imputes), the outputs and what a NaN input does."""
+    fills = fill_values(scaling)
+    inputs = []
+    for index, (name, category) in enumerate(input_columns(scaling)):
+        entry: dict = {"name": name if category is None else f"{name}={category}", "feature": name}
+        if category is not None:
+            entry["category"] = category
+        if fills is not None and not np.isnan(fills[index]):
+            entry["nan_becomes"] = fills[index]
+        inputs.append(entry)
+    classify = scaling.task == "classification"
+    return {
+        "format": format,
+        "run": str(run_dir.resolve()),
+        "step": step,
+        "task": scaling.task,
+        "input": {"dtype": "float32", "shape": ["rows", len(inputs)]},
+        "inputs": inputs,
+        "outputs": [f"P({label})" for label in scaling.classes] if classify else [scaling.target_name],
+        "missing": (
+            "an input with nan_becomes takes that value when it is NaN (a text column's NaN in all its one-hot inputs)"
+            if fills is not None
+            else "a NaN input gives a NaN output row: the run was not trained with --missing impute"
+        ),
+    }
