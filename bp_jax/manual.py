@@ -125,6 +125,10 @@ def per_example_grads(model: Model, loss: Callable = mse) -> Callable:
 
     def f(params, x, y):
         x, y = jnp.asarray(x), jnp.asarray(y)
+        if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"per_example_grads expects x and y with the same leading batch axis, got shapes {x.shape} and {y.shape}"
+            )
         one = lambda x_i, y_i: value_and_grad_one(params, x_i[None], y_i[None])[1]
         return jax.vmap(one)(x, y)
 
