@@ -127,7 +127,8 @@ def per_example_grads(model: Model, loss: Callable = mse) -> Callable:
         x, y = jnp.asarray(x), jnp.asarray(y)
         if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
             raise ValueError(
-                f"per_example_grads expects x and y with the same leading batch axis, got shapes {x.shape} and {y.shape}"
+                "per_example_grads expects x and y with the same leading batch axis, "
+                f"got shapes {x.shape} and {y.shape}"
             )
         one = lambda x_i, y_i: value_and_grad_one(params, x_i[None], y_i[None])[1]
         return jax.vmap(one)(x, y)
