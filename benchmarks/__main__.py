@@ -1,5 +1,5 @@
-"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn] [--smoke] [--out DIR]`: run, record,
-report."""
+"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn,autodiff] [--smoke] [--out DIR]`: run,
+record, report."""
 
 import argparse
 import datetime
@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import data_size, ensemble, estimators, grad, machine, report, scaling, seed, targets
+from benchmarks import autodiff, data_size, ensemble, estimators, grad, machine, report, scaling, seed, targets
 
 SUITES = {
     "seed": seed.run,
@@ -16,6 +16,7 @@ SUITES = {
     "data": data_size.run,
     "ensemble": ensemble.run,
     "sklearn": estimators.run,
+    "autodiff": autodiff.run,
 }
 
 

@@ -282,6 +282,48 @@ def _sklearn_section(suite: dict) -> list[str]:
     ]
 
 
+def _autodiff_section(suite: dict) -> list[str]:
+    per_example = [
+        [
+            row["batch"],
+            row["name"],
+            *_timing_cells(row["per_call_s"]),
+            _time(row["per_example_s"]),
+            _ratio(row["vs_batch_grad"]),
+        ]
+        for row in suite["rows"]
+        if row["group"] == "per-example"
+    ]
+    second = [row for row in suite["rows"] if row["group"] == "second-order"]
+    methods = list(second[0]["per_call_s"]) if second else []
+    second_order = [
+        [
+            row["params"],
+            *(_time(row["per_call_s"][method]["median"]) for method in methods),
+            *(f"{row['ratio_to_grad'][method]:.3g}" for method in methods[2:]),
+            f"{row['max_abs_diff_hvp_vs_hessian_v']:.1e}",
+        ]
+        for row in second
+    ]
+    return [
+        "## 7. Autodiff beyond one gradient",
+        "",
+        f"Per-example gradients: {suite['per_example']}; time per call for all B rows, per example (÷ B), and "
+        f"× batch grad = the row's median / the plain batch gradient's of the same B rows, in this run.",
+        "",
+        *_table(
+            ["B", "per-example gradients", "median", "IQR", "min – max", "per example", "× batch grad"], per_example
+        ),
+        f"Second order: {suite['second_order']}, every function jitted, one call timed; / grad = the method's "
+        f"median over jax.grad's; the HVP is checked against the full Hessian times v.",
+        "",
+        *_table(
+            ["params n", *methods, *(f"{method} / grad" for method in methods[2:]), "max abs(HVP − H·v)"], second_order
+        ),
+        *_skipped(suite),
+    ]
+
+
 def _plot(results: dict, out: Path) -> list[str]:
     """PNG files written (none where matplotlib is missing)."""
     try:
@@ -451,6 +493,7 @@ def write(results: dict, out: Path) -> None:
         "data": _data_section,
         "ensemble": _ensemble_section,
         "sklearn": _sklearn_section,
+        "autodiff": _autodiff_section,
     }
     for name, suite in results["suites"].items():
         lines += sections[name](suite)
