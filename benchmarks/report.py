@@ -451,6 +451,24 @@ def _plot(results: dict, out: Path) -> list[str]:
         )
         axes.legend(fontsize=7)
         written.append(_save(figure, out / "ensemble.png"))
+    if suites.get("autodiff", {}).get("rows"):
+        rows = suites["autodiff"]["rows"]
+        figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+        per_example = [row for row in rows if row["group"] == "per-example"]
+        for name in dict.fromkeys(row["name"] for row in per_example):
+            points = sorted((row["batch"], row["per_call_s"]["median"]) for row in per_example if row["name"] == name)
+            left.plot(*zip(*points), "-o", label=name)
+        left.set(xscale="log", yscale="log", xlabel="batch B", ylabel="seconds per call (median)")
+        left.set_title("Per-example gradients of the seed MLP", fontsize=10)
+        left.legend(fontsize=7)
+        second = [row for row in rows if row["group"] == "second-order"]
+        for method in second[0]["per_call_s"] if second else []:
+            times = [row["per_call_s"][method]["median"] for row in second]
+            right.plot([row["params"] for row in second], times, "-o", label=method)
+        right.set(xscale="log", yscale="log", xlabel="parameters n", ylabel="seconds per call (median)")
+        right.set_title("Hessian-vector product vs full Hessian", fontsize=10)
+        right.legend(fontsize=7)
+        written.append(_save(figure, out / "autodiff.png"))
     return written
 
 

@@ -135,7 +135,7 @@ def test_markdown_and_plots_are_written(smoke_run):
         assert heading in markdown
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed: the report says so instead of plotting")
-    for name in ("seed.png", "scaling.png", "grad.png", "data.png", "ensemble.png"):
+    for name in ("seed.png", "scaling.png", "grad.png", "data.png", "ensemble.png", "autodiff.png"):
         assert (smoke_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in markdown
 
