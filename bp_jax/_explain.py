@@ -297,18 +297,10 @@ def _check_tangents(tangents, args: tuple, paths: list, leaves: list) -> list:
             f"explain expects tangents as a tuple with one entry per arg ({len(args)}), as jax.jvp does, "
             f"got {type(tangents).__name__}{f' of {len(tangents)}' if isinstance(tangents, (tuple, list)) else ''}"
         )
-    filled = []
-    for index, (tangent, arg) in enumerate(zip(tangents, args)):
-        try:
-            zeros_for_none = lambda t, a: jax.tree.map(lambda _: None, a) if t is None else t
-            tree = jax.tree.map(zeros_for_none, tangent, arg, is_leaf=lambda t: t is None)
-            filled += jax.tree.structure(arg).flatten_up_to(tree)
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"explain expects tangents[{index}] with the structure of args[{index}] "
-                f"({jax.tree.structure(arg)}), or None: {str(error).splitlines()[0]}"
-            ) from None
-    directions = []
+    filled = [
+        leaf for index, (tangent, arg) in enumerate(zip(tangents, args)) for leaf in _per_leaf(index, tangent, arg)
+    ]
+    directions: list[jax.Array | None] = []
     for path, leaf, tangent in zip(paths, leaves, filled):
         value, where = jnp.asarray(leaf), f"args{jax.tree_util.keystr(path)}"
         if not _is_float(value):
@@ -322,6 +314,32 @@ def _check_tangents(tangents, args: tuple, paths: list, leaves: list) -> list:
         else:
             directions.append(jnp.asarray(tangent, value.dtype))
     return directions
+
+
+class _Leaves(list):
+    """The tangents of the leaves under one node of a tangent tree (a list subclass: a pytree leaf)."""
+
+
+def _per_leaf(index: int, tangent, arg) -> list:
+    """The tangent of each of arg's leaves, in order: None for those under a None (zeros); a ValueError where
+    the tangent's structure is not arg's."""
+    is_none = lambda t: t is None
+
+    def under(t, a):
+        if t is None:
+            return _Leaves([None] * len(jax.tree.leaves(a)))
+        if not jax.tree_util.treedef_is_leaf(jax.tree.structure(a)):
+            raise ValueError(f"a leaf where args[{index}] has {jax.tree.structure(a)}")
+        return _Leaves([t])
+
+    try:
+        parts = jax.tree.map(under, tangent, arg, is_leaf=is_none)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"explain expects tangents[{index}] with the structure of args[{index}], {jax.tree.structure(arg)}, "
+            f"or None; got {jax.tree.structure(tangent, is_leaf=is_none)}"
+        ) from None
+    return [leaf for part in jax.tree.leaves(parts, is_leaf=lambda p: isinstance(p, _Leaves)) for leaf in part]
 
 
 def _check_scalar(out_shape) -> None:

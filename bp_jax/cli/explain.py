@@ -110,9 +110,10 @@ def forward_and_reverse(graph: bp_jax.Graph, name: str) -> str:
     """One line: f's tangent along the input `name` (forward mode) beside ⟨∂f/∂name, direction⟩ (reverse)."""
     (node,) = [node for node in jax.tree.leaves(graph.inputs) if node.name == name]
     direction = "1" if node.value.ndim == 0 else "ones"
-    along = float(jnp.sum(node.grad * node.tangent))
+    along, tangent = float(jnp.sum(node.grad * node.tangent)), graph.output.tangent
+    assert tangent is not None  # the graph was explained with the direction along `name`
     return (
-        f"forward mode along {name} (direction {direction}): tangent of f = {float(graph.output.tangent):g}; "
+        f"forward mode along {name} (direction {direction}): tangent of f = {float(tangent):g}; "
         f"reverse mode: ⟨∂f/∂{name}, direction⟩ = {along:g}"
     )
 
