@@ -83,10 +83,9 @@ class Graph:
         return self.output.tangent is not None
 
     def table(self, columns: Mapping[str, Mapping[Node, Any]] | None = None) -> str:
-        """A text table, one row per node: #, op, name, value, grad (and tangent, if the graph has tangents),
-        then any extra `columns`, a mapping
-        heading -> {node: text or array} (e.g. `{"note": {graph.output: "L"}}`); tensors show as dtype[shape]
-        and their first numbers."""
+        """A text table, one row per node: #, op, name, value, grad, tangent (if the graph has tangents),
+        then any extra `columns`, a mapping heading -> {node: text or array} (e.g. `{"note": {graph.output:
+        "L"}}`); tensors show as dtype[shape] and their first numbers."""
         if columns is not None and not (
             isinstance(columns, Mapping) and all(isinstance(column, Mapping) for column in columns.values())
         ):
@@ -135,6 +134,8 @@ def explain(f: Callable, *args, tangents: tuple | list | None = None) -> Graph:
     >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
     >>> [(node.name, float(node.value), float(node.grad)) for node in graph.nodes]
     [('w', 0.5, -8.0), ('x', 2.0, -2.0), ('w·x', 1.0, -4.0), ('w·x − 3', -2.0, -4.0), ('(w·x − 3)²', 4.0, 1.0)]
+    >>> float(explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0, tangents=(1.0, None)).output.tangent)
+    -8.0
     """
     if not callable(f):
         raise TypeError(f"explain expects a function f, got {type(f).__name__}")
