@@ -1,5 +1,5 @@
-"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn,export] [--smoke] [--out DIR]`: run, record,
-report."""
+"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn,export,autodiff] [--smoke] [--out DIR]`:
+run, record, report."""
 
 import argparse
 import datetime
@@ -7,7 +7,19 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import data_size, ensemble, estimators, export, grad, machine, report, scaling, seed, targets
+from benchmarks import (
+    autodiff,
+    data_size,
+    ensemble,
+    estimators,
+    export,
+    grad,
+    machine,
+    report,
+    scaling,
+    seed,
+    targets,
+)
 
 SUITES = {
     "seed": seed.run,
@@ -17,6 +29,7 @@ SUITES = {
     "ensemble": ensemble.run,
     "sklearn": estimators.run,
     "export": export.run,
+    "autodiff": autodiff.run,
 }
 
 

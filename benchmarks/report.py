@@ -306,6 +306,44 @@ def _export_section(suite: dict) -> list[str]:
         "numbers, in the target's units.",
         "",
         *_table(["predictor", "rows", "median / call", "IQR", "per row", "× predict", "max |Δ|"], rows),
+def _autodiff_section(suite: dict) -> list[str]:
+    per_example = [
+        [
+            row["batch"],
+            row["name"],
+            *_timing_cells(row["per_call_s"]),
+            _time(row["per_example_s"]),
+            _ratio(row["vs_batch_grad"]),
+        ]
+        for row in suite["rows"]
+        if row["group"] == "per-example"
+    ]
+    second = [row for row in suite["rows"] if row["group"] == "second-order"]
+    methods = list(second[0]["per_call_s"]) if second else []
+    second_order = [
+        [
+            row["params"],
+            *(_time(row["per_call_s"][method]["median"]) for method in methods),
+            *(f"{row['ratio_to_grad'][method]:.3g}" for method in methods[2:]),
+            f"{row['max_abs_diff_hvp_vs_hessian_v']:.1e}",
+        ]
+        for row in second
+    ]
+    return [
+        "## 8. Autodiff beyond one gradient",
+        "",
+        f"Per-example gradients: {suite['per_example']}; time per call for all B rows, per example (÷ B), and "
+        f"× batch grad = the row's median / the plain batch gradient's of the same B rows, in this run.",
+        "",
+        *_table(
+            ["B", "per-example gradients", "median", "IQR", "min – max", "per example", "× batch grad"], per_example
+        ),
+        f"Second order: {suite['second_order']}, every function jitted, one call timed; / grad = the method's "
+        f"median over jax.grad's; the HVP is checked against the full Hessian times v.",
+        "",
+        *_table(
+            ["params n", *methods, *(f"{method} / grad" for method in methods[2:]), "max abs(HVP − H·v)"], second_order
+        ),
         *_skipped(suite),
     ]
 
@@ -437,6 +475,24 @@ def _plot(results: dict, out: Path) -> list[str]:
         )
         axes.legend(fontsize=7)
         written.append(_save(figure, out / "ensemble.png"))
+    if suites.get("autodiff", {}).get("rows"):
+        rows = suites["autodiff"]["rows"]
+        figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+        per_example = [row for row in rows if row["group"] == "per-example"]
+        for name in dict.fromkeys(row["name"] for row in per_example):
+            points = sorted((row["batch"], row["per_call_s"]["median"]) for row in per_example if row["name"] == name)
+            left.plot(*zip(*points), "-o", label=name)
+        left.set(xscale="log", yscale="log", xlabel="batch B", ylabel="seconds per call (median)")
+        left.set_title("Per-example gradients of the seed MLP", fontsize=10)
+        left.legend(fontsize=7)
+        second = [row for row in rows if row["group"] == "second-order"]
+        for method in second[0]["per_call_s"] if second else []:
+            times = [row["per_call_s"][method]["median"] for row in second]
+            right.plot([row["params"] for row in second], times, "-o", label=method)
+        right.set(xscale="log", yscale="log", xlabel="parameters n", ylabel="seconds per call (median)")
+        right.set_title("Hessian-vector product vs full Hessian", fontsize=10)
+        right.legend(fontsize=7)
+        written.append(_save(figure, out / "autodiff.png"))
     return written
 
 
@@ -480,6 +536,7 @@ def write(results: dict, out: Path) -> None:
         "ensemble": _ensemble_section,
         "sklearn": _sklearn_section,
         "export": _export_section,
+        "autodiff": _autodiff_section,
     }
     for name, suite in results["suites"].items():
         lines += sections[name](suite)

@@ -2,7 +2,7 @@
 
 import math
 
-from benchmarks import data_size, ensemble, estimators
+from benchmarks import autodiff, data_size, ensemble, estimators
 from benchmarks.seed import CUDA_GRAPH, FIT, TORCH_EAGER
 
 
@@ -109,6 +109,7 @@ def evaluate(results: dict, platform: str) -> list[dict]:
         targets.append(_target(text, "gpu", None, None, gpu_reason if not on_gpu else "a row is missing"))
 
     targets += _data_targets(results) + _ensemble_targets(results, platform, cpu_reason) + _sklearn_targets(results)
+    targets.append(_per_example_target(results, platform, cpu_reason))
 
     grad_rows = sorted(results.get("grad", {}).get("rows", []), key=lambda row: row["params"])
     reverse_text = "Reverse-mode gradient ≤ 4× the forward time at every size"
@@ -247,6 +248,27 @@ def _ensemble_targets(results: dict, platform: str, cpu_reason: str) -> list[dic
         _target(texts[0], "cpu", f"{median * 1e6:.3g} µs ({where})", median <= 0.5e-6),
         _target(texts[1], "cpu", f"{worst['vs_one_fit']:.3g}× ({where})", worst["vs_one_fit"] <= 0.25),
     ]
+
+
+def _per_example_target(results: dict, platform: str, cpu_reason: str) -> dict:
+    """bp_jax's hand-written per-example gradients ≥ 10× torch.func's vmap(grad) at every batch size: the worst."""
+    text = f"CPU: {autodiff.MANUAL} ≥ 10× {autodiff.TORCH_FUNC} (seed MLP, every batch)"
+    rows = [row for row in results.get("autodiff", {}).get("rows", []) if row["group"] == "per-example"]
+    ours = {row["batch"]: row for row in rows if row["name"] == autodiff.MANUAL}
+    theirs = {row["batch"]: row for row in rows if row["name"] == autodiff.TORCH_FUNC}
+    if platform != "cpu" or not ours or set(ours) != set(theirs):
+        return _target(text, "cpu", None, None, cpu_reason if platform != "cpu" else "a row is missing in this run")
+    speedups = {
+        batch: theirs[batch]["per_call_s"]["median"] / ours[batch]["per_call_s"]["median"] for batch in sorted(ours)
+    }
+    measured = ", ".join(
+        f"{speedup:.3g}× at {batch} ({_us(ours[batch])} vs {_us(theirs[batch])})" for batch, speedup in speedups.items()
+    )
+    return _target(text, "cpu", measured, min(speedups.values()) >= 10)
+
+
+def _us(row: dict) -> str:
+    return f"{row['per_call_s']['median'] * 1e6:.3g} µs"
 
 
 def _sklearn_targets(results: dict) -> list[dict]:

@@ -149,3 +149,35 @@ def vmap_ensemble_step(lrs, sizes=(10, 5, 1), batch=32, dtype=torch.float32) -> 
         return losses
 
     return step
+
+
+def per_example_grads_func(sizes=(10, 5, 1), batch=32, dtype=torch.float32) -> Callable:
+    """Per-example gradients by PyTorch's own recipe: `torch.func.vmap` of `torch.func.grad` of the loss of a
+    `functional_call` on one example (a batch of 1). Returns the dict of gradients with a leading batch axis."""
+    from torch.func import functional_call, grad, vmap
+
+    model, criterion, _, x, y = mlp_problem(sizes, batch, dtype)
+    weights = {name: value.detach() for name, value in model.named_parameters()}
+
+    def own_loss(weights, x_i, y_i):
+        return criterion(functional_call(model, weights, (x_i[None],)), y_i[None])
+
+    gradients = vmap(grad(own_loss), in_dims=(None, 0, 0))
+    return lambda: gradients(weights, x, y)
+
+
+def per_example_grads_loop(sizes=(10, 5, 1), batch=32, dtype=torch.float32) -> Callable:
+    """Per-example gradients the documents' way: for each example, zero_grad, its own loss, `loss.backward()`,
+    and a copy of every `.grad`; stacked at the end."""
+    model, criterion, _, x, y = mlp_problem(sizes, batch, dtype)
+    parameters = list(model.parameters())
+
+    def loop():
+        rows = []
+        for i in range(batch):
+            model.zero_grad()
+            criterion(model(x[i : i + 1]), y[i : i + 1]).backward()
+            rows.append([p.grad.clone() for p in parameters])
+        return [torch.stack(column) for column in zip(*rows)]
+
+    return loop

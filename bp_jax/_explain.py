@@ -1,9 +1,10 @@
 """See the backward pass: the graph `jax.grad` works on, with every value and gradient.
 
     graph = bp_jax.explain(f, *args)    # f(*args) -> float scalar; args: pytrees of arrays
-    graph.nodes                         # forward order: Node(name, op, value, grad, inputs)
+    graph.nodes                         # forward order: Node(name, op, value, grad, inputs, tangent)
     graph.grads                         # = jax.grad(f, argnums=range(len(args)))(*args)
     graph.table()                       # one row per node; pictures: bp_jax.draw.save(graph, "graph.png")
+    bp_jax.explain(f, *args, tangents=v).output.tangent   # = jax.jvp(f, args, v)[1]
 
 The graph is JAX's own: the jaxpr of f (`jax.make_jaxpr`), one node per input leaf (op "input"), per
 closed-over constant ("const") and per equation output (op = the primitive's name). `jit` calls are
@@ -16,6 +17,12 @@ derivative (`jax.vjp` of that one primitive) turn the gradients of its outputs i
 inputs' gradients, summed where a value is used more than once:
 
     ∂f/∂v = Σ over each use of v as operand k of an equation e:  vjp_e(∂f/∂outputs(e))[k]
+
+Given `tangents` (one input direction u), forward mode runs on the same equations, first to last: each
+input node's tangent is its part of u, and each equation's local derivative (`jax.jvp` of that one
+primitive) turns its operands' tangents into its outputs' tangents, the derivative of every node along u:
+
+    ṫ(outputs(e)) = jvp_e(values of operands(e); ṫ(operands(e)))
 """
 
 import inspect
@@ -37,7 +44,9 @@ _MAX_NAME = 28  # longer expressions refer to their operands as #index
 @dataclass(frozen=True, eq=False, repr=False)
 class Node:
     """One value of the graph: `value`, `grad` = ∂f/∂value (None for integer and boolean values),
-    the `op` that computed it from `inputs` (one entry per operand, literals left out)."""
+    the `op` that computed it from `inputs` (one entry per operand, literals left out), and `tangent`, the
+    derivative of value along the input direction given to `explain` (None without one, and for integer
+    and boolean values)."""
 
     index: int
     name: str
@@ -45,9 +54,14 @@ class Node:
     value: jax.Array
     grad: jax.Array | None
     inputs: tuple["Node", ...]
+    tangent: jax.Array | None = None
 
     def __repr__(self):
-        return f"Node(#{self.index} {self.op} {self.name!r}, value={_brief(self.value)}, grad={_brief(self.grad)})"
+        tangent = f", tangent={_brief(self.tangent)}" if self.tangent is not None else ""
+        return (
+            f"Node(#{self.index} {self.op} {self.name!r}, value={_brief(self.value)}, grad={_brief(self.grad)}"
+            f"{tangent})"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,10 +77,15 @@ class Graph:
         """The input nodes' gradients in the structure of `args`: jax.grad(f, argnums=all)'s answer."""
         return jax.tree.map(lambda node: node.grad, self.inputs)
 
+    @property
+    def has_tangents(self) -> bool:
+        """True if `explain` was given tangents: every float node then has one."""
+        return self.output.tangent is not None
+
     def table(self, columns: Mapping[str, Mapping[Node, Any]] | None = None) -> str:
-        """A text table, one row per node: #, op, name, value, grad, then any extra `columns`, a mapping
-        heading -> {node: text or array} (e.g. `{"note": {graph.output: "L"}}`); tensors show as dtype[shape]
-        and their first numbers."""
+        """A text table, one row per node: #, op, name, value, grad, tangent (if the graph has tangents),
+        then any extra `columns`, a mapping heading -> {node: text or array} (e.g. `{"note": {graph.output:
+        "L"}}`); tensors show as dtype[shape] and their first numbers."""
         if columns is not None and not (
             isinstance(columns, Mapping) and all(isinstance(column, Mapping) for column in columns.values())
         ):
@@ -75,7 +94,8 @@ class Graph:
                 f"e.g. {{'note': {{graph.output: 'L'}}}}; got {type(columns).__name__} {columns!r:.60}"
             )
         columns = dict(columns or {})
-        header = ["#", "op", "name", "value", "grad", *columns]
+        tangents = ["tangent"] if self.has_tangents else []
+        header = ["#", "op", "name", "value", "grad", *tangents, *columns]
         rows = [
             [
                 str(node.index),
@@ -83,6 +103,7 @@ class Graph:
                 node.name,
                 _brief(node.value),
                 _brief(node.grad),
+                *(_brief(node.tangent) for _ in tangents),
                 *(_cell(column.get(node, "")) for column in columns.values()),
             ]
             for node in self.nodes
@@ -94,23 +115,32 @@ class Graph:
         return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def explain(f: Callable, *args) -> Graph:
-    """The graph `jax.grad(f)` works on, with every node's value and gradient ∂f/∂node.
+def explain(f: Callable, *args, tangents: tuple | list | None = None) -> Graph:
+    """The graph `jax.grad(f)` works on, with every node's value and gradient ∂f/∂node, and with
+    `tangents`, every node's tangent: its derivative along that input direction (forward mode).
 
     Args:
       f: a function of `args` returning a float scalar.
       *args: pytrees of arrays (or numbers): params, x, y, …
+      tangents: None, or one input direction as `jax.jvp` takes it: a tuple with one entry per arg, each
+        a pytree of its arg's structure with leaves of its leaves' shapes. None stands for zeros, for a
+        whole arg or any subtree of it (`({"w1": 1.0, "w2": None}, None, None)`); integer and boolean
+        leaves take None only.
 
     Returns:
-      Graph: its input nodes' grads equal `jax.grad(f, argnums=range(len(args)))(*args)`.
+      Graph: its input nodes' grads equal `jax.grad(f, argnums=range(len(args)))(*args)`; with tangents,
+      its output's tangent equals `jax.jvp(f, args, tangents)[1]`.
 
     >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
     >>> [(node.name, float(node.value), float(node.grad)) for node in graph.nodes]
     [('w', 0.5, -8.0), ('x', 2.0, -2.0), ('w·x', 1.0, -4.0), ('w·x − 3', -2.0, -4.0), ('(w·x − 3)²', 4.0, 1.0)]
+    >>> float(explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0, tangents=(1.0, None)).output.tangent)
+    -8.0
     """
     if not callable(f):
         raise TypeError(f"explain expects a function f, got {type(f).__name__}")
     paths, leaves = _check_args(args)
+    directions = None if tangents is None else _check_tangents(tangents, args, paths, leaves)
     closed, out_shape = jax.make_jaxpr(f, return_shape=True)(*args)
     _check_scalar(out_shape)
 
@@ -122,10 +152,12 @@ def explain(f: Callable, *args) -> Graph:
     if isinstance(output, _Literal):  # f returned a constant
         output = _add(nodes, _literal_text(output.value), "const", output.value, [])
     grads = _backward(nodes, equations, output)
+    forward = [None] * len(nodes) if directions is None else _forward(nodes, equations, dict(zip(inputs, directions)))
 
     built: list[Node] = []
-    for index, (draft, grad) in enumerate(zip(nodes, grads)):
-        built.append(Node(index, draft.name, draft.op, draft.value, grad, tuple(built[i] for i in draft.inputs)))
+    for index, (draft, grad, tangent) in enumerate(zip(nodes, grads, forward)):
+        operands = tuple(built[i] for i in draft.inputs)
+        built.append(Node(index, draft.name, draft.op, draft.value, grad, operands, tangent))
     treedef = jax.tree.structure(args)
     return Graph(tuple(built), jax.tree.unflatten(treedef, [built[i] for i in inputs]), built[output])
 
@@ -141,11 +173,12 @@ class _Draft(NamedTuple):
 
 
 class _Equation(NamedTuple):
-    """One equation as the reverse pass needs it."""
+    """One equation as the reverse and forward passes need it."""
 
     outputs: list[int]  # node indices of its results
     operands: list[int]  # node indices of its float operands, one per position (a node may repeat)
-    vjp: Callable | None  # cotangents of the outputs -> cotangents of those operands
+    vjp: Callable  # cotangents of the outputs -> cotangents of those operands
+    jvp: Callable  # tangents of those operands -> tangents of the outputs
 
 
 def _backward(nodes: list[_Draft], equations: list[_Equation], output: int) -> list:
@@ -159,6 +192,19 @@ def _backward(nodes: list[_Draft], equations: list[_Equation], output: int) -> l
         for i, contribution in zip(equation.operands, equation.vjp(cotangents)):
             grads[i] = grads[i] + contribution  # summed: a value used twice gets both contributions
     return grads
+
+
+def _forward(nodes: list[_Draft], equations: list[_Equation], given: dict[int, jax.Array]) -> list:
+    """The tangent of every node along the input direction `given` (input node -> its tangent): zero for
+    inputs without one and for constants, then the chain rule equation by equation, first to last."""
+    tangents = [
+        given.get(i, jnp.zeros_like(node.value)) if _is_float(node.value) else None for i, node in enumerate(nodes)
+    ]
+    for equation in equations:
+        for i, tangent in zip(equation.outputs, equation.jvp([tangents[k] for k in equation.operands])):
+            if tangents[i] is not None:  # integer and boolean results keep None (jax.jvp gives float0)
+                tangents[i] = tangent
+    return tangents
 
 
 # --- the forward pass ---------------------------------------------------------------------------
@@ -199,7 +245,8 @@ def _apply(eqn, operands: list, nodes: list[_Draft], equations: list[_Equation])
         out = eqn.primitive.bind(*arguments, **eqn.primitive.get_bind_params(eqn.params))
         return list(out) if eqn.primitive.multiple_results else [out]
 
-    results, vjp = jax.vjp(primitive, *(values[k] for k in positions)) if positions else (primitive(), None)
+    primals = [values[k] for k in positions]
+    results, vjp = jax.vjp(primitive, *primals) if positions else (primitive(), None)
     name = _expression(eqn, [_literal_text(x.value) if isinstance(x, _Literal) else x for x in operands], nodes)
     inputs = [x for x in operands if not isinstance(x, _Literal)]
     outputs = [
@@ -207,7 +254,8 @@ def _apply(eqn, operands: list, nodes: list[_Draft], equations: list[_Equation])
         for k, value in enumerate(results)
     ]
     if vjp is not None:
-        equations.append(_Equation(outputs, [operands[k] for k in positions], vjp))
+        jvp = lambda tangents: jax.jvp(primitive, primals, tangents)[1]
+        equations.append(_Equation(outputs, [operands[k] for k in positions], vjp, jvp))
     return outputs
 
 
@@ -240,6 +288,59 @@ def _check_args(args: tuple) -> tuple[list, list]:
                 f"at args{jax.tree_util.keystr(path)}"
             )
     return paths, leaves
+
+
+def _check_tangents(tangents, args: tuple, paths: list, leaves: list) -> list:
+    """The direction's leaves in the order of the args' leaves, each of its leaf's shape and dtype
+    (zeros where the direction says None); None for integer and boolean leaves."""
+    if not isinstance(tangents, (tuple, list)) or len(tangents) != len(args):
+        raise TypeError(
+            f"explain expects tangents as a tuple with one entry per arg ({len(args)}), as jax.jvp does, "
+            f"got {type(tangents).__name__}{f' of {len(tangents)}' if isinstance(tangents, (tuple, list)) else ''}"
+        )
+    filled = [
+        leaf for index, (tangent, arg) in enumerate(zip(tangents, args)) for leaf in _per_leaf(index, tangent, arg)
+    ]
+    directions: list[jax.Array | None] = []
+    for path, leaf, tangent in zip(paths, leaves, filled):
+        value, where = jnp.asarray(leaf), f"args{jax.tree_util.keystr(path)}"
+        if not _is_float(value):
+            if tangent is not None:
+                raise ValueError(f"explain: {where} is {value.dtype}, which has no tangent; give None there")
+            directions.append(None)
+        elif tangent is None:
+            directions.append(jnp.zeros_like(value))
+        elif jnp.shape(tangent) != value.shape:
+            raise ValueError(f"explain expects the tangent of {where} of shape {value.shape}, got {jnp.shape(tangent)}")
+        else:
+            directions.append(jnp.asarray(tangent, value.dtype))
+    return directions
+
+
+class _Leaves(list):
+    """The tangents of the leaves under one node of a tangent tree (a list subclass: a pytree leaf)."""
+
+
+def _per_leaf(index: int, tangent, arg) -> list:
+    """The tangent of each of arg's leaves, in order: None for those under a None (zeros); a ValueError where
+    the tangent's structure is not arg's."""
+    is_none = lambda t: t is None
+
+    def under(t, a):
+        if t is None:
+            return _Leaves([None] * len(jax.tree.leaves(a)))
+        if not jax.tree_util.treedef_is_leaf(jax.tree.structure(a)):
+            raise ValueError(f"a leaf where args[{index}] has {jax.tree.structure(a)}")
+        return _Leaves([t])
+
+    try:
+        parts = jax.tree.map(under, tangent, arg, is_leaf=is_none)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"explain expects tangents[{index}] with the structure of args[{index}], {jax.tree.structure(arg)}, "
+            f"or None; got {jax.tree.structure(tangent, is_leaf=is_none)}"
+        ) from None
+    return [leaf for part in jax.tree.leaves(parts, is_leaf=lambda p: isinstance(p, _Leaves)) for leaf in part]
 
 
 def _check_scalar(out_shape) -> None:

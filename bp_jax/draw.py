@@ -7,7 +7,8 @@
 The edge that draws: the engine (`bp_jax._explain`) knows nothing of colours, DOT or files; this module imports
 it, writes files (atomically: a temporary file beside the target, then a rename), runs Graphviz's `dot` where it
 is installed and imports matplotlib otherwise, so `import bp_jax` does neither. Each node is a box: name, index
-and op, its value in blue (forward pass), its gradient in red (backward pass). Without `dot`, matplotlib draws a
+and op, its value in blue (forward pass), its gradient in red (backward pass), and where the graph has tangents
+(`explain(..., tangents=...)`) its tangent in purple (forward mode). Without `dot`, matplotlib draws a
 layered layout left to right: each node one column before its first consumer, each column ordered by its
 neighbours' mean row.
 """
@@ -22,26 +23,38 @@ from pathlib import Path
 from bp_jax._explain import Graph, Node, summary
 
 ENGINES = ("graphviz", "matplotlib")
-VALUE_COLOR, GRAD_COLOR = "#1f5fbf", "#c0392b"
+VALUE_COLOR, GRAD_COLOR, TANGENT_COLOR = "#1f5fbf", "#c0392b", "#7d3c98"
+LEGEND = (
+    ("value: forward pass", VALUE_COLOR),
+    ("grad = ∂f/∂node: backward pass", GRAD_COLOR),
+    ("tangent = ∂node along the inputs' direction: forward mode", TANGENT_COLOR),
+)
 NODE_FILL = {"input": "#e3f1e3", "const": "#eeeeee", "output": "#fff2c6", "op": "#ffffff"}
 _FONT_SIZE = 8.0  # points; the layout's unit is the point
 _CHAR, _LINE = 0.62 * _FONT_SIZE, 1.45 * _FONT_SIZE
 _PAD, _COLUMN_GAP, _ROW_GAP = 6.0, 44.0, 16.0
 
 
+def legend_lines(graph: Graph) -> tuple[tuple[str, str], ...]:
+    """(text, colour) of each line the legend shows: value and grad, and tangent where the graph has them."""
+    return LEGEND if graph.has_tangents else LEGEND[:2]
+
+
 def to_dot(graph: Graph) -> str:
-    """Graphviz DOT: a box per node with its value (blue, forward) and grad (red, backward)."""
+    """Graphviz DOT: a box per node with its value (blue, forward) and grad (red, backward), and its
+    tangent (purple, forward mode) where the graph has tangents."""
     lines = [
         "digraph explain {",
         '  rankdir=LR; fontname="Helvetica";',
         '  node [shape=plaintext, margin=0, fontname="Helvetica"];',
         '  edge [color="#888888", arrowsize=0.7];',
-        f'  label=<<font color="{VALUE_COLOR}">value: forward pass</font>     '
-        f'<font color="{GRAD_COLOR}">grad = ∂f/∂node: backward pass</font>>;',
+        "  label=<"
+        + "     ".join(f'<font color="{colour}">{text}</font>' for text, colour in legend_lines(graph))
+        + ">;",
         "  labelloc=t;",
     ]
     for node in graph.nodes:
-        lines.append(f"  n{node.index} [label=<{_dot_label(node, graph.output)}>];")
+        lines.append(f"  n{node.index} [label=<{_dot_label(node, graph)}>];")
     for node in graph.nodes:
         lines += [f"  n{source.index} -> n{node.index};" for source in dict.fromkeys(node.inputs)]
     return "\n".join([*lines, "}", ""])
@@ -101,28 +114,32 @@ def node_kind(node: Node, output: Node) -> str:
     return "output" if node is output else node.op if node.op in ("input", "const") else "op"
 
 
-def box_lines(node: Node) -> list[str]:
-    """The lines of a node's box: name; index, op and type; value; grad."""
+def box_lines(node: Node, tangents: bool = False) -> list[str]:
+    """The lines of a node's box: name; index, op and type; value; grad; with `tangents`, tangent."""
     kind, value = summary(node.value)
     return [
         node.name,
         f"#{node.index} {node.op}{'  ' + kind if kind else ''}",
         f"value {value}",
         f"grad {summary(node.grad)[1]}",
+        *([f"tangent {summary(node.tangent)[1]}"] if tangents else []),
     ]
 
 
-def _dot_label(node: Node, output: Node) -> str:
-    """A node's HTML-like DOT label: name, op, value in blue, grad in red."""
+def _dot_label(node: Node, graph: Graph) -> str:
+    """A node's HTML-like DOT label: name, op, value in blue, grad in red, tangent in purple."""
     escape = lambda text: text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    name, op, value, grad = map(escape, box_lines(node))
+    name, op, *numbers = map(escape, box_lines(node, graph.has_tangents))
+    coloured = "".join(
+        f'<tr><td><font color="{colour}">{text}</font></td></tr>'
+        for text, (_, colour) in zip(numbers, legend_lines(graph))
+    )
     return (
         f'<table border="1" cellborder="0" cellspacing="0" cellpadding="3" '
-        f'bgcolor="{NODE_FILL[node_kind(node, output)]}">'
+        f'bgcolor="{NODE_FILL[node_kind(node, graph.output)]}">'
         f"<tr><td><b>{name}</b></td></tr>"
         f'<tr><td><font point-size="9" color="#777777">{op}</font></td></tr>'
-        f'<tr><td><font color="{VALUE_COLOR}">{value}</font></td></tr>'
-        f'<tr><td><font color="{GRAD_COLOR}">{grad}</font></td></tr></table>'
+        f"{coloured}</table>"
     )
 
 
@@ -173,14 +190,13 @@ def rows(graph: Graph, column: list[int], sweeps: int = 4) -> list[float]:
     return row
 
 
-def _lines(node) -> list[tuple[str, str, str]]:
+def _lines(node: Node, graph: Graph) -> list[tuple[str, str, str]]:
     """(text, colour, weight) of each line in a node's box."""
-    name, op, value, grad = box_lines(node)
+    name, op, *numbers = box_lines(node, graph.has_tangents)
     return [
         (name, "black", "bold"),
         (op, "#777777", "normal"),
-        (value, VALUE_COLOR, "normal"),
-        (grad, GRAD_COLOR, "normal"),
+        *((text, colour, "normal") for text, (_, colour) in zip(numbers, legend_lines(graph))),
     ]
 
 
@@ -191,9 +207,9 @@ def _draw(graph: Graph):
 
     column = columns(graph)
     row = rows(graph, column)
-    lines = [_lines(node) for node in graph.nodes]
+    lines = [_lines(node, graph) for node in graph.nodes]
     width = [max(len(text) for text, _, _ in node_lines) * _CHAR + 2 * _PAD for node_lines in lines]
-    height = 4 * _LINE + 2 * _PAD
+    height = len(lines[0]) * _LINE + 2 * _PAD
     column_width: defaultdict[int, float] = defaultdict(float)
     for index, c in enumerate(column):
         column_width[c] = max(column_width[c], width[index])
@@ -255,7 +271,7 @@ def _draw(graph: Graph):
                 )
             )
     x = _COLUMN_GAP / 2
-    for text, colour in (("value: forward pass", VALUE_COLOR), ("grad = ∂f/∂node: backward pass", GRAD_COLOR)):
+    for text, colour in legend_lines(graph):
         axes.text(x, legend / 2, text, color=colour, fontsize=_FONT_SIZE + 1, va="center", family="DejaVu Sans Mono")
         x += (len(text) + 5) * _CHAR * (_FONT_SIZE + 1) / _FONT_SIZE
     return figure

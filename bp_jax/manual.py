@@ -3,7 +3,9 @@
 Nothing here calls jax autodiff. `neuron_grad`, `tiny_net_backward` and `tiny_net_grads` are the
 documents' formulas; `value_and_grad` is the four-step algorithm for any Sequential of Linear, ReLU,
 Sigmoid and Tanh: a forward pass that keeps what each layer needs, the loss, then each layer's
-hand-written backward (`Model.vjp`) applied in reverse order.
+hand-written backward (`Model.vjp`) applied in reverse order. `per_example_grads` is that backward pass
+once per example (`jax.vmap`, which vectorises and does not differentiate); `tiny_net_hessian` the tiny
+network's second derivatives.
 """
 
 from collections.abc import Callable
@@ -106,3 +108,50 @@ def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
         return value, grads
 
     return f
+
+
+def per_example_grads(model: Model, loss: Callable = mse) -> Callable:
+    """`f(params, x, y)` -> the params pytree with a leading batch axis: row i is the gradient of example i's
+    own loss, `loss(model.apply(params, x[i:i+1]), y[i:i+1])`, by the hand-written backward pass.
+
+    Example i's own loss is the loss on a batch of that one example, so no 1/B factor: for `mse` its
+    dL/dpred is 2(y_i − t_i)/C over the example's C outputs, for `softmax_cross_entropy`
+    softmax(z_i) − onehot(label_i). Through a Linear layer the backward signal δ_i (dL/d its output)
+    gives dW_i = δ_i ⊗ x_i, the outer product with the example's input, and db_i = δ_i; the batch
+    gradient of the mean loss is the mean of the rows. Computed as `value_and_grad(model, loss)` on
+    one-example batches under `jax.vmap`, which batches the same hand-written formulas (no autodiff).
+    """
+    value_and_grad_one = value_and_grad(model, loss)
+
+    def f(params, x, y):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                "per_example_grads expects x and y with the same leading batch axis, "
+                f"got shapes {x.shape} and {y.shape}"
+            )
+        one = lambda x_i, y_i: value_and_grad_one(params, x_i[None], y_i[None])[1]
+        return jax.vmap(one)(x, y)
+
+    return f
+
+
+def tiny_net_hessian(w1, w2, x, t):
+    """The 2×2 Hessian of L = (w2·relu(w1·x) − t)² in (w1, w2), by hand.
+
+    With z = w1·x, s = relu'(z) ∈ {0, 1}, a = relu(z), y = w2·a, r = y − t, the gradient is
+    ∂L/∂w1 = 2r·w2·s·x and ∂L/∂w2 = 2r·a. Differentiating again, with ∂r/∂w1 = w2·s·x, ∂r/∂w2 = a,
+    ∂a/∂w1 = s·x, ∂a/∂w2 = 0 and relu'' = 0 (away from the kink; jax.nn.relu's rule gives 0 there too):
+
+        ∂²L/∂w1² = 2(w2·s·x)²,   ∂²L/∂w2² = 2a²,   ∂²L/∂w1∂w2 = 2s·x·(a·w2 + r) = 2s·x·(2y − t).
+
+    At the document's x = 2, w1 = 0.5, w2 = 1.5, t = 3: [[18, 0], [0, 2]] (the cross term vanishes as
+    2y = t there).
+    """
+    relu, relu_prime = activation("relu")
+    w1, w2, x, t = (jnp.asarray(v) for v in (w1, w2, x, t))
+    z = w1 * x
+    s, a = relu_prime(z), relu(z)
+    y = w2 * a
+    cross = 2 * s * x * (2 * y - t)
+    return jnp.stack([jnp.stack([2 * (w2 * s * x) ** 2, cross]), jnp.stack([cross, 2 * a**2])])

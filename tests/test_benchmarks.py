@@ -47,7 +47,7 @@ def test_json_records_machine_suites_and_targets(smoke_run):
     assert results["smoke"] is True
     assert {"date_utc", "cpu", "cpu_cores", "platform", "device", "versions"} <= set(results["machine"])
     assert results["machine"]["versions"]["jax"]
-    assert set(results["suites"]) == {"seed", "scaling", "grad", "data", "ensemble", "sklearn", "export"}
+    assert set(results["suites"]) == {"seed", "scaling", "grad", "data", "ensemble", "sklearn", "export", "autodiff"}
     for suite in results["suites"].values():
         assert suite["rows"], suite["skipped"]
         assert all(skip["reason"] for skip in suite["skipped"])
@@ -130,11 +130,13 @@ def test_markdown_and_plots_are_written(smoke_run):
         "## 4. Data size",
         "## 5. Ensembles",
         "## 6. scikit-learn",
+        "## 7. export",
+        "## 8. Autodiff beyond one gradient",
     ):
         assert heading in markdown
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed: the report says so instead of plotting")
-    for name in ("seed.png", "scaling.png", "grad.png", "data.png", "ensemble.png"):
+    for name in ("seed.png", "scaling.png", "grad.png", "data.png", "ensemble.png", "autodiff.png"):
         assert (smoke_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in markdown
 
@@ -175,3 +177,29 @@ def test_export_suite_times_each_predictor_against_predicts_numbers(smoke_run):
         assert _positive_finite(row["per_call_s"]["median"]) and _positive_finite(row["speedup_vs_predict"])
         difference = row["max_abs_difference_from_predict"]
         assert (difference == 0.0) if name.startswith("bp-jax predict") else (0 <= difference < 1e-3), row
+
+
+def test_autodiff_suite_records_per_example_and_second_order_rows(smoke_run):
+    results = json.loads((smoke_run / "results.json").read_text())
+    rows = results["suites"]["autodiff"]["rows"]
+    torch = importlib.util.find_spec("torch") is not None
+    per_example = [row for row in rows if row["group"] == "per-example"]
+    names = {
+        "bp_jax manual.per_example_grads (jit)",
+        "jax.vmap(jax.grad) (jit)",
+        "plain batch gradient jax.grad (jit)",
+    } | ({"torch.func vmap(grad)", "torch loop of loss.backward()"} if torch else set())
+    assert {(row["name"], row["batch"]) for row in per_example} == {(name, b) for name in names for b in (4, 8)}
+    for row in per_example:
+        assert _positive_finite(row["vs_batch_grad"]) and _positive_finite(row["per_example_s"])
+        if row["name"] == "bp_jax manual.per_example_grads (jit)":
+            assert row["max_abs_diff_vs_vmap_grad"] < 1e-5  # the methods time the same gradients
+    second = [row for row in rows if row["group"] == "second-order"]
+    assert [row["params"] for row in second] == [9, 25]
+    for row in second:
+        assert all(_positive_finite(ratio) for ratio in row["ratio_to_grad"].values())
+        assert row["max_abs_diff_hvp_vs_hessian_v"] < 1e-4
+    (target,) = [t for t in results["targets"] if "per_example_grads" in t["target"]]
+    assert target["status"] in (
+        ("met", "missed") if torch and results["machine"]["platform"] == "cpu" else ("not run",)
+    )

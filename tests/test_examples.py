@@ -58,3 +58,18 @@ def test_pytorch_parity_prints_small_differences_for_every_quantity():
             torch_value, bp_jax_value, difference = map(float, row.split()[-3:])
             assert difference < tolerance and abs(torch_value - bp_jax_value) < 10 * tolerance, row
     assert "dL/dw1                    -9.000000000000    -9.000000000000    0.00e+00" in out
+
+
+def test_per_example_clipping_clips_every_norm_and_still_learns():
+    out = run("per_example_clipping.py")
+    difference = float(re.search(r"by hand vs jax\.vmap\(jax\.grad\): max \|difference\| (\S+)", out).group(1))
+    assert difference < 1e-5
+    norms = [tuple(map(float, row)) for row in re.findall(r"^\s+\d+\s+([\d.]+)\s+([\d.]+)$", out, re.M)]
+    assert len(norms) == 8
+    for before, after in norms:
+        assert after <= 1.0 + 1e-6 and after == pytest.approx(min(before, 1.0), abs=1e-4)
+    above = int(re.search(r"(\d+) of 64 norms were above C", out).group(1))
+    assert 0 < above < 64 and any(before > 1.0 for before, _ in norms)  # clipping did something
+    losses = [tuple(map(float, row)) for row in re.findall(r"^\s+\d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)]
+    assert len(losses) == 5 and losses[0][0] == losses[0][1] == losses[0][2]
+    assert all(last < first / 2 for first, last in zip(losses[0], losses[-1]))

@@ -2,7 +2,9 @@
 
 Prints `Graph.table()` with, where `bp_jax.manual` derives it by hand, the hand-derived gradient and the
 difference beside autodiff's; writes graph.dot, graph.svg and graph.png into --out, a new or empty folder
-(default: a new runs/explain-MODEL-TIME), each file atomically (`folders`).
+(default: a new runs/explain-MODEL-TIME), each file atomically (`folders`). `--forward NAME` adds each node's
+tangent along the direction 1 on that input (ones for a tensor) and 0 on the others: forward mode, whose
+output tangent is the reverse pass's ⟨∂f/∂NAME, direction⟩.
 """
 
 from pathlib import Path
@@ -28,11 +30,24 @@ class Example(NamedTuple):
     by_hand: dict[bp_jax.Node, Any]
 
 
-def neuron(activation: str) -> Example:
+def explained(f, *args, forward: str | None) -> bp_jax.Graph:
+    """`bp_jax.explain(f, *args)`, with the tangents of the direction 1 on the input named `forward` (ones for
+    a tensor) and 0 elsewhere; a name that is not an input is a UsageError naming the inputs."""
+    graph = bp_jax.explain(f, *args)
+    if forward is None:
+        return graph
+    names = [node.name for node in jax.tree.leaves(graph.inputs)]
+    if forward not in names:
+        raise UsageError(f"--forward expects one of the inputs {', '.join(names)}, got {forward!r}")
+    direction = lambda node: jnp.ones_like(node.value) if node.name == forward else None
+    return bp_jax.explain(f, *args, tangents=jax.tree.map(direction, graph.inputs))
+
+
+def neuron(activation: str, forward: str | None = None) -> Example:
     """y = a(w·x), L = (y − t)² at the document's w, x, t. By hand dL/dw = 2(y − t)·a'(w·x)·x, and
     dL/dx, the same formula with w and x swapped (w·x is symmetric in them)."""
     w, x, t = documents.NEURON
-    graph = bp_jax.explain(documents.neuron_loss(activation), documents.NEURON.params, x, t)
+    graph = explained(documents.neuron_loss(activation), documents.NEURON.params, x, t, forward=forward)
     params, x_node, _ = graph.inputs
     by_hand = {params["w"]: manual.neuron_grad(w, x, t, activation), x_node: manual.neuron_grad(x, w, t, activation)}
     title = f"single neuron y = {activation}(w·x), L = (y − t)², w = {w}, x = {x}, t = {t}"
@@ -60,14 +75,14 @@ def document_symbols(graph: bp_jax.Graph) -> dict[bp_jax.Node, str]:
     return symbols
 
 
-def tiny_net(activation: str) -> Example:
+def tiny_net(activation: str, forward: str | None = None) -> Example:
     """The document's x → ·w1 → ReLU → ·w2 → y, L = (y − t)², at its x, w1, w2, t."""
     if activation != "relu":
         raise UsageError(
             f"tiny-net is the document's ReLU network; --activation {activation} applies to neuron and seed-mlp"
         )
     net = documents.TINY_NET
-    graph = bp_jax.explain(documents.tiny_net_loss, net.params, net.x, net.t)
+    graph = explained(documents.tiny_net_loss, net.params, net.x, net.t, forward=forward)
     steps = manual.tiny_net_backward(net.w1, net.w2, net.x, net.t)
     symbols = document_symbols(graph)
     by_hand = {node: steps[symbol][1] for node, symbol in symbols.items()}
@@ -80,15 +95,27 @@ def tiny_net(activation: str) -> Example:
     )
 
 
-def seed_mlp(activation: str) -> Example:
+def seed_mlp(activation: str, forward: str | None = None) -> Example:
     """The seed MLP 10 → 5 → 1 with MSE on 4 rows of random data; by hand: manual.value_and_grad."""
     if activation == "identity":
         raise UsageError(f"seed-mlp's activation must be one of relu, sigmoid, tanh, got {activation}")
     model, params, x, y = documents.seed_problem(jax.random.key(0), rows=4, activation=activation)
-    graph = bp_jax.explain(bp_jax.loss_fn(model), params, x, y)
+    graph = explained(bp_jax.loss_fn(model), params, x, y, forward=forward)
     _, grads = manual.value_and_grad(model)(params, x, y)
     by_hand = dict(zip(jax.tree.leaves(graph.inputs[0]), jax.tree.leaves(grads)))
     return Example(f"seed MLP 10 → 5 → 1 ({activation}), MSE, 4 rows (seed 0)", graph, {}, by_hand)
+
+
+def forward_and_reverse(graph: bp_jax.Graph, name: str) -> str:
+    """One line: f's tangent along the input `name` (forward mode) beside ⟨∂f/∂name, direction⟩ (reverse)."""
+    (node,) = [node for node in jax.tree.leaves(graph.inputs) if node.name == name]
+    direction = "1" if node.value.ndim == 0 else "ones"
+    along, tangent = float(jnp.sum(node.grad * node.tangent)), graph.output.tangent
+    assert tangent is not None  # the graph was explained with the direction along `name`
+    return (
+        f"forward mode along {name} (direction {direction}): tangent of f = {float(tangent):g}; "
+        f"reverse mode: ⟨∂f/∂{name}, direction⟩ = {along:g}"
+    )
 
 
 EXAMPLES = {"neuron": neuron, "tiny-net": tiny_net, "seed-mlp": seed_mlp}
@@ -103,6 +130,11 @@ def add_arguments(parser) -> None:
         help="the neuron's or the seed MLP's activation (default relu)",
     )
     parser.add_argument(
+        "--forward",
+        metavar="NAME",
+        help="also show each node's tangent along the input NAME (w1, x, [0].weight, …): forward mode",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         help="a new or empty directory for graph.dot, .svg and .png (default: a new runs/explain-MODEL-TIME)",
@@ -110,13 +142,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    title, graph, symbols, by_hand = EXAMPLES[args.model](args.activation)
+    title, graph, symbols, by_hand = EXAMPLES[args.model](args.activation, args.forward)
     difference = {node: f"{float(jnp.max(jnp.abs(node.grad - grad))):.1e}" for node, grad in by_hand.items()}
     columns = ({"document": symbols} if symbols else {}) | {"grad by hand": by_hand, "|difference|": difference}
     out = args.out or folders.create_unique(Path("runs"), f"explain-{args.model}")
     with folders.claimed(out, resumable=False):
         print(f"bp-jax explain: {title}\n")
         print(graph.table(columns))
+        if args.forward is not None:
+            print(f"\n{forward_and_reverse(graph, args.forward)}")
         written = [
             folders.write_atomically(out / f"graph{suffix}", lambda temporary: draw.save(graph, temporary))
             for suffix in (".dot", ".svg", ".png")
