@@ -306,6 +306,10 @@ def _export_section(suite: dict) -> list[str]:
         "numbers, in the target's units.",
         "",
         *_table(["predictor", "rows", "median / call", "IQR", "per row", "× predict", "max |Δ|"], rows),
+        *_skipped(suite),
+    ]
+
+
 def _autodiff_section(suite: dict) -> list[str]:
     per_example = [
         [
