@@ -173,17 +173,16 @@ class Stopping:
 
 @functools.lru_cache(maxsize=64)  # one update per epoch length: every fit of that length shares one program
 def _epoch_rule_update(steps_per_epoch: int):
-    def update(state, step, loss):
-        total = state["total"] + loss
-        epoch_end = (step + 1) % steps_per_epoch == 0
+    def end_of_epoch(state, total):
         mean = total / steps_per_epoch
         count = jnp.where(mean > state["best"] - state["tol"], state["count"] + 1, 0)
-        state = state | {
-            "total": jnp.where(epoch_end, jnp.zeros_like(total), total),
-            "best": jnp.where(epoch_end, jnp.minimum(state["best"], mean), state["best"]),
-            "count": jnp.where(epoch_end, count, state["count"]),
-        }
-        return state, epoch_end & (state["count"] > state["patience"])
+        state = state | {"total": jnp.zeros_like(total), "best": jnp.minimum(state["best"], mean), "count": count}
+        return state, count > state["patience"]
+
+    def update(state, step, loss):
+        total = state["total"] + loss
+        within_epoch = lambda state, total: (state | {"total": total}, jnp.zeros((), bool))
+        return jax.lax.cond((step + 1) % steps_per_epoch == 0, end_of_epoch, within_epoch, state, total)
 
     return update
 
