@@ -374,7 +374,8 @@ class _BaseMLP(BaseEstimator):
         stopping = Stopping(self.tol, self.n_iter_no_change, early)
         if first:
             self.loss_curve_, self.t_, self._step, self.n_iter_ = [], 0, 0, 0
-        pretrained = _PRETRAINED.get().get(_fingerprint(self, X, targets)) if first and not early else None
+        members = _PRETRAINED.get()  # empty outside a GridSearchCV
+        pretrained = members.get(_fingerprint(self, X, targets)) if members and first and not early else None
         if pretrained is not None:  # trained as one member of a GridSearchCV's program
             run, self._seed = pretrained
         else:
