@@ -2,7 +2,7 @@
 imported inside `to_onnx` only, and only it needs the export extra).
 
     exported = to_jax_export(model, params, x_mean=..., x_std=..., y_mean=..., y_std=...)
-    Path("model.jax").write_bytes(exported.serialize())       # elsewhere, jax alone:
+    Path("model.jax").write_bytes(exported.serialize())       # elsewhere, jax and flatbuffers alone:
     jax.export.deserialize(Path("model.jax").read_bytes()).call(x)
     proto = to_onnx(model, params, x_mean=..., x_std=..., probabilities=True)    # an onnx.ModelProto
     Path("model.onnx").write_bytes(proto.SerializeToString())  # onnxruntime.InferenceSession(...).run(None, {"x": x})
@@ -128,7 +128,8 @@ def to_jax_export(
 ) -> jax.export.Exported:
     """The predictor (module docstring) as a `jax.export.Exported` for float32 x of shape (rows, inputs), rows
     symbolic, lowered for each of `platforms`. `inputs` defaults to the first Linear layer's in-features.
-    `.serialize()` gives bytes that `jax.export.deserialize(...).call(x)` runs with jax alone, on any of them."""
+    `.serialize()` (which needs flatbuffers) gives bytes that `jax.export.deserialize(...).call(x)` runs with jax
+    and flatbuffers alone, on any of them."""
     around = _around(model, inputs, fill, x_mean, x_std, y_mean, y_std, probabilities)
     (rows,) = jax.export.symbolic_shape("rows")
     x = jax.ShapeDtypeStruct((rows, around.inputs), jnp.float32)

@@ -162,18 +162,23 @@ def test_refusals_are_one_line_and_write_nothing(seed_run, tmp_path):
     assert (tmp_path / "mine.jax").read_text() == "mine" and (tmp_path / "b.jax.inputs.json").read_text() == "mine too"
 
 
-def test_onnx_without_the_export_extra_names_the_pip_command(seed_run, tmp_path):
-    hidden = tmp_path / "hidden" / "onnx"
+@pytest.mark.parametrize(
+    "form, module, install",
+    [
+        ("onnx", "onnx", "in the export extra: pip install 'bp_jax[export]'"),
+        ("jax", "flatbuffers", "which jax serializes with, in the cli and export extras: pip install flatbuffers"),
+    ],
+)
+def test_a_format_without_its_module_names_the_pip_command(seed_run, tmp_path, form, module, install):
+    hidden = tmp_path / "hidden" / module
     hidden.mkdir(parents=True)
-    (hidden / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'onnx'\", name='onnx')\n")
+    (hidden / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n")
     result = bp_jax_cli(
-        "export", seed_run, "--format", "onnx", "--out", tmp_path / "m.onnx", check=False,
+        "export", seed_run, "--format", form, "--out", tmp_path / "m.out", check=False,
         env={"PYTHONPATH": f"{tmp_path / 'hidden'}:{bp_jax.__path__[0]}/.."},
     )  # fmt: skip
-    assert error_line(result) == (
-        "bp-jax export: error: --format onnx needs onnx, in the export extra: pip install 'bp_jax[export]'"
-    )
-    assert not (tmp_path / "m.onnx").exists()
+    assert error_line(result) == f"bp-jax export: error: --format {form} needs {module}, {install}"
+    assert not (tmp_path / "m.out").exists()
 
 
 def test_to_jax_export_and_to_onnx_are_the_models_function(tmp_path):

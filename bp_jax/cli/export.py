@@ -4,8 +4,8 @@
 
 Reads the run's newest checkpoint (`runs.read_trained`, a live run too) and writes FILE: `--format jax` a
 serialized `jax.export.Exported` lowered for cpu, cuda, rocm and tpu (`jax.export.deserialize(data).call(x)`
-runs it with jax alone), `--format onnx` an ONNX model (the export extra: onnx). Either maps float32 rows x
-(rows × inputs) to `bp-jax predict`'s numbers: the target in its units, shape (rows, 1), or each class's
+runs it with jax and flatbuffers alone), `--format onnx` an ONNX model (the export extra: onnx). Either maps
+float32 rows x (rows × inputs) to `bp-jax predict`'s numbers: the target in its units, shape (rows, 1), or each class's
 probability, shape (rows, classes); the run's standardisation is inside (`bp_jax.export`).
 
 The inputs are the model's: a numeric feature is one column, a text feature one 0/1 column per training
@@ -16,6 +16,7 @@ its most frequent category); in any other run a NaN input gives a NaN output row
 Neither file may exist beforehand; both are written atomically, and the first is removed if the second fails.
 """
 
+import importlib
 import json
 from pathlib import Path
 
@@ -26,7 +27,15 @@ from bp_jax.cli import data, folders, runs
 from bp_jax.cli._args import UsageError
 
 #: --format -> what it writes
-FORMATS = {"jax": "a serialized jax.export.Exported (jax alone runs it)", "onnx": "an ONNX model (onnxruntime …)"}
+FORMATS = {
+    "jax": "a serialized jax.export.Exported (jax and flatbuffers run it)",
+    "onnx": "an ONNX model (onnxruntime …)",
+}
+#: --format -> the module it needs (jax serializes an Exported with flatbuffers, not a jax dependency), and where
+NEEDS = {
+    "jax": ("flatbuffers", "which jax serializes with, in the cli and export extras: pip install flatbuffers"),
+    "onnx": ("onnx", "in the export extra: pip install 'bp_jax[export]'"),
+}
 
 
 def add_arguments(parser) -> None:
@@ -56,11 +65,11 @@ def inputs_path(out: Path) -> Path:
 
 
 def run(args) -> int:
-    if args.format == "onnx":
-        try:
-            import onnx  # noqa: F401
-        except ImportError:
-            raise UsageError("--format onnx needs onnx, in the export extra: pip install 'bp_jax[export]'") from None
+    module, install = NEEDS[args.format]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"--format {args.format} needs {module}, {install}") from None
     for path in (args.out, inputs_path(args.out)):
         if path.exists():
             raise UsageError(f"--out: {path} already exists; choose a new file")
