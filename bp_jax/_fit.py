@@ -292,6 +292,7 @@ def fit(
         )
     lr = 0.0 if optimizer is not None else check_lr(lr)  # a Python float: traced weakly typed, as sgd_step's
     opt_state = None if optimizer is None else jax.jit(optimizer.init)(params) if opt_state is None else opt_state
+    stop_update, rule = _stop_update(stop_rule), _rule_state(stop_rule, ())
     if mesh is not None:
         devices, batch = data_devices(mesh), len(x) if batch_size is None else batch_size
         if batch % devices:
@@ -299,19 +300,20 @@ def fit(
                 f"the global batch of {batch} examples does not split evenly over the mesh's "
                 f"{devices} 'data' devices; use a batch size that is a multiple of {devices}"
             )
-        params, opt_state, key = jax.tree.map(lambda leaf: place(leaf, replicated(mesh)), (params, opt_state, key))
-        stop_rule = None if stop_rule is None else jax.tree.map(lambda leaf: place(leaf, replicated(mesh)), stop_rule)
+        params, opt_state, key, rule = jax.tree.map(
+            lambda leaf: place(leaf, replicated(mesh)), (params, opt_state, key, rule)
+        )
         data_layout = batch_sharded(mesh) if batch_size is None else replicated(mesh)
         x, y = place(x, data_layout), place(y, data_layout)
-    run = _compiled_loop(
-        loss_fn, optimizer, batch_size, mesh, ensemble=False, key_axis=None, stop_update=_stop_update(stop_rule)
-    )
-    params, opt_state, rule = _copy((params, opt_state, _rule_state(stop_rule, ())))
+    run = _compiled_loop(loss_fn, optimizer, batch_size, mesh, ensemble=False, key_axis=None, stop_update=stop_update)
+    params, opt_state, rule = _copy((params, opt_state, rule))
     state = _LoopState(params, opt_state, _Divergence(np.full((), -1, np.int32), np.zeros((), np.int32)), rule)
 
+    def stopped_at(state) -> int:
+        return -1 if state.rule is None else int(_to_host(state.rule[1]))
+
     def result(state, losses, step):
-        stopped_at = -1 if state.rule is None else int(_to_host(state.rule[1]))
-        return FitResult(state.params, state.opt_state, losses, step, stopped_at)
+        return FitResult(state.params, state.opt_state, losses, step, stopped_at(state))
 
     state, losses, step = _drive(run, state, (lr, key, x, y, None), setup, on_chunk, result, single=True)
     bad = int(_to_host(state.divergence.step))
@@ -319,9 +321,9 @@ def fit(
         raise NonFiniteLoss(
             bad, result(state, losses[: bad - setup.start_step + 1], bad), CAUSES[int(_to_host(state.divergence.cause))]
         )
-    stopped_at = result(state, losses, step).stopped_at
-    if stopped_at >= 0:
-        losses, step = losses[: stopped_at - setup.start_step + 1], stopped_at + 1
+    stop = stopped_at(state)
+    if stop >= 0:
+        losses, step = losses[: stop - setup.start_step + 1], stop + 1
     return result(state, losses, step)
 
 
@@ -334,7 +336,8 @@ def _stop_update(stop_rule) -> Callable | None:
 
 
 def _rule_state(stop_rule, shape: tuple[int, ...]):
-    """The loop's rule state: (the rule's init, the step it stopped at: −1 of `shape`), or None."""
+    """The loop's rule state: (the rule's init, the step it stopped at: −1 of `shape`), or None; laid out on a
+    mesh as the params are."""
     return None if stop_rule is None else (stop_rule.init, np.full(shape, -1, np.int32))
 
 
@@ -417,7 +420,6 @@ def fit_ensemble(
         params, opt_state, lrs = jax.tree.map(split, (params, opt_state, lrs))
         key = None if key is None else split(key) if key_axis == 0 else place(key, replicated(mesh))
         member_rows = None if member_rows is None else jax.tree.map(split, member_rows)
-        stop_rule = None if stop_rule is None else jax.tree.map(split, stop_rule)
         x, y = place(x, replicated(mesh)), place(y, replicated(mesh))
     run = _compiled_loop(
         loss_fn,
@@ -430,11 +432,9 @@ def fit_ensemble(
         stop_update=_stop_update(stop_rule),
     )
     divergence = _Divergence(np.full(members, -1, np.int32), np.zeros(members, np.int32))
-    if mesh is not None:
-        divergence = jax.tree.map(lambda leaf: place(leaf, member_sharded(mesh)), divergence)
     rule = _rule_state(stop_rule, (members,))
-    if mesh is not None and rule is not None:
-        rule = (rule[0], place(rule[1], member_sharded(mesh)))
+    if mesh is not None:
+        divergence, rule = jax.tree.map(lambda leaf: place(leaf, member_sharded(mesh)), (divergence, rule))
     params, opt_state, rule = _copy((params, opt_state, rule))
     state = _LoopState(params, opt_state, divergence, rule)
 
@@ -562,6 +562,12 @@ def _drive(
     return state, np.concatenate(losses) if losses else np.zeros((0, *loss_shape), np.float32), step
 
 
+def _running(divergence: _Divergence, rule):
+    """Per model: it has neither diverged nor been stopped by its stop rule (`rule`, or None without one)."""
+    running = divergence.step < 0
+    return running if rule is None else running & (rule[1] < 0)
+
+
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
@@ -591,7 +597,7 @@ def _guarded_update(loss_fn, optimizer, stop_update) -> Callable:
     def guarded(params, opt_state, divergence, rule, lr, x, y, step):
         new_params, new_opt_state, loss = update(params, opt_state, x, y, lr)
         loss_finite = jnp.isfinite(loss)
-        live = (divergence.step < 0) if rule is None else (divergence.step < 0) & (rule[1] < 0)
+        live = _running(divergence, rule)
         apply = loss_finite & _all_finite(new_params) & live
         # one cond, not a where per leaf: it makes one model's step ~40 % cheaper on CPU (under vmap, a select)
         params, opt_state, rule = jax.lax.cond(
@@ -668,8 +674,7 @@ def _compiled_loop(
 
         def more(carry):
             i, state, _ = carry
-            running = state.divergence.step < 0
-            return (i < length) & jnp.any(running if state.rule is None else running & (state.rule[1] < 0))
+            return (i < length) & jnp.any(_running(state.divergence, state.rule))
 
         _, state, losses = jax.lax.while_loop(more, body, (jnp.zeros_like(length), state, buffer))
         return state, losses
