@@ -151,23 +151,19 @@ def seed_of(random_state) -> int:
 
 
 class Stopping:
-    """sklearn's per-epoch rule: count epochs whose training loss is above best − tol (or, with early stopping,
-    whose validation score is below best + tol); stop once the count exceeds n_iter_no_change."""
+    """sklearn's stopping rule's thresholds, and its early-stopping form on the host: count epochs whose
+    validation score is below best + tol, keeping the best params; stop once the count exceeds n_iter_no_change.
+    (Without early stopping the rule runs inside the loop: `epoch_rule`.)"""
 
-    def __init__(self, tol: float, n_iter_no_change: int, early_stopping: bool):
-        self.tol, self.patience, self.early_stopping = tol, n_iter_no_change, early_stopping
-        self.best_loss, self.best_score, self.count, self.best_params = np.inf, -np.inf, 0, None
+    def __init__(self, tol: float, n_iter_no_change: int):
+        self.tol, self.patience = tol, n_iter_no_change
+        self.best_score, self.count, self.best_params = -np.inf, 0, None
 
-    def update(self, loss: float, score: float | None = None, params=None) -> bool:
-        """Record one epoch; True when training should stop after it."""
-        if self.early_stopping:
-            assert score is not None  # with early stopping every epoch is scored
-            self.count = self.count + 1 if score < self.best_score + self.tol else 0
-            if score > self.best_score:
-                self.best_score, self.best_params = score, params
-        else:
-            self.count = self.count + 1 if loss > self.best_loss - self.tol else 0
-            self.best_loss = min(self.best_loss, loss)
+    def update(self, score: float, params) -> bool:
+        """Record one epoch's validation score; True when training should stop after it."""
+        self.count = self.count + 1 if score < self.best_score + self.tol else 0
+        if score > self.best_score:
+            self.best_score, self.best_params = score, params
         return self.count > self.patience
 
 
@@ -188,7 +184,7 @@ def _epoch_rule_update(steps_per_epoch: int):
 
 
 def epoch_rule(steps_per_epoch: int, tol, n_iter_no_change, dtype) -> StopRule:
-    """`Stopping` without early stopping as a `StopRule` run inside the loop (steps counted from 0): at the end of
+    """sklearn's rule without early stopping as a `StopRule` run inside the loop (steps counted from 0): at the end of
     each epoch of `steps_per_epoch` steps, with m its mean loss, count ← count + 1 if m > best − tol else 0,
     best ← min(best, m); stop once count > n_iter_no_change. tol and n_iter_no_change may be arrays (one per
     ensemble member): they are data."""
@@ -371,7 +367,7 @@ class _BaseMLP(BaseEstimator):
                 "minibatches in a keyed order"
             )
         early = self.early_stopping and not incremental
-        stopping = Stopping(self.tol, self.n_iter_no_change, early)
+        stopping = Stopping(self.tol, self.n_iter_no_change)
         if first:
             self.loss_curve_, self.t_, self._step, self.n_iter_ = [], 0, 0, 0
         members = _PRETRAINED.get()  # empty outside a GridSearchCV
@@ -512,7 +508,7 @@ def train(
         assert stopping is not None  # a score comes with early stopping's rule
         value = score(result.params)
         scores.append(value)
-        halted.append(stopping.update(float(np.mean(result.losses, dtype=np.float64)), value, result.params))
+        halted.append(stopping.update(value, result.params))
         return halted[-1]
 
     try:
