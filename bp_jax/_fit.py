@@ -369,14 +369,18 @@ def fit_ensemble(
     (`jax.vmap(optimizer.init)(params)` unless `opt_state` is given, with that structure); per-member
     hyperparameters through `optax.inject_hyperparams`, whose state holds them as arrays: set
     `opt_state.hyperparams[name]` to an (E,) array. `key`: one key (every member reads the same minibatches)
-    or E stacked keys (one order each), read by `minibatch_indices` as in `fit`. A member whose loss or update
-    turns non-finite is frozen at its last finite params and reported in `diverged`; the others carry on.
-    Member i ends where `fit(loss_fn, params[i], ..., lr=lr[i], key=key[i])` ends, up to float rounding.
+    or G stacked keys, G dividing E: the members form G groups of E/G in order (member i in group
+    i // (E/G)), and a group's members read the same minibatches, drawn by `minibatch_indices` from its key as in
+    `fit` (G = E: one order each). A group's minibatch is gathered once and its members' matmuls run as one.
+    A member whose loss or update turns non-finite is frozen at its last finite params and reported in
+    `diverged`; the others carry on. Member i ends where `fit(loss_fn, params[i], ..., lr=lr[i], key=key[g])`
+    ends, g its group, up to float rounding.
 
-    Each member on its own rows (e.g. the folds of a cross-validation): `rows` (E, R) integer indices into x
-    and `row_counts` (E,), both data; member i trains on x[rows[i, :row_counts[i]]] (needs a `batch_size` ≤
-    every count), reading minibatch `step` at `rows[i][minibatch_indices(key_i, step, row_counts[i], b)]`, so
-    it ends where `fit` on those rows ends.
+    Each group on its own rows (e.g. the folds of a cross-validation): `rows` (G, R) integer indices into x
+    and `row_counts` (G,), both data (G dividing E, and equal to the key's G when the keys are stacked); the
+    members of group g train on x[rows[g, :row_counts[g]]] (needs a `batch_size` ≤ every count), reading
+    minibatch `step` at `rows[g][minibatch_indices(key_g, step, row_counts[g], b)]`, so each ends where `fit` on
+    those rows ends.
 
     With a `stop_rule` (StopRule, `init` with a leading member axis), a member stops after the step at which
     its rule says stop: frozen there, NaN losses from then on, that step in `stopped_at`.
@@ -404,12 +408,13 @@ def fit_ensemble(
     member_rows = (
         None if rows is None and row_counts is None else _member_rows(rows, row_counts, members, len(x), batch_size)
     )
+    groups = _groups(None if key is None else _key_groups(key, members), member_rows, members)
     if optimizer is None:
         lrs = _member_lrs(lr, members)
     else:
         lrs = np.zeros(members, jax.dtypes.canonicalize_dtype(float))
         opt_state = jax.jit(jax.vmap(optimizer.init))(params) if opt_state is None else opt_state
-    key_axis = None if key is None else _key_axis(key, members)
+    key_axis = None if key is None or _key_batch_shape(key) == () else 0
     if mesh is not None:
         if members % member_devices(mesh):
             raise ValueError(
@@ -418,8 +423,9 @@ def fit_ensemble(
             )
         split = lambda leaf: place(leaf, member_sharded(mesh))
         params, opt_state, lrs = jax.tree.map(split, (params, opt_state, lrs))
-        key = None if key is None else split(key) if key_axis == 0 else place(key, replicated(mesh))
-        member_rows = None if member_rows is None else jax.tree.map(split, member_rows)
+        by_group = lambda leaf: split(leaf) if groups == members else place(leaf, replicated(mesh))
+        key = None if key is None else by_group(key) if key_axis == 0 else place(key, replicated(mesh))
+        member_rows = None if member_rows is None else jax.tree.map(by_group, member_rows)
         x, y = place(x, replicated(mesh)), place(y, replicated(mesh))
     run = _compiled_loop(
         loss_fn,
@@ -430,6 +436,7 @@ def fit_ensemble(
         key_axis=key_axis,
         own_rows=member_rows is not None,
         stop_update=_stop_update(stop_rule),
+        group_size=1 if groups is None else members // groups,
     )
     divergence = _Divergence(np.full(members, -1, np.int32), np.zeros(members, np.int32))
     rule = _rule_state(stop_rule, (members,))
@@ -471,18 +478,19 @@ class _MemberRows(NamedTuple):
 
 
 def _member_rows(rows, row_counts, members: int, num_examples: int, batch_size) -> _MemberRows:
-    """rows (E, R) and row_counts (E,) as int32 arrays; ValueError or TypeError naming what does not fit."""
+    """rows (G, R) and row_counts (G,) as int32 arrays, G dividing E; ValueError or TypeError naming what does
+    not fit."""
     if rows is None or row_counts is None:
-        raise ValueError("rows and row_counts come together: per-member row indices (E, R) and counts (E,)")
+        raise ValueError("rows and row_counts come together: per-group row indices (G, R) and counts (G,)")
     if batch_size is None:
         raise ValueError("per-member rows need a batch_size (minibatches drawn from each member's own rows)")
     rows, row_counts = np.asarray(jax.device_get(rows)), np.asarray(jax.device_get(row_counts))
     if rows.dtype.kind not in "iu" or row_counts.dtype.kind not in "iu":
         raise TypeError(f"rows and row_counts must be integers, got dtypes {rows.dtype} and {row_counts.dtype}")
-    if rows.ndim != 2 or rows.shape[0] != members or row_counts.shape != (members,):
+    if rows.ndim != 2 or row_counts.shape != rows.shape[:1] or not rows.shape[0] or members % rows.shape[0]:
         raise ValueError(
-            f"rows must have shape ({members}, R) and row_counts ({members},) for {members} members, "
-            f"got {rows.shape} and {row_counts.shape}"
+            f"rows must have shape (G, R) and row_counts (G,), G dividing the {members} members (one row set per "
+            f"group of members), got {rows.shape} and {row_counts.shape}"
         )
     if np.any(row_counts < batch_size) or np.any(row_counts > rows.shape[1]):
         raise ValueError(
@@ -505,14 +513,28 @@ def _members(params) -> int:
     return size
 
 
-def _key_axis(key, members: int) -> int | None:
-    """None for one key shared by all members, 0 for E stacked keys; ValueError otherwise."""
+def _key_groups(key, members: int) -> int | None:
+    """None for one key shared by all members, G for G stacked keys (G dividing E); ValueError otherwise."""
     shape = _key_batch_shape(key)
     if shape == ():
         return None
-    if shape == (members,):
-        return 0
-    raise ValueError(f"key must be one PRNG key or {members} stacked keys (one per member), got key shape {shape}")
+    if len(shape) == 1 and shape[0] and members % shape[0] == 0:
+        return shape[0]
+    raise ValueError(
+        f"key must be one PRNG key or G stacked keys, G dividing the {members} members (E for one per member), "
+        f"got key shape {shape}"
+    )
+
+
+def _groups(key_groups: int | None, member_rows: _MemberRows | None, members: int) -> int | None:
+    """How many groups share minibatches: the stacked keys' G and the row sets' G, which must agree when both
+    come; None when one shared key draws every member's minibatches from all of x."""
+    row_groups = None if member_rows is None else len(member_rows.counts)
+    if key_groups is not None and row_groups is not None and key_groups != row_groups:
+        raise ValueError(
+            f"key and rows must group the {members} members alike: {key_groups} stacked keys but {row_groups} row sets"
+        )
+    return key_groups if key_groups is not None else row_groups
 
 
 @jax.jit
@@ -615,6 +637,28 @@ def _guarded_update(loss_fn, optimizer, stop_update) -> Callable:
     return guarded
 
 
+def _vmapped_step(model_step, key_axis: int | None, own_rows: bool, group_size: int) -> Callable:
+    """`model_step` over the members (a leading axis E on the state and lr): vmapped once where every member has
+    its own key and rows or all share them; otherwise vmapped over a group's members (key, rows and so the
+    minibatch shared: one gather, and x·W over the members one matmul) and then over the E / group_size groups."""
+    grouped = key_axis == 0 or own_rows
+    rows_axis = 0 if own_rows else None
+    if not grouped or group_size == 1:
+        return jax.vmap(model_step, in_axes=(0, 0, 0, 0, 0, key_axis, None, None, rows_axis, None))
+    group_step = jax.vmap(
+        jax.vmap(model_step, in_axes=(0, 0, 0, 0, 0, None, None, None, None, None)),
+        in_axes=(0, 0, 0, 0, 0, key_axis, None, None, rows_axis, None),
+    )
+
+    def step_by_group(params, opt_state, divergence, rule, lr, key, x, y, member_rows, step):
+        by_group = lambda leaf: leaf.reshape(-1, group_size, *leaf.shape[1:])
+        state = jax.tree.map(by_group, (params, opt_state, divergence, rule, lr))
+        outputs = group_step(*state, key, x, y, member_rows, step)
+        return jax.tree.map(lambda leaf: leaf.reshape(-1, *leaf.shape[2:]), outputs)
+
+    return step_by_group
+
+
 @functools.lru_cache(maxsize=32)  # one compiled loop per configuration, reused by every later call
 def _compiled_loop(
     loss_fn,
@@ -626,14 +670,16 @@ def _compiled_loop(
     key_axis: int | None,
     own_rows: bool = False,
     stop_update: Callable | None = None,
+    group_size: int = 1,
 ) -> Callable:
     """jit of `run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`: steps first_step …
     first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once
     every model has diverged or been stopped by `stop_update` (a StopRule's update, its state in state.rule);
     losses[i] is step first_step + i's loss, NaN past the last step run.
     state is a _LoopState. For an `ensemble` the per-model step is vmapped over the
-    members, with the key shared (`key_axis` None) or per member (0), and with `own_rows` each member's
-    minibatches drawn from its own rows (`rows`, a _MemberRows; None otherwise)."""
+    members, with the key shared (`key_axis` None) or stacked (0), and with `own_rows` minibatches drawn from
+    row sets (`rows`, a _MemberRows; None otherwise); stacked keys and row sets belong to groups of `group_size`
+    consecutive members, each group's step the members' step vmapped over one shared minibatch."""
     guarded = _guarded_update(loss_fn, optimizer, stop_update)
     data_parallel = mesh is not None and not ensemble
 
@@ -651,9 +697,7 @@ def _compiled_loop(
         return guarded(params, opt_state, divergence, rule, lr, xb, yb, step)
 
     if ensemble:
-        model_step = jax.vmap(
-            model_step, in_axes=(0, 0, 0, 0, 0, key_axis, None, None, 0, None), out_axes=(0, 0, 0, 0, 0)
-        )
+        model_step = _vmapped_step(model_step, key_axis, own_rows, group_size)
     out_shardings = None
     if mesh is not None:
         out_shardings = (

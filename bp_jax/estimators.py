@@ -725,17 +725,26 @@ def _train_members(estimator, candidates, X, y, splits) -> dict:
 
 def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_Member], blocks: dict) -> dict:
     """One `fit_ensemble` call for members of one program shape, over their blocks stacked, each member on its own
-    block's rows and stopped by its own `epoch_rule` inside the program."""
+    block's rows and stopped by its own `epoch_rule` inside the program. Members of one block and seed read the
+    same minibatches: they form the program's groups (sizes the gcd of theirs), a group's gather and matmuls
+    shared."""
+    seeds_of = {id(member): seed_of(member.estimator.random_state) for member in members}
+    sharing: dict[tuple, list[_Member]] = {}
+    for member in members:
+        sharing.setdefault((member.block, seeds_of[id(member)]), []).append(member)
+    members = [member for same in sharing.values() for member in same]
+    group_size = math.gcd(*map(len, sharing.values()))
+    leaders = members[::group_size]
     used = list(dict.fromkeys(member.block for member in members))
     x_all = np.concatenate([blocks[block][0] for block in used])
     targets_all = np.concatenate([blocks[block][1] for block in used])
     offsets = dict(zip(used, np.cumsum([0] + [len(blocks[block][0]) for block in used])))
-    counts = np.array([len(blocks[member.block][0]) for member in members])
-    rows = np.zeros((len(members), counts.max()), np.int32)
-    for index, member in enumerate(members):
-        rows[index, : counts[index]] = offsets[member.block] + np.arange(counts[index])
+    counts = np.array([len(blocks[leader.block][0]) for leader in leaders])
+    rows = np.zeros((len(leaders), counts.max()), np.int32)
+    for index, leader in enumerate(leaders):
+        rows[index, : counts[index]] = offsets[leader.block] + np.arange(counts[index])
     estimators = [member.estimator for member in members]
-    seeds = [seed_of(estimator.random_state) for estimator in estimators]
+    seeds = [seeds_of[id(member)] for member in members]
     first, dtype = estimators[0], x_all.dtype
     sizes = (x_all.shape[1], *first._hidden_sizes(), first._n_outputs())
     layers = [glorot(seed, sizes, first.activation, dtype) for seed in seeds]
@@ -766,7 +775,7 @@ def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_
         optimizer=transform,
         opt_state=opt_state,
         batch_size=steps.batch_size,
-        key=jax.vmap(jax.random.key)(np.asarray(seeds)),
+        key=jax.vmap(jax.random.key)(np.asarray(seeds[::group_size])),
         rows=rows,
         row_counts=counts,
         chunk_size=max_iter * per_epoch,

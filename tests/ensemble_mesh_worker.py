@@ -1,5 +1,6 @@
 """Run by tests/test_ensemble.py with JAX_NUM_CPU_DEVICES=8: 16 members over a "models" mesh of 8 devices
-against the same ensemble on one device, also with each member on its own rows. Prints a JSON report."""
+against the same ensemble on one device, also with each member on its own rows, and in 4 groups of 4 sharing
+a key and rows. Prints a JSON report."""
 
 import json
 
@@ -35,12 +36,19 @@ own_rows = dict(
 )
 own_one = bp_jax.fit_ensemble(loss, params, x, y, **own_rows)
 own_split = bp_jax.fit_ensemble(loss, params, x, y, mesh=bp_jax.ensemble_mesh(8), **own_rows)
-difference, own_rows_difference = (
+grouped = own_rows | dict(
+    key=jax.random.split(jax.random.key(3), 4),
+    rows=np.stack([np.roll(np.arange(40), 7 * group) for group in range(4)]),
+    row_counts=np.array([20, 27, 33, 40]),
+)
+grouped_one = bp_jax.fit_ensemble(loss, params, x, y, **grouped)
+grouped_split = bp_jax.fit_ensemble(loss, params, x, y, mesh=bp_jax.ensemble_mesh(8), **grouped)
+difference, own_rows_difference, grouped_difference = (
     max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
         for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params))
     )
-    for first, second in ((one, split), (own_one, own_split))
+    for first, second in ((one, split), (own_one, own_split), (grouped_one, grouped_split))
 )
 print(
     json.dumps(
@@ -48,6 +56,7 @@ print(
             "devices_holding_params": len(split.params[0]["weight"].sharding.device_set),
             "max_abs_difference": difference,
             "own_rows_max_abs_difference": own_rows_difference,
+            "grouped_max_abs_difference": grouped_difference,
             "diverged": split.diverged.tolist(),
             "diverged_one_device": one.diverged.tolist(),
             "indivisible": indivisible,

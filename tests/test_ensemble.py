@@ -146,7 +146,10 @@ def test_resuming_an_ensemble_is_bit_identical():
     [
         ({"lr": jnp.ones(3)}, r"one value or one per member \(4\)"),
         ({"lr": -0.1}, "lr must be finite and > 0"),
-        ({"lr": 0.1, "batch_size": 8, "key": jax.random.split(jax.random.key(0), 3)}, r"4 stacked keys.*\(3,\)"),
+        (
+            {"lr": 0.1, "batch_size": 8, "key": jax.random.split(jax.random.key(0), 3)},
+            r"G stacked keys, G dividing the 4 members.*\(3,\)",
+        ),
     ],
 )
 def test_bad_ensemble_arguments_are_refused(kwargs, message):
@@ -201,6 +204,7 @@ def test_members_split_over_8_devices_equal_one_device():
     assert report["devices_holding_params"] == 8
     assert report["max_abs_difference"] < 1e-6
     assert report["own_rows_max_abs_difference"] < 1e-6
+    assert report["grouped_max_abs_difference"] < 1e-6
     np.testing.assert_array_equal(report["diverged"], report["diverged_one_device"])
     assert "do not split evenly" in report["indivisible"]
 
@@ -242,6 +246,45 @@ def test_members_on_their_own_rows_end_where_fit_on_those_rows_ends(precision):
         )
         chex.assert_trees_all_close(member(result.params, i), alone.params, rtol=precision, atol=precision)
         np.testing.assert_allclose(result.losses[:, i], alone.losses, rtol=precision, atol=precision)
+
+
+@pytest.mark.parametrize("own_rows", [False, True])
+def test_members_in_groups_end_where_fit_on_their_groups_key_and_rows_ends(own_rows, precision):
+    """Two groups of two: members 0, 1 read group 0's minibatches (key 0, rows 0), members 2, 3 group 1's."""
+    loss, params, x, y = problem()
+    keys = jax.random.split(jax.random.key(5), 2)
+    rows = np.stack([np.random.default_rng(i).permutation(48) for i in range(2)])
+    counts = np.array([41, 23])
+    lrs = jnp.asarray([0.003, 0.1, 0.01, 0.03])
+    by_group = {"rows": rows, "row_counts": counts} if own_rows else {}
+    result = bp_jax.fit_ensemble(
+        loss, params, x, y, steps=50, lr=lrs, batch_size=8, key=keys, chunk_size=20, **by_group
+    )
+    for i in range(MEMBERS):
+        group = i // 2
+        mine = rows[group, : counts[group]] if own_rows else np.arange(48)
+        alone = bp_jax.fit(
+            loss, member(params, i), x[mine], y[mine], steps=50, lr=float(lrs[i]), batch_size=8, key=keys[group]
+        )
+        chex.assert_trees_all_close(member(result.params, i), alone.params, rtol=precision, atol=precision)
+        np.testing.assert_allclose(result.losses[:, i], alone.losses, rtol=precision, atol=precision)
+
+
+def test_keys_and_rows_that_group_the_members_differently_are_refused():
+    loss, params, x, y = problem()
+    with pytest.raises(ValueError, match="group the 4 members alike: 2 stacked keys but 4 row sets"):
+        bp_jax.fit_ensemble(
+            loss,
+            params,
+            x,
+            y,
+            steps=3,
+            lr=0.1,
+            batch_size=8,
+            key=jax.random.split(jax.random.key(0), 2),
+            rows=np.zeros((MEMBERS, 48), int),
+            row_counts=np.full(MEMBERS, 48),
+        )
 
 
 def test_resuming_members_on_their_own_rows_is_bit_identical():
