@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from bp_jax._mesh import MODELS_AXIS, batch_sharded, data_devices, member_devices, member_sharded, place, replicated
-from bp_jax._order import minibatch_indices
+from bp_jax._order import LARGE_DOMAIN, minibatch_indices
 from bp_jax._steps import check_lr, check_optimizer, optax_update, sgd_update
 
 #: Steps per call of the compiled loop: the size of its loss buffer.
@@ -437,6 +437,7 @@ def fit_ensemble(
         own_rows=member_rows is not None,
         stop_update=_stop_update(stop_rule),
         group_size=1 if groups is None else members // groups,
+        large_row_sets=member_rows is not None and bool(np.all(member_rows.counts >= LARGE_DOMAIN)),
     )
     divergence = _Divergence(np.full(members, -1, np.int32), np.zeros(members, np.int32))
     rule = _rule_state(stop_rule, (members,))
@@ -671,6 +672,7 @@ def _compiled_loop(
     own_rows: bool = False,
     stop_update: Callable | None = None,
     group_size: int = 1,
+    large_row_sets: bool = False,
 ) -> Callable:
     """jit of `run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`: steps first_step …
     first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once
@@ -679,7 +681,8 @@ def _compiled_loop(
     state is a _LoopState. For an `ensemble` the per-model step is vmapped over the
     members, with the key shared (`key_axis` None) or stacked (0), and with `own_rows` minibatches drawn from
     row sets (`rows`, a _MemberRows; None otherwise); stacked keys and row sets belong to groups of `group_size`
-    consecutive members, each group's step the members' step vmapped over one shared minibatch."""
+    consecutive members, each group's step the members' step vmapped over one shared minibatch; `large_row_sets`:
+    every row count is ≥ LARGE_DOMAIN (the order takes its fewer rounds)."""
     guarded = _guarded_update(loss_fn, optimizer, stop_update)
     data_parallel = mesh is not None and not ensemble
 
@@ -688,7 +691,8 @@ def _compiled_loop(
             xb, yb = x, y
         else:
             if own_rows:
-                rows = member_rows.indices[minibatch_indices(key, step, member_rows.counts, batch_size)]
+                order = minibatch_indices(key, step, member_rows.counts, batch_size, large=large_row_sets)
+                rows = member_rows.indices[order]
             else:
                 rows = minibatch_indices(key, step, x.shape[0], batch_size)
             xb, yb = x[rows], y[rows]

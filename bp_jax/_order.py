@@ -83,28 +83,40 @@ def index_shuffle(key: jax.Array, epoch, positions: jax.Array, num_examples: int
     return _cycle_walk(walk, positions.astype(jnp.uint32), num_examples)
 
 
-def traced_index_shuffle(key: jax.Array, epoch, positions: jax.Array, num_examples: jax.Array) -> jax.Array:
+#: The fewest examples that take ROUNDS rounds (k ≥ SMALL_DOMAIN_BITS).
+LARGE_DOMAIN = 2 ** (SMALL_DOMAIN_BITS - 1) + 1
+
+
+def traced_index_shuffle(
+    key: jax.Array, epoch, positions: jax.Array, num_examples: jax.Array, *, large: bool = False
+) -> jax.Array:
     """`index_shuffle` for a traced n ≥ 1 (an int32 array): the same bits, k and the round count computed in the
-    program, the network run for the most rounds with the ones past the count skipped."""
+    program, the network run for the most rounds with the ones past the count skipped. `large` (static): n is
+    known to be ≥ LARGE_DOMAIN, so ROUNDS rounds, none skipped (the same bits, a quarter of the rounds)."""
     num_examples = jnp.asarray(num_examples, jnp.int32)
     bits = jnp.maximum(1, 32 - jax.lax.clz((num_examples - 1).astype(jnp.uint32)).astype(jnp.int32))
-    rounds = jnp.where(bits >= SMALL_DOMAIN_BITS, ROUNDS, SMALL_DOMAIN_ROUNDS)
-    walk = functools.partial(
-        _feistel, round_keys=_round_keys(key, epoch, max(ROUNDS, SMALL_DOMAIN_ROUNDS)), bits=bits, active_rounds=rounds
-    )
+    if large:
+        round_keys, active_rounds = _round_keys(key, epoch, ROUNDS), None
+    else:
+        round_keys = _round_keys(key, epoch, max(ROUNDS, SMALL_DOMAIN_ROUNDS))
+        active_rounds = jnp.where(bits >= SMALL_DOMAIN_BITS, ROUNDS, SMALL_DOMAIN_ROUNDS)
+    walk = functools.partial(_feistel, round_keys=round_keys, bits=bits, active_rounds=active_rounds)
     return _cycle_walk(walk, positions.astype(jnp.uint32), num_examples.astype(jnp.uint32))
 
 
-def minibatch_indices(key: jax.Array, step, num_examples, batch_size: int) -> jax.Array:
+def minibatch_indices(key: jax.Array, step, num_examples, batch_size: int, *, large: bool = False) -> jax.Array:
     """Rows of minibatch `step`: epoch e = step // (n // b), position p = step mod (n // b), rows
     π_e(p·b), …, π_e(p·b + b − 1) with π_e the bijection keyed by (key, e). Each epoch takes n // b full
     batches; the n mod b rows π_e places last wait for a later epoch. `num_examples` may be traced (an
-    array, b ≤ n then unchecked): the same rows as for that n given as an int."""
+    array, b ≤ n then unchecked): the same rows as for that n given as an int; `large` promises a traced
+    n ≥ LARGE_DOMAIN (fewer rounds computed, the same rows)."""
     traced = isinstance(num_examples, (jax.Array, jax.core.Tracer))
     if not traced and not 1 <= batch_size <= num_examples:
         raise ValueError(f"batch_size must be in [1, {num_examples}] (the number of examples), got {batch_size}")
     if not jnp.issubdtype(jnp.result_type(step), jnp.integer) or (isinstance(step, int) and step < 0):
         raise ValueError(f"step must be an integer ≥ 0, got {step!r}")
     epoch, position = jnp.divmod(step, num_examples // batch_size)
-    shuffle = traced_index_shuffle if traced else index_shuffle
-    return shuffle(key, epoch, position * batch_size + jnp.arange(batch_size), num_examples)
+    positions = position * batch_size + jnp.arange(batch_size)
+    if traced:
+        return traced_index_shuffle(key, epoch, positions, num_examples, large=large)
+    return index_shuffle(key, epoch, positions, num_examples)

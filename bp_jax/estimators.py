@@ -19,29 +19,29 @@ Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, 
   rows; α enters the program as data (a frozen params leaf), so a grid over it compiles nothing new.
 """
 
-import contextvars
+import collections
 import functools
-import hashlib
 import itertools
 import math
 import numbers
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import joblib
 import numpy as np
 import optax
 from scipy.special import expit, softmax
+from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import accuracy_score, r2_score
+from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
+from sklearn.metrics import accuracy_score, check_scoring, r2_score
 from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
 from sklearn.model_selection import ParameterGrid, check_cv, train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_random_state
+from sklearn.utils import _safe_indexing, check_random_state, indexable
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -51,8 +51,6 @@ from bp_jax._losses import mse, softmax_cross_entropy
 
 #: Grid parameters that change data, not the compiled program: a grid over them is one `fit_ensemble` program.
 VECTORISED = ("learning_rate_init", "random_state", "alpha", "momentum", "tol", "n_iter_no_change", "max_iter")
-#: fingerprint → (TrainRun, seed) of the members a GridSearchCV trained at once; fits of the search read them.
-_PRETRAINED: contextvars.ContextVar[dict] = contextvars.ContextVar("bp_jax_estimators_pretrained", default={})  # noqa: B039
 _ACTIVATIONS = {"identity": "identity", "relu": "relu", "tanh": "tanh", "logistic": "sigmoid"}
 _NUMPY_ACTIVATIONS = {"identity": lambda z: z, "relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "logistic": expit}
 
@@ -369,17 +367,19 @@ class _BaseMLP(BaseEstimator):
         early = self.early_stopping and not incremental
         stopping = Stopping(self.tol, self.n_iter_no_change)
         if first:
-            self.loss_curve_, self.t_, self._step, self.n_iter_ = [], 0, 0, 0
-        members = _PRETRAINED.get()  # empty outside a GridSearchCV
-        pretrained = members.get(_fingerprint(self, X, targets)) if members and first and not early else None
-        if pretrained is not None:  # trained as one member of a GridSearchCV's program
-            run, self._seed = pretrained
-        else:
-            if first:
-                self._seed = seed_of(self.random_state)
-            run, steps = self._train(
-                X, y, targets, steps, first=first, incremental=incremental, early=early, stopping=stopping
-            )
+            self._start(seed_of(self.random_state))
+        run, steps = self._train(
+            X, y, targets, steps, first=first, incremental=incremental, early=early, stopping=stopping
+        )
+        return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
+
+    def _start(self, seed: int) -> None:
+        """A fresh training history: no epochs, step 0, the seed of the initialisation and the data order."""
+        self.loss_curve_, self.t_, self._step, self.n_iter_, self._seed = [], 0, 0, 0, seed
+
+    def _adopt(self, run: "TrainRun", steps: Plan, *, incremental: bool, stopping: "Stopping | None"):
+        """Take a training run's result as the fitted state, after the history so far (`_start`), from `fit`'s
+        own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best params are kept."""
         self.coefs_, self.intercepts_ = to_sklearn(run.params["layers"])
         self._opt_state = jax.device_get(run.opt_state)
         self._step = run.step
@@ -389,7 +389,7 @@ class _BaseMLP(BaseEstimator):
         self.t_ += len(run.curve) * steps.steps_per_epoch * steps.batch_size
         self.n_layers_ = len(self.coefs_) + 1
         self.out_activation_ = "softmax" if is_classifier(self) else "identity"
-        if early:
+        if stopping is not None:
             self.validation_scores_ = run.scores
             self.best_validation_score_ = stopping.best_score
             self.best_loss_ = None
@@ -627,46 +627,162 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return np.log(self.predict_proba(X))
 
 
-def _fingerprint(estimator, x: np.ndarray, targets: np.ndarray) -> tuple:
-    """What identifies one training run: the estimator's parameters and the bytes of its (validated) data."""
-    digest = lambda array: hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
-    return repr(sorted(estimator.get_params().items())), x.shape, digest(x), digest(targets)
-
-
 class GridSearchCV(SklearnGridSearchCV):
-    """sklearn.model_selection.GridSearchCV, unchanged in signature and results, for a bp_jax MLPRegressor or
-    MLPClassifier, or a Pipeline ending in one: first every (grid point × fold) is trained as one member of one
-    `fit_ensemble` program (each member on its fold's rows, as the pipeline's earlier steps transform them when
-    fitted on that fold, with its own key, learning rate, momentum, α and stopping rule, stopped inside the
-    program), then sklearn's search runs as usual and each of its fits reads its member's result instead of
-    training (scores, refit and cv_results_ are sklearn's own, and its fits run in this process). The grid may
-    vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any other is
-    refused in one line naming it. Members sharing a program shape (features, outputs, batch size, steps per
-    epoch, max_iter) share one call of one program. Trained one by one as sklearn would: early_stopping=True,
-    full-batch folds (batch_size ≥ the fold's rows) and a cv that splits differently per call.
+    """sklearn.model_selection.GridSearchCV's signature and results (cv_results_, best_index_, best_params_,
+    best_score_, best_estimator_, refit_time_, scorer_, multimetric_, n_splits_) for a bp_jax MLPRegressor or
+    MLPClassifier, or a Pipeline ending in one, searched as one program: every (grid point × fold) is a member
+    of one `fit_ensemble` call, on its fold's rows as the pipeline's earlier steps transform them when fitted on
+    that fold, with its own key, learning rate, momentum, α and stopping rule (stopped inside the program).
+    Members of one fold and seed share their minibatches (one gather, one matmul). Each fitted member is then
+    scored on its test fold by the scorer as sklearn scores, and cv_results_ laid out as sklearn's.
+
+    The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any
+    other is refused in one line naming it. Members sharing a program shape (features, outputs, batch size,
+    steps per epoch, max_iter) share one call of one program. Trained one by one, as sklearn would:
+    early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) and shuffle=False. Differences from
+    sklearn's: fit_time is each member's share of its program's time; n_jobs and pre_dispatch are accepted and
+    unused (one program in this process); `fit` takes `groups` for the splitter and no fit parameters; a scorer
+    that raises sets every metric of that fit to error_score.
     """
 
-    def fit(self, X, y=None, **params):
-        final, name = _searched(self.estimator)
-        grids = [self.param_grid] if isinstance(self.param_grid, dict) else list(self.param_grid)
-        for key in sorted({key for grid in grids for key in grid}):
-            parameter = key if name is None else key.removeprefix(f"{name}__") if key.startswith(f"{name}__") else None
-            if parameter is None and name is not None and "__" not in key:
-                parameter = key  # a whole step or a Pipeline parameter (steps, memory, …): not searched here
-            if parameter is not None and parameter not in VECTORISED:
-                raise ValueError(
-                    f"GridSearchCV: the grid varies {key!r}, which changes the compiled program; "
-                    f"bp_jax vectorises only {', '.join(VECTORISED)} (search others with "
-                    "sklearn.model_selection.GridSearchCV)"
-                )
-        splits = list(check_cv(self.cv, y, classifier=is_classifier(final)).split(X, y, params.get("groups")))
-        members = _train_members(self.estimator, list(ParameterGrid(self.param_grid)), X, y, splits)
-        token = _PRETRAINED.set(members)
+    def fit(self, X, y=None, *, groups=None, **params):
+        """Train and score every (grid point × fold) as above, then refit the best on all of X, y; returns self."""
+        if params:
+            raise TypeError(
+                "bp_jax GridSearchCV.fit takes X, y and groups (bp_jax's estimators take no fit parameters), "
+                f"got {', '.join(sorted(params))}"
+            )
+        final, _ = _searched(self.estimator)
+        candidates = list(ParameterGrid(self.param_grid))
+        _check_vectorised({key for candidate in candidates for key in candidate}, self.estimator)
+        if not (self.error_score == "raise" or _is_real(self.error_score)):
+            raise ValueError(f"error_score must be 'raise' or a number, got {self.error_score!r}")
+        scorer, self.scorer_ = self._scorers()
+        X, y = indexable(X, y)
+        splits = list(check_cv(self.cv, y, classifier=is_classifier(final)).split(X, y, groups))
+        self.n_splits_ = len(splits)
+        if self.verbose > 0:
+            print(
+                f"Fitting {len(splits)} folds for each of {len(candidates)} candidates, "
+                f"totalling {len(candidates) * len(splits)} fits"
+            )
+        fits = _fit_members(self.estimator, candidates, X, y, splits, raise_errors=self.error_score == "raise")
+        _warn_or_raise_about_failures(fits, self.error_score)
+        runs = itertools.product(range(len(candidates)), splits)
+        tested = [self._scored(fit, scorer, X, y, test) for fit, (_, (_, test)) in zip(fits, runs)]
+        trained = (
+            [
+                self._scored(fit, scorer, X, y, train)
+                for fit, (_, (train, _)) in zip(fits, itertools.product(candidates, splits))
+            ]
+            if self.return_train_score
+            else None
+        )
+        self.cv_results_ = _cv_results(candidates, len(splits), fits, tested, trained, self.error_score)
+        self.multimetric_ = "mean_test_score" not in self.cv_results_
+        self._select_best()
+        if self.refit:
+            self.best_estimator_ = clone(self.estimator).set_params(**clone(self.best_params_, safe=False))
+            start = time.time()
+            self.best_estimator_.fit(X, y)
+            self.refit_time_ = time.time() - start
+            if hasattr(self.best_estimator_, "feature_names_in_"):
+                self.feature_names_in_ = self.best_estimator_.feature_names_in_
+        return self
+
+    def _scorers(self):
+        """(the scorer to call: returns a number, or a dict for several metrics; scorer_ as sklearn keeps it)."""
+        if self.scoring is None or isinstance(self.scoring, str) or callable(self.scoring):
+            scorer = check_scoring(self.estimator, self.scoring)
+            return scorer, scorer
+        scorer = check_scoring(self.estimator, self.scoring)  # checks the names and scorers of a list or dict
+        named = self.scoring if isinstance(self.scoring, dict) else {name: name for name in self.scoring}
+        self._check_multimetric_refit(named)
+        return scorer, {name: check_scoring(self.estimator, one) for name, one in named.items()}
+
+    def _check_multimetric_refit(self, metrics) -> None:
+        if (
+            self.refit is not False
+            and not callable(self.refit)
+            and not (isinstance(self.refit, str) and self.refit in metrics)
+        ):
+            raise ValueError(
+                "For multi-metric scoring, the parameter refit must be set to a scorer key or a callable to refit "
+                f"an estimator with the best parameter setting on the whole data; refit={self.refit!r} was passed "
+                f"(the metrics: {', '.join(metrics)})"
+            )
+
+    def _scored(self, fit: "_Fitted", scorer, X, y, rows):
+        """The scorer's value for a fitted member on X[rows] (a number or a dict; None for a failed fit or
+        scorer) and the seconds it took."""
+        if fit.estimator is None:
+            return None, 0.0
+        start = time.perf_counter()
         try:
-            with joblib.parallel_config(backend="sequential"):  # the members live in this process's context
-                return super().fit(X, y, **params)
-        finally:
-            _PRETRAINED.reset(token)
+            value = scorer(fit.estimator, _safe_indexing(X, rows), _safe_indexing(y, rows))
+        except Exception as error:
+            if self.error_score == "raise":
+                raise
+            warnings.warn(
+                f"Scoring failed; the score on this train-test partition is set to {self.error_score}: "
+                f"{_describe(error)}",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None, time.perf_counter() - start
+        if not isinstance(value, dict) and not _is_real(value):
+            raise ValueError(f"scoring must return a number, got {value!r} ({type(value).__name__}) instead")
+        return value, time.perf_counter() - start
+
+    def _select_best(self) -> None:
+        """best_index_, best_score_ and best_params_ as sklearn picks them: the best mean test score (rank 1,
+        the first of ties) of the refit metric, or the index a callable refit returns."""
+        results = self.cv_results_
+        if self.multimetric_:
+            self._check_multimetric_refit(
+                [key.removeprefix("mean_test_") for key in results if key.startswith("mean_test_")]
+            )
+            if self.refit is False:
+                return
+        if callable(self.refit):
+            best = self.refit(results)
+            if not isinstance(best, numbers.Integral):
+                raise TypeError(f"refit must return the index of the best candidate (an int), got {best!r}")
+            if not 0 <= best < len(results["params"]):
+                raise IndexError(f"refit returned {best}, outside the {len(results['params'])} candidates")
+        else:
+            metric = self.refit if self.multimetric_ else "score"
+            best = int(results[f"rank_test_{metric}"].argmin())
+            self.best_score_ = results[f"mean_test_{metric}"][best]
+        self.best_index_ = best
+        self.best_params_ = results["params"][best]
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _describe(error: BaseException) -> str:
+    """An exception as one line: its type and message."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _check_vectorised(keys, searched) -> None:
+    """ValueError naming the first grid key one program cannot search: the estimator's parameters outside
+    VECTORISED, the final step itself and the Pipeline's own parameters (steps, memory, …); a pipeline's earlier
+    steps and their parameters change only the data."""
+    final, name = _searched(searched)
+    earlier = {step for step, _ in searched.steps[:-1]} if name is not None else set()
+    for key in sorted(keys):
+        step, _, parameter = key.rpartition("__") if name is not None else ("", "", key)
+        if step.split("__")[0] in earlier or (not step and key in earlier):
+            continue
+        if step != (name or "") or parameter not in VECTORISED:
+            raise ValueError(
+                f"GridSearchCV: the grid varies {key!r}, which one program cannot search: it vectorises the "
+                f"{type(final).__name__}'s {', '.join(VECTORISED)} and a pipeline's earlier steps (search others "
+                "with sklearn.model_selection.GridSearchCV)"
+            )
 
 
 def _searched(estimator) -> tuple[Any, str | None]:
@@ -682,72 +798,229 @@ def _searched(estimator) -> tuple[Any, str | None]:
     return final, name
 
 
-class _Member(NamedTuple):
-    """One (grid point × fold) fit: the estimator, its block of training data and the fingerprint its fit has."""
+class _Fitted(NamedTuple):
+    """One (grid point × fold) fit: the fitted estimator (None if its fit failed), the failure as one line, and
+    the seconds it took (a program member: its share of the program's time)."""
 
     estimator: Any
-    block: str
-    fingerprint: tuple
+    error: str | None
+    fit_time: float
 
 
-def _train_members(estimator, candidates, X, y, splits) -> dict:
-    """fingerprint → (TrainRun, seed) for every (candidate, training fold) that one program can train. A block
-    is one fold's training data as the final estimator sees it (after the pipeline's earlier steps, fitted on
-    that fold); members of one program shape share a program over their blocks stacked."""
-    blocks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    groups: dict[tuple, list[_Member]] = {}
-    rows_of = lambda data, rows: data.iloc[rows] if hasattr(data, "iloc") else np.asarray(data)[rows]
-    for candidate in candidates:
-        for train_rows, _ in splits:
-            searched = clone(estimator).set_params(**candidate)
-            member, name = _searched(searched)
-            if member.early_stopping:
-                continue  # a validation split and a score per epoch: sklearn's own fit
-            x, y_fold = rows_of(X, train_rows), rows_of(y, train_rows)
-            if name is not None and len(searched.steps) > 1:
-                x = searched[:-1].fit_transform(x, y_fold)
+class _Block(NamedTuple):
+    """One fold's training data as the searched estimator sees it: the pipeline's earlier steps fitted on the
+    fold (empty without a pipeline), the transformed x, the encoded targets, and the attributes validating the
+    data gave the estimator (n_features_in_, classes_, …)."""
+
+    prefix: list
+    x: np.ndarray
+    targets: np.ndarray
+    attributes: dict
+
+
+class _Member(NamedTuple):
+    """A (grid point × fold) trained as one member of a program: its index in the search, the searched estimator
+    (a Pipeline or the bp_jax estimator), the bp_jax estimator, its block's key and its seed."""
+
+    index: int
+    searched: Any
+    estimator: Any
+    block: tuple
+    seed: int
+
+
+#: What validating its training data sets on an estimator: copied to every member of one block.
+_DATA_ATTRIBUTES = ("n_features_in_", "feature_names_in_", "classes_", "n_outputs_")
+
+
+def _fit_members(estimator, candidates, X, y, splits, *, raise_errors: bool) -> list[_Fitted]:
+    """Every (candidate, split) fitted, candidate-major: those one program can train as its members (grouped by
+    program shape, one `fit_ensemble` call each), the others by their own fit. A failed fit holds its error
+    (raised at once with `raise_errors`)."""
+    fitted: list[_Fitted | None] = [None] * (len(candidates) * len(splits))
+    blocks: dict[tuple, _Block] = {}
+    programs: dict[tuple, list[_Member]] = {}
+    prepared_in: dict[int, float] = {}
+    for index, (candidate, (fold, (train_rows, _))) in enumerate(itertools.product(candidates, enumerate(splits))):
+        start = time.perf_counter()
+        searched = clone(estimator).set_params(**clone(candidate, safe=False))  # steps in the grid: fresh copies
+        member, name = _searched(searched)
+        fold_data = lambda rows=train_rows: (_safe_indexing(X, rows), _safe_indexing(y, rows))
+        try:
             member._check_params()
-            x, y_fold = member._validate_input(x, y_fold, reset=True)
-            targets = member._encode_targets(y_fold, first=True)
-            steps = plan(member.batch_size, len(x))
-            if steps.batch_size == len(x):
-                continue  # full batch: fit takes no minibatches
-            fingerprint = _fingerprint(member, x, targets)
-            block = fingerprint[2] + fingerprint[3]  # the digests of x and of the targets
-            blocks.setdefault(block, (x, targets))
-            shape = (member._program(x.shape[1], member._n_outputs()), steps, member.max_iter, x.dtype)
-            groups.setdefault(shape, []).append(_Member(member, block, fingerprint))
-    pretrained: dict[tuple, tuple[TrainRun, int]] = {}
-    for ((loss_fn, transform), steps, max_iter, _), members in groups.items():
-        pretrained |= _train_group(loss_fn, transform, steps, max_iter, members, blocks)
-    return pretrained
+            alone = member.early_stopping or not member.shuffle
+            # the earlier steps' grid values by identity: members of one fold and the same values share a block
+            block_key = (
+                fold,
+                tuple((key, id(value)) for key, value in candidate.items() if name and key.split("__")[0] != name),
+            )
+            if not alone and block_key not in blocks:
+                blocks[block_key] = _block(searched, member, name, *fold_data())
+            steps = None if alone else plan(member.batch_size, len(blocks[block_key].x))
+        except Exception as error:
+            if raise_errors:
+                raise
+            fitted[index] = _Fitted(None, _describe(error), time.perf_counter() - start)
+            continue
+        if steps is None or steps.batch_size == len(blocks[block_key].x):  # full batch: fit takes no minibatches
+            fitted[index] = _fit_alone(searched, *fold_data(), raise_errors=raise_errors, start=start)
+            continue
+        block = blocks[block_key]
+        if name is not None:
+            searched.steps = [*block.prefix, searched.steps[-1]]
+        member.__dict__.update(block.attributes)
+        shape = (member._program(block.x.shape[1], member._n_outputs()), steps, member.max_iter, block.x.dtype)
+        programs.setdefault(shape, []).append(_Member(index, searched, member, block_key, seed_of(member.random_state)))
+        prepared_in[index] = time.perf_counter() - start
+    for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
+        start = time.perf_counter()
+        runs = _train_group(loss_fn, transform, steps, max_iter, members, blocks)
+        share = (time.perf_counter() - start) / len(members)
+        for member, (run, diverged_at) in zip(members, runs):
+            error = None
+            if run is None:
+                error = ValueError(
+                    f"Solver produced non-finite parameter weights at step {diverged_at}. The input data may "
+                    "contain large values and need to be preprocessed."
+                )
+                if raise_errors:
+                    raise error
+            else:
+                member.estimator._start(member.seed)
+                member.estimator._adopt(run, steps, incremental=False, stopping=None)
+            fitted[member.index] = _Fitted(
+                None if error else member.searched,
+                None if error is None else _describe(error),
+                prepared_in[member.index] + share,
+            )
+    assert all(fit is not None for fit in fitted)
+    return fitted  # type: ignore[return-value]
 
 
-def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_Member], blocks: dict) -> dict:
+def _block(searched, member, name: str | None, x, y) -> _Block:
+    """One fold's data as `member` (the bp_jax estimator in `searched`) sees it: through the pipeline's earlier
+    steps fitted on it, validated, targets encoded."""
+    if name is not None and len(searched.steps) > 1:
+        x = searched[:-1].fit_transform(x, y)
+    x, y = member._validate_input(x, y, reset=True)
+    targets = member._encode_targets(y, first=True)
+    attributes = {attribute: getattr(member, attribute) for attribute in _DATA_ATTRIBUTES if hasattr(member, attribute)}
+    return _Block(list(searched.steps[:-1]) if name is not None else [], x, targets, attributes)
+
+
+def _fit_alone(searched, x, y, *, raise_errors: bool, start: float) -> _Fitted:
+    try:
+        searched.fit(x, y)
+    except Exception as error:
+        if raise_errors:
+            raise
+        return _Fitted(None, _describe(error), time.perf_counter() - start)
+    return _Fitted(searched, None, time.perf_counter() - start)
+
+
+def _warn_or_raise_about_failures(fits: list[_Fitted], error_score) -> None:
+    """sklearn's rule: ValueError if every fit failed, else a FitFailedWarning; both one line, the errors counted."""
+    errors = collections.Counter(fit.error for fit in fits if fit.error is not None)
+    if not errors:
+        return
+    failed = sum(errors.values())
+    summary = "; ".join(f"{count} × {error}" for error, count in errors.items())
+    if failed == len(fits):
+        raise ValueError(f"All the {failed} fits failed (set error_score='raise' to see the first): {summary}")
+    warnings.warn(
+        f"{failed} fits failed out of a total of {len(fits)}; their scores are set to {error_score} "
+        f"(error_score='raise' raises instead): {summary}",
+        FitFailedWarning,
+        stacklevel=3,
+    )
+
+
+def _cv_results(candidates, n_splits: int, fits, tested, trained, error_score) -> dict:
+    """cv_results_ as sklearn's GridSearchCV lays it out: fit and score times, a masked array per parameter,
+    params, and per metric the split scores, their mean and (unweighted) std, and the test rank (failed fits
+    score error_score; NaN means rank last)."""
+    results: dict[str, Any] = {}
+    shape = (len(candidates), n_splits)
+
+    def store(key: str, values, *, splits: bool = False, rank: bool = False) -> None:
+        array = np.asarray(values, np.float64).reshape(shape)
+        if splits:
+            for split in range(n_splits):
+                results[f"split{split}_{key}"] = array[:, split]
+        means = array.mean(axis=1)
+        results[f"mean_{key}"] = means
+        if key.startswith(("train_", "test_")) and not np.all(np.isfinite(means)):
+            warnings.warn(
+                f"One or more of the {key.split('_')[0]} scores are non-finite: {means}", UserWarning, stacklevel=4
+            )
+        results[f"std_{key}"] = np.sqrt(((array - means[:, None]) ** 2).mean(axis=1))
+        if rank:
+            if np.all(np.isnan(means)):
+                results[f"rank_{key}"] = np.ones(len(means), np.int32)
+            else:
+                worst = np.nanmin(means) - 1
+                results[f"rank_{key}"] = rankdata(-np.nan_to_num(means, nan=worst), method="min").astype(np.int32)
+
+    store("fit_time", [fit.fit_time for fit in fits])
+    store("score_time", [time_taken for _, time_taken in tested])
+    results |= _parameter_arrays(candidates)
+    results["params"] = candidates
+    first = next((value for value, _ in tested if value is not None), None)
+    metrics = list(first) if isinstance(first, dict) else ["score"]
+    value_of = lambda value, metric: (
+        error_score if value is None else value[metric] if isinstance(value, dict) else value
+    )
+    for metric in metrics:
+        store(f"test_{metric}", [value_of(value, metric) for value, _ in tested], splits=True, rank=True)
+        if trained is not None:
+            store(f"train_{metric}", [value_of(value, metric) for value, _ in trained], splits=True)
+    return results
+
+
+def _parameter_arrays(candidates) -> dict[str, np.ma.MaskedArray]:
+    """param_<name>: a masked array over the candidates (masked where a candidate lacks the parameter), of the
+    values' own dtype unless they are strings or sequences (then object), as sklearn lays them out."""
+    values: dict[str, dict[int, Any]] = {}
+    for index, candidate in enumerate(candidates):
+        for name, value in candidate.items():
+            values.setdefault(f"param_{name}", {})[index] = value
+    arrays = {}
+    for key, by_index in values.items():
+        try:
+            inferred = np.array(list(by_index.values()))
+            dtype = inferred.dtype if inferred.dtype.kind != "U" and inferred.ndim == 1 else np.dtype(object)
+        except ValueError:  # sequences of different lengths
+            dtype = np.dtype(object)
+        array = np.ma.MaskedArray(np.empty(len(candidates), dtype), mask=True)
+        for index, value in by_index.items():
+            array[index] = value
+        arrays[key] = array
+    return arrays
+
+
+def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_Member], blocks: dict) -> list:
     """One `fit_ensemble` call for members of one program shape, over their blocks stacked, each member on its own
-    block's rows and stopped by its own `epoch_rule` inside the program. Members of one block and seed read the
-    same minibatches: they form the program's groups (sizes the gcd of theirs), a group's gather and matmuls
-    shared."""
-    seeds_of = {id(member): seed_of(member.estimator.random_state) for member in members}
+    block's rows and stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or
+    (None, the step it diverged at). Members of one block and seed read the same minibatches: they form the
+    program's groups (sizes the gcd of theirs), a group's gather and matmuls shared."""
     sharing: dict[tuple, list[_Member]] = {}
     for member in members:
-        sharing.setdefault((member.block, seeds_of[id(member)]), []).append(member)
-    members = [member for same in sharing.values() for member in same]
+        sharing.setdefault((member.block, member.seed), []).append(member)
+    ordered = [member for same in sharing.values() for member in same]
     group_size = math.gcd(*map(len, sharing.values()))
-    leaders = members[::group_size]
-    used = list(dict.fromkeys(member.block for member in members))
-    x_all = np.concatenate([blocks[block][0] for block in used])
-    targets_all = np.concatenate([blocks[block][1] for block in used])
-    offsets = dict(zip(used, np.cumsum([0] + [len(blocks[block][0]) for block in used])))
-    counts = np.array([len(blocks[leader.block][0]) for leader in leaders])
+    leaders = ordered[::group_size]
+    used = list(dict.fromkeys(member.block for member in ordered))
+    x_all = np.concatenate([blocks[block].x for block in used])
+    targets_all = np.concatenate([blocks[block].targets for block in used])
+    offsets = dict(zip(used, np.cumsum([0] + [len(blocks[block].x) for block in used])))
+    counts = np.array([len(blocks[leader.block].x) for leader in leaders])
     rows = np.zeros((len(leaders), counts.max()), np.int32)
     for index, leader in enumerate(leaders):
         rows[index, : counts[index]] = offsets[leader.block] + np.arange(counts[index])
-    estimators = [member.estimator for member in members]
-    seeds = [seeds_of[id(member)] for member in members]
+    estimators = [member.estimator for member in ordered]
     first, dtype = estimators[0], x_all.dtype
     sizes = (x_all.shape[1], *first._hidden_sizes(), first._n_outputs())
-    layers = [glorot(seed, sizes, first.activation, dtype) for seed in seeds]
+    layers = [glorot(member.seed, sizes, first.activation, dtype) for member in ordered]
     params = {
         "layers": jax.tree.map(lambda *leaves: np.stack(leaves), *layers),
         "l2": np.asarray([estimator.alpha / steps.batch_size for estimator in estimators], dtype),
@@ -775,7 +1048,7 @@ def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_
         optimizer=transform,
         opt_state=opt_state,
         batch_size=steps.batch_size,
-        key=jax.vmap(jax.random.key)(np.asarray(seeds[::group_size])),
+        key=jax.vmap(jax.random.key)(np.asarray([leader.seed for leader in leaders])),
         rows=rows,
         row_counts=counts,
         chunk_size=max_iter * per_epoch,
@@ -784,15 +1057,14 @@ def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_
     assert result.stopped_at is not None  # a stop rule was given
     curves = epoch_means(result.losses, per_epoch)
     state = jax.device_get((result.params, result.opt_state))
-    pretrained = {}
-    for index, member in enumerate(members):
+    runs: dict[int, tuple[TrainRun | None, int]] = {}
+    for index, member in enumerate(ordered):
         if result.diverged[index] >= 0:
-            continue  # trained again on its own, to raise fit's error
+            runs[member.index] = (None, int(result.diverged[index]))
+            continue
         stopped = result.stopped_at[index] >= 0
         epochs = (result.stopped_at[index] + 1) // per_epoch if stopped else max_iter
         member_params, member_state = jax.tree.map(lambda leaf, i=index: leaf[i], state)
-        pretrained[member.fingerprint] = (
-            TrainRun(member_params, member_state, epochs * per_epoch, curves[:epochs, index].tolist(), [], stopped),
-            seeds[index],
-        )
-    return pretrained
+        run = TrainRun(member_params, member_state, epochs * per_epoch, curves[:epochs, index].tolist(), [], stopped)
+        runs[member.index] = (run, -1)
+    return [runs[member.index] for member in members]

@@ -178,32 +178,147 @@ def test_bad_parameters_and_features_are_named():
 GRID = {"learning_rate_init": [0.01, 0.05], "alpha": [1e-4, 1e-2], "momentum": [0.5, 0.9], "random_state": [0, 1]}
 
 
-@pytest.mark.parametrize(
-    "estimator, data, scoring",
-    [
-        (MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=40, tol=1e-3, n_iter_no_change=4), _regression, None),
-        (MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30), _classification, "neg_log_loss"),
-    ],
-    ids=["regressor", "classifier"],
-)
-def test_grid_search_scores_equal_sklearns_grid_search_over_the_same_estimator(estimator, data, scoring, monkeypatch):
+def _assert_same_search(ours, theirs, *, tolerance=1e-4):
+    """Our search's results equal sklearn's: every cv_results_ key (times only in shape), the parameter arrays'
+    dtypes and masks, the ranks and the best candidate; scores to float32 rounding."""
+    assert sorted(ours.cv_results_) == sorted(theirs.cv_results_)
+    for key, expected in theirs.cv_results_.items():
+        got = ours.cv_results_[key]
+        if key == "params":
+            assert got == expected
+        elif key.startswith("param_"):
+            assert got.dtype == expected.dtype and np.array_equal(np.ma.getmaskarray(got), np.ma.getmaskarray(expected))
+            assert got.compressed().tolist() == expected.compressed().tolist()
+        elif key.endswith("_time"):
+            assert got.shape == expected.shape and np.all(got >= 0)
+        elif key.startswith("rank_"):
+            assert got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected, err_msg=key)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance / 10, err_msg=key)
+    for attribute in ("best_index_", "best_params_", "multimetric_", "n_splits_", "best_estimator_", "refit_time_"):
+        assert hasattr(ours, attribute) == hasattr(theirs, attribute), attribute
+    for attribute in ("best_index_", "best_params_", "multimetric_", "n_splits_"):
+        assert getattr(ours, attribute, None) == getattr(theirs, attribute, None), attribute
+    if hasattr(theirs, "best_score_"):
+        np.testing.assert_allclose(ours.best_score_, theirs.best_score_, rtol=tolerance)
+    assert type(ours.scorer_) is type(theirs.scorer_)
+
+
+def _searches(estimator, grid, x, y, monkeypatch, **options):
+    """(ours, sklearn's) GridSearchCV fitted on x, y with the same options; ours must train only the refit on its
+    own (every (point × fold) fit a member of one program)."""
     from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
 
     from bp_jax import estimators
     from bp_jax.estimators import GridSearchCV
 
-    x, y = data()
-    ours, one_by_one = GridSearchCV(estimator, GRID, cv=3, scoring=scoring), []
-    with monkeypatch.context() as patch:  # count the fits that train on their own
-        patch.setattr(
-            estimators, "train", lambda *a, train=estimators.train, **k: one_by_one.append(1) or train(*a, **k)
-        )
+    ours, alone = GridSearchCV(estimator, grid, **options), []
+    with monkeypatch.context() as patch:
+        _count_own_training(patch, estimators, alone)
         ours.fit(x, y)
-    assert len(one_by_one) == 1  # only the refit on all rows: the 48 (point × fold) fits read their members
-    theirs = SklearnGridSearchCV(estimator, GRID, cv=3, scoring=scoring).fit(x, y)
-    for name in ["mean_test_score", *(f"split{i}_test_score" for i in range(3))]:
-        np.testing.assert_allclose(ours.cv_results_[name], theirs.cv_results_[name], rtol=1e-4, atol=1e-5)
-    assert ours.best_params_ == theirs.best_params_
+    assert len(alone) == (1 if options.get("refit", True) else 0)
+    return ours, SklearnGridSearchCV(estimator, grid, **options).fit(x, y)
+
+
+def _count_own_training(patch, estimators, counter):
+    patch.setattr(estimators, "train", lambda *a, train=estimators.train, **k: counter.append(1) or train(*a, **k))
+
+
+@pytest.mark.parametrize(
+    "estimator, data, options",
+    [
+        (
+            MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=40, tol=1e-3, n_iter_no_change=4),
+            _regression,
+            {"return_train_score": True},
+        ),
+        (
+            MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30),
+            _classification,
+            {"scoring": ["accuracy", "neg_log_loss"], "refit": "neg_log_loss"},
+        ),
+        (
+            MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30),
+            _classification,
+            {"scoring": {"acc": "accuracy", "nll": "neg_log_loss"}, "refit": False, "return_train_score": True},
+        ),
+    ],
+    ids=["regressor-train-scores", "classifier-two-metrics", "classifier-named-metrics-no-refit"],
+)
+def test_grid_search_results_equal_sklearns_grid_search_over_the_same_estimator(estimator, data, options, monkeypatch):
+    x, y = data()
+    ours, theirs = _searches(estimator, GRID, x, y, monkeypatch, cv=3, **options)
+    _assert_same_search(ours, theirs)
+    if options.get("refit", True):
+        np.testing.assert_allclose(ours.predict(x[:5]), theirs.predict(x[:5]), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ours.score(x, y), theirs.score(x, y), rtol=1e-4)
+
+
+def test_a_grid_of_several_dicts_masks_the_parameters_a_candidate_lacks(monkeypatch):
+    x, y = _regression()
+    grid = [{"alpha": [1e-4, 1e-2]}, {"learning_rate_init": [0.005, 0.02], "random_state": [3]}]
+    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=4)
+    _assert_same_search(ours, theirs)
+    assert np.ma.getmaskarray(ours.cv_results_["param_alpha"]).tolist() == [False, False, True, True]
+
+
+def test_a_callable_refit_picks_the_candidate_it_returns(monkeypatch):
+    x, y = _regression()
+    fewest = lambda results: int(np.argmin(results["param_learning_rate_init"]))
+    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    ours, theirs = _searches(estimator, {"learning_rate_init": [0.02, 0.005, 0.01]}, x, y, monkeypatch, refit=fewest)
+    _assert_same_search(ours, theirs)
+    assert ours.best_index_ == 1 and not hasattr(ours, "best_score_")
+
+
+def test_fits_that_fail_score_error_score_with_a_warning_as_in_sklearn(monkeypatch):
+    from sklearn.exceptions import FitFailedWarning
+
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _regression()
+    grid = {"learning_rate_init": [0.01, 1e4]}  # the second diverges on every fold
+    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, momentum=0.0, random_state=0)
+    with pytest.warns(FitFailedWarning, match="3 fits failed out of a total of 6"):
+        ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        GridSearchCV(estimator, grid, cv=3).fit(x, y)
+    failed = [str(warning.message) for warning in caught if warning.category is FitFailedWarning]
+    assert len(failed) == 1 and "\n" not in failed[0] and "non-finite parameter weights" in failed[0]
+    _assert_same_search(ours, theirs)
+    assert np.isnan(ours.cv_results_["mean_test_score"][1]) and ours.cv_results_["rank_test_score"][1] == 2
+
+
+def test_a_grid_whose_every_fit_fails_raises_one_line():
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _regression()
+    x[:, 2] = np.nan
+    with pytest.raises(ValueError, match=r"All the 6 fits failed.*NaN") as error:
+        GridSearchCV(MLPRegressor((5,), max_iter=5), {"alpha": [0.1, 0.2]}, cv=3).fit(x, y)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="NaN"):
+        GridSearchCV(MLPRegressor((5,), max_iter=5), {"alpha": [0.1]}, cv=3, error_score="raise").fit(x, y)
+
+
+def test_members_trained_on_their_own_early_stopping_and_full_batch_equal_sklearns(monkeypatch):
+    from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
+
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _classification()
+    for estimator in (
+        MLPClassifier(
+            (5,), solver="sgd", batch_size=16, max_iter=30, early_stopping=True, n_iter_no_change=3, random_state=0
+        ),
+        MLPClassifier((5,), solver="sgd", batch_size=500, max_iter=30, random_state=0),
+    ):
+        grid = {"learning_rate_init": [0.01, 0.05]}
+        ours = GridSearchCV(estimator, grid, cv=3).fit(x, y)
+        _assert_same_search(ours, SklearnGridSearchCV(estimator, grid, cv=3).fit(x, y), tolerance=1e-6)
 
 
 def test_a_grid_over_a_parameter_that_changes_the_program_is_refused_in_one_line():
@@ -215,32 +330,24 @@ def test_a_grid_over_a_parameter_that_changes_the_program_is_refused_in_one_line
     assert "\n" not in str(error.value)
 
 
-def _count_own_training(patch, estimators, counter):
-    patch.setattr(estimators, "train", lambda *a, train=estimators.train, **k: counter.append(1) or train(*a, **k))
-
-
 def test_a_pipeline_grid_over_its_scaler_and_the_estimator_equals_sklearns_with_n_jobs(monkeypatch):
-    from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from bp_jax import estimators
-    from bp_jax.estimators import GridSearchCV
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
     x, y = _regression()
     x = x * np.arange(1, 11) + 3.0  # columns on other scales: the scaler fitted per fold matters
     pipeline = Pipeline(
-        [("scale", StandardScaler()), ("mlp", MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=30))]
+        [
+            ("scale", StandardScaler()),
+            ("mlp", MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=30, random_state=0)),
+        ]
     )
-    grid = {"scale__with_mean": [True, False], "mlp__learning_rate_init": [0.01, 0.03], "mlp__random_state": [0, 1]}
-    ours, one_by_one = GridSearchCV(pipeline, grid, cv=3, n_jobs=2), []
-    with monkeypatch.context() as patch:
-        _count_own_training(patch, estimators, one_by_one)
-        ours.fit(x, y)
-    assert len(one_by_one) == 1  # the refit: the 24 fold fits (2 scalers × 3 folds as data) read their members
-    theirs = SklearnGridSearchCV(pipeline, grid, cv=3).fit(x, y)
-    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], theirs.cv_results_["mean_test_score"], rtol=1e-4)
-    assert ours.best_params_ == theirs.best_params_
+    grid = [
+        {"scale__with_mean": [True, False], "mlp__learning_rate_init": [0.01, 0.03], "mlp__random_state": [0, 1]},
+        {"scale": [MinMaxScaler()], "mlp__alpha": [1e-3]},
+    ]
+    ours, theirs = _searches(pipeline, grid, x, y, monkeypatch, cv=3, n_jobs=2)
+    _assert_same_search(ours, theirs)
     np.testing.assert_allclose(ours.predict(x[:5]), theirs.predict(x[:5]), rtol=1e-4, atol=1e-5)
 
 
