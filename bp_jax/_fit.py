@@ -413,7 +413,7 @@ def fit_ensemble(
         lrs = _member_lrs(lr, members)
     else:
         lrs = np.zeros(members, jax.dtypes.canonicalize_dtype(float))
-        opt_state = jax.jit(jax.vmap(optimizer.init))(params) if opt_state is None else opt_state
+        opt_state = _members_init(optimizer)(params) if opt_state is None else opt_state
     key_axis = None if key is None or _key_batch_shape(key) == () else 0
     if mesh is not None:
         if members % member_devices(mesh):
@@ -454,6 +454,11 @@ def fit_ensemble(
         run, state, (lrs, key, x, y, member_rows), setup, on_chunk, result, single=False, loss_shape=(members,)
     )
     return result(state, losses, step)
+
+
+@functools.lru_cache(maxsize=32)  # one jitted init per optimizer: a new vmap each call would compile again
+def _members_init(optimizer: optax.GradientTransformation) -> Callable:
+    return jax.jit(jax.vmap(optimizer.init))
 
 
 def _member_lrs(lr, members: int) -> np.ndarray:

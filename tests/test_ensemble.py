@@ -118,6 +118,18 @@ def test_new_learning_rates_do_not_compile_again(count_compilations):
     assert compiled == []
 
 
+def test_a_second_ensemble_with_an_optimizer_and_no_state_compiles_nothing(count_compilations):
+    loss, params, x, y = problem(6)
+    optimizer = optax.sgd(0.1)
+    run = lambda: bp_jax.fit_ensemble(
+        loss, params, x, y, steps=5, optimizer=optimizer, batch_size=8, key=jax.random.key(0)
+    )
+    run()
+    with count_compilations() as compiled:
+        run()
+    assert compiled == []
+
+
 def test_resuming_an_ensemble_is_bit_identical():
     loss, params, x, y = problem(5)
     optimizer = optax.adam(0.01)
