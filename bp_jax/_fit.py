@@ -195,12 +195,21 @@ def _check_arguments(
                 "opt_state is an optimizer's state: the hand-written SGD (lr=...) has none; pass "
                 "optimizer=... with it, or leave opt_state out"
             )
-        init = jax.vmap(optimizer.init) if ensemble else optimizer.init
-        _check_opt_state(opt_state, jax.eval_shape(init, params))
+        leaves, treedef = jax.tree.flatten(params)
+        signature = tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+        _check_opt_state(opt_state, _init_shapes(optimizer, ensemble, treedef, signature))
     steps, start_step = _check_steps(steps, start_step)
     chunk_sizes = _chunk_sizes(chunk_size)
     x, y, batch_size = _check_data(x, y, batch_size, key, mesh)
     return _Setup(optimizer, steps, start_step, chunk_sizes, x, y, batch_size)
+
+
+@functools.lru_cache(maxsize=64)  # tracing the init costs about a millisecond: once per optimizer and params layout
+def _init_shapes(optimizer, ensemble: bool, treedef, signature):
+    """`jax.eval_shape` of the optimizer's init (vmapped for an ensemble) on params of this structure and
+    these (shape, dtype) leaves."""
+    params = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in signature])
+    return jax.eval_shape(jax.vmap(optimizer.init) if ensemble else optimizer.init, params)
 
 
 def _check_opt_state(opt_state, expected) -> None:
