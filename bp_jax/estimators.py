@@ -1020,7 +1020,8 @@ def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_
     estimators = [member.estimator for member in ordered]
     first, dtype = estimators[0], x_all.dtype
     sizes = (x_all.shape[1], *first._hidden_sizes(), first._n_outputs())
-    layers = [glorot(member.seed, sizes, first.activation, dtype) for member in ordered]
+    initial = {seed: glorot(seed, sizes, first.activation, dtype) for seed in {member.seed for member in ordered}}
+    layers = [initial[member.seed] for member in ordered]
     params = {
         "layers": jax.tree.map(lambda *leaves: np.stack(leaves), *layers),
         "l2": np.asarray([estimator.alpha / steps.batch_size for estimator in estimators], dtype),
