@@ -1,7 +1,9 @@
 """Suite 1, the seed step (10 → 5 → 1, batch 32, float32): the documents' PyTorch against bp_jax.
 
 Rows give seconds per training step; `speedup_vs_torch_eager` is the documents' train_step's median
-over the row's median, both measured in this run, their repeats interleaved.
+over the row's median, both measured in this run, their repeats interleaved. The seed MLP is timed with
+Linear's matmul and with contraction="sum", and diagnostics show where the sum stops paying: a hidden layer
+of 16, and 256 seed MLPs under vmap (`fit_ensemble`; per ensemble step).
 """
 
 import functools
@@ -21,6 +23,15 @@ CUDA_GRAPH = "torch CUDA-graph replay of the whole step"
 FIT = f"bp_jax fit, fused (full batch {SEED_BATCH}, chunk 1000)"
 MINIBATCH = f"bp_jax fit, minibatch {SEED_BATCH} of {SEED_ROWS} rows"
 BARE_SCAN = "diagnostic: bare lax.scan of the SGD update (unroll 1; no finite guard, no chunks)"
+FIT_SUM = "bp_jax fit, fused, contraction='sum' (full batch 32, chunk 1000)"
+MINIBATCH_SUM = f"bp_jax fit, contraction='sum', minibatch {SEED_BATCH} of {SEED_ROWS} rows"
+#: Where the sum contraction stops paying: a hidden layer of 16 (160 weights), and the seed MLP under vmap.
+WIDER = 16
+WIDER_DOT = f"diagnostic: fit, 10 → {WIDER} → 1, matmul (minibatch {SEED_BATCH} of {SEED_ROWS} rows)"
+WIDER_SUM = f"diagnostic: fit, 10 → {WIDER} → 1, contraction='sum' (minibatch {SEED_BATCH} of {SEED_ROWS} rows)"
+ENSEMBLE_MEMBERS = 256
+ENSEMBLE_DOT = f"diagnostic: fit_ensemble of {ENSEMBLE_MEMBERS}, matmul, per ensemble step (full batch 32)"
+ENSEMBLE_SUM = f"diagnostic: fit_ensemble of {ENSEMBLE_MEMBERS}, contraction='sum', per ensemble step (full batch 32)"
 
 
 def run(smoke: bool) -> dict:
@@ -82,12 +93,27 @@ def run(smoke: bool) -> dict:
         ),
     )
     _, _, rows_x, rows_y = mlp_problem(SEED_SIZES, SEED_ROWS)
-    for name, data in (
-        (FIT, dict(x=x, y=y)),
-        (MINIBATCH, dict(x=rows_x, y=rows_y, batch_size=SEED_BATCH, key=jax.random.key(0))),
+    full, minibatch = dict(x=x, y=y), dict(x=rows_x, y=rows_y, batch_size=SEED_BATCH, key=jax.random.key(0))
+    summed = bp_jax.loss_fn(bp_jax.mlp(SEED_SIZES, contraction="sum"))
+    wider = [bp_jax.mlp((SEED_SIZES[0], WIDER, SEED_SIZES[-1]), contraction=kind) for kind in ("dot", "sum")]
+    wider_params = wider[0].init(jax.random.key(1))
+    for name, loss_of, start, data in (
+        (FIT, loss, params, full),
+        (MINIBATCH, loss, params, minibatch),
+        (FIT_SUM, summed, params, full),
+        (MINIBATCH_SUM, summed, params, minibatch),
+        (WIDER_DOT, bp_jax.loss_fn(wider[0]), wider_params, minibatch),
+        (WIDER_SUM, bp_jax.loss_fn(wider[1]), wider_params, minibatch),
     ):
-        fused = functools.partial(bp_jax.fit, loss, params, **data, steps=fit_steps, lr=0.01, chunk_size=1000)
+        fused = functools.partial(bp_jax.fit, loss_of, start, **data, steps=fit_steps, lr=0.01, chunk_size=1000)
         add(name, "bp_jax", lambda fused=fused: Timer(lambda: fused().losses, steps_per_call=fit_steps))
+    members = jax.vmap(model.init)(jax.random.split(jax.random.key(2), ENSEMBLE_MEMBERS))
+    ensemble_steps = fit_steps // 10
+    for name, loss_of in ((ENSEMBLE_DOT, loss), (ENSEMBLE_SUM, summed)):
+        fused = functools.partial(
+            bp_jax.fit_ensemble, loss_of, members, x, y, steps=ensemble_steps, lr=0.01, chunk_size=1000
+        )
+        add(name, "bp_jax", lambda fused=fused: Timer(lambda: fused().losses, steps_per_call=ensemble_steps))
 
     update = sgd_update(loss)
     bare_scan = jax.jit(
