@@ -755,9 +755,10 @@ class GridSearchCV(SklearnGridSearchCV):
             if self.refit is False:
                 return
         if callable(self.refit):
-            best = self.refit(results)
-            if not isinstance(best, numbers.Integral):
-                raise TypeError(f"refit must return the index of the best candidate (an int), got {best!r}")
+            chosen = self.refit(results)
+            if not isinstance(chosen, numbers.Integral):
+                raise TypeError(f"refit must return the index of the best candidate (an int), got {chosen!r}")
+            best = int(chosen)
             if not 0 <= best < len(results["params"]):
                 raise IndexError(f"refit returned {best}, outside the {len(results['params'])} candidates")
         else:
@@ -829,10 +830,10 @@ class _Block(NamedTuple):
 
 
 class _Member(NamedTuple):
-    """A (grid point × fold) trained as one member of a program: its index in the search, the searched estimator
-    (a Pipeline or the bp_jax estimator), the bp_jax estimator, its block's key and its seed."""
+    """A (grid point × fold) trained as one member of a program: its position in the search, the searched
+    estimator (a Pipeline or the bp_jax estimator), the bp_jax estimator, its block's key and its seed."""
 
-    index: int
+    position: int
     searched: Any
     estimator: Any
     block: tuple
@@ -888,22 +889,18 @@ def _fit_members(estimator, candidates, X, y, splits, *, raise_errors: bool) -> 
         runs = _train_group(loss_fn, transform, steps, max_iter, members, blocks)
         share = (time.perf_counter() - start) / len(members)
         for member, (run, diverged_at) in zip(members, runs):
-            error = None
             if run is None:
-                error = ValueError(
+                failure = ValueError(
                     f"Solver produced non-finite parameter weights at step {diverged_at}. The input data may "
                     "contain large values and need to be preprocessed."
                 )
                 if raise_errors:
-                    raise error
-            else:
-                member.estimator._start(member.seed)
-                member.estimator._adopt(run, steps, incremental=False, stopping=None)
-            fitted[member.index] = _Fitted(
-                None if error else member.searched,
-                None if error is None else _describe(error),
-                prepared_in[member.index] + share,
-            )
+                    raise failure
+                fitted[member.position] = _Fitted(None, _describe(failure), prepared_in[member.position] + share)
+                continue
+            member.estimator._start(member.seed)
+            member.estimator._adopt(run, steps, incremental=False, stopping=None)
+            fitted[member.position] = _Fitted(member.searched, None, prepared_in[member.position] + share)
     assert all(fit is not None for fit in fitted)
     return fitted  # type: ignore[return-value]
 
@@ -1072,11 +1069,11 @@ def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_
     runs: dict[int, tuple[TrainRun | None, int]] = {}
     for index, member in enumerate(ordered):
         if result.diverged[index] >= 0:
-            runs[member.index] = (None, int(result.diverged[index]))
+            runs[member.position] = (None, int(result.diverged[index]))
             continue
         stopped = result.stopped_at[index] >= 0
         epochs = (result.stopped_at[index] + 1) // per_epoch if stopped else max_iter
         member_params, member_state = jax.tree.map(lambda leaf, i=index: leaf[i], state)
         run = TrainRun(member_params, member_state, epochs * per_epoch, curves[:epochs, index].tolist(), [], stopped)
-        runs[member.index] = (run, -1)
-    return [runs[member.index] for member in members]
+        runs[member.position] = (run, -1)
+    return [runs[member.position] for member in members]
