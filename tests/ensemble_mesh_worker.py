@@ -1,6 +1,7 @@
 """Run by tests/test_ensemble.py with JAX_NUM_CPU_DEVICES=8: 16 members over a "models" mesh of 8 devices
-against the same ensemble on one device, also with each member on its own rows, and in 4 groups of 4 sharing
-a key and rows. Prints a JSON report."""
+against the same ensemble on one device, also with each member on its own rows, in 4 groups of 4 sharing
+a key and rows, and with a stop rule (each member stops once its loss falls below its own threshold). Prints
+a JSON report."""
 
 import json
 
@@ -43,6 +44,11 @@ grouped = own_rows | dict(
 )
 grouped_one = bp_jax.fit_ensemble(loss, params, x, y, **grouped)
 grouped_split = bp_jax.fit_ensemble(loss, params, x, y, mesh=bp_jax.ensemble_mesh(8), **grouped)
+below = bp_jax.StopRule(
+    lambda threshold, step, loss: (threshold, loss < threshold), np.linspace(0.2, 1.5, 16).astype(np.float32)
+)
+stopped_one = bp_jax.fit_ensemble(loss, params, x, y, stop_rule=below, **own_rows)
+stopped_split = bp_jax.fit_ensemble(loss, params, x, y, stop_rule=below, mesh=bp_jax.ensemble_mesh(8), **own_rows)
 difference, own_rows_difference, grouped_difference = (
     max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
@@ -57,6 +63,12 @@ print(
             "max_abs_difference": difference,
             "own_rows_max_abs_difference": own_rows_difference,
             "grouped_max_abs_difference": grouped_difference,
+            "stopped_at": stopped_split.stopped_at.tolist(),
+            "stopped_at_one_device": stopped_one.stopped_at.tolist(),
+            "stopped_max_abs_difference": max(
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(jax.tree.leaves(stopped_one.params), jax.tree.leaves(stopped_split.params))
+            ),
             "diverged": split.diverged.tolist(),
             "diverged_one_device": one.diverged.tolist(),
             "indivisible": indivisible,

@@ -375,3 +375,16 @@ def test_a_pipeline_grid_over_the_estimators_program_is_refused_in_one_line(para
     with pytest.raises(ValueError, match=f"'{parameter}'") as error:
         GridSearchCV(pipeline, {parameter: [None, None]}).fit(x, y)
     assert "\n" not in str(error.value)
+
+
+def test_a_fold_that_lacks_a_class_is_searched_as_sklearn_searches_it(monkeypatch):
+    """KFold over rows sorted by class: each training fold lacks the class its test fold holds, so each fold's
+    members know two classes of their own (and score 0); cv_results_ still equals scikit-learn's."""
+    from sklearn.model_selection import KFold
+
+    x, y = _classification(rows=180)
+    order = np.argsort(y, kind="stable")
+    x, y = x[order], y[order]
+    estimator = MLPClassifier((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    ours, theirs = _searches(estimator, {"alpha": [1e-4, 1e-2]}, x, y, monkeypatch, cv=KFold(3))
+    _assert_same_search(ours, theirs)
