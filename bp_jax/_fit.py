@@ -417,13 +417,14 @@ def fit_ensemble(
     member_rows = (
         None if rows is None and row_counts is None else _member_rows(rows, row_counts, members, len(x), batch_size)
     )
-    groups = _groups(None if key is None else _key_groups(key, members), member_rows, members)
+    key_groups = None if key is None else _key_groups(key, members)
+    groups = _groups(key_groups, member_rows, members)
     if optimizer is None:
         lrs = _member_lrs(lr, members)
     else:
         lrs = np.zeros(members, jax.dtypes.canonicalize_dtype(float))
         opt_state = _members_init(optimizer)(params) if opt_state is None else opt_state
-    key_axis = None if key is None or _key_batch_shape(key) == () else 0
+    key_axis = None if key_groups is None else 0
     if mesh is not None:
         if members % member_devices(mesh):
             raise ValueError(
@@ -654,11 +655,10 @@ def _guarded_update(loss_fn, optimizer, stop_update) -> Callable:
 
 def _vmapped_step(model_step, key_axis: int | None, own_rows: bool, group_size: int) -> Callable:
     """`model_step` over the members (a leading axis E on the state and lr): vmapped once where every member has
-    its own key and rows or all share them; otherwise vmapped over a group's members (key, rows and so the
-    minibatch shared: one gather, and x·W over the members one matmul) and then over the E / group_size groups."""
-    grouped = key_axis == 0 or own_rows
+    its own key and rows or all share them (group_size 1); otherwise vmapped over a group's members (key, rows and
+    so the minibatch shared: one gather, and x·W over the members one matmul) and then over the groups."""
     rows_axis = 0 if own_rows else None
-    if not grouped or group_size == 1:
+    if group_size == 1:
         return jax.vmap(model_step, in_axes=(0, 0, 0, 0, 0, key_axis, None, None, rows_axis, None))
     group_step = jax.vmap(
         jax.vmap(model_step, in_axes=(0, 0, 0, 0, 0, None, None, None, None, None)),

@@ -678,13 +678,10 @@ class GridSearchCV(SklearnGridSearchCV):
             )
         fits = _fit_members(self.estimator, candidates, X, y, splits, raise_errors=self.error_score == "raise")
         _warn_or_raise_about_failures(fits, self.error_score)
-        runs = itertools.product(range(len(candidates)), splits)
-        tested = [self._scored(fit, scorer, X, y, test) for fit, (_, (_, test)) in zip(fits, runs)]
+        folds = splits * len(candidates)  # candidate-major, as the fits
+        tested = [self._scored(fit, scorer, X, y, test) for fit, (_, test) in zip(fits, folds)]
         trained = (
-            [
-                self._scored(fit, scorer, X, y, train)
-                for fit, (_, (train, _)) in zip(fits, itertools.product(candidates, splits))
-            ]
+            [self._scored(fit, scorer, X, y, train) for fit, (train, _) in zip(fits, folds)]
             if self.return_train_score
             else None
         )
