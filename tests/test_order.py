@@ -74,6 +74,18 @@ def test_a_traced_row_count_gives_the_rows_of_the_static_one(rows, step, seed):
     np.testing.assert_array_equal(traced(key, step, jnp.int32(rows)), bp_jax.minibatch_indices(key, step, rows, batch))
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(33, 5000), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
+def test_a_large_traced_row_count_takes_fewer_rounds_and_the_same_rows(rows, step, seed):
+    from bp_jax._order import LARGE_DOMAIN
+
+    assert rows >= LARGE_DOMAIN
+    batch = max(1, rows // 7)
+    key = jax.random.key(seed)
+    traced = jax.jit(lambda key, step, n: bp_jax.minibatch_indices(key, step, n, batch, large=True))
+    np.testing.assert_array_equal(traced(key, step, jnp.int32(rows)), bp_jax.minibatch_indices(key, step, rows, batch))
+
+
 def test_one_program_serves_every_traced_row_count():
     traced = jax.jit(lambda n: bp_jax.minibatch_indices(jax.random.key(1), 3, n, 4))
     for rows in (4, 31, 32, 33, 64, 1000):  # across the small-domain round count and several bit widths
