@@ -20,6 +20,7 @@ Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, 
 """
 
 import collections
+import copy
 import functools
 import itertools
 import math
@@ -36,8 +37,8 @@ import optax
 from scipy.special import expit, softmax
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier
-from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
-from sklearn.metrics import accuracy_score, check_scoring, r2_score
+from sklearn.exceptions import ConvergenceWarning, FitFailedWarning, UndefinedMetricWarning
+from sklearn.metrics import check_scoring
 from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
 from sklearn.model_selection import ParameterGrid, check_cv, train_test_split
 from sklearn.pipeline import Pipeline
@@ -148,6 +149,31 @@ def forward(coefs, intercepts, activation: str, x: np.ndarray) -> np.ndarray:
         if index < len(coefs) - 1:
             x = hidden(x)
     return x
+
+
+def r2(y_true, y_pred) -> float:
+    """sklearn's r2_score (outputs averaged uniformly, force_finite) on checked arrays: per output
+    1 − Σ(y − ŷ)² / Σ(y − ȳ)², except 1 for a perfect fit and 0 where y is constant and the fit is not; in the
+    inputs' floating dtype (float64 for integers); NaN with an UndefinedMetricWarning below two rows."""
+    if len(y_true) < 2:
+        warnings.warn("R^2 score is not well-defined with less than two samples.", UndefinedMetricWarning, stacklevel=2)
+        return float("nan")
+    floating = [array.dtype for array in (y_true, y_pred) if array.dtype.kind == "f"]
+    dtype = np.result_type(*floating) if floating else np.dtype(np.float64)
+    y_true = np.asarray(y_true, dtype).reshape(len(y_true), -1)
+    y_pred = np.asarray(y_pred, dtype).reshape(len(y_pred), -1)
+    numerator = np.sum((y_true - y_pred) ** 2, axis=0)
+    denominator = np.sum((y_true - np.mean(y_true, axis=0)) ** 2, axis=0)
+    scores = np.ones(y_true.shape[1], dtype)
+    valid = (numerator != 0) & (denominator != 0)
+    scores[valid] = 1 - numerator[valid] / denominator[valid]
+    scores[(numerator != 0) & (denominator == 0)] = 0.0
+    return float(np.mean(scores))
+
+
+def accuracy(y_true, y_pred) -> float:
+    """sklearn's accuracy_score on checked 1-D label arrays: the fraction of rows where y_pred equals y_true."""
+    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
 
 
 def seed_of(random_state) -> int:
@@ -557,7 +583,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     """sklearn.neural_network.MLPRegressor's parameters and attributes, trained by bp_jax's fused loop: the
     identity output and the loss ½·mean((ŷ − y)²) + α/(2b)·Σ‖W‖² (see the module docstring for differences)."""
 
-    _metric = staticmethod(r2_score)
+    _metric = staticmethod(r2)
 
     def fit(self, X, y):
         """Train from a fresh initialisation for up to max_iter epochs; returns self."""
@@ -595,7 +621,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """sklearn.neural_network.MLPClassifier's parameters and attributes, trained by bp_jax's fused loop: softmax
     over one output per class (two for a binary problem) and the loss mean cross-entropy + α/(2b)·Σ‖W‖²."""
 
-    _metric = staticmethod(accuracy_score)
+    _metric = staticmethod(accuracy)
 
     def fit(self, X, y):
         """Train from a fresh initialisation for up to max_iter epochs; returns self."""
@@ -678,13 +704,8 @@ class GridSearchCV(SklearnGridSearchCV):
             )
         fits = _fit_members(self.estimator, candidates, X, y, splits, raise_errors=self.error_score == "raise")
         _warn_or_raise_about_failures(fits, self.error_score)
-        folds = splits * len(candidates)  # candidate-major, as the fits
-        tested = [self._scored(fit, scorer, X, y, test) for fit, (_, test) in zip(fits, folds)]
-        trained = (
-            [self._scored(fit, scorer, X, y, train) for fit, (train, _) in zip(fits, folds)]
-            if self.return_train_score
-            else None
-        )
+        tested = self._scores(fits, scorer, X, y, [test for _, test in splits])
+        trained = self._scores(fits, scorer, X, y, [train for train, _ in splits]) if self.return_train_score else None
         self.cv_results_ = _cv_results(candidates, len(splits), fits, tested, trained, self.error_score)
         self.multimetric_ = "mean_test_score" not in self.cv_results_
         self._select_best()
@@ -718,6 +739,32 @@ class GridSearchCV(SklearnGridSearchCV):
                 f"an estimator with the best parameter setting on the whole data; refit={self.refit!r} was passed "
                 f"(the metrics: {', '.join(metrics)})"
             )
+
+    def _scores(self, fits: "list[_Fitted]", scorer, X, y, split_rows: list) -> list:
+        """Each fit's (score, seconds) on its split's rows (fits are candidate-major). The default scorer (the
+        estimator's `score`: R² or accuracy) takes the rows of a split once through the earlier steps its fits
+        share and validates them once, then scores each fit's predictions alone (`forward`, `r2`/`accuracy`,
+        sklearn's formulas); where that shared part fails, and for any other scorer, the scorer scores each fit."""
+        scored: list = [(None, 0.0)] * len(fits)
+        sharing: dict[tuple, list[int]] = {}
+        for index, fitted in enumerate(fits):
+            if fitted.estimator is not None:
+                earlier = fitted.estimator.steps[:-1] if isinstance(fitted.estimator, Pipeline) else []
+                split = index % len(split_rows)
+                sharing.setdefault((split, *(id(step) for _, step in earlier)), []).append(index)
+        for (split, *_), indices in sharing.items():
+            start = time.perf_counter()
+            shared = _default_scorer_rows(fits[indices[0]].estimator, X, y, split_rows[split])
+            if self.scoring is not None or shared is None:
+                for index in indices:
+                    scored[index] = self._scored(fits[index], scorer, X, y, split_rows[split])
+                continue
+            x, y_rows = shared
+            values = [_predicted_score(_searched(fits[index].estimator)[0], x, y_rows) for index in indices]
+            seconds = (time.perf_counter() - start) / len(indices)
+            for index, value in zip(indices, values):
+                scored[index] = (value, seconds)
+        return scored
 
     def _scored(self, fit: "_Fitted", scorer, X, y, rows):
         """The scorer's value for a fitted member on X[rows] (a number or a dict; None for a failed fit or
@@ -764,6 +811,32 @@ class GridSearchCV(SklearnGridSearchCV):
             self.best_score_ = results[f"mean_test_{metric}"][best]
         self.best_index_ = best
         self.best_params_ = results["params"][best]
+
+
+def _default_scorer_rows(searched, X, y, rows):
+    """(X[rows] through the searched pipeline's earlier steps, validated for its final estimator; y[rows] as an
+    array) as the default scorer sees them, or None when they are not plain (x failing the earlier steps or
+    validation, y non-numeric or not finite for a regressor, not 1-D for a classifier): the scorer reports those."""
+    final, name = _searched(searched)
+    try:
+        x = _safe_indexing(X, rows)
+        if name is not None and len(searched.steps) > 1:
+            x = searched[:-1].transform(x)
+        x = validate_data(final, x, reset=False, dtype=(np.float64, np.float32))
+    except Exception:
+        return None
+    y_rows = np.asarray(_safe_indexing(y, rows))
+    plain = (
+        y_rows.ndim == 1
+        if is_classifier(final)
+        else y_rows.dtype.kind in "fiub" and y_rows.ndim in (1, 2) and bool(np.all(np.isfinite(y_rows)))
+    )
+    return (x, y_rows) if plain else None
+
+
+def _predicted_score(final, x, y) -> float:
+    """The fitted bp_jax estimator's `score(x, y)` on rows `_default_scorer_rows` checked."""
+    return final._metric(y, final._decode(forward(final.coefs_, final.intercepts_, final.activation, x)))
 
 
 def _is_real(value) -> bool:
@@ -849,9 +922,14 @@ def _fit_members(estimator, candidates, X, y, splits, *, raise_errors: bool) -> 
     blocks: dict[tuple, _Block] = {}
     programs: dict[tuple, list[_Member]] = {}
     prepared_in: dict[int, float] = {}
+    prototype: Any = None
     for index, (candidate, (fold, (train_rows, _))) in enumerate(itertools.product(candidates, enumerate(splits))):
         start = time.perf_counter()
-        searched = clone(estimator).set_params(**clone(candidate, safe=False))  # steps in the grid: fresh copies
+        if isinstance(estimator, Pipeline):  # its steps, and steps in the grid: fresh copies for every fit
+            searched = clone(estimator).set_params(**clone(candidate, safe=False))
+        else:  # one clone per candidate (candidate-major); a fit's copy shares only the parameters' values
+            prototype = clone(estimator).set_params(**candidate) if fold == 0 else prototype
+            searched = copy.copy(prototype)
         member, name = _searched(searched)
         fold_data = lambda rows=train_rows: (_safe_indexing(X, rows), _safe_indexing(y, rows))
         try:

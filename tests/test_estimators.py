@@ -7,6 +7,8 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("sklearn")
 from sklearn.base import clone
@@ -388,3 +390,61 @@ def test_a_fold_that_lacks_a_class_is_searched_as_sklearn_searches_it(monkeypatc
     estimator = MLPClassifier((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
     ours, theirs = _searches(estimator, {"alpha": [1e-4, 1e-2]}, x, y, monkeypatch, cv=KFold(3))
     _assert_same_search(ours, theirs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(2, 12),
+    outputs=st.integers(1, 3),
+    dtypes=st.sampled_from([(np.float64, np.float32), (np.float32, np.float32), (np.int64, np.float64)]),
+    constant=st.booleans(),
+    perfect=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_r2_and_accuracy_equal_sklearns_metrics(rows, outputs, dtypes, constant, perfect, seed):
+    """The grid's default scorer computes R² and accuracy itself: equal to sklearn's, constant targets and perfect
+    fits included, in the dtype sklearn picks (float32 both: 1e-6, else 1e-12)."""
+    from sklearn.metrics import accuracy_score, r2_score
+
+    from bp_jax.estimators import accuracy, r2
+
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(-3, 4, (rows, outputs)).astype(dtypes[0])
+    if constant:
+        y_true[:, 0] = y_true[0, 0]
+    y_pred = y_true.astype(dtypes[1]) if perfect else rng.normal(size=(rows, outputs)).astype(dtypes[1])
+    if outputs == 1:
+        y_true, y_pred = y_true.ravel(), y_pred.ravel()
+    tolerance = 1e-6 if dtypes == (np.float32, np.float32) else 1e-12
+    np.testing.assert_allclose(r2(y_true, y_pred), r2_score(y_true, y_pred), rtol=tolerance, atol=tolerance)
+    labels_true, labels_pred = rng.integers(0, 3, rows), rng.integers(0, 3, rows)
+    assert accuracy(labels_true, labels_pred) == accuracy_score(labels_true, labels_pred)
+    assert accuracy(np.array(list("abc"))[labels_true], np.array(list("abc"))[labels_pred]) == accuracy_score(
+        labels_true, labels_pred
+    )
+
+
+def test_r2_of_one_row_is_nan_with_sklearns_warning():
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    from bp_jax.estimators import r2
+
+    with pytest.warns(UndefinedMetricWarning, match="less than two samples"):
+        assert np.isnan(r2(np.array([1.0]), np.array([2.0])))
+
+
+def test_a_test_fold_the_default_scorer_cannot_take_is_scored_by_the_scorer_as_in_sklearn(monkeypatch):
+    """y[5] is NaN in the first split's test rows only: its fits go through the scorer, whose r2_score refuses
+    NaN (error_score and a warning), the second split's through the default scorer's own path, as in sklearn."""
+    x, y = _regression(rows=90)
+    y[5] = np.nan
+    rows = np.arange(90)
+    splits = [(rows[30:], rows[:30]), (np.r_[rows[10:30], rows[60:]], rows[30:60])]
+    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=10, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours, theirs = _searches(estimator, {"alpha": [1e-4, 1e-2]}, x, y, monkeypatch, cv=splits, refit=False)
+    assert any("Scoring failed" in str(warning.message) for warning in caught)
+    _assert_same_search(ours, theirs)
+    assert np.all(np.isnan(ours.cv_results_["split0_test_score"]))
+    assert np.all(np.isfinite(ours.cv_results_["split1_test_score"]))
