@@ -3,7 +3,8 @@
 Rows give seconds per training step; `speedup_vs_torch_eager` is the documents' train_step's median
 over the row's median, both measured in this run, their repeats interleaved. The seed MLP is timed with
 Linear's matmul and with contraction="sum", and diagnostics show where the sum stops paying: a hidden layer
-of 16, and 256 seed MLPs under vmap (`fit_ensemble`; per ensemble step).
+of 16, and 256 seed MLPs under vmap (`fit_ensemble`; per ensemble step); and, on CPU, what the fused loop's
+compiler options change: one scan of 256 members' updates compiled with XLA's default fusions and with them.
 """
 
 import functools
@@ -16,7 +17,8 @@ import bp_jax
 from benchmarks.problems import SEED_BATCH, SEED_ROWS, SEED_SIZES, chained, mlp_problem
 from benchmarks.records import SuiteRecord, torch_baselines
 from benchmarks.timing import Timer, time_interleaved
-from bp_jax._steps import sgd_update  # the unjitted update, for the bare-scan diagnostic
+from bp_jax._fit import loop_compiler_options  # the fused loop's XLA options, for the fusion diagnostic
+from bp_jax._steps import sgd_update  # the unjitted update, for the bare-scan diagnostics
 
 TORCH_EAGER = "torch eager: the documents' train_step (.item())"
 CUDA_GRAPH = "torch CUDA-graph replay of the whole step"
@@ -32,6 +34,12 @@ WIDER_SUM = f"diagnostic: fit, 10 → {WIDER} → 1, contraction='sum' (minibatc
 ENSEMBLE_MEMBERS = 256
 ENSEMBLE_DOT = f"diagnostic: fit_ensemble of {ENSEMBLE_MEMBERS}, matmul, per ensemble step (full batch 32)"
 ENSEMBLE_SUM = f"diagnostic: fit_ensemble of {ENSEMBLE_MEMBERS}, contraction='sum', per ensemble step (full batch 32)"
+#: What the fused loop's CPU compiler options (YNNPACK for dots only) change: one program compiled both ways.
+ENSEMBLE_SCAN = f"diagnostic: bare lax.scan of {ENSEMBLE_MEMBERS} seed MLPs' SGD update under vmap, per ensemble step"
+SCAN_OPTIONS = {
+    f"{ENSEMBLE_SCAN}, XLA:CPU's default fusions": False,
+    f"{ENSEMBLE_SCAN}, the fused loop's options (YNNPACK fuses dots only)": True,
+}
 
 
 def run(smoke: bool) -> dict:
@@ -120,6 +128,25 @@ def run(smoke: bool) -> dict:
         lambda params: jax.lax.scan(lambda params, _: update(params, x, y, 0.01), params, length=fit_steps)[1]
     )
     add(BARE_SCAN, "bp_jax", lambda: Timer(lambda: bare_scan(params), steps_per_call=fit_steps))
+
+    options = loop_compiler_options(jax.default_backend())
+    if options:
+        members_scan = jax.jit(
+            lambda members: jax.lax.scan(
+                lambda members, _: jax.vmap(update, in_axes=(0, None, None, None))(members, x, y, 0.01),
+                members,
+                length=ensemble_steps,
+            )[1]
+        ).lower(members)
+        for name, optioned in SCAN_OPTIONS.items():
+            compiled = members_scan.compile(compiler_options=options if optioned else {})
+            add(
+                name,
+                "bp_jax",
+                lambda compiled=compiled: Timer(lambda: compiled(members), steps_per_call=ensemble_steps),
+            )
+    else:
+        record.skip(ENSEMBLE_SCAN, f"the fused loop sets no compiler options on {jax.default_backend()}")
 
     timings = time_interleaved({name: timer for name, (_, timer) in timers.items()}, repeats=repeats)
     eager = timings.get(TORCH_EAGER)

@@ -674,6 +674,26 @@ def _vmapped_step(model_step, key_axis: int | None, own_rows: bool, group_size: 
     return step_by_group
 
 
+#: XLA:CPU's experimental option naming the fusions it hands to YNNPACK, and the value keeping only dots there.
+CPU_FUSION_OPTION = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_DOT")
+
+
+@functools.cache
+def loop_compiler_options(platform: str) -> dict[str, str]:
+    """XLA options for the fused loop on `platform`. On CPU, YNNPACK fuses only the dots: its element-wise and
+    reduction fusions run the small arrays of these steps slower than XLA's own loop fusions (the seed suite's
+    fusion diagnostic, benchmarks/README.md). The option is experimental, so it is tried once on a one-line
+    program; {} where this jaxlib rejects it, and off the CPU."""
+    if platform != "cpu":
+        return {}
+    name, value = CPU_FUSION_OPTION
+    try:
+        jax.jit(jnp.negative, compiler_options={name: value}).lower(jnp.zeros(1)).compile()
+    except Exception:  # an XLA that renamed or dropped the option: its defaults
+        return {}
+    return {name: value}
+
+
 @functools.lru_cache(maxsize=32)  # one compiled loop per configuration, reused by every later call
 def _compiled_loop(
     loss_fn,
@@ -724,7 +744,11 @@ def _compiled_loop(
             else (member_sharded(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, MODELS_AXIS)))
         )
 
-    @functools.partial(jax.jit, donate_argnums=0, out_shardings=out_shardings)
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+
+    @functools.partial(
+        jax.jit, donate_argnums=0, out_shardings=out_shardings, compiler_options=loop_compiler_options(platform)
+    )
     def run(state, lr, key, x, y, member_rows, first_step, length):
         step_shape = jax.eval_shape(model_step, *state, lr, key, x, y, member_rows, first_step)[4]
         buffer = jnp.full((CAPACITY, *step_shape.shape), jnp.nan, step_shape.dtype)

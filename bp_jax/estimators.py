@@ -670,7 +670,8 @@ class GridSearchCV(SklearnGridSearchCV):
     of one `fit_ensemble` call, on its fold's rows as the pipeline's earlier steps transform them when fitted on
     that fold, with its own key, learning rate, momentum, α and stopping rule (stopped inside the program).
     Members of one fold and seed share their minibatches (one gather, one matmul). Each fitted member is then
-    scored on its test fold by the scorer as sklearn scores, and cv_results_ laid out as sklearn's.
+    scored on its test fold as sklearn scores it (the default scorer through `_scores`' shared path), and
+    cv_results_ laid out as sklearn's.
 
     The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any
     other is refused in one line naming it. Members sharing a program shape (features, outputs, batch size,

@@ -413,3 +413,33 @@ def test_a_stop_rule_that_is_not_a_stop_rule_is_a_type_error():
     model, params, x, y = problem()
     with pytest.raises(TypeError, match="StopRule"):
         bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=1, lr=0.1, stop_rule=_below)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the option is XLA:CPU's")
+def test_the_fused_loop_keeps_ynnpack_to_dots_on_cpu(tmp_path):
+    """The fused loop's one private XLA option (`loop_compiler_options`): this jaxlib takes it, it moves the
+    element-wise and reduction fusions of a vmapped sum contraction out of YNNPACK, and `fit_ensemble`'s loop is
+    compiled with it (its optimized HLO, dumped in a subprocess, holds no YNNPACK fusion). Fails loudly when XLA
+    renames, drops or changes the option."""
+    from bp_jax._fit import CPU_FUSION_OPTION, loop_compiler_options
+
+    assert loop_compiler_options("cpu") == dict([CPU_FUSION_OPTION]) and loop_compiler_options("gpu") == {}
+    contraction = lambda w, x: jnp.tanh((x[:, :, None] * w[None]).sum(1)).sum()
+    program = jax.jit(jax.vmap(contraction, in_axes=(0, None))).lower(jnp.ones((16, 10, 5)), jnp.ones((32, 10)))
+    assert "__ynn_fusion" in program.compile().as_text()
+    assert "__ynn_fusion" not in program.compile(compiler_options=loop_compiler_options("cpu")).as_text()
+    script = (
+        "import jax, numpy as np, bp_jax\n"
+        "model = bp_jax.mlp((10, 5, 1), contraction='sum')\n"
+        "members = jax.vmap(model.init)(jax.random.split(jax.random.key(0), 16))\n"
+        "x, y = np.ones((64, 10), np.float32), np.ones((64, 1), np.float32)\n"
+        "bp_jax.fit_ensemble(bp_jax.loss_fn(model), members, x, y, steps=3, lr=0.01, batch_size=8,"
+        " key=jax.random.key(1))\n"
+    )
+    flags = f"--xla_dump_to={tmp_path} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*run.*"
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loops = list(tmp_path.glob("*jit_run.cpu_after_optimizations.txt"))
+    assert len(loops) == 1 and "multiply" in loops[0].read_text()
+    assert "__ynn_fusion" not in loops[0].read_text()
