@@ -76,8 +76,8 @@ class Objective:
 
 
 #: Layers of at most this many weights form x·Wᵀ as a fused product and sum (Linear's contraction="sum") in a
-#: one-model fit: on CPU 1.5–3× faster a step than a matmul at the seed MLP's sizes, several times slower
-#: from about 160 weights on and under vmap (benchmarks/README.md).
+#: one-model fit: on CPU about 2× faster a step than a matmul at the seed MLP's sizes; from about 160 weights on
+#: and for ensembles the two are within noise of each other (benchmarks/README.md).
 SUM_CONTRACTION_WEIGHTS = 64
 
 
@@ -743,9 +743,10 @@ class GridSearchCV(SklearnGridSearchCV):
 
     def _scores(self, fits: "list[_Fitted]", scorer, X, y, split_rows: list) -> list:
         """Each fit's (score, seconds) on its split's rows (fits are candidate-major). The default scorer (the
-        estimator's `score`: R² or accuracy) takes the rows of a split once through the earlier steps its fits
-        share and validates them once, then scores each fit's predictions alone (`forward`, `r2`/`accuracy`,
-        sklearn's formulas); where that shared part fails, and for any other scorer, the scorer scores each fit."""
+        estimator's `score`: R², or accuracy for a classifier; also when named "r2" or "accuracy") takes the rows of
+        a split once through the earlier steps its fits share and validates them once, then scores each fit's
+        predictions alone (`forward`, `r2`/`accuracy`: sklearn's formulas); where that shared part fails, and for
+        any other scorer, the scorer scores each fit."""
         scored: list = [(None, 0.0)] * len(fits)
         sharing: dict[tuple, list[int]] = {}
         for index, fitted in enumerate(fits):
@@ -755,10 +756,13 @@ class GridSearchCV(SklearnGridSearchCV):
                 sharing.setdefault((split, *(id(step) for _, step in earlier)), []).append(index)
         for (split, *_), indices in sharing.items():
             start = time.perf_counter()
-            shared = _default_scorer_rows(fits[indices[0]].estimator, X, y, split_rows[split])
-            if self.scoring is not None or shared is None:
+            rows = split_rows[split]
+            searched = fits[indices[0]].estimator
+            own_metric = "accuracy" if is_classifier(_searched(searched)[0]) else "r2"
+            shared = _default_scorer_rows(searched, X, y, rows) if self.scoring in (None, own_metric) else None
+            if shared is None:
                 for index in indices:
-                    scored[index] = self._scored(fits[index], scorer, X, y, split_rows[split])
+                    scored[index] = self._scored(fits[index], scorer, X, y, rows)
                 continue
             x, y_rows = shared
             values = [_predicted_score(_searched(fits[index].estimator)[0], x, y_rows) for index in indices]

@@ -350,6 +350,25 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_check
     assert list((tmp_path / "checkpoints").iterdir()) == []
 
 
+def test_a_failed_checkpoint_waits_for_a_writer_thread_caught_between_start_and_running():
+    """orbax may have just started a writer when a save fails: enumerate() lists it, join() would raise
+    "cannot join thread before it is started" (a flaky exit 1 of the full-disk test); _join waits for it."""
+    import threading
+    import time
+
+    from bp_jax.cli.checkpoints import _join
+
+    not_started = threading.Thread(target=lambda: None)
+    _join(not_started, time.monotonic() + 0.05)  # join() alone raises RuntimeError
+    release = threading.Event()
+    running = threading.Thread(target=release.wait)
+    starter = threading.Timer(0.05, running.start)
+    starter.start()
+    threading.Timer(0.1, release.set).start()
+    _join(running, time.monotonic() + 10)
+    assert running.ident is not None and not running.is_alive()
+
+
 HEAVY = ("pandas", "orbax", "matplotlib")
 
 

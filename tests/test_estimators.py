@@ -245,8 +245,18 @@ def _count_own_training(patch, estimators, counter):
             _classification,
             {"scoring": {"acc": "accuracy", "nll": "neg_log_loss"}, "refit": False, "return_train_score": True},
         ),
+        (
+            MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30),
+            _classification,
+            {"scoring": "accuracy", "return_train_score": True},
+        ),
     ],
-    ids=["regressor-train-scores", "classifier-two-metrics", "classifier-named-metrics-no-refit"],
+    ids=[
+        "regressor-train-scores",
+        "classifier-two-metrics",
+        "classifier-named-metrics-no-refit",
+        "classifier-accuracy-by-name-train-scores",
+    ],
 )
 def test_grid_search_results_equal_sklearns_grid_search_over_the_same_estimator(estimator, data, options, monkeypatch):
     x, y = data()

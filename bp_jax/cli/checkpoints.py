@@ -12,6 +12,7 @@ import logging
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,13 +113,27 @@ def save(checkpoints: "ocp.CheckpointManager", step: int, state, record: dict, *
             )
             checkpoints.wait_until_finished()
     except Exception as err:  # orbax wraps the OSError in several layers
+        deadline = time.monotonic() + 30
         for writer in set(threading.enumerate()) - threads:  # its other writers may still be at work
-            writer.join(timeout=30)
+            _join(writer, deadline)
         for partial in Path(checkpoints.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
             shutil.rmtree(partial, ignore_errors=True)
         raise CheckpointError(
             f"could not write checkpoint {step} in {checkpoints.directory}: {_first_line(_root_cause(err))}"
         ) from None
+
+
+def _join(thread: threading.Thread, deadline: float) -> None:
+    """Wait for `thread` to end until `deadline` (time.monotonic()), also one caught between its start() and
+    running, which enumerate() lists and join() refuses ("cannot join thread before it is started")."""
+    while True:
+        try:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            return
+        except RuntimeError:  # started a moment ago: running in a moment
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
 
 
 def _root_cause(err: BaseException) -> BaseException:
