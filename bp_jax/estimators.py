@@ -488,7 +488,10 @@ class _BaseMLP(BaseEstimator):
 
     def _score_params(self, X, y, params) -> float:
         """The estimator's score (R² or accuracy) on (X, y) of bp_jax `params` (early stopping's validation)."""
-        coefs, intercepts = to_sklearn(params["layers"])
+        return self._score_weights(X, y, *to_sklearn(params["layers"]))
+
+    def _score_weights(self, X, y, coefs, intercepts) -> float:
+        """`score` on checked X, y of the network with these sklearn-layout weights (`r2` or `accuracy`)."""
         return self._metric(y, self._decode(forward(coefs, intercepts, self.activation, X)))
 
     def _raw(self, X) -> np.ndarray:
@@ -747,6 +750,7 @@ class GridSearchCV(SklearnGridSearchCV):
         a split once through the earlier steps its fits share and validates them once, then scores each fit's
         predictions alone (`forward`, `r2`/`accuracy`: sklearn's formulas); where that shared part fails, and for
         any other scorer, the scorer scores each fit."""
+        default = self.scoring in (None, "accuracy" if is_classifier(self.estimator) else "r2")
         scored: list = [(None, 0.0)] * len(fits)
         sharing: dict[tuple, list[int]] = {}
         for index, fitted in enumerate(fits):
@@ -757,15 +761,14 @@ class GridSearchCV(SklearnGridSearchCV):
         for (split, *_), indices in sharing.items():
             start = time.perf_counter()
             rows = split_rows[split]
-            searched = fits[indices[0]].estimator
-            own_metric = "accuracy" if is_classifier(_searched(searched)[0]) else "r2"
-            shared = _default_scorer_rows(searched, X, y, rows) if self.scoring in (None, own_metric) else None
+            shared = _default_scorer_rows(fits[indices[0]].estimator, X, y, rows) if default else None
             if shared is None:
                 for index in indices:
                     scored[index] = self._scored(fits[index], scorer, X, y, rows)
                 continue
             x, y_rows = shared
-            values = [_predicted_score(_searched(fits[index].estimator)[0], x, y_rows) for index in indices]
+            finals = [_searched(fits[index].estimator)[0] for index in indices]
+            values = [final._score_weights(x, y_rows, final.coefs_, final.intercepts_) for final in finals]
             seconds = (time.perf_counter() - start) / len(indices)
             for index, value in zip(indices, values):
                 scored[index] = (value, seconds)
@@ -837,11 +840,6 @@ def _default_scorer_rows(searched, X, y, rows):
         else y_rows.dtype.kind in "fiub" and y_rows.ndim in (1, 2) and bool(np.all(np.isfinite(y_rows)))
     )
     return (x, y_rows) if plain else None
-
-
-def _predicted_score(final, x, y) -> float:
-    """The fitted bp_jax estimator's `score(x, y)` on rows `_default_scorer_rows` checked."""
-    return final._metric(y, final._decode(forward(final.coefs_, final.intercepts_, final.activation, x)))
 
 
 def _is_real(value) -> bool:
