@@ -239,17 +239,25 @@ def Sequential(*layers: Model) -> Model:
     return Model(init, apply, vjp if all(layer.vjp for layer in layers) else None, name)
 
 
-def mlp(sizes: Sequence[int], activation_name: str = "relu", *, dtype=None, contraction: str = "dot") -> Model:
+def mlp(
+    sizes: Sequence[int], activation_name: str = "relu", *, dtype=None, contraction: str | Sequence[str] = "dot"
+) -> Model:
     """Sequential(Linear(n0, n1), a, Linear(n1, n2), a, …, Linear(n_{k−1}, n_k)): an activation between
-    every pair of Linear layers, none after the last (their params of `dtype`, default float; each layer's
-    `contraction` as Linear's). `mlp((10, 5, 1))` is the documents' seed MLP."""
+    every pair of Linear layers, none after the last (their params of `dtype`, default float; `contraction` as
+    Linear's, one for every layer or a sequence of one per Linear layer). `mlp((10, 5, 1))` is the documents'
+    seed MLP."""
     sizes = tuple(sizes)
     if len(sizes) < 2:
         raise ValueError(f"mlp needs at least two sizes (inputs and outputs), got {sizes}")
     activation(activation_name)
+    contractions = (contraction,) * (len(sizes) - 1) if isinstance(contraction, str) else tuple(contraction)
+    if len(contractions) != len(sizes) - 1:
+        raise ValueError(
+            f"contraction must be one name or one per Linear layer ({len(sizes) - 1}), got {len(contractions)}"
+        )
     layers = []
-    for fan_in, fan_out in itertools.pairwise(sizes):
-        layers += [Linear(fan_in, fan_out, dtype=dtype, contraction=contraction), elementwise(activation_name)]
+    for (fan_in, fan_out), layer_contraction in zip(itertools.pairwise(sizes), contractions):
+        layers += [Linear(fan_in, fan_out, dtype=dtype, contraction=layer_contraction), elementwise(activation_name)]
     return Sequential(*layers[:-1])
 
 

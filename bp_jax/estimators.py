@@ -75,17 +75,27 @@ class Objective:
         return self.loss(self.model.apply(params["layers"], x), y) + 0.5 * jax.lax.stop_gradient(params["l2"]) * penalty
 
 
-#: Layers of at most this many weights form x·Wᵀ as a fused product and sum (Linear's contraction="sum") in a
-#: one-model fit: on CPU about 2× faster a step than a matmul at the seed MLP's sizes; from about 160 weights on
-#: and for ensembles the two are within noise of each other (benchmarks/README.md).
+#: Layers of at most this many weights form x·Wᵀ as a fused product and sum (Linear's contraction="sum"): in a
+#: one-model fit when every layer is this small, on CPU about 2× faster a step than a matmul at the seed MLP's sizes;
+#: in an ensemble for the layers after the first (benchmarks/README.md).
 SUM_CONTRACTION_WEIGHTS = 64
+
+
+def contractions(sizes: tuple[int, ...], *, members: bool) -> tuple[str, ...]:
+    """Each Linear layer's contraction. One model: "sum" for all when every layer is tiny, else "dot". Members
+    (a grid's groups, one minibatch per group): the first layer's input is the group's shared minibatch, so its
+    x·Wᵀ over the members is one matmul ("dot"); every later layer reads each member's own activations, where a
+    tiny layer's batched matrix-vector products cost more than the fused product and sum ("sum")."""
+    weights = [fan_in * fan_out for fan_in, fan_out in itertools.pairwise(sizes)]
+    if not members:
+        return ("sum" if max(weights) <= SUM_CONTRACTION_WEIGHTS else "dot",) * len(weights)
+    return ("dot", *("sum" if count <= SUM_CONTRACTION_WEIGHTS else "dot" for count in weights[1:]))
 
 
 @functools.lru_cache(maxsize=64)  # one objective per configuration: equal configurations share one program
 def objective(sizes: tuple[int, ...], activation: str, classifier: bool, *, members: bool = False) -> Objective:
     """The training objective of an MLP of these sizes, for one model or (`members`) for a vmapped ensemble."""
-    tiny = max(fan_in * fan_out for fan_in, fan_out in itertools.pairwise(sizes)) <= SUM_CONTRACTION_WEIGHTS
-    model = mlp(sizes, _ACTIVATIONS[activation], contraction="sum" if tiny and not members else "dot")
+    model = mlp(sizes, _ACTIVATIONS[activation], contraction=contractions(sizes, members=members))
     return Objective(model, softmax_cross_entropy if classifier else half_squared_error)
 
 

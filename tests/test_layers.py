@@ -210,3 +210,10 @@ def test_a_contraction_is_named_and_checked():
     assert bp_jax.Linear(3, 2, contraction="dot").name == "Linear(3, 2)"
     with pytest.raises(ValueError, match=r"contraction must be one of \('dot', 'sum'\), got 'einsum'"):
         bp_jax.Linear(3, 2, contraction="einsum")
+
+
+def test_an_mlp_takes_one_contraction_per_layer():
+    model = bp_jax.mlp((4, 3, 2), contraction=("dot", "sum"))
+    assert model.name == "Sequential(Linear(4, 3), ReLU(), Linear(3, 2, contraction='sum'))"
+    with pytest.raises(ValueError, match=r"contraction must be one name or one per Linear layer \(2\), got 3"):
+        bp_jax.mlp((4, 3, 2), contraction=("dot", "sum", "sum"))
