@@ -139,9 +139,12 @@ def glorot(seed: int, sizes: tuple[int, ...], activation: str, dtype) -> tuple:
 
 
 def to_sklearn(layers) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """bp_jax layer params → sklearn's (coefs_, intercepts_): (n_in, n_out) and (n_out,) numpy arrays."""
-    linear = [jax.device_get(layer) for layer in layers[::2]]
-    return [np.array(layer["weight"]).T for layer in linear], [np.array(layer["bias"]) for layer in linear]
+    """bp_jax layer params → sklearn's (coefs_, intercepts_): (n_in, n_out) and (n_out,) numpy arrays (with any
+    leading axes of the params kept, e.g. an ensemble's members)."""
+    linear = jax.device_get(layers[::2])
+    return [np.swapaxes(np.array(layer["weight"]), -1, -2) for layer in linear], [
+        np.array(layer["bias"]) for layer in linear
+    ]
 
 
 def from_sklearn(coefs, intercepts) -> tuple:
@@ -152,38 +155,47 @@ def from_sklearn(coefs, intercepts) -> tuple:
 
 
 def forward(coefs, intercepts, activation: str, x: np.ndarray) -> np.ndarray:
-    """The network's output (before the output activation), in numpy: predicting compiles nothing."""
+    """The network's output (before the output activation), in numpy: predicting compiles nothing. Weights with a
+    leading axis (several networks, e.g. a grid's members) give one output per network."""
     hidden = _NUMPY_ACTIVATIONS[activation]
     for index, (weight, bias) in enumerate(zip(coefs, intercepts)):
-        x = x @ weight + bias
+        x = x @ weight + bias[..., None, :]
         if index < len(coefs) - 1:
             x = hidden(x)
     return x
 
 
-def r2(y_true, y_pred) -> float:
+def _scores_of(scores: np.ndarray) -> float | np.ndarray:
+    """A metric's value: a float for one prediction, an array for predictions stacked on leading axes."""
+    return float(scores) if scores.ndim == 0 else scores
+
+
+def r2(y_true, y_pred) -> float | np.ndarray:
     """sklearn's r2_score (outputs averaged uniformly, force_finite) on checked arrays: per output
     1 − Σ(y − ŷ)² / Σ(y − ȳ)², except 1 for a perfect fit and 0 where y is constant and the fit is not; in the
-    inputs' floating dtype (float64 for integers); NaN with an UndefinedMetricWarning below two rows."""
+    inputs' floating dtype (float64 for integers); NaN with an UndefinedMetricWarning below two rows. y_pred may
+    stack several models' predictions on leading axes: one score each."""
+    leading = np.shape(y_pred)[: np.ndim(y_pred) - np.ndim(y_true)]
     if len(y_true) < 2:
         warnings.warn("R^2 score is not well-defined with less than two samples.", UndefinedMetricWarning, stacklevel=2)
-        return float("nan")
+        return _scores_of(np.full(leading, np.nan))
     floating = [array.dtype for array in (y_true, y_pred) if array.dtype.kind == "f"]
     dtype = np.result_type(*floating) if floating else np.dtype(np.float64)
     y_true = np.asarray(y_true, dtype).reshape(len(y_true), -1)
-    y_pred = np.asarray(y_pred, dtype).reshape(len(y_pred), -1)
-    numerator = np.sum((y_true - y_pred) ** 2, axis=0)
-    denominator = np.sum((y_true - np.mean(y_true, axis=0)) ** 2, axis=0)
-    scores = np.ones(y_true.shape[1], dtype)
+    y_pred = np.asarray(y_pred, dtype).reshape(*leading, len(y_true), -1)
+    numerator = np.sum((y_true - y_pred) ** 2, axis=-2)
+    denominator = np.broadcast_to(np.sum((y_true - np.mean(y_true, axis=0)) ** 2, axis=0), numerator.shape)
+    scores = np.ones(numerator.shape, dtype)
     valid = (numerator != 0) & (denominator != 0)
     scores[valid] = 1 - numerator[valid] / denominator[valid]
     scores[(numerator != 0) & (denominator == 0)] = 0.0
-    return float(np.mean(scores))
+    return _scores_of(np.mean(scores, axis=-1))
 
 
-def accuracy(y_true, y_pred) -> float:
-    """sklearn's accuracy_score on checked 1-D label arrays: the fraction of rows where y_pred equals y_true."""
-    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+def accuracy(y_true, y_pred) -> float | np.ndarray:
+    """sklearn's accuracy_score on checked 1-D label arrays: the fraction of rows where y_pred equals y_true
+    (y_pred may stack several models' labels on leading axes: one score each)."""
+    return _scores_of(np.mean(np.asarray(y_true) == np.asarray(y_pred), axis=-1))
 
 
 def seed_of(random_state) -> int:
@@ -243,6 +255,12 @@ def epoch_rule(steps_per_epoch: int, tol, n_iter_no_change, dtype) -> StopRule:
     return StopRule(_epoch_rule_update(steps_per_epoch), init)
 
 
+def can_stop(n_iter_no_change: int, epochs: int) -> bool:
+    """Whether sklearn's rule can stop a run of `epochs` epochs: its count of epochs without improvement reaches at
+    most `epochs`, and it stops once the count exceeds n_iter_no_change. A run it cannot stop takes no rule."""
+    return n_iter_no_change < epochs
+
+
 class Plan(NamedTuple):
     """What one training run needs beside the data: batch size, steps per epoch and the epochs to run."""
 
@@ -259,7 +277,7 @@ def plan(batch_size, rows: int) -> Plan:
             warnings.warn(
                 "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=3
             )
-        batch = int(np.clip(batch_size, 1, rows))
+        batch = min(max(int(batch_size), 1), rows)
     return Plan(batch, rows // batch)
 
 
@@ -426,8 +444,7 @@ class _BaseMLP(BaseEstimator):
     def _adopt(self, run: "TrainRun", steps: Plan, *, incremental: bool, stopping: "Stopping | None"):
         """Take a training run's result as the fitted state, after the history so far (`_start`), from `fit`'s
         own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best params are kept."""
-        self.coefs_, self.intercepts_ = to_sklearn(run.params["layers"])
-        self._opt_state = jax.device_get(run.opt_state)
+        self.coefs_, self.intercepts_, self._opt_state = run.coefs, run.intercepts, run.opt_state
         self._step = run.step
         self.loss_curve_ = [*self.loss_curve_, *run.curve]
         self.loss_ = self.loss_curve_[-1]
@@ -516,10 +533,11 @@ class _BaseMLP(BaseEstimator):
 
 
 class TrainRun(NamedTuple):
-    """What `train` returns: final params and optimizer state, the step reached, the loss of each epoch run,
-    validation scores (early stopping), and whether the stopping rule ended it."""
+    """What `train` returns: the final weights in sklearn's layout and optimizer state (numpy), the step reached,
+    the loss of each epoch run, validation scores (early stopping), and whether the stopping rule ended it."""
 
-    params: Any
+    coefs: list[np.ndarray]
+    intercepts: list[np.ndarray]
     opt_state: Any
     step: int
     curve: list[float]
@@ -550,7 +568,7 @@ def train(
     scores: list[float] = []
     halted: list[bool] = []
     rule = None
-    if stopping is not None and score is None:
+    if stopping is not None and score is None and can_stop(stopping.patience, epochs):
         rule = epoch_rule(per_epoch, stopping.tol, stopping.patience, jnp.result_type(float))
 
     def on_epoch(result) -> bool:
@@ -582,7 +600,9 @@ def train(
             "contain large values and need to be preprocessed."
         ) from None
     curve = epoch_means(result.losses, per_epoch).tolist()
-    return TrainRun(result.params, result.opt_state, result.step, curve, scores, result.stopped_at >= 0 or any(halted))
+    coefs, intercepts = to_sklearn(result.params["layers"])
+    stopped = result.stopped_at >= 0 or any(halted)
+    return TrainRun(coefs, intercepts, jax.device_get(result.opt_state), result.step, curve, scores, stopped)
 
 
 def epoch_means(losses, steps_per_epoch: int) -> np.ndarray:
@@ -618,7 +638,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self.n_outputs_
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
-        return raw.ravel() if raw.shape[1] == 1 else raw
+        return raw[..., 0] if raw.shape[-1] == 1 else raw
 
     def predict(self, X):
         """The network's output for X: (n,) for one target, (n, n_outputs) for several."""
@@ -662,7 +682,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return max(len(self.classes_), 2)
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
-        return self.classes_[np.argmax(raw[:, : len(self.classes_)], axis=1)]
+        return self.classes_[np.argmax(raw[..., : len(self.classes_)], axis=-1)]
 
     def predict(self, X):
         """The class of highest probability for each row of X."""
@@ -777,8 +797,9 @@ class GridSearchCV(SklearnGridSearchCV):
                     scored[index] = self._scored(fits[index], scorer, X, y, rows)
                 continue
             x, y_rows = shared
-            finals = [_searched(fits[index].estimator)[0] for index in indices]
-            values = [final._score_weights(x, y_rows, final.coefs_, final.intercepts_) for final in finals]
+            finals = [_searched(fits[index].estimator)[0] for index in indices]  # one architecture: the grid's
+            stacked = [[np.stack(layers) for layers in zip(*(getattr(f, name) for f in finals))] for name in _WEIGHTS]
+            values = finals[0]._score_weights(x, y_rows, *stacked).tolist()  # one score per fit
             seconds = (time.perf_counter() - start) / len(indices)
             for index, value in zip(indices, values):
                 scored[index] = (value, seconds)
@@ -829,6 +850,10 @@ class GridSearchCV(SklearnGridSearchCV):
             self.best_score_ = results[f"mean_test_{metric}"][best]
         self.best_index_ = best
         self.best_params_ = results["params"][best]
+
+
+#: A fitted estimator's weights, in sklearn's layout.
+_WEIGHTS = ("coefs_", "intercepts_")
 
 
 def _default_scorer_rows(searched, X, y, rows):
@@ -1130,11 +1155,11 @@ def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_
         members=True,
     )
     per_epoch = steps.steps_per_epoch
-    rule = epoch_rule(
-        per_epoch,
-        [estimator.tol for estimator in estimators],
-        [estimator.n_iter_no_change for estimator in estimators],
-        jnp.result_type(float),
+    patience = [estimator.n_iter_no_change for estimator in estimators]
+    rule = (
+        epoch_rule(per_epoch, [estimator.tol for estimator in estimators], patience, jnp.result_type(float))
+        if can_stop(min(patience), max_iter)
+        else None
     )
     result = fit_ensemble(
         loss_fn,
@@ -1151,17 +1176,25 @@ def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_
         chunk_size=max_iter * per_epoch,
         stop_rule=rule,
     )
-    assert result.stopped_at is not None  # a stop rule was given
     curves = epoch_means(result.losses, per_epoch)
-    state = jax.device_get((result.params, result.opt_state))
+    coefs, intercepts = to_sklearn(result.params["layers"])
+    opt_states = jax.device_get(result.opt_state)
+    stopped_at = np.full(len(ordered), -1) if result.stopped_at is None else result.stopped_at
     runs: dict[int, tuple[TrainRun | None, int]] = {}
     for index, member in enumerate(ordered):
         if result.diverged[index] >= 0:
             runs[member.position] = (None, int(result.diverged[index]))
             continue
-        stopped = result.stopped_at[index] >= 0
-        epochs = (result.stopped_at[index] + 1) // per_epoch if stopped else max_iter
-        member_params, member_state = jax.tree.map(lambda leaf, i=index: leaf[i], state)
-        run = TrainRun(member_params, member_state, epochs * per_epoch, curves[:epochs, index].tolist(), [], stopped)
+        stopped = stopped_at[index] >= 0
+        epochs = (stopped_at[index] + 1) // per_epoch if stopped else max_iter
+        run = TrainRun(
+            [coef[index] for coef in coefs],
+            [intercept[index] for intercept in intercepts],
+            jax.tree.map(lambda leaf, i=index: leaf[i], opt_states),
+            epochs * per_epoch,
+            curves[:epochs, index].tolist(),
+            [],
+            stopped,
+        )
         runs[member.position] = (run, -1)
     return [runs[member.position] for member in members]

@@ -124,6 +124,25 @@ def test_the_stopping_rule_stops_where_sklearns_rule_says():
         np.testing.assert_array_equal(mine, theirs)
 
 
+@pytest.mark.parametrize("patience", [6, 7, 8])
+def test_a_rule_stopping_at_the_last_epoch_or_never_warns_as_sklearns(patience):
+    """With tol huge, sklearn's count after epoch e is e − 1 (the first epoch only sets the best): over 8 epochs a
+    patience of 6 stops at the last epoch (no ConvergenceWarning), 7 and 8 never stop (the rule is left out of the
+    program when it cannot fire); n_iter_ and the warning as sklearn's."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPRegressor as SklearnMLPRegressor
+
+    x, y = _regression()
+    config = {"solver": "sgd", "batch_size": 20, "max_iter": 8, "tol": 1e9, "n_iter_no_change": patience}
+    runs = []
+    for make in (MLPRegressor, SklearnMLPRegressor):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = make(hidden_layer_sizes=(5,), random_state=0, **config).fit(x, y)
+        runs.append((model.n_iter_, any(issubclass(w.category, ConvergenceWarning) for w in caught)))
+    assert runs[0] == runs[1] == (8, patience >= 7)
+
+
 def test_early_stopping_keeps_the_best_validation_params():
     x, y = _classification(rows=300)
     model = MLPClassifier(
@@ -413,7 +432,8 @@ def test_a_fold_that_lacks_a_class_is_searched_as_sklearn_searches_it(monkeypatc
 )
 def test_r2_and_accuracy_equal_sklearns_metrics(rows, outputs, dtypes, constant, perfect, seed):
     """The grid's default scorer computes R² and accuracy itself: equal to sklearn's, constant targets and perfect
-    fits included, in the dtype sklearn picks (float32 both: 1e-6, else 1e-12)."""
+    fits included, in the dtype sklearn picks (float32 both: 1e-6, else 1e-12); for several models' predictions
+    stacked on a leading axis, one score each, equal to sklearn's score of each."""
     from sklearn.metrics import accuracy_score, r2_score
 
     from bp_jax.estimators import accuracy, r2
@@ -422,15 +442,19 @@ def test_r2_and_accuracy_equal_sklearns_metrics(rows, outputs, dtypes, constant,
     y_true = rng.integers(-3, 4, (rows, outputs)).astype(dtypes[0])
     if constant:
         y_true[:, 0] = y_true[0, 0]
-    y_pred = y_true.astype(dtypes[1]) if perfect else rng.normal(size=(rows, outputs)).astype(dtypes[1])
+    y_preds = np.stack([y_true.astype(dtypes[1]), rng.normal(size=(rows, outputs)).astype(dtypes[1])])
     if outputs == 1:
-        y_true, y_pred = y_true.ravel(), y_pred.ravel()
+        y_true, y_preds = y_true.ravel(), y_preds[..., 0]
     tolerance = 1e-6 if dtypes == (np.float32, np.float32) else 1e-12
+    y_pred = y_preds[0 if perfect else 1]
     np.testing.assert_allclose(r2(y_true, y_pred), r2_score(y_true, y_pred), rtol=tolerance, atol=tolerance)
-    labels_true, labels_pred = rng.integers(0, 3, rows), rng.integers(0, 3, rows)
-    assert accuracy(labels_true, labels_pred) == accuracy_score(labels_true, labels_pred)
-    assert accuracy(np.array(list("abc"))[labels_true], np.array(list("abc"))[labels_pred]) == accuracy_score(
-        labels_true, labels_pred
+    each = [r2_score(y_true, one) for one in y_preds]
+    np.testing.assert_allclose(r2(y_true, y_preds), each, rtol=tolerance, atol=tolerance)
+    labels_true, labels_pred = rng.integers(0, 3, rows), rng.integers(0, 3, (2, rows))
+    assert accuracy(labels_true, labels_pred[0]) == accuracy_score(labels_true, labels_pred[0])
+    assert accuracy(labels_true, labels_pred).tolist() == [accuracy_score(labels_true, one) for one in labels_pred]
+    assert accuracy(np.array(list("abc"))[labels_true], np.array(list("abc"))[labels_pred[0]]) == accuracy_score(
+        labels_true, labels_pred[0]
     )
 
 
@@ -441,6 +465,8 @@ def test_r2_of_one_row_is_nan_with_sklearns_warning():
 
     with pytest.warns(UndefinedMetricWarning, match="less than two samples"):
         assert np.isnan(r2(np.array([1.0]), np.array([2.0])))
+    with pytest.warns(UndefinedMetricWarning, match="less than two samples"):
+        assert np.isnan(r2(np.array([1.0]), np.array([[2.0], [3.0]]))).tolist() == [True, True]
 
 
 def test_a_test_fold_the_default_scorer_cannot_take_is_scored_by_the_scorer_as_in_sklearn(monkeypatch):
