@@ -960,13 +960,16 @@ def _fit_members(estimator, candidates, X, y, splits, *, raise_errors: bool) -> 
     blocks: dict[tuple, _Block] = {}
     programs: dict[tuple, list[_Member]] = {}
     prepared_in: dict[int, float] = {}
+    base = None if isinstance(estimator, Pipeline) else clone(estimator)
     prototype: Any = None
     for index, (candidate, (fold, (train_rows, _))) in enumerate(itertools.product(candidates, enumerate(splits))):
         start = time.perf_counter()
         if isinstance(estimator, Pipeline):  # its steps, and steps in the grid: fresh copies for every fit
             searched = clone(estimator).set_params(**clone(candidate, safe=False))
-        else:  # one clone per candidate (candidate-major); a fit's copy shares only the parameters' values
-            prototype = clone(estimator).set_params(**candidate) if fold == 0 else prototype
+        else:  # one clone in all, a copy per candidate (its keys are VECTORISED names: _check_vectorised) and fit
+            if fold == 0:
+                prototype = copy.copy(base)
+                vars(prototype).update(clone(candidate, safe=False))
             searched = copy.copy(prototype)
         member, name = _searched(searched)
         fold_data = lambda rows=train_rows: (_safe_indexing(X, rows), _safe_indexing(y, rows))
