@@ -75,10 +75,11 @@ class Objective:
         return self.loss(self.model.apply(params["layers"], x), y) + 0.5 * jax.lax.stop_gradient(params["l2"]) * penalty
 
 
-#: Layers of at most this many weights form x·Wᵀ as a fused product and sum (Linear's contraction="sum"): in a
-#: one-model fit when every layer is this small, on CPU about 2× faster a step than a matmul at the seed MLP's sizes;
-#: in an ensemble for the layers after the first (benchmarks/README.md).
+#: Layers of at most this many weights form x·Wᵀ as a fused product and sum (Linear's contraction="sum") in a
+#: one-model fit when every layer is this small: on CPU about 2× faster a step than a matmul at the seed MLP's sizes.
 SUM_CONTRACTION_WEIGHTS = 64
+#: An ensemble member's layers after the first of at most this many weights do the same (benchmarks/README.md).
+MEMBER_SUM_WEIGHTS = 32
 
 
 def contractions(sizes: tuple[int, ...], *, members: bool) -> tuple[str, ...]:
@@ -89,13 +90,22 @@ def contractions(sizes: tuple[int, ...], *, members: bool) -> tuple[str, ...]:
     weights = [fan_in * fan_out for fan_in, fan_out in itertools.pairwise(sizes)]
     if not members:
         return ("sum" if max(weights) <= SUM_CONTRACTION_WEIGHTS else "dot",) * len(weights)
-    return ("dot", *("sum" if count <= SUM_CONTRACTION_WEIGHTS else "dot" for count in weights[1:]))
+    return ("dot", *("sum" if count <= MEMBER_SUM_WEIGHTS else "dot" for count in weights[1:]))
+
+
+def member_layout(sizes: tuple[int, ...], batch_size: int) -> str:
+    """An ensemble member's mlp layout: "columns" (activations as features × rows, the rows the minor axis) when
+    no hidden layer is wider than the batch, else "rows": the longer axis minor (benchmarks/README.md)."""
+    return "columns" if max(sizes[1:-1], default=0) <= batch_size else "rows"
 
 
 @functools.lru_cache(maxsize=64)  # one objective per configuration: equal configurations share one program
-def objective(sizes: tuple[int, ...], activation: str, classifier: bool, *, members: bool = False) -> Objective:
-    """The training objective of an MLP of these sizes, for one model or (`members`) for a vmapped ensemble."""
-    model = mlp(sizes, _ACTIVATIONS[activation], contraction=contractions(sizes, members=members))
+def objective(
+    sizes: tuple[int, ...], activation: str, classifier: bool, *, members: bool = False, layout: str = "rows"
+) -> Objective:
+    """The training objective of an MLP of these sizes, for one model or (`members`) for a vmapped ensemble, its
+    activations in `layout` (`mlp`'s)."""
+    model = mlp(sizes, _ACTIVATIONS[activation], contraction=contractions(sizes, members=members), layout=layout)
     return Objective(model, softmax_cross_entropy if classifier else half_squared_error)
 
 
@@ -391,12 +401,13 @@ class _BaseMLP(BaseEstimator):
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"The '{name}' parameter of this estimator must be a bool, got {value!r}")
 
-    def _program(self, features: int, outputs: int, *, members: bool = False):
-        """(objective, optimizer): shared by every estimator of this configuration (`members`: as a member of an
-        ensemble)."""
+    def _program(self, features: int, outputs: int, *, members_batch: int | None = None):
+        """(objective, optimizer): shared by every estimator of this configuration (`members_batch`: as a member of
+        an ensemble trained on minibatches of this size)."""
         sizes = (features, *self._hidden_sizes(), outputs)
+        layout = "rows" if members_batch is None else member_layout(sizes, members_batch)
         return (
-            objective(sizes, self.activation, is_classifier(self), members=members),
+            objective(sizes, self.activation, is_classifier(self), members=members_batch is not None, layout=layout),
             optimizer(
                 self.solver, bool(self.nesterovs_momentum), float(self.beta_1), float(self.beta_2), float(self.epsilon)
             ),
@@ -996,7 +1007,7 @@ def _fit_members(estimator, candidates, X, y, splits, *, raise_errors: bool) -> 
         if name is not None:
             searched.steps = [*block.prefix, searched.steps[-1]]
         member.__dict__.update(block.attributes)
-        program = member._program(block.x.shape[1], member._n_outputs(), members=True)
+        program = member._program(block.x.shape[1], member._n_outputs(), members_batch=steps.batch_size)
         shape = (program, steps, member.max_iter, block.x.dtype)
         programs.setdefault(shape, []).append(_Member(index, searched, member, block_key, seed_of(member.random_state)))
         prepared_in[index] = time.perf_counter() - start

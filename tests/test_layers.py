@@ -178,31 +178,55 @@ def test_mlp_params_take_the_dtype_asked_for():
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
 
 
-def test_a_sum_contraction_is_the_same_function_and_derivatives_as_the_matmul(precision):
-    """contraction="sum" forms x·Wᵀ as products summed: equal to the matmul in value, gradient and forward-mode
-    tangent (float rounding only), under vmap too."""
-    dot, summed = (bp_jax.mlp((4, 3, 2), "tanh", contraction=c) for c in ("dot", "sum"))
+@pytest.mark.parametrize(
+    "contraction, layout",
+    [("sum", "rows"), ("dot", "columns"), (("dot", "sum"), "columns"), ("sum", "columns")],
+)
+@pytest.mark.parametrize("shape", [(5, 4), (4,), (2, 5, 4)])
+def test_every_contraction_and_layout_is_the_same_function_and_derivatives_as_the_matmul(
+    contraction, layout, shape, precision
+):
+    """contraction="sum" forms x·Wᵀ as products summed, layout="columns" carries the activations as (features,
+    rows): each equal to the plain matmul in value, gradient and forward-mode tangent (float rounding only), for one
+    row, a batch and leading batch dims, under vmap too."""
+    dot = bp_jax.mlp((4, 3, 2), "tanh")
+    other = bp_jax.mlp((4, 3, 2), "tanh", contraction=contraction, layout=layout)
     params = dot.init(KEY)
-    x = jax.random.normal(jax.random.key(1), (5, 4))
+    x = jax.random.normal(jax.random.key(1), shape)
     loss = lambda model: lambda p: jnp.sum(model.apply(p, x) ** 2)
-    chex.assert_trees_all_close(summed.apply(params, x), dot.apply(params, x), rtol=precision, atol=precision)
+    chex.assert_trees_all_close(other.apply(params, x), dot.apply(params, x), rtol=precision, atol=precision)
     chex.assert_trees_all_close(
-        jax.grad(loss(summed))(params), jax.grad(loss(dot))(params), rtol=precision, atol=precision
+        jax.grad(loss(other))(params), jax.grad(loss(dot))(params), rtol=precision, atol=precision
     )
     tangent = jax.tree.map(jnp.ones_like, params)
     chex.assert_trees_all_close(
-        jax.jvp(loss(summed), (params,), (tangent,)),
+        jax.jvp(loss(other), (params,), (tangent,)),
         jax.jvp(loss(dot), (params,), (tangent,)),
         rtol=precision,
         atol=precision,
     )
     members = jax.vmap(dot.init)(jax.random.split(KEY, 3))
     chex.assert_trees_all_close(
-        jax.vmap(summed.apply, (0, None))(members, x),
+        jax.vmap(other.apply, (0, None))(members, x),
         jax.vmap(dot.apply, (0, None))(members, x),
         rtol=precision,
         atol=precision,
     )
+
+
+def test_a_columns_mlp_is_named_checked_and_keeps_the_hand_written_backward(precision):
+    model = bp_jax.mlp((4, 3, 2), "tanh", contraction=("dot", "sum"), layout="columns")
+    assert model.name == "mlp((4, 3, 2), 'tanh', contraction=('dot', 'sum'), layout='columns')"
+    params = model.init(KEY)
+    x, y = jax.random.normal(jax.random.key(1), (5, 4)), jnp.ones((5, 2))
+    by_hand = bp_jax.manual.value_and_grad(model)(params, x, y)
+    chex.assert_trees_all_close(
+        by_hand, jax.value_and_grad(bp_jax.loss_fn(model))(params, x, y), rtol=precision, atol=precision
+    )
+    with pytest.raises(ValueError, match=r"Linear\(4, 3\) expects x with 4 features in its last axis, got shape"):
+        model.apply(params, jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match=r"layout must be one of \('rows', 'columns'\), got 'cols'"):
+        bp_jax.mlp((4, 3, 2), layout="cols")
 
 
 def test_a_contraction_is_named_and_checked():
