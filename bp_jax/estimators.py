@@ -133,7 +133,7 @@ def initial_state(transform, params, learning_rate, momentum, *, members: bool =
     """`transform.init(params)` (vmapped over a leading member axis when `members`) with its hyperparameters set."""
     state = _jitted_init(transform, members)(params)
     dtype = state.hyperparams["learning_rate"].dtype
-    hyper = {"learning_rate": jnp.asarray(learning_rate, dtype), "momentum": jnp.asarray(momentum, dtype)}
+    hyper = {"learning_rate": np.asarray(learning_rate, dtype), "momentum": np.asarray(momentum, dtype)}
     return state._replace(hyperparams=hyper)
 
 
@@ -1133,6 +1133,10 @@ def _parameter_arrays(candidates) -> dict[str, np.ma.MaskedArray]:
     return arrays
 
 
+#: One PRNG key per seed, compiled once (an eager vmap traces on every call).
+_keys = jax.jit(jax.vmap(jax.random.key))
+
+
 def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_Member], blocks: dict) -> list:
     """One `fit_ensemble` call for members of one program shape, over their blocks stacked, each member on its own
     block's rows and stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or
@@ -1184,7 +1188,7 @@ def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_
         optimizer=transform,
         opt_state=opt_state,
         batch_size=steps.batch_size,
-        key=jax.vmap(jax.random.key)(np.asarray([leader.seed for leader in leaders])),
+        key=_keys(np.asarray([leader.seed for leader in leaders])),
         rows=rows,
         row_counts=counts,
         chunk_size=max_iter * per_epoch,
