@@ -369,6 +369,11 @@ class _BaseMLP(BaseEstimator):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
 
+    @property
+    def _classifier(self) -> bool:
+        """`is_classifier(self)` without building scikit-learn's tags on every call (a grid asks per member)."""
+        return isinstance(self, ClassifierMixin)
+
     # -- checks ----------------------------------------------------------------------------------------------
     def _hidden_sizes(self) -> tuple[int, ...]:
         sizes = self.hidden_layer_sizes
@@ -407,7 +412,7 @@ class _BaseMLP(BaseEstimator):
         sizes = (features, *self._hidden_sizes(), outputs)
         layout = "rows" if members_batch is None else member_layout(sizes, members_batch)
         return (
-            objective(sizes, self.activation, is_classifier(self), members=members_batch is not None, layout=layout),
+            objective(sizes, self.activation, self._classifier, members=members_batch is not None, layout=layout),
             optimizer(
                 self.solver, bool(self.nesterovs_momentum), float(self.beta_1), float(self.beta_2), float(self.epsilon)
             ),
@@ -421,8 +426,8 @@ class _BaseMLP(BaseEstimator):
             y,
             reset=reset,
             dtype=dtype,
-            multi_output=not is_classifier(self),
-            y_numeric=not is_classifier(self),
+            multi_output=not self._classifier,
+            y_numeric=not self._classifier,
         )
         return X, y
 
@@ -462,7 +467,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_ += len(run.curve)
         self.t_ += len(run.curve) * steps.steps_per_epoch * steps.batch_size
         self.n_layers_ = len(self.coefs_) + 1
-        self.out_activation_ = "softmax" if is_classifier(self) else "identity"
+        self.out_activation_ = "softmax" if self._classifier else "identity"
         if stopping is not None:
             self.validation_scores_ = run.scores
             self.best_validation_score_ = stopping.best_score
@@ -497,7 +502,7 @@ class _BaseMLP(BaseEstimator):
                 np.arange(X.shape[0]),
                 random_state=self._seed,
                 test_size=self.validation_fraction,
-                stratify=targets if is_classifier(self) else None,
+                stratify=targets if self._classifier else None,
             )
             score = functools.partial(self._score_params, X[held], y[held])
             X, targets = X[kept], targets[kept]
