@@ -977,16 +977,13 @@ def _fit_members(estimator, candidates, X, y, splits, *, raise_errors: bool) -> 
     programs: dict[tuple, list[_Member]] = {}
     prepared_in: dict[int, float] = {}
     base = None if isinstance(estimator, Pipeline) else clone(estimator)
-    prototype: Any = None
     for index, (candidate, (fold, (train_rows, _))) in enumerate(itertools.product(candidates, enumerate(splits))):
         start = time.perf_counter()
         if isinstance(estimator, Pipeline):  # its steps, and steps in the grid: fresh copies for every fit
             searched = clone(estimator).set_params(**clone(candidate, safe=False))
-        else:  # one clone in all, a copy per candidate (its keys are VECTORISED names: _check_vectorised) and fit
-            if fold == 0:
-                prototype = copy.copy(base)
-                vars(prototype).update(clone(candidate, safe=False))
-            searched = copy.copy(prototype)
+        else:  # one clone in all; per fit a copy with its own copy of the grid's values (VECTORISED names)
+            searched = copy.copy(base)
+            vars(searched).update(clone(candidate, safe=False))
         member, name = _searched(searched)
         fold_data = lambda rows=train_rows: (_safe_indexing(X, rows), _safe_indexing(y, rows))
         try:

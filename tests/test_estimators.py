@@ -394,6 +394,18 @@ def test_a_grid_with_random_state_none_is_still_one_program(monkeypatch):
     assert len(one_by_one) == 1 and np.all(np.isfinite(search.cv_results_["mean_test_score"]))
 
 
+def test_a_grid_of_random_states_seeds_every_fold_alike_as_sklearn_does(monkeypatch):
+    """sklearn gives each fit its own copy of the grid's values: every fold of a RandomState candidate draws the same
+    seed from a fresh copy, and the grid's object is left as it was."""
+    x, y = _regression()
+    states = [np.random.RandomState(3), np.random.RandomState(4)]
+    before = [state.get_state()[1].copy() for state in states]
+    estimator = MLPRegressor((4,), solver="sgd", batch_size=16, max_iter=10)
+    ours, theirs = _searches(estimator, {"random_state": states}, x, y, monkeypatch, cv=3)
+    _assert_same_search(ours, theirs)
+    assert all(np.array_equal(state.get_state()[1], kept) for state, kept in zip(states, before))
+
+
 @pytest.mark.parametrize("parameter", ["mlp__hidden_layer_sizes", "mlp", "memory"])
 def test_a_pipeline_grid_over_the_estimators_program_is_refused_in_one_line(parameter):
     from sklearn.pipeline import Pipeline
