@@ -6,7 +6,9 @@ stopping, no early stopping), 80 % of the rows; second fits (bp_jax's first fit 
 turns with sklearn's, with the held-out R² / accuracy of both. Grid search: 16 points (learning_rate_init ×
 alpha, 4 × 4) × 5 folds of the regressor: bp_jax.estimators.GridSearchCV (one fit_ensemble program), sklearn's
 GridSearchCV over the same bp_jax estimator (80 fits one by one), and sklearn's GridSearchCV over sklearn's
-MLPRegressor. skorch (PyTorch's sklearn wrapper, the `bench` extra) on the same task: NeuralNetRegressor over
+MLPRegressor; then both searches over bp_jax's estimator again with n_jobs=-1 (every CPU: bp_jax's members split
+over that many concurrent programs, sklearn's fits over joblib's worker processes), each divided by the other.
+skorch (PyTorch's sklearn wrapper, the `bench` extra) on the same task: NeuralNetRegressor over
 nn.Sequential(Linear(10, 5), ReLU(), Linear(5, 1)), torch.optim.SGD (lr 0.01, momentum 0.9), MSE, batch 32,
 200 epochs, no validation split, one torch thread; its fit is timed in turns with the others, its grid search
 (16 points of lr × weight_decay, 5 folds) once, for it takes minutes.
@@ -17,6 +19,7 @@ import time
 import warnings
 
 import numpy as np
+from joblib import effective_n_jobs
 from sklearn import neural_network
 from sklearn.datasets import load_diabetes, make_classification
 from sklearn.exceptions import ConvergenceWarning
@@ -47,6 +50,10 @@ FIT = {
 GRID_OURS = "bp_jax GridSearchCV (one fit_ensemble program)"
 GRID_SKLEARN_OURS = "sklearn GridSearchCV over bp_jax's MLPRegressor"
 GRID_SKLEARN = "sklearn GridSearchCV over sklearn's MLPRegressor"
+GRID_OURS_JOBS = "bp_jax GridSearchCV, n_jobs=-1 (concurrent programs on threads)"
+GRID_SKLEARN_OURS_JOBS = "sklearn GridSearchCV over bp_jax's MLPRegressor, n_jobs=-1 (joblib's processes)"
+#: Each grid row's n_jobs, and the bp_jax search its time is divided by (the one with the same n_jobs).
+GRID_JOBS = {GRID_OURS_JOBS: -1, GRID_SKLEARN_OURS_JOBS: -1}
 SKORCH_FIT = "skorch NeuralNetRegressor.fit (PyTorch)"
 GRID_SKORCH = "sklearn GridSearchCV over skorch's NeuralNetRegressor (timed once)"
 
@@ -125,6 +132,10 @@ def run(smoke: bool) -> dict:
         GRID_OURS: lambda: estimators.GridSearchCV(estimators.MLPRegressor(**config), grid, cv=folds),
         GRID_SKLEARN_OURS: lambda: SklearnGridSearchCV(estimators.MLPRegressor(**config), grid, cv=folds),
         GRID_SKLEARN: lambda: SklearnGridSearchCV(neural_network.MLPRegressor(**config), grid, cv=folds),
+        GRID_OURS_JOBS: lambda: estimators.GridSearchCV(estimators.MLPRegressor(**config), grid, cv=folds, n_jobs=-1),
+        GRID_SKLEARN_OURS_JOBS: lambda: SklearnGridSearchCV(
+            estimators.MLPRegressor(**config), grid, cv=folds, n_jobs=-1
+        ),
     }
     for name, make in searches.items():
         timer = record.warmed(name, lambda make=make: Timer(lambda: make().fit(x, y), sync=lambda out: out))
@@ -170,11 +181,13 @@ def run(smoke: bool) -> dict:
     members = len(grid["alpha"]) * len(grid["learning_rate_init"]) * folds
     for name in [*searches, GRID_SKORCH]:
         if name in timings:
-            speedup = timings[name]["median"] / timings[GRID_OURS]["median"] if GRID_OURS in timings else None
+            ours = GRID_OURS_JOBS if name in GRID_JOBS else GRID_OURS
+            speedup = timings[name]["median"] / timings[ours]["median"] if ours in timings else None
             record.rows.append(
                 {
                     "name": name,
                     "group": "grid",
+                    "n_jobs": GRID_JOBS.get(name),
                     "members": members,
                     "seconds": timings[name],
                     "bp_jax_grid_speedup": speedup,
@@ -190,6 +203,7 @@ def run(smoke: bool) -> dict:
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
             "grid": grid,
             "folds": folds,
+            "cpus": effective_n_jobs(-1),
             "regression": "diabetes, y standardised, 80/20",
             "classification": "make_classification(442, 10, 3 classes), 80/20",
         }

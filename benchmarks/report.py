@@ -261,6 +261,7 @@ def _sklearn_section(suite: dict) -> list[str]:
     grids = [
         [
             row["name"],
+            "None" if row.get("n_jobs") is None else row["n_jobs"],
             row["members"],
             _time(row["seconds"]["median"]),
             _spread(row["seconds"]),
@@ -276,10 +277,11 @@ def _sklearn_section(suite: dict) -> list[str]:
         f"{problem['classification']}. Fit rows: seconds per (second) fit, held-out R² or accuracy, and "
         f"sklearn's time / bp_jax's, and each row's time / bp_jax's fit of the task. Grid rows: "
         f"{problem['grid']} × {problem['folds']} folds, seconds per "
-        "search, and the row's time / bp_jax GridSearchCV's.",
+        f"search, and the row's time / bp_jax GridSearchCV's with the same n_jobs (−1: {problem.get('cpus', '?')} "
+        "CPUs here).",
         "",
         *_table(["fit", "task", "median", "IQR", "held-out score", "× faster than sklearn", "time / bp_jax's"], fits),
-        *_table(["grid search", "members", "median", "IQR", "bp_jax GridSearchCV × faster"], grids),
+        *_table(["grid search", "n_jobs", "members", "median", "IQR", "bp_jax GridSearchCV × faster"], grids),
         *_skipped(suite),
     ]
 

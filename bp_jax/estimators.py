@@ -27,6 +27,7 @@ import math
 import numbers
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from joblib import effective_n_jobs
 from scipy.special import expit, softmax
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier
@@ -724,11 +726,12 @@ class GridSearchCV(SklearnGridSearchCV):
 
     The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any
     other is refused in one line naming it. Members sharing a program shape (features, outputs, batch size,
-    steps per epoch, max_iter) share one call of one program. Trained one by one, as sklearn would:
+    steps per epoch, max_iter) share one call of one program; n_jobs > 1 (or −1: every CPU) splits them into that
+    many calls run concurrently on threads (the same members' results). Trained one by one, as sklearn would:
     early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) and shuffle=False. Differences from
-    sklearn's: fit_time is each member's share of its program's time; n_jobs and pre_dispatch are accepted and
-    unused (one program in this process); `fit` takes `groups` for the splitter and no fit parameters; a scorer
-    that raises sets every metric of that fit to error_score.
+    sklearn's: fit_time is each member's share of its program's time; pre_dispatch is accepted and unused; `fit`
+    takes `groups` for the splitter and no fit parameters; a scorer that raises sets every metric of that fit to
+    error_score.
     """
 
     def fit(self, X, y=None, *, groups=None, **params):
@@ -752,7 +755,10 @@ class GridSearchCV(SklearnGridSearchCV):
                 f"Fitting {len(splits)} folds for each of {len(candidates)} candidates, "
                 f"totalling {len(candidates) * len(splits)} fits"
             )
-        fits = _fit_members(self.estimator, candidates, X, y, splits, raise_errors=self.error_score == "raise")
+        jobs = _jobs(self.n_jobs)
+        fits = _fit_members(
+            self.estimator, candidates, X, y, splits, jobs=jobs, raise_errors=self.error_score == "raise"
+        )
         _warn_or_raise_about_failures(fits, self.error_score)
         tested = self._scores(fits, scorer, X, y, [test for _, test in splits])
         trained = self._scores(fits, scorer, X, y, [train for train, _ in splits]) if self.return_train_score else None
@@ -968,10 +974,18 @@ class _Member(NamedTuple):
 _DATA_ATTRIBUTES = ("n_features_in_", "feature_names_in_", "classes_", "n_outputs_")
 
 
-def _fit_members(estimator, candidates, X, y, splits, *, raise_errors: bool) -> list[_Fitted]:
+def _jobs(n_jobs) -> int:
+    """sklearn's n_jobs as a count of concurrent programs: None → 1 (or joblib's `parallel_config`), −1 → every
+    CPU, −k → CPUs + 1 − k."""
+    if n_jobs is not None and not (isinstance(n_jobs, numbers.Integral) and not isinstance(n_jobs, bool) and n_jobs):
+        raise ValueError(f"n_jobs must be None or a nonzero integer, got {n_jobs!r}")
+    return effective_n_jobs(n_jobs)
+
+
+def _fit_members(estimator, candidates, X, y, splits, *, jobs: int, raise_errors: bool) -> list[_Fitted]:
     """Every (candidate, split) fitted, candidate-major: those one program can train as its members (grouped by
-    program shape, one `fit_ensemble` call each), the others by their own fit. A failed fit holds its error
-    (raised at once with `raise_errors`)."""
+    program shape, one `fit_ensemble` call each, or `jobs` > 1 concurrent calls over parts of them: `_parts`), the
+    others by their own fit. A failed fit holds its error (raised at once with `raise_errors`)."""
     fitted: list[_Fitted | None] = [None] * (len(candidates) * len(splits))
     blocks: dict[tuple, _Block] = {}
     programs: dict[tuple, list[_Member]] = {}
@@ -1014,24 +1028,58 @@ def _fit_members(estimator, candidates, X, y, splits, *, raise_errors: bool) -> 
         programs.setdefault(shape, []).append(_Member(index, searched, member, block_key, seed_of(member.random_state)))
         prepared_in[index] = time.perf_counter() - start
     for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
-        start = time.perf_counter()
-        runs = _train_group(loss_fn, transform, steps, max_iter, members, blocks)
-        share = (time.perf_counter() - start) / len(members)
-        for member, (run, diverged_at) in zip(members, runs):
-            if run is None:
-                failure = ValueError(
-                    f"Solver produced non-finite parameter weights at step {diverged_at}. The input data may "
-                    "contain large values and need to be preprocessed."
-                )
-                if raise_errors:
-                    raise failure
-                fitted[member.position] = _Fitted(None, _describe(failure), prepared_in[member.position] + share)
-                continue
-            member.estimator._start(member.seed)
-            member.estimator._adopt(run, steps, incremental=False, stopping=None)
-            fitted[member.position] = _Fitted(member.searched, None, prepared_in[member.position] + share)
+        for part, runs, share in _train_parts(loss_fn, transform, steps, max_iter, members, blocks, jobs):
+            for member, (run, diverged_at) in zip(part, runs):
+                if run is None:
+                    failure = ValueError(
+                        f"Solver produced non-finite parameter weights at step {diverged_at}. The input data may "
+                        "contain large values and need to be preprocessed."
+                    )
+                    if raise_errors:
+                        raise failure
+                    fitted[member.position] = _Fitted(None, _describe(failure), prepared_in[member.position] + share)
+                    continue
+                member.estimator._start(member.seed)
+                member.estimator._adopt(run, steps, incremental=False, stopping=None)
+                fitted[member.position] = _Fitted(member.searched, None, prepared_in[member.position] + share)
     assert all(fit is not None for fit in fitted)
     return fitted  # type: ignore[return-value]
+
+
+def _train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: "list[_Member]", blocks: dict, jobs: int):
+    """`_train_group` over `_parts(members, jobs)`, concurrently on threads where there are several (XLA runs each
+    call's program while its thread waits without the GIL): per part, (its members, their runs, each member's share
+    of the part's seconds)."""
+
+    def train(part):
+        start = time.perf_counter()
+        runs = _train_group(loss_fn, transform, steps, max_iter, part, blocks)
+        return part, runs, (time.perf_counter() - start) / len(part)
+
+    parts = _parts(members, jobs)
+    if len(parts) == 1:
+        return [train(parts[0])]
+    with ThreadPoolExecutor(len(parts)) as pool:
+        return list(pool.map(train, parts))
+
+
+def _parts(members: "list[_Member]", jobs: int) -> "list[list[_Member]]":
+    """`members` of one program shape in at most `jobs` parts of about equal size, for concurrent `fit_ensemble`
+    calls. Members of one block and seed share their minibatches (`_train_group`), so a part is whole units: d
+    consecutive members of one such group, d the largest divisor of the groups' common size that splits the units
+    evenly over the jobs (else the largest leaving at least `jobs` units; d = 1 where there are fewer members)."""
+    sharing: dict[tuple, list[_Member]] = {}
+    for member in members:
+        sharing.setdefault((member.block, member.seed), []).append(member)
+    if jobs == 1 or len(members) == 1:
+        return [members]
+    size = math.gcd(*map(len, sharing.values()))
+    divisors = [d for d in range(size, 0, -1) if size % d == 0 and len(members) // d >= jobs]
+    unit = next((d for d in divisors if len(members) // d % jobs == 0), divisors[0] if divisors else 1)
+    ordered = [member for same in sharing.values() for member in same]
+    units = [ordered[start : start + unit] for start in range(0, len(ordered), unit)]
+    bounds = np.linspace(0, len(units), min(jobs, len(units)) + 1).round().astype(int)
+    return [[member for one in units[low:high] for member in one] for low, high in itertools.pairwise(bounds)]
 
 
 def _block(searched, member, name: str | None, x, y) -> _Block:

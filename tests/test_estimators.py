@@ -382,6 +382,54 @@ def test_a_pipeline_grid_over_its_scaler_and_the_estimator_equals_sklearns_with_
     np.testing.assert_allclose(ours.predict(x[:5]), theirs.predict(x[:5]), rtol=1e-4, atol=1e-5)
 
 
+def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_result(monkeypatch):
+    from joblib import effective_n_jobs
+
+    from bp_jax import estimators
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _regression()
+    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    grid = {"learning_rate_init": [0.003, 0.01, 0.03], "alpha": [1e-4, 1e-2]}
+    calls: dict = {}
+    searches = {}
+    for jobs in (None, 2, -1):
+        with monkeypatch.context() as patch:
+            counted = lambda *a, fit_ensemble=estimators.fit_ensemble, jobs=jobs, **k: (
+                calls.setdefault(jobs, []).append(len(a[1]["l2"])) or fit_ensemble(*a, **k)
+            )  # a[1]: the members' stacked params
+            patch.setattr(estimators, "fit_ensemble", counted)
+            searches[jobs] = GridSearchCV(estimator, grid, cv=3, n_jobs=jobs).fit(x, y)
+    assert calls[None] == [18] and calls[2] == [9, 9]  # 3 folds × 6 members: units of 3, split over 2 calls
+    assert sum(calls[-1]) == 18 and len(calls[-1]) == min(effective_n_jobs(-1), 18)
+    for jobs in (2, -1):
+        _assert_same_search(searches[jobs], searches[None], tolerance=1e-6)
+        np.testing.assert_allclose(searches[jobs].predict(x[:5]), searches[None].predict(x[:5]), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "groups, size, jobs, parts",
+    [(5, 16, 2, [40, 40]), (5, 16, 3, [32, 16, 32]), (2, 3, 4, [2, 1, 1, 2]), (1, 1, 8, [1])],
+)
+def test_n_jobs_parts_keep_the_minibatch_sharing_groups_whole_where_they_can(groups, size, jobs, parts):
+    from bp_jax.estimators import _Member, _parts
+
+    members = [_Member(i, None, None, (i // size,), 0) for i in range(groups * size)]
+    split = _parts(members, jobs)
+    assert [len(part) for part in split] == parts
+    assert [member.position for part in split for member in part] == list(range(groups * size))
+
+
+@pytest.mark.parametrize("n_jobs", [0, "2", True, 1.5])
+def test_a_bad_n_jobs_is_refused_in_one_line(n_jobs):
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = _regression()
+    with pytest.raises(ValueError, match="n_jobs must be None or a nonzero integer") as error:
+        GridSearchCV(MLPRegressor((5,), max_iter=2), {"alpha": [0.1]}, cv=2, n_jobs=n_jobs).fit(x, y)
+    assert "\n" not in str(error.value)
+
+
 def test_a_grid_with_random_state_none_is_still_one_program(monkeypatch):
     from bp_jax import estimators
     from bp_jax.estimators import GridSearchCV
