@@ -277,8 +277,8 @@ def _sklearn_section(suite: dict) -> list[str]:
         f"{problem['classification']}. Fit rows: seconds per (second) fit, held-out R² or accuracy, and "
         f"sklearn's time / bp_jax's, and each row's time / bp_jax's fit of the task. Grid rows: "
         f"{problem['grid']} × {problem['folds']} folds, seconds per "
-        f"search, and the row's time / bp_jax GridSearchCV's with the same n_jobs (−1: {problem.get('cpus', '?')} "
-        "CPUs here).",
+        f"search, and the row's time / bp_jax GridSearchCV's with the same n_jobs (−1: every CPU, "
+        f"{problem.get('cpus', '?')} here).",
         "",
         *_table(["fit", "task", "median", "IQR", "held-out score", "× faster than sklearn", "time / bp_jax's"], fits),
         *_table(["grid search", "n_jobs", "members", "median", "IQR", "bp_jax GridSearchCV × faster"], grids),

@@ -20,6 +20,7 @@ Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, 
 """
 
 import collections
+import contextlib
 import copy
 import functools
 import itertools
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from joblib import effective_n_jobs
+from joblib import effective_n_jobs, parallel_config
 from scipy.special import expit, softmax
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier
@@ -726,8 +727,10 @@ class GridSearchCV(SklearnGridSearchCV):
 
     The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any
     other is refused in one line naming it. Members sharing a program shape (features, outputs, batch size,
-    steps per epoch, max_iter) share one call of one program; n_jobs > 1 (or −1: every CPU) splits them into that
-    many calls run concurrently on threads (the same members' results). Trained one by one, as sklearn would:
+    steps per epoch, max_iter) share one call of one program; n_jobs > 1 (or −1: every CPU) splits them into at
+    most that many calls run concurrently on threads (the same results up to float rounding: a call's groups of
+    members sharing a minibatch may be smaller); programs of different shapes, and the fits trained one by one, run
+    one after another. Trained one by one, as sklearn would:
     early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) and shuffle=False. Differences from
     sklearn's: fit_time is each member's share of its program's time; pre_dispatch is accepted and unused; `fit`
     takes `groups` for the splitter and no fit parameters; a scorer that raises sets every metric of that fit to
@@ -979,12 +982,13 @@ def _jobs(n_jobs) -> int:
     CPU, −k → CPUs + 1 − k."""
     if n_jobs is not None and not (isinstance(n_jobs, numbers.Integral) and not isinstance(n_jobs, bool) and n_jobs):
         raise ValueError(f"n_jobs must be None or a nonzero integer, got {n_jobs!r}")
-    return effective_n_jobs(n_jobs)
+    with parallel_config(backend="threading"):  # threads, as `_train_parts` runs them; a caller's n_jobs kept
+        return effective_n_jobs(n_jobs)
 
 
 def _fit_members(estimator, candidates, X, y, splits, *, jobs: int, raise_errors: bool) -> list[_Fitted]:
     """Every (candidate, split) fitted, candidate-major: those one program can train as its members (grouped by
-    program shape, one `fit_ensemble` call each, or `jobs` > 1 concurrent calls over parts of them: `_parts`), the
+    program shape, one `fit_ensemble` call each, or up to `jobs` concurrent calls over parts of them: `_parts`), the
     others by their own fit. A failed fit holds its error (raised at once with `raise_errors`)."""
     fitted: list[_Fitted | None] = [None] * (len(candidates) * len(splits))
     blocks: dict[tuple, _Block] = {}
@@ -1046,14 +1050,29 @@ def _fit_members(estimator, candidates, X, y, splits, *, jobs: int, raise_errors
     return fitted  # type: ignore[return-value]
 
 
+#: JAX's settings that hold per thread inside their `with` blocks: `_train_parts`' threads enter the caller's.
+_THREAD_SETTINGS = (
+    jax.enable_x64,
+    jax.default_matmul_precision,
+    jax.default_device,
+    jax.numpy_rank_promotion,
+    jax.numpy_dtype_promotion,
+    jax.default_prng_impl,
+)
+
+
 def _train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: "list[_Member]", blocks: dict, jobs: int):
     """`_train_group` over `_parts(members, jobs)`, concurrently on threads where there are several (XLA runs each
-    call's program while its thread waits without the GIL): per part, (its members, their runs, each member's share
-    of the part's seconds)."""
+    call's program while its thread waits without the GIL), each thread under the caller's JAX settings (x64,
+    precision, device, …): per part, (its members, their runs, each member's share of the part's seconds)."""
+    settings = [(setting, setting.value) for setting in _THREAD_SETTINGS]
 
     def train(part):
-        start = time.perf_counter()
-        runs = _train_group(loss_fn, transform, steps, max_iter, part, blocks)
+        with contextlib.ExitStack() as stack:
+            for setting, value in settings:
+                stack.enter_context(setting(value))
+            start = time.perf_counter()
+            runs = _train_group(loss_fn, transform, steps, max_iter, part, blocks)
         return part, runs, (time.perf_counter() - start) / len(part)
 
     parts = _parts(members, jobs)
@@ -1064,21 +1083,20 @@ def _train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: "list[
 
 
 def _parts(members: "list[_Member]", jobs: int) -> "list[list[_Member]]":
-    """`members` of one program shape in at most `jobs` parts of about equal size, for concurrent `fit_ensemble`
-    calls. Members of one block and seed share their minibatches (`_train_group`), so a part is whole units: d
-    consecutive members of one such group, d the largest divisor of the groups' common size that splits the units
-    evenly over the jobs (else the largest leaving at least `jobs` units; d = 1 where there are fewer members)."""
+    """`members` of one program shape in at most `jobs` parts, for concurrent `fit_ensemble` calls. Members of one
+    block and seed share their minibatches (`_train_group`: one gather, one matmul), so a part is whole units of d
+    members of one such group: d the groups' common size, or half of it where that makes the largest part smaller;
+    the units dealt out in order, the parts' unit counts differing by at most one."""
     sharing: dict[tuple, list[_Member]] = {}
     for member in members:
         sharing.setdefault((member.block, member.seed), []).append(member)
-    if jobs == 1 or len(members) == 1:
-        return [members]
     size = math.gcd(*map(len, sharing.values()))
-    divisors = [d for d in range(size, 0, -1) if size % d == 0 and len(members) // d >= jobs]
-    unit = next((d for d in divisors if len(members) // d % jobs == 0), divisors[0] if divisors else 1)
+    largest = lambda unit: -(-len(members) // unit // min(jobs, len(members) // unit)) * unit
+    unit = min((size, size // 2) if size % 2 == 0 else (size,), key=lambda unit: (largest(unit), -unit))
     ordered = [member for same in sharing.values() for member in same]
     units = [ordered[start : start + unit] for start in range(0, len(ordered), unit)]
-    bounds = np.linspace(0, len(units), min(jobs, len(units)) + 1).round().astype(int)
+    counts = [len(chunk) for chunk in np.array_split(np.arange(len(units)), min(jobs, len(units)))]
+    bounds = np.cumsum([0, *counts])
     return [[member for one in units[low:high] for member in one] for low, high in itertools.pairwise(bounds)]
 
 

@@ -1,6 +1,7 @@
 """bp_jax.estimators: scikit-learn's own estimator checks, the fitted attributes, compiling once, pickling,
 bad input, and GridSearchCV against scikit-learn's."""
 
+import collections
 import pickle
 import warnings
 
@@ -383,8 +384,6 @@ def test_a_pipeline_grid_over_its_scaler_and_the_estimator_equals_sklearns_with_
 
 
 def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_result(monkeypatch):
-    from joblib import effective_n_jobs
-
     from bp_jax import estimators
     from bp_jax.estimators import GridSearchCV
 
@@ -393,31 +392,64 @@ def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_resul
     grid = {"learning_rate_init": [0.003, 0.01, 0.03], "alpha": [1e-4, 1e-2]}
     calls: dict = {}
     searches = {}
-    for jobs in (None, 2, -1):
+    for jobs in (None, 2, 4):
         with monkeypatch.context() as patch:
             counted = lambda *a, fit_ensemble=estimators.fit_ensemble, jobs=jobs, **k: (
                 calls.setdefault(jobs, []).append(len(a[1]["l2"])) or fit_ensemble(*a, **k)
             )  # a[1]: the members' stacked params
             patch.setattr(estimators, "fit_ensemble", counted)
             searches[jobs] = GridSearchCV(estimator, grid, cv=3, n_jobs=jobs).fit(x, y)
-    assert calls[None] == [18] and calls[2] == [9, 9]  # 3 folds × 6 members: units of 3, split over 2 calls
-    assert sum(calls[-1]) == 18 and len(calls[-1]) == min(effective_n_jobs(-1), 18)
-    for jobs in (2, -1):
+    # 3 folds × 6 members: halves of each fold's group over 2 calls; whole groups over 3 calls when 4 are allowed
+    assert calls == {None: [18], 2: [9, 9], 4: [6, 6, 6]}
+    for jobs in (2, 4):
         _assert_same_search(searches[jobs], searches[None], tolerance=1e-6)
         np.testing.assert_allclose(searches[jobs].predict(x[:5]), searches[None].predict(x[:5]), rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "groups, size, jobs, parts",
-    [(5, 16, 2, [40, 40]), (5, 16, 3, [32, 16, 32]), (2, 3, 4, [2, 1, 1, 2]), (1, 1, 8, [1])],
-)
-def test_n_jobs_parts_keep_the_minibatch_sharing_groups_whole_where_they_can(groups, size, jobs, parts):
-    from bp_jax.estimators import _Member, _parts
+def test_n_jobs_threads_train_under_the_callers_jax_settings():
+    """JAX's `with` settings hold per thread: the worker threads take the caller's, so under enable_x64 every member
+    trains in float64 whatever n_jobs is (float32 members would differ from n_jobs=None's by ~1e-6)."""
+    from bp_jax.estimators import GridSearchCV
 
-    members = [_Member(i, None, None, (i // size,), 0) for i in range(groups * size)]
+    x, y = _regression()
+    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    grid = {"learning_rate_init": [0.003, 0.01], "alpha": [1e-4, 1e-2]}
+    with jax.enable_x64(True):
+        one, two = (GridSearchCV(estimator, grid, cv=3, n_jobs=jobs).fit(x, y) for jobs in (None, 2))
+    _assert_same_search(two, one, tolerance=1e-9)
+
+
+def _candidate_major(candidates: int, folds: int, seed_of_candidate) -> list:
+    """Members as `_fit_members` makes them: candidate-major, each on its fold's block."""
+    from bp_jax.estimators import _Member
+
+    return [
+        _Member(candidate * folds + fold, None, None, (fold,), seed_of_candidate(candidate))
+        for candidate in range(candidates)
+        for fold in range(folds)
+    ]
+
+
+@pytest.mark.parametrize(
+    "candidates, folds, seeds, jobs, sizes",
+    [
+        (16, 5, 1, 2, [40, 40]),  # 5 groups of 16: units of 8
+        (16, 5, 1, 3, [32, 32, 16]),  # units of 16 leave a largest part no bigger than units of 8
+        (3, 2, 2, 2, [3, 3]),  # groups of 2 and 1 member: units of 1
+        (3, 2, 1, 4, [3, 3]),  # 2 groups of 3 (odd: not halved) for 4 jobs: 2 parts
+        (1, 1, 1, 8, [1]),
+    ],
+)
+def test_n_jobs_parts_keep_the_minibatch_sharing_groups_whole_where_they_can(candidates, folds, seeds, jobs, sizes):
+    from bp_jax.estimators import _parts
+
+    members = _candidate_major(candidates, folds, lambda candidate: candidate % seeds)
     split = _parts(members, jobs)
-    assert [len(part) for part in split] == parts
-    assert [member.position for part in split for member in part] == list(range(groups * size))
+    assert [len(part) for part in split] == sizes
+    assert sorted(member.position for part in split for member in part) == list(range(len(members)))
+    if (candidates, folds, jobs) == (16, 5, 2):  # each fold's group whole or halved
+        for part in split:
+            assert sorted(collections.Counter(member.block for member in part).values()) == [8, 16, 16]
 
 
 @pytest.mark.parametrize("n_jobs", [0, "2", True, 1.5])
