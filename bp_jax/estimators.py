@@ -1082,18 +1082,23 @@ def _train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: "list[
         return list(pool.map(train, parts))
 
 
+def _sharing(members: "list[_Member]") -> "tuple[list[_Member], int]":
+    """(members ordered by the minibatches they share: those of one block and seed together, in first-seen order;
+    the gcd of those groups' sizes)."""
+    sharing: dict[tuple, list[_Member]] = {}
+    for member in members:
+        sharing.setdefault((member.block, member.seed), []).append(member)
+    return [member for same in sharing.values() for member in same], math.gcd(*map(len, sharing.values()))
+
+
 def _parts(members: "list[_Member]", jobs: int) -> "list[list[_Member]]":
     """`members` of one program shape in at most `jobs` parts, for concurrent `fit_ensemble` calls. Members of one
     block and seed share their minibatches (`_train_group`: one gather, one matmul), so a part is whole units of d
     members of one such group: d the groups' common size, or half of it where that makes the largest part smaller;
     the units dealt out in order, the parts' unit counts differing by at most one."""
-    sharing: dict[tuple, list[_Member]] = {}
-    for member in members:
-        sharing.setdefault((member.block, member.seed), []).append(member)
-    size = math.gcd(*map(len, sharing.values()))
+    ordered, size = _sharing(members)
     largest = lambda unit: -(-len(members) // unit // min(jobs, len(members) // unit)) * unit
     unit = min((size, size // 2) if size % 2 == 0 else (size,), key=lambda unit: (largest(unit), -unit))
-    ordered = [member for same in sharing.values() for member in same]
     units = [ordered[start : start + unit] for start in range(0, len(ordered), unit)]
     counts = [len(chunk) for chunk in np.array_split(np.arange(len(units)), min(jobs, len(units)))]
     bounds = np.cumsum([0, *counts])
@@ -1210,11 +1215,7 @@ def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_
     block's rows and stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or
     (None, the step it diverged at). Members of one block and seed read the same minibatches: they form the
     program's groups (sizes the gcd of theirs), a group's gather and matmuls shared."""
-    sharing: dict[tuple, list[_Member]] = {}
-    for member in members:
-        sharing.setdefault((member.block, member.seed), []).append(member)
-    ordered = [member for same in sharing.values() for member in same]
-    group_size = math.gcd(*map(len, sharing.values()))
+    ordered, group_size = _sharing(members)
     leaders = ordered[::group_size]
     used = list(dict.fromkeys(member.block for member in ordered))
     x_all = np.concatenate([blocks[block].x for block in used])
