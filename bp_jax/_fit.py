@@ -11,6 +11,7 @@ Minibatch order is a pure function of (key, step) costing O(batch) (`minibatch_i
 
 import functools
 import operator
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -694,8 +695,19 @@ def loop_compiler_options(platform: str) -> dict[str, str]:
     return {name: value}
 
 
+#: Held while a loop is looked up or built: threads asking at once for one configuration's loop (GridSearchCV's
+#: n_jobs) get one jitted function, so one compilation (two lru_cache misses at once would build two).
+_LOOP_LOOKUP = threading.Lock()
+
+
+def _compiled_loop(*args, **kwargs) -> Callable:
+    """`_build_loop(*args, **kwargs)`, the same function for every thread."""
+    with _LOOP_LOOKUP:
+        return _build_loop(*args, **kwargs)
+
+
 @functools.lru_cache(maxsize=32)  # one compiled loop per configuration, reused by every later call
-def _compiled_loop(
+def _build_loop(
     loss_fn,
     optimizer,
     batch_size,

@@ -729,8 +729,8 @@ class GridSearchCV(SklearnGridSearchCV):
     other is refused in one line naming it. Members sharing a program shape (features, outputs, batch size,
     steps per epoch, max_iter) share one call of one program; n_jobs > 1 (or −1: every CPU) splits them into at
     most that many calls run concurrently on threads (the same results up to float rounding: a call's groups of
-    members sharing a minibatch may be smaller); programs of different shapes, and the fits trained one by one, run
-    one after another. Trained one by one, as sklearn would:
+    members sharing a minibatch may be smaller; calls of one size share one compiled program); programs of
+    different shapes, and the fits trained one by one, run one after another. Trained one by one, as sklearn would:
     early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) and shuffle=False. Differences from
     sklearn's: fit_time is each member's share of its program's time; pre_dispatch is accepted and unused; `fit`
     takes `groups` for the splitter and no fit parameters; a scorer that raises sets every metric of that fit to
@@ -1064,22 +1064,36 @@ _THREAD_SETTINGS = (
 def _train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: "list[_Member]", blocks: dict, jobs: int):
     """`_train_group` over `_parts(members, jobs)`, concurrently on threads where there are several (XLA runs each
     call's program while its thread waits without the GIL), each thread under the caller's JAX settings (x64,
-    precision, device, …): per part, (its members, their runs, each member's share of the part's seconds)."""
+    precision, device, …): per part, (its members, their runs, each member's share of the part's seconds). Parts
+    of one size share one compiled program: each reads its blocks' rows padded to the largest part's (`_data_shape`).
+    """
     settings = [(setting, setting.value) for setting in _THREAD_SETTINGS]
+    parts = _parts(members, jobs)
+    shape = _data_shape(parts, blocks)
 
     def train(part):
         with contextlib.ExitStack() as stack:
             for setting, value in settings:
                 stack.enter_context(setting(value))
             start = time.perf_counter()
-            runs = _train_group(loss_fn, transform, steps, max_iter, part, blocks)
+            runs = _train_group(loss_fn, transform, steps, max_iter, part, blocks, shape)
         return part, runs, (time.perf_counter() - start) / len(part)
 
-    parts = _parts(members, jobs)
     if len(parts) == 1:
         return [train(parts[0])]
     with ThreadPoolExecutor(len(parts)) as pool:
         return list(pool.map(train, parts))
+
+
+def _data_shape(parts: "list[list[_Member]]", blocks: dict) -> tuple[int, int]:
+    """(rows of x, width of the row-index array) that every part's `_train_group` pads its data to: the most rows
+    of a part's blocks stacked, and of one block. Folds differ in size by a row, so unpadded, parts of one size
+    would each compile a program of their own."""
+    used = [{member.block for member in part} for part in parts]
+    return (
+        max(sum(len(blocks[block].x) for block in part) for part in used),
+        max(len(blocks[block].x) for part in used for block in part),
+    )
 
 
 def _sharing(members: "list[_Member]") -> "tuple[list[_Member], int]":
@@ -1210,19 +1224,25 @@ def _parameter_arrays(candidates) -> dict[str, np.ma.MaskedArray]:
 _keys = jax.jit(jax.vmap(jax.random.key))
 
 
-def _train_group(loss_fn, transform, steps: Plan, max_iter: int, members: list[_Member], blocks: dict) -> list:
-    """One `fit_ensemble` call for members of one program shape, over their blocks stacked, each member on its own
-    block's rows and stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or
-    (None, the step it diverged at). Members of one block and seed read the same minibatches: they form the
-    program's groups (sizes the gcd of theirs), a group's gather and matmuls shared."""
+def _train_group(
+    loss_fn, transform, steps: Plan, max_iter: int, members: list[_Member], blocks: dict, shape: tuple[int, int]
+) -> list:
+    """One `fit_ensemble` call for members of one program shape, over their blocks stacked (x padded to shape[0]
+    rows that no minibatch reads, the row indices to shape[1] columns), each member on its own block's rows and
+    stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or (None, the step it
+    diverged at). Members of one block and seed read the same minibatches: they form the program's groups (sizes
+    the gcd of theirs), a group's gather and matmuls shared."""
     ordered, group_size = _sharing(members)
     leaders = ordered[::group_size]
     used = list(dict.fromkeys(member.block for member in ordered))
-    x_all = np.concatenate([blocks[block].x for block in used])
-    targets_all = np.concatenate([blocks[block].targets for block in used])
+    padded = lambda arrays: np.pad(
+        np.concatenate(arrays), [(0, shape[0] - sum(map(len, arrays)))] + [(0, 0)] * (arrays[0].ndim - 1)
+    )
+    x_all = padded([blocks[block].x for block in used])
+    targets_all = padded([blocks[block].targets for block in used])
     offsets = dict(zip(used, np.cumsum([0] + [len(blocks[block].x) for block in used])))
     counts = np.array([len(blocks[leader.block].x) for leader in leaders])
-    rows = np.zeros((len(leaders), counts.max()), np.int32)
+    rows = np.zeros((len(leaders), shape[1]), np.int32)
     for index, leader in enumerate(leaders):
         rows[index, : counts[index]] = offsets[leader.block] + np.arange(counts[index])
     estimators = [member.estimator for member in ordered]

@@ -44,9 +44,12 @@ def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
-def _compilations(run) -> int:
+def _compilations(run, name: str | None = None) -> int:
+    """How many XLA compilations `run()` makes (of the function `name` only, e.g. "jit(run)": bp_jax's loops)."""
     events = []
-    listener = lambda event, duration, **kwargs: events.append(event) if event == COMPILE_EVENT else None
+    listener = lambda event, duration, **kwargs: (
+        events.append(event) if event == COMPILE_EVENT and name in (None, kwargs["fun_name"]) else None
+    )
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         run()
@@ -404,6 +407,19 @@ def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_resul
     for jobs in (2, 4):
         _assert_same_search(searches[jobs], searches[None], tolerance=1e-6)
         np.testing.assert_allclose(searches[jobs].predict(x[:5]), searches[None].predict(x[:5]), rtol=1e-6)
+
+
+def test_n_jobs_parts_of_one_size_share_one_compiled_program():
+    """3 folds of 100 rows train on 66, 67 and 67; n_jobs=2 splits the 18 members into parts of 9 on 133 and 134 rows,
+    padded alike, so a cold search compiles the members' loop once, not once a part (a configuration no other test
+    uses: nothing is cached)."""
+    from bp_jax.estimators import GridSearchCV
+
+    x, y = make_regression(100, 7, noise=5.0, random_state=1)
+    estimator = MLPRegressor((4,), solver="sgd", batch_size=11, max_iter=3, random_state=0)
+    grid = {"learning_rate_init": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]}
+    search = lambda: GridSearchCV(estimator, grid, cv=3, n_jobs=2, refit=False).fit(x, y / y.std())
+    assert _compilations(search, "jit(run)") == 1
 
 
 def test_n_jobs_threads_train_under_the_callers_jax_settings():
