@@ -725,16 +725,16 @@ class GridSearchCV(SklearnGridSearchCV):
     scored on its test fold as sklearn scores it (the default scorer through `_scores`' shared path), and
     cv_results_ laid out as sklearn's.
 
-    The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any
-    other is refused in one line naming it. Members sharing a program shape (features, outputs, batch size,
-    steps per epoch, max_iter) share one call of one program; n_jobs > 1 (or −1: every CPU) splits them into at
-    most that many calls run concurrently on threads (the same results up to float rounding: a call's groups of
-    members sharing a minibatch may be smaller; calls of one size share one compiled program); programs of
-    different shapes, and the fits trained one by one, run one after another. Trained one by one, as sklearn would:
-    early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) and shuffle=False. Differences from
-    sklearn's: fit_time is each member's share of its program's time; pre_dispatch is accepted and unused; `fit`
-    takes `groups` for the splitter and no fit parameters; a scorer that raises sets every metric of that fit to
-    error_score.
+    The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any other
+    is refused in one line naming it. Members sharing a program shape (features, outputs, batch size, steps per
+    epoch, max_iter) share one call of one program; n_jobs > 1 (or −1: every CPU) splits them into at most that many
+    calls run concurrently on threads (the same results up to float rounding: a call's groups of members sharing a
+    minibatch may be smaller; calls of one size share one compiled program, folds straddling 33 rows aside:
+    `_train_parts`); programs of different shapes, and the fits trained one by one, run one after another. Trained
+    one by one, as sklearn would: early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) and
+    shuffle=False. Differences from sklearn's: fit_time is each member's share of its program's time; pre_dispatch
+    is accepted and unused; `fit` takes `groups` for the splitter and no fit parameters; a scorer that raises sets
+    every metric of that fit to error_score.
     """
 
     def fit(self, X, y=None, *, groups=None, **params):
@@ -1065,18 +1065,21 @@ def _train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: "list[
     """`_train_group` over `_parts(members, jobs)`, concurrently on threads where there are several (XLA runs each
     call's program while its thread waits without the GIL), each thread under the caller's JAX settings (x64,
     precision, device, …): per part, (its members, their runs, each member's share of the part's seconds). Parts
-    of one size share one compiled program: each reads its blocks' rows padded to the largest part's (`_data_shape`).
+    of one size share one compiled program: each reads its blocks' rows padded to the largest part's (`_data_shape`),
+    and all carry a stopping rule if any member's can stop (one that cannot fire changes nothing); only folds that
+    straddle LARGE_DOMAIN rows (a part's data order taking more rounds than another's) still compile two.
     """
     settings = [(setting, setting.value) for setting in _THREAD_SETTINGS]
     parts = _parts(members, jobs)
     shape = _data_shape(parts, blocks)
+    stops = can_stop(min(member.estimator.n_iter_no_change for member in members), max_iter)
 
     def train(part):
         with contextlib.ExitStack() as stack:
             for setting, value in settings:
                 stack.enter_context(setting(value))
             start = time.perf_counter()
-            runs = _train_group(loss_fn, transform, steps, max_iter, part, blocks, shape)
+            runs = _train_group(loss_fn, transform, steps, max_iter, part, blocks, shape, stops)
         return part, runs, (time.perf_counter() - start) / len(part)
 
     if len(parts) == 1:
@@ -1225,12 +1228,19 @@ _keys = jax.jit(jax.vmap(jax.random.key))
 
 
 def _train_group(
-    loss_fn, transform, steps: Plan, max_iter: int, members: list[_Member], blocks: dict, shape: tuple[int, int]
+    loss_fn,
+    transform,
+    steps: Plan,
+    max_iter: int,
+    members: list[_Member],
+    blocks: dict,
+    shape: tuple[int, int],
+    stops: bool,
 ) -> list:
     """One `fit_ensemble` call for members of one program shape, over their blocks stacked (x padded to shape[0]
     rows that no minibatch reads, the row indices to shape[1] columns), each member on its own block's rows and
-    stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or (None, the step it
-    diverged at). Members of one block and seed read the same minibatches: they form the program's groups (sizes
+    (`stops`) stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or (None, the
+    step it diverged at). Members of one block and seed read the same minibatches: they form the program's groups (sizes
     the gcd of theirs), a group's gather and matmuls shared."""
     ordered, group_size = _sharing(members)
     leaders = ordered[::group_size]
@@ -1262,12 +1272,9 @@ def _train_group(
         members=True,
     )
     per_epoch = steps.steps_per_epoch
+    tolerances = [estimator.tol for estimator in estimators]
     patience = [estimator.n_iter_no_change for estimator in estimators]
-    rule = (
-        epoch_rule(per_epoch, [estimator.tol for estimator in estimators], patience, jnp.result_type(float))
-        if can_stop(min(patience), max_iter)
-        else None
-    )
+    rule = epoch_rule(per_epoch, tolerances, patience, jnp.result_type(float)) if stops else None
     result = fit_ensemble(
         loss_fn,
         params,

@@ -409,16 +409,23 @@ def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_resul
         np.testing.assert_allclose(searches[jobs].predict(x[:5]), searches[None].predict(x[:5]), rtol=1e-6)
 
 
-def test_n_jobs_parts_of_one_size_share_one_compiled_program():
-    """3 folds of 100 rows train on 66, 67 and 67; n_jobs=2 splits the 18 members into parts of 9 on 133 and 134 rows,
-    padded alike, so a cold search compiles the members' loop once, not once a part (a configuration no other test
-    uses: nothing is cached)."""
+@pytest.mark.parametrize(
+    "hidden, grid, n_jobs",
+    [
+        # 18 members in parts of 9 on 133 and 134 rows (folds of 66, 67 and 67): padded alike
+        ((4,), {"learning_rate_init": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]}, 2),
+        # 6 parts of one member, half of whose stopping rules can fire within 3 epochs: all carry one
+        ((3,), {"n_iter_no_change": [1, 10]}, 6),
+    ],
+)
+def test_n_jobs_parts_of_one_size_share_one_compiled_program(hidden, grid, n_jobs):
+    """A cold search (a configuration no other test uses: nothing is cached) compiles the members' loop once, not
+    once a part, on 3 folds of 100 rows."""
     from bp_jax.estimators import GridSearchCV
 
     x, y = make_regression(100, 7, noise=5.0, random_state=1)
-    estimator = MLPRegressor((4,), solver="sgd", batch_size=11, max_iter=3, random_state=0)
-    grid = {"learning_rate_init": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]}
-    search = lambda: GridSearchCV(estimator, grid, cv=3, n_jobs=2, refit=False).fit(x, y / y.std())
+    estimator = MLPRegressor(hidden, solver="sgd", batch_size=11, max_iter=3, random_state=0)
+    search = lambda: GridSearchCV(estimator, grid, cv=3, n_jobs=n_jobs, refit=False).fit(x, y / y.std())
     assert _compilations(search, "jit(run)") == 1
 
 
