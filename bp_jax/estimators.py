@@ -1240,8 +1240,8 @@ def _train_group(
     """One `fit_ensemble` call for members of one program shape, over their blocks stacked (x padded to shape[0]
     rows that no minibatch reads, the row indices to shape[1] columns), each member on its own block's rows and
     (`stops`) stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or (None, the
-    step it diverged at). Members of one block and seed read the same minibatches: they form the program's groups (sizes
-    the gcd of theirs), a group's gather and matmuls shared."""
+    step it diverged at). Members of one block and seed read the same minibatches: they form the program's groups
+    (sizes the gcd of theirs), a group's gather and matmuls shared."""
     ordered, group_size = _sharing(members)
     leaders = ordered[::group_size]
     used = list(dict.fromkeys(member.block for member in ordered))
