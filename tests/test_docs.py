@@ -1,7 +1,7 @@
 """Every ```python block of README.md and docs/ runs: a page's blocks in order, in one namespace, in a tmp folder.
 
-A block that is only shown (the documents' PyTorch code, a fragment) is fenced ```py instead, which renders the
-same and is not run (docs/development.md).
+A block that is only shown (a fragment, code that needs a GPU or the user's files) is fenced ```py instead, which
+renders the same and is not run (docs/development.md).
 """
 
 import re
