@@ -228,8 +228,8 @@ def per_example_grads(model: Model, loss: Callable = mse) -> Callable:
       loss: one of LOSS_GRADS: `bp_jax.mse` or `bp_jax.softmax_cross_entropy`.
 
     Returns:
-      The function `f(params, x, y)` -> the params pytree with a leading batch axis: row i is example i's
-      gradient. It raises ValueError unless x and y share their leading (batch) axis.
+      The function `f(params, x, y)` -> the params pytree with a leading batch axis: row i is example
+        i's gradient. It raises ValueError unless x and y share their leading (batch) axis.
 
     Raises:
       TypeError: a model without a hand-written `vjp`.
