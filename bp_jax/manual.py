@@ -113,10 +113,17 @@ def tiny_net_backward(w1, w2, x, t) -> dict:
     Examples:
       >>> from bp_jax import manual
       >>> steps = manual.tiny_net_backward(w1=0.5, w2=1.5, x=2.0, t=3.0)
-      >>> {name: (float(value), float(grad)) for name, (value, grad) in steps.items()}
-      ... # doctest: +NORMALIZE_WHITESPACE
-      {'w1': (0.5, -9.0), 'w2': (1.5, -3.0), 'x': (2.0, -2.25), 't': (3.0, 3.0), 'z1': (1.0, -4.5),
-       'a1': (1.0, -4.5), 'y': (1.5, -3.0), 'y − t': (-1.5, -3.0), 'L': (2.25, 1.0)}
+      >>> for name, (value, grad) in steps.items():   # name, value, dL/dname
+      ...     print(f"{name:5}  {float(value):5g}  {float(grad):5g}")
+      w1       0.5     -9
+      w2       1.5     -3
+      x          2  -2.25
+      t          3      3
+      z1         1   -4.5
+      a1         1   -4.5
+      y        1.5     -3
+      y − t   -1.5     -3
+      L       2.25      1
     """
     relu, relu_prime = activation("relu")
     w1, w2, x, t = (jnp.asarray(v) for v in (w1, w2, x, t))
