@@ -4,6 +4,18 @@ The public names are listed once, in `_EXPORTS` (name -> the submodule that defi
 their submodule on first access (PEP 562), so `import bp_jax` imports neither jax nor torch: the command
 installs its signal handling before anything heavy loads. `from_torch` and `to_torch` come from the edge
 module `bp_jax.torch_interop` and are listed in `__all__` only where torch is installed.
+
+Examples:
+  The documents' tiny network y = w2·relu(w1·x) at x = 2, w1 = 0.5, w2 = 1.5, t = 3, by autodiff and by hand:
+
+  >>> import jax
+  >>> import bp_jax
+  >>> loss = bp_jax.loss_fn(bp_jax.tiny_net(), bp_jax.squared_error)   # L = (y − t)²
+  >>> grads = jax.grad(loss)({"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
+  >>> {name: float(grad) for name, grad in grads.items()}
+  {'w1': -9.0, 'w2': -3.0}
+  >>> {name: float(grad) for name, grad in bp_jax.manual.tiny_net_grads(w1=0.5, w2=1.5, x=2.0, t=3.0).items()}
+  {'w1': -9.0, 'w2': -3.0, 'x': -2.25}
 """
 
 import importlib
@@ -76,4 +88,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
+    """The module's globals and every public name, imported or not."""
     return sorted(set(globals()) | set(_EXPORTS))

@@ -43,10 +43,27 @@ _MAX_NAME = 28  # longer expressions refer to their operands as #index
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Node:
-    """One value of the graph: `value`, `grad` = ∂f/∂value (None for integer and boolean values),
-    the `op` that computed it from `inputs` (one entry per operand, literals left out), and `tangent`, the
-    derivative of value along the input direction given to `explain` (None without one, and for integer
-    and boolean values)."""
+    """One value of the graph: what computed it, its value, its gradient ∂f/∂value and its tangent.
+
+    Attributes:
+      index: its place in `Graph.nodes` (forward order).
+      name: the input's pytree path, or the expression that computed it from its operands' names
+        (`w1·x`, `relu(z)`; an operand named by its index, `#4`, where the name would grow long).
+      op: "input", "const", or the name of the primitive that computed it ("mul", "integer_pow", …).
+      value: the value, from evaluating the equations one at a time.
+      grad: ∂f/∂value (None for integer and boolean values).
+      inputs: the nodes it was computed from, one entry per operand (literals left out).
+      tangent: the derivative of value along the input direction given to `explain` (None without one,
+        and for integer and boolean values).
+
+    Examples:
+      >>> from bp_jax import explain
+      >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
+      >>> graph.nodes[2]
+      Node(#2 mul 'w·x', value=1, grad=-4)
+      >>> [node.name for node in graph.nodes[2].inputs]
+      ['w', 'x']
+    """
 
     index: int
     name: str
@@ -66,7 +83,19 @@ class Node:
 
 @dataclass(frozen=True, eq=False)
 class Graph:
-    """The nodes in forward order, the input nodes in the structure of `args`, and the output node f."""
+    """The graph `jax.grad` works on, as `explain` returns it.
+
+    Attributes:
+      nodes: every node, in forward order.
+      inputs: the input nodes, in the structure of `explain`'s `args`.
+      output: the node of f's value.
+
+    Examples:
+      >>> from bp_jax import explain
+      >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
+      >>> len(graph.nodes), graph.output.name, float(graph.output.value)
+      (5, '(w·x − 3)²', 4.0)
+    """
 
     nodes: tuple[Node, ...]
     inputs: tuple
@@ -74,7 +103,14 @@ class Graph:
 
     @property
     def grads(self) -> tuple:
-        """The input nodes' gradients in the structure of `args`: jax.grad(f, argnums=all)'s answer."""
+        """The input nodes' gradients in the structure of `args`: jax.grad(f, argnums=all)'s answer.
+
+        Examples:
+          >>> from bp_jax import explain
+          >>> graph = explain(lambda params, x: (params["w"] * x - 3.0) ** 2, {"w": 0.5}, 2.0)
+          >>> {"w": float(graph.grads[0]["w"])}, float(graph.grads[1])   # 2(w·x − 3)·x, 2(w·x − 3)·w
+          ({'w': -8.0}, -2.0)
+        """
         return jax.tree.map(lambda node: node.grad, self.inputs)
 
     @property
@@ -83,9 +119,32 @@ class Graph:
         return self.output.tangent is not None
 
     def table(self, columns: Mapping[str, Mapping[Node, Any]] | None = None) -> str:
-        """A text table, one row per node: #, op, name, value, grad, tangent (if the graph has tangents),
-        then any extra `columns`, a mapping heading -> {node: text or array} (e.g. `{"note": {graph.output:
-        "L"}}`); tensors show as dtype[shape] and their first numbers."""
+        """A text table, one row per node: #, op, name, value, grad, tangent (if the graph has tangents), extras.
+
+        Tensors show as dtype[shape] and their first numbers.
+
+        Args:
+          columns: extra columns after the others, a mapping heading -> {node: text or array} (e.g.
+            `{"note": {graph.output: "L"}}`); a node without an entry gets an empty cell.
+
+        Returns:
+          The table's lines, joined by newlines.
+
+        Raises:
+          TypeError: `columns` that is not a mapping of mappings.
+
+        Examples:
+          >>> from bp_jax import explain
+          >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
+          >>> print(graph.table({"note": {graph.output: "L"}}))
+          #  op           name        value  grad  note
+          -  -----------  ----------  -----  ----  ----
+          0  input        w           0.5    -8
+          1  input        x           2      -2
+          2  mul          w·x         1      -4
+          3  sub          w·x − 3     -2     -4
+          4  integer_pow  (w·x − 3)²  4      1     L
+        """
         if columns is not None and not (
             isinstance(columns, Mapping) and all(isinstance(column, Mapping) for column in columns.values())
         ):
@@ -116,26 +175,46 @@ class Graph:
 
 
 def explain(f: Callable, *args, tangents: tuple | list | None = None) -> Graph:
-    """The graph `jax.grad(f)` works on, with every node's value and gradient ∂f/∂node, and with
-    `tangents`, every node's tangent: its derivative along that input direction (forward mode).
+    """The graph `jax.grad(f)` works on, with every node's value and gradient ∂f/∂node.
+
+    With `tangents`, every node also gets its tangent: its derivative along that input direction (forward
+    mode).
 
     Args:
       f: a function of `args` returning a float scalar.
-      *args: pytrees of arrays (or numbers): params, x, y, …
+      *args (Any): pytrees of arrays (or numbers): params, x, y, …
       tangents: None, or one input direction as `jax.jvp` takes it: a tuple with one entry per arg, each
         a pytree of its arg's structure with leaves of its leaves' shapes. None stands for zeros, for a
         whole arg or any subtree of it (`({"w1": 1.0, "w2": None}, None, None)`); integer and boolean
         leaves take None only.
 
     Returns:
-      Graph: its input nodes' grads equal `jax.grad(f, argnums=range(len(args)))(*args)`; with tangents,
-      its output's tangent equals `jax.jvp(f, args, tangents)[1]`.
+      The Graph: its input nodes' grads equal `jax.grad(f, argnums=range(len(args)))(*args)`; with
+        tangents, its output's tangent equals `jax.jvp(f, args, tangents)[1]`.
 
-    >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
-    >>> [(node.name, float(node.value), float(node.grad)) for node in graph.nodes]
-    [('w', 0.5, -8.0), ('x', 2.0, -2.0), ('w·x', 1.0, -4.0), ('w·x − 3', -2.0, -4.0), ('(w·x − 3)²', 4.0, 1.0)]
-    >>> float(explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0, tangents=(1.0, None)).output.tangent)
-    -8.0
+    Raises:
+      TypeError: f not callable, no args, a leaf that is not an array or number, or tangents that are not
+        a tuple of one entry per arg.
+      ValueError: f not returning a float scalar, or a tangent of another structure or shape than its arg.
+
+    Examples:
+      >>> from bp_jax import explain
+      >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
+      >>> [(node.name, float(node.value), float(node.grad)) for node in graph.nodes]
+      [('w', 0.5, -8.0), ('x', 2.0, -2.0), ('w·x', 1.0, -4.0), ('w·x − 3', -2.0, -4.0), ('(w·x − 3)²', 4.0, 1.0)]
+      >>> float(explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0, tangents=(1.0, None)).output.tangent)
+      -8.0
+
+      The documents' tiny network, its gradients at x = 2, w1 = 0.5, w2 = 1.5, t = 3:
+
+      >>> from bp_jax import squared_error, tiny_net
+      >>> loss = lambda params, x, t: squared_error(tiny_net().apply(params, x), t)
+      >>> graph = explain(loss, {"w1": 0.5, "w2": 1.5}, 2.0, 3.0)
+      >>> [(node.name, float(node.grad)) for node in graph.nodes[4:7]]
+      [('w1·x', -4.5), ('relu(w1·x)', -4.5), ('w2·relu(w1·x)', -3.0)]
+      >>> params_grad, x_grad, t_grad = graph.grads
+      >>> {name: float(grad) for name, grad in params_grad.items()}
+      {'w1': -9.0, 'w2': -3.0}
     """
     if not callable(f):
         raise TypeError(f"explain expects a function f, got {type(f).__name__}")

@@ -26,9 +26,27 @@ Array = jax.Array
 
 
 class Model(NamedTuple):
-    """`init(key) -> params`, `apply(params, x) -> y`, optionally the hand-written `vjp`, and `name`, what
-    the model is as the constructor call that builds it, e.g. "Sequential(Linear(10, 5), ReLU(), Linear(5, 1))"
-    (None when unknown): two models of one name compute the same function of the same params."""
+    """A model as a NamedTuple of pure functions: `init(key) -> params`, `apply(params, x) -> y`.
+
+    Attributes:
+      init: PRNG key -> the params pytree, freshly drawn.
+      apply: (params, x) -> y, the forward pass; checks params and x at trace time (ValueError, TypeError).
+      vjp: (params, x) -> (y, backward), with `backward(dL/dy) -> (dL/dparams, dL/dx)` the hand-written
+        chain rule (no autodiff); None for a model without one.
+      name: what the model is as the constructor call that builds it, e.g.
+        "Sequential(Linear(10, 5), ReLU(), Linear(5, 1))" (None when unknown): two models of one name
+        compute the same function of the same params.
+
+    Examples:
+      >>> import jax
+      >>> from bp_jax import Linear
+      >>> model = Linear(2, 1)
+      >>> params = model.init(jax.random.key(0))
+      >>> model.apply(params, jax.numpy.ones((4, 2))).shape
+      (4, 1)
+      >>> model.name
+      'Linear(2, 1)'
+    """
 
     init: Callable[[Array], Params]
     apply: Callable[[Params, ArrayLike], Array]
@@ -49,13 +67,14 @@ def _tanh_derivative(z):
     return 1 - jnp.tanh(z) ** 2
 
 
-#: name -> (a, a'): each activation beside its hand-derived derivative.
 ACTIVATIONS: Mapping[str, tuple[Callable, Callable]] = {
     "identity": (lambda z: z, jnp.ones_like),
     "relu": (jax.nn.relu, _relu_derivative),
     "sigmoid": (jax.nn.sigmoid, _sigmoid_derivative),
     "tanh": (jnp.tanh, _tanh_derivative),
 }
+"""name -> (a, a'): each activation beside its hand-derived derivative (relu'(0) = 0, σ' = σ·(1 − σ),
+tanh' = 1 − tanh²)."""
 
 
 def activation(name: str) -> tuple[Callable, Callable]:
@@ -103,10 +122,35 @@ def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None
 
     Params `{"weight": (out, in), "bias": (out,)}` (PyTorch's layout), both drawn from
     U(−1/√in, 1/√in) like nn.Linear. Backward: dW = dyᵀ·x, db = Σ dy, dx = dy·W.
-    `contraction`: "dot" forms x·Wᵀ as a matmul; "sum" as yᵢ = Σⱼ xⱼ·Wᵢⱼ, an elementwise product and a sum
-    that XLA fuses with its neighbours (the same function up to float rounding; on CPU up to 2× faster for a
-    tiny layer of one model; in `fit`'s loop about as fast as a matmul at 160 weights and under vmap, outside
-    it several times slower there under XLA's default CPU fusions: benchmarks/README.md).
+
+    Args:
+      in_features: the size of x's last axis.
+      out_features: the size of y's last axis.
+      bias: whether the layer adds b (params without "bias" otherwise).
+      dtype (jax.typing.DTypeLike | None): the params' dtype; default float (float64 under
+        `jax.enable_x64`, float32 otherwise).
+      contraction: "dot" forms x·Wᵀ as a matmul; "sum" as yᵢ = Σⱼ xⱼ·Wᵢⱼ, an elementwise product and a
+        sum that XLA fuses with its neighbours (the same function up to float rounding; on CPU up to 2×
+        faster for a tiny layer of one model; in `fit`'s loop about as fast as a matmul at 160 weights and
+        under vmap, outside it several times slower there under XLA's default CPU fusions:
+        benchmarks/README.md).
+
+    Returns:
+      The layer as a Model, with its hand-written `vjp`.
+
+    Raises:
+      ValueError: a size that is not a positive int, or an unknown `contraction`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from bp_jax import Linear
+      >>> params = {"weight": jnp.array([[1.0, 2.0], [3.0, 4.0]]), "bias": jnp.array([0.5, -0.5])}
+      >>> Linear(2, 2).apply(params, jnp.array([1.0, 1.0])).tolist()
+      [3.5, 6.5]
+      >>> y, backward = Linear(2, 2).vjp(params, jnp.array([[1.0, 1.0]]))
+      >>> grads, dx = backward(jnp.ones((1, 2)))   # dW = dyᵀ·x, db = Σ dy, dx = dy·W
+      >>> grads["weight"].tolist(), grads["bias"].tolist(), dx.tolist()
+      ([[1.0, 1.0], [1.0, 1.0]], [1.0, 1.0], [[4.0, 6.0]])
     """
     _check_positive_int("in_features", in_features)
     _check_positive_int("out_features", out_features)
@@ -156,7 +200,7 @@ _LAYER_NAMES = {"identity": "Identity", "relu": "ReLU", "sigmoid": "Sigmoid", "t
 
 
 def elementwise(name: str) -> Model:
-    """Parameter-free layer y = a(x) for an activation name; backward dx = dy·a'(x)."""
+    """Parameter-free layer y = a(x) for an activation name (a key of ACTIVATIONS); backward dx = dy·a'(x)."""
     fn, derivative = activation(name)
     layer = name.capitalize()
 
@@ -171,17 +215,47 @@ def elementwise(name: str) -> Model:
 
 
 def ReLU() -> Model:
-    """y = max(x, 0), with derivative 0 at 0 like torch.nn.ReLU."""
+    """Parameter-free layer y = max(x, 0), with derivative 0 at 0 like torch.nn.ReLU.
+
+    Returns:
+      The layer as a Model: params `{}`, backward dx = dy·[x > 0].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from bp_jax import ReLU
+      >>> ReLU().apply({}, jnp.array([-1.0, 0.0, 2.0])).tolist()
+      [0.0, 0.0, 2.0]
+    """
     return elementwise("relu")
 
 
 def Sigmoid() -> Model:
-    """y = 1 / (1 + e^−x), derivative y·(1 − y)."""
+    """Parameter-free layer y = 1 / (1 + e^−x), derivative y·(1 − y), as torch.nn.Sigmoid.
+
+    Returns:
+      The layer as a Model: params `{}`, backward dx = dy·y·(1 − y).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from bp_jax import Sigmoid
+      >>> Sigmoid().apply({}, jnp.array([0.0])).tolist()
+      [0.5]
+    """
     return elementwise("sigmoid")
 
 
 def Tanh() -> Model:
-    """y = tanh(x), derivative 1 − y²."""
+    """Parameter-free layer y = tanh(x), derivative 1 − y², as torch.nn.Tanh.
+
+    Returns:
+      The layer as a Model: params `{}`, backward dx = dy·(1 − y²).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from bp_jax import Tanh
+      >>> Tanh().apply({}, jnp.array([0.0])).tolist()
+      [0.0]
+    """
     return elementwise("tanh")
 
 
@@ -196,7 +270,27 @@ def _naming_layer(index: int):
 def Sequential(*layers: Model) -> Model:
     """Layers applied in order, as torch.nn.Sequential; params is a tuple with one entry per layer.
 
-    Backward applies each layer's hand-written backward in reverse order (the chain rule).
+    Backward applies each layer's hand-written backward in reverse order (the chain rule). `init` splits
+    its key once per layer. An error in a layer's checks names the layer's index.
+
+    Args:
+      *layers: one or more Models, applied first to last.
+
+    Returns:
+      The composition as a Model; it has a `vjp` when every layer has one, and a `name` when every layer has.
+
+    Raises:
+      TypeError: no layers, or one that is not a Model.
+
+    Examples:
+      >>> import jax
+      >>> from bp_jax import Linear, ReLU, Sequential
+      >>> model = Sequential(Linear(10, 5), ReLU(), Linear(5, 1))
+      >>> params = model.init(jax.random.key(0))
+      >>> jax.tree.map(jax.numpy.shape, params)
+      ({'bias': (5,), 'weight': (5, 10)}, {}, {'bias': (1,), 'weight': (1, 5)})
+      >>> model.apply(params, jax.numpy.ones((32, 10))).shape
+      (32, 1)
     """
     if not layers or not all(isinstance(layer, Model) for layer in layers):
         raise TypeError(f"Sequential expects one or more Models, got {layers!r}")
@@ -252,16 +346,39 @@ def mlp(
     contraction: str | Sequence[str] = "dot",
     layout: str = "rows",
 ) -> Model:
-    """Sequential(Linear(n0, n1), a, Linear(n1, n2), a, …, Linear(n_{k−1}, n_k)): an activation between
-    every pair of Linear layers, none after the last (their params of `dtype`, default float; `contraction` as
-    Linear's, one for every layer or a sequence of one per Linear layer). `mlp((10, 5, 1))` is the documents'
-    seed MLP.
+    """Sequential(Linear(n0, n1), a, Linear(n1, n2), a, …, Linear(n_{k−1}, n_k)): a multilayer perceptron.
 
-    `layout="columns"`: the same function of the same params, computed with the activations held as
-    (features, rows) between the layers, h ← a(W·h + b) ("sum": h ← a(Σⱼ Wᵢⱼ·hⱼ + b)), x and y still rows ×
-    features; named `mlp(...)` (the hand-written backward is the Sequential's). On CPU it is the faster layout
-    for many small models under vmap when no hidden layer is wider than the batch: the rows are the longer,
-    minor axis (benchmarks/README.md)."""
+    An activation between every pair of Linear layers, none after the last. `mlp((10, 5, 1))` is the
+    documents' seed MLP.
+
+    Args:
+      sizes: the layer widths n0, n1, …, n_k (inputs first, outputs last), at least two.
+      activation_name: a key of ACTIVATIONS: "identity", "relu", "sigmoid" or "tanh".
+      dtype (jax.typing.DTypeLike | None): the params' dtype; default float.
+      contraction: as Linear's, one for every layer or a sequence of one per Linear layer.
+      layout: "rows", the Sequential itself; or "columns": the same function of the same params, computed
+        with the activations held as (features, rows) between the layers, h ← a(W·h + b) ("sum":
+        h ← a(Σⱼ Wᵢⱼ·hⱼ + b)), x and y still rows × features; named `mlp(...)` (the hand-written backward is
+        the Sequential's). On CPU it is the faster layout for many small models under vmap when no hidden
+        layer is wider than the batch: the rows are the longer, minor axis (benchmarks/README.md).
+
+    Returns:
+      The network as a Model with the Sequential's params (a tuple, `{}` for each activation) and `vjp`.
+
+    Raises:
+      ValueError: fewer than two sizes, an unknown activation or layout, or as many contractions as
+        there are not Linear layers.
+
+    Examples:
+      >>> import jax
+      >>> from bp_jax import mlp
+      >>> model = mlp((10, 5, 1))
+      >>> model.name
+      'Sequential(Linear(10, 5), ReLU(), Linear(5, 1))'
+      >>> params = model.init(jax.random.key(0))
+      >>> model.apply(params, jax.numpy.ones((32, 10))).shape
+      (32, 1)
+    """
     sizes = tuple(sizes)
     if len(sizes) < 2:
         raise ValueError(f"mlp needs at least two sizes (inputs and outputs), got {sizes}")
@@ -304,6 +421,20 @@ def neuron(activation_name: str = "identity") -> Model:
     """The documents' single neuron y = a(w·x) with a scalar weight, params `{"w": ()}` (or shape (1,)).
 
     init draws w ~ U(−1, 1), nn.Linear(1, 1, bias=False)'s distribution.
+
+    Args:
+      activation_name: a key of ACTIVATIONS: "identity", "relu", "sigmoid" or "tanh".
+
+    Returns:
+      The neuron as a Model (without a `vjp`: its derivative is `bp_jax.manual.neuron_grad`).
+
+    Raises:
+      ValueError: an unknown activation.
+
+    Examples:
+      >>> from bp_jax import neuron
+      >>> round(float(neuron("sigmoid").apply({"w": 0.8}, 1.5)), 4)   # sigmoid(1.2)
+      0.7685
     """
     fn, _ = activation(activation_name)
     name = f"neuron({activation_name!r})"
@@ -318,7 +449,16 @@ def neuron(activation_name: str = "identity") -> Model:
 def tiny_net() -> Model:
     """The documents' tiny network x → ·w1 → ReLU → ·w2 → y, params `{"w1": (), "w2": ()}`.
 
-    Weights of shape (1,), as the document's `torch.tensor([0.5])`, are accepted too.
+    y = w2·relu(w1·x). Weights of shape (1,), as the document's `torch.tensor([0.5])`, are accepted too;
+    init draws both from U(−1, 1).
+
+    Returns:
+      The network as a Model (without a `vjp`: its derivatives are `bp_jax.manual.tiny_net_grads`).
+
+    Examples:
+      >>> from bp_jax import tiny_net
+      >>> float(tiny_net().apply({"w1": 0.5, "w2": 1.5}, 2.0))   # the document's y = 1.5·relu(0.5·2)
+      1.5
     """
 
     def init(key):

@@ -32,13 +32,46 @@ def _one_axis_mesh(axis: str, devices: int | Sequence[jax.Device] | None) -> Mes
 
 
 def data_parallel_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over `devices` with the single axis "data": all of `jax.devices()` when None, the first
-    n when an int. ValueError when more devices are asked than JAX sees."""
+    """A mesh over `devices` with the single axis "data": `fit(..., mesh=mesh)` splits each batch over it.
+
+    Args:
+      devices: all of `jax.devices()` when None, the first n when an int, or a sequence of devices.
+
+    Returns:
+      The one-axis mesh.
+
+    Raises:
+      ValueError: more devices asked than JAX sees (or fewer than 1).
+      TypeError: a bool for `devices`.
+
+    Examples:
+      >>> from bp_jax import data_parallel_mesh
+      >>> mesh = data_parallel_mesh(1)
+      >>> mesh.axis_names, dict(mesh.shape)
+      (('data',), {'data': 1})
+    """
     return _one_axis_mesh(DATA_AXIS, devices)
 
 
 def ensemble_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
-    """As `data_parallel_mesh`, with the single axis "models": `fit_ensemble` splits its members over it."""
+    """As `data_parallel_mesh`, with the single axis "models": `fit_ensemble` splits its members over it.
+
+    Args:
+      devices: all of `jax.devices()` when None, the first n when an int, or a sequence of devices.
+
+    Returns:
+      The one-axis mesh.
+
+    Raises:
+      ValueError: more devices asked than JAX sees (or fewer than 1).
+      TypeError: a bool for `devices`.
+
+    Examples:
+      >>> from bp_jax import ensemble_mesh
+      >>> mesh = ensemble_mesh(1)
+      >>> mesh.axis_names, dict(mesh.shape)
+      (('models',), {'models': 1})
+    """
     return _one_axis_mesh(MODELS_AXIS, devices)
 
 
@@ -59,6 +92,7 @@ def member_devices(mesh: Mesh) -> int:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
     return NamedSharding(mesh, PartitionSpec())
 
 

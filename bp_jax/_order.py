@@ -105,11 +105,33 @@ def traced_index_shuffle(
 
 
 def minibatch_indices(key: jax.Array, step, num_examples, batch_size: int, *, large: bool = False) -> jax.Array:
-    """Rows of minibatch `step`: epoch e = step // (n // b), position p = step mod (n // b), rows
-    π_e(p·b), …, π_e(p·b + b − 1) with π_e the bijection keyed by (key, e). Each epoch takes n // b full
-    batches; the n mod b rows π_e places last wait for a later epoch. `num_examples` may be traced (an
-    array, b ≤ n then unchecked): the same rows as for that n given as an int; `large` promises a traced
-    n ≥ LARGE_DOMAIN (fewer rounds computed, the same rows)."""
+    """Rows of minibatch `step`: π_e(p·b), …, π_e(p·b + b − 1), O(b) work however many rows there are.
+
+    Epoch e = step // (n // b), position p = step mod (n // b), π_e the bijection of [0, n) keyed by
+    (key, e). Each epoch takes n // b full batches; the n mod b rows π_e places last wait for a later epoch.
+
+    Args:
+      key: the PRNG key the order is drawn from (a typed key or raw uint32 key data).
+      step (int | jax.Array): the minibatch's index from the start of training, an integer ≥ 0 (may be traced).
+      num_examples (int | jax.Array): n, the number of rows. An int, or a traced array (b ≤ n is then
+        unchecked): the same rows as for that n given as an int.
+      batch_size: b, the rows per minibatch, in [1, n].
+      large: promises a traced n ≥ LARGE_DOMAIN (fewer rounds computed, the same rows).
+
+    Returns:
+      (jax.Array): the b row indices, int32.
+
+    Raises:
+      ValueError: a batch_size outside [1, n] (for an int n), or a step that is not an integer ≥ 0.
+
+    Examples:
+      >>> import jax
+      >>> from bp_jax import minibatch_indices
+      >>> key = jax.random.key(0)
+      >>> first, second = (minibatch_indices(key, step, 10, 4).tolist() for step in (0, 1))
+      >>> len(first), len(set(first + second))   # an epoch of 10 // 4 = 2 batches reads 8 distinct rows
+      (4, 8)
+    """
     traced = isinstance(num_examples, (jax.Array, jax.core.Tracer))
     if not traced and not 1 <= batch_size <= num_examples:
         raise ValueError(f"batch_size must be in [1, {num_examples}] (the number of examples), got {batch_size}")

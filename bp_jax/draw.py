@@ -36,13 +36,43 @@ _PAD, _COLUMN_GAP, _ROW_GAP = 6.0, 44.0, 16.0
 
 
 def legend_lines(graph: Graph) -> tuple[tuple[str, str], ...]:
-    """(text, colour) of each line the legend shows: value and grad, and tangent where the graph has them."""
+    """(text, colour) of each line the legend shows: value and grad, and tangent where the graph has them.
+
+    Args:
+      graph: an explained graph.
+
+    Returns:
+      The legend's lines, each (text, colour as "#rrggbb").
+
+    Examples:
+      >>> from bp_jax import explain, draw
+      >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
+      >>> [text for text, colour in draw.legend_lines(graph)]
+      ['value: forward pass', 'grad = ∂f/∂node: backward pass']
+    """
     return LEGEND if graph.has_tangents else LEGEND[:2]
 
 
 def to_dot(graph: Graph) -> str:
-    """Graphviz DOT: a box per node with its value (blue, forward) and grad (red, backward), and its
-    tangent (purple, forward mode) where the graph has tangents."""
+    """Graphviz DOT text of the graph: a box per node, an edge from each operand to its result.
+
+    Each box shows the node's name, index and op, its value (blue, forward) and grad (red, backward), and its
+    tangent (purple, forward mode) where the graph has tangents.
+
+    Args:
+      graph: an explained graph.
+
+    Returns:
+      The DOT text, ending in a newline.
+
+    Examples:
+      >>> from bp_jax import explain, draw
+      >>> dot = draw.to_dot(explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0))
+      >>> print(dot[:17])
+      digraph explain {
+      >>> [line for line in dot.splitlines() if "->" in line]
+      ['  n0 -> n2;', '  n1 -> n2;', '  n2 -> n3;', '  n3 -> n4;']
+    """
     lines = [
         "digraph explain {",
         '  rankdir=LR; fontname="Helvetica";',
@@ -61,8 +91,33 @@ def to_dot(graph: Graph) -> str:
 
 
 def save(graph: Graph, path, engine: str | None = None) -> Path:
-    """Write `graph` to `path` by its suffix (.dot, .svg or .png); pictures by Graphviz's `dot` where it is
-    installed, else by matplotlib (`engine` "graphviz" or "matplotlib" forces one). Returns the path."""
+    """Write `graph` to `path` by its suffix (.dot, .svg or .png), atomically.
+
+    Pictures are drawn by Graphviz's `dot` where it is installed, else by matplotlib. The file appears whole
+    or not at all: it is written beside the target, then renamed.
+
+    Args:
+      graph: an explained graph.
+      path (str | os.PathLike): where to write; its suffix picks the format.
+      engine: None (Graphviz where installed, else matplotlib), or "graphviz" or "matplotlib" to force one.
+
+    Returns:
+      (pathlib.Path): the path written.
+
+    Raises:
+      ValueError: a suffix other than .dot, .svg and .png, or an unknown engine.
+      FileNotFoundError: engine "graphviz" for a picture where Graphviz's `dot` is not on PATH.
+
+    Examples:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from bp_jax import explain, draw
+      >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
+      >>> with tempfile.TemporaryDirectory() as folder:
+      ...     path = draw.save(graph, Path(folder) / "graph.dot")
+      ...     print(path.name, path.read_text().count("->"))
+      graph.dot 4
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".dot", ".svg", ".png"):
@@ -110,12 +165,40 @@ class _atomic:
 
 
 def node_kind(node: Node, output: Node) -> str:
-    """input, const, output or op: what a picture colours a node by."""
+    """input, const, output or op: what a picture colours a node by.
+
+    Args:
+      node: a node of the graph.
+      output: the graph's output node.
+
+    Returns:
+      "output" for the output node, "input" or "const" for those nodes, "op" for any other.
+
+    Examples:
+      >>> from bp_jax import explain, draw
+      >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
+      >>> [draw.node_kind(node, graph.output) for node in graph.nodes]
+      ['input', 'input', 'op', 'op', 'output']
+    """
     return "output" if node is output else node.op if node.op in ("input", "const") else "op"
 
 
 def box_lines(node: Node, tangents: bool = False) -> list[str]:
-    """The lines of a node's box: name; index, op and type; value; grad; with `tangents`, tangent."""
+    """The lines of a node's box: name; index, op and type; value; grad; with `tangents`, tangent.
+
+    Args:
+      node: a node of an explained graph.
+      tangents: whether to add the tangent's line (for a graph with tangents).
+
+    Returns:
+      The box's lines, top to bottom; a tensor's type shows as dtype[shape], its numbers as the first few.
+
+    Examples:
+      >>> from bp_jax import explain, draw
+      >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0, tangents=(1.0, None))
+      >>> draw.box_lines(graph.nodes[2], tangents=True)
+      ['w·x', '#2 mul', 'value 1', 'grad -4', 'tangent 2']
+    """
     kind, value = summary(node.value)
     return [
         node.name,
@@ -144,8 +227,21 @@ def _dot_label(node: Node, graph: Graph) -> str:
 
 
 def columns(graph: Graph) -> list[int]:
-    """Each node's column: one before its first consumer's; a node nothing consumes (f) sits at its
-    depth, the longest path to it from an input."""
+    """Each node's column in a left-to-right layout: one before its first consumer's.
+
+    A node nothing consumes (f) sits at its depth, the longest path to it from an input; columns start at 0.
+
+    Args:
+      graph: an explained graph.
+
+    Returns:
+      One column per node, in the order of `graph.nodes`.
+
+    Examples:
+      >>> from bp_jax import explain, draw
+      >>> draw.columns(explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0))
+      [0, 0, 1, 2, 3]
+    """
     depth: list[int] = []
     consumers: defaultdict[int, list[int]] = defaultdict(list)
     for node in graph.nodes:
@@ -161,8 +257,25 @@ def columns(graph: Graph) -> list[int]:
 
 
 def rows(graph: Graph, column: list[int], sweeps: int = 4) -> list[float]:
-    """Each node's row in its column, centred on 0: a few sweeps, alternately left to right (ordering each
-    column by the mean row of the node's inputs) and right to left (of its consumers): the barycenter heuristic."""
+    """Each node's row in its column, centred on 0, by the barycenter heuristic.
+
+    A few sweeps, alternately left to right (ordering each column by the mean row of the node's inputs) and
+    right to left (of its consumers).
+
+    Args:
+      graph: an explained graph.
+      column: each node's column, as `columns(graph)` gives them.
+      sweeps: how many sweeps to make.
+
+    Returns:
+      One row per node, in the order of `graph.nodes`; a column of k nodes holds rows −(k − 1)/2 … (k − 1)/2.
+
+    Examples:
+      >>> from bp_jax import explain, draw
+      >>> graph = explain(lambda w, x: (w * x - 3.0) ** 2, 0.5, 2.0)
+      >>> draw.rows(graph, draw.columns(graph))
+      [-0.5, 0.5, 0.0, 0.0, 0.0]
+    """
     members = defaultdict(list)
     for node in graph.nodes:
         members[column[node.index]].append(node.index)

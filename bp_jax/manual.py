@@ -18,7 +18,21 @@ from bp_jax._losses import mse, softmax_cross_entropy
 
 
 def mse_grad(pred, target):
-    """dL/dy = 2(y − t)/N for L = (1/N)·Σ(y − t)² over all N elements."""
+    """dL/dy = 2(y − t)/N for L = (1/N)·Σ(y − t)² over all N elements.
+
+    Args:
+      pred (jax.Array): the predictions y.
+      target (jax.Array): the targets t, of pred's shape.
+
+    Returns:
+      (jax.Array): dL/dy, of pred's shape.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from bp_jax import manual
+      >>> manual.mse_grad(jnp.array([1.0, 2.0]), jnp.array([0.0, 0.0])).tolist()   # 2·(1, 2)/2
+      [1.0, 2.0]
+    """
     return 2 * (pred - target) / pred.size
 
 
@@ -27,20 +41,53 @@ def softmax_cross_entropy_grad(logits, labels):
 
     Per row, ∂logsumexp(z)/∂z_j = exp(z_j)/Σ_k exp(z_k) = softmax(z)_j and ∂z[label]/∂z_j = [j = label];
     the mean over B rows divides by B.
+
+    Args:
+      logits (jax.Array): the logits z, shape (B, C).
+      labels (jax.Array): integer class indices, shape (B,), each in [0, C).
+
+    Returns:
+      (jax.Array): dL/dz, shape (B, C).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from bp_jax import manual
+      >>> manual.softmax_cross_entropy_grad(jnp.array([[0.0, 0.0]]), jnp.array([0])).tolist()
+      [[-0.5, 0.5]]
     """
     onehot = jax.nn.one_hot(labels, logits.shape[1], dtype=logits.dtype)
     return (jax.nn.softmax(logits) - onehot) / logits.shape[0]
 
 
-#: loss -> dL/dpred, written by hand.
 LOSS_GRADS: dict[Callable, Callable] = {
     mse: mse_grad,
     softmax_cross_entropy: softmax_cross_entropy_grad,
 }
+"""loss -> dL/dpred, written by hand: the losses `value_and_grad` knows."""
 
 
 def neuron_grad(w, x, t, activation_name: str = "identity"):
-    """dL/dw = 2(y − t)·a'(w·x)·x for y = a(w·x), L = (y − t)²."""
+    """dL/dw = 2(y − t)·a'(w·x)·x for the single neuron y = a(w·x), L = (y − t)².
+
+    Args:
+      w (jax.typing.ArrayLike): the weight.
+      x (jax.typing.ArrayLike): the input.
+      t (jax.typing.ArrayLike): the target.
+      activation_name: a key of `bp_jax.ACTIVATIONS`: "identity", "relu", "sigmoid" or "tanh".
+
+    Returns:
+      (jax.Array): dL/dw.
+
+    Raises:
+      ValueError: an unknown activation.
+
+    Examples:
+      >>> from bp_jax import manual
+      >>> round(float(manual.neuron_grad(0.8, 1.5, 0.5)), 4)   # 2·(1.2 − 0.5)·1·1.5
+      2.1
+      >>> round(float(manual.neuron_grad(0.8, 1.5, 0.5, "sigmoid")), 4)
+      0.1433
+    """
     a, a_prime = activation(activation_name)
     w, x, t = (jnp.asarray(v) for v in (w, x, t))
     z = w * x
@@ -52,7 +99,31 @@ def tiny_net_backward(w1, w2, x, t) -> dict:
 
     Forward z1 = w1·x, a1 = relu(z1), y = w2·a1, L = (y − t)². Backward, last to first: dL/dL = 1,
     dL/dy = 2(y − t), dL/dw2 = dL/dy·a1, dL/da1 = dL/dy·w2, dL/dz1 = dL/da1·relu'(z1),
-    dL/dw1 = dL/dz1·x, dL/dx = dL/dz1·w1, dL/dt = −2(y − t). Names: w1, w2, x, t, z1, a1, y, "y − t", L.
+    dL/dw1 = dL/dz1·x, dL/dx = dL/dz1·w1, dL/dt = −2(y − t).
+
+    Args:
+      w1 (jax.typing.ArrayLike): the first weight.
+      w2 (jax.typing.ArrayLike): the second weight.
+      x (jax.typing.ArrayLike): the input.
+      t (jax.typing.ArrayLike): the target.
+
+    Returns:
+      (value, dL/dvalue) for each of w1, w2, x, t, z1, a1, y, "y − t" and L, in that order.
+
+    Examples:
+      >>> from bp_jax import manual
+      >>> steps = manual.tiny_net_backward(w1=0.5, w2=1.5, x=2.0, t=3.0)
+      >>> for name, (value, grad) in steps.items():   # name, value, dL/dname
+      ...     print(f"{name:5}  {float(value):5g}  {float(grad):5g}")
+      w1       0.5     -9
+      w2       1.5     -3
+      x          2  -2.25
+      t          3      3
+      z1         1   -4.5
+      a1         1   -4.5
+      y        1.5     -3
+      y − t   -1.5     -3
+      L       2.25      1
     """
     relu, relu_prime = activation("relu")
     w1, w2, x, t = (jnp.asarray(v) for v in (w1, w2, x, t))
@@ -79,6 +150,21 @@ def tiny_net_grads(w1, w2, x, t) -> dict:
     """Gradients of L = (y − t)² for y = w2·relu(w1·x), by the chain rule.
 
     dL/dw2 = 2(y − t)·a1;  dL/dw1 = 2(y − t)·w2·relu'(z1)·x;  dL/dx = 2(y − t)·w2·relu'(z1)·w1.
+
+    Args:
+      w1 (jax.typing.ArrayLike): the first weight.
+      w2 (jax.typing.ArrayLike): the second weight.
+      x (jax.typing.ArrayLike): the input.
+      t (jax.typing.ArrayLike): the target.
+
+    Returns:
+      `{"w1": dL/dw1, "w2": dL/dw2, "x": dL/dx}`.
+
+    Examples:
+      >>> from bp_jax import manual
+      >>> grads = manual.tiny_net_grads(w1=0.5, w2=1.5, x=2.0, t=3.0)
+      >>> {name: float(grad) for name, grad in grads.items()}   # the document's numbers
+      {'w1': -9.0, 'w2': -3.0, 'x': -2.25}
     """
     steps = tiny_net_backward(w1, w2, x, t)
     return {name: steps[name][1] for name in ("w1", "w2", "x")}
@@ -87,7 +173,30 @@ def tiny_net_grads(w1, w2, x, t) -> dict:
 def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
     """`f(params, x, y) -> (loss, grads)` by a hand-written forward and backward pass.
 
-    Same contract as `jax.value_and_grad(loss_fn(model, loss))`; `loss` is one of LOSS_GRADS.
+    Same contract as `jax.value_and_grad(loss_fn(model, loss))`: forward through `model.vjp`, keeping each
+    layer's input; the loss; then dL/dpred (LOSS_GRADS) through each layer's backward, last layer first.
+
+    Args:
+      model: a model with a hand-written `vjp`: a Sequential of Linear, ReLU, Sigmoid and Tanh (e.g. `mlp`).
+      loss: one of LOSS_GRADS: `bp_jax.mse` or `bp_jax.softmax_cross_entropy`.
+
+    Returns:
+      The function `f(params, x, y) -> (loss, grads)`, grads in the structure of params.
+
+    Raises:
+      TypeError: a model without a hand-written `vjp`.
+      ValueError: a loss whose derivative is not in LOSS_GRADS.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from bp_jax import loss_fn, manual, mlp
+      >>> model = mlp((3, 2, 1))
+      >>> params, x, y = model.init(jax.random.key(0)), jnp.ones((4, 3)), jnp.zeros((4, 1))
+      >>> loss, grads = manual.value_and_grad(model)(params, x, y)
+      >>> expected = jax.grad(loss_fn(model))(params, x, y)
+      >>> all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b, atol=1e-6)), grads, expected)))
+      True
     """
     forward = model.vjp
     if forward is None:
@@ -111,15 +220,37 @@ def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
 
 
 def per_example_grads(model: Model, loss: Callable = mse) -> Callable:
-    """`f(params, x, y)` -> the params pytree with a leading batch axis: row i is the gradient of example i's
-    own loss, `loss(model.apply(params, x[i:i+1]), y[i:i+1])`, by the hand-written backward pass.
+    """`f(params, x, y)` -> each example's own gradient, by the hand-written backward pass.
 
-    Example i's own loss is the loss on a batch of that one example, so no 1/B factor: for `mse` its
-    dL/dpred is 2(y_i − t_i)/C over the example's C outputs, for `softmax_cross_entropy`
-    softmax(z_i) − onehot(label_i). Through a Linear layer the backward signal δ_i (dL/d its output)
-    gives dW_i = δ_i ⊗ x_i, the outer product with the example's input, and db_i = δ_i; the batch
-    gradient of the mean loss is the mean of the rows. Computed as `value_and_grad(model, loss)` on
-    one-example batches under `jax.vmap`, which batches the same hand-written formulas (no autodiff).
+    Example i's own loss is the loss on a batch of that one example,
+    `loss(model.apply(params, x[i:i+1]), y[i:i+1])`, so no 1/B factor: for `mse` its dL/dpred is
+    2(y_i − t_i)/C over the example's C outputs, for `softmax_cross_entropy` softmax(z_i) − onehot(label_i).
+    Through a Linear layer the backward signal δ_i (dL/d its output) gives dW_i = δ_i ⊗ x_i, the outer
+    product with the example's input, and db_i = δ_i; the batch gradient of the mean loss is the mean of
+    the rows. Computed as `value_and_grad(model, loss)` on one-example batches under `jax.vmap`, which
+    batches the same hand-written formulas (no autodiff).
+
+    Args:
+      model: a model with a hand-written `vjp`, as for `value_and_grad`.
+      loss: one of LOSS_GRADS: `bp_jax.mse` or `bp_jax.softmax_cross_entropy`.
+
+    Returns:
+      The function `f(params, x, y)` -> the params pytree with a leading batch axis: row i is example
+        i's gradient. It raises ValueError unless x and y share their leading (batch) axis.
+
+    Raises:
+      TypeError: a model without a hand-written `vjp`.
+      ValueError: a loss whose derivative is not in LOSS_GRADS.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from bp_jax import manual, mlp
+      >>> model = mlp((3, 2, 1))
+      >>> params, x, y = model.init(jax.random.key(0)), jnp.ones((4, 3)), jnp.zeros((4, 1))
+      >>> rows = manual.per_example_grads(model)(params, x, y)
+      >>> jax.tree.map(jnp.shape, rows)
+      ({'bias': (4, 2), 'weight': (4, 2, 3)}, {}, {'bias': (4, 1), 'weight': (4, 1, 2)})
     """
     value_and_grad_one = value_and_grad(model, loss)
 
@@ -147,6 +278,20 @@ def tiny_net_hessian(w1, w2, x, t):
 
     At the document's x = 2, w1 = 0.5, w2 = 1.5, t = 3: [[18, 0], [0, 2]] (the cross term vanishes as
     2y = t there).
+
+    Args:
+      w1 (jax.typing.ArrayLike): the first weight (a scalar).
+      w2 (jax.typing.ArrayLike): the second weight (a scalar).
+      x (jax.typing.ArrayLike): the input (a scalar).
+      t (jax.typing.ArrayLike): the target (a scalar).
+
+    Returns:
+      (jax.Array): [[∂²L/∂w1², ∂²L/∂w1∂w2], [∂²L/∂w1∂w2, ∂²L/∂w2²]], shape (2, 2).
+
+    Examples:
+      >>> from bp_jax import manual
+      >>> manual.tiny_net_hessian(w1=0.5, w2=1.5, x=2.0, t=3.0).tolist()
+      [[18.0, 0.0], [0.0, 2.0]]
     """
     relu, relu_prime = activation("relu")
     w1, w2, x, t = (jnp.asarray(v) for v in (w1, w2, x, t))

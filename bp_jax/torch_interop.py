@@ -128,7 +128,30 @@ def from_torch(module_or_state_dict: nn.Module | Mapping, model: Model | None = 
 
     Returns:
       The params pytree: a tuple for nn.Sequential, a dict per layer, arrays in PyTorch's layout and dtype
-      (float64 stays float64 only under `jax.enable_x64`; otherwise JAX stores float32). Always copies.
+        (float64 stays float64 only under `jax.enable_x64`; otherwise JAX stores float32). Always copies.
+
+    Raises:
+      TypeError: a module bp_jax has no layer for (naming its place and type), or neither a module nor a
+        mapping; a state_dict with a `model` that is not a Sequential.
+      ValueError: a state_dict key that is not "<index>.weight" or "<index>.bias", or (given `model`) a
+        layer whose keys or shapes differ from the model's, or a module whose layers are not the model's.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import torch
+      >>> from torch import nn
+      >>> from bp_jax import from_torch, mlp
+      >>> module = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))
+      >>> model = mlp((10, 5, 1))
+      >>> params = from_torch(module, model=model)
+      >>> jax.tree.map(jnp.shape, params)
+      ({'bias': (5,), 'weight': (5, 10)}, {}, {'bias': (1,), 'weight': (1, 5)})
+      >>> expected = module(torch.ones(3, 10)).detach().numpy()
+      >>> bool(jnp.allclose(model.apply(params, jnp.ones((3, 10))), expected, atol=1e-6))
+      True
+      >>> jax.tree.map(jnp.shape, from_torch(module.state_dict(), model=model))
+      ({'bias': (5,), 'weight': (5, 10)}, {}, {'bias': (1,), 'weight': (1, 5)})
     """
     expected = None if model is None else _expected_shapes(model)
     if isinstance(module_or_state_dict, nn.Module):
@@ -177,9 +200,34 @@ def to_torch(params: Params, module: nn.Module, model: Model | None = None) -> n
     """Copy bp_jax params into `module`'s parameters in place (under torch.no_grad) and return the module.
 
     The inverse of `from_torch`: the same layers and layout. Each tensor keeps the module's dtype and device.
-    Every layer is checked before anything is written: a missing key or a value of another shape is a
-    ValueError naming the layer and both shapes, and leaves the module untouched; so is a `model` (the one
-    the params belong to) whose layers or activations are not the module's.
+    Every layer is checked before anything is written, so a failed call leaves the module untouched.
+
+    Args:
+      params: the params pytree, as `from_torch` gives it for this module.
+      module: an nn.Sequential (possibly nested) of nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh, or one such layer.
+      model: the bp_jax model the params belong to; when given, its layers and activations must be the
+        module's (`model.name`).
+
+    Returns:
+      The module, its parameters now holding the params' values.
+
+    Raises:
+      ValueError: a missing key or a value of another shape (naming the layer and both shapes), or a
+        `model` whose layers or activations are not the module's.
+      TypeError: a module bp_jax has no layer for.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import torch
+      >>> from torch import nn
+      >>> from bp_jax import mlp, to_torch
+      >>> model = mlp((10, 5, 1))
+      >>> params = model.init(jax.random.key(0))
+      >>> module = to_torch(params, nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1)), model=model)
+      >>> expected = module(torch.ones(3, 10)).detach().numpy()
+      >>> bool(jnp.allclose(model.apply(params, jnp.ones((3, 10))), expected, atol=1e-6))
+      True
     """
     _check_layers(module, model)
     pairs = _pairs(params, module, "")
