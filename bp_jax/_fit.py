@@ -208,7 +208,7 @@ def fit(
         mesh=mesh,
         stop_rule=stop_rule,
     )
-    state, losses, step = _drive(run, on_chunk, _fit_result)
+    state, losses, step = _run_in_chunks(run, on_chunk, _fit_result)
     bad = int(to_host(state.divergence.step))
     if bad >= 0:
         partial = _fit_result(state, losses[: bad - run.start_step + 1], bad)
@@ -309,7 +309,7 @@ def fit_ensemble(
         rows=rows,
         row_counts=row_counts,
     )
-    return _ensemble_result(*_drive(run, on_chunk, _ensemble_result))
+    return _ensemble_result(*_run_in_chunks(run, on_chunk, _ensemble_result))
 
 
 def _set_up(
@@ -426,7 +426,7 @@ def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | No
     return state, (lr, key, place(x, replicated(mesh)), place(y, replicated(mesh)), member_rows)
 
 
-def _drive(run: _Run, on_chunk, result) -> tuple[LoopState, np.ndarray, int]:
+def _run_in_chunks(run: _Run, on_chunk, result) -> tuple[LoopState, np.ndarray, int]:
     """The host side of both loops: calls the loop for at most CAPACITY steps at a time, gives `on_chunk` the
     `result(state, chunk losses, step)` after every chunk (boundaries on the multiples of each chunk size) and
     stops when it returns True; returns the state, the losses (steps, *members) and the step reached. One model

@@ -57,17 +57,18 @@ class GridSearchCV(SklearnGridSearchCV):
     programs of different shapes, and the fits trained one by one, run one after another. Trained one by one, as
     sklearn would: early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) and shuffle=False.
 
-    Args:
-        estimator: the MLPRegressor, MLPClassifier or Pipeline ending in one.
-        param_grid: a dict of parameter lists, or a list of such dicts.
-        scoring: as sklearn's: None (the estimator's score), a name, a callable, or several in a list or dict.
-        n_jobs: the most concurrent programs (None: 1, or joblib's `parallel_config`; −1: every CPU).
-        refit: refit the best on all the data (a metric's name with several metrics, or a callable).
-        cv: the folds, as sklearn's `check_cv` takes them.
-        verbose: print the count of fits when > 0.
-        pre_dispatch: accepted and unused.
-        error_score: a failed fit's score, or "raise".
-        return_train_score: also score each fit on its training rows.
+    It takes sklearn's parameters (its `__init__` is sklearn's), with these meanings here:
+
+    - `estimator`: the MLPRegressor, MLPClassifier or Pipeline ending in one;
+    - `param_grid`: a dict of parameter lists, or a list of such dicts;
+    - `scoring`: None (the estimator's score), a name, a callable, or several in a list or dict;
+    - `n_jobs`: the most concurrent programs (None: 1, or joblib's `parallel_config`; −1: every CPU);
+    - `refit`: refit the best on all the data (a metric's name with several metrics, or a callable);
+    - `cv`: the folds, as sklearn's `check_cv` takes them;
+    - `verbose`: print the count of fits when > 0;
+    - `pre_dispatch`: accepted and unused;
+    - `error_score`: a failed fit's score, or "raise";
+    - `return_train_score`: also score each fit on its training rows.
 
     Attributes:
         cv_results_: sklearn's dict of per-candidate results (fit_time is each member's share of its program's).
