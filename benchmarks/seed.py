@@ -17,7 +17,7 @@ import bp_jax
 from benchmarks.problems import SEED_BATCH, SEED_ROWS, SEED_SIZES, chained, mlp_problem
 from benchmarks.records import SuiteRecord, torch_baselines
 from benchmarks.timing import Timer, time_interleaved
-from bp_jax._fit import loop_compiler_options  # the fused loop's XLA options, for the fusion diagnostic
+from bp_jax._fit_loop import loop_compiler_options  # the fused loop's XLA options, for the fusion diagnostic
 from bp_jax._steps import sgd_update  # the unjitted update, for the bare-scan diagnostics
 
 TORCH_EAGER = "torch eager: the documents' train_step (.item())"

@@ -62,10 +62,10 @@ report["steps"] = {
 report["step_output_devices"] = len(sgd_sharded[0][0]["weight"].sharding.device_set)
 # Split batches mean the compiler sums the gradients across devices: an all-reduce in both programs.
 step_program = bp_jax.sgd_step(loss, 0.05).lower(replicate(params), split(x), split(y)).compile().as_text()
-divergence = bp_jax._fit._Divergence(replicate(jnp.asarray(-1, jnp.int32)), replicate(jnp.asarray(0, jnp.int32)))
-state = bp_jax._fit._LoopState(replicate(params), None, divergence)
+divergence = bp_jax._fit_loop.Divergence(replicate(jnp.asarray(-1, jnp.int32)), replicate(jnp.asarray(0, jnp.int32)))
+state = bp_jax._fit_loop.LoopState(replicate(params), None, divergence)
 fit_program = (
-    bp_jax._fit._compiled_loop(loss, None, 16, mesh, ensemble=False, key_axis=None)
+    bp_jax._fit_loop.compiled_loop(loss, None, 16, mesh, ensemble=False, key_axis=None)
     .lower(state, 0.05, replicate(key), replicate(x), replicate(y), None, 0, 40)
     .compile()
     .as_text()

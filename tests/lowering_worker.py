@@ -5,7 +5,7 @@ with --markdown, the table of docs/backends.md instead.
 
     JAX_NUM_CPU_DEVICES=8 python tests/lowering_worker.py [--markdown]
 
-`fit`'s and `fit_ensemble`'s loops are the programs they build (`bp_jax._fit._compiled_loop`), captured with the
+`fit`'s and `fit_ensemble`'s loops are the programs they build (`bp_jax._fit_loop.compiled_loop`), captured with the
 arguments of a one-step call and lowered with those arguments' shapes, dtypes and shardings.
 """
 
@@ -35,7 +35,7 @@ PROGRAMS = (
 def _captured_loop(train: Callable) -> tuple[Callable, tuple]:
     """The jitted loop `train()` runs, and the shapes, dtypes and shardings of its first call's arguments."""
     calls = []
-    build = _fit._compiled_loop
+    build = _fit.compiled_loop
 
     def recording(*args, **kwargs):
         loop = build(*args, **kwargs)
@@ -46,11 +46,11 @@ def _captured_loop(train: Callable) -> tuple[Callable, tuple]:
 
         return run
 
-    _fit._compiled_loop = recording
+    _fit.compiled_loop = recording
     try:
         train()
     finally:
-        _fit._compiled_loop = build
+        _fit.compiled_loop = build
     return calls[0]
 
 

@@ -136,14 +136,16 @@ def test_a_second_ensemble_with_an_optimizer_and_no_state_compiles_nothing(count
 def test_threads_asking_at_once_for_one_configurations_loop_share_one_jitted_function(monkeypatch):
     """GridSearchCV's n_jobs threads start one configuration's loop at once: they must get one jitted function, so
     one compilation (two lru_cache misses at once would build two). The build is slowed so that both ask during it."""
-    options = bp_jax._fit.loop_compiler_options
-    monkeypatch.setattr(bp_jax._fit, "loop_compiler_options", lambda platform: time.sleep(0.2) or options(platform))
+    options = bp_jax._fit_loop.loop_compiler_options
+    monkeypatch.setattr(
+        bp_jax._fit_loop, "loop_compiler_options", lambda platform: time.sleep(0.2) or options(platform)
+    )
     loss = problem()[0]
     both_ready = threading.Barrier(2)
 
     def build(_):
         both_ready.wait()
-        return bp_jax._fit._compiled_loop(loss, None, 8, None, ensemble=True, key_axis=None, group_size=3)
+        return bp_jax._fit_loop.compiled_loop(loss, None, 8, None, ensemble=True, key_axis=None, group_size=3)
 
     with ThreadPoolExecutor(2) as pool:
         first, second = pool.map(build, range(2))

@@ -247,7 +247,8 @@ def _searches(estimator, grid, x, y, monkeypatch, **options):
 
 
 def _count_own_training(patch, estimators, counter):
-    patch.setattr(estimators, "train", lambda *a, train=estimators.train, **k: counter.append(1) or train(*a, **k))
+    module = estimators._multilayer_perceptron  # where the estimators look up their one-model training run
+    patch.setattr(module, "fit_epochs", lambda *a, train=module.fit_epochs, **k: counter.append(1) or train(*a, **k))
 
 
 @pytest.mark.parametrize(
@@ -397,10 +398,10 @@ def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_resul
     searches = {}
     for jobs in (None, 2, 4):
         with monkeypatch.context() as patch:
-            counted = lambda *a, fit_ensemble=estimators.fit_ensemble, jobs=jobs, **k: (
+            counted = lambda *a, fit_ensemble=estimators._members.fit_ensemble, jobs=jobs, **k: (
                 calls.setdefault(jobs, []).append(len(a[1]["l2"])) or fit_ensemble(*a, **k)
             )  # a[1]: the members' stacked params
-            patch.setattr(estimators, "fit_ensemble", counted)
+            patch.setattr(estimators._members, "fit_ensemble", counted)
             searches[jobs] = GridSearchCV(estimator, grid, cv=3, n_jobs=jobs).fit(x, y)
     # 3 folds × 6 members: halves of each fold's group over 2 calls; whole groups over 3 calls when 4 are allowed
     assert calls == {None: [18], 2: [9, 9], 4: [6, 6, 6]}
@@ -443,11 +444,11 @@ def test_n_jobs_threads_train_under_the_callers_jax_settings():
 
 
 def _candidate_major(candidates: int, folds: int, seed_of_candidate) -> list:
-    """Members as `_fit_members` makes them: candidate-major, each on its fold's block."""
-    from bp_jax.estimators import _Member
+    """Members as `_fit_candidates` makes them: candidate-major, each on its fold's block."""
+    from bp_jax.estimators._members import Member
 
     return [
-        _Member(candidate * folds + fold, None, None, (fold,), seed_of_candidate(candidate))
+        Member(candidate * folds + fold, None, None, (fold,), seed_of_candidate(candidate))
         for candidate in range(candidates)
         for fold in range(folds)
     ]
@@ -464,10 +465,10 @@ def _candidate_major(candidates: int, folds: int, seed_of_candidate) -> list:
     ],
 )
 def test_n_jobs_parts_keep_the_minibatch_sharing_groups_whole_where_they_can(candidates, folds, seeds, jobs, sizes):
-    from bp_jax.estimators import _parts
+    from bp_jax.estimators._members import split_members
 
     members = _candidate_major(candidates, folds, lambda candidate: candidate % seeds)
-    split = _parts(members, jobs)
+    split = split_members(members, jobs)
     assert [len(part) for part in split] == sizes
     assert sorted(member.position for part in split for member in part) == list(range(len(members)))
     if (candidates, folds, jobs) == (16, 5, 2):  # each fold's group whole or halved

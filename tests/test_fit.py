@@ -421,7 +421,7 @@ def test_the_fused_loop_keeps_ynnpack_to_dots_on_cpu(tmp_path):
     element-wise and reduction fusions of a vmapped sum contraction out of YNNPACK, and `fit_ensemble`'s loop is
     compiled with it (its optimized HLO, dumped in a subprocess, holds no YNNPACK fusion). Fails loudly when XLA
     renames, drops or changes the option."""
-    from bp_jax._fit import CPU_FUSION_OPTION, loop_compiler_options
+    from bp_jax._fit_loop import CPU_FUSION_OPTION, loop_compiler_options
 
     assert loop_compiler_options("cpu") == dict([CPU_FUSION_OPTION]) and loop_compiler_options("gpu") == {}
     contraction = lambda w, x: jnp.tanh((x[:, :, None] * w[None]).sum(1)).sum()

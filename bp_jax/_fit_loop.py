@@ -1,0 +1,247 @@
+"""The compiled loop behind `fit` and `fit_ensemble`: one model's guarded step, lifted over an ensemble's members
+by `jax.vmap`, run for up to CAPACITY steps a call under `lax.while_loop`.
+
+`run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`, where `state` is a `LoopState` pytree
+(donated) and every other argument is data: the first step and the length are traced, so any run length, chunk
+size or resume point reuses one program per configuration (`compiled_loop`). A step whose loss or new params are
+not finite is not applied: the model is frozen and the step recorded in its `Divergence`.
+"""
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bp_jax._mesh import MODELS_AXIS, batch_sharded, member_sharded, replicated
+from bp_jax._order import minibatch_indices
+from bp_jax._steps import optax_update, sgd_update
+
+#: Steps per call of the compiled loop: the size of its loss buffer.
+CAPACITY = 1024
+#: Why a model stopped: its loss was non-finite, or its loss was finite but the update was not.
+CAUSES = ("loss", "update")
+#: XLA:CPU's experimental option naming the fusions it hands to YNNPACK, and the value keeping only dots there.
+CPU_FUSION_OPTION = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_DOT")
+
+
+class Divergence(NamedTuple):
+    """Per model: the step at which it diverged (−1: it has not) and its index in CAUSES."""
+
+    step: jax.Array | np.ndarray
+    cause: jax.Array | np.ndarray
+
+
+class RuleState(NamedTuple):
+    """Per model, a `StopRule`'s progress: the rule's own `state` and the step after which it stopped the model
+    (−1: running)."""
+
+    state: Any
+    stopped_at: jax.Array | np.ndarray
+
+
+class LoopState(NamedTuple):
+    """What the compiled loop carries from step to step (and donates between calls); `rule` is None without a
+    stop rule."""
+
+    params: Any
+    opt_state: Any
+    divergence: Divergence
+    rule: RuleState | None = None
+
+
+class MemberRows(NamedTuple):
+    """Each member group's rows of x: indices (G, R) and how many of them it uses (G,)."""
+
+    indices: Any
+    counts: Any
+
+
+def running(state: LoopState):
+    """Per model: it has neither diverged nor been stopped by its stop rule."""
+    live = state.divergence.step < 0
+    return live if state.rule is None else live & (state.rule.stopped_at < 0)
+
+
+@jax.jit
+def copy_tree(tree):
+    """Fresh buffers holding `tree` (the compiled loop donates its state; the caller's arrays are kept)."""
+    return jax.tree.map(jnp.copy, tree)
+
+
+def to_host(array) -> np.ndarray:
+    """A device array as numpy; a replicated array spanning processes gives this process's copy."""
+    spans_processes = isinstance(array, jax.Array) and not array.is_fully_addressable
+    return np.asarray(array.addressable_data(0) if spans_processes else array)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def _guarded_update(loss_fn, optimizer, stop_update) -> Callable:
+    """One model's `(state, lr, x, y, step) -> (state, loss)`: the update, applied only if its loss and new params
+    are finite and the model is `running`; an applied step also advances the stop rule (`stop_update`). Otherwise
+    the old state is kept, and for a running model the first bad step and its cause recorded. A diverged or
+    stopped model's loss reads NaN."""
+    if optimizer is None:
+        sgd = sgd_update(loss_fn)
+
+        def update(params, opt_state, x, y, lr):
+            params, loss = sgd(params, x, y, lr)
+            return params, opt_state, loss
+    else:
+        optax_rule = optax_update(loss_fn, optimizer)
+        update = lambda params, opt_state, x, y, lr: optax_rule(params, opt_state, x, y)
+
+    def advanced(rule: RuleState | None, step, loss) -> RuleState | None:
+        if rule is None:
+            return None
+        rule_state, stop = stop_update(rule.state, step, loss)
+        return RuleState(rule_state, jnp.where(stop, step, rule.stopped_at))
+
+    def guarded(state: LoopState, lr, x, y, step) -> tuple[LoopState, jax.Array]:
+        new_params, new_opt_state, loss = update(state.params, state.opt_state, x, y, lr)
+        loss_finite = jnp.isfinite(loss)
+        live = running(state)
+        apply = loss_finite & _all_finite(new_params) & live
+        # one cond, not a where per leaf: it makes one model's step ~40 % cheaper on CPU (under vmap, a select)
+        params, opt_state, rule = jax.lax.cond(
+            apply,
+            lambda: (new_params, new_opt_state, advanced(state.rule, step, loss)),
+            lambda: (state.params, state.opt_state, state.rule),
+        )
+        diverges = live & ~apply
+        divergence = Divergence(
+            jnp.where(diverges, step.astype(jnp.int32), state.divergence.step),
+            jnp.where(diverges, loss_finite.astype(jnp.int32), state.divergence.cause),
+        )
+        return LoopState(params, opt_state, divergence, rule), jnp.where(live, loss, jnp.nan)
+
+    return guarded
+
+
+def _vmapped_step(model_step, key_axis: int | None, own_rows: bool, group_size: int) -> Callable:
+    """`model_step` over the members (a leading axis E on the state and lr): vmapped once where every member has
+    its own key and rows or all share them (group_size 1); otherwise vmapped over a group's members (key, rows and
+    so the minibatch shared: one gather, and x·W over the members one matmul) and then over the groups."""
+    rows_axis = 0 if own_rows else None
+    if group_size == 1:
+        return jax.vmap(model_step, in_axes=(0, 0, key_axis, None, None, rows_axis, None))
+    group_step = jax.vmap(
+        jax.vmap(model_step, in_axes=(0, 0, None, None, None, None, None)),
+        in_axes=(0, 0, key_axis, None, None, rows_axis, None),
+    )
+
+    def step_by_group(state, lr, key, x, y, member_rows, step):
+        by_group = lambda leaf: leaf.reshape(-1, group_size, *leaf.shape[1:])
+        state, lr = jax.tree.map(by_group, (state, lr))
+        outputs = group_step(state, lr, key, x, y, member_rows, step)
+        return jax.tree.map(lambda leaf: leaf.reshape(-1, *leaf.shape[2:]), outputs)
+
+    return step_by_group
+
+
+@functools.cache
+def loop_compiler_options(platform: str) -> dict[str, str]:
+    """XLA options for the fused loop on `platform`. On CPU, YNNPACK fuses only the dots: its element-wise and
+    reduction fusions run the small arrays of these steps slower than XLA's own loop fusions (the seed suite's
+    fusion diagnostic, benchmarks/README.md). The option is experimental, so it is tried once on a one-line
+    program; {} where this jaxlib rejects it, and off the CPU."""
+    if platform != "cpu":
+        return {}
+    name, value = CPU_FUSION_OPTION
+    try:
+        jax.jit(jnp.negative, compiler_options={name: value}).lower(jnp.zeros(1)).compile()
+    except Exception:  # an XLA that renamed or dropped the option: its defaults
+        return {}
+    return {name: value}
+
+
+#: Held while a loop is looked up or built: threads asking at once for one configuration's loop (GridSearchCV's
+#: n_jobs) get one jitted function, so one compilation (two lru_cache misses at once would build two).
+_LOOP_LOOKUP = threading.Lock()
+
+
+def compiled_loop(*args, **kwargs) -> Callable:
+    """`_build_loop(*args, **kwargs)`, the same function for every thread."""
+    with _LOOP_LOOKUP:
+        return _build_loop(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=32)  # one compiled loop per configuration, reused by every later call
+def _build_loop(
+    loss_fn,
+    optimizer,
+    batch_size,
+    mesh,
+    *,
+    ensemble: bool,
+    key_axis: int | None,
+    own_rows: bool = False,
+    stop_update: Callable | None = None,
+    group_size: int = 1,
+    large_row_sets: bool = False,
+) -> Callable:
+    """jit of `run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`: steps first_step …
+    first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once no model
+    is `running`; losses[i] is step first_step + i's loss, NaN past the last step run.
+
+    The step reads the full batch (`batch_size` None) or the rows `minibatch_indices(key, step, n, batch_size)`.
+    For an `ensemble` the per-model step is vmapped over the members, with the key shared (`key_axis` None) or
+    stacked (0), and with `own_rows` minibatches drawn from row sets (`rows`, a MemberRows; None otherwise);
+    stacked keys and row sets belong to groups of `group_size` consecutive members, each group's step the members'
+    step vmapped over one shared minibatch; `large_row_sets`: every row count is ≥ LARGE_DOMAIN (the order takes
+    its fewer rounds). `stop_update` is a StopRule's update (its state in `state.rule`)."""
+    guarded = _guarded_update(loss_fn, optimizer, stop_update)
+    data_parallel = mesh is not None and not ensemble
+
+    def model_step(state: LoopState, lr, key, x, y, member_rows, step) -> tuple[LoopState, jax.Array]:
+        if batch_size is None:
+            xb, yb = x, y
+        else:
+            if own_rows:
+                order = minibatch_indices(key, step, member_rows.counts, batch_size, large=large_row_sets)
+                rows = member_rows.indices[order]
+            else:
+                rows = minibatch_indices(key, step, x.shape[0], batch_size)
+            xb, yb = x[rows], y[rows]
+            if data_parallel:  # each device gathers only its own rows of the minibatch
+                xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
+        return guarded(state, lr, xb, yb, step)
+
+    if ensemble:
+        model_step = _vmapped_step(model_step, key_axis, own_rows, group_size)
+    out_shardings = None
+    if mesh is not None:
+        out_shardings = (
+            (replicated(mesh), replicated(mesh))
+            if not ensemble
+            else (member_sharded(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, MODELS_AXIS)))
+        )
+
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+
+    @functools.partial(
+        jax.jit, donate_argnums=0, out_shardings=out_shardings, compiler_options=loop_compiler_options(platform)
+    )
+    def run(state: LoopState, lr, key, x, y, member_rows, first_step, length):
+        loss_shape = jax.eval_shape(model_step, state, lr, key, x, y, member_rows, first_step)[1]
+        buffer = jnp.full((CAPACITY, *loss_shape.shape), jnp.nan, loss_shape.dtype)
+
+        def body(carry: tuple[jax.Array, LoopState, jax.Array]):
+            i, state, losses = carry
+            state, loss = model_step(state, lr, key, x, y, member_rows, first_step + i)
+            return i + 1, state, losses.at[i].set(loss)
+
+        def more(carry):
+            i, state, _ = carry
+            return (i < length) & jnp.any(running(state))
+
+        _, state, losses = jax.lax.while_loop(more, body, (jnp.zeros_like(length), state, buffer))
+        return state, losses
+
+    return run

@@ -1,0 +1,85 @@
+"""scikit-learn estimators trained by bp_jax's fused loop: `MLPRegressor`, `MLPClassifier`, and a `GridSearchCV`
+that trains every (grid point × fold) as one member of one `fit_ensemble` program.
+
+An edge package (needs scikit-learn, the `sklearn` extra); `import bp_jax` does not import it. Its modules, as
+scikit-learn lays out `neural_network/` and `model_selection/`: `_base` (objective, initialisation, weights,
+forward pass, metrics), `_stochastic_optimizers` (the solvers), `_training` (epochs and stopping rules, one
+model's run), `_multilayer_perceptron` (the estimators), `_members` (a grid's members trained together) and
+`_search` (GridSearchCV).
+
+Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, and why:
+- Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
+  key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch).
+  `shuffle=False` is accepted only with full-batch training (the fused loop always reads a keyed order).
+- The stopping rules are sklearn's, checked per epoch: with `early_stopping=False` the rule runs inside the
+  compiled loop (`epoch_rule`, a `StopRule`), so a whole fit is one call of the loop with no trip to the host
+  between epochs; it compares epoch means in the program's float precision (float32 unless x64 is on). With
+  `early_stopping=True` every epoch ends a chunk, where the validation score is taken on the host and the best
+  params kept.
+- Binary classification uses two softmax outputs (`out_activation_ = "softmax"`), not one logistic unit.
+- `solver="adam"` is optax's adam (ε added to √v̂, sklearn adds it to √v); `learning_rate` schedules other
+  than constant, `warm_start`, `lbfgs` and `verbose` are not offered.
+- The loss is sklearn's: ½·mean((y − ŷ)²) or the mean cross-entropy, plus α/(2b)·Σ‖W‖² per minibatch of b
+  rows; α enters the program as data (a frozen params leaf), so a grid over it compiles nothing new.
+"""
+
+from bp_jax.estimators._base import (
+    MEMBER_SUM_WEIGHTS,
+    SUM_CONTRACTION_WEIGHTS,
+    Objective,
+    accuracy,
+    contractions,
+    forward,
+    from_sklearn,
+    glorot,
+    half_squared_error,
+    member_layout,
+    objective,
+    r2,
+    seed_of,
+    to_sklearn,
+)
+from bp_jax.estimators._multilayer_perceptron import MLPClassifier, MLPRegressor
+from bp_jax.estimators._search import VECTORISED, GridSearchCV
+from bp_jax.estimators._stochastic_optimizers import initial_state, solver_transform
+from bp_jax.estimators._training import (
+    Plan,
+    Stopping,
+    TrainRun,
+    can_stop,
+    epoch_means,
+    epoch_rule,
+    fit_epochs,
+    plan,
+)
+
+__all__ = [
+    "MEMBER_SUM_WEIGHTS",
+    "SUM_CONTRACTION_WEIGHTS",
+    "VECTORISED",
+    "GridSearchCV",
+    "MLPClassifier",
+    "MLPRegressor",
+    "Objective",
+    "Plan",
+    "Stopping",
+    "TrainRun",
+    "accuracy",
+    "can_stop",
+    "contractions",
+    "epoch_means",
+    "epoch_rule",
+    "fit_epochs",
+    "forward",
+    "from_sklearn",
+    "glorot",
+    "half_squared_error",
+    "initial_state",
+    "member_layout",
+    "objective",
+    "plan",
+    "r2",
+    "seed_of",
+    "solver_transform",
+    "to_sklearn",
+]

@@ -1,0 +1,253 @@
+"""What the estimators compute, apart from training: sklearn's objective, initialisation, weight layout, forward
+pass and metrics, as scikit-learn's `neural_network/_base.py` holds its activations and losses.
+
+The objective is `f(params, x, y) = loss(ŷ, y) + ½·l2·Σ‖W‖²` with `l2 = α / batch_size` a params leaf (data).
+Weights are bp_jax layers (W of shape (out, in)) while training and sklearn's `coefs_` (in, out) once fitted;
+prediction and scoring run in numpy on the latter, so they compile nothing.
+"""
+
+import functools
+import itertools
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import expit
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.utils import check_random_state
+
+from bp_jax._layers import mlp
+from bp_jax._losses import mse, softmax_cross_entropy
+
+#: sklearn's activation names → bp_jax's.
+ACTIVATIONS = {"identity": "identity", "relu": "relu", "tanh": "tanh", "logistic": "sigmoid"}
+_NUMPY_ACTIVATIONS = {"identity": lambda z: z, "relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "logistic": expit}
+#: Layers of at most this many weights form x·Wᵀ as a fused product and sum (Linear's contraction="sum") in a
+#: one-model fit when every layer is this small: on CPU about 2× faster a step than a matmul at the seed MLP's sizes.
+SUM_CONTRACTION_WEIGHTS = 64
+#: An ensemble member's layers after the first of at most this many weights do the same (benchmarks/README.md).
+MEMBER_SUM_WEIGHTS = 32
+
+
+def half_squared_error(pred, target):
+    """sklearn's squared loss, ½·mean((ŷ − y)²).
+
+    Args:
+        pred: predictions ŷ.
+        target: targets y, shaped as `pred`.
+
+    Returns:
+        The scalar loss.
+    """
+    return mse(pred, target) / 2
+
+
+@dataclass(frozen=True)
+class Objective:
+    """sklearn's training objective, its α as data: `f(params, x, y) = loss(model.apply(params["layers"], x), y)
+    + ½·l2·Σ‖W‖²`, with `l2 = α / batch_size` held in params but never trained (stop_gradient).
+
+    Attributes:
+        model: the bp_jax `Model` (an `mlp`).
+        loss: `loss(pred, target)`, e.g. `half_squared_error` or `softmax_cross_entropy`.
+    """
+
+    model: Any
+    loss: Any
+
+    def __call__(self, params, x, y):
+        weights = params["layers"][::2]  # Linear, activation, Linear, …
+        penalty = sum(jnp.sum(layer["weight"] ** 2) for layer in weights)
+        return self.loss(self.model.apply(params["layers"], x), y) + 0.5 * jax.lax.stop_gradient(params["l2"]) * penalty
+
+
+def contractions(sizes: tuple[int, ...], *, members: bool) -> tuple[str, ...]:
+    """Each Linear layer's contraction ("sum" or "dot", as `Linear` takes it).
+
+    One model: "sum" for all when every layer has at most SUM_CONTRACTION_WEIGHTS weights, else "dot". Members (a
+    grid's groups, one minibatch per group): the first layer's input is the group's shared minibatch, so its x·Wᵀ
+    over the members is one matmul ("dot"); every later layer reads each member's own activations, where a tiny
+    layer's batched matrix-vector products cost more than the fused product and sum ("sum").
+
+    Args:
+        sizes: the layer widths, input first.
+        members: whether the layers belong to vmapped ensemble members.
+
+    Returns:
+        One contraction per Linear layer.
+    """
+    weights = [fan_in * fan_out for fan_in, fan_out in itertools.pairwise(sizes)]
+    if not members:
+        return ("sum" if max(weights) <= SUM_CONTRACTION_WEIGHTS else "dot",) * len(weights)
+    return ("dot", *("sum" if count <= MEMBER_SUM_WEIGHTS else "dot" for count in weights[1:]))
+
+
+def member_layout(sizes: tuple[int, ...], batch_size: int) -> str:
+    """An ensemble member's `mlp` layout: the longer axis minor (benchmarks/README.md).
+
+    Args:
+        sizes: the layer widths, input first.
+        batch_size: the rows of a minibatch.
+
+    Returns:
+        "columns" (activations as features × rows) when no hidden layer is wider than the batch, else "rows".
+    """
+    return "columns" if max(sizes[1:-1], default=0) <= batch_size else "rows"
+
+
+@functools.lru_cache(maxsize=64)  # one objective per configuration: equal configurations share one program
+def objective(
+    sizes: tuple[int, ...], activation: str, classifier: bool, *, members: bool = False, layout: str = "rows"
+) -> Objective:
+    """The training objective of an MLP, one per configuration (equal configurations share one program).
+
+    Args:
+        sizes: the layer widths, input first.
+        activation: sklearn's name of the hidden activation ("identity", "relu", "tanh", "logistic").
+        classifier: softmax cross-entropy if True, else `half_squared_error`.
+        members: for vmapped ensemble members (see `contractions`).
+        layout: the activations' layout, as `mlp` takes it.
+
+    Returns:
+        The `Objective`.
+    """
+    model = mlp(sizes, ACTIVATIONS[activation], contraction=contractions(sizes, members=members), layout=layout)
+    return Objective(model, softmax_cross_entropy if classifier else half_squared_error)
+
+
+def glorot(seed: int, sizes: tuple[int, ...], activation: str, dtype) -> tuple:
+    """sklearn's initialisation: W and b ~ U(−s, s), s = √(f / (fan_in + fan_out)), f = 2 for logistic, else 6.
+
+    Args:
+        seed: the seed of numpy's Generator that draws them.
+        sizes: the layer widths, input first.
+        activation: sklearn's name of the hidden activation.
+        dtype: the arrays' dtype.
+
+    Returns:
+        bp_jax layer params (weights (out, in)), an empty dict between Linear layers.
+    """
+    rng, factor, layers = np.random.default_rng(seed), 2.0 if activation == "logistic" else 6.0, []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        bound = np.sqrt(factor / (fan_in + fan_out))
+        weight = rng.uniform(-bound, bound, (fan_in, fan_out)).T
+        layers += [{"weight": weight.astype(dtype), "bias": rng.uniform(-bound, bound, fan_out).astype(dtype)}, {}]
+    return tuple(layers[:-1])
+
+
+def to_sklearn(layers) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """bp_jax layer params as sklearn's weights.
+
+    Args:
+        layers: Linear and activation params alternating, any leading axes (e.g. an ensemble's members) kept.
+
+    Returns:
+        (coefs_, intercepts_): numpy arrays of shapes (…, n_in, n_out) and (…, n_out).
+    """
+    linear = jax.device_get(layers[::2])
+    return [np.swapaxes(np.array(layer["weight"]), -1, -2) for layer in linear], [
+        np.array(layer["bias"]) for layer in linear
+    ]
+
+
+def from_sklearn(coefs, intercepts) -> tuple:
+    """sklearn's weights as bp_jax layer params: the inverse of `to_sklearn`.
+
+    Args:
+        coefs: (n_in, n_out) arrays.
+        intercepts: (n_out,) arrays.
+
+    Returns:
+        Linear params (weights (out, in)), an empty dict between them.
+    """
+    layers = []
+    for weight, bias in zip(coefs, intercepts):
+        layers += [{"weight": jnp.asarray(weight.T), "bias": jnp.asarray(bias)}, {}]
+    return tuple(layers[:-1])
+
+
+def forward(coefs, intercepts, activation: str, x: np.ndarray) -> np.ndarray:
+    """The network's output before the output activation, in numpy (predicting compiles nothing).
+
+    Args:
+        coefs: sklearn's weights, optionally with a leading axis (several networks, e.g. a grid's members).
+        intercepts: sklearn's biases, laid out alike.
+        activation: sklearn's name of the hidden activation.
+        x: (n, n_in) inputs.
+
+    Returns:
+        (…, n, n_out): one output per network.
+    """
+    hidden = _NUMPY_ACTIVATIONS[activation]
+    for index, (weight, bias) in enumerate(zip(coefs, intercepts)):
+        x = x @ weight + bias[..., None, :]
+        if index < len(coefs) - 1:
+            x = hidden(x)
+    return x
+
+
+def _metric_value(scores: np.ndarray) -> float | np.ndarray:
+    """A metric's value: a float for one prediction, an array for predictions stacked on leading axes."""
+    return float(scores) if scores.ndim == 0 else scores
+
+
+def r2(y_true, y_pred) -> float | np.ndarray:
+    """sklearn's `r2_score` (outputs averaged uniformly, force_finite) on checked arrays.
+
+    Per output 1 − Σ(y − ŷ)² / Σ(y − ȳ)², except 1 for a perfect fit and 0 where y is constant and the fit is not;
+    in the inputs' floating dtype (float64 for integers).
+
+    Args:
+        y_true: (n,) or (n, outputs) targets.
+        y_pred: predictions, shaped as y_true after any leading axes (several models' predictions stacked).
+
+    Returns:
+        The score, a float, or one score per model stacked in y_pred; NaN with an UndefinedMetricWarning below
+        two rows.
+    """
+    leading = np.shape(y_pred)[: np.ndim(y_pred) - np.ndim(y_true)]
+    if len(y_true) < 2:
+        warnings.warn("R^2 score is not well-defined with less than two samples.", UndefinedMetricWarning, stacklevel=2)
+        return _metric_value(np.full(leading, np.nan))
+    floating = [array.dtype for array in (y_true, y_pred) if array.dtype.kind == "f"]
+    dtype = np.result_type(*floating) if floating else np.dtype(np.float64)
+    y_true = np.asarray(y_true, dtype).reshape(len(y_true), -1)
+    y_pred = np.asarray(y_pred, dtype).reshape(*leading, len(y_true), -1)
+    numerator = np.sum((y_true - y_pred) ** 2, axis=-2)
+    denominator = np.broadcast_to(np.sum((y_true - np.mean(y_true, axis=0)) ** 2, axis=0), numerator.shape)
+    scores = np.ones(numerator.shape, dtype)
+    valid = (numerator != 0) & (denominator != 0)
+    scores[valid] = 1 - numerator[valid] / denominator[valid]
+    scores[(numerator != 0) & (denominator == 0)] = 0.0
+    return _metric_value(np.mean(scores, axis=-1))
+
+
+def accuracy(y_true, y_pred) -> float | np.ndarray:
+    """sklearn's `accuracy_score` on checked label arrays: the fraction of rows where y_pred equals y_true.
+
+    Args:
+        y_true: (n,) labels.
+        y_pred: (…, n) labels, several models' stacked on leading axes.
+
+    Returns:
+        The accuracy, a float, or one per model stacked in y_pred.
+    """
+    return _metric_value(np.mean(np.asarray(y_true) == np.asarray(y_pred), axis=-1))
+
+
+def seed_of(random_state) -> int:
+    """An int seed from sklearn's `random_state`.
+
+    Args:
+        random_state: an int, None or a numpy RandomState.
+
+    Returns:
+        The int itself, else one drawn from `check_random_state(random_state)`.
+    """
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))

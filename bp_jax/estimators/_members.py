@@ -1,0 +1,208 @@
+"""GridSearchCV's members trained together: every (grid point × fold) of one program shape is a member of one
+`fit_ensemble` call (or of one of up to n_jobs concurrent calls), on its fold's rows, with its own key, learning
+rate, momentum, α and stopping rule as data.
+
+Members of one fold and seed read the same minibatches: they form the program's groups (one gather, and x·W over
+the group's members one matmul). Parts of one size share one compiled program: each pads its folds' rows alike.
+"""
+
+import contextlib
+import itertools
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bp_jax._fit import fit_ensemble
+from bp_jax.estimators._base import glorot, to_sklearn
+from bp_jax.estimators._stochastic_optimizers import initial_state
+from bp_jax.estimators._training import Plan, TrainRun, can_stop, epoch_means, epoch_rule
+
+
+class Block(NamedTuple):
+    """One fold's training data as the searched estimator sees it: the pipeline's earlier steps fitted on the
+    fold (empty without a pipeline), the transformed x, the encoded targets, and the attributes validating the
+    data gave the estimator (n_features_in_, classes_, …)."""
+
+    prefix: list
+    x: np.ndarray
+    targets: np.ndarray
+    attributes: dict
+
+
+class Member(NamedTuple):
+    """A (grid point × fold) trained as one member of a program: its position in the search, the searched
+    estimator (a Pipeline or the bp_jax estimator), the bp_jax estimator, its block's key and its seed."""
+
+    position: int
+    searched: Any
+    estimator: Any
+    block: tuple
+    seed: int
+
+
+#: JAX's settings that hold per thread inside their `with` blocks: `train_parts`' threads enter the caller's.
+_THREAD_SETTINGS = (
+    jax.enable_x64,
+    jax.default_matmul_precision,
+    jax.default_device,
+    jax.numpy_rank_promotion,
+    jax.numpy_dtype_promotion,
+    jax.default_prng_impl,
+)
+
+
+def train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: list[Member], blocks: dict, jobs: int):
+    """`train_members` over `split_members(members, jobs)`, concurrently on threads where there are several (XLA
+    runs each call's program while its thread waits without the GIL), each thread under the caller's JAX settings (x64,
+    precision, device, …): per part, (its members, their runs, each member's share of the part's seconds). Parts
+    of one size share one compiled program: each reads its blocks' rows padded to the largest part's (`_data_shape`),
+    and all carry a stopping rule if any member's can stop (one that cannot fire changes nothing); only folds that
+    straddle LARGE_DOMAIN rows (a part's data order taking more rounds than another's) still compile two.
+    """
+    settings = [(setting, setting.value) for setting in _THREAD_SETTINGS]
+    parts = split_members(members, jobs)
+    shape = _data_shape(parts, blocks)
+    stops = can_stop(min(member.estimator.n_iter_no_change for member in members), max_iter)
+
+    def train_part(part):
+        with contextlib.ExitStack() as stack:
+            for setting, value in settings:
+                stack.enter_context(setting(value))
+            start = time.perf_counter()
+            runs = train_members(loss_fn, transform, steps, max_iter, part, blocks, shape, stops)
+        return part, runs, (time.perf_counter() - start) / len(part)
+
+    if len(parts) == 1:
+        return [train_part(parts[0])]
+    with ThreadPoolExecutor(len(parts)) as pool:
+        return list(pool.map(train_part, parts))
+
+
+def _data_shape(parts: list[list[Member]], blocks: dict) -> tuple[int, int]:
+    """(rows of x, width of the row-index array) that every part's `train_members` pads its data to: the most rows
+    of a part's blocks stacked, and of one block. Folds differ in size by a row, so unpadded, parts of one size
+    would each compile a program of their own."""
+    used = [{member.block for member in part} for part in parts]
+    return (
+        max(sum(len(blocks[block].x) for block in part) for part in used),
+        max(len(blocks[block].x) for part in used for block in part),
+    )
+
+
+def sharing(members: list[Member]) -> tuple[list[Member], int]:
+    """(members ordered by the minibatches they share: those of one block and seed together, in first-seen order;
+    the gcd of those groups' sizes)."""
+    sharing: dict[tuple, list[Member]] = {}
+    for member in members:
+        sharing.setdefault((member.block, member.seed), []).append(member)
+    return [member for same in sharing.values() for member in same], math.gcd(*map(len, sharing.values()))
+
+
+def split_members(members: list[Member], jobs: int) -> list[list[Member]]:
+    """`members` of one program shape in at most `jobs` parts, for concurrent `fit_ensemble` calls. Members of one
+    block and seed share their minibatches (`train_members`: one gather, one matmul), so a part is whole units of d
+    members of one such group: d the groups' common size, or half of it where that makes the largest part smaller;
+    the units dealt out in order, the parts' unit counts differing by at most one."""
+    ordered, size = sharing(members)
+    largest = lambda unit: -(-len(members) // unit // min(jobs, len(members) // unit)) * unit
+    unit = min((size, size // 2) if size % 2 == 0 else (size,), key=lambda unit: (largest(unit), -unit))
+    units = [ordered[start : start + unit] for start in range(0, len(ordered), unit)]
+    counts = [len(chunk) for chunk in np.array_split(np.arange(len(units)), min(jobs, len(units)))]
+    bounds = np.cumsum([0, *counts])
+    return [[member for one in units[low:high] for member in one] for low, high in itertools.pairwise(bounds)]
+
+
+#: One PRNG key per seed, compiled once (an eager vmap traces on every call).
+_keys = jax.jit(jax.vmap(jax.random.key))
+
+
+def train_members(
+    loss_fn,
+    transform,
+    steps: Plan,
+    max_iter: int,
+    members: list[Member],
+    blocks: dict,
+    shape: tuple[int, int],
+    stops: bool,
+) -> list:
+    """One `fit_ensemble` call for members of one program shape, over their blocks stacked (x padded to shape[0]
+    rows that no minibatch reads, the row indices to shape[1] columns), each member on its own block's rows and
+    (`stops`) stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or (None, the
+    step it diverged at). Members of one block and seed read the same minibatches: they form the program's groups
+    (sizes the gcd of theirs), a group's gather and matmuls shared."""
+    ordered, group_size = sharing(members)
+    leaders = ordered[::group_size]
+    used = list(dict.fromkeys(member.block for member in ordered))
+    padded = lambda arrays: np.pad(
+        np.concatenate(arrays), [(0, shape[0] - sum(map(len, arrays)))] + [(0, 0)] * (arrays[0].ndim - 1)
+    )
+    x_all = padded([blocks[block].x for block in used])
+    targets_all = padded([blocks[block].targets for block in used])
+    offsets = dict(zip(used, np.cumsum([0] + [len(blocks[block].x) for block in used])))
+    counts = np.array([len(blocks[leader.block].x) for leader in leaders])
+    rows = np.zeros((len(leaders), shape[1]), np.int32)
+    for index, leader in enumerate(leaders):
+        rows[index, : counts[index]] = offsets[leader.block] + np.arange(counts[index])
+    estimators = [member.estimator for member in ordered]
+    first, dtype = estimators[0], x_all.dtype
+    sizes = (x_all.shape[1], *first._hidden_sizes(), first._n_outputs())
+    initial = {seed: glorot(seed, sizes, first.activation, dtype) for seed in {member.seed for member in ordered}}
+    layers = [initial[member.seed] for member in ordered]
+    params = {
+        "layers": jax.tree.map(lambda *leaves: np.stack(leaves), *layers),
+        "l2": np.asarray([estimator.alpha / steps.batch_size for estimator in estimators], dtype),
+    }
+    opt_state = initial_state(
+        transform,
+        params,
+        [estimator.learning_rate_init for estimator in estimators],
+        [estimator.momentum for estimator in estimators],
+        members=True,
+    )
+    per_epoch = steps.steps_per_epoch
+    tolerances = [estimator.tol for estimator in estimators]
+    patience = [estimator.n_iter_no_change for estimator in estimators]
+    rule = epoch_rule(per_epoch, tolerances, patience, jnp.result_type(float)) if stops else None
+    result = fit_ensemble(
+        loss_fn,
+        params,
+        x_all,
+        targets_all,
+        steps=max_iter * per_epoch,
+        optimizer=transform,
+        opt_state=opt_state,
+        batch_size=steps.batch_size,
+        key=_keys(np.asarray([leader.seed for leader in leaders])),
+        rows=rows,
+        row_counts=counts,
+        chunk_size=max_iter * per_epoch,
+        stop_rule=rule,
+    )
+    curves = epoch_means(result.losses, per_epoch)
+    coefs, intercepts = to_sklearn(result.params["layers"])
+    opt_states = jax.device_get(result.opt_state)
+    stopped_at = np.full(len(ordered), -1) if result.stopped_at is None else result.stopped_at
+    runs: dict[int, tuple[TrainRun | None, int]] = {}
+    for index, member in enumerate(ordered):
+        if result.diverged[index] >= 0:
+            runs[member.position] = (None, int(result.diverged[index]))
+            continue
+        stopped = stopped_at[index] >= 0
+        epochs = (stopped_at[index] + 1) // per_epoch if stopped else max_iter
+        run = TrainRun(
+            [coef[index] for coef in coefs],
+            [intercept[index] for intercept in intercepts],
+            jax.tree.map(lambda leaf, i=index: leaf[i], opt_states),
+            epochs * per_epoch,
+            curves[:epochs, index].tolist(),
+            [],
+            stopped,
+        )
+        runs[member.position] = (run, -1)
+    return [runs[member.position] for member in members]

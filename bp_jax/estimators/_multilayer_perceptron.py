@@ -1,0 +1,521 @@
+"""scikit-learn's MLPRegressor and MLPClassifier on bp_jax's fused loop: one base holding the parameters, checks,
+training run and prediction, and two thin subclasses (as `sklearn/neural_network/_multilayer_perceptron.py`)."""
+
+import functools
+import math
+import numbers
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from bp_jax.estimators._base import (
+    ACTIVATIONS,
+    accuracy,
+    forward,
+    from_sklearn,
+    glorot,
+    member_layout,
+    objective,
+    r2,
+    seed_of,
+    to_sklearn,
+)
+from bp_jax.estimators._stochastic_optimizers import initial_state, solver_transform
+from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, plan
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"The '{name}' parameter of this estimator must be an int ≥ {minimum}, got {value!r}")
+
+
+def _check_float(
+    name: str, value, low: float, high: float = np.inf, *, open_low: bool = False, open_high: bool = False
+) -> None:
+    ok = (
+        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if high < np.inf
+        else isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    )
+    if ok:
+        ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+    if not ok:
+        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise ValueError(f"The '{name}' parameter of this estimator must be a float in {interval}, got {value!r}")
+
+
+def _check_option(name: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"The '{name}' parameter of this estimator must be one of {sorted(options)}, got {value!r}")
+
+
+class BaseMLP(BaseEstimator):
+    """What MLPRegressor and MLPClassifier share: parameters, checks, the training run, prediction."""
+
+    # fitted attributes (set by fit, absent before it, as sklearn's check_is_fitted expects)
+    coefs_: list[np.ndarray]
+    intercepts_: list[np.ndarray]
+    loss_curve_: list[float]
+    validation_scores_: list[float] | None
+    best_validation_score_: float | None
+    best_loss_: float | None
+    _opt_state: Any
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate_init=0.001,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+
+    @property
+    def _classifier(self) -> bool:
+        """`is_classifier(self)` without building scikit-learn's tags on every call (a grid asks per member)."""
+        return isinstance(self, ClassifierMixin)
+
+    # -- checks ----------------------------------------------------------------------------------------------
+    def _hidden_sizes(self) -> tuple[int, ...]:
+        sizes = self.hidden_layer_sizes
+        sizes = (sizes,) if isinstance(sizes, numbers.Integral) else sizes
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            sizes = (sizes,)
+        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
+        return tuple(int(s) for s in sizes)
+
+    def _check_params(self) -> None:
+        _check_option("activation", self.activation, ACTIVATIONS)
+        _check_option("solver", self.solver, {"sgd", "adam"})
+        _check_float("alpha", self.alpha, 0.0)
+        if self.batch_size != "auto":
+            _check_int("batch_size", self.batch_size, 1)
+        _check_float("learning_rate_init", self.learning_rate_init, 0.0, open_low=True)
+        _check_int("max_iter", self.max_iter, 1)
+        _check_float("tol", self.tol, 0.0)
+        _check_float("momentum", self.momentum, 0.0, 1.0)
+        _check_float("validation_fraction", self.validation_fraction, 0.0, 1.0, open_high=True)
+        _check_float("beta_1", self.beta_1, 0.0, 1.0, open_high=True)
+        _check_float("beta_2", self.beta_2, 0.0, 1.0, open_high=True)
+        _check_float("epsilon", self.epsilon, 0.0, open_low=True)
+        _check_int("n_iter_no_change", self.n_iter_no_change, 1)
+        for name in ("shuffle", "nesterovs_momentum", "early_stopping"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"The '{name}' parameter of this estimator must be a bool, got {value!r}")
+
+    def _program(self, features: int, outputs: int, *, members_batch: int | None = None):
+        """(objective, optimizer): shared by every estimator of this configuration (`members_batch`: as a member of
+        an ensemble trained on minibatches of this size)."""
+        sizes = (features, *self._hidden_sizes(), outputs)
+        layout = "rows" if members_batch is None else member_layout(sizes, members_batch)
+        return (
+            objective(sizes, self.activation, self._classifier, members=members_batch is not None, layout=layout),
+            solver_transform(
+                self.solver, bool(self.nesterovs_momentum), float(self.beta_1), float(self.beta_2), float(self.epsilon)
+            ),
+        )
+
+    def _validate_input(self, X, y, *, reset: bool):
+        dtype = np.dtype(jax.dtypes.canonicalize_dtype(float))
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            reset=reset,
+            dtype=dtype,
+            multi_output=not self._classifier,
+            y_numeric=not self._classifier,
+        )
+        return X, y
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def _fit(self, X, y, *, incremental: bool, classes=None):
+        self._check_params()
+        first = not (incremental and hasattr(self, "coefs_"))
+        X, y = self._validate_input(X, y, reset=first)
+        targets = self._encode_targets(y, first=first, classes=classes)
+        rows = X.shape[0]
+        steps = plan(self.batch_size, rows)
+        if not self.shuffle and steps.batch_size < rows:
+            raise ValueError(
+                "shuffle=False needs full-batch training (batch_size ≥ n_samples): the fused loop reads "
+                "minibatches in a keyed order"
+            )
+        early = self.early_stopping and not incremental
+        stopping = Stopping(self.tol, self.n_iter_no_change)
+        if first:
+            self._start(seed_of(self.random_state))
+        run, steps = self._run_epochs(
+            X, y, targets, steps, first=first, incremental=incremental, early=early, stopping=stopping
+        )
+        return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
+
+    def _start(self, seed: int) -> None:
+        """A fresh training history: no epochs, step 0, the seed of the initialisation and the data order."""
+        self.loss_curve_, self.t_, self._step, self.n_iter_, self._seed = [], 0, 0, 0, seed
+
+    def _adopt(self, run: TrainRun, steps: Plan, *, incremental: bool, stopping: Stopping | None):
+        """Take a training run's result as the fitted state, after the history so far (`_start`), from `fit`'s
+        own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best params are kept."""
+        self.coefs_, self.intercepts_, self._opt_state = run.coefs, run.intercepts, run.opt_state
+        self._step = run.step
+        self.loss_curve_ = [*self.loss_curve_, *run.curve]
+        self.loss_ = self.loss_curve_[-1]
+        self.n_iter_ += len(run.curve)
+        self.t_ += len(run.curve) * steps.steps_per_epoch * steps.batch_size
+        self.n_layers_ = len(self.coefs_) + 1
+        self.out_activation_ = "softmax" if self._classifier else "identity"
+        if stopping is not None:
+            self.validation_scores_ = run.scores
+            self.best_validation_score_ = stopping.best_score
+            self.best_loss_ = None
+            assert stopping.best_params is not None  # the first epoch's score (finite params) beats −inf
+            self.coefs_, self.intercepts_ = to_sklearn(stopping.best_params["layers"])
+        else:
+            self.validation_scores_ = self.best_validation_score_ = None
+            self.best_loss_ = float(np.min(self.loss_curve_))
+        if not incremental and not run.stopped:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
+                "hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return self
+
+    def _run_epochs(
+        self, X, y, targets, steps: Plan, *, first: bool, incremental: bool, early: bool, stopping: Stopping
+    ):
+        """(TrainRun, the Plan it ran): the params to start from (Glorot or the fitted ones), then `fit_epochs`; with
+        early stopping, on the rows left after the validation split, which it scores."""
+        loss_fn, transform = self._program(X.shape[1], self._n_outputs())
+        sizes = (X.shape[1], *self._hidden_sizes(), self._n_outputs())
+        layers = (
+            glorot(self._seed, sizes, self.activation, X.dtype)
+            if first
+            else from_sklearn(self.coefs_, self.intercepts_)
+        )
+        score = None
+        if early:
+            kept, held = train_test_split(
+                np.arange(X.shape[0]),
+                random_state=self._seed,
+                test_size=self.validation_fraction,
+                stratify=targets if self._classifier else None,
+            )
+            score = functools.partial(self._score_params, X[held], y[held])
+            X, targets = X[kept], targets[kept]
+            steps = plan(self.batch_size, len(kept))
+        params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
+        opt_state = (
+            initial_state(transform, params, self.learning_rate_init, self.momentum)
+            if first or self._opt_state is None
+            else self._opt_state
+        )
+        run = fit_epochs(
+            loss_fn,
+            transform,
+            params,
+            opt_state,
+            X,
+            targets,
+            key=jax.random.key(self._seed),
+            steps=steps,
+            epochs=1 if incremental else self.max_iter,
+            start_step=self._step,
+            stopping=None if incremental else stopping,
+            score=score,
+        )
+        return run, steps
+
+    def _score_params(self, X, y, params) -> float:
+        """The estimator's score (R² or accuracy) on (X, y) of bp_jax `params` (early stopping's validation)."""
+        return self._score_weights(X, y, *to_sklearn(params["layers"]))
+
+    def _score_weights(self, X, y, coefs, intercepts) -> float:
+        """`score` on checked X, y of the network with these sklearn-layout weights (`r2` or `accuracy`)."""
+        return self._metric(y, self._decode(forward(coefs, intercepts, self.activation, X)))
+
+    def _raw(self, X) -> np.ndarray:
+        check_is_fitted(self, "coefs_")
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        return forward(self.coefs_, self.intercepts_, self.activation, X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+class MLPRegressor(RegressorMixin, BaseMLP):
+    """sklearn.neural_network.MLPRegressor's parameters and attributes, trained by bp_jax's fused loop.
+
+    The output is the identity and the loss on a minibatch of b rows ½·mean((ŷ − y)²) + α/(2b)·Σ‖W‖²
+    (`bp_jax.estimators` lists where it differs from sklearn's).
+
+    Args:
+        hidden_layer_sizes: the hidden layers' widths (an int for one layer).
+        activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
+        solver: "sgd" (with momentum) or "adam".
+        alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
+        batch_size: rows per minibatch; "auto" is min(200, n).
+        learning_rate_init: η, the constant learning rate.
+        max_iter: the most epochs to train.
+        shuffle: False only with full-batch training (the fused loop reads a keyed order).
+        random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
+        tol: the improvement an epoch's loss (or validation score) must make to count as one.
+        momentum: μ for sgd.
+        nesterovs_momentum: Nesterov momentum for sgd.
+        early_stopping: stop on a held-out validation score (checked on the host each epoch).
+        validation_fraction: the share of rows held out with early stopping.
+        beta_1: adam's β₁.
+        beta_2: adam's β₂.
+        epsilon: adam's ε.
+        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol.
+
+    Attributes:
+        coefs_: each layer's weights, (n_in, n_out).
+        intercepts_: each layer's biases.
+        loss_curve_: each epoch's mean loss.
+        n_iter_: the epochs trained.
+        n_outputs_: the targets' columns.
+
+    Examples:
+        >>> import numpy as np
+        >>> from bp_jax.estimators import MLPRegressor
+        >>> X = np.linspace(-1, 1, 64).reshape(-1, 1)
+        >>> model = MLPRegressor((8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0)
+        >>> model.fit(X, 2 * X[:, 0]).predict(X[:3]).shape
+        (3,)
+        >>> model.n_iter_ < 100  # stopped by the rule, inside the compiled loop
+        True
+    """
+
+    _metric = staticmethod(r2)
+
+    def fit(self, X, y):
+        """Train from a fresh initialisation for up to max_iter epochs.
+
+        Args:
+            X: (n, features) inputs.
+            y: the targets.
+
+        Returns:
+            self.
+        """
+        return self._fit(X, y, incremental=False)
+
+    def partial_fit(self, X, y):
+        """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted).
+
+        Args:
+            X: (n, features) inputs.
+            y: the targets.
+
+        Returns:
+            self.
+        """
+        return self._fit(X, y, incremental=True)
+
+    def _encode_targets(self, y, *, first: bool, classes=None):
+        y = y.reshape(-1, 1) if y.ndim == 1 else y
+        if first:
+            self.n_outputs_ = y.shape[1]
+        elif y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {y.shape[1]} outputs, but this estimator was fitted with {self.n_outputs_}")
+        return y
+
+    def _n_outputs(self) -> int:
+        return self.n_outputs_
+
+    def _decode(self, raw: np.ndarray) -> np.ndarray:
+        return raw[..., 0] if raw.shape[-1] == 1 else raw
+
+    def predict(self, X):
+        """The network's output for X.
+
+        Args:
+            X: (n, features) inputs.
+
+        Returns:
+            (n,) for one target, (n, n_outputs) for several.
+        """
+        return self._decode(self._raw(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, BaseMLP):
+    """sklearn.neural_network.MLPClassifier's parameters and attributes, trained by bp_jax's fused loop.
+
+    Softmax over one output per class (two for a binary problem) and, on a minibatch of b rows, the loss
+    mean cross-entropy + α/(2b)·Σ‖W‖² (`bp_jax.estimators` lists where it differs from sklearn's).
+
+    Args:
+        hidden_layer_sizes: the hidden layers' widths (an int for one layer).
+        activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
+        solver: "sgd" (with momentum) or "adam".
+        alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
+        batch_size: rows per minibatch; "auto" is min(200, n).
+        learning_rate_init: η, the constant learning rate.
+        max_iter: the most epochs to train.
+        shuffle: False only with full-batch training (the fused loop reads a keyed order).
+        random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
+        tol: the improvement an epoch's loss (or validation score) must make to count as one.
+        momentum: μ for sgd.
+        nesterovs_momentum: Nesterov momentum for sgd.
+        early_stopping: stop on a held-out validation score (checked on the host each epoch).
+        validation_fraction: the share of rows held out with early stopping.
+        beta_1: adam's β₁.
+        beta_2: adam's β₂.
+        epsilon: adam's ε.
+        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol.
+
+    Attributes:
+        classes_: the labels, sorted.
+        coefs_: each layer's weights, (n_in, n_out).
+        intercepts_: each layer's biases.
+        loss_curve_: each epoch's mean loss.
+        n_iter_: the epochs trained.
+
+    Examples:
+        >>> import numpy as np
+        >>> from bp_jax.estimators import MLPClassifier
+        >>> X = np.linspace(-1, 1, 64).reshape(-1, 1)
+        >>> model = MLPClassifier((8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0)
+        >>> model.fit(X, X[:, 0] > 0).predict_proba(X[:3]).shape
+        (3, 2)
+        >>> model.classes_.tolist()
+        [False, True]
+    """
+
+    _metric = staticmethod(accuracy)
+
+    def fit(self, X, y):
+        """Train from a fresh initialisation for up to max_iter epochs.
+
+        Args:
+            X: (n, features) inputs.
+            y: the targets.
+
+        Returns:
+            self.
+        """
+        return self._fit(X, y, incremental=False)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted).
+
+        Args:
+            X: (n, features) inputs.
+            y: the labels.
+            classes: every label to expect; needed on the first call.
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: the first call came without classes.
+        """
+        if classes is None and not hasattr(self, "coefs_"):
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        return self._fit(X, y, incremental=True, classes=classes)
+
+    def _encode_targets(self, y, *, first: bool, classes=None):
+        check_classification_targets(y)
+        if first:
+            self.classes_ = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+        labels = np.searchsorted(self.classes_, y)
+        unknown = (labels >= len(self.classes_)) | (self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y)
+        if np.any(unknown):
+            raise ValueError(
+                f"y contains labels not in classes_ {self.classes_.tolist()}: {np.unique(y[unknown]).tolist()}"
+            )
+        return labels.astype(np.int32)
+
+    def _n_outputs(self) -> int:
+        return max(len(self.classes_), 2)
+
+    def _decode(self, raw: np.ndarray) -> np.ndarray:
+        return self.classes_[np.argmax(raw[..., : len(self.classes_)], axis=-1)]
+
+    def predict(self, X):
+        """The class of highest probability for each row of X.
+
+        Args:
+            X: (n, features) inputs.
+
+        Returns:
+            (n,) labels.
+        """
+        return self._decode(self._raw(X))
+
+    def predict_proba(self, X):
+        """softmax of the outputs.
+
+        Args:
+            X: (n, features) inputs.
+
+        Returns:
+            (n, n_classes) probabilities, rows summing to 1, columns in the order of classes_.
+        """
+        return softmax(self._raw(X)[:, : len(self.classes_)], axis=1)
+
+    def predict_log_proba(self, X):
+        """log of `predict_proba`.
+
+        Args:
+            X: (n, features) inputs.
+
+        Returns:
+            (n, n_classes) log-probabilities.
+        """
+        return np.log(self.predict_proba(X))
