@@ -7,9 +7,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import bp_jax_cli, strict_json
+from helpers import ROOT, bp_jax_cli, strict_json
 
 import bp_jax
+from benchmarks.compiles import counting
 from bp_jax.cli import runs
 from bp_jax.cli import sweep as sweep_command
 
@@ -17,7 +18,6 @@ STEPS = "150"
 #: a member against `bp-jax train`: equal to float32 rounding, not bit for bit: the ensemble's vmapped
 #: (batched) operations may round differently from one run's
 MEMBER_TOLERANCE = 1e-5
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +122,15 @@ def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
         env={"JAX_NUM_CPU_DEVICES": "4"},
     )
     one = {(run["lr"], run["seed"]): run for run in strict_json(out / "sweep.json")["runs"]}
+    compared = 0
     for run in strict_json(tmp_path / "split" / "sweep.json")["runs"]:
         if (run["lr"], run["seed"]) in one:
             reference = one[run["lr"], run["seed"]]
             assert run["diverged_at"] == reference["diverged_at"]
             if run["diverged_at"] is None:
                 assert run["held_out_mse"] == pytest.approx(reference["held_out_mse"], rel=1e-5)
+            compared += 1
+    assert compared == len(one) == 9  # every member of the 3 × 3 sweep (seeds 4, 5, 6) is in the 3 × 4 one
 
 
 @pytest.mark.parametrize(
@@ -192,30 +195,23 @@ def test_member_states_are_train_runs_initial_states_by_one_program_of_fixed_siz
         for member, reference in zip(jax.tree.leaves(states), jax.tree.leaves(alone), strict=True):
             np.testing.assert_array_equal(member[i], reference)
 
-    compiled = []
-    listener = lambda event, duration, **kwargs: compiled.append(event) if event == COMPILE_EVENT else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        counts, sizes = [], []
-        for count in (10, 1000):
-            before = len(compiled)
-            seeds = np.arange(count, dtype=np.uint32)
+    counts, sizes = [], []
+    for count in (10, 1000):
+        seeds = np.arange(count, dtype=np.uint32)
+        with counting() as compiled:
             jax.block_until_ready(sweep_command.member_states(model, None, seeds, 3))
-            counts.append(len(compiled) - before)
-            program = jax.make_jaxpr(lambda s: sweep_command.member_states(model, None, s, 3))(seeds)
-            sizes.append(len(str(program).splitlines()))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        counts.append(len(compiled))
+        program = jax.make_jaxpr(lambda s: sweep_command.member_states(model, None, s, 3))(seeds)
+        sizes.append(len(str(program).splitlines()))
     assert counts[0] == counts[1] >= 1 and sizes[0] == sizes[1]
 
 
-COUNT_COMPILES = f"""
-import sys, jax
-compiled = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kwargs: compiled.append(event) if event == "{COMPILE_EVENT}" else None)
+COUNT_COMPILES = """
+import sys
+from benchmarks.compiles import counting
 from bp_jax.cli import main
-status = main(sys.argv[1:])
+with counting() as compiled:
+    status = main(sys.argv[1:])
 print(status, len(compiled))
 """
 
@@ -244,6 +240,7 @@ def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_pa
             text=True,
             timeout=300,
             check=True,
+            cwd=ROOT,  # benchmarks.compiles imports from the repository's root
         )
         status, count = done.stdout.split()[-2:]
         assert status == "0", done.stderr
