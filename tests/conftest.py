@@ -1,9 +1,20 @@
-"""Shared test setup: rank promotion raises (silent broadcasting is an error), and the two precisions.
+"""Shared test setup: rank promotion raises (silent broadcasting is an error), the two precisions, and one
+compile cache for the session.
 
 Dtype promotion stays "standard": optax's adam mixes its int32 step count with floats.
 
 Tolerances: float64 (`jax.enable_x64`) to 1e-10, float32 to 1e-5, relative and absolute.
+
+Compile cache: every `bp-jax` command the tests run (in this process or in a subprocess, on any xdist worker)
+shares one JAX persistent compilation cache, a fresh folder for the test session: $BP_JAX_COMPILE_CACHE,
+set before the workers start, removed at the end. A program one command compiled, the next loads. Tests
+that check the cache itself name their own folder or "off" with --compile-cache, which wins.
 """
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import jax
 import pytest
@@ -13,6 +24,25 @@ from benchmarks.compiles import counting
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
+CACHE_VARIABLE = "BP_JAX_COMPILE_CACHE"
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller set the variable before starting it
+        return
+    config.bp_jax_compile_cache = tempfile.mkdtemp(prefix="bp-jax-test-compile-cache-")
+    os.environ[CACHE_VARIABLE] = config.bp_jax_compile_cache
+
+
+def pytest_unconfigure(config):
+    if folder := getattr(config, "bp_jax_compile_cache", None):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def compile_cache() -> Path:
+    """The session's compile cache folder (the commands use it unless given --compile-cache)."""
+    return Path(os.environ[CACHE_VARIABLE])
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""`bp-jax sweep` end to end, each run in its own process: every (lr, seed) member is `bp-jax train` with
-that lr and seed and the sweep's split seed."""
+"""`bp-jax sweep` end to end (in this process, or in its own where it needs fake devices or a fresh count of
+compilations): every (lr, seed) member is `bp-jax train` with that lr and seed and the sweep's split seed."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, bp_jax_cli, strict_json
+from helpers import ROOT, bp_jax_cli, run_cli, strict_json
 
 import bp_jax
 from benchmarks.compiles import counting
@@ -23,7 +23,7 @@ MEMBER_TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "run"
-    done = bp_jax_cli(
+    done = run_cli(
         "sweep",
         "--lr",
         "0.003,0.03,5",
@@ -61,7 +61,7 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
     out, _ = sweep
     if optimizer != "sgd":  # a sweep of its own with that optimizer
         out = tmp_path / "sweep"
-        bp_jax_cli(
+        run_cli(
             "sweep",
             "--lr",
             f"{lr},0.01",
@@ -79,7 +79,7 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
             "off",
         )
     member = next(run for run in strict_json(out / "sweep.json")["runs"] if run["lr"] == lr and run["seed"] == seed)
-    bp_jax_cli(
+    run_cli(
         "train",
         "--lr",
         lr,
@@ -103,7 +103,7 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
 
 def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
     out, _ = sweep
-    bp_jax_cli(
+    bp_jax_cli(  # its own process: 4 devices, which JAX makes when it starts
         "sweep",
         "--lr",
         "0.003,0.03,5",
@@ -152,8 +152,11 @@ def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    done = bp_jax_cli(
-        "sweep", *args, "--steps", 5, "--out", tmp_path / "bad", check=False, env={"JAX_NUM_CPU_DEVICES": "2"}
+    argv = ("sweep", *args, "--steps", 5, "--out", tmp_path / "bad")
+    done = (
+        bp_jax_cli(*argv, check=False, env={"JAX_NUM_CPU_DEVICES": "2"})  # 2 devices, made when JAX starts
+        if "--devices" in args
+        else run_cli(*argv, check=False)
     )
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "bad" / "sweep.json").exists()
@@ -162,16 +165,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 def test_a_folder_holding_a_sweep_is_not_written_over(sweep):
     out, _ = sweep
     before = (out / "sweep.json").read_bytes()
-    done = bp_jax_cli("sweep", "--lr", "0.1", "--steps", 5, "--out", out, check=False)
+    done = run_cli("sweep", "--lr", "0.1", "--steps", 5, "--out", out, check=False)
     assert done.returncode == 2 and "already holds a run" in done.stderr and "--resume" not in done.stderr
     assert (out / "sweep.json").read_bytes() == before
 
 
 def test_a_sweep_that_cannot_fit_in_memory_is_refused_before_anything_is_allocated(tmp_path):
     """The losses of every step of every member: 1000 × 10**10 × 4 bytes, refused in one line."""
-    done = bp_jax_cli(
-        "sweep", "--lr", "0.01", "--seeds", 1000, "--steps", 10**10, "--out", tmp_path / "big", check=False
-    )
+    done = run_cli("sweep", "--lr", "0.01", "--seeds", 1000, "--steps", 10**10, "--out", tmp_path / "big", check=False)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "1,000 members × 10,000,000,000 steps need about" in done.stderr and "GiB, more than" in done.stderr
     assert not (tmp_path / "big").exists()
@@ -250,7 +251,7 @@ def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_pa
 
 def test_a_sweep_of_20000_members_finishes(tmp_path):
     """Set-up used to stack 20000 keys into one program that compiled for over 13 minutes."""
-    bp_jax_cli(
+    run_cli(
         "sweep",
         "--lr",
         "0.01,0.1",
