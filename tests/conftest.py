@@ -9,6 +9,11 @@ Compile cache: every `bp-jax` command the tests run (in this process or in a sub
 shares one JAX persistent compilation cache, a fresh folder for the test session: $BP_JAX_COMPILE_CACHE,
 set before the workers start, removed at the end. A program one command compiled, the next loads. Tests
 that check the cache itself name their own folder or "off" with --compile-cache, which wins.
+
+Workers (pytest-xdist, `--dist loadgroup`): the tests that share a module- or session-scoped fixture of their
+module (a trained run, a sweep, a benchmark smoke run) go to one worker together (an xdist_group named after
+the module), so the fixture is built once; every other test goes wherever a worker is free. Tests marked
+`slow` are handed out first, so that none of them starts last.
 """
 
 import os
@@ -37,6 +42,18 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if folder := getattr(config, "bp_jax_compile_cache", None):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        shares = any(
+            definitions[-1].scope in ("module", "session") and definitions[-1].baseid == module
+            for definitions in item._fixtureinfo.name2fixturedefs.values()
+        )
+        if shares and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(module))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow tests first
 
 
 @pytest.fixture(scope="session")

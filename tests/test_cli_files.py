@@ -4,7 +4,6 @@ Commands run in this process (run_cli), in a process of their own where the proc
 size limit, a closed pipe, a live run)."""
 
 import json
-import resource
 import shutil
 import subprocess
 import time
@@ -71,10 +70,17 @@ def test_explain_without_out_gets_a_new_folder_each_time(tmp_path):
     )
 
 
-def limit_file_size(size: int):
-    """For subprocess's preexec_fn: the kernel refuses to grow any file beyond `size` bytes (EFBIG), as a
-    full disk refuses (ENOSPC), midway through a write (Python ignores the SIGXFSZ that comes with it)."""
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+def limited(size: int, argv: list[str]) -> list[str]:
+    """The argv of `python -m bp_jax ARGV` in a process whose files the kernel refuses to grow beyond `size` bytes
+    (EFBIG), as a full disk refuses (ENOSPC), midway through a write (Python ignores the SIGXFSZ that comes with
+    it). The limit is set in the new interpreter, not between fork and exec: this process runs JAX's threads."""
+    code = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size}, {size}))\n"
+        "from bp_jax.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return [argv[0], "-c", code, *argv[3:]]
 
 
 @pytest.mark.parametrize("name", [*WRITERS, "predict"])
@@ -86,11 +92,10 @@ def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, 
     else:
         argv, target = [*WRITERS[name][0], "--out", tmp_path / "out"], tmp_path / "out" / WRITERS[name][1]
     result = subprocess.run(
-        command(*argv, "--out", target) if name == "predict" else command(*argv),
+        limited(16_000, command(*argv, "--out", target) if name == "predict" else command(*argv)),
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=limit_file_size(16_000),
     )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"error: could not write {target}: File too large" in result.stderr

@@ -101,6 +101,7 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
         assert member[name] == pytest.approx(metrics[name], rel=MEMBER_TOLERANCE), name
 
 
+@pytest.mark.slow  # processes of its own
 def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
     out, _ = sweep
     bp_jax_cli(  # its own process: 4 devices, which JAX makes when it starts
@@ -217,6 +218,7 @@ print(status, len(compiled))
 """
 
 
+@pytest.mark.slow  # processes of its own
 def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_path):
     counts = []
     for seeds in (10, 1000):
@@ -249,6 +251,7 @@ def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_pa
     assert counts[0] == counts[1]
 
 
+@pytest.mark.slow  # processes of its own
 def test_a_sweep_of_20000_members_finishes(tmp_path):
     """Set-up used to stack 20000 keys into one program that compiled for over 13 minutes."""
     run_cli(
