@@ -166,6 +166,12 @@ def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeou
     return result
 
 
+def without_coverage() -> dict:
+    """This process's variables less coverage's, for a subprocess that coverage must not measure: one whose
+    files cannot grow (coverage could not write its data) or whose own timing loops it would slow many times."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
+
+
 def fake_devices(count: int) -> dict:
     """The variables that give a `bp-jax` subprocess `count` CPU devices (read when JAX starts)."""
     return {"JAX_NUM_CPU_DEVICES": str(count), "PYTHONPATH": str(ROOT)}

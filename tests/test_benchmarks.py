@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import without_coverage
 
 ROOT = Path(__file__).parent.parent
 
@@ -25,6 +26,7 @@ def smoke_run(tmp_path_factory) -> Path:
         capture_output=True,
         text=True,
         timeout=400,
+        env=without_coverage(),  # line tracing would slow its timing loops many times over
     )
     return out
 
