@@ -132,7 +132,8 @@ def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeou
     exit status 1, a SystemExit's status, the warnings a fresh interpreter shows). `env`: variables set on top of
     this process's for the run (None: unset; none that JAX reads at start-up); `cwd`: the working directory
     for the run; `timeout` is accepted for bp_jax_cli's signature. With `check`, assert that it exited with
-    status 0. JAX's settings, os.environ, the working directory and the hooks are as before afterwards."""
+    status 0. The command runs under JAX's default settings, as in a fresh process (rank promotion allowed); JAX's
+    settings, os.environ, the working directory and the hooks are as before afterwards."""
     from bp_jax.cli import main
 
     argv = [str(arg) for arg in args]
@@ -143,6 +144,11 @@ def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeou
         _captured_descriptors() as descriptors,
         warnings.catch_warnings(record=True) as caught,
     ):
+        import jax
+
+        # as in a user's process: conftest's rank promotion "raise" is for the library's own tests (the command's
+        # export broadcasts the scaling's (features,) against (rows, features)); restored by _process_state
+        jax.config.update("jax_numpy_rank_promotion", "allow")
         warnings.resetwarnings()
         for action, category, module in reversed(_DEFAULT_FILTERS):
             warnings.filterwarnings(action, category=category, module=module)
