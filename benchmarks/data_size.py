@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 import bp_jax
+from benchmarks.compiles import counting
 from benchmarks.problems import SEED_BATCH, SEED_ROWS, SEED_SIZES, mlp_problem
 from benchmarks.records import SuiteRecord, torch_baselines
 from benchmarks.timing import Timer, time_interleaved
@@ -46,7 +47,6 @@ CACHE_OFF = "bp-jax train --steps 1, BP_JAX_COMPILE_CACHE=off"
 FIRST_CALL = {"steps": 1000, "chunk_size": 1000}  # minibatches of 32 of 354 rows, as `bp-jax train`
 SECOND_CALL = {"steps": 1500, "chunk_size": 300, "start_step": 7}
 CHECKPOINT_STEPS = 20_000
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 def spaced(count: int) -> str:
@@ -173,7 +173,7 @@ def _compile_rows(record: SuiteRecord, repeats: int) -> None:
     step (time_interleaved keeps the order within a round)."""
     _, params, x, y = mlp_problem(SEED_SIZES, SEED_ROWS)
     fit = functools.partial(bp_jax.fit, params=params, x=x, y=y, lr=0.01, batch_size=SEED_BATCH, key=jax.random.key(0))
-    latest, compiled, counts = {}, [], {FIRST_FIT: [], SECOND_FIT: []}
+    latest, counts = {}, {FIRST_FIT: [], SECOND_FIT: []}
 
     def first():
         # a new model (new functions, so a new loss_fn): a configuration nothing has compiled; an equal
@@ -186,21 +186,16 @@ def _compile_rows(record: SuiteRecord, repeats: int) -> None:
 
     def counted(name, call):
         def call_and_count():
-            before = len(compiled)
-            call()
-            counts[name].append(len(compiled) - before)
+            with counting() as compiled:
+                call()
+            counts[name].append(len(compiled))
 
         return call_and_count
 
-    listener = lambda event, duration, **_: compiled.append(event) if event == COMPILE_EVENT else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        timings = time_interleaved(
-            {name: Timer(counted(name, call), warmup=0) for name, call in ((FIRST_FIT, first), (SECOND_FIT, second))},
-            repeats=repeats,
-        )
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+    timings = time_interleaved(
+        {name: Timer(counted(name, call), warmup=0) for name, call in ((FIRST_FIT, first), (SECOND_FIT, second))},
+        repeats=repeats,
+    )
     for name, timing in timings.items():
         record.rows.append(
             {"name": name, "group": "compile", "framework": "bp_jax", "seconds": timing, "compilations": counts[name]}

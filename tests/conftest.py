@@ -1,36 +1,72 @@
-"""Shared test setup: rank promotion raises (silent broadcasting is an error), and the two precisions.
+"""Shared test setup: rank promotion raises (silent broadcasting is an error), the two precisions, and one
+compile cache for the session.
 
 Dtype promotion stays "standard": optax's adam mixes its int32 step count with floats.
 
 Tolerances: float64 (`jax.enable_x64`) to 1e-10, float32 to 1e-5, relative and absolute.
+
+Compile cache: every `bp-jax` command the tests run (in this process or in a subprocess, on any xdist worker)
+shares one JAX persistent compilation cache, a fresh folder for the test session: $BP_JAX_COMPILE_CACHE,
+set before the workers start, removed at the end. A program one command compiled, the next loads. Tests
+that check the cache itself name their own folder or "off" with --compile-cache, which wins.
+
+Workers (pytest-xdist, `--dist loadgroup`): the tests that share a module- or session-scoped fixture of their
+module (a trained run, a sweep, a benchmark smoke run) go to one worker together (an xdist_group named after
+the module), so the fixture is built once; every other test goes wherever a worker is free. Tests marked
+`slow` are handed out first, so that none of them starts last.
 """
 
-import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import jax
 import pytest
 
+from benchmarks.compiles import counting
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_VARIABLE = "BP_JAX_COMPILE_CACHE"
 
 
-@contextlib.contextmanager
-def _compilations():
-    compiled = []
-    listener = lambda event, duration, **kwargs: compiled.append(event) if event == COMPILE_EVENT else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield compiled
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller set the variable before starting it
+        return
+    config.bp_jax_compile_cache = tempfile.mkdtemp(prefix="bp-jax-test-compile-cache-")
+    os.environ[CACHE_VARIABLE] = config.bp_jax_compile_cache
+
+
+def pytest_unconfigure(config):
+    if folder := getattr(config, "bp_jax_compile_cache", None):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        shares = any(
+            definitions[-1].scope in ("module", "session") and definitions[-1].baseid == module
+            for definitions in item._fixtureinfo.name2fixturedefs.values()
+        )
+        if shares and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(module))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow tests first
+
+
+@pytest.fixture(scope="session")
+def compile_cache() -> Path:
+    """The session's compile cache folder (the commands use it unless given --compile-cache)."""
+    return Path(os.environ[CACHE_VARIABLE])
 
 
 @pytest.fixture
 def count_compilations():
-    """`with count_compilations() as compiled:` - compiled gains one entry per XLA compilation in the block."""
-    return _compilations
+    """`with count_compilations() as compiled:` - compiled gains one entry per XLA compilation in the block
+    (benchmarks.compiles.counting, the one helper every test and benchmark that counts compiles uses)."""
+    return counting
 
 
 @pytest.fixture(params=["float32", "float64"])

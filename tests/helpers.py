@@ -1,9 +1,24 @@
-"""What the command's tests share: running `bp-jax` in a subprocess as a user would, and reading what it wrote."""
+"""What the command's tests share: running `bp-jax` in this process (`run_cli`) or in a subprocess as a user would
+(`bp_jax_cli`), and reading what it wrote.
 
+`run_cli` is the default: `bp_jax.cli.main(argv)` called here, its output and exit status returned as a
+subprocess's are, without a second interpreter, JAX start-up and compilation per call. A real subprocess is
+for what only a process shows: signals, an exit status or output that depends on the process (a closed pipe,
+os._exit, a module missing at start-up), a fresh import, variables read when JAX starts (JAX_*, XLA_*:
+devices), several processes at once.
+"""
+
+import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
+import tempfile
+import threading
+import traceback
+import warnings
 from pathlib import Path
 
 import jax
@@ -31,6 +46,136 @@ def bp_jax_cli(*args, check: bool = True, env: dict | None = None, timeout: floa
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+#: the variables JAX reads when it starts: a command that needs them runs in a process of its own (bp_jax_cli)
+STARTUP_VARIABLES = ("JAX_", "XLA_", "TF_CPP_", "PYTHONPATH")
+#: the warnings a fresh interpreter shows (Python's default filters), for run_cli's stderr
+_DEFAULT_FILTERS = (
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, ""),
+    ("ignore", PendingDeprecationWarning, ""),
+    ("ignore", ImportWarning, ""),
+    ("ignore", ResourceWarning, ""),
+)
+#: loggers whose filters a command may add (bp_jax.cli.checkpoints quiets orbax's echoes for the process)
+_LOGGERS = ("asyncio", "absl", "concurrent.futures")
+
+
+@contextlib.contextmanager
+def _environment(env: dict | None, cwd):
+    """os.environ with `env` on top (a value of None removes the variable), and the working directory `cwd`,
+    for the block."""
+    env = {key: None if value is None else str(value) for key, value in (env or {}).items()}
+    refused = [key for key in env if key.startswith(STARTUP_VARIABLES)]
+    assert not refused, f"{refused} are read when JAX starts: run the command in a subprocess (bp_jax_cli)"
+    saved, directory = {key: os.environ.get(key) for key in env}, os.getcwd()
+    try:
+        for key, value in env.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        if cwd is not None:
+            os.chdir(cwd)
+        yield
+    finally:
+        os.chdir(directory)
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@contextlib.contextmanager
+def _process_state():
+    """JAX's settings, the exception hooks and the loggers' filters as they were before the block: a command
+    that changes them (--compile-cache points JAX's persistent cache at a folder) changes them for itself alone."""
+    import jax
+    from jax._src import compilation_cache
+
+    settings = dict(jax.config.values)
+    hooks = sys.excepthook, sys.unraisablehook, threading.excepthook
+    filters = {name: list(logging.getLogger(name).filters) for name in _LOGGERS}
+    try:
+        yield
+    finally:
+        changed = {name: value for name, value in settings.items() if jax.config.values.get(name) != value}
+        for name, value in changed.items():
+            jax.config.update(name, value)
+        if "jax_compilation_cache_dir" in changed or compilation_cache.is_initialized():
+            compilation_cache.reset_cache()  # the cache object JAX made holds the folder it was made with
+        sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
+        for name, kept in filters.items():
+            logging.getLogger(name).filters[:] = kept
+
+
+@contextlib.contextmanager
+def _captured_descriptors():
+    """What is written to file descriptors 1 and 2 below Python (XLA's own logging) during the block."""
+    sys.stdout.flush(), sys.stderr.flush()
+    written: dict[int, str] = {}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        saved = {}
+        try:
+            for fd, file in ((1, out), (2, err)):
+                saved[fd] = os.dup(fd)
+                os.dup2(file.fileno(), fd)
+            yield written
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            for fd, file in ((1, out), (2, err)):
+                file.seek(0)
+                written[fd] = file.read().decode(errors="replace")
+
+
+def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeout: float | None = None):
+    """Run `bp-jax ARGS` in this process (`bp_jax.cli.main`), as bp_jax_cli does in a subprocess: the result
+    has its returncode, stdout and stderr (what a subprocess would print: an uncaught exception's traceback and
+    exit status 1, a SystemExit's status, the warnings a fresh interpreter shows). `env`: variables set on top of
+    this process's for the run (None: unset; none that JAX reads at start-up); `cwd`: the working directory
+    for the run; `timeout` is accepted for bp_jax_cli's signature. With `check`, assert that it exited with
+    status 0. The command runs under JAX's default settings, as in a fresh process (rank promotion allowed); JAX's
+    settings, os.environ, the working directory and the hooks are as before afterwards."""
+    from bp_jax.cli import main
+
+    argv = [str(arg) for arg in args]
+    stdout, stderr, status = io.StringIO(), io.StringIO(), 1
+    with (
+        _environment(env, cwd),
+        _process_state(),
+        _captured_descriptors() as descriptors,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        import jax
+
+        # as in a user's process: conftest's rank promotion "raise" is for the library's own tests (the command's
+        # export broadcasts the scaling's (features,) against (rows, features)); restored by _process_state
+        jax.config.update("jax_numpy_rank_promotion", "allow")
+        warnings.resetwarnings()
+        for action, category, module in reversed(_DEFAULT_FILTERS):
+            warnings.filterwarnings(action, category=category, module=module)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = main(argv)
+            except SystemExit as exit:  # argparse: --help (0), a usage error (2)
+                code = exit.code
+                status = code if isinstance(code, int) else 0 if code is None else 1
+                if not isinstance(code, int | None):
+                    print(code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+        for warning in caught:
+            stderr.write(warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno))
+    result = subprocess.CompletedProcess(
+        ["bp-jax", *argv], status, stdout.getvalue() + descriptors[1], stderr.getvalue() + descriptors[2]
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def without_coverage() -> dict:
+    """This process's variables less coverage's, for a subprocess that coverage must not measure: one whose
+    files cannot grow (coverage could not write its data) or whose own timing loops it would slow many times."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
 
 
 def fake_devices(count: int) -> dict:

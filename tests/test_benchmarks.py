@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import without_coverage
 
 ROOT = Path(__file__).parent.parent
 
@@ -25,6 +26,7 @@ def smoke_run(tmp_path_factory) -> Path:
         capture_output=True,
         text=True,
         timeout=400,
+        env=without_coverage(),  # line tracing would slow its timing loops many times over
     )
     return out
 
@@ -42,6 +44,7 @@ def _summaries(tree):
             yield from _summaries(value)
 
 
+@pytest.mark.slow  # the smoke run: every suite, in a process of its own
 def test_json_records_machine_suites_and_targets(smoke_run):
     results = json.loads((smoke_run / "results.json").read_text())
     assert results["smoke"] is True
@@ -54,6 +57,7 @@ def test_json_records_machine_suites_and_targets(smoke_run):
     assert {target["status"] for target in results["targets"]} <= {"met", "missed", "not run"}
 
 
+@pytest.mark.slow  # the smoke run: every suite, in a process of its own
 def test_every_time_and_ratio_is_positive_and_finite(smoke_run):
     suites = json.loads((smoke_run / "results.json").read_text())["suites"]
     for suite in suites.values():
@@ -83,6 +87,7 @@ def test_every_time_and_ratio_is_positive_and_finite(smoke_run):
         assert row["max_abs_diff_jacfwd_vs_grad"] < 1e-4  # the methods time the same gradient
 
 
+@pytest.mark.slow  # the smoke run: every suite, in a process of its own
 def test_data_and_ensemble_suites_record_their_rows(smoke_run):
     suites = json.loads((smoke_run / "results.json").read_text())["suites"]
     torch = importlib.util.find_spec("torch") is not None
@@ -120,6 +125,7 @@ def test_data_and_ensemble_suites_record_their_rows(smoke_run):
         assert math.isclose(row["per_model_step_s"]["median"] * row["members"], row["per_step_s"]["median"])
 
 
+@pytest.mark.slow  # the smoke run: every suite, in a process of its own
 def test_markdown_and_plots_are_written(smoke_run):
     markdown = (smoke_run / "README.md").read_text()
     for heading in (
@@ -148,6 +154,7 @@ def test_unknown_suite_is_refused():
     assert done.returncode == 2 and "unknown suite" in done.stderr
 
 
+@pytest.mark.slow  # the smoke run: every suite, in a process of its own
 def test_sklearn_suite_records_fits_grids_and_skorch(smoke_run):
     suite = json.loads((smoke_run / "results.json").read_text())["suites"]["sklearn"]
     rows = {row["name"]: row for row in suite["rows"]}
@@ -170,6 +177,7 @@ def test_sklearn_suite_records_fits_grids_and_skorch(smoke_run):
     assert [skip["name"].split()[0] for skip in suite["skipped"]] == ([] if has_skorch else ["skorch"])
 
 
+@pytest.mark.slow  # the smoke run: every suite, in a process of its own
 def test_export_suite_times_each_predictor_against_predicts_numbers(smoke_run):
     suite = json.loads((smoke_run / "results.json").read_text())["suites"]["export"]
     rows = {(row["name"], row["rows"]): row for row in suite["rows"]}
@@ -181,6 +189,7 @@ def test_export_suite_times_each_predictor_against_predicts_numbers(smoke_run):
         assert (difference == 0.0) if name.startswith("bp-jax predict") else (0 <= difference < 1e-3), row
 
 
+@pytest.mark.slow  # the smoke run: every suite, in a process of its own
 def test_autodiff_suite_records_per_example_and_second_order_rows(smoke_run):
     results = json.loads((smoke_run / "results.json").read_text())
     rows = results["suites"]["autodiff"]["rows"]

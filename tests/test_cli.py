@@ -1,4 +1,5 @@
-"""`bp-jax` end to end, each run in its own process as a user would run it."""
+"""`bp-jax` end to end: in this process (run_cli), and in processes of its own where only a process shows what is
+checked (signals, kills, fresh imports, runs started together)."""
 
 import ast
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, assert_same_state, bp_jax_cli, checkpoint_steps, command, final_state, strict_json
+from helpers import ROOT, assert_same_state, checkpoint_steps, command, final_state, run_cli, strict_json
 
 import bp_jax
 from bp_jax import cli
@@ -22,7 +23,7 @@ from bp_jax.cli.watch import Watch
 
 def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path):
     out = tmp_path / "run"
-    result = bp_jax_cli("train", "--out", out, "--epochs", 60, "--checkpoint-every", 300)
+    result = run_cli("train", "--out", out, "--epochs", 60, "--checkpoint-every", 300)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["hidden"] == [5] and metrics["config"]["dataset"] == "diabetes"
     assert metrics["examples"] == {"train": 354, "held_out": 88, "features": 10}
@@ -37,7 +38,7 @@ def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["optax-sgd", "momentum", "adam"])
 def test_each_optimizer_trains(tmp_path, optimizer):
-    bp_jax_cli(
+    run_cli(
         "train",
         "--out",
         tmp_path,
@@ -61,9 +62,9 @@ def test_each_optimizer_trains(tmp_path, optimizer):
 
 def test_resume_ends_with_the_params_of_an_uninterrupted_run(tmp_path):
     args = ("--dataset", "synthetic", "--optimizer", "momentum", "--batch-size", 16, "--seed", 3)
-    bp_jax_cli("train", "--out", tmp_path / "whole", "--steps", 500, *args)
-    bp_jax_cli("train", "--out", tmp_path / "split", "--steps", 200, *args)
-    bp_jax_cli("train", "--resume", tmp_path / "split", "--steps", 500)
+    run_cli("train", "--out", tmp_path / "whole", "--steps", 500, *args)
+    run_cli("train", "--out", tmp_path / "split", "--steps", 200, *args)
+    run_cli("train", "--resume", tmp_path / "split", "--steps", 500)
     assert_same_state(tmp_path / "whole", tmp_path / "split")
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     split = json.loads((tmp_path / "split" / "metrics.json").read_text())
@@ -89,34 +90,34 @@ def test_sigkill_then_resume_loses_nothing_before_the_last_checkpoint(tmp_path):
     last = checkpoint_steps(killed)[-1]
     assert last % 2000 == 0 and last >= 4000
     target = last + 1000
-    bp_jax_cli("train", "--resume", killed, "--steps", target)
-    bp_jax_cli("train", "--out", tmp_path / "whole", "--steps", target, *args)
+    run_cli("train", "--resume", killed, "--steps", target)
+    run_cli("train", "--out", tmp_path / "whole", "--steps", target, *args)
     assert_same_state(killed, tmp_path / "whole")
 
 
 def test_corrupt_truncated_or_mismatched_checkpoints_are_refused(tmp_path):
     run = tmp_path / "run"
-    bp_jax_cli("train", "--out", run, "--dataset", "synthetic", "--steps", 50)
-    mismatched = bp_jax_cli("train", "--resume", run, "--hidden", 7, "--steps", 60, check=False)
+    run_cli("train", "--out", run, "--dataset", "synthetic", "--steps", 50)
+    mismatched = run_cli("train", "--resume", run, "--hidden", 7, "--steps", 60, check=False)
     assert mismatched.returncode == 2
     assert "trained with hidden=(5,), not (7,)" in mismatched.stderr
-    other_optimizer = bp_jax_cli("train", "--resume", run, "--optimizer", "adam", check=False)
+    other_optimizer = run_cli("train", "--resume", run, "--optimizer", "adam", check=False)
     assert other_optimizer.returncode == 2 and "optimizer='sgd', not 'adam'" in other_optimizer.stderr
 
     for data_file in (run / "checkpoints" / "50" / "state").rglob("*"):
         if data_file.is_file() and data_file.stat().st_size > 0 and data_file.parent.name == "d":
             data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
-    truncated = bp_jax_cli("train", "--resume", run, "--steps", 60, check=False)
+    truncated = run_cli("train", "--resume", run, "--steps", 60, check=False)
     assert truncated.returncode == 2 and "Traceback" not in truncated.stderr
     assert "corrupt" in truncated.stderr and len(truncated.stderr.strip().splitlines()) == 1
 
     (run / "checkpoints" / "50" / "record" / "metadata").write_text("{not json")
-    garbled = bp_jax_cli("train", "--resume", run, "--steps", 60, check=False)
+    garbled = run_cli("train", "--resume", run, "--steps", 60, check=False)
     assert garbled.returncode == 2 and "unreadable" in garbled.stderr
 
 
 def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path):
-    result = bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--lr", 1e6, "--steps", 500, check=False)
+    result = run_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--lr", 1e6, "--steps", 500, check=False)
     assert result.returncode == 1
     step = int(result.stderr.split("non-finite at step ")[1].split(";")[0])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -147,9 +148,9 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path)
 )
 def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message):
     result = (
-        bp_jax_cli("train", "--steps", 5, *args, check=False)
+        run_cli("train", "--steps", 5, *args, check=False)
         if "--steps" not in args and "--epochs" not in args
-        else bp_jax_cli("train", *args, check=False)
+        else run_cli("train", *args, check=False)
     )
     assert result.returncode == 2
     assert message in result.stderr
@@ -157,13 +158,13 @@ def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message):
 
 
 def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path):
-    bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
-    again = bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20, check=False)
+    run_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
+    again = run_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20, check=False)
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
 def test_demo_prints_the_documents_numbers():
-    out = bp_jax_cli("demo", env={"COLUMNS": "120"}).stdout
+    out = run_cli("demo", env={"COLUMNS": "120"}).stdout
     for needle in ("-9.000000", "-3.000000", "-2.250000", "2.250000", "1.500000", "sigmoid", "tanh"):
         assert needle in out
     assert "model[0].weight" in out
@@ -201,7 +202,7 @@ def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted
     stopped, args = tmp_path / "stopped", ("--dataset", "synthetic", "--optimizer", "adam", "--seed", 2)
     process = start_training(stopped, "--steps", 50_000_000, "--checkpoint-every", 100_000, *args)
     try:
-        in_use = bp_jax_cli("train", "--out", stopped, "--steps", 10, *args, check=False)
+        in_use = run_cli("train", "--out", stopped, "--steps", 10, *args, check=False)
         process.send_signal(signal_number)
         _, stderr = process.communicate(timeout=240)
     finally:
@@ -215,8 +216,8 @@ def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted
     metrics = json.loads((stopped / "metrics.json").read_text())
     assert metrics["stopped"] == {"step": step, "reason": f"interrupted by {signal.Signals(signal_number).name}"}
     assert metrics["final_step"] == step and (stopped / "loss_curve.png").exists()
-    bp_jax_cli("train", "--resume", stopped, "--steps", step + 700)
-    bp_jax_cli("train", "--out", tmp_path / "whole", "--steps", step + 700, *args)
+    run_cli("train", "--resume", stopped, "--steps", step + 700)
+    run_cli("train", "--out", tmp_path / "whole", "--steps", step + 700, *args)
     assert_same_state(stopped, tmp_path / "whole")
 
 
@@ -238,18 +239,18 @@ def test_runs_started_together_without_out_get_folders_of_their_own(tmp_path):
 
 
 def test_resume_into_a_folder_holding_another_run_is_refused(tmp_path):
-    bp_jax_cli("train", "--out", tmp_path / "a", "--dataset", "synthetic", "--steps", 20)
-    bp_jax_cli("train", "--out", tmp_path / "b", "--dataset", "synthetic", "--steps", 30, "--seed", 1)
+    run_cli("train", "--out", tmp_path / "a", "--dataset", "synthetic", "--steps", 20)
+    run_cli("train", "--out", tmp_path / "b", "--dataset", "synthetic", "--steps", 30, "--seed", 1)
     before = (tmp_path / "b" / "metrics.json").read_text()
-    refused = bp_jax_cli("train", "--resume", tmp_path / "a", "--out", tmp_path / "b", "--steps", 40, check=False)
+    refused = run_cli("train", "--resume", tmp_path / "a", "--out", tmp_path / "b", "--steps", 40, check=False)
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
     assert checkpoint_steps(tmp_path / "b") == [30] and (tmp_path / "b" / "metrics.json").read_text() == before
-    bp_jax_cli("train", "--resume", tmp_path / "a", "--out", tmp_path / "c", "--steps", 40)
+    run_cli("train", "--resume", tmp_path / "a", "--out", tmp_path / "c", "--steps", 40)
     assert checkpoint_steps(tmp_path / "c") == [40]
 
 
 def test_resuming_a_missing_folder_creates_nothing(tmp_path):
-    result = bp_jax_cli("train", "--resume", tmp_path / "typo", check=False)
+    result = run_cli("train", "--resume", tmp_path / "typo", check=False)
     assert result.returncode == 2 and "no checkpoint in" in result.stderr
     assert not (tmp_path / "typo").exists()
 
@@ -258,7 +259,7 @@ def test_divergence_between_checkpoints_and_its_resume_exit_1_with_metrics_and_c
     args = ("--dataset", "synthetic", "--lr", 1e9, "--checkpoint-every", 2, "--steps", 100)
     for attempt in (("--out", tmp_path), ("--resume", tmp_path)):
         (tmp_path / "metrics.json").unlink(missing_ok=True)
-        result = bp_jax_cli("train", *attempt, *args, check=False)
+        result = run_cli("train", *attempt, *args, check=False)
         assert result.returncode == 1 and "non-finite at step" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
         metrics = strict_json(tmp_path / "metrics.json")
@@ -269,17 +270,17 @@ def test_divergence_between_checkpoints_and_its_resume_exit_1_with_metrics_and_c
 
 def test_a_damaged_newest_checkpoint_names_the_newest_intact_one(tmp_path):
     run = tmp_path / "run"
-    bp_jax_cli("train", "--out", run, "--dataset", "synthetic", "--steps", 300, "--checkpoint-every", 100)
-    bp_jax_cli("train", "--out", tmp_path / "whole", "--dataset", "synthetic", "--steps", 400)
+    run_cli("train", "--out", run, "--dataset", "synthetic", "--steps", 300, "--checkpoint-every", 100)
+    run_cli("train", "--out", tmp_path / "whole", "--dataset", "synthetic", "--steps", 400)
     for data_file in (run / "checkpoints" / "300" / "state").rglob("*"):
         if data_file.is_file() and data_file.stat().st_size > 0 and data_file.parent.name == "d":
             data_file.write_bytes(data_file.read_bytes()[:10])
-    refused = bp_jax_cli("train", "--resume", run, "--steps", 400, check=False)
+    refused = run_cli("train", "--resume", run, "--steps", 400, check=False)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "checkpoint 300" in refused.stderr and "the newest intact one is step 200" in refused.stderr
     move = refused.stderr.split("(mv ")[1].split(")")[0].split()
     Path(move[0]).rename(move[1])  # what the message says to do
-    bp_jax_cli("train", "--resume", run, "--steps", 400)
+    run_cli("train", "--resume", run, "--steps", 400)
     assert_same_state(run, tmp_path / "whole")
 
 
@@ -297,19 +298,19 @@ def edit_record(run: Path, step: int, edit):
     ],
 )
 def test_a_record_from_another_version_or_not_matching_its_arrays_is_one_line(tmp_path, edit, message):
-    bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
+    run_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
     edit_record(tmp_path, 20, edit)
     for argv in (["train", "--resume", tmp_path, "--steps", 30], ["predict", tmp_path, "--data", "any.csv"]):
-        result = bp_jax_cli(*argv, check=False, cwd=tmp_path)
+        result = run_cli(*argv, check=False, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_leftover_temporary_checkpoint_is_cleaned_up_by_the_next_run(tmp_path):
-    bp_jax_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
+    run_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
     leftover = tmp_path / "checkpoints" / "30.orbax-checkpoint-tmp"  # as a save killed midway leaves it
     (leftover / "state").mkdir(parents=True)
-    bp_jax_cli("train", "--resume", tmp_path, "--steps", 30)
+    run_cli("train", "--resume", tmp_path, "--steps", 30)
     assert not leftover.exists() and checkpoint_steps(tmp_path) == [20, 30]
 
 
@@ -391,11 +392,11 @@ def test_help_and_demo_load_only_what_they_need(argv):
 
 
 def test_help_lists_every_command_with_its_help_and_each_command_its_options():
-    listed = " ".join(bp_jax_cli("--help").stdout.split())
+    listed = " ".join(run_cli("--help").stdout.split())
     for name, (_, summary) in cli.COMMANDS.items():
         assert f"{name} {' '.join(summary.split())}" in listed
-    assert "--checkpoint-every" in bp_jax_cli("train", "--help").stdout
-    assert "--seeds" in bp_jax_cli("sweep", "--help").stdout
+    assert "--checkpoint-every" in run_cli("train", "--help").stdout
+    assert "--seeds" in run_cli("sweep", "--help").stdout
 
 
 def command_module_imports(name: str) -> set[str]:

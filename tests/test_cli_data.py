@@ -1,14 +1,13 @@
-"""`bp-jax train --data FILE` and `bp-jax predict`: the user's own data, end to end in subprocesses."""
+"""`bp-jax train --data FILE` and `bp-jax predict`: the user's own data, end to end (in this process: run_cli)."""
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import bp_jax_cli, checkpoint_steps
+from helpers import checkpoint_steps, run_cli
 
 
 def houses(rows: int, seed: int = 0) -> pd.DataFrame:
@@ -34,7 +33,7 @@ def csv_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("csv")
     table = houses(300)[["size", "rooms", "price", "floors", "age"]]
     table.to_csv(folder / "houses.csv", index=False)
-    bp_jax_cli(
+    run_cli(
         "train",
         "--data",
         folder / "houses.csv",
@@ -66,8 +65,8 @@ def test_training_on_a_csv_learns_and_records_what_prediction_needs(csv_run):
 def test_predict_writes_one_prediction_per_row_in_the_targets_units(csv_run, tmp_path):
     run, csv = csv_run
     table = pd.read_csv(csv)
-    printed = bp_jax_cli("predict", run, "--data", csv).stdout
-    bp_jax_cli("predict", run, "--data", csv, "--out", tmp_path / "predictions.csv")
+    printed = run_cli("predict", run, "--data", csv).stdout
+    run_cli("predict", run, "--data", csv, "--out", tmp_path / "predictions.csv")
     assert (tmp_path / "predictions.csv").read_text() == printed
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert list(predictions.columns) == ["price"] and len(predictions) == len(table)
@@ -84,8 +83,8 @@ def test_predict_takes_rows_without_the_target_and_in_any_column_order(csv_run, 
     run, csv = csv_run
     table = pd.read_csv(csv)
     table[["age", "floors", "rooms", "size"]].to_csv(tmp_path / "new.csv", index=False)
-    with_target = pd.read_csv(io.StringIO(bp_jax_cli("predict", run, "--data", csv).stdout))
-    without = pd.read_csv(io.StringIO(bp_jax_cli("predict", run, "--data", tmp_path / "new.csv").stdout))
+    with_target = pd.read_csv(io.StringIO(run_cli("predict", run, "--data", csv).stdout))
+    without = pd.read_csv(io.StringIO(run_cli("predict", run, "--data", tmp_path / "new.csv").stdout))
     pd.testing.assert_frame_equal(with_target, without)
 
 
@@ -103,7 +102,7 @@ def test_predict_takes_rows_without_the_target_and_in_any_column_order(csv_run, 
 def test_predict_refuses_other_columns_or_bad_cells_naming_them(csv_run, tmp_path, change, message):
     run, csv = csv_run
     change(pd.read_csv(csv)).to_csv(tmp_path / "new.csv", index=False)
-    result = bp_jax_cli("predict", run, "--data", tmp_path / "new.csv", "--out", tmp_path / "out.csv", check=False)
+    result = run_cli("predict", run, "--data", tmp_path / "new.csv", "--out", tmp_path / "out.csv", check=False)
     assert result.returncode == 2 and message in result.stderr and "new.csv" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.csv").exists()
@@ -112,7 +111,7 @@ def test_predict_refuses_other_columns_or_bad_cells_naming_them(csv_run, tmp_pat
 def test_predict_never_overwrites_a_file(csv_run, tmp_path):
     run, csv = csv_run
     (tmp_path / "out.csv").write_text("mine\n")
-    result = bp_jax_cli("predict", run, "--data", csv, "--out", tmp_path / "out.csv", check=False)
+    result = run_cli("predict", run, "--data", csv, "--out", tmp_path / "out.csv", check=False)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert (tmp_path / "out.csv").read_text() == "mine\n"
 
@@ -122,7 +121,7 @@ def test_training_on_an_npz_and_default_target_is_the_last_column(tmp_path):
     np.savez(tmp_path / "houses.npz", x=table.drop(columns="price").to_numpy(), y=table["price"].to_numpy())
     table.to_csv(tmp_path / "houses.csv", index=False)
     for source in ("houses.npz", "houses.csv"):
-        bp_jax_cli("train", "--data", tmp_path / source, "--steps", 50, "--out", tmp_path / source.replace(".", "-"))
+        run_cli("train", "--data", tmp_path / source, "--steps", 50, "--out", tmp_path / source.replace(".", "-"))
     from_npz = json.loads((tmp_path / "houses-npz" / "metrics.json").read_text())
     from_csv = json.loads((tmp_path / "houses-csv" / "metrics.json").read_text())
     assert from_csv["config"]["target"] == "price" and from_npz["config"]["target"] == "y"
@@ -131,7 +130,7 @@ def test_training_on_an_npz_and_default_target_is_the_last_column(tmp_path):
 
 def test_features_picks_columns(tmp_path):
     houses(200).to_csv(tmp_path / "houses.csv", index=False)
-    bp_jax_cli(
+    run_cli(
         "train", "--data", tmp_path / "houses.csv", "--features", "size,age", "--steps", 20, "--out", tmp_path / "run"
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -171,7 +170,7 @@ def test_bad_data_is_one_line_naming_the_file_and_nothing_is_written(tmp_path, c
     data = tmp_path / "houses.csv"
     if change is not None:
         change(houses(100)).to_csv(data, index=False)
-    result = bp_jax_cli("train", "--data", data, "--steps", 10, *args, check=False, cwd=tmp_path)
+    result = run_cli("train", "--data", data, "--steps", 10, *args, check=False, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and str(data) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -180,15 +179,15 @@ def test_bad_data_is_one_line_naming_the_file_and_nothing_is_written(tmp_path, c
 
 def test_split_seed_chooses_the_held_out_rows_apart_from_the_init(tmp_path):
     args = ("--dataset", "synthetic", "--steps", 30)
-    bp_jax_cli("train", *args, "--seed", 5, "--out", tmp_path / "a")
-    bp_jax_cli("train", *args, "--seed", 0, "--split-seed", 5, "--out", tmp_path / "b")
-    bp_jax_cli("train", *args, "--seed", 0, "--out", tmp_path / "c")
+    run_cli("train", *args, "--seed", 5, "--out", tmp_path / "a")
+    run_cli("train", *args, "--seed", 0, "--split-seed", 5, "--out", tmp_path / "b")
+    run_cli("train", *args, "--seed", 0, "--out", tmp_path / "c")
     a, b, c = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in "abc")
     assert a["config"]["split_seed"] == b["config"]["split_seed"] == 5 and c["config"]["split_seed"] == 0
     assert a["data"]["scaling"] == b["data"]["scaling"] != c["data"]["scaling"]  # the same training rows
     assert a["baseline_held_out_mse"] == b["baseline_held_out_mse"]
     assert a["loss_history"] != b["loss_history"]  # another init and data order
-    refused = bp_jax_cli("train", "--resume", tmp_path / "b", "--split-seed", 6, "--steps", 40, check=False)
+    refused = run_cli("train", "--resume", tmp_path / "b", "--split-seed", 6, "--steps", 40, check=False)
     assert refused.returncode == 2 and "split_seed=5, not 6" in refused.stderr
     assert checkpoint_steps(Path(tmp_path / "b")) == [30]
 
@@ -230,7 +229,7 @@ def _cell(column, row, value):
 )
 def test_cells_beyond_float32_and_unknown_names_are_refused_naming_them(tmp_path, change, args, message):
     change(houses(100)).to_csv(tmp_path / "houses.csv", index=False)
-    result = bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--steps", 10, *args, check=False, cwd=tmp_path)
+    result = run_cli("train", "--data", tmp_path / "houses.csv", "--steps", 10, *args, check=False, cwd=tmp_path)
     _refused(result, message, str(tmp_path / "houses.csv"))
     assert "np.float64" not in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["houses.csv"]
@@ -261,7 +260,7 @@ def test_files_that_are_not_tables_are_refused_saying_what_they_are(tmp_path, ca
     (tmp_path / "data").mkdir()
     write(tmp_path / "data" / name)
     for command in (["train", "--steps", 10], ["sweep", "--lr", "0.1", "--steps", 10]):
-        result = bp_jax_cli(*command, "--data", tmp_path / "data" / name, check=False, cwd=tmp_path)
+        result = run_cli(*command, "--data", tmp_path / "data" / name, check=False, cwd=tmp_path)
         _refused(result, message)
         assert "allow_pickle" not in result.stderr and "no such file" not in result.stderr
         assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]
@@ -277,7 +276,7 @@ def test_files_that_are_not_tables_are_refused_saying_what_they_are(tmp_path, ca
 )
 def test_features_naming_a_column_twice_or_unparsable_are_refused(tmp_path, features, message):
     houses(100).to_csv(tmp_path / "houses.csv", index=False)
-    result = bp_jax_cli(
+    result = run_cli(
         "train", "--data", tmp_path / "houses.csv", "--features", features, "--steps", 10, check=False, cwd=tmp_path
     )
     _refused(result, message)
@@ -287,7 +286,7 @@ def test_features_naming_a_column_twice_or_unparsable_are_refused(tmp_path, feat
 def test_columns_with_spaces_or_commas_are_named_in_quotes(tmp_path):
     table = houses(100).rename(columns={"size": "size, m²", "rooms": " rooms "})
     table.to_csv(tmp_path / "houses.csv", index=False)
-    bp_jax_cli(
+    run_cli(
         "train",
         "--data",
         tmp_path / "houses.csv",
@@ -308,16 +307,16 @@ def test_an_unnamed_index_column_is_left_out_with_a_note(tmp_path):
     table.to_csv(tmp_path / "plain.csv", index=False)
     runs, notes = {}, {}
     for name in ("indexed", "plain"):
-        result = bp_jax_cli("train", "--data", tmp_path / f"{name}.csv", "--steps", 20, "--out", tmp_path / name)
+        result = run_cli("train", "--data", tmp_path / f"{name}.csv", "--steps", 20, "--out", tmp_path / name)
         runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
         notes[name] = [line for line in result.stderr.splitlines() if "note:" in line]
     assert notes["plain"] == [] and len(notes["indexed"]) == 1
     assert "indexed.csv: left out the first column, unnamed" in notes["indexed"][0]
     assert runs["indexed"]["config"]["features"] == ["size", "rooms", "floors", "age"]
     assert runs["indexed"]["loss_history"] == runs["plain"]["loss_history"]  # the same data
-    predicted = bp_jax_cli("predict", tmp_path / "plain", "--data", tmp_path / "indexed.csv")
+    predicted = run_cli("predict", tmp_path / "plain", "--data", tmp_path / "indexed.csv")
     assert "left out the first column" in predicted.stderr
-    assert predicted.stdout == bp_jax_cli("predict", tmp_path / "plain", "--data", tmp_path / "plain.csv").stdout
+    assert predicted.stdout == run_cli("predict", tmp_path / "plain", "--data", tmp_path / "plain.csv").stdout
 
 
 @pytest.mark.parametrize(
@@ -331,9 +330,9 @@ def test_predict_refuses_rows_beyond_float32(tmp_path, change, message):
     """A cell beyond float32, or one whose standardised form is (a column that varied by 1e-30 in training)."""
     table = houses(100).assign(tiny=np.random.default_rng(0).uniform(0, 1e-30, 100))
     table.to_csv(tmp_path / "houses.csv", index=False)
-    bp_jax_cli("train", "--data", tmp_path / "houses.csv", "--target", "price", "--steps", 5, "--out", tmp_path / "run")
+    run_cli("train", "--data", tmp_path / "houses.csv", "--target", "price", "--steps", 5, "--out", tmp_path / "run")
     change(table).to_csv(tmp_path / "new.csv", index=False)
-    result = bp_jax_cli(
+    result = run_cli(
         "predict", tmp_path / "run", "--data", tmp_path / "new.csv", "--out", tmp_path / "out.csv", check=False
     )
     _refused(result, message, "new.csv")
@@ -355,9 +354,8 @@ def _below_a_file(tmp_path):
 )
 def test_an_unusable_default_cache_is_a_warning_and_training_goes_on(tmp_path, where, named):
     for folder in (_below_a_file(tmp_path), Path("/proc")):  # cannot be created; exists but cannot be written
-        env = {key: value for key, value in os.environ.items() if key != "BP_JAX_COMPILE_CACHE"}
         out = tmp_path / f"run-{folder.name}"
-        result = bp_jax_cli("train", "--steps", 5, "--out", out, env={**env, where: str(folder)})
+        result = run_cli("train", "--steps", 5, "--out", out, env={"BP_JAX_COMPILE_CACHE": None} | {where: folder})
         warnings = [line for line in result.stderr.splitlines() if "warning" in line]
         assert len(warnings) == 1 and named in warnings[0] and "without it" in warnings[0], result.stderr
         assert "--compile-cache" not in result.stderr and "Traceback" not in result.stderr
@@ -366,6 +364,6 @@ def test_an_unusable_default_cache_is_a_warning_and_training_goes_on(tmp_path, w
 
 def test_an_unusable_compile_cache_flag_is_an_error_naming_the_flag(tmp_path):
     for folder in (_below_a_file(tmp_path), Path("/proc")):
-        result = bp_jax_cli("train", "--steps", 5, "--out", tmp_path / "run", "--compile-cache", folder, check=False)
+        result = run_cli("train", "--steps", 5, "--out", tmp_path / "run", "--compile-cache", folder, check=False)
         _refused(result, f"--compile-cache {folder}: cannot ")
         assert not (tmp_path / "run").exists()

@@ -1,9 +1,9 @@
 """What the commands write, and what they read from a run: never a file of the user's replaced, every file
 whole or absent and named when its write fails, diverged and live runs read truthfully, a closed pipe quiet.
-Each command runs in its own process, as a user would run it."""
+Commands run in this process (run_cli), in a process of their own where the process is what is checked (a file
+size limit, a closed pipe, a live run)."""
 
 import json
-import resource
 import shutil
 import subprocess
 import time
@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import bp_jax_cli, checkpoint_steps, command, strict_json
+from helpers import checkpoint_steps, command, run_cli, strict_json, without_coverage
 
 QUICK = ("--dataset", "synthetic", "--compile-cache", "off")
 
@@ -27,7 +27,7 @@ def features_csv(path, rows: int, seed: int = 0):
 def trained(tmp_path_factory):
     """A finished synthetic run."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    bp_jax_cli("train", "--out", run, "--steps", 30, *QUICK)
+    run_cli("train", "--out", run, "--steps", 30, *QUICK)
     return run
 
 
@@ -47,7 +47,7 @@ def test_no_command_writes_into_a_folder_holding_the_users_files(tmp_path, name,
     out.mkdir()
     mine = out / (written if user_file == "same name" else user_file)
     mine.write_text("notes\n")
-    result = bp_jax_cli(*argv, "--out", out, check=False)
+    result = run_cli(*argv, "--out", out, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"{out} is not empty (it holds {mine.name})" in result.stderr
     assert [path.name for path in out.iterdir()] == [mine.name] and mine.read_text() == "notes\n"
@@ -56,13 +56,13 @@ def test_no_command_writes_into_a_folder_holding_the_users_files(tmp_path, name,
 def test_predict_never_replaces_a_file(trained, tmp_path):
     out = tmp_path / "predictions.csv"
     out.write_text("mine\n")
-    result = bp_jax_cli("predict", trained, "--data", features_csv(tmp_path / "x.csv", 5), "--out", out, check=False)
+    result = run_cli("predict", trained, "--data", features_csv(tmp_path / "x.csv", 5), "--out", out, check=False)
     assert result.returncode == 2 and "already exists" in result.stderr and out.read_text() == "mine\n"
 
 
 def test_explain_without_out_gets_a_new_folder_each_time(tmp_path):
     for _ in range(2):
-        bp_jax_cli("explain", "neuron", cwd=tmp_path)
+        run_cli("explain", "neuron", cwd=tmp_path)
     folders = sorted((tmp_path / "runs").iterdir())
     assert len(folders) == 2 and all(folder.name.startswith("explain-neuron-") for folder in folders)
     assert all(
@@ -70,10 +70,17 @@ def test_explain_without_out_gets_a_new_folder_each_time(tmp_path):
     )
 
 
-def limit_file_size(size: int):
-    """For subprocess's preexec_fn: the kernel refuses to grow any file beyond `size` bytes (EFBIG), as a
-    full disk refuses (ENOSPC), midway through a write (Python ignores the SIGXFSZ that comes with it)."""
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+def limited(size: int, argv: list[str]) -> list[str]:
+    """The argv of `python -m bp_jax ARGV` in a process whose files the kernel refuses to grow beyond `size` bytes
+    (EFBIG), as a full disk refuses (ENOSPC), midway through a write (Python ignores the SIGXFSZ that comes with
+    it). The limit is set in the new interpreter, not between fork and exec: this process runs JAX's threads."""
+    code = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size}, {size}))\n"
+        "from bp_jax.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return [argv[0], "-c", code, *argv[3:]]
 
 
 @pytest.mark.parametrize("name", [*WRITERS, "predict"])
@@ -85,11 +92,11 @@ def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, 
     else:
         argv, target = [*WRITERS[name][0], "--out", tmp_path / "out"], tmp_path / "out" / WRITERS[name][1]
     result = subprocess.run(
-        command(*argv, "--out", target) if name == "predict" else command(*argv),
+        limited(16_000, command(*argv, "--out", target) if name == "predict" else command(*argv)),
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=limit_file_size(16_000),
+        env=without_coverage(),  # coverage could not write its data under the limit
     )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"error: could not write {target}: File too large" in result.stderr
@@ -130,7 +137,7 @@ def test_a_diverged_run_is_marked_and_predicting_from_it_needs_a_flag(tmp_path):
     """lr 3 diverges within a few steps; with a checkpoint every step, the step it diverged at was already
     checkpointed, unmarked, and is written again, marked."""
     run = tmp_path / "run"
-    result = bp_jax_cli("train", "--out", run, "--lr", 3, "--steps", 200, "--checkpoint-every", 1, *QUICK, check=False)
+    result = run_cli("train", "--out", run, "--lr", 3, "--steps", 200, "--checkpoint-every", 1, *QUICK, check=False)
     assert result.returncode == 1
     step = int(result.stderr.split("non-finite at step ")[1].split(";")[0])
     assert checkpoint_steps(run)[-1] == step and record(run, step)["diverged_at"] == step
@@ -138,10 +145,10 @@ def test_a_diverged_run_is_marked_and_predicting_from_it_needs_a_flag(tmp_path):
     assert strict_json(run / "metrics.json")["diverged_at"] == step
 
     rows = features_csv(tmp_path / "x.csv", 50)
-    refused = bp_jax_cli("predict", run, "--data", rows, check=False)
+    refused = run_cli("predict", run, "--data", rows, check=False)
     assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.strip().splitlines()) == 1
     assert f"stopped on divergence at step {step}" in refused.stderr and "--allow-diverged" in refused.stderr
-    allowed = bp_jax_cli("predict", run, "--data", rows, "--allow-diverged", "--out", tmp_path / "y.csv", check=False)
+    allowed = run_cli("predict", run, "--data", rows, "--allow-diverged", "--out", tmp_path / "y.csv", check=False)
     if allowed.returncode == 0:  # whatever it writes is finite
         assert np.isfinite(pd.read_csv(tmp_path / "y.csv")["y"]).all()
     else:
@@ -152,7 +159,7 @@ def test_predictions_that_are_not_finite_are_refused_naming_the_rows(trained, tm
     frame = pd.read_csv(features_csv(tmp_path / "x.csv", 6))
     frame.iloc[2] = frame.iloc[4] = 3e38  # float32 holds it; the network's sums overflow
     frame.to_csv(tmp_path / "x.csv", index=False)
-    result = bp_jax_cli("predict", trained, "--data", tmp_path / "x.csv", check=False)
+    result = run_cli("predict", trained, "--data", tmp_path / "x.csv", check=False)
     assert result.returncode == 2 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
     assert "the prediction for row(s) 3, 5 (from 1, after the header) is not finite" in result.stderr
 
@@ -180,7 +187,7 @@ def test_a_live_run_is_read_at_a_consistent_checkpoint(tmp_path):
         while len(checkpoint_steps(run)) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
         rows = features_csv(tmp_path / "x.csv", 20)
-        results = [bp_jax_cli("predict", run, "--data", rows, check=False) for _ in range(3)]
+        results = [run_cli("predict", run, "--data", rows, check=False) for _ in range(3)]
         assert process.poll() is None, "the run ended while it was read"
     finally:
         process.kill()
@@ -193,8 +200,8 @@ def test_a_live_run_without_a_checkpoint_is_named_live(tmp_path):
     run = tmp_path / "live"
     process = start_training(run, "--checkpoint-every", 10**8)
     try:
-        resumed = bp_jax_cli("train", "--resume", run, check=False)
-        predicted = bp_jax_cli("predict", run, "--data", features_csv(tmp_path / "x.csv", 5), check=False)
+        resumed = run_cli("train", "--resume", run, check=False)
+        predicted = run_cli("predict", run, "--data", features_csv(tmp_path / "x.csv", 5), check=False)
     finally:
         process.kill()
         process.wait()
@@ -223,30 +230,26 @@ def test_resume_with_the_same_data_at_another_path_uses_it(tmp_path):
     frame = pd.read_csv(features_csv(tmp_path / "x.csv", 200))
     frame["y"] = frame.sum(axis=1)
     frame.to_csv(tmp_path / "a.csv", index=False)
-    bp_jax_cli(
-        "train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20, "--compile-cache", "off"
-    )
+    run_cli("train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20, "--compile-cache", "off")
     (tmp_path / "moved").mkdir()
     shutil.move(tmp_path / "a.csv", tmp_path / "moved" / "a.csv")
-    moved = bp_jax_cli("train", "--resume", tmp_path / "run", "--data", tmp_path / "moved" / "a.csv", "--steps", 30)
+    moved = run_cli("train", "--resume", tmp_path / "run", "--data", tmp_path / "moved" / "a.csv", "--steps", 30)
     assert f"reading the data from {tmp_path / 'moved' / 'a.csv'}" in moved.stderr
     assert record(tmp_path / "run", 30)["config"]["dataset"] == str(tmp_path / "moved" / "a.csv")
     frame.assign(y=frame["y"] + 1).to_csv(tmp_path / "other.csv", index=False)
-    other = bp_jax_cli(
-        "train", "--resume", tmp_path / "run", "--data", tmp_path / "other.csv", "--steps", 40, check=False
-    )
+    other = run_cli("train", "--resume", tmp_path / "run", "--data", tmp_path / "other.csv", "--steps", 40, check=False)
     assert other.returncode == 2 and "was trained on other data" in other.stderr
 
 
 def test_a_fresh_run_into_a_sweep_folder_does_not_suggest_resume(tmp_path):
-    bp_jax_cli("sweep", "--lr", "0.01", "--steps", 10, "--out", tmp_path / "sweep", *QUICK)
-    result = bp_jax_cli("train", "--out", tmp_path / "sweep", "--steps", 10, *QUICK, check=False)
+    run_cli("sweep", "--lr", "0.01", "--steps", 10, "--out", tmp_path / "sweep", *QUICK)
+    result = run_cli("train", "--out", tmp_path / "sweep", "--steps", 10, *QUICK, check=False)
     assert result.returncode == 2 and "holds a run: a sweep (sweep.json)" in result.stderr
     assert "--resume" not in result.stderr
 
 
 def test_resume_refuses_too_few_epochs_in_epochs(trained):
     """The run is at step 30 of 25 per epoch (800 rows, batch 32): epoch 2."""
-    result = bp_jax_cli("train", "--resume", trained, "--epochs", 1, check=False)
+    result = run_cli("train", "--resume", trained, "--epochs", 1, check=False)
     assert result.returncode == 2 and "--epochs must be at least 2, got 1" in result.stderr
     assert "--steps" not in result.stderr

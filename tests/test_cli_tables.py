@@ -1,5 +1,5 @@
 """`bp-jax train`, `predict` and `sweep` on real tables: class targets, text features, empty cells, dates and
-parquet, end to end in subprocesses."""
+parquet, end to end (in this process: run_cli)."""
 
 import io
 import json
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_same_state, bp_jax_cli, strict_json
+from helpers import assert_same_state, run_cli, strict_json
 
 QUICK = ("--steps", 40)
 
@@ -55,7 +55,7 @@ def class_run(tmp_path_factory):
     """A first run without flags (the defaults) on a 300-row table with a text class and text features."""
     folder = tmp_path_factory.mktemp("animals")
     animals(300).to_csv(folder / "animals.csv", index=False)
-    result = bp_jax_cli("train", "--data", folder / "animals.csv", "--target", "species", "--out", folder / "run")
+    result = run_cli("train", "--data", folder / "animals.csv", "--target", "species", "--out", folder / "run")
     return folder / "run", folder / "animals.csv", result
 
 
@@ -82,7 +82,7 @@ def test_a_text_target_is_classification_and_the_defaults_beat_the_majority_clas
 def test_predict_writes_the_class_as_spelled_and_probabilities_summing_to_one(class_run, tmp_path):
     run, csv, _ = class_run
     table = pd.read_csv(csv)
-    predictions = read_csv(bp_jax_cli("predict", run, "--data", csv).stdout)
+    predictions = read_csv(run_cli("predict", run, "--data", csv).stdout)
     classes = ["Adelie", "Chinstrap", "Gentoo"]
     assert list(predictions.columns) == ["species", *(f"P({name})" for name in classes)]
     probabilities = predictions[[f"P({name})" for name in classes]].to_numpy()
@@ -97,9 +97,7 @@ def test_predict_writes_the_class_as_spelled_and_probabilities_summing_to_one(cl
     assert np.mean(predictions["species"] == table["species"]) == pytest.approx(expected, abs=1e-9)
     # without the target, columns in another order: the same predictions
     table.drop(columns="species")[table.columns[::-1][1:]].to_csv(tmp_path / "new.csv", index=False)
-    pd.testing.assert_frame_equal(
-        read_csv(bp_jax_cli("predict", run, "--data", tmp_path / "new.csv").stdout), predictions
-    )
+    pd.testing.assert_frame_equal(read_csv(run_cli("predict", run, "--data", tmp_path / "new.csv").stdout), predictions)
 
 
 def test_predict_refuses_a_category_never_seen_in_training_naming_it(class_run, tmp_path):
@@ -107,9 +105,7 @@ def test_predict_refuses_a_category_never_seen_in_training_naming_it(class_run, 
     table = pd.read_csv(csv).head(5)
     table.loc[3, "island"] = "Mars"
     table.to_csv(tmp_path / "new.csv", index=False)
-    line = error_line(
-        bp_jax_cli("predict", run, "--data", tmp_path / "new.csv", "--out", tmp_path / "p.csv", check=False)
-    )
+    line = error_line(run_cli("predict", run, "--data", tmp_path / "new.csv", "--out", tmp_path / "p.csv", check=False))
     assert "column 'island', row 4: 'Mars' is not a category" in line
     assert "'Biscoe', 'Dream', 'Torgersen'" in line
     assert not (tmp_path / "p.csv").exists()
@@ -118,9 +114,9 @@ def test_predict_refuses_a_category_never_seen_in_training_naming_it(class_run, 
 def test_resuming_a_class_run_gives_the_bits_of_one_uninterrupted_run(class_run, tmp_path):
     _, csv, _ = class_run
     flags = ("--data", csv, "--target", "species", "--optimizer", "adam")
-    bp_jax_cli("train", *flags, "--steps", 60, "--out", tmp_path / "whole")
-    bp_jax_cli("train", *flags, "--steps", 25, "--out", tmp_path / "parts")
-    bp_jax_cli("train", "--resume", tmp_path / "parts", "--steps", 60)
+    run_cli("train", *flags, "--steps", 60, "--out", tmp_path / "whole")
+    run_cli("train", *flags, "--steps", 25, "--out", tmp_path / "parts")
+    run_cli("train", "--resume", tmp_path / "parts", "--steps", 60)
     assert_same_state(tmp_path / "whole", tmp_path / "parts")
 
 
@@ -134,7 +130,7 @@ def with_holes(rows: int = 200) -> pd.DataFrame:
 
 def test_empty_cells_are_refused_by_default_naming_columns_counts_and_option(tmp_path):
     with_holes().to_csv(tmp_path / "holes.csv", index=False)
-    line = error_line(bp_jax_cli("train", "--data", tmp_path / "holes.csv", "--out", tmp_path / "run", check=False))
+    line = error_line(run_cli("train", "--data", tmp_path / "holes.csv", "--out", tmp_path / "run", check=False))
     assert (
         "column 'body_mass_g' has 1 empty cell(s) (the first in row 8), column 'sex' has 2 empty cell(s) (the "
         "first in row 4), column 'species' has 2 empty cell(s) (the first in row 11)"
@@ -145,9 +141,7 @@ def test_empty_cells_are_refused_by_default_naming_columns_counts_and_option(tmp
 
 def test_drop_leaves_out_rows_with_an_empty_cell_and_counts_the_rows_used(tmp_path):
     with_holes().to_csv(tmp_path / "holes.csv", index=False)
-    result = bp_jax_cli(
-        "train", "--data", tmp_path / "holes.csv", "--missing", "drop", *QUICK, "--out", tmp_path / "run"
-    )
+    result = run_cli("train", "--data", tmp_path / "holes.csv", "--missing", "drop", *QUICK, "--out", tmp_path / "run")
     assert "left out 2 row(s) without a target ('species')" in result.stderr
     assert "left out 3 row(s) with an empty feature cell" in result.stderr
     examples = strict_json(tmp_path / "run" / "metrics.json")["examples"]
@@ -158,7 +152,7 @@ def test_drop_leaves_out_rows_with_an_empty_cell_and_counts_the_rows_used(tmp_pa
 def test_impute_fills_features_from_the_training_rows_and_predict_reuses_the_fill(tmp_path):
     table = with_holes()
     table.to_csv(tmp_path / "holes.csv", index=False)
-    result = bp_jax_cli(
+    result = run_cli(
         "train", "--data", tmp_path / "holes.csv", "--missing", "impute", *QUICK, "--out", tmp_path / "run"
     )
     assert "left out 2 row(s) without a target" in result.stderr
@@ -176,7 +170,7 @@ def test_impute_fills_features_from_the_training_rows_and_predict_reuses_the_fil
     features = table.drop(columns="species")
     features.to_csv(tmp_path / "new.csv", index=False)
     features.fillna(fill).to_csv(tmp_path / "filled.csv", index=False)
-    predicted = lambda name: read_csv(bp_jax_cli("predict", tmp_path / "run", "--data", tmp_path / name).stdout)
+    predicted = lambda name: read_csv(run_cli("predict", tmp_path / "run", "--data", tmp_path / name).stdout)
     pd.testing.assert_frame_equal(predicted("new.csv"), predicted("filled.csv"))
 
 
@@ -185,7 +179,7 @@ def test_dates_and_free_text_are_refused_suggesting_features(tmp_path):
     table.insert(0, "day", pd.date_range("2024-01-01", periods=120).strftime("%Y-%m-%d"))
     table.insert(1, "note", [f"seen at dawn, bird {i}" for i in range(120)])
     table.to_csv(tmp_path / "dated.csv", index=False)
-    line = error_line(bp_jax_cli("train", "--data", tmp_path / "dated.csv", "--out", tmp_path / "run", check=False))
+    line = error_line(run_cli("train", "--data", tmp_path / "dated.csv", "--out", tmp_path / "run", check=False))
     assert "column 'day' holds dates or times (such as '2024-01-01')" in line
     assert "column 'note' holds free text (120 distinct values in 120 cells)" in line
     assert "--features island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex" in line
@@ -195,19 +189,17 @@ def test_dates_and_free_text_are_refused_suggesting_features(tmp_path):
 def test_task_auto_keeps_integer_targets_regression_unless_asked(tmp_path):
     table = animals(150).assign(rank=lambda frame: frame["species"].map({"Adelie": 1, "Chinstrap": 2, "Gentoo": 3}))
     table.drop(columns="species").to_csv(tmp_path / "ranked.csv", index=False)
-    bp_jax_cli("train", "--data", tmp_path / "ranked.csv", *QUICK, "--out", tmp_path / "auto")
+    run_cli("train", "--data", tmp_path / "ranked.csv", *QUICK, "--out", tmp_path / "auto")
     metrics = strict_json(tmp_path / "auto" / "metrics.json")
     assert metrics["task"] == "regression" and "held_out_mse" in metrics and "held_out_accuracy" not in metrics
     assert metrics["config"]["hidden"] == [5] and metrics["config"]["lr"] == 0.01
-    bp_jax_cli(
-        "train", "--data", tmp_path / "ranked.csv", "--task", "classification", *QUICK, "--out", tmp_path / "cls"
-    )
+    run_cli("train", "--data", tmp_path / "ranked.csv", "--task", "classification", *QUICK, "--out", tmp_path / "cls")
     assert strict_json(tmp_path / "cls" / "metrics.json")["data"]["scaling"]["classes"] == [1, 2, 3]
-    predictions = read_csv(bp_jax_cli("predict", tmp_path / "cls", "--data", tmp_path / "ranked.csv").stdout)
+    predictions = read_csv(run_cli("predict", tmp_path / "cls", "--data", tmp_path / "ranked.csv").stdout)
     assert list(predictions.columns) == ["rank", "P(1)", "P(2)", "P(3)"]
     assert set(predictions["rank"]) <= {1, 2, 3} and predictions["rank"].dtype.kind == "i"
     line = error_line(
-        bp_jax_cli(
+        run_cli(
             "train",
             "--data",
             tmp_path / "ranked.csv",
@@ -227,9 +219,9 @@ def test_task_auto_keeps_integer_targets_regression_unless_asked(tmp_path):
 def test_a_boolean_target_is_classification_with_its_values_kept(tmp_path):
     table = animals(150).assign(heavy=lambda frame: frame["body_mass_g"] > 4200)
     table[["island", "flipper_length_mm", "heavy"]].to_csv(tmp_path / "heavy.csv", index=False)
-    bp_jax_cli("train", "--data", tmp_path / "heavy.csv", *QUICK, "--out", tmp_path / "run")
+    run_cli("train", "--data", tmp_path / "heavy.csv", *QUICK, "--out", tmp_path / "run")
     assert strict_json(tmp_path / "run" / "metrics.json")["data"]["scaling"]["classes"] == [False, True]
-    predictions = read_csv(bp_jax_cli("predict", tmp_path / "run", "--data", tmp_path / "heavy.csv").stdout)
+    predictions = read_csv(run_cli("predict", tmp_path / "run", "--data", tmp_path / "heavy.csv").stdout)
     assert list(predictions.columns) == ["heavy", "P(False)", "P(True)"] and predictions["heavy"].dtype == bool
 
 
@@ -238,12 +230,12 @@ def test_parquet_trains_and_predicts_as_the_same_csv_does(tmp_path):
     table.to_csv(tmp_path / "animals.csv", index=False)
     table.to_parquet(tmp_path / "animals.parquet")
     for suffix in ("csv", "parquet"):
-        bp_jax_cli("train", "--data", tmp_path / f"animals.{suffix}", *QUICK, "--out", tmp_path / suffix)
+        run_cli("train", "--data", tmp_path / f"animals.{suffix}", *QUICK, "--out", tmp_path / suffix)
     assert_same_state(tmp_path / "csv", tmp_path / "parquet")
-    from_parquet = bp_jax_cli("predict", tmp_path / "parquet", "--data", tmp_path / "animals.parquet").stdout
-    assert from_parquet == bp_jax_cli("predict", tmp_path / "csv", "--data", tmp_path / "animals.csv").stdout
+    from_parquet = run_cli("predict", tmp_path / "parquet", "--data", tmp_path / "animals.parquet").stdout
+    assert from_parquet == run_cli("predict", tmp_path / "csv", "--data", tmp_path / "animals.csv").stdout
     (tmp_path / "broken.parquet").write_text("not parquet")
-    line = error_line(bp_jax_cli("train", "--data", tmp_path / "broken.parquet", "--out", tmp_path / "b", check=False))
+    line = error_line(run_cli("train", "--data", tmp_path / "broken.parquet", "--out", tmp_path / "b", check=False))
     assert "broken.parquet: cannot be read" in line and not (tmp_path / "b").exists()
 
 
@@ -251,8 +243,8 @@ def test_runs_recorded_before_classification_still_predict_and_resume(tmp_path):
     """A record without task, missing, classes, categories or fill: a regression run on numbers."""
     table = animals(150).drop(columns=["island", "sex", "species"])
     table.to_csv(tmp_path / "numbers.csv", index=False)
-    bp_jax_cli("train", "--data", tmp_path / "numbers.csv", "--steps", 20, "--out", tmp_path / "run")
-    before = bp_jax_cli("predict", tmp_path / "run", "--data", tmp_path / "numbers.csv").stdout
+    run_cli("train", "--data", tmp_path / "numbers.csv", "--steps", 20, "--out", tmp_path / "run")
+    before = run_cli("predict", tmp_path / "run", "--data", tmp_path / "numbers.csv").stdout
     path = tmp_path / "run" / "checkpoints" / "20" / "record" / "metadata"
     record = json.loads(path.read_text())
     for name in ("task", "missing"):
@@ -260,14 +252,14 @@ def test_runs_recorded_before_classification_still_predict_and_resume(tmp_path):
     for name in ("task", "classes", "categories", "fill"):
         del record["data"]["scaling"][name]
     path.write_text(json.dumps(record))
-    assert bp_jax_cli("predict", tmp_path / "run", "--data", tmp_path / "numbers.csv").stdout == before
-    bp_jax_cli("train", "--resume", tmp_path / "run", "--steps", 30)
+    assert run_cli("predict", tmp_path / "run", "--data", tmp_path / "numbers.csv").stdout == before
+    run_cli("train", "--resume", tmp_path / "run", "--steps", 30)
     assert strict_json(tmp_path / "run" / "metrics.json")["final_step"] == 30
 
 
 def test_sweep_on_a_class_target_ranks_by_accuracy(tmp_path):
     animals(150).to_csv(tmp_path / "animals.csv", index=False)
-    result = bp_jax_cli(
+    result = run_cli(
         "sweep",
         "--data",
         tmp_path / "animals.csv",

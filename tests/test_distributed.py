@@ -48,6 +48,7 @@ def one_device_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # processes of their own, 8 devices or 2 processes
 def test_sharded_fit_and_steps_equal_one_device():
     result = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "data_parallel_worker.py")],
@@ -70,6 +71,7 @@ def test_sharded_fit_and_steps_equal_one_device():
     assert errors["too many devices"].startswith("asked for 16 devices, but JAX sees 8")
 
 
+@pytest.mark.slow  # processes of their own, 8 devices or 2 processes
 def test_train_on_8_devices_equals_one_device(one_device_run, tmp_path):
     result = cli("train", "--out", tmp_path, "--devices", "all", *TRAIN)
     assert result.returncode == 0, result.stderr
@@ -79,6 +81,7 @@ def test_train_on_8_devices_equals_one_device(one_device_run, tmp_path):
     assert_close_runs(tmp_path, one_device_run)
 
 
+@pytest.mark.slow  # processes of their own, 8 devices or 2 processes
 def test_resume_on_8_devices_from_a_one_device_checkpoint(one_device_run, tmp_path):
     first = cli("train", "--out", tmp_path, "--devices", 1, *TRAIN[:2], "--steps", 50, *TRAIN[4:])
     assert first.returncode == 0, first.stderr
@@ -87,6 +90,7 @@ def test_resume_on_8_devices_from_a_one_device_checkpoint(one_device_run, tmp_pa
     assert_close_runs(tmp_path, one_device_run)
 
 
+@pytest.mark.slow  # processes of their own, 8 devices or 2 processes
 def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
     coordinator = f"127.0.0.1:{free_port()}"
     processes = [

@@ -229,6 +229,7 @@ def test_params_without_a_common_member_axis_are_refused():
         bp_jax.fit_ensemble(loss, params, x, y, steps=3, lr=0.1)
 
 
+@pytest.mark.slow  # a process of its own, 8 devices
 def test_members_split_over_8_devices_equal_one_device():
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="8")
     worker = Path(__file__).with_name("ensemble_mesh_worker.py")

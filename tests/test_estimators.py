@@ -17,9 +17,8 @@ from sklearn.datasets import make_classification, make_regression
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from benchmarks.compiles import compilations as _compilations
 from bp_jax.estimators import MLPClassifier, MLPRegressor
-
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 #: Small networks keep each estimator's suite under a minute.
 CHECKED = [
@@ -42,20 +41,6 @@ def _quiet_convergence():
 @parametrize_with_checks(CHECKED, expected_failed_checks=_expected_failures)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
-
-
-def _compilations(run, name: str | None = None) -> int:
-    """How many XLA compilations `run()` makes (of the function `name` only, e.g. "jit(run)": bp_jax's loops)."""
-    events = []
-    listener = lambda event, duration, **kwargs: (
-        events.append(event) if event == COMPILE_EVENT and name in (None, kwargs["fun_name"]) else None
-    )
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        run()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    return len(events)
 
 
 def _regression(rows=200):

@@ -5,8 +5,6 @@ The input nodes' gradients come from explain's own reverse pass over the jaxpr, 
 """
 
 import re
-import subprocess
-import sys
 import xml.etree.ElementTree as ElementTree
 
 import chex
@@ -14,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_cli
 
 import bp_jax
 from bp_jax import documents, manual
@@ -268,9 +267,8 @@ def test_table_columns_must_be_a_mapping_of_columns():
 
 
 def bp_jax_explain(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "bp_jax", "explain", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
+    """`bp-jax explain ARGS`, run in this process."""
+    return run_cli("explain", *args, check=False)
 
 
 def test_command_tiny_net_prints_the_documents_numbers_and_writes_the_pictures(tmp_path):

@@ -3,14 +3,13 @@ against jax.jvp (float32 to 1e-5, float64 to 1e-10) and the document's numbers; 
 `bp-jax explain --forward NAME`."""
 
 import re
-import subprocess
-import sys
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_cli
 
 import bp_jax
 import bp_jax.draw
@@ -135,9 +134,8 @@ def test_bad_tangents_are_one_clear_error():
 
 
 def bp_jax_explain(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "bp_jax", "explain", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
+    """`bp-jax explain ARGS`, run in this process."""
+    return run_cli("explain", *args, check=False)
 
 
 def test_command_forward_w1_prints_the_tangents(tmp_path):

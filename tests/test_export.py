@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import bp_jax_cli, strict_json
+from helpers import bp_jax_cli, run_cli, strict_json
 
 import bp_jax
 
@@ -41,13 +41,13 @@ def exported(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     table(200, task=request.param).to_csv(folder / "table.csv", index=False)
     table(40, task=request.param, seed=1).drop(columns="target").to_csv(folder / "new.csv", index=False)
-    bp_jax_cli(
+    run_cli(
         "train", "--data", folder / "table.csv", "--target", "target", "--missing", "impute", "--out", folder / "run",
         "--task", request.param, *QUICK,
     )  # fmt: skip
-    predicted = pd.read_csv(io.StringIO(bp_jax_cli("predict", folder / "run", "--data", folder / "new.csv").stdout))
+    predicted = pd.read_csv(io.StringIO(run_cli("predict", folder / "run", "--data", folder / "new.csv").stdout))
     for format in ("jax", "onnx"):
-        result = bp_jax_cli("export", folder / "run", "--format", format, "--out", folder / f"model.{format}")
+        result = run_cli("export", folder / "run", "--format", format, "--out", folder / f"model.{format}")
         assert result.stdout.startswith(f"wrote {folder / f'model.{format}'}"), result.stdout
     return request.param, folder, predicted
 
@@ -122,8 +122,8 @@ def test_onnxruntime_runs_the_onnx_export_and_gives_predicts_numbers(exported):
 
 def test_a_run_without_impute_gives_nan_for_a_nan_input(tmp_path):
     table(100, task="regression").dropna().to_csv(tmp_path / "table.csv", index=False)
-    bp_jax_cli("train", "--data", tmp_path / "table.csv", "--out", tmp_path / "run", "--steps", 5)
-    bp_jax_cli("export", tmp_path / "run", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    run_cli("train", "--data", tmp_path / "table.csv", "--out", tmp_path / "run", "--steps", 5)
+    run_cli("export", tmp_path / "run", "--format", "onnx", "--out", tmp_path / "m.onnx")
     description = strict_json(tmp_path / "m.onnx.inputs.json")
     assert "NaN output" in description["missing"] and all("nan_becomes" not in e for e in description["inputs"])
     x = np.array([[50, 0, 0, 1, 3000], [np.nan, 0, 0, 1, 3000]], np.float32)
@@ -141,12 +141,12 @@ def error_line(result) -> str:
 @pytest.fixture(scope="module")
 def seed_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("seed") / "run"
-    bp_jax_cli("train", "--out", folder, "--steps", 5)
+    run_cli("train", "--out", folder, "--steps", 5)
     return folder
 
 
 def test_refusals_are_one_line_and_write_nothing(seed_run, tmp_path):
-    export = lambda run, out, *more: bp_jax_cli("export", run, "--format", "jax", "--out", out, *more, check=False)
+    export = lambda run, out, *more: run_cli("export", run, "--format", "jax", "--out", out, *more, check=False)
     line = error_line(export(tmp_path / "nowhere", tmp_path / "a.jax"))
     assert line == f"bp-jax export: error: {tmp_path / 'nowhere'} is not a run folder: no such directory"
     (tmp_path / "empty").mkdir()
@@ -156,7 +156,7 @@ def test_refusals_are_one_line_and_write_nothing(seed_run, tmp_path):
     (tmp_path / "b.jax.inputs.json").write_text("mine too")
     assert "b.jax.inputs.json already exists" in error_line(export(seed_run, tmp_path / "b.jax"))
     assert "invalid choice: 'tflite'" in error_line(
-        bp_jax_cli("export", seed_run, "--format", "tflite", "--out", tmp_path / "c", check=False)
+        run_cli("export", seed_run, "--format", "tflite", "--out", tmp_path / "c", check=False)
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["b.jax.inputs.json", "empty", "mine.jax"]
     assert (tmp_path / "mine.jax").read_text() == "mine" and (tmp_path / "b.jax.inputs.json").read_text() == "mine too"
@@ -173,7 +173,7 @@ def test_a_format_without_its_module_names_the_pip_command(seed_run, tmp_path, f
     hidden = tmp_path / "hidden" / module
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n")
-    result = bp_jax_cli(
+    result = bp_jax_cli(  # its own process: the hidden module must be missing when it starts
         "export", seed_run, "--format", form, "--out", tmp_path / "m.out", check=False,
         env={"PYTHONPATH": f"{tmp_path / 'hidden'}:{bp_jax.__path__[0]}/.."},
     )  # fmt: skip

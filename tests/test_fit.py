@@ -266,6 +266,7 @@ def test_another_length_chunking_resume_point_or_lr_does_not_compile_again(optim
     bp_jax.fit(loss, params, x, y, steps=5, batch_size=4, key=key, **method)  # a new configuration compiles
 
 
+@pytest.mark.slow  # 60 runs, in a process of its own
 @pytest.mark.parametrize("isa", ["default", "AVX2"])
 def test_resuming_anywhere_with_any_chunking_is_bit_identical_on_this_isa(isa):
     env = dict(os.environ)

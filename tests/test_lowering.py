@@ -30,6 +30,7 @@ def lowered() -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow  # one process lowers every program for 4 platforms on 8 devices
 @pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_program_lowers_for(lowered, program, platform):

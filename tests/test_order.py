@@ -65,25 +65,40 @@ def test_every_ordering_of_a_tiny_data_set_is_equally_likely():
     assert ((counts - expected) ** 2 / expected).sum() < 55  # 23 degrees of freedom: 99.99th percentile ≈ 52
 
 
+#: the traced row count's program, compiled once per batch size (static) and shared by every example
+_traced = jax.jit(bp_jax.minibatch_indices, static_argnums=3, static_argnames="large")
+#: batch sizes (one, a few, hundreds of rows): each compiles one traced program, whatever the row count
+BATCHES = (1, 5, 700)
+
+
+def batch_and_rows(smallest: int):
+    """A batch size, and a row count of at least `smallest` and the batch size, up to 5000."""
+    return st.sampled_from(BATCHES).flatmap(
+        lambda batch: st.tuples(st.just(batch), st.integers(max(smallest, batch), 5000))
+    )
+
+
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 5000), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
-def test_a_traced_row_count_gives_the_rows_of_the_static_one(rows, step, seed):
-    batch = max(1, rows // 7)
+@given(batch_and_rows(1), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
+def test_a_traced_row_count_gives_the_rows_of_the_static_one(batch_rows, step, seed):
+    batch, rows = batch_rows
     key = jax.random.key(seed)
-    traced = jax.jit(lambda key, step, n: bp_jax.minibatch_indices(key, step, n, batch))
-    np.testing.assert_array_equal(traced(key, step, jnp.int32(rows)), bp_jax.minibatch_indices(key, step, rows, batch))
+    np.testing.assert_array_equal(
+        _traced(key, step, jnp.int32(rows), batch), bp_jax.minibatch_indices(key, step, rows, batch)
+    )
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(33, 5000), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
-def test_a_large_traced_row_count_takes_fewer_rounds_and_the_same_rows(rows, step, seed):
+@given(batch_and_rows(33), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
+def test_a_large_traced_row_count_takes_fewer_rounds_and_the_same_rows(batch_rows, step, seed):
     from bp_jax._order import LARGE_DOMAIN
 
+    batch, rows = batch_rows
     assert rows >= LARGE_DOMAIN
-    batch = max(1, rows // 7)
     key = jax.random.key(seed)
-    traced = jax.jit(lambda key, step, n: bp_jax.minibatch_indices(key, step, n, batch, large=True))
-    np.testing.assert_array_equal(traced(key, step, jnp.int32(rows)), bp_jax.minibatch_indices(key, step, rows, batch))
+    np.testing.assert_array_equal(
+        _traced(key, step, jnp.int32(rows), batch, large=True), bp_jax.minibatch_indices(key, step, rows, batch)
+    )
 
 
 def test_one_program_serves_every_traced_row_count():

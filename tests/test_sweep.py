@@ -1,5 +1,5 @@
-"""`bp-jax sweep` end to end, each run in its own process: every (lr, seed) member is `bp-jax train` with
-that lr and seed and the sweep's split seed."""
+"""`bp-jax sweep` end to end (in this process, or in its own where it needs fake devices or a fresh count of
+compilations): every (lr, seed) member is `bp-jax train` with that lr and seed and the sweep's split seed."""
 
 import subprocess
 import sys
@@ -7,9 +7,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import bp_jax_cli, strict_json
+from helpers import ROOT, bp_jax_cli, run_cli, strict_json
 
 import bp_jax
+from benchmarks.compiles import counting
 from bp_jax.cli import runs
 from bp_jax.cli import sweep as sweep_command
 
@@ -17,13 +18,12 @@ STEPS = "150"
 #: a member against `bp-jax train`: equal to float32 rounding, not bit for bit: the ensemble's vmapped
 #: (batched) operations may round differently from one run's
 MEMBER_TOLERANCE = 1e-5
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "run"
-    done = bp_jax_cli(
+    done = run_cli(
         "sweep",
         "--lr",
         "0.003,0.03,5",
@@ -61,7 +61,7 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
     out, _ = sweep
     if optimizer != "sgd":  # a sweep of its own with that optimizer
         out = tmp_path / "sweep"
-        bp_jax_cli(
+        run_cli(
             "sweep",
             "--lr",
             f"{lr},0.01",
@@ -79,7 +79,7 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
             "off",
         )
     member = next(run for run in strict_json(out / "sweep.json")["runs"] if run["lr"] == lr and run["seed"] == seed)
-    bp_jax_cli(
+    run_cli(
         "train",
         "--lr",
         lr,
@@ -101,9 +101,10 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
         assert member[name] == pytest.approx(metrics[name], rel=MEMBER_TOLERANCE), name
 
 
+@pytest.mark.slow  # processes of its own
 def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
     out, _ = sweep
-    bp_jax_cli(
+    bp_jax_cli(  # its own process: 4 devices, which JAX makes when it starts
         "sweep",
         "--lr",
         "0.003,0.03,5",
@@ -122,12 +123,15 @@ def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
         env={"JAX_NUM_CPU_DEVICES": "4"},
     )
     one = {(run["lr"], run["seed"]): run for run in strict_json(out / "sweep.json")["runs"]}
+    compared = 0
     for run in strict_json(tmp_path / "split" / "sweep.json")["runs"]:
         if (run["lr"], run["seed"]) in one:
             reference = one[run["lr"], run["seed"]]
             assert run["diverged_at"] == reference["diverged_at"]
             if run["diverged_at"] is None:
                 assert run["held_out_mse"] == pytest.approx(reference["held_out_mse"], rel=1e-5)
+            compared += 1
+    assert compared == len(one) == 9  # every member of the 3 × 3 sweep (seeds 4, 5, 6) is in the 3 × 4 one
 
 
 @pytest.mark.parametrize(
@@ -149,8 +153,11 @@ def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    done = bp_jax_cli(
-        "sweep", *args, "--steps", 5, "--out", tmp_path / "bad", check=False, env={"JAX_NUM_CPU_DEVICES": "2"}
+    argv = ("sweep", *args, "--steps", 5, "--out", tmp_path / "bad")
+    done = (
+        bp_jax_cli(*argv, check=False, env={"JAX_NUM_CPU_DEVICES": "2"})  # 2 devices, made when JAX starts
+        if "--devices" in args
+        else run_cli(*argv, check=False)
     )
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "bad" / "sweep.json").exists()
@@ -159,16 +166,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 def test_a_folder_holding_a_sweep_is_not_written_over(sweep):
     out, _ = sweep
     before = (out / "sweep.json").read_bytes()
-    done = bp_jax_cli("sweep", "--lr", "0.1", "--steps", 5, "--out", out, check=False)
+    done = run_cli("sweep", "--lr", "0.1", "--steps", 5, "--out", out, check=False)
     assert done.returncode == 2 and "already holds a run" in done.stderr and "--resume" not in done.stderr
     assert (out / "sweep.json").read_bytes() == before
 
 
 def test_a_sweep_that_cannot_fit_in_memory_is_refused_before_anything_is_allocated(tmp_path):
     """The losses of every step of every member: 1000 × 10**10 × 4 bytes, refused in one line."""
-    done = bp_jax_cli(
-        "sweep", "--lr", "0.01", "--seeds", 1000, "--steps", 10**10, "--out", tmp_path / "big", check=False
-    )
+    done = run_cli("sweep", "--lr", "0.01", "--seeds", 1000, "--steps", 10**10, "--out", tmp_path / "big", check=False)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "1,000 members × 10,000,000,000 steps need about" in done.stderr and "GiB, more than" in done.stderr
     assert not (tmp_path / "big").exists()
@@ -192,34 +197,28 @@ def test_member_states_are_train_runs_initial_states_by_one_program_of_fixed_siz
         for member, reference in zip(jax.tree.leaves(states), jax.tree.leaves(alone), strict=True):
             np.testing.assert_array_equal(member[i], reference)
 
-    compiled = []
-    listener = lambda event, duration, **kwargs: compiled.append(event) if event == COMPILE_EVENT else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        counts, sizes = [], []
-        for count in (10, 1000):
-            before = len(compiled)
-            seeds = np.arange(count, dtype=np.uint32)
+    counts, sizes = [], []
+    for count in (10, 1000):
+        seeds = np.arange(count, dtype=np.uint32)
+        with counting() as compiled:
             jax.block_until_ready(sweep_command.member_states(model, None, seeds, 3))
-            counts.append(len(compiled) - before)
-            program = jax.make_jaxpr(lambda s: sweep_command.member_states(model, None, s, 3))(seeds)
-            sizes.append(len(str(program).splitlines()))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        counts.append(len(compiled))
+        program = jax.make_jaxpr(lambda s: sweep_command.member_states(model, None, s, 3))(seeds)
+        sizes.append(len(str(program).splitlines()))
     assert counts[0] == counts[1] >= 1 and sizes[0] == sizes[1]
 
 
-COUNT_COMPILES = f"""
-import sys, jax
-compiled = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kwargs: compiled.append(event) if event == "{COMPILE_EVENT}" else None)
+COUNT_COMPILES = """
+import sys
+from benchmarks.compiles import counting
 from bp_jax.cli import main
-status = main(sys.argv[1:])
+with counting() as compiled:
+    status = main(sys.argv[1:])
 print(status, len(compiled))
 """
 
 
+@pytest.mark.slow  # processes of its own
 def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_path):
     counts = []
     for seeds in (10, 1000):
@@ -244,6 +243,7 @@ def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_pa
             text=True,
             timeout=300,
             check=True,
+            cwd=ROOT,  # benchmarks.compiles imports from the repository's root
         )
         status, count = done.stdout.split()[-2:]
         assert status == "0", done.stderr
@@ -251,9 +251,10 @@ def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_pa
     assert counts[0] == counts[1]
 
 
+@pytest.mark.slow  # processes of its own
 def test_a_sweep_of_20000_members_finishes(tmp_path):
     """Set-up used to stack 20000 keys into one program that compiled for over 13 minutes."""
-    bp_jax_cli(
+    run_cli(
         "sweep",
         "--lr",
         "0.01,0.1",
