@@ -184,8 +184,8 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
     return bp_jax.fit_ensemble(
         runs.loss(model, split.scaling),
         state["params"],
-        jnp.asarray(split.x_train),
-        jnp.asarray(split.y_train),
+        jax.device_put(split.x_train),
+        jax.device_put(split.y_train),
         steps=watch.total,
         lr=None if transform is not None else member_lrs,
         optimizer=transform,

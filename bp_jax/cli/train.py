@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 import bp_jax
 from bp_jax.cli import _cache, checkpoints, console, data, distributed, folders, interrupts, options, plots, runs
@@ -290,8 +289,8 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         result = bp_jax.fit(
             runs.loss(problem.model, split.scaling),
             start.state["params"],
-            jnp.asarray(split.x_train),
-            jnp.asarray(split.y_train),
+            jax.device_put(split.x_train),
+            jax.device_put(split.y_train),
             steps=watch.total - start.step,
             batch_size=config.batch_size,
             lr=config.lr if transform is None else None,
