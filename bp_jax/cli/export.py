@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import bp_jax.export
-from bp_jax.cli import data, folders, runs
+from bp_jax.cli import data, folders, options, runs
 from bp_jax.cli._args import UsageError
 
 #: --format -> what it writes
@@ -39,25 +39,14 @@ NEEDS = {
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bp-jax train output directory")
+    options.add_trained_run(parser, verb="export")
     parser.add_argument(
         "--format",
         required=True,
         choices=FORMATS,
         help="; ".join(f"{name}: {what}" for name, what in FORMATS.items()),
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the file to write (and FILE.inputs.json); must not exist",
-    )
-    parser.add_argument(
-        "--allow-diverged",
-        action="store_true",
-        help="export a run that stopped on divergence (its last finite params)",
-    )
+    options.add_out_file(parser, required=True, help="the file to write (and FILE.inputs.json)")
 
 
 def inputs_path(out: Path) -> Path:

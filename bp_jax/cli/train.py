@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 
 import bp_jax
-from bp_jax.cli import _cache, checkpoints, console, data, distributed, folders, interrupts, options, plots, runs
+from bp_jax.cli import checkpoints, console, data, distributed, folders, interrupts, options, plots, runs
 from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
 from bp_jax.cli.watch import PROGRESS_EVERY, Watch
@@ -35,14 +35,14 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 def add_arguments(parser) -> None:
     options.add_problem_options(parser)
     parser.add_argument("--lr", type=options.learning_rate, help="learning rate (default 0.01; 0.1 for classes)")
-    parser.add_argument(
-        "--seed",
-        type=options.seed,
-        help="seeds the init and the data order, and the split unless --split-seed is given (default 0)",
+    options.add_seed(
+        parser, help="seeds the init and the data order, and the split unless --split-seed is given (default 0)"
     )
-    parser.add_argument("--split-seed", type=options.seed, help="chooses the held-out rows (default: --seed)")
-    parser.add_argument(
-        "--out", type=Path, help="output directory (default: a new runs/DATASET-TIME, or the --resume directory)"
+    options.add_split_seed(parser, default=None)
+    options.add_out_folder(
+        parser,
+        holding="checkpoints, metrics.json and loss_curve.png",
+        default="a new runs/DATASET-TIME, or the --resume directory",
     )
     parser.add_argument("--resume", type=Path, metavar="DIR", help="carry on from the newest checkpoint in DIR")
     parser.add_argument(
@@ -52,13 +52,7 @@ def add_arguments(parser) -> None:
         help="save every N steps (always at the end, and when interrupted)",
     )
     parallel = parser.add_argument_group("devices, precision and multi-process runs")
-    parallel.add_argument(
-        "--devices",
-        type=options.device_count,
-        default=1,
-        metavar="N|all",
-        help="split each batch over N devices, or all of them (default 1)",
-    )
+    options.add_devices(parallel, splits="each batch")
     parallel.add_argument(
         "--matmul-precision",
         choices=MATMUL_PRECISIONS,
@@ -79,7 +73,7 @@ def add_arguments(parser) -> None:
         metavar="SECONDS",
         help="give up joining the run after this long (default 120)",
     )
-    _cache.add_option(parser)
+    options.add_compile_cache(parser)
 
 
 class Problem(NamedTuple):
