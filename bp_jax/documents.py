@@ -7,6 +7,7 @@
     documents.TINY_NET.params, documents.TINY_NET.x, ...          # {"w1": 0.5, "w2": 1.5}, 2.0, t = 3.0
     documents.TINY_NET_VALUES["L"], documents.TINY_NET_GRADS["w1"]    # 2.25, −9.0: the document's numbers
     model, params, x, y = documents.seed_problem(jax.random.key(0))   # the seed MLP, x = randn(32, 10)
+    documents.every_layer_mlp()       # beyond the documents: every layer kind once, for the parity checks
 
 Single neuron y = a(w·x), L = (y − t)²; tiny network z1 = w1·x, a1 = relu(z1), y = w2·a1, L = (y − t)²;
 seed MLP `nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))` with MSE, SGD lr = 0.01, batch 32.
@@ -18,7 +19,7 @@ from typing import NamedTuple
 
 import jax
 
-from bp_jax._layers import Model, default_float, mlp, neuron, tiny_net
+from bp_jax._layers import Linear, Model, ReLU, Sequential, Sigmoid, Tanh, default_float, mlp, neuron, tiny_net
 from bp_jax._losses import squared_error
 
 
@@ -94,3 +95,10 @@ def seed_problem(
     x = jax.random.normal(x_key, (rows, sizes[0]), dtype)
     y = jax.random.normal(y_key, (rows, sizes[-1]), dtype)
     return model, model.init(params_key), x, y
+
+
+def every_layer_mlp() -> Model:
+    """Beyond the documents: every layer kind once, 10 → 8 → 6 → 4 → 3 (Linear, Tanh, Linear, Sigmoid, Linear
+    without bias, ReLU, Linear), the one network that `bp-jax check` and the manual-derivative tests run past the
+    seed MLP."""
+    return Sequential(Linear(10, 8), Tanh(), Linear(8, 6), Sigmoid(), Linear(6, 4, bias=False), ReLU(), Linear(4, 3))
