@@ -8,6 +8,7 @@ commands take, the problem options of `train` and `sweep`, and the Config values
     add_out_folder(parser, holding=..., default=...)   # --out DIR, a new or empty folder: train, sweep, explain
     add_out_file(parser, help=...)        # --out FILE, a new file: predict, export
     add_trained_run(parser, verb=...)     # RUN_DIR and --allow-diverged: predict, export
+    add_data_file(parser, help=...)       # --data FILE: predict, and train and sweep beside --dataset
     add_problem_options(parser)           # --dataset/--data, --target, --task, --features, --missing, --hidden, …
     Config(**given_config(args))          # the values given on the command line, the rest defaulted
 
