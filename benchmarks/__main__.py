@@ -1,5 +1,5 @@
-"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn,export,autodiff] [--smoke] [--out DIR]`:
-run, record, report."""
+"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn,export,autodiff,startup] [--smoke]
+[--out DIR]`: run, record, report."""
 
 import argparse
 import datetime
@@ -18,6 +18,7 @@ from benchmarks import (
     report,
     scaling,
     seed,
+    startup,
     targets,
 )
 
@@ -30,6 +31,7 @@ SUITES = {
     "sklearn": estimators.run,
     "export": export.run,
     "autodiff": autodiff.run,
+    "startup": startup.run,
 }
 
 

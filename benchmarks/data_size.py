@@ -12,9 +12,6 @@ size and start step, in turns, with the number of XLA compilations each made. Co
 """
 
 import functools
-import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +20,7 @@ import jax
 import numpy as np
 
 import bp_jax
+from benchmarks import startup
 from benchmarks.compiles import counting
 from benchmarks.problems import SEED_BATCH, SEED_ROWS, SEED_SIZES, mlp_problem
 from benchmarks.records import SuiteRecord, torch_baselines
@@ -227,14 +225,9 @@ def _command_rows(record: SuiteRecord, repeats: int) -> None:
 
 def _train(options: tuple[str, ...], cache: Callable[[], str], scratch: Path) -> None:
     """`python -m bp_jax train OPTIONS` in a new process writing into a new folder, with
-    BP_JAX_COMPILE_CACHE=cache(); RuntimeError with the last line of its stderr if it fails."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bp_jax", "train", *options, "--out", tempfile.mkdtemp(dir=scratch)],
-        capture_output=True,
-        text=True,
+    BP_JAX_COMPILE_CACHE=cache()."""
+    startup.process(
+        ("-m", "bp_jax", "train", *options, "--out", tempfile.mkdtemp(dir=scratch)),
         cwd=scratch,
-        env=os.environ | {"BP_JAX_COMPILE_CACHE": cache()},
+        env={"BP_JAX_COMPILE_CACHE": cache()},
     )
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ["no stderr"])[-1]
-        raise RuntimeError(f"bp-jax train {' '.join(options)} exited with {done.returncode}: {last}")

@@ -354,6 +354,20 @@ def _autodiff_section(suite: dict) -> list[str]:
     ]
 
 
+def _startup_section(suite: dict) -> list[str]:
+    rows = [[f"`{name}`", *_timing_cells(timing)] for row in suite["rows"] for name, timing in row["seconds"].items()]
+    ratios = ", ".join(f"{row['ratio']:.3g}×" for row in suite["rows"])
+    return [
+        "## 9. Start-up",
+        "",
+        "Wall time of new Python processes, one of each per round (the compile cache filled by a first run): "
+        f"`{suite['train']}` over `{suite['jax_only']}` = {ratios or '–'} (medians).",
+        "",
+        *(_table(["command", "median", "IQR", "min – max"], rows) if rows else []),
+        *_skipped(suite),
+    ]
+
+
 def _plot(results: dict, out: Path) -> list[str]:
     """PNG files written (none where matplotlib is missing)."""
     try:
@@ -543,6 +557,7 @@ def write(results: dict, out: Path) -> None:
         "sklearn": _sklearn_section,
         "export": _export_section,
         "autodiff": _autodiff_section,
+        "startup": _startup_section,
     }
     for name, suite in results["suites"].items():
         lines += sections[name](suite)

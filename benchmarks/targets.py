@@ -2,7 +2,7 @@
 
 import math
 
-from benchmarks import autodiff, data_size, ensemble, estimators
+from benchmarks import autodiff, data_size, ensemble, estimators, startup
 from benchmarks.seed import CUDA_GRAPH, FIT, TORCH_EAGER
 
 
@@ -110,6 +110,7 @@ def evaluate(results: dict, platform: str) -> list[dict]:
 
     targets += _data_targets(results) + _ensemble_targets(results, platform, cpu_reason) + _sklearn_targets(results)
     targets.append(_per_example_target(results, platform, cpu_reason))
+    targets.append(_startup_target(results))
 
     grad_rows = sorted(results.get("grad", {}).get("rows", []), key=lambda row: row["params"])
     reverse_text = "Reverse-mode gradient ≤ 4× the forward time at every size"
@@ -265,6 +266,21 @@ def _per_example_target(results: dict, platform: str, cpu_reason: str) -> dict:
         f"{speedup:.3g}× at {batch} ({_us(ours[batch])} vs {_us(theirs[batch])})" for batch, speedup in speedups.items()
     )
     return _target(text, "cpu", measured, min(speedups.values()) >= 10)
+
+
+def _startup_target(results: dict) -> dict:
+    """A warm `bp-jax train --steps 1` within 2× of importing jax and running one op (medians, in turns)."""
+    text = f"`{startup.TRAIN}` ≤ 2× `{startup.JAX_ONLY}` (wall time, in turns)"
+    row = _row(results, startup.STARTUP, "startup")
+    if row is None:
+        return _target(text, "any", None, None, "startup suite not run")
+    train, jax_only = (row["seconds"][name]["median"] for name in (startup.TRAIN, startup.JAX_ONLY))
+    return _target(
+        text,
+        "any",
+        f"{row['ratio']:.2f}× ({train:.2f} s vs {jax_only:.2f} s)",
+        row["ratio"] <= 2,
+    )
 
 
 def _us(row: dict) -> str:

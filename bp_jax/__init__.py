@@ -53,6 +53,7 @@ _EXPORTS = {
     "optax_step": "_steps",
     "sgd_step": "_steps",
     "manual": "manual",
+    "Scaling": "export",
     "to_jax_export": "export",
     "to_onnx": "export",
     "from_torch": "torch_interop",
@@ -73,7 +74,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` imports e
     from bp_jax._mesh import data_parallel_mesh, ensemble_mesh  # noqa: F401
     from bp_jax._order import minibatch_indices  # noqa: F401
     from bp_jax._steps import optax_step, sgd_step  # noqa: F401
-    from bp_jax.export import to_jax_export, to_onnx  # noqa: F401
+    from bp_jax.export import Scaling, to_jax_export, to_onnx  # noqa: F401
     from bp_jax.torch_interop import from_torch, to_torch  # noqa: F401
 
 

@@ -22,6 +22,8 @@ Examples:
   >>> model, params, x, y = documents.seed_problem(jax.random.key(0))   # the seed MLP, x = randn(32, 10)
   >>> model.name, x.shape, y.shape
   ('Sequential(Linear(10, 5), ReLU(), Linear(5, 1))', (32, 10), (32, 1))
+  >>> documents.every_layer_mlp().name   # beyond the documents: every layer kind once, for the parity checks
+  'Sequential(Linear(10, 8), Tanh(), Linear(8, 6), Sigmoid(), Linear(6, 4, bias=False), ReLU(), Linear(4, 3))'
 """
 
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from typing import NamedTuple
 
 import jax
 
-from bp_jax._layers import Model, default_float, mlp, neuron, tiny_net
+from bp_jax._layers import Linear, Model, ReLU, Sequential, Sigmoid, Tanh, default_float, mlp, neuron, tiny_net
 from bp_jax._losses import squared_error
 
 
@@ -180,3 +182,22 @@ def seed_problem(
     x = jax.random.normal(x_key, (rows, sizes[0]), dtype)
     y = jax.random.normal(y_key, (rows, sizes[-1]), dtype)
     return model, model.init(params_key), x, y
+
+
+def every_layer_mlp() -> Model:
+    """Beyond the documents: every layer kind once, 10 → 8 → 6 → 4 → 3.
+
+    Linear, Tanh, Linear, Sigmoid, Linear without bias, ReLU, Linear: the one network that `bp-jax check` and the
+    manual-derivative tests run past the seed MLP.
+
+    Returns:
+        Model: the network; its `name` is the constructor call, as `torch.nn` spells it.
+
+    Examples:
+        >>> import jax
+        >>> from bp_jax import documents
+        >>> model = documents.every_layer_mlp()
+        >>> model.apply(model.init(jax.random.key(0)), jax.numpy.ones((2, 10))).shape
+        (2, 3)
+    """
+    return Sequential(Linear(10, 8), Tanh(), Linear(8, 6), Sigmoid(), Linear(6, 4, bias=False), ReLU(), Linear(4, 3))

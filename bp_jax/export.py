@@ -1,10 +1,11 @@
 """Trained models out of bp_jax: a portable `jax.export` program, or an ONNX graph (an edge module; onnx is
 imported inside `to_onnx` only, and only it needs the export extra).
 
-    exported = to_jax_export(model, params, x_mean=..., x_std=..., y_mean=..., y_std=...)
+    scaling = Scaling(x_mean=..., x_std=..., y_mean=..., y_std=...)   # what surrounds the model, for both
+    exported = to_jax_export(model, params, scaling)
     Path("model.jax").write_bytes(exported.serialize())       # elsewhere, jax and flatbuffers alone:
     jax.export.deserialize(Path("model.jax").read_bytes()).call(x)
-    proto = to_onnx(model, params, x_mean=..., x_std=..., probabilities=True)    # an onnx.ModelProto
+    proto = to_onnx(model, params, Scaling(x_mean=..., x_std=..., probabilities=True))   # an onnx.ModelProto
     Path("model.onnx").write_bytes(proto.SerializeToString())  # onnxruntime.InferenceSession(...).run(None, {"x": x})
 
 Both compute one function of raw float32 rows x, shape (rows, inputs), the number of rows free:
@@ -16,8 +17,8 @@ Both compute one function of raw float32 rows x, shape (rows, inputs), the numbe
     p = softmax(o) over the last axis   only with `probabilities=True`: a classifier's class probabilities
 
 The output has shape (rows, outputs). `to_jax_export` takes any Model; `to_onnx` a Sequential of Linear, ReLU,
-Sigmoid and Tanh layers (as `mlp` builds), read from `model.name`. The names are `bp_jax.to_jax_export` and
-`bp_jax.to_onnx`; `bp-jax export` wraps them for a trained run.
+Sigmoid and Tanh layers (as `mlp` builds), read from `model.name`. The names are `bp_jax.Scaling`,
+`bp_jax.to_jax_export` and `bp_jax.to_onnx`; `bp-jax export` wraps them for a trained run.
 """
 
 import re
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from bp_jax._layers import Model, Params
 
@@ -42,16 +44,60 @@ _LAYER = re.compile(r"Linear\((\d+), (\d+)(, bias=False)?\)|(ReLU|Sigmoid|Tanh)\
 _ONNX_ACTIVATIONS = {"ReLU": "Relu", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}
 
 
-class _Around(NamedTuple):
-    """What surrounds the model, checked and as float32 arrays (None where absent)."""
+class Scaling(NamedTuple):
+    """What `to_jax_export` and `to_onnx` put around the model: the steps of the module docstring's function.
+    Every field is optional; `Scaling()` exports the bare model.
 
-    inputs: int
-    fill: np.ndarray | None
-    x_mean: np.ndarray | None
-    x_std: np.ndarray | None
-    y_mean: np.ndarray | None
-    y_std: np.ndarray | None
-    probabilities: bool
+    Attributes:
+        inputs: The number of input columns; None: the first Linear layer's in-features.
+        fill: One value per input, taken where x is NaN (imputation); None: a NaN input stays NaN.
+        x_mean: One value per input, subtracted from x (given with `x_std`).
+        x_std: One value per input, dividing x after the mean is subtracted.
+        y_mean: Added to the output after it is multiplied by `y_std` (given with `y_std`): a regression's
+            target in its own units.
+        y_std: Multiplies the output.
+        probabilities: True for a classifier: the softmax of the outputs, each class's probability.
+
+    Examples:
+        >>> from bp_jax.export import Scaling
+        >>> Scaling(x_mean=[0.5, 1.0], x_std=[2.0, 1.0]).probabilities
+        False
+    """
+
+    inputs: int | None = None
+    fill: ArrayLike | None = None
+    x_mean: ArrayLike | None = None
+    x_std: ArrayLike | None = None
+    y_mean: float | None = None
+    y_std: float | None = None
+    probabilities: bool = False
+
+    def _checked(self, model: Model) -> "Scaling":
+        """This scaling for `model`: `inputs` resolved, vectors as float32 arrays of one value per input, scalars
+        finite floats; ValueError naming what came where something else was expected."""
+        inputs = self.inputs
+        if inputs is None:
+            layers = _layers(model)
+            if not layers or layers[0][0] != "Linear":
+                raise ValueError(
+                    f"pass inputs=, the number of input columns: {model.name or 'the model'} does not say it"
+                )
+            inputs = layers[0][1]
+        if not isinstance(inputs, int) or isinstance(inputs, bool) or inputs < 1:
+            raise ValueError(f"inputs must be a positive int, got {inputs!r}")
+        if (self.x_mean is None) != (self.x_std is None) or (self.y_mean is None) != (self.y_std is None):
+            raise ValueError("give x_mean with x_std, and y_mean with y_std (or neither of a pair)")
+        if self.probabilities and self.y_mean is not None:
+            raise ValueError("probabilities=True is a classifier's output; y_mean and y_std are a regression's")
+        return Scaling(
+            inputs,
+            _vector("fill", self.fill, inputs),
+            _vector("x_mean", self.x_mean, inputs),
+            _vector("x_std", self.x_std, inputs),
+            _scalar("y_mean", self.y_mean),
+            _scalar("y_std", self.y_std),
+            bool(self.probabilities),
+        )
 
 
 def _vector(name: str, value, inputs: int) -> np.ndarray | None:
@@ -63,77 +109,70 @@ def _vector(name: str, value, inputs: int) -> np.ndarray | None:
     return array
 
 
-def _around(model: Model, inputs, fill, x_mean, x_std, y_mean, y_std, probabilities) -> _Around:
-    """The arguments checked: ValueError naming what came where something else was expected."""
-    if inputs is None:
-        layers = _layers(model)
-        if not layers or layers[0][0] != "Linear":
-            raise ValueError(f"pass inputs=, the number of input columns: {model.name or 'the model'} does not say it")
-        inputs = layers[0][1]
-    if not isinstance(inputs, int) or isinstance(inputs, bool) or inputs < 1:
-        raise ValueError(f"inputs must be a positive int, got {inputs!r}")
-    if (x_mean is None) != (x_std is None) or (y_mean is None) != (y_std is None):
-        raise ValueError("give x_mean with x_std, and y_mean with y_std (or neither of a pair)")
-    if probabilities and y_mean is not None:
-        raise ValueError("probabilities=True is a classifier's output; y_mean and y_std are a regression's")
-    scalar = lambda name, value: None if value is None else np.asarray(_finite(name, float(value)), np.float32)
-    return _Around(
-        inputs,
-        _vector("fill", fill, inputs),
-        _vector("x_mean", x_mean, inputs),
-        _vector("x_std", x_std, inputs),
-        scalar("y_mean", y_mean),
-        scalar("y_std", y_std),
-        bool(probabilities),
-    )
-
-
-def _finite(name: str, value: float) -> float:
-    if not np.isfinite(value):
+def _scalar(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if not np.isfinite(float(value)):
         raise ValueError(f"{name} must be finite, got {value}")
-    return value
+    return float(value)
 
 
-def _predictor(model: Model, params: Params, around: _Around) -> jax.stages.Wrapped:
-    """The jitted `x -> y` of the module docstring, params as float32 constants."""
+def _predictor(model: Model, params: Params, scaling: Scaling) -> jax.stages.Wrapped:
+    """The jitted `x -> y` of the module docstring, params as float32 constants (`scaling` checked)."""
     constants = jax.tree.map(lambda leaf: np.asarray(leaf, np.float32), params)
+    row = lambda values: np.reshape(values, (1, -1))  # of x's rank: no rank promotion (which a user may forbid)
 
     @jax.jit
     def predict(x):
-        if around.fill is not None:
-            x = jnp.where(jnp.isnan(x), around.fill, x)
-        if around.x_mean is not None:
-            x = (x - around.x_mean) / around.x_std
+        if scaling.fill is not None:
+            x = jnp.where(jnp.isnan(x), row(scaling.fill), x)
+        if scaling.x_mean is not None and scaling.x_std is not None:
+            x = (x - row(scaling.x_mean)) / row(scaling.x_std)
         with jax.default_matmul_precision("highest"):
             out = model.apply(constants, x)
-        if around.y_mean is not None and around.y_std is not None:
-            out = out * around.y_std + around.y_mean
-        return jax.nn.softmax(out, axis=-1) if around.probabilities else out
+        if scaling.y_mean is not None and scaling.y_std is not None:
+            out = out * np.float32(scaling.y_std) + np.float32(scaling.y_mean)
+        return jax.nn.softmax(out, axis=-1) if scaling.probabilities else out
 
     return predict
 
 
 def to_jax_export(
-    model: Model,
-    params: Params,
-    *,
-    inputs: int | None = None,
-    fill: Sequence[float] | None = None,
-    x_mean: Sequence[float] | None = None,
-    x_std: Sequence[float] | None = None,
-    y_mean: float | None = None,
-    y_std: float | None = None,
-    probabilities: bool = False,
-    platforms: Sequence[str] = PLATFORMS,
+    model: Model, params: Params, scaling: Scaling | None = None, *, platforms: Sequence[str] = PLATFORMS
 ) -> jax.export.Exported:
-    """The predictor (module docstring) as a `jax.export.Exported` for float32 x of shape (rows, inputs), rows
-    symbolic, lowered for each of `platforms`. `inputs` defaults to the first Linear layer's in-features.
+    """The model's predictions as a portable `jax.export` program: `scaling`'s steps around `model.apply`.
+
+    The program takes float32 x of shape (rows, inputs), rows symbolic, and is lowered for each of `platforms`.
     `.serialize()` (which needs flatbuffers) gives bytes that `jax.export.deserialize(...).call(x)` runs with jax
-    and flatbuffers alone, on any of them."""
-    around = _around(model, inputs, fill, x_mean, x_std, y_mean, y_std, probabilities)
+    and flatbuffers alone, on any of them.
+
+    Args:
+        model: Any bp_jax Model.
+        params: Its trained params.
+        scaling: What surrounds the model (fill, standardisation, target units or probabilities); None exports
+            the bare model, its inputs read from the first Linear layer.
+        platforms: The platforms to lower for (default: cpu, cuda, rocm and tpu).
+
+    Returns:
+        A `jax.export.Exported` mapping x (rows × inputs) to y (rows × outputs).
+
+    Raises:
+        ValueError: A scaling that does not fit the model (see `Scaling`), or a model that does not say its
+            inputs when `scaling.inputs` is None.
+
+    Examples:
+        >>> import jax, numpy as np, bp_jax
+        >>> model = bp_jax.mlp((2, 3, 1))
+        >>> params = model.init(jax.random.key(0))
+        >>> scaling = bp_jax.Scaling(x_mean=[1.0, 2.0], x_std=[2.0, 4.0], y_mean=10.0, y_std=3.0)
+        >>> exported = bp_jax.to_jax_export(model, params, scaling, platforms=("cpu",))
+        >>> exported.call(np.ones((5, 2), np.float32)).shape
+        (5, 1)
+    """
+    scaling = (Scaling() if scaling is None else scaling)._checked(model)
     (rows,) = jax.export.symbolic_shape("rows")
-    x = jax.ShapeDtypeStruct((rows, around.inputs), jnp.float32)
-    return jax.export.export(_predictor(model, params, around), platforms=tuple(platforms))(x)
+    x = jax.ShapeDtypeStruct((rows, scaling.inputs), jnp.float32)
+    return jax.export.export(_predictor(model, params, scaling), platforms=tuple(platforms))(x)
 
 
 def _layers(model: Model) -> list[tuple]:
@@ -151,23 +190,33 @@ def _layers(model: Model) -> list[tuple]:
     return layers if body and not body[position:].strip(", ") else []
 
 
-def to_onnx(
-    model: Model,
-    params: Params,
-    *,
-    inputs: int | None = None,
-    fill: Sequence[float] | None = None,
-    x_mean: Sequence[float] | None = None,
-    x_std: Sequence[float] | None = None,
-    y_mean: float | None = None,
-    y_std: float | None = None,
-    probabilities: bool = False,
-) -> "onnx.ModelProto":
-    """The predictor (module docstring) as an ONNX graph, input "x" and output "y" (float32, rows × inputs and
-    rows × outputs, "rows" free): IsNaN/Where for `fill`, Sub/Div for the standardisation, Gemm (y = x·Wᵀ + b,
-    transB=1: the weight keeps PyTorch's (out, in) layout) per Linear, Relu/Sigmoid/Tanh, Mul/Add to the
-    target's units, Softmax. ValueError unless the model is a Sequential of Linear, ReLU, Sigmoid and Tanh layers
-    whose params have its shapes; ImportError naming the extra without onnx."""
+def to_onnx(model: Model, params: Params, scaling: Scaling | None = None) -> "onnx.ModelProto":
+    """The model's predictions as an ONNX graph: `scaling`'s steps around the model's layers.
+
+    Input "x" and output "y" are float32, rows × inputs and rows × outputs, "rows" free: IsNaN/Where for
+    `scaling.fill`, Sub/Div for the standardisation, Gemm (y = x·Wᵀ + b, transB=1: the weight keeps PyTorch's
+    (out, in) layout) per Linear, Relu/Sigmoid/Tanh, Mul/Add to the target's units, Softmax.
+
+    Args:
+        model: A Sequential of Linear, ReLU, Sigmoid and Tanh layers (as `bp_jax.mlp` builds), read from its name.
+        params: Its trained params, of its layers' shapes.
+        scaling: What surrounds the model (fill, standardisation, target units or probabilities); None exports
+            the bare model.
+
+    Returns:
+        An `onnx.ModelProto` (opset 17, IR version 8), checked by `onnx.checker`.
+
+    Raises:
+        ValueError: Another model, params of other shapes, or a scaling that does not fit the model.
+        ImportError: onnx is missing (it comes with the export extra).
+
+    Examples:
+        >>> import jax, bp_jax
+        >>> model = bp_jax.mlp((2, 3, 4))
+        >>> proto = bp_jax.to_onnx(model, model.init(jax.random.key(0)), bp_jax.Scaling(probabilities=True))
+        >>> [node.op_type for node in proto.graph.node]
+        ['Gemm', 'Relu', 'Gemm', 'Softmax', 'Identity']
+    """
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -183,10 +232,10 @@ def to_onnx(
     layer_params = tuple(params) if (model.name or "").startswith("Sequential(") else (params,)
     if len(layer_params) != len(layers):
         raise ValueError(f"{model.name} has {len(layers)} layers but params has {len(layer_params)} entries")
-    around = _around(model, inputs, fill, x_mean, x_std, y_mean, y_std, probabilities)
+    scaling = (Scaling() if scaling is None else scaling)._checked(model)
     widths = [layer[1] for layer in layers if layer[0] == "Linear"]
-    if widths[0] != around.inputs:
-        raise ValueError(f"{model.name} takes {widths[0]} inputs, not inputs={around.inputs}")
+    if widths[0] != scaling.inputs:
+        raise ValueError(f"{model.name} takes {widths[0]} inputs, not inputs={scaling.inputs}")
 
     nodes, constants = [], []
     current = "x"
@@ -200,14 +249,14 @@ def to_onnx(
         nodes.append(helper.make_node(op, operands, [output], name=output, **attributes))
         current = output
 
-    if around.fill is not None:
+    if scaling.fill is not None:
         raw = current
         node("IsNaN", [raw], "missing")
-        node("Where", ["missing", constant("fill", around.fill), raw], "filled")
-    if around.x_mean is not None:
-        node("Sub", [current, constant("x_mean", around.x_mean)], "centred")
-        node("Div", [current, constant("x_std", around.x_std)], "standardised")
-    outputs = around.inputs
+        node("Where", ["missing", constant("fill", scaling.fill), raw], "filled")
+    if scaling.x_mean is not None:
+        node("Sub", [current, constant("x_mean", scaling.x_mean)], "centred")
+        node("Div", [current, constant("x_std", scaling.x_std)], "standardised")
+    outputs = scaling.inputs
     for index, (layer, layer_param) in enumerate(zip(layers, layer_params, strict=True)):
         if layer[0] != "Linear":
             node(_ONNX_ACTIVATIONS[layer[0]], [current], f"{index}.{layer[0].lower()}")
@@ -220,16 +269,16 @@ def to_onnx(
         if bias:
             operands.append(constant(f"{index}.bias", np.asarray(layer_param["bias"], np.float32).reshape(outputs)))
         node("Gemm", operands, f"{index}.linear", transB=1)
-    if around.y_mean is not None:
-        node("Mul", [current, constant("y_std", around.y_std)], "scaled")
-        node("Add", [current, constant("y_mean", around.y_mean)], "units")
-    if around.probabilities:
+    if scaling.y_mean is not None:
+        node("Mul", [current, constant("y_std", scaling.y_std)], "scaled")
+        node("Add", [current, constant("y_mean", scaling.y_mean)], "units")
+    if scaling.probabilities:
         node("Softmax", [current], "probabilities", axis=-1)
     node("Identity", [current], "y")
     graph = helper.make_graph(
         nodes,
         model.name or "bp_jax",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", around.inputs])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", scaling.inputs])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", outputs])],
         initializer=constants,
     )

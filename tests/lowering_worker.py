@@ -81,7 +81,7 @@ def programs() -> dict[str, Callable[[], tuple[Callable, tuple]]]:
 def lower(name: str, program: Callable, arguments: tuple, platform: str) -> None:
     """Lower `program` for `platform` alone; raises what lowering raises."""
     if name == "exported predictor":
-        bp_jax.to_jax_export(*arguments, x_mean=[0.0] * 10, x_std=[1.0] * 10, platforms=(platform,))
+        bp_jax.to_jax_export(*arguments, bp_jax.Scaling(x_mean=[0.0] * 10, x_std=[1.0] * 10), platforms=(platform,))
     else:
         jax.export.export(program, platforms=(platform,))(*arguments)
 

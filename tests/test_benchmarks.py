@@ -50,7 +50,8 @@ def test_json_records_machine_suites_and_targets(smoke_run):
     assert results["smoke"] is True
     assert {"date_utc", "cpu", "cpu_cores", "platform", "device", "versions"} <= set(results["machine"])
     assert results["machine"]["versions"]["jax"]
-    assert set(results["suites"]) == {"seed", "scaling", "grad", "data", "ensemble", "sklearn", "export", "autodiff"}
+    suites = {"seed", "scaling", "grad", "data", "ensemble", "sklearn", "export", "autodiff", "startup"}
+    assert set(results["suites"]) == suites
     for suite in results["suites"].values():
         assert suite["rows"], suite["skipped"]
         assert all(skip["reason"] for skip in suite["skipped"])

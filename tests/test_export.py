@@ -208,7 +208,7 @@ def test_to_jax_export_and_to_onnx_are_the_models_function(tmp_path):
 )
 def test_bad_arguments_are_one_line_value_errors(export, model, options, message):
     with pytest.raises(ValueError, match=message):
-        getattr(bp_jax, export)(model, model.init(jax.random.key(0)), **options)
+        getattr(bp_jax, export)(model, model.init(jax.random.key(0)), bp_jax.Scaling(**options))
 
 
 def test_to_onnx_checks_the_params_shapes():

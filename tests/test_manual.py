@@ -41,15 +41,7 @@ def test_tiny_net_grads_equal_jax_grad(w1, w2, x, t):
 
 MODELS = {
     "seed": documents.seed_mlp,
-    "every layer": lambda: bp_jax.Sequential(
-        bp_jax.Linear(10, 8),
-        bp_jax.Tanh(),
-        bp_jax.Linear(8, 6),
-        bp_jax.Sigmoid(),
-        bp_jax.Linear(6, 4, bias=False),
-        bp_jax.ReLU(),
-        bp_jax.Linear(4, 3),
-    ),
+    "every layer": documents.every_layer_mlp,
     "single linear": lambda: bp_jax.Sequential(bp_jax.Linear(10, 2)),
 }
 

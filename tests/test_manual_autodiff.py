@@ -12,32 +12,13 @@ from hypothesis import strategies as st
 import bp_jax
 from bp_jax import documents, manual
 
-MODELS = {  # name: (the model, its outputs, the same network in PyTorch given torch.nn)
-    "seed MLP": (
-        documents.seed_mlp,
-        1,
-        lambda nn: nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1)),
-    ),
-    "every layer": (
-        lambda: bp_jax.Sequential(
-            bp_jax.Linear(10, 8),
-            bp_jax.Tanh(),
-            bp_jax.Linear(8, 6, bias=False),
-            bp_jax.Sigmoid(),
-            bp_jax.Linear(6, 3),
-        ),
-        3,
-        lambda nn: nn.Sequential(
-            nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 6, bias=False), nn.Sigmoid(), nn.Linear(6, 3)
-        ),
-    ),
-}
+MODELS = {"seed MLP": (documents.seed_mlp, 1), "every layer": (documents.every_layer_mlp, 3)}  # name: (model, outputs)
 LOSSES = {"mse": bp_jax.mse, "softmax cross-entropy": bp_jax.softmax_cross_entropy}
 
 
 def problem(model_name: str, loss_name: str, batch: int, seed: int = 0):
     """(model, params, x, y): y ~ N(0, 1) of the outputs' shape for mse, integer labels for cross-entropy."""
-    build, outputs, _ = MODELS[model_name]
+    build, outputs = MODELS[model_name]
     model = build()
     keys = jax.random.split(jax.random.key(seed), 3)
     params = model.init(keys[0])
@@ -50,7 +31,7 @@ def problem(model_name: str, loss_name: str, batch: int, seed: int = 0):
 
 
 def cases():
-    for model_name, (_, outputs, _) in MODELS.items():
+    for model_name, (_, outputs) in MODELS.items():
         for loss_name in LOSSES:
             if loss_name == "mse" or outputs > 1:  # one output is no classifier
                 yield model_name, loss_name
@@ -103,7 +84,8 @@ def test_per_example_grads_equal_torch_func_vmap_of_grad(model_name, loss_name):
     with jax.enable_x64(True):
         model, params, x, y = problem(model_name, loss_name, 9, seed=5)
         ours = manual.per_example_grads(model, LOSSES[loss_name])(params, x, y)
-    module = bp_jax.to_torch(params, MODELS[model_name][2](torch.nn).double(), model=model)
+    twin = eval(model.name, vars(torch.nn))  # a model's name is its constructor call, torch.nn's too
+    module = bp_jax.to_torch(params, twin.double(), model=model)
     criterion = torch.nn.MSELoss() if loss_name == "mse" else torch.nn.CrossEntropyLoss()
     weights = {name: value.detach() for name, value in module.named_parameters()}
 

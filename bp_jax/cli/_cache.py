@@ -17,15 +17,6 @@ from bp_jax.cli._args import UsageError
 ENVIRONMENT = "BP_JAX_COMPILE_CACHE"
 
 
-def add_option(parser) -> None:
-    parser.add_argument(
-        "--compile-cache",
-        metavar="DIR|off",
-        help=f"where compiled programs are kept between runs, or 'off' (env {ENVIRONMENT}; "
-        "default ~/.cache/bp_jax/jax)",
-    )
-
-
 def directory(setting: str | None) -> tuple[Path | None, str]:
     """The cache directory for a flag value (None: not given), or None when the cache is off; and where it
     came from: "--compile-cache", "$BP_JAX_COMPILE_CACHE", "$XDG_CACHE_HOME" or "the default"."""

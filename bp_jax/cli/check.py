@@ -106,18 +106,7 @@ CHECKS: dict[str, Callable] = {
     "neuron: manual vs jax.grad": _neuron,
     "tiny net: manual vs jax.grad": _tiny_net,
     "seed MLP: manual vs jax.grad": lambda: _mlp(documents.seed_mlp(), 1),
-    "5-layer MLP: manual vs jax.grad": lambda: _mlp(
-        bp_jax.Sequential(
-            bp_jax.Linear(10, 8),
-            bp_jax.Tanh(),
-            bp_jax.Linear(8, 6),
-            bp_jax.Sigmoid(),
-            bp_jax.Linear(6, 4, bias=False),
-            bp_jax.ReLU(),
-            bp_jax.Linear(4, 3),
-        ),
-        3,
-    ),
+    "5-layer MLP: manual vs jax.grad": lambda: _mlp(documents.every_layer_mlp(), 3),
     "hand SGD vs optax.sgd, 150 steps": _hand_vs_optax_sgd,
 }
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 import bp_jax
 from bp_jax import documents, draw, manual
-from bp_jax.cli import folders
+from bp_jax.cli import folders, options
 from bp_jax.cli._args import UsageError
 
 MODELS = ("neuron", "tiny-net", "seed-mlp")
@@ -134,11 +134,7 @@ def add_arguments(parser) -> None:
         metavar="NAME",
         help="also show each node's tangent along the input NAME (w1, x, [0].weight, …): forward mode",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="a new or empty directory for graph.dot, .svg and .png (default: a new runs/explain-MODEL-TIME)",
-    )
+    options.add_out_folder(parser, holding="graph.dot, .svg and .png", default="a new runs/explain-MODEL-TIME")
 
 
 def run(args) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import bp_jax.export
-from bp_jax.cli import data, folders, runs
+from bp_jax.cli import data, folders, options, runs
 from bp_jax.cli._args import UsageError
 
 #: --format -> what it writes
@@ -39,25 +39,14 @@ NEEDS = {
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bp-jax train output directory")
+    options.add_trained_run(parser, verb="export")
     parser.add_argument(
         "--format",
         required=True,
         choices=FORMATS,
         help="; ".join(f"{name}: {what}" for name, what in FORMATS.items()),
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the file to write (and FILE.inputs.json); must not exist",
-    )
-    parser.add_argument(
-        "--allow-diverged",
-        action="store_true",
-        help="export a run that stopped on divergence (its last finite params)",
-    )
+    options.add_out_file(parser, required=True, help="the file to write (and FILE.inputs.json)")
 
 
 def inputs_path(out: Path) -> Path:
@@ -78,11 +67,10 @@ def run(args) -> int:
     trained, model, params = runs.read_trained(args.run_dir)
     runs.refuse_diverged(trained, args.run_dir, allowed=args.allow_diverged)
     scaling = trained.scaling
-    arguments = around(scaling)
     if args.format == "jax":
-        content = bytes(bp_jax.export.to_jax_export(model, params, **arguments).serialize())
+        content = bytes(bp_jax.export.to_jax_export(model, params, export_scaling(scaling)).serialize())
     else:
-        content = bp_jax.export.to_onnx(model, params, **arguments).SerializeToString()
+        content = bp_jax.export.to_onnx(model, params, export_scaling(scaling)).SerializeToString()
     description = describe(scaling, args.format, args.run_dir, trained.step)
     folders.write_atomically(args.out, lambda temporary: temporary.write_bytes(content))
     try:
@@ -120,19 +108,19 @@ def fill_values(scaling: data.Scaling) -> list[float] | None:
     return [fill(name, category) for name, category in input_columns(scaling)]
 
 
-def around(scaling: data.Scaling) -> dict:
-    """`bp_jax.export`'s keyword arguments for a run: its fill values, standardisation, and target units or
+def export_scaling(scaling: data.Scaling) -> bp_jax.export.Scaling:
+    """What `bp_jax.export` puts around a run's model: its fill values, standardisation, and target units or
     class probabilities."""
     classify = scaling.task == "classification"
-    return {
-        "inputs": len(scaling.input_names),
-        "fill": fill_values(scaling),
-        "x_mean": scaling.x_mean,
-        "x_std": scaling.x_std,
-        "y_mean": None if classify else scaling.y_mean,
-        "y_std": None if classify else scaling.y_std,
-        "probabilities": classify,
-    }
+    return bp_jax.export.Scaling(
+        inputs=len(scaling.input_names),
+        fill=fill_values(scaling),
+        x_mean=scaling.x_mean,
+        x_std=scaling.x_std,
+        y_mean=None if classify else scaling.y_mean,
+        y_std=None if classify else scaling.y_std,
+        probabilities=classify,
+    )
 
 
 def describe(scaling: data.Scaling, format: str, run_dir: Path, step: int) -> dict:

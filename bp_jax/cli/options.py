@@ -1,8 +1,19 @@
-"""The options commands share (pip's cmdoptions): argument types, the problem options of `train` and
-`sweep`, and the Config values they set.
+"""The options commands share, each defined once (pip's cmdoptions): their argument types, the flags several
+commands take, the problem options of `train` and `sweep`, and the Config values they set.
 
-    add_problem_options(parser)        # --dataset/--data, --target, --task, --features, --missing, --hidden, …
-    Config(**given_config(args))       # the values given on the command line, the rest defaulted
+    add_seed(parser, help=...)            # --seed: train, sweep
+    add_split_seed(parser, default=...)   # --split-seed: train, sweep
+    add_devices(group, splits="...")      # --devices N|all: train, sweep
+    add_compile_cache(parser)             # --compile-cache DIR|off: train, sweep
+    add_out_folder(parser, holding=..., default=...)   # --out DIR, a new or empty folder: train, sweep, explain
+    add_out_file(parser, help=...)        # --out FILE, a new file: predict, export
+    add_trained_run(parser, verb=...)     # RUN_DIR and --allow-diverged: predict, export
+    add_data_file(parser, help=...)       # --data FILE: predict, and train and sweep beside --dataset
+    add_problem_options(parser)           # --dataset/--data, --target, --task, --features, --missing, --hidden, …
+    Config(**given_config(args))          # the values given on the command line, the rest defaulted
+
+Only `data`'s names are imported here (`runs`, with jax and optax, when the problem options are added or read),
+so a command that takes a shared option loads nothing more for it.
 """
 
 import argparse
@@ -11,8 +22,7 @@ import math
 import re
 from pathlib import Path
 
-from bp_jax.cli import data
-from bp_jax.cli.runs import ACTIVATIONS, OPTIMIZERS, Config
+from bp_jax.cli import _cache, data
 
 
 def positive_int(text: str) -> int:
@@ -97,16 +107,70 @@ def column_names(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def add_seed(parser, *, help: str) -> None:
+    parser.add_argument("--seed", type=seed, help=help)
+
+
+def add_split_seed(parser, *, default: int | None) -> None:
+    shown = "--seed" if default is None else default
+    parser.add_argument("--split-seed", type=seed, default=default, help=f"chooses the held-out rows (default {shown})")
+
+
+def add_devices(parser, *, splits: str) -> None:
+    """--devices N|all (default 1): over how many devices the command splits `splits`."""
+    parser.add_argument(
+        "--devices",
+        type=device_count,
+        default=1,
+        metavar="N|all",
+        help=f"split {splits} over N devices, or all of them (default 1)",
+    )
+
+
+def add_compile_cache(parser) -> None:
+    """--compile-cache DIR|off: JAX's persistent compilation cache (`_cache`)."""
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR|off",
+        help=f"where compiled programs are kept between runs, or 'off' (env {_cache.ENVIRONMENT}; "
+        "default ~/.cache/bp_jax/jax)",
+    )
+
+
+def add_out_folder(parser, *, holding: str, default: str) -> None:
+    """--out DIR: the folder the command writes `holding` into, new or empty (`folders.claimed`)."""
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help=f"a new or empty directory for {holding} (default: {default})"
+    )
+
+
+def add_out_file(parser, *, help: str, required: bool = False) -> None:
+    """--out FILE: a file the command creates, refused if it exists."""
+    parser.add_argument("--out", type=Path, required=required, metavar="FILE", help=f"{help}; must not exist")
+
+
+def add_trained_run(parser, *, verb: str) -> None:
+    """RUN_DIR, a `bp-jax train` folder, and --allow-diverged, to `verb` a run that stopped on divergence."""
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bp-jax train output directory")
+    parser.add_argument(
+        "--allow-diverged",
+        action="store_true",
+        help=f"{verb} a run that stopped on divergence (its last finite params)",
+    )
+
+
+def add_data_file(parser, *, help: str, required: bool = False) -> None:
+    """--data FILE: a table (`data.read`: CSV, parquet or npz)."""
+    parser.add_argument("--data", type=Path, required=required, metavar="FILE", help=help)
+
+
 def add_problem_options(parser) -> None:
     """The options `train` and `sweep` share: the data, the model, the optimizer and the run length."""
+    from bp_jax.cli.runs import ACTIVATIONS, OPTIMIZERS
+
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=data.NAMES, help="default: diabetes (442 × 10, from scikit-learn)")
-    source.add_argument(
-        "--data",
-        type=Path,
-        metavar="FILE",
-        help="your own data: a CSV with a header row, a .parquet, or an .npz with arrays x and y",
-    )
+    add_data_file(source, help="your own data: a CSV with a header row, a .parquet, or an .npz with arrays x and y")
     parser.add_argument("--target", metavar="COLUMN", help="the column to predict (default: the last one)")
     parser.add_argument(
         "--task",
@@ -143,6 +207,8 @@ def add_problem_options(parser) -> None:
 
 def given_config(args) -> dict:
     """The Config values set on the command line."""
+    from bp_jax.cli.runs import Config
+
     names = {field.name for field in dataclasses.fields(Config)}
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if args.data is not None:

@@ -13,31 +13,23 @@ named instead.
 """
 
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bp_jax.cli import data, folders, runs
+from bp_jax.cli import data, folders, options, runs
 from bp_jax.cli._args import UsageError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a bp-jax train output directory")
-    parser.add_argument(
-        "--data",
-        type=Path,
+    options.add_trained_run(parser, verb="predict with")
+    options.add_data_file(
+        parser,
         required=True,
-        metavar="FILE",
         help="a CSV with a header row, a .parquet, or an .npz with an array x, holding the run's feature columns",
     )
-    parser.add_argument("--out", type=Path, metavar="FILE", help="write the CSV here (default: stdout); must not exist")
-    parser.add_argument(
-        "--allow-diverged",
-        action="store_true",
-        help="predict with a run that stopped on divergence (its last finite params)",
-    )
+    options.add_out_file(parser, help="write the CSV here (default: stdout)")
 
 
 def run(args) -> int:

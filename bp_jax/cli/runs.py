@@ -234,9 +234,10 @@ def state_from_key(model: bp_jax.Model, transform: optax.GradientTransformation 
 
 
 def initial_state(model: bp_jax.Model, config: Config) -> dict:
-    """The state at step 0 of the run `config` describes, made by one compiled program (eager, each small
-    op would compile on its own)."""
-    return jax.jit(state_from_key(model, optimizer(config)))(jax.random.key(config.seed))
+    """The state at step 0 of the run `config` describes, made from the seed by one compiled program (eager, each
+    small op, the key's included, would be a program of its own)."""
+    state = state_from_key(model, optimizer(config))
+    return jax.jit(lambda seed: state(jax.random.key(seed)))(np.uint32(config.seed))
 
 
 class Run(NamedTuple):

@@ -27,7 +27,7 @@ import optax
 
 import bp_jax
 from bp_jax._fit import CAPACITY
-from bp_jax.cli import _cache, console, folders, interrupts, options, plots, runs
+from bp_jax.cli import console, folders, interrupts, options, plots, runs
 from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
 from bp_jax.cli.watch import MAX_HISTORY_POINTS, PROGRESS_EVERY, Watch
@@ -54,18 +54,12 @@ def add_arguments(parser) -> None:
         metavar="N",
         help="seeds per learning rate: --seed, --seed + 1, …, --seed + N − 1 (default 1)",
     )
-    parser.add_argument("--seed", type=options.seed, help="the first seed (default 0)")
-    parser.add_argument("--split-seed", type=options.seed, default=0, help="chooses the held-out rows (default 0)")
+    options.add_seed(parser, help="the first seed (default 0)")
+    options.add_split_seed(parser, default=0)
     options.add_problem_options(parser)
-    parser.add_argument("--out", type=Path, help="output directory (default: a new runs/sweep-DATASET-TIME)")
-    parser.add_argument(
-        "--devices",
-        type=options.device_count,
-        default=1,
-        metavar="N|all",
-        help="split the members over N devices, or all of them (default 1)",
-    )
-    _cache.add_option(parser)
+    options.add_out_folder(parser, holding="sweep.json and sweep.png", default="a new runs/sweep-DATASET-TIME")
+    options.add_devices(parser, splits="the members")
+    options.add_compile_cache(parser)
 
 
 def run(args) -> int:
@@ -184,8 +178,8 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
     return bp_jax.fit_ensemble(
         runs.loss(model, split.scaling),
         state["params"],
-        jnp.asarray(split.x_train),
-        jnp.asarray(split.y_train),
+        jax.device_put(split.x_train),
+        jax.device_put(split.y_train),
         steps=watch.total,
         lr=None if transform is not None else member_lrs,
         optimizer=transform,

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 import bp_jax
-from bp_jax.cli import _cache, checkpoints, console, data, distributed, folders, interrupts, options, plots, runs
+from bp_jax.cli import checkpoints, console, data, distributed, folders, interrupts, options, plots, runs
 from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
 from bp_jax.cli.watch import PROGRESS_EVERY, Watch
@@ -36,14 +35,14 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 def add_arguments(parser) -> None:
     options.add_problem_options(parser)
     parser.add_argument("--lr", type=options.learning_rate, help="learning rate (default 0.01; 0.1 for classes)")
-    parser.add_argument(
-        "--seed",
-        type=options.seed,
-        help="seeds the init and the data order, and the split unless --split-seed is given (default 0)",
+    options.add_seed(
+        parser, help="seeds the init and the data order, and the split unless --split-seed is given (default 0)"
     )
-    parser.add_argument("--split-seed", type=options.seed, help="chooses the held-out rows (default: --seed)")
-    parser.add_argument(
-        "--out", type=Path, help="output directory (default: a new runs/DATASET-TIME, or the --resume directory)"
+    options.add_split_seed(parser, default=None)
+    options.add_out_folder(
+        parser,
+        holding="checkpoints, metrics.json and loss_curve.png",
+        default="a new runs/DATASET-TIME, or the --resume directory",
     )
     parser.add_argument("--resume", type=Path, metavar="DIR", help="carry on from the newest checkpoint in DIR")
     parser.add_argument(
@@ -53,13 +52,7 @@ def add_arguments(parser) -> None:
         help="save every N steps (always at the end, and when interrupted)",
     )
     parallel = parser.add_argument_group("devices, precision and multi-process runs")
-    parallel.add_argument(
-        "--devices",
-        type=options.device_count,
-        default=1,
-        metavar="N|all",
-        help="split each batch over N devices, or all of them (default 1)",
-    )
+    options.add_devices(parallel, splits="each batch")
     parallel.add_argument(
         "--matmul-precision",
         choices=MATMUL_PRECISIONS,
@@ -80,7 +73,7 @@ def add_arguments(parser) -> None:
         metavar="SECONDS",
         help="give up joining the run after this long (default 120)",
     )
-    _cache.add_option(parser)
+    options.add_compile_cache(parser)
 
 
 class Problem(NamedTuple):
@@ -290,8 +283,8 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         result = bp_jax.fit(
             runs.loss(problem.model, split.scaling),
             start.state["params"],
-            jnp.asarray(split.x_train),
-            jnp.asarray(split.y_train),
+            jax.device_put(split.x_train),
+            jax.device_put(split.y_train),
             steps=watch.total - start.step,
             batch_size=config.batch_size,
             lr=config.lr if transform is None else None,
