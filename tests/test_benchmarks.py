@@ -1,4 +1,4 @@
-"""The benchmark runner works end to end: a smoke-sized run writes well-formed JSON, Markdown and PNGs.
+"""The benchmark runner works end to end: a smoke-sized run of each suite writes well-formed JSON, Markdown and PNGs.
 
 No timing is asserted: this checks the runner, not the machine.
 """
@@ -16,19 +16,38 @@ from helpers import without_coverage
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench")
+HEADINGS = {
+    "seed": "## 1. Seed step",
+    "scaling": "## 2. Scaling",
+    "grad": "## 3. One backward pass",
+    "data": "## 4. Data size",
+    "ensemble": "## 5. Ensembles",
+    "sklearn": "## 6. scikit-learn",
+    "export": "## 7. export",
+    "autodiff": "## 8. Autodiff beyond one gradient",
+    "startup": "## 9. Start-up",
+}
+PLOTS = {name: f"{name}.png" for name in ("seed", "scaling", "grad", "data", "ensemble", "autodiff")}
+
+
+def smoke_run(suite: str, out: Path) -> Path:
+    """`python -m benchmarks --smoke --suite SUITE` in a process of its own, its results written to `out`."""
     subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks", "--smoke", "--suite", suite, "--out", str(out)],
         cwd=ROOT,
         check=True,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=300,
         env=without_coverage(),  # line tracing would slow its timing loops many times over
     )
     return out
+
+
+def test_the_runner_knows_every_suite():
+    from benchmarks.__main__ import SUITES
+
+    assert set(SUITES) == set(HEADINGS)
 
 
 def _positive_finite(value) -> bool:
@@ -44,30 +63,33 @@ def _summaries(tree):
             yield from _summaries(value)
 
 
-@pytest.mark.slow  # the smoke run: every suite, in a process of its own
-def test_json_records_machine_suites_and_targets(smoke_run):
-    results = json.loads((smoke_run / "results.json").read_text())
+@pytest.mark.slow  # a smoke run of one suite, in a process of its own
+@pytest.mark.parametrize("suite", list(HEADINGS))
+def test_each_suite_records_machine_rows_targets_report_and_plots(suite, tmp_path):
+    out = smoke_run(suite, tmp_path)
+    results = json.loads((out / "results.json").read_text())
     assert results["smoke"] is True
     assert {"date_utc", "cpu", "cpu_cores", "platform", "device", "versions"} <= set(results["machine"])
     assert results["machine"]["versions"]["jax"]
-    suites = {"seed", "scaling", "grad", "data", "ensemble", "sklearn", "export", "autodiff", "startup"}
-    assert set(results["suites"]) == suites
-    for suite in results["suites"].values():
-        assert suite["rows"], suite["skipped"]
-        assert all(skip["reason"] for skip in suite["skipped"])
+    assert set(results["suites"]) == {suite}
+    assert results["suites"][suite]["rows"], results["suites"][suite]["skipped"]
+    assert all(skip["reason"] for skip in results["suites"][suite]["skipped"])
     assert {target["status"] for target in results["targets"]} <= {"met", "missed", "not run"}
+    for row in results["suites"][suite]["rows"]:
+        for timing in _summaries(row):
+            assert all(_positive_finite(timing[key]) for key in ("median", "q25", "q75", "min", "max")), row
+            assert timing["min"] <= timing["median"] <= timing["max"]
+    markdown = (out / "README.md").read_text()
+    assert "## Targets" in markdown and HEADINGS[suite] in markdown
+    if suite in PLOTS and importlib.util.find_spec("matplotlib") is not None:
+        assert (out / PLOTS[suite]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({PLOTS[suite]})" in markdown
+    CHECKS.get(suite, lambda results: None)(results)
 
 
-@pytest.mark.slow  # the smoke run: every suite, in a process of its own
-def test_every_time_and_ratio_is_positive_and_finite(smoke_run):
-    suites = json.loads((smoke_run / "results.json").read_text())["suites"]
-    for suite in suites.values():
-        for row in suite["rows"]:
-            for timing in _summaries(row):
-                assert all(_positive_finite(timing[key]) for key in ("median", "q25", "q75", "min", "max")), row
-                assert timing["min"] <= timing["median"] <= timing["max"]
+def _check_seed(results):
     torch = importlib.util.find_spec("torch") is not None
-    seed_rows = {row["name"]: row for row in suites["seed"]["rows"]}
+    seed_rows = {row["name"]: row for row in results["suites"]["seed"]["rows"]}
     assert {
         "bp_jax sgd_step, one call per step",
         "bp_jax optax_step (optax.sgd), one call per step",
@@ -78,21 +100,26 @@ def test_every_time_and_ratio_is_positive_and_finite(smoke_run):
     for row in seed_rows.values():
         if torch:
             assert _positive_finite(row["speedup_vs_torch_eager"])
-    for row in suites["scaling"]["rows"]:
+
+
+def _check_scaling(results):
+    for row in results["suites"]["scaling"]["rows"]:
         assert _positive_finite(row["tflops"])
         if row["name"] == "bp_jax sgd_step":
             assert _positive_finite(row["pct_of_matmul"])
             assert row["memory"]["params_bytes"] > 0
-    for row in suites["grad"]["rows"]:
+
+
+def _check_grad(results):
+    for row in results["suites"]["grad"]["rows"]:
         assert all(_positive_finite(ratio) for ratio in row["ratio_to_forward"].values())
         assert row["max_abs_diff_jacfwd_vs_grad"] < 1e-4  # the methods time the same gradient
 
 
-@pytest.mark.slow  # the smoke run: every suite, in a process of its own
-def test_data_and_ensemble_suites_record_their_rows(smoke_run):
-    suites = json.loads((smoke_run / "results.json").read_text())["suites"]
+def _check_data(results):
+    suite = results["suites"]["data"]
     torch = importlib.util.find_spec("torch") is not None
-    data = {row["name"]: row for row in suites["data"]["rows"]}
+    data = {row["name"]: row for row in suite["rows"]}
     steps = [row for row in data.values() if row["group"] == "step"]
     assert {row["rows"] for row in steps if row["framework"] == "bp_jax"} == {32, 354, 10_000}
     assert data["bp_jax fit, 3-class softmax cross-entropy (10 → 5 → 3), minibatch 32 of 354 rows"]["group"] == "step"
@@ -105,12 +132,15 @@ def test_data_and_ensemble_suites_record_their_rows(smoke_run):
     assert len(first["compilations"]) == len(second["compilations"]) == first["seconds"]["repeats"]
     assert min(first["compilations"]) >= 1  # a new configuration compiles: the counting works
     assert all(isinstance(count, int) and count >= 0 for count in second["compilations"])
-    skipped = {skip["name"] for skip in suites["data"]["skipped"]}
+    skipped = {skip["name"] for skip in suite["skipped"]}
     assert {name for name in skipped if name.startswith("bp-jax train")} and not any(
         name.startswith("bp-jax train") for name in data
     )  # the command rows are full-run only
 
-    ensemble = suites["ensemble"]["rows"]
+
+def _check_ensemble(results):
+    torch = importlib.util.find_spec("torch") is not None
+    ensemble = results["suites"]["ensemble"]["rows"]
     measured = {(row["name"], row["members"]) for row in ensemble if row["measured"]}
     for members in (1, 16):
         assert {
@@ -126,28 +156,6 @@ def test_data_and_ensemble_suites_record_their_rows(smoke_run):
         assert math.isclose(row["per_model_step_s"]["median"] * row["members"], row["per_step_s"]["median"])
 
 
-@pytest.mark.slow  # the smoke run: every suite, in a process of its own
-def test_markdown_and_plots_are_written(smoke_run):
-    markdown = (smoke_run / "README.md").read_text()
-    for heading in (
-        "## Targets",
-        "## 1. Seed step",
-        "## 2. Scaling",
-        "## 3. One backward pass",
-        "## 4. Data size",
-        "## 5. Ensembles",
-        "## 6. scikit-learn",
-        "## 7. export",
-        "## 8. Autodiff beyond one gradient",
-    ):
-        assert heading in markdown
-    if importlib.util.find_spec("matplotlib") is None:
-        pytest.skip("matplotlib is not installed: the report says so instead of plotting")
-    for name in ("seed.png", "scaling.png", "grad.png", "data.png", "ensemble.png", "autodiff.png"):
-        assert (smoke_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"]({name})" in markdown
-
-
 def test_unknown_suite_is_refused():
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--suite", "nope"], cwd=ROOT, capture_output=True, text=True
@@ -155,9 +163,8 @@ def test_unknown_suite_is_refused():
     assert done.returncode == 2 and "unknown suite" in done.stderr
 
 
-@pytest.mark.slow  # the smoke run: every suite, in a process of its own
-def test_sklearn_suite_records_fits_grids_and_skorch(smoke_run):
-    suite = json.loads((smoke_run / "results.json").read_text())["suites"]["sklearn"]
+def _check_sklearn(results):
+    suite = results["suites"]["sklearn"]
     rows = {row["name"]: row for row in suite["rows"]}
     for ours, theirs in (
         ("bp_jax MLPRegressor.fit", "sklearn MLPRegressor.fit"),
@@ -178,9 +185,8 @@ def test_sklearn_suite_records_fits_grids_and_skorch(smoke_run):
     assert [skip["name"].split()[0] for skip in suite["skipped"]] == ([] if has_skorch else ["skorch"])
 
 
-@pytest.mark.slow  # the smoke run: every suite, in a process of its own
-def test_export_suite_times_each_predictor_against_predicts_numbers(smoke_run):
-    suite = json.loads((smoke_run / "results.json").read_text())["suites"]["export"]
+def _check_export(results):
+    suite = results["suites"]["export"]
     rows = {(row["name"], row["rows"]): row for row in suite["rows"]}
     names = {name for name, _ in rows}
     assert len(names) == 4 and {count for _, count in rows} == {1, 100}, suite["skipped"]
@@ -190,9 +196,7 @@ def test_export_suite_times_each_predictor_against_predicts_numbers(smoke_run):
         assert (difference == 0.0) if name.startswith("bp-jax predict") else (0 <= difference < 1e-3), row
 
 
-@pytest.mark.slow  # the smoke run: every suite, in a process of its own
-def test_autodiff_suite_records_per_example_and_second_order_rows(smoke_run):
-    results = json.loads((smoke_run / "results.json").read_text())
+def _check_autodiff(results):
     rows = results["suites"]["autodiff"]["rows"]
     torch = importlib.util.find_spec("torch") is not None
     per_example = [row for row in rows if row["group"] == "per-example"]
@@ -215,3 +219,15 @@ def test_autodiff_suite_records_per_example_and_second_order_rows(smoke_run):
     assert target["status"] in (
         ("met", "missed") if torch and results["machine"]["platform"] == "cpu" else ("not run",)
     )
+
+
+CHECKS = {
+    "seed": _check_seed,
+    "scaling": _check_scaling,
+    "grad": _check_grad,
+    "data": _check_data,
+    "ensemble": _check_ensemble,
+    "sklearn": _check_sklearn,
+    "export": _check_export,
+    "autodiff": _check_autodiff,
+}
