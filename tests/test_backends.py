@@ -15,6 +15,7 @@ def device_or_skip(platform: str) -> jax.Device:
 
 
 @pytest.mark.parametrize("platform", backends.PLATFORMS)
+@pytest.mark.slow
 def test_parity_checks_pass_on(platform):
     device = device_or_skip(platform)
     results = backends.parity_checks(device)
@@ -40,6 +41,7 @@ def test_gpu_training_agrees_with_cpu():
     assert result.passed, result
 
 
+@pytest.mark.slow
 def test_agreement_measures_the_distance_between_runs():
     cpu = jax.devices("cpu")[0]
     same = backends.agreement(cpu, cpu)
@@ -47,6 +49,7 @@ def test_agreement_measures_the_distance_between_runs():
     assert same.backend == "cpu vs cpu"
 
 
+@pytest.mark.slow
 def test_check_command_fails_on_a_wrong_derivative(monkeypatch, capsys):
     right = manual.neuron_grad
     monkeypatch.setattr(manual, "neuron_grad", lambda *args: right(*args) * 1.001)

@@ -156,6 +156,7 @@ def _check_ensemble(results):
         assert math.isclose(row["per_model_step_s"]["median"] * row["members"], row["per_step_s"]["median"])
 
 
+@pytest.mark.slow
 def test_unknown_suite_is_refused():
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--suite", "nope"], cwd=ROOT, capture_output=True, text=True

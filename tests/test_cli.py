@@ -37,6 +37,7 @@ def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["optax-sgd", "momentum", "adam"])
+@pytest.mark.slow
 def test_each_optimizer_trains(tmp_path, optimizer):
     run_cli(
         "train",
@@ -60,6 +61,7 @@ def test_each_optimizer_trains(tmp_path, optimizer):
     assert np.mean(history[-30:]) < np.mean(history[:30])
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_params_of_an_uninterrupted_run(tmp_path):
     args = ("--dataset", "synthetic", "--optimizer", "momentum", "--batch-size", 16, "--seed", 3)
     run_cli("train", "--out", tmp_path / "whole", "--steps", 500, *args)
@@ -71,6 +73,7 @@ def test_resume_ends_with_the_params_of_an_uninterrupted_run(tmp_path):
     assert split["resumed_from_step"] == 200 and split["loss_history"] == whole["loss_history"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_nothing_before_the_last_checkpoint(tmp_path):
     killed, args = tmp_path / "killed", ("--dataset", "synthetic", "--seed", "1")
     process = subprocess.Popen(
@@ -163,6 +166,7 @@ def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
+@pytest.mark.slow
 def test_demo_prints_the_documents_numbers():
     out = run_cli("demo", env={"COLUMNS": "120"}).stdout
     for needle in ("-9.000000", "-3.000000", "-2.250000", "2.250000", "1.500000", "sigmoid", "tanh"):
@@ -198,6 +202,7 @@ def start_training(out: Path, *args) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("signal_number, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted_run(tmp_path, signal_number, status):
     stopped, args = tmp_path / "stopped", ("--dataset", "synthetic", "--optimizer", "adam", "--seed", 2)
     process = start_training(stopped, "--steps", 50_000_000, "--checkpoint-every", 100_000, *args)
@@ -221,6 +226,7 @@ def test_a_signal_checkpoints_writes_metrics_and_resume_matches_an_uninterrupted
     assert_same_state(stopped, tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_runs_started_together_without_out_get_folders_of_their_own(tmp_path):
     processes = [
         subprocess.Popen(
@@ -297,6 +303,7 @@ def edit_record(run: Path, step: int, edit):
         (lambda r: r | {"config": r["config"] | {"hidden": [7]}}, "holds arrays that do not match its record"),
     ],
 )
+@pytest.mark.slow
 def test_a_record_from_another_version_or_not_matching_its_arrays_is_one_line(tmp_path, edit, message):
     run_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
     edit_record(tmp_path, 20, edit)
@@ -314,6 +321,7 @@ def test_a_leftover_temporary_checkpoint_is_cleaned_up_by_the_next_run(tmp_path)
     assert not leftover.exists() and checkpoint_steps(tmp_path) == [20, 30]
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
     """The disk fills up as orbax writes the checkpoint's record (after its arrays): its file write raises
     ENOSPC as the OS would."""
@@ -374,6 +382,7 @@ HEAVY = ("pandas", "orbax", "matplotlib")
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["demo"]])
+@pytest.mark.slow
 def test_help_and_demo_load_only_what_they_need(argv):
     """A command's module, and so its heavy imports, loads only when that command runs."""
     code = (

@@ -49,6 +49,7 @@ def csv_run(tmp_path_factory):
     return folder / "run", folder / "houses.csv"
 
 
+@pytest.mark.slow
 def test_training_on_a_csv_learns_and_records_what_prediction_needs(csv_run):
     run, _ = csv_run
     metrics = json.loads((run / "metrics.json").read_text())
@@ -99,6 +100,7 @@ def test_predict_takes_rows_without_the_target_and_in_any_column_order(csv_run, 
         ),
     ],
 )
+@pytest.mark.slow
 def test_predict_refuses_other_columns_or_bad_cells_naming_them(csv_run, tmp_path, change, message):
     run, csv = csv_run
     change(pd.read_csv(csv)).to_csv(tmp_path / "new.csv", index=False)
@@ -116,6 +118,7 @@ def test_predict_never_overwrites_a_file(csv_run, tmp_path):
     assert (tmp_path / "out.csv").read_text() == "mine\n"
 
 
+@pytest.mark.slow
 def test_training_on_an_npz_and_default_target_is_the_last_column(tmp_path):
     table = houses(200, seed=1)
     np.savez(tmp_path / "houses.npz", x=table.drop(columns="price").to_numpy(), y=table["price"].to_numpy())
@@ -301,6 +304,7 @@ def test_columns_with_spaces_or_commas_are_named_in_quotes(tmp_path):
     assert metrics["config"]["features"] == ["size, m²", " rooms ", "age"]
 
 
+@pytest.mark.slow
 def test_an_unnamed_index_column_is_left_out_with_a_note(tmp_path):
     table = houses(100)
     table.to_csv(tmp_path / "indexed.csv")  # pandas' default: the index first, under an empty header
@@ -326,6 +330,7 @@ def test_an_unnamed_index_column_is_left_out_with_a_note(tmp_path):
         (_cell("tiny", 3, 1e10), "column 'tiny', row 3: the cell 10000000000.0 standardises to beyond float32's range"),
     ],
 )
+@pytest.mark.slow
 def test_predict_refuses_rows_beyond_float32(tmp_path, change, message):
     """A cell beyond float32, or one whose standardised form is (a column that varied by 1e-30 in training)."""
     table = houses(100).assign(tiny=np.random.default_rng(0).uniform(0, 1e-30, 100))
@@ -352,6 +357,7 @@ def _below_a_file(tmp_path):
         ("BP_JAX_COMPILE_CACHE", "$BP_JAX_COMPILE_CACHE"),
     ],
 )
+@pytest.mark.slow
 def test_an_unusable_default_cache_is_a_warning_and_training_goes_on(tmp_path, where, named):
     for folder in (_below_a_file(tmp_path), Path("/proc")):  # cannot be created; exists but cannot be written
         out = tmp_path / f"run-{folder.name}"

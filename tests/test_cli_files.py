@@ -41,6 +41,7 @@ WRITERS = {
 
 @pytest.mark.parametrize("name", list(WRITERS))
 @pytest.mark.parametrize("user_file", ["same name", "notes.txt"])
+@pytest.mark.slow
 def test_no_command_writes_into_a_folder_holding_the_users_files(tmp_path, name, user_file):
     argv, written = WRITERS[name]
     out = tmp_path / "d"
@@ -84,6 +85,7 @@ def limited(size: int, argv: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", [*WRITERS, "predict"])
+@pytest.mark.slow
 def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, tmp_path, name):
     """16 kB: the checkpoints (a few kB per file), metrics.json and graph.dot fit; the pictures and the
     predictions of 2000 rows do not."""
@@ -103,6 +105,7 @@ def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, 
     assert not target.exists() and not list(target.parent.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_explain_on_a_full_disk_leaves_no_truncated_picture(tmp_path):
     """The disk fills up halfway through graph.svg: the drawing's write raises ENOSPC as the OS would."""
     code = (
@@ -133,6 +136,7 @@ def record(run, step: int) -> dict:
     return json.loads((run / "checkpoints" / str(step) / "record" / "metadata").read_text())
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_marked_and_predicting_from_it_needs_a_flag(tmp_path):
     """lr 3 diverges within a few steps; with a checkpoint every step, the step it diverged at was already
     checkpointed, unmarked, and is written again, marked."""
@@ -178,6 +182,7 @@ def start_training(out, *args) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.slow
 def test_a_live_run_is_read_at_a_consistent_checkpoint(tmp_path):
     """Checkpoints every 20000 steps: several a second, each deleted three saves later."""
     run = tmp_path / "live"
@@ -196,6 +201,7 @@ def test_a_live_run_is_read_at_a_consistent_checkpoint(tmp_path):
         assert result.returncode == 0 and len(result.stdout.splitlines()) == 21, result.stderr
 
 
+@pytest.mark.slow
 def test_a_live_run_without_a_checkpoint_is_named_live(tmp_path):
     run = tmp_path / "live"
     process = start_training(run, "--checkpoint-every", 10**8)
@@ -212,6 +218,7 @@ def test_a_live_run_without_a_checkpoint_is_named_live(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_predict_into_a_closed_pipe_ends_quietly(trained, tmp_path):
     """As `bp-jax predict RUN --data F | head -1`: the reader leaves after one line of 20000."""
     process = subprocess.Popen(
@@ -226,6 +233,7 @@ def test_predict_into_a_closed_pipe_ends_quietly(trained, tmp_path):
     assert process.wait(timeout=300) == 141 and stderr == ""
 
 
+@pytest.mark.slow
 def test_resume_with_the_same_data_at_another_path_uses_it(tmp_path):
     frame = pd.read_csv(features_csv(tmp_path / "x.csv", 200))
     frame["y"] = frame.sum(axis=1)
@@ -241,6 +249,7 @@ def test_resume_with_the_same_data_at_another_path_uses_it(tmp_path):
     assert other.returncode == 2 and "was trained on other data" in other.stderr
 
 
+@pytest.mark.slow
 def test_a_fresh_run_into_a_sweep_folder_does_not_suggest_resume(tmp_path):
     run_cli("sweep", "--lr", "0.01", "--steps", 10, "--out", tmp_path / "sweep", *QUICK)
     result = run_cli("train", "--out", tmp_path / "sweep", "--steps", 10, *QUICK, check=False)

@@ -79,6 +79,7 @@ def test_a_text_target_is_classification_and_the_defaults_beat_the_majority_clas
     assert "held-out accuracy, majority class" in result.stdout and (run / "loss_curve.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_predict_writes_the_class_as_spelled_and_probabilities_summing_to_one(class_run, tmp_path):
     run, csv, _ = class_run
     table = pd.read_csv(csv)
@@ -111,6 +112,7 @@ def test_predict_refuses_a_category_never_seen_in_training_naming_it(class_run, 
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.slow
 def test_resuming_a_class_run_gives_the_bits_of_one_uninterrupted_run(class_run, tmp_path):
     _, csv, _ = class_run
     flags = ("--data", csv, "--target", "species", "--optimizer", "adam")
@@ -149,6 +151,7 @@ def test_drop_leaves_out_rows_with_an_empty_cell_and_counts_the_rows_used(tmp_pa
     assert examples["left_out"] == {"no_target": 2, "empty_feature": 3}
 
 
+@pytest.mark.slow
 def test_impute_fills_features_from_the_training_rows_and_predict_reuses_the_fill(tmp_path):
     table = with_holes()
     table.to_csv(tmp_path / "holes.csv", index=False)
@@ -186,6 +189,7 @@ def test_dates_and_free_text_are_refused_suggesting_features(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_task_auto_keeps_integer_targets_regression_unless_asked(tmp_path):
     table = animals(150).assign(rank=lambda frame: frame["species"].map({"Adelie": 1, "Chinstrap": 2, "Gentoo": 3}))
     table.drop(columns="species").to_csv(tmp_path / "ranked.csv", index=False)
@@ -216,6 +220,7 @@ def test_task_auto_keeps_integer_targets_regression_unless_asked(tmp_path):
     assert "column 'island', row 1: the cell holds" in line and not (tmp_path / "text").exists()
 
 
+@pytest.mark.slow
 def test_a_boolean_target_is_classification_with_its_values_kept(tmp_path):
     table = animals(150).assign(heavy=lambda frame: frame["body_mass_g"] > 4200)
     table[["island", "flipper_length_mm", "heavy"]].to_csv(tmp_path / "heavy.csv", index=False)
@@ -225,6 +230,7 @@ def test_a_boolean_target_is_classification_with_its_values_kept(tmp_path):
     assert list(predictions.columns) == ["heavy", "P(False)", "P(True)"] and predictions["heavy"].dtype == bool
 
 
+@pytest.mark.slow
 def test_parquet_trains_and_predicts_as_the_same_csv_does(tmp_path):
     table = animals(150)
     table.to_csv(tmp_path / "animals.csv", index=False)
@@ -239,6 +245,7 @@ def test_parquet_trains_and_predicts_as_the_same_csv_does(tmp_path):
     assert "broken.parquet: cannot be read" in line and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_runs_recorded_before_classification_still_predict_and_resume(tmp_path):
     """A record without task, missing, classes, categories or fill: a regression run on numbers."""
     table = animals(150).drop(columns=["island", "sex", "species"])
@@ -257,6 +264,7 @@ def test_runs_recorded_before_classification_still_predict_and_resume(tmp_path):
     assert strict_json(tmp_path / "run" / "metrics.json")["final_step"] == 30
 
 
+@pytest.mark.slow
 def test_sweep_on_a_class_target_ranks_by_accuracy(tmp_path):
     animals(150).to_csv(tmp_path / "animals.csv", index=False)
     result = run_cli(

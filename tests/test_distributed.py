@@ -143,6 +143,7 @@ def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
         (["--coordinator", "127.0.0.1:1234", "--num-processes", 2, "--process-id", 2], "process id must be in [0, 2)"),
     ],
 )
+@pytest.mark.slow
 def test_bad_device_and_process_settings_give_one_line(args, message, tmp_path):
     result = cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 5, *args)
     assert result.returncode == 2
@@ -150,6 +151,7 @@ def test_bad_device_and_process_settings_give_one_line(args, message, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_coordinator_that_never_answers_times_out_with_a_clear_error(tmp_path):
     port = free_port()  # nobody listens here
     result = cli(

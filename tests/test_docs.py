@@ -27,6 +27,7 @@ def test_the_pages_have_blocks_to_run():
 @pytest.mark.parametrize(
     "page", [page for page in PAGES if python_blocks(page)], ids=lambda page: str(page.relative_to(ROOT))
 )
+@pytest.mark.slow
 def test_page_python_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # files the blocks write land here
     namespace: dict = {"__name__": "__docs__"}

@@ -61,6 +61,7 @@ def test_the_package_has_examples():
 
 
 @pytest.mark.parametrize("name", MODULES, ids=MODULES)
+@pytest.mark.slow
 def test_docstring_examples(name):
     tests = _tests(name)
     report: list[str] = []

@@ -28,6 +28,7 @@ def test_dot_declares_every_node_and_edge():
     assert "value 12" in dot and "grad 7" in dot
 
 
+@pytest.mark.slow
 def test_layout_puts_every_node_after_its_inputs():
     model = bp_jax.mlp((10, 8, 6, 1), "tanh")
     graph = bp_jax.explain(bp_jax.loss_fn(model), model.init(jax.random.key(0)), jnp.ones((2, 10)), jnp.ones((2, 1)))

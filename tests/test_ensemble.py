@@ -38,6 +38,7 @@ def member(tree, i):
     [(None, False), (12, False), (12, True)],
     ids=["full-batch", "minibatch-shared-key", "minibatch-key-per-member"],
 )
+@pytest.mark.slow
 def test_each_member_equals_its_own_fit_with_the_hand_written_update(batch_size, per_member_keys, precision):
     loss, params, x, y = problem()
     lrs = jnp.asarray([0.003, 0.01, 0.03, 0.1])
@@ -60,6 +61,7 @@ def test_each_member_equals_its_own_fit_with_the_hand_written_update(batch_size,
         np.testing.assert_allclose(result.losses[:, i], single.losses, rtol=precision, atol=precision)
 
 
+@pytest.mark.slow
 def test_each_member_equals_its_own_fit_with_an_optax_optimizer(precision):
     loss, params, x, y = problem(1)
     optimizer = optax.sgd(0.02, momentum=0.9)
@@ -75,6 +77,7 @@ def test_each_member_equals_its_own_fit_with_an_optax_optimizer(precision):
         )
 
 
+@pytest.mark.slow
 def test_per_member_learning_rates_through_inject_hyperparams():
     loss, params, x, y = problem(2)
     lrs = jnp.asarray([0.001, 0.01, 0.02, 0.05])
@@ -106,18 +109,9 @@ def test_a_diverging_member_is_frozen_and_reported_while_the_others_carry_on():
 def test_new_learning_rates_do_not_compile_again(count_compilations):
     loss, params, x, y = problem(4)
     bp_jax.fit_ensemble(loss, params, x, y, steps=10, lr=jnp.full(MEMBERS, 0.01), batch_size=8, key=jax.random.key(0))
+    new_lrs, key = jnp.asarray([0.1, 0.2, 0.3, 0.4]), jax.random.key(0)  # made outside: their own ops compile once
     with count_compilations() as compiled:
-        bp_jax.fit_ensemble(
-            loss,
-            params,
-            x,
-            y,
-            steps=33,
-            lr=jnp.asarray([0.1, 0.2, 0.3, 0.4]),
-            batch_size=8,
-            key=jax.random.key(0),
-            chunk_size=7,
-        )
+        bp_jax.fit_ensemble(loss, params, x, y, steps=33, lr=new_lrs, batch_size=8, key=key, chunk_size=7)
     assert compiled == []
 
 
@@ -267,6 +261,7 @@ def test_an_ensemble_key_that_is_not_a_prng_key_is_a_type_error():
         bp_jax.fit_ensemble(loss, params, x, y, steps=3, lr=0.1, batch_size=8, key=0)
 
 
+@pytest.mark.slow
 def test_members_on_their_own_rows_end_where_fit_on_those_rows_ends(precision):
     loss, params, x, y = problem()
     counts = np.array([48, 30, 33, 17])
@@ -286,6 +281,7 @@ def test_members_on_their_own_rows_end_where_fit_on_those_rows_ends(precision):
 
 
 @pytest.mark.parametrize("own_rows", [False, True])
+@pytest.mark.slow
 def test_members_in_groups_end_where_fit_on_their_groups_key_and_rows_ends(own_rows, precision):
     """Two groups of two: members 0, 1 read group 0's minibatches (key 0, rows 0), members 2, 3 group 1's."""
     loss, params, x, y = problem()
@@ -324,6 +320,7 @@ def test_keys_and_rows_that_group_the_members_differently_are_refused():
         )
 
 
+@pytest.mark.slow
 def test_resuming_members_on_their_own_rows_is_bit_identical():
     loss, params, x, y = problem()
     rows, counts = np.tile(np.arange(48), (MEMBERS, 1)), np.array([40, 48, 20, 9])

@@ -39,6 +39,7 @@ def _quiet_convergence():
 
 
 @parametrize_with_checks(CHECKED, expected_failed_checks=_expected_failures)
+@pytest.mark.slow
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -267,6 +268,7 @@ def _count_own_training(patch, estimators, counter):
         "classifier-accuracy-by-name-train-scores",
     ],
 )
+@pytest.mark.slow
 def test_grid_search_results_equal_sklearns_grid_search_over_the_same_estimator(estimator, data, options, monkeypatch):
     x, y = data()
     ours, theirs = _searches(estimator, GRID, x, y, monkeypatch, cv=3, **options)
@@ -276,6 +278,7 @@ def test_grid_search_results_equal_sklearns_grid_search_over_the_same_estimator(
         np.testing.assert_allclose(ours.score(x, y), theirs.score(x, y), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_grid_of_several_dicts_masks_the_parameters_a_candidate_lacks(monkeypatch):
     x, y = _regression()
     grid = [{"alpha": [1e-4, 1e-2]}, {"learning_rate_init": [0.005, 0.02], "random_state": [3]}]
@@ -285,6 +288,7 @@ def test_a_grid_of_several_dicts_masks_the_parameters_a_candidate_lacks(monkeypa
     assert np.ma.getmaskarray(ours.cv_results_["param_alpha"]).tolist() == [False, False, True, True]
 
 
+@pytest.mark.slow
 def test_a_callable_refit_picks_the_candidate_it_returns(monkeypatch):
     x, y = _regression()
     fewest = lambda results: int(np.argmin(results["param_learning_rate_init"]))
@@ -294,6 +298,7 @@ def test_a_callable_refit_picks_the_candidate_it_returns(monkeypatch):
     assert ours.best_index_ == 1 and not hasattr(ours, "best_score_")
 
 
+@pytest.mark.slow
 def test_fits_that_fail_score_error_score_with_a_warning_as_in_sklearn(monkeypatch):
     from sklearn.exceptions import FitFailedWarning
 
@@ -325,6 +330,7 @@ def test_a_grid_whose_every_fit_fails_raises_one_line():
         GridSearchCV(MLPRegressor((5,), max_iter=5), {"alpha": [0.1]}, cv=3, error_score="raise").fit(x, y)
 
 
+@pytest.mark.slow
 def test_members_trained_on_their_own_early_stopping_and_full_batch_equal_sklearns(monkeypatch):
     from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
 
@@ -351,6 +357,7 @@ def test_a_grid_over_a_parameter_that_changes_the_program_is_refused_in_one_line
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_pipeline_grid_over_its_scaler_and_the_estimator_equals_sklearns_with_n_jobs(monkeypatch):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
@@ -372,6 +379,7 @@ def test_a_pipeline_grid_over_its_scaler_and_the_estimator_equals_sklearns_with_
     np.testing.assert_allclose(ours.predict(x[:5]), theirs.predict(x[:5]), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_result(monkeypatch):
     from bp_jax import estimators
     from bp_jax.estimators import GridSearchCV
@@ -404,6 +412,7 @@ def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_resul
         ((3,), {"n_iter_no_change": [1, 10]}, 6),
     ],
 )
+@pytest.mark.slow
 def test_n_jobs_parts_of_one_size_share_one_compiled_program(hidden, grid, n_jobs):
     """A cold search (a configuration no other test uses: nothing is cached) compiles the members' loop once, not
     once a part, on 3 folds of 100 rows."""
@@ -415,6 +424,7 @@ def test_n_jobs_parts_of_one_size_share_one_compiled_program(hidden, grid, n_job
     assert _compilations(search, "jit(run)") == 1
 
 
+@pytest.mark.slow
 def test_n_jobs_threads_train_under_the_callers_jax_settings():
     """JAX's `with` settings hold per thread: the worker threads take the caller's, so under enable_x64 every member
     trains in float64 whatever n_jobs is (float32 members would differ from n_jobs=None's by ~1e-6)."""
@@ -471,6 +481,7 @@ def test_a_bad_n_jobs_is_refused_in_one_line(n_jobs):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_grid_with_random_state_none_is_still_one_program(monkeypatch):
     from bp_jax import estimators
     from bp_jax.estimators import GridSearchCV
@@ -483,6 +494,7 @@ def test_a_grid_with_random_state_none_is_still_one_program(monkeypatch):
     assert len(one_by_one) == 1 and np.all(np.isfinite(search.cv_results_["mean_test_score"]))
 
 
+@pytest.mark.slow
 def test_a_grid_of_random_states_seeds_every_fold_alike_as_sklearn_does(monkeypatch):
     """sklearn gives each fit its own copy of the grid's values: every fold of a RandomState candidate draws the same
     seed from a fresh copy, and the grid's object is left as it was."""
@@ -509,6 +521,7 @@ def test_a_pipeline_grid_over_the_estimators_program_is_refused_in_one_line(para
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_fold_that_lacks_a_class_is_searched_as_sklearn_searches_it(monkeypatch):
     """KFold over rows sorted by class: each training fold lacks the class its test fold holds, so each fold's
     members know two classes of their own (and score 0); cv_results_ still equals scikit-learn's."""
@@ -570,6 +583,7 @@ def test_r2_of_one_row_is_nan_with_sklearns_warning():
         assert np.isnan(r2(np.array([1.0]), np.array([[2.0], [3.0]]))).tolist() == [True, True]
 
 
+@pytest.mark.slow
 def test_a_test_fold_the_default_scorer_cannot_take_is_scored_by_the_scorer_as_in_sklearn(monkeypatch):
     """y[5] is NaN in the first split's test rows only: its fits go through the scorer, whose r2_score refuses
     NaN (error_score and a warning), the second split's through the default scorer's own path, as in sklearn."""

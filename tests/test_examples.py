@@ -35,6 +35,7 @@ def test_single_neuron_formula_matches_jax_grad_for_every_activation():
         assert formula == pytest.approx(autodiff, abs=1e-6) and difference < 1e-6
 
 
+@pytest.mark.slow
 def test_training_step_lowers_the_loss_and_both_steps_agree():
     out = run("training_step.py")
     rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
@@ -45,6 +46,7 @@ def test_training_step_lowers_the_loss_and_both_steps_agree():
     assert float(re.search(r"max \|hand - optax\| over all params: (\S+)", out).group(1)) < 1e-5
 
 
+@pytest.mark.slow
 def test_pytorch_parity_prints_small_differences_for_every_quantity():
     pytest.importorskip("torch", reason="the parity example runs PyTorch: pip install 'bp_jax[torch]'")
     out = run("pytorch_parity.py")
@@ -60,6 +62,7 @@ def test_pytorch_parity_prints_small_differences_for_every_quantity():
     assert "dL/dw1                    -9.000000000000    -9.000000000000    0.00e+00" in out
 
 
+@pytest.mark.slow
 def test_per_example_clipping_clips_every_norm_and_still_learns():
     out = run("per_example_clipping.py")
     difference = float(re.search(r"by hand vs jax\.vmap\(jax\.grad\): max \|difference\| (\S+)", out).group(1))

@@ -120,6 +120,7 @@ MODELS = {
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.slow
 def test_mlp_input_gradients_equal_jax_grad_and_the_manual_backward_pass(name, precision):
     model = MODELS[name]()
     keys = jax.random.split(jax.random.key(7), 3)
@@ -293,6 +294,7 @@ def test_command_tiny_net_prints_the_documents_numbers_and_writes_the_pictures(t
 
 
 @pytest.mark.parametrize("args", [("neuron", "--activation", "tanh"), ("seed-mlp", "--activation", "sigmoid")])
+@pytest.mark.slow
 def test_command_other_models_agree_with_the_hand_derivation(tmp_path, args):
     result = bp_jax_explain(*args, "--out", tmp_path)
     assert result.returncode == 0, result.stderr

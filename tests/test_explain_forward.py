@@ -53,6 +53,7 @@ MODELS = {
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.slow
 def test_every_nodes_tangent_equals_jax_jvp(name, precision):
     model = MODELS[name]()
     keys = jax.random.split(jax.random.key(3), 4)

@@ -70,6 +70,7 @@ def expected(task: str, predicted: pd.DataFrame) -> np.ndarray:
     return predicted[["target"]].to_numpy(float) if task == "regression" else predicted.iloc[:, 1:].to_numpy(float)
 
 
+@pytest.mark.slow
 def test_inputs_json_names_each_input_column_and_the_outputs(exported):
     task, folder, predicted = exported
     description = strict_json(folder / "model.jax.inputs.json")
@@ -83,6 +84,7 @@ def test_inputs_json_names_each_input_column_and_the_outputs(exported):
     assert strict_json(folder / "model.onnx.inputs.json")["inputs"] == description["inputs"]
 
 
+@pytest.mark.slow
 def test_the_jax_export_runs_with_jax_alone_and_gives_predicts_numbers(exported, tmp_path):
     task, folder, predicted = exported
     x = model_inputs(pd.read_csv(folder / "new.csv"), strict_json(folder / "model.jax.inputs.json"))
@@ -111,6 +113,7 @@ def test_the_jax_export_runs_with_jax_alone_and_gives_predicts_numbers(exported,
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected(task, predicted), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_onnxruntime_runs_the_onnx_export_and_gives_predicts_numbers(exported):
     task, folder, predicted = exported
     x = model_inputs(pd.read_csv(folder / "new.csv"), strict_json(folder / "model.onnx.inputs.json"))
@@ -169,6 +172,7 @@ def test_refusals_are_one_line_and_write_nothing(seed_run, tmp_path):
         ("jax", "flatbuffers", "which jax serializes with, in the cli and export extras: pip install flatbuffers"),
     ],
 )
+@pytest.mark.slow
 def test_a_format_without_its_module_names_the_pip_command(seed_run, tmp_path, form, module, install):
     hidden = tmp_path / "hidden" / module
     hidden.mkdir(parents=True)

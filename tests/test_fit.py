@@ -25,6 +25,7 @@ def copy(tree):
 
 
 @pytest.mark.parametrize("batch_size", [None, 16, 1])
+@pytest.mark.slow
 def test_fit_equals_sgd_step_in_a_python_loop(batch_size, precision):
     model, params, x, y = problem()
     loss, key = bp_jax.loss_fn(model), jax.random.key(42)
@@ -44,6 +45,7 @@ def test_fit_equals_sgd_step_in_a_python_loop(batch_size, precision):
     [optax.sgd(0.05), optax.sgd(0.02, momentum=0.9, nesterov=True), optax.adam(1e-2)],
     ids=["sgd", "nesterov", "adam"],
 )
+@pytest.mark.slow
 def test_fit_equals_optax_step_in_a_python_loop(optimizer):
     model, params, x, y = problem(1)
     loss, key = bp_jax.loss_fn(model), jax.random.key(7)
@@ -239,6 +241,7 @@ def test_non_finite_loss_names_the_update_when_only_the_update_was_non_finite():
 
 
 @pytest.mark.parametrize("optimizer", [None, optax.sgd(0.02, momentum=0.9)], ids=["hand-sgd", "momentum"])
+@pytest.mark.slow
 def test_another_length_chunking_resume_point_or_lr_does_not_compile_again(optimizer, count_compilations):
     model, params, x, y = problem(4)
     loss, key = bp_jax.loss_fn(model), jax.random.key(1)
@@ -369,6 +372,7 @@ def test_a_stop_rule_ends_fit_after_the_step_it_names_with_the_bits_of_a_shorter
     assert free.stopped_at == -1 and run(steps=10, stop_rule=BELOW).stopped_at == -1
 
 
+@pytest.mark.slow
 def test_each_member_stops_where_its_own_rule_says_and_its_state_is_data(count_compilations):
     model, _, x, y = problem(4)
     members, loss = 4, bp_jax.loss_fn(model)
@@ -417,6 +421,7 @@ def test_a_stop_rule_that_is_not_a_stop_rule_is_a_type_error():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the option is XLA:CPU's")
+@pytest.mark.slow
 def test_the_fused_loop_keeps_ynnpack_to_dots_on_cpu(tmp_path):
     """The fused loop's one private XLA option (`loop_compiler_options`): this jaxlib takes it, it moves the
     element-wise and reduction fusions of a vmapped sum contraction out of YNNPACK, and `fit_ensemble`'s loop is

@@ -128,6 +128,7 @@ def test_a_signal_at_start_up_is_one_line_and_128_plus_its_number(tmp_path, dela
         ("bp_jax:fit_ensemble", "compile", signal.SIGTERM),  # compiling the training program of 20000 members
     ],
 )
+@pytest.mark.slow
 def test_a_signal_during_a_big_sweeps_set_up_or_compile_ends_it_at_once(tmp_path, target, when, number):
     status, stderr = signalled_at(
         tmp_path,
@@ -151,6 +152,7 @@ def test_a_signal_during_a_big_sweeps_set_up_or_compile_ends_it_at_once(tmp_path
     assert not (tmp_path / "sweep" / "sweep.json").exists() and no_temporary_files(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_signal_while_train_compiles_ends_it_at_once_with_nothing_written(tmp_path):
     status, stderr = signalled_at(
         tmp_path,
@@ -172,6 +174,7 @@ def test_a_signal_while_train_compiles_ends_it_at_once_with_nothing_written(tmp_
     assert checkpoint_steps(tmp_path / "run") == [] and not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_a_signal_while_a_sweep_trains_stops_at_the_chunks_end_and_writes_what_was_trained(tmp_path):
     out = tmp_path / "sweep"
     status, stderr = signalled_at(
@@ -199,6 +202,7 @@ def test_a_signal_while_a_sweep_trains_stops_at_the_chunks_end_and_writes_what_w
 
 
 @pytest.mark.parametrize("name, written", [("sweep", "sweep.json"), ("train", "metrics.json")])
+@pytest.mark.slow
 def test_a_signal_while_results_are_written_lets_them_finish_then_exits(tmp_path, name, written):
     out = tmp_path / "out"
     args = ("--lr", "0.01,0.03", "--seeds", 2) if name == "sweep" else ("--dataset", "synthetic")
@@ -240,6 +244,7 @@ def test_the_phases_keep_a_signal_for_training_and_answer_one_that_came_while_wr
     assert interrupted.value.number == signal.SIGINT and late.phase == "starting"
 
 
+@pytest.mark.slow
 def test_import_bp_jax_and_help_load_no_jax_and_every_public_name_resolves():
     code = (
         "import contextlib, io, sys\nimport bp_jax\nfrom bp_jax.cli import main\nloaded = 'jax' in sys.modules\n"

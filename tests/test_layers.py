@@ -183,6 +183,7 @@ def test_mlp_params_take_the_dtype_asked_for():
     [("sum", "rows"), ("dot", "columns"), (("dot", "sum"), "columns"), ("sum", "columns")],
 )
 @pytest.mark.parametrize("shape", [(5, 4), (4,), (2, 5, 4)])
+@pytest.mark.slow
 def test_every_contraction_and_layout_is_the_same_function_and_derivatives_as_the_matmul(
     contraction, layout, shape, precision
 ):

@@ -50,6 +50,7 @@ def test_a_fresh_loss_fn_of_the_same_model_compiles_nothing_in_fit(count_compila
     np.testing.assert_array_equal(again.losses, first.losses)
 
 
+@pytest.mark.slow
 def test_loss_fn_works_under_grad_jit_vmap_and_beside_manual():
     model = bp_jax.mlp((3, 4, 1), "tanh")
     params, f = model.init(jax.random.key(1)), bp_jax.loss_fn(model)
@@ -144,6 +145,7 @@ def test_out_of_range_labels_under_jit_give_nan_and_fit_reports_it():
     assert (stopped.value.step, stopped.value.cause) == (0, "loss")
 
 
+@pytest.mark.slow
 def test_cross_entropy_steps_are_the_hand_written_update():
     model = bp_jax.mlp((2, 8, 3), "tanh")
     params, (x, labels) = model.init(jax.random.key(0)), three_blobs()
@@ -166,6 +168,7 @@ def accuracy(model, params, x, labels) -> float:
 
 
 @pytest.mark.parametrize("batch_size", [None, 16])
+@pytest.mark.slow
 def test_fit_learns_three_classes_with_cross_entropy(batch_size):
     model = bp_jax.mlp((2, 16, 3), "tanh")
     params, (x, labels) = model.init(jax.random.key(1)), three_blobs()
@@ -186,6 +189,7 @@ def test_fit_learns_three_classes_with_cross_entropy(batch_size):
     assert result.losses[-10:].mean() < 0.3 < result.losses[0]
 
 
+@pytest.mark.slow
 def test_fit_ensemble_trains_every_member_on_class_labels():
     model = bp_jax.mlp((2, 16, 3), "tanh")
     x, labels = three_blobs()

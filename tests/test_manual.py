@@ -17,6 +17,7 @@ finite = st.floats(-3.0, 3.0, allow_nan=False).filter(lambda v: abs(v) > 1e-3)  
 @pytest.mark.parametrize("name", ACTIVATIONS)
 @settings(max_examples=25, deadline=None)
 @given(w=finite, x=finite, t=finite)
+@pytest.mark.slow
 def test_neuron_formula_equals_jax_grad(name, w, x, t):
     # Negative pre-activations (w·x < 0) are drawn as often as positive ones.
     for dtype, tolerance in ((jnp.float32, 1e-5), (jnp.float64, 1e-10)):
@@ -54,6 +55,7 @@ def data(seed, batch_shape, features, outputs):
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("batch_shape", [(1,), (32,), (4, 7)])
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_manual_value_and_grad_equals_jax(model_name, batch_shape, seed, precision):
     model = MODELS[model_name]()
     params = model.init(jax.random.key(seed))
@@ -74,6 +76,7 @@ def test_manual_value_and_grad_jits():
 
 
 @pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.slow
 def test_both_gradients_agree_with_finite_differences(model_name):
     with jax.enable_x64(True):
         model = MODELS[model_name]()
@@ -104,6 +107,7 @@ CLASSIFIERS = {
 @pytest.mark.parametrize("model_name", CLASSIFIERS)
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_manual_cross_entropy_equals_jax(model_name, batch, seed, precision):
     model = CLASSIFIERS[model_name]()
     params = model.init(jax.random.key(seed))
@@ -117,6 +121,7 @@ def test_manual_cross_entropy_equals_jax(model_name, batch, seed, precision):
     chex.assert_trees_all_equal_dtypes(got[1], params)
 
 
+@pytest.mark.slow
 def test_cross_entropy_grad_by_hand_equals_jax_grad_of_the_loss(precision):
     logits = 5 * jax.random.normal(jax.random.key(0), (64, 7))
     labels = jax.random.randint(jax.random.key(1), (64,), 0, 7)

@@ -42,6 +42,7 @@ def cases():
 
 @pytest.mark.parametrize("model_name, loss_name", list(cases()))
 @pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.slow
 def test_per_example_grads_equal_vmap_of_grad_on_one_example_batches(model_name, loss_name, batch, precision):
     model, params, x, y = problem(model_name, loss_name, batch)
     loss = LOSSES[loss_name]
@@ -55,6 +56,7 @@ def test_per_example_grads_equal_vmap_of_grad_on_one_example_batches(model_name,
 
 
 @pytest.mark.parametrize("model_name, loss_name", list(cases()))
+@pytest.mark.slow
 def test_the_mean_of_the_rows_is_the_batch_gradient(model_name, loss_name, precision):
     """The batch loss is the mean of the examples' own losses (mse: B·C elements, C per example), so no 1/B
     sits in a row and their mean is the batch gradient."""
@@ -77,6 +79,7 @@ def test_a_linear_layers_row_is_the_outer_product_of_its_backward_signal_and_its
 
 
 @pytest.mark.parametrize("model_name, loss_name", list(cases()))
+@pytest.mark.slow
 def test_per_example_grads_equal_torch_func_vmap_of_grad(model_name, loss_name):
     torch = pytest.importorskip("torch", reason="the torch.func comparison needs PyTorch")
     from torch.func import functional_call, grad, vmap
@@ -128,6 +131,7 @@ def test_tiny_net_hessian_at_the_documents_point():
 
 @settings(max_examples=50, deadline=None)
 @given(w1=away_from_zero, w2=away_from_zero, x=away_from_zero, t=away_from_zero)
+@pytest.mark.slow
 def test_tiny_net_hessian_equals_jax_hessian_and_hessian_vector_products(w1, w2, x, t):
     with jax.enable_x64(True):
         by_hand = manual.tiny_net_hessian(w1, w2, x, t)

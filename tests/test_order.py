@@ -30,6 +30,7 @@ def test_a_minibatch_costs_o_batch_no_array_of_the_data_sets_size_and_no_sort():
 
 @settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 3000), seed=st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_each_epoch_is_a_permutation_of_the_rows(rows, seed):
     positions = jnp.arange(rows)
     order = np.asarray(index_shuffle(jax.random.key(seed), 0, positions, rows))
@@ -80,6 +81,7 @@ def batch_and_rows(smallest: int):
 
 @settings(max_examples=25, deadline=None)
 @given(batch_and_rows(1), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_a_traced_row_count_gives_the_rows_of_the_static_one(batch_rows, step, seed):
     batch, rows = batch_rows
     key = jax.random.key(seed)
@@ -90,6 +92,7 @@ def test_a_traced_row_count_gives_the_rows_of_the_static_one(batch_rows, step, s
 
 @settings(max_examples=25, deadline=None)
 @given(batch_and_rows(33), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_a_large_traced_row_count_takes_fewer_rounds_and_the_same_rows(batch_rows, step, seed):
     from bp_jax._order import LARGE_DOMAIN
 
@@ -101,6 +104,7 @@ def test_a_large_traced_row_count_takes_fewer_rounds_and_the_same_rows(batch_row
     )
 
 
+@pytest.mark.slow
 def test_one_program_serves_every_traced_row_count():
     traced = jax.jit(lambda n: bp_jax.minibatch_indices(jax.random.key(1), 3, n, 4))
     for rows in (4, 31, 32, 33, 64, 1000):  # across the small-domain round count and several bit widths

@@ -74,6 +74,7 @@ def problem(seed, rows, features, classes):
 
 @pytest.mark.parametrize("activation", LAYERS)
 @pytest.mark.parametrize("hidden", [(8,), (10, 7)])
+@pytest.mark.slow
 def test_cross_entropy_equals_mlpclassifier_multiclass_backprop(activation, hidden):
     x, labels = problem(0, 60, 6, 4)
     network = sklearn_network(neural_network.MLPClassifier, activation, hidden, x, labels)
@@ -90,6 +91,7 @@ def test_cross_entropy_equals_mlpclassifier_multiclass_backprop(activation, hidd
 
 
 @pytest.mark.parametrize("activation", LAYERS)
+@pytest.mark.slow
 def test_a_binary_target_is_the_two_class_softmax(activation):
     """scikit-learn gives a binary target one logistic output σ(z); the 2-class softmax of logits (0, z) is
     (1 − σ(z), σ(z)): the same probabilities, loss and hidden gradients, and the logit-0 row's gradient is
@@ -131,6 +133,7 @@ def test_a_binary_target_is_the_two_class_softmax(activation):
 
 
 @pytest.mark.parametrize("activation", LAYERS)
+@pytest.mark.slow
 def test_mse_equals_mlpregressor_backprop(activation):
     """scikit-learn's squared error is half the mean over rows, averaged over the k outputs: L_sk = mse / 2,
     and its gradients are mse's times k / 2."""

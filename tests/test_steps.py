@@ -25,6 +25,7 @@ def test_sgd_step_is_w_minus_lr_times_the_manual_gradient(precision):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.slow
 def test_hand_written_step_equals_optax_sgd_over_150_steps(seed, precision):
     model, params, x, y = seed_problem(seed)
     loss = bp_jax.loss_fn(model)

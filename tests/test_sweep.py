@@ -41,6 +41,7 @@ def sweep(tmp_path_factory):
     return out, done
 
 
+@pytest.mark.slow
 def test_every_member_is_reported_and_diverged_ones_do_not_fail_the_sweep(sweep):
     out, done = sweep
     report = strict_json(out / "sweep.json")
@@ -57,6 +58,7 @@ def test_every_member_is_reported_and_diverged_ones_do_not_fail_the_sweep(sweep)
 
 
 @pytest.mark.parametrize("optimizer, lr, seed", [("sgd", 0.03, 5), ("momentum", 0.003, 6)])
+@pytest.mark.slow
 def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_path, sweep, optimizer, lr, seed):
     out, _ = sweep
     if optimizer != "sgd":  # a sweep of its own with that optimizer
@@ -186,6 +188,7 @@ def test_the_memory_estimate_grows_with_members_and_steps_and_is_below_the_machi
     assert needed(48, 1100) < sweep_command.memory_limit()[0]
 
 
+@pytest.mark.slow
 def test_member_states_are_train_runs_initial_states_by_one_program_of_fixed_size():
     """Member (lr, s) starts where `bp-jax train --seed s` starts; set-up of 10 or 1000 seeds compiles the
     same number of programs (one), each of the same size: set-up is O(members), not a program per member."""

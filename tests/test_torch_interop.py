@@ -212,6 +212,7 @@ def test_to_torch_refuses_params_of_another_structure():
         bp_jax.to_torch((params[0], params[0], params[2]), module)
 
 
+@pytest.mark.slow
 def test_import_bp_jax_does_not_import_torch_but_from_torch_does():
     code = (
         "import sys, bp_jax; before = 'torch' in sys.modules; bp_jax.from_torch; "

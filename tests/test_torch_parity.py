@@ -76,6 +76,7 @@ def test_tiny_network_the_documents_code_verbatim():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.slow
 def test_tiny_network_at_random_values(seed, precision):
     w1_value, w2_value, x_value, t_value = np.random.default_rng(seed).normal(size=4) * 2
     x, w1, w2 = (torch.tensor([v], dtype=torch_dtype(), requires_grad=True) for v in (x_value, w1_value, w2_value))
@@ -93,6 +94,7 @@ def test_tiny_network_at_random_values(seed, precision):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.slow
 def test_seed_mlp_loss_and_grads_the_documents_code(seed, precision):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))
@@ -117,6 +119,7 @@ def test_seed_mlp_loss_and_grads_the_documents_code(seed, precision):
 
 @pytest.mark.parametrize("batch", [1, 256])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.slow
 def test_loss_and_grads_of_nn_mseloss_backward(architecture, batch, precision):
     module, model, x, y = build(ARCHITECTURES[architecture], seed=batch, batch=batch)
     loss = nn.MSELoss()(module(x), y)
@@ -132,6 +135,7 @@ def test_loss_and_grads_of_nn_mseloss_backward(architecture, batch, precision):
 
 @pytest.mark.parametrize("batch", [1, 256])
 @pytest.mark.parametrize("architecture", ["deep_tanh_sigmoid", "no_bias"])
+@pytest.mark.slow
 def test_loss_and_grads_of_nn_crossentropyloss_backward(architecture, batch, precision):
     module, model, x, _ = build(ARCHITECTURES[architecture], seed=batch, batch=batch)
     with torch.no_grad():
@@ -193,6 +197,7 @@ def run_optax(model, params, x, y, optimizer, steps):
         ("no_bias", 256, 5),
     ],
 )
+@pytest.mark.slow
 def test_documents_train_step_against_both_bp_jax_steps_over_120_steps(architecture, batch, seed, precision):
     module, model, x_torch, y_torch = build(ARCHITECTURES[architecture], seed, batch)
     x, y = to_jax(x_torch), to_jax(y_torch)
@@ -231,6 +236,7 @@ def optax_like_torch_sgd(lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     ],
     ids=lambda config: "-".join(f"{k}={v}" for k, v in config.items()),
 )
+@pytest.mark.slow
 def test_torch_sgd_variants_against_their_optax_equivalent(config, precision):
     module, model, x_torch, y_torch = build(DEEP_TANH_SIGMOID, seed=7, batch=32)
     params = bp_jax.from_torch(module, model)
