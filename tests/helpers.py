@@ -146,8 +146,8 @@ def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeou
     ):
         import jax
 
-        # as in a user's process: conftest's rank promotion "raise" is for the library's own tests (the command's
-        # export broadcasts the scaling's (features,) against (rows, features)); restored by _process_state
+        # as in a user's process: conftest's rank promotion "raise" is for the library's own tests; restored by
+        # _process_state
         jax.config.update("jax_numpy_rank_promotion", "allow")
         warnings.resetwarnings()
         for action, category, module in reversed(_DEFAULT_FILTERS):
