@@ -57,37 +57,41 @@ def build_parser(argv: list[str]) -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command `argv` names (default: sys.argv[1:]); its exit status. SIGINT and SIGTERM are
-    handled from the first act on (`interrupts`). Run as the process's command (no `argv`), it freezes the
-    objects left (`gc.freeze`) before returning: the process ends next, and its exit then skips a last
-    garbage collection over them (about a second with jax, orbax and matplotlib loaded)."""
+    handled from the first act on (`interrupts`). Run as the process's command (no `argv`), they are ignored
+    once the outcome is decided, so that exit's teardown cannot be interrupted, and the objects left are frozen
+    (`gc.freeze`) before returning: the process ends next, and its exit then skips a last garbage collection
+    over them (about a second with jax, orbax and matplotlib loaded)."""
     if argv is not None:
         return _run(argv)
-    status = _run(sys.argv[1:])
+    status = _run(sys.argv[1:], until_exit=True)
     gc.freeze()
     return status
 
 
-def _run(argv: list[str]) -> int:
-    with interrupts.handled(f"bp-jax {argv[0]}" if argv[:1] and argv[0] in COMMANDS else "bp-jax"):
-        command = "bp-jax"
+def _run(argv: list[str], *, until_exit: bool = False) -> int:
+    """The command's exit status; its last line (an error, or `interrupted`) printed once the outcome is
+    decided (`Signals.done`), so that a signal then cannot add a second."""
+    label = f"bp-jax {argv[0]}" if argv[:1] and argv[0] in COMMANDS else "bp-jax"
+    with interrupts.handled(label, until_exit=until_exit) as signals:
+        command, line = "bp-jax", None
         try:
             args = build_parser(argv).parse_args(argv)
             command = f"bp-jax {args.command}"
             if hasattr(args, "compile_cache"):
                 _cache.enable(args.compile_cache)
-            return command_module(args.command).run(args)
+            status = command_module(args.command).run(args)
         except ModuleNotFoundError as err:
             missing = (err.name or str(err)).partition(".")[0]
-            print(
-                f"{command}: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'",
-                file=sys.stderr,
-            )
+            status = 2
+            line = f"{command}: error: {missing} is missing; the command needs its extra: pip install 'bp_jax[cli]'"
         except BrokenPipeError:  # stdout's reader left (`| head -1`): end quietly, as Unix tools do (128 + SIGPIPE)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush cannot fail
-            return 141
+            status = 141
         except (UsageError, OSError) as err:
-            print(f"{command}: error: {err}", file=sys.stderr)
+            status, line = 2, f"{command}: error: {err}"
         except interrupts.Interrupted as interrupted:  # came while results were written: they are complete
-            print(f"{command}: interrupted", file=sys.stderr)
-            return 128 + interrupted.number
-        return 2
+            status, line = 128 + interrupted.number, f"{command}: interrupted"
+        signals.done()
+        if line is not None:
+            print(line, file=sys.stderr)
+        return status

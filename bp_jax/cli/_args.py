@@ -2,6 +2,8 @@
 
 import argparse
 
+from bp_jax.cli import interrupts
+
 
 class UsageError(ValueError):
     """A bad command-line value, file or checkpoint: reported in one line on stderr, exit status 2."""
@@ -14,4 +16,5 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message):
+        interrupts.current().done()  # the outcome is decided: a signal now cannot add a second line
         self.exit(2, f"{self.prog}: error: {message}\n")

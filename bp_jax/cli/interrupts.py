@@ -1,26 +1,38 @@
-"""SIGINT and SIGTERM, from the command's first act to its last: one line on stderr and exit status 128 + the
-signal's number (130, 143) at any moment, and nothing lost or half-written.
+"""SIGINT and SIGTERM over the command's whole life, from the entry point's first line to the process's exit:
+each ends in exactly one of the complete result (exit status 0), one line `... interrupted` on stderr and exit
+status 128 + the signal's number (130, 143) with what was done so far kept whole, or the command's own one-line
+refusal (exit status 2). Never a traceback, never a death by the signal.
 
-    with interrupts.handled("bp-jax train") as signals:   # main's first act: the phase is "starting"
+    with interrupts.handled("bp-jax train", until_exit=True) as signals:   # main's first act: "starting"
         ... imports, data, set-up, compile ...             # a signal ends the process at once
         watch = Watch(total, signals=signals)               # its first chunk done, the phase is "training":
         bp_jax.fit(..., on_chunk=watch.on_chunk)           #   the first signal stops fit at the chunk's end
         with signals.writing():                             # a signal waits for the writes to finish,
-            write results                                   #   then ends the process (Interrupted)
+            write results                                   #   then ends the command (Interrupted)
+        print the summary                                   # "done": the outcome is decided
 
 Phases, and what a signal does in each:
-- starting (the default, and again after writing): nothing to save yet, so the process ends at once.
+- starting (the default): nothing to save yet, so the process ends at once.
 - training (`training()`, which `Watch` enters after the first chunk): the first signal is kept in `received`
   for the loop to stop at the end of its chunk and save; a second ends the process at once.
-- writing (`writing()`): kept; when the block ends, `Interrupted` is raised unless training already stopped
-  on a signal (whose own exit path then ends the process with 128 + its number). A signal that came in
-  training's last chunk, too late to stop it, counts as one that came while writing.
+- writing (`writing()`, the block that writes the command's results): kept; when the block ends, `Interrupted`
+  is raised unless training already stopped on a signal (whose own exit path then ends the process with 128 +
+  its number). A signal that came in training's last chunk, too late to stop it, counts as one that came while
+  writing.
+- done (`done()`, and after `writing()`): the outcome is decided, its results complete or its refusal or stop
+  worded; a signal changes nothing, and the command prints its summary or its one line and ends with that
+  status. A signal that comes after the results are whole thus leaves exit status 0: the user has them all.
+
+Before `handled` and after it: `bp_jax/__main__.py` blocks both signals as its first act, so one that comes
+while the command's modules load is held by the kernel, and `handled` unblocks them once its handler is in
+place (none that came earlier is lost; signals blocked when the process started are unblocked too). With
+`until_exit` (the process's own command) both are ignored from the block's end to the process's exit: its
+status is decided, and exit's teardown (atexit handlers such as JAX's, threads finishing) cannot be interrupted.
 
 A Python-level handler cannot run while the main thread sits in C++ (XLA compiling, a long device call), so
 the handler only makes the interpreter write the signal's number to a pipe at C level (`signal.set_wakeup_fd`),
 and a daemon thread reading the pipe acts on it at once. A signal the parent set to be ignored (a background
-job of a non-interactive shell) stays ignored; signals blocked when the process started are unblocked once
-the handler is in place, so none that came earlier is lost.
+job of a non-interactive shell) stays ignored.
 """
 
 import os
@@ -29,7 +41,7 @@ import threading
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-STARTING, TRAINING, WRITING = "starting", "training", "writing"
+STARTING, TRAINING, WRITING, DONE = "starting", "training", "writing", "done"
 
 
 class Interrupted(Exception):
@@ -58,6 +70,8 @@ class Signals:
     def arrived(self, number: int) -> None:
         """Act on signal `number` as the phase says: end the process now, or keep it for later."""
         with self._lock:
+            if self.phase == DONE:
+                return
             if self.phase == STARTING or (self.phase == TRAINING and self.received is not None):
                 self.end(number)
             if self.received is None:
@@ -79,17 +93,22 @@ class Signals:
             if self.phase == STARTING:
                 self.phase = TRAINING
 
+    def done(self) -> None:
+        """The command's outcome is decided: from now on a signal changes nothing (idempotent)."""
+        with self._lock:
+            self.phase = DONE
+
     @contextmanager
     def writing(self):
-        """A block that writes results: a signal lets it finish, then raises Interrupted, unless training
-        already stopped on a signal. Afterwards a signal ends the process at once again."""
+        """The block that writes the command's results, its last work: a signal lets it finish, then raises
+        Interrupted, unless training already stopped on a signal. Afterwards the outcome is decided (`done`)."""
         with self._lock:  # a signal that came in training's last chunk, too late to stop it, is answered here
             self.phase, self._unanswered = WRITING, None if self.stopped else self.received
         try:
             yield
         finally:
             with self._lock:
-                self.phase, unanswered = STARTING, self._unanswered
+                self.phase, unanswered = DONE, self._unanswered
         if unanswered is not None and not self.stopped:
             raise Interrupted(unanswered)
 
@@ -112,9 +131,10 @@ def _wait_for_signals(read_end: int, signals: Signals) -> None:
 
 
 @contextmanager
-def handled(label: str):
+def handled(label: str, *, until_exit: bool = False):
     """SIGINT and SIGTERM handled as `Signals(label)` says for the duration of the block (main thread only);
-    the previous handlers, wakeup fd and signal mask are restored afterwards."""
+    the previous wakeup fd and signal mask are restored afterwards, and the previous handlers, or with
+    `until_exit` (the process's own command, which ends next) SIG_IGN: the outcome is decided."""
     global _current
     signals = _current = Signals(label)
     read_end, write_end = os.pipe()
@@ -129,9 +149,11 @@ def handled(label: str):
     try:
         yield signals
     finally:
+        if until_exit:
+            signals.done()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         signal.set_wakeup_fd(previous_fd)
         for number in caught:
-            signal.signal(number, previous[number])
+            signal.signal(number, signal.SIG_IGN if until_exit else previous[number])
         os.close(write_end)  # the thread reads end-of-file and ends
         _current = None
