@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 import bp_jax
 from bp_jax import documents, draw, manual
-from bp_jax.cli import folders, options
+from bp_jax.cli import folders, interrupts, options
 from bp_jax.cli._args import UsageError
 
 MODELS = ("neuron", "tiny-net", "seed-mlp")
@@ -147,9 +147,10 @@ def run(args) -> int:
         print(graph.table(columns))
         if args.forward is not None:
             print(f"\n{forward_and_reverse(graph, args.forward)}")
-        written = [
-            folders.write_atomically(out / f"graph{suffix}", lambda temporary: draw.save(graph, temporary))
-            for suffix in (".dot", ".svg", ".png")
-        ]
+        with interrupts.current().writing():  # a signal now lets the three files be written
+            written = [
+                folders.write_atomically(out / f"graph{suffix}", lambda temporary: draw.save(graph, temporary))
+                for suffix in (".dot", ".svg", ".png")
+            ]
     print(f"\nwritten: {', '.join(map(str, written))}")
     return 0

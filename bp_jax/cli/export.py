@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import bp_jax.export
-from bp_jax.cli import data, folders, options, runs
+from bp_jax.cli import data, folders, interrupts, options, runs
 from bp_jax.cli._args import UsageError
 
 #: --format -> what it writes
@@ -72,15 +72,16 @@ def run(args) -> int:
     else:
         content = bp_jax.export.to_onnx(model, params, export_scaling(scaling)).SerializeToString()
     description = describe(scaling, args.format, args.run_dir, trained.step)
-    folders.write_atomically(args.out, lambda temporary: temporary.write_bytes(content))
-    try:
-        folders.write_atomically(
-            inputs_path(args.out),
-            lambda temporary: temporary.write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n"),
-        )
-    except UsageError:
-        args.out.unlink()  # ours, written just now: no model file without its inputs
-        raise
+    with interrupts.current().writing():  # a signal now lets both files be written
+        folders.write_atomically(args.out, lambda temporary: temporary.write_bytes(content))
+        try:
+            folders.write_atomically(
+                inputs_path(args.out),
+                lambda temporary: temporary.write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n"),
+            )
+        except UsageError:
+            args.out.unlink()  # ours, written just now: no model file without its inputs
+            raise
     print(
         f"wrote {args.out} ({len(content):,} bytes) and {inputs_path(args.out)}: "
         f"{len(description['inputs'])} inputs → {', '.join(description['outputs'])}"

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bp_jax.cli import data, folders, options, runs
+from bp_jax.cli import data, folders, interrupts, options, runs
 from bp_jax.cli._args import UsageError
 
 
@@ -40,16 +40,17 @@ def run(args) -> int:
     table = data.read(str(args.data))
     print(*(f"bp-jax: note: {note}\n" for note in table.attrs.get("notes", ())), sep="", end="", file=sys.stderr)
     frame = predictions(model, params, trained.scaling, table, str(args.data))
-    if args.out is None:
-        try:
-            frame.to_csv(sys.stdout, index=False)
-            sys.stdout.flush()  # here, so that a closed pipe or a full disk is seen while it can be reported
-        except BrokenPipeError:
-            raise  # the reader left (`| head`): `main` ends quietly, as Unix tools do
-        except OSError as err:
-            raise UsageError(f"could not write the predictions to stdout: {err.strerror or err}") from None
-    else:
-        folders.write_atomically(args.out, lambda temporary: frame.to_csv(temporary, index=False))
+    with interrupts.current().writing():  # a signal now lets the CSV be written whole
+        if args.out is None:
+            try:
+                frame.to_csv(sys.stdout, index=False)
+                sys.stdout.flush()  # here, so that a closed pipe or a full disk is seen while it can be reported
+            except BrokenPipeError:
+                raise  # the reader left (`| head`): `main` ends quietly, as Unix tools do
+            except OSError as err:
+                raise UsageError(f"could not write the predictions to stdout: {err.strerror or err}") from None
+        else:
+            folders.write_atomically(args.out, lambda temporary: frame.to_csv(temporary, index=False))
     return 0
 
 
