@@ -64,13 +64,15 @@ def in_use(folder: Path, holder: str, hint: str = "wait for it to end or choose 
 
 
 def _not_empty(folder: Path, resumable: bool) -> str | None:
-    """Why a fresh run cannot write into `folder`, worded by what it holds; None when it holds nothing (a
-    lock file left by an earlier command aside)."""
-    held = sorted(entry.name + "/" * entry.is_dir() for entry in folder.iterdir() if entry.name != LOCK)
+    """Why a fresh run cannot write into `folder`, worded by what it holds; None when it holds nothing but
+    what a run stopped before its first checkpoint leaves (the lock file and an empty checkpoints/)."""
+    checkpoints = folder / "checkpoints"
+    saved = checkpoints.is_dir() and any(checkpoints.iterdir())
+    left = {LOCK} | ({"checkpoints"} if checkpoints.is_dir() and not saved else set())
+    held = sorted(entry.name + "/" * entry.is_dir() for entry in folder.iterdir() if entry.name not in left)
     if not held:
         return None
-    checkpoints = folder / "checkpoints"
-    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+    if saved:
         hint = f"pass --resume {folder} to continue it, or choose" if resumable else "choose"
         return f"{folder} already holds a run (checkpoints); {hint} a new or empty --out"
     if (folder / "sweep.json").exists():
