@@ -1,233 +1,313 @@
-"""SIGINT and SIGTERM at every moment of a command's life (start-up, set-up, compile, training, writing
-results): exit status 128 + the signal's number, exactly one line on stderr, no traceback, nothing
-half-written. Also: `import bp_jax` and `bp-jax --help` load no jax, so the command's handling is in place
-before anything heavy starts.
+"""SIGINT and SIGTERM over a command's whole life, from the entry point's first line to the process's exit:
+every outcome is the complete result and exit status 0, one line `interrupted` and 128 + the signal's number
+with what was done kept whole, or the command's own one-line refusal (exit status 2); never a traceback, never
+a death by the signal. Also: `import bp_jax` and `bp-jax --help` load no jax, so the command's handling is in
+place before anything heavy starts.
 
-Each command runs in its own process, started with SIGINT and SIGTERM blocked (`preexec_fn`), as a signal
-sent right after spawn is held by the kernel until the command's handler is in place and unblocks them; a
-signal that came while Python itself was starting, before bp_jax ran, would get Python's default treatment.
-The moments inside a command are reached by a small wrapper that sends the signal to its own process when a
-named function is called, returns, or has its program compiled. No test times anything.
+Each moment is a process of its own (the process is what is checked), `python -m bp_jax` as a user starts it:
+sent the signal by the test a fraction of the command's whole run after it started (started with both signals
+blocked, as one sent before Python itself runs gets Python's default treatment), or sending it to itself at a
+named moment (SIGNAL_AT). A few run at a time. No test times anything.
 """
 
 import ast
+import concurrent.futures
+import io
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import NamedTuple
 
+import jax
+import numpy as np
 import pytest
-from helpers import ROOT, checkpoint_steps, command, strict_json
+from helpers import ROOT, checkpoint_steps, command, run_cli, strict_json
 
+from bp_jax.cli import folders
 from bp_jax.cli.interrupts import Interrupted, Signals
 
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+STEPS = 2500  # three chunks of training (1000, 1000, 500): a signal in the first stops it at step 2000
 
-#: `python -c SIGNAL_AT MODULE ATTRIBUTE WHEN SIGNAL bp-jax-args…`: bp-jax, signalling itself when
-#: MODULE.ATTRIBUTE (a function, or Class.method) is called ("call"), has returned ("return"), or has
-#: compiled a program ("compile": in the middle of the first compilation after the call begins, between
-#: lowering and XLA's compile).
+#: `python -c SIGNAL_AT NUMBER MOMENT[,MOMENT…] ARGS…`: `python -m bp_jax ARGS` (run as -m runs it), sending
+#: itself signal NUMBER at each MOMENT: "import:MODULE" (as MODULE begins to load), "call:MODULE:NAME" or
+#: "return:MODULE:NAME" (a function, or Class.method), "compile:MODULE:NAME" (in the first compilation after
+#: the call begins, between lowering and XLA's compile), "exit" (in the atexit handlers, at the process's end).
 SIGNAL_AT = """
-import importlib, os, signal, sys
-import jax
-from bp_jax.cli import main
+import atexit, importlib, os, runpy, sys, time
 
-module_name, attribute, when, number = sys.argv[1:5]
-owner = importlib.import_module(module_name)
-*path, name = attribute.split(".")
-for part in path:
-    owner = getattr(owner, part)
-original, sent = getattr(owner, name), []
+number, moments, *args = sys.argv[1:]
 
-def send():
-    if not sent:
-        sent.append(True)
-        os.kill(os.getpid(), int(number))
+def at(moment):
+    kind, _, target = moment.partition(":")
+    sent = []
 
-def on_compile_event(event, duration, **kwargs):
-    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-        send()
+    def send(*ignored):  # once, then a moment for the command's signal thread to see it there
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), int(number))
+            time.sleep(0.5)
 
-def wrapped(*args, **kwargs):
-    if when == "call":
-        send()
-    if when == "compile":
-        jax.monitoring.register_event_duration_secs_listener(on_compile_event)
-    result = original(*args, **kwargs)
-    if when == "return":
-        send()
-    return result
+    class AtImport:
+        def find_spec(self, name, path, target_module=None):
+            if name == target:
+                send()
 
-setattr(owner, name, wrapped)
-sys.exit(main(sys.argv[5:]))
+    def wrapped(*args, **kwargs):
+        if kind == "call":
+            send()
+        if kind == "compile":
+            import jax
+            jax.monitoring.register_event_duration_secs_listener(
+                lambda event, *rest, **kwargs: event == "/jax/core/compile/jaxpr_to_mlir_module_duration" and send()
+            )
+        result = original(*args, **kwargs)
+        if kind == "return":
+            send()
+        return result
+
+    if kind == "exit":
+        return atexit.register(send)
+    if kind == "import":
+        return sys.meta_path.insert(0, AtImport())
+    module, attribute = target.split(":")
+    owner = importlib.import_module(module)
+    *path, name = attribute.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    original = getattr(owner, name)
+    setattr(owner, name, wrapped)
+
+for moment in moments.split(","):
+    at(moment)
+sys.argv = ["bp_jax", *args]
+runpy.run_module("bp_jax", run_name="__main__", alter_sys=True)
 """
 
 
-def block_stop_signals():
-    signal.pthread_sigmask(signal.SIG_BLOCK, set(EXIT_STATUS))
+class Case(NamedTuple):
+    """A command (`arguments`' key) and the moment it gets signal `number`: named moments (SIGNAL_AT) or a
+    fraction of the command's whole run; `expect`: the outcome the moment must give (`outcome`), or None for
+    any of them."""
+
+    arguments: str
+    moment: str | float
+    number: int
+    expect: str | None = None
+
+    @property
+    def command(self) -> str:
+        return self.arguments.split("-")[0]
 
 
-def spawn(argv, cwd) -> subprocess.Popen:
-    return subprocess.Popen(
-        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=block_stop_signals
-    )
+INT, TERM = signal.SIGINT, signal.SIGTERM
+#: a signal while train compiles, its folder claimed a moment ago (locked, checkpoints/ made): ends it at once
+CLAIMED = Case("train", "compile:bp_jax:fit", INT, "interrupted")
+#: a few moments of each command, SIGINT and SIGTERM alike; "MOMENT,exit" signals again at the process's end,
+#: which must change nothing
+CASES = [
+    Case("train", 0.0, INT, "interrupted"),
+    Case("train", "import:bp_jax.cli", TERM, "interrupted"),  # before the command's modules are loaded
+    CLAIMED,
+    Case("train", 0.6, TERM),
+    Case("train", "return:bp_jax.cli.watch:Watch.on_chunk,exit", INT, "stopped"),  # at the chunk's end, saved
+    Case("train", "call:bp_jax.cli.folders:write_json,exit", INT, "written"),
+    Case("train-into-a-run", "exit", INT, "refused"),  # its one line written, then the signal
+    Case("sweep", 0.0, TERM, "interrupted"),
+    Case("sweep", 0.4, INT),
+    # stopped at the chunk's end; a second signal while it writes what was trained lets that finish
+    Case("sweep", "return:bp_jax.cli.watch:Watch.on_chunk,call:bp_jax.cli.folders:write_json,exit", TERM, "stopped"),
+    Case("predict", 0.0, TERM, "interrupted"),
+    Case("predict", 0.5, INT),
+    Case("predict", "return:bp_jax.cli.predict:run,exit", INT, "result"),  # the CSV written: the outcome is decided
+    Case("export-jax", 0.0, INT, "interrupted"),
+    Case("export-jax", "import:bp_jax.cli", INT, "interrupted"),
+    Case("export-jax", 0.3, TERM),
+    Case("export-jax", "call:bp_jax.cli.folders:write_atomically,exit", TERM, "written"),  # the first of two files
+    Case("export-onnx", "exit", INT, "result"),
+]
 
 
-def finish(process) -> tuple[int, str]:
+def small_table(path: Path) -> Path:
+    """40 rows of three features and a target y, as a CSV."""
+    rows = np.random.default_rng(0).standard_normal((40, 3))
+    path.write_text("a,b,c,y\n" + "".join(f"{a:.4f},{b:.4f},{c:.4f},{a - 2 * b + c / 2:.4f}\n" for a, b, c in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A small table, a run trained on it and what predict gives for it (in this process)."""
+    folder = tmp_path_factory.mktemp("reference")
+    table, run = small_table(folder / "table.csv"), folder / "run"
+    run_cli("train", "--data", table, "--steps", STEPS, "--out", run)
+    return {"table": table, "run": run, "predictions": run_cli("predict", run, "--data", table).stdout}
+
+
+#: what a command writes, named in its --out (stdout for predict)
+OUTPUTS = {"train": "run", "sweep": "sweep", "export-jax": "model.jax", "export-onnx": "model.onnx"}
+
+
+def arguments(case: Case, out: Path, reference: dict) -> list:
+    """The command line of `case`, writing into `out`."""
+    table, run = reference["table"], reference["run"]
+    return {
+        "train": ["train", "--data", table, "--steps", STEPS, "--out", out],
+        "train-into-a-run": ["train", "--data", table, "--steps", STEPS, "--out", run],
+        "sweep": ["sweep", "--data", table, "--lr", "0.01,0.1", "--steps", STEPS, "--out", out],
+        "predict": ["predict", run, "--data", table],
+        "export-jax": ["export", run, "--format", "jax", "--out", out],
+        "export-onnx": ["export", run, "--format", "onnx", "--out", out],
+    }[case.arguments]
+
+
+def signalled(case: Case, argv: list, whole_run_s: float):
+    """Run `case`: (its exit status, stdout, stderr, seconds it ran)."""
+    named = isinstance(case.moment, str)
+    argv = [sys.executable, "-c", SIGNAL_AT, str(int(case.number)), case.moment, *argv] if named else command(*argv)
+    # sent by the test: the process starts with the signals blocked (it inherits this thread's mask)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, set() if named else set(EXIT_STATUS))
+    started = time.monotonic()
     try:
-        _, stderr = process.communicate(timeout=300)
+        process = subprocess.Popen(list(map(str, argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    try:
+        if not isinstance(case.moment, str):
+            time.sleep(case.moment * whole_run_s)
+            process.send_signal(case.number)
+        stdout, stderr = process.communicate(timeout=300)
     finally:
         process.kill()
-    return process.returncode, stderr
+    return process.returncode, stdout, stderr, time.monotonic() - started
 
 
-def signalled_at(tmp_path, target: str, when: str, number: int, *args) -> tuple[int, str]:
-    module, attribute = target.split(":")
-    return finish(
-        spawn([sys.executable, "-c", SIGNAL_AT, module, attribute, when, str(int(number)), *map(str, args)], tmp_path)
-    )
-
-
-def assert_one_line(stderr: str, expected: str):
-    assert stderr.strip().splitlines() == [expected], stderr
-    assert "Traceback" not in stderr and "Exception ignored" not in stderr
-
-
-def no_temporary_files(folder) -> bool:
+def no_temporary_files(folder: Path) -> bool:
     return not [path for path in folder.rglob("*") if path.name.endswith(".tmp") or "tmp" in path.name.split(".")]
 
 
-@pytest.mark.parametrize(
-    "delay_s, number", [(0, signal.SIGINT), (0, signal.SIGTERM), (0.3, signal.SIGINT), (0.8, signal.SIGTERM)]
-)
-def test_a_signal_at_start_up_is_one_line_and_128_plus_its_number(tmp_path, delay_s, number):
-    """Right after spawn, and while jax and the data load: the process ends at once (or, had training begun
-    already, at the end of the chunk, checkpointed)."""
-    out = tmp_path / "run"
-    process = spawn(
-        command("train", "--dataset", "synthetic", "--steps", 50_000_000, "--out", out, "--compile-cache", "off"),
-        tmp_path,
-    )
-    time.sleep(delay_s)
-    process.send_signal(number)
-    status, stderr = finish(process)
-    assert status == EXIT_STATUS[number]
-    if "interrupted at step" in stderr:  # training had begun: the existing stop at the chunk's end
-        step = int(stderr.split("interrupted at step ")[1].split(";")[0])
-        assert_one_line(stderr, f"bp-jax train: interrupted at step {step}; resume with: bp-jax train --resume {out}")
-        assert checkpoint_steps(out) == [step] and strict_json(out / "metrics.json")["final_step"] == step
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def predicts(exported: Path, reference: dict) -> bool:
+    """Whether the exported model gives predict's numbers for the table's rows (float32, to 1e-5)."""
+    x = np.loadtxt(reference["table"], delimiter=",", skiprows=1, usecols=(0, 1, 2), dtype=np.float32)
+    if exported.suffix == ".jax":
+        y = jax.export.deserialize(bytearray(exported.read_bytes())).call(x)
     else:
-        assert_one_line(stderr, "bp-jax train: interrupted")
-        assert not (out / "metrics.json").exists() and checkpoint_steps(out) == []
+        import onnxruntime
+
+        (y,) = onnxruntime.InferenceSession(exported.read_bytes()).run(None, {"x": x})
+    expected = np.loadtxt(io.StringIO(reference["predictions"]), skiprows=1)
+    return np.allclose(np.asarray(y)[:, 0], expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "target, when, number",
-    [
-        ("bp_jax.cli.sweep:_train", "call", signal.SIGINT),  # set-up of the members
-        ("bp_jax:fit_ensemble", "compile", signal.SIGTERM),  # compiling the training program of 20000 members
-    ],
-)
+def written(case: Case, out: Path, stdout: str, reference: dict) -> bool:
+    """Whether `case` wrote its results, each checked whole, or nothing (a run's folder then free for the next
+    run); anything partial fails."""
+    if case.command == "predict":  # to stdout
+        assert stdout in ("", reference["predictions"]), stdout
+        return stdout != ""
+    if case.command == "export":
+        inputs = out.with_name(out.name + ".inputs.json")
+        assert out.exists() == inputs.exists(), "a model file without its inputs, or the reverse"
+        assert not out.exists() or (strict_json(inputs)["outputs"] == ["y"] and predicts(out, reference))
+        return out.exists()
+    report = out / {"train": "metrics.json", "sweep": "sweep.json"}[case.command]
+    if not report.exists():
+        assert not out.exists() or folders._not_empty(out, resumable=True) is None, list(out.rglob("*"))
+        return False
+    if case.command == "train":
+        record = strict_json(report)
+        step, stop = record["final_step"], {"reason": f"interrupted by {signal.Signals(case.number).name}"}
+        assert checkpoint_steps(out)[-1] == step and is_png(out / "loss_curve.png")
+    else:
+        record = strict_json(report)
+        step, stop = record["steps"], {"signal": case.number}
+        assert is_png(out / "sweep.png")
+    assert record["stopped"] == (None if step == STEPS else {"step": step, **stop})
+    return True
+
+
+def outcome(case: Case, out: Path, status: int, stdout: str, stderr: str, reference: dict) -> str:
+    """Which of the allowed outcomes `case` ended in, having checked it: "result" (exit status 0, the results
+    whole), "refused" (exit status 2, one line), or exit status 128 + the signal's number and one line:
+    "interrupted" (nothing written), "written" (the results whole) or "stopped" (training stopped at a chunk's
+    end, what was trained written). Never a traceback or a temporary file left, never a death by the signal."""
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert no_temporary_files(out.parent)
+    lines, label = stderr.splitlines(), f"bp-jax {case.command}"
+    if status == 2:
+        assert len(lines) == 1 and lines[0].startswith(f"{label}: error: "), stderr
+        return "refused"
+    assert status in (0, EXIT_STATUS[case.number]), (status, stderr)  # a death by the signal is negative
+    whole = written(case, out, stdout, reference)
+    if status == 0:
+        assert lines == [] and whole, (case, stderr)
+        return "result"
+    (line,) = lines
+    if line == f"{label}: interrupted":
+        return "written" if whole else "interrupted"
+    step = int(line.split("interrupted at step ")[1].split(";")[0])
+    stopped = {
+        "train": f"resume with: bp-jax train --resume {out}",
+        "sweep": f"wrote what was trained so far to {out}",
+    }[case.command]
+    assert line == f"{label}: interrupted at step {step}; {stopped}" and whole
+    assert 0 < step < STEPS and step % 1000 == 0
+    return "stopped"
+
+
 @pytest.mark.slow
-def test_a_signal_during_a_big_sweeps_set_up_or_compile_ends_it_at_once(tmp_path, target, when, number):
-    status, stderr = signalled_at(
-        tmp_path,
-        target,
-        when,
-        number,
-        "sweep",
-        "--lr",
-        "0.01,0.1",
-        "--seeds",
-        10_000,
-        "--steps",
-        5,
-        "--out",
-        tmp_path / "sweep",
-        "--compile-cache",
-        "off",
-    )
-    assert status == EXIT_STATUS[number]
-    assert_one_line(stderr, "bp-jax sweep: interrupted")
-    assert not (tmp_path / "sweep" / "sweep.json").exists() and no_temporary_files(tmp_path)
+def test_a_signal_at_any_moment_of_every_command_is_one_of_the_three_outcomes(reference, tmp_path):
+    """The named moments first, a few at a time; the quickest run of each command that ran to its end then
+    spreads its other moments. A named moment gives the outcome it must: interrupted with nothing written before
+    the results are written (a folder claimed a moment ago left free for the next run), the results whole and
+    then interrupted while they are written, stopped at the chunk's end once training runs, and once the results
+    are whole the outcome decided (the result, or the refusal) whatever comes."""
+    out = {case: tmp_path / str(index) / OUTPUTS.get(case.arguments, "out") for index, case in enumerate(CASES)}
+    whole_run_s: dict[str, float] = {}
+    got = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        for named in (True, False):
+            runs = {}
+            for case in CASES:
+                if isinstance(case.moment, str) == named:
+                    out[case].parent.mkdir()
+                    argv = arguments(case, out[case], reference)
+                    runs[case] = pool.submit(signalled, case, argv, whole_run_s.get(case.command, 0.0))
+            for case, run in runs.items():
+                status, stdout, stderr, seconds = run.result()
+                got[case] = outcome(case, out[case], status, stdout, stderr, reference)
+                if got[case] in ("result", "written", "stopped"):  # it ran to its end
+                    whole_run_s[case.command] = min(seconds, whole_run_s.get(case.command, seconds))
+    assert {case: got[case] for case in CASES if case.expect} == {case: case.expect for case in CASES if case.expect}
+    assert sorted(path.name for path in out[CLAIMED].rglob("*")) == [".bp-jax.lock", "checkpoints"]
 
 
-@pytest.mark.slow
-def test_a_signal_while_train_compiles_ends_it_at_once_with_nothing_written(tmp_path):
-    status, stderr = signalled_at(
-        tmp_path,
-        "bp_jax:fit",
-        "compile",
-        signal.SIGINT,
-        "train",
-        "--dataset",
-        "synthetic",
-        "--steps",
-        5000,
-        "--out",
-        tmp_path / "run",
-        "--compile-cache",
-        "off",
-    )
-    assert status == 130
-    assert_one_line(stderr, "bp-jax train: interrupted")
-    assert checkpoint_steps(tmp_path / "run") == [] and not (tmp_path / "run" / "metrics.json").exists()
+def test_a_folder_left_by_a_signal_before_the_first_checkpoint_is_no_run_and_free_for_the_next(tmp_path):
+    """What a run stopped between claiming its folder and its first checkpoint leaves (the lock file and an empty
+    checkpoints/, as CLAIMED shows): predict, export and --resume refuse it in one line; a new run claims it."""
+    left = tmp_path / "left"
+    (left / "checkpoints").mkdir(parents=True)
+    (left / folders.LOCK).write_text("12345\n")
+    table = small_table(tmp_path / "table.csv")
+    for argv in (
+        ["predict", left, "--data", table],
+        ["export", left, "--format", "jax", "--out", tmp_path / "model.jax"],
+        ["train", "--resume", left],
+    ):
+        refused = run_cli(*argv, check=False)
+        assert refused.returncode == 2
+        assert refused.stderr == f"bp-jax {argv[0]}: error: no checkpoint in {left}/checkpoints\n"
+    with folders.claimed(left):  # what train and sweep do first: no UsageError
+        pass
 
 
-@pytest.mark.slow
-def test_a_signal_while_a_sweep_trains_stops_at_the_chunks_end_and_writes_what_was_trained(tmp_path):
-    out = tmp_path / "sweep"
-    status, stderr = signalled_at(
-        tmp_path,
-        "bp_jax.cli.watch:Watch.on_chunk",
-        "return",
-        signal.SIGTERM,
-        "sweep",
-        "--lr",
-        "0.01,0.03",
-        "--seeds",
-        2,
-        "--steps",
-        5000,
-        "--out",
-        out,
-        "--compile-cache",
-        "off",
-    )
-    assert status == 143
-    report = strict_json(out / "sweep.json")
-    step = report["steps"]  # the end of the chunk after the first (or the next, had the signal come late)
-    assert_one_line(stderr, f"bp-jax sweep: interrupted at step {step}; wrote what was trained so far to {out}")
-    assert 1000 < step < 5000 and step % 1000 == 0 and report["stopped"] == {"step": step, "signal": signal.SIGTERM}
-
-
-@pytest.mark.parametrize("name, written", [("sweep", "sweep.json"), ("train", "metrics.json")])
-@pytest.mark.slow
-def test_a_signal_while_results_are_written_lets_them_finish_then_exits(tmp_path, name, written):
-    out = tmp_path / "out"
-    args = ("--lr", "0.01,0.03", "--seeds", 2) if name == "sweep" else ("--dataset", "synthetic")
-    status, stderr = signalled_at(
-        tmp_path,
-        "bp_jax.cli.folders:write_json",
-        "call",
-        signal.SIGINT,
-        name,
-        *args,
-        "--steps",
-        300,
-        "--out",
-        out,
-        "--compile-cache",
-        "off",
-    )
-    assert status == 130
-    assert_one_line(stderr, f"bp-jax {name}: interrupted")
-    strict_json(out / written)  # whole, and valid
-    picture = out / ("sweep.png" if name == "sweep" else "loss_curve.png")
-    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and no_temporary_files(tmp_path)
-
-
-def test_the_phases_keep_a_signal_for_training_and_answer_one_that_came_while_writing():
+def test_the_phases_keep_a_signal_for_training_answer_one_that_came_while_writing_and_then_ignore_them():
     """In-process, without a handler: what `arrived` does in the phases where it does not end the process."""
     signals = Signals("bp-jax sweep")
     signals.training()
@@ -238,10 +318,19 @@ def test_the_phases_keep_a_signal_for_training_and_answer_one_that_came_while_wr
         signals.arrived(signal.SIGINT)  # a second one while writing: the stop's own exit path reports it
     late = Signals()
     late.training()
-    late.arrived(signal.SIGINT)  # in the last chunk: too late to stop training, answered after the writes
+    late.arrived(signal.SIGINT)  # in the last chunk: too late to stop it, answered after the writes
     with pytest.raises(Interrupted) as interrupted, late.writing():
         pass
-    assert interrupted.value.number == signal.SIGINT and late.phase == "starting"
+    assert interrupted.value.number == signal.SIGINT and late.phase == "done"
+    ended = []
+    late.end = ended.append  # what would end the process
+    late.arrived(signal.SIGTERM)  # the outcome decided: nothing changes
+    starting = Signals()
+    starting.end = ended.append
+    starting.arrived(signal.SIGTERM)
+    starting.done()
+    starting.arrived(signal.SIGINT)
+    assert ended == [signal.SIGTERM]
 
 
 @pytest.mark.slow
