@@ -155,7 +155,7 @@ def loop_compiler_options(platform: str) -> dict[str, str]:
         return {}
     name, value = CPU_FUSION_OPTION
     try:
-        jax.jit(jnp.negative, compiler_options={name: value}).lower(jnp.zeros(1)).compile()
+        jax.jit(jnp.negative, compiler_options={name: value}).lower(jax.ShapeDtypeStruct((1,), jnp.float32)).compile()
     except Exception:  # an XLA that renamed or dropped the option: its defaults
         return {}
     return {name: value}

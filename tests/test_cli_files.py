@@ -6,12 +6,16 @@ size limit, a closed pipe, a live run)."""
 import json
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
 from helpers import checkpoint_steps, command, run_cli, strict_json, without_coverage
+
+from bp_jax.cli import plots
+from bp_jax.cli._args import UsageError
 
 QUICK = ("--dataset", "synthetic", "--compile-cache", "off")
 
@@ -262,3 +266,24 @@ def test_resume_refuses_too_few_epochs_in_epochs(trained):
     result = run_cli("train", "--resume", trained, "--epochs", 1, check=False)
     assert result.returncode == 2 and "--epochs must be at least 2, got 1" in result.stderr
     assert "--steps" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_figure_drawn_by_a_second_process_is_the_figure_drawn_here(tmp_path, monkeypatch):
+    """A command draws in a second Python (plots.Painter) when matplotlib is not loaded yet: the same PNG, byte for
+    byte, as drawn in this process; a failed write raises here as it would here; a block that fails stops it."""
+    history = [[step, 1 / (1 + step)] for step in range(50)]
+    figure = {"title": "bp-jax train", "levels": {"held-out MSE": 0.5}}
+    plots.loss_curve(tmp_path / "here.png", history, **figure)
+    monkeypatch.delitem(sys.modules, "matplotlib.figure")  # as in a fresh `bp-jax train`
+    with plots.drawing() as painter:
+        painter.draw("loss_curve", tmp_path / "there.png", history, **figure)
+        drew_elsewhere = painter._process is not None
+    assert drew_elsewhere and (tmp_path / "there.png").read_bytes() == (tmp_path / "here.png").read_bytes()
+    nowhere = f"could not write {tmp_path / 'nowhere' / 'there.png'}: No such file"
+    with pytest.raises(UsageError, match=nowhere), plots.drawing() as painter:
+        painter.draw("loss_curve", tmp_path / "nowhere" / "there.png", history, **figure)
+    with pytest.raises(KeyboardInterrupt), plots.drawing() as painter:
+        process = painter._process
+        raise KeyboardInterrupt
+    assert process.poll() is not None

@@ -5,10 +5,23 @@
     with panels(path, 2, title=...) as (left, right): ...           # several axes side by side
 
 `loss_curve` is train's figure, `panels` serves sweep's.
+
+    with drawing() as painter:                          # a second Python imports matplotlib now, on another core
+        ...                                             # load, train
+        painter.draw("loss_curve", path, history, ...)  # drawn there
+        painter.wait()                                  # the file is written (also on leaving the block)
+
+matplotlib's import and the drawing cost a command about half a second; a `Painter` moves both into a second
+process started as the command starts, so on a machine with a free core they cost no wall time. Where
+matplotlib is loaded already (a test, a notebook) the figure is drawn in this process.
 """
 
+import contextlib
+import pickle
+import subprocess
+import sys
+import typing
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +29,7 @@ import numpy as np
 from bp_jax.cli.folders import write_atomically
 
 
-@contextmanager
+@contextlib.contextmanager
 def panels(path: Path, count: int, *, title: str, size=None, replace: bool = False):
     """Yield `count` matplotlib Axes side by side; on leaving, add legends and grids and write the PNG to
     `path` atomically (`folders.write_atomically`: a new file, unless `replace`). A bare Figure, drawn by
@@ -43,7 +56,7 @@ def panels(path: Path, count: int, *, title: str, size=None, replace: bool = Fal
     write_atomically(path, lambda temporary: canvas.savefig(temporary, format="png"), replace=replace)
 
 
-@contextmanager
+@contextlib.contextmanager
 def figure(
     path: Path, *, title: str, xlabel: str, ylabel: str, yscale: str = "linear", size=(7, 4), replace: bool = False
 ):
@@ -94,3 +107,81 @@ def loss_curve(
                 right.axhline(value, color=color, ls=style, label=f"{label}: accuracy {value:.1%}")
             right.set(ylabel="accuracy", ylim=(0, 1.02))
             right.legend(fontsize="small", loc="center right")
+
+
+class Painter:
+    """Draws this module's figure functions by name in a second process started with it (`python -P -c`, this
+    process's sys.path), unless matplotlib is loaded in this one already or `second_process` is False (a
+    process that draws nothing): then here and now."""
+
+    def __init__(self, second_process: bool = True):
+        self._process = None
+        if second_process and "matplotlib.figure" not in sys.modules:
+            self._process = subprocess.Popen(
+                [sys.executable, "-P", "-c", f"import sys; sys.path[:] = {sys.path!r}; {_PAINTER}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,  # a Ctrl-C at the terminal is this process's to answer, not the painter's
+            )
+
+    def draw(self, name: str, *args, **kwargs) -> None:
+        """`name(*args, **kwargs)`: drawn now, or queued to the second process."""
+        if self._process is None:
+            globals()[name](*args, **kwargs)
+            return
+        with contextlib.suppress(BrokenPipeError):  # the painter ended already; wait says why
+            pickle.dump((name, args, kwargs), typing.cast(typing.IO[bytes], self._process.stdin))  # a PIPE
+
+    def wait(self) -> None:
+        """Wait until every figure is written; raise what a figure function raised (an OSError for a failed
+        write, ModuleNotFoundError without matplotlib)."""
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        reply, _ = process.communicate()  # closes its stdin: nothing more to draw
+        if reply:
+            raise pickle.loads(reply)
+        if process.returncode:
+            raise OSError(f"the process drawing the figures ended with status {process.returncode}")
+
+    def stop(self) -> None:
+        """End the second process, whatever it was drawing."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+@contextlib.contextmanager
+def drawing(second_process: bool = True):
+    """A Painter for the block: waited for at its end, stopped if the block raises."""
+    painter = Painter(second_process)
+    try:
+        yield painter
+        painter.wait()
+    finally:
+        painter.stop()
+
+
+_PAINTER = "from bp_jax.cli.plots import serve; serve(sys.stdin.buffer, sys.stdout.buffer)"
+
+
+def serve(requests, replies) -> None:
+    """The painter `drawing` starts: matplotlib imported while the command works, then each (name, args,
+    kwargs) read from `requests` drawn; the first exception, pickled to `replies`, ends it."""
+    try:
+        import matplotlib.backends.backend_agg  # what savefig draws with
+        import matplotlib.figure  # noqa: F401  (what the figure functions draw on)
+
+        while True:
+            try:
+                name, args, kwargs = pickle.load(requests)
+            except EOFError:
+                return
+            globals()[name](*args, **kwargs)
+    except Exception as err:
+        try:
+            reply = pickle.dumps(err)
+        except Exception:  # an exception that does not pickle: its type and words
+            reply = pickle.dumps(RuntimeError(f"{type(err).__name__}: {err}"))
+        replies.write(reply)

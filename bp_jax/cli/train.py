@@ -113,7 +113,7 @@ def run(args) -> int:
     config = Config(**given) if resumed is None else _resumed_config(resumed, given)
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     signals = interrupts.current()
-    with console.progress_bar("train") as progress:
+    with plots.drawing(second_process=writer) as painter, console.progress_bar("train") as progress:
         problem = _prepare(config, args.devices, given if resumed is None else None)
         start = Start(problem.state) if resumed is None else _resume(problem, resumed)
         total = _total_steps(problem, start, args.steps, epochs)
@@ -126,7 +126,10 @@ def run(args) -> int:
             with jax.default_matmul_precision(args.matmul_precision):
                 result, diverged = _train(problem, start, watch, manager, args.checkpoint_every)
                 with signals.writing():
-                    metrics = _finish(problem, start, watch, result, diverged, out, args.matmul_precision, writer, own)
+                    metrics = _finish(
+                        problem, start, watch, result, diverged, out, args.matmul_precision, writer, own, painter
+                    )
+                    painter.wait()
     if diverged is not None:
         print(f"bp-jax train: error: {diverged}; checkpointed in {out}, marked as diverged", file=sys.stderr)
         return 1
@@ -313,9 +316,10 @@ def _finish(
     matmul_precision: str,
     writer: bool,
     replace: bool,
+    painter: plots.Painter,
 ) -> dict:
-    """The metrics of `result`, written with the loss curve into `out` by process 0: new files, or
-    replacing the resumed run's own (`replace`)."""
+    """The metrics of `result`, written with the loss curve (drawn by `painter`) into `out` by process 0: new
+    files, or replacing the resumed run's own (`replace`)."""
     split, config = problem.split, problem.config
     params = distributed.host_local(result.params)
     scores = {name: float(value) for name, value in runs.scores(problem.model, split)(params).items()}
@@ -355,7 +359,8 @@ def _finish(
             f"{config.optimizer} lr {config.lr}"
         )
         if classify:
-            plots.loss_curve(
+            painter.draw(
+                "loss_curve",
                 out / "loss_curve.png",
                 watch.history,
                 replace=replace,
@@ -368,7 +373,8 @@ def _finish(
                 },
             )
         else:
-            plots.loss_curve(
+            painter.draw(
+                "loss_curve",
                 out / "loss_curve.png",
                 watch.history,
                 replace=replace,
