@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 import bp_jax
+from bp_jax._fit_checks import MAX_STEP
 from bp_jax.cli import checkpoints, data, folders
 from bp_jax.cli._args import UsageError
 
@@ -146,6 +147,14 @@ def load_data(config: Config, given=None) -> tuple[Config, data.Split]:
 
 def steps_per_epoch(n_train: int, batch_size: int | None) -> int:
     return 1 if batch_size is None else n_train // batch_size
+
+
+def check_total_steps(total: int) -> None:
+    """UsageError when a run of `total` steps passes `fit`'s step counter (int32)."""
+    if total > MAX_STEP:
+        raise UsageError(
+            f"--steps or --epochs ask for {total:,} steps; at most {MAX_STEP:,} (the step counter is int32)"
+        )
 
 
 def mean_predictor_mse(split: data.Split) -> float:

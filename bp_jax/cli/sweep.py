@@ -75,6 +75,7 @@ def run(args) -> int:
     members = len(args.lrs) * args.seeds
     epochs = 100 if args.epochs is args.steps is None else args.epochs
     total = args.steps or epochs * runs.steps_per_epoch(n_train, config.batch_size)
+    runs.check_total_steps(total)
     _check_memory(
         bytes_needed(config, split.x_train.shape[1], n_train + len(split.x_test), members, total), members, total
     )
@@ -117,12 +118,17 @@ def bytes_needed(config: Config, features: int, rows: int, members: int, steps: 
     """About how many bytes a sweep of `members` members and `steps` steps needs, from the per-member sizes
     (float32, 4 bytes): params, their gradients and the optimizer's copies of them; the activations and their
     gradients for a batch, and the activations over all `rows` when the MSEs are evaluated; the losses of
-    one fit call (CAPACITY steps) on the device, of every step twice on the host (fit's chunks, then joined),
-    and the history's Python floats (32 bytes each); plus each member's report entry."""
+    one fit call (CAPACITY steps) on the device and of one chunk on the host (fit keeps no others), and the
+    history's Python floats (32 bytes each); plus each member's report entry."""
     widths = (features, *config.hidden, 1)
     params = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
     batch = config.batch_size or rows
-    floats = params * (2 + OPTIMIZER_COPIES[config.optimizer]) + (2 * batch + rows) * sum(widths) + CAPACITY + 2 * steps
+    floats = (
+        params * (2 + OPTIMIZER_COPIES[config.optimizer])
+        + (2 * batch + rows) * sum(widths)
+        + CAPACITY
+        + 2 * min(steps, PROGRESS_EVERY)
+    )
     return members * (4 * floats + 32 * min(steps + 1, MAX_HISTORY_POINTS) + REPORT_BYTES_PER_MEMBER)
 
 
@@ -189,6 +195,7 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
         chunk_size=PROGRESS_EVERY,
         on_chunk=watch.on_chunk,
         mesh=mesh,
+        keep_losses=False,  # the watch keeps the history, bounded
     )
 
 

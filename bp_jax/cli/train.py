@@ -213,6 +213,7 @@ def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int 
     total = start.total_steps if total is None else total
     if total is None:
         raise UsageError("pass --steps or --epochs")
+    runs.check_total_steps(total)
     if total < start.step and epochs is not None:
         raise UsageError(
             f"the checkpoint is at step {start.step}, in epoch {start.step // per_epoch + 1} "
@@ -295,9 +296,11 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
             chunk_size=chunk_sizes,
             on_chunk=on_chunk,
             mesh=problem.mesh,
+            keep_losses=False,  # the watch keeps the history, bounded
         )
     except bp_jax.NonFiniteLoss as diverged:
-        watch.add_rest(distributed.host_local(diverged.result.losses), start.step)
+        losses = distributed.host_local(diverged.result.losses)  # those of the chunk it stopped in, to its step
+        watch.add_rest(losses, diverged.step + 1 - len(losses))
         save(diverged.result, diverged=True)
         return diverged.result, diverged
     return result, None
