@@ -145,6 +145,7 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path)
         (["--steps", "10", "--epochs", "2"], "not allowed with argument"),
         (["--steps", str(10**10)], "ask for 10,000,000,000 steps; at most 2,147,483,647"),
         (["--epochs", str(10**9)], "ask for 11,000,000,000 steps; at most 2,147,483,647"),
+        (["--hidden", "1000000,1000000"], "model's params, optimizer state and one batch's activations), more than"),
         (["--out", "/proc/forbidden/run"], "is not writable"),
         (["--resume", "/nonexistent/run"], "no checkpoint in"),
         (["--seed", "-1"], "--seed: expected an integer in [0, 2**32 - 1]"),

@@ -165,9 +165,10 @@ def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None
 
 
 def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem:
-    """Read and split the data, check the batch size, build the model and its initial state (`given`: the
-    values set on the command line of a new run, see `runs.load_data`)."""
+    """Read and split the data, check the batch size and that the run fits in memory, build the model and its
+    initial state (`given`: the values set on the command line of a new run, see `runs.load_data`)."""
     config, split = runs.load_data(config, given)
+    runs.check_memory(config, split)  # before the params are allocated
     n_train, features = split.x_train.shape
     mesh = mesh_for(devices, config.batch_size or n_train)
     model = runs.build_model(features, config, split.scaling.outputs)
