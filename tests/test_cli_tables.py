@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from helpers import assert_same_state, run_cli, strict_json
 
+from bp_jax.cli import data
+
 QUICK = ("--steps", 40)
 
 
@@ -228,6 +230,30 @@ def test_a_boolean_target_is_classification_with_its_values_kept(tmp_path):
     assert strict_json(tmp_path / "run" / "metrics.json")["data"]["scaling"]["classes"] == [False, True]
     predictions = read_csv(run_cli("predict", tmp_path / "run", "--data", tmp_path / "heavy.csv").stdout)
     assert list(predictions.columns) == ["heavy", "P(False)", "P(True)"] and predictions["heavy"].dtype == bool
+
+
+def test_class_labels_come_back_spelled_as_in_the_training_data_and_older_records_as_recorded(tmp_path):
+    table = animals(60)
+    table = table[["bill_length_mm", "flipper_length_mm"]].assign(heavy=(table["body_mass_g"] > 4200) * 1.0)
+    table.to_csv(tmp_path / "heavy.csv", index=False)  # the class written 0.0 and 1.0
+    run_cli(
+        "train", "--data", tmp_path / "heavy.csv", "--task", "classification", "--steps", 5, "--out", tmp_path / "run"
+    )
+    predicted = lambda: run_cli("predict", tmp_path / "run", "--data", tmp_path / "heavy.csv").stdout.splitlines()
+    lines = predicted()
+    assert lines[0] == "heavy,P(0.0),P(1.0)" and {line.split(",")[0] for line in lines[1:]} <= {"0.0", "1.0"}
+    # an integer column with an empty cell reads as floats; its classes stay integers
+    ints = table.assign(heavy=table["heavy"].astype(int).astype(object))
+    ints.loc[3, "heavy"] = None
+    ints.to_csv(tmp_path / "ints.csv", index=False)
+    classes = data.load(str(tmp_path / "ints.csv"), task="classification", missing="drop").scaling.classes
+    assert [(type(label), label) for label in classes] == [(int, 0), (int, 1)]
+    # a run recorded before classes kept their spelling holds 0 and 1: read as recorded
+    path = tmp_path / "run" / "checkpoints" / "5" / "record" / "metadata"
+    record = json.loads(path.read_text())
+    record["data"]["scaling"]["classes"] = [0, 1]
+    path.write_text(json.dumps(record))
+    assert predicted()[0] == "heavy,P(0),P(1)" and predicted()[1].split(",")[0] in ("0", "1")
 
 
 @pytest.mark.slow

@@ -50,8 +50,10 @@ class Scaling(NamedTuple):
     training category (`categories`, one-hot); a missing cell takes its `fill` value (--missing impute) or is an
     error. Each input is standardised, (x − x_mean) / x_std (a one-hot input keeps 0/1: mean 0, deviation 1).
     A regression target is standardised with y_mean, y_std; a classification target is the index of its value
-    in `classes` (text, numbers or booleans, as the data spells them). Records written before classification
-    lack task, classes, categories and fill: a regression run on numeric columns, without missing cells."""
+    in `classes` (text, numbers or booleans, as the data spells them: `0.0` a float, `0` an int). Records
+    written before classification lack task, classes, categories and fill: a regression run on numeric columns,
+    without missing cells; those written before float classes kept their spelling hold an integral float class
+    as an int, and are read as they are."""
 
     feature_names: tuple[str, ...]
     target_name: str
@@ -340,13 +342,26 @@ def _kind(column) -> str:
 
 
 def _label(value):
-    """A class label as JSON and the predictions spell it: text, a bool, an int (an integral float too: an
-    integer column with empty cells reads as floats), or a float."""
+    """A class label as JSON and the predictions spell it, of the data's type: text, a bool, an int or a float
+    (`0.0` stays `0.0`)."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return int(value) if float(value).is_integer() else float(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
     return str(value)
+
+
+def _integers_read_as_floats(source: str, column) -> bool:
+    """Whether a CSV column pandas read as floats holds integers, read so for its empty cells alone: every filled
+    cell written as an integer (`3`, not `3.0`)."""
+    import pandas as pd
+
+    if column.dtype.kind != "f" or not column.isna().any() or Path(source).suffix.lower() != ".csv":
+        return False
+    cells = pd.read_csv(source, usecols=[column.name], dtype=str)[column.name].dropna()
+    return bool(cells.str.strip().str.fullmatch(r"[+-]?\d+").all())
 
 
 def _class_index(classes: tuple, values) -> np.ndarray:
@@ -473,6 +488,7 @@ def load(
     if len(frame) == 0:
         raise DataError(f"{source}: no rows")
     fingerprint, task = _fingerprint(frame, features, target), _task(frame, target, task)
+    integer_classes = task == "classification" and _integers_read_as_floats(source, frame[target])
     _refuse_unusable(frame, source, features)
     keep, left_out, notes = _missing_cells(frame, source, features, target, missing)
     notes = (*frame.attrs.get("notes", ()), *notes)
@@ -501,7 +517,7 @@ def load(
     categories = {name: tuple(sorted(training[name].dropna().map(str).unique())) for name in text}
     rows = frame.index.to_numpy() + 1  # each kept row's number in the file, for messages
     if task == "classification":
-        labels = frame[target].to_numpy()
+        labels = frame[target].to_numpy(np.int64 if integer_classes else None)  # spelled as in the file
         classes = tuple(sorted({_label(value) for value in labels}, key=lambda label: (str(type(label)), label)))
         if not 2 <= len(classes) <= MAX_CLASSES:
             raise DataError(
