@@ -329,9 +329,10 @@ class Run(NamedTuple):
         return checkpoints.restore(self.manager, self.step, like)
 
     def model_and_params(self) -> tuple[bp_jax.Model, object]:
-        """The run's model and its params at this checkpoint."""
+        """The run's model and its params at this checkpoint (restored into the state's shapes, which are traced,
+        not computed: nothing compiles)."""
         model = build_model(len(self.scaling.x_mean), self.config, self.scaling.outputs)
-        return model, self.restore(initial_state(model, self.config))["params"]
+        return model, self.restore(jax.eval_shape(lambda: initial_state(model, self.config)))["params"]
 
 
 def open_run(folder: Path) -> Run:
