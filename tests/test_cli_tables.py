@@ -164,15 +164,18 @@ def test_impute_fills_features_from_the_training_rows_and_predict_reuses_the_fil
     metrics = strict_json(tmp_path / "run" / "metrics.json")
     assert metrics["examples"]["train"] + metrics["examples"]["held_out"] == 198
     fill = metrics["data"]["scaling"]["fill"]
-    assert set(fill) == {"sex", "body_mass_g"}
+    assert set(fill) == set(table.columns) - {"species"}  # every feature, those without gaps in training too
     # the fill values are the training rows' statistics: recompute them from the training split's rows
     used = table[table["species"].notna()].reset_index(drop=True)
     order = np.random.default_rng(0).permutation(len(used))
     training = used.iloc[order[round(len(used) * 0.2) :]]
-    assert fill["body_mass_g"] == pytest.approx(training["body_mass_g"].mean(), rel=1e-12)
+    for name in ("body_mass_g", "bill_depth_mm"):
+        assert fill[name] == pytest.approx(training[name].mean(), rel=1e-12)
     assert fill["sex"] == training["sex"].value_counts().idxmax()
-    # predict fills empty cells with the same values
+    assert fill["island"] == training["island"].value_counts().idxmax()
+    # predict fills empty cells with the same values, in columns without gaps in training too
     features = table.drop(columns="species")
+    features.loc[[20, 21], ["bill_depth_mm", "island"]] = None
     features.to_csv(tmp_path / "new.csv", index=False)
     features.fillna(fill).to_csv(tmp_path / "filled.csv", index=False)
     predicted = lambda name: read_csv(run_cli("predict", tmp_path / "run", "--data", tmp_path / name).stdout)

@@ -36,11 +36,13 @@ def table(rows: int, *, task: str, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module", params=["regression", "classification"])
 def exported(request, tmp_path_factory):
-    """A run with --missing impute on a table with a text feature; its predictions for 40 rows (3 with empty
-    cells) from `bp-jax predict`; its jax and ONNX exports."""
+    """A run with --missing impute on a table with a text feature; its predictions for 40 rows (4 with empty
+    cells, one in "weight (g)", which had none in training) from `bp-jax predict`; its jax and ONNX exports."""
     folder = tmp_path_factory.mktemp(request.param)
     table(200, task=request.param).to_csv(folder / "table.csv", index=False)
-    table(40, task=request.param, seed=1).drop(columns="target").to_csv(folder / "new.csv", index=False)
+    new = table(40, task=request.param, seed=1).drop(columns="target")
+    new.loc[[8], "weight (g)"] = np.nan
+    new.to_csv(folder / "new.csv", index=False)
     run_cli(
         "train", "--data", folder / "table.csv", "--target", "target", "--missing", "impute", "--out", folder / "run",
         "--task", request.param, *QUICK,
@@ -79,8 +81,9 @@ def test_inputs_json_names_each_input_column_and_the_outputs(exported):
     assert description["input"] == {"dtype": "float32", "shape": ["rows", 5]}
     assert (description["format"], description["step"], description["task"]) == ("jax", 60, task)
     assert description["outputs"] == (["target"] if task == "regression" else list(predicted.columns[1:]))
-    fills = [entry.get("nan_becomes") for entry in description["inputs"]]
-    assert fills[4] is None and [fills[1], fills[2], fills[3]].count(1.0) == 1 and fills[0] == pytest.approx(50, abs=3)
+    fills = [entry.get("nan_becomes") for entry in description["inputs"]]  # every input's: a gap may come anywhere
+    assert [fills[1], fills[2], fills[3]].count(1.0) == 1 and fills[0] == pytest.approx(50, abs=3)
+    assert fills[4] == pytest.approx(3000, abs=300)
     assert strict_json(folder / "model.onnx.inputs.json")["inputs"] == description["inputs"]
 
 
@@ -88,7 +91,7 @@ def test_inputs_json_names_each_input_column_and_the_outputs(exported):
 def test_the_jax_export_runs_with_jax_alone_and_gives_predicts_numbers(exported, tmp_path):
     task, folder, predicted = exported
     x = model_inputs(pd.read_csv(folder / "new.csv"), strict_json(folder / "model.jax.inputs.json"))
-    assert np.isnan(x).any(axis=1).sum() == 3
+    assert np.isnan(x).any(axis=1).sum() == 4
     np.save(tmp_path / "x.npy", x)
     hidden = tmp_path / "hidden" / "bp_jax"
     hidden.mkdir(parents=True)

@@ -13,10 +13,11 @@ them), a numeric one regression. A numeric feature is standardised with the trai
 deviation (a constant column's deviation counts as 1, so it standardises to 0, not NaN); a text feature is
 one-hot, one input per category of the training split; dates and free text (many distinct values) are refused,
 naming the `--features` that leaves them out. Empty cells: `missing="error"` refuses them, naming the columns and
-counts; "drop" leaves out their rows; "impute" fills a feature with the training split's mean or most frequent
-category; a row without a target is never used. Every used numeric cell must be a number float32 holds (finite,
-|x| ≤ 3.4e38), and so must its standardised value: anything else is a DataError naming the file, the column and
-the row (from 1, after the header).
+counts; "drop" leaves out their rows; "impute" gives every feature a fill, the training split's mean or most
+frequent category, used wherever a cell is empty (in training, predict and the exports alike); a row without a
+target is never used. Every used numeric cell must be a number float32 holds (finite, |x| ≤ 3.4e38), and so must
+its standardised value: anything else is a DataError naming the file, the column and the row (from 1, after the
+header).
 """
 
 import hashlib
@@ -504,16 +505,15 @@ def load(
     training = frame.iloc[train]
     text = [name for name in features if _kind(frame[name]) == "text"]
     fill: dict = {}
-    for name in features if missing == "impute" else ():
+    for name in features if missing == "impute" else ():  # every feature: a gap may come in new rows only
         cells = training[name].dropna()
-        if frame[name].isna().any() and not len(cells):
+        if not len(cells):
             raise DataError(f"{source}: column {name!r} has no value in the training rows to impute from")
-        if frame[name].isna().any():  # the most frequent category (the first in order on a tie), or the mean
-            fill[name] = (
-                cells.map(str).value_counts().sort_index().idxmax()
-                if name in text
-                else float(pd.to_numeric(cells, errors="coerce").mean())
-            )
+        fill[name] = (  # the most frequent category (the first in order on a tie), or the mean
+            cells.map(str).value_counts().sort_index().idxmax()
+            if name in text
+            else float(pd.to_numeric(cells, errors="coerce").mean())
+        )
     categories = {name: tuple(sorted(training[name].dropna().map(str).unique())) for name in text}
     rows = frame.index.to_numpy() + 1  # each kept row's number in the file, for messages
     if task == "classification":
