@@ -199,9 +199,11 @@ def test_to_jax_export_and_to_onnx_are_the_models_function(tmp_path):
     exported = jax.export.deserialize(bp_jax.to_jax_export(model, params).serialize())
     np.testing.assert_allclose(exported.call(x), reference, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(exported.call(x[:1]), reference[:1], rtol=1e-6, atol=1e-6)
+    assert exported.call(x[:0]).shape == (0, 2)  # any number of rows, zero included
     (tmp_path / "m.onnx").write_bytes(bp_jax.to_onnx(model, params).SerializeToString())
-    (y,) = onnxruntime.InferenceSession(tmp_path / "m.onnx").run(None, {"x": x})
-    np.testing.assert_allclose(y, reference, rtol=1e-6, atol=1e-6)
+    session = onnxruntime.InferenceSession(tmp_path / "m.onnx")
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], reference, rtol=1e-6, atol=1e-6)
+    assert session.run(None, {"x": x[:0]})[0].shape == (0, 2)
 
 
 @pytest.mark.parametrize(
