@@ -125,13 +125,15 @@ class Graph:
 
         Args:
           columns: extra columns after the others, a mapping heading -> {node: text or array} (e.g.
-            `{"note": {graph.output: "L"}}`); a node without an entry gets an empty cell.
+            `{"note": {graph.output: "L"}}`), keyed by this graph's nodes; a node without an entry gets an empty
+            cell.
 
         Returns:
           The table's lines, joined by newlines.
 
         Raises:
-          TypeError: `columns` that is not a mapping of mappings.
+          TypeError: `columns` that is not a mapping of mappings keyed by nodes.
+          ValueError: a column keyed by a node of another graph.
 
         Examples:
           >>> from bp_jax import explain
@@ -153,6 +155,16 @@ class Graph:
                 f"e.g. {{'note': {{graph.output: 'L'}}}}; got {type(columns).__name__} {columns!r:.60}"
             )
         columns = dict(columns or {})
+        ours = {id(node) for node in self.nodes}
+        for heading, column in columns.items():
+            for key in column:
+                if not isinstance(key, Node) or id(key) not in ours:
+                    node = isinstance(key, Node)
+                    raise (ValueError if node else TypeError)(
+                        f"table(columns=...): column {heading!r} is keyed by {key!r:.60}, which is "
+                        f"{'a node of another graph' if node else 'not a node'}; key each column by this graph's "
+                        f"nodes (graph.nodes, graph.inputs, graph.output)"
+                    )
         tangents = ["tangent"] if self.has_tangents else []
         header = ["#", "op", "name", "value", "grad", *tangents, *columns]
         rows = [
