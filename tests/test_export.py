@@ -163,6 +163,8 @@ def test_refusals_are_one_line_and_write_nothing(seed_run, tmp_path):
     assert "b.jax.inputs.json already exists" in error_line(export(seed_run, tmp_path / "b.jax"))
     for out in ("", ".", f"{tmp_path}/"):  # a folder, not a file
         assert f"--out: expected the name of a file, got {out!r}" in error_line(export(seed_run, out))
+    for out, why in (("missing/a.jax", "No such file or directory"), ("mine.jax/a.jax", "Not a directory")):
+        assert error_line(export(seed_run, tmp_path / out)).endswith(f"could not write {tmp_path / out}: {why}")
     assert "invalid choice: 'tflite'" in error_line(
         run_cli("export", seed_run, "--format", "tflite", "--out", tmp_path / "c", check=False)
     )
