@@ -205,8 +205,9 @@ def explain(f: Callable, *args, tangents: tuple | list | None = None) -> Graph:
         tangents, its output's tangent equals `jax.jvp(f, args, tangents)[1]`.
 
     Raises:
-      TypeError: f not callable, no args, a leaf that is not an array or number, or tangents that are not
-        a tuple of one entry per arg.
+      TypeError: f not callable, no args, a leaf that is not an array or number, tangents that are not
+        a tuple of one entry per arg, or tangents through a `jax.custom_vjp` function (it has no forward-mode
+        derivative: jax.jvp refuses it too; a `jax.custom_jvp` one takes its own rule).
       ValueError: f not returning a float scalar, or a tangent of another structure or shape than its arg.
 
     Examples:
@@ -292,6 +293,13 @@ def _forward(nodes: list[_Draft], equations: list[_Equation], given: dict[int, j
         given.get(i, jnp.zeros_like(node.value)) if _is_float(node.value) else None for i, node in enumerate(nodes)
     ]
     for equation in equations:
+        first = equation.outputs[0]
+        if nodes[first].op == "custom_vjp_call":
+            raise TypeError(
+                f"explain(..., tangents=...): node #{first} {nodes[first].name} is a jax.custom_vjp function, which "
+                "has no forward-mode derivative (jax.jvp refuses it too); explain it without tangents, or define it "
+                "with jax.custom_jvp"
+            )
         for i, tangent in zip(equation.outputs, equation.jvp([tangents[k] for k in equation.operands])):
             if tangents[i] is not None:  # integer and boolean results keep None (jax.jvp gives float0)
                 tangents[i] = tangent
