@@ -203,7 +203,7 @@ def check_memory(
         raise UsageError(
             f"{what} need about {needed / 2**30:,.1f} GiB (a {model} model's params, optimizer state and one "
             f"batch's activations{' each' * (members > 1)}), more than {where} ({limit / 2**30:,.1f} GiB); ask for "
-            + ", ".join([fewer] * bool(fewer) + ["a smaller --hidden or --batch-size"])
+            + ", ".join([*([fewer] if fewer else []), "a smaller --hidden or --batch-size"])
         )
 
 
