@@ -249,6 +249,11 @@ RAW_FILES = {  # what is written at data/<name>, and what the refusal says
         lambda path: houses(20).to_csv(path, index=False),
         "x.npz: not a valid .npz (zip) file",
     ),
+    "an .npz without y": (
+        "x.npz",
+        lambda path: np.savez(path, x=np.ones((20, 3))),
+        "x.npz: holds no array 'y', the target to train on (x only)",
+    ),
     "a repeated header name": (
         "x.csv",
         lambda path: path.write_text("a,a,y\n1,2,3\n4,5,6\n7,8,9\n"),

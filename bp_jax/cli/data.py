@@ -485,6 +485,11 @@ def load(
     import pandas as pd
 
     frame = read(source, seed=split_seed)
+    if target is None and Path(source).suffix.lower() == ".npz" and "y" not in frame.columns:
+        raise DataError(
+            f"{source}: holds no array 'y', the target to train on (x only); add y, or name a column of x "
+            f"(x0, x1, …) with --target"
+        )
     frame, features, target = _choose(frame, source, target, features)
     if len(frame) == 0:
         raise DataError(f"{source}: no rows")
