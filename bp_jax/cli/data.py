@@ -523,6 +523,12 @@ def load(
     rows = frame.index.to_numpy() + 1  # each kept row's number in the file, for messages
     if task == "classification":
         labels = frame[target].to_numpy(np.int64 if integer_classes else None)  # spelled as in the file
+        infinite = [k for k, value in enumerate(labels) if isinstance(_label(value), float) and np.isinf(value)]
+        if infinite:
+            raise DataError(
+                f"{source}: column {target!r}, row {rows[infinite[0]]}: the class {labels[infinite[0]]} is not a "
+                f"finite number; a class is text, a boolean or a finite number"
+            )
         classes = tuple(sorted({_label(value) for value in labels}, key=lambda label: (str(type(label)), label)))
         if not 2 <= len(classes) <= MAX_CLASSES:
             raise DataError(
