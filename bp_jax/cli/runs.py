@@ -199,7 +199,8 @@ def check_memory(
     needed, (limit, where) = bytes_needed(config, features, outputs, rows, members, steps), memory_limit()
     if needed > limit:
         model = " → ".join(map(str, (features, *config.hidden, outputs)))
-        what = "the run's arrays" if steps is None else f"{members:,} members × {steps:,} steps"
+        plural = lambda count, noun: f"{count:,} {noun}{'s' * (count != 1)}"
+        what = "the run's arrays" if steps is None else f"{plural(members, 'member')} × {plural(steps, 'step')}"
         raise UsageError(
             f"{what} need about {needed / 2**30:,.1f} GiB (a {model} model's params, optimizer state and one "
             f"batch's activations{' each' * (members > 1)}), more than {where} ({limit / 2**30:,.1f} GiB); ask for "
