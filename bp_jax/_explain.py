@@ -125,13 +125,15 @@ class Graph:
 
         Args:
           columns: extra columns after the others, a mapping heading -> {node: text or array} (e.g.
-            `{"note": {graph.output: "L"}}`); a node without an entry gets an empty cell.
+            `{"note": {graph.output: "L"}}`), keyed by this graph's nodes; a node without an entry gets an empty
+            cell.
 
         Returns:
           The table's lines, joined by newlines.
 
         Raises:
-          TypeError: `columns` that is not a mapping of mappings.
+          TypeError: `columns` that is not a mapping of mappings keyed by nodes.
+          ValueError: a column keyed by a node of another graph.
 
         Examples:
           >>> from bp_jax import explain
@@ -153,6 +155,16 @@ class Graph:
                 f"e.g. {{'note': {{graph.output: 'L'}}}}; got {type(columns).__name__} {columns!r:.60}"
             )
         columns = dict(columns or {})
+        ours = {id(node) for node in self.nodes}
+        for heading, column in columns.items():
+            for key in column:
+                if not isinstance(key, Node) or id(key) not in ours:
+                    node = isinstance(key, Node)
+                    raise (ValueError if node else TypeError)(
+                        f"table(columns=...): column {heading!r} is keyed by {key!r:.60}, which is "
+                        f"{'a node of another graph' if node else 'not a node'}; key each column by this graph's "
+                        f"nodes (graph.nodes, graph.inputs, graph.output)"
+                    )
         tangents = ["tangent"] if self.has_tangents else []
         header = ["#", "op", "name", "value", "grad", *tangents, *columns]
         rows = [
@@ -193,8 +205,9 @@ def explain(f: Callable, *args, tangents: tuple | list | None = None) -> Graph:
         tangents, its output's tangent equals `jax.jvp(f, args, tangents)[1]`.
 
     Raises:
-      TypeError: f not callable, no args, a leaf that is not an array or number, or tangents that are not
-        a tuple of one entry per arg.
+      TypeError: f not callable, no args, a leaf that is not an array or number, tangents that are not
+        a tuple of one entry per arg, or tangents through a `jax.custom_vjp` function (it has no forward-mode
+        derivative: jax.jvp refuses it too; a `jax.custom_jvp` one takes its own rule).
       ValueError: f not returning a float scalar, or a tangent of another structure or shape than its arg.
 
     Examples:
@@ -280,6 +293,13 @@ def _forward(nodes: list[_Draft], equations: list[_Equation], given: dict[int, j
         given.get(i, jnp.zeros_like(node.value)) if _is_float(node.value) else None for i, node in enumerate(nodes)
     ]
     for equation in equations:
+        first = equation.outputs[0]
+        if nodes[first].op == "custom_vjp_call":
+            raise TypeError(
+                f"explain(..., tangents=...): node #{first} {nodes[first].name} is a jax.custom_vjp function, which "
+                "has no forward-mode derivative (jax.jvp refuses it too); explain it without tangents, or define it "
+                "with jax.custom_jvp"
+            )
         for i, tangent in zip(equation.outputs, equation.jvp([tangents[k] for k in equation.operands])):
             if tangents[i] is not None:  # integer and boolean results keep None (jax.jvp gives float0)
                 tangents[i] = tangent

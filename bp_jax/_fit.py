@@ -42,7 +42,8 @@ class FitResult(NamedTuple):
     Attributes:
         params: the final params.
         opt_state: the optimizer's final state (None for the hand-written SGD).
-        losses: the loss before each step, a host array: `losses[i]` belongs to step `start_step + i`.
+        losses: the loss before each step, a host array: `losses[i]` belongs to step `start_step + i` (with
+            `keep_losses=False`, those of the last chunk only: `losses[i]` belongs to step `step − len(losses) + i`).
         step: the number of steps taken in all (the step to resume from).
         stopped_at: the step after which a `StopRule` ended the run (−1: none did).
     """
@@ -60,7 +61,8 @@ class EnsembleResult(NamedTuple):
     Attributes:
         params: the final params, a leading member axis E on every leaf.
         opt_state: the optimizer's final state, vmapped over the members (None for the hand-written SGD).
-        losses: (steps, E) losses before each step; NaN once a member has diverged or stopped.
+        losses: (steps, E) losses before each step; NaN once a member has diverged or stopped (with
+            `keep_losses=False`, those of the last chunk only).
         step: the number of steps taken in all.
         diverged: (E,) the step at which each member's loss or update went non-finite, or −1.
         stopped_at: (E,) the step after which each member's `StopRule` stopped it, or −1 (None without a rule).
@@ -141,6 +143,7 @@ def fit(
     on_chunk: Callable[[FitResult], bool | None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     stop_rule: StopRule | None = None,
+    keep_losses: bool = True,
 ) -> FitResult:
     """Train for `steps` steps from `start_step` in one compiled loop.
 
@@ -171,6 +174,9 @@ def fit(
             processes takes the same x and y in every process.
         stop_rule: a `StopRule`: the loop ends after the step at which it says stop (`result.stopped_at`;
             `result.step` is the one after it; on_chunk sees no part-chunk).
+        keep_losses: False keeps on the host only the losses of the chunk being run (on_chunk is handed each
+            chunk's), so a long run watched by on_chunk holds O(chunk) losses, not O(steps): the result's
+            losses are the last chunk's, a NonFiniteLoss's those of the chunk it stopped in.
 
     Returns:
         The `FitResult`.
@@ -208,14 +214,15 @@ def fit(
         mesh=mesh,
         stop_rule=stop_rule,
     )
-    state, losses, step = _run_in_chunks(run, on_chunk, _fit_result)
+    state, losses, step = _run_in_chunks(run, on_chunk, _fit_result, keep_losses)
+    first = step - len(losses)  # the step of losses[0]: start_step, unless only the last chunk's are kept
     bad = int(to_host(state.divergence.step))
     if bad >= 0:
-        partial = _fit_result(state, losses[: bad - run.start_step + 1], bad)
+        partial = _fit_result(state, losses[: bad - first + 1], bad)
         raise NonFiniteLoss(bad, partial, CAUSES[int(to_host(state.divergence.cause))])
     stop = _stopped_at(state)
     if stop >= 0:
-        losses, step = losses[: stop - run.start_step + 1], stop + 1
+        losses, step = losses[: stop - first + 1], stop + 1
     return _fit_result(state, losses, step)
 
 
@@ -238,6 +245,7 @@ def fit_ensemble(
     rows=None,
     row_counts=None,
     stop_rule: StopRule | None = None,
+    keep_losses: bool = True,
 ) -> EnsembleResult:
     """Train E models at once, as one program: `fit`'s loop under `jax.vmap` over the members.
 
@@ -271,6 +279,7 @@ def fit_ensemble(
         row_counts: (G,) how many of each group's rows it uses; data, like rows.
         stop_rule: a `StopRule` whose `init` has a leading member axis: a member stops after the step at which
             its rule says stop (frozen there, NaN losses from then on, that step in `stopped_at`).
+        keep_losses: as `fit`'s.
 
     Returns:
         The `EnsembleResult`.
@@ -309,7 +318,7 @@ def fit_ensemble(
         rows=rows,
         row_counts=row_counts,
     )
-    return _ensemble_result(*_run_in_chunks(run, on_chunk, _ensemble_result))
+    return _ensemble_result(*_run_in_chunks(run, on_chunk, _ensemble_result, keep_losses))
 
 
 def _set_up(
@@ -426,11 +435,11 @@ def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | No
     return state, (lr, key, place(x, replicated(mesh)), place(y, replicated(mesh)), member_rows)
 
 
-def _run_in_chunks(run: _Run, on_chunk, result) -> tuple[LoopState, np.ndarray, int]:
+def _run_in_chunks(run: _Run, on_chunk, result, keep_losses: bool) -> tuple[LoopState, np.ndarray, int]:
     """The host side of both loops: calls the loop for at most CAPACITY steps at a time, gives `on_chunk` the
     `result(state, chunk losses, step)` after every chunk (boundaries on the multiples of each chunk size) and
-    stops when it returns True; returns the state, the losses (steps, *members) and the step reached. One model
-    returns as soon as it diverged or its stop rule stopped it."""
+    stops when it returns True; returns the state, the losses (steps, *members; the last chunk's alone unless
+    `keep_losses`) and the step reached. One model returns as soon as it diverged or its stop rule stopped it."""
     state, step = run.state, run.start_step
     losses: list[np.ndarray] = []
     while step < run.end:
@@ -442,7 +451,9 @@ def _run_in_chunks(run: _Run, on_chunk, result) -> tuple[LoopState, np.ndarray, 
             chunk.append(to_host(piece)[:length])
             step += length
             if run.members is None and (to_host(state.divergence.step) >= 0 or _stopped_at(state) >= 0):
-                return state, np.concatenate(losses + chunk), step
+                return state, np.concatenate((losses if keep_losses else []) + chunk), step
+        if not keep_losses:
+            losses = []
         losses += chunk
         if on_chunk is not None:
             params, opt_state = copy_tree((state.params, state.opt_state))  # the next call donates the state

@@ -107,6 +107,7 @@ def save(graph: Graph, path, engine: str | None = None) -> Path:
     Raises:
       ValueError: a suffix other than .dot, .svg and .png, or an unknown engine.
       FileNotFoundError: engine "graphviz" for a picture where Graphviz's `dot` is not on PATH.
+      OSError: the file cannot be written (its folder is missing, say); it names `path`, never the temporary file.
 
     Examples:
       >>> import tempfile
@@ -145,23 +146,36 @@ def save(graph: Graph, path, engine: str | None = None) -> Path:
 
 class _atomic:
     """`with _atomic(path) as partial:` write `partial`; on success it replaces `path` in one rename, on
-    failure it is removed and `path` is untouched."""
+    failure it is removed and `path` is untouched. An OSError names `path`, not `partial`."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def __enter__(self) -> Path:
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix, dir=self.path.parent)
+        try:
+            handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix, dir=self.path.parent)
+        except OSError as err:
+            raise self._naming_path(err) from None
         os.close(handle)
         self.partial = Path(name)
         return self.partial
 
     def __exit__(self, kind, error, traceback):
         if kind is None:
-            os.replace(self.partial, self.path)
-        else:
-            self.partial.unlink(missing_ok=True)
+            try:
+                os.replace(self.partial, self.path)
+            except OSError as err:
+                self.partial.unlink(missing_ok=True)
+                raise self._naming_path(err) from None
+            return False
+        self.partial.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise self._naming_path(error) from None
         return False
+
+    def _naming_path(self, err: OSError) -> OSError:
+        """`err` (of its own class) about the file the caller named."""
+        return type(err)(err.errno, err.strerror or str(err), str(self.path))
 
 
 def node_kind(node: Node, output: Node) -> str:

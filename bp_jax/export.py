@@ -142,7 +142,8 @@ def to_jax_export(
 ) -> jax.export.Exported:
     """The model's predictions as a portable `jax.export` program: `scaling`'s steps around `model.apply`.
 
-    The program takes float32 x of shape (rows, inputs), rows symbolic, and is lowered for each of `platforms`.
+    The program takes float32 x of shape (rows, inputs), rows symbolic (any number, 0 included: its input shape
+    reads `rows_plus_one - 1`), and is lowered for each of `platforms`.
     `.serialize()` (which needs flatbuffers) gives bytes that `jax.export.deserialize(...).call(x)` runs with jax
     and flatbuffers alone, on any of them.
 
@@ -166,11 +167,12 @@ def to_jax_export(
         >>> params = model.init(jax.random.key(0))
         >>> scaling = bp_jax.Scaling(x_mean=[1.0, 2.0], x_std=[2.0, 4.0], y_mean=10.0, y_std=3.0)
         >>> exported = bp_jax.to_jax_export(model, params, scaling, platforms=("cpu",))
-        >>> exported.call(np.ones((5, 2), np.float32)).shape
-        (5, 1)
+        >>> exported.call(np.ones((5, 2), np.float32)).shape, exported.call(np.ones((0, 2), np.float32)).shape
+        ((5, 1), (0, 1))
     """
     scaling = (Scaling() if scaling is None else scaling)._checked(model)
-    (rows,) = jax.export.symbolic_shape("rows")
+    # jax.export takes a dimension variable to be >= 1: rows = rows_plus_one − 1 is any number, 0 included
+    (rows,) = jax.export.symbolic_shape("rows_plus_one - 1")
     x = jax.ShapeDtypeStruct((rows, scaling.inputs), jnp.float32)
     return jax.export.export(_predictor(model, params, scaling), platforms=tuple(platforms))(x)
 

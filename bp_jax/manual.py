@@ -44,7 +44,8 @@ def softmax_cross_entropy_grad(logits, labels):
 
     Args:
       logits (jax.Array): the logits z, shape (B, C).
-      labels (jax.Array): integer class indices, shape (B,), each in [0, C).
+      labels (jax.Array): integer class indices, shape (B,), each in [0, C); a row whose label is outside
+        it is NaN, as `softmax_cross_entropy` is then NaN (it cannot raise on traced labels).
 
     Returns:
       (jax.Array): dL/dz, shape (B, C).
@@ -55,8 +56,10 @@ def softmax_cross_entropy_grad(logits, labels):
       >>> manual.softmax_cross_entropy_grad(jnp.array([[0.0, 0.0]]), jnp.array([0])).tolist()
       [[-0.5, 0.5]]
     """
-    onehot = jax.nn.one_hot(labels, logits.shape[1], dtype=logits.dtype)
-    return (jax.nn.softmax(logits) - onehot) / logits.shape[0]
+    classes = logits.shape[1]
+    onehot = jax.nn.one_hot(labels, classes, dtype=logits.dtype)
+    known = ((labels >= 0) & (labels < classes))[:, None]
+    return jnp.where(known, jax.nn.softmax(logits) - onehot, jnp.nan) / logits.shape[0]
 
 
 LOSS_GRADS: dict[Callable, Callable] = {
@@ -236,7 +239,9 @@ def per_example_grads(model: Model, loss: Callable = mse) -> Callable:
 
     Returns:
       The function `f(params, x, y)` -> the params pytree with a leading batch axis: row i is example
-        i's gradient. It raises ValueError unless x and y share their leading (batch) axis.
+        i's gradient. It raises ValueError unless x and y share their leading (batch) axis, and where the
+        loss does on the whole batch (concrete labels outside the model's classes, say; traced ones give NaN
+        rows, as the loss gives NaN).
 
     Raises:
       TypeError: a model without a hand-written `vjp`.
@@ -261,6 +266,7 @@ def per_example_grads(model: Model, loss: Callable = mse) -> Callable:
                 "per_example_grads expects x and y with the same leading batch axis, "
                 f"got shapes {x.shape} and {y.shape}"
             )
+        jax.eval_shape(lambda params, x: loss(model.apply(params, x), y), params, x)  # the loss's checks, on y
         one = lambda x_i, y_i: value_and_grad_one(params, x_i[None], y_i[None])[1]
         return jax.vmap(one)(x, y)
 

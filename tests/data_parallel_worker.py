@@ -1,5 +1,6 @@
-"""Run by tests/test_distributed.py in a process with JAX_NUM_CPU_DEVICES=8: sharded fits and steps against
-one device. Prints one JSON object: the max abs difference of each comparison, and the errors raised."""
+"""Run by tests/test_distributed.py in a process with JAX_NUM_CPU_DEVICES=8: sharded fits (one with a stop rule)
+and steps against one device. Prints one JSON object: the max abs difference of each comparison, the errors
+raised."""
 
 import json
 
@@ -20,9 +21,12 @@ def max_abs_difference(a, b) -> float:
     return max(float(jnp.max(jnp.abs(p - q))) for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
-def fit(batch_size, optimizer, mesh=None):
+def fit(batch_size, optimizer, mesh=None, stop_rule=None):
     update = {"lr": 0.05} if optimizer == "sgd" else {"optimizer": optax.adam(1e-2)}
-    return bp_jax.fit(loss, params, x, y, steps=40, batch_size=batch_size, key=key, chunk_size=40, mesh=mesh, **update)
+    return bp_jax.fit(
+        loss, params, x, y, steps=40, batch_size=batch_size, key=key, chunk_size=40, mesh=mesh, stop_rule=stop_rule,
+        **update,
+    )  # fmt: skip
 
 
 report = {"fit": {}, "replicated": True}
@@ -42,6 +46,19 @@ for devices, batch_size, optimizer in [
         leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == devices
         for leaf in jax.tree.leaves(sharded.params)
     )
+
+# A stop rule (a loss below a threshold, the rule's state) ends the sharded loop where it ends one device's.
+threshold = float(fit(16, "adam").losses[20]) * (1 + 1e-6)
+below = bp_jax.StopRule(lambda threshold, step, loss: (threshold, loss < threshold), jnp.float32(threshold))
+single = fit(16, "adam", stop_rule=below)
+sharded = fit(16, "adam", bp_jax.data_parallel_mesh(8), stop_rule=below)
+report["stop_rule"] = {
+    "stopped_at": [single.stopped_at, sharded.stopped_at],
+    "step": [single.step, sharded.step],
+    "difference": max_abs_difference(
+        (single.params, single.opt_state, single.losses), (sharded.params, sharded.opt_state, sharded.losses)
+    ),
+}
 
 # The steps take sharded inputs as they are: jit propagates the shardings and reduces the gradients.
 mesh = bp_jax.data_parallel_mesh(8)

@@ -21,9 +21,12 @@ from bp_jax.cli.interrupts import Signals
 from bp_jax.cli.watch import Watch
 
 
-def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path):
+def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
+    fit, held = bp_jax.fit, []
+    monkeypatch.setattr(bp_jax, "fit", lambda *args, **kwargs: held.append(fit(*args, **kwargs)) or held[-1])
     result = run_cli("train", "--out", out, "--epochs", 60, "--checkpoint-every", 300)
+    assert len(held[0].losses) == 660 - 600  # the host keeps the last chunk's losses, not every step's
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["hidden"] == [5] and metrics["config"]["dataset"] == "diabetes"
     assert metrics["examples"] == {"train": 354, "held_out": 88, "features": 10}
@@ -140,6 +143,9 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_params(tmp_path)
         (["--batch-size", "0"], "--batch-size: expected a positive integer"),
         (["--batch-size", "100000"], "--batch-size must be between 1 and 354"),
         (["--steps", "10", "--epochs", "2"], "not allowed with argument"),
+        (["--steps", str(10**10)], "ask for 10,000,000,000 steps; at most 2,147,483,647"),
+        (["--epochs", str(10**9)], "ask for 11,000,000,000 steps; at most 2,147,483,647"),
+        (["--hidden", "1000000,1000000"], "model's params, optimizer state and one batch's activations), more than"),
         (["--out", "/proc/forbidden/run"], "is not writable"),
         (["--resume", "/nonexistent/run"], "no checkpoint in"),
         (["--seed", "-1"], "--seed: expected an integer in [0, 2**32 - 1]"),
@@ -462,3 +468,6 @@ def test_watch_keeps_every_kth_loss_and_a_signal_stops_fit_at_the_next_chunk():
     assert result.step == 2000 and watch.stopped_by == signal.SIGINT
     assert [step for step, _ in watch.history] == list(range(0, 2000, 3))
     assert [loss for _, loss in watch.history] == result.losses[::3].tolist()
+    # resumed towards 8000 steps: the history so far is thinned to the new stride, ⌈8000 / 2000⌉ = 4
+    resumed = Watch(8000, start=result.step, history=watch.history)
+    assert [step for step, _ in resumed.history] == list(range(0, 2000, 12))

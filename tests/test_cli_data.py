@@ -222,6 +222,11 @@ def _cell(column, row, value):
         (_cell("price", 3, -1e308), [], "column 'price', row 3: the cell holds -1e+308, beyond float32's range"),
         (_cell("age", 5, "inf"), [], "column 'age', row 5: the cell holds inf, not a finite number"),
         (_cell("age", 6, "-inf"), [], "column 'age', row 6: the cell holds -inf, not a finite number"),
+        (
+            _cell("price", 4, "inf"),
+            ["--task", "classification"],
+            "column 'price', row 4: the class inf is not a finite number",  # strict JSON would record it as null
+        ),
         (lambda table: table, ["--features", "size,nope"], "the columns are 'size', 'rooms', 'floors', 'age', 'price'"),
         (
             lambda table: table.rename(columns={"size": " size "}),
@@ -248,6 +253,11 @@ RAW_FILES = {  # what is written at data/<name>, and what the refusal says
         "x.npz",
         lambda path: houses(20).to_csv(path, index=False),
         "x.npz: not a valid .npz (zip) file",
+    ),
+    "an .npz without y": (
+        "x.npz",
+        lambda path: np.savez(path, x=np.ones((20, 3))),
+        "x.npz: holds no array 'y', the target to train on (x only)",
     ),
     "a repeated header name": (
         "x.csv",

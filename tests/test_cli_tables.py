@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from helpers import assert_same_state, run_cli, strict_json
 
+from bp_jax.cli import data
+
 QUICK = ("--steps", 40)
 
 
@@ -162,15 +164,18 @@ def test_impute_fills_features_from_the_training_rows_and_predict_reuses_the_fil
     metrics = strict_json(tmp_path / "run" / "metrics.json")
     assert metrics["examples"]["train"] + metrics["examples"]["held_out"] == 198
     fill = metrics["data"]["scaling"]["fill"]
-    assert set(fill) == {"sex", "body_mass_g"}
+    assert set(fill) == set(table.columns) - {"species"}  # every feature, those without gaps in training too
     # the fill values are the training rows' statistics: recompute them from the training split's rows
     used = table[table["species"].notna()].reset_index(drop=True)
     order = np.random.default_rng(0).permutation(len(used))
     training = used.iloc[order[round(len(used) * 0.2) :]]
-    assert fill["body_mass_g"] == pytest.approx(training["body_mass_g"].mean(), rel=1e-12)
+    for name in ("body_mass_g", "bill_depth_mm"):
+        assert fill[name] == pytest.approx(training[name].mean(), rel=1e-12)
     assert fill["sex"] == training["sex"].value_counts().idxmax()
-    # predict fills empty cells with the same values
+    assert fill["island"] == training["island"].value_counts().idxmax()
+    # predict fills empty cells with the same values, in columns without gaps in training too
     features = table.drop(columns="species")
+    features.loc[[20, 21], ["bill_depth_mm", "island"]] = None
     features.to_csv(tmp_path / "new.csv", index=False)
     features.fillna(fill).to_csv(tmp_path / "filled.csv", index=False)
     predicted = lambda name: read_csv(run_cli("predict", tmp_path / "run", "--data", tmp_path / name).stdout)
@@ -221,13 +226,34 @@ def test_task_auto_keeps_integer_targets_regression_unless_asked(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_boolean_target_is_classification_with_its_values_kept(tmp_path):
-    table = animals(150).assign(heavy=lambda frame: frame["body_mass_g"] > 4200)
-    table[["island", "flipper_length_mm", "heavy"]].to_csv(tmp_path / "heavy.csv", index=False)
+def test_boolean_and_float_class_targets_come_back_spelled_as_in_the_data_and_older_records_as_recorded(tmp_path):
+    table = animals(150).assign(heavy=lambda frame: frame["body_mass_g"] > 4200)[
+        ["island", "flipper_length_mm", "heavy"]
+    ]
+    table.to_csv(tmp_path / "heavy.csv", index=False)
     run_cli("train", "--data", tmp_path / "heavy.csv", *QUICK, "--out", tmp_path / "run")
     assert strict_json(tmp_path / "run" / "metrics.json")["data"]["scaling"]["classes"] == [False, True]
     predictions = read_csv(run_cli("predict", tmp_path / "run", "--data", tmp_path / "heavy.csv").stdout)
     assert list(predictions.columns) == ["heavy", "P(False)", "P(True)"] and predictions["heavy"].dtype == bool
+    # the class written 0.0 and 1.0 (the same shapes: the same compiled programs)
+    table.assign(heavy=table["heavy"] * 1.0).to_csv(tmp_path / "float.csv", index=False)
+    args = ("--data", tmp_path / "float.csv", "--task", "classification")
+    run_cli("train", *args, *QUICK, "--out", tmp_path / "float")
+    predicted = lambda: run_cli("predict", tmp_path / "float", "--data", tmp_path / "float.csv").stdout.splitlines()
+    lines = predicted()
+    assert lines[0] == "heavy,P(0.0),P(1.0)" and {line.split(",")[0] for line in lines[1:]} == {"0.0", "1.0"}
+    # an integer column with an empty cell reads as floats; its classes stay integers
+    ints = table.assign(heavy=table["heavy"].astype(int).astype(object))
+    ints.loc[3, "heavy"] = None
+    ints.to_csv(tmp_path / "ints.csv", index=False)
+    classes = data.load(str(tmp_path / "ints.csv"), task="classification", missing="drop").scaling.classes
+    assert [(type(label), label) for label in classes] == [(int, 0), (int, 1)]
+    # a run recorded before classes kept their spelling holds 0 and 1: read as recorded
+    path = tmp_path / "float" / "checkpoints" / "40" / "record" / "metadata"
+    record = json.loads(path.read_text())
+    record["data"]["scaling"]["classes"] = [0, 1]
+    path.write_text(json.dumps(record))
+    assert predicted()[0] == "heavy,P(0),P(1)" and predicted()[1].split(",")[0] in ("0", "1")
 
 
 @pytest.mark.slow

@@ -63,6 +63,9 @@ def test_sharded_fit_and_steps_equal_one_device():
     for case, difference in report["fit"].items():
         assert difference < TOLERANCE, case
     assert report["replicated"], "params after a sharded fit should be replicated over the mesh"
+    stop = report["stop_rule"]  # fit(mesh=, stop_rule=): stopped at the same step, with the same state
+    assert stop["stopped_at"][0] == stop["stopped_at"][1] <= 20 and stop["step"] == [stop["stopped_at"][0] + 1] * 2
+    assert stop["difference"] < TOLERANCE
     assert max(report["steps"].values()) < TOLERANCE and report["step_output_devices"] == 8
     assert report["all_reduce"] == {"sgd_step": True, "fit": True}
     errors = report["errors"]

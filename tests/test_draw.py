@@ -77,6 +77,18 @@ def test_a_failed_save_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypa
     assert os.listdir(tmp_path) == ["graph.svg"]
 
 
+@pytest.mark.parametrize("name", ["g.dot", "g.svg"])
+def test_a_save_that_cannot_write_names_the_path_given_not_a_temporary_file(tmp_path, name):
+    graph = bp_jax.explain(lambda w: w * w, 2.0)
+    (tmp_path / "file").write_text("a file, not a folder")
+    for folder, error in (("missing/dir", FileNotFoundError), ("file", NotADirectoryError)):
+        target = f"{tmp_path}/{folder}/{name}"
+        with pytest.raises(error) as raised:
+            draw.save(graph, target, engine="matplotlib")
+        assert raised.value.filename == target and str(raised.value).endswith(f": '{target}'")
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
 def test_a_graph_holding_prng_keys_draws_their_key_data(tmp_path):
     graph = bp_jax.explain(lambda x, key: x * jax.random.uniform(key), 2.0, jax.random.key(3))
     dot = draw.to_dot(graph)

@@ -256,12 +256,18 @@ def test_prng_keys_show_their_key_data_and_have_no_gradient(make_key):
     assert "key[] 0 0" in inside.table()
 
 
-def test_table_columns_must_be_a_mapping_of_columns():
+def test_table_columns_must_be_a_mapping_of_columns_keyed_by_the_graphs_nodes():
     graph = bp_jax.explain(lambda w: w * w, 2.0)
     with pytest.raises(TypeError, match=r"mapping heading -> \{node: text or array\}.*got list \['op', 'grad'\]"):
         graph.table(columns=["op", "grad"])
     with pytest.raises(TypeError, match="got dict"):
         graph.table(columns={"note": "L"})
+    for key in ("notanode", 0, None):
+        with pytest.raises(TypeError, match=rf"column 'h' is keyed by {key!r}, which is not a node; key each"):
+            graph.table({"h": {graph.output: "L", key: "x"}})
+    other = bp_jax.explain(lambda w: w * w, 2.0)
+    with pytest.raises(ValueError, match=r"column 'h' is keyed by Node\(#1 .*, which is a node of another graph"):
+        graph.table({"h": {other.output: "L"}})
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -131,6 +131,21 @@ def test_bad_tangents_are_one_clear_error():
         bp_jax.explain(lambda w, i: w * i, 1.0, 2, tangents=(1.0, 1))
 
 
+def test_a_custom_vjp_function_under_tangents_is_one_type_error_naming_it_and_its_gradient_is_shown_without():
+    @jax.custom_vjp
+    def sine(x):
+        return jnp.sin(x)
+
+    sine.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (2 * g * jnp.cos(x),))  # a rule of its own: twice cos
+    f = lambda x: sine(x) ** 2
+    with pytest.raises(TypeError, match=r"node #1 sine\(x\) is a jax.custom_vjp function, which has no forward-mode"):
+        bp_jax.explain(f, 1.0, tangents=(1.0,))
+    with pytest.raises(TypeError):  # jax's own limitation, which the message names
+        jax.jvp(f, (1.0,), (1.0,))
+    graph = bp_jax.explain(f, 1.0)  # reverse mode takes the function's own rule, as jax.grad does
+    assert float(graph.grads[0]) == pytest.approx(float(jax.grad(f)(1.0)), rel=1e-6)
+
+
 # --- the command ------------------------------------------------------------------------------
 
 

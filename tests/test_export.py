@@ -36,11 +36,13 @@ def table(rows: int, *, task: str, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module", params=["regression", "classification"])
 def exported(request, tmp_path_factory):
-    """A run with --missing impute on a table with a text feature; its predictions for 40 rows (3 with empty
-    cells) from `bp-jax predict`; its jax and ONNX exports."""
+    """A run with --missing impute on a table with a text feature; its predictions for 40 rows (4 with empty
+    cells, one in "weight (g)", which had none in training) from `bp-jax predict`; its jax and ONNX exports."""
     folder = tmp_path_factory.mktemp(request.param)
     table(200, task=request.param).to_csv(folder / "table.csv", index=False)
-    table(40, task=request.param, seed=1).drop(columns="target").to_csv(folder / "new.csv", index=False)
+    new = table(40, task=request.param, seed=1).drop(columns="target")
+    new.loc[[8], "weight (g)"] = np.nan
+    new.to_csv(folder / "new.csv", index=False)
     run_cli(
         "train", "--data", folder / "table.csv", "--target", "target", "--missing", "impute", "--out", folder / "run",
         "--task", request.param, *QUICK,
@@ -79,8 +81,9 @@ def test_inputs_json_names_each_input_column_and_the_outputs(exported):
     assert description["input"] == {"dtype": "float32", "shape": ["rows", 5]}
     assert (description["format"], description["step"], description["task"]) == ("jax", 60, task)
     assert description["outputs"] == (["target"] if task == "regression" else list(predicted.columns[1:]))
-    fills = [entry.get("nan_becomes") for entry in description["inputs"]]
-    assert fills[4] is None and [fills[1], fills[2], fills[3]].count(1.0) == 1 and fills[0] == pytest.approx(50, abs=3)
+    fills = [entry.get("nan_becomes") for entry in description["inputs"]]  # every input's: a gap may come anywhere
+    assert [fills[1], fills[2], fills[3]].count(1.0) == 1 and fills[0] == pytest.approx(50, abs=3)
+    assert fills[4] == pytest.approx(3000, abs=300)
     assert strict_json(folder / "model.onnx.inputs.json")["inputs"] == description["inputs"]
 
 
@@ -88,7 +91,7 @@ def test_inputs_json_names_each_input_column_and_the_outputs(exported):
 def test_the_jax_export_runs_with_jax_alone_and_gives_predicts_numbers(exported, tmp_path):
     task, folder, predicted = exported
     x = model_inputs(pd.read_csv(folder / "new.csv"), strict_json(folder / "model.jax.inputs.json"))
-    assert np.isnan(x).any(axis=1).sum() == 3
+    assert np.isnan(x).any(axis=1).sum() == 4
     np.save(tmp_path / "x.npy", x)
     hidden = tmp_path / "hidden" / "bp_jax"
     hidden.mkdir(parents=True)
@@ -158,6 +161,10 @@ def test_refusals_are_one_line_and_write_nothing(seed_run, tmp_path):
     assert "mine.jax already exists" in error_line(export(seed_run, tmp_path / "mine.jax"))
     (tmp_path / "b.jax.inputs.json").write_text("mine too")
     assert "b.jax.inputs.json already exists" in error_line(export(seed_run, tmp_path / "b.jax"))
+    for out in ("", ".", f"{tmp_path}/"):  # a folder, not a file
+        assert f"--out: expected the name of a file, got {out!r}" in error_line(export(seed_run, out))
+    for out, why in (("missing/a.jax", "No such file or directory"), ("mine.jax/a.jax", "Not a directory")):
+        assert error_line(export(seed_run, tmp_path / out)).endswith(f"could not write {tmp_path / out}: {why}")
     assert "invalid choice: 'tflite'" in error_line(
         run_cli("export", seed_run, "--format", "tflite", "--out", tmp_path / "c", check=False)
     )
@@ -194,9 +201,11 @@ def test_to_jax_export_and_to_onnx_are_the_models_function(tmp_path):
     exported = jax.export.deserialize(bp_jax.to_jax_export(model, params).serialize())
     np.testing.assert_allclose(exported.call(x), reference, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(exported.call(x[:1]), reference[:1], rtol=1e-6, atol=1e-6)
+    assert exported.call(x[:0]).shape == (0, 2)  # any number of rows, zero included
     (tmp_path / "m.onnx").write_bytes(bp_jax.to_onnx(model, params).SerializeToString())
-    (y,) = onnxruntime.InferenceSession(tmp_path / "m.onnx").run(None, {"x": x})
-    np.testing.assert_allclose(y, reference, rtol=1e-6, atol=1e-6)
+    session = onnxruntime.InferenceSession(tmp_path / "m.onnx")
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], reference, rtol=1e-6, atol=1e-6)
+    assert session.run(None, {"x": x[:0]})[0].shape == (0, 2)
 
 
 @pytest.mark.parametrize(

@@ -113,7 +113,7 @@ def test_on_chunk_reports_progress_between_chunks():
 
 
 @pytest.mark.parametrize("ensemble", [False, True])
-def test_on_chunk_returning_true_stops_training_there(ensemble):
+def test_on_chunk_returning_true_stops_training_there_and_keep_losses_false_keeps_the_last_chunk(ensemble):
     model, params, x, y = problem()
     train = bp_jax.fit_ensemble if ensemble else bp_jax.fit
     params = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), params) if ensemble else params
@@ -123,6 +123,14 @@ def test_on_chunk_returning_true_stops_training_there(ensemble):
     )
     assert stopped.step == 20 and stopped.losses.shape[0] == 20
     chex.assert_trees_all_equal(stopped.params, whole.params)
+    seen = []  # keep_losses=False: on_chunk sees every loss, the result holds the last chunk's
+    lean = train(
+        bp_jax.loss_fn(model), params, x, y, steps=25, lr=0.01, chunk_size=10, keep_losses=False,
+        on_chunk=lambda r: seen.append(r.losses) or r.step >= 20,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.concatenate(seen), stopped.losses)
+    np.testing.assert_array_equal(lean.losses, stopped.losses[10:])
+    chex.assert_trees_all_equal(lean.params, whole.params)
 
 
 def test_a_non_finite_loss_stops_with_the_last_finite_params():
@@ -137,6 +145,10 @@ def test_a_non_finite_loss_stops_with_the_last_finite_params():
     # The returned params are exactly those a Python loop holds before the failing step.
     looped = bp_jax.fit(loss, params, x, y * 1e4, steps=stopped.step, lr=10.0).params
     chex.assert_trees_all_equal(stopped.result.params, looped)
+    with pytest.raises(bp_jax.NonFiniteLoss) as lean:  # keep_losses=False: the losses of the chunk it stopped in
+        bp_jax.fit(loss, params, x, y * 1e4, steps=500, lr=10.0, chunk_size=1, keep_losses=False)
+    assert lean.value.step == lean.value.result.step == stopped.step
+    np.testing.assert_array_equal(lean.value.result.losses, stopped.result.losses[-1:])
 
 
 def test_fit_does_not_donate_the_callers_params():

@@ -114,6 +114,20 @@ def test_per_example_grads_refuse_bad_input():
         manual.per_example_grads(model, bp_jax.squared_error)
 
 
+def test_per_example_grads_refuse_labels_the_loss_refuses_and_give_nan_rows_for_traced_ones():
+    model = bp_jax.mlp((2, 4, 3))
+    params, x = model.init(jax.random.key(0)), jnp.ones((3, 2))
+    grads = manual.per_example_grads(model, bp_jax.softmax_cross_entropy)
+    for label in (7, -1):  # refused in one line, as value_and_grad and the loss refuse them
+        with pytest.raises(ValueError, match=rf"labels must lie in \[0, 3\) .* got label {label} at row 2"):
+            grads(params, x, jnp.array([0, 1, label]))
+    rows = jax.jit(grads)(params, x, jnp.array([0, 1, 7]))  # traced: nothing can raise; the row is NaN, as its loss
+    assert all(bool(jnp.isfinite(leaf[:2]).all()) for leaf in jax.tree.leaves(rows))
+    assert all(bool(jnp.isnan(leaf[2]).any()) for leaf in jax.tree.leaves(rows))
+    with pytest.raises(TypeError, match="labels must be integer class indices"):
+        grads(params, x, jnp.array([0.0, 1.0, 2.0]))
+
+
 # --- the tiny network's Hessian -------------------------------------------------------------------
 
 away_from_zero = st.floats(-3.0, 3.0, allow_nan=False).filter(lambda v: abs(v) > 1e-2)  # off relu's kink

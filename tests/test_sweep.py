@@ -174,18 +174,22 @@ def test_a_folder_holding_a_sweep_is_not_written_over(sweep):
 
 
 def test_a_sweep_that_cannot_fit_in_memory_is_refused_before_anything_is_allocated(tmp_path):
-    """The losses of every step of every member: 1000 × 10**10 × 4 bytes, refused in one line."""
-    done = run_cli("sweep", "--lr", "0.01", "--seeds", 1000, "--steps", 10**10, "--out", tmp_path / "big", check=False)
+    """10**7 members of about 50 kB each (their arrays, history and report entries), refused in one line; so is
+    a run past fit's int32 step counter."""
+    done = run_cli("sweep", "--lr", "0.01", "--seeds", 10**7, "--steps", 5, "--out", tmp_path / "big", check=False)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "1,000 members × 10,000,000,000 steps need about" in done.stderr and "GiB, more than" in done.stderr
-    assert not (tmp_path / "big").exists()
+    assert "10,000,000 members × 5 steps need about" in done.stderr and "GiB (a 10 → 5 → 1 model" in done.stderr
+    done = run_cli("sweep", "--lr", "0.01", "--steps", 10**10, "--out", tmp_path / "long", check=False)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "ask for 10,000,000,000 steps; at most 2,147,483,647" in done.stderr
+    assert not (tmp_path / "big").exists() and not (tmp_path / "long").exists()
 
 
-def test_the_memory_estimate_grows_with_members_and_steps_and_is_below_the_machine_for_the_readme_sweep():
+def test_the_memory_estimate_grows_with_members_not_steps_past_the_history_and_the_readme_sweep_fits():
     config = runs.Config()
-    needed = lambda members, steps: sweep_command.bytes_needed(config, 10, 442, members, steps)
-    assert needed(2, 100) == 2 * needed(1, 100) and needed(1, 10**6) - needed(1, 0) >= 8 * 10**6
-    assert needed(48, 1100) < sweep_command.memory_limit()[0]
+    needed = lambda members, steps: runs.bytes_needed(config, 10, 1, 442, members, steps)
+    assert needed(2, 100) == 2 * needed(1, 100) and needed(1, 10**9) == needed(1, 10**4)  # fit keeps one chunk
+    assert needed(48, 1100) < runs.memory_limit()[0]
 
 
 @pytest.mark.slow

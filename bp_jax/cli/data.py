@@ -13,10 +13,11 @@ them), a numeric one regression. A numeric feature is standardised with the trai
 deviation (a constant column's deviation counts as 1, so it standardises to 0, not NaN); a text feature is
 one-hot, one input per category of the training split; dates and free text (many distinct values) are refused,
 naming the `--features` that leaves them out. Empty cells: `missing="error"` refuses them, naming the columns and
-counts; "drop" leaves out their rows; "impute" fills a feature with the training split's mean or most frequent
-category; a row without a target is never used. Every used numeric cell must be a number float32 holds (finite,
-|x| ≤ 3.4e38), and so must its standardised value: anything else is a DataError naming the file, the column and
-the row (from 1, after the header).
+counts; "drop" leaves out their rows; "impute" gives every feature a fill, the training split's mean or most
+frequent category, used wherever a cell is empty (in training, predict and the exports alike); a row without a
+target is never used. Every used numeric cell must be a number float32 holds (finite, |x| ≤ 3.4e38), and so must
+its standardised value: anything else is a DataError naming the file, the column and the row (from 1, after the
+header).
 """
 
 import hashlib
@@ -50,8 +51,10 @@ class Scaling(NamedTuple):
     training category (`categories`, one-hot); a missing cell takes its `fill` value (--missing impute) or is an
     error. Each input is standardised, (x − x_mean) / x_std (a one-hot input keeps 0/1: mean 0, deviation 1).
     A regression target is standardised with y_mean, y_std; a classification target is the index of its value
-    in `classes` (text, numbers or booleans, as the data spells them). Records written before classification
-    lack task, classes, categories and fill: a regression run on numeric columns, without missing cells."""
+    in `classes` (text, numbers or booleans, as the data spells them: `0.0` a float, `0` an int). Records
+    written before classification lack task, classes, categories and fill: a regression run on numeric columns,
+    without missing cells; those written before float classes kept their spelling hold an integral float class
+    as an int, and are read as they are."""
 
     feature_names: tuple[str, ...]
     target_name: str
@@ -340,13 +343,26 @@ def _kind(column) -> str:
 
 
 def _label(value):
-    """A class label as JSON and the predictions spell it: text, a bool, an int (an integral float too: an
-    integer column with empty cells reads as floats), or a float."""
+    """A class label as JSON and the predictions spell it, of the data's type: text, a bool, an int or a float
+    (`0.0` stays `0.0`)."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return int(value) if float(value).is_integer() else float(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
     return str(value)
+
+
+def _integers_read_as_floats(source: str, column) -> bool:
+    """Whether a CSV column pandas read as floats holds integers, read so for its empty cells alone: every filled
+    cell written as an integer (`3`, not `3.0`)."""
+    import pandas as pd
+
+    if column.dtype.kind != "f" or not column.isna().any() or Path(source).suffix.lower() != ".csv":
+        return False
+    cells = pd.read_csv(source, usecols=[column.name], dtype=str)[column.name].dropna()
+    return bool(cells.str.strip().str.fullmatch(r"[+-]?\d+").all())
 
 
 def _class_index(classes: tuple, values) -> np.ndarray:
@@ -469,10 +485,16 @@ def load(
     import pandas as pd
 
     frame = read(source, seed=split_seed)
+    if target is None and Path(source).suffix.lower() == ".npz" and "y" not in frame.columns:
+        raise DataError(
+            f"{source}: holds no array 'y', the target to train on (x only); add y, or name a column of x "
+            f"(x0, x1, …) with --target"
+        )
     frame, features, target = _choose(frame, source, target, features)
     if len(frame) == 0:
         raise DataError(f"{source}: no rows")
     fingerprint, task = _fingerprint(frame, features, target), _task(frame, target, task)
+    integer_classes = task == "classification" and _integers_read_as_floats(source, frame[target])
     _refuse_unusable(frame, source, features)
     keep, left_out, notes = _missing_cells(frame, source, features, target, missing)
     notes = (*frame.attrs.get("notes", ()), *notes)
@@ -488,20 +510,25 @@ def load(
     training = frame.iloc[train]
     text = [name for name in features if _kind(frame[name]) == "text"]
     fill: dict = {}
-    for name in features if missing == "impute" else ():
+    for name in features if missing == "impute" else ():  # every feature: a gap may come in new rows only
         cells = training[name].dropna()
-        if frame[name].isna().any() and not len(cells):
+        if not len(cells):
             raise DataError(f"{source}: column {name!r} has no value in the training rows to impute from")
-        if frame[name].isna().any():  # the most frequent category (the first in order on a tie), or the mean
-            fill[name] = (
-                cells.map(str).value_counts().sort_index().idxmax()
-                if name in text
-                else float(pd.to_numeric(cells, errors="coerce").mean())
-            )
+        fill[name] = (  # the most frequent category (the first in order on a tie), or the mean
+            cells.map(str).value_counts().sort_index().idxmax()
+            if name in text
+            else float(pd.to_numeric(cells, errors="coerce").mean())
+        )
     categories = {name: tuple(sorted(training[name].dropna().map(str).unique())) for name in text}
     rows = frame.index.to_numpy() + 1  # each kept row's number in the file, for messages
     if task == "classification":
-        labels = frame[target].to_numpy()
+        labels = frame[target].to_numpy(np.int64 if integer_classes else None)  # spelled as in the file
+        infinite = [k for k, value in enumerate(labels) if isinstance(_label(value), float) and np.isinf(value)]
+        if infinite:
+            raise DataError(
+                f"{source}: column {target!r}, row {rows[infinite[0]]}: the class {labels[infinite[0]]} is not a "
+                f"finite number; a class is text, a boolean or a finite number"
+            )
         classes = tuple(sorted({_label(value) for value in labels}, key=lambda label: (str(type(label)), label)))
         if not 2 <= len(classes) <= MAX_CLASSES:
             raise DataError(

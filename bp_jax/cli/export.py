@@ -11,8 +11,8 @@ probability, shape (rows, classes); the run's standardisation is inside (`bp_jax
 The inputs are the model's: a numeric feature is one column, a text feature one 0/1 column per training
 category (one-hot), in the run's order. `FILE.inputs.json` beside FILE names them (column, and category for a
 one-hot input), the outputs, and how a missing cell is given: a run trained with --missing impute fills a NaN
-input with the training value (a numeric column's mean; for a text column, NaN in all its one-hot inputs gives
-its most frequent category); in any other run a NaN input gives a NaN output row (`predict` refuses it).
+in any input with the training value (a numeric column's mean; for a text column, NaN in all its one-hot inputs
+gives its most frequent category); in any other run a NaN input gives a NaN output row (`predict` refuses it).
 Neither file may exist beforehand; both are written atomically, and the first is removed if the second fails.
 """
 
@@ -96,7 +96,8 @@ def input_columns(scaling: data.Scaling) -> list[tuple[str, str | None]]:
 
 def fill_values(scaling: data.Scaling) -> list[float] | None:
     """Each input's value for a NaN (--missing impute): a numeric column's fill, or 1/0 for a one-hot input of a
-    text column's fill category; NaN (no fill) for a column without one. None when the run fills nothing."""
+    text column's fill category; NaN (no fill) for a column without one (a run recorded when only columns with gaps
+    got one). None when the run fills nothing."""
     if not scaling.fill:
         return None
     fill = lambda name, category: (

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from bp_jax.cli._args import UsageError
@@ -147,7 +147,8 @@ def write_atomically(path: Path, write: Callable[[Path], object], *, replace: bo
     except OSError as err:
         raise UsageError(f"could not write {path}: {err.strerror or err}") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        with suppress(FileNotFoundError, NotADirectoryError):  # none was made (a folder of the path is missing)
+            temporary.unlink()
     return path
 
 

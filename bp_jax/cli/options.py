@@ -64,6 +64,14 @@ def hidden_sizes(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def out_file(text: str) -> Path:
+    """A path that names a file: not empty, not ending in a separator, `.` or `..` (those name a folder)."""
+    path = Path(text)
+    if not text or text.endswith("/") or path.name in ("", ".", ".."):
+        raise argparse.ArgumentTypeError(f"expected the name of a file, got {text!r}")
+    return path
+
+
 def batch_size(text: str) -> int | str:
     return text if text == "full" else positive_int(text)  # "full" becomes None in given_config
 
@@ -146,7 +154,7 @@ def add_out_folder(parser, *, holding: str, default: str) -> None:
 
 def add_out_file(parser, *, help: str, required: bool = False) -> None:
     """--out FILE: a file the command creates, refused if it exists."""
-    parser.add_argument("--out", type=Path, required=required, metavar="FILE", help=f"{help}; must not exist")
+    parser.add_argument("--out", type=out_file, required=required, metavar="FILE", help=f"{help}; must not exist")
 
 
 def add_trained_run(parser, *, verb: str) -> None:

@@ -12,6 +12,8 @@ trains many at once).
 """
 
 import dataclasses
+import itertools
+import os
 import shutil
 import sys
 import tempfile
@@ -25,8 +27,11 @@ import numpy as np
 import optax
 
 import bp_jax
-from bp_jax.cli import checkpoints, data, folders
+from bp_jax._fit import CAPACITY
+from bp_jax._fit_checks import MAX_STEP
+from bp_jax.cli import checkpoints, console, data, folders
 from bp_jax.cli._args import UsageError
+from bp_jax.cli.watch import MAX_HISTORY_POINTS, PROGRESS_EVERY
 
 if TYPE_CHECKING:  # for the annotations only: orbax loads when a checkpoint is read or written
     import orbax.checkpoint as ocp
@@ -45,6 +50,10 @@ LIVE_READS = 20
 #: minibatches of 32) then beats the majority class clearly (the iris and penguin-like tables of the README and tests)
 CLASSIFICATION_DEFAULTS = {"hidden": (16,), "lr": 0.1}
 RECORD_KEYS = {"config", "data", "total_steps", "loss_history", "wall_time_s", "diverged_at"}
+#: the optimizer state's size, in copies of the params (inject_hyperparams adds a few scalars)
+OPTIMIZER_COPIES = {"sgd": 0, "optax-sgd": 0, "momentum": 1, "adam": 2}
+#: host bytes per member beyond its arrays: its sweep.json entry and table row, as Python objects
+REPORT_BYTES_PER_MEMBER = 2048
 
 
 def _check_keys(what: str, got: dict, expected: set, where: str) -> None:
@@ -146,6 +155,65 @@ def load_data(config: Config, given=None) -> tuple[Config, data.Split]:
 
 def steps_per_epoch(n_train: int, batch_size: int | None) -> int:
     return 1 if batch_size is None else n_train // batch_size
+
+
+def bytes_needed(
+    config: Config, features: int, outputs: int, rows: int, members: int = 1, steps: int | None = None
+) -> int:
+    """About how many bytes training `members` models of `config` for `steps` steps (None: any number) needs,
+    from the per-member sizes (float32, 4 bytes): params, their gradients and the optimizer's copies of them; the
+    activations and their gradients for a batch, and the activations over all `rows` when the scores are
+    evaluated; the losses of one fit call (CAPACITY steps) on the device and of one chunk on the host (fit keeps
+    no others), and the history's Python floats (32 bytes each); plus each member's report entry."""
+    steps = MAX_STEP if steps is None else steps
+    widths = (features, *config.hidden, outputs)
+    params = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
+    batch = config.batch_size or rows
+    floats = (
+        params * (2 + OPTIMIZER_COPIES[config.optimizer])
+        + (2 * batch + rows) * sum(widths)
+        + CAPACITY
+        + 2 * min(steps, PROGRESS_EVERY)
+    )
+    return members * (4 * floats + 32 * min(steps + 1, MAX_HISTORY_POINTS) + REPORT_BYTES_PER_MEMBER)
+
+
+def memory_limit() -> tuple[int, str]:
+    """The bytes a run may use, and what they are: the machine's physical memory, or the first device's
+    memory where JAX reports it (GPU, TPU) and it is smaller."""
+    limit, what = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit") and stats["bytes_limit"] < limit:
+        limit, what = stats["bytes_limit"], f"the memory of {console.device_description()}"
+    return limit, what
+
+
+def check_memory(
+    config: Config, split: data.Split, *, members: int = 1, steps: int | None = None, fewer: str | None = None
+) -> None:
+    """UsageError, before anything is allocated, when `members` models of `config` trained on `split` for `steps`
+    steps need more than `memory_limit()` (`bytes_needed`): one line naming the model, asking for `fewer` of
+    something (a sweep's members) or a smaller model or batch."""
+    features, outputs = split.x_train.shape[1], split.scaling.outputs
+    rows = len(split.x_train) + len(split.x_test)
+    needed, (limit, where) = bytes_needed(config, features, outputs, rows, members, steps), memory_limit()
+    if needed > limit:
+        model = " → ".join(map(str, (features, *config.hidden, outputs)))
+        plural = lambda count, noun: f"{count:,} {noun}{'s' * (count != 1)}"
+        what = "the run's arrays" if steps is None else f"{plural(members, 'member')} × {plural(steps, 'step')}"
+        raise UsageError(
+            f"{what} need about {needed / 2**30:,.1f} GiB (a {model} model's params, optimizer state and one "
+            f"batch's activations{' each' * (members > 1)}), more than {where} ({limit / 2**30:,.1f} GiB); ask for "
+            + ", ".join([*([fewer] if fewer else []), "a smaller --hidden or --batch-size"])
+        )
+
+
+def check_total_steps(total: int) -> None:
+    """UsageError when a run of `total` steps passes `fit`'s step counter (int32)."""
+    if total > MAX_STEP:
+        raise UsageError(
+            f"--steps or --epochs ask for {total:,} steps; at most {MAX_STEP:,} (the step counter is int32)"
+        )
 
 
 def mean_predictor_mse(split: data.Split) -> float:
@@ -262,9 +330,10 @@ class Run(NamedTuple):
         return checkpoints.restore(self.manager, self.step, like)
 
     def model_and_params(self) -> tuple[bp_jax.Model, object]:
-        """The run's model and its params at this checkpoint."""
+        """The run's model and its params at this checkpoint (restored into the state's shapes, which are traced,
+        not computed: nothing compiles)."""
         model = build_model(len(self.scaling.x_mean), self.config, self.scaling.outputs)
-        return model, self.restore(initial_state(model, self.config))["params"]
+        return model, self.restore(jax.eval_shape(lambda: initial_state(model, self.config)))["params"]
 
 
 def open_run(folder: Path) -> Run:

@@ -7,14 +7,12 @@ share the split chosen by --split-seed (default 0); seed s (--seed, --seed + 1, 
 and data order. Writes sweep.json (one entry per member: lr, seed, train and held-out MSE, or for a class
 target train and held-out accuracy and log loss, the step it diverged at or null) and sweep.png into --out,
 and prints a table per learning rate. Diverged members are frozen and shown, and do not fail the sweep. A
-sweep that cannot fit in memory (estimated before anything is allocated: `bytes_needed`) is refused in one
-line. Set-up is one compiled program whatever the number of members (`member_states`). SIGINT/SIGTERM end
+sweep that cannot fit in memory (estimated before anything is allocated: `runs.bytes_needed`) is refused in
+one line. Set-up is one compiled program whatever the number of members (`member_states`). SIGINT/SIGTERM end
 the process at once during set-up and compile, stop at the end of the current chunk once training runs and
 write what was trained so far, and let the results being written finish (exit 130/143; see `interrupts`).
 """
 
-import itertools
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -26,16 +24,10 @@ import numpy as np
 import optax
 
 import bp_jax
-from bp_jax._fit import CAPACITY
 from bp_jax.cli import console, folders, interrupts, options, plots, runs
 from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
-from bp_jax.cli.watch import MAX_HISTORY_POINTS, PROGRESS_EVERY, Watch
-
-#: the optimizer state's size, in copies of the params (inject_hyperparams adds a few scalars)
-OPTIMIZER_COPIES = {"sgd": 0, "optax-sgd": 0, "momentum": 1, "adam": 2}
-#: host bytes per member beyond its arrays: its sweep.json entry and table row, as Python objects
-REPORT_BYTES_PER_MEMBER = 2048
+from bp_jax.cli.watch import PROGRESS_EVERY, Watch
 
 
 def add_arguments(parser) -> None:
@@ -75,9 +67,8 @@ def run(args) -> int:
     members = len(args.lrs) * args.seeds
     epochs = 100 if args.epochs is args.steps is None else args.epochs
     total = args.steps or epochs * runs.steps_per_epoch(n_train, config.batch_size)
-    _check_memory(
-        bytes_needed(config, split.x_train.shape[1], n_train + len(split.x_test), members, total), members, total
-    )
+    runs.check_total_steps(total)
+    runs.check_memory(config, split, members=members, steps=total, fewer="fewer learning rates or seeds")
     seeds = list(range(config.seed, config.seed + args.seeds))
     mesh = _mesh(args.devices, members)
     out = args.out or folders.create_unique(Path("runs"), f"sweep-{config.name}")
@@ -111,39 +102,6 @@ def _mesh(devices: int | None, members: int) -> jax.sharding.Mesh | None:
             f"the {members} members (learning rates × seeds) do not split evenly over {mesh.devices.size} devices"
         )
     return mesh
-
-
-def bytes_needed(config: Config, features: int, rows: int, members: int, steps: int) -> int:
-    """About how many bytes a sweep of `members` members and `steps` steps needs, from the per-member sizes
-    (float32, 4 bytes): params, their gradients and the optimizer's copies of them; the activations and their
-    gradients for a batch, and the activations over all `rows` when the MSEs are evaluated; the losses of
-    one fit call (CAPACITY steps) on the device, of every step twice on the host (fit's chunks, then joined),
-    and the history's Python floats (32 bytes each); plus each member's report entry."""
-    widths = (features, *config.hidden, 1)
-    params = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
-    batch = config.batch_size or rows
-    floats = params * (2 + OPTIMIZER_COPIES[config.optimizer]) + (2 * batch + rows) * sum(widths) + CAPACITY + 2 * steps
-    return members * (4 * floats + 32 * min(steps + 1, MAX_HISTORY_POINTS) + REPORT_BYTES_PER_MEMBER)
-
-
-def memory_limit() -> tuple[int, str]:
-    """The bytes a sweep may use, and what they are: the machine's physical memory, or the first device's
-    memory where JAX reports it (GPU, TPU) and it is smaller."""
-    limit, what = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
-    stats = jax.devices()[0].memory_stats() or {}
-    if stats.get("bytes_limit") and stats["bytes_limit"] < limit:
-        limit, what = stats["bytes_limit"], f"the memory of {console.device_description()}"
-    return limit, what
-
-
-def _check_memory(needed: int, members: int, steps: int) -> None:
-    """UsageError, before anything is allocated, when `needed` bytes exceed `memory_limit()`."""
-    limit, what = memory_limit()
-    if needed > limit:
-        raise UsageError(
-            f"{members:,} members × {steps:,} steps need about {needed / 2**30:,.1f} GiB, more than "
-            f"{what} ({limit / 2**30:,.1f} GiB); ask for fewer learning rates, seeds or steps"
-        )
 
 
 def member_states(
@@ -189,6 +147,7 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
         chunk_size=PROGRESS_EVERY,
         on_chunk=watch.on_chunk,
         mesh=mesh,
+        keep_losses=False,  # the watch keeps the history, bounded
     )
 
 

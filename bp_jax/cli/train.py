@@ -168,9 +168,10 @@ def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None
 
 
 def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem:
-    """Read and split the data, check the batch size, build the model and its initial state (`given`: the
-    values set on the command line of a new run, see `runs.load_data`)."""
+    """Read and split the data, check the batch size and that the run fits in memory, build the model and its
+    initial state (`given`: the values set on the command line of a new run, see `runs.load_data`)."""
     config, split = runs.load_data(config, given)
+    runs.check_memory(config, split)  # before the params are allocated
     n_train, features = split.x_train.shape
     mesh = mesh_for(devices, config.batch_size or n_train)
     model = runs.build_model(features, config, split.scaling.outputs)
@@ -216,6 +217,7 @@ def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int 
     total = start.total_steps if total is None else total
     if total is None:
         raise UsageError("pass --steps or --epochs")
+    runs.check_total_steps(total)
     if total < start.step and epochs is not None:
         raise UsageError(
             f"the checkpoint is at step {start.step}, in epoch {start.step // per_epoch + 1} "
@@ -298,9 +300,11 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
             chunk_size=chunk_sizes,
             on_chunk=on_chunk,
             mesh=problem.mesh,
+            keep_losses=False,  # the watch keeps the history, bounded
         )
     except bp_jax.NonFiniteLoss as diverged:
-        watch.add_rest(distributed.host_local(diverged.result.losses), start.step)
+        losses = distributed.host_local(diverged.result.losses)  # those of the chunk it stopped in, to its step
+        watch.add_rest(losses, diverged.step + 1 - len(losses))
         save(diverged.result, diverged=True)
         return diverged.result, diverged
     return result, None

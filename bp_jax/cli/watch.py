@@ -2,11 +2,12 @@
 
     with console.progress_bar("train") as progress:
         watch = Watch(total, progress=progress, signals=interrupts.current())
-        result = bp_jax.fit(..., chunk_size=PROGRESS_EVERY, on_chunk=watch.on_chunk)
+        result = bp_jax.fit(..., chunk_size=PROGRESS_EVERY, on_chunk=watch.on_chunk, keep_losses=False)
         watch.history, watch.stopped_by, watch.elapsed_s  # [[step, loss], …]; the signal that stopped it
 
 Between `fit`'s chunks, `Watch.on_chunk` keeps the loss history (steps 0, k, 2k, …: at most about
-MAX_HISTORY_POINTS of them, k = ⌈total / MAX_HISTORY_POINTS⌉), shows progress, and returns True, which
+MAX_HISTORY_POINTS of them, k = ⌈total / MAX_HISTORY_POINTS⌉, a resumed run's earlier history thinned alike;
+`fit` runs with keep_losses=False, so no other loss stays on the host), shows progress, and returns True, which
 stops `fit` there, once SIGINT or SIGTERM came (every process of a multi-process run agreeing on it, so
 they all stop at the same step). Its first call puts `signals` in the training phase (`interrupts`): before
 the first chunk is done (set-up, compile) there is nothing to save and a signal ends the process at once.
@@ -39,7 +40,8 @@ def shown_loss(result) -> float:
 class Watch:
     """Training from step `start` to `total`, watched between chunks (see the module's docstring).
 
-    `history` continues a resumed run's [step, loss] pairs; an ensemble's loss is a list, one per member.
+    `history` continues a resumed run's [step, loss] pairs (those on this run's stride); an ensemble's loss is a
+    list, one per member.
     `progress(step, total, loss)` (process 0 only) and `signals` (an `interrupts.Signals`) are optional.
     """
 
@@ -53,8 +55,8 @@ class Watch:
         signals: interrupts.Signals | None = None,
     ):
         self.total, self.progress, self.signals = total, progress, signals
-        self.history = list(history)
         self.stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
+        self.history = [point for point in history if point[0] % self.stride == 0]  # a resumed run's, thinned alike
         self.step = start  # the losses of the steps before this one are in the history
         self.stopped_by: int | None = None
         self.started = time.perf_counter()
