@@ -252,6 +252,7 @@ def _sklearn_section(suite: dict) -> list[str]:
             _time(row["seconds"]["median"]),
             _spread(row["seconds"]),
             f"{row['held_out_score']:.3f}",
+            "" if row.get("n_iter") is None else row["n_iter"],
             _ratio(row["speedup_vs_sklearn"]),
             _ratio(row.get("time_over_bp_jax")),
         ]
@@ -274,13 +275,17 @@ def _sklearn_section(suite: dict) -> list[str]:
         "## 6. scikit-learn",
         "",
         f"Configuration {problem['config']}; regression: {problem['regression']}; classification: "
-        f"{problem['classification']}. Fit rows: seconds per (second) fit, held-out R² or accuracy, and "
-        f"sklearn's time / bp_jax's, and each row's time / bp_jax's fit of the task. Grid rows: "
+        f"{problem['classification']}. Fit rows: seconds per (second) fit, held-out R² or accuracy, n_iter_ "
+        f"(epochs, or lbfgs iterations), sklearn's time / bp_jax's, and each row's time / bp_jax's fit of the task. "
+        f"Grid rows: "
         f"{problem['grid']} × {problem['folds']} folds, seconds per "
         f"search, and the row's time / bp_jax GridSearchCV's with the same n_jobs (−1: every CPU, "
         f"{problem.get('cpus', '?')} here).",
         "",
-        *_table(["fit", "task", "median", "IQR", "held-out score", "× faster than sklearn", "time / bp_jax's"], fits),
+        *_table(
+            ["fit", "task", "median", "IQR", "held-out score", "n_iter_", "× faster than sklearn", "time / bp_jax's"],
+            fits,
+        ),
         *_table(["grid search", "n_jobs", "members", "median", "IQR", "bp_jax GridSearchCV × faster"], grids),
         *_skipped(suite),
     ]

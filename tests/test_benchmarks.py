@@ -170,8 +170,10 @@ def _check_sklearn(results):
     for ours, theirs in (
         ("bp_jax MLPRegressor.fit", "sklearn MLPRegressor.fit"),
         ("bp_jax MLPClassifier.fit", "sklearn MLPClassifier.fit"),
+        ("bp_jax MLPRegressor.fit, lbfgs", "sklearn MLPRegressor.fit, lbfgs"),
     ):
         assert _positive_finite(rows[ours]["speedup_vs_sklearn"]) and rows[theirs]["speedup_vs_sklearn"] is None
+        assert all(1 <= rows[name]["n_iter"] <= suite["problem"]["config"]["max_iter"] for name in (ours, theirs))
         assert all(math.isfinite(rows[name]["held_out_score"]) for name in (ours, theirs))
         assert rows[ours]["time_over_bp_jax"] == 1 and _positive_finite(rows[theirs]["time_over_bp_jax"])
     has_skorch = importlib.util.find_spec("skorch") is not None

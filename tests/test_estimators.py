@@ -3,6 +3,7 @@ bad input, and GridSearchCV against scikit-learn's."""
 
 import collections
 import pickle
+import re
 import warnings
 
 import jax
@@ -24,6 +25,8 @@ from bp_jax.estimators import MLPClassifier, MLPRegressor
 CHECKED = [
     MLPRegressor(hidden_layer_sizes=(5,), learning_rate_init=0.01, max_iter=200, random_state=0),
     MLPClassifier(hidden_layer_sizes=(5,), learning_rate_init=0.01, max_iter=200, random_state=0),
+    MLPRegressor(hidden_layer_sizes=(5,), solver="lbfgs", max_iter=200, random_state=0),
+    MLPClassifier(hidden_layer_sizes=(5,), solver="lbfgs", max_iter=200, random_state=0),
 ]
 
 
@@ -53,17 +56,22 @@ def _classification(rows=200, classes=3):
     return make_classification(rows, 10, n_informative=5, n_classes=classes, random_state=0)
 
 
-@pytest.mark.parametrize("estimator, data", [(MLPRegressor, _regression), (MLPClassifier, _classification)])
-def test_a_second_fit_of_the_same_configuration_compiles_nothing(estimator, data):
+@pytest.mark.parametrize(
+    "estimator, data, solver",
+    [(MLPRegressor, _regression, "sgd"), (MLPClassifier, _classification, "sgd"), (MLPRegressor, _regression, "lbfgs")],
+)
+def test_a_second_fit_of_the_same_configuration_compiles_nothing(estimator, data, solver):
     x, y = data()
     make = lambda seed, lr: estimator(
         (7,),
-        solver="sgd",
+        solver=solver,
         batch_size=16,
         learning_rate_init=lr,
         alpha=1e-3 * seed,
         momentum=0.5,
-        max_iter=30,
+        max_iter=30 + seed,
+        tol=1e-4 * (seed + 1),
+        max_fun=100 + seed,
         random_state=seed,
     )
     make(0, 0.01).fit(x, y)
@@ -150,6 +158,93 @@ def test_early_stopping_keeps_the_best_validation_params():
     assert model.best_loss_ is None
 
 
+def _objective_value(model, x, y) -> float:
+    """sklearn's lbfgs objective at the fitted weights: the mean loss (½·mean squared error, or the 3-class
+    cross-entropy) + α/(2n)·Σ‖W‖²."""
+    from sklearn.metrics import log_loss
+
+    if isinstance(model, MLPClassifier):
+        loss = log_loss(y, model.predict_proba(x), labels=model.classes_)
+    else:
+        loss = np.mean((model.predict(x) - y) ** 2) / 2
+    return loss + model.alpha / (2 * len(x)) * sum(np.sum(w.astype(np.float64) ** 2) for w in model.coefs_)
+
+
+@pytest.mark.parametrize("estimator, data", [(MLPRegressor, _regression), (MLPClassifier, _classification)])
+@pytest.mark.parametrize(
+    "budget, message",
+    [
+        ({"max_iter": 4}, r"after 4 iteration\(s\) \(status=1\):\nSTOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"),
+        ({"max_fun": 5}, r"after \d iteration\(s\) \(status=1\):\nSTOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"),
+        ({"tol": 0.05}, None),
+    ],
+    ids=["max_iter", "max_fun", "converged"],
+)
+@pytest.mark.slow
+def test_lbfgs_sets_sklearns_lbfgs_attributes_and_warns_as_it_does(estimator, data, budget, message):
+    """n_iter_ counts iterations (at most max_iter; fewer when max_fun evaluations or tol end the fit), loss_ is
+    the objective at the fitted weights, t_ is 0 and there is no loss_curve_ or best_loss_, as sklearn's lbfgs;
+    its ConvergenceWarning when the budget ends first (tests/test_sklearn_parity.py checks the words against
+    sklearn's own)."""
+    x, y = data()
+    model = estimator((7,), solver="lbfgs", alpha=0.1, random_state=0, **({"max_iter": 200} | budget))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y)
+    warned = [str(warning.message) for warning in caught if warning.category is ConvergenceWarning]
+    if message is None:
+        assert warned == [] and 1 <= model.n_iter_ < 200
+    else:
+        assert len(warned) == 1 and re.search("^lbfgs failed to converge " + message, warned[0])
+        assert model.n_iter_ == 4 if "max_iter" in budget else 1 <= model.n_iter_ <= 5  # one evaluation or more each
+    np.testing.assert_allclose(model.loss_, _objective_value(model, x, y), rtol=1e-5)
+    assert model.t_ == 0 and not hasattr(model, "loss_curve_") and not hasattr(model, "best_loss_")
+
+
+def test_lbfgs_classifier_has_no_partial_fit_and_the_regressors_refits_from_its_weights_as_sklearns():
+    """sklearn's MLPClassifier hides partial_fit under lbfgs (available_if); its MLPRegressor keeps it, and there it
+    runs a whole lbfgs fit from the current weights (n_iter_ that fit's own)."""
+    from sklearn import neural_network
+
+    errors = []
+    for make in (MLPClassifier, neural_network.MLPClassifier):
+        assert not hasattr(make(solver="lbfgs"), "partial_fit") and hasattr(make(solver="sgd"), "partial_fit")
+        with pytest.raises(AttributeError) as error:
+            make(solver="lbfgs").partial_fit  # noqa: B018
+        errors.append((str(error.value), str(error.value.__cause__)))
+    assert errors[0] == errors[1]
+    assert hasattr(neural_network.MLPRegressor(solver="lbfgs"), "partial_fit")
+    x, y = _regression()
+    model = MLPRegressor((7,), solver="lbfgs", max_iter=3, random_state=0).fit(x, y)  # the compile test's configuration
+    first = model.loss_
+    assert model.partial_fit(x, y).n_iter_ == 3 and model.loss_ < first
+
+
+@pytest.mark.parametrize("estimator, data", [(MLPRegressor, _regression), (MLPClassifier, _classification)])
+@pytest.mark.slow
+def test_lbfgs_held_out_scores_are_as_good_as_sklearns(estimator, data):
+    """A nonlinear net (10 relu units, α = 1) on 70 % of the rows, five seeds: bp_jax's mean held-out R² or
+    accuracy (float32) is at least sklearn's (float64, its own lbfgs) minus 0.02."""
+    from sklearn import neural_network
+    from sklearn.model_selection import train_test_split
+
+    x, y = data(rows=300)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0)
+    theirs = getattr(neural_network, estimator.__name__)
+    means = [
+        np.mean(
+            [
+                make(hidden_layer_sizes=(10,), solver="lbfgs", alpha=1.0, random_state=seed)
+                .fit(x_train, y_train)
+                .score(x_test, y_test)
+                for seed in range(5)
+            ]
+        )
+        for make in (estimator, theirs)
+    ]
+    assert means[0] >= means[1] - 0.02, means
+
+
 def test_pickle_and_clone_round_trip():
     x, y = _regression()
     model = MLPRegressor((5,), max_iter=10, random_state=0).fit(x, y)
@@ -181,6 +276,10 @@ def test_bad_parameters_and_features_are_named():
         MLPRegressor(activation="softplus").fit(x, y)
     with pytest.raises(ValueError, match="hidden_layer_sizes"):
         MLPRegressor(hidden_layer_sizes=(0,)).fit(x, y)
+    with pytest.raises(ValueError, match="'max_fun' parameter"):
+        MLPRegressor(solver="lbfgs", max_fun=0).fit(x, y)
+    with pytest.raises(ValueError, match=r"'solver' parameter.*\['adam', 'lbfgs', 'sgd'\]"):
+        MLPRegressor(solver="newton").fit(x, y)
     model = MLPRegressor((3,), max_iter=2).fit(x, y)
     with pytest.raises(ValueError, match="features"):
         model.predict(x[:, :5])
@@ -233,8 +332,9 @@ def _searches(estimator, grid, x, y, monkeypatch, **options):
 
 
 def _count_own_training(patch, estimators, counter):
-    module = estimators._multilayer_perceptron  # where the estimators look up their one-model training run
+    module = estimators._multilayer_perceptron  # where the estimators look up their one-model training runs
     patch.setattr(module, "fit_epochs", lambda *a, train=module.fit_epochs, **k: counter.append(1) or train(*a, **k))
+    patch.setattr(module, "compiled", lambda *a, build=module.compiled, **k: counter.append(1) or build(*a, **k))
 
 
 @pytest.mark.parametrize(
@@ -346,6 +446,27 @@ def test_members_trained_on_their_own_early_stopping_and_full_batch_equal_sklear
         grid = {"learning_rate_init": [0.01, 0.05]}
         ours = GridSearchCV(estimator, grid, cv=3).fit(x, y)
         _assert_same_search(ours, SklearnGridSearchCV(estimator, grid, cv=3).fit(x, y), tolerance=1e-6)
+
+
+@pytest.mark.slow
+def test_lbfgs_members_of_a_fold_are_one_program_and_stop_as_their_own_fits(monkeypatch):
+    """lbfgs is full batch: the grid's members of one fold are one call of the vmapped lbfgs program, each stopping
+    on its own (max_iter 3 or 60, tol, α, seed): cv_results_ equal scikit-learn's GridSearchCV over the same
+    estimator, which fits them one by one (float64, to 1e-8), and only the refit trains alone."""
+    from bp_jax import estimators
+
+    x, y = _regression(rows=150)
+    estimator = MLPRegressor((4,), activation="tanh", solver="lbfgs", random_state=0)
+    grid = {"max_iter": [3, 60], "tol": [1e-4, 1e-2], "alpha": [1e-4, 1e-1], "random_state": [0, 1]}
+    calls = []
+    with monkeypatch.context() as patch, jax.enable_x64(True):
+        counted = lambda loss_fn, members, block, train=estimators._search.train_lbfgs: (
+            calls.append(len(members)) or train(loss_fn, members, block)
+        )
+        patch.setattr(estimators._search, "train_lbfgs", counted)
+        ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=3)
+    assert calls == [16, 16, 16]
+    _assert_same_search(ours, theirs, tolerance=1e-8)
 
 
 def test_a_grid_over_a_parameter_that_changes_the_program_is_refused_in_one_line():

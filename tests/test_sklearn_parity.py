@@ -1,10 +1,12 @@
-"""bp_jax's losses and gradients against scikit-learn's own MLP backprop (`_backprop`), on the same weights.
+"""bp_jax's losses and gradients against scikit-learn's own MLP backprop (`_backprop`), on the same weights, and
+its lbfgs solver against scikit-learn's (scipy's L-BFGS-B).
 
 scikit-learn writes its backward pass by hand too: delta = activation(z) − y at the output (softmax with
 log-loss, logistic with binary log-loss, identity with half squared error), then coef_grad = aᵀ·delta / n layer
 by layer. Its MLPs carry no L2 penalty here (alpha=0). float64 throughout, to 1e-10.
 """
 
+import functools
 import inspect
 import warnings
 
@@ -18,7 +20,11 @@ import bp_jax
 from bp_jax import manual
 
 neural_network = pytest.importorskip("sklearn.neural_network", reason="needs scikit-learn (the cli extra)")
+from sklearn.datasets import make_classification, make_regression  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+
+from bp_jax import estimators  # noqa: E402
+from bp_jax.estimators import _lbfgs  # noqa: E402
 
 #: scikit-learn's hidden activation -> the bp_jax layer computing it.
 LAYERS = {"relu": bp_jax.ReLU, "tanh": bp_jax.Tanh, "logistic": bp_jax.Sigmoid}
@@ -147,3 +153,96 @@ def test_mse_equals_mlpregressor_backprop(activation):
         chex.assert_trees_all_close(
             value_and_grad(params, jnp.asarray(x), jnp.asarray(y)), expected, rtol=1e-10, atol=1e-10
         )
+
+
+def _regression(rows=120):
+    x, y = make_regression(rows, 6, noise=5.0, random_state=0)
+    return x, y / y.std()
+
+
+def _three_classes(rows=120):
+    return make_classification(rows, 6, n_informative=4, n_classes=3, random_state=0)
+
+
+LBFGS_PROBLEMS = {"MLPRegressor": _regression, "MLPClassifier": _three_classes}
+
+
+def _lbfgs_fit(make, x, y, **config):
+    """(the lbfgs fit of make(**config) on x, y; the ConvergenceWarnings it gave, as text)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = make(solver="lbfgs", **config).fit(x, y)
+    return model, [str(warning.message) for warning in caught if warning.category is ConvergenceWarning]
+
+
+@pytest.mark.parametrize("name", LBFGS_PROBLEMS)
+@pytest.mark.slow
+def test_lbfgs_ends_at_sklearns_loss_on_a_convex_problem(name):
+    """No hidden layer and α > 0: ridge regression, or multinomial logistic regression (3 classes, so that
+    sklearn's output is the same softmax): convex. From each its own initialisation (bp_jax draws its own), with
+    tol 1e-8, both end at the minimum: the same loss to 1e-6 relative, no ConvergenceWarning."""
+    x, y = LBFGS_PROBLEMS[name]()
+    config = {"hidden_layer_sizes": (), "activation": "identity", "alpha": 1e-2, "tol": 1e-8, "random_state": 0}
+    ours, ours_warned = _lbfgs_fit(getattr(estimators, name), x, y, **config)
+    theirs, theirs_warned = _lbfgs_fit(getattr(neural_network, name), x, y, **config)
+    assert ours_warned == theirs_warned == []
+    np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", LBFGS_PROBLEMS)
+@pytest.mark.parametrize("hidden, activation", [((), "identity"), ((5,), "tanh")])
+@pytest.mark.parametrize(
+    "budget", [{"tol": 1e-3}, {"max_iter": 3}, {"max_fun": 4}], ids=["converged", "max_iter", "max_fun"]
+)
+@pytest.mark.slow
+def test_lbfgs_from_the_same_weights_takes_sklearns_iterations(name, hidden, activation, budget):
+    """scikit-learn's lbfgs (scipy's L-BFGS-B), started (warm_start) from bp_jax's initialisation: the same
+    n_iter_, loss_ and weights to 1e-10, and the same ConvergenceWarning, word for word, whether the fit converged
+    (tol), ran out of iterations (max_iter) or of loss evaluations (max_fun; counted as scipy counts them)."""
+    x, y = LBFGS_PROBLEMS[name]()
+    config = {"hidden_layer_sizes": hidden, "activation": activation, "alpha": 1e-3, "random_state": 0} | budget
+    ours, ours_warned = _lbfgs_fit(getattr(estimators, name), x, y, **config)
+    theirs = getattr(neural_network, name)(solver="lbfgs", warm_start=True, **(config | {"max_iter": 1}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs.fit(x, y)  # sets up its layers
+    sizes = (x.shape[1], *hidden, theirs.coefs_[-1].shape[1])
+    theirs.coefs_, theirs.intercepts_ = estimators.to_sklearn(estimators.glorot(0, sizes, activation, np.float64))
+    theirs, theirs_warned = _lbfgs_fit(theirs.set_params, x, y, max_iter=budget.get("max_iter", 200))
+    assert ours.n_iter_ == theirs.n_iter_ and ours_warned == theirs_warned
+    assert len(ours_warned) == ("tol" not in budget)
+    np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-10)
+    chex.assert_trees_all_close((ours.coefs_, ours.intercepts_), (theirs.coefs_, theirs.intercepts_), atol=1e-10)
+
+
+def _rosenbrock(params, x, y):
+    v = params["layers"]
+    return jnp.sum(100.0 * (v[1:] - v[:-1] ** 2) ** 2 + (1 - v[:-1]) ** 2)
+
+
+#: bp_jax's L-BFGS of the Rosenbrock function, compiled once for every case (tol and the budgets are data).
+_minimize_rosenbrock = jax.jit(functools.partial(_lbfgs.minimize, _rosenbrock, x=None, y=None))
+
+
+@pytest.mark.parametrize(
+    "tol, max_iter, max_fun", [(1e-5, 15000, 15000), (1e-8, 30, 15000), (1e-8, 15000, 25), (0.0, 15000, 15000)]
+)
+@pytest.mark.slow
+def test_lbfgs_minimize_takes_scipys_l_bfgs_b_steps_on_rosenbrock(tol, max_iter, max_fun):
+    """bp_jax's compiled L-BFGS against scipy.optimize.minimize(method="L-BFGS-B") on the 5-d Rosenbrock function
+    from one start: the same iterations, evaluations and stopping message, and f to 1e-8 relative."""
+    from scipy.optimize import minimize
+
+    start = np.random.default_rng(0).normal(size=5) * 1.5
+    value_and_grad = jax.jit(jax.value_and_grad(lambda v: _rosenbrock({"layers": v}, None, None)))
+    theirs = minimize(
+        lambda v: tuple(np.asarray(out) for out in value_and_grad(v)),
+        start,
+        jac=True,
+        method="L-BFGS-B",
+        options={"gtol": tol, "maxiter": max_iter, "maxfun": max_fun},
+    )
+    ours = _minimize_rosenbrock(jnp.asarray(start), 0.0, tol=tol, max_iter=max_iter, max_fun=max_fun)
+    assert (int(ours.iterations), int(ours.evaluations)) == (theirs.nit, theirs.nfev)
+    assert _lbfgs.MESSAGES[int(ours.reason)] == theirs.message
+    np.testing.assert_allclose(float(ours.loss), theirs.fun, rtol=1e-8, atol=1e-12)

@@ -3,9 +3,9 @@ that trains every (grid point × fold) as one member of one `fit_ensemble` progr
 
 An edge package (needs scikit-learn, the `sklearn` extra); `import bp_jax` does not import it. Its modules, as
 scikit-learn lays out `neural_network/` and `model_selection/`: `_base` (objective, initialisation, weights,
-forward pass, metrics), `_stochastic_optimizers` (the solvers), `_training` (epochs and stopping rules, one
-model's run), `_multilayer_perceptron` (the estimators), `_members` (a grid's members trained together) and
-`_search` (GridSearchCV).
+forward pass, metrics), `_stochastic_optimizers` (sgd and adam), `_lbfgs` (lbfgs: scipy's L-BFGS-B as one compiled
+program), `_training` (epochs and stopping rules, one model's run), `_multilayer_perceptron` (the estimators),
+`_members` (a grid's members trained together) and `_search` (GridSearchCV).
 
 Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, and why:
 - Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
@@ -18,7 +18,11 @@ Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, 
   params kept.
 - Binary classification uses two softmax outputs (`out_activation_ = "softmax"`), not one logistic unit.
 - `solver="adam"` is optax's adam (ε added to √v̂, sklearn adds it to √v); `learning_rate` schedules other
-  than constant, `warm_start`, `lbfgs` and `verbose` are not offered.
+  than constant, `warm_start` and `verbose` are not offered.
+- `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
+  rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
+  fit, n_iter_ and ConvergenceWarning; but in the program's float precision (float32 unless x64 is on), where
+  scipy always computes in float64.
 - The loss is sklearn's: ½·mean((y − ŷ)²) or the mean cross-entropy, plus α/(2b)·Σ‖W‖² per minibatch of b
   rows; α enters the program as data (a frozen params leaf), so a grid over it compiles nothing new.
 """

@@ -1,6 +1,7 @@
 """GridSearchCV's members trained together: every (grid point × fold) of one program shape is a member of one
 `fit_ensemble` call (or of one of up to n_jobs concurrent calls), on its fold's rows, with its own key, learning
-rate, momentum, α and stopping rule as data.
+rate, momentum, α and stopping rule as data. lbfgs members of one fold are one call of the vmapped lbfgs program
+(`train_lbfgs`), each with its own initialisation, α, tol, max_iter and max_fun, each stopping on its own.
 
 Members of one fold and seed read the same minibatches: they form the program's groups (one gather, and x·W over
 the group's members one matmul). Parts of one size share one compiled program: each pads its folds' rows alike.
@@ -19,6 +20,7 @@ import numpy as np
 
 from bp_jax._fit import fit_ensemble
 from bp_jax.estimators._base import glorot, to_sklearn
+from bp_jax.estimators._lbfgs import Result, compiled, counts
 from bp_jax.estimators._stochastic_optimizers import initial_state
 from bp_jax.estimators._training import Plan, TrainRun, can_stop, epoch_means, epoch_rule
 
@@ -150,12 +152,9 @@ def train_members(
     for index, leader in enumerate(leaders):
         rows[index, : counts[index]] = offsets[leader.block] + np.arange(counts[index])
     estimators = [member.estimator for member in ordered]
-    first, dtype = estimators[0], x_all.dtype
-    sizes = (x_all.shape[1], *first._hidden_sizes(), first._n_outputs())
-    initial = {seed: glorot(seed, sizes, first.activation, dtype) for seed in {member.seed for member in ordered}}
-    layers = [initial[member.seed] for member in ordered]
+    dtype = x_all.dtype
     params = {
-        "layers": jax.tree.map(lambda *leaves: np.stack(leaves), *layers),
+        "layers": _initial_layers(ordered, x_all.shape[1], dtype),
         "l2": np.asarray([estimator.alpha / steps.batch_size for estimator in estimators], dtype),
     }
     opt_state = initial_state(
@@ -206,3 +205,28 @@ def train_members(
         )
         runs[member.position] = (run, -1)
     return [runs[member.position] for member in members]
+
+
+def _initial_layers(members: list[Member], features: int, dtype):
+    """The members' Glorot initialisations (one draw per seed), stacked on a leading member axis."""
+    first = members[0].estimator
+    sizes = (features, *first._hidden_sizes(), first._n_outputs())
+    initial = {seed: glorot(seed, sizes, first.activation, dtype) for seed in {member.seed for member in members}}
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *(initial[member.seed] for member in members))
+
+
+def train_lbfgs(loss_fn, members: list[Member], block: Block) -> list[Result]:
+    """lbfgs members on one block's rows: one call of the vmapped lbfgs program (`_lbfgs.compiled`), every row
+    shared, each member from its seed's initialisation with its own α/n, tol, max_iter and max_fun, stopping on its
+    own; per member its `Result` in numpy."""
+    x, estimators = block.x, [member.estimator for member in members]
+    result = compiled(loss_fn, members=True)(
+        _initial_layers(members, x.shape[1], x.dtype),
+        np.asarray([estimator.alpha / len(x) for estimator in estimators], x.dtype),
+        x,
+        block.targets,
+        np.asarray([estimator.tol for estimator in estimators], x.dtype),
+        *counts([estimator.max_iter for estimator in estimators], [estimator.max_fun for estimator in estimators]),
+    )
+    result = jax.device_get(result)
+    return [jax.tree.map(lambda leaf, index=index: leaf[index], result) for index in range(len(members))]

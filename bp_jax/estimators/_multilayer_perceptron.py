@@ -10,11 +10,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.optimize import OptimizeResult
 from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bp_jax.estimators._base import (
@@ -29,8 +32,9 @@ from bp_jax.estimators._base import (
     seed_of,
     to_sklearn,
 )
+from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts
 from bp_jax.estimators._stochastic_optimizers import initial_state, solver_transform
-from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, plan
+from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, non_finite_error, plan
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -91,6 +95,7 @@ class BaseMLP(BaseEstimator):
         beta_2=0.999,
         epsilon=1e-8,
         n_iter_no_change=10,
+        max_fun=15000,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -110,6 +115,7 @@ class BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
 
     @property
     def _classifier(self) -> bool:
@@ -130,7 +136,7 @@ class BaseMLP(BaseEstimator):
 
     def _check_params(self) -> None:
         _check_option("activation", self.activation, ACTIVATIONS)
-        _check_option("solver", self.solver, {"sgd", "adam"})
+        _check_option("solver", self.solver, {"lbfgs", "sgd", "adam"})
         _check_float("alpha", self.alpha, 0.0)
         if self.batch_size != "auto":
             _check_int("batch_size", self.batch_size, 1)
@@ -143,18 +149,23 @@ class BaseMLP(BaseEstimator):
         _check_float("beta_2", self.beta_2, 0.0, 1.0, open_high=True)
         _check_float("epsilon", self.epsilon, 0.0, open_low=True)
         _check_int("n_iter_no_change", self.n_iter_no_change, 1)
+        _check_int("max_fun", self.max_fun, 1)
         for name in ("shuffle", "nesterovs_momentum", "early_stopping"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"The '{name}' parameter of this estimator must be a bool, got {value!r}")
 
-    def _program(self, features: int, outputs: int, *, members_batch: int | None = None):
-        """(objective, optimizer): shared by every estimator of this configuration (`members_batch`: as a member of
-        an ensemble trained on minibatches of this size)."""
+    def _objective(self, features: int, outputs: int, *, members_batch: int | None = None):
+        """The objective, shared by every estimator of this configuration (`members_batch`: as a member of an
+        ensemble trained on minibatches of this size)."""
         sizes = (features, *self._hidden_sizes(), outputs)
         layout = "rows" if members_batch is None else member_layout(sizes, members_batch)
+        return objective(sizes, self.activation, self._classifier, members=members_batch is not None, layout=layout)
+
+    def _program(self, features: int, outputs: int, *, members_batch: int | None = None):
+        """(objective, optimizer) of sgd or adam: shared by every estimator of this configuration."""
         return (
-            objective(sizes, self.activation, self._classifier, members=members_batch is not None, layout=layout),
+            self._objective(features, outputs, members_batch=members_batch),
             solver_transform(
                 self.solver, bool(self.nesterovs_momentum), float(self.beta_1), float(self.beta_2), float(self.epsilon)
             ),
@@ -179,6 +190,8 @@ class BaseMLP(BaseEstimator):
         first = not (incremental and hasattr(self, "coefs_"))
         X, y = self._validate_input(X, y, reset=first)
         targets = self._encode_targets(y, first=first, classes=classes)
+        if self.solver == "lbfgs":
+            return self._fit_lbfgs(X, targets, first=first)
         rows = X.shape[0]
         steps = plan(self.batch_size, rows)
         if not self.shuffle and steps.batch_size < rows:
@@ -196,20 +209,61 @@ class BaseMLP(BaseEstimator):
         return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
 
     def _start(self, seed: int) -> None:
-        """A fresh training history: no epochs, step 0, the seed of the initialisation and the data order."""
-        self.loss_curve_, self.t_, self._step, self.n_iter_, self._seed = [], 0, 0, 0, seed
+        """A fresh training history: no epochs (and, for sgd and adam, an empty loss curve), step 0, the seed of the
+        initialisation and the data order."""
+        self.t_, self._step, self.n_iter_, self._seed = 0, 0, 0, seed
+        if self.solver != "lbfgs":
+            self.loss_curve_ = []
+
+    def _set_weights(self, coefs, intercepts) -> None:
+        """The fitted weights (sklearn's layout) and the layer attributes they give."""
+        self.coefs_, self.intercepts_ = coefs, intercepts
+        self.n_layers_ = len(self.coefs_) + 1
+        self.out_activation_ = "softmax" if self._classifier else "identity"
+
+    def _fit_lbfgs(self, X, targets, *, first: bool):
+        """sklearn's lbfgs: the whole optimisation one call of one compiled program (`_lbfgs.compiled`) on every row,
+        from Glorot's initialisation, or from the fitted weights (the regressor's partial_fit, as sklearn's)."""
+        if first:
+            self._start(seed_of(self.random_state))
+        sizes = (X.shape[1], *self._hidden_sizes(), self._n_outputs())
+        layers = (
+            glorot(self._seed, sizes, self.activation, X.dtype)
+            if first
+            else from_sklearn(self.coefs_, self.intercepts_)
+        )
+        result = compiled(self._objective(X.shape[1], self._n_outputs()), members=False)(
+            layers,
+            np.asarray(self.alpha / X.shape[0], X.dtype),
+            X,
+            targets,
+            np.asarray(self.tol, X.dtype),
+            *counts(self.max_iter, self.max_fun),
+        )
+        return self._adopt_lbfgs(jax.device_get(result))
+
+    def _adopt_lbfgs(self, result: Result):
+        """Take an lbfgs run as the fitted state, as sklearn's `_fit_lbfgs` sets it (no loss curve; n_iter_ and the
+        ConvergenceWarning by sklearn's own `_check_optimize_result`, from scipy's status and message)."""
+        self._set_weights(*to_sklearn(result.params))
+        self._opt_state = None
+        self.loss_ = float(result.loss)
+        reason = int(result.reason)
+        ended = OptimizeResult(nit=int(result.iterations), status=STATUS[reason], message=MESSAGES[reason])
+        self.n_iter_ = _check_optimize_result("lbfgs", ended, self.max_iter)
+        if not all(np.all(np.isfinite(weights)) for weights in (*self.coefs_, *self.intercepts_)):
+            raise non_finite_error()
+        return self
 
     def _adopt(self, run: TrainRun, steps: Plan, *, incremental: bool, stopping: Stopping | None):
         """Take a training run's result as the fitted state, after the history so far (`_start`), from `fit`'s
         own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best params are kept."""
-        self.coefs_, self.intercepts_, self._opt_state = run.coefs, run.intercepts, run.opt_state
-        self._step = run.step
+        self._set_weights(run.coefs, run.intercepts)
+        self._opt_state, self._step = run.opt_state, run.step
         self.loss_curve_ = [*self.loss_curve_, *run.curve]
         self.loss_ = self.loss_curve_[-1]
         self.n_iter_ += len(run.curve)
         self.t_ += len(run.curve) * steps.steps_per_epoch * steps.batch_size
-        self.n_layers_ = len(self.coefs_) + 1
-        self.out_activation_ = "softmax" if self._classifier else "identity"
         if stopping is not None:
             self.validation_scores_ = run.scores
             self.best_validation_score_ = stopping.best_score
@@ -301,14 +355,15 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     Args:
         hidden_layer_sizes: the hidden layers' widths (an int for one layer).
         activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
-        solver: "sgd" (with momentum) or "adam".
+        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (with momentum) or "adam".
         alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
         batch_size: rows per minibatch; "auto" is min(200, n).
         learning_rate_init: η, the constant learning rate.
-        max_iter: the most epochs to train.
+        max_iter: the most epochs to train (lbfgs: iterations).
         shuffle: False only with full-batch training (the fused loop reads a keyed order).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
-        tol: the improvement an epoch's loss (or validation score) must make to count as one.
+        tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
+            |gradient| component of a converged fit).
         momentum: μ for sgd.
         nesterovs_momentum: Nesterov momentum for sgd.
         early_stopping: stop on a held-out validation score (checked on the host each epoch).
@@ -317,12 +372,13 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         beta_2: adam's β₂.
         epsilon: adam's ε.
         n_iter_no_change: stop once more than this many epochs in a row did not improve by tol.
+        max_fun: lbfgs stops at the end of the iteration after more than this many loss evaluations.
 
     Attributes:
         coefs_: each layer's weights, (n_in, n_out).
         intercepts_: each layer's biases.
-        loss_curve_: each epoch's mean loss.
-        n_iter_: the epochs trained.
+        loss_curve_: each epoch's mean loss (not set by lbfgs, as in sklearn).
+        n_iter_: the epochs trained (lbfgs: iterations).
         n_outputs_: the targets' columns.
 
     Examples:
@@ -351,7 +407,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         return self._fit(X, y, incremental=False)
 
     def partial_fit(self, X, y):
-        """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted).
+        """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted); with
+        solver="lbfgs", a whole lbfgs fit from the current weights, as sklearn's MLPRegressor does.
 
         Args:
             X: (n, features) inputs.
@@ -402,14 +459,15 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     Args:
         hidden_layer_sizes: the hidden layers' widths (an int for one layer).
         activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
-        solver: "sgd" (with momentum) or "adam".
+        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (with momentum) or "adam".
         alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
         batch_size: rows per minibatch; "auto" is min(200, n).
         learning_rate_init: η, the constant learning rate.
-        max_iter: the most epochs to train.
+        max_iter: the most epochs to train (lbfgs: iterations).
         shuffle: False only with full-batch training (the fused loop reads a keyed order).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
-        tol: the improvement an epoch's loss (or validation score) must make to count as one.
+        tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
+            |gradient| component of a converged fit).
         momentum: μ for sgd.
         nesterovs_momentum: Nesterov momentum for sgd.
         early_stopping: stop on a held-out validation score (checked on the host each epoch).
@@ -418,13 +476,14 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         beta_2: adam's β₂.
         epsilon: adam's ε.
         n_iter_no_change: stop once more than this many epochs in a row did not improve by tol.
+        max_fun: lbfgs stops at the end of the iteration after more than this many loss evaluations.
 
     Attributes:
         classes_: the labels, sorted.
         coefs_: each layer's weights, (n_in, n_out).
         intercepts_: each layer's biases.
-        loss_curve_: each epoch's mean loss.
-        n_iter_: the epochs trained.
+        loss_curve_: each epoch's mean loss (not set by lbfgs, as in sklearn).
+        n_iter_: the epochs trained (lbfgs: iterations).
 
     Examples:
         >>> import numpy as np
@@ -451,8 +510,17 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         """
         return self._fit(X, y, incremental=False)
 
+    def _check_solver(self) -> bool:
+        if self.solver not in ("sgd", "adam"):
+            raise AttributeError(
+                f"partial_fit is only available for stochastic optimizers. {self.solver} is not stochastic."
+            )
+        return True
+
+    @available_if(lambda estimator: estimator._check_solver())
     def partial_fit(self, X, y, classes=None):
-        """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted).
+        """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted); absent
+        with solver="lbfgs", as in sklearn.
 
         Args:
             X: (n, features) inputs.

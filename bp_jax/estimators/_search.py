@@ -4,6 +4,7 @@ each fitted member is scored and `cv_results_` laid out as sklearn lays it out."
 
 import collections
 import copy
+import functools
 import itertools
 import numbers
 import time
@@ -23,12 +24,21 @@ from sklearn.utils import _safe_indexing, indexable
 from sklearn.utils.validation import validate_data
 
 from bp_jax.estimators._base import seed_of
-from bp_jax.estimators._members import Block, Member, train_parts
+from bp_jax.estimators._members import Block, Member, train_lbfgs, train_parts
 from bp_jax.estimators._multilayer_perceptron import BaseMLP
 from bp_jax.estimators._training import non_finite_error, plan
 
 #: Grid parameters that change data, not the compiled program: a grid over them is one `fit_ensemble` program.
-VECTORISED = ("learning_rate_init", "random_state", "alpha", "momentum", "tol", "n_iter_no_change", "max_iter")
+VECTORISED = (
+    "learning_rate_init",
+    "random_state",
+    "alpha",
+    "momentum",
+    "tol",
+    "n_iter_no_change",
+    "max_iter",
+    "max_fun",
+)
 
 
 class _Fitted(NamedTuple):
@@ -54,8 +64,11 @@ class GridSearchCV(SklearnGridSearchCV):
     epoch, max_iter) share one call of one program; n_jobs > 1 (or −1: every CPU) splits them into at most that many
     calls run concurrently on threads (the same results up to float rounding: a call's groups of members sharing a
     minibatch may be smaller; calls of one size share one compiled program, folds straddling 33 rows aside);
-    programs of different shapes, and the fits trained one by one, run one after another. Trained one by one, as
-    sklearn would: early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) and shuffle=False.
+    programs of different shapes, and the fits trained one by one, run one after another. solver="lbfgs" is full
+    batch: the members of one fold are one call of the vmapped lbfgs program (a while loop in which each member stops
+    on its own: its own initialisation, α, tol, max_iter and max_fun), the folds one after another. Trained one by
+    one, as sklearn would: sgd and adam with early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) or
+    shuffle=False.
 
     It takes sklearn's parameters (its `__init__` is sklearn's), with these meanings here:
 
@@ -330,6 +343,7 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
     fitted: list[_Fitted | None] = [None] * (len(candidates) * len(splits))
     blocks: dict[tuple, Block] = {}
     programs: dict[tuple, list[Member]] = {}
+    lbfgs_programs: dict[tuple, list[Member]] = {}  # (objective, block): lbfgs members of one fold
     prepared_in: dict[int, float] = {}
     base = None if isinstance(estimator, Pipeline) else clone(estimator)
     for index, (candidate, (fold, (train_rows, _))) in enumerate(itertools.product(candidates, enumerate(splits))):
@@ -343,7 +357,8 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
         fold_data = lambda rows=train_rows: (_safe_indexing(X, rows), _safe_indexing(y, rows))
         try:
             member._check_params()
-            alone = member.early_stopping or not member.shuffle
+            lbfgs = member.solver == "lbfgs"  # full batch, its members one vmapped program per fold
+            alone = not lbfgs and (member.early_stopping or not member.shuffle)
             # the earlier steps' grid values by identity: members of one fold and the same values share a block
             block_key = (
                 fold,
@@ -351,37 +366,62 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
             )
             if not alone and block_key not in blocks:
                 blocks[block_key] = _block(searched, member, name, *fold_data())
-            steps = None if alone else plan(member.batch_size, len(blocks[block_key].x))
+            steps = None if alone or lbfgs else plan(member.batch_size, len(blocks[block_key].x))
         except Exception as error:
             if raise_errors:
                 raise
             fitted[index] = _Fitted(None, _describe(error), time.perf_counter() - start)
             continue
-        if steps is None or steps.batch_size == len(blocks[block_key].x):  # full batch: fit takes no minibatches
+        if not lbfgs and (steps is None or steps.batch_size == len(blocks[block_key].x)):  # full batch: fit alone
             fitted[index] = _fit_alone(searched, *fold_data(), raise_errors=raise_errors, start=start)
             continue
         block = blocks[block_key]
         if name is not None:
             searched.steps = [*block.prefix, searched.steps[-1]]
         member.__dict__.update(block.attributes)
-        program = member._program(block.x.shape[1], member._n_outputs(), members_batch=steps.batch_size)
-        shape = (program, steps, member.max_iter, block.x.dtype)
-        programs.setdefault(shape, []).append(Member(index, searched, member, block_key, seed_of(member.random_state)))
+        entry = Member(index, searched, member, block_key, seed_of(member.random_state))
+        if lbfgs:
+            loss_fn = member._objective(block.x.shape[1], member._n_outputs(), members_batch=len(block.x))
+            lbfgs_programs.setdefault((loss_fn, block_key), []).append(entry)
+        else:
+            assert steps is not None  # sgd or adam on minibatches: the fits alone went above
+            program = member._program(block.x.shape[1], member._n_outputs(), members_batch=steps.batch_size)
+            programs.setdefault((program, steps, member.max_iter, block.x.dtype), []).append(entry)
         prepared_in[index] = time.perf_counter() - start
     for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
         for part, runs, share in train_parts(loss_fn, transform, steps, max_iter, members, blocks, jobs):
             for member, (run, diverged_at) in zip(part, runs):
-                if run is None:
-                    failure = non_finite_error(diverged_at)
-                    if raise_errors:
-                        raise failure
-                    fitted[member.position] = _Fitted(None, _describe(failure), prepared_in[member.position] + share)
-                    continue
-                member.estimator._start(member.seed)
-                member.estimator._adopt(run, steps, incremental=False, stopping=None)
-                fitted[member.position] = _Fitted(member.searched, None, prepared_in[member.position] + share)
+                adopt = functools.partial(_adopt_run, run=run, steps=steps, diverged_at=diverged_at)
+                fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
+    for (loss_fn, block_key), members in lbfgs_programs.items():
+        start = time.perf_counter()
+        results = train_lbfgs(loss_fn, members, blocks[block_key])
+        share = (time.perf_counter() - start) / len(members)
+        for member, result in zip(members, results):
+            adopt = functools.partial(type(member.estimator)._adopt_lbfgs, result=result)
+            fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
     assert all(fit is not None for fit in fitted)
     return fitted  # type: ignore[return-value]
+
+
+def _adopt_run(estimator, *, run, steps, diverged_at: int) -> None:
+    """A member's stochastic run as its estimator's fitted state; sklearn's error if it diverged."""
+    if run is None:
+        raise non_finite_error(diverged_at)
+    estimator._adopt(run, steps, incremental=False, stopping=None)
+
+
+def _adopted(member: Member, adopt, seconds: float, raise_errors: bool) -> _Fitted:
+    """A trained member's fit: its estimator given a fresh history, then `adopt(estimator)`; the ValueError of
+    weights that are not finite is the fit's failure (raised with `raise_errors`)."""
+    member.estimator._start(member.seed)
+    try:
+        adopt(member.estimator)
+    except ValueError as error:
+        if raise_errors:
+            raise
+        return _Fitted(None, _describe(error), seconds)
+    return _Fitted(member.searched, None, seconds)
 
 
 def _block(searched, member, name: str | None, x, y) -> Block:

@@ -157,11 +157,11 @@ class TrainRun(NamedTuple):
     stopped: bool
 
 
-def non_finite_error(step: int) -> ValueError:
-    """sklearn's error for a step whose loss or update was not finite."""
+def non_finite_error(step: int | None = None) -> ValueError:
+    """sklearn's error for weights that are not finite (at a step whose loss or update was not finite)."""
     return ValueError(
-        f"Solver produced non-finite parameter weights at step {step}. The input data may "
-        "contain large values and need to be preprocessed."
+        f"Solver produced non-finite parameter weights{'' if step is None else f' at step {step}'}. The input data "
+        "may contain large values and need to be preprocessed."
     )
 
 

@@ -1,0 +1,330 @@
+"""sklearn's lbfgs solver as one compiled program: full-batch L-BFGS, the whole run one `lax.while_loop` with one
+loss-and-gradient evaluation a trip, stopped as scipy's L-BFGS-B (what scikit-learn calls) stops.
+
+Without bounds, L-BFGS-B is this algorithm, and `minimize` follows it:
+- direction d = −H·g, with H the inverse Hessian of the last MEMORY pairs (s, y) in compact form,
+  H·g = γg + S·R⁻ᵀ((D + γYᵀY)·R⁻¹Sᵀg − γYᵀg) − γY·R⁻¹Sᵀg (R the upper triangle of SᵀY, oldest pair first, D its
+  diagonal, γ = sᵀy / yᵀy of the newest pair; H = I with no pairs); a pair is kept only if sᵀy > ε·(−gᵀs);
+- step: MINPACK-2's Moré–Thuente line search (dcsrch: sufficient decrease 1e-3, curvature 0.9, xtol 0.1, steps in
+  [0, STEP_MAX]) from 1 (1/‖g‖ on the first iteration); after MAX_LINE_SEARCH evaluations without an acceptable
+  step the iterate is kept, the pairs are dropped and the search restarts along −g (with no pairs to drop, the
+  run ends "ABNORMAL");
+- stopping after iteration k: k = max_iter, more than max_fun evaluations (the first included), max|gᵢ| ≤ tol, or
+  (f_{k−1} − f_k) / max(|f_{k−1}|, |f_k|, 1) ≤ FTOL, tested in that order (scipy's `reason`, `MESSAGES`).
+
+It runs in the params' dtype (scipy always runs float64): in float32 the FTOL test can fire only once an
+iteration no longer lowers f.
+"""
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jax.scipy.linalg import solve_triangular
+
+from bp_jax._fit_loop import loop_compiler_options
+
+#: L-BFGS-B's defaults in scipy.optimize.minimize: pairs kept (maxcor), evaluations per line search (maxls), and
+#: ftol (factr = 1e7 times float64's ε).
+MEMORY, MAX_LINE_SEARCH, FTOL = 10, 20, 2.2204460492503131e-09
+#: dcsrch's sufficient-decrease and curvature tolerances, its xtol and the largest step, as L-BFGS-B sets them.
+DECREASE, CURVATURE, XTOL, STEP_MAX = 1e-3, 0.9, 0.1, 1e10
+#: Why a run ended (its `reason` indexes these): scipy's messages, and the status each gives.
+MESSAGES = (
+    "CONVERGENCE: NORM OF PROJECTED GRADIENT <= PGTOL",
+    "CONVERGENCE: RELATIVE REDUCTION OF F <= FACTR*EPSMCH",
+    "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT",
+    "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT",
+    "ABNORMAL: ",
+)
+STATUS = (0, 0, 1, 1, 2)
+
+
+class LineSearch(NamedTuple):
+    """dcsrch's state: the trial step, whether a minimiser is bracketed, whether its second stage began, the
+    decrease slope DECREASE·g₀, the bracket's last two widths, the best step (stx) and the other end (sty) with
+    their values and slopes, the interval for the next trial, and the evaluations made."""
+
+    step: Any
+    bracketed: Any
+    second_stage: Any
+    gtest: Any
+    width: Any
+    width1: Any
+    stx: Any
+    fx: Any
+    gx: Any
+    sty: Any
+    fy: Any
+    gy: Any
+    stmin: Any
+    stmax: Any
+    evaluations: Any
+
+
+class Memory(NamedTuple):
+    """The last MEMORY pairs, oldest first (unused rows zero, at the front): s and y (MEMORY, n), SᵀY and YᵀY
+    (MEMORY, MEMORY), how many are used, and γ."""
+
+    s: Any
+    y: Any
+    sy: Any
+    yy: Any
+    count: Any
+    gamma: Any
+
+
+class State(NamedTuple):
+    """The loop's carry: the iterate x with f and g, the direction d and slope gᵀd, the line search, the memory,
+    the iterations and evaluations counted, and the reason it ended (−1: running)."""
+
+    x: Any
+    f: Any
+    g: Any
+    direction: Any
+    slope: Any
+    search: LineSearch
+    memory: Memory
+    iterations: Any
+    evaluations: Any
+    reason: Any
+
+
+class Result(NamedTuple):
+    """A run's end: the params, f there, the iterations and evaluations, and the index of its MESSAGES."""
+
+    params: Any
+    loss: Any
+    iterations: Any
+    evaluations: Any
+    reason: Any
+
+
+def _select(condition, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
+
+
+def dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, bracketed, stpmin, stpmax):
+    """MINPACK-2's dcstep: the next trial step from the best step (stx), the bracket's other end (sty) and the
+    last trial (stp), each with its value f and slope d, by the cubic or secant step of its four cases; and the
+    updated bracket.
+
+    Returns:
+        (stx, fx, dx, sty, fy, dy, the new step, bracketed).
+    """
+    higher, opposite = fp > fx, jnp.sign(dp) * jnp.sign(dx) < 0
+    theta = 3 * (fx - fp) / (stp - stx) + dx + dp
+    s = jnp.maximum(jnp.maximum(jnp.abs(theta), jnp.abs(dx)), jnp.abs(dp))
+    root = (theta / s) ** 2 - (dx / s) * (dp / s)
+    secant = stp + dp / (dp - dx) * (stx - stp)
+    # 1: a higher value: the cubic step if nearer stx than the quadratic one, else their mean
+    gamma = jnp.where(stp < stx, -1, 1) * s * jnp.sqrt(root)
+    cubic = stx + ((gamma - dx) + theta) / (((gamma - dx) + gamma) + dp) * (stp - stx)
+    quadratic = stx + dx / ((fx - fp) / (stp - stx) + dx) / 2 * (stp - stx)
+    first = jnp.where(jnp.abs(cubic - stx) < jnp.abs(quadratic - stx), cubic, cubic + (quadratic - cubic) / 2)
+    # 2: a lower value, slopes of opposite signs: the cubic step if farther from stp than the secant one
+    gamma = jnp.where(stp > stx, -1, 1) * s * jnp.sqrt(root)
+    cubic = stp + ((gamma - dp) + theta) / (((gamma - dp) + gamma) + dx) * (stx - stp)
+    second = jnp.where(jnp.abs(cubic - stp) > jnp.abs(secant - stp), cubic, secant)
+    # 3: a lower value, slopes of one sign, the slope's magnitude decreasing
+    gamma = jnp.where(stp > stx, -1, 1) * s * jnp.sqrt(jnp.maximum(root, 0))
+    r = ((gamma - dp) + theta) / ((gamma + (dx - dp)) + gamma)
+    cubic = jnp.where((r < 0) & (gamma != 0), stp + r * (stx - stp), jnp.where(stp > stx, stpmax, stpmin))
+    nearer = jnp.where(jnp.abs(cubic - stp) < jnp.abs(secant - stp), cubic, secant)
+    limit = stp + 0.66 * (sty - stp)
+    third = jnp.where(
+        bracketed,
+        jnp.where(stp > stx, jnp.minimum(limit, nearer), jnp.maximum(limit, nearer)),
+        jnp.clip(jnp.where(jnp.abs(cubic - stp) > jnp.abs(secant - stp), cubic, secant), stpmin, stpmax),
+    )
+    # 4: a lower value, slopes of one sign, the slope's magnitude not decreasing
+    theta = 3 * (fp - fy) / (sty - stp) + dy + dp
+    s = jnp.maximum(jnp.maximum(jnp.abs(theta), jnp.abs(dy)), jnp.abs(dp))
+    gamma = jnp.where(stp > sty, -1, 1) * s * jnp.sqrt((theta / s) ** 2 - (dy / s) * (dp / s))
+    cubic = stp + ((gamma - dp) + theta) / (((gamma - dp) + gamma) + dy) * (sty - stp)
+    fourth = jnp.where(bracketed, cubic, jnp.where(stp > stx, stpmax, stpmin))
+    step = jnp.select([higher, opposite, jnp.abs(dp) < jnp.abs(dx)], [first, second, third], fourth)
+    # the bracket: a higher trial becomes its other end; a lower one its best, the old best the other end when the
+    # slopes' signs differ
+    sty, fy, dy = (
+        jnp.where(higher, p, jnp.where(opposite, x, y)) for p, x, y in ((stp, stx, sty), (fp, fx, fy), (dp, dx, dy))
+    )
+    stx, fx, dx = (jnp.where(higher, x, p) for x, p in ((stx, stp), (fx, fp), (dx, dp)))
+    return stx, fx, dx, sty, fy, dy, step, bracketed | higher | opposite
+
+
+def start_search(f, slope, step) -> LineSearch:
+    """dcsrch's start at a point of value f and slope gᵀd < 0, first trying `step`."""
+    zero = jnp.zeros_like(f)
+    gtest = DECREASE * slope
+    return LineSearch(
+        step, jnp.bool_(False), jnp.bool_(False), gtest, zero + STEP_MAX, zero + 2 * STEP_MAX,
+        zero, f, slope, zero, f, slope, zero, 5 * step, jnp.int32(0),
+    )  # fmt: skip
+
+
+def dcsrch(search: LineSearch, finit, ginit, f, g):
+    """One step of MINPACK-2's dcsrch, given the value f and slope g at the trial step.
+
+    Args:
+        search: the line search's state.
+        finit: the value at step 0.
+        ginit: the slope at step 0.
+        f: the value at `search.step`.
+        g: the slope there.
+
+    Returns:
+        (done: the trial step is accepted (converged, or a warning: no better one can be found); the state with
+        the next trial step, for when it is not).
+    """
+    stp = search.step
+    ftest = finit + stp * search.gtest
+    second_stage = search.second_stage | ((f <= ftest) & (g >= 0))
+    warned = (
+        (search.bracketed & ((stp <= search.stmin) | (stp >= search.stmax)))
+        | (search.bracketed & (search.stmax - search.stmin <= XTOL * search.stmax))
+        | ((stp == STEP_MAX) & (f <= ftest) & (g <= search.gtest))
+        | ((stp == 0) & ((f > ftest) | (g >= search.gtest)))
+    )
+    done = warned | ((f <= ftest) & (jnp.abs(g) <= CURVATURE * -ginit))
+    # in the first stage, a lower value without sufficient decrease: step on ψ(α) = f(α) − α·gtest instead
+    shift = jnp.where(~second_stage & (f <= search.fx) & (f > ftest), search.gtest, 0)
+    stx, fx, gx, sty, fy, gy, step, bracketed = dcstep(
+        search.stx, search.fx - search.stx * shift, search.gx - shift,
+        search.sty, search.fy - search.sty * shift, search.gy - shift,
+        stp, f - stp * shift, g - shift, search.bracketed, search.stmin, search.stmax,
+    )  # fmt: skip
+    fx, fy, gx, gy = fx + stx * shift, fy + sty * shift, gx + shift, gy + shift
+    bisect = bracketed & (jnp.abs(sty - stx) >= 0.66 * search.width1)
+    step = jnp.where(bisect, stx + 0.5 * (sty - stx), step)
+    width1 = jnp.where(bracketed, search.width, search.width1)
+    width = jnp.where(bracketed, jnp.abs(sty - stx), search.width)
+    stmin = jnp.where(bracketed, jnp.minimum(stx, sty), step + 1.1 * (step - stx))
+    stmax = jnp.where(bracketed, jnp.maximum(stx, sty), step + 4.0 * (step - stx))
+    step = jnp.clip(step, 0, STEP_MAX)
+    stuck = bracketed & ((step <= stmin) | (step >= stmax) | (stmax - stmin <= XTOL * stmax))
+    step = jnp.where(stuck, stx, step)
+    following = LineSearch(
+        step, bracketed, second_stage, search.gtest, width, width1, stx, fx, gx, sty, fy, gy, stmin, stmax,
+        search.evaluations,
+    )  # fmt: skip
+    return done, following
+
+
+def empty_memory(n: int, dtype) -> Memory:
+    """No pairs: H = I."""
+    zeros = jnp.zeros((MEMORY, MEMORY), dtype)
+    return Memory(jnp.zeros((MEMORY, n), dtype), jnp.zeros((MEMORY, n), dtype), zeros, zeros, jnp.int32(0),
+                  jnp.ones((), dtype))  # fmt: skip
+
+
+def push(memory: Memory, s, y, sy) -> Memory:
+    """The memory with the pair (s, y) of sᵀy = `sy` added as the newest, the oldest dropped when full."""
+    new_s = jnp.roll(memory.s, -1, axis=0).at[-1].set(s)
+    new_y = jnp.roll(memory.y, -1, axis=0).at[-1].set(y)
+    yy_last = new_y @ y
+    return Memory(
+        new_s,
+        new_y,
+        jnp.roll(memory.sy, (-1, -1), axis=(0, 1)).at[-1].set(new_y @ s).at[:, -1].set(new_s @ y),
+        jnp.roll(memory.yy, (-1, -1), axis=(0, 1)).at[-1].set(yy_last).at[:, -1].set(yy_last),
+        jnp.minimum(memory.count + 1, MEMORY),
+        sy / yy_last[-1],
+    )
+
+
+def direction(memory: Memory, g):
+    """−H·g by the compact form (module docstring); the unused pairs (zero rows) take a unit diagonal in R."""
+    unused = jnp.arange(MEMORY) < MEMORY - memory.count
+    r = jnp.triu(memory.sy) + jnp.diag(unused.astype(g.dtype))
+    gamma = memory.gamma
+    u = solve_triangular(r, memory.s @ g, lower=False)
+    rhs = jnp.diagonal(memory.sy) * u + gamma * (memory.yy @ u) - gamma * (memory.y @ g)
+    w = solve_triangular(r, rhs, lower=False, trans="T")
+    return -(gamma * g + w @ memory.s - gamma * (u @ memory.y))
+
+
+def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
+    """sklearn's lbfgs fit of `loss_fn` on (x, y) from `layers` (module docstring); traceable, and under `vmap`
+    each member stops on its own.
+
+    Args:
+        loss_fn: the `Objective`.
+        layers: the initial layer params.
+        l2: α / n, the penalty's weight (data).
+        x: (n, features) inputs, every row (full batch).
+        y: the encoded targets.
+        tol: the largest |gᵢ| that counts as converged.
+        max_iter: the most iterations.
+        max_fun: evaluations beyond which the run stops at the end of an iteration.
+
+    Returns:
+        The `Result`.
+    """
+    flat, unravel = ravel_pytree(layers)
+    value_and_grad = jax.value_and_grad(lambda v: loss_fn({"layers": unravel(v), "l2": l2}, x, y))
+    f, g = value_and_grad(flat)
+    d, slope = -g, -(g @ g)
+    reason = jnp.where(jnp.max(jnp.abs(g)) <= tol, 0, jnp.where(slope >= 0, 4, -1))
+    first_step = jnp.minimum(1 / jnp.sqrt(-slope), STEP_MAX)
+    state = State(flat, f, g, d, slope, start_search(f, slope, first_step), empty_memory(flat.size, flat.dtype),
+                  jnp.int32(0), jnp.int32(1), reason)  # fmt: skip
+
+    def trip(state: State) -> State:
+        step = state.search.step
+        trial = state.x + step * state.direction
+        f_t, g_t = value_and_grad(trial)
+        slope_t = g_t @ state.direction
+        search = state.search._replace(evaluations=state.search.evaluations + 1)
+        done, search = dcsrch(search, state.f, state.slope, f_t, slope_t)
+        failed = ~done & (search.evaluations >= MAX_LINE_SEARCH)
+        fresh = done | failed  # a new line search starts
+        iterations, evaluations = state.iterations + done, state.evaluations + 1
+        ended = jnp.select(
+            [
+                iterations >= max_iter,
+                evaluations > max_fun,
+                jnp.max(jnp.abs(g_t)) <= tol,
+                state.f - f_t <= FTOL * jnp.maximum(jnp.maximum(jnp.abs(state.f), jnp.abs(f_t)), 1),
+            ],
+            [2, 3, 0, 1],
+            -1,
+        )
+        sy = step * (slope_t - state.slope)
+        kept = sy > jnp.finfo(sy.dtype).eps * -(state.slope * step)
+        cleared = empty_memory(state.x.size, state.x.dtype)
+        memory = _select(failed, cleared, state.memory)
+        memory = _select(done & kept, push(memory, step * state.direction, g_t - state.g, sy), memory)
+        x, f, g = _select(done, (trial, f_t, g_t), (state.x, state.f, state.g))
+        d = direction(memory, g)
+        slope = g @ d
+        uphill = fresh & (slope >= 0)  # no descent along −H·g: drop the pairs and go along −g
+        memory = _select(uphill, cleared, memory)
+        d, slope = _select(uphill, (-g, -(g @ g)), (d, slope))
+        d, slope = _select(fresh, (d, slope), (state.direction, state.slope))
+        abnormal = (failed & (state.memory.count == 0)) | (fresh & (slope >= 0))
+        reason = jnp.where(done, ended, -1)
+        reason = jnp.where((reason < 0) & abnormal, 4, reason)
+        search = _select(fresh, start_search(f, slope, jnp.ones_like(f)), search)
+        return State(x, f, g, d, slope, search, memory, iterations, evaluations, reason)
+
+    state = jax.lax.while_loop(lambda state: state.reason < 0, trip, state)
+    return Result(unravel(state.x), state.f, state.iterations, state.evaluations, state.reason)
+
+
+def counts(*values) -> tuple[np.ndarray, ...]:
+    """max_iter and max_fun (one value or one per member) as int32 data, capped at its largest."""
+    return tuple(np.minimum(np.asarray(value, np.int64), np.iinfo(np.int32).max).astype(np.int32) for value in values)
+
+
+@functools.lru_cache(maxsize=64)  # one program per objective: a second fit of any α, tol, max_iter, max_fun or seed
+def compiled(loss_fn, members: bool):
+    """`minimize` of `loss_fn` jitted, with its members (`vmap`: params, l2, tol, max_iter, max_fun one per member,
+    x and y shared) when `members`."""
+    run = functools.partial(minimize, loss_fn)
+    if members:
+        run = jax.vmap(run, in_axes=(0, 0, None, None, 0, 0, 0))
+    return jax.jit(run, compiler_options=loop_compiler_options(jax.default_backend()))
