@@ -172,6 +172,18 @@ def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeou
     return result
 
 
+def normal(seed: int, *shape: int) -> jax.Array:
+    """N(0, 1) draws of `shape` in the default float dtype (float64 under jax.enable_x64), by numpy: test data
+    without jax.random, which compiles a program (about a second on CPU) for every new shape and dtype."""
+    return jax.numpy.asarray(np.random.default_rng(seed).normal(size=shape))
+
+
+def together(*functions):
+    """`(f(*args), g(*args), …)` as one jitted program: one compilation for a test comparing several functions of
+    the same arguments, where each run eagerly compiles a program per operation and shape."""
+    return jax.jit(lambda *args: tuple(function(*args) for function in functions))
+
+
 def without_coverage() -> dict:
     """This process's variables less coverage's, for a subprocess that coverage must not measure: one whose
     files cannot grow (coverage could not write its data) or whose own timing loops it would slow many times."""
