@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import normal, run_cli, together
+from helpers import normal, params_of, run_cli, together
 
 import bp_jax
 from bp_jax import documents, manual
@@ -111,7 +111,7 @@ def test_neuron_gradient_is_the_documents_formula(activation, precision):
 def test_mlp_input_gradients_equal_jax_grad_and_the_manual_backward_pass(precision):
     """documents.every_layer_mlp: Linear with and without bias, Tanh, Sigmoid and ReLU in one graph."""
     model = documents.every_layer_mlp()
-    params = model.init(jax.random.key(7))
+    params = params_of(model, seed=7)
     x, y = normal(8, 6, 10), normal(9, 6, 3)
     loss = bp_jax.loss_fn(model)
     graph = bp_jax.explain(loss, params, x, y)

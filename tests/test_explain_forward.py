@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import normal, run_cli
+from helpers import normal, params_of, run_cli
 
 import bp_jax
 import bp_jax.draw
@@ -49,7 +49,7 @@ def test_every_nodes_tangent_equals_jax_jvp(precision):
     """documents.every_layer_mlp: Linear with and without bias, Tanh, Sigmoid and ReLU in one graph; the
     references by jax.jvp in one jitted program."""
     model = documents.every_layer_mlp()
-    params = model.init(jax.random.key(3))
+    params = params_of(model, seed=3)
     x, y = normal(4, 6, 10), normal(5, 6, 3)
     leaves, treedef = jax.tree.flatten(params)
     direction = jax.tree.unflatten(treedef, [normal(6 + i, *leaf.shape) for i, leaf in enumerate(leaves)])

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import normal, together
+from helpers import normal, params_of, together
 
 import bp_jax
 
@@ -193,7 +193,7 @@ def test_every_contraction_and_layout_is_the_same_function_and_derivatives_as_th
     row, a batch and leading batch dims, under vmap too. Both models' numbers come from one jitted program."""
     dot = bp_jax.mlp((4, 3, 2), "tanh")
     other = bp_jax.mlp((4, 3, 2), "tanh", contraction=contraction, layout=layout)
-    params = dot.init(KEY)
+    params = params_of(dot)
     x = normal(1, *shape)
     tangent = jax.tree.map(jnp.ones_like, params)
     members = jax.tree.map(lambda leaf: np.stack([leaf, -leaf, 2 * leaf]), params)  # 3 members' params stacked
@@ -218,7 +218,7 @@ def test_every_contraction_and_layout_is_the_same_function_and_derivatives_as_th
 def test_a_columns_mlp_is_named_checked_and_keeps_the_hand_written_backward(precision):
     model = bp_jax.mlp((4, 3, 2), "tanh", contraction=("dot", "sum"), layout="columns")
     assert model.name == "mlp((4, 3, 2), 'tanh', contraction=('dot', 'sum'), layout='columns')"
-    params = model.init(KEY)
+    params = params_of(model)
     x, y = normal(1, 5, 4), jnp.ones((5, 2))
     by_hand, by_jax = together(bp_jax.manual.value_and_grad(model), jax.value_and_grad(bp_jax.loss_fn(model)))(
         params, x, y

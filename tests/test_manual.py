@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import normal, together
+from helpers import normal, params_of, together
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,7 +59,7 @@ def data(seed, batch_shape, features, outputs):
 def test_manual_value_and_grad_equals_jax(model_name, batch_shape, precision):
     """Each model for one example, a batch and leading batch dims, both under jit (one program)."""
     model = MODELS[model_name]()
-    params = model.init(jax.random.key(0))
+    params = params_of(model)
     outputs = jax.tree.leaves(params)[-1].shape[0]
     x, y = data(100, batch_shape, 10, outputs)
     got, expected = together(manual.value_and_grad(model), jax.value_and_grad(bp_jax.loss_fn(model)))(params, x, y)
@@ -69,7 +69,7 @@ def test_manual_value_and_grad_equals_jax(model_name, batch_shape, precision):
 
 def test_manual_value_and_grad_jits():
     model = MODELS["every layer"]()
-    params = model.init(jax.random.key(5))
+    params = params_of(model, seed=5)
     x, y = data(6, (8,), 10, 3)
     expected = jax.value_and_grad(bp_jax.loss_fn(model))(params, x, y)
     chex.assert_trees_all_close(jax.jit(manual.value_and_grad(model))(params, x, y), expected, rtol=1e-5, atol=1e-6)
@@ -80,7 +80,7 @@ def test_manual_value_and_grad_jits():
 def test_both_gradients_agree_with_finite_differences(model_name):
     with jax.enable_x64(True):
         model = MODELS[model_name]()
-        params = model.init(jax.random.key(7))
+        params = params_of(model, seed=7)
         x, y = data(8, (16,), 10, jax.tree.leaves(params)[-1].shape[0])
         loss = jax.jit(bp_jax.loss_fn(model))
         jax.test_util.check_grads(lambda p: loss(p, x, y), (params,), order=1, modes=["rev"])
@@ -108,7 +108,7 @@ CLASSIFIERS = {
 def test_manual_cross_entropy_equals_jax(model_name, batch, precision):
     """Each classifier (2, 3 and 5 classes) for one example and a batch, both under jit (one program)."""
     model = CLASSIFIERS[model_name]()
-    params = model.init(jax.random.key(0))
+    params = params_of(model)
     classes = jax.tree.leaves(params)[-1].shape[0]
     x = 3 * normal(100, batch, 10)  # logits of a few units: softmax not saturated
     labels = np.random.default_rng(200).integers(classes, size=batch)

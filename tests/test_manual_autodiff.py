@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import normal, together
+from helpers import normal, params_of, together
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,7 @@ def problem(model_name: str, loss_name: str, batch: int, seed: int = 0):
     """(model, params, x, y): y ~ N(0, 1) of the outputs' shape for mse, integer labels for cross-entropy."""
     build, outputs = MODELS[model_name]
     model = build()
-    params = model.init(jax.random.key(seed))
+    params = params_of(model, seed)
     x = 2 * normal(seed + 1, batch, 10)
     if loss_name == "mse":
         y = normal(seed + 2, batch, outputs)
