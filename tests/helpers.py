@@ -172,6 +172,30 @@ def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeou
     return result
 
 
+def normal(seed: int, *shape: int) -> jax.Array:
+    """N(0, 1) draws of `shape` in the default float dtype (float64 under jax.enable_x64), by numpy: test data
+    without jax.random, which compiles a program (about a second on CPU) for every new shape and dtype."""
+    return jax.numpy.asarray(np.random.default_rng(seed).normal(size=shape))
+
+
+def params_of(model, seed: int = 0):
+    """Params for `model` drawn by numpy, each leaf uniform in ±1/√(its last axis's size), in the dtypes of
+    `model.init`'s (float64 under jax.enable_x64): the structure from `jax.eval_shape`, which compiles nothing,
+    where `model.init` compiles a jax.random program for every leaf shape and dtype."""
+    rng = np.random.default_rng(seed)
+    bound = lambda shape: 1 / np.sqrt(shape[-1] if shape else 1)
+    return jax.tree.map(
+        lambda leaf: jax.numpy.asarray((rng.uniform(-1, 1, leaf.shape) * bound(leaf.shape)).astype(leaf.dtype)),
+        jax.eval_shape(model.init, jax.random.key(0)),
+    )
+
+
+def together(*functions):
+    """`(f(*args), g(*args), …)` as one jitted program: one compilation for a test comparing several functions of
+    the same arguments, where each run eagerly compiles a program per operation and shape."""
+    return jax.jit(lambda *args: tuple(function(*args) for function in functions))
+
+
 def without_coverage() -> dict:
     """This process's variables less coverage's, for a subprocess that coverage must not measure: one whose
     files cannot grow (coverage could not write its data) or whose own timing loops it would slow many times."""

@@ -6,9 +6,11 @@ with --markdown, the table of docs/backends.md instead.
     JAX_NUM_CPU_DEVICES=8 python tests/lowering_worker.py [--markdown]
 
 `fit`'s and `fit_ensemble`'s loops are the programs they build (`bp_jax._fit_loop.compiled_loop`), captured with the
-arguments of a one-step call and lowered with those arguments' shapes, dtypes and shardings.
+arguments of a one-step call, stopped before the loop runs (nothing is compiled for this CPU), and lowered with
+those arguments' shapes, dtypes and shardings.
 """
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -32,6 +34,10 @@ PROGRAMS = (
 )
 
 
+class _Captured(Exception):
+    """Stops `train()` at the loop's first call, once its arguments are recorded."""
+
+
 def _captured_loop(train: Callable) -> tuple[Callable, tuple]:
     """The jitted loop `train()` runs, and the shapes, dtypes and shardings of its first call's arguments."""
     calls = []
@@ -42,13 +48,14 @@ def _captured_loop(train: Callable) -> tuple[Callable, tuple]:
 
         def run(*arguments):
             calls.append((loop, jax.tree.map(_abstract, arguments)))
-            return loop(*arguments)
+            raise _Captured
 
         return run
 
     _fit.compiled_loop = recording
     try:
-        train()
+        with contextlib.suppress(_Captured):
+            train()
     finally:
         _fit.compiled_loop = build
     return calls[0]

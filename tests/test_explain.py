@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import normal, params_of, run_cli, together
 
 import bp_jax
 from bp_jax import documents, manual
@@ -21,7 +21,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def all_grads(f, *args):
-    return jax.grad(f, argnums=tuple(range(len(args))))(*args)
+    """jax.grad of f in every argument, jitted (one compilation, where eager autodiff compiles every op)."""
+    return jax.jit(jax.grad(f, argnums=tuple(range(len(args)))))(*args)
 
 
 NET = documents.TINY_NET
@@ -105,32 +106,20 @@ def test_neuron_gradient_is_the_documents_formula(activation, precision):
 
 # --- any model: the reverse pass is jax.grad's answer --------------------------------------------
 
-MODELS = {
-    "seed MLP": documents.seed_mlp,
-    "tanh/sigmoid": lambda: bp_jax.Sequential(
-        bp_jax.Linear(10, 8),
-        bp_jax.Tanh(),
-        bp_jax.Linear(8, 6),
-        bp_jax.Sigmoid(),
-        bp_jax.Linear(6, 3),
-        bp_jax.Tanh(),
-        bp_jax.Linear(3, 1),
-    ),
-}
 
-
-@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.slow
-def test_mlp_input_gradients_equal_jax_grad_and_the_manual_backward_pass(name, precision):
-    model = MODELS[name]()
-    keys = jax.random.split(jax.random.key(7), 3)
-    params = model.init(keys[0])
-    x, y = jax.random.normal(keys[1], (6, 10), params[0]["weight"].dtype), jax.random.normal(keys[2], (6, 1))
+def test_mlp_input_gradients_equal_jax_grad_and_the_manual_backward_pass(precision):
+    """documents.every_layer_mlp: Linear with and without bias, Tanh, Sigmoid and ReLU in one graph."""
+    model = documents.every_layer_mlp()
+    params = params_of(model, seed=7)
+    x, y = normal(8, 6, 10), normal(9, 6, 3)
     loss = bp_jax.loss_fn(model)
     graph = bp_jax.explain(loss, params, x, y)
 
-    chex.assert_trees_all_close(graph.grads, all_grads(loss, params, x, y), rtol=precision, atol=precision)
-    hand_loss, hand_grads = manual.value_and_grad(model)(params, x, y)
+    by_jax, (hand_loss, hand_grads) = together(jax.grad(loss, argnums=(0, 1, 2)), manual.value_and_grad(model))(
+        params, x, y
+    )
+    chex.assert_trees_all_close(graph.grads, by_jax, rtol=precision, atol=precision)
     chex.assert_trees_all_close(graph.grads[0], hand_grads, rtol=precision, atol=precision)
     np.testing.assert_allclose(graph.output.value, hand_loss, rtol=precision, atol=precision)
     for node in graph.nodes:
@@ -139,7 +128,7 @@ def test_mlp_input_gradients_equal_jax_grad_and_the_manual_backward_pass(name, p
 
 
 def test_mlp_input_names_are_pytree_paths():
-    model = MODELS["seed MLP"]()
+    model = documents.seed_mlp()
     params = model.init(jax.random.key(0))
     graph = bp_jax.explain(bp_jax.loss_fn(model), params, jnp.ones((2, 10)), jnp.ones((2, 1)))
     inputs = [node.name for node in graph.nodes if node.op == "input"]
@@ -163,7 +152,7 @@ def test_a_value_used_twice_sums_its_cotangents(precision):
     assert (float(w.grad), float(square.grad), float(total.grad)) == (7.0, 1.0, 1.0)
     x = jnp.linspace(-1.0, 2.0, 4)
     g = lambda x: jnp.sum(jnp.sin(x) * x + x**2)
-    chex.assert_trees_all_close(bp_jax.explain(g, x).grads, (jax.grad(g)(x),), rtol=precision, atol=precision)
+    chex.assert_trees_all_close(bp_jax.explain(g, x).grads, (jax.jit(jax.grad(g))(x),), rtol=precision, atol=precision)
 
 
 def test_custom_derivative_rules_stay_one_node_and_jit_is_inlined(precision):
@@ -183,7 +172,7 @@ def test_custom_derivative_rules_stay_one_node_and_jit_is_inlined(precision):
     assert "jit" not in ops and "pjit" not in ops
     assert ops.count("custom_vjp_call") == 1 and ops.count("custom_jvp_call") == 1
     assert any(node.name.startswith("clipped_identity(") for node in graph.nodes)
-    chex.assert_trees_all_close(graph.grads, (jax.grad(f)(x),), rtol=precision, atol=precision)
+    chex.assert_trees_all_close(graph.grads, all_grads(f, x), rtol=precision, atol=precision)
     assert float(graph.grads[0][1]) == 0.0  # relu'(0) = 0 by jax.nn.relu's own rule, not max's 0.5
     comparison = next(node for node in graph.nodes if node.op == "gt")
     assert comparison.value.dtype == bool and comparison.grad is None
@@ -196,7 +185,7 @@ def test_closed_over_arrays_are_const_nodes(precision):
     f = lambda params: bp_jax.mse(model.apply(params, x), y)
     graph = bp_jax.explain(f, params)
     assert [node.op for node in graph.nodes].count("const") == 2
-    chex.assert_trees_all_close(graph.grads, (jax.grad(f)(params),), rtol=precision, atol=precision)
+    chex.assert_trees_all_close(graph.grads, all_grads(f, params), rtol=precision, atol=precision)
 
 
 def test_an_output_that_is_an_input_or_a_constant():

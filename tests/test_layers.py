@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import normal, params_of, together
 
 import bp_jax
 
@@ -12,7 +13,7 @@ KEY = jax.random.key(0)
 def test_linear_matches_x_weight_transpose_plus_bias_over_leading_dims():
     layer = bp_jax.Linear(4, 3)
     params = layer.init(KEY)
-    x = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, 4)))
+    x = np.random.default_rng(1).normal(size=(2, 5, 4)).astype(np.float32)
     expected = np.einsum("bni,oi->bno", x, params["weight"]) + np.asarray(params["bias"])
     np.testing.assert_allclose(layer.apply(params, x), expected, rtol=1e-5, atol=1e-6)
 
@@ -138,7 +139,7 @@ def test_sequential_rejects_non_models():
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
 def test_mlp_is_the_sequential_written_out_by_hand(activation):
-    key, x = jax.random.key(3), jax.random.normal(jax.random.key(4), (7, 10))
+    key, x = jax.random.key(3), normal(4, 7, 10)
     by_hand = bp_jax.Sequential(
         bp_jax.Linear(10, 8),
         bp_jax._layers.elementwise(activation),
@@ -189,41 +190,40 @@ def test_every_contraction_and_layout_is_the_same_function_and_derivatives_as_th
 ):
     """contraction="sum" forms x·Wᵀ as products summed, layout="columns" carries the activations as (features,
     rows): each equal to the plain matmul in value, gradient and forward-mode tangent (float rounding only), for one
-    row, a batch and leading batch dims, under vmap too."""
+    row, a batch and leading batch dims, under vmap too. Both models' numbers come from one jitted program."""
     dot = bp_jax.mlp((4, 3, 2), "tanh")
     other = bp_jax.mlp((4, 3, 2), "tanh", contraction=contraction, layout=layout)
-    params = dot.init(KEY)
-    x = jax.random.normal(jax.random.key(1), shape)
-    loss = lambda model: lambda p: jnp.sum(model.apply(p, x) ** 2)
-    chex.assert_trees_all_close(other.apply(params, x), dot.apply(params, x), rtol=precision, atol=precision)
-    chex.assert_trees_all_close(
-        jax.grad(loss(other))(params), jax.grad(loss(dot))(params), rtol=precision, atol=precision
-    )
+    params = params_of(dot)
+    x = normal(1, *shape)
     tangent = jax.tree.map(jnp.ones_like, params)
-    chex.assert_trees_all_close(
-        jax.jvp(loss(other), (params,), (tangent,)),
-        jax.jvp(loss(dot), (params,), (tangent,)),
-        rtol=precision,
-        atol=precision,
-    )
-    members = jax.vmap(dot.init)(jax.random.split(KEY, 3))
-    chex.assert_trees_all_close(
-        jax.vmap(other.apply, (0, None))(members, x),
-        jax.vmap(dot.apply, (0, None))(members, x),
-        rtol=precision,
-        atol=precision,
-    )
+    members = jax.tree.map(lambda leaf: np.stack([leaf, -leaf, 2 * leaf]), params)  # 3 members' params stacked
+
+    @jax.jit
+    def both(params, x, tangent, members):
+        def numbers(model):
+            loss = lambda p: jnp.sum(model.apply(p, x) ** 2)
+            return {
+                "value": model.apply(params, x),
+                "grad": jax.grad(loss)(params),
+                "tangent": jax.jvp(loss, (params,), (tangent,)),
+                "vmap": jax.vmap(model.apply, (0, None))(members, x),
+            }
+
+        return numbers(other), numbers(dot)
+
+    got, expected = both(params, x, tangent, members)
+    chex.assert_trees_all_close(got, expected, rtol=precision, atol=precision)
 
 
 def test_a_columns_mlp_is_named_checked_and_keeps_the_hand_written_backward(precision):
     model = bp_jax.mlp((4, 3, 2), "tanh", contraction=("dot", "sum"), layout="columns")
     assert model.name == "mlp((4, 3, 2), 'tanh', contraction=('dot', 'sum'), layout='columns')"
-    params = model.init(KEY)
-    x, y = jax.random.normal(jax.random.key(1), (5, 4)), jnp.ones((5, 2))
-    by_hand = bp_jax.manual.value_and_grad(model)(params, x, y)
-    chex.assert_trees_all_close(
-        by_hand, jax.value_and_grad(bp_jax.loss_fn(model))(params, x, y), rtol=precision, atol=precision
+    params = params_of(model)
+    x, y = normal(1, 5, 4), jnp.ones((5, 2))
+    by_hand, by_jax = together(bp_jax.manual.value_and_grad(model), jax.value_and_grad(bp_jax.loss_fn(model)))(
+        params, x, y
     )
+    chex.assert_trees_all_close(by_hand, by_jax, rtol=precision, atol=precision)
     with pytest.raises(ValueError, match=r"Linear\(4, 3\) expects x with 4 features in its last axis, got shape"):
         model.apply(params, jnp.ones((5, 3)))
     with pytest.raises(ValueError, match=r"layout must be one of \('rows', 'columns'\), got 'cols'"):

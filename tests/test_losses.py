@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import normal
 
 import bp_jax
 
@@ -54,7 +55,7 @@ def test_a_fresh_loss_fn_of_the_same_model_compiles_nothing_in_fit(count_compila
 def test_loss_fn_works_under_grad_jit_vmap_and_beside_manual():
     model = bp_jax.mlp((3, 4, 1), "tanh")
     params, f = model.init(jax.random.key(1)), bp_jax.loss_fn(model)
-    x, y = jax.random.normal(jax.random.key(2), (8, 3)), jax.random.normal(jax.random.key(3), (8, 1))
+    x, y = normal(2, 8, 3), normal(3, 8, 1)
     value, grads = jax.jit(jax.value_and_grad(f))(params, x, y)
     hand_value, hand_grads = bp_jax.manual.value_and_grad(model)(params, x, y)
     np.testing.assert_allclose(value, hand_value, rtol=1e-5, atol=1e-6)
@@ -150,7 +151,7 @@ def test_cross_entropy_steps_are_the_hand_written_update():
     model = bp_jax.mlp((2, 8, 3), "tanh")
     params, (x, labels) = model.init(jax.random.key(0)), three_blobs()
     loss = bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)
-    value, grads = bp_jax.manual.value_and_grad(model, bp_jax.softmax_cross_entropy)(params, x, labels)
+    value, grads = jax.jit(bp_jax.manual.value_and_grad(model, bp_jax.softmax_cross_entropy))(params, x, labels)
     expected = jax.tree.map(lambda w, g: w - 0.1 * g, params, grads)
     new_params, sgd_loss = bp_jax.sgd_step(loss, lr=0.1)(jax.tree.map(jnp.array, params), x, labels)
     optimizer = optax.sgd(0.1)

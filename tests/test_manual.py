@@ -3,7 +3,9 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from helpers import normal, params_of, together
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,28 +50,26 @@ MODELS = {
 
 
 def data(seed, batch_shape, features, outputs):
-    x_key, y_key = jax.random.split(jax.random.key(seed))
-    return (jax.random.normal(x_key, (*batch_shape, features)), jax.random.normal(y_key, (*batch_shape, outputs)))
+    return normal(seed, *batch_shape, features), normal(seed + 1, *batch_shape, outputs)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("batch_shape", [(1,), (32,), (4, 7)])
-@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.slow
-def test_manual_value_and_grad_equals_jax(model_name, batch_shape, seed, precision):
+def test_manual_value_and_grad_equals_jax(model_name, batch_shape, precision):
+    """Each model for one example, a batch and leading batch dims, both under jit (one program)."""
     model = MODELS[model_name]()
-    params = model.init(jax.random.key(seed))
+    params = params_of(model)
     outputs = jax.tree.leaves(params)[-1].shape[0]
-    x, y = data(seed + 100, batch_shape, 10, outputs)
-    expected = jax.jit(jax.value_and_grad(bp_jax.loss_fn(model)))(params, x, y)
-    got = jax.jit(manual.value_and_grad(model))(params, x, y)
+    x, y = data(100, batch_shape, 10, outputs)
+    got, expected = together(manual.value_and_grad(model), jax.value_and_grad(bp_jax.loss_fn(model)))(params, x, y)
     chex.assert_trees_all_close(got, expected, rtol=precision, atol=precision)
     chex.assert_trees_all_equal_dtypes(got[1], params)
 
 
 def test_manual_value_and_grad_jits():
     model = MODELS["every layer"]()
-    params = model.init(jax.random.key(5))
+    params = params_of(model, seed=5)
     x, y = data(6, (8,), 10, 3)
     expected = jax.value_and_grad(bp_jax.loss_fn(model))(params, x, y)
     chex.assert_trees_all_close(jax.jit(manual.value_and_grad(model))(params, x, y), expected, rtol=1e-5, atol=1e-6)
@@ -80,16 +80,14 @@ def test_manual_value_and_grad_jits():
 def test_both_gradients_agree_with_finite_differences(model_name):
     with jax.enable_x64(True):
         model = MODELS[model_name]()
-        params = model.init(jax.random.key(7))
+        params = params_of(model, seed=7)
         x, y = data(8, (16,), 10, jax.tree.leaves(params)[-1].shape[0])
-        loss = bp_jax.loss_fn(model)
+        loss = jax.jit(bp_jax.loss_fn(model))
         jax.test_util.check_grads(lambda p: loss(p, x, y), (params,), order=1, modes=["rev"])
-        manual_grads = manual.value_and_grad(model)(params, x, y)[1]
+        manual_grads = jax.jit(manual.value_and_grad(model))(params, x, y)[1]
         # Directional derivative by central differences along a random direction, vs the manual grads.
         leaves, treedef = jax.tree.flatten(params)
-        direction = jax.tree.unflatten(
-            treedef, [jax.random.normal(jax.random.key(i), leaf.shape) for i, leaf in enumerate(leaves)]
-        )
+        direction = jax.tree.unflatten(treedef, [normal(i, *leaf.shape) for i, leaf in enumerate(leaves)])
         eps = 1e-6
         shifted = lambda s: loss(jax.tree.map(lambda p, d: p + s * d, params, direction), x, y)
         numeric = (shifted(eps) - shifted(-eps)) / (2 * eps)
@@ -106,29 +104,29 @@ CLASSIFIERS = {
 
 @pytest.mark.parametrize("model_name", CLASSIFIERS)
 @pytest.mark.parametrize("batch", [1, 32])
-@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.slow
-def test_manual_cross_entropy_equals_jax(model_name, batch, seed, precision):
+def test_manual_cross_entropy_equals_jax(model_name, batch, precision):
+    """Each classifier (2, 3 and 5 classes) for one example and a batch, both under jit (one program)."""
     model = CLASSIFIERS[model_name]()
-    params = model.init(jax.random.key(seed))
+    params = params_of(model)
     classes = jax.tree.leaves(params)[-1].shape[0]
-    x = 3 * jax.random.normal(jax.random.key(seed + 100), (batch, 10))  # logits of a few units: softmax not saturated
-    labels = jax.random.randint(jax.random.key(seed + 200), (batch,), 0, classes)
+    x = 3 * normal(100, batch, 10)  # logits of a few units: softmax not saturated
+    labels = np.random.default_rng(200).integers(classes, size=batch)
     loss = bp_jax.softmax_cross_entropy
-    expected = jax.jit(jax.value_and_grad(bp_jax.loss_fn(model, loss)))(params, x, labels)
-    got = jax.jit(manual.value_and_grad(model, loss))(params, x, labels)
+    got, expected = together(manual.value_and_grad(model, loss), jax.value_and_grad(bp_jax.loss_fn(model, loss)))(
+        params, x, labels
+    )
     chex.assert_trees_all_close(got, expected, rtol=precision, atol=precision)
     chex.assert_trees_all_equal_dtypes(got[1], params)
 
 
-@pytest.mark.slow
 def test_cross_entropy_grad_by_hand_equals_jax_grad_of_the_loss(precision):
-    logits = 5 * jax.random.normal(jax.random.key(0), (64, 7))
-    labels = jax.random.randint(jax.random.key(1), (64,), 0, 7)
-    by_hand = manual.LOSS_GRADS[bp_jax.softmax_cross_entropy](logits, labels)
-    chex.assert_trees_all_close(
-        by_hand, jax.grad(bp_jax.softmax_cross_entropy)(logits, labels), rtol=precision, atol=precision
+    logits = 5 * normal(0, 64, 7)
+    labels = np.random.default_rng(1).integers(7, size=64)
+    by_hand, by_jax = together(manual.LOSS_GRADS[bp_jax.softmax_cross_entropy], jax.grad(bp_jax.softmax_cross_entropy))(
+        logits, labels
     )
+    chex.assert_trees_all_close(by_hand, by_jax, rtol=precision, atol=precision)
     chex.assert_trees_all_close(by_hand.sum(axis=1), jnp.zeros(64), atol=precision)  # Σ_j softmax_j − 1 = 0
 
 

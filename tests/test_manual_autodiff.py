@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import normal, params_of, together
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,13 +21,12 @@ def problem(model_name: str, loss_name: str, batch: int, seed: int = 0):
     """(model, params, x, y): y ~ N(0, 1) of the outputs' shape for mse, integer labels for cross-entropy."""
     build, outputs = MODELS[model_name]
     model = build()
-    keys = jax.random.split(jax.random.key(seed), 3)
-    params = model.init(keys[0])
-    x = 2 * jax.random.normal(keys[1], (batch, 10), jax.tree.leaves(params)[0].dtype)
+    params = params_of(model, seed)
+    x = 2 * normal(seed + 1, batch, 10)
     if loss_name == "mse":
-        y = jax.random.normal(keys[2], (batch, outputs), x.dtype)
+        y = normal(seed + 2, batch, outputs)
     else:
-        y = jax.random.randint(keys[2], (batch,), 0, outputs)
+        y = jnp.asarray(np.random.default_rng(seed + 2).integers(outputs, size=batch))
     return model, params, x, y
 
 
@@ -44,11 +44,14 @@ def cases():
 @pytest.mark.parametrize("batch", [1, 7])
 @pytest.mark.slow
 def test_per_example_grads_equal_vmap_of_grad_on_one_example_batches(model_name, loss_name, batch, precision):
+    """Both under jit, in one program."""
     model, params, x, y = problem(model_name, loss_name, batch)
     loss = LOSSES[loss_name]
-    got = jax.jit(manual.per_example_grads(model, loss))(params, x, y)
     one_example = jax.grad(bp_jax.loss_fn(model, loss))
-    expected = jax.vmap(one_example, (None, 0, 0))(params, x[:, None], y[:, None])
+    got, expected = together(
+        manual.per_example_grads(model, loss),
+        lambda params, x, y: jax.vmap(one_example, (None, 0, 0))(params, x[:, None], y[:, None]),
+    )(params, x, y)
     chex.assert_trees_all_close(got, expected, rtol=precision, atol=precision)
     chex.assert_trees_all_equal_dtypes(got, expected)
     for row, leaf in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
@@ -59,10 +62,11 @@ def test_per_example_grads_equal_vmap_of_grad_on_one_example_batches(model_name,
 @pytest.mark.slow
 def test_the_mean_of_the_rows_is_the_batch_gradient(model_name, loss_name, precision):
     """The batch loss is the mean of the examples' own losses (mse: B·C elements, C per example), so no 1/B
-    sits in a row and their mean is the batch gradient."""
+    sits in a row and their mean is the batch gradient (both under jit, in one program)."""
     model, params, x, y = problem(model_name, loss_name, 16, seed=3)
-    rows = manual.per_example_grads(model, LOSSES[loss_name])(params, x, y)
-    _, batch_grads = manual.value_and_grad(model, LOSSES[loss_name])(params, x, y)
+    rows, (_, batch_grads) = together(
+        manual.per_example_grads(model, LOSSES[loss_name]), manual.value_and_grad(model, LOSSES[loss_name])
+    )(params, x, y)
     mean = jax.tree.map(lambda leaf: jnp.mean(leaf, axis=0), rows)
     chex.assert_trees_all_close(mean, batch_grads, rtol=precision, atol=precision)
 
@@ -86,7 +90,7 @@ def test_per_example_grads_equal_torch_func_vmap_of_grad(model_name, loss_name):
 
     with jax.enable_x64(True):
         model, params, x, y = problem(model_name, loss_name, 9, seed=5)
-        ours = manual.per_example_grads(model, LOSSES[loss_name])(params, x, y)
+        ours = jax.jit(manual.per_example_grads(model, LOSSES[loss_name]))(params, x, y)
     twin = eval(model.name, vars(torch.nn))  # a model's name is its constructor call, torch.nn's too
     module = bp_jax.to_torch(params, twin.double(), model=model)
     criterion = torch.nn.MSELoss() if loss_name == "mse" else torch.nn.CrossEntropyLoss()
@@ -143,18 +147,24 @@ def test_tiny_net_hessian_at_the_documents_point():
     assert hessian.tolist() == [[18.0, 0.0], [0.0, 2.0]]
 
 
+@jax.jit
+def hessians(w1, w2, x, t):
+    """By hand, by jax.hessian, and the Hessian-vector products along (1, 0) and (0.3, −1.7) by jax.jvp of
+    jax.grad (forward over reverse): one program for every draw."""
+    weights = jnp.stack([w1, w2])
+    gradient = lambda w: jax.grad(tiny_net_loss_of)(w, x, t)
+    directions = jnp.array([[1.0, 0.0], [0.3, -1.7]])
+    hvps = jnp.stack([jax.jvp(gradient, (weights,), (v,))[1] for v in directions])
+    return manual.tiny_net_hessian(w1, w2, x, t), jax.hessian(tiny_net_loss_of)(weights, x, t), directions, hvps
+
+
 @settings(max_examples=50, deadline=None)
 @given(w1=away_from_zero, w2=away_from_zero, x=away_from_zero, t=away_from_zero)
-@pytest.mark.slow
 def test_tiny_net_hessian_equals_jax_hessian_and_hessian_vector_products(w1, w2, x, t):
     with jax.enable_x64(True):
-        by_hand = manual.tiny_net_hessian(w1, w2, x, t)
-        weights = jnp.array([w1, w2])
-        np.testing.assert_allclose(by_hand, jax.hessian(tiny_net_loss_of)(weights, x, t), rtol=1e-10, atol=1e-10)
-        gradient = jax.grad(tiny_net_loss_of)
-        for v in (jnp.array([1.0, 0.0]), jnp.array([0.3, -1.7])):
-            _, hvp = jax.jvp(lambda w: gradient(w, x, t), (weights,), (v,))  # forward over reverse
-            np.testing.assert_allclose(hvp, by_hand @ v, rtol=1e-10, atol=1e-10)
+        by_hand, hessian, directions, hvps = hessians(w1, w2, x, t)
+        np.testing.assert_allclose(by_hand, hessian, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(hvps, directions @ by_hand.T, rtol=1e-10, atol=1e-10)
 
 
 def test_tiny_net_hessian_equals_torch_func_hessian():

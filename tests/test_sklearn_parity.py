@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import together
 
 import bp_jax
 from bp_jax import manual
@@ -87,13 +88,12 @@ def test_cross_entropy_equals_mlpclassifier_multiclass_backprop(activation, hidd
     assert network.out_activation_ == "softmax"
     model, params = twin(network, activation)
     expected = sklearn_backprop(network, x, network._label_binarizer.transform(labels))
-    for value_and_grad in (
+    both = together(
         jax.value_and_grad(bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)),
         manual.value_and_grad(model, bp_jax.softmax_cross_entropy),
-    ):
-        chex.assert_trees_all_close(
-            value_and_grad(params, jnp.asarray(x), jnp.asarray(labels)), expected, rtol=1e-10, atol=1e-10
-        )
+    )
+    for got in both(params, jnp.asarray(x), jnp.asarray(labels)):  # by jax.grad, by hand
+        chex.assert_trees_all_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("activation", LAYERS)
@@ -129,17 +129,15 @@ def test_a_binary_target_is_the_two_class_softmax(activation):
             },
         ),
     )
-    for value_and_grad in (
+    both = together(
         jax.value_and_grad(bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)),
         manual.value_and_grad(model, bp_jax.softmax_cross_entropy),
-    ):
-        chex.assert_trees_all_close(
-            value_and_grad(params, jnp.asarray(x), jnp.asarray(labels)), expected, rtol=1e-10, atol=1e-10
-        )
+    )
+    for got in both(params, jnp.asarray(x), jnp.asarray(labels)):  # by jax.grad, by hand
+        chex.assert_trees_all_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("activation", LAYERS)
-@pytest.mark.slow
 def test_mse_equals_mlpregressor_backprop(activation):
     """scikit-learn's squared error is half the mean over rows, averaged over the k outputs: L_sk = mse / 2,
     and its gradients are mse's times k / 2."""
@@ -149,10 +147,9 @@ def test_mse_equals_mlpregressor_backprop(activation):
     model, params = twin(network, activation)
     loss, grads = sklearn_backprop(network, x, y)
     expected = (2 * loss, jax.tree.map(lambda g: 2 * g / y.shape[1], grads))
-    for value_and_grad in (jax.value_and_grad(bp_jax.loss_fn(model)), manual.value_and_grad(model)):
-        chex.assert_trees_all_close(
-            value_and_grad(params, jnp.asarray(x), jnp.asarray(y)), expected, rtol=1e-10, atol=1e-10
-        )
+    both = together(jax.value_and_grad(bp_jax.loss_fn(model)), manual.value_and_grad(model))
+    for got in both(params, jnp.asarray(x), jnp.asarray(y)):  # by jax.grad, by hand
+        chex.assert_trees_all_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
 def _regression(rows=120):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import together
 
 import bp_jax
 from bp_jax import documents, manual
@@ -93,8 +94,12 @@ def test_tiny_network_at_random_values(seed, precision):
     chex.assert_trees_all_close(by_hand, expected, rtol=precision, atol=precision)
 
 
+SEED_MLP_MODEL = documents.seed_mlp()
+#: (loss, grads) by jax.value_and_grad and by bp_jax.manual, one jitted program for every seed of a precision
+SEED_MLP_GRADS = together(jax.value_and_grad(bp_jax.loss_fn(SEED_MLP_MODEL)), manual.value_and_grad(SEED_MLP_MODEL))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.slow
 def test_seed_mlp_loss_and_grads_the_documents_code(seed, precision):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))
@@ -108,11 +113,9 @@ def test_seed_mlp_loss_and_grads_the_documents_code(seed, precision):
     optimizer.zero_grad()  # Clear previous gradients
     loss.backward()  # Compute gradients (backprop!)
 
-    bp_model = documents.seed_mlp()
-    params = bp_jax.from_torch(model, bp_model)
+    params = bp_jax.from_torch(model, SEED_MLP_MODEL)
     expected = (loss.item(), torch_grads(model))
-    autodiff = jax.value_and_grad(bp_jax.loss_fn(bp_model))(params, to_jax(x), to_jax(y))
-    by_hand = manual.value_and_grad(bp_model)(params, to_jax(x), to_jax(y))
+    autodiff, by_hand = SEED_MLP_GRADS(params, to_jax(x), to_jax(y))
     chex.assert_trees_all_close(autodiff, expected, rtol=precision, atol=precision)
     chex.assert_trees_all_close(by_hand, expected, rtol=precision, atol=precision)
 
@@ -127,10 +130,9 @@ def test_loss_and_grads_of_nn_mseloss_backward(architecture, batch, precision):
 
     params = bp_jax.from_torch(module, model)
     expected = (loss.item(), torch_grads(module))
-    for value_and_grad in (jax.value_and_grad(bp_jax.loss_fn(model)), manual.value_and_grad(model)):
-        chex.assert_trees_all_close(
-            jax.jit(value_and_grad)(params, to_jax(x), to_jax(y)), expected, rtol=precision, atol=precision
-        )
+    both = together(jax.value_and_grad(bp_jax.loss_fn(model)), manual.value_and_grad(model))
+    for got in both(params, to_jax(x), to_jax(y)):  # by jax.grad, by hand
+        chex.assert_trees_all_close(got, expected, rtol=precision, atol=precision)
 
 
 @pytest.mark.parametrize("batch", [1, 256])
@@ -148,10 +150,9 @@ def test_loss_and_grads_of_nn_crossentropyloss_backward(architecture, batch, pre
     params = bp_jax.from_torch(module, model)
     expected = (loss.item(), torch_grads(module))
     loss_fn = bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy)
-    for value_and_grad in (jax.value_and_grad(loss_fn), manual.value_and_grad(model, bp_jax.softmax_cross_entropy)):
-        chex.assert_trees_all_close(
-            jax.jit(value_and_grad)(params, to_jax(x), to_jax(labels)), expected, rtol=precision, atol=precision
-        )
+    both = together(jax.value_and_grad(loss_fn), manual.value_and_grad(model, bp_jax.softmax_cross_entropy))
+    for got in both(params, to_jax(x), to_jax(labels)):  # by jax.grad, by hand
+        chex.assert_trees_all_close(got, expected, rtol=precision, atol=precision)
 
 
 def run_documents_train_step(model, x, y, optimizer, steps):
