@@ -1,7 +1,8 @@
 """Run by tests/test_ensemble.py with JAX_NUM_CPU_DEVICES=8: 16 members over a "models" mesh of 8 devices
-against the same ensemble on one device, also with each member on its own rows, in 4 groups of 4 sharing
-a key and rows, and with a stop rule (each member stops once its loss falls below its own threshold). Prints
-a JSON report."""
+against the same ensemble on one device, also with each member on its own rows (row counts of LARGE_DOMAIN
+or more: the data order's fixed rounds), in 4 groups of 4 sharing a key and rows (counts below it too: the
+rounds counted in the program), and with a stop rule (each member stops once its loss falls below its own
+threshold). Prints a JSON report."""
 
 import json
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bp_jax
+from bp_jax._order import LARGE_DOMAIN
 
 model = bp_jax.Sequential(bp_jax.Linear(5, 8), bp_jax.ReLU(), bp_jax.Linear(8, 1))
 keys = jax.random.split(jax.random.key(0), 3)
@@ -33,7 +35,7 @@ own_rows = dict(
     batch_size=8,
     key=jax.random.split(jax.random.key(2), 16),
     rows=np.stack([np.roll(np.arange(40), 3 * member) for member in range(16)]),
-    row_counts=np.arange(20, 36),
+    row_counts=LARGE_DOMAIN + np.arange(16) % 8,
 )
 own_one = bp_jax.fit_ensemble(loss, params, x, y, **own_rows)
 own_split = bp_jax.fit_ensemble(loss, params, x, y, mesh=bp_jax.ensemble_mesh(8), **own_rows)
