@@ -1,5 +1,5 @@
 """Data-parallel and multi-process training, on fake CPU devices in subprocesses (JAX_NUM_CPU_DEVICES is
-read when JAX starts, so this pytest process keeps its single device)."""
+read when JAX starts, so this pytest process keeps its single device: the one-device reference runs here)."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, bp_jax_cli, command, fake_devices, final_state
+from helpers import ROOT, bp_jax_cli, command, fake_devices, final_state, run_cli
 
 TOLERANCE = 1e-5  # float32: sums split over devices round differently
 TRAIN = ("--dataset", "synthetic", "--steps", 120, "--batch-size", 32, "--optimizer", "momentum", "--seed", 2)
@@ -43,8 +43,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one-device")
-    result = cli("train", "--out", out, "--devices", 1, *TRAIN)
-    assert result.returncode == 0, result.stderr
+    run_cli("train", "--out", out, "--devices", 1, *TRAIN)  # this process: one device
     return out
 
 
@@ -132,23 +131,43 @@ def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
     assert_close_runs(tmp_path / "process-0", one_device_run)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--devices", 16], "--devices: asked for 16 devices, but JAX sees 8"),
-        (["--devices", 8, "--batch-size", 30], "global batch of 30 examples does not split evenly over 8 devices"),
-        (["--devices", 6, "--batch-size", "full"], "global batch of 800 examples does not split evenly over 6 devices"),
-        (["--coordinator", "127.0.0.1:1234"], "missing BP_JAX_NUM_PROCESSES, BP_JAX_PROCESS_ID"),
-        (["--coordinator", "nowhere", "--num-processes", 2, "--process-id", 1], "must be HOST:PORT"),
-        (["--coordinator", "127.0.0.1:1234", "--num-processes", 2, "--process-id", 2], "process id must be in [0, 2)"),
-    ],
-)
+BAD_SETTINGS = [
+    (["--devices", 16], "--devices: asked for 16 devices, but JAX sees 8"),
+    (["--devices", 8, "--batch-size", 30], "global batch of 30 examples does not split evenly over 8 devices"),
+    (["--devices", 6, "--batch-size", "full"], "global batch of 800 examples does not split evenly over 6 devices"),
+    (["--coordinator", "127.0.0.1:1234"], "missing BP_JAX_NUM_PROCESSES, BP_JAX_PROCESS_ID"),
+    (["--coordinator", "nowhere", "--num-processes", 2, "--process-id", 1], "must be HOST:PORT"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", 2, "--process-id", 2], "process id must be in [0, 2)"),
+]
+
+
+@pytest.fixture(scope="module")
+def refused_settings(tmp_path_factory) -> list[tuple[int, str]]:
+    """Each of BAD_SETTINGS' `bp-jax train` run one after another in one process of 8 devices: (exit status,
+    stderr) each."""
+    out = tmp_path_factory.mktemp("refused")
+    argvs = [
+        ["train", "--out", str(out / str(i)), "--dataset", "synthetic", "--steps", "5", *map(str, args)]
+        for i, (args, _) in enumerate(BAD_SETTINGS)
+    ]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "commands_worker.py"), json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        env=os.environ | fake_devices(8),
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("case", range(len(BAD_SETTINGS)), ids=[message for _, message in BAD_SETTINGS])
 @pytest.mark.slow
-def test_bad_device_and_process_settings_give_one_line(args, message, tmp_path):
-    result = cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 5, *args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+def test_bad_device_and_process_settings_give_one_line(refused_settings, case):
+    status, stderr = refused_settings[case]
+    assert status == 2
+    assert BAD_SETTINGS[case][1] in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
 
 
 @pytest.mark.slow
