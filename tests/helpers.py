@@ -83,7 +83,7 @@ def _environment(env: dict | None, cwd):
 
 
 @contextlib.contextmanager
-def _process_state():
+def process_state():
     """JAX's settings, the exception hooks and the loggers' filters as they were before the block: a command
     that changes them (--compile-cache points JAX's persistent cache at a folder) changes them for itself alone."""
     import jax
@@ -140,14 +140,14 @@ def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeou
     stdout, stderr, status = io.StringIO(), io.StringIO(), 1
     with (
         _environment(env, cwd),
-        _process_state(),
+        process_state(),
         _captured_descriptors() as descriptors,
         warnings.catch_warnings(record=True) as caught,
     ):
         import jax
 
         # as in a user's process: conftest's rank promotion "raise" is for the library's own tests; restored by
-        # _process_state
+        # process_state
         jax.config.update("jax_numpy_rank_promotion", "allow")
         warnings.resetwarnings()
         for action, category, module in reversed(_DEFAULT_FILTERS):
