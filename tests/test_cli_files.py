@@ -3,6 +3,7 @@ whole or absent and named when its write fails, diverged and live runs read trut
 Commands run in this process (run_cli), in a process of their own where the process is what is checked (a file
 size limit, a closed pipe, a live run)."""
 
+import errno
 import json
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ import pandas as pd
 import pytest
 from helpers import checkpoint_steps, command, run_cli, strict_json, without_coverage
 
-QUICK = ("--dataset", "synthetic", "--compile-cache", "off")
+#: the commands load what another compiled from the session's compile cache (tests/conftest.py)
+QUICK = ("--dataset", "synthetic")
 
 
 def features_csv(path, rows: int, seed: int = 0):
@@ -93,6 +95,7 @@ def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, 
         argv, target = ["predict", trained, "--data", features_csv(tmp_path / "x.csv", 2000)], tmp_path / "y.csv"
     else:
         argv, target = [*WRITERS[name][0], "--out", tmp_path / "out"], tmp_path / "out" / WRITERS[name][1]
+        argv += ["--compile-cache", "off"] if name != "explain" else []  # the limit would refuse the cache's files
     result = subprocess.run(
         limited(16_000, command(*argv, "--out", target) if name == "predict" else command(*argv)),
         capture_output=True,
@@ -105,28 +108,18 @@ def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, 
     assert not target.exists() and not list(target.parent.glob(".*tmp*"))
 
 
-@pytest.mark.slow
-def test_explain_on_a_full_disk_leaves_no_truncated_picture(tmp_path):
+def test_explain_on_a_full_disk_leaves_no_truncated_picture(tmp_path, monkeypatch):
     """The disk fills up halfway through graph.svg: the drawing's write raises ENOSPC as the OS would."""
-    code = (
-        "import errno, sys\n"
-        "from bp_jax import draw\n"
-        "save = draw.save\n"
-        "def full(graph, path, engine=None):\n"
-        "    if path.suffix != '.svg':\n"
-        "        return save(graph, path, engine)\n"
-        "    path.write_text('<svg')\n"
-        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
-        "draw.save = full\n"
-        "from bp_jax.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    result = subprocess.run(
-        [*command()[:1], "-c", code, "explain", "tiny-net", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    from bp_jax import draw
+
+    def full(graph, path, engine=None, save=draw.save):
+        if path.suffix != ".svg":
+            return save(graph, path, engine)
+        path.write_text("<svg")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(draw, "save", full)
+    result = run_cli("explain", "tiny-net", "--out", tmp_path, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"could not write {tmp_path / 'graph.svg'}: No space left on device" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == [".bp-jax.lock", "graph.dot"]
@@ -238,7 +231,7 @@ def test_resume_with_the_same_data_at_another_path_uses_it(tmp_path):
     frame = pd.read_csv(features_csv(tmp_path / "x.csv", 200))
     frame["y"] = frame.sum(axis=1)
     frame.to_csv(tmp_path / "a.csv", index=False)
-    run_cli("train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20, "--compile-cache", "off")
+    run_cli("train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20)
     (tmp_path / "moved").mkdir()
     shutil.move(tmp_path / "a.csv", tmp_path / "moved" / "a.csv")
     moved = run_cli("train", "--resume", tmp_path / "run", "--data", tmp_path / "moved" / "a.csv", "--steps", 30)
