@@ -2,6 +2,7 @@
 checked (signals, kills, fresh imports, runs started together)."""
 
 import ast
+import errno
 import json
 import os
 import signal
@@ -321,38 +322,17 @@ def test_a_leftover_temporary_checkpoint_is_cleaned_up_by_the_next_run(tmp_path)
     assert not leftover.exists() and checkpoint_steps(tmp_path) == [20, 30]
 
 
-@pytest.mark.slow
-def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
     """The disk fills up as orbax writes the checkpoint's record (after its arrays): its file write raises
     ENOSPC as the OS would."""
-    code = (
-        "import errno, sys\n"
-        "from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler\n"
-        "async def full(self, item, directory):\n"
-        "    raise OSError(errno.ENOSPC, 'No space left on device', str(directory / 'metadata'))\n"
-        "handler.JsonCheckpointHandler._save_fn = full\n"
-        "from bp_jax.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "train",
-            "--out",
-            str(tmp_path),
-            "--dataset",
-            "synthetic",
-            "--steps",
-            "50",
-            "--checkpoint-every",
-            "25",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+
+    async def full(self, item, directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "metadata"))
+
+    monkeypatch.setattr(handler.JsonCheckpointHandler, "_save_fn", full)
+    args = ("--dataset", "synthetic", "--steps", 50, "--checkpoint-every", 25)
+    result = run_cli("train", "--out", tmp_path, *args, check=False)
     assert result.returncode == 2
     assert result.stderr.startswith(f"bp-jax train: error: could not write checkpoint 25 in {tmp_path}")
     assert "No space left on device" in result.stderr and len(result.stderr.strip().splitlines()) == 1
