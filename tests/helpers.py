@@ -5,7 +5,8 @@
 subprocess's are, without a second interpreter, JAX start-up and compilation per call. A real subprocess is
 for what only a process shows: signals, an exit status or output that depends on the process (a closed pipe,
 os._exit, a module missing at start-up), a fresh import, variables read when JAX starts (JAX_*, XLA_*:
-devices), several processes at once.
+devices), several processes at once. `commands_in_a_process` runs several commands that need the same process
+(several devices, a file size limit) one after another in one.
 """
 
 import contextlib
@@ -170,6 +171,27 @@ def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeou
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+def commands_in_a_process(argvs, *, env: dict | None = None, file_size_limit: int | None = None, timeout: float = 300):
+    """`bp-jax ARGV` for each ARGV of `argvs`, one after another in one new process (tests/commands_worker.py: run_cli
+    there), for what only that process has: `env`, its variables (default: this process's; those JAX reads when it
+    starts: several devices), or `file_size_limit` bytes beyond which the kernel refuses to grow a file. Each
+    command's result as run_cli gives it."""
+    argvs = [[str(arg) for arg in argv] for argv in argvs]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "commands_worker.py"), json.dumps(argvs)]
+        + ([str(file_size_limit)] if file_size_limit else []),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    return [
+        subprocess.CompletedProcess(["bp-jax", *argv], *result) for argv, result in zip(argvs, results, strict=True)
+    ]
 
 
 def without_coverage() -> dict:

@@ -7,13 +7,12 @@ import errno
 import json
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ROOT, checkpoint_steps, command, run_cli, strict_json, without_coverage
+from helpers import checkpoint_steps, command, commands_in_a_process, run_cli, strict_json, without_coverage
 
 #: the commands load what another compiled from the session's compile cache (tests/conftest.py)
 QUICK = ("--dataset", "synthetic")
@@ -77,46 +76,30 @@ def test_explain_without_out_gets_a_new_folder_each_time(tmp_path):
 @pytest.fixture(scope="module")
 def limited_writes(trained, tmp_path_factory) -> dict:
     """Each writer's command, and predict of 2000 rows, one after another in one process whose files the kernel
-    refuses to grow beyond 16 kB (tests/commands_worker.py): {name: (exit status, stderr, the file it writes)}.
-    16 kB: the checkpoints (a few kB per file), metrics.json and graph.dot fit; the pictures and the predictions
-    of 2000 rows do not."""
+    refuses to grow beyond 16 kB (commands_in_a_process): {name: (its result, the file it writes)}. 16 kB: the
+    checkpoints (a few kB per file), metrics.json and graph.dot fit; the pictures and the predictions of 2000 rows
+    do not."""
     folder = tmp_path_factory.mktemp("limited")
     commands, targets = {}, {"predict": folder / "y.csv"}
     for name, (argv, written) in WRITERS.items():
         cache = ["--compile-cache", "off"] if name != "explain" else []  # the limit would refuse the cache's files
         commands[name], targets[name] = [*argv, *cache, "--out", folder / name], folder / name / written
-    commands["predict"] = [
-        "predict",
-        trained,
-        "--data",
-        features_csv(folder / "x.csv", 2000),
-        "--out",
-        folder / "y.csv",
-    ]
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "commands_worker.py"),
-            json.dumps([[str(arg) for arg in argv] for argv in commands.values()]),
-            "16000",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    rows = features_csv(folder / "x.csv", 2000)
+    commands["predict"] = ["predict", trained, "--data", rows, "--out", targets["predict"]]
+    results = commands_in_a_process(
+        commands.values(),
         env=without_coverage(),  # coverage could not write its data under the limit
+        file_size_limit=16_000,
     )
-    assert done.returncode == 0, done.stderr
-    return {
-        name: (status, stderr, targets[name]) for name, (status, _, stderr) in zip(commands, json.loads(done.stdout))
-    }
+    return {name: (result, targets[name]) for name, result in zip(commands, results)}
 
 
 @pytest.mark.parametrize("name", [*WRITERS, "predict"])
 @pytest.mark.slow
 def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(limited_writes, name):
-    status, stderr, target = limited_writes[name]
-    assert status == 2 and len(stderr.strip().splitlines()) == 1, stderr
-    assert f"error: could not write {target}: File too large" in stderr
+    result, target = limited_writes[name]
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"error: could not write {target}: File too large" in result.stderr
     assert not target.exists() and not list(target.parent.glob(".*tmp*"))
 
 

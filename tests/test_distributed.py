@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, bp_jax_cli, command, fake_devices, final_state, run_cli
+from helpers import ROOT, bp_jax_cli, command, commands_in_a_process, fake_devices, final_state, run_cli
 
 TOLERANCE = 1e-5  # float32: sums split over devices round differently
 TRAIN = ("--dataset", "synthetic", "--steps", 120, "--batch-size", 32, "--optimizer", "momentum", "--seed", 2)
@@ -83,9 +83,9 @@ BAD_SETTINGS = [
 @pytest.fixture(scope="module")
 def on_8_devices(tmp_path_factory) -> tuple[dict, Path]:
     """The file's `bp-jax train` commands on 8 devices, one after another in one process of 8 devices
-    (tests/commands_worker.py): each of BAD_SETTINGS ("refused 0", …), TRAIN on all of them ("all"), and TRAIN
-    resumed on 8 from a one-device checkpoint at step 50 trained here ("resumed"). {name: (exit status, stdout,
-    stderr)}, and the folder holding the runs."""
+    (commands_in_a_process): each of BAD_SETTINGS ("refused 0", …), TRAIN on all of them ("all"), and TRAIN resumed
+    on 8 from a one-device checkpoint at step 50 trained here ("resumed"). {name: its result}, and the folder
+    holding the runs."""
     folder = tmp_path_factory.mktemp("eight-devices")
     run_cli("train", "--out", folder / "resumed", "--devices", 1, *TRAIN[:2], "--steps", 50, *TRAIN[4:])
     commands = {
@@ -96,47 +96,34 @@ def on_8_devices(tmp_path_factory) -> tuple[dict, Path]:
         "all": ["train", "--out", folder / "all", "--devices", "all", *TRAIN],
         "resumed": ["train", "--resume", folder / "resumed", "--steps", 120, "--devices", 8],
     }
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "commands_worker.py"),
-            json.dumps([[str(arg) for arg in argv] for argv in commands.values()]),
-        ],
-        capture_output=True,
-        text=True,
-        env=os.environ | fake_devices(8),
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return dict(zip(commands, json.loads(done.stdout))), folder
+    results = commands_in_a_process(commands.values(), env=os.environ | fake_devices(8))
+    return dict(zip(commands, results)), folder
 
 
 @pytest.mark.slow  # processes of their own, 8 devices or 2 processes
 def test_train_on_8_devices_equals_one_device(on_8_devices, one_device_run):
     results, folder = on_8_devices
-    status, stdout, stderr = results["all"]
-    assert status == 0, stderr
+    assert results["all"].returncode == 0, results["all"].stderr
     metrics = json.loads((folder / "all" / "metrics.json").read_text())
     assert (metrics["devices"], metrics["processes"], metrics["matmul_precision"]) == (8, 1, "highest")
-    assert "cpu × 8" in stdout
+    assert "cpu × 8" in results["all"].stdout
     assert_close_runs(folder / "all", one_device_run)
 
 
 @pytest.mark.slow  # processes of their own, 8 devices or 2 processes
 def test_resume_on_8_devices_from_a_one_device_checkpoint(on_8_devices, one_device_run):
     results, folder = on_8_devices
-    status, _, stderr = results["resumed"]
-    assert status == 0, stderr
+    assert results["resumed"].returncode == 0, results["resumed"].stderr
     assert_close_runs(folder / "resumed", one_device_run)
 
 
 @pytest.mark.parametrize("case", range(len(BAD_SETTINGS)), ids=[message for _, message in BAD_SETTINGS])
 @pytest.mark.slow
 def test_bad_device_and_process_settings_give_one_line(on_8_devices, case):
-    status, _, stderr = on_8_devices[0][f"refused {case}"]
-    assert status == 2
-    assert BAD_SETTINGS[case][1] in stderr
-    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    result = on_8_devices[0][f"refused {case}"]
+    assert result.returncode == 2
+    assert BAD_SETTINGS[case][1] in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow  # processes of their own, 8 devices or 2 processes
