@@ -7,7 +7,8 @@ Each command runs in its own process, started with SIGINT and SIGTERM blocked (`
 sent right after spawn is held by the kernel until the command's handler is in place and unblocks them; a
 signal that came while Python itself was starting, before bp_jax ran, would get Python's default treatment.
 The moments inside a command are reached by a small wrapper that sends the signal to its own process when a
-named function is called, returns, or has its program compiled. No test times anything.
+named function is called, returns, or has its program compiled (with the compile cache off: a compile, not a
+load; after it, the session's cache). No test times anything.
 """
 
 import ast
@@ -191,8 +192,6 @@ def test_a_signal_while_a_sweep_trains_stops_at_the_chunks_end_and_writes_what_w
         5000,
         "--out",
         out,
-        "--compile-cache",
-        "off",
     )
     assert status == 143
     report = strict_json(out / "sweep.json")
@@ -217,8 +216,6 @@ def test_a_signal_while_results_are_written_lets_them_finish_then_exits(tmp_path
         300,
         "--out",
         out,
-        "--compile-cache",
-        "off",
     )
     assert status == 130
     assert_one_line(stderr, f"bp-jax {name}: interrupted")
