@@ -94,8 +94,6 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
         optimizer,
         "--out",
         tmp_path / "train",
-        "--compile-cache",
-        "off",
     )
     metrics = strict_json(tmp_path / "train" / "metrics.json")
     for name in ("train_mse", "held_out_mse"):
