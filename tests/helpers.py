@@ -5,7 +5,8 @@
 subprocess's are, without a second interpreter, JAX start-up and compilation per call. A real subprocess is
 for what only a process shows: signals, an exit status or output that depends on the process (a closed pipe,
 os._exit, a module missing at start-up), a fresh import, variables read when JAX starts (JAX_*, XLA_*:
-devices), several processes at once.
+devices), several processes at once. `commands_in_a_process` runs several commands that need the same process
+(several devices, a file size limit) one after another in one.
 """
 
 import contextlib
@@ -83,7 +84,7 @@ def _environment(env: dict | None, cwd):
 
 
 @contextlib.contextmanager
-def _process_state():
+def process_state():
     """JAX's settings, the exception hooks and the loggers' filters as they were before the block: a command
     that changes them (--compile-cache points JAX's persistent cache at a folder) changes them for itself alone."""
     import jax
@@ -140,14 +141,14 @@ def run_cli(*args, check: bool = True, env: dict | None = None, cwd=None, timeou
     stdout, stderr, status = io.StringIO(), io.StringIO(), 1
     with (
         _environment(env, cwd),
-        _process_state(),
+        process_state(),
         _captured_descriptors() as descriptors,
         warnings.catch_warnings(record=True) as caught,
     ):
         import jax
 
         # as in a user's process: conftest's rank promotion "raise" is for the library's own tests; restored by
-        # _process_state
+        # process_state
         jax.config.update("jax_numpy_rank_promotion", "allow")
         warnings.resetwarnings()
         for action, category, module in reversed(_DEFAULT_FILTERS):
@@ -194,6 +195,27 @@ def together(*functions):
     """`(f(*args), g(*args), …)` as one jitted program: one compilation for a test comparing several functions of
     the same arguments, where each run eagerly compiles a program per operation and shape."""
     return jax.jit(lambda *args: tuple(function(*args) for function in functions))
+
+
+def commands_in_a_process(argvs, *, env: dict | None = None, file_size_limit: int | None = None, timeout: float = 300):
+    """`bp-jax ARGV` for each ARGV of `argvs`, one after another in one new process (tests/commands_worker.py: run_cli
+    there), for what only that process has: `env`, its variables (default: this process's; those JAX reads when it
+    starts: several devices), or `file_size_limit` bytes beyond which the kernel refuses to grow a file. Each
+    command's result as run_cli gives it."""
+    argvs = [[str(arg) for arg in argv] for argv in argvs]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "commands_worker.py"), json.dumps(argvs)]
+        + ([str(file_size_limit)] if file_size_limit else []),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    return [
+        subprocess.CompletedProcess(["bp-jax", *argv], *result) for argv, result in zip(argvs, results, strict=True)
+    ]
 
 
 def without_coverage() -> dict:

@@ -47,9 +47,9 @@ def check(name, loss, params, x, y, **method):
 model = bp_jax.Sequential(
     bp_jax.Linear(10, 16), bp_jax.Tanh(), bp_jax.Linear(16, 5), bp_jax.ReLU(), bp_jax.Linear(5, 1)
 )
-keys = jax.random.split(jax.random.key(0), 3)
-params, x = model.init(keys[0]), jax.random.normal(keys[1], (200, 10))
-y = jax.random.normal(keys[2], (200, 1))
+rng = np.random.default_rng(0)  # numpy's draws: eagerly, each jax.random op would compile a program of its own
+params = model.init(jax.random.key(0))
+x, y = rng.standard_normal((200, 10), np.float32), rng.standard_normal((200, 1), np.float32)
 loss = bp_jax.loss_fn(model)
 check(
     "momentum, minibatch 16",

@@ -6,15 +6,13 @@ No timing is asserted: this checks the runner, not the machine.
 import importlib.util
 import json
 import math
-import subprocess
+import os
 import sys
 from pathlib import Path
 
+import jax
 import pytest
-from helpers import without_coverage
-
-ROOT = Path(__file__).parent.parent
-
+from helpers import process_state
 
 HEADINGS = {
     "seed": "## 1. Seed step",
@@ -30,17 +28,26 @@ HEADINGS = {
 PLOTS = {name: f"{name}.png" for name in ("seed", "scaling", "grad", "data", "ensemble", "autodiff")}
 
 
-def smoke_run(suite: str, out: Path) -> Path:
-    """`python -m benchmarks --smoke --suite SUITE` in a process of its own, its results written to `out`."""
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--suite", suite, "--out", str(out)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=without_coverage(),  # line tracing would slow its timing loops many times over
-    )
+def smoke_run(suite: str, out: Path, monkeypatch) -> Path:
+    """`python -m benchmarks --smoke --suite SUITE --out OUT` run in this process (`benchmarks.__main__.main`) as in
+    a process of its own: under JAX's default settings, and the processes it starts without coverage (line tracing
+    would slow their timing loops many times over); JAX's settings and torch's thread count are as before
+    afterwards (skorch's rows set one thread)."""
+    from benchmarks.__main__ import main
+
+    argv = ["--smoke", "--suite", suite, "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["benchmarks", *argv])
+    for variable in [name for name in os.environ if name.startswith("COVERAGE_")]:
+        monkeypatch.delenv(variable)
+    torch = sys.modules.get("torch")  # imported with the benchmarks where it is installed
+    threads = torch.get_num_threads() if torch else None
+    try:
+        with process_state():
+            jax.config.update("jax_numpy_rank_promotion", "allow")  # conftest's "raise" is for bp_jax's own tests
+            main(argv)
+    finally:
+        if torch:
+            torch.set_num_threads(threads)
     return out
 
 
@@ -63,10 +70,11 @@ def _summaries(tree):
             yield from _summaries(value)
 
 
-@pytest.mark.slow  # a smoke run of one suite, in a process of its own
+@pytest.mark.slow  # a smoke run of one suite
+@pytest.mark.filterwarnings("ignore:Tight layout not applied")  # matplotlib, on the seed plot's many tiny rows
 @pytest.mark.parametrize("suite", list(HEADINGS))
-def test_each_suite_records_machine_rows_targets_report_and_plots(suite, tmp_path):
-    out = smoke_run(suite, tmp_path)
+def test_each_suite_records_machine_rows_targets_report_and_plots(suite, tmp_path, monkeypatch):
+    out = smoke_run(suite, tmp_path, monkeypatch)
     results = json.loads((out / "results.json").read_text())
     assert results["smoke"] is True
     assert {"date_utc", "cpu", "cpu_cores", "platform", "device", "versions"} <= set(results["machine"])
@@ -156,12 +164,13 @@ def _check_ensemble(results):
         assert math.isclose(row["per_model_step_s"]["median"] * row["members"], row["per_step_s"]["median"])
 
 
-@pytest.mark.slow
-def test_unknown_suite_is_refused():
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--suite", "nope"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert done.returncode == 2 and "unknown suite" in done.stderr
+@pytest.mark.slow  # importing the benchmarks imports torch and scikit-learn
+def test_unknown_suite_is_refused(capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["--suite", "nope"])
+    assert refused.value.code == 2 and "unknown suite" in capsys.readouterr().err
 
 
 def _check_sklearn(results):

@@ -2,6 +2,7 @@
 checked (signals, kills, fresh imports, runs started together)."""
 
 import ast
+import errno
 import json
 import os
 import signal
@@ -172,14 +173,6 @@ def test_a_second_fresh_run_into_the_same_directory_is_refused(tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
-@pytest.mark.slow
-def test_demo_prints_the_documents_numbers():
-    out = run_cli("demo", env={"COLUMNS": "120"}).stdout
-    for needle in ("-9.000000", "-3.000000", "-2.250000", "2.250000", "1.500000", "sigmoid", "tanh"):
-        assert needle in out
-    assert "model[0].weight" in out
-
-
 def test_a_missing_extra_is_named_with_the_install_command():
     code = "import sys; sys.modules['rich'] = None; from bp_jax.cli import main; sys.exit(main(['demo']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -328,38 +321,17 @@ def test_a_leftover_temporary_checkpoint_is_cleaned_up_by_the_next_run(tmp_path)
     assert not leftover.exists() and checkpoint_steps(tmp_path) == [20, 30]
 
 
-@pytest.mark.slow
-def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
     """The disk fills up as orbax writes the checkpoint's record (after its arrays): its file write raises
     ENOSPC as the OS would."""
-    code = (
-        "import errno, sys\n"
-        "from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler\n"
-        "async def full(self, item, directory):\n"
-        "    raise OSError(errno.ENOSPC, 'No space left on device', str(directory / 'metadata'))\n"
-        "handler.JsonCheckpointHandler._save_fn = full\n"
-        "from bp_jax.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "train",
-            "--out",
-            str(tmp_path),
-            "--dataset",
-            "synthetic",
-            "--steps",
-            "50",
-            "--checkpoint-every",
-            "25",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+
+    async def full(self, item, directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "metadata"))
+
+    monkeypatch.setattr(handler.JsonCheckpointHandler, "_save_fn", full)
+    args = ("--dataset", "synthetic", "--steps", 50, "--checkpoint-every", 25)
+    result = run_cli("train", "--out", tmp_path, *args, check=False)
     assert result.returncode == 2
     assert result.stderr.startswith(f"bp-jax train: error: could not write checkpoint 25 in {tmp_path}")
     assert "No space left on device" in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -391,20 +363,33 @@ HEAVY = ("pandas", "orbax", "matplotlib")
 @pytest.mark.parametrize("argv", [["--help"], ["demo"]])
 @pytest.mark.slow
 def test_help_and_demo_load_only_what_they_need(argv):
-    """A command's module, and so its heavy imports, loads only when that command runs."""
+    """A command's module, and so its heavy imports, loads only when that command runs; the demo prints the
+    documents' numbers."""
     code = (
         f"import contextlib, io, sys\nfrom bp_jax.cli import main\n"
-        f"with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"with contextlib.redirect_stdout(io.StringIO()) as shown:\n"
         f"    try:\n        status = main({argv!r})\n    except SystemExit as exit:\n        status = exit.code\n"
         f"modules = {{name.split('.')[0] for name in sys.modules}}\n"
         f"print(status, sorted(modules & {set(HEAVY)!r}), sorted(name for name in sys.modules "
-        f"if name.startswith('bp_jax.cli.')))"
+        f"if name.startswith('bp_jax.cli.')))\nprint(shown.getvalue())"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    status, heavy, loaded = result.stdout.strip().split(" ", 2)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=os.environ | {"COLUMNS": "120"},
+    )
+    summary, _, shown = result.stdout.partition("\n")
+    status, heavy, loaded = summary.split(" ", 2)
     assert status == "0" and heavy == "[]", result.stdout
     commands = {module for module, _ in cli.COMMANDS.values()}
     assert commands & set(ast.literal_eval(loaded)) == ({"bp_jax.cli.demo"} if argv == ["demo"] else set())
+    if argv == ["demo"]:
+        for needle in ("-9.000000", "-3.000000", "-2.250000", "2.250000", "1.500000", "sigmoid", "tanh"):
+            assert needle in shown
+        assert "model[0].weight" in shown
 
 
 def test_help_lists_every_command_with_its_help_and_each_command_its_options():

@@ -333,6 +333,16 @@ def test_an_unnamed_index_column_is_left_out_with_a_note(tmp_path):
     assert predicted.stdout == run_cli("predict", tmp_path / "plain", "--data", tmp_path / "plain.csv").stdout
 
 
+@pytest.fixture(scope="module")
+def tiny_column_run(tmp_path_factory):
+    """A run trained on a table with a column that varied by 1e-30, and that table."""
+    folder = tmp_path_factory.mktemp("tiny")
+    table = houses(100).assign(tiny=np.random.default_rng(0).uniform(0, 1e-30, 100))
+    table.to_csv(folder / "houses.csv", index=False)
+    run_cli("train", "--data", folder / "houses.csv", "--target", "price", "--steps", 5, "--out", folder / "run")
+    return folder / "run", table
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -341,15 +351,11 @@ def test_an_unnamed_index_column_is_left_out_with_a_note(tmp_path):
     ],
 )
 @pytest.mark.slow
-def test_predict_refuses_rows_beyond_float32(tmp_path, change, message):
+def test_predict_refuses_rows_beyond_float32(tiny_column_run, tmp_path, change, message):
     """A cell beyond float32, or one whose standardised form is (a column that varied by 1e-30 in training)."""
-    table = houses(100).assign(tiny=np.random.default_rng(0).uniform(0, 1e-30, 100))
-    table.to_csv(tmp_path / "houses.csv", index=False)
-    run_cli("train", "--data", tmp_path / "houses.csv", "--target", "price", "--steps", 5, "--out", tmp_path / "run")
-    change(table).to_csv(tmp_path / "new.csv", index=False)
-    result = run_cli(
-        "predict", tmp_path / "run", "--data", tmp_path / "new.csv", "--out", tmp_path / "out.csv", check=False
-    )
+    run, table = tiny_column_run
+    change(table.copy()).to_csv(tmp_path / "new.csv", index=False)
+    result = run_cli("predict", run, "--data", tmp_path / "new.csv", "--out", tmp_path / "out.csv", check=False)
     _refused(result, message, "new.csv")
     assert not (tmp_path / "out.csv").exists()
 

@@ -3,6 +3,7 @@ whole or absent and named when its write fails, diverged and live runs read trut
 Commands run in this process (run_cli), in a process of their own where the process is what is checked (a file
 size limit, a closed pipe, a live run)."""
 
+import errno
 import json
 import shutil
 import subprocess
@@ -12,12 +13,13 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import checkpoint_steps, command, run_cli, strict_json, without_coverage
+from helpers import checkpoint_steps, command, commands_in_a_process, run_cli, strict_json, without_coverage
 
 from bp_jax.cli import plots
 from bp_jax.cli._args import UsageError
 
-QUICK = ("--dataset", "synthetic", "--compile-cache", "off")
+#: the commands load what another compiled from the session's compile cache (tests/conftest.py)
+QUICK = ("--dataset", "synthetic")
 
 
 def features_csv(path, rows: int, seed: int = 0):
@@ -75,62 +77,48 @@ def test_explain_without_out_gets_a_new_folder_each_time(tmp_path):
     )
 
 
-def limited(size: int, argv: list[str]) -> list[str]:
-    """The argv of `python -m bp_jax ARGV` in a process whose files the kernel refuses to grow beyond `size` bytes
-    (EFBIG), as a full disk refuses (ENOSPC), midway through a write (Python ignores the SIGXFSZ that comes with
-    it). The limit is set in the new interpreter, not between fork and exec: this process runs JAX's threads."""
-    code = (
-        "import resource, sys\n"
-        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size}, {size}))\n"
-        "from bp_jax.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
+@pytest.fixture(scope="module")
+def limited_writes(trained, tmp_path_factory) -> dict:
+    """Each writer's command, and predict of 2000 rows, one after another in one process whose files the kernel
+    refuses to grow beyond 16 kB (commands_in_a_process): {name: (its result, the file it writes)}. 16 kB: the
+    checkpoints (a few kB per file), metrics.json and graph.dot fit; the pictures and the predictions of 2000 rows
+    do not."""
+    folder = tmp_path_factory.mktemp("limited")
+    commands, targets = {}, {"predict": folder / "y.csv"}
+    for name, (argv, written) in WRITERS.items():
+        cache = ["--compile-cache", "off"] if name != "explain" else []  # the limit would refuse the cache's files
+        commands[name], targets[name] = [*argv, *cache, "--out", folder / name], folder / name / written
+    rows = features_csv(folder / "x.csv", 2000)
+    commands["predict"] = ["predict", trained, "--data", rows, "--out", targets["predict"]]
+    results = commands_in_a_process(
+        commands.values(),
+        env=without_coverage(),  # coverage could not write its data under the limit
+        file_size_limit=16_000,
     )
-    return [argv[0], "-c", code, *argv[3:]]
+    return {name: (result, targets[name]) for name, result in zip(commands, results)}
 
 
 @pytest.mark.parametrize("name", [*WRITERS, "predict"])
 @pytest.mark.slow
-def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(trained, tmp_path, name):
-    """16 kB: the checkpoints (a few kB per file), metrics.json and graph.dot fit; the pictures and the
-    predictions of 2000 rows do not."""
-    if name == "predict":
-        argv, target = ["predict", trained, "--data", features_csv(tmp_path / "x.csv", 2000)], tmp_path / "y.csv"
-    else:
-        argv, target = [*WRITERS[name][0], "--out", tmp_path / "out"], tmp_path / "out" / WRITERS[name][1]
-    result = subprocess.run(
-        limited(16_000, command(*argv, "--out", target) if name == "predict" else command(*argv)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=without_coverage(),  # coverage could not write its data under the limit
-    )
+def test_a_failed_write_names_the_file_and_leaves_nothing_half_written(limited_writes, name):
+    result, target = limited_writes[name]
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"error: could not write {target}: File too large" in result.stderr
     assert not target.exists() and not list(target.parent.glob(".*tmp*"))
 
 
-@pytest.mark.slow
-def test_explain_on_a_full_disk_leaves_no_truncated_picture(tmp_path):
+def test_explain_on_a_full_disk_leaves_no_truncated_picture(tmp_path, monkeypatch):
     """The disk fills up halfway through graph.svg: the drawing's write raises ENOSPC as the OS would."""
-    code = (
-        "import errno, sys\n"
-        "from bp_jax import draw\n"
-        "save = draw.save\n"
-        "def full(graph, path, engine=None):\n"
-        "    if path.suffix != '.svg':\n"
-        "        return save(graph, path, engine)\n"
-        "    path.write_text('<svg')\n"
-        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
-        "draw.save = full\n"
-        "from bp_jax.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    result = subprocess.run(
-        [*command()[:1], "-c", code, "explain", "tiny-net", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    from bp_jax import draw
+
+    def full(graph, path, engine=None, save=draw.save):
+        if path.suffix != ".svg":
+            return save(graph, path, engine)
+        path.write_text("<svg")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(draw, "save", full)
+    result = run_cli("explain", "tiny-net", "--out", tmp_path, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"could not write {tmp_path / 'graph.svg'}: No space left on device" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == [".bp-jax.lock", "graph.dot"]
@@ -242,7 +230,7 @@ def test_resume_with_the_same_data_at_another_path_uses_it(tmp_path):
     frame = pd.read_csv(features_csv(tmp_path / "x.csv", 200))
     frame["y"] = frame.sum(axis=1)
     frame.to_csv(tmp_path / "a.csv", index=False)
-    run_cli("train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20, "--compile-cache", "off")
+    run_cli("train", "--data", tmp_path / "a.csv", "--out", tmp_path / "run", "--steps", 20)
     (tmp_path / "moved").mkdir()
     shutil.move(tmp_path / "a.csv", tmp_path / "moved" / "a.csv")
     moved = run_cli("train", "--resume", tmp_path / "run", "--data", tmp_path / "moved" / "a.csv", "--steps", 30)

@@ -1,5 +1,5 @@
 """Data-parallel and multi-process training, on fake CPU devices in subprocesses (JAX_NUM_CPU_DEVICES is
-read when JAX starts, so this pytest process keeps its single device)."""
+read when JAX starts, so this pytest process keeps its single device: the one-device reference runs here)."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, bp_jax_cli, command, fake_devices, final_state
+from helpers import ROOT, bp_jax_cli, command, commands_in_a_process, fake_devices, final_state, run_cli
 
 TOLERANCE = 1e-5  # float32: sums split over devices round differently
 TRAIN = ("--dataset", "synthetic", "--steps", 120, "--batch-size", 32, "--optimizer", "momentum", "--seed", 2)
@@ -43,8 +43,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one-device")
-    result = cli("train", "--out", out, "--devices", 1, *TRAIN)
-    assert result.returncode == 0, result.stderr
+    run_cli("train", "--out", out, "--devices", 1, *TRAIN)  # this process: one device
     return out
 
 
@@ -74,23 +73,60 @@ def test_sharded_fit_and_steps_equal_one_device():
     assert errors["too many devices"].startswith("asked for 16 devices, but JAX sees 8")
 
 
+BAD_SETTINGS = [
+    (["--devices", 16], "--devices: asked for 16 devices, but JAX sees 8"),
+    (["--devices", 8, "--batch-size", 30], "global batch of 30 examples does not split evenly over 8 devices"),
+    (["--devices", 6, "--batch-size", "full"], "global batch of 800 examples does not split evenly over 6 devices"),
+    (["--coordinator", "127.0.0.1:1234"], "missing BP_JAX_NUM_PROCESSES, BP_JAX_PROCESS_ID"),
+    (["--coordinator", "nowhere", "--num-processes", 2, "--process-id", 1], "must be HOST:PORT"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", 2, "--process-id", 2], "process id must be in [0, 2)"),
+]
+
+
+@pytest.fixture(scope="module")
+def on_8_devices(tmp_path_factory) -> tuple[dict, Path]:
+    """The file's `bp-jax train` commands on 8 devices, one after another in one process of 8 devices
+    (commands_in_a_process): each of BAD_SETTINGS ("refused 0", …), TRAIN on all of them ("all"), and TRAIN resumed
+    on 8 from a one-device checkpoint at step 50 trained here ("resumed"). {name: its result}, and the folder
+    holding the runs."""
+    folder = tmp_path_factory.mktemp("eight-devices")
+    run_cli("train", "--out", folder / "resumed", "--devices", 1, *TRAIN[:2], "--steps", 50, *TRAIN[4:])
+    commands = {
+        **{
+            f"refused {i}": ["train", "--out", folder / f"refused-{i}", "--dataset", "synthetic", "--steps", 5, *args]
+            for i, (args, _) in enumerate(BAD_SETTINGS)
+        },
+        "all": ["train", "--out", folder / "all", "--devices", "all", *TRAIN],
+        "resumed": ["train", "--resume", folder / "resumed", "--steps", 120, "--devices", 8],
+    }
+    results = commands_in_a_process(commands.values(), env=os.environ | fake_devices(8))
+    return dict(zip(commands, results)), folder
+
+
 @pytest.mark.slow  # processes of their own, 8 devices or 2 processes
-def test_train_on_8_devices_equals_one_device(one_device_run, tmp_path):
-    result = cli("train", "--out", tmp_path, "--devices", "all", *TRAIN)
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+def test_train_on_8_devices_equals_one_device(on_8_devices, one_device_run):
+    results, folder = on_8_devices
+    assert results["all"].returncode == 0, results["all"].stderr
+    metrics = json.loads((folder / "all" / "metrics.json").read_text())
     assert (metrics["devices"], metrics["processes"], metrics["matmul_precision"]) == (8, 1, "highest")
-    assert "cpu × 8" in result.stdout
-    assert_close_runs(tmp_path, one_device_run)
+    assert "cpu × 8" in results["all"].stdout
+    assert_close_runs(folder / "all", one_device_run)
 
 
 @pytest.mark.slow  # processes of their own, 8 devices or 2 processes
-def test_resume_on_8_devices_from_a_one_device_checkpoint(one_device_run, tmp_path):
-    first = cli("train", "--out", tmp_path, "--devices", 1, *TRAIN[:2], "--steps", 50, *TRAIN[4:])
-    assert first.returncode == 0, first.stderr
-    rest = cli("train", "--resume", tmp_path, "--steps", 120, "--devices", 8)
-    assert rest.returncode == 0, rest.stderr
-    assert_close_runs(tmp_path, one_device_run)
+def test_resume_on_8_devices_from_a_one_device_checkpoint(on_8_devices, one_device_run):
+    results, folder = on_8_devices
+    assert results["resumed"].returncode == 0, results["resumed"].stderr
+    assert_close_runs(folder / "resumed", one_device_run)
+
+
+@pytest.mark.parametrize("case", range(len(BAD_SETTINGS)), ids=[message for _, message in BAD_SETTINGS])
+@pytest.mark.slow
+def test_bad_device_and_process_settings_give_one_line(on_8_devices, case):
+    result = on_8_devices[0][f"refused {case}"]
+    assert result.returncode == 2
+    assert BAD_SETTINGS[case][1] in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow  # processes of their own, 8 devices or 2 processes
@@ -133,25 +169,6 @@ def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
     assert not (tmp_path / "process-1").exists(), "only process 0 writes files"
     assert "cpu × 4, 2 processes" in outputs[0][0] and "held-out MSE" not in outputs[1][0]
     assert_close_runs(tmp_path / "process-0", one_device_run)
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--devices", 16], "--devices: asked for 16 devices, but JAX sees 8"),
-        (["--devices", 8, "--batch-size", 30], "global batch of 30 examples does not split evenly over 8 devices"),
-        (["--devices", 6, "--batch-size", "full"], "global batch of 800 examples does not split evenly over 6 devices"),
-        (["--coordinator", "127.0.0.1:1234"], "missing BP_JAX_NUM_PROCESSES, BP_JAX_PROCESS_ID"),
-        (["--coordinator", "nowhere", "--num-processes", 2, "--process-id", 1], "must be HOST:PORT"),
-        (["--coordinator", "127.0.0.1:1234", "--num-processes", 2, "--process-id", 2], "process id must be in [0, 2)"),
-    ],
-)
-@pytest.mark.slow
-def test_bad_device_and_process_settings_give_one_line(args, message, tmp_path):
-    result = cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 5, *args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

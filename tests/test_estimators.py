@@ -315,15 +315,16 @@ def _assert_same_search(ours, theirs, *, tolerance=1e-4):
     assert type(ours.scorer_) is type(theirs.scorer_)
 
 
-def _searches(estimator, grid, x, y, monkeypatch, **options):
-    """(ours, sklearn's) GridSearchCV fitted on x, y with the same options; ours must train only the refit on its
-    own (every (point × fold) fit a member of one program)."""
+def _searches(estimator, grid, x, y, monkeypatch, n_jobs=None, **options):
+    """(ours, sklearn's) GridSearchCV fitted on x, y with the same options, `n_jobs` ours only (sklearn's would start
+    processes that each import and compile, and changes no result); ours must train only the refit on its own
+    (every (point × fold) fit a member of one program)."""
     from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
 
     from bp_jax import estimators
     from bp_jax.estimators import GridSearchCV
 
-    ours, alone = GridSearchCV(estimator, grid, **options), []
+    ours, alone = GridSearchCV(estimator, grid, n_jobs=n_jobs, **options), []
     with monkeypatch.context() as patch:
         _count_own_training(patch, estimators, alone)
         ours.fit(x, y)
@@ -383,7 +384,7 @@ def test_a_grid_of_several_dicts_masks_the_parameters_a_candidate_lacks(monkeypa
     x, y = _regression()
     grid = [{"alpha": [1e-4, 1e-2]}, {"learning_rate_init": [0.005, 0.02], "random_state": [3]}]
     estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
-    ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=4)
+    ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=3)
     _assert_same_search(ours, theirs)
     assert np.ma.getmaskarray(ours.cv_results_["param_alpha"]).tolist() == [False, False, True, True]
 
@@ -393,7 +394,8 @@ def test_a_callable_refit_picks_the_candidate_it_returns(monkeypatch):
     x, y = _regression()
     fewest = lambda results: int(np.argmin(results["param_learning_rate_init"]))
     estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
-    ours, theirs = _searches(estimator, {"learning_rate_init": [0.02, 0.005, 0.01]}, x, y, monkeypatch, refit=fewest)
+    grid = {"learning_rate_init": [0.02, 0.005, 0.01]}
+    ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=3, refit=fewest)
     _assert_same_search(ours, theirs)
     assert ours.best_index_ == 1 and not hasattr(ours, "best_score_")
 
@@ -622,7 +624,7 @@ def test_a_grid_of_random_states_seeds_every_fold_alike_as_sklearn_does(monkeypa
     x, y = _regression()
     states = [np.random.RandomState(3), np.random.RandomState(4)]
     before = [state.get_state()[1].copy() for state in states]
-    estimator = MLPRegressor((4,), solver="sgd", batch_size=16, max_iter=10)
+    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20)
     ours, theirs = _searches(estimator, {"random_state": states}, x, y, monkeypatch, cv=3)
     _assert_same_search(ours, theirs)
     assert all(np.array_equal(state.get_state()[1], kept) for state, kept in zip(states, before))

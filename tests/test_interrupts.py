@@ -366,7 +366,5 @@ def test_what_type_checkers_see_is_the_lazy_list():
 def test_help_shows_the_whole_description():
     from bp_jax import cli
 
-    shown = " ".join(
-        subprocess.run(command("--help"), capture_output=True, text=True, timeout=120, check=True).stdout.split()
-    )
+    shown = " ".join(run_cli("--help").stdout.split())
     assert " ".join(cli.__doc__.split("\n\n")[0].split()) in shown

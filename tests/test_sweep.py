@@ -1,13 +1,12 @@
-"""`bp-jax sweep` end to end (in this process, or in its own where it needs fake devices or a fresh count of
-compilations): every (lr, seed) member is `bp-jax train` with that lr and seed and the sweep's split seed."""
+"""`bp-jax sweep` end to end (in this process, or in its own where it needs fake devices): every (lr, seed)
+member is `bp-jax train` with that lr and seed and the sweep's split seed."""
 
-import subprocess
-import sys
+import os
 
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, bp_jax_cli, run_cli, strict_json
+from helpers import commands_in_a_process, fake_devices, run_cli, strict_json
 
 import bp_jax
 from benchmarks.compiles import counting
@@ -95,38 +94,38 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
         optimizer,
         "--out",
         tmp_path / "train",
-        "--compile-cache",
-        "off",
     )
     metrics = strict_json(tmp_path / "train" / "metrics.json")
     for name in ("train_mse", "held_out_mse"):
         assert member[name] == pytest.approx(metrics[name], rel=MEMBER_TOLERANCE), name
 
 
-@pytest.mark.slow  # processes of its own
-def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
+#: a sweep whose members do not split over the devices it asks for
+UNEVEN = (["--lr", "0.1", "--seeds", "3", "--devices", "2"], "3 members (learning rates × seeds) do not split evenly")
+
+
+@pytest.fixture(scope="module")
+def on_4_devices(tmp_path_factory):
+    """In one process of 4 devices (commands_in_a_process): the fixture's sweep with a fourth seed, its members
+    split over the 4 devices ("split"), then UNEVEN ("uneven"); their results, and the folder holding them."""
+    folder = tmp_path_factory.mktemp("four-devices")
+    split = ["sweep", "--lr", "0.003,0.03,5", "--seeds", 4, "--seed", 4, "--steps", STEPS, "--devices", 4]
+    commands = {
+        "split": [*split, "--out", folder / "split", "--compile-cache", "off"],
+        "uneven": ["sweep", *UNEVEN[0], "--steps", 5, "--out", folder / "uneven"],
+    }
+    results = commands_in_a_process(commands.values(), env=os.environ | fake_devices(4))
+    return dict(zip(commands, results)), folder
+
+
+@pytest.mark.slow  # a process of its own: 4 devices, which JAX makes when it starts
+def test_members_split_over_4_devices_equal_one_device(on_4_devices, sweep):
     out, _ = sweep
-    bp_jax_cli(  # its own process: 4 devices, which JAX makes when it starts
-        "sweep",
-        "--lr",
-        "0.003,0.03,5",
-        "--seeds",
-        4,
-        "--seed",
-        4,
-        "--steps",
-        STEPS,
-        "--devices",
-        4,
-        "--out",
-        tmp_path / "split",
-        "--compile-cache",
-        "off",
-        env={"JAX_NUM_CPU_DEVICES": "4"},
-    )
+    results, folder = on_4_devices
+    assert results["split"].returncode == 0, results["split"].stderr
     one = {(run["lr"], run["seed"]): run for run in strict_json(out / "sweep.json")["runs"]}
     compared = 0
-    for run in strict_json(tmp_path / "split" / "sweep.json")["runs"]:
+    for run in strict_json(folder / "split" / "sweep.json")["runs"]:
         if (run["lr"], run["seed"]) in one:
             reference = one[run["lr"], run["seed"]]
             assert run["diverged_at"] == reference["diverged_at"]
@@ -149,20 +148,22 @@ def test_members_split_over_4_devices_equal_one_device(tmp_path, sweep):
             ["--lr", "0.1", "--compile-cache", "/dev/null/cache"],
             "--compile-cache /dev/null/cache: cannot create the folder",
         ),
-        (["--lr", "0.1", "--seeds", "3", "--devices", "2"], "3 members (learning rates × seeds) do not split evenly"),
         (["--lr", "0.01", "--seeds", "99999999999"], "--seed 0 + --seeds 99999999999 passes 2**32 − 1, the largest"),
         (["--lr", "0.01", "--seeds", "4000000000"], "4,000,000,000 members × 5 steps need about"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    argv = ("sweep", *args, "--steps", 5, "--out", tmp_path / "bad")
-    done = (
-        bp_jax_cli(*argv, check=False, env={"JAX_NUM_CPU_DEVICES": "2"})  # 2 devices, made when JAX starts
-        if "--devices" in args
-        else run_cli(*argv, check=False)
-    )
+    done = run_cli("sweep", *args, "--steps", 5, "--out", tmp_path / "bad", check=False)
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "bad" / "sweep.json").exists()
+
+
+@pytest.mark.slow  # a process of its own: devices to split over
+def test_members_that_do_not_split_over_the_devices_are_refused_in_one_line(on_4_devices):
+    results, folder = on_4_devices
+    done = results["uneven"]
+    assert done.returncode == 2 and UNEVEN[1] in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (folder / "uneven" / "sweep.json").exists()
 
 
 def test_a_folder_holding_a_sweep_is_not_written_over(sweep):
@@ -199,10 +200,11 @@ def test_member_states_are_train_runs_initial_states_by_one_program_of_fixed_siz
     model, config = bp_jax.mlp((10, 5, 1), "relu"), runs.Config(optimizer="momentum")
     seeds = np.asarray([0, 5, 2**31, 2**32 - 1], np.uint32)
     states = sweep_command.member_states(model, runs.optimizer(config), seeds, 2)
-    for i in range(2 * len(seeds)):
-        alone = runs.initial_state(model, runs.Config(optimizer="momentum", seed=int(seeds[i % len(seeds)])))
-        for member, reference in zip(jax.tree.leaves(states), jax.tree.leaves(alone), strict=True):
-            np.testing.assert_array_equal(member[i], reference)
+    for i, seed in enumerate(seeds):
+        alone = runs.initial_state(model, runs.Config(optimizer="momentum", seed=int(seed)))
+        for member in (i, i + len(seeds)):  # the seed's member at each of the 2 copies (learning rates)
+            for leaf, reference in zip(jax.tree.leaves(states), jax.tree.leaves(alone), strict=True):
+                np.testing.assert_array_equal(leaf[member], reference)
 
     counts, sizes = [], []
     for count in (10, 1000):
@@ -215,63 +217,29 @@ def test_member_states_are_train_runs_initial_states_by_one_program_of_fixed_siz
     assert counts[0] == counts[1] >= 1 and sizes[0] == sizes[1]
 
 
-COUNT_COMPILES = """
-import sys
-from benchmarks.compiles import counting
-from bp_jax.cli import main
-with counting() as compiled:
-    status = main(sys.argv[1:])
-print(status, len(compiled))
-"""
-
-
-@pytest.mark.slow  # processes of its own
-def test_a_sweep_of_10_or_1000_seeds_compiles_the_same_number_of_programs(tmp_path):
-    counts = []
-    for seeds in (10, 1000):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                COUNT_COMPILES,
-                "sweep",
-                "--lr",
-                "0.01",
-                "--seeds",
-                str(seeds),
-                "--steps",
-                "3",
-                "--out",
-                str(tmp_path / str(seeds)),
-                "--compile-cache",
-                "off",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-            cwd=ROOT,  # benchmarks.compiles imports from the repository's root
-        )
-        status, count = done.stdout.split()[-2:]
-        assert status == "0", done.stderr
-        counts.append(int(count))
-    assert counts[0] == counts[1]
-
-
-@pytest.mark.slow  # processes of its own
-def test_a_sweep_of_20000_members_finishes(tmp_path):
-    """Set-up used to stack 20000 keys into one program that compiled for over 13 minutes."""
-    run_cli(
+@pytest.mark.slow
+def test_sweeps_of_20_or_20000_members_compile_the_same_number_of_programs_and_finish(tmp_path):
+    """After a sweep of 2 lrs × 5 seeds has compiled what no member count changes, a sweep of 2 × 10 and one of
+    2 × 10000 each compile the same programs again, for their own member count: none per member. (Set-up once
+    stacked 20000 keys into one program that compiled for over 13 minutes.)"""
+    sweep = lambda seeds: run_cli(
         "sweep",
         "--lr",
         "0.01,0.1",
         "--seeds",
-        10_000,
+        seeds,
         "--steps",
         5,
         "--out",
-        tmp_path / "wide",
+        tmp_path / str(seeds),
         "--compile-cache",
         "off",
     )
-    assert len(strict_json(tmp_path / "wide" / "sweep.json")["runs"]) == 20_000
+    sweep(5)
+    counts = []
+    for seeds in (10, 10_000):
+        with counting() as compiled:
+            sweep(seeds)
+        counts.append(len(compiled))
+    assert counts[0] == counts[1] >= 1
+    assert len(strict_json(tmp_path / "10000" / "sweep.json")["runs"]) == 20_000
