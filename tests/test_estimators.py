@@ -722,3 +722,12 @@ def test_a_test_fold_the_default_scorer_cannot_take_is_scored_by_the_scorer_as_i
     _assert_same_search(ours, theirs)
     assert np.all(np.isnan(ours.cv_results_["split0_test_score"]))
     assert np.all(np.isfinite(ours.cv_results_["split1_test_score"]))
+
+
+def test_a_regressors_text_targets_are_read_as_numbers_or_refused_in_one_line():
+    x, y = _regression(40)
+    as_text = MLPRegressor((3,), max_iter=3, random_state=0).fit(x, y.astype(str))
+    as_numbers = MLPRegressor((3,), max_iter=3, random_state=0).fit(x, y)
+    np.testing.assert_array_equal(as_text.predict(x), as_numbers.predict(x))
+    with pytest.raises(ValueError, match=r"^MLPRegressor needs numeric targets, got y of dtype <U\d+$"):
+        MLPRegressor((3,), max_iter=3).fit(x, np.where(y > 0, "high", "low"))

@@ -182,6 +182,11 @@ class BaseMLP(BaseEstimator):
             multi_output=not self._classifier,
             y_numeric=not self._classifier,
         )
+        if not self._classifier and y.dtype.kind not in "fiub":  # text targets: numbers spelled as text, or refused
+            try:
+                y = y.astype(dtype)
+            except ValueError:
+                raise ValueError(f"{type(self).__name__} needs numeric targets, got y of dtype {y.dtype}") from None
         return X, y
 
     # -- training ---------------------------------------------------------------------------------------------
