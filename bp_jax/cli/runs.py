@@ -179,10 +179,10 @@ def bytes_needed(
 
 
 def memory_limit() -> tuple[int, str]:
-    """The bytes a run may use, and what they are: the machine's physical memory, or the first device's
-    memory where JAX reports it (GPU, TPU) and it is smaller."""
+    """The bytes a run may use, and what they are: the machine's physical memory, or the memory of this
+    process's first device where JAX reports it (GPU, TPU) and it is smaller."""
     limit, what = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}  # this process's: another's device reports nothing here
     if stats.get("bytes_limit") and stats["bytes_limit"] < limit:
         limit, what = stats["bytes_limit"], f"the memory of {console.device_description()}"
     return limit, what
