@@ -10,9 +10,16 @@ shares one JAX persistent compilation cache, a fresh folder for the test session
 set before the workers start, removed at the end. A program one command compiled, the next loads. Tests
 that check the cache itself name their own folder or "off" with --compile-cache, which wins.
 
+Cheap compiles: the session, its workers and the commands they start compile with JAX's
+`jax_disable_most_optimizations` (JAX_DISABLE_MOST_OPTIMIZATIONS=1, unless already set: LLVM's cheaper
+optimisation level, no expensive passes). The programs are the same HLO, compiled in about two thirds of the
+time and run a little slower; the tests check values to stated tolerances and bits between runs under the same
+settings, so none depends on the optimisation level. The benchmarks run at the default.
+
 Workers (pytest-xdist, `--dist loadgroup`): the tests that share a module- or session-scoped fixture of their
 module (a trained run, a sweep, a benchmark smoke run) go to one worker together (an xdist_group named after
-the module), so the fixture is built once; every other test goes wherever a worker is free. Tests marked
+the module, checked to have reached xdist), so the fixture is built once; every other test goes wherever a
+worker is free. Tests marked
 `slow` are handed out first, so that none of them starts last.
 """
 
@@ -30,6 +37,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 CACHE_VARIABLE = "BP_JAX_COMPILE_CACHE"
+CHEAP_COMPILES = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 
 
 def pytest_configure(config):
@@ -37,6 +45,8 @@ def pytest_configure(config):
         return
     config.bp_jax_compile_cache = tempfile.mkdtemp(prefix="bp-jax-test-compile-cache-")
     os.environ[CACHE_VARIABLE] = config.bp_jax_compile_cache
+    os.environ.setdefault(CHEAP_COMPILES, "1")  # the workers and every command's subprocess compile cheaply too
+    jax.config.update("jax_disable_most_optimizations", os.environ[CHEAP_COMPILES] not in ("0", "false"))
 
 
 def pytest_unconfigure(config):
@@ -44,17 +54,32 @@ def pytest_unconfigure(config):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
+def pytest_itemcollected(item):
+    """Group a test with its module's other tests when it uses a module- or session-scoped fixture defined there
+    (xdist's own collection hook reads the groups into the node ids; marks added in a collection hook of ours
+    could come after it)."""
+    module = item.nodeid.split("::")[0]
+    shares = any(
+        definitions[-1].scope in ("module", "session") and definitions[-1].baseid == module
+        for definitions in item._fixtureinfo.name2fixturedefs.values()
+    )
+    if shares and not item.get_closest_marker("xdist_group"):
+        item.add_marker(pytest.mark.xdist_group(module))
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        shares = any(
-            definitions[-1].scope in ("module", "session") and definitions[-1].baseid == module
-            for definitions in item._fixtureinfo.name2fixturedefs.values()
-        )
-        if shares and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(module))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow tests first
+
+
+def pytest_collection_finish(session):
+    """On an xdist worker of `--dist loadgroup`: fail at once if xdist could not add a test's group to its node id
+    (pytest 9.2 keeps node ids where pytest-xdist 3.8 cannot change them): the groups would be ignored, and each
+    worker would build its own copy of every shared fixture."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    for item in session.items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            raise pytest.UsageError(f"xdist_group ignored by this pytest-xdist and pytest: {item.nodeid}")
 
 
 @pytest.fixture(scope="session")
