@@ -5,9 +5,14 @@ An edge package (needs scikit-learn, the `sklearn` extra); `import bp_jax` does 
 scikit-learn lays out `neural_network/` and `model_selection/`: `_base` (objective, initialisation, weights,
 forward pass, metrics), `_stochastic_optimizers` (sgd and adam), `_lbfgs` (lbfgs: scipy's L-BFGS-B as one compiled
 program), `_training` (epochs and stopping rules, one model's run), `_multilayer_perceptron` (the estimators),
-`_members` (a grid's members trained together) and `_search` (GridSearchCV).
+`_members` (a grid's members trained together), `_search` (GridSearchCV) and `_constraints` (scikit-learn's own
+parameter validation).
 
-Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, and why:
+The estimators take scikit-learn's MLP parameters (names, order, defaults, meanings), checked as scikit-learn checks
+them (its InvalidParameterError, word for word). A value scikit-learn accepts that is not implemented yet raises a
+one-line ValueError: `loss="poisson"`, `learning_rate` "invscaling" or "adaptive" with sgd, a truthy `verbose` with
+sgd or adam, `warm_start=True` on a fitted estimator, and `sample_weight` in `partial_fit` (`fit` takes none yet).
+What differs, and why:
 - Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
   key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch).
   `shuffle=False` is accepted only with full-batch training (the fused loop always reads a keyed order).
@@ -17,8 +22,7 @@ Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, 
   `early_stopping=True` every epoch ends a chunk, where the validation score is taken on the host and the best
   params kept.
 - Binary classification uses two softmax outputs (`out_activation_ = "softmax"`), not one logistic unit.
-- `solver="adam"` is optax's adam (ε added to √v̂, sklearn adds it to √v); `learning_rate` schedules other
-  than constant, `warm_start` and `verbose` are not offered.
+- `solver="adam"` is optax's adam (ε added to √v̂, sklearn adds it to √v).
 - `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
   fit, n_iter_ and ConvergenceWarning; but in the program's float precision (float32 unless x64 is on), where

@@ -2,7 +2,6 @@
 training run and prediction, and two thin subclasses (as `sklearn/neural_network/_multilayer_perceptron.py`)."""
 
 import functools
-import math
 import numbers
 import warnings
 from typing import Any
@@ -21,7 +20,6 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bp_jax.estimators._base import (
-    ACTIVATIONS,
     accuracy,
     forward,
     from_sklearn,
@@ -32,34 +30,10 @@ from bp_jax.estimators._base import (
     seed_of,
     to_sklearn,
 )
+from bp_jax.estimators._constraints import MLP_CONSTRAINTS, REGRESSOR_CONSTRAINTS, fit_context
 from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts
 from bp_jax.estimators._stochastic_optimizers import initial_state, solver_transform
 from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, non_finite_error, plan
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"The '{name}' parameter of this estimator must be an int ≥ {minimum}, got {value!r}")
-
-
-def _check_float(
-    name: str, value, low: float, high: float = np.inf, *, open_low: bool = False, open_high: bool = False
-) -> None:
-    ok = (
-        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-        if high < np.inf
-        else isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
-    )
-    if ok:
-        ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
-    if not ok:
-        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-        raise ValueError(f"The '{name}' parameter of this estimator must be a float in {interval}, got {value!r}")
-
-
-def _check_option(name: str, value, options) -> None:
-    if value not in options:
-        raise ValueError(f"The '{name}' parameter of this estimator must be one of {sorted(options)}, got {value!r}")
 
 
 class BaseMLP(BaseEstimator):
@@ -74,39 +48,51 @@ class BaseMLP(BaseEstimator):
     best_loss_: float | None
     _opt_state: Any
 
+    _parameter_constraints: dict = MLP_CONSTRAINTS
+
     def __init__(
         self,
-        hidden_layer_sizes=(100,),
-        activation="relu",
+        hidden_layer_sizes,
+        activation,
         *,
-        solver="adam",
-        alpha=0.0001,
-        batch_size="auto",
-        learning_rate_init=0.001,
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        momentum=0.9,
-        nesterovs_momentum=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        n_iter_no_change=10,
-        max_fun=15000,
+        solver,
+        alpha,
+        batch_size,
+        learning_rate,
+        learning_rate_init,
+        power_t,
+        max_iter,
+        loss,
+        shuffle,
+        random_state,
+        tol,
+        verbose,
+        warm_start,
+        momentum,
+        nesterovs_momentum,
+        early_stopping,
+        validation_fraction,
+        beta_1,
+        beta_2,
+        epsilon,
+        n_iter_no_change,
+        max_fun,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
         self.max_iter = max_iter
+        self.loss = loss
         self.shuffle = shuffle
         self.random_state = random_state
         self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
         self.momentum = momentum
         self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
@@ -122,38 +108,34 @@ class BaseMLP(BaseEstimator):
         """`is_classifier(self)` without building scikit-learn's tags on every call (a grid asks per member)."""
         return isinstance(self, ClassifierMixin)
 
-    # -- checks ----------------------------------------------------------------------------------------------
+    # -- checks (scikit-learn's `_validate_params` runs before them: `fit_context`) -----------------------------
     def _hidden_sizes(self) -> tuple[int, ...]:
         sizes = self.hidden_layer_sizes
-        sizes = (sizes,) if isinstance(sizes, numbers.Integral) else sizes
-        try:
-            sizes = tuple(sizes)
-        except TypeError:
-            sizes = (sizes,)
-        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
-        return tuple(int(s) for s in sizes)
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if any(isinstance(size, numbers.Real) and size <= 0 for size in sizes):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")  # scikit-learn's words
+        if not all(isinstance(size, numbers.Integral) for size in sizes):
+            raise ValueError(f"hidden_layer_sizes must be integers, got {sizes}.")
+        return tuple(int(size) for size in sizes)
 
-    def _check_params(self) -> None:
-        _check_option("activation", self.activation, ACTIVATIONS)
-        _check_option("solver", self.solver, {"lbfgs", "sgd", "adam"})
-        _check_float("alpha", self.alpha, 0.0)
-        if self.batch_size != "auto":
-            _check_int("batch_size", self.batch_size, 1)
-        _check_float("learning_rate_init", self.learning_rate_init, 0.0, open_low=True)
-        _check_int("max_iter", self.max_iter, 1)
-        _check_float("tol", self.tol, 0.0)
-        _check_float("momentum", self.momentum, 0.0, 1.0)
-        _check_float("validation_fraction", self.validation_fraction, 0.0, 1.0, open_high=True)
-        _check_float("beta_1", self.beta_1, 0.0, 1.0, open_high=True)
-        _check_float("beta_2", self.beta_2, 0.0, 1.0, open_high=True)
-        _check_float("epsilon", self.epsilon, 0.0, open_low=True)
-        _check_int("n_iter_no_change", self.n_iter_no_change, 1)
-        _check_int("max_fun", self.max_fun, 1)
-        for name in ("shuffle", "nesterovs_momentum", "early_stopping"):
-            value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"The '{name}' parameter of this estimator must be a bool, got {value!r}")
+    def _check_params(self, *, incremental: bool) -> None:
+        """The checks scikit-learn makes in `_fit`, and a one-line ValueError for a value scikit-learn accepts and
+        bp_jax does not implement yet (each a value scikit-learn's fit would act on: `learning_rate` only with sgd,
+        `verbose` prints nothing under lbfgs, `warm_start` only once fitted)."""
+        self._hidden_sizes()
+        pending = {
+            f"loss={self.loss!r}": self.loss == "poisson",
+            f"learning_rate={self.learning_rate!r} with solver='sgd'": (
+                self.solver == "sgd" and self.learning_rate != "constant"
+            ),
+            f"verbose={self.verbose!r} with solver={self.solver!r}": bool(self.verbose) and self.solver != "lbfgs",
+            "warm_start=True on a fitted estimator": (
+                bool(self.warm_start) and not incremental and hasattr(self, "coefs_")
+            ),
+        }
+        for setting, unsupported in pending.items():
+            if unsupported:
+                raise ValueError(f"{type(self).__name__}: {setting} is not supported yet by bp_jax.estimators")
 
     def _objective(self, features: int, outputs: int, *, members_batch: int | None = None):
         """The objective, shared by every estimator of this configuration (`members_batch`: as a member of an
@@ -190,8 +172,10 @@ class BaseMLP(BaseEstimator):
         return X, y
 
     # -- training ---------------------------------------------------------------------------------------------
-    def _fit(self, X, y, *, incremental: bool, classes=None):
-        self._check_params()
+    def _fit(self, X, y, *, incremental: bool, classes=None, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError(f"{type(self).__name__}: sample_weight is not supported yet by bp_jax.estimators")
+        self._check_params(incremental=incremental)
         first = not (incremental and hasattr(self, "coefs_"))
         X, y = self._validate_input(X, y, reset=first)
         targets = self._encode_targets(y, first=first, classes=classes)
@@ -358,17 +342,24 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     (`bp_jax.estimators` lists where it differs from sklearn's).
 
     Args:
+        loss: "squared_error" ("poisson" is not supported yet).
         hidden_layer_sizes: the hidden layers' widths (an int for one layer).
         activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
         solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (with momentum) or "adam".
         alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
         batch_size: rows per minibatch; "auto" is min(200, n).
+        learning_rate: sgd's schedule: "constant" ("invscaling" and "adaptive" are not supported yet; ignored by
+            adam and lbfgs, as in sklearn).
         learning_rate_init: η, the constant learning rate.
+        power_t: the exponent of "invscaling" (unused until it is supported).
         max_iter: the most epochs to train (lbfgs: iterations).
         shuffle: False only with full-batch training (the fused loop reads a keyed order).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
         tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
             |gradient| component of a converged fit).
+        verbose: False (progress lines are not supported yet; lbfgs prints nothing, as sklearn's with scipy ≥ 1.15).
+        warm_start: continue a fitted estimator's weights in `fit`: not supported yet (a first fit is a fresh one,
+            as in sklearn).
         momentum: μ for sgd.
         nesterovs_momentum: Nesterov momentum for sgd.
         early_stopping: stop on a held-out validation score (checked on the host each epoch).
@@ -376,7 +367,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         beta_1: adam's β₁.
         beta_2: adam's β₂.
         epsilon: adam's ε.
-        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol.
+        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol (np.inf: never).
         max_fun: lbfgs stops at the end of the iteration after more than this many loss evaluations.
 
     Attributes:
@@ -390,15 +381,74 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         >>> import numpy as np
         >>> from bp_jax.estimators import MLPRegressor
         >>> X = np.linspace(-1, 1, 64).reshape(-1, 1)
-        >>> model = MLPRegressor((8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0)
+        >>> model = MLPRegressor(
+        ...     hidden_layer_sizes=(8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0
+        ... )
         >>> model.fit(X, 2 * X[:, 0]).predict(X[:3]).shape
         (3,)
         >>> model.n_iter_ < 100  # stopped by the rule, inside the compiled loop
         True
     """
 
+    _parameter_constraints: dict = REGRESSOR_CONSTRAINTS
     _metric = staticmethod(r2)
 
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss=loss,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+        )
+
+    @fit_context
     def fit(self, X, y):
         """Train from a fresh initialisation for up to max_iter epochs.
 
@@ -411,18 +461,20 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         """
         return self._fit(X, y, incremental=False)
 
-    def partial_fit(self, X, y):
+    @fit_context
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted); with
         solver="lbfgs", a whole lbfgs fit from the current weights, as sklearn's MLPRegressor does.
 
         Args:
             X: (n, features) inputs.
             y: the targets.
+            sample_weight: None (weights are not supported yet).
 
         Returns:
             self.
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def _encode_targets(self, y, *, first: bool, classes=None):
         y = y.reshape(-1, 1) if y.ndim == 1 else y
@@ -467,12 +519,18 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (with momentum) or "adam".
         alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
         batch_size: rows per minibatch; "auto" is min(200, n).
+        learning_rate: sgd's schedule: "constant" ("invscaling" and "adaptive" are not supported yet; ignored by
+            adam and lbfgs, as in sklearn).
         learning_rate_init: η, the constant learning rate.
+        power_t: the exponent of "invscaling" (unused until it is supported).
         max_iter: the most epochs to train (lbfgs: iterations).
         shuffle: False only with full-batch training (the fused loop reads a keyed order).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
         tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
             |gradient| component of a converged fit).
+        verbose: False (progress lines are not supported yet; lbfgs prints nothing, as sklearn's with scipy ≥ 1.15).
+        warm_start: continue a fitted estimator's weights in `fit`: not supported yet (a first fit is a fresh one,
+            as in sklearn).
         momentum: μ for sgd.
         nesterovs_momentum: Nesterov momentum for sgd.
         early_stopping: stop on a held-out validation score (checked on the host each epoch).
@@ -480,11 +538,12 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         beta_1: adam's β₁.
         beta_2: adam's β₂.
         epsilon: adam's ε.
-        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol.
+        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol (np.inf: never).
         max_fun: lbfgs stops at the end of the iteration after more than this many loss evaluations.
 
     Attributes:
         classes_: the labels, sorted.
+        loss: "log_loss", as sklearn's (not a parameter).
         coefs_: each layer's weights, (n_in, n_out).
         intercepts_: each layer's biases.
         loss_curve_: each epoch's mean loss (not set by lbfgs, as in sklearn).
@@ -494,7 +553,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         >>> import numpy as np
         >>> from bp_jax.estimators import MLPClassifier
         >>> X = np.linspace(-1, 1, 64).reshape(-1, 1)
-        >>> model = MLPClassifier((8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0)
+        >>> model = MLPClassifier(
+        ...     hidden_layer_sizes=(8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0
+        ... )
         >>> model.fit(X, X[:, 0] > 0).predict_proba(X[:3]).shape
         (3, 2)
         >>> model.classes_.tolist()
@@ -503,6 +564,61 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     _metric = staticmethod(accuracy)
 
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss="log_loss",
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+        )
+
+    @fit_context
     def fit(self, X, y):
         """Train from a fresh initialisation for up to max_iter epochs.
 
@@ -523,13 +639,15 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return True
 
     @available_if(lambda estimator: estimator._check_solver())
-    def partial_fit(self, X, y, classes=None):
+    @fit_context
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted); absent
         with solver="lbfgs", as in sklearn.
 
         Args:
             X: (n, features) inputs.
             y: the labels.
+            sample_weight: None (weights are not supported yet).
             classes: every label to expect; needed on the first call.
 
         Returns:
@@ -540,7 +658,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         """
         if classes is None and not hasattr(self, "coefs_"):
             raise ValueError("classes must be passed on the first call to partial_fit.")
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def _encode_targets(self, y, *, first: bool, classes=None):
         check_classification_targets(y)

@@ -94,7 +94,9 @@ class GridSearchCV(SklearnGridSearchCV):
         >>> import numpy as np
         >>> from bp_jax.estimators import GridSearchCV, MLPRegressor
         >>> X = np.linspace(-1, 1, 60).reshape(-1, 1)
-        >>> model = MLPRegressor((4,), batch_size=10, max_iter=30, tol=1e-2, n_iter_no_change=2, random_state=0)
+        >>> model = MLPRegressor(
+        ...     hidden_layer_sizes=(4,), batch_size=10, max_iter=30, tol=1e-2, n_iter_no_change=2, random_state=0
+        ... )
         >>> search = GridSearchCV(model, {"learning_rate_init": [0.01, 0.1], "alpha": [1e-4, 1e-2]}, cv=3)
         >>> search.fit(X, 2 * X[:, 0]).cv_results_["mean_test_score"].shape  # 12 fits, one program
         (4,)
@@ -346,6 +348,7 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
     lbfgs_programs: dict[tuple, list[Member]] = {}  # (objective, block): lbfgs members of one fold
     prepared_in: dict[int, float] = {}
     base = None if isinstance(estimator, Pipeline) else clone(estimator)
+    refusal: Exception | None = None
     for index, (candidate, (fold, (train_rows, _))) in enumerate(itertools.product(candidates, enumerate(splits))):
         start = time.perf_counter()
         if isinstance(estimator, Pipeline):  # its steps, and steps in the grid: fresh copies for every fit
@@ -356,7 +359,10 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
         member, name = _searched(searched)
         fold_data = lambda rows=train_rows: (_safe_indexing(X, rows), _safe_indexing(y, rows))
         try:
-            member._check_params()
+            if fold == 0:  # candidate-major: a candidate's parameters are checked once, at its first fold
+                refusal = _refusal(member)
+            if refusal is not None:
+                raise refusal
             lbfgs = member.solver == "lbfgs"  # full batch, its members one vmapped program per fold
             alone = not lbfgs and (member.early_stopping or not member.shuffle)
             # the earlier steps' grid values by identity: members of one fold and the same values share a block
@@ -402,6 +408,17 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
             fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
     assert all(fit is not None for fit in fitted)
     return fitted  # type: ignore[return-value]
+
+
+def _refusal(estimator: BaseMLP) -> Exception | None:
+    """The error `fit` would raise for the estimator's parameters (scikit-learn's `_validate_params`, then bp_jax's
+    `_check_params`), or None."""
+    try:
+        estimator._validate_params()
+        estimator._check_params(incremental=False)
+    except ValueError as error:  # scikit-learn's InvalidParameterError is a ValueError
+        return error
+    return None
 
 
 def _adopt_run(estimator, *, run, steps, diverged_at: int) -> None:

@@ -59,7 +59,7 @@ class Stopping:
         n_iter_no_change: the count at which to stop, once exceeded.
     """
 
-    def __init__(self, tol: float, n_iter_no_change: int):
+    def __init__(self, tol: float, n_iter_no_change: float):
         self.tol, self.patience = tol, n_iter_no_change
         self.best_score, self.count, self.best_params = -np.inf, 0, None
 
@@ -104,7 +104,7 @@ def epoch_rule(steps_per_epoch: int, tol, n_iter_no_change, dtype) -> StopRule:
     Args:
         steps_per_epoch: the steps of an epoch.
         tol: the improvement that resets the count; one value, or one per ensemble member (data).
-        n_iter_no_change: the patience, shaped as tol.
+        n_iter_no_change: the patience, shaped as tol (np.inf, never reached, held as int32's largest).
         dtype: the dtype of the losses summed.
 
     Returns:
@@ -117,12 +117,12 @@ def epoch_rule(steps_per_epoch: int, tol, n_iter_no_change, dtype) -> StopRule:
         "best": np.full(tol.shape, np.inf, dtype),
         "count": np.zeros(tol.shape, np.int32),
         "tol": tol,
-        "patience": np.asarray(n_iter_no_change, np.int32),
+        "patience": np.minimum(n_iter_no_change, np.iinfo(np.int32).max).astype(np.int32),  # np.inf: never fires
     }
     return StopRule(_epoch_rule_update(steps_per_epoch), init)
 
 
-def can_stop(n_iter_no_change: int, epochs: int) -> bool:
+def can_stop(n_iter_no_change: float, epochs: int) -> bool:
     """Whether sklearn's rule can stop a run (a run it cannot stop takes no rule).
 
     Args:
