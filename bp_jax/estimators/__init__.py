@@ -27,6 +27,10 @@ What differs, and why:
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
   fit, n_iter_ and ConvergenceWarning; but in the program's float precision (float32 unless x64 is on), where
   scipy always computes in float64.
+- A step whose loss or update is not finite ends the fit with sklearn's ValueError ("Solver produced non-finite
+  parameter weights…", the step in a note). sklearn checks only the final weights: it trains on through a
+  non-finite loss (an inf in `loss_curve_`) and succeeds if the weights stay finite. A fit that raises leaves the
+  estimator as it was before (sklearn leaves the non-finite weights on it).
 - The loss is sklearn's: ½·mean((y − ŷ)²) or the mean cross-entropy, plus α/(2b)·Σ‖W‖² per minibatch of b
   rows; α enters the program as data (a frozen params leaf), so a grid over it compiles nothing new.
 """

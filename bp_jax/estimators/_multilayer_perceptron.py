@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets, unique_labels
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -34,6 +34,22 @@ from bp_jax.estimators._constraints import MLP_CONSTRAINTS, REGRESSOR_CONSTRAINT
 from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts
 from bp_jax.estimators._stochastic_optimizers import initial_state, solver_transform
 from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, non_finite_error, plan
+
+
+def _atomic(method):
+    """`method`, leaving the estimator's attributes as they were if it raises: a failed fit changes nothing."""
+
+    @functools.wraps(method)
+    def atomic(self, *args, **kwargs):
+        before = dict(vars(self))
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
+
+    return atomic
 
 
 class BaseMLP(BaseEstimator):
@@ -172,6 +188,7 @@ class BaseMLP(BaseEstimator):
         return X, y
 
     # -- training ---------------------------------------------------------------------------------------------
+    @_atomic
     def _fit(self, X, y, *, incremental: bool, classes=None, sample_weight=None):
         if sample_weight is not None:
             raise ValueError(f"{type(self).__name__}: sample_weight is not supported yet by bp_jax.estimators")
@@ -179,6 +196,8 @@ class BaseMLP(BaseEstimator):
         first = not (incremental and hasattr(self, "coefs_"))
         X, y = self._validate_input(X, y, reset=first)
         targets = self._encode_targets(y, first=first, classes=classes)
+        if incremental and self.early_stopping and self.solver != "lbfgs":
+            raise ValueError("partial_fit does not support early_stopping=True")
         if self.solver == "lbfgs":
             return self._fit_lbfgs(X, targets, first=first)
         rows = X.shape[0]
@@ -285,12 +304,18 @@ class BaseMLP(BaseEstimator):
         )
         score = None
         if early:
+            # as sklearn's: only a binary problem is stratified, on its one binarized column (True for classes_[1])
+            binary = self._classifier and self._n_outputs() == 2
             kept, held = train_test_split(
                 np.arange(X.shape[0]),
                 random_state=self._seed,
                 test_size=self.validation_fraction,
-                stratify=targets if self._classifier else None,
+                stratify=(targets == 1)[:, None] if binary else None,
             )
+            if len(held) < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' or the size of your dataset."
+                )
             score = functools.partial(self._score_params, X[held], y[held])
             X, targets = X[kept], targets[kept]
             steps = plan(self.batch_size, len(kept))
@@ -473,6 +498,9 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
         Returns:
             self.
+
+        Raises:
+            ValueError: early_stopping=True with sgd or adam (as in sklearn).
         """
         return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
@@ -654,11 +682,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             self.
 
         Raises:
-            ValueError: the first call came without classes.
+            ValueError: the first call came without classes, a later one with other classes, y has labels not in
+                classes_, or early_stopping=True (sklearn's rules and words).
         """
-        if classes is None and not hasattr(self, "coefs_"):
-            raise ValueError("classes must be passed on the first call to partial_fit.")
-        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
+        _check_partial_fit_first_call(self, classes)
+        return self._fit(X, y, incremental=True, classes=self.classes_, sample_weight=sample_weight)
 
     def _encode_targets(self, y, *, first: bool, classes=None):
         check_classification_targets(y)
@@ -668,7 +696,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         unknown = (labels >= len(self.classes_)) | (self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y)
         if np.any(unknown):
             raise ValueError(
-                f"y contains labels not in classes_ {self.classes_.tolist()}: {np.unique(y[unknown]).tolist()}"
+                f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. 'y' has "
+                f"{unique_labels(y)}."
             )
         return labels.astype(np.int32)
 

@@ -157,12 +157,16 @@ class TrainRun(NamedTuple):
     stopped: bool
 
 
-def non_finite_error(step: int | None = None) -> ValueError:
-    """sklearn's error for weights that are not finite (at a step whose loss or update was not finite)."""
-    return ValueError(
-        f"Solver produced non-finite parameter weights{'' if step is None else f' at step {step}'}. The input data "
-        "may contain large values and need to be preprocessed."
+def non_finite_error(step: int | None = None, cause: str = "loss or update") -> ValueError:
+    """sklearn's error for weights that are not finite; with a `step`, a note naming the step whose `cause` (loss or
+    update) was not finite, where bp_jax stopped."""
+    error = ValueError(
+        "Solver produced non-finite parameter weights. The input data may contain large values and need to be "
+        "preprocessed."
     )
+    if step is not None:
+        error.add_note(f"bp_jax stopped training at step {step}, whose {cause} was not finite.")
+    return error
 
 
 def fit_epochs(
@@ -203,7 +207,7 @@ def fit_epochs(
         The `TrainRun`.
 
     Raises:
-        ValueError: a step's loss or update was not finite (sklearn's message).
+        ValueError: a step's loss or update was not finite (sklearn's message; the step in a note).
     """
     per_epoch = steps.steps_per_epoch
     batch = None if steps.batch_size == x.shape[0] else steps.batch_size
@@ -237,7 +241,7 @@ def fit_epochs(
             stop_rule=rule,
         )
     except NonFiniteLoss as error:
-        raise non_finite_error(error.step) from None
+        raise non_finite_error(error.step, error.cause) from None
     curve = epoch_means(result.losses, per_epoch).tolist()
     coefs, intercepts = to_sklearn(result.params["layers"])
     stopped = result.stopped_at >= 0 or any(halted)
