@@ -15,7 +15,7 @@ sgd or adam, `warm_start=True` on a fitted estimator, and `sample_weight` in `pa
 What differs, and why:
 - Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
   key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch).
-  `shuffle=False` is accepted only with full-batch training (the fused loop always reads a keyed order).
+  `shuffle=False` reads them in order, each epoch rows 0 … b − 1, b … 2b − 1, … (the last n mod b never read).
 - The stopping rules are sklearn's, checked per epoch: with `early_stopping=False` the rule runs inside the
   compiled loop (`epoch_rule`, a `StopRule`), so a whole fit is one call of the loop with no trip to the host
   between epochs; it compares epoch means in the program's float precision (float32 unless x64 is on). With

@@ -141,9 +141,10 @@ def train_members(
     ordered, group_size = sharing(members)
     leaders = ordered[::group_size]
     used = list(dict.fromkeys(member.block for member in ordered))
-    padded = lambda arrays: np.pad(
-        np.concatenate(arrays), [(0, shape[0] - sum(map(len, arrays)))] + [(0, 0)] * (arrays[0].ndim - 1)
+    pad = lambda leaves: np.pad(
+        np.concatenate(leaves), [(0, shape[0] - sum(map(len, leaves)))] + [(0, 0)] * (leaves[0].ndim - 1)
     )
+    padded = lambda arrays: jax.tree.map(lambda *leaves: pad(leaves), *arrays)  # each leaf of pytree targets alike
     x_all = padded([blocks[block].x for block in used])
     targets_all = padded([blocks[block].targets for block in used])
     offsets = dict(zip(used, np.cumsum([0] + [len(blocks[block].x) for block in used])))

@@ -202,11 +202,6 @@ class BaseMLP(BaseEstimator):
             return self._fit_lbfgs(X, targets, first=first)
         rows = X.shape[0]
         steps = plan(self.batch_size, rows)
-        if not self.shuffle and steps.batch_size < rows:
-            raise ValueError(
-                "shuffle=False needs full-batch training (batch_size ≥ n_samples): the fused loop reads "
-                "minibatches in a keyed order"
-            )
         early = self.early_stopping and not incremental
         stopping = Stopping(self.tol, self.n_iter_no_change)
         if first:
@@ -325,6 +320,8 @@ class BaseMLP(BaseEstimator):
             if first or self._opt_state is None
             else self._opt_state
         )
+        # shuffle=False: each call's epochs start at a multiple of the steps per epoch, so at row 0 (as sklearn's)
+        start = self._step if self.shuffle else -(-self._step // steps.steps_per_epoch) * steps.steps_per_epoch
         run = fit_epochs(
             loss_fn,
             transform,
@@ -335,9 +332,10 @@ class BaseMLP(BaseEstimator):
             key=jax.random.key(self._seed),
             steps=steps,
             epochs=1 if incremental else self.max_iter,
-            start_step=self._step,
+            start_step=start,
             stopping=None if incremental else stopping,
             score=score,
+            shuffle=bool(self.shuffle),
         )
         return run, steps
 
@@ -378,7 +376,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         learning_rate_init: η, the constant learning rate.
         power_t: the exponent of "invscaling" (unused until it is supported).
         max_iter: the most epochs to train (lbfgs: iterations).
-        shuffle: False only with full-batch training (the fused loop reads a keyed order).
+        shuffle: False reads the minibatches in order (rows 0 … b − 1, b … 2b − 1, … each epoch).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
         tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
             |gradient| component of a converged fit).
@@ -552,7 +550,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         learning_rate_init: η, the constant learning rate.
         power_t: the exponent of "invscaling" (unused until it is supported).
         max_iter: the most epochs to train (lbfgs: iterations).
-        shuffle: False only with full-batch training (the fused loop reads a keyed order).
+        shuffle: False reads the minibatches in order (rows 0 … b − 1, b … 2b − 1, … each epoch).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
         tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
             |gradient| component of a converged fit).

@@ -1,7 +1,9 @@
 """sklearn's epochs and stopping rules on bp_jax's fused loop: the batch plan, the `n_iter_no_change` rule (inside
 the compiled loop, or on the host with early stopping) and one model's training run (`fit_epochs`).
 
-An epoch is n // b minibatches of b rows in `minibatch_indices` order; its loss is the mean of its steps' losses.
+An epoch is n // b minibatches of b rows in `minibatch_indices` order (with shuffle=False the rows in order, an
+epoch starting at a step that is a multiple of n // b reading rows 0 … b − 1 first); its loss is the mean of its
+steps' losses.
 """
 
 import functools
@@ -183,6 +185,7 @@ def fit_epochs(
     start_step: int,
     stopping: Stopping | None,
     score=None,
+    shuffle: bool = True,
 ) -> TrainRun:
     """Up to `epochs` epochs of `fit` from `start_step`, stopping where sklearn's rule would.
 
@@ -202,6 +205,7 @@ def fit_epochs(
         start_step: the first step (a resumed run's).
         stopping: sklearn's rule, or None to run every epoch.
         score: `score(params)`, the validation score of early stopping.
+        shuffle: False reads the minibatches in order (`fit`'s shuffle).
 
     Returns:
         The `TrainRun`.
@@ -239,6 +243,7 @@ def fit_epochs(
             chunk_size=per_epoch if score is not None else start_step + epochs * per_epoch,
             on_chunk=on_epoch if score is not None else None,
             stop_rule=rule,
+            shuffle=shuffle,
         )
     except NonFiniteLoss as error:
         raise non_finite_error(error.step, error.cause) from None
