@@ -49,6 +49,7 @@ class FitResult(NamedTuple):
             `keep_losses=False`, those of the last chunk only: `losses[i]` belongs to step `step − len(losses) + i`).
         step: the number of steps taken in all (the step to resume from).
         stopped_at: the step after which a `StopRule` ended the run (−1: none did).
+        rule_state: the `StopRule`'s final state (None without a rule).
     """
 
     params: Any
@@ -56,6 +57,7 @@ class FitResult(NamedTuple):
     losses: np.ndarray
     step: int
     stopped_at: int = -1
+    rule_state: Any = None
 
 
 class EnsembleResult(NamedTuple):
@@ -69,6 +71,7 @@ class EnsembleResult(NamedTuple):
         step: the number of steps taken in all.
         diverged: (E,) the step at which each member's loss or update went non-finite, or −1.
         stopped_at: (E,) the step after which each member's `StopRule` stopped it, or −1 (None without a rule).
+        rule_state: the members' `StopRule` final states, a leading member axis (None without a rule).
     """
 
     params: Any
@@ -77,6 +80,7 @@ class EnsembleResult(NamedTuple):
     step: int
     diverged: np.ndarray
     stopped_at: np.ndarray | None = None
+    rule_state: Any = None
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -521,8 +525,10 @@ def _run_in_chunks(run: _Run, on_chunk, result, keep_losses: bool) -> tuple[Loop
             losses = []
         losses += chunk
         if on_chunk is not None:
-            params, opt_state = copy_tree((state.params, state.opt_state))  # the next call donates the state
-            chunk_result = result(state._replace(params=params, opt_state=opt_state), np.concatenate(chunk), step)
+            params, opt_state, rule = copy_tree((state.params, state.opt_state, state.rule))  # the next call donates
+            chunk_result = result(
+                state._replace(params=params, opt_state=opt_state, rule=rule), np.concatenate(chunk), step
+            )
             if on_chunk(chunk_result) is True:
                 break
     shape = () if run.members is None else (run.members,)
@@ -535,9 +541,12 @@ def _stopped_at(state: LoopState) -> int:
 
 
 def _fit_result(state: LoopState, losses: np.ndarray, step: int) -> FitResult:
-    return FitResult(state.params, state.opt_state, losses, step, _stopped_at(state))
+    rule_state = None if state.rule is None else state.rule.state
+    return FitResult(state.params, state.opt_state, losses, step, _stopped_at(state), rule_state)
 
 
 def _ensemble_result(state: LoopState, losses: np.ndarray, step: int) -> EnsembleResult:
-    stopped_at = None if state.rule is None else to_host(state.rule.stopped_at)
-    return EnsembleResult(state.params, state.opt_state, losses, step, to_host(state.divergence.step), stopped_at)
+    stopped_at, rule_state = (None, None) if state.rule is None else (to_host(state.rule.stopped_at), state.rule.state)
+    return EnsembleResult(
+        state.params, state.opt_state, losses, step, to_host(state.divergence.step), stopped_at, rule_state
+    )

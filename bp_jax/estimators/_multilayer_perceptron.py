@@ -32,8 +32,8 @@ from bp_jax.estimators._base import (
 )
 from bp_jax.estimators._constraints import MLP_CONSTRAINTS, REGRESSOR_CONSTRAINTS, fit_context
 from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts
-from bp_jax.estimators._stochastic_optimizers import initial_state, solver_transform
-from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, non_finite_error, plan
+from bp_jax.estimators._stochastic_optimizers import hyperparams, initial_state, solver_transform
+from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, non_finite_error, plan, rule_state
 
 
 def _atomic(method):
@@ -136,14 +136,11 @@ class BaseMLP(BaseEstimator):
 
     def _check_params(self, *, incremental: bool) -> None:
         """The checks scikit-learn makes in `_fit`, and a one-line ValueError for a value scikit-learn accepts and
-        bp_jax does not implement yet (each a value scikit-learn's fit would act on: `learning_rate` only with sgd,
-        `verbose` prints nothing under lbfgs, `warm_start` only once fitted)."""
+        bp_jax does not implement yet (each a value scikit-learn's fit would act on: `verbose` prints nothing under
+        lbfgs, `warm_start` only once fitted)."""
         self._hidden_sizes()
         pending = {
             f"loss={self.loss!r}": self.loss == "poisson",
-            f"learning_rate={self.learning_rate!r} with solver='sgd'": (
-                self.solver == "sgd" and self.learning_rate != "constant"
-            ),
             f"verbose={self.verbose!r} with solver={self.solver!r}": bool(self.verbose) and self.solver != "lbfgs",
             "warm_start=True on a fitted estimator": (
                 bool(self.warm_start) and not incremental and hasattr(self, "coefs_")
@@ -161,12 +158,22 @@ class BaseMLP(BaseEstimator):
         return objective(sizes, self.activation, self._classifier, members=members_batch is not None, layout=layout)
 
     def _program(self, features: int, outputs: int, *, members_batch: int | None = None):
-        """(objective, optimizer) of sgd or adam: shared by every estimator of this configuration."""
-        return (
-            self._objective(features, outputs, members_batch=members_batch),
-            solver_transform(
-                self.solver, bool(self.nesterovs_momentum), float(self.beta_1), float(self.beta_2), float(self.epsilon)
-            ),
+        """(objective, optimizer) of sgd or adam: shared by every estimator of this configuration (its solver's
+        hyperparameters are data)."""
+        return self._objective(features, outputs, members_batch=members_batch), solver_transform(self.solver)
+
+    def _rule_state(self, steps: Plan, *, first: bool) -> dict:
+        """sklearn's stopping rule and schedule (`rule_state`; adam's schedule is "constant", as sklearn's Adam
+        ignores `learning_rate`), continuing the fitted count, best loss and t_ unless `first`."""
+        carried = {} if first else {"best": self.best_loss_, "count": self._no_improvement_count, "t": self.t_}
+        return rule_state(
+            self.tol,
+            self.n_iter_no_change,
+            schedule=self.learning_rate if self.solver == "sgd" else "constant",
+            learning_rate_init=self.learning_rate_init,
+            power_t=self.power_t,
+            rows=steps.steps_per_epoch * steps.batch_size,
+            **carried,
         )
 
     def _validate_input(self, X, y, *, reset: bool):
@@ -200,15 +207,10 @@ class BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         if self.solver == "lbfgs":
             return self._fit_lbfgs(X, targets, first=first)
-        rows = X.shape[0]
-        steps = plan(self.batch_size, rows)
         early = self.early_stopping and not incremental
-        stopping = Stopping(self.tol, self.n_iter_no_change)
         if first:
             self._start(seed_of(self.random_state))
-        run, steps = self._run_epochs(
-            X, y, targets, steps, first=first, incremental=incremental, early=early, stopping=stopping
-        )
+        run, steps, stopping = self._run_epochs(X, y, targets, first=first, incremental=incremental, early=early)
         return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
 
     def _start(self, seed: int) -> None:
@@ -216,7 +218,7 @@ class BaseMLP(BaseEstimator):
         initialisation and the data order."""
         self.t_, self._step, self.n_iter_, self._seed = 0, 0, 0, seed
         if self.solver != "lbfgs":
-            self.loss_curve_ = []
+            self.loss_curve_, self._no_improvement_count = [], 0
 
     def _set_weights(self, coefs, intercepts) -> None:
         """The fitted weights (sklearn's layout) and the layer attributes they give."""
@@ -262,7 +264,7 @@ class BaseMLP(BaseEstimator):
         """Take a training run's result as the fitted state, after the history so far (`_start`), from `fit`'s
         own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best params are kept."""
         self._set_weights(run.coefs, run.intercepts)
-        self._opt_state, self._step = run.opt_state, run.step
+        self._opt_state, self._step, self._no_improvement_count = run.opt_state, run.step, run.no_improvement
         self.loss_curve_ = [*self.loss_curve_, *run.curve]
         self.loss_ = self.loss_curve_[-1]
         self.n_iter_ += len(run.curve)
@@ -285,11 +287,10 @@ class BaseMLP(BaseEstimator):
             )
         return self
 
-    def _run_epochs(
-        self, X, y, targets, steps: Plan, *, first: bool, incremental: bool, early: bool, stopping: Stopping
-    ):
-        """(TrainRun, the Plan it ran): the params to start from (Glorot or the fitted ones), then `fit_epochs`; with
-        early stopping, on the rows left after the validation split, which it scores."""
+    def _run_epochs(self, X, y, targets, *, first: bool, incremental: bool, early: bool):
+        """(TrainRun, the Plan it ran, its Stopping): the params to start from (Glorot or the fitted ones), then
+        `fit_epochs`; with early stopping, on the rows left after the validation split, which it scores."""
+        steps = plan(self.batch_size, X.shape[0])
         loss_fn, transform = self._program(X.shape[1], self._n_outputs())
         sizes = (X.shape[1], *self._hidden_sizes(), self._n_outputs())
         layers = (
@@ -316,10 +317,9 @@ class BaseMLP(BaseEstimator):
             steps = plan(self.batch_size, len(kept))
         params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
         opt_state = (
-            initial_state(transform, params, self.learning_rate_init, self.momentum)
-            if first or self._opt_state is None
-            else self._opt_state
+            initial_state(transform, params, hyperparams(self)) if first or self._opt_state is None else self._opt_state
         )
+        stopping = Stopping(self._rule_state(steps, first=first or self._opt_state is None))
         # shuffle=False: each call's epochs start at a multiple of the steps per epoch, so at row 0 (as sklearn's)
         start = self._step if self.shuffle else -(-self._step // steps.steps_per_epoch) * steps.steps_per_epoch
         run = fit_epochs(
@@ -333,11 +333,11 @@ class BaseMLP(BaseEstimator):
             steps=steps,
             epochs=1 if incremental else self.max_iter,
             start_step=start,
-            stopping=None if incremental else stopping,
+            stopping=stopping,
             score=score,
             shuffle=bool(self.shuffle),
         )
-        return run, steps
+        return run, steps, stopping
 
     def _score_params(self, X, y, params) -> float:
         """The estimator's score (R² or accuracy) on (X, y) of bp_jax `params` (early stopping's validation)."""
@@ -368,13 +368,15 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         loss: "squared_error" ("poisson" is not supported yet).
         hidden_layer_sizes: the hidden layers' widths (an int for one layer).
         activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
-        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (with momentum) or "adam".
+        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (sklearn's, with momentum) or "adam"
+            (sklearn's).
         alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
         batch_size: rows per minibatch; "auto" is min(200, n).
-        learning_rate: sgd's schedule: "constant" ("invscaling" and "adaptive" are not supported yet; ignored by
-            adam and lbfgs, as in sklearn).
-        learning_rate_init: η, the constant learning rate.
-        power_t: the exponent of "invscaling" (unused until it is supported).
+        learning_rate: sgd's schedule of η, set at each epoch's end: "constant"; "invscaling",
+            η = learning_rate_init / (t_ + 1)^power_t; "adaptive", η ÷ 5 where the rule would stop (stopping once
+            η ≤ 1e-6). Ignored by adam and lbfgs, as in sklearn.
+        learning_rate_init: η₀, the first learning rate.
+        power_t: the exponent of "invscaling".
         max_iter: the most epochs to train (lbfgs: iterations).
         shuffle: False reads the minibatches in order (rows 0 … b − 1, b … 2b − 1, … each epoch).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
@@ -542,13 +544,15 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     Args:
         hidden_layer_sizes: the hidden layers' widths (an int for one layer).
         activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
-        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (with momentum) or "adam".
+        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (sklearn's, with momentum) or "adam"
+            (sklearn's).
         alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
         batch_size: rows per minibatch; "auto" is min(200, n).
-        learning_rate: sgd's schedule: "constant" ("invscaling" and "adaptive" are not supported yet; ignored by
-            adam and lbfgs, as in sklearn).
-        learning_rate_init: η, the constant learning rate.
-        power_t: the exponent of "invscaling" (unused until it is supported).
+        learning_rate: sgd's schedule of η, set at each epoch's end: "constant"; "invscaling",
+            η = learning_rate_init / (t_ + 1)^power_t; "adaptive", η ÷ 5 where the rule would stop (stopping once
+            η ≤ 1e-6). Ignored by adam and lbfgs, as in sklearn.
+        learning_rate_init: η₀, the first learning rate.
+        power_t: the exponent of "invscaling".
         max_iter: the most epochs to train (lbfgs: iterations).
         shuffle: False reads the minibatches in order (rows 0 … b − 1, b … 2b − 1, … each epoch).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).

@@ -30,10 +30,16 @@ from bp_jax.estimators._training import non_finite_error, plan
 
 #: Grid parameters that change data, not the compiled program: a grid over them is one `fit_ensemble` program.
 VECTORISED = (
+    "learning_rate",
     "learning_rate_init",
+    "power_t",
     "random_state",
     "alpha",
     "momentum",
+    "nesterovs_momentum",
+    "beta_1",
+    "beta_2",
+    "epsilon",
     "tol",
     "n_iter_no_change",
     "max_iter",
@@ -54,10 +60,11 @@ class GridSearchCV(SklearnGridSearchCV):
     """sklearn.model_selection.GridSearchCV for a bp_jax MLPRegressor or MLPClassifier (or a Pipeline ending in one),
     searched as one program.
 
-    Every (grid point × fold) is a member of one `fit_ensemble` call, on its fold's rows as the pipeline's earlier
-    steps transform them when fitted on that fold, with its own key, learning rate, momentum, α and stopping rule
-    (stopped inside the program). Members of one fold and seed share their minibatches (one gather, one matmul).
-    Each fitted member is then scored on its test fold as sklearn scores it, and `cv_results_` laid out as sklearn's.
+    Every (grid point × fold) is a member of one `fit_ensemble` call, on its fold's rows as the pipeline's earlier steps
+    transform them when fitted on that fold, with its own key, solver hyperparameters, α, learning-rate schedule and
+    stopping rule (stopped inside the program). Members of one fold and seed share their minibatches (one gather, one
+    matmul). Each fitted member is then scored on its test fold as sklearn scores it, and `cv_results_` laid out as
+    sklearn's.
 
     The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any other
     is refused in one line naming it. Members sharing a program shape (features, outputs, batch size, steps per
