@@ -6,7 +6,9 @@ the number of steps are data, so any run length, chunk size or resume point reus
 of a run executes the same compiled loop body; stopping and resuming anywhere gives the bits of one
 uninterrupted run by construction. A call runs at most CAPACITY steps (`lax.while_loop`, no masked
 steps); longer chunks are several calls. Between chunks the host may report progress or checkpoint.
-Minibatch order is a pure function of (key, step) costing O(batch) (`minibatch_indices`).
+Minibatch order is a pure function of (key, step) costing O(batch) (`minibatch_indices`), or the rows in order
+(`shuffle=False`). x and y are arrays or pytrees of arrays (e.g. y = {"target": t, "weight": w}), examples on
+every leaf's leading axis: a minibatch is the same rows of every leaf.
 
 Here: the public results, the set-up both functions share and the host's chunk loop; the argument checks are in
 `_fit_checks`, the compiled loop in `_fit_loop`.
@@ -29,6 +31,7 @@ from bp_jax._fit_loop import (
     RuleState,
     compiled_loop,
     copy_tree,
+    examples,
     to_host,
 )
 from bp_jax._mesh import MODELS_AXIS, batch_sharded, data_devices, member_devices, member_sharded, place, replicated
@@ -46,6 +49,7 @@ class FitResult(NamedTuple):
             `keep_losses=False`, those of the last chunk only: `losses[i]` belongs to step `step − len(losses) + i`).
         step: the number of steps taken in all (the step to resume from).
         stopped_at: the step after which a `StopRule` ended the run (−1: none did).
+        rule_state: the `StopRule`'s final state (None without a rule).
     """
 
     params: Any
@@ -53,6 +57,7 @@ class FitResult(NamedTuple):
     losses: np.ndarray
     step: int
     stopped_at: int = -1
+    rule_state: Any = None
 
 
 class EnsembleResult(NamedTuple):
@@ -66,6 +71,7 @@ class EnsembleResult(NamedTuple):
         step: the number of steps taken in all.
         diverged: (E,) the step at which each member's loss or update went non-finite, or −1.
         stopped_at: (E,) the step after which each member's `StopRule` stopped it, or −1 (None without a rule).
+        rule_state: the members' `StopRule` final states, a leading member axis (None without a rule).
     """
 
     params: Any
@@ -74,6 +80,7 @@ class EnsembleResult(NamedTuple):
     step: int
     diverged: np.ndarray
     stopped_at: np.ndarray | None = None
+    rule_state: Any = None
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -99,17 +106,44 @@ class StopRule(NamedTuple):
     """A stopping rule evaluated inside the compiled loop, so stopping costs no trip to the host.
 
     After each applied step, `(state, stop) = update(state, step, loss)`, starting from `init`; once `stop` is
-    True the model takes no more steps. For `fit_ensemble`, `init` has a leading member axis (one state per
-    member, e.g. per-member thresholds as data) and `update` is vmapped.
+    True the model takes no more steps. With `touches_opt_state`, the rule also sees the optimizer state the step
+    produced and returns the one the next step starts from: `(state, stop, opt_state) = update(state, step, loss,
+    opt_state)`, e.g. a learning-rate schedule writing `opt_state.hyperparams["learning_rate"]` of an
+    `optax.inject_hyperparams` optimizer at the end of each epoch (scikit-learn's "adaptive": η ← η / 5 once the
+    epochs without improvement exceed the patience). For `fit_ensemble`, `init` has a leading member axis (one
+    state per member, e.g. per-member thresholds as data) and `update` is vmapped, each member seeing its own
+    optimizer state.
 
     Attributes:
-        update: `update(state, step, loss) -> (state, stop)`; part of the compiled program (keep one function
-            object per rule to reuse it).
-        init: the rule's first state (a pytree of arrays); data.
+        update: `update(state, step, loss) -> (state, stop)`, or with `touches_opt_state`
+            `update(state, step, loss, opt_state) -> (state, stop, opt_state)` (the same structure and shapes
+            back); part of the compiled program (keep one function object per rule to reuse it).
+        init: the rule's first state (a pytree of arrays, e.g. a dict naming its parts); data.
+        touches_opt_state: whether `update` takes and returns the optimizer state (static: needs an optax
+            optimizer; False keeps a rule's program as it was).
+
+    Examples:
+        Halve an `inject_hyperparams` learning rate every 10 steps, and stop after step 29:
+
+        >>> import jax, optax
+        >>> from bp_jax import StopRule, fit, loss_fn, mlp
+        >>> def halve(state, step, loss, opt_state):
+        ...     epoch_end = (step + 1) % 10 == 0
+        ...     rates = opt_state.hyperparams | {"learning_rate": jax.numpy.where(
+        ...         epoch_end, opt_state.hyperparams["learning_rate"] / 2, opt_state.hyperparams["learning_rate"])}
+        ...     return state, step >= 29, opt_state._replace(hyperparams=rates)
+        >>> x = jax.numpy.linspace(-1, 1, 32).reshape(-1, 1)
+        >>> model = mlp((1, 8, 1), "tanh")
+        >>> optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.25)
+        >>> result = fit(loss_fn(model), model.init(jax.random.key(0)), x, 2 * x, steps=100, optimizer=optimizer,
+        ...              stop_rule=StopRule(halve, {}, touches_opt_state=True))
+        >>> result.step, float(result.opt_state.hyperparams["learning_rate"])
+        (30, 0.03125)
     """
 
     update: Callable
     init: Any
+    touches_opt_state: bool = False
 
 
 class _Run(NamedTuple):
@@ -144,25 +178,29 @@ def fit(
     mesh: jax.sharding.Mesh | None = None,
     stop_rule: StopRule | None = None,
     keep_losses: bool = True,
+    shuffle: bool = True,
 ) -> FitResult:
     """Train for `steps` steps from `start_step` in one compiled loop.
 
     Each step is w ← w − lr·g (`sgd_step`) or the optax update (`optax_step`), g = ∇ loss_fn(params, x_b, y_b) on
-    the full batch or the minibatch `minibatch_indices(key, step, len(x), batch_size)`. A step whose loss or new
-    params are not finite is not applied. The chunking changes nothing but where `on_chunk` is called: stopping
-    and resuming anywhere gives the bits of one uninterrupted run. The caller's params are never donated.
+    the full batch or the minibatch `minibatch_indices(key, step, n, batch_size, shuffle=shuffle)` (the same rows
+    of every leaf when x or y is a pytree). A step whose loss or new params are not finite is not applied. The
+    chunking changes nothing but where `on_chunk` is called: stopping and resuming anywhere gives the bits of one
+    uninterrupted run. The caller's params are never donated.
 
     Args:
         loss_fn: `loss_fn(params, x, y) -> scalar`; one compiled loop per function object.
         params: the params pytree to start from.
-        x: inputs, examples on the leading axis.
-        y: targets, examples on the leading axis.
+        x: inputs, examples on the leading axis: an array, or a pytree of arrays (a dict, NamedTuple, …; a plain
+            list or tuple is one array, as numpy reads it) whose leaves share that axis.
+        y: targets, as x (e.g. {"target": t, "weight": w}: per-row weights gathered with their rows, for a loss
+            that reads them).
         steps: the steps to take.
         batch_size: rows per minibatch; None for the full batch.
         lr: the hand-written SGD's learning rate (data: a new value does not recompile); exactly one of lr and
             optimizer.
         optimizer: any optax GradientTransformation.
-        key: the PRNG key of the minibatch order (needed with a batch_size).
+        key: the PRNG key of the minibatch order (needed with a batch_size, unused with shuffle=False).
         opt_state: the optimizer's state to resume from (`optimizer.init(params)` when None).
         start_step: the first step's number (a resumed run's `result.step`).
         chunk_size: chunk boundaries fall on its multiples (or on those of each of several sizes, e.g.
@@ -177,6 +215,8 @@ def fit(
         keep_losses: False keeps on the host only the losses of the chunk being run (on_chunk is handed each
             chunk's), so a long run watched by on_chunk holds O(chunk) losses, not O(steps): the result's
             losses are the last chunk's, a NonFiniteLoss's those of the chunk it stopped in.
+        shuffle: False reads the minibatches in order, step s the rows (s mod n // b)·b … + b − 1 (scikit-learn's
+            shuffle=False; static: a program of its own); no effect on the full batch.
 
     Returns:
         The `FitResult`.
@@ -213,6 +253,7 @@ def fit(
         chunk_size=chunk_size,
         mesh=mesh,
         stop_rule=stop_rule,
+        shuffle=shuffle,
     )
     state, losses, step = _run_in_chunks(run, on_chunk, _fit_result, keep_losses)
     first = step - len(losses)  # the step of losses[0]: start_step, unless only the last chunk's are kept
@@ -246,6 +287,7 @@ def fit_ensemble(
     row_counts=None,
     stop_rule: StopRule | None = None,
     keep_losses: bool = True,
+    shuffle: bool = True,
 ) -> EnsembleResult:
     """Train E models at once, as one program: `fit`'s loop under `jax.vmap` over the members.
 
@@ -259,14 +301,15 @@ def fit_ensemble(
         loss_fn: `loss_fn(params, x, y) -> scalar` for one member.
         params: the members' params, a leading member axis E on every leaf (e.g.
             `jax.vmap(model.init)(jax.random.split(k, E))`).
-        x: inputs, examples on the leading axis, shared by the members.
-        y: targets, examples on the leading axis.
+        x: inputs, examples on the leading axis, shared by the members; an array or a pytree of them, as `fit`'s.
+        y: targets, as x.
         steps: the steps to take.
         lr: one learning rate or E of them for the hand-written SGD, traced as data (new rates never recompile).
         optimizer: one optax transformation for all members, its state vmapped over them; per-member
             hyperparameters through `optax.inject_hyperparams`, with `opt_state.hyperparams[name]` an (E,) array.
         batch_size: rows per minibatch; None for the full batch.
-        key: one key (every member reads the same minibatches) or G stacked keys, G dividing E.
+        key: one key (every member reads the same minibatches) or G stacked keys, G dividing E; unused with
+            shuffle=False.
         opt_state: the members' optimizer state (`jax.vmap(optimizer.init)(params)` when None).
         start_step: the first step's number.
         chunk_size: as `fit`'s.
@@ -275,11 +318,13 @@ def fit_ensemble(
             replicated.
         rows: (G, R) integer indices into x: group g trains on x[rows[g, :row_counts[g]]] (e.g. the folds of a
             cross-validation), reading minibatch `step` at `rows[g][minibatch_indices(key_g, step, row_counts[g],
-            b)]`; needs a batch_size ≤ every count, and G equal to the key's when the keys are stacked.
+            b, shuffle=shuffle)]`; needs a batch_size ≤ every count, and G equal to the key's when the keys are
+            stacked.
         row_counts: (G,) how many of each group's rows it uses; data, like rows.
         stop_rule: a `StopRule` whose `init` has a leading member axis: a member stops after the step at which
             its rule says stop (frozen there, NaN losses from then on, that step in `stopped_at`).
         keep_losses: as `fit`'s.
+        shuffle: as `fit`'s: False reads every member's minibatches (of x, or of its group's rows) in order.
 
     Returns:
         The `EnsembleResult`.
@@ -317,6 +362,7 @@ def fit_ensemble(
         stop_rule=stop_rule,
         rows=rows,
         row_counts=row_counts,
+        shuffle=shuffle,
     )
     return _ensemble_result(*_run_in_chunks(run, on_chunk, _ensemble_result, keep_losses))
 
@@ -340,6 +386,7 @@ def _set_up(
     stop_rule,
     rows=None,
     row_counts=None,
+    shuffle=True,
 ) -> _Run:
     """The checks, first state, data layout and compiled loop of `fit` (one model) or `fit_ensemble` (E members,
     the state's leaves with a leading member axis)."""
@@ -347,7 +394,10 @@ def _set_up(
     optimizer = checks.check_update_rule(params, lr, optimizer, opt_state, ensemble=ensemble)
     steps, start_step = checks.check_steps(steps, start_step)
     chunk_sizes = checks.chunk_sizes(chunk_size)
-    x, y, batch_size = checks.check_data(x, y, batch_size, key, mesh)
+    shuffle = checks.check_shuffle(shuffle)
+    x, y, batch_size = checks.check_data(x, y, batch_size, key, mesh, shuffle)
+    num_examples = examples(x)
+    shuffle = shuffle or batch_size is None  # the full batch has no order: one program either way
     member_rows, key_axis, groups = None, None, None
     if members is None:
         if key is not None and checks.key_batch_shape(key) != ():
@@ -357,15 +407,19 @@ def _set_up(
         lr = 0.0 if optimizer is not None else check_lr(lr)  # a Python float: traced weakly typed, as sgd_step's
     else:
         if rows is not None or row_counts is not None:
-            member_rows = checks.member_rows(rows, row_counts, members, len(x), batch_size)
+            member_rows = checks.member_rows(rows, row_counts, members, num_examples, batch_size)
         key_groups = None if key is None else checks.key_groups(key, members)
+        if not shuffle:  # the rows in order: keys group nothing
+            key_groups = None
         groups = checks.groups(key_groups, member_rows, members)
         key_axis = None if key_groups is None else 0
         float_dtype = jax.dtypes.canonicalize_dtype(float)
         lr = checks.member_lrs(lr, members) if optimizer is None else np.zeros(members, float_dtype)
     if optimizer is not None and opt_state is None:
         opt_state = _initial_opt_state(optimizer, ensemble)(params)
-    stop_update = _stop_update(stop_rule)
+    stop_update, touches_opt_state = _stop_update(stop_rule, optimizer)
+    if not shuffle:
+        key = None  # the rows in order: no key enters the program
     shape = () if members is None else (members,)
     rule = None if stop_rule is None else RuleState(stop_rule.init, np.full(shape, -1, np.int32))
     state = LoopState(params, opt_state, Divergence(np.full(shape, -1, np.int32), np.zeros(shape, np.int32)), rule)
@@ -381,8 +435,10 @@ def _set_up(
         key_axis=key_axis,
         own_rows=member_rows is not None,
         stop_update=stop_update,
+        rule_touches_opt_state=touches_opt_state,
         group_size=members // groups if members and groups else 1,
-        large_row_sets=member_rows is not None and bool(np.all(member_rows.counts >= LARGE_DOMAIN)),
+        large_row_sets=shuffle and member_rows is not None and bool(np.all(member_rows.counts >= LARGE_DOMAIN)),
+        shuffle=shuffle,
     )
     params, opt_state, rule = copy_tree((state.params, state.opt_state, state.rule))
     state = state._replace(params=params, opt_state=opt_state, rule=rule)
@@ -394,13 +450,21 @@ def _initial_opt_state(optimizer: optax.GradientTransformation, ensemble: bool) 
     return jax.jit(jax.vmap(optimizer.init) if ensemble else optimizer.init)
 
 
-def _stop_update(stop_rule) -> Callable | None:
-    """The rule's update (part of the compiled program), or None without a rule; TypeError for a non-StopRule."""
+def _stop_update(stop_rule, optimizer) -> tuple[Callable | None, bool]:
+    """(the rule's update, part of the compiled program, or None without a rule; whether it touches the optimizer
+    state). TypeError for a non-StopRule, ValueError for a rule touching the state of the hand-written SGD (none)."""
     if stop_rule is None:
-        return None
+        return None, False
     if not isinstance(stop_rule, StopRule) or not callable(stop_rule.update):
         raise TypeError(f"stop_rule must be a bp_jax.StopRule(update, init), got {type(stop_rule).__name__}")
-    return stop_rule.update
+    if not isinstance(stop_rule.touches_opt_state, (bool, np.bool_)):
+        raise TypeError(f"StopRule.touches_opt_state must be True or False, got {stop_rule.touches_opt_state!r}")
+    if stop_rule.touches_opt_state and optimizer is None:
+        raise ValueError(
+            "a StopRule with touches_opt_state=True updates an optax optimizer's state: pass optimizer=..., "
+            "not lr= (the hand-written SGD has no state)"
+        )
+    return stop_rule.update, bool(stop_rule.touches_opt_state)
 
 
 def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | None, groups: int | None):
@@ -410,7 +474,7 @@ def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | No
     replicated. ValueError where the batch or the members do not split evenly."""
     lr, key, x, y, member_rows = data
     if members is None:
-        devices, batch = data_devices(mesh), len(x) if batch_size is None else batch_size
+        devices, batch = data_devices(mesh), examples(x) if batch_size is None else batch_size
         if batch % devices:
             raise ValueError(
                 f"the global batch of {batch} examples does not split evenly over the mesh's "
@@ -421,7 +485,7 @@ def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | No
         )
         data_layout = batch_sharded(mesh) if batch_size is None else replicated(mesh)
         state = state._replace(params=params, opt_state=opt_state, rule=rule)
-        return state, (lr, key, place(x, data_layout), place(y, data_layout), member_rows)
+        return state, (lr, key, *_placed((x, y), data_layout), member_rows)
     if members % member_devices(mesh):
         raise ValueError(
             f"the {members} members do not split evenly over the mesh's {member_devices(mesh)} '{MODELS_AXIS}' devices"
@@ -432,7 +496,12 @@ def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | No
     if key is not None:
         key = by_group(key) if checks.key_batch_shape(key) != () else place(key, replicated(mesh))
     member_rows = None if member_rows is None else jax.tree.map(by_group, member_rows)
-    return state, (lr, key, place(x, replicated(mesh)), place(y, replicated(mesh)), member_rows)
+    return state, (lr, key, *_placed((x, y), replicated(mesh)), member_rows)
+
+
+def _placed(data, sharding):
+    """Every leaf of `data` placed with `sharding`."""
+    return jax.tree.map(lambda leaf: place(leaf, sharding), data)
 
 
 def _run_in_chunks(run: _Run, on_chunk, result, keep_losses: bool) -> tuple[LoopState, np.ndarray, int]:
@@ -456,8 +525,10 @@ def _run_in_chunks(run: _Run, on_chunk, result, keep_losses: bool) -> tuple[Loop
             losses = []
         losses += chunk
         if on_chunk is not None:
-            params, opt_state = copy_tree((state.params, state.opt_state))  # the next call donates the state
-            chunk_result = result(state._replace(params=params, opt_state=opt_state), np.concatenate(chunk), step)
+            params, opt_state, rule = copy_tree((state.params, state.opt_state, state.rule))  # the next call donates
+            chunk_result = result(
+                state._replace(params=params, opt_state=opt_state, rule=rule), np.concatenate(chunk), step
+            )
             if on_chunk(chunk_result) is True:
                 break
     shape = () if run.members is None else (run.members,)
@@ -470,9 +541,12 @@ def _stopped_at(state: LoopState) -> int:
 
 
 def _fit_result(state: LoopState, losses: np.ndarray, step: int) -> FitResult:
-    return FitResult(state.params, state.opt_state, losses, step, _stopped_at(state))
+    rule_state = None if state.rule is None else state.rule.state
+    return FitResult(state.params, state.opt_state, losses, step, _stopped_at(state), rule_state)
 
 
 def _ensemble_result(state: LoopState, losses: np.ndarray, step: int) -> EnsembleResult:
-    stopped_at = None if state.rule is None else to_host(state.rule.stopped_at)
-    return EnsembleResult(state.params, state.opt_state, losses, step, to_host(state.divergence.step), stopped_at)
+    stopped_at, rule_state = (None, None) if state.rule is None else (to_host(state.rule.stopped_at), state.rule.state)
+    return EnsembleResult(
+        state.params, state.opt_state, losses, step, to_host(state.divergence.step), stopped_at, rule_state
+    )

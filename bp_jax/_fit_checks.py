@@ -27,29 +27,43 @@ def count(name: str, value, minimum: int) -> int:
     return number
 
 
-def check_data(x, y, batch_size, key, mesh):
-    """(x, y, batch_size): x and y as arrays (a nested list becomes one), batch_size an int or None;
-    ValueError or TypeError naming what does not fit."""
+def _as_arrays(data):
+    """x or y with every leaf an array: an array, or a pytree of them (a dict, NamedTuple, …). A plain list or tuple
+    is one array, as numpy reads nested sequences (so a nested list of numbers is data, not a tree)."""
+    as_array = lambda value: value if isinstance(value, (jax.Array, np.ndarray)) else np.asarray(value)
+    return jax.tree.map(as_array, data, is_leaf=lambda value: type(value) in (list, tuple))
+
+
+def check_data(x, y, batch_size, key, mesh, shuffle: bool = True):
+    """(x, y, batch_size): x and y as arrays or pytrees of them (`_as_arrays`), every leaf with the same leading
+    (example) axis; batch_size an int or None; a key needed for shuffled minibatches. ValueError or TypeError
+    naming what does not fit."""
     if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (data_parallel_mesh, ensemble_mesh), got {mesh!r}")
-    x, y = (value if isinstance(value, (jax.Array, np.ndarray)) else np.asarray(value) for value in (x, y))
-    if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
-        raise ValueError(
-            f"x and y must share their leading (example) axis, got shapes {jnp.shape(x)} and {jnp.shape(y)}"
-        )
-    rows = jnp.shape(x)[0]
+    x, y = _as_arrays(x), _as_arrays(y)
+    leaves = jax.tree.leaves((x, y))
+    leading = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
+    shapes = lambda data: jax.tree.map(jnp.shape, data)  # an array's shape, or the tree of its leaves' shapes
+    if not jax.tree.leaves(x) or not jax.tree.leaves(y) or None in leading or len(leading) != 1:
+        raise ValueError(f"x and y must share their leading (example) axis, got shapes {shapes(x)} and {shapes(y)}")
+    rows = jnp.shape(leaves[0])[0]
     if rows < 1:
-        raise ValueError(
-            f"x and y hold no examples (shapes {jnp.shape(x)} and {jnp.shape(y)}); fit needs at least one row"
-        )
+        raise ValueError(f"x and y hold no examples (shapes {shapes(x)} and {shapes(y)}); fit needs at least one row")
     if batch_size is None:
         return x, y, None
     batch_size = count("batch_size", batch_size, 1)
     if batch_size > rows:
         raise ValueError(f"batch_size must be at most {rows} (the number of examples), got {batch_size}")
-    if key is None:
-        raise ValueError("fit needs a PRNG key to shuffle minibatches when batch_size is set")
+    if key is None and shuffle:
+        raise ValueError("fit needs a PRNG key to shuffle minibatches when batch_size is set (or shuffle=False)")
     return x, y, batch_size
+
+
+def check_shuffle(shuffle) -> bool:
+    """shuffle as a bool; TypeError for anything else."""
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+    return bool(shuffle)
 
 
 def chunk_sizes(chunk_size) -> tuple[int, ...]:

@@ -3,8 +3,9 @@ by `jax.vmap`, run for up to CAPACITY steps a call under `lax.while_loop`.
 
 `run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`, where `state` is a `LoopState` pytree
 (donated) and every other argument is data: the first step and the length are traced, so any run length, chunk
-size or resume point reuses one program per configuration (`compiled_loop`). A step whose loss or new params are
-not finite is not applied: the model is frozen and the step recorded in its `Divergence`.
+size or resume point reuses one program per configuration (`compiled_loop`). x and y are arrays or pytrees of
+them, examples on every leaf's leading axis; a minibatch gathers the same rows of every leaf. A step whose loss or
+new params are not finite is not applied: the model is frozen and the step recorded in its `Divergence`.
 """
 
 import functools
@@ -72,6 +73,16 @@ def copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
+def examples(data) -> int:
+    """The number of examples in x or y: the leading axis of its (first) leaf."""
+    return jax.tree.leaves(data)[0].shape[0]
+
+
+def gather(data, rows):
+    """The `rows` of every leaf of x or y: `data[rows]` for an array."""
+    return jax.tree.map(lambda leaf: leaf[rows], data)
+
+
 def to_host(array) -> np.ndarray:
     """A device array as numpy; a replicated array spanning processes gives this process's copy."""
     spans_processes = isinstance(array, jax.Array) and not array.is_fully_addressable
@@ -82,11 +93,11 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def _guarded_update(loss_fn, optimizer, stop_update) -> Callable:
+def _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state: bool = False) -> Callable:
     """One model's `(state, lr, x, y, step) -> (state, loss)`: the update, applied only if its loss and new params
-    are finite and the model is `running`; an applied step also advances the stop rule (`stop_update`). Otherwise
-    the old state is kept, and for a running model the first bad step and its cause recorded. A diverged or
-    stopped model's loss reads NaN."""
+    are finite and the model is `running`; an applied step also advances the stop rule (`stop_update`, which with
+    `rule_touches_opt_state` also takes and returns the new optimizer state). Otherwise the old state is kept, and for
+    a running model the first bad step and its cause recorded. A diverged or stopped model's loss reads NaN."""
     if optimizer is None:
         sgd = sgd_update(loss_fn)
 
@@ -97,11 +108,15 @@ def _guarded_update(loss_fn, optimizer, stop_update) -> Callable:
         optax_rule = optax_update(loss_fn, optimizer)
         update = lambda params, opt_state, x, y, lr: optax_rule(params, opt_state, x, y)
 
-    def advanced(rule: RuleState | None, step, loss) -> RuleState | None:
+    def advanced(rule: RuleState | None, step, loss, opt_state) -> tuple[Any, RuleState | None]:
+        """(the optimizer state, the rule's progress) after an applied step."""
         if rule is None:
-            return None
-        rule_state, stop = stop_update(rule.state, step, loss)
-        return RuleState(rule_state, jnp.where(stop, step, rule.stopped_at))
+            return opt_state, None
+        if rule_touches_opt_state:
+            rule_state, stop, opt_state = stop_update(rule.state, step, loss, opt_state)
+        else:
+            rule_state, stop = stop_update(rule.state, step, loss)
+        return opt_state, RuleState(rule_state, jnp.where(stop, step, rule.stopped_at))
 
     def guarded(state: LoopState, lr, x, y, step) -> tuple[LoopState, jax.Array]:
         new_params, new_opt_state, loss = update(state.params, state.opt_state, x, y, lr)
@@ -111,7 +126,7 @@ def _guarded_update(loss_fn, optimizer, stop_update) -> Callable:
         # one cond, not a where per leaf: it makes one model's step ~40 % cheaper on CPU (under vmap, a select)
         params, opt_state, rule = jax.lax.cond(
             apply,
-            lambda: (new_params, new_opt_state, advanced(state.rule, step, loss)),
+            lambda: (new_params, *advanced(state.rule, step, loss, new_opt_state)),
             lambda: (state.params, state.opt_state, state.rule),
         )
         diverges = live & ~apply
@@ -183,20 +198,24 @@ def _build_loop(
     key_axis: int | None,
     own_rows: bool = False,
     stop_update: Callable | None = None,
+    rule_touches_opt_state: bool = False,
     group_size: int = 1,
     large_row_sets: bool = False,
+    shuffle: bool = True,
 ) -> Callable:
     """jit of `run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`: steps first_step …
     first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once no model
     is `running`; losses[i] is step first_step + i's loss, NaN past the last step run.
 
-    The step reads the full batch (`batch_size` None) or the rows `minibatch_indices(key, step, n, batch_size)`.
+    The step reads the full batch (`batch_size` None) or the rows `minibatch_indices(key, step, n, batch_size,
+    shuffle=shuffle)` of every leaf of x and y.
     For an `ensemble` the per-model step is vmapped over the members, with the key shared (`key_axis` None) or
     stacked (0), and with `own_rows` minibatches drawn from row sets (`rows`, a MemberRows; None otherwise);
     stacked keys and row sets belong to groups of `group_size` consecutive members, each group's step the members'
     step vmapped over one shared minibatch; `large_row_sets`: every row count is ≥ LARGE_DOMAIN (the order takes
-    its fewer rounds). `stop_update` is a StopRule's update (its state in `state.rule`)."""
-    guarded = _guarded_update(loss_fn, optimizer, stop_update)
+    its fewer rounds). `stop_update` is a StopRule's update (its state in `state.rule`; `rule_touches_opt_state`:
+    it also takes and returns the optimizer state); `shuffle` False: the minibatches in order."""
+    guarded = _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state)
     data_parallel = mesh is not None and not ensemble
 
     def model_step(state: LoopState, lr, key, x, y, member_rows, step) -> tuple[LoopState, jax.Array]:
@@ -204,11 +223,13 @@ def _build_loop(
             xb, yb = x, y
         else:
             if own_rows:
-                order = minibatch_indices(key, step, member_rows.counts, batch_size, large=large_row_sets)
+                order = minibatch_indices(
+                    key, step, member_rows.counts, batch_size, large=large_row_sets, shuffle=shuffle
+                )
                 rows = member_rows.indices[order]
             else:
-                rows = minibatch_indices(key, step, x.shape[0], batch_size)
-            xb, yb = x[rows], y[rows]
+                rows = minibatch_indices(key, step, examples(x), batch_size, shuffle=shuffle)
+            xb, yb = gather(x, rows), gather(y, rows)
             if data_parallel:  # each device gathers only its own rows of the minibatch
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
         return guarded(state, lr, xb, yb, step)

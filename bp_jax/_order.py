@@ -7,7 +7,7 @@ while the result is ≥ n, which stays a bijection of [0, n) and takes fewer tha
 average. Computing one row is O(1), so a step's cost does not grow with the data set, and no permutation
 is stored. n may also be traced (an array: e.g. one row count per ensemble member): then k and the number of
 rounds are computed in the program and rounds past that number are skipped, giving the same bits as the
-static n.
+static n. Unshuffled (`shuffle=False`, scikit-learn's `shuffle=False`), π_e is the identity: the rows in order.
 """
 
 import functools
@@ -104,25 +104,32 @@ def traced_index_shuffle(
     return _cycle_walk(walk, positions.astype(jnp.uint32), num_examples.astype(jnp.uint32))
 
 
-def minibatch_indices(key: jax.Array, step, num_examples, batch_size: int, *, large: bool = False) -> jax.Array:
+def minibatch_indices(
+    key: jax.Array | None, step, num_examples, batch_size: int, *, large: bool = False, shuffle: bool = True
+) -> jax.Array:
     """Rows of minibatch `step`: π_e(p·b), …, π_e(p·b + b − 1), O(b) work however many rows there are.
 
     Epoch e = step // (n // b), position p = step mod (n // b), π_e the bijection of [0, n) keyed by
     (key, e). Each epoch takes n // b full batches; the n mod b rows π_e places last wait for a later epoch.
+    With `shuffle=False` π_e is the identity: rows p·b … p·b + b − 1, every epoch the same n // b batches in
+    order (the last n mod b rows never read).
 
     Args:
-      key: the PRNG key the order is drawn from (a typed key or raw uint32 key data).
+      key: the PRNG key the order is drawn from (a typed key or raw uint32 key data); unused (None welcome)
+        with `shuffle=False`.
       step (int | jax.Array): the minibatch's index from the start of training, an integer ≥ 0 (may be traced).
       num_examples (int | jax.Array): n, the number of rows. An int, or a traced array (b ≤ n is then
         unchecked): the same rows as for that n given as an int.
       batch_size: b, the rows per minibatch, in [1, n].
       large: promises a traced n ≥ LARGE_DOMAIN (fewer rounds computed, the same rows).
+      shuffle: False reads the rows in order (static: a program of its own).
 
     Returns:
       (jax.Array): the b row indices, int32.
 
     Raises:
-      ValueError: a batch_size outside [1, n] (for an int n), or a step that is not an integer ≥ 0.
+      ValueError: a batch_size outside [1, n] (for an int n), a step that is not an integer ≥ 0, or no key to
+        shuffle with.
 
     Examples:
       >>> import jax
@@ -131,6 +138,8 @@ def minibatch_indices(key: jax.Array, step, num_examples, batch_size: int, *, la
       >>> first, second = (minibatch_indices(key, step, 10, 4).tolist() for step in (0, 1))
       >>> len(first), len(set(first + second))   # an epoch of 10 // 4 = 2 batches reads 8 distinct rows
       (4, 8)
+      >>> minibatch_indices(None, 3, 10, 4, shuffle=False).tolist()  # epoch 1, position 1
+      [4, 5, 6, 7]
     """
     traced = isinstance(num_examples, (jax.Array, jax.core.Tracer))
     if not traced and not 1 <= batch_size <= num_examples:
@@ -139,6 +148,10 @@ def minibatch_indices(key: jax.Array, step, num_examples, batch_size: int, *, la
         raise ValueError(f"step must be an integer ≥ 0, got {step!r}")
     epoch, position = jnp.divmod(step, num_examples // batch_size)
     positions = position * batch_size + jnp.arange(batch_size)
+    if not shuffle:
+        return positions.astype(jnp.int32)
+    if key is None:
+        raise ValueError("minibatch_indices needs a PRNG key to shuffle (None only with shuffle=False)")
     if traced:
         return traced_index_shuffle(key, epoch, positions, num_examples, large=large)
     return index_shuffle(key, epoch, positions, num_examples)

@@ -2,6 +2,7 @@
 bad input, and GridSearchCV against scikit-learn's."""
 
 import collections
+import inspect
 import pickle
 import re
 import warnings
@@ -58,17 +59,28 @@ def _classification(rows=200, classes=3):
 
 @pytest.mark.parametrize(
     "estimator, data, solver",
-    [(MLPRegressor, _regression, "sgd"), (MLPClassifier, _classification, "sgd"), (MLPRegressor, _regression, "lbfgs")],
+    [
+        (MLPRegressor, _regression, "sgd"),
+        (MLPClassifier, _classification, "adam"),
+        (MLPRegressor, _regression, "lbfgs"),
+    ],
 )
 def test_a_second_fit_of_the_same_configuration_compiles_nothing(estimator, data, solver):
+    """Learning rate, schedule, α, momentum (Nesterov or not), adam's β₁, β₂, ε, seed, epochs: all data."""
     x, y = data()
     make = lambda seed, lr: estimator(
-        (7,),
+        hidden_layer_sizes=(7,),
         solver=solver,
         batch_size=16,
+        learning_rate=("constant", "invscaling", "adaptive")[seed],
         learning_rate_init=lr,
+        power_t=0.5 - 0.1 * seed,
         alpha=1e-3 * seed,
         momentum=0.5,
+        nesterovs_momentum=seed != 1,
+        beta_1=0.9 - 0.1 * seed,
+        beta_2=0.999 - 0.001 * seed,
+        epsilon=10.0**-8 * (seed + 1),
         max_iter=30 + seed,
         tol=1e-4 * (seed + 1),
         max_fun=100 + seed,
@@ -81,7 +93,9 @@ def test_a_second_fit_of_the_same_configuration_compiles_nothing(estimator, data
 
 def test_fitted_attributes_have_sklearns_layout():
     x, y = _classification(classes=3)
-    model = MLPClassifier((6, 4), max_iter=15, random_state=0, tol=0.0).fit(x, np.array(["a", "b", "c"])[y])
+    model = MLPClassifier(hidden_layer_sizes=(6, 4), max_iter=15, random_state=0, tol=0.0).fit(
+        x, np.array(["a", "b", "c"])[y]
+    )
     assert [w.shape for w in model.coefs_] == [(10, 6), (6, 4), (4, 3)]
     assert [b.shape for b in model.intercepts_] == [(6,), (4,), (3,)]
     assert all(isinstance(w, np.ndarray) for w in model.coefs_ + model.intercepts_)
@@ -96,7 +110,7 @@ def test_fitted_attributes_have_sklearns_layout():
 def test_the_stopping_rule_stops_where_sklearns_rule_says():
     x, y = _regression()
     model = MLPRegressor(
-        (5,),
+        hidden_layer_sizes=(5,),
         solver="sgd",
         batch_size=20,
         learning_rate_init=0.01,
@@ -116,17 +130,23 @@ def test_the_stopping_rule_stops_where_sklearns_rule_says():
     assert stop == model.n_iter_ < 500 and model.n_iter_ % 10  # stopped inside a chunk of 10 epochs
     # the stop fell inside a chunk: the resumed run ends on the bits of an uninterrupted one of that length
     again = MLPRegressor(
-        (5,), solver="sgd", batch_size=20, learning_rate_init=0.01, max_iter=model.n_iter_, tol=0.0, random_state=0
+        hidden_layer_sizes=(5,),
+        solver="sgd",
+        batch_size=20,
+        learning_rate_init=0.01,
+        max_iter=model.n_iter_,
+        tol=0.0,
+        random_state=0,
     ).fit(x, y)
     for mine, theirs in zip(model.coefs_, again.coefs_):
         np.testing.assert_array_equal(mine, theirs)
 
 
-@pytest.mark.parametrize("patience", [6, 7, 8])
+@pytest.mark.parametrize("patience", [6, 7, 8, np.inf])
 def test_a_rule_stopping_at_the_last_epoch_or_never_warns_as_sklearns(patience):
     """With tol huge, sklearn's count after epoch e is e − 1 (the first epoch only sets the best): over 8 epochs a
-    patience of 6 stops at the last epoch (no ConvergenceWarning), 7 and 8 never stop (the rule is left out of the
-    program when it cannot fire); n_iter_ and the warning as sklearn's."""
+    patience of 6 stops at the last epoch (no ConvergenceWarning), 7, 8 and np.inf never stop (the rule is left out
+    of the program when it cannot fire); n_iter_ and the warning as sklearn's."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPRegressor as SklearnMLPRegressor
 
@@ -141,10 +161,17 @@ def test_a_rule_stopping_at_the_last_epoch_or_never_warns_as_sklearns(patience):
     assert runs[0] == runs[1] == (8, patience >= 7)
 
 
+def test_an_endless_patience_is_int32s_largest_in_the_rule_of_a_grid():
+    from bp_jax.estimators import epoch_rule, rule_state
+
+    rule = epoch_rule(3, rule_state([1e-4, 1e-4], [1, np.inf]), np.float32)
+    assert rule.init["patience"].tolist() == [1, np.iinfo(np.int32).max]
+
+
 def test_early_stopping_keeps_the_best_validation_params():
     x, y = _classification(rows=300)
     model = MLPClassifier(
-        (5,),
+        hidden_layer_sizes=(5,),
         solver="sgd",
         learning_rate_init=0.05,
         batch_size=16,
@@ -187,7 +214,9 @@ def test_lbfgs_sets_sklearns_lbfgs_attributes_and_warns_as_it_does(estimator, da
     its ConvergenceWarning when the budget ends first (tests/test_sklearn_parity.py checks the words against
     sklearn's own)."""
     x, y = data()
-    model = estimator((7,), solver="lbfgs", alpha=0.1, random_state=0, **({"max_iter": 200} | budget))
+    model = estimator(
+        hidden_layer_sizes=(7,), solver="lbfgs", alpha=0.1, random_state=0, **({"max_iter": 200} | budget)
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(x, y)
@@ -215,7 +244,8 @@ def test_lbfgs_classifier_has_no_partial_fit_and_the_regressors_refits_from_its_
     assert errors[0] == errors[1]
     assert hasattr(neural_network.MLPRegressor(solver="lbfgs"), "partial_fit")
     x, y = _regression()
-    model = MLPRegressor((7,), solver="lbfgs", max_iter=3, random_state=0).fit(x, y)  # the compile test's configuration
+    # the compile test's configuration
+    model = MLPRegressor(hidden_layer_sizes=(7,), solver="lbfgs", max_iter=3, random_state=0).fit(x, y)
     first = model.loss_
     assert model.partial_fit(x, y).n_iter_ == 3 and model.loss_ < first
 
@@ -247,7 +277,7 @@ def test_lbfgs_held_out_scores_are_as_good_as_sklearns(estimator, data):
 
 def test_pickle_and_clone_round_trip():
     x, y = _regression()
-    model = MLPRegressor((5,), max_iter=10, random_state=0).fit(x, y)
+    model = MLPRegressor(hidden_layer_sizes=(5,), max_iter=10, random_state=0).fit(x, y)
     copy = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(copy.predict(x), model.predict(x))
     assert all(type(leaf) is np.ndarray for leaf in jax.tree.leaves(copy.__dict__) if hasattr(leaf, "shape"))
@@ -270,19 +300,137 @@ def test_bad_input_gives_sklearn_style_errors(x, y, error, words):
         MLPRegressor(max_iter=2).fit(x, y)
 
 
-def test_bad_parameters_and_features_are_named():
+def test_a_features_mismatch_is_named():
     x, y = _regression()
-    with pytest.raises(ValueError, match="'activation' parameter"):
-        MLPRegressor(activation="softplus").fit(x, y)
-    with pytest.raises(ValueError, match="hidden_layer_sizes"):
-        MLPRegressor(hidden_layer_sizes=(0,)).fit(x, y)
-    with pytest.raises(ValueError, match="'max_fun' parameter"):
-        MLPRegressor(solver="lbfgs", max_fun=0).fit(x, y)
-    with pytest.raises(ValueError, match=r"'solver' parameter.*\['adam', 'lbfgs', 'sgd'\]"):
-        MLPRegressor(solver="newton").fit(x, y)
-    model = MLPRegressor((3,), max_iter=2).fit(x, y)
+    model = MLPRegressor(hidden_layer_sizes=(3,), max_iter=2).fit(x, y)
     with pytest.raises(ValueError, match="features"):
         model.predict(x[:, :5])
+
+
+def test_the_signatures_parameters_and_constraints_are_sklearns():
+    """The constructors' parameters (names, order, kinds, defaults), partial_fit's arguments, the classifier's `loss`
+    attribute and the parameter constraints equal scikit-learn's (fit takes no sample_weight yet)."""
+    from sklearn import neural_network
+
+    for ours in (MLPRegressor, MLPClassifier):
+        theirs = getattr(neural_network, ours.__name__)
+        assert inspect.signature(ours) == inspect.signature(theirs)
+        assert ours().get_params().keys() == theirs().get_params().keys()
+        stochastic = {"solver": "sgd"}
+        assert inspect.signature(ours(**stochastic).partial_fit) == inspect.signature(theirs(**stochastic).partial_fit)
+        described = lambda constraints: {name: [str(one) for one in kinds] for name, kinds in constraints.items()}
+        assert described(ours._parameter_constraints) == described(theirs._parameter_constraints)
+    assert MLPClassifier().loss == neural_network.MLPClassifier().loss == "log_loss"
+
+
+def test_sklearns_private_validation_is_imported_in_one_module():
+    """bp_jax/estimators/_constraints.py alone imports scikit-learn's private parameter validation, so a release that
+    moves it breaks that one module (and with it every test of the estimators)."""
+    import pathlib
+
+    from bp_jax.estimators import _constraints
+
+    package = pathlib.Path(_constraints.__file__).parent
+    importing = [
+        path.name
+        for path in sorted(package.glob("*.py"))
+        if re.search(r"sklearn\.utils\._param_validation|\b_fit_context\b", path.read_text())
+    ]
+    assert importing == ["_constraints.py"]
+
+
+#: One invalid value per constraint, the last rows checked by scikit-learn's `_fit` after its constraints.
+INVALID = [
+    {"hidden_layer_sizes": 0},
+    {"hidden_layer_sizes": "5"},
+    {"hidden_layer_sizes": (0,)},
+    {"hidden_layer_sizes": (4, -1)},
+    {"activation": "softplus"},
+    {"solver": "newton"},
+    {"alpha": -1.0},
+    {"batch_size": 0},
+    {"learning_rate": "cyclic"},
+    {"learning_rate_init": 0.0},
+    {"power_t": -0.5},
+    {"max_iter": 0},
+    {"shuffle": "yes"},
+    {"random_state": 2**40},
+    {"random_state": -1},
+    {"tol": -1e-4},
+    {"verbose": -1},
+    {"warm_start": 1},
+    {"momentum": 1.5},
+    {"nesterovs_momentum": None},
+    {"early_stopping": "no"},
+    {"validation_fraction": 1.0},
+    {"beta_1": 1.0},
+    {"beta_2": -0.1},
+    {"epsilon": 0.0},
+    {"n_iter_no_change": 0},
+    {"n_iter_no_change": -np.inf},
+    {"max_fun": 0},
+    {"loss": "absolute_error"},
+]
+
+
+@pytest.mark.parametrize("params", INVALID, ids=lambda params: "-".join(f"{k}={v!r}" for k, v in params.items()))
+def test_invalid_parameters_raise_sklearns_error_word_for_word(params):
+    """fit refuses each before touching the data, with the type and words of scikit-learn's own estimator."""
+    from sklearn import neural_network
+
+    x, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
+    for ours in (MLPRegressor, MLPClassifier) if "loss" not in params else (MLPRegressor,):
+        errors = []
+        for make in (ours, getattr(neural_network, ours.__name__)):
+            with pytest.raises(ValueError) as error:
+                make(**params).fit(x, y)
+            errors.append((type(error.value), str(error.value)))
+        assert errors[0] == errors[1]
+
+
+def test_partial_fit_checks_the_parameters_as_sklearns():
+    from sklearn import neural_network
+
+    x, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
+    errors = []
+    for make in (MLPClassifier, neural_network.MLPClassifier):
+        with pytest.raises(ValueError) as error:
+            make(solver="sgd", alpha=-1.0).partial_fit(x, y, classes=[0, 1])
+        errors.append((type(error.value).__name__, str(error.value)))
+    assert errors[0] == errors[1] and errors[0][0] == "InvalidParameterError"
+
+
+@pytest.mark.parametrize(
+    "estimator, params, method, arguments",
+    [
+        (MLPRegressor, {"loss": "poisson"}, "fit", {}),
+        (MLPClassifier, {"verbose": True}, "fit", {}),
+        (MLPRegressor, {"warm_start": True}, "fit", {}),
+        (MLPRegressor, {"solver": "sgd"}, "partial_fit", {"sample_weight": np.ones(4)}),
+        (MLPClassifier, {"solver": "sgd"}, "partial_fit", {"sample_weight": np.ones(4), "classes": [0, 1]}),
+    ],
+)
+def test_sklearns_values_not_implemented_yet_are_refused_in_one_line(estimator, params, method, arguments):
+    x, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
+    model = estimator(**params)
+    if params.get("warm_start"):
+        model.coefs_ = []  # fitted, or set by hand: warm_start would continue from them
+    with pytest.raises(ValueError, match=r"^MLP\w+: .* is not supported yet by bp_jax\.estimators$"):
+        getattr(model, method)(x, y, **arguments)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"solver": "adam", "learning_rate": "adaptive", "power_t": 2.0},  # adam ignores the schedule
+        {"solver": "lbfgs", "learning_rate": "invscaling", "verbose": 2},  # lbfgs prints nothing (scipy ≥ 1.15)
+        {"warm_start": True},  # a first fit is a fresh one
+        {"n_iter_no_change": np.inf},
+    ],
+)
+def test_sklearns_values_that_change_nothing_here_are_accepted(params):
+    for estimator in (MLPRegressor, MLPClassifier):
+        estimator(**params)._check_params(incremental=False)
 
 
 GRID = {"learning_rate_init": [0.01, 0.05], "alpha": [1e-4, 1e-2], "momentum": [0.5, 0.9], "random_state": [0, 1]}
@@ -342,22 +490,24 @@ def _count_own_training(patch, estimators, counter):
     "estimator, data, options",
     [
         (
-            MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=40, tol=1e-3, n_iter_no_change=4),
+            MLPRegressor(
+                hidden_layer_sizes=(6,), solver="sgd", batch_size=16, max_iter=40, tol=1e-3, n_iter_no_change=4
+            ),
             _regression,
             {"return_train_score": True},
         ),
         (
-            MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30),
+            MLPClassifier(hidden_layer_sizes=(6,), solver="sgd", batch_size=16, max_iter=30),
             _classification,
             {"scoring": ["accuracy", "neg_log_loss"], "refit": "neg_log_loss"},
         ),
         (
-            MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30),
+            MLPClassifier(hidden_layer_sizes=(6,), solver="sgd", batch_size=16, max_iter=30),
             _classification,
             {"scoring": {"acc": "accuracy", "nll": "neg_log_loss"}, "refit": False, "return_train_score": True},
         ),
         (
-            MLPClassifier((6,), solver="sgd", batch_size=16, max_iter=30),
+            MLPClassifier(hidden_layer_sizes=(6,), solver="sgd", batch_size=16, max_iter=30),
             _classification,
             {"scoring": "accuracy", "return_train_score": True},
         ),
@@ -383,7 +533,7 @@ def test_grid_search_results_equal_sklearns_grid_search_over_the_same_estimator(
 def test_a_grid_of_several_dicts_masks_the_parameters_a_candidate_lacks(monkeypatch):
     x, y = _regression()
     grid = [{"alpha": [1e-4, 1e-2]}, {"learning_rate_init": [0.005, 0.02], "random_state": [3]}]
-    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    estimator = MLPRegressor(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
     ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=3)
     _assert_same_search(ours, theirs)
     assert np.ma.getmaskarray(ours.cv_results_["param_alpha"]).tolist() == [False, False, True, True]
@@ -393,7 +543,7 @@ def test_a_grid_of_several_dicts_masks_the_parameters_a_candidate_lacks(monkeypa
 def test_a_callable_refit_picks_the_candidate_it_returns(monkeypatch):
     x, y = _regression()
     fewest = lambda results: int(np.argmin(results["param_learning_rate_init"]))
-    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    estimator = MLPRegressor(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
     grid = {"learning_rate_init": [0.02, 0.005, 0.01]}
     ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=3, refit=fewest)
     _assert_same_search(ours, theirs)
@@ -408,7 +558,9 @@ def test_fits_that_fail_score_error_score_with_a_warning_as_in_sklearn(monkeypat
 
     x, y = _regression()
     grid = {"learning_rate_init": [0.01, 1e4]}  # the second diverges on every fold
-    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, momentum=0.0, random_state=0)
+    estimator = MLPRegressor(
+        hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=20, momentum=0.0, random_state=0
+    )
     with pytest.warns(FitFailedWarning, match="3 fits failed out of a total of 6"):
         ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=3)
     with warnings.catch_warnings(record=True) as caught:
@@ -426,10 +578,12 @@ def test_a_grid_whose_every_fit_fails_raises_one_line():
     x, y = _regression()
     x[:, 2] = np.nan
     with pytest.raises(ValueError, match=r"All the 6 fits failed.*NaN") as error:
-        GridSearchCV(MLPRegressor((5,), max_iter=5), {"alpha": [0.1, 0.2]}, cv=3).fit(x, y)
+        GridSearchCV(MLPRegressor(hidden_layer_sizes=(5,), max_iter=5), {"alpha": [0.1, 0.2]}, cv=3).fit(x, y)
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="NaN"):
-        GridSearchCV(MLPRegressor((5,), max_iter=5), {"alpha": [0.1]}, cv=3, error_score="raise").fit(x, y)
+        GridSearchCV(
+            MLPRegressor(hidden_layer_sizes=(5,), max_iter=5), {"alpha": [0.1]}, cv=3, error_score="raise"
+        ).fit(x, y)
 
 
 @pytest.mark.slow
@@ -441,9 +595,15 @@ def test_members_trained_on_their_own_early_stopping_and_full_batch_equal_sklear
     x, y = _classification()
     for estimator in (
         MLPClassifier(
-            (5,), solver="sgd", batch_size=16, max_iter=30, early_stopping=True, n_iter_no_change=3, random_state=0
+            hidden_layer_sizes=(5,),
+            solver="sgd",
+            batch_size=16,
+            max_iter=30,
+            early_stopping=True,
+            n_iter_no_change=3,
+            random_state=0,
         ),
-        MLPClassifier((5,), solver="sgd", batch_size=500, max_iter=30, random_state=0),
+        MLPClassifier(hidden_layer_sizes=(5,), solver="sgd", batch_size=500, max_iter=30, random_state=0),
     ):
         grid = {"learning_rate_init": [0.01, 0.05]}
         ours = GridSearchCV(estimator, grid, cv=3).fit(x, y)
@@ -458,7 +618,7 @@ def test_lbfgs_members_of_a_fold_are_one_program_and_stop_as_their_own_fits(monk
     from bp_jax import estimators
 
     x, y = _regression(rows=150)
-    estimator = MLPRegressor((4,), activation="tanh", solver="lbfgs", random_state=0)
+    estimator = MLPRegressor(hidden_layer_sizes=(4,), activation="tanh", solver="lbfgs", random_state=0)
     grid = {"max_iter": [3, 60], "tol": [1e-4, 1e-2], "alpha": [1e-4, 1e-1], "random_state": [0, 1]}
     calls = []
     with monkeypatch.context() as patch, jax.enable_x64(True):
@@ -469,6 +629,26 @@ def test_lbfgs_members_of_a_fold_are_one_program_and_stop_as_their_own_fits(monk
         ours, theirs = _searches(estimator, grid, x, y, monkeypatch, cv=3)
     assert calls == [16, 16, 16]
     _assert_same_search(ours, theirs, tolerance=1e-8)
+
+
+def test_a_grid_checks_each_candidates_parameters_once_in_sklearns_words(monkeypatch):
+    from sklearn import neural_network
+
+    from bp_jax.estimators import GridSearchCV
+    from bp_jax.estimators._multilayer_perceptron import BaseMLP
+
+    x, y = _regression(rows=30)
+    checked = []
+    validate = BaseMLP._validate_params
+    monkeypatch.setattr(BaseMLP, "_validate_params", lambda self: checked.append(self.alpha) or validate(self))
+    with pytest.raises(ValueError, match=r"^All the 6 fits failed .*: 3 × InvalidParameterError: The 'alpha' "):
+        GridSearchCV(MLPRegressor(), {"alpha": [-1.0, -2.0]}, cv=3).fit(x, y)
+    assert checked == [-1.0, -2.0]  # once per candidate, not per fold
+    with pytest.raises(ValueError) as ours:
+        GridSearchCV(MLPRegressor(), {"alpha": [-1.0]}, cv=3, error_score="raise").fit(x, y)
+    with pytest.raises(ValueError) as theirs:
+        neural_network.MLPRegressor(alpha=-1.0).fit(x, y)
+    assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
 
 
 def test_a_grid_over_a_parameter_that_changes_the_program_is_refused_in_one_line():
@@ -490,7 +670,7 @@ def test_a_pipeline_grid_over_its_scaler_and_the_estimator_equals_sklearns_with_
     pipeline = Pipeline(
         [
             ("scale", StandardScaler()),
-            ("mlp", MLPRegressor((6,), solver="sgd", batch_size=16, max_iter=30, random_state=0)),
+            ("mlp", MLPRegressor(hidden_layer_sizes=(6,), solver="sgd", batch_size=16, max_iter=30, random_state=0)),
         ]
     )
     grid = [
@@ -508,7 +688,7 @@ def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_resul
     from bp_jax.estimators import GridSearchCV
 
     x, y = _regression()
-    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    estimator = MLPRegressor(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
     grid = {"learning_rate_init": [0.003, 0.01, 0.03], "alpha": [1e-4, 1e-2]}
     calls: dict = {}
     searches = {}
@@ -542,7 +722,7 @@ def test_n_jobs_parts_of_one_size_share_one_compiled_program(hidden, grid, n_job
     from bp_jax.estimators import GridSearchCV
 
     x, y = make_regression(100, 7, noise=5.0, random_state=1)
-    estimator = MLPRegressor(hidden, solver="sgd", batch_size=11, max_iter=3, random_state=0)
+    estimator = MLPRegressor(hidden_layer_sizes=hidden, solver="sgd", batch_size=11, max_iter=3, random_state=0)
     search = lambda: GridSearchCV(estimator, grid, cv=3, n_jobs=n_jobs, refit=False).fit(x, y / y.std())
     assert _compilations(search, "jit(run)") == 1
 
@@ -554,7 +734,7 @@ def test_n_jobs_threads_train_under_the_callers_jax_settings():
     from bp_jax.estimators import GridSearchCV
 
     x, y = _regression()
-    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    estimator = MLPRegressor(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
     grid = {"learning_rate_init": [0.003, 0.01], "alpha": [1e-4, 1e-2]}
     with jax.enable_x64(True):
         one, two = (GridSearchCV(estimator, grid, cv=3, n_jobs=jobs).fit(x, y) for jobs in (None, 2))
@@ -600,7 +780,7 @@ def test_a_bad_n_jobs_is_refused_in_one_line(n_jobs):
 
     x, y = _regression()
     with pytest.raises(ValueError, match="n_jobs must be None or a nonzero integer") as error:
-        GridSearchCV(MLPRegressor((5,), max_iter=2), {"alpha": [0.1]}, cv=2, n_jobs=n_jobs).fit(x, y)
+        GridSearchCV(MLPRegressor(hidden_layer_sizes=(5,), max_iter=2), {"alpha": [0.1]}, cv=2, n_jobs=n_jobs).fit(x, y)
     assert "\n" not in str(error.value)
 
 
@@ -610,7 +790,8 @@ def test_a_grid_with_random_state_none_is_still_one_program(monkeypatch):
     from bp_jax.estimators import GridSearchCV
 
     x, y = _regression()
-    search, one_by_one = GridSearchCV(MLPRegressor((4,), batch_size=16, max_iter=20), {"alpha": [1e-4, 1e-2]}, cv=3), []
+    estimator = MLPRegressor(hidden_layer_sizes=(4,), batch_size=16, max_iter=20)
+    search, one_by_one = GridSearchCV(estimator, {"alpha": [1e-4, 1e-2]}, cv=3), []
     with monkeypatch.context() as patch:
         _count_own_training(patch, estimators, one_by_one)
         search.fit(x, y)
@@ -624,7 +805,7 @@ def test_a_grid_of_random_states_seeds_every_fold_alike_as_sklearn_does(monkeypa
     x, y = _regression()
     states = [np.random.RandomState(3), np.random.RandomState(4)]
     before = [state.get_state()[1].copy() for state in states]
-    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=20)
+    estimator = MLPRegressor(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=20)
     ours, theirs = _searches(estimator, {"random_state": states}, x, y, monkeypatch, cv=3)
     _assert_same_search(ours, theirs)
     assert all(np.array_equal(state.get_state()[1], kept) for state, kept in zip(states, before))
@@ -653,7 +834,7 @@ def test_a_fold_that_lacks_a_class_is_searched_as_sklearn_searches_it(monkeypatc
     x, y = _classification(rows=180)
     order = np.argsort(y, kind="stable")
     x, y = x[order], y[order]
-    estimator = MLPClassifier((5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
+    estimator = MLPClassifier(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=20, random_state=0)
     ours, theirs = _searches(estimator, {"alpha": [1e-4, 1e-2]}, x, y, monkeypatch, cv=KFold(3))
     _assert_same_search(ours, theirs)
 
@@ -714,7 +895,7 @@ def test_a_test_fold_the_default_scorer_cannot_take_is_scored_by_the_scorer_as_i
     y[5] = np.nan
     rows = np.arange(90)
     splits = [(rows[30:], rows[:30]), (np.r_[rows[10:30], rows[60:]], rows[30:60])]
-    estimator = MLPRegressor((5,), solver="sgd", batch_size=16, max_iter=10, random_state=0)
+    estimator = MLPRegressor(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=10, random_state=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ours, theirs = _searches(estimator, {"alpha": [1e-4, 1e-2]}, x, y, monkeypatch, cv=splits, refit=False)
@@ -726,8 +907,8 @@ def test_a_test_fold_the_default_scorer_cannot_take_is_scored_by_the_scorer_as_i
 
 def test_a_regressors_text_targets_are_read_as_numbers_or_refused_in_one_line():
     x, y = _regression(40)
-    as_text = MLPRegressor((3,), max_iter=3, random_state=0).fit(x, y.astype(str))
-    as_numbers = MLPRegressor((3,), max_iter=3, random_state=0).fit(x, y)
+    as_text = MLPRegressor(hidden_layer_sizes=(3,), max_iter=3, random_state=0).fit(x, y.astype(str))
+    as_numbers = MLPRegressor(hidden_layer_sizes=(3,), max_iter=3, random_state=0).fit(x, y)
     np.testing.assert_array_equal(as_text.predict(x), as_numbers.predict(x))
     with pytest.raises(ValueError, match=r"^MLPRegressor needs numeric targets, got y of dtype <U\d+$"):
-        MLPRegressor((3,), max_iter=3).fit(x, np.where(y > 0, "high", "low"))
+        MLPRegressor(hidden_layer_sizes=(3,), max_iter=3).fit(x, np.where(y > 0, "high", "low"))

@@ -461,3 +461,165 @@ def test_the_fused_loop_keeps_ynnpack_to_dots_on_cpu(tmp_path):
     loops = list(tmp_path.glob("*jit_run.cpu_after_optimizations.txt"))
     assert len(loops) == 1 and "multiply" in loops[0].read_text()
     assert "__ynn_fusion" not in loops[0].read_text()
+
+
+# -- pytree data, rules that set the optimizer state, minibatches in order (issue #30, WP1) ------------------------
+
+
+def _weighted_loss(model):
+    """Σw·(ŷ − t)²/Σw on x = {"a", "b"} (the features split in two) and y = {"target", "weight"}."""
+
+    def loss(params, x, y):
+        pred = model.apply(params, jnp.concatenate([x["a"], x["b"]], axis=1))
+        return jnp.sum(y["weight"] * (pred - y["target"]) ** 2) / jnp.sum(y["weight"])
+
+    return loss
+
+
+def _packed_loss(model):
+    """`_weighted_loss` on the same data packed into arrays: y's last column the weights."""
+
+    def loss(params, x, y):
+        weight = y[:, 1:]
+        return jnp.sum(weight * (model.apply(params, x) - y[:, :1]) ** 2) / jnp.sum(weight)
+
+    return loss
+
+
+def test_pytree_data_gathers_the_same_rows_of_every_leaf():
+    model, params, x, y = problem(6)
+    weight = jnp.linspace(0.5, 2.0, len(x)).reshape(-1, 1)
+    trees = {"a": x[:, :4], "b": x[:, 4:]}, {"target": y, "weight": weight}
+    packed = x, jnp.concatenate([y, weight], axis=1)
+    members = jax.vmap(model.init)(jax.random.split(jax.random.key(1), 2))
+    rows = np.stack([np.arange(64), np.arange(64)[::-1]]).astype(np.int32)
+    trained = lambda data_x, data_y, loss: (
+        bp_jax.fit_ensemble(
+            loss, members, data_x, data_y, steps=12, batch_size=8, lr=0.05, key=key, rows=rows, row_counts=counts
+        ).params
+    )  # fit's step is the same, unvmapped
+    key, counts = jax.random.key(2), np.array([40, 64])
+    chex.assert_trees_all_close(
+        trained(*trees, _weighted_loss(model)), trained(*packed, _packed_loss(model)), rtol=1e-6, atol=1e-6
+    )
+    with pytest.raises(ValueError, match=r"share their leading.*\{'a': \(64, 4\), 'b': \(63, 6\)\}"):
+        bp_jax.fit(_weighted_loss(model), params, {"a": x[:, :4], "b": x[:63, 4:]}, trees[1], steps=1, lr=0.1)
+
+
+def test_a_plain_tuple_is_still_one_array_and_leaves_without_rows_are_refused():
+    model, params, x, y = problem()
+    as_tuple = bp_jax.fit(bp_jax.loss_fn(model), params, tuple(map(tuple, x.tolist())), y, steps=2, lr=0.05)
+    np.testing.assert_allclose(
+        as_tuple.losses, bp_jax.fit(bp_jax.loss_fn(model), params, x, y, steps=2, lr=0.05).losses
+    )
+    with pytest.raises(ValueError, match=r"share their leading.*\{'target': \(64, 1\), 'weight': \(\)\}"):
+        bp_jax.fit(bp_jax.loss_fn(model), params, x, {"target": y, "weight": jnp.float32(1)}, steps=1, lr=0.1)
+
+
+def _adaptive(steps_per_epoch, tol, patience):
+    """sklearn's "adaptive" learning rate as a StopRule that touches the optimizer state: at each epoch's end, with
+    m its mean loss, count ← count + 1 if m > best − tol else 0, best ← min(best, m); once count > patience,
+    η ← η / 5 and count ← 0, stopping instead when η ≤ 1e-6 already."""
+
+    def update(state, step, loss, opt_state):
+        total = state["total"] + loss
+        end = (step + 1) % steps_per_epoch == 0
+        mean = total / steps_per_epoch
+        count = jnp.where(mean > state["best"] - tol, state["count"] + 1, 0)
+        lr = opt_state.hyperparams["learning_rate"]
+        patience_over = end & (count > patience)
+        state = {
+            "total": jnp.where(end, 0.0, total),
+            "best": jnp.where(end, jnp.minimum(state["best"], mean), state["best"]),
+            "count": jnp.where(end, jnp.where(patience_over, 0, count), state["count"]),
+        }
+        rates = opt_state.hyperparams | {"learning_rate": jnp.where(patience_over, lr / 5, lr)}
+        return state, patience_over & (lr <= 1e-6), opt_state._replace(hyperparams=rates)
+
+    return update
+
+
+def test_a_rule_that_sets_the_learning_rate_at_epoch_ends_equals_a_python_loop_of_steps():
+    model, params, x, y = problem(7)
+    loss, key = bp_jax.loss_fn(model), jax.random.key(3)
+    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.05, momentum=0.5)
+    update = _adaptive(4, 10.0, 1)  # tol 10: no epoch after the first improves, so η ÷ 5 after epochs 3 and 5
+    init = {"total": np.float32(0), "best": np.float32(np.inf), "count": np.int32(0)}
+    rule = bp_jax.StopRule(update, init, touches_opt_state=True)
+    result = bp_jax.fit(loss, params, x, y, steps=24, batch_size=16, optimizer=optimizer, key=key, stop_rule=rule)
+    step, looped, opt_state, state = bp_jax.optax_step(loss, optimizer), copy(params), optimizer.init(params), init
+    for i in range(24):
+        rows = bp_jax.minibatch_indices(key, i, len(x), 16)
+        looped, opt_state, value = step(looped, opt_state, x[rows], y[rows])
+        state, _, opt_state = jax.jit(update)(state, i, value, opt_state)
+    assert np.isclose(result.opt_state.hyperparams["learning_rate"], 0.05 / 25)
+    chex.assert_trees_all_close((result.params, result.opt_state), (looped, opt_state), rtol=1e-5, atol=1e-6)
+    members = jax.vmap(model.init)(jax.random.split(jax.random.key(4), 2))
+    states = jax.vmap(optimizer.init)(members)
+    states.hyperparams["learning_rate"] = np.array([0.05, 0.02], np.float32)
+    ensemble = bp_jax.fit_ensemble(
+        loss,
+        members,
+        x,
+        y,
+        steps=24,
+        batch_size=16,
+        optimizer=optimizer,
+        key=key,
+        opt_state=states,
+        stop_rule=rule._replace(init=jax.tree.map(lambda leaf: np.stack([leaf, leaf]), init)),
+    )
+    np.testing.assert_allclose(ensemble.opt_state.hyperparams["learning_rate"], [0.05 / 25, 0.02 / 25], rtol=1e-6)
+    own = bp_jax.fit(
+        loss,
+        jax.tree.map(lambda leaf: leaf[1], members),
+        x,
+        y,
+        steps=24,
+        batch_size=16,
+        optimizer=optimizer,
+        key=key,
+        opt_state=jax.tree.map(lambda leaf: leaf[1], states),
+        stop_rule=rule,
+    )
+    chex.assert_trees_all_close(jax.tree.map(lambda leaf: leaf[1], ensemble.params), own.params, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="touches_opt_state=True updates an optax optimizer's state"):
+        bp_jax.fit(loss, params, x, y, steps=1, lr=0.1, stop_rule=rule)
+
+
+def test_shuffle_false_reads_the_rows_in_order_as_a_python_loop_does(count_compilations):
+    model, params, x, y = problem(8, n=70)  # 4 batches of 16 an epoch; rows 64 … 69 are never read
+    loss = bp_jax.loss_fn(model)
+    with count_compilations("jit(run)") as compiled:
+        result = bp_jax.fit(loss, params, x, y, steps=10, batch_size=16, lr=0.05, shuffle=False)
+        keyed = bp_jax.fit(loss, params, x, y, steps=10, batch_size=16, lr=0.05, shuffle=False, key=jax.random.key(1))
+    assert compiled == ["jit(run)"]  # one program; a key changes nothing
+    step, looped, losses = bp_jax.sgd_step(loss, 0.05), copy(params), []
+    for i in range(10):
+        rows = slice(i % 4 * 16, i % 4 * 16 + 16)
+        looped, value = step(looped, x[rows], y[rows])
+        losses.append(value)
+    chex.assert_trees_all_close(result.losses, jnp.stack(losses), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(result.params, looped, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_equal(keyed.params, result.params)
+    members = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), params)
+    rows = np.stack([np.arange(70)[::-1], np.arange(70)]).astype(np.int32)  # member 0 reads the rows backwards
+    ensemble = bp_jax.fit_ensemble(
+        loss, members, x, y, steps=10, batch_size=16, lr=0.05, rows=rows, row_counts=np.array([70, 70]), shuffle=False
+    )
+    chex.assert_trees_all_close(jax.tree.map(lambda leaf: leaf[1], ensemble.params), looped, rtol=1e-5, atol=1e-6)
+    backwards = bp_jax.fit(loss, params, x[::-1], y[::-1], steps=10, batch_size=16, lr=0.05, shuffle=False)
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda leaf: leaf[0], ensemble.params), backwards.params, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_the_new_keywords_at_their_defaults_compile_nothing_new(count_compilations):
+    model, params, x, y = problem(9)
+    loss, key = bp_jax.loss_fn(model), jax.random.key(5)
+    run = lambda **kwargs: bp_jax.fit(loss, params, x, y, steps=3, lr=0.05, key=key, **kwargs)
+    minibatches, full = run(batch_size=16), run()  # the programs fit compiled before these keywords
+    with count_compilations() as compiled:
+        chex.assert_trees_all_equal(run(batch_size=16, shuffle=True).params, minibatches.params)
+        chex.assert_trees_all_equal(run(shuffle=False).params, full.params)  # the full batch has no order
+    assert compiled == []

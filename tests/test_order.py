@@ -1,5 +1,5 @@
 """Minibatch order: `minibatch_indices(key, step, n, batch)`, each epoch a uniformly random permutation of the
-rows, computed in O(batch) per step (`index_shuffle`)."""
+rows, computed in O(batch) per step (`index_shuffle`); or, unshuffled, the rows in order."""
 
 import jax
 import jax.numpy as jnp
@@ -110,3 +110,13 @@ def test_one_program_serves_every_traced_row_count():
     for rows in (4, 31, 32, 33, 64, 1000):  # across the small-domain round count and several bit widths
         np.testing.assert_array_equal(traced(jnp.int32(rows)), bp_jax.minibatch_indices(jax.random.key(1), 3, rows, 4))
     assert traced._cache_size() == 1
+
+
+def test_unshuffled_minibatches_are_the_rows_in_order_for_a_static_or_traced_row_count():
+    """shuffle=False: step s reads rows (s mod n // b)·b … + b − 1; the last n mod b rows are never read."""
+    expected = [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]]
+    for rows in (10, jnp.int32(10)):
+        batches = [bp_jax.minibatch_indices(None, step, rows, 4, shuffle=False).tolist() for step in range(5)]
+        assert batches == expected
+    with pytest.raises(ValueError, match="needs a PRNG key to shuffle"):
+        bp_jax.minibatch_indices(None, 0, 10, 4)

@@ -2,27 +2,38 @@
 that trains every (grid point × fold) as one member of one `fit_ensemble` program.
 
 An edge package (needs scikit-learn, the `sklearn` extra); `import bp_jax` does not import it. Its modules, as
-scikit-learn lays out `neural_network/` and `model_selection/`: `_base` (objective, initialisation, weights,
-forward pass, metrics), `_stochastic_optimizers` (sgd and adam), `_lbfgs` (lbfgs: scipy's L-BFGS-B as one compiled
-program), `_training` (epochs and stopping rules, one model's run), `_multilayer_perceptron` (the estimators),
-`_members` (a grid's members trained together) and `_search` (GridSearchCV).
+scikit-learn lays out `neural_network/` and `model_selection/`: `_base` (objective, initialisation, weights, forward
+pass, metrics), `_stochastic_optimizers` (sklearn's sgd and adam, every hyperparameter data), `_lbfgs` (lbfgs: scipy's
+L-BFGS-B as one compiled program), `_training` (epochs and stopping rules, one model's run), `_multilayer_perceptron`
+(the estimators), `_members` (a grid's members trained together), `_search` (GridSearchCV) and `_constraints`
+(scikit-learn's own parameter validation).
 
-Parameters carry scikit-learn's MLP names, defaults and meanings. What differs, and why:
+The estimators take scikit-learn's MLP parameters (names, order, defaults, meanings), checked as scikit-learn checks
+them (its InvalidParameterError, word for word). A value scikit-learn accepts that is not implemented yet raises a
+one-line ValueError: `loss="poisson"`, a truthy `verbose` with sgd or adam, `warm_start=True` on a fitted estimator, and
+`sample_weight` in `partial_fit` (`fit` takes none yet).
+What differs, and why:
 - Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
-  key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch).
-  `shuffle=False` is accepted only with full-batch training (the fused loop always reads a keyed order).
-- The stopping rules are sklearn's, checked per epoch: with `early_stopping=False` the rule runs inside the
-  compiled loop (`epoch_rule`, a `StopRule`), so a whole fit is one call of the loop with no trip to the host
-  between epochs; it compares epoch means in the program's float precision (float32 unless x64 is on). With
-  `early_stopping=True` every epoch ends a chunk, where the validation score is taken on the host and the best
-  params kept.
+  key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch), and
+  `t_` (so invscaling's η = η₀/(t_ + 1)^power_t) counts the rows read.
+  `shuffle=False` reads them in order, each epoch rows 0 … b − 1, b … 2b − 1, … (the last n mod b never read).
+- sgd and adam are sklearn's SGDOptimizer and AdamOptimizer (v ← μv − ηg; adam's ε added to the uncorrected √v),
+  and the stopping rule and `learning_rate` schedule are sklearn's, checked per epoch (`epoch_end`): with
+  `early_stopping=False` inside the compiled loop (`epoch_rule`, a `StopRule` that also sets η), so a whole fit is
+  one call of the loop with no trip to the host between epochs; it compares epoch means in the program's float
+  precision (float32 unless x64 is on; t_ held as a float there). With `early_stopping=True` each epoch is one call,
+  the validation score taken on the host, η set between calls and the best params kept. Given the same weights
+  and full batches, `loss_curve_` equals sklearn's to 1e-8 in float64 (tests/test_sklearn_parity_solvers.py).
+  `n_iter_` counts every epoch since the first fit, sklearn's only those of the last call (partial_fit: 1).
 - Binary classification uses two softmax outputs (`out_activation_ = "softmax"`), not one logistic unit.
-- `solver="adam"` is optax's adam (ε added to √v̂, sklearn adds it to √v); `learning_rate` schedules other
-  than constant, `warm_start` and `verbose` are not offered.
 - `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
   fit, n_iter_ and ConvergenceWarning; but in the program's float precision (float32 unless x64 is on), where
   scipy always computes in float64.
+- A step whose loss or update is not finite ends the fit with sklearn's ValueError ("Solver produced non-finite
+  parameter weights…", the step in a note). sklearn checks only the final weights: it trains on through a
+  non-finite loss (an inf in `loss_curve_`) and succeeds if the weights stay finite. A fit that raises leaves the
+  estimator as it was before (sklearn leaves the non-finite weights on it).
 - The loss is sklearn's: ½·mean((y − ŷ)²) or the mean cross-entropy, plus α/(2b)·Σ‖W‖² per minibatch of b
   rows; α enters the program as data (a frozen params leaf), so a grid over it compiles nothing new.
 """
@@ -45,7 +56,7 @@ from bp_jax.estimators._base import (
 )
 from bp_jax.estimators._multilayer_perceptron import MLPClassifier, MLPRegressor
 from bp_jax.estimators._search import VECTORISED, GridSearchCV
-from bp_jax.estimators._stochastic_optimizers import initial_state, solver_transform
+from bp_jax.estimators._stochastic_optimizers import initial_state, sklearn_adam, sklearn_sgd, solver_transform
 from bp_jax.estimators._training import (
     Plan,
     Stopping,
@@ -55,6 +66,7 @@ from bp_jax.estimators._training import (
     epoch_rule,
     fit_epochs,
     plan,
+    rule_state,
 )
 
 __all__ = [
@@ -83,7 +95,10 @@ __all__ = [
     "objective",
     "plan",
     "r2",
+    "rule_state",
     "seed_of",
+    "sklearn_adam",
+    "sklearn_sgd",
     "solver_transform",
     "to_sklearn",
 ]

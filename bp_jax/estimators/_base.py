@@ -203,12 +203,16 @@ def r2(y_true, y_pred) -> float | np.ndarray:
 
     Args:
         y_true: (n,) or (n, outputs) targets.
-        y_pred: predictions, shaped as y_true after any leading axes (several models' predictions stacked).
+        y_pred: predictions, shaped as y_true after any leading axes (several models' predictions stacked); for a
+            one-column y_true, also (…, n).
 
     Returns:
         The score, a float, or one score per model stacked in y_pred; NaN with an UndefinedMetricWarning below
         two rows.
     """
+    shape = np.shape(y_true)
+    if shape[1:] == (1,) and np.shape(y_pred)[np.ndim(y_pred) - 2 :] != shape:
+        y_true = np.reshape(y_true, -1)  # one output as a column, its predictions (…, n): as sklearn's r2_score
     leading = np.shape(y_pred)[: np.ndim(y_pred) - np.ndim(y_true)]
     if len(y_true) < 2:
         warnings.warn("R^2 score is not well-defined with less than two samples.", UndefinedMetricWarning, stacklevel=2)

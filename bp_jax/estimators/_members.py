@@ -1,7 +1,8 @@
 """GridSearchCV's members trained together: every (grid point × fold) of one program shape is a member of one
-`fit_ensemble` call (or of one of up to n_jobs concurrent calls), on its fold's rows, with its own key, learning
-rate, momentum, α and stopping rule as data. lbfgs members of one fold are one call of the vmapped lbfgs program
-(`train_lbfgs`), each with its own initialisation, α, tol, max_iter and max_fun, each stopping on its own.
+`fit_ensemble` call (or of one of up to n_jobs concurrent calls), on its fold's rows, with its own key, solver
+hyperparameters (η, μ, Nesterov, β₁, β₂, ε), α, learning-rate schedule and stopping rule as data. lbfgs members of
+one fold are one call of the vmapped lbfgs program (`train_lbfgs`), each with its own initialisation, α, tol,
+max_iter and max_fun, each stopping on its own.
 
 Members of one fold and seed read the same minibatches: they form the program's groups (one gather, and x·W over
 the group's members one matmul). Parts of one size share one compiled program: each pads its folds' rows alike.
@@ -21,7 +22,7 @@ import numpy as np
 from bp_jax._fit import fit_ensemble
 from bp_jax.estimators._base import glorot, to_sklearn
 from bp_jax.estimators._lbfgs import Result, compiled, counts
-from bp_jax.estimators._stochastic_optimizers import initial_state
+from bp_jax.estimators._stochastic_optimizers import hyperparams, initial_state
 from bp_jax.estimators._training import Plan, TrainRun, can_stop, epoch_means, epoch_rule
 
 
@@ -63,13 +64,16 @@ def train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: list[Me
     runs each call's program while its thread waits without the GIL), each thread under the caller's JAX settings (x64,
     precision, device, …): per part, (its members, their runs, each member's share of the part's seconds). Parts
     of one size share one compiled program: each reads its blocks' rows padded to the largest part's (`_data_shape`),
-    and all carry a stopping rule if any member's can stop (one that cannot fire changes nothing); only folds that
-    straddle LARGE_DOMAIN rows (a part's data order taking more rounds than another's) still compile two.
+    and all carry a stopping rule if any member's can stop or follows an sgd schedule (one that cannot fire changes
+    nothing); only folds that straddle LARGE_DOMAIN rows (a part's data order taking more rounds than another's)
+    still compile two.
     """
     settings = [(setting, setting.value) for setting in _THREAD_SETTINGS]
     parts = split_members(members, jobs)
     shape = _data_shape(parts, blocks)
-    stops = can_stop(min(member.estimator.n_iter_no_change for member in members), max_iter)
+    stops = can_stop(min(member.estimator.n_iter_no_change for member in members), max_iter) or any(
+        member.estimator.solver == "sgd" and member.estimator.learning_rate != "constant" for member in members
+    )
 
     def train_part(part):
         with contextlib.ExitStack() as stack:
@@ -141,9 +145,10 @@ def train_members(
     ordered, group_size = sharing(members)
     leaders = ordered[::group_size]
     used = list(dict.fromkeys(member.block for member in ordered))
-    padded = lambda arrays: np.pad(
-        np.concatenate(arrays), [(0, shape[0] - sum(map(len, arrays)))] + [(0, 0)] * (arrays[0].ndim - 1)
+    pad = lambda leaves: np.pad(
+        np.concatenate(leaves), [(0, shape[0] - sum(map(len, leaves)))] + [(0, 0)] * (leaves[0].ndim - 1)
     )
+    padded = lambda arrays: jax.tree.map(lambda *leaves: pad(leaves), *arrays)  # each leaf of pytree targets alike
     x_all = padded([blocks[block].x for block in used])
     targets_all = padded([blocks[block].targets for block in used])
     offsets = dict(zip(used, np.cumsum([0] + [len(blocks[block].x) for block in used])))
@@ -157,17 +162,12 @@ def train_members(
         "layers": _initial_layers(ordered, x_all.shape[1], dtype),
         "l2": np.asarray([estimator.alpha / steps.batch_size for estimator in estimators], dtype),
     }
-    opt_state = initial_state(
-        transform,
-        params,
-        [estimator.learning_rate_init for estimator in estimators],
-        [estimator.momentum for estimator in estimators],
-        members=True,
-    )
+    each = [hyperparams(estimator) for estimator in estimators]
+    opt_state = initial_state(transform, params, {name: [one[name] for one in each] for name in each[0]}, members=True)
     per_epoch = steps.steps_per_epoch
-    tolerances = [estimator.tol for estimator in estimators]
-    patience = [estimator.n_iter_no_change for estimator in estimators]
-    rule = epoch_rule(per_epoch, tolerances, patience, jnp.result_type(float)) if stops else None
+    states = [estimator._rule_state(steps, first=True) for estimator in estimators]
+    state = {name: np.stack([one[name] for one in states]) for name in states[0]}
+    rule = epoch_rule(per_epoch, state, jnp.result_type(float)) if stops else None
     result = fit_ensemble(
         loss_fn,
         params,
@@ -187,6 +187,7 @@ def train_members(
     coefs, intercepts = to_sklearn(result.params["layers"])
     opt_states = jax.device_get(result.opt_state)
     stopped_at = np.full(len(ordered), -1) if result.stopped_at is None else result.stopped_at
+    no_improvement = np.zeros(len(ordered), int) if result.rule_state is None else result.rule_state["count"]
     runs: dict[int, tuple[TrainRun | None, int]] = {}
     for index, member in enumerate(ordered):
         if result.diverged[index] >= 0:
@@ -202,6 +203,7 @@ def train_members(
             curves[:epochs, index].tolist(),
             [],
             stopped,
+            int(no_improvement[index]),
         )
         runs[member.position] = (run, -1)
     return [runs[member.position] for member in members]

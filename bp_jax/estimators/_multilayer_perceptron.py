@@ -2,7 +2,6 @@
 training run and prediction, and two thin subclasses (as `sklearn/neural_network/_multilayer_perceptron.py`)."""
 
 import functools
-import math
 import numbers
 import warnings
 from typing import Any
@@ -16,12 +15,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets, unique_labels
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bp_jax.estimators._base import (
-    ACTIVATIONS,
     accuracy,
     forward,
     from_sklearn,
@@ -32,34 +30,26 @@ from bp_jax.estimators._base import (
     seed_of,
     to_sklearn,
 )
+from bp_jax.estimators._constraints import MLP_CONSTRAINTS, REGRESSOR_CONSTRAINTS, fit_context
 from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts
-from bp_jax.estimators._stochastic_optimizers import initial_state, solver_transform
-from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, non_finite_error, plan
+from bp_jax.estimators._stochastic_optimizers import hyperparams, initial_state, solver_transform
+from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, non_finite_error, plan, rule_state
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"The '{name}' parameter of this estimator must be an int ≥ {minimum}, got {value!r}")
+def _atomic(method):
+    """`method`, leaving the estimator's attributes as they were if it raises: a failed fit changes nothing."""
 
+    @functools.wraps(method)
+    def atomic(self, *args, **kwargs):
+        before = dict(vars(self))
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
 
-def _check_float(
-    name: str, value, low: float, high: float = np.inf, *, open_low: bool = False, open_high: bool = False
-) -> None:
-    ok = (
-        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-        if high < np.inf
-        else isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
-    )
-    if ok:
-        ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
-    if not ok:
-        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-        raise ValueError(f"The '{name}' parameter of this estimator must be a float in {interval}, got {value!r}")
-
-
-def _check_option(name: str, value, options) -> None:
-    if value not in options:
-        raise ValueError(f"The '{name}' parameter of this estimator must be one of {sorted(options)}, got {value!r}")
+    return atomic
 
 
 class BaseMLP(BaseEstimator):
@@ -74,39 +64,51 @@ class BaseMLP(BaseEstimator):
     best_loss_: float | None
     _opt_state: Any
 
+    _parameter_constraints: dict = MLP_CONSTRAINTS
+
     def __init__(
         self,
-        hidden_layer_sizes=(100,),
-        activation="relu",
+        hidden_layer_sizes,
+        activation,
         *,
-        solver="adam",
-        alpha=0.0001,
-        batch_size="auto",
-        learning_rate_init=0.001,
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        momentum=0.9,
-        nesterovs_momentum=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        n_iter_no_change=10,
-        max_fun=15000,
+        solver,
+        alpha,
+        batch_size,
+        learning_rate,
+        learning_rate_init,
+        power_t,
+        max_iter,
+        loss,
+        shuffle,
+        random_state,
+        tol,
+        verbose,
+        warm_start,
+        momentum,
+        nesterovs_momentum,
+        early_stopping,
+        validation_fraction,
+        beta_1,
+        beta_2,
+        epsilon,
+        n_iter_no_change,
+        max_fun,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
         self.max_iter = max_iter
+        self.loss = loss
         self.shuffle = shuffle
         self.random_state = random_state
         self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
         self.momentum = momentum
         self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
@@ -122,38 +124,31 @@ class BaseMLP(BaseEstimator):
         """`is_classifier(self)` without building scikit-learn's tags on every call (a grid asks per member)."""
         return isinstance(self, ClassifierMixin)
 
-    # -- checks ----------------------------------------------------------------------------------------------
+    # -- checks (scikit-learn's `_validate_params` runs before them: `fit_context`) -----------------------------
     def _hidden_sizes(self) -> tuple[int, ...]:
         sizes = self.hidden_layer_sizes
-        sizes = (sizes,) if isinstance(sizes, numbers.Integral) else sizes
-        try:
-            sizes = tuple(sizes)
-        except TypeError:
-            sizes = (sizes,)
-        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
-        return tuple(int(s) for s in sizes)
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if any(isinstance(size, numbers.Real) and size <= 0 for size in sizes):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")  # scikit-learn's words
+        if not all(isinstance(size, numbers.Integral) for size in sizes):
+            raise ValueError(f"hidden_layer_sizes must be integers, got {sizes}.")
+        return tuple(int(size) for size in sizes)
 
-    def _check_params(self) -> None:
-        _check_option("activation", self.activation, ACTIVATIONS)
-        _check_option("solver", self.solver, {"lbfgs", "sgd", "adam"})
-        _check_float("alpha", self.alpha, 0.0)
-        if self.batch_size != "auto":
-            _check_int("batch_size", self.batch_size, 1)
-        _check_float("learning_rate_init", self.learning_rate_init, 0.0, open_low=True)
-        _check_int("max_iter", self.max_iter, 1)
-        _check_float("tol", self.tol, 0.0)
-        _check_float("momentum", self.momentum, 0.0, 1.0)
-        _check_float("validation_fraction", self.validation_fraction, 0.0, 1.0, open_high=True)
-        _check_float("beta_1", self.beta_1, 0.0, 1.0, open_high=True)
-        _check_float("beta_2", self.beta_2, 0.0, 1.0, open_high=True)
-        _check_float("epsilon", self.epsilon, 0.0, open_low=True)
-        _check_int("n_iter_no_change", self.n_iter_no_change, 1)
-        _check_int("max_fun", self.max_fun, 1)
-        for name in ("shuffle", "nesterovs_momentum", "early_stopping"):
-            value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"The '{name}' parameter of this estimator must be a bool, got {value!r}")
+    def _check_params(self, *, incremental: bool) -> None:
+        """The checks scikit-learn makes in `_fit`, and a one-line ValueError for a value scikit-learn accepts and
+        bp_jax does not implement yet (each a value scikit-learn's fit would act on: `verbose` prints nothing under
+        lbfgs, `warm_start` only once fitted)."""
+        self._hidden_sizes()
+        pending = {
+            f"loss={self.loss!r}": self.loss == "poisson",
+            f"verbose={self.verbose!r} with solver={self.solver!r}": bool(self.verbose) and self.solver != "lbfgs",
+            "warm_start=True on a fitted estimator": (
+                bool(self.warm_start) and not incremental and hasattr(self, "coefs_")
+            ),
+        }
+        for setting, unsupported in pending.items():
+            if unsupported:
+                raise ValueError(f"{type(self).__name__}: {setting} is not supported yet by bp_jax.estimators")
 
     def _objective(self, features: int, outputs: int, *, members_batch: int | None = None):
         """The objective, shared by every estimator of this configuration (`members_batch`: as a member of an
@@ -163,12 +158,22 @@ class BaseMLP(BaseEstimator):
         return objective(sizes, self.activation, self._classifier, members=members_batch is not None, layout=layout)
 
     def _program(self, features: int, outputs: int, *, members_batch: int | None = None):
-        """(objective, optimizer) of sgd or adam: shared by every estimator of this configuration."""
-        return (
-            self._objective(features, outputs, members_batch=members_batch),
-            solver_transform(
-                self.solver, bool(self.nesterovs_momentum), float(self.beta_1), float(self.beta_2), float(self.epsilon)
-            ),
+        """(objective, optimizer) of sgd or adam: shared by every estimator of this configuration (its solver's
+        hyperparameters are data)."""
+        return self._objective(features, outputs, members_batch=members_batch), solver_transform(self.solver)
+
+    def _rule_state(self, steps: Plan, *, first: bool) -> dict:
+        """sklearn's stopping rule and schedule (`rule_state`; adam's schedule is "constant", as sklearn's Adam
+        ignores `learning_rate`), continuing the fitted count, best loss and t_ unless `first`."""
+        carried = {} if first else {"best": self.best_loss_, "count": self._no_improvement_count, "t": self.t_}
+        return rule_state(
+            self.tol,
+            self.n_iter_no_change,
+            schedule=self.learning_rate if self.solver == "sgd" else "constant",
+            learning_rate_init=self.learning_rate_init,
+            power_t=self.power_t,
+            rows=steps.steps_per_epoch * steps.batch_size,
+            **carried,
         )
 
     def _validate_input(self, X, y, *, reset: bool):
@@ -190,27 +195,22 @@ class BaseMLP(BaseEstimator):
         return X, y
 
     # -- training ---------------------------------------------------------------------------------------------
-    def _fit(self, X, y, *, incremental: bool, classes=None):
-        self._check_params()
+    @_atomic
+    def _fit(self, X, y, *, incremental: bool, classes=None, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError(f"{type(self).__name__}: sample_weight is not supported yet by bp_jax.estimators")
+        self._check_params(incremental=incremental)
         first = not (incremental and hasattr(self, "coefs_"))
         X, y = self._validate_input(X, y, reset=first)
         targets = self._encode_targets(y, first=first, classes=classes)
+        if incremental and self.early_stopping and self.solver != "lbfgs":
+            raise ValueError("partial_fit does not support early_stopping=True")
         if self.solver == "lbfgs":
             return self._fit_lbfgs(X, targets, first=first)
-        rows = X.shape[0]
-        steps = plan(self.batch_size, rows)
-        if not self.shuffle and steps.batch_size < rows:
-            raise ValueError(
-                "shuffle=False needs full-batch training (batch_size ≥ n_samples): the fused loop reads "
-                "minibatches in a keyed order"
-            )
         early = self.early_stopping and not incremental
-        stopping = Stopping(self.tol, self.n_iter_no_change)
         if first:
             self._start(seed_of(self.random_state))
-        run, steps = self._run_epochs(
-            X, y, targets, steps, first=first, incremental=incremental, early=early, stopping=stopping
-        )
+        run, steps, stopping = self._run_epochs(X, y, targets, first=first, incremental=incremental, early=early)
         return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
 
     def _start(self, seed: int) -> None:
@@ -218,7 +218,7 @@ class BaseMLP(BaseEstimator):
         initialisation and the data order."""
         self.t_, self._step, self.n_iter_, self._seed = 0, 0, 0, seed
         if self.solver != "lbfgs":
-            self.loss_curve_ = []
+            self.loss_curve_, self._no_improvement_count = [], 0
 
     def _set_weights(self, coefs, intercepts) -> None:
         """The fitted weights (sklearn's layout) and the layer attributes they give."""
@@ -264,7 +264,7 @@ class BaseMLP(BaseEstimator):
         """Take a training run's result as the fitted state, after the history so far (`_start`), from `fit`'s
         own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best params are kept."""
         self._set_weights(run.coefs, run.intercepts)
-        self._opt_state, self._step = run.opt_state, run.step
+        self._opt_state, self._step, self._no_improvement_count = run.opt_state, run.step, run.no_improvement
         self.loss_curve_ = [*self.loss_curve_, *run.curve]
         self.loss_ = self.loss_curve_[-1]
         self.n_iter_ += len(run.curve)
@@ -287,11 +287,10 @@ class BaseMLP(BaseEstimator):
             )
         return self
 
-    def _run_epochs(
-        self, X, y, targets, steps: Plan, *, first: bool, incremental: bool, early: bool, stopping: Stopping
-    ):
-        """(TrainRun, the Plan it ran): the params to start from (Glorot or the fitted ones), then `fit_epochs`; with
-        early stopping, on the rows left after the validation split, which it scores."""
+    def _run_epochs(self, X, y, targets, *, first: bool, incremental: bool, early: bool):
+        """(TrainRun, the Plan it ran, its Stopping): the params to start from (Glorot or the fitted ones), then
+        `fit_epochs`; with early stopping, on the rows left after the validation split, which it scores."""
+        steps = plan(self.batch_size, X.shape[0])
         loss_fn, transform = self._program(X.shape[1], self._n_outputs())
         sizes = (X.shape[1], *self._hidden_sizes(), self._n_outputs())
         layers = (
@@ -301,21 +300,28 @@ class BaseMLP(BaseEstimator):
         )
         score = None
         if early:
+            # as sklearn's: only a binary problem is stratified, on its one binarized column (True for classes_[1])
+            binary = self._classifier and self._n_outputs() == 2
             kept, held = train_test_split(
                 np.arange(X.shape[0]),
                 random_state=self._seed,
                 test_size=self.validation_fraction,
-                stratify=targets if self._classifier else None,
+                stratify=(targets == 1)[:, None] if binary else None,
             )
+            if len(held) < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' or the size of your dataset."
+                )
             score = functools.partial(self._score_params, X[held], y[held])
             X, targets = X[kept], targets[kept]
             steps = plan(self.batch_size, len(kept))
         params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
         opt_state = (
-            initial_state(transform, params, self.learning_rate_init, self.momentum)
-            if first or self._opt_state is None
-            else self._opt_state
+            initial_state(transform, params, hyperparams(self)) if first or self._opt_state is None else self._opt_state
         )
+        stopping = Stopping(self._rule_state(steps, first=first or self._opt_state is None))
+        # shuffle=False: each call's epochs start at a multiple of the steps per epoch, so at row 0 (as sklearn's)
+        start = self._step if self.shuffle else -(-self._step // steps.steps_per_epoch) * steps.steps_per_epoch
         run = fit_epochs(
             loss_fn,
             transform,
@@ -326,11 +332,12 @@ class BaseMLP(BaseEstimator):
             key=jax.random.key(self._seed),
             steps=steps,
             epochs=1 if incremental else self.max_iter,
-            start_step=self._step,
-            stopping=None if incremental else stopping,
+            start_step=start,
+            stopping=stopping,
             score=score,
+            shuffle=bool(self.shuffle),
         )
-        return run, steps
+        return run, steps, stopping
 
     def _score_params(self, X, y, params) -> float:
         """The estimator's score (R² or accuracy) on (X, y) of bp_jax `params` (early stopping's validation)."""
@@ -358,17 +365,26 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     (`bp_jax.estimators` lists where it differs from sklearn's).
 
     Args:
+        loss: "squared_error" ("poisson" is not supported yet).
         hidden_layer_sizes: the hidden layers' widths (an int for one layer).
         activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
-        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (with momentum) or "adam".
+        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (sklearn's, with momentum) or "adam"
+            (sklearn's).
         alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
         batch_size: rows per minibatch; "auto" is min(200, n).
-        learning_rate_init: η, the constant learning rate.
+        learning_rate: sgd's schedule of η, set at each epoch's end: "constant"; "invscaling",
+            η = learning_rate_init / (t_ + 1)^power_t; "adaptive", η ÷ 5 where the rule would stop (stopping once
+            η ≤ 1e-6). Ignored by adam and lbfgs, as in sklearn.
+        learning_rate_init: η₀, the first learning rate.
+        power_t: the exponent of "invscaling".
         max_iter: the most epochs to train (lbfgs: iterations).
-        shuffle: False only with full-batch training (the fused loop reads a keyed order).
+        shuffle: False reads the minibatches in order (rows 0 … b − 1, b … 2b − 1, … each epoch).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
         tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
             |gradient| component of a converged fit).
+        verbose: False (progress lines are not supported yet; lbfgs prints nothing, as sklearn's with scipy ≥ 1.15).
+        warm_start: continue a fitted estimator's weights in `fit`: not supported yet (a first fit is a fresh one,
+            as in sklearn).
         momentum: μ for sgd.
         nesterovs_momentum: Nesterov momentum for sgd.
         early_stopping: stop on a held-out validation score (checked on the host each epoch).
@@ -376,7 +392,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         beta_1: adam's β₁.
         beta_2: adam's β₂.
         epsilon: adam's ε.
-        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol.
+        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol (np.inf: never).
         max_fun: lbfgs stops at the end of the iteration after more than this many loss evaluations.
 
     Attributes:
@@ -390,15 +406,74 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         >>> import numpy as np
         >>> from bp_jax.estimators import MLPRegressor
         >>> X = np.linspace(-1, 1, 64).reshape(-1, 1)
-        >>> model = MLPRegressor((8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0)
+        >>> model = MLPRegressor(
+        ...     hidden_layer_sizes=(8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0
+        ... )
         >>> model.fit(X, 2 * X[:, 0]).predict(X[:3]).shape
         (3,)
         >>> model.n_iter_ < 100  # stopped by the rule, inside the compiled loop
         True
     """
 
+    _parameter_constraints: dict = REGRESSOR_CONSTRAINTS
     _metric = staticmethod(r2)
 
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss=loss,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+        )
+
+    @fit_context
     def fit(self, X, y):
         """Train from a fresh initialisation for up to max_iter epochs.
 
@@ -411,18 +486,23 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         """
         return self._fit(X, y, incremental=False)
 
-    def partial_fit(self, X, y):
+    @fit_context
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted); with
         solver="lbfgs", a whole lbfgs fit from the current weights, as sklearn's MLPRegressor does.
 
         Args:
             X: (n, features) inputs.
             y: the targets.
+            sample_weight: None (weights are not supported yet).
 
         Returns:
             self.
+
+        Raises:
+            ValueError: early_stopping=True with sgd or adam (as in sklearn).
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def _encode_targets(self, y, *, first: bool, classes=None):
         y = y.reshape(-1, 1) if y.ndim == 1 else y
@@ -464,15 +544,23 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     Args:
         hidden_layer_sizes: the hidden layers' widths (an int for one layer).
         activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
-        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (with momentum) or "adam".
+        solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (sklearn's, with momentum) or "adam"
+            (sklearn's).
         alpha: α, the L2 penalty's strength: α/(2b)·Σ‖W‖² on a minibatch of b rows.
         batch_size: rows per minibatch; "auto" is min(200, n).
-        learning_rate_init: η, the constant learning rate.
+        learning_rate: sgd's schedule of η, set at each epoch's end: "constant"; "invscaling",
+            η = learning_rate_init / (t_ + 1)^power_t; "adaptive", η ÷ 5 where the rule would stop (stopping once
+            η ≤ 1e-6). Ignored by adam and lbfgs, as in sklearn.
+        learning_rate_init: η₀, the first learning rate.
+        power_t: the exponent of "invscaling".
         max_iter: the most epochs to train (lbfgs: iterations).
-        shuffle: False only with full-batch training (the fused loop reads a keyed order).
+        shuffle: False reads the minibatches in order (rows 0 … b − 1, b … 2b − 1, … each epoch).
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
         tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
             |gradient| component of a converged fit).
+        verbose: False (progress lines are not supported yet; lbfgs prints nothing, as sklearn's with scipy ≥ 1.15).
+        warm_start: continue a fitted estimator's weights in `fit`: not supported yet (a first fit is a fresh one,
+            as in sklearn).
         momentum: μ for sgd.
         nesterovs_momentum: Nesterov momentum for sgd.
         early_stopping: stop on a held-out validation score (checked on the host each epoch).
@@ -480,11 +568,12 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         beta_1: adam's β₁.
         beta_2: adam's β₂.
         epsilon: adam's ε.
-        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol.
+        n_iter_no_change: stop once more than this many epochs in a row did not improve by tol (np.inf: never).
         max_fun: lbfgs stops at the end of the iteration after more than this many loss evaluations.
 
     Attributes:
         classes_: the labels, sorted.
+        loss: "log_loss", as sklearn's (not a parameter).
         coefs_: each layer's weights, (n_in, n_out).
         intercepts_: each layer's biases.
         loss_curve_: each epoch's mean loss (not set by lbfgs, as in sklearn).
@@ -494,7 +583,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         >>> import numpy as np
         >>> from bp_jax.estimators import MLPClassifier
         >>> X = np.linspace(-1, 1, 64).reshape(-1, 1)
-        >>> model = MLPClassifier((8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0)
+        >>> model = MLPClassifier(
+        ...     hidden_layer_sizes=(8,), learning_rate_init=0.05, max_iter=100, tol=1e-2, random_state=0
+        ... )
         >>> model.fit(X, X[:, 0] > 0).predict_proba(X[:3]).shape
         (3, 2)
         >>> model.classes_.tolist()
@@ -503,6 +594,61 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     _metric = staticmethod(accuracy)
 
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss="log_loss",
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+        )
+
+    @fit_context
     def fit(self, X, y):
         """Train from a fresh initialisation for up to max_iter epochs.
 
@@ -523,24 +669,26 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return True
 
     @available_if(lambda estimator: estimator._check_solver())
-    def partial_fit(self, X, y, classes=None):
+    @fit_context
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted); absent
         with solver="lbfgs", as in sklearn.
 
         Args:
             X: (n, features) inputs.
             y: the labels.
+            sample_weight: None (weights are not supported yet).
             classes: every label to expect; needed on the first call.
 
         Returns:
             self.
 
         Raises:
-            ValueError: the first call came without classes.
+            ValueError: the first call came without classes, a later one with other classes, y has labels not in
+                classes_, or early_stopping=True (sklearn's rules and words).
         """
-        if classes is None and not hasattr(self, "coefs_"):
-            raise ValueError("classes must be passed on the first call to partial_fit.")
-        return self._fit(X, y, incremental=True, classes=classes)
+        _check_partial_fit_first_call(self, classes)
+        return self._fit(X, y, incremental=True, classes=self.classes_, sample_weight=sample_weight)
 
     def _encode_targets(self, y, *, first: bool, classes=None):
         check_classification_targets(y)
@@ -550,7 +698,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         unknown = (labels >= len(self.classes_)) | (self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y)
         if np.any(unknown):
             raise ValueError(
-                f"y contains labels not in classes_ {self.classes_.tolist()}: {np.unique(y[unknown]).tolist()}"
+                f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. 'y' has "
+                f"{unique_labels(y)}."
             )
         return labels.astype(np.int32)
 

@@ -30,10 +30,16 @@ from bp_jax.estimators._training import non_finite_error, plan
 
 #: Grid parameters that change data, not the compiled program: a grid over them is one `fit_ensemble` program.
 VECTORISED = (
+    "learning_rate",
     "learning_rate_init",
+    "power_t",
     "random_state",
     "alpha",
     "momentum",
+    "nesterovs_momentum",
+    "beta_1",
+    "beta_2",
+    "epsilon",
     "tol",
     "n_iter_no_change",
     "max_iter",
@@ -54,10 +60,11 @@ class GridSearchCV(SklearnGridSearchCV):
     """sklearn.model_selection.GridSearchCV for a bp_jax MLPRegressor or MLPClassifier (or a Pipeline ending in one),
     searched as one program.
 
-    Every (grid point × fold) is a member of one `fit_ensemble` call, on its fold's rows as the pipeline's earlier
-    steps transform them when fitted on that fold, with its own key, learning rate, momentum, α and stopping rule
-    (stopped inside the program). Members of one fold and seed share their minibatches (one gather, one matmul).
-    Each fitted member is then scored on its test fold as sklearn scores it, and `cv_results_` laid out as sklearn's.
+    Every (grid point × fold) is a member of one `fit_ensemble` call, on its fold's rows as the pipeline's earlier steps
+    transform them when fitted on that fold, with its own key, solver hyperparameters, α, learning-rate schedule and
+    stopping rule (stopped inside the program). Members of one fold and seed share their minibatches (one gather, one
+    matmul). Each fitted member is then scored on its test fold as sklearn scores it, and `cv_results_` laid out as
+    sklearn's.
 
     The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any other
     is refused in one line naming it. Members sharing a program shape (features, outputs, batch size, steps per
@@ -94,7 +101,9 @@ class GridSearchCV(SklearnGridSearchCV):
         >>> import numpy as np
         >>> from bp_jax.estimators import GridSearchCV, MLPRegressor
         >>> X = np.linspace(-1, 1, 60).reshape(-1, 1)
-        >>> model = MLPRegressor((4,), batch_size=10, max_iter=30, tol=1e-2, n_iter_no_change=2, random_state=0)
+        >>> model = MLPRegressor(
+        ...     hidden_layer_sizes=(4,), batch_size=10, max_iter=30, tol=1e-2, n_iter_no_change=2, random_state=0
+        ... )
         >>> search = GridSearchCV(model, {"learning_rate_init": [0.01, 0.1], "alpha": [1e-4, 1e-2]}, cv=3)
         >>> search.fit(X, 2 * X[:, 0]).cv_results_["mean_test_score"].shape  # 12 fits, one program
         (4,)
@@ -346,6 +355,7 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
     lbfgs_programs: dict[tuple, list[Member]] = {}  # (objective, block): lbfgs members of one fold
     prepared_in: dict[int, float] = {}
     base = None if isinstance(estimator, Pipeline) else clone(estimator)
+    refusal: Exception | None = None
     for index, (candidate, (fold, (train_rows, _))) in enumerate(itertools.product(candidates, enumerate(splits))):
         start = time.perf_counter()
         if isinstance(estimator, Pipeline):  # its steps, and steps in the grid: fresh copies for every fit
@@ -356,7 +366,10 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
         member, name = _searched(searched)
         fold_data = lambda rows=train_rows: (_safe_indexing(X, rows), _safe_indexing(y, rows))
         try:
-            member._check_params()
+            if fold == 0:  # candidate-major: a candidate's parameters are checked once, at its first fold
+                refusal = _refusal(member)
+            if refusal is not None:
+                raise refusal
             lbfgs = member.solver == "lbfgs"  # full batch, its members one vmapped program per fold
             alone = not lbfgs and (member.early_stopping or not member.shuffle)
             # the earlier steps' grid values by identity: members of one fold and the same values share a block
@@ -402,6 +415,17 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
             fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
     assert all(fit is not None for fit in fitted)
     return fitted  # type: ignore[return-value]
+
+
+def _refusal(estimator: BaseMLP) -> Exception | None:
+    """The error `fit` would raise for the estimator's parameters (scikit-learn's `_validate_params`, then bp_jax's
+    `_check_params`), or None."""
+    try:
+        estimator._validate_params()
+        estimator._check_params(incremental=False)
+    except ValueError as error:  # scikit-learn's InvalidParameterError is a ValueError
+        return error
+    return None
 
 
 def _adopt_run(estimator, *, run, steps, diverged_at: int) -> None:

@@ -1,7 +1,10 @@
-"""sklearn's epochs and stopping rules on bp_jax's fused loop: the batch plan, the `n_iter_no_change` rule (inside
-the compiled loop, or on the host with early stopping) and one model's training run (`fit_epochs`).
+"""sklearn's epochs, stopping rules and learning-rate schedules on bp_jax's fused loop: the batch plan, the
+`n_iter_no_change` rule with the schedule it drives (`epoch_end`: inside the compiled loop, or on the host with early
+stopping) and one model's training run (`fit_epochs`).
 
-An epoch is n // b minibatches of b rows in `minibatch_indices` order; its loss is the mean of its steps' losses.
+An epoch is n // b minibatches of b rows in `minibatch_indices` order (with shuffle=False the rows in order, an
+epoch starting at a step that is a multiple of n // b reading rows 0 … b − 1 first); its loss is the mean of its
+steps' losses.
 """
 
 import functools
@@ -49,80 +52,155 @@ def plan(batch_size, rows: int) -> Plan:
     return Plan(batch, rows // batch)
 
 
-class Stopping:
-    """sklearn's stopping rule's thresholds, and its early-stopping form on the host: count the epochs whose
-    validation score is below best + tol, keeping the best params; stop once the count exceeds n_iter_no_change.
-    (Without early stopping the rule runs inside the loop: `epoch_rule`.)
+#: sklearn's `learning_rate` schedules, as the rule's state holds them (data).
+SCHEDULES = {"constant": 0, "invscaling": 1, "adaptive": 2}
+_INVSCALING, _ADAPTIVE = SCHEDULES["invscaling"], SCHEDULES["adaptive"]
+
+
+def rule_state(
+    tol,
+    n_iter_no_change,
+    *,
+    schedule="constant",
+    learning_rate_init=0.0,
+    power_t=0.0,
+    rows=0,
+    best=np.inf,
+    count=0,
+    t=0,
+) -> dict:
+    """sklearn's stopping rule and learning-rate schedule as numpy arrays (float64; `epoch_end` advances them).
 
     Args:
-        tol: the improvement an epoch must make to reset the count.
-        n_iter_no_change: the count at which to stop, once exceeded.
+        tol: the improvement that resets the count; one value, or one per ensemble member.
+        n_iter_no_change: the patience (np.inf: never stops).
+        schedule: "constant", "invscaling" or "adaptive" (a name per member, or one).
+        learning_rate_init: invscaling's η₀.
+        power_t: invscaling's exponent.
+        rows: the samples an epoch adds to t.
+        best: the best loss so far (sklearn's `best_loss_`).
+        count: the epochs without improvement so far (sklearn's `_no_improvement_count`).
+        t: the samples seen so far (sklearn's `t_`).
+
+    Returns:
+        A dict of arrays shaped as tol.
+    """
+    tol = np.asarray(tol, np.float64)
+    codes = np.vectorize(SCHEDULES.__getitem__, otypes=[np.int32])(schedule)
+    shaped = lambda value, dtype=np.float64: np.broadcast_to(np.asarray(value, dtype), tol.shape).copy()
+    return {
+        "best": shaped(best),
+        "count": shaped(count, np.int64),
+        "tol": tol,
+        "patience": shaped(n_iter_no_change),
+        "schedule": shaped(codes, np.int32),
+        "lr_init": shaped(learning_rate_init),
+        "power_t": shaped(power_t),
+        "rows": shaped(rows),
+        "t": shaped(t),
+    }
+
+
+def epoch_end(xp, state: dict, loss, lr):
+    """sklearn's end of an epoch (`_update_no_improvement_count`, then its optimizer's `iteration_ends` and, past
+    the patience, `trigger_stopping`), in numpy or jax.numpy (`xp`), for an epoch's mean loss (early stopping:
+    minus the validation score):
+
+    count ← count + 1 if loss > best − tol else 0; best ← min(best, loss); t ← t + rows; invscaling:
+    η ← η₀ / (t + 1)^power_t. Once count > patience: adaptive with η > 1e-6 sets η ← η / 5 and count ← 0, all
+    else stop.
+
+    Args:
+        xp: numpy or jax.numpy.
+        state: a `rule_state` (extra keys kept).
+        loss: the epoch's loss.
+        lr: η, the learning rate the epoch used.
+
+    Returns:
+        (state, stop, η for the next epoch).
+    """
+    count = xp.where(loss > state["best"] - state["tol"], state["count"] + 1, 0)
+    t = state["t"] + state["rows"]
+    lr = xp.where(state["schedule"] == _INVSCALING, state["lr_init"] / (t + 1) ** state["power_t"], lr)
+    exceeded = count > state["patience"]
+    shrink = exceeded & (state["schedule"] == _ADAPTIVE) & (lr > 1e-6)
+    state = state | {"best": xp.minimum(state["best"], loss), "count": xp.where(shrink, 0, count), "t": t}
+    return state, exceeded & ~shrink, xp.where(shrink, lr / 5, lr)
+
+
+class Stopping:
+    """sklearn's rule with early stopping, on the host: `epoch_end` on minus each epoch's validation score
+    (count the epochs whose score is below best + tol; the schedule's η set between epochs), keeping the best
+    params. (Without early stopping the rule runs inside the loop: `epoch_rule`.)
+
+    Args:
+        state: the `rule_state` to start from.
     """
 
-    def __init__(self, tol: float, n_iter_no_change: int):
-        self.tol, self.patience = tol, n_iter_no_change
-        self.best_score, self.count, self.best_params = -np.inf, 0, None
+    def __init__(self, state: dict):
+        self.state, self.best_params = state, None
 
-    def update(self, score: float, params) -> bool:
+    @property
+    def best_score(self) -> float:
+        """The best validation score so far."""
+        return -float(self.state["best"])
+
+    def update(self, score: float, params, lr: float) -> tuple[bool, float]:
         """Record one epoch's validation score and the params that gave it.
 
         Args:
             score: the epoch's validation score.
             params: the params at the end of the epoch.
+            lr: η, the learning rate the epoch used.
 
         Returns:
-            True when training should stop after this epoch.
+            (whether training should stop after this epoch, η for the next).
         """
-        self.count = self.count + 1 if score < self.best_score + self.tol else 0
         if score > self.best_score:
-            self.best_score, self.best_params = score, params
-        return self.count > self.patience
+            self.best_params = params
+        self.state, stop, lr = epoch_end(np, self.state, -score, lr)
+        return bool(stop), float(lr)
 
 
 @functools.lru_cache(maxsize=64)  # one update per epoch length: every fit of that length shares one program
 def _epoch_rule_update(steps_per_epoch: int):
-    def end_of_epoch(state, total):
-        mean = total / steps_per_epoch
-        count = jnp.where(mean > state["best"] - state["tol"], state["count"] + 1, 0)
-        state = state | {"total": jnp.zeros_like(total), "best": jnp.minimum(state["best"], mean), "count": count}
-        return state, count > state["patience"]
+    def end_of_epoch(state, total, opt_state):
+        rates = opt_state.hyperparams
+        state, stop, lr = epoch_end(jnp, state, total / steps_per_epoch, rates["learning_rate"])
+        rates = rates | {"learning_rate": lr.astype(rates["learning_rate"].dtype)}
+        return state | {"total": jnp.zeros_like(total)}, stop, opt_state._replace(hyperparams=rates)
 
-    def update(state, step, loss):
+    def update(state, step, loss, opt_state):
         total = state["total"] + loss
-        within_epoch = lambda state, total: (state | {"total": total}, jnp.zeros((), bool))
-        return jax.lax.cond((step + 1) % steps_per_epoch == 0, end_of_epoch, within_epoch, state, total)
+        within_epoch = lambda state, total, opt_state: (state | {"total": total}, jnp.zeros((), bool), opt_state)
+        return jax.lax.cond((step + 1) % steps_per_epoch == 0, end_of_epoch, within_epoch, state, total, opt_state)
 
     return update
 
 
-def epoch_rule(steps_per_epoch: int, tol, n_iter_no_change, dtype) -> StopRule:
-    """sklearn's rule without early stopping, as a `StopRule` run inside the loop (steps counted from 0).
-
-    At the end of each epoch, with m its mean loss: count ← count + 1 if m > best − tol else 0,
-    best ← min(best, m); stop once count > n_iter_no_change.
+def epoch_rule(steps_per_epoch: int, state: dict, dtype) -> StopRule:
+    """sklearn's rule without early stopping, as a `StopRule` run inside the loop (steps counted from 0): at the end
+    of each epoch `epoch_end` on its mean loss, setting the optimizer's `hyperparams["learning_rate"]`.
 
     Args:
         steps_per_epoch: the steps of an epoch.
-        tol: the improvement that resets the count; one value, or one per ensemble member (data).
-        n_iter_no_change: the patience, shaped as tol.
+        state: the `rule_state` to start from (one value, or one per ensemble member: data).
         dtype: the dtype of the losses summed.
 
     Returns:
         The `StopRule`; one `update` per epoch length, so rules of one length share one program.
     """
-    tol = np.asarray(tol, dtype)
-    zeros = np.zeros(tol.shape, dtype)
-    init = {
-        "total": zeros,
-        "best": np.full(tol.shape, np.inf, dtype),
-        "count": np.zeros(tol.shape, np.int32),
-        "tol": tol,
-        "patience": np.asarray(n_iter_no_change, np.int32),
+    largest = np.iinfo(np.int32).max
+    init = {key: np.asarray(value, dtype) for key, value in state.items()} | {
+        "total": np.zeros(state["tol"].shape, dtype),
+        "count": np.minimum(state["count"], largest).astype(np.int32),
+        "patience": np.minimum(state["patience"], largest).astype(np.int32),  # np.inf: never fires
+        "schedule": state["schedule"],
     }
-    return StopRule(_epoch_rule_update(steps_per_epoch), init)
+    return StopRule(_epoch_rule_update(steps_per_epoch), init, touches_opt_state=True)
 
 
-def can_stop(n_iter_no_change: int, epochs: int) -> bool:
+def can_stop(n_iter_no_change: float, epochs: int) -> bool:
     """Whether sklearn's rule can stop a run (a run it cannot stop takes no rule).
 
     Args:
@@ -146,6 +224,7 @@ class TrainRun(NamedTuple):
         curve: each epoch's mean loss.
         scores: each epoch's validation score (early stopping; else empty).
         stopped: whether the stopping rule ended the run.
+        no_improvement: the epochs without improvement at the end (sklearn's `_no_improvement_count`).
     """
 
     coefs: list[np.ndarray]
@@ -155,14 +234,25 @@ class TrainRun(NamedTuple):
     curve: list[float]
     scores: list[float]
     stopped: bool
+    no_improvement: int
 
 
-def non_finite_error(step: int | None = None) -> ValueError:
-    """sklearn's error for weights that are not finite (at a step whose loss or update was not finite)."""
-    return ValueError(
-        f"Solver produced non-finite parameter weights{'' if step is None else f' at step {step}'}. The input data "
-        "may contain large values and need to be preprocessed."
+def non_finite_error(step: int | None = None, cause: str = "loss or update") -> ValueError:
+    """sklearn's error for weights that are not finite; with a `step`, a note naming the step whose `cause` (loss or
+    update) was not finite, where bp_jax stopped."""
+    error = ValueError(
+        "Solver produced non-finite parameter weights. The input data may contain large values and need to be "
+        "preprocessed."
     )
+    if step is not None:
+        error.add_note(f"bp_jax stopped training at step {step}, whose {cause} was not finite.")
+    return error
+
+
+def with_learning_rate(opt_state, lr):
+    """A `solver_transform`'s state with η set (the dtype kept)."""
+    rates = opt_state.hyperparams
+    return opt_state._replace(hyperparams=rates | {"learning_rate": np.asarray(lr, rates["learning_rate"].dtype)})
 
 
 def fit_epochs(
@@ -177,13 +267,15 @@ def fit_epochs(
     steps: Plan,
     epochs: int,
     start_step: int,
-    stopping: Stopping | None,
+    stopping: Stopping,
     score=None,
+    shuffle: bool = True,
 ) -> TrainRun:
-    """Up to `epochs` epochs of `fit` from `start_step`, stopping where sklearn's rule would.
+    """Up to `epochs` epochs of `fit` from `start_step`, stopping and setting η where sklearn's rule would.
 
-    With a `score` (early stopping): one epoch a chunk, `stopping` updated on the host. Otherwise with `stopping`:
-    its `epoch_rule` inside the loop, all epochs one call; without: all epochs.
+    With a `score` (early stopping): one `fit` call an epoch, `stopping` updated on the host and η set between
+    them. Otherwise `stopping`'s `epoch_rule` inside the loop, all epochs one call; its final state is written
+    back to `stopping.state`.
 
     Args:
         loss_fn: the `Objective`.
@@ -196,52 +288,65 @@ def fit_epochs(
         steps: the `Plan`.
         epochs: the most epochs to run.
         start_step: the first step (a resumed run's).
-        stopping: sklearn's rule, or None to run every epoch.
+        stopping: sklearn's rule and schedule, from the state to continue.
         score: `score(params)`, the validation score of early stopping.
+        shuffle: False reads the minibatches in order (`fit`'s shuffle).
 
     Returns:
         The `TrainRun`.
 
     Raises:
-        ValueError: a step's loss or update was not finite (sklearn's message).
+        ValueError: a step's loss or update was not finite (sklearn's message; the step in a note).
     """
     per_epoch = steps.steps_per_epoch
-    batch = None if steps.batch_size == x.shape[0] else steps.batch_size
+    train = functools.partial(
+        fit,
+        loss_fn,
+        batch_size=None if steps.batch_size == x.shape[0] else steps.batch_size,
+        optimizer=transform,
+        key=key,
+        shuffle=shuffle,
+    )
     scores: list[float] = []
-    halted: list[bool] = []
-    rule = None
-    if stopping is not None and score is None and can_stop(stopping.patience, epochs):
-        rule = epoch_rule(per_epoch, stopping.tol, stopping.patience, jnp.result_type(float))
-
-    def on_epoch(result) -> bool:
-        assert stopping is not None  # a score comes with early stopping's rule
-        value = score(result.params)
-        scores.append(value)
-        halted.append(stopping.update(value, result.params))
-        return halted[-1]
-
     try:
-        result = fit(
-            loss_fn,
-            params,
-            x,
-            y,
-            batch_size=batch,
-            optimizer=transform,
-            key=key,
-            opt_state=opt_state,
-            steps=epochs * per_epoch,
-            start_step=start_step,
-            chunk_size=per_epoch if score is not None else start_step + epochs * per_epoch,
-            on_chunk=on_epoch if score is not None else None,
-            stop_rule=rule,
-        )
+        if score is None:
+            rule = epoch_rule(per_epoch, stopping.state, jnp.result_type(float))
+            end = start_step + epochs * per_epoch
+            result = train(
+                params,
+                x,
+                y,
+                opt_state=opt_state,
+                steps=end - start_step,
+                start_step=start_step,
+                chunk_size=end,
+                stop_rule=rule,
+            )
+            final = jax.device_get(result.rule_state)
+            stopping.state = {name: np.asarray(final[name]) for name in stopping.state}
+            params, opt_state, losses, stopped = result.params, result.opt_state, result.losses, result.stopped_at >= 0
+        else:
+            x, y = jax.device_put((x, y))  # once: each epoch is a call
+            epoch_losses, stopped, step = [], False, start_step
+            for _ in range(epochs):
+                result = train(
+                    params, x, y, opt_state=opt_state, steps=per_epoch, start_step=step, chunk_size=per_epoch
+                )
+                params, step = result.params, result.step
+                epoch_losses.append(result.losses)
+                scores.append(score(params))
+                stopped, lr = stopping.update(scores[-1], params, float(result.opt_state.hyperparams["learning_rate"]))
+                opt_state = with_learning_rate(result.opt_state, lr)
+                if stopped:
+                    break
+            losses = np.concatenate(epoch_losses)
     except NonFiniteLoss as error:
-        raise non_finite_error(error.step) from None
-    curve = epoch_means(result.losses, per_epoch).tolist()
-    coefs, intercepts = to_sklearn(result.params["layers"])
-    stopped = result.stopped_at >= 0 or any(halted)
-    return TrainRun(coefs, intercepts, jax.device_get(result.opt_state), result.step, curve, scores, stopped)
+        raise non_finite_error(error.step, error.cause) from None
+    curve = epoch_means(losses, per_epoch).tolist()
+    coefs, intercepts = to_sklearn(params["layers"])
+    step = start_step + len(curve) * per_epoch
+    count = int(stopping.state["count"])
+    return TrainRun(coefs, intercepts, jax.device_get(opt_state), step, curve, scores, bool(stopped), count)
 
 
 def epoch_means(losses, steps_per_epoch: int) -> np.ndarray:

@@ -1,0 +1,50 @@
+"""bp_jax.estimators with shuffle=False and minibatches: each epoch reads rows 0 … b − 1, b … 2b − 1, … in order,
+as scikit-learn's does (its short last batch aside)."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+from sklearn.datasets import make_classification, make_regression
+from sklearn.exceptions import ConvergenceWarning
+
+import bp_jax
+from bp_jax.estimators import MLPClassifier, MLPRegressor
+
+
+def _half_mse(params, x, y):
+    """The regressor's objective at α = 0 on sklearn-layout weights: ½·mean((relu(x·W₀ + b₀)·W₁ + b₁ − y)²)."""
+    (w0, w1), (b0, b1) = params
+    return jnp.mean((jnp.maximum(x @ w0 + b0[None], 0) @ w1 + b1[None] - y) ** 2) / 2
+
+
+def test_shuffle_false_trains_each_epoch_on_the_rows_in_order_as_sgd_step_in_a_python_loop():
+    x, y = make_regression(36, 4, random_state=0)  # 4 batches of 8 an epoch; the last 4 rows are never read
+    x, y = x.astype(np.float32), (y / y.std()).astype(np.float32).reshape(-1, 1)
+    model = MLPRegressor(
+        hidden_layer_sizes=(3,),
+        solver="sgd",
+        learning_rate_init=0.05,
+        batch_size=8,
+        shuffle=False,
+        momentum=0.0,
+        alpha=0.0,
+        random_state=0,
+    )
+    model.partial_fit(x[:8], y[:8, 0])  # one full-batch step: the loop's step count is 1
+    params = jax.tree.map(jnp.asarray, (model.coefs_, model.intercepts_))
+    model.partial_fit(x, y[:, 0])  # one epoch from those weights, from step 4 (position 0): rows 0 … 7 first
+    step = bp_jax.sgd_step(_half_mse, 0.05)
+    for batch in range(4):
+        params, _ = step(params, x[batch * 8 : batch * 8 + 8], y[batch * 8 : batch * 8 + 8])
+    for fitted, looped in zip((*model.coefs_, *model.intercepts_), (*params[0], *params[1])):
+        np.testing.assert_allclose(fitted, looped, rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        xc, yc = make_classification(40, 4, random_state=0)
+        classifier = MLPClassifier(hidden_layer_sizes=(3,), batch_size=8, shuffle=False, max_iter=2).fit(xc, yc)
+    assert classifier.n_iter_ == 2 and classifier.t_ == 80
