@@ -392,7 +392,6 @@ def test_partial_fit_checks_the_parameters_as_sklearns():
 @pytest.mark.parametrize(
     "estimator, params, method, arguments",
     [
-        (MLPRegressor, {"loss": "poisson"}, "fit", {}),
         (MLPRegressor, {"solver": "sgd", "learning_rate": "invscaling"}, "fit", {}),
         (MLPClassifier, {"solver": "sgd", "learning_rate": "adaptive"}, "partial_fit", {"classes": [0, 1]}),
         (MLPClassifier, {"verbose": True}, "fit", {}),

@@ -10,7 +10,7 @@ parameter validation).
 
 The estimators take scikit-learn's MLP parameters (names, order, defaults, meanings), checked as scikit-learn checks
 them (its InvalidParameterError, word for word). A value scikit-learn accepts that is not implemented yet raises a
-one-line ValueError: `loss="poisson"`, `learning_rate` "invscaling" or "adaptive" with sgd, a truthy `verbose` with
+one-line ValueError: `learning_rate` "invscaling" or "adaptive" with sgd, a truthy `verbose` with
 sgd or adam, `warm_start=True` on a fitted estimator, and `sample_weight` in `partial_fit` (`fit` takes none yet).
 What differs, and why:
 - Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
@@ -21,7 +21,6 @@ What differs, and why:
   between epochs; it compares epoch means in the program's float precision (float32 unless x64 is on). With
   `early_stopping=True` every epoch ends a chunk, where the validation score is taken on the host and the best
   params kept.
-- Binary classification uses two softmax outputs (`out_activation_ = "softmax"`), not one logistic unit.
 - `solver="adam"` is optax's adam (ε added to √v̂, sklearn adds it to √v).
 - `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
@@ -31,11 +30,15 @@ What differs, and why:
   parameter weights…", the step in a note). sklearn checks only the final weights: it trains on through a
   non-finite loss (an inf in `loss_curve_`) and succeeds if the weights stay finite. A fit that raises leaves the
   estimator as it was before (sklearn leaves the non-finite weights on it).
-- The loss is sklearn's: ½·mean((y − ŷ)²) or the mean cross-entropy, plus α/(2b)·Σ‖W‖² per minibatch of b
-  rows; α enters the program as data (a frozen params leaf), so a grid over it compiles nothing new.
+- The loss is sklearn's (`LOSSES`): ½·mean((y − ŷ)²), the half Poisson deviance, the log-loss (softmax) or the
+  binary log-loss (one logistic unit for two classes, one per label for a multilabel indicator), plus
+  α/(2b)·Σ‖W‖² per minibatch of b rows, differentiated as sklearn differentiates it; α enters the program as data
+  (a frozen params leaf), so a grid over it compiles nothing new. `loss="poisson"` refuses y < 0 (sklearn does not
+  check it and trains on a NaN loss).
 """
 
 from bp_jax.estimators._base import (
+    LOSSES,
     MEMBER_SUM_WEIGHTS,
     SUM_CONTRACTION_WEIGHTS,
     Objective,
@@ -66,6 +69,7 @@ from bp_jax.estimators._training import (
 )
 
 __all__ = [
+    "LOSSES",
     "MEMBER_SUM_WEIGHTS",
     "SUM_CONTRACTION_WEIGHTS",
     "VECTORISED",
