@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
+from scipy.special import expit, softmax
 from sklearn import linear_model, neural_network
 from sklearn.exceptions import DataConversionWarning
 from sklearn.metrics import mean_poisson_deviance
+from sklearn.neural_network import _base as sklearn_base
 
 from bp_jax import estimators
 
@@ -72,6 +74,28 @@ def _sklearn_from_our_initialisation(name, params, x, y):
     )
     theirs.loss_curve_, theirs.best_loss_, theirs._no_improvement_count = [], np.inf, 0
     return theirs.set_params(max_iter=params["max_iter"]).fit(x, y)
+
+
+#: each loss: sklearn's output activation of z, and targets y for it
+OUTPUTS = {
+    "squared_error": (lambda z: z, lambda z: z - 1.0),
+    "poisson": (np.exp, lambda z: np.round(np.exp(z / 2))),
+    "log_loss": (lambda z: softmax(z, axis=1), lambda z: np.eye(3)[np.arange(len(z)) % 3]),
+    "binary_log_loss": (expit, lambda z: (np.arange(z.size).reshape(z.shape) % 2).astype(float)),
+}
+
+
+@pytest.mark.parametrize("loss", OUTPUTS)
+def test_each_loss_is_sklearns_value_with_sklearns_gradient(loss):
+    """On raw outputs z as far out as ±40 (where the log-losses' probabilities are clipped to [ε, 1 − ε] in
+    sklearn's value): the value is sklearn's, and the gradient its backprop's delta (out(z) − y)/n, not the
+    clipped value's (zero where p is clipped)."""
+    out, targets = OUTPUTS[loss]
+    z = np.linspace(-40, 40, 12).reshape(4, 3) if "log" in loss else np.linspace(-2, 2, 12).reshape(4, 3)
+    y = targets(z)
+    value, gradient = jax.value_and_grad(estimators.LOSSES[loss])(z, y)
+    np.testing.assert_allclose(value, sklearn_base.LOSS_FUNCTIONS[loss](y, out(z)), rtol=1e-12)
+    np.testing.assert_allclose(gradient, (out(z) - y) / len(z), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("kind", TARGETS)

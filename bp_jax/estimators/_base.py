@@ -65,10 +65,10 @@ def half_poisson_deviance(z, y):
     return jnp.sum(jnp.mean(xlogy(y, y) - y * z - y + jnp.exp(z), axis=0))
 
 
-def _clipped_log(log_p):
-    """log p of p clipped to [ε, 1 − ε], as sklearn's log-losses clip their probabilities (ε of the dtype)."""
-    eps = jnp.finfo(log_p.dtype).eps
-    return jnp.clip(log_p, jnp.log(eps), jnp.log1p(-eps))
+def _clipped(p):
+    """p clipped to [ε, 1 − ε] (ε of the dtype), as sklearn's log-losses clip their probabilities."""
+    eps = jnp.finfo(p.dtype).eps
+    return jnp.clip(p, eps, 1 - eps)
 
 
 def log_loss(z, y):
@@ -81,12 +81,12 @@ def log_loss(z, y):
     Returns:
         The scalar loss.
     """
-    return -jnp.sum(jnp.mean(y * _clipped_log(jax.nn.log_softmax(z)), axis=0))
+    return -jnp.sum(jnp.mean(y * jnp.log(_clipped(jax.nn.softmax(z))), axis=0))
 
 
 def binary_log_loss(z, y):
     """sklearn's binary log-loss of p = σ(z), one per output: Σ over outputs of −mean over rows of
-    y·log p + (1 − y)·log(1 − p), p clipped to [ε, 1 − ε].
+    y·log p + (1 − y)·log(1 − p), p clipped to [ε, 1 − ε] (computed as sklearn computes it, 1 − p included).
 
     Args:
         z: the raw outputs, (n, k).
@@ -95,8 +95,8 @@ def binary_log_loss(z, y):
     Returns:
         The scalar loss.
     """
-    log_p, log_not_p = _clipped_log(jax.nn.log_sigmoid(z)), _clipped_log(jax.nn.log_sigmoid(-z))
-    return -jnp.sum(jnp.mean(y * log_p + (1 - y) * log_not_p, axis=0))
+    p = _clipped(jax.nn.sigmoid(z))
+    return -jnp.sum(jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p), axis=0))
 
 
 def _with_sklearns_gradient(value, out_activation: str):
