@@ -403,7 +403,6 @@ def test_partial_fit_checks_the_parameters_as_sklearns():
 @pytest.mark.parametrize(
     "estimator, params, method, arguments",
     [
-        (MLPRegressor, {"loss": "poisson"}, "fit", {}),
         (MLPClassifier, {"verbose": True}, "fit", {}),
         (MLPRegressor, {"warm_start": True}, "fit", {}),
         (MLPRegressor, {"solver": "sgd"}, "partial_fit", {"sample_weight": np.ones(4)}),

@@ -10,7 +10,7 @@ L-BFGS-B as one compiled program), `_training` (epochs and stopping rules, one m
 
 The estimators take scikit-learn's MLP parameters (names, order, defaults, meanings), checked as scikit-learn checks
 them (its InvalidParameterError, word for word). A value scikit-learn accepts that is not implemented yet raises a
-one-line ValueError: `loss="poisson"`, a truthy `verbose` with sgd or adam, `warm_start=True` on a fitted estimator, and
+one-line ValueError: a truthy `verbose` with sgd or adam, `warm_start=True` on a fitted estimator, and
 `sample_weight` in `partial_fit` (`fit` takes none yet).
 What differs, and why:
 - Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
@@ -25,7 +25,6 @@ What differs, and why:
   the validation score taken on the host, η set between calls and the best params kept. Given the same weights
   and full batches, `loss_curve_` equals sklearn's to 1e-8 in float64 (tests/test_sklearn_parity_solvers.py).
   `n_iter_` counts every epoch since the first fit, sklearn's only those of the last call (partial_fit: 1).
-- Binary classification uses two softmax outputs (`out_activation_ = "softmax"`), not one logistic unit.
 - `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
   fit, n_iter_ and ConvergenceWarning; but in the program's float precision (float32 unless x64 is on), where
@@ -34,11 +33,15 @@ What differs, and why:
   parameter weights…", the step in a note). sklearn checks only the final weights: it trains on through a
   non-finite loss (an inf in `loss_curve_`) and succeeds if the weights stay finite. A fit that raises leaves the
   estimator as it was before (sklearn leaves the non-finite weights on it).
-- The loss is sklearn's: ½·mean((y − ŷ)²) or the mean cross-entropy, plus α/(2b)·Σ‖W‖² per minibatch of b
-  rows; α enters the program as data (a frozen params leaf), so a grid over it compiles nothing new.
+- The loss is sklearn's (`LOSSES`): ½·mean((y − ŷ)²), the half Poisson deviance, the log-loss (softmax) or the
+  binary log-loss (one logistic unit for two classes, one per label for a multilabel indicator), plus
+  α/(2b)·Σ‖W‖² per minibatch of b rows, differentiated as sklearn differentiates it; α enters the program as data
+  (a frozen params leaf), so a grid over it compiles nothing new. `loss="poisson"` refuses y < 0 (sklearn does not
+  check it and trains on a NaN loss).
 """
 
 from bp_jax.estimators._base import (
+    LOSSES,
     MEMBER_SUM_WEIGHTS,
     SUM_CONTRACTION_WEIGHTS,
     Objective,
@@ -70,6 +73,7 @@ from bp_jax.estimators._training import (
 )
 
 __all__ = [
+    "LOSSES",
     "MEMBER_SUM_WEIGHTS",
     "SUM_CONTRACTION_WEIGHTS",
     "VECTORISED",

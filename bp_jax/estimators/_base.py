@@ -1,7 +1,9 @@
-"""What the estimators compute, apart from training: sklearn's objective, initialisation, weight layout, forward
-pass and metrics, as scikit-learn's `neural_network/_base.py` holds its activations and losses.
+"""What the estimators compute, apart from training: sklearn's losses, objective, initialisation, weight layout,
+forward pass and metrics, as scikit-learn's `neural_network/_base.py` holds its activations and losses.
 
-The objective is `f(params, x, y) = loss(ŷ, y) + ½·l2·Σ‖W‖²` with `l2 = α / batch_size` a params leaf (data).
+The objective is `f(params, x, y) = loss(z, y) + ½·l2·Σ‖W‖²` with z the last layer's output before the output
+activation and `l2 = α / batch_size` a params leaf (data). Each loss is sklearn's value, differentiated as sklearn
+differentiates it (`LOSSES`).
 Weights are bp_jax layers (W of shape (out, in)) while training and sklearn's `coefs_` (in, out) once fitted;
 prediction and scoring run in numpy on the latter, so they compile nothing.
 """
@@ -16,16 +18,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.special import expit
+from jax.scipy.special import xlogy
+from scipy.special import expit, softmax
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.utils import check_random_state
 
 from bp_jax._layers import mlp
-from bp_jax._losses import mse, softmax_cross_entropy
+from bp_jax._losses import mse
 
 #: sklearn's activation names → bp_jax's.
 ACTIVATIONS = {"identity": "identity", "relu": "relu", "tanh": "tanh", "logistic": "sigmoid"}
 _NUMPY_ACTIVATIONS = {"identity": lambda z: z, "relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "logistic": expit}
+#: sklearn's output activations (`out_activation_`), in numpy and in jax.
+_NUMPY_OUTPUTS = _NUMPY_ACTIVATIONS | {"exp": np.exp, "softmax": functools.partial(softmax, axis=-1)}
+_OUTPUTS = {"identity": lambda z: z, "exp": jnp.exp, "logistic": jax.nn.sigmoid, "softmax": jax.nn.softmax}
 #: Layers of at most this many weights form x·Wᵀ as a fused product and sum (Linear's contraction="sum") in a
 #: one-model fit when every layer is this small: on CPU about 2× faster a step than a matmul at the seed MLP's sizes.
 SUM_CONTRACTION_WEIGHTS = 64
@@ -34,7 +40,7 @@ MEMBER_SUM_WEIGHTS = 32
 
 
 def half_squared_error(pred, target):
-    """sklearn's squared loss, ½·mean((ŷ − y)²).
+    """sklearn's squared loss, ½·mean((ŷ − y)²) (over rows and outputs).
 
     Args:
         pred: predictions ŷ.
@@ -46,6 +52,77 @@ def half_squared_error(pred, target):
     return mse(pred, target) / 2
 
 
+def half_poisson_deviance(z, y):
+    """sklearn's Poisson loss of ŷ = exp(z): Σ over outputs of the mean over rows of y·log(y/ŷ) − y + ŷ.
+
+    Args:
+        z: the raw outputs, log ŷ.
+        y: targets (≥ 0), shaped as `z`.
+
+    Returns:
+        The scalar loss.
+    """
+    return jnp.sum(jnp.mean(xlogy(y, y) - y * z - y + jnp.exp(z), axis=0))
+
+
+def _clipped(p):
+    """p clipped to [ε, 1 − ε] (ε of the dtype), as sklearn's log-losses clip their probabilities."""
+    eps = jnp.finfo(p.dtype).eps
+    return jnp.clip(p, eps, 1 - eps)
+
+
+def log_loss(z, y):
+    """sklearn's log-loss of the softmax p = softmax(z): −mean over rows of Σ_k y_k·log p_k, p clipped to [ε, 1 − ε].
+
+    Args:
+        z: the raw outputs (logits), (n, k).
+        y: one-hot targets, (n, k).
+
+    Returns:
+        The scalar loss.
+    """
+    return -jnp.sum(jnp.mean(y * jnp.log(_clipped(jax.nn.softmax(z))), axis=0))
+
+
+def binary_log_loss(z, y):
+    """sklearn's binary log-loss of p = σ(z), one per output: Σ over outputs of −mean over rows of
+    y·log p + (1 − y)·log(1 − p), p clipped to [ε, 1 − ε] (computed as sklearn computes it, 1 − p included).
+
+    Args:
+        z: the raw outputs, (n, k).
+        y: 0/1 targets, shaped as `z`.
+
+    Returns:
+        The scalar loss.
+    """
+    p = _clipped(jax.nn.sigmoid(z))
+    return -jnp.sum(jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p), axis=0))
+
+
+def _with_sklearns_gradient(value, out_activation: str):
+    """`value(z, y)` whose derivative in z is sklearn's backprop delta, (out(z) − y)/n over n rows, not value's
+    own. The two agree except where sklearn's value clips p (the log-losses: there sklearn's gradient is still
+    p − y), and for squared error with k outputs (sklearn's value is ½·mean over outputs, its delta the gradient of
+    ½·Σ over them, k times larger)."""
+    out = _OUTPUTS[out_activation]
+    loss = jax.custom_vjp(value)
+    loss.defvjp(
+        lambda z, y: (value(z, y), (z, y)),
+        lambda residuals, cotangent: (cotangent * (out(residuals[0]) - residuals[1]) / residuals[0].shape[0], None),
+    )
+    return loss
+
+
+#: sklearn's losses (`neural_network/_base.py`'s LOSS_FUNCTIONS, with their output activations): a function of the
+#: raw output z and the encoded targets y (floats), its value sklearn's and its gradient sklearn's (out(z) − y)/n.
+LOSSES = {
+    "squared_error": _with_sklearns_gradient(half_squared_error, "identity"),
+    "poisson": _with_sklearns_gradient(half_poisson_deviance, "exp"),
+    "log_loss": _with_sklearns_gradient(log_loss, "softmax"),
+    "binary_log_loss": _with_sklearns_gradient(binary_log_loss, "logistic"),
+}
+
+
 @dataclass(frozen=True)
 class Objective:
     """sklearn's training objective, its α as data: `f(params, x, y) = loss(model.apply(params["layers"], x), y)
@@ -53,7 +130,7 @@ class Objective:
 
     Attributes:
         model: the bp_jax `Model` (an `mlp`).
-        loss: `loss(pred, target)`, e.g. `half_squared_error` or `softmax_cross_entropy`.
+        loss: `loss(z, target)`, one of `LOSSES`.
     """
 
     model: Any
@@ -101,14 +178,14 @@ def member_layout(sizes: tuple[int, ...], batch_size: int) -> str:
 
 @functools.lru_cache(maxsize=64)  # one objective per configuration: equal configurations share one program
 def objective(
-    sizes: tuple[int, ...], activation: str, classifier: bool, *, members: bool = False, layout: str = "rows"
+    sizes: tuple[int, ...], activation: str, loss: str, *, members: bool = False, layout: str = "rows"
 ) -> Objective:
     """The training objective of an MLP, one per configuration (equal configurations share one program).
 
     Args:
         sizes: the layer widths, input first.
         activation: sklearn's name of the hidden activation ("identity", "relu", "tanh", "logistic").
-        classifier: softmax cross-entropy if True, else `half_squared_error`.
+        loss: sklearn's name of the loss, a key of `LOSSES`.
         members: for vmapped ensemble members (see `contractions`).
         layout: the activations' layout, as `mlp` takes it.
 
@@ -116,7 +193,7 @@ def objective(
         The `Objective`.
     """
     model = mlp(sizes, ACTIVATIONS[activation], contraction=contractions(sizes, members=members), layout=layout)
-    return Objective(model, softmax_cross_entropy if classifier else half_squared_error)
+    return Objective(model, LOSSES[loss])
 
 
 def glorot(seed: int, sizes: tuple[int, ...], activation: str, dtype) -> tuple:
@@ -170,14 +247,15 @@ def from_sklearn(coefs, intercepts) -> tuple:
     return tuple(layers[:-1])
 
 
-def forward(coefs, intercepts, activation: str, x: np.ndarray) -> np.ndarray:
-    """The network's output before the output activation, in numpy (predicting compiles nothing).
+def forward(coefs, intercepts, activation: str, x: np.ndarray, *, out_activation: str) -> np.ndarray:
+    """The network's output, in numpy (predicting compiles nothing): out(z) of the last layer's z.
 
     Args:
         coefs: sklearn's weights, optionally with a leading axis (several networks, e.g. a grid's members).
         intercepts: sklearn's biases, laid out alike.
         activation: sklearn's name of the hidden activation.
         x: (n, n_in) inputs.
+        out_activation: sklearn's `out_activation_`: "identity", "exp", "logistic" or "softmax" (over the outputs).
 
     Returns:
         (…, n, n_out): one output per network.
@@ -187,7 +265,7 @@ def forward(coefs, intercepts, activation: str, x: np.ndarray) -> np.ndarray:
         x = x @ weight + bias[..., None, :]
         if index < len(coefs) - 1:
             x = hidden(x)
-    return x
+    return _NUMPY_OUTPUTS[out_activation](x)
 
 
 def _metric_value(scores: np.ndarray) -> float | np.ndarray:
@@ -231,16 +309,18 @@ def r2(y_true, y_pred) -> float | np.ndarray:
 
 
 def accuracy(y_true, y_pred) -> float | np.ndarray:
-    """sklearn's `accuracy_score` on checked label arrays: the fraction of rows where y_pred equals y_true.
+    """sklearn's `accuracy_score` on checked label arrays: the fraction of rows where y_pred equals y_true (for a
+    multilabel indicator, every label of the row: subset accuracy).
 
     Args:
-        y_true: (n,) labels.
-        y_pred: (…, n) labels, several models' stacked on leading axes.
+        y_true: (n,) labels or an (n, k) indicator.
+        y_pred: (…, n) labels or (…, n, k) indicators, several models' stacked on leading axes.
 
     Returns:
         The accuracy, a float, or one per model stacked in y_pred.
     """
-    return _metric_value(np.mean(np.asarray(y_true) == np.asarray(y_pred), axis=-1))
+    equal = np.asarray(y_true) == np.asarray(y_pred)
+    return _metric_value(np.mean(equal if np.ndim(y_true) == 1 else np.all(equal, axis=-1), axis=-1))
 
 
 def seed_of(random_state) -> int:

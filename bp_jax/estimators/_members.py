@@ -212,7 +212,7 @@ def train_members(
 def _initial_layers(members: list[Member], features: int, dtype):
     """The members' Glorot initialisations (one draw per seed), stacked on a leading member axis."""
     first = members[0].estimator
-    sizes = (features, *first._hidden_sizes(), first._n_outputs())
+    sizes = (features, *first._hidden_sizes(), first.n_outputs_)
     initial = {seed: glorot(seed, sizes, first.activation, dtype) for seed in {member.seed for member in members}}
     return jax.tree.map(lambda *leaves: np.stack(leaves), *(initial[member.seed] for member in members))
 

@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import OptimizeResult
-from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets, unique_labels
+from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.optimize import _check_optimize_result
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from bp_jax.estimators._base import (
     accuracy,
@@ -140,7 +140,6 @@ class BaseMLP(BaseEstimator):
         lbfgs, `warm_start` only once fitted)."""
         self._hidden_sizes()
         pending = {
-            f"loss={self.loss!r}": self.loss == "poisson",
             f"verbose={self.verbose!r} with solver={self.solver!r}": bool(self.verbose) and self.solver != "lbfgs",
             "warm_start=True on a fitted estimator": (
                 bool(self.warm_start) and not incremental and hasattr(self, "coefs_")
@@ -150,17 +149,19 @@ class BaseMLP(BaseEstimator):
             if unsupported:
                 raise ValueError(f"{type(self).__name__}: {setting} is not supported yet by bp_jax.estimators")
 
-    def _objective(self, features: int, outputs: int, *, members_batch: int | None = None):
+    def _objective(self, features: int, *, members_batch: int | None = None):
         """The objective, shared by every estimator of this configuration (`members_batch`: as a member of an
-        ensemble trained on minibatches of this size)."""
-        sizes = (features, *self._hidden_sizes(), outputs)
+        ensemble trained on minibatches of this size). Its loss is sklearn's: `loss`, where log-loss over logistic
+        outputs is the binary log-loss."""
+        sizes = (features, *self._hidden_sizes(), self.n_outputs_)
         layout = "rows" if members_batch is None else member_layout(sizes, members_batch)
-        return objective(sizes, self.activation, self._classifier, members=members_batch is not None, layout=layout)
+        loss = "binary_log_loss" if self.out_activation_ == "logistic" else self.loss
+        return objective(sizes, self.activation, loss, members=members_batch is not None, layout=layout)
 
-    def _program(self, features: int, outputs: int, *, members_batch: int | None = None):
+    def _program(self, features: int, *, members_batch: int | None = None):
         """(objective, optimizer) of sgd or adam: shared by every estimator of this configuration (its solver's
         hyperparameters are data)."""
-        return self._objective(features, outputs, members_batch=members_batch), solver_transform(self.solver)
+        return self._objective(features, members_batch=members_batch), solver_transform(self.solver)
 
     def _rule_state(self, steps: Plan, *, first: bool) -> dict:
         """sklearn's stopping rule and schedule (`rule_state`; adam's schedule is "constant", as sklearn's Adam
@@ -178,15 +179,9 @@ class BaseMLP(BaseEstimator):
 
     def _validate_input(self, X, y, *, reset: bool):
         dtype = np.dtype(jax.dtypes.canonicalize_dtype(float))
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            reset=reset,
-            dtype=dtype,
-            multi_output=not self._classifier,
-            y_numeric=not self._classifier,
-        )
+        X, y = validate_data(self, X, y, reset=reset, dtype=dtype, multi_output=True, y_numeric=not self._classifier)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)  # sklearn's DataConversionWarning, then one output
         if not self._classifier and y.dtype.kind not in "fiub":  # text targets: numbers spelled as text, or refused
             try:
                 y = y.astype(dtype)
@@ -202,7 +197,7 @@ class BaseMLP(BaseEstimator):
         self._check_params(incremental=incremental)
         first = not (incremental and hasattr(self, "coefs_"))
         X, y = self._validate_input(X, y, reset=first)
-        targets = self._encode_targets(y, first=first, classes=classes)
+        targets = self._encode_targets(y, first=first, classes=classes).astype(X.dtype)
         if incremental and self.early_stopping and self.solver != "lbfgs":
             raise ValueError("partial_fit does not support early_stopping=True")
         if self.solver == "lbfgs":
@@ -221,23 +216,22 @@ class BaseMLP(BaseEstimator):
             self.loss_curve_, self._no_improvement_count = [], 0
 
     def _set_weights(self, coefs, intercepts) -> None:
-        """The fitted weights (sklearn's layout) and the layer attributes they give."""
+        """The fitted weights (sklearn's layout) and the layer count they give."""
         self.coefs_, self.intercepts_ = coefs, intercepts
         self.n_layers_ = len(self.coefs_) + 1
-        self.out_activation_ = "softmax" if self._classifier else "identity"
 
     def _fit_lbfgs(self, X, targets, *, first: bool):
         """sklearn's lbfgs: the whole optimisation one call of one compiled program (`_lbfgs.compiled`) on every row,
         from Glorot's initialisation, or from the fitted weights (the regressor's partial_fit, as sklearn's)."""
         if first:
             self._start(seed_of(self.random_state))
-        sizes = (X.shape[1], *self._hidden_sizes(), self._n_outputs())
+        sizes = (X.shape[1], *self._hidden_sizes(), self.n_outputs_)
         layers = (
             glorot(self._seed, sizes, self.activation, X.dtype)
             if first
             else from_sklearn(self.coefs_, self.intercepts_)
         )
-        result = compiled(self._objective(X.shape[1], self._n_outputs()), members=False)(
+        result = compiled(self._objective(X.shape[1]), members=False)(
             layers,
             np.asarray(self.alpha / X.shape[0], X.dtype),
             X,
@@ -291,8 +285,8 @@ class BaseMLP(BaseEstimator):
         """(TrainRun, the Plan it ran, its Stopping): the params to start from (Glorot or the fitted ones), then
         `fit_epochs`; with early stopping, on the rows left after the validation split, which it scores."""
         steps = plan(self.batch_size, X.shape[0])
-        loss_fn, transform = self._program(X.shape[1], self._n_outputs())
-        sizes = (X.shape[1], *self._hidden_sizes(), self._n_outputs())
+        loss_fn, transform = self._program(X.shape[1])
+        sizes = (X.shape[1], *self._hidden_sizes(), self.n_outputs_)
         layers = (
             glorot(self._seed, sizes, self.activation, X.dtype)
             if first
@@ -301,12 +295,12 @@ class BaseMLP(BaseEstimator):
         score = None
         if early:
             # as sklearn's: only a binary problem is stratified, on its one binarized column (True for classes_[1])
-            binary = self._classifier and self._n_outputs() == 2
+            binary = self._classifier and self.n_outputs_ == 1
             kept, held = train_test_split(
                 np.arange(X.shape[0]),
                 random_state=self._seed,
                 test_size=self.validation_fraction,
-                stratify=(targets == 1)[:, None] if binary else None,
+                stratify=targets.astype(bool) if binary else None,
             )
             if len(held) < 2:
                 raise ValueError(
@@ -345,12 +339,16 @@ class BaseMLP(BaseEstimator):
 
     def _score_weights(self, X, y, coefs, intercepts) -> float:
         """`score` on checked X, y of the network with these sklearn-layout weights (`r2` or `accuracy`)."""
-        return self._metric(y, self._decode(forward(coefs, intercepts, self.activation, X)))
+        return self._metric(y, self._decode(self._forward(coefs, intercepts, X)))
 
-    def _raw(self, X) -> np.ndarray:
+    def _forward(self, coefs, intercepts, X) -> np.ndarray:
+        return forward(coefs, intercepts, self.activation, X, out_activation=self.out_activation_)
+
+    def _output(self, X) -> np.ndarray:
+        """The output layer's activations for X (sklearn's `_forward_pass_fast`)."""
         check_is_fitted(self, "coefs_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        return forward(self.coefs_, self.intercepts_, self.activation, X)
+        return self._forward(self.coefs_, self.intercepts_, X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -361,11 +359,12 @@ class BaseMLP(BaseEstimator):
 class MLPRegressor(RegressorMixin, BaseMLP):
     """sklearn.neural_network.MLPRegressor's parameters and attributes, trained by bp_jax's fused loop.
 
-    The output is the identity and the loss on a minibatch of b rows ½·mean((ŷ − y)²) + α/(2b)·Σ‖W‖²
+    The output is the identity and the loss on a minibatch of b rows ½·mean((ŷ − y)²) + α/(2b)·Σ‖W‖², or with
+    loss="poisson" ŷ = exp(z) and the half Poisson deviance Σ_outputs mean(y·log(y/ŷ) − y + ŷ) + α/(2b)·Σ‖W‖²
     (`bp_jax.estimators` lists where it differs from sklearn's).
 
     Args:
-        loss: "squared_error" ("poisson" is not supported yet).
+        loss: "squared_error" or "poisson" (y ≥ 0, checked).
         hidden_layer_sizes: the hidden layers' widths (an int for one layer).
         activation: the hidden activation: "identity", "relu", "tanh" or "logistic".
         solver: "lbfgs" (full batch, the whole fit one compiled loop), "sgd" (sklearn's, with momentum) or "adam"
@@ -401,6 +400,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         loss_curve_: each epoch's mean loss (not set by lbfgs, as in sklearn).
         n_iter_: the epochs trained (lbfgs: iterations).
         n_outputs_: the targets' columns.
+        out_activation_: "identity", or "exp" for poisson.
 
     Examples:
         >>> import numpy as np
@@ -505,21 +505,23 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def _encode_targets(self, y, *, first: bool, classes=None):
+        """y as an (n, n_outputs_) matrix; the first fit sets n_outputs_ and out_activation_ ("exp" for poisson).
+        Poisson targets must be ≥ 0: sklearn's docstring requires it but does not check, and its loss is NaN."""
         y = y.reshape(-1, 1) if y.ndim == 1 else y
         if first:
             self.n_outputs_ = y.shape[1]
+            self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
         elif y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {y.shape[1]} outputs, but this estimator was fitted with {self.n_outputs_}")
+        if self.loss == "poisson" and np.any(y < 0):
+            raise ValueError("Some value(s) of y are out of the valid range of the loss 'poisson': y must be >= 0.")
         return y
 
-    def _n_outputs(self) -> int:
-        return self.n_outputs_
-
-    def _decode(self, raw: np.ndarray) -> np.ndarray:
-        return raw[..., 0] if raw.shape[-1] == 1 else raw
+    def _decode(self, output: np.ndarray) -> np.ndarray:
+        return output[..., 0] if output.shape[-1] == 1 else output
 
     def predict(self, X):
-        """The network's output for X.
+        """The network's output for X: out(z) of the last layer's z (exp for poisson, else the identity).
 
         Args:
             X: (n, features) inputs.
@@ -527,19 +529,16 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         Returns:
             (n,) for one target, (n, n_outputs) for several.
         """
-        return self._decode(self._raw(X))
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
+        return self._decode(self._output(X))
 
 
 class MLPClassifier(ClassifierMixin, BaseMLP):
     """sklearn.neural_network.MLPClassifier's parameters and attributes, trained by bp_jax's fused loop.
 
-    Softmax over one output per class (two for a binary problem) and, on a minibatch of b rows, the loss
-    mean cross-entropy + α/(2b)·Σ‖W‖² (`bp_jax.estimators` lists where it differs from sklearn's).
+    Targets binarized as sklearn's `LabelBinarizer`: one logistic output p = σ(z) for two classes (classes_[1] where
+    p > ½), softmax over one output per class for more, one logistic output per label for a multilabel indicator
+    y; on a minibatch of b rows, the loss sklearn's log-loss (its binary log-loss for logistic outputs)
+    + α/(2b)·Σ‖W‖² (`bp_jax.estimators` lists where it differs from sklearn's).
 
     Args:
         hidden_layer_sizes: the hidden layers' widths (an int for one layer).
@@ -572,7 +571,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         max_fun: lbfgs stops at the end of the iteration after more than this many loss evaluations.
 
     Attributes:
-        classes_: the labels, sorted.
+        classes_: the labels, sorted (arange(k) for a multilabel indicator of k labels).
+        n_outputs_: the output units: 1 for two classes, else one per class or label.
+        out_activation_: "logistic" (two classes, multilabel) or "softmax".
         loss: "log_loss", as sklearn's (not a parameter).
         coefs_: each layer's weights, (n_in, n_out).
         intercepts_: each layer's biases.
@@ -691,45 +692,59 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return self._fit(X, y, incremental=True, classes=self.classes_, sample_weight=sample_weight)
 
     def _encode_targets(self, y, *, first: bool, classes=None):
-        check_classification_targets(y)
+        """y binarized as sklearn's `LabelBinarizer` binarizes it (fitted on `classes` if given, on y if a multilabel
+        indicator): one 0/1 column for two classes (True for classes_[1]), one-hot columns for more, the indicator
+        itself for multilabel. The first fit sets classes_, n_outputs_ and out_activation_ ("softmax" for more than
+        two classes, else "logistic")."""
         if first:
-            self.classes_ = np.unique(y) if classes is None else np.unique(np.asarray(classes))
-        labels = np.searchsorted(self.classes_, y)
-        unknown = (labels >= len(self.classes_)) | (self.classes_[np.minimum(labels, len(self.classes_) - 1)] != y)
-        if np.any(unknown):
-            raise ValueError(
-                f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. 'y' has "
-                f"{unique_labels(y)}."
-            )
-        return labels.astype(np.int32)
+            multilabel = type_of_target(y).startswith("multilabel")
+            self._label_binarizer = LabelBinarizer().fit(y if classes is None or multilabel else classes)
+            self.classes_ = self._label_binarizer.classes_
+            self.out_activation_ = "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
+        if classes is not None or not first:
+            labels = unique_labels(y)
+            if len(np.setdiff1d(labels, self.classes_, assume_unique=True)):
+                raise ValueError(
+                    f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. 'y' has {labels}."
+                )
+        targets = self._label_binarizer.transform(y)
+        if first:
+            self.n_outputs_ = targets.shape[1]
+        return targets
 
-    def _n_outputs(self) -> int:
-        return max(len(self.classes_), 2)
-
-    def _decode(self, raw: np.ndarray) -> np.ndarray:
-        return self.classes_[np.argmax(raw[..., : len(self.classes_)], axis=-1)]
+    def _decode(self, output: np.ndarray) -> np.ndarray:
+        """Labels from the output layer's probabilities: the likeliest class (softmax); classes_[1] where p > ½ (one
+        logistic unit; classes_[0] always for a single class); the indicator p > ½ (multilabel)."""
+        if self.out_activation_ == "softmax":
+            return self.classes_[np.argmax(output, axis=-1)]
+        positive = output > 0.5
+        if self.n_outputs_ > 1:
+            return positive.astype(int)
+        return self.classes_[np.minimum(positive[..., 0], len(self.classes_) - 1)]
 
     def predict(self, X):
-        """The class of highest probability for each row of X.
+        """The class of highest probability for each row of X (multilabel: each label of probability above ½).
 
         Args:
             X: (n, features) inputs.
 
         Returns:
-            (n,) labels.
+            (n,) labels, or the (n, n_classes) indicator for multilabel y.
         """
-        return self._decode(self._raw(X))
+        return self._decode(self._output(X))
 
     def predict_proba(self, X):
-        """softmax of the outputs.
+        """The output layer's probabilities: softmax over the classes, [1 − p, p] of a binary problem's one logistic
+        unit p, or each label's p (multilabel).
 
         Args:
             X: (n, features) inputs.
 
         Returns:
-            (n, n_classes) probabilities, rows summing to 1, columns in the order of classes_.
+            (n, n_classes) probabilities, columns in the order of classes_.
         """
-        return softmax(self._raw(X)[:, : len(self.classes_)], axis=1)
+        output = self._output(X)
+        return np.stack([1 - output[:, 0], output[:, 0]], axis=1) if self.n_outputs_ == 1 else output
 
     def predict_log_proba(self, X):
         """log of `predict_proba`.
@@ -741,3 +756,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             (n, n_classes) log-probabilities.
         """
         return np.log(self.predict_proba(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags

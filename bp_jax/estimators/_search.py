@@ -333,7 +333,14 @@ def _searched(estimator) -> tuple[Any, str | None]:
 
 
 #: What validating its training data sets on an estimator: copied to every member of one block.
-_DATA_ATTRIBUTES = ("n_features_in_", "feature_names_in_", "classes_", "n_outputs_")
+_DATA_ATTRIBUTES = (
+    "n_features_in_",
+    "feature_names_in_",
+    "classes_",
+    "_label_binarizer",
+    "n_outputs_",
+    "out_activation_",
+)
 
 
 def _jobs(n_jobs) -> int:
@@ -394,11 +401,11 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
         member.__dict__.update(block.attributes)
         entry = Member(index, searched, member, block_key, seed_of(member.random_state))
         if lbfgs:
-            loss_fn = member._objective(block.x.shape[1], member._n_outputs(), members_batch=len(block.x))
+            loss_fn = member._objective(block.x.shape[1], members_batch=len(block.x))
             lbfgs_programs.setdefault((loss_fn, block_key), []).append(entry)
         else:
             assert steps is not None  # sgd or adam on minibatches: the fits alone went above
-            program = member._program(block.x.shape[1], member._n_outputs(), members_batch=steps.batch_size)
+            program = member._program(block.x.shape[1], members_batch=steps.batch_size)
             programs.setdefault((program, steps, member.max_iter, block.x.dtype), []).append(entry)
         prepared_in[index] = time.perf_counter() - start
     for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
@@ -454,7 +461,7 @@ def _block(searched, member, name: str | None, x, y) -> Block:
     if name is not None and len(searched.steps) > 1:
         x = searched[:-1].fit_transform(x, y)
     x, y = member._validate_input(x, y, reset=True)
-    targets = member._encode_targets(y, first=True)
+    targets = member._encode_targets(y, first=True).astype(x.dtype)
     attributes = {attribute: getattr(member, attribute) for attribute in _DATA_ATTRIBUTES if hasattr(member, attribute)}
     return Block(list(searched.steps[:-1]) if name is not None else [], x, targets, attributes)
 
