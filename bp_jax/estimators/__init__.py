@@ -4,18 +4,22 @@ that trains every (grid point × fold) as one member of one `fit_ensemble` progr
 An edge package (needs scikit-learn, the `sklearn` extra); `import bp_jax` does not import it. Its modules, as
 scikit-learn lays out `neural_network/` and `model_selection/`: `_base` (objective, initialisation, weights, forward
 pass, metrics), `_stochastic_optimizers` (sklearn's sgd and adam, every hyperparameter data), `_lbfgs` (lbfgs: scipy's
-L-BFGS-B as one compiled program), `_training` (epochs and stopping rules, one model's run), `_multilayer_perceptron`
-(the estimators), `_members` (a grid's members trained together), `_search` (GridSearchCV) and `_constraints`
-(scikit-learn's own parameter validation).
+L-BFGS-B as one compiled program), `_training` (epochs and stopping rules, one model's run), `_reporting` (`verbose`'s
+lines), `_multilayer_perceptron` (the estimators), `_members` (a grid's members trained together), `_search`
+(GridSearchCV) and `_constraints` (scikit-learn's own parameter validation).
 
 The estimators take scikit-learn's MLP parameters (names, order, defaults, meanings), checked as scikit-learn checks
 them (its InvalidParameterError, word for word). A value scikit-learn accepts that is not implemented yet raises a
-one-line ValueError: a truthy `verbose` with sgd or adam, `warm_start=True` on a fitted estimator, and
-`sample_weight` in `partial_fit` (`fit` takes none yet).
+one-line ValueError: `sample_weight` in `partial_fit` (`fit` takes none yet). State carries over as scikit-learn's:
+`warm_start=True` fits from the fitted (or hand-set) weights with a fresh optimizer, continuing `loss_curve_`, `t_`, `best_loss_`, the no-improvement count and the validation scores; `partial_fit` also continues
+the optimizer; `n_iter_` counts the last call's epochs (partial_fit: 1). `verbose` prints scikit-learn's lines for
+sgd and adam (the fit then runs one epoch per chunk of the same loop: the same bits), nothing for lbfgs (as
+scikit-learn's with scipy ≥ 1.15). A warm-start fit with early stopping that never beats the best score keeps the
+best weights (scikit-learn's ends with its last: its restored best arrays are trained in place).
 What differs, and why:
 - Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
-  key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch), and
-  `t_` (so invscaling's η = η₀/(t_ + 1)^power_t) counts the rows read.
+  key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch);
+  `t_` (so invscaling's η = η₀/(t_ + 1)^power_t) adds n an epoch, as sklearn's.
   `shuffle=False` reads them in order, each epoch rows 0 … b − 1, b … 2b − 1, … (the last n mod b never read).
 - sgd and adam are sklearn's SGDOptimizer and AdamOptimizer (v ← μv − ηg; adam's ε added to the uncorrected √v),
   and the stopping rule and `learning_rate` schedule are sklearn's, checked per epoch (`epoch_end`): with
@@ -24,7 +28,6 @@ What differs, and why:
   precision (float32 unless x64 is on; t_ held as a float there). With `early_stopping=True` each epoch is one call,
   the validation score taken on the host, η set between calls and the best params kept. Given the same weights
   and full batches, `loss_curve_` equals sklearn's to 1e-8 in float64 (tests/test_sklearn_parity_solvers.py).
-  `n_iter_` counts every epoch since the first fit, sklearn's only those of the last call (partial_fit: 1).
 - `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
   fit, n_iter_ and ConvergenceWarning; but in the program's float precision (float32 unless x64 is on), where

@@ -32,6 +32,7 @@ from bp_jax.estimators._base import (
 )
 from bp_jax.estimators._constraints import MLP_CONSTRAINTS, REGRESSOR_CONSTRAINTS, fit_context
 from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts
+from bp_jax.estimators._reporting import Progress
 from bp_jax.estimators._stochastic_optimizers import hyperparams, initial_state, solver_transform
 from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, non_finite_error, plan, rule_state
 
@@ -62,6 +63,8 @@ class BaseMLP(BaseEstimator):
     validation_scores_: list[float] | None
     best_validation_score_: float | None
     best_loss_: float | None
+    _best_coefs: list[np.ndarray]
+    _best_intercepts: list[np.ndarray]
     _opt_state: Any
 
     _parameter_constraints: dict = MLP_CONSTRAINTS
@@ -134,16 +137,11 @@ class BaseMLP(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be integers, got {sizes}.")
         return tuple(int(size) for size in sizes)
 
-    def _check_params(self, *, incremental: bool) -> None:
+    def _check_params(self) -> None:
         """The checks scikit-learn makes in `_fit`, and a one-line ValueError for a value scikit-learn accepts and
-        bp_jax does not implement yet (each a value scikit-learn's fit would act on: `verbose` prints nothing under
-        lbfgs, `warm_start` only once fitted)."""
+        bp_jax does not implement yet."""
         self._hidden_sizes()
         pending = {
-            f"verbose={self.verbose!r} with solver={self.solver!r}": bool(self.verbose) and self.solver != "lbfgs",
-            "warm_start=True on a fitted estimator": (
-                bool(self.warm_start) and not incremental and hasattr(self, "coefs_")
-            ),
         }
         for setting, unsupported in pending.items():
             if unsupported:
@@ -165,15 +163,21 @@ class BaseMLP(BaseEstimator):
 
     def _rule_state(self, steps: Plan, *, first: bool) -> dict:
         """sklearn's stopping rule and schedule (`rule_state`; adam's schedule is "constant", as sklearn's Adam
-        ignores `learning_rate`), continuing the fitted count, best loss and t_ unless `first`."""
-        carried = {} if first else {"best": self.best_loss_, "count": self._no_improvement_count, "t": self.t_}
+        ignores `learning_rate`), continuing the fitted count, best loss (early stopping: minus the best validation
+        score) and t_ unless `first`."""
+        carried = {}
+        if not first:
+            best = self.best_loss_
+            if self.early_stopping:
+                best = None if self.best_validation_score_ is None else -self.best_validation_score_
+            carried = {"best": np.inf if best is None else best, "count": self._no_improvement_count, "t": self.t_}
         return rule_state(
             self.tol,
             self.n_iter_no_change,
             schedule=self.learning_rate if self.solver == "sgd" else "constant",
             learning_rate_init=self.learning_rate_init,
             power_t=self.power_t,
-            rows=steps.steps_per_epoch * steps.batch_size,
+            rows=steps.rows,
             **carried,
         )
 
@@ -194,26 +198,41 @@ class BaseMLP(BaseEstimator):
     def _fit(self, X, y, *, incremental: bool, classes=None, sample_weight=None):
         if sample_weight is not None:
             raise ValueError(f"{type(self).__name__}: sample_weight is not supported yet by bp_jax.estimators")
-        self._check_params(incremental=incremental)
-        first = not (incremental and hasattr(self, "coefs_"))
+        self._check_params()
+        # sklearn's rule: partial_fit and warm_start continue the fitted weights (also ones set by hand)
+        first = not hasattr(self, "coefs_") or not (incremental or self.warm_start)
         X, y = self._validate_input(X, y, reset=first)
         targets = self._encode_targets(y, first=first, classes=classes).astype(X.dtype)
         if incremental and self.early_stopping and self.solver != "lbfgs":
             raise ValueError("partial_fit does not support early_stopping=True")
+        if first:
+            self._start(seed_of(self.random_state))
         if self.solver == "lbfgs":
             return self._fit_lbfgs(X, targets, first=first)
         early = self.early_stopping and not incremental
-        if first:
-            self._start(seed_of(self.random_state))
         run, steps, stopping = self._run_epochs(X, y, targets, first=first, incremental=incremental, early=early)
         return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
 
     def _start(self, seed: int) -> None:
-        """A fresh training history: no epochs (and, for sgd and adam, an empty loss curve), step 0, the seed of the
-        initialisation and the data order."""
+        """A fresh training history, as sklearn's `_initialize` sets it: step 0, the seed of the initialisation and
+        the data order and, for sgd and adam, an empty loss curve, no-improvement count 0 and the best loss (or,
+        with early stopping, validation score) yet to come."""
         self.t_, self._step, self.n_iter_, self._seed = 0, 0, 0, seed
         if self.solver != "lbfgs":
             self.loss_curve_, self._no_improvement_count = [], 0
+            early = bool(self.early_stopping)
+            self.best_loss_ = None if early else np.inf
+            self.validation_scores_ = [] if early else None
+            self.best_validation_score_ = -np.inf if early else None
+
+    def _initial_layers(self, X, *, first: bool) -> tuple:
+        """bp_jax params to train from: Glorot's initialisation if `first`, else the fitted (or hand-set) weights
+        in X's dtype."""
+        if first:
+            sizes = (X.shape[1], *self._hidden_sizes(), self.n_outputs_)
+            return glorot(self._seed, sizes, self.activation, X.dtype)
+        cast = lambda arrays: [np.asarray(array, X.dtype) for array in arrays]
+        return from_sklearn(cast(self.coefs_), cast(self.intercepts_))
 
     def _set_weights(self, coefs, intercepts) -> None:
         """The fitted weights (sklearn's layout) and the layer count they give."""
@@ -222,17 +241,10 @@ class BaseMLP(BaseEstimator):
 
     def _fit_lbfgs(self, X, targets, *, first: bool):
         """sklearn's lbfgs: the whole optimisation one call of one compiled program (`_lbfgs.compiled`) on every row,
-        from Glorot's initialisation, or from the fitted weights (the regressor's partial_fit, as sklearn's)."""
-        if first:
-            self._start(seed_of(self.random_state))
-        sizes = (X.shape[1], *self._hidden_sizes(), self.n_outputs_)
-        layers = (
-            glorot(self._seed, sizes, self.activation, X.dtype)
-            if first
-            else from_sklearn(self.coefs_, self.intercepts_)
-        )
+        from Glorot's initialisation, or from the fitted weights (warm_start, or the regressor's partial_fit, as
+        sklearn's)."""
         result = compiled(self._objective(X.shape[1]), members=False)(
-            layers,
+            self._initial_layers(X, first=first),
             np.asarray(self.alpha / X.shape[0], X.dtype),
             X,
             targets,
@@ -255,23 +267,23 @@ class BaseMLP(BaseEstimator):
         return self
 
     def _adopt(self, run: TrainRun, steps: Plan, *, incremental: bool, stopping: Stopping | None):
-        """Take a training run's result as the fitted state, after the history so far (`_start`), from `fit`'s
-        own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best params are kept."""
+        """Take a training run's result as the fitted state, after the history so far (`_start`, or the fits it
+        continues), from `fit`'s own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best
+        params are kept (those of an earlier fit when this one's scores never beat them, as sklearn's)."""
         self._set_weights(run.coefs, run.intercepts)
         self._opt_state, self._step, self._no_improvement_count = run.opt_state, run.step, run.no_improvement
         self.loss_curve_ = [*self.loss_curve_, *run.curve]
         self.loss_ = self.loss_curve_[-1]
-        self.n_iter_ += len(run.curve)
-        self.t_ += len(run.curve) * steps.steps_per_epoch * steps.batch_size
+        self.n_iter_ = len(run.curve)  # this call's epochs, as sklearn's
+        self.t_ += len(run.curve) * steps.rows
         if stopping is not None:
-            self.validation_scores_ = run.scores
+            self.validation_scores_ = [*(self.validation_scores_ or []), *run.scores]
             self.best_validation_score_ = stopping.best_score
-            self.best_loss_ = None
-            assert stopping.best_params is not None  # the first epoch's score (finite params) beats −inf
-            self.coefs_, self.intercepts_ = to_sklearn(stopping.best_params["layers"])
+            if stopping.best_params is not None:
+                self._best_coefs, self._best_intercepts = to_sklearn(stopping.best_params["layers"])
+            self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
         else:
-            self.validation_scores_ = self.best_validation_score_ = None
-            self.best_loss_ = float(np.min(self.loss_curve_))
+            self.best_loss_ = float(min(np.inf if self.best_loss_ is None else self.best_loss_, *run.curve))
         if not incremental and not run.stopped:
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
@@ -286,12 +298,9 @@ class BaseMLP(BaseEstimator):
         `fit_epochs`; with early stopping, on the rows left after the validation split, which it scores."""
         steps = plan(self.batch_size, X.shape[0])
         loss_fn, transform = self._program(X.shape[1])
-        sizes = (X.shape[1], *self._hidden_sizes(), self.n_outputs_)
-        layers = (
-            glorot(self._seed, sizes, self.activation, X.dtype)
-            if first
-            else from_sklearn(self.coefs_, self.intercepts_)
-        )
+        layers = self._initial_layers(X, first=first)
+        if first:
+            self._best_coefs, self._best_intercepts = to_sklearn(layers)
         score = None
         if early:
             # as sklearn's: only a binary problem is stratified, on its one binarized column (True for classes_[1])
@@ -310,12 +319,16 @@ class BaseMLP(BaseEstimator):
             X, targets = X[kept], targets[kept]
             steps = plan(self.batch_size, len(kept))
         params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
-        opt_state = (
-            initial_state(transform, params, hyperparams(self)) if first or self._opt_state is None else self._opt_state
-        )
-        stopping = Stopping(self._rule_state(steps, first=first or self._opt_state is None))
-        # shuffle=False: each call's epochs start at a multiple of the steps per epoch, so at row 0 (as sklearn's)
-        start = self._step if self.shuffle else -(-self._step // steps.steps_per_epoch) * steps.steps_per_epoch
+        # sklearn's optimizer: continued by partial_fit, fresh in each fit (also a warm_start one)
+        fresh = first or not incremental or self._opt_state is None
+        opt_state = initial_state(transform, params, hyperparams(self)) if fresh else self._opt_state
+        stopping = Stopping(self._rule_state(steps, first=first))
+        # each call's epochs start at a multiple of the steps per epoch (shuffle=False: at row 0, as sklearn's)
+        start = -(-self._step // steps.steps_per_epoch) * steps.steps_per_epoch
+        progress = None
+        if self.verbose:
+            adaptive = self.solver == "sgd" and self.learning_rate == "adaptive"
+            progress = Progress(self.tol, self.n_iter_no_change, early_stopping=early, adaptive=adaptive)
         run = fit_epochs(
             loss_fn,
             transform,
@@ -330,6 +343,7 @@ class BaseMLP(BaseEstimator):
             stopping=stopping,
             score=score,
             shuffle=bool(self.shuffle),
+            on_epoch=progress,
         )
         return run, steps, stopping
 
@@ -381,9 +395,10 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
         tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
             |gradient| component of a converged fit).
-        verbose: False (progress lines are not supported yet; lbfgs prints nothing, as sklearn's with scipy ≥ 1.15).
-        warm_start: continue a fitted estimator's weights in `fit`: not supported yet (a first fit is a fresh one,
-            as in sklearn).
+        verbose: print sklearn's lines for sgd and adam (each epoch's loss, the validation score, the rule's
+            messages); lbfgs prints nothing, as sklearn's with scipy ≥ 1.15.
+        warm_start: `fit` continues from the fitted (or hand-set) weights with a fresh optimizer, carrying the loss
+            curve, t_, the best loss or validation score and the no-improvement count (as sklearn's).
         momentum: μ for sgd.
         nesterovs_momentum: Nesterov momentum for sgd.
         early_stopping: stop on a held-out validation score (checked on the host each epoch).
@@ -398,7 +413,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         coefs_: each layer's weights, (n_in, n_out).
         intercepts_: each layer's biases.
         loss_curve_: each epoch's mean loss (not set by lbfgs, as in sklearn).
-        n_iter_: the epochs trained (lbfgs: iterations).
+        n_iter_: the epochs of the last fit or partial_fit (lbfgs: iterations).
         n_outputs_: the targets' columns.
         out_activation_: "identity", or "exp" for poisson.
 
@@ -475,7 +490,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     @fit_context
     def fit(self, X, y):
-        """Train from a fresh initialisation for up to max_iter epochs.
+        """Train for up to max_iter epochs from a fresh initialisation (warm_start: from the fitted weights).
 
         Args:
             X: (n, features) inputs.
@@ -488,7 +503,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     @fit_context
     def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted); with
+        """One epoch over (X, y), from the current weights and optimizer state (a fresh start if unfitted); with
         solver="lbfgs", a whole lbfgs fit from the current weights, as sklearn's MLPRegressor does.
 
         Args:
@@ -557,9 +572,10 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
         tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
             |gradient| component of a converged fit).
-        verbose: False (progress lines are not supported yet; lbfgs prints nothing, as sklearn's with scipy ≥ 1.15).
-        warm_start: continue a fitted estimator's weights in `fit`: not supported yet (a first fit is a fresh one,
-            as in sklearn).
+        verbose: print sklearn's lines for sgd and adam (each epoch's loss, the validation score, the rule's
+            messages); lbfgs prints nothing, as sklearn's with scipy ≥ 1.15.
+        warm_start: `fit` continues from the fitted (or hand-set) weights with a fresh optimizer, carrying the loss
+            curve, t_, the best loss or validation score and the no-improvement count (as sklearn's).
         momentum: μ for sgd.
         nesterovs_momentum: Nesterov momentum for sgd.
         early_stopping: stop on a held-out validation score (checked on the host each epoch).
@@ -578,7 +594,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         coefs_: each layer's weights, (n_in, n_out).
         intercepts_: each layer's biases.
         loss_curve_: each epoch's mean loss (not set by lbfgs, as in sklearn).
-        n_iter_: the epochs trained (lbfgs: iterations).
+        n_iter_: the epochs of the last fit or partial_fit (lbfgs: iterations).
 
     Examples:
         >>> import numpy as np
@@ -651,7 +667,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     @fit_context
     def fit(self, X, y):
-        """Train from a fresh initialisation for up to max_iter epochs.
+        """Train for up to max_iter epochs from a fresh initialisation (warm_start: from the fitted weights).
 
         Args:
             X: (n, features) inputs.
@@ -672,7 +688,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     @available_if(lambda estimator: estimator._check_solver())
     @fit_context
     def partial_fit(self, X, y, sample_weight=None, classes=None):
-        """One epoch over (X, y), from the current params and optimizer state (a fresh start if unfitted); absent
+        """One epoch over (X, y), from the current weights and optimizer state (a fresh start if unfitted); absent
         with solver="lbfgs", as in sklearn.
 
         Args:
@@ -701,6 +717,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             self._label_binarizer = LabelBinarizer().fit(y if classes is None or multilabel else classes)
             self.classes_ = self._label_binarizer.classes_
             self.out_activation_ = "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
+        elif self.warm_start and set(unique_labels(y)) != set(self.classes_):
+            raise ValueError(
+                "warm_start can only be used where `y` has the same classes as in the previous call to fit. "
+                f"Previously got {self.classes_}, `y` has {unique_labels(y)}"
+            )
         if classes is not None or not first:
             labels = unique_labels(y)
             if len(np.setdiff1d(labels, self.classes_, assume_unique=True)):

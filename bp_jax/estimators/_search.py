@@ -429,7 +429,7 @@ def _refusal(estimator: BaseMLP) -> Exception | None:
     `_check_params`), or None."""
     try:
         estimator._validate_params()
-        estimator._check_params(incremental=False)
+        estimator._check_params()
     except ValueError as error:  # scikit-learn's InvalidParameterError is a ValueError
         return error
     return None

@@ -9,6 +9,7 @@ steps' losses.
 
 import functools
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -25,10 +26,12 @@ class Plan(NamedTuple):
     Attributes:
         batch_size: rows per minibatch.
         steps_per_epoch: minibatches per epoch.
+        rows: n, the training rows (what an epoch adds to sklearn's `t_`).
     """
 
     batch_size: int
     steps_per_epoch: int
+    rows: int
 
 
 def plan(batch_size, rows: int) -> Plan:
@@ -49,7 +52,7 @@ def plan(batch_size, rows: int) -> Plan:
                 "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=3
             )
         batch = min(max(int(batch_size), 1), rows)
-    return Plan(batch, rows // batch)
+    return Plan(batch, rows // batch, rows)
 
 
 #: sklearn's `learning_rate` schedules, as the rule's state holds them (data).
@@ -249,6 +252,22 @@ def non_finite_error(step: int | None = None, cause: str = "loss or update") -> 
     return error
 
 
+def _learning_rate(opt_state) -> float:
+    return float(opt_state.hyperparams["learning_rate"])
+
+
+def _epoch_reporter(on_epoch, per_epoch: int, opt_state):
+    """`fit`'s `on_chunk` for chunks of one epoch: `on_epoch` with the epoch's mean loss and η before and after it
+    (`stopped=True` for the epoch at which the rule stopped, whose chunk `fit` does not report)."""
+    rates = [_learning_rate(opt_state)]
+
+    def report(result, stopped: bool = False) -> None:
+        rates.append(_learning_rate(result.opt_state))
+        on_epoch(float(np.mean(result.losses[-per_epoch:], dtype=np.float64)), None, stopped, *rates[-2:])
+
+    return report
+
+
 def with_learning_rate(opt_state, lr):
     """A `solver_transform`'s state with η set (the dtype kept)."""
     rates = opt_state.hyperparams
@@ -270,12 +289,14 @@ def fit_epochs(
     stopping: Stopping,
     score=None,
     shuffle: bool = True,
+    on_epoch: Callable[[float, float | None, bool, float, float], None] | None = None,
 ) -> TrainRun:
-    """Up to `epochs` epochs of `fit` from `start_step`, stopping and setting η where sklearn's rule would.
+    """Up to `epochs` epochs of `fit` from `start_step` (a multiple of the steps per epoch), stopping and setting η
+    where sklearn's rule would.
 
     With a `score` (early stopping): one `fit` call an epoch, `stopping` updated on the host and η set between
-    them. Otherwise `stopping`'s `epoch_rule` inside the loop, all epochs one call; its final state is written
-    back to `stopping.state`.
+    them. Otherwise `stopping`'s `epoch_rule` inside the loop, all epochs one call (one chunk per epoch with an
+    `on_epoch`: the same bits); its final state is written back to `stopping.state`.
 
     Args:
         loss_fn: the `Objective`.
@@ -291,6 +312,8 @@ def fit_epochs(
         stopping: sklearn's rule and schedule, from the state to continue.
         score: `score(params)`, the validation score of early stopping.
         shuffle: False reads the minibatches in order (`fit`'s shuffle).
+        on_epoch: called after each epoch with its mean loss, validation score (None without a `score`), whether
+            the rule stopped there, and η before and after its end (e.g. `_reporting.Progress`).
 
     Returns:
         The `TrainRun`.
@@ -312,6 +335,7 @@ def fit_epochs(
         if score is None:
             rule = epoch_rule(per_epoch, stopping.state, jnp.result_type(float))
             end = start_step + epochs * per_epoch
+            report = None if on_epoch is None else _epoch_reporter(on_epoch, per_epoch, opt_state)
             result = train(
                 params,
                 x,
@@ -319,9 +343,12 @@ def fit_epochs(
                 opt_state=opt_state,
                 steps=end - start_step,
                 start_step=start_step,
-                chunk_size=end,
+                chunk_size=end if report is None else per_epoch,
+                on_chunk=report,
                 stop_rule=rule,
             )
+            if report is not None and result.stopped_at >= 0:  # the loop returns before the stopping epoch's chunk
+                report(result, stopped=True)
             final = jax.device_get(result.rule_state)
             stopping.state = {name: np.asarray(final[name]) for name in stopping.state}
             params, opt_state, losses, stopped = result.params, result.opt_state, result.losses, result.stopped_at >= 0
@@ -335,8 +362,11 @@ def fit_epochs(
                 params, step = result.params, result.step
                 epoch_losses.append(result.losses)
                 scores.append(score(params))
-                stopped, lr = stopping.update(scores[-1], params, float(result.opt_state.hyperparams["learning_rate"]))
+                before = _learning_rate(result.opt_state)
+                stopped, lr = stopping.update(scores[-1], params, before)
                 opt_state = with_learning_rate(result.opt_state, lr)
+                if on_epoch is not None:
+                    on_epoch(float(np.mean(result.losses, dtype=np.float64)), scores[-1], stopped, before, lr)
                 if stopped:
                     break
             losses = np.concatenate(epoch_losses)
