@@ -11,11 +11,12 @@ lines), `_multilayer_perceptron` (the estimators), `_members` (a grid's members 
 The estimators take scikit-learn's MLP parameters (names, order, defaults, meanings), checked as scikit-learn checks
 them (its InvalidParameterError, word for word). A value scikit-learn accepts that is not implemented yet raises a
 one-line ValueError: `sample_weight` in `partial_fit` (`fit` takes none yet). State carries over as scikit-learn's:
-`warm_start=True` fits from the fitted (or hand-set) weights with a fresh optimizer, continuing `loss_curve_`, `t_`, `best_loss_`, the no-improvement count and the validation scores; `partial_fit` also continues
-the optimizer; `n_iter_` counts the last call's epochs (partial_fit: 1). `verbose` prints scikit-learn's lines for
-sgd and adam (the fit then runs one epoch per chunk of the same loop: the same bits), nothing for lbfgs (as
-scikit-learn's with scipy ≥ 1.15). A warm-start fit with early stopping that never beats the best score keeps the
-best weights (scikit-learn's ends with its last: its restored best arrays are trained in place).
+`warm_start=True` fits from the fitted (or hand-set) weights with a fresh optimizer, continuing `loss_curve_`, `t_`,
+`best_loss_`, the no-improvement count and the validation scores; `partial_fit` also continues the optimizer;
+`n_iter_` counts the last call's epochs (partial_fit: 1). `verbose` prints scikit-learn's lines for sgd and adam
+(the fit then runs one epoch per chunk of the same loop: the same bits), nothing for lbfgs (as scikit-learn's with
+scipy ≥ 1.15). A warm-start fit with early stopping that never beats the best score keeps the best weights
+(scikit-learn's ends with its last: its restored best arrays are trained in place).
 What differs, and why:
 - Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
   key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch);

@@ -165,7 +165,9 @@ def train_members(
     each = [hyperparams(estimator) for estimator in estimators]
     opt_state = initial_state(transform, params, {name: [one[name] for one in each] for name in each[0]}, members=True)
     per_epoch = steps.steps_per_epoch
-    states = [estimator._rule_state(steps, first=True) for estimator in estimators]
+    states = [  # each member's t_ grows by its own fold's rows an epoch
+        member.estimator._rule_state(steps._replace(rows=len(blocks[member.block].x)), first=True) for member in ordered
+    ]
     state = {name: np.stack([one[name] for one in states]) for name in states[0]}
     rule = epoch_rule(per_epoch, state, jnp.result_type(float)) if stops else None
     result = fit_ensemble(

@@ -138,14 +138,8 @@ class BaseMLP(BaseEstimator):
         return tuple(int(size) for size in sizes)
 
     def _check_params(self) -> None:
-        """The checks scikit-learn makes in `_fit`, and a one-line ValueError for a value scikit-learn accepts and
-        bp_jax does not implement yet."""
+        """The check scikit-learn makes in `_fit`, beyond its parameter constraints: hidden_layer_sizes' elements."""
         self._hidden_sizes()
-        pending = {
-        }
-        for setting, unsupported in pending.items():
-            if unsupported:
-                raise ValueError(f"{type(self).__name__}: {setting} is not supported yet by bp_jax.estimators")
 
     def _objective(self, features: int, *, members_batch: int | None = None):
         """The objective, shared by every estimator of this configuration (`members_batch`: as a member of an

@@ -406,12 +406,14 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
         else:
             assert steps is not None  # sgd or adam on minibatches: the fits alone went above
             program = member._program(block.x.shape[1], members_batch=steps.batch_size)
-            programs.setdefault((program, steps, member.max_iter, block.x.dtype), []).append(entry)
+            shape = (program, steps._replace(rows=0), member.max_iter, block.x.dtype)  # rows: each member's data
+            programs.setdefault(shape, []).append(entry)
         prepared_in[index] = time.perf_counter() - start
     for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
         for part, runs, share in train_parts(loss_fn, transform, steps, max_iter, members, blocks, jobs):
             for member, (run, diverged_at) in zip(part, runs):
-                adopt = functools.partial(_adopt_run, run=run, steps=steps, diverged_at=diverged_at)
+                rows = len(blocks[member.block].x)
+                adopt = functools.partial(_adopt_run, run=run, steps=steps._replace(rows=rows), diverged_at=diverged_at)
                 fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
     for (loss_fn, block_key), members in lbfgs_programs.items():
         start = time.perf_counter()
