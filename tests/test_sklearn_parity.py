@@ -219,3 +219,20 @@ def test_lbfgs_minimize_takes_scipys_l_bfgs_b_steps_on_rosenbrock(tol, max_iter,
     assert (int(ours.iterations), int(ours.evaluations)) == (theirs.nit, theirs.nfev)
     assert _lbfgs.MESSAGES[int(ours.reason)] == theirs.message
     np.testing.assert_allclose(float(ours.loss), theirs.fun, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["relu", "logistic"])
+def test_the_same_random_state_gives_sklearns_initial_weights(activation):
+    # one epoch at η = 1e-12 leaves each network within ~1e-12 of its initial weights
+    x = np.random.default_rng(0).normal(size=(20, 4))
+    settings = dict(
+        hidden_layer_sizes=(5, 3), activation=activation, solver="sgd", learning_rate_init=1e-12, momentum=0.0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = neural_network.MLPRegressor(**settings, max_iter=1, random_state=7).fit(x, x[:, 0])
+        ours = estimators.MLPRegressor(**settings, max_iter=1, random_state=7).fit(x, x[:, 0])
+    for mine, sklearns in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True):
+        np.testing.assert_allclose(mine, sklearns, rtol=0, atol=1e-10)
+    other = estimators.MLPRegressor(**settings, max_iter=1, random_state=8).fit(x, x[:, 0])
+    assert not np.allclose(other.coefs_[0], theirs.coefs_[0])
