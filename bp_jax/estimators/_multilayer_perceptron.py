@@ -26,6 +26,7 @@ from bp_jax.estimators._base import (
     glorot,
     member_layout,
     objective,
+    precision,
     r2,
     seed_of,
     to_sklearn,
@@ -176,13 +177,14 @@ class BaseMLP(BaseEstimator):
         )
 
     def _validate_input(self, X, y, *, reset: bool):
-        dtype = np.dtype(jax.dtypes.canonicalize_dtype(float))
-        X, y = validate_data(self, X, y, reset=reset, dtype=dtype, multi_output=True, y_numeric=not self._classifier)
+        X, y = validate_data(
+            self, X, y, reset=reset, dtype=(np.float64, np.float32), multi_output=True, y_numeric=not self._classifier
+        )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)  # sklearn's DataConversionWarning, then one output
         if not self._classifier and y.dtype.kind not in "fiub":  # text targets: numbers spelled as text, or refused
             try:
-                y = y.astype(dtype)
+                y = y.astype(X.dtype)
             except ValueError:
                 raise ValueError(f"{type(self).__name__} needs numeric targets, got y of dtype {y.dtype}") from None
         return X, y
@@ -201,11 +203,12 @@ class BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         if first:
             self._start(seed_of(self.random_state))
-        if self.solver == "lbfgs":
-            return self._fit_lbfgs(X, targets, first=first)
-        early = self.early_stopping and not incremental
-        run, steps, stopping = self._run_epochs(X, y, targets, first=first, incremental=incremental, early=early)
-        return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
+        with precision(X.dtype):
+            if self.solver == "lbfgs":
+                return self._fit_lbfgs(X, targets, first=first)
+            early = self.early_stopping and not incremental
+            run, steps, stopping = self._run_epochs(X, y, targets, first=first, incremental=incremental, early=early)
+            return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
 
     def _start(self, seed: int) -> None:
         """A fresh training history, as sklearn's `_initialize` sets it: step 0, the seed of the initialisation and

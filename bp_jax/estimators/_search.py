@@ -23,7 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing, indexable
 from sklearn.utils.validation import validate_data
 
-from bp_jax.estimators._base import seed_of
+from bp_jax.estimators._base import precision, seed_of
 from bp_jax.estimators._members import Block, Member, train_lbfgs, train_parts
 from bp_jax.estimators._multilayer_perceptron import BaseMLP
 from bp_jax.estimators._training import non_finite_error, plan
@@ -409,19 +409,21 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
             shape = (program, steps._replace(rows=0), member.max_iter, block.x.dtype)  # rows: each member's data
             programs.setdefault(shape, []).append(entry)
         prepared_in[index] = time.perf_counter() - start
-    for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
-        for part, runs, share in train_parts(loss_fn, transform, steps, max_iter, members, blocks, jobs):
-            for member, (run, diverged_at) in zip(part, runs):
-                rows = len(blocks[member.block].x)
-                adopt = functools.partial(_adopt_run, run=run, steps=steps._replace(rows=rows), diverged_at=diverged_at)
+    widest = np.result_type(np.float32, *(block.x.dtype for block in blocks.values()))
+    with precision(widest):  # float64 folds train in float64, x64 scoped (`train_parts`' threads enter it too)
+        for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
+            for part, runs, share in train_parts(loss_fn, transform, steps, max_iter, members, blocks, jobs):
+                for member, (run, diverged_at) in zip(part, runs):
+                    rows = len(blocks[member.block].x)
+                    adopt = functools.partial(_adopt_run, run=run, steps=steps._replace(rows=rows), diverged_at=diverged_at)
+                    fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
+        for (loss_fn, block_key), members in lbfgs_programs.items():
+            start = time.perf_counter()
+            results = train_lbfgs(loss_fn, members, blocks[block_key])
+            share = (time.perf_counter() - start) / len(members)
+            for member, result in zip(members, results):
+                adopt = functools.partial(type(member.estimator)._adopt_lbfgs, result=result)
                 fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
-    for (loss_fn, block_key), members in lbfgs_programs.items():
-        start = time.perf_counter()
-        results = train_lbfgs(loss_fn, members, blocks[block_key])
-        share = (time.perf_counter() - start) / len(members)
-        for member, result in zip(members, results):
-            adopt = functools.partial(type(member.estimator)._adopt_lbfgs, result=result)
-            fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
     assert all(fit is not None for fit in fitted)
     return fitted  # type: ignore[return-value]
 
