@@ -178,6 +178,20 @@ def precision(dtype):
     return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
 
 
+def weighted(targets, sample_weight):
+    """The targets `Objective` reads: {"target": targets, "weight": w} with row weights (a minibatch gathers the
+    same rows of both), else the targets themselves (the unweighted program).
+
+    Args:
+        targets: (n, outputs) encoded targets.
+        sample_weight: (n,) row weights, or None.
+
+    Returns:
+        The targets pytree.
+    """
+    return targets if sample_weight is None else {"target": targets, "weight": np.asarray(sample_weight, targets.dtype)}
+
+
 def contractions(sizes: tuple[int, ...], *, members: bool) -> tuple[str, ...]:
     """Each Linear layer's contraction ("sum" or "dot", as `Linear` takes it).
 
@@ -309,16 +323,17 @@ def _metric_value(scores: np.ndarray) -> float | np.ndarray:
     return float(scores) if scores.ndim == 0 else scores
 
 
-def r2(y_true, y_pred) -> float | np.ndarray:
+def r2(y_true, y_pred, sample_weight=None) -> float | np.ndarray:
     """sklearn's `r2_score` (outputs averaged uniformly, force_finite) on checked arrays.
 
-    Per output 1 − Σ(y − ŷ)² / Σ(y − ȳ)², except 1 for a perfect fit and 0 where y is constant and the fit is not;
+    Per output 1 − Σw(y − ŷ)² / Σw(y − ȳ)² (ȳ the w-weighted mean; w = 1 unless weighted), except 1 for a perfect fit and 0 where y is constant and the fit is not;
     in the inputs' floating dtype (float64 for integers).
 
     Args:
         y_true: (n,) or (n, outputs) targets.
         y_pred: predictions, shaped as y_true after any leading axes (several models' predictions stacked); for a
             one-column y_true, also (…, n).
+        sample_weight: (n,) row weights w, or None.
 
     Returns:
         The score, a float, or one score per model stacked in y_pred; NaN with an UndefinedMetricWarning below
@@ -335,8 +350,10 @@ def r2(y_true, y_pred) -> float | np.ndarray:
     dtype = np.result_type(*floating) if floating else np.dtype(np.float64)
     y_true = np.asarray(y_true, dtype).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred, dtype).reshape(*leading, len(y_true), -1)
-    numerator = np.sum((y_true - y_pred) ** 2, axis=-2)
-    denominator = np.broadcast_to(np.sum((y_true - np.mean(y_true, axis=0)) ** 2, axis=0), numerator.shape)
+    weight = np.ones((len(y_true), 1), dtype) if sample_weight is None else np.asarray(sample_weight, dtype)[:, None]
+    numerator = np.sum(weight * (y_true - y_pred) ** 2, axis=-2)
+    mean = np.sum(weight * y_true, axis=0) / np.sum(weight)
+    denominator = np.broadcast_to(np.sum(weight * (y_true - mean) ** 2, axis=0), numerator.shape)
     scores = np.ones(numerator.shape, dtype)
     valid = (numerator != 0) & (denominator != 0)
     scores[valid] = 1 - numerator[valid] / denominator[valid]
@@ -344,19 +361,21 @@ def r2(y_true, y_pred) -> float | np.ndarray:
     return _metric_value(np.mean(scores, axis=-1))
 
 
-def accuracy(y_true, y_pred) -> float | np.ndarray:
-    """sklearn's `accuracy_score` on checked label arrays: the fraction of rows where y_pred equals y_true (for a
-    multilabel indicator, every label of the row: subset accuracy).
+def accuracy(y_true, y_pred, sample_weight=None) -> float | np.ndarray:
+    """sklearn's `accuracy_score` on checked label arrays: the (w-weighted) fraction of rows where y_pred equals
+    y_true (for a multilabel indicator, every label of the row: subset accuracy).
 
     Args:
         y_true: (n,) labels or an (n, k) indicator.
         y_pred: (…, n) labels or (…, n, k) indicators, several models' stacked on leading axes.
+        sample_weight: (n,) row weights w, or None.
 
     Returns:
         The accuracy, a float, or one per model stacked in y_pred.
     """
     equal = np.asarray(y_true) == np.asarray(y_pred)
-    return _metric_value(np.mean(equal if np.ndim(y_true) == 1 else np.all(equal, axis=-1), axis=-1))
+    equal = equal if np.ndim(y_true) == 1 else np.all(equal, axis=-1)
+    return _metric_value(np.average(equal, axis=-1, weights=sample_weight))
 
 
 def seed_of(random_state) -> int:
