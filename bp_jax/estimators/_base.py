@@ -2,7 +2,8 @@
 forward pass and metrics, as scikit-learn's `neural_network/_base.py` holds its activations and losses.
 
 The objective is `f(params, x, y) = loss(z, y) + ½·l2·Σ‖W‖²` with z the last layer's output before the output
-activation and `l2 = α / batch_size` a params leaf (data); with row weights w, Σwℓ/Σw + ½·α/Σw·Σ‖W‖² (sklearn ≥ 1.7). Each loss is sklearn's value, differentiated as sklearn
+activation and `l2 = α / batch_size` a params leaf (data); with row weights w, Σwℓ/Σw + ½·α/Σw·Σ‖W‖²
+(sklearn ≥ 1.7). Each loss is sklearn's value, differentiated as sklearn
 differentiates it (`LOSSES`).
 Weights are bp_jax layers (W of shape (out, in)) while training and sklearn's `coefs_` (in, out) once fitted;
 prediction and scoring run in numpy on the latter, so they compile nothing.
@@ -19,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from jax.scipy.special import xlogy
 from scipy.special import expit, softmax
 from sklearn.exceptions import UndefinedMetricWarning
@@ -178,6 +180,33 @@ def precision(dtype):
     return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
 
 
+#: The most bytes a sparse X may take once densified for training.
+DENSE_BYTES = 2**32
+
+
+def densified(x):
+    """Checked X as training reads it: dense (a sparse X densified when n·d·itemsize ≤ DENSE_BYTES).
+
+    Args:
+        x: a numpy array or a scipy CSR/CSC matrix.
+
+    Returns:
+        The numpy array.
+
+    Raises:
+        MemoryError: a sparse X too large to densify.
+    """
+    if not sp.issparse(x):
+        return x
+    size = x.shape[0] * x.shape[1] * x.dtype.itemsize
+    if size > DENSE_BYTES:
+        raise MemoryError(
+            f"bp_jax trains on dense X: this sparse X {x.shape} would take {size / 2**30:.1f} GiB dense, more than "
+            f"{DENSE_BYTES / 2**30:.0f} GiB"
+        )
+    return x.toarray()
+
+
 def weighted(targets, sample_weight):
     """The targets `Objective` reads: {"target": targets, "weight": w} with row weights (a minibatch gathers the
     same rows of both), else the targets themselves (the unweighted program).
@@ -326,7 +355,8 @@ def _metric_value(scores: np.ndarray) -> float | np.ndarray:
 def r2(y_true, y_pred, sample_weight=None) -> float | np.ndarray:
     """sklearn's `r2_score` (outputs averaged uniformly, force_finite) on checked arrays.
 
-    Per output 1 − Σw(y − ŷ)² / Σw(y − ȳ)² (ȳ the w-weighted mean; w = 1 unless weighted), except 1 for a perfect fit and 0 where y is constant and the fit is not;
+    Per output 1 − Σw(y − ŷ)² / Σw(y − ȳ)² (ȳ the w-weighted mean; w = 1 unless weighted), except 1 for a perfect
+    fit and 0 where y is constant and the fit is not;
     in the inputs' floating dtype (float64 for integers).
 
     Args:

@@ -21,16 +21,17 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, colu
 
 from bp_jax.estimators._base import (
     accuracy,
+    densified,
     forward,
     from_sklearn,
     glorot,
     member_layout,
     objective,
     precision,
-    weighted,
     r2,
     seed_of,
     to_sklearn,
+    weighted,
 )
 from bp_jax.estimators._constraints import MLP_CONSTRAINTS, REGRESSOR_CONSTRAINTS, fit_context
 from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts
@@ -179,8 +180,16 @@ class BaseMLP(BaseEstimator):
 
     def _validate_input(self, X, y, *, reset: bool):
         X, y = validate_data(
-            self, X, y, reset=reset, dtype=(np.float64, np.float32), multi_output=True, y_numeric=not self._classifier
+            self,
+            X,
+            y,
+            reset=reset,
+            accept_sparse=["csr", "csc"],
+            dtype=(np.float64, np.float32),
+            multi_output=True,
+            y_numeric=not self._classifier,
         )
+        X = densified(X)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)  # sklearn's DataConversionWarning, then one output
         if not self._classifier and y.dtype.kind not in "fiub":  # text targets: numbers spelled as text, or refused
@@ -365,12 +374,13 @@ class BaseMLP(BaseEstimator):
     def _output(self, X) -> np.ndarray:
         """The output layer's activations for X (sklearn's `_forward_pass_fast`)."""
         check_is_fitted(self, "coefs_")
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X = validate_data(self, X, reset=False, accept_sparse=["csr", "csc"], dtype=(np.float64, np.float32))
         return self._forward(self.coefs_, self.intercepts_, X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
+        tags.input_tags.sparse = True
         return tags
 
 
