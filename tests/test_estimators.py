@@ -406,20 +406,6 @@ def test_partial_fit_checks_the_parameters_as_sklearns():
 
 
 @pytest.mark.parametrize(
-    "estimator, params, method, arguments",
-    [
-        (MLPRegressor, {"solver": "sgd"}, "partial_fit", {"sample_weight": np.ones(4)}),
-        (MLPClassifier, {"solver": "sgd"}, "partial_fit", {"sample_weight": np.ones(4), "classes": [0, 1]}),
-    ],
-)
-def test_sklearns_values_not_implemented_yet_are_refused_in_one_line(estimator, params, method, arguments):
-    x, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
-    model = estimator(**params)
-    with pytest.raises(ValueError, match=r"^MLP\w+: .* is not supported yet by bp_jax\.estimators$"):
-        getattr(model, method)(x, y, **arguments)
-
-
-@pytest.mark.parametrize(
     "params",
     [
         {"solver": "adam", "learning_rate": "adaptive", "power_t": 2.0},  # adam ignores the schedule
