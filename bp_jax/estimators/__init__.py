@@ -9,8 +9,12 @@ lines), `_multilayer_perceptron` (the estimators), `_members` (a grid's members 
 (GridSearchCV) and `_constraints` (scikit-learn's own parameter validation).
 
 The estimators take scikit-learn's MLP parameters (names, order, defaults, meanings), checked as scikit-learn checks
-them (its InvalidParameterError, word for word). A value scikit-learn accepts that is not implemented yet raises a
-one-line ValueError: `sample_weight` in `partial_fit` (`fit` takes none yet). State carries over as scikit-learn's:
+them (its InvalidParameterError, word for word). Data as scikit-learn's: float64 X trains and comes back in float64
+(`coefs_`, predictions; `jax.enable_x64(True)` scoped to the fit, never left on), float32 stays float32, anything
+else becomes float64; sparse CSR/CSC X is densified for training (refused in one line above `DENSE_BYTES`) and
+predicted from directly; `sample_weight` in `fit` and `partial_fit` (GridSearchCV: per fold, and in the scores) gives
+sklearn ≥ 1.7's Σwℓ/Σw + ½·α/Σw·Σ‖W‖² a minibatch and a weighted validation score (a weights leaf of the targets:
+one more program, the unweighted one unchanged). State carries over as scikit-learn's:
 `warm_start=True` fits from the fitted (or hand-set) weights with a fresh optimizer, continuing `loss_curve_`, `t_`,
 `best_loss_`, the no-improvement count and the validation scores; `partial_fit` also continues the optimizer;
 `n_iter_` counts the last call's epochs (partial_fit: 1). `verbose` prints scikit-learn's lines for sgd and adam
@@ -25,14 +29,14 @@ What differs, and why:
 - sgd and adam are sklearn's SGDOptimizer and AdamOptimizer (v ← μv − ηg; adam's ε added to the uncorrected √v),
   and the stopping rule and `learning_rate` schedule are sklearn's, checked per epoch (`epoch_end`): with
   `early_stopping=False` inside the compiled loop (`epoch_rule`, a `StopRule` that also sets η), so a whole fit is
-  one call of the loop with no trip to the host between epochs; it compares epoch means in the program's float
-  precision (float32 unless x64 is on; t_ held as a float there). With `early_stopping=True` each epoch is one call,
+  one call of the loop with no trip to the host between epochs; it compares epoch means in the data's precision
+  (t_ held as a float there). With `early_stopping=True` each epoch is one call,
   the validation score taken on the host, η set between calls and the best params kept. Given the same weights
   and full batches, `loss_curve_` equals sklearn's to 1e-8 in float64 (tests/test_sklearn_parity_solvers.py).
 - `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
-  fit, n_iter_ and ConvergenceWarning; but in the program's float precision (float32 unless x64 is on), where
-  scipy always computes in float64.
+  fit, n_iter_ and ConvergenceWarning; but in the data's precision (float32 X: float32), where scipy always
+  computes in float64.
 - A step whose loss or update is not finite ends the fit with sklearn's ValueError ("Solver produced non-finite
   parameter weights…", the step in a note). sklearn checks only the final weights: it trains on through a
   non-finite loss (an inf in `loss_curve_`) and succeeds if the weights stay finite. A fit that raises leaves the

@@ -2,12 +2,14 @@
 forward pass and metrics, as scikit-learn's `neural_network/_base.py` holds its activations and losses.
 
 The objective is `f(params, x, y) = loss(z, y) + ½·l2·Σ‖W‖²` with z the last layer's output before the output
-activation and `l2 = α / batch_size` a params leaf (data). Each loss is sklearn's value, differentiated as sklearn
+activation and `l2 = α / batch_size` a params leaf (data); with row weights w, Σwℓ/Σw + ½·α/Σw·Σ‖W‖²
+(sklearn ≥ 1.7). Each loss is sklearn's value, differentiated as sklearn
 differentiates it (`LOSSES`).
 Weights are bp_jax layers (W of shape (out, in)) while training and sklearn's `coefs_` (in, out) once fitted;
 prediction and scoring run in numpy on the latter, so they compile nothing.
 """
 
+import contextlib
 import functools
 import itertools
 import numbers
@@ -18,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from jax.scipy.special import xlogy
 from scipy.special import expit, softmax
 from sklearn.exceptions import UndefinedMetricWarning
@@ -39,30 +42,39 @@ SUM_CONTRACTION_WEIGHTS = 64
 MEMBER_SUM_WEIGHTS = 32
 
 
-def half_squared_error(pred, target):
-    """sklearn's squared loss, ½·mean((ŷ − y)²) (over rows and outputs).
+def _row_mean(values, weight):
+    """The mean over rows (axis 0), weighted: Σᵢ wᵢ·valuesᵢ / Σw (the plain mean for weight None)."""
+    if weight is None:
+        return jnp.mean(values, axis=0)
+    return jnp.sum(weight[:, None] * values, axis=0) / jnp.sum(weight)
+
+
+def half_squared_error(pred, target, weight=None):
+    """sklearn's squared loss, ½·mean((ŷ − y)²) (over rows, weighted, and outputs).
 
     Args:
         pred: predictions ŷ.
         target: targets y, shaped as `pred`.
+        weight: (n,) row weights w, or None (all 1).
 
     Returns:
         The scalar loss.
     """
-    return mse(pred, target) / 2
+    return mse(pred, target) / 2 if weight is None else jnp.mean(_row_mean((pred - target) ** 2, weight)) / 2
 
 
-def half_poisson_deviance(z, y):
-    """sklearn's Poisson loss of ŷ = exp(z): Σ over outputs of the mean over rows of y·log(y/ŷ) − y + ŷ.
+def half_poisson_deviance(z, y, weight=None):
+    """sklearn's Poisson loss of ŷ = exp(z): Σ over outputs of the (weighted) mean over rows of y·log(y/ŷ) − y + ŷ.
 
     Args:
         z: the raw outputs, log ŷ.
         y: targets (≥ 0), shaped as `z`.
+        weight: (n,) row weights w, or None (all 1).
 
     Returns:
         The scalar loss.
     """
-    return jnp.sum(jnp.mean(xlogy(y, y) - y * z - y + jnp.exp(z), axis=0))
+    return jnp.sum(_row_mean(xlogy(y, y) - y * z - y + jnp.exp(z), weight))
 
 
 def _clipped(p):
@@ -71,50 +83,58 @@ def _clipped(p):
     return jnp.clip(p, eps, 1 - eps)
 
 
-def log_loss(z, y):
-    """sklearn's log-loss of the softmax p = softmax(z): −mean over rows of Σ_k y_k·log p_k, p clipped to [ε, 1 − ε].
+def log_loss(z, y, weight=None):
+    """sklearn's log-loss of the softmax p = softmax(z): −(weighted) mean over rows of Σ_k y_k·log p_k, p clipped to
+    [ε, 1 − ε].
 
     Args:
         z: the raw outputs (logits), (n, k).
         y: one-hot targets, (n, k).
+        weight: (n,) row weights w, or None (all 1).
 
     Returns:
         The scalar loss.
     """
-    return -jnp.sum(jnp.mean(y * jnp.log(_clipped(jax.nn.softmax(z))), axis=0))
+    return -jnp.sum(_row_mean(y * jnp.log(_clipped(jax.nn.softmax(z))), weight))
 
 
-def binary_log_loss(z, y):
-    """sklearn's binary log-loss of p = σ(z), one per output: Σ over outputs of −mean over rows of
+def binary_log_loss(z, y, weight=None):
+    """sklearn's binary log-loss of p = σ(z), one per output: Σ over outputs of −(weighted) mean over rows of
     y·log p + (1 − y)·log(1 − p), p clipped to [ε, 1 − ε] (computed as sklearn computes it, 1 − p included).
 
     Args:
         z: the raw outputs, (n, k).
         y: 0/1 targets, shaped as `z`.
+        weight: (n,) row weights w, or None (all 1).
 
     Returns:
         The scalar loss.
     """
     p = _clipped(jax.nn.sigmoid(z))
-    return -jnp.sum(jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p), axis=0))
+    return -jnp.sum(_row_mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p), weight))
 
 
 def _with_sklearns_gradient(value, out_activation: str):
-    """`value(z, y)` whose derivative in z is sklearn's backprop delta, (out(z) − y)/n over n rows, not value's
-    own. The two agree except where sklearn's value clips p (the log-losses: there sklearn's gradient is still
-    p − y), and for squared error with k outputs (sklearn's value is ½·mean over outputs, its delta the gradient of
-    ½·Σ over them, k times larger)."""
+    """`value(z, y, weight)` whose derivative in z is sklearn's backprop delta, (out(z) − y)/n over n rows
+    (weighted: w·(out(z) − y)/Σw), not value's own. The two agree except where sklearn's value clips p (the
+    log-losses: there sklearn's gradient is still p − y), and for squared error with k outputs (sklearn's value is
+    ½·mean over outputs, its delta the gradient of ½·Σ over them, k times larger)."""
     out = _OUTPUTS[out_activation]
+
+    def backward(residuals, cotangent):
+        z, y, weight = residuals
+        if weight is None:
+            return cotangent * (out(z) - y) / z.shape[0], None, None
+        return cotangent * (out(z) - y) * (weight / jnp.sum(weight))[:, None], None, None
+
     loss = jax.custom_vjp(value)
-    loss.defvjp(
-        lambda z, y: (value(z, y), (z, y)),
-        lambda residuals, cotangent: (cotangent * (out(residuals[0]) - residuals[1]) / residuals[0].shape[0], None),
-    )
+    loss.defvjp(lambda z, y, weight: (value(z, y, weight), (z, y, weight)), backward)
     return loss
 
 
 #: sklearn's losses (`neural_network/_base.py`'s LOSS_FUNCTIONS, with their output activations): a function of the
-#: raw output z and the encoded targets y (floats), its value sklearn's and its gradient sklearn's (out(z) − y)/n.
+#: raw output z, the encoded targets y (floats) and the row weights (None: all 1), its value sklearn's and its
+#: gradient sklearn's w·(out(z) − y)/Σw.
 LOSSES = {
     "squared_error": _with_sklearns_gradient(half_squared_error, "identity"),
     "poisson": _with_sklearns_gradient(half_poisson_deviance, "exp"),
@@ -126,20 +146,79 @@ LOSSES = {
 @dataclass(frozen=True)
 class Objective:
     """sklearn's training objective, its α as data: `f(params, x, y) = loss(model.apply(params["layers"], x), y)
-    + ½·l2·Σ‖W‖²`, with `l2 = α / batch_size` held in params but never trained (stop_gradient).
+    + ½·l2·Σ‖W‖²`, with `l2 = α / b` (b the batch's rows) held in params but never trained (stop_gradient).
+    Weighted (y = {"target": t, "weight": w}): the weighted loss + ½·l2·(b/Σw)·Σ‖W‖² = ½·α/Σw·Σ‖W‖², as sklearn's.
 
     Attributes:
         model: the bp_jax `Model` (an `mlp`).
-        loss: `loss(z, target)`, one of `LOSSES`.
+        loss: `loss(z, target, weight)`, one of `LOSSES`.
     """
 
     model: Any
     loss: Any
 
     def __call__(self, params, x, y):
+        target, weight = (y["target"], y["weight"]) if isinstance(y, dict) else (y, None)
         weights = params["layers"][::2]  # Linear, activation, Linear, …
         penalty = sum(jnp.sum(layer["weight"] ** 2) for layer in weights)
-        return self.loss(self.model.apply(params["layers"], x), y) + 0.5 * jax.lax.stop_gradient(params["l2"]) * penalty
+        l2 = jax.lax.stop_gradient(params["l2"])
+        if weight is not None:
+            l2 = l2 * weight.shape[0] / jnp.sum(weight)
+        return self.loss(self.model.apply(params["layers"], x), target, weight) + 0.5 * l2 * penalty
+
+
+def precision(dtype):
+    """The scope that trains data of this dtype: `jax.enable_x64(True)` for float64 (as sklearn's float64 fit; the
+    caller's setting is back after it), else none (float32 stays float32).
+
+    Args:
+        dtype: the training data's dtype.
+
+    Returns:
+        A context manager.
+    """
+    return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
+
+
+#: The most bytes a sparse X may take once densified for training.
+DENSE_BYTES = 2**32
+
+
+def densified(x):
+    """Checked X as training reads it: dense (a sparse X densified when n·d·itemsize ≤ DENSE_BYTES).
+
+    Args:
+        x: a numpy array or a scipy CSR/CSC matrix.
+
+    Returns:
+        The numpy array.
+
+    Raises:
+        MemoryError: a sparse X too large to densify.
+    """
+    if not sp.issparse(x):
+        return x
+    size = x.shape[0] * x.shape[1] * x.dtype.itemsize
+    if size > DENSE_BYTES:
+        raise MemoryError(
+            f"bp_jax trains on dense X: this sparse X {x.shape} would take {size / 2**30:.1f} GiB dense, more than "
+            f"{DENSE_BYTES / 2**30:.0f} GiB"
+        )
+    return x.toarray()
+
+
+def weighted(targets, sample_weight):
+    """The targets `Objective` reads: {"target": targets, "weight": w} with row weights (a minibatch gathers the
+    same rows of both), else the targets themselves (the unweighted program).
+
+    Args:
+        targets: (n, outputs) encoded targets.
+        sample_weight: (n,) row weights, or None.
+
+    Returns:
+        The targets pytree.
+    """
+    return targets if sample_weight is None else {"target": targets, "weight": np.asarray(sample_weight, targets.dtype)}
 
 
 def contractions(sizes: tuple[int, ...], *, members: bool) -> tuple[str, ...]:
@@ -275,16 +354,18 @@ def _metric_value(scores: np.ndarray) -> float | np.ndarray:
     return float(scores) if scores.ndim == 0 else scores
 
 
-def r2(y_true, y_pred) -> float | np.ndarray:
+def r2(y_true, y_pred, sample_weight=None) -> float | np.ndarray:
     """sklearn's `r2_score` (outputs averaged uniformly, force_finite) on checked arrays.
 
-    Per output 1 − Σ(y − ŷ)² / Σ(y − ȳ)², except 1 for a perfect fit and 0 where y is constant and the fit is not;
+    Per output 1 − Σw(y − ŷ)² / Σw(y − ȳ)² (ȳ the w-weighted mean; w = 1 unless weighted), except 1 for a perfect
+    fit and 0 where y is constant and the fit is not;
     in the inputs' floating dtype (float64 for integers).
 
     Args:
         y_true: (n,) or (n, outputs) targets.
         y_pred: predictions, shaped as y_true after any leading axes (several models' predictions stacked); for a
             one-column y_true, also (…, n).
+        sample_weight: (n,) row weights w, or None.
 
     Returns:
         The score, a float, or one score per model stacked in y_pred; NaN with an UndefinedMetricWarning below
@@ -301,8 +382,10 @@ def r2(y_true, y_pred) -> float | np.ndarray:
     dtype = np.result_type(*floating) if floating else np.dtype(np.float64)
     y_true = np.asarray(y_true, dtype).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred, dtype).reshape(*leading, len(y_true), -1)
-    numerator = np.sum((y_true - y_pred) ** 2, axis=-2)
-    denominator = np.broadcast_to(np.sum((y_true - np.mean(y_true, axis=0)) ** 2, axis=0), numerator.shape)
+    weight = np.ones((len(y_true), 1), dtype) if sample_weight is None else np.asarray(sample_weight, dtype)[:, None]
+    numerator = np.sum(weight * (y_true - y_pred) ** 2, axis=-2)
+    mean = np.sum(weight * y_true, axis=0) / np.sum(weight)
+    denominator = np.broadcast_to(np.sum(weight * (y_true - mean) ** 2, axis=0), numerator.shape)
     scores = np.ones(numerator.shape, dtype)
     valid = (numerator != 0) & (denominator != 0)
     scores[valid] = 1 - numerator[valid] / denominator[valid]
@@ -310,19 +393,21 @@ def r2(y_true, y_pred) -> float | np.ndarray:
     return _metric_value(np.mean(scores, axis=-1))
 
 
-def accuracy(y_true, y_pred) -> float | np.ndarray:
-    """sklearn's `accuracy_score` on checked label arrays: the fraction of rows where y_pred equals y_true (for a
-    multilabel indicator, every label of the row: subset accuracy).
+def accuracy(y_true, y_pred, sample_weight=None) -> float | np.ndarray:
+    """sklearn's `accuracy_score` on checked label arrays: the (w-weighted) fraction of rows where y_pred equals
+    y_true (for a multilabel indicator, every label of the row: subset accuracy).
 
     Args:
         y_true: (n,) labels or an (n, k) indicator.
         y_pred: (…, n) labels or (…, n, k) indicators, several models' stacked on leading axes.
+        sample_weight: (n,) row weights w, or None.
 
     Returns:
         The accuracy, a float, or one per model stacked in y_pred.
     """
     equal = np.asarray(y_true) == np.asarray(y_pred)
-    return _metric_value(np.mean(equal if np.ndim(y_true) == 1 else np.all(equal, axis=-1), axis=-1))
+    equal = equal if np.ndim(y_true) == 1 else np.all(equal, axis=-1)
+    return _metric_value(np.average(equal, axis=-1, weights=sample_weight))
 
 
 def seed_of(random_state) -> int:

@@ -17,18 +17,21 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.optimize import _check_optimize_result
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
 from bp_jax.estimators._base import (
     accuracy,
+    densified,
     forward,
     from_sklearn,
     glorot,
     member_layout,
     objective,
+    precision,
     r2,
     seed_of,
     to_sklearn,
+    weighted,
 )
 from bp_jax.estimators._constraints import MLP_CONSTRAINTS, REGRESSOR_CONSTRAINTS, fit_context
 from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts
@@ -176,13 +179,22 @@ class BaseMLP(BaseEstimator):
         )
 
     def _validate_input(self, X, y, *, reset: bool):
-        dtype = np.dtype(jax.dtypes.canonicalize_dtype(float))
-        X, y = validate_data(self, X, y, reset=reset, dtype=dtype, multi_output=True, y_numeric=not self._classifier)
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            reset=reset,
+            accept_sparse=["csr", "csc"],
+            dtype=(np.float64, np.float32),
+            multi_output=True,
+            y_numeric=not self._classifier,
+        )
+        X = densified(X)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)  # sklearn's DataConversionWarning, then one output
         if not self._classifier and y.dtype.kind not in "fiub":  # text targets: numbers spelled as text, or refused
             try:
-                y = y.astype(dtype)
+                y = y.astype(X.dtype)
             except ValueError:
                 raise ValueError(f"{type(self).__name__} needs numeric targets, got y of dtype {y.dtype}") from None
         return X, y
@@ -190,22 +202,25 @@ class BaseMLP(BaseEstimator):
     # -- training ---------------------------------------------------------------------------------------------
     @_atomic
     def _fit(self, X, y, *, incremental: bool, classes=None, sample_weight=None):
-        if sample_weight is not None:
-            raise ValueError(f"{type(self).__name__}: sample_weight is not supported yet by bp_jax.estimators")
         self._check_params()
         # sklearn's rule: partial_fit and warm_start continue the fitted weights (also ones set by hand)
         first = not hasattr(self, "coefs_") or not (incremental or self.warm_start)
         X, y = self._validate_input(X, y, reset=first)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
         targets = self._encode_targets(y, first=first, classes=classes).astype(X.dtype)
         if incremental and self.early_stopping and self.solver != "lbfgs":
             raise ValueError("partial_fit does not support early_stopping=True")
         if first:
             self._start(seed_of(self.random_state))
-        if self.solver == "lbfgs":
-            return self._fit_lbfgs(X, targets, first=first)
-        early = self.early_stopping and not incremental
-        run, steps, stopping = self._run_epochs(X, y, targets, first=first, incremental=incremental, early=early)
-        return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
+        with precision(X.dtype):
+            if self.solver == "lbfgs":
+                return self._fit_lbfgs(X, weighted(targets, sample_weight), first=first)
+            early = self.early_stopping and not incremental
+            run, steps, stopping = self._run_epochs(
+                X, y, targets, sample_weight, first=first, incremental=incremental, early=early
+            )
+            return self._adopt(run, steps, incremental=incremental, stopping=stopping if early else None)
 
     def _start(self, seed: int) -> None:
         """A fresh training history, as sklearn's `_initialize` sets it: step 0, the seed of the initialisation and
@@ -287,9 +302,10 @@ class BaseMLP(BaseEstimator):
             )
         return self
 
-    def _run_epochs(self, X, y, targets, *, first: bool, incremental: bool, early: bool):
+    def _run_epochs(self, X, y, targets, sample_weight, *, first: bool, incremental: bool, early: bool):
         """(TrainRun, the Plan it ran, its Stopping): the params to start from (Glorot or the fitted ones), then
-        `fit_epochs`; with early stopping, on the rows left after the validation split, which it scores."""
+        `fit_epochs` (row weights, if any, a targets leaf); with early stopping, on the rows left after the
+        validation split, which it scores (weighted, as sklearn's)."""
         steps = plan(self.batch_size, X.shape[0])
         loss_fn, transform = self._program(X.shape[1])
         layers = self._initial_layers(X, first=first)
@@ -309,8 +325,10 @@ class BaseMLP(BaseEstimator):
                 raise ValueError(
                     "The validation set is too small. Increase 'validation_fraction' or the size of your dataset."
                 )
-            score = functools.partial(self._score_params, X[held], y[held])
+            held_weight = None if sample_weight is None else sample_weight[held]
+            score = functools.partial(self._score_params, X[held], y[held], sample_weight=held_weight)
             X, targets = X[kept], targets[kept]
+            sample_weight = None if sample_weight is None else sample_weight[kept]
             steps = plan(self.batch_size, len(kept))
         params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
         # sklearn's optimizer: continued by partial_fit, fresh in each fit (also a warm_start one)
@@ -329,7 +347,7 @@ class BaseMLP(BaseEstimator):
             params,
             opt_state,
             X,
-            targets,
+            weighted(targets, sample_weight),
             key=jax.random.key(self._seed),
             steps=steps,
             epochs=1 if incremental else self.max_iter,
@@ -341,13 +359,14 @@ class BaseMLP(BaseEstimator):
         )
         return run, steps, stopping
 
-    def _score_params(self, X, y, params) -> float:
-        """The estimator's score (R² or accuracy) on (X, y) of bp_jax `params` (early stopping's validation)."""
-        return self._score_weights(X, y, *to_sklearn(params["layers"]))
+    def _score_params(self, X, y, params, *, sample_weight=None) -> float:
+        """The estimator's score (R² or accuracy, weighted) on (X, y) of bp_jax `params` (early stopping's
+        validation)."""
+        return self._score_weights(X, y, *to_sklearn(params["layers"]), sample_weight=sample_weight)
 
-    def _score_weights(self, X, y, coefs, intercepts) -> float:
+    def _score_weights(self, X, y, coefs, intercepts, *, sample_weight=None) -> float:
         """`score` on checked X, y of the network with these sklearn-layout weights (`r2` or `accuracy`)."""
-        return self._metric(y, self._decode(self._forward(coefs, intercepts, X)))
+        return self._metric(y, self._decode(self._forward(coefs, intercepts, X)), sample_weight)
 
     def _forward(self, coefs, intercepts, X) -> np.ndarray:
         return forward(coefs, intercepts, self.activation, X, out_activation=self.out_activation_)
@@ -355,12 +374,13 @@ class BaseMLP(BaseEstimator):
     def _output(self, X) -> np.ndarray:
         """The output layer's activations for X (sklearn's `_forward_pass_fast`)."""
         check_is_fitted(self, "coefs_")
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X = validate_data(self, X, reset=False, accept_sparse=["csr", "csc"], dtype=(np.float64, np.float32))
         return self._forward(self.coefs_, self.intercepts_, X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
+        tags.input_tags.sparse = True
         return tags
 
 
@@ -483,17 +503,18 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         )
 
     @fit_context
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train for up to max_iter epochs from a fresh initialisation (warm_start: from the fitted weights).
 
         Args:
             X: (n, features) inputs.
             y: the targets.
+            sample_weight: (n,) row weights w (None: all 1): the loss Σwℓ/Σw + ½·α/Σw·Σ‖W‖² a minibatch.
 
         Returns:
             self.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     @fit_context
     def partial_fit(self, X, y, sample_weight=None):
@@ -503,7 +524,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         Args:
             X: (n, features) inputs.
             y: the targets.
-            sample_weight: None (weights are not supported yet).
+            sample_weight: (n,) row weights (None: all 1), as `fit` takes them.
 
         Returns:
             self.
@@ -660,17 +681,18 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         )
 
     @fit_context
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train for up to max_iter epochs from a fresh initialisation (warm_start: from the fitted weights).
 
         Args:
             X: (n, features) inputs.
             y: the targets.
+            sample_weight: (n,) row weights w (None: all 1): the loss Σwℓ/Σw + ½·α/Σw·Σ‖W‖² a minibatch.
 
         Returns:
             self.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     def _check_solver(self) -> bool:
         if self.solver not in ("sgd", "adam"):
@@ -688,7 +710,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         Args:
             X: (n, features) inputs.
             y: the labels.
-            sample_weight: None (weights are not supported yet).
+            sample_weight: (n,) row weights (None: all 1), as `fit` takes them.
             classes: every label to expect; needed on the first call.
 
         Returns:

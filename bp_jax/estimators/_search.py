@@ -21,9 +21,9 @@ from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
 from sklearn.model_selection import ParameterGrid, check_cv
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing, indexable
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import _check_method_params, _check_sample_weight, validate_data
 
-from bp_jax.estimators._base import seed_of
+from bp_jax.estimators._base import densified, precision, seed_of, weighted
 from bp_jax.estimators._members import Block, Member, train_lbfgs, train_parts
 from bp_jax.estimators._multilayer_perceptron import BaseMLP
 from bp_jax.estimators._training import non_finite_error, plan
@@ -118,20 +118,15 @@ class GridSearchCV(SklearnGridSearchCV):
             X: the inputs.
             y: the targets.
             groups: group labels for the splitter.
-            **params: refused: bp_jax's estimators take no fit parameters.
+            **params: fit parameters (e.g. sample_weight; a pipeline's `<step>__sample_weight`), indexed per fold
+                and passed to each fit (and the refit) as sklearn's with metadata routing disabled.
 
         Returns:
             self.
 
         Raises:
-            TypeError: fit parameters came.
             ValueError: the grid varies a parameter one program cannot search, or every fit failed.
         """
-        if params:
-            raise TypeError(
-                "bp_jax GridSearchCV.fit takes X, y and groups (bp_jax's estimators take no fit parameters), "
-                f"got {', '.join(sorted(params))}"
-            )
         final, _ = _searched(self.estimator)
         candidates = list(ParameterGrid(self.param_grid))
         _check_vectorised({key for candidate in candidates for key in candidate}, self.estimator)
@@ -139,6 +134,9 @@ class GridSearchCV(SklearnGridSearchCV):
             raise ValueError(f"error_score must be 'raise' or a number, got {self.error_score!r}")
         scorer, self.scorer_ = self._scorers()
         X, y = indexable(X, y)
+        params = _check_method_params(X, params)
+        weight = params.get("sample_weight")  # scores weighted too, as sklearn's (when its scorers take weights)
+        weight = weight if weight is not None and self._check_scorers_accept_sample_weight() else None
         splits = list(check_cv(self.cv, y, classifier=is_classifier(final)).split(X, y, groups))
         self.n_splits_ = len(splits)
         if self.verbose > 0:
@@ -148,20 +146,20 @@ class GridSearchCV(SklearnGridSearchCV):
             )
         jobs = _jobs(self.n_jobs)
         fits = _fit_candidates(
-            self.estimator, candidates, X, y, splits, jobs=jobs, raise_errors=self.error_score == "raise"
+            self.estimator, candidates, X, y, params, splits, jobs=jobs, raise_errors=self.error_score == "raise"
         )
         _warn_or_raise_about_failures(fits, self.error_score)
-        tested = self._score_fits(fits, scorer, X, y, [test for _, test in splits])
+        tested = self._score_fits(fits, scorer, X, y, [test for _, test in splits], weight)
         trained = None
         if self.return_train_score:
-            trained = self._score_fits(fits, scorer, X, y, [train for train, _ in splits])
+            trained = self._score_fits(fits, scorer, X, y, [train for train, _ in splits], weight)
         self.cv_results_ = _cv_results(candidates, len(splits), fits, tested, trained, self.error_score)
         self.multimetric_ = "mean_test_score" not in self.cv_results_
         self._select_best()
         if self.refit:
             self.best_estimator_ = clone(self.estimator).set_params(**clone(self.best_params_, safe=False))
             start = time.time()
-            self.best_estimator_.fit(X, y)
+            self.best_estimator_.fit(X, y, **params)
             self.refit_time_ = time.time() - start
             if hasattr(self.best_estimator_, "feature_names_in_"):
                 self.feature_names_in_ = self.best_estimator_.feature_names_in_
@@ -189,12 +187,12 @@ class GridSearchCV(SklearnGridSearchCV):
                 f"(the metrics: {', '.join(metrics)})"
             )
 
-    def _score_fits(self, fits: list[_Fitted], scorer, X, y, split_rows: list) -> list:
+    def _score_fits(self, fits: list[_Fitted], scorer, X, y, split_rows: list, sample_weight=None) -> list:
         """Each fit's (score, seconds) on its split's rows (fits are candidate-major). The default scorer (the
         estimator's `score`: R², or accuracy for a classifier; also when named "r2" or "accuracy") takes the rows of
         a split once through the earlier steps its fits share and validates them once, then scores each fit's
         predictions alone (`forward`, `r2`/`accuracy`: sklearn's formulas); where that shared part fails, and for
-        any other scorer, the scorer scores each fit."""
+        any other scorer, the scorer scores each fit; with the rows' `sample_weight`, if any."""
         default = self.scoring in (None, "accuracy" if is_classifier(self.estimator) else "r2")
         scored: list = [(None, 0.0)] * len(fits)
         sharing: dict[tuple, list[int]] = {}
@@ -206,28 +204,30 @@ class GridSearchCV(SklearnGridSearchCV):
         for (split, *_), indices in sharing.items():
             start = time.perf_counter()
             rows = split_rows[split]
+            weight = None if sample_weight is None else _safe_indexing(sample_weight, rows)
             shared = _default_scorer_rows(fits[indices[0]].estimator, X, y, rows) if default else None
             if shared is None:
                 for index in indices:
-                    scored[index] = self._call_scorer(fits[index], scorer, X, y, rows)
+                    scored[index] = self._call_scorer(fits[index], scorer, X, y, rows, weight)
                 continue
             x, y_rows = shared
             finals = [_searched(fits[index].estimator)[0] for index in indices]  # one architecture: the grid's
             stacked = [[np.stack(layers) for layers in zip(*(getattr(f, name) for f in finals))] for name in _WEIGHTS]
-            values = finals[0]._score_weights(x, y_rows, *stacked).tolist()  # one score per fit
+            values = finals[0]._score_weights(x, y_rows, *stacked, sample_weight=weight).tolist()  # one score per fit
             seconds = (time.perf_counter() - start) / len(indices)
             for index, value in zip(indices, values):
                 scored[index] = (value, seconds)
         return scored
 
-    def _call_scorer(self, fit: _Fitted, scorer, X, y, rows):
+    def _call_scorer(self, fit: _Fitted, scorer, X, y, rows, sample_weight=None):
         """The scorer's value for a fitted member on X[rows] (a number or a dict; None for a failed fit or
         scorer) and the seconds it took."""
         if fit.estimator is None:
             return None, 0.0
         start = time.perf_counter()
         try:
-            value = scorer(fit.estimator, _safe_indexing(X, rows), _safe_indexing(y, rows))
+            weighted_by = {} if sample_weight is None else {"sample_weight": sample_weight}
+            value = scorer(fit.estimator, _safe_indexing(X, rows), _safe_indexing(y, rows), **weighted_by)
         except Exception as error:
             if self.error_score == "raise":
                 raise
@@ -280,7 +280,9 @@ def _default_scorer_rows(searched, X, y, rows):
         x = _safe_indexing(X, rows)
         if name is not None and len(searched.steps) > 1:
             x = searched[:-1].transform(x)
-        x = validate_data(final, x, reset=False, dtype=(np.float64, np.float32))
+        x = densified(
+            validate_data(final, x, reset=False, accept_sparse=["csr", "csc"], dtype=(np.float64, np.float32))
+        )
     except Exception:
         return None
     y_rows = np.asarray(_safe_indexing(y, rows))
@@ -352,10 +354,11 @@ def _jobs(n_jobs) -> int:
         return effective_n_jobs(n_jobs)
 
 
-def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_errors: bool) -> list[_Fitted]:
+def _fit_candidates(estimator, candidates, X, y, params, splits, *, jobs: int, raise_errors: bool) -> list[_Fitted]:
     """Every (candidate, split) fitted, candidate-major: those one program can train as its members (grouped by
     program shape, one `fit_ensemble` call each, or up to `jobs` concurrent calls over parts of them:
-    `split_members`), the others by their own fit. A failed fit holds its error (raised at once with `raise_errors`)."""
+    `split_members`; sample weights a targets leaf), the others by their own fit (also any with fit parameters
+    other than a plain estimator's sample_weight). A failed fit holds its error (raised at once with `raise_errors`)."""
     fitted: list[_Fitted | None] = [None] * (len(candidates) * len(splits))
     blocks: dict[tuple, Block] = {}
     programs: dict[tuple, list[Member]] = {}
@@ -372,28 +375,30 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
             vars(searched).update(clone(candidate, safe=False))
         member, name = _searched(searched)
         fold_data = lambda rows=train_rows: (_safe_indexing(X, rows), _safe_indexing(y, rows))
+        fold_params = _check_method_params(X, params, train_rows)
         try:
             if fold == 0:  # candidate-major: a candidate's parameters are checked once, at its first fold
                 refusal = _refusal(member)
             if refusal is not None:
                 raise refusal
             lbfgs = member.solver == "lbfgs"  # full batch, its members one vmapped program per fold
-            alone = not lbfgs and (member.early_stopping or not member.shuffle)
+            other_params = bool(set(params) - {"sample_weight"}) or (name is not None and bool(params))
+            alone = other_params or (not lbfgs and (member.early_stopping or not member.shuffle))
             # the earlier steps' grid values by identity: members of one fold and the same values share a block
             block_key = (
                 fold,
                 tuple((key, id(value)) for key, value in candidate.items() if name and key.split("__")[0] != name),
             )
             if not alone and block_key not in blocks:
-                blocks[block_key] = _block(searched, member, name, *fold_data())
+                blocks[block_key] = _block(searched, member, name, *fold_data(), fold_params.get("sample_weight"))
             steps = None if alone or lbfgs else plan(member.batch_size, len(blocks[block_key].x))
         except Exception as error:
             if raise_errors:
                 raise
             fitted[index] = _Fitted(None, _describe(error), time.perf_counter() - start)
             continue
-        if not lbfgs and (steps is None or steps.batch_size == len(blocks[block_key].x)):  # full batch: fit alone
-            fitted[index] = _fit_alone(searched, *fold_data(), raise_errors=raise_errors, start=start)
+        if alone or (not lbfgs and steps is not None and steps.batch_size == len(blocks[block_key].x)):  # full batch
+            fitted[index] = _fit_alone(searched, *fold_data(), fold_params, raise_errors=raise_errors, start=start)
             continue
         block = blocks[block_key]
         if name is not None:
@@ -409,19 +414,25 @@ def _fit_candidates(estimator, candidates, X, y, splits, *, jobs: int, raise_err
             shape = (program, steps._replace(rows=0), member.max_iter, block.x.dtype)  # rows: each member's data
             programs.setdefault(shape, []).append(entry)
         prepared_in[index] = time.perf_counter() - start
-    for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
-        for part, runs, share in train_parts(loss_fn, transform, steps, max_iter, members, blocks, jobs):
-            for member, (run, diverged_at) in zip(part, runs):
-                rows = len(blocks[member.block].x)
-                adopt = functools.partial(_adopt_run, run=run, steps=steps._replace(rows=rows), diverged_at=diverged_at)
+    widest = np.result_type(np.float32, *(block.x.dtype for block in blocks.values()))
+    with precision(widest):  # float64 folds train in float64, x64 scoped (`train_parts`' threads enter it too)
+        for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
+            for part, runs, share in train_parts(loss_fn, transform, steps, max_iter, members, blocks, jobs):
+                for member, (run, diverged_at) in zip(part, runs):
+                    rows = len(blocks[member.block].x)
+                    adopt = functools.partial(
+                        _adopt_run, run=run, steps=steps._replace(rows=rows), diverged_at=diverged_at
+                    )
+                    fitted[member.position] = _adopted(
+                        member, adopt, prepared_in[member.position] + share, raise_errors
+                    )
+        for (loss_fn, block_key), members in lbfgs_programs.items():
+            start = time.perf_counter()
+            results = train_lbfgs(loss_fn, members, blocks[block_key])
+            share = (time.perf_counter() - start) / len(members)
+            for member, result in zip(members, results):
+                adopt = functools.partial(type(member.estimator)._adopt_lbfgs, result=result)
                 fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
-    for (loss_fn, block_key), members in lbfgs_programs.items():
-        start = time.perf_counter()
-        results = train_lbfgs(loss_fn, members, blocks[block_key])
-        share = (time.perf_counter() - start) / len(members)
-        for member, result in zip(members, results):
-            adopt = functools.partial(type(member.estimator)._adopt_lbfgs, result=result)
-            fitted[member.position] = _adopted(member, adopt, prepared_in[member.position] + share, raise_errors)
     assert all(fit is not None for fit in fitted)
     return fitted  # type: ignore[return-value]
 
@@ -457,20 +468,22 @@ def _adopted(member: Member, adopt, seconds: float, raise_errors: bool) -> _Fitt
     return _Fitted(member.searched, None, seconds)
 
 
-def _block(searched, member, name: str | None, x, y) -> Block:
+def _block(searched, member, name: str | None, x, y, sample_weight) -> Block:
     """One fold's data as `member` (the bp_jax estimator in `searched`) sees it: through the pipeline's earlier
-    steps fitted on it, validated, targets encoded."""
+    steps fitted on it, validated, targets encoded (with the fold's row weights, if any: `weighted`)."""
     if name is not None and len(searched.steps) > 1:
         x = searched[:-1].fit_transform(x, y)
     x, y = member._validate_input(x, y, reset=True)
     targets = member._encode_targets(y, first=True).astype(x.dtype)
+    if sample_weight is not None:
+        targets = weighted(targets, _check_sample_weight(sample_weight, x))
     attributes = {attribute: getattr(member, attribute) for attribute in _DATA_ATTRIBUTES if hasattr(member, attribute)}
     return Block(list(searched.steps[:-1]) if name is not None else [], x, targets, attributes)
 
 
-def _fit_alone(searched, x, y, *, raise_errors: bool, start: float) -> _Fitted:
+def _fit_alone(searched, x, y, params: dict, *, raise_errors: bool, start: float) -> _Fitted:
     try:
-        searched.fit(x, y)
+        searched.fit(x, y, **params)
     except Exception as error:
         if raise_errors:
             raise
