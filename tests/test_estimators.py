@@ -32,11 +32,6 @@ CHECKED = [
 
 
 def _expected_failures(estimator):
-    if isinstance(estimator, MLPClassifier) and estimator.solver == "lbfgs":
-        # integer weights vs repeated rows agree to 1e-12 for 20 iterations, then a line-search decision flips on
-        # rounding (predict_proba 2e-5 apart after 31); scikit-learn's own path happens to stay on one side
-        reason = "lbfgs: weighted and repeated rows part on rounding near convergence (WP5 follow-up)"
-        return {f"check_sample_weight_equivalence_on_{data}_data": reason for data in ("dense", "sparse")}
     return {}
 
 
