@@ -5,7 +5,8 @@ An edge package (needs scikit-learn, the `sklearn` extra); `import bp_jax` does 
 scikit-learn lays out `neural_network/` and `model_selection/`: `_base` (objective, initialisation, weights, forward
 pass, metrics), `_stochastic_optimizers` (sklearn's sgd and adam, every hyperparameter data), `_lbfgs` (lbfgs: scipy's
 L-BFGS-B as one compiled program), `_training` (epochs and stopping rules, one model's run), `_reporting` (`verbose`'s
-lines), `_multilayer_perceptron` (the estimators), `_members` (a grid's members trained together), `_search`
+lines), `_multilayer_perceptron` (`BaseMLP`, what the estimators share), `_regressor` and `_classifier` (the
+estimators), `_members` (a grid's members trained together), `_search`
 (GridSearchCV) and `_constraints` (scikit-learn's own parameter validation).
 
 The estimators take scikit-learn's MLP parameters (names, order, defaults, meanings), checked as scikit-learn checks
@@ -65,7 +66,8 @@ from bp_jax.estimators._base import (
     seed_of,
     to_sklearn,
 )
-from bp_jax.estimators._multilayer_perceptron import MLPClassifier, MLPRegressor
+from bp_jax.estimators._classifier import MLPClassifier
+from bp_jax.estimators._regressor import MLPRegressor
 from bp_jax.estimators._search import VECTORISED, GridSearchCV
 from bp_jax.estimators._stochastic_optimizers import initial_state, sklearn_adam, sklearn_sgd, solver_transform
 from bp_jax.estimators._training import (
