@@ -114,8 +114,8 @@ class Config:
     def from_record(cls, record: dict, where: str) -> "Config":
         """The Config in a checkpoint's record (one written before classification: regression, empty cells
         refused; before early stopping: none); CheckpointError if its keys are not this version's."""
-        old = {"task": "regression", "missing": "error", "early_stopping": False, "validation_fraction": 0.1}
-        record = old | {"patience": 10} | record
+        before = {"task": "regression", "missing": "error", "early_stopping": False}
+        record = before | {"validation_fraction": 0.1, "patience": 10} | record
         _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
         values: dict[str, Any] = {
             name: tuple(value) if isinstance(value, list) else value for name, value in record.items()

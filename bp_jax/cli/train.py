@@ -226,8 +226,8 @@ def _validation_split(config: Config, split: data.Split) -> tuple[data.Split, tu
     if min(len(train), len(held)) < batch:
         raise UsageError(
             f"--validation-fraction {config.validation_fraction} leaves {len(train)} training and {len(held)} "
-            f"validation rows of {len(split.y_train)}; each needs at least a batch ({batch} rows): change the "
-            f"fraction or --batch-size"
+            f"validation rows of {len(split.y_train)}; each needs at least a batch ({batch} row{'s' * (batch > 1)}): "
+            f"change the fraction or --batch-size"
         )
     rows = lambda part: (split.x_train[part], split.y_train[part])
     x_train, y_train = rows(train)
@@ -451,6 +451,7 @@ def _finish(
             f"bp-jax train: {config.name}, hidden {','.join(map(str, config.hidden))}, "
             f"{config.optimizer} lr {config.lr}"
         )
+        ending = "final" if stopping is None else "best epoch's params"
         if classify:
             painter.draw(
                 "loss_curve",
@@ -460,9 +461,9 @@ def _finish(
                 title=title,
                 loss="cross-entropy",
                 validation=_validation_curve(stopping),
-                levels={"held-out log loss (final)": metrics["held_out_log_loss"]},
+                levels={f"held-out log loss ({ending})": metrics["held_out_log_loss"]},
                 accuracy={
-                    "held-out (final)": metrics["held_out_accuracy"],
+                    f"held-out ({ending})": metrics["held_out_accuracy"],
                     "majority class": metrics["baseline_held_out_accuracy"],
                 },
             )
@@ -475,7 +476,7 @@ def _finish(
                 title=title,
                 validation=_validation_curve(stopping),
                 levels={
-                    "held-out MSE (final)": metrics["held_out_mse"],
+                    f"held-out MSE ({ending})": metrics["held_out_mse"],
                     "held-out MSE, mean predictor": metrics["baseline_held_out_mse"],
                 },
             )
