@@ -104,13 +104,3 @@ def test_validation_rows_keep_the_class_proportions_by_largest_remainders():
     assert not np.array_equal(held, other)
     train_rows, held = data.validation_rows(np.zeros(40), 0.1, seed=4, classify=False)
     assert len(held) == 4 and sorted([*train_rows, *held]) == list(range(40))
-
-
-def test_the_loss_curve_draws_the_validation_curve(tmp_path):
-    """plots.loss_curve with a validation curve (NaN-free or not) writes a PNG; with none, as before."""
-    from bp_jax.cli import plots
-
-    for name, validation in (("with", [[9, 0.5], [18, 0.4], [27, float("nan")]]), ("without", [])):
-        path = tmp_path / f"{name}.png"
-        plots.loss_curve(path, [[0, 1.0], [9, 0.6]], title="t", levels={}, validation=validation)
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
