@@ -37,6 +37,8 @@ _EXPORTS = {
     "Graph": "_explain",
     "Node": "_explain",
     "explain": "_explain",
+    "EarlyStopping": "_early_stopping",
+    "early_stopping": "_early_stopping",
     "EnsembleResult": "_fit",
     "FitResult": "_fit",
     "NonFiniteLoss": "_fit",
@@ -67,6 +69,7 @@ if importlib.util.find_spec("torch") is not None:  # keeps `from bp_jax import *
 
 if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` imports each name on first use
     from bp_jax import manual  # noqa: F401
+    from bp_jax._early_stopping import EarlyStopping, early_stopping  # noqa: F401
     from bp_jax._explain import Graph, Node, explain  # noqa: F401
     from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, StopRule, fit, fit_ensemble  # noqa: F401
     from bp_jax._layers import ACTIVATIONS, Linear, Model, ReLU, Sequential, Sigmoid, Tanh, mlp, neuron, tiny_net  # noqa: F401

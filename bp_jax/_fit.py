@@ -49,7 +49,7 @@ class FitResult(NamedTuple):
             `keep_losses=False`, those of the last chunk only: `losses[i]` belongs to step `step − len(losses) + i`).
         step: the number of steps taken in all (the step to resume from).
         stopped_at: the step after which a `StopRule` ended the run (−1: none did).
-        rule_state: the `StopRule`'s final state (None without a rule).
+        rule_state: the `StopRule`'s final state (None without a rule); `early_stopping`'s holds the best params.
     """
 
     params: Any
@@ -112,15 +112,22 @@ class StopRule(NamedTuple):
     `optax.inject_hyperparams` optimizer at the end of each epoch (scikit-learn's "adaptive": η ← η / 5 once the
     epochs without improvement exceed the patience). For `fit_ensemble`, `init` has a leading member axis (one
     state per member, e.g. per-member thresholds as data) and `update` is vmapped, each member seeing its own
-    optimizer state.
+    optimizer state and params. With `touches_params`, `update` also sees the params the step produced (keyword
+    `params=`), and a rule with `data` sees it as keyword `data=` (shared by the members): a validation set that
+    `update` scores, as `early_stopping`'s does. The state is what a checkpoint keeps (resume with
+    `rule._replace(init=result.rule_state)`); the data is not.
 
     Attributes:
         update: `update(state, step, loss) -> (state, stop)`, or with `touches_opt_state`
             `update(state, step, loss, opt_state) -> (state, stop, opt_state)` (the same structure and shapes
-            back); part of the compiled program (keep one function object per rule to reuse it).
+            back), plus the keywords `params=` and `data=` where they apply; part of the compiled program (keep one
+            function object per rule to reuse it).
         init: the rule's first state (a pytree of arrays, e.g. a dict naming its parts); data.
         touches_opt_state: whether `update` takes and returns the optimizer state (static: needs an optax
             optimizer; False keeps a rule's program as it was).
+        touches_params: whether `update` sees the params (static).
+        data: a pytree of arrays `update` reads and never changes (None: no `data=`); data, so new values of the
+            same shapes reuse the program.
 
     Examples:
         Halve an `inject_hyperparams` learning rate every 10 steps, and stop after step 29:
@@ -144,12 +151,14 @@ class StopRule(NamedTuple):
     update: Callable
     init: Any
     touches_opt_state: bool = False
+    touches_params: bool = False
+    data: Any = None
 
 
 class _Run(NamedTuple):
     """A checked call of `fit` or `fit_ensemble`, ready to run: the compiled loop, its first state (fresh buffers:
-    the loop donates them), its data `(lr, key, x, y, rows)`, the steps and chunk sizes, and the members (None for
-    one model)."""
+    the loop donates them), its data `(lr, key, x, y, rows, rule_data)`, the steps and chunk sizes, and the members
+    (None for one model)."""
 
     loop: Callable
     state: LoopState
@@ -417,13 +426,14 @@ def _set_up(
         lr = checks.member_lrs(lr, members) if optimizer is None else np.zeros(members, float_dtype)
     if optimizer is not None and opt_state is None:
         opt_state = _initial_opt_state(optimizer, ensemble)(params)
-    stop_update, touches_opt_state = _stop_update(stop_rule, optimizer)
+    stop_update, touches_opt_state, touches_params = _stop_update(stop_rule, optimizer)
     if not shuffle:
         key = None  # the rows in order: no key enters the program
     shape = () if members is None else (members,)
     rule = None if stop_rule is None else RuleState(stop_rule.init, np.full(shape, -1, np.int32))
     state = LoopState(params, opt_state, Divergence(np.full(shape, -1, np.int32), np.zeros(shape, np.int32)), rule)
-    data = (lr, key, x, y, member_rows)
+    rule_data = None if stop_rule is None else jax.device_put(stop_rule.data)  # once, not at every chunk
+    data = (lr, key, x, y, member_rows, rule_data)
     if mesh is not None:
         state, data = _laid_out(mesh, state, data, batch_size, members, groups)
     loop = compiled_loop(
@@ -436,6 +446,7 @@ def _set_up(
         own_rows=member_rows is not None,
         stop_update=stop_update,
         rule_touches_opt_state=touches_opt_state,
+        rule_touches_params=touches_params,
         group_size=members // groups if members and groups else 1,
         large_row_sets=shuffle and member_rows is not None and bool(np.all(member_rows.counts >= LARGE_DOMAIN)),
         shuffle=shuffle,
@@ -450,21 +461,23 @@ def _initial_opt_state(optimizer: optax.GradientTransformation, ensemble: bool) 
     return jax.jit(jax.vmap(optimizer.init) if ensemble else optimizer.init)
 
 
-def _stop_update(stop_rule, optimizer) -> tuple[Callable | None, bool]:
+def _stop_update(stop_rule, optimizer) -> tuple[Callable | None, bool, bool]:
     """(the rule's update, part of the compiled program, or None without a rule; whether it touches the optimizer
-    state). TypeError for a non-StopRule, ValueError for a rule touching the state of the hand-written SGD (none)."""
+    state; whether it sees the params). TypeError for a non-StopRule, ValueError for a rule touching the state of
+    the hand-written SGD (none)."""
     if stop_rule is None:
-        return None, False
+        return None, False, False
     if not isinstance(stop_rule, StopRule) or not callable(stop_rule.update):
         raise TypeError(f"stop_rule must be a bp_jax.StopRule(update, init), got {type(stop_rule).__name__}")
-    if not isinstance(stop_rule.touches_opt_state, (bool, np.bool_)):
-        raise TypeError(f"StopRule.touches_opt_state must be True or False, got {stop_rule.touches_opt_state!r}")
+    for name in ("touches_opt_state", "touches_params"):
+        if not isinstance(getattr(stop_rule, name), (bool, np.bool_)):
+            raise TypeError(f"StopRule.{name} must be True or False, got {getattr(stop_rule, name)!r}")
     if stop_rule.touches_opt_state and optimizer is None:
         raise ValueError(
             "a StopRule with touches_opt_state=True updates an optax optimizer's state: pass optimizer=..., "
             "not lr= (the hand-written SGD has no state)"
         )
-    return stop_rule.update, bool(stop_rule.touches_opt_state)
+    return stop_rule.update, bool(stop_rule.touches_opt_state), bool(stop_rule.touches_params)
 
 
 def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | None, groups: int | None):
@@ -472,7 +485,8 @@ def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | No
     batch split over "data" (a minibatch's rows are split in the loop). Members (an `ensemble_mesh`): the state
     and learning rates split over "models", keys and row sets too where each member has its own, x and y
     replicated. ValueError where the batch or the members do not split evenly."""
-    lr, key, x, y, member_rows = data
+    lr, key, x, y, member_rows, rule_data = data
+    rule_data = _placed(rule_data, replicated(mesh))  # every device, every member scores it
     if members is None:
         devices, batch = data_devices(mesh), examples(x) if batch_size is None else batch_size
         if batch % devices:
@@ -485,7 +499,7 @@ def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | No
         )
         data_layout = batch_sharded(mesh) if batch_size is None else replicated(mesh)
         state = state._replace(params=params, opt_state=opt_state, rule=rule)
-        return state, (lr, key, *_placed((x, y), data_layout), member_rows)
+        return state, (lr, key, *_placed((x, y), data_layout), member_rows, rule_data)
     if members % member_devices(mesh):
         raise ValueError(
             f"the {members} members do not split evenly over the mesh's {member_devices(mesh)} '{MODELS_AXIS}' devices"
@@ -496,7 +510,7 @@ def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | No
     if key is not None:
         key = by_group(key) if checks.key_batch_shape(key) != () else place(key, replicated(mesh))
     member_rows = None if member_rows is None else jax.tree.map(by_group, member_rows)
-    return state, (lr, key, *_placed((x, y), replicated(mesh)), member_rows)
+    return state, (lr, key, *_placed((x, y), replicated(mesh)), member_rows, rule_data)
 
 
 def _placed(data, sharding):

@@ -1,11 +1,12 @@
 """The compiled loop behind `fit` and `fit_ensemble`: one model's guarded step, lifted over an ensemble's members
 by `jax.vmap`, run for up to CAPACITY steps a call under `lax.while_loop`.
 
-`run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`, where `state` is a `LoopState` pytree
-(donated) and every other argument is data: the first step and the length are traced, so any run length, chunk
-size or resume point reuses one program per configuration (`compiled_loop`). x and y are arrays or pytrees of
-them, examples on every leaf's leading axis; a minibatch gathers the same rows of every leaf. A step whose loss or
-new params are not finite is not applied: the model is frozen and the step recorded in its `Divergence`.
+`run(state, lr, key, x, y, rows, rule_data, first_step, length) -> (state, losses)`, where `state` is a `LoopState`
+pytree (donated) and every other argument is data (`rule_data`: a `StopRule`'s data, e.g. a validation set): the
+first step and the length are traced, so any run length, chunk size or resume point reuses one program per
+configuration (`compiled_loop`). x and y are arrays or pytrees of them, examples on every leaf's leading axis; a
+minibatch gathers the same rows of every leaf. A step whose loss or new params are not finite is not applied: the
+model is frozen and the step recorded in its `Divergence`.
 """
 
 import functools
@@ -93,11 +94,15 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state: bool = False) -> Callable:
-    """One model's `(state, lr, x, y, step) -> (state, loss)`: the update, applied only if its loss and new params
-    are finite and the model is `running`; an applied step also advances the stop rule (`stop_update`, which with
-    `rule_touches_opt_state` also takes and returns the new optimizer state). Otherwise the old state is kept, and for
-    a running model the first bad step and its cause recorded. A diverged or stopped model's loss reads NaN."""
+def _guarded_update(
+    loss_fn, optimizer, stop_update, rule_touches_opt_state: bool = False, rule_touches_params: bool = False
+) -> Callable:
+    """One model's `(state, lr, x, y, step, rule_data) -> (state, loss)`: the update, applied only if its loss and
+    new params are finite and the model is `running`; an applied step also advances the stop rule (`stop_update`,
+    which with `rule_touches_opt_state` also takes and returns the new optimizer state, with `rule_touches_params`
+    sees the new params as `params=`, and sees `data=rule_data` unless that is None). Otherwise the old state is
+    kept, and for a running model the first bad step and its cause recorded. A diverged or stopped model's loss
+    reads NaN."""
     if optimizer is None:
         sgd = sgd_update(loss_fn)
 
@@ -108,17 +113,18 @@ def _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state: boo
         optax_rule = optax_update(loss_fn, optimizer)
         update = lambda params, opt_state, x, y, lr: optax_rule(params, opt_state, x, y)
 
-    def advanced(rule: RuleState | None, step, loss, opt_state) -> tuple[Any, RuleState | None]:
+    def advanced(rule: RuleState | None, step, loss, params, opt_state, rule_data) -> tuple[Any, RuleState | None]:
         """(the optimizer state, the rule's progress) after an applied step."""
         if rule is None:
             return opt_state, None
+        extra = ({"params": params} if rule_touches_params else {}) | ({} if rule_data is None else {"data": rule_data})
         if rule_touches_opt_state:
-            rule_state, stop, opt_state = stop_update(rule.state, step, loss, opt_state)
+            rule_state, stop, opt_state = stop_update(rule.state, step, loss, opt_state, **extra)
         else:
-            rule_state, stop = stop_update(rule.state, step, loss)
+            rule_state, stop = stop_update(rule.state, step, loss, **extra)
         return opt_state, RuleState(rule_state, jnp.where(stop, step, rule.stopped_at))
 
-    def guarded(state: LoopState, lr, x, y, step) -> tuple[LoopState, jax.Array]:
+    def guarded(state: LoopState, lr, x, y, step, rule_data) -> tuple[LoopState, jax.Array]:
         new_params, new_opt_state, loss = update(state.params, state.opt_state, x, y, lr)
         loss_finite = jnp.isfinite(loss)
         live = running(state)
@@ -126,7 +132,7 @@ def _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state: boo
         # one cond, not a where per leaf: it makes one model's step ~40 % cheaper on CPU (under vmap, a select)
         params, opt_state, rule = jax.lax.cond(
             apply,
-            lambda: (new_params, *advanced(state.rule, step, loss, new_opt_state)),
+            lambda: (new_params, *advanced(state.rule, step, loss, new_params, new_opt_state, rule_data)),
             lambda: (state.params, state.opt_state, state.rule),
         )
         diverges = live & ~apply
@@ -142,19 +148,20 @@ def _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state: boo
 def _vmapped_step(model_step, key_axis: int | None, own_rows: bool, group_size: int) -> Callable:
     """`model_step` over the members (a leading axis E on the state and lr): vmapped once where every member has
     its own key and rows or all share them (group_size 1); otherwise vmapped over a group's members (key, rows and
-    so the minibatch shared: one gather, and x·W over the members one matmul) and then over the groups."""
+    so the minibatch shared: one gather, and x·W over the members one matmul) and then over the groups. The stop
+    rule's data is shared by every member."""
     rows_axis = 0 if own_rows else None
     if group_size == 1:
-        return jax.vmap(model_step, in_axes=(0, 0, key_axis, None, None, rows_axis, None))
+        return jax.vmap(model_step, in_axes=(0, 0, key_axis, None, None, rows_axis, None, None))
     group_step = jax.vmap(
-        jax.vmap(model_step, in_axes=(0, 0, None, None, None, None, None)),
-        in_axes=(0, 0, key_axis, None, None, rows_axis, None),
+        jax.vmap(model_step, in_axes=(0, 0, None, None, None, None, None, None)),
+        in_axes=(0, 0, key_axis, None, None, rows_axis, None, None),
     )
 
-    def step_by_group(state, lr, key, x, y, member_rows, step):
+    def step_by_group(state, lr, key, x, y, member_rows, rule_data, step):
         by_group = lambda leaf: leaf.reshape(-1, group_size, *leaf.shape[1:])
         state, lr = jax.tree.map(by_group, (state, lr))
-        outputs = group_step(state, lr, key, x, y, member_rows, step)
+        outputs = group_step(state, lr, key, x, y, member_rows, rule_data, step)
         return jax.tree.map(lambda leaf: leaf.reshape(-1, *leaf.shape[2:]), outputs)
 
     return step_by_group
@@ -199,11 +206,12 @@ def _build_loop(
     own_rows: bool = False,
     stop_update: Callable | None = None,
     rule_touches_opt_state: bool = False,
+    rule_touches_params: bool = False,
     group_size: int = 1,
     large_row_sets: bool = False,
     shuffle: bool = True,
 ) -> Callable:
-    """jit of `run(state, lr, key, x, y, rows, first_step, length) -> (state, losses)`: steps first_step …
+    """jit of `run(state, lr, key, x, y, rows, rule_data, first_step, length) -> (state, losses)`: steps first_step …
     first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once no model
     is `running`; losses[i] is step first_step + i's loss, NaN past the last step run.
 
@@ -213,12 +221,13 @@ def _build_loop(
     stacked (0), and with `own_rows` minibatches drawn from row sets (`rows`, a MemberRows; None otherwise);
     stacked keys and row sets belong to groups of `group_size` consecutive members, each group's step the members'
     step vmapped over one shared minibatch; `large_row_sets`: every row count is ≥ LARGE_DOMAIN (the order takes
-    its fewer rounds). `stop_update` is a StopRule's update (its state in `state.rule`; `rule_touches_opt_state`:
-    it also takes and returns the optimizer state); `shuffle` False: the minibatches in order."""
-    guarded = _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state)
+    its fewer rounds). `stop_update` is a StopRule's update (its state in `state.rule`, its data `rule_data`;
+    `rule_touches_opt_state`: it also takes and returns the optimizer state; `rule_touches_params`: it sees the
+    params); `shuffle` False: the minibatches in order."""
+    guarded = _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state, rule_touches_params)
     data_parallel = mesh is not None and not ensemble
 
-    def model_step(state: LoopState, lr, key, x, y, member_rows, step) -> tuple[LoopState, jax.Array]:
+    def model_step(state: LoopState, lr, key, x, y, member_rows, rule_data, step) -> tuple[LoopState, jax.Array]:
         if batch_size is None:
             xb, yb = x, y
         else:
@@ -232,7 +241,7 @@ def _build_loop(
             xb, yb = gather(x, rows), gather(y, rows)
             if data_parallel:  # each device gathers only its own rows of the minibatch
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
-        return guarded(state, lr, xb, yb, step)
+        return guarded(state, lr, xb, yb, step, rule_data)
 
     if ensemble:
         model_step = _vmapped_step(model_step, key_axis, own_rows, group_size)
@@ -249,13 +258,13 @@ def _build_loop(
     @functools.partial(
         jax.jit, donate_argnums=0, out_shardings=out_shardings, compiler_options=loop_compiler_options(platform)
     )
-    def run(state: LoopState, lr, key, x, y, member_rows, first_step, length):
-        loss_shape = jax.eval_shape(model_step, state, lr, key, x, y, member_rows, first_step)[1]
+    def run(state: LoopState, lr, key, x, y, member_rows, rule_data, first_step, length):
+        loss_shape = jax.eval_shape(model_step, state, lr, key, x, y, member_rows, rule_data, first_step)[1]
         buffer = jnp.full((CAPACITY, *loss_shape.shape), jnp.nan, loss_shape.dtype)
 
         def body(carry: tuple[jax.Array, LoopState, jax.Array]):
             i, state, losses = carry
-            state, loss = model_step(state, lr, key, x, y, member_rows, first_step + i)
+            state, loss = model_step(state, lr, key, x, y, member_rows, rule_data, first_step + i)
             return i + 1, state, losses.at[i].set(loss)
 
         def more(carry):

@@ -88,7 +88,7 @@ divergence = bp_jax._fit_loop.Divergence(replicate(jnp.asarray(-1, jnp.int32)), 
 state = bp_jax._fit_loop.LoopState(replicate(params), None, divergence)
 fit_program = (
     bp_jax._fit_loop.compiled_loop(loss, None, 16, mesh, ensemble=False, key_axis=None)
-    .lower(state, 0.05, replicate(key), replicate(x), replicate(y), None, 0, 40)
+    .lower(state, 0.05, replicate(key), replicate(x), replicate(y), None, None, 0, 40)
     .compile()
     .as_text()
 )

@@ -175,6 +175,25 @@ class Split(NamedTuple):
     left_out: Mapping[str, int] = MappingProxyType({"no_target": 0, "empty_feature": 0})
 
 
+def validation_rows(y: np.ndarray, fraction: float, seed: int, *, classify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of the training split's targets `y`: round(fraction · n) rows held for
+    validation, drawn by `seed`; for classes stratified, class c giving its share n_val · n_c / n rounded by
+    largest remainders (the shares summing to n_val), so the validation rows keep the classes' proportions."""
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: the held-out split used [seed]
+    n = len(y)
+    n_val = round(fraction * n)
+    order = rng.permutation(n)
+    if not classify:
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    classes, counts = np.unique(y, return_counts=True)
+    shares = n_val * counts / n
+    quota = np.floor(shares).astype(int)
+    quota[np.argsort(quota - shares, kind="stable")[: n_val - quota.sum()]] += 1  # the largest remainders
+    by_class = [order[y[order] == c] for c in classes]
+    validation = np.concatenate([rows[:k] for rows, k in zip(by_class, quota, strict=True)])
+    return np.setdiff1d(np.arange(n), validation), np.sort(validation)
+
+
 def is_file(source: str) -> bool:
     return source not in NAMES
 

@@ -35,6 +35,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def open_fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (both excluded), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (both excluded), got {text!r}")
+    return value
+
+
 def learning_rate(text: str) -> float:
     try:
         value = float(text)

@@ -90,14 +90,21 @@ def loss_curve(
     levels: dict[str, float],
     loss: str = "MSE",
     accuracy: dict[str, float] | None = None,
+    validation: Sequence = (),
     replace: bool = False,
 ) -> None:
-    """`bp-jax train`'s figure: the training loss by step, and horizontal lines at `levels` (label: value,
-    e.g. the held-out MSE and the mean predictor's), on a log scale; for a classifier, `accuracy` levels (the
-    held-out accuracy and the majority class's) on a second axis, from 0 to 1."""
+    """`bp-jax train`'s figure: the training loss by step, the `validation` loss ([step, loss] pairs, one an
+    epoch, with early stopping) and its lowest point, and horizontal lines at `levels` (label: value, e.g. the
+    held-out MSE and the mean predictor's), on a log scale; for a classifier, `accuracy` levels (the held-out
+    accuracy and the majority class's) on a second axis, from 0 to 1."""
     unit = "MSE (standardised target)" if loss == "MSE" else loss
     with figure(path, title=title, xlabel="step", ylabel=unit, yscale="log", replace=replace) as axes:
         plot_losses(axes, history, label=f"training loss (minibatch {loss})")
+        steps, losses = np.asarray(validation, dtype=float).reshape(-1, 2).T
+        if np.isfinite(losses).any():
+            axes.plot(steps, losses, lw=1.5, color="tab:orange", label=f"validation {loss}, per epoch")
+            best = np.nanargmin(losses)
+            axes.plot(steps[best], losses[best], "o", color="tab:orange", label=f"best epoch ({losses[best]:.4g})")
         for (label, value), (color, style) in zip(levels.items(), [("tab:green", "--"), ("tab:red", ":")] * 4):
             if value is not None and np.isfinite(value):
                 axes.axhline(value, color=color, ls=style, label=label)

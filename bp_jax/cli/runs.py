@@ -54,6 +54,9 @@ RECORD_KEYS = {"config", "data", "total_steps", "loss_history", "wall_time_s", "
 OPTIMIZER_COPIES = {"sgd": 0, "optax-sgd": 0, "momentum": 1, "adam": 2}
 #: host bytes per member beyond its arrays: its sweep.json entry and table row, as Python objects
 REPORT_BYTES_PER_MEMBER = 2048
+#: --early-stopping: the epochs whose validation loss the run keeps (the rule's curve buffer, one shape for every
+#: run length, so resuming with more epochs restores it; later epochs are scored, not kept)
+VALIDATION_CURVE_EPOCHS = 10_000
 
 
 def _check_keys(what: str, got: dict, expected: set, where: str) -> None:
@@ -75,7 +78,9 @@ class Config:
     data file's absolute path; `target` and `features` are column names (None before the data is read:
     the last column, and all the others); `split_seed` chooses the held-out rows (None: `seed`); `task` is
     "auto" until the data is read, then "regression" or "classification" (`data.load`); `missing`: what to do
-    with empty cells (`data.MISSING`)."""
+    with empty cells (`data.MISSING`); `early_stopping`: a `validation_fraction` of the training rows
+    (`data.validation_rows`) scored at each epoch's end, the run ending after `patience` epochs without
+    improvement, with the best params."""
 
     dataset: str = "diabetes"
     target: str | None = None
@@ -89,6 +94,9 @@ class Config:
     split_seed: int | None = None
     task: str = "auto"
     missing: str = "error"
+    early_stopping: bool = False
+    validation_fraction: float = 0.1
+    patience: int = 10
 
     def __post_init__(self):
         if self.split_seed is None:
@@ -105,8 +113,9 @@ class Config:
     @classmethod
     def from_record(cls, record: dict, where: str) -> "Config":
         """The Config in a checkpoint's record (one written before classification: regression, empty cells
-        refused); CheckpointError if its keys are not this version's."""
-        record = {"task": "regression", "missing": "error"} | record
+        refused; before early stopping: none); CheckpointError if its keys are not this version's."""
+        before = {"task": "regression", "missing": "error", "early_stopping": False}
+        record = before | {"validation_fraction": 0.1, "patience": 10} | record
         _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
         values: dict[str, Any] = {
             name: tuple(value) if isinstance(value, list) else value for name, value in record.items()
@@ -303,9 +312,35 @@ def state_from_key(model: bp_jax.Model, transform: optax.GradientTransformation 
 
 def initial_state(model: bp_jax.Model, config: Config) -> dict:
     """The state at step 0 of the run `config` describes, made from the seed by one compiled program (eager, each
-    small op, the key's included, would be a program of its own)."""
-    state = state_from_key(model, optimizer(config))
-    return jax.jit(lambda seed: state(jax.random.key(seed)))(np.uint32(config.seed))
+    small op, the key's included, would be a program of its own); with early stopping, also the rule's state
+    ("rule", `early_stopping_state`)."""
+    make = state_from_key(model, optimizer(config))
+
+    def state(seed):
+        start = make(jax.random.key(seed))
+        return start | {"rule": early_stopping_state(start["params"])} if config.early_stopping else start
+
+    return jax.jit(state)(np.uint32(config.seed))
+
+
+def early_stopping_state(params) -> dict:
+    """`bp_jax.early_stopping`'s first state for float32 losses, as the dict a checkpoint holds: the best params
+    (the starting ones), no best loss or epoch yet, and VALIDATION_CURVE_EPOCHS epochs of curve."""
+    return bp_jax.EarlyStopping(
+        params=params,
+        best_loss=jnp.float32(jnp.inf),
+        best_epoch=jnp.int32(-1),
+        count=jnp.int32(0),
+        loss=jnp.float32(jnp.nan),
+        losses=jnp.full(VALIDATION_CURVE_EPOCHS, jnp.nan, jnp.float32),
+    )._asdict()
+
+
+def best_params(state: dict):
+    """The params a run ends with: with early stopping, the best epoch's (the last step's before any epoch
+    ended), else the last step's."""
+    rule = state.get("rule")
+    return state["params"] if rule is None or int(rule["best_epoch"]) < 0 else rule["params"]
 
 
 class Run(NamedTuple):
@@ -330,10 +365,10 @@ class Run(NamedTuple):
         return checkpoints.restore(self.manager, self.step, like)
 
     def model_and_params(self) -> tuple[bp_jax.Model, object]:
-        """The run's model and its params at this checkpoint (restored into the state's shapes, which are traced,
-        not computed: nothing compiles)."""
+        """The run's model and its params at this checkpoint, with early stopping the best so far (restored into
+        the state's shapes, which are traced, not computed: nothing compiles)."""
         model = build_model(len(self.scaling.x_mean), self.config, self.scaling.outputs)
-        return model, self.restore(jax.eval_shape(lambda: initial_state(model, self.config)))["params"]
+        return model, best_params(self.restore(jax.eval_shape(lambda: initial_state(model, self.config))))
 
 
 def open_run(folder: Path) -> Run:

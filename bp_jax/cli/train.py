@@ -4,7 +4,10 @@ and checkpoints.
 This is the edge of the library: it reads data, writes files and draws; the training itself is `fit`.
 `run` goes in named steps: `_prepare` (data, model, initial state), `_resume` (the checkpoint to carry on
 from), `_run_folder` (the folder, locked), `_train` (the one `fit` call, watched by `watch.Watch`, which
-checkpoints between chunks) and `_finish` (metrics.json and the loss curve). SIGINT and SIGTERM end the
+checkpoints between chunks) and `_finish` (metrics.json and the loss curve). With --early-stopping the
+validation rows are carved from the training rows (`_validation_split`) and scored inside `fit`'s loop
+(`bp_jax.early_stopping`); the rule's state (best params, curve) is checkpointed with the run, and the run
+ends with the best params. SIGINT and SIGTERM end the
 process at once before the first chunk is done (nothing to save yet), stop training at the end of the
 current chunk once it runs, checkpointed, and let metrics.json and the curve be written whole (exit status
 128 + the signal's number; see `interrupts`); a diverged run keeps its last finite params and exits with
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
+import numpy as np
 
 import bp_jax
 from bp_jax.cli import checkpoints, console, data, distributed, folders, interrupts, options, plots, runs
@@ -51,6 +55,26 @@ def add_arguments(parser) -> None:
         metavar="N",
         help="save every N steps (always at the end, and when interrupted)",
     )
+    stopping = parser.add_argument_group("early stopping")
+    stopping.add_argument(
+        "--early-stopping",
+        action="store_true",
+        default=None,
+        help="score held-back training rows at each epoch's end, inside the compiled loop; stop after --patience "
+        "epochs without improvement and keep the best params",
+    )
+    stopping.add_argument(
+        "--validation-fraction",
+        type=options.open_fraction,
+        metavar="F",
+        help="the training rows held back for validation, stratified for classes (default 0.1; needs --early-stopping)",
+    )
+    stopping.add_argument(
+        "--patience",
+        type=options.positive_int,
+        metavar="N",
+        help="epochs without a lower validation loss before stopping (default 10; needs --early-stopping)",
+    )
     parallel = parser.add_argument_group("devices, precision and multi-process runs")
     options.add_devices(parallel, splits="each batch")
     parallel.add_argument(
@@ -77,14 +101,16 @@ def add_arguments(parser) -> None:
 
 
 class Problem(NamedTuple):
-    """What is trained: the config (target and features resolved), the data, the model, the mesh, and the
-    state a checkpoint holds (params, optimizer state, data-order key)."""
+    """What is trained: the config (target and features resolved), the data (with early stopping, the training
+    rows without the validation rows), the model, the mesh, the state a checkpoint holds (params, optimizer
+    state, data-order key; with early stopping the rule's state) and the validation rows (x, y) or None."""
 
     config: Config
     split: data.Split
     model: bp_jax.Model
     mesh: jax.sharding.Mesh | None
     state: dict
+    validation: tuple | None = None
 
 
 class Start(NamedTuple):
@@ -110,6 +136,7 @@ def run(args) -> int:
     if holder is not None:
         raise folders.in_use(args.resume, holder, "wait for it to end, then resume it")
     resumed = None if args.resume is None else runs.open_run(args.resume)
+    _refuse_lone_stopping_flags(given, resumed)
     config = Config(**given) if resumed is None else _resumed_config(resumed, given)
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     signals = interrupts.current()
@@ -171,11 +198,40 @@ def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem
     """Read and split the data, check the batch size and that the run fits in memory, build the model and its
     initial state (`given`: the values set on the command line of a new run, see `runs.load_data`)."""
     config, split = runs.load_data(config, given)
+    split, validation = _validation_split(config, split) if config.early_stopping else (split, None)
     runs.check_memory(config, split)  # before the params are allocated
     n_train, features = split.x_train.shape
     mesh = mesh_for(devices, config.batch_size or n_train)
     model = runs.build_model(features, config, split.scaling.outputs)
-    return Problem(config, split, model, mesh, runs.initial_state(model, config))
+    return Problem(config, split, model, mesh, runs.initial_state(model, config), validation)
+
+
+def _refuse_lone_stopping_flags(given: dict, resumed: runs.Run | None) -> None:
+    """UsageError for --validation-fraction or --patience without --early-stopping (on a run that has none): they
+    would silently do nothing."""
+    lone = [f"--{name.replace('_', '-')}" for name in ("validation_fraction", "patience") if name in given]
+    if lone and not given.get("early_stopping") and not (resumed is not None and resumed.config.early_stopping):
+        raise UsageError(
+            f"{' and '.join(lone)} set how --early-stopping stops; add --early-stopping, or leave them out"
+        )
+
+
+def _validation_split(config: Config, split: data.Split) -> tuple[data.Split, tuple]:
+    """(the split without the validation rows, (x_val, y_val)): `data.validation_rows` of the training rows;
+    UsageError when the training or the validation rows would be fewer than a batch."""
+    classify = config.task == "classification"
+    assert config.split_seed is not None  # Config.__post_init__ sets it
+    train, held = data.validation_rows(split.y_train, config.validation_fraction, config.split_seed, classify=classify)
+    batch = config.batch_size or 1
+    if min(len(train), len(held)) < batch:
+        raise UsageError(
+            f"--validation-fraction {config.validation_fraction} leaves {len(train)} training and {len(held)} "
+            f"validation rows of {len(split.y_train)}; each needs at least a batch ({batch} row{'s' * (batch > 1)}): "
+            f"change the fraction or --batch-size"
+        )
+    rows = lambda part: (split.x_train[part], split.y_train[part])
+    x_train, y_train = rows(train)
+    return split._replace(x_train=x_train, y_train=y_train), rows(held)
 
 
 def _resumed_config(resumed: runs.Run, given: dict) -> Config:
@@ -265,6 +321,8 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     def save(result: bp_jax.FitResult, diverged: bool = False) -> None:
         if manager is not None:
             arrays = {"params": result.params, "opt_state": result.opt_state, "key": start.state["key"]}
+            if result.rule_state is not None:
+                arrays["rule"] = result.rule_state._asdict()
             if problem.mesh is not None:
                 arrays = distributed.host_local(arrays)
             # a step checkpointed in this run before its loss proved non-finite is written again, marked
@@ -284,9 +342,14 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
 
     transform = runs.optimizer(config)
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
+    loss = runs.loss(problem.model, split.scaling)
+    rule = _stop_rule(problem, start, loss)
+    if rule is not None and int(rule.init.count) >= config.patience:  # it stopped early already: nothing to run
+        state = start.state
+        return bp_jax.FitResult(state["params"], state["opt_state"], np.zeros(0), start.step, -1, rule.init), None
     try:
         result = bp_jax.fit(
-            runs.loss(problem.model, split.scaling),
+            loss,
             start.state["params"],
             jax.device_put(split.x_train),
             jax.device_put(split.y_train),
@@ -300,6 +363,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
             chunk_size=chunk_sizes,
             on_chunk=on_chunk,
             mesh=problem.mesh,
+            stop_rule=rule,
             keep_losses=False,  # the watch keeps the history, bounded
         )
     except bp_jax.NonFiniteLoss as diverged:
@@ -307,7 +371,26 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         watch.add_rest(losses, diverged.step + 1 - len(losses))
         save(diverged.result, diverged=True)
         return diverged.result, diverged
+    if result.stopped_at >= 0:  # on_chunk saw no part-chunk: its losses and the checkpoint here
+        watch.add_rest(distributed.host_local(result.losses), result.step - len(result.losses))
+        save(result)
     return result, None
+
+
+def _stop_rule(problem: Problem, start: Start, loss) -> bp_jax.StopRule | None:
+    """With early stopping, `bp_jax.early_stopping` on the validation rows, from the rule state `start` holds."""
+    if problem.validation is None:
+        return None
+    config = problem.config
+    rule = bp_jax.early_stopping(
+        loss,
+        start.state["params"],
+        *map(jax.device_put, problem.validation),
+        steps_per_epoch=runs.steps_per_epoch(len(problem.split.x_train), config.batch_size),
+        patience=config.patience,
+        epochs=runs.VALIDATION_CURVE_EPOCHS,
+    )
+    return rule._replace(init=bp_jax.EarlyStopping(**start.state["rule"]))
 
 
 def _finish(
@@ -325,13 +408,17 @@ def _finish(
     """The metrics of `result`, written with the loss curve (drawn by `painter`) into `out` by process 0: new
     files, or replacing the resumed run's own (`replace`)."""
     split, config = problem.split, problem.config
-    params = distributed.host_local(result.params)
+    rule_state = None if result.rule_state is None else result.rule_state._asdict()
+    params = distributed.host_local(runs.best_params({"params": result.params, "rule": rule_state}))
+    stopping = None if rule_state is None else _stopping_metrics(problem, distributed.host_local(rule_state), result)
     scores = {name: float(value) for name, value in runs.scores(problem.model, split)(params).items()}
     classify = config.task == "classification"
     if diverged is not None:
         stopped = {"step": result.step, "reason": "non-finite loss"}
     elif watch.stopped_by is not None:
         stopped = {"step": result.step, "reason": f"interrupted by {signal.Signals(watch.stopped_by).name}"}
+    elif stopping is not None and stopping["stopped_early"]:
+        stopped = {"step": result.step, "reason": f"early stopping: {config.patience} epochs without improvement"}
     else:
         stopped = None
     metrics = {
@@ -348,7 +435,9 @@ def _finish(
             "features": split.x_train.shape[1],
             **({"left_out": dict(split.left_out)} if any(split.left_out.values()) else {}),
             **({"classes": runs.class_counts(split)} if classify else {}),
+            **({"validation": len(problem.validation[1])} if problem.validation is not None else {}),
         },
+        **({"early_stopping": stopping} if stopping is not None else {}),
         "device": console.device_description(),
         "jax": jax.__version__,
         "devices": 1 if problem.mesh is None else problem.mesh.devices.size,
@@ -362,6 +451,7 @@ def _finish(
             f"bp-jax train: {config.name}, hidden {','.join(map(str, config.hidden))}, "
             f"{config.optimizer} lr {config.lr}"
         )
+        ending = "final" if stopping is None else "best epoch's params"
         if classify:
             painter.draw(
                 "loss_curve",
@@ -370,9 +460,10 @@ def _finish(
                 replace=replace,
                 title=title,
                 loss="cross-entropy",
-                levels={"held-out log loss (final)": metrics["held_out_log_loss"]},
+                validation=_validation_curve(stopping),
+                levels={f"held-out log loss ({ending})": metrics["held_out_log_loss"]},
                 accuracy={
-                    "held-out (final)": metrics["held_out_accuracy"],
+                    f"held-out ({ending})": metrics["held_out_accuracy"],
                     "majority class": metrics["baseline_held_out_accuracy"],
                 },
             )
@@ -383,12 +474,41 @@ def _finish(
                 watch.history,
                 replace=replace,
                 title=title,
+                validation=_validation_curve(stopping),
                 levels={
-                    "held-out MSE (final)": metrics["held_out_mse"],
+                    f"held-out MSE ({ending})": metrics["held_out_mse"],
                     "held-out MSE, mean predictor": metrics["baseline_held_out_mse"],
                 },
             )
     return metrics
+
+
+def _stopping_metrics(problem: Problem, state: dict, result: bp_jax.FitResult) -> dict:
+    """metrics.json's "early_stopping": the validation loss after each epoch (`validation_loss[e]`: epoch e's,
+    counted from 0, the first VALIDATION_CURVE_EPOCHS), the best epoch, its step and loss (None before any epoch
+    ended), whether the rule stopped the run and the epochs since the best."""
+    per_epoch = runs.steps_per_epoch(len(problem.split.x_train), problem.config.batch_size)
+    best = int(state["best_epoch"])
+    scored = min(result.step // per_epoch, runs.VALIDATION_CURVE_EPOCHS)
+    return {
+        "validation_fraction": problem.config.validation_fraction,
+        "patience": problem.config.patience,
+        "steps_per_epoch": per_epoch,
+        "validation_loss": np.asarray(state["losses"][:scored], np.float64).tolist(),
+        "best_epoch": best if best >= 0 else None,
+        "best_step": (best + 1) * per_epoch if best >= 0 else None,
+        "best_validation_loss": float(state["best_loss"]) if best >= 0 else None,
+        "stopped_early": int(state["count"]) >= problem.config.patience,
+        "epochs_without_improvement": int(state["count"]),
+    }
+
+
+def _validation_curve(stopping: dict | None) -> list:
+    """[step, validation loss] pairs for the loss plot: epoch e's loss at its last step, (e + 1) · steps per epoch."""
+    if stopping is None:
+        return []
+    per_epoch = stopping["steps_per_epoch"]
+    return [[(epoch + 1) * per_epoch, loss] for epoch, loss in enumerate(stopping["validation_loss"])]
 
 
 def _print_summary(config: Config, metrics: dict) -> None:
@@ -407,6 +527,15 @@ def _print_summary(config: Config, metrics: dict) -> None:
             ("held-out MSE", f"{metrics['held_out_mse']:.4f}"),
             ("held-out MSE, mean predictor", f"{metrics['baseline_held_out_mse']:.4f}"),
         ]
+    stopping = metrics.get("early_stopping")
+    if stopping is not None and stopping["best_epoch"] is not None:
+        scores.append(
+            (
+                "early stopping",
+                f"best epoch {stopping['best_epoch']} (validation loss {stopping['best_validation_loss']:.4f}), "
+                + ("stopped early" if stopping["stopped_early"] else "ran to the end"),
+            )
+        )
     left_out = metrics["examples"].get("left_out", {})
     console.print_table(
         f"bp-jax train: {config.name}, step {metrics['final_step']}",
