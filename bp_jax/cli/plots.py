@@ -91,13 +91,19 @@ def loss_curve(
     loss: str = "MSE",
     accuracy: dict[str, float] | None = None,
     replace: bool = False,
+    spread: Sequence | None = None,
 ) -> None:
     """`bp-jax train`'s figure: the training loss by step, and horizontal lines at `levels` (label: value,
     e.g. the held-out MSE and the mean predictor's), on a log scale; for a classifier, `accuracy` levels (the
-    held-out accuracy and the majority class's) on a second axis, from 0 to 1."""
+    held-out accuracy and the majority class's) on a second axis, from 0 to 1. An ensemble's `history` is its
+    members' mean loss, `spread` their [step, lowest, highest] loss, drawn as a band."""
     unit = "MSE (standardised target)" if loss == "MSE" else loss
     with figure(path, title=title, xlabel="step", ylabel=unit, yscale="log", replace=replace) as axes:
-        plot_losses(axes, history, label=f"training loss (minibatch {loss})")
+        if spread:
+            steps, low, high = np.asarray(spread, dtype=float).T
+            axes.fill_between(steps, low, high, color="tab:blue", alpha=0.15, lw=0, label="members' range")
+        mean = ", members' mean" if spread else ""
+        plot_losses(axes, history, label=f"training loss (minibatch {loss}{mean})")
         for (label, value), (color, style) in zip(levels.items(), [("tab:green", "--"), ("tab:red", ":")] * 4):
             if value is not None and np.isfinite(value):
                 axes.axhline(value, color=color, ls=style, label=label)
