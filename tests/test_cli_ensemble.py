@@ -1,6 +1,8 @@
 """`bp-jax train --ensemble K`: K members trained as one program, each its own one-model run; metrics, predict and
 the jax and ONNX exports give the members' mean and spread (regression) or averaged probabilities and entropy."""
 
+import json
+
 import jax
 import numpy as np
 import pandas as pd
@@ -65,6 +67,12 @@ def test_each_member_is_its_own_one_model_run(ensemble, tmp_path):
         np.testing.assert_allclose(ours[2], theirs, rtol=1e-5, atol=1e-6)
     metrics, plain = strict_json(folder / "run" / "metrics.json"), strict_json(tmp_path / "metrics.json")
     assert plain["config"]["ensemble"] == 1 and "members" not in plain
+    # a run recorded before ensembles (no "ensemble" in its config) still predicts and resumes
+    path = tmp_path / "checkpoints" / str(plain["final_step"]) / "record" / "metadata"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(record | {"config": {k: v for k, v in record["config"].items() if k != "ensemble"}}))
+    assert run_cli("predict", tmp_path, "--data", folder / "new.csv").stdout.startswith("y\n")
+    run_cli("train", "--resume", tmp_path, "--epochs", 4)
     assert [member["seed"] for member in metrics["members"]] == [5, 6, 7]
     assert metrics["members"][2]["held_out_mse"] == pytest.approx(plain["held_out_mse"], rel=1e-5)
 
