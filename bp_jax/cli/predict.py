@@ -9,7 +9,8 @@ present and is ignored; text columns are one-hot encoded with the training categ
 the run's fill values if it imputed them), and writes one prediction per row as CSV: to stdout, or atomically to
 a new --out file. A live run is read at its newest checkpoint (`runs.read_trained`). A run that stopped on
 divergence is refused unless --allow-diverged; a prediction that is not finite is never written: the rows are
-named instead.
+named instead. An ensemble (`train --ensemble K`) predicts the members' mean with "<target>_std", their spread,
+or the averaged class probabilities with their "entropy" (`predictions`).
 """
 
 import sys

@@ -8,7 +8,8 @@ checkpoints between chunks) and `_finish` (metrics.json and the loss curve). SIG
 process at once before the first chunk is done (nothing to save yet), stop training at the end of the
 current chunk once it runs, checkpointed, and let metrics.json and the curve be written whole (exit status
 128 + the signal's number; see `interrupts`); a diverged run keeps its last finite params and exits with
-status 1.
+status 1. With --ensemble K the one call is `fit_ensemble`: K members from seeds --seed … --seed + K − 1, held
+in one checkpoint with a leading member axis.
 """
 
 import dataclasses
