@@ -132,7 +132,9 @@ def run(args) -> int:
         if out is None:
             out = folders.create_unique(Path("runs"), config.name) if writer else Path("runs") / config.name
         with _run_folder(out, args.resume, writer) as manager:
-            watch = Watch(total, start=start.step, history=start.history, progress=progress, signals=signals)
+            watch = Watch(
+                total, start=start.step, history=start.history, progress=progress, signals=signals, average=np.mean
+            )
             own = args.resume is not None and args.resume.resolve() == out.resolve()  # its files, written again
             with jax.default_matmul_precision(args.matmul_precision):
                 result, diverged = _train(problem, start, watch, manager, args.checkpoint_every)
