@@ -2,12 +2,13 @@
 the jax and ONNX exports give the members' mean and spread (regression) or averaged probabilities and entropy."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import run_cli, strict_json
+from helpers import checkpoint_steps, run_cli, strict_json
 
 from bp_jax.cli import data, runs
 
@@ -28,12 +29,13 @@ def table(rows: int, *, task: str, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module", params=["regression", "classification"])
 def ensemble(request, tmp_path_factory):
-    """(task, folder): a run of 3 members, seeds 5, 6, 7, on a 40-row table; predict's CSV for 10 new rows
-    (predicted.csv) and its jax and ONNX exports."""
+    """(task, folder): a run of 3 members, seeds 5, 6, 7, on a 40-row table (4 steps an epoch, checkpointed after
+    each); predict's CSV for 10 new rows (predicted.csv) and its jax and ONNX exports."""
     folder = tmp_path_factory.mktemp(request.param)
     table(40, task=request.param).to_csv(folder / "table.csv", index=False)
     table(10, task=request.param, seed=1).drop(columns="y").to_csv(folder / "new.csv", index=False)
-    run_cli("train", "--data", folder / "table.csv", "--ensemble", 3, "--seed", 5, *QUICK, "--out", folder / "run")
+    train = ("train", "--data", folder / "table.csv", "--ensemble", 3, "--seed", 5, *QUICK, "--checkpoint-every", 4)
+    run_cli(*train, "--out", folder / "run")
     predicted = run_cli("predict", folder / "run", "--data", folder / "new.csv").stdout
     (folder / "predicted.csv").write_text(predicted)
     for format in ("jax", "onnx"):
@@ -56,6 +58,7 @@ def member_outputs(folder) -> tuple[runs.Run, data.Split, np.ndarray, np.ndarray
         )
 
 
+@pytest.mark.slow  # two more commands: a plain run, then read as an older version's
 def test_each_member_is_its_own_one_model_run(ensemble, tmp_path):
     task, folder = ensemble
     if task == "classification":
@@ -132,16 +135,19 @@ def test_the_jax_and_onnx_exports_give_predicts_numbers(ensemble):
 
 
 def test_a_resumed_ensemble_continues_bit_identically(ensemble, tmp_path):
+    """The run's checkpoint after its first epoch, resumed to the end, ends with its params, bit for bit."""
     task, folder = ensemble
     if task == "classification":
         pytest.skip("the loop is the same; once is enough")
-    first = ("train", "--data", folder / "table.csv", "--ensemble", 3, "--seed", 5, "--batch-size", 8)
-    run_cli(*first, "--epochs", 1, "--out", tmp_path)
-    run_cli("train", "--resume", tmp_path, "--epochs", 3)
-    (_, _, resumed), (_, _, straight) = runs.read_trained(tmp_path), runs.read_trained(folder / "run")
+    shutil.copytree(folder / "run", tmp_path / "run", ignore=shutil.ignore_patterns("*.json", "*.png"))
+    for later in checkpoint_steps(tmp_path / "run")[1:]:
+        shutil.rmtree(tmp_path / "run" / "checkpoints" / str(later))
+    assert checkpoint_steps(tmp_path / "run") == [4]
+    run_cli("train", "--resume", tmp_path / "run", "--epochs", 3)
+    (_, _, resumed), (_, _, straight) = runs.read_trained(tmp_path / "run"), runs.read_trained(folder / "run")
     for ours, theirs in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
         np.testing.assert_array_equal(ours, theirs)
-    ours, theirs = strict_json(tmp_path / "metrics.json"), strict_json(folder / "run" / "metrics.json")
+    ours, theirs = strict_json(tmp_path / "run" / "metrics.json"), strict_json(folder / "run" / "metrics.json")
     assert ours["loss_history"] == theirs["loss_history"] and ours["members"] == theirs["members"]
 
 
