@@ -302,6 +302,11 @@ def to_onnx(
             continue
         _, fan_in, outputs, bias = layer
         weight = np.asarray(layer_param["weight"], np.float32)
+        if ensemble and weight.ndim != 3:
+            raise ValueError(
+                f"ensemble=True takes params with a leading member axis; layer {index}'s weight has shape "
+                f"{weight.shape}"
+            )
         if weight.shape != shape(outputs, fan_in):
             raise ValueError(f"layer {index}: weight of shape {shape(outputs, fan_in)} expected, got {weight.shape}")
         bias_value = np.asarray(layer_param["bias"], np.float32).reshape(shape(1, outputs)) if bias else None

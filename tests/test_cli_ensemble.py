@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from helpers import checkpoint_steps, run_cli, strict_json
 
+import bp_jax
 from bp_jax.cli import data, runs
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -163,3 +164,18 @@ def test_a_bad_ensemble_is_one_line_and_writes_nothing(tmp_path, args, message):
     result = run_cli("train", "--steps", 5, *args, "--out", tmp_path / "run", check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_bare_ensembles_exports_give_the_members_mean_and_std(tmp_path):
+    model = bp_jax.mlp((2, 4, 1), "tanh")
+    params = jax.vmap(model.init)(jax.random.split(jax.random.key(0), 3))
+    x = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
+    outputs = np.asarray(jax.vmap(model.apply, (0, None))(params, x), np.float64)
+    expected = np.concatenate([outputs.mean(axis=0), outputs.std(axis=0)], axis=1)
+    exported = bp_jax.to_jax_export(model, params, platforms=("cpu",), ensemble=True)
+    proto = bp_jax.to_onnx(model, params, ensemble=True)
+    (onnx_y,) = onnxruntime.InferenceSession(proto.SerializeToString()).run(None, {"x": x})
+    for y in (np.asarray(exported.call(x)), onnx_y):
+        np.testing.assert_allclose(y, expected, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match=r"a leading member axis; layer 0's weight has shape \(4, 2\)"):
+        bp_jax.to_onnx(model, jax.tree.map(lambda leaf: leaf[0], params), ensemble=True)
