@@ -126,7 +126,7 @@ def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
     diverged at or None."""
     model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
     scores = runs.scores(model, split, ensemble=True)(result.params)
-    shared = {name: value for name, value in config.to_record().items() if name not in ("lr", "seed")}
+    shared = {name: value for name, value in config.to_record().items() if name not in ("lr", "seed", "ensemble")}
     return {
         "config": shared,
         "learning_rates": list(lrs),
