@@ -16,9 +16,15 @@ Both compute one function of raw float32 rows x, shape (rows, inputs), the numbe
     y = o·y_std + y_mean                only with `y_mean` and `y_std`: a regression's target units
     p = softmax(o) over the last axis   only with `probabilities=True`: a classifier's class probabilities
 
-The output has shape (rows, outputs). `to_jax_export` takes any Model; `to_onnx` a Sequential of Linear, ReLU,
-Sigmoid and Tanh layers (as `mlp` builds), read from `model.name`. The names are `bp_jax.Scaling`,
-`bp_jax.to_jax_export` and `bp_jax.to_onnx`; `bp-jax export` wraps them for a trained run.
+The output has shape (rows, outputs). With `ensemble=True` the params carry a leading member axis K and the
+members' outputs o_k are combined:
+
+    ȳ = mean_k o_k·y_std + y_mean, s = std_k(o_k)·y_std        regression: (rows, 2·outputs), [ȳ, s]
+    p̄ = mean_k softmax(o_k), H = −Σ_c p̄_c log p̄_c             probabilities: (rows, classes + 1), [p̄, H]
+
+(std with divisor K, times |y_std|; H in nats, 0·log 0 = 0). `to_jax_export` takes any Model; `to_onnx` a
+Sequential of Linear, ReLU, Sigmoid and Tanh layers (as `mlp` builds), read from `model.name`. The names are
+`bp_jax.Scaling`, `bp_jax.to_jax_export` and `bp_jax.to_onnx`; `bp-jax export` wraps them for a trained run.
 """
 
 import re
@@ -117,8 +123,9 @@ def _scalar(name: str, value) -> float | None:
     return float(value)
 
 
-def _predictor(model: Model, params: Params, scaling: Scaling) -> jax.stages.Wrapped:
-    """The jitted `x -> y` of the module docstring, params as float32 constants (`scaling` checked)."""
+def _predictor(model: Model, params: Params, scaling: Scaling, ensemble: bool = False) -> jax.stages.Wrapped:
+    """The jitted `x -> y` of the module docstring, params as float32 constants (`scaling` checked); an `ensemble`'s
+    members combined as there."""
     constants = jax.tree.map(lambda leaf: np.asarray(leaf, np.float32), params)
     row = lambda values: np.reshape(values, (1, -1))  # of x's rank: no rank promotion (which a user may forbid)
 
@@ -129,7 +136,9 @@ def _predictor(model: Model, params: Params, scaling: Scaling) -> jax.stages.Wra
         if scaling.x_mean is not None and scaling.x_std is not None:
             x = (x - row(scaling.x_mean)) / row(scaling.x_std)
         with jax.default_matmul_precision("highest"):
-            out = model.apply(constants, x)
+            out = jax.vmap(model.apply, (0, None))(constants, x) if ensemble else model.apply(constants, x)
+        if ensemble:
+            return _combined(out, scaling)
         if scaling.y_mean is not None and scaling.y_std is not None:
             out = out * np.float32(scaling.y_std) + np.float32(scaling.y_mean)
         return jax.nn.softmax(out, axis=-1) if scaling.probabilities else out
@@ -137,8 +146,25 @@ def _predictor(model: Model, params: Params, scaling: Scaling) -> jax.stages.Wra
     return predict
 
 
+def _combined(out: jax.Array, scaling: Scaling) -> jax.Array:
+    """The members' outputs `out` (members, rows, outputs) combined: [ȳ, s] or [p̄, H] of the module docstring."""
+    if scaling.probabilities:
+        mean = jnp.mean(jax.nn.softmax(out, axis=-1), axis=0)
+        entropy = -jnp.sum(mean * jnp.log(jnp.maximum(mean, np.finfo(np.float32).tiny)), axis=-1, keepdims=True)
+        return jnp.concatenate([mean, entropy], axis=-1)
+    mean, std = jnp.mean(out, axis=0), jnp.std(out, axis=0)
+    if scaling.y_mean is not None and scaling.y_std is not None:
+        mean, std = mean * np.float32(scaling.y_std) + np.float32(scaling.y_mean), std * np.float32(abs(scaling.y_std))
+    return jnp.concatenate([mean, std], axis=-1)
+
+
 def to_jax_export(
-    model: Model, params: Params, scaling: Scaling | None = None, *, platforms: Sequence[str] = PLATFORMS
+    model: Model,
+    params: Params,
+    scaling: Scaling | None = None,
+    *,
+    platforms: Sequence[str] = PLATFORMS,
+    ensemble: bool = False,
 ) -> jax.export.Exported:
     """The model's predictions as a portable `jax.export` program: `scaling`'s steps around `model.apply`.
 
@@ -153,9 +179,11 @@ def to_jax_export(
         scaling: What surrounds the model (fill, standardisation, target units or probabilities); None exports
             the bare model, its inputs read from the first Linear layer.
         platforms: The platforms to lower for (default: cpu, cuda, rocm and tpu).
+        ensemble: True: `params` hold members on a leading axis; y is their mean and std, or their averaged
+            probabilities and entropy (the module docstring).
 
     Returns:
-        A `jax.export.Exported` mapping x (rows × inputs) to y (rows × outputs).
+        A `jax.export.Exported` mapping x (rows × inputs) to y (rows × outputs; an ensemble's as above).
 
     Raises:
         ValueError: A scaling that does not fit the model (see `Scaling`), or a model that does not say its
@@ -174,7 +202,7 @@ def to_jax_export(
     # jax.export takes a dimension variable to be >= 1: rows = rows_plus_one − 1 is any number, 0 included
     (rows,) = jax.export.symbolic_shape("rows_plus_one - 1")
     x = jax.ShapeDtypeStruct((rows, scaling.inputs), jnp.float32)
-    return jax.export.export(_predictor(model, params, scaling), platforms=tuple(platforms))(x)
+    return jax.export.export(_predictor(model, params, scaling, ensemble), platforms=tuple(platforms))(x)
 
 
 def _layers(model: Model) -> list[tuple]:
@@ -192,18 +220,23 @@ def _layers(model: Model) -> list[tuple]:
     return layers if body and not body[position:].strip(", ") else []
 
 
-def to_onnx(model: Model, params: Params, scaling: Scaling | None = None) -> "onnx.ModelProto":
+def to_onnx(
+    model: Model, params: Params, scaling: Scaling | None = None, *, ensemble: bool = False
+) -> "onnx.ModelProto":
     """The model's predictions as an ONNX graph: `scaling`'s steps around the model's layers.
 
     Input "x" and output "y" are float32, rows × inputs and rows × outputs, "rows" free: IsNaN/Where for
     `scaling.fill`, Sub/Div for the standardisation, Gemm (y = x·Wᵀ + b, transB=1: the weight keeps PyTorch's
-    (out, in) layout) per Linear, Relu/Sigmoid/Tanh, Mul/Add to the target's units, Softmax.
+    (out, in) layout) per Linear, Relu/Sigmoid/Tanh, Mul/Add to the target's units, Softmax. An ensemble's layers
+    are batched over the members (MatMul by the (K, in, out) weights, Add), then ReduceMean over them (the std
+    from ReduceMean of the squared deviations, Sqrt; the entropy from Max, Log, Mul, ReduceSum) and Concat.
 
     Args:
         model: A Sequential of Linear, ReLU, Sigmoid and Tanh layers (as `bp_jax.mlp` builds), read from its name.
         params: Its trained params, of its layers' shapes.
         scaling: What surrounds the model (fill, standardisation, target units or probabilities); None exports
             the bare model.
+        ensemble: True: `params` hold members on a leading axis, combined as in the module docstring.
 
     Returns:
         An `onnx.ModelProto` (opset 17, IR version 8), checked by `onnx.checker`.
@@ -246,10 +279,11 @@ def to_onnx(model: Model, params: Params, scaling: Scaling | None = None) -> "on
         constants.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
         return name
 
-    def node(op: str, operands: list[str], output: str, **attributes) -> None:
+    def node(op: str, operands: list[str], output: str, **attributes) -> str:
         nonlocal current
         nodes.append(helper.make_node(op, operands, [output], name=output, **attributes))
         current = output
+        return output
 
     if scaling.fill is not None:
         raw = current
@@ -258,24 +292,64 @@ def to_onnx(model: Model, params: Params, scaling: Scaling | None = None) -> "on
     if scaling.x_mean is not None:
         node("Sub", [current, constant("x_mean", scaling.x_mean)], "centred")
         node("Div", [current, constant("x_std", scaling.x_std)], "standardised")
-    outputs = scaling.inputs
+    outputs = widths[0]  # the in-features, until a Linear layer
+    first_linear = next(index for index, layer in enumerate(layers) if layer[0] == "Linear")
+    members = (np.shape(layer_params[first_linear]["weight"]) or (0,))[0]
+    shape = lambda *sizes: (members, *sizes) if ensemble else sizes
     for index, (layer, layer_param) in enumerate(zip(layers, layer_params, strict=True)):
         if layer[0] != "Linear":
             node(_ONNX_ACTIVATIONS[layer[0]], [current], f"{index}.{layer[0].lower()}")
             continue
         _, fan_in, outputs, bias = layer
         weight = np.asarray(layer_param["weight"], np.float32)
-        if weight.shape != (outputs, fan_in):
-            raise ValueError(f"layer {index}: weight of shape {(outputs, fan_in)} expected, got {weight.shape}")
+        if ensemble and weight.ndim != 3:
+            raise ValueError(
+                f"ensemble=True takes params with a leading member axis; layer {index}'s weight has shape "
+                f"{weight.shape}"
+            )
+        if weight.shape != shape(outputs, fan_in):
+            raise ValueError(f"layer {index}: weight of shape {shape(outputs, fan_in)} expected, got {weight.shape}")
+        bias_value = np.asarray(layer_param["bias"], np.float32).reshape(shape(1, outputs)) if bias else None
+        if ensemble:  # (rows, in) @ (K, in, out) broadcasts to (K, rows, out)
+            node("MatMul", [current, constant(f"{index}.weight", weight.transpose(0, 2, 1))], f"{index}.matmul")
+            if bias_value is not None:
+                node("Add", [current, constant(f"{index}.bias", bias_value)], f"{index}.linear")
+            continue
         operands = [current, constant(f"{index}.weight", weight)]
-        if bias:
-            operands.append(constant(f"{index}.bias", np.asarray(layer_param["bias"], np.float32).reshape(outputs)))
+        if bias_value is not None:
+            operands.append(constant(f"{index}.bias", bias_value.reshape(outputs)))
         node("Gemm", operands, f"{index}.linear", transB=1)
-    if scaling.y_mean is not None:
-        node("Mul", [current, constant("y_std", scaling.y_std)], "scaled")
-        node("Add", [current, constant("y_mean", scaling.y_mean)], "units")
-    if scaling.probabilities:
-        node("Softmax", [current], "probabilities", axis=-1)
+    if ensemble and scaling.probabilities:
+        node("Softmax", [current], "member_probabilities", axis=-1)
+        node("ReduceMean", [current], "probabilities", axes=[0], keepdims=0)
+        node("Max", [current, constant("tiny", np.finfo(np.float32).tiny)], "clipped")
+        node("Log", [current], "log_probabilities")
+        node("Mul", ["probabilities", current], "terms")
+        constants.append(numpy_helper.from_array(np.asarray([-1], np.int64), "last_axis"))
+        node("ReduceSum", [current, "last_axis"], "negative_entropy", keepdims=1)
+        node("Neg", [current], "entropy")
+        node("Concat", ["probabilities", current], "combined", axis=-1)
+        outputs += 1
+    elif ensemble:
+        member_outputs = current
+        node("ReduceMean", [member_outputs], "mean", axes=[0], keepdims=0)
+        node("Sub", [member_outputs, "mean"], "deviations")
+        node("Mul", [current, current], "squared_deviations")
+        node("ReduceMean", [current], "variance", axes=[0], keepdims=0)
+        node("Sqrt", [current], "std")
+        mean = "mean"
+        if scaling.y_mean is not None and scaling.y_std is not None:
+            node("Mul", ["mean", constant("y_std", scaling.y_std)], "scaled")
+            mean = node("Add", [current, constant("y_mean", scaling.y_mean)], "units")
+            node("Mul", ["std", constant("abs_y_std", abs(scaling.y_std))], "units_std")
+        node("Concat", [mean, current], "combined", axis=-1)
+        outputs *= 2
+    else:
+        if scaling.y_mean is not None:
+            node("Mul", [current, constant("y_std", scaling.y_std)], "scaled")
+            node("Add", [current, constant("y_mean", scaling.y_mean)], "units")
+        if scaling.probabilities:
+            node("Softmax", [current], "probabilities", axis=-1)
     node("Identity", [current], "y")
     graph = helper.make_graph(
         nodes,

@@ -11,7 +11,6 @@ from helpers import commands_in_a_process, fake_devices, run_cli, strict_json
 import bp_jax
 from benchmarks.compiles import counting
 from bp_jax.cli import runs
-from bp_jax.cli import sweep as sweep_command
 
 STEPS = "150"
 #: a member against `bp-jax train`: equal to float32 rounding, not bit for bit: the ensemble's vmapped
@@ -199,7 +198,7 @@ def test_member_states_are_train_runs_initial_states_by_one_program_of_fixed_siz
     same number of programs (one), each of the same size: set-up is O(members), not a program per member."""
     model, config = bp_jax.mlp((10, 5, 1), "relu"), runs.Config(optimizer="momentum")
     seeds = np.asarray([0, 5, 2**31, 2**32 - 1], np.uint32)
-    states = sweep_command.member_states(model, runs.optimizer(config), seeds, 2)
+    states = runs.member_states(model, runs.optimizer(config), seeds, 2)
     for i, seed in enumerate(seeds):
         alone = runs.initial_state(model, runs.Config(optimizer="momentum", seed=int(seed)))
         for member in (i, i + len(seeds)):  # the seed's member at each of the 2 copies (learning rates)
@@ -210,9 +209,9 @@ def test_member_states_are_train_runs_initial_states_by_one_program_of_fixed_siz
     for count in (10, 1000):
         seeds = np.arange(count, dtype=np.uint32)
         with counting() as compiled:
-            jax.block_until_ready(sweep_command.member_states(model, None, seeds, 3))
+            jax.block_until_ready(runs.member_states(model, None, seeds, 3))
         counts.append(len(compiled))
-        program = jax.make_jaxpr(lambda s: sweep_command.member_states(model, None, s, 3))(seeds)
+        program = jax.make_jaxpr(lambda s: runs.member_states(model, None, s, 3))(seeds)
         sizes.append(len(str(program).splitlines()))
     assert counts[0] == counts[1] >= 1 and sizes[0] == sizes[1]
 

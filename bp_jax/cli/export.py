@@ -6,7 +6,9 @@ Reads the run's newest checkpoint (`runs.read_trained`, a live run too) and writ
 serialized `jax.export.Exported` lowered for cpu, cuda, rocm and tpu (`jax.export.deserialize(data).call(x)`
 runs it with jax and flatbuffers alone), `--format onnx` an ONNX model (the export extra: onnx). Either maps
 float32 rows x (rows × inputs) to `bp-jax predict`'s numbers: the target in its units, shape (rows, 1), or each class's
-probability, shape (rows, classes); the run's standardisation is inside (`bp_jax.export`).
+probability, shape (rows, classes); the run's standardisation is inside (`bp_jax.export`). An ensemble's (`train
+--ensemble K`) carries every member: the members' mean target and its std, shape (rows, 2), or the averaged
+probabilities and their entropy, shape (rows, classes + 1): again `predict`'s numbers.
 
 The inputs are the model's: a numeric feature is one column, a text feature one 0/1 column per training
 category (one-hot), in the run's order. `FILE.inputs.json` beside FILE names them (column, and category for a
@@ -66,12 +68,13 @@ def run(args) -> int:
         raise UsageError(f"{args.run_dir} is not a run folder: no such directory")
     trained, model, params = runs.read_trained(args.run_dir)
     runs.refuse_diverged(trained, args.run_dir, allowed=args.allow_diverged)
-    scaling = trained.scaling
+    scaling, ensemble = trained.scaling, trained.config.ensemble > 1
     if args.format == "jax":
-        content = bytes(bp_jax.export.to_jax_export(model, params, export_scaling(scaling)).serialize())
+        exported = bp_jax.export.to_jax_export(model, params, export_scaling(scaling), ensemble=ensemble)
+        content = bytes(exported.serialize())
     else:
-        content = bp_jax.export.to_onnx(model, params, export_scaling(scaling)).SerializeToString()
-    description = describe(scaling, args.format, args.run_dir, trained.step)
+        content = bp_jax.export.to_onnx(model, params, export_scaling(scaling), ensemble=ensemble).SerializeToString()
+    description = describe(scaling, args.format, args.run_dir, trained.step, members=trained.config.ensemble)
     with interrupts.current().writing():  # a signal now lets both files be written
         folders.write_atomically(args.out, lambda temporary: temporary.write_bytes(content))
         try:
@@ -125,9 +128,10 @@ def export_scaling(scaling: data.Scaling) -> bp_jax.export.Scaling:
     )
 
 
-def describe(scaling: data.Scaling, format: str, run_dir: Path, step: int) -> dict:
+def describe(scaling: data.Scaling, format: str, run_dir: Path, step: int, members: int = 1) -> dict:
     """FILE.inputs.json: the run, each input column (its feature, the category of a one-hot input, its value for
-    a NaN where the run imputes), the outputs and what a NaN input does."""
+    a NaN where the run imputes), the outputs (`predict`'s numeric columns: an ensemble of `members` > 1 adds
+    "<target>_std" or "entropy") and what a NaN input does."""
     fills = fill_values(scaling)
     inputs = []
     for index, (name, category) in enumerate(input_columns(scaling)):
@@ -145,7 +149,12 @@ def describe(scaling: data.Scaling, format: str, run_dir: Path, step: int) -> di
         "task": scaling.task,
         "input": {"dtype": "float32", "shape": ["rows", len(inputs)]},
         "inputs": inputs,
-        "outputs": [f"P({label})" for label in scaling.classes] if classify else [scaling.target_name],
+        "outputs": (
+            [f"P({label})" for label in scaling.classes] + ["entropy"] * (members > 1)
+            if classify
+            else [scaling.target_name] + [f"{scaling.target_name}_std"] * (members > 1)
+        ),
+        **({"members": members} if members > 1 else {}),
         "missing": (
             "an input with nan_becomes takes that value when it is NaN (a text column's NaN in all its one-hot inputs)"
             if fills is not None

@@ -92,14 +92,20 @@ def loss_curve(
     accuracy: dict[str, float] | None = None,
     validation: Sequence = (),
     replace: bool = False,
+    spread: Sequence | None = None,
 ) -> None:
     """`bp-jax train`'s figure: the training loss by step, the `validation` loss ([step, loss] pairs, one an
     epoch, with early stopping) and its lowest point, and horizontal lines at `levels` (label: value, e.g. the
     held-out MSE and the mean predictor's), on a log scale; for a classifier, `accuracy` levels (the held-out
-    accuracy and the majority class's) on a second axis, from 0 to 1."""
+    accuracy and the majority class's) on a second axis, from 0 to 1. An ensemble's `history` is its members'
+    mean loss, `spread` their [step, lowest, highest] loss, drawn as a band."""
     unit = "MSE (standardised target)" if loss == "MSE" else loss
     with figure(path, title=title, xlabel="step", ylabel=unit, yscale="log", replace=replace) as axes:
-        plot_losses(axes, history, label=f"training loss (minibatch {loss})")
+        if spread:
+            steps, low, high = np.asarray(spread, dtype=float).T
+            axes.fill_between(steps, low, high, color="tab:blue", alpha=0.15, lw=0, label="members' range")
+        mean = ", members' mean" if spread else ""
+        plot_losses(axes, history, label=f"training loss (minibatch {loss}{mean})")
         steps, losses = np.asarray(validation, dtype=float).reshape(-1, 2).T
         if np.isfinite(losses).any():
             axes.plot(steps, losses, lw=1.5, color="tab:orange", label=f"validation {loss}, per epoch")

@@ -9,7 +9,8 @@ present and is ignored; text columns are one-hot encoded with the training categ
 the run's fill values if it imputed them), and writes one prediction per row as CSV: to stdout, or atomically to
 a new --out file. A live run is read at its newest checkpoint (`runs.read_trained`). A run that stopped on
 divergence is refused unless --allow-diverged; a prediction that is not finite is never written: the rows are
-named instead.
+named instead. An ensemble (`train --ensemble K`) predicts the members' mean with "<target>_std", their spread,
+or the averaged class probabilities with their "entropy" (`predictions`).
 """
 
 import sys
@@ -39,7 +40,7 @@ def run(args) -> int:
     runs.refuse_diverged(trained, args.run_dir, allowed=args.allow_diverged)
     table = data.read(str(args.data))
     print(*(f"bp-jax: note: {note}\n" for note in table.attrs.get("notes", ())), sep="", end="", file=sys.stderr)
-    frame = predictions(model, params, trained.scaling, table, str(args.data))
+    frame = predictions(model, params, trained.scaling, table, str(args.data), ensemble=trained.config.ensemble > 1)
     with interrupts.current().writing():  # a signal now lets the CSV be written whole
         if args.out is None:
             try:
@@ -54,17 +55,21 @@ def run(args) -> int:
     return 0
 
 
-def predictions(model, params, scaling: data.Scaling, frame, source: str):
+def predictions(model, params, scaling: data.Scaling, frame, source: str, *, ensemble: bool = False):
     """A DataFrame of the model's predictions for `frame`'s rows (encoded and standardised with `scaling`):
     for regression one column, named after the run's target, in the target's units; for classification the
     predicted class under the target's name, spelled as in the training data, then one column "P(class)" per
-    class, its softmax probability (each row sums to 1). UsageError naming the rows whose output is not finite."""
+    class, its softmax probability (each row sums to 1). An `ensemble` (params with a leading member axis) gives
+    for regression the members' mean ȳ and "<target>_std", their std √(mean (y_k − ȳ)²), and for classification
+    the averaged probabilities p̄ = mean_k softmax(o_k), the class of the largest, and "entropy" −Σ_c p̄_c log p̄_c
+    (nats). UsageError naming the rows whose output is not finite."""
     import pandas as pd
 
     x = scaling.features(frame, source)
+    apply = jax.vmap(model.apply, (0, None)) if ensemble else lambda params, x: model.apply(params, x)[None]
     with jax.default_matmul_precision("highest"):
-        outputs = np.asarray(model.apply(params, jnp.asarray(x)), np.float64)
-    bad = np.flatnonzero(~np.isfinite(outputs).all(axis=1)) + 1
+        outputs = np.asarray(apply(params, jnp.asarray(x)), np.float64)  # (members, rows, outputs)
+    bad = np.flatnonzero(~np.isfinite(outputs).all(axis=(0, 2))) + 1
     if len(bad):
         rows = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise UsageError(
@@ -72,13 +77,17 @@ def predictions(model, params, scaling: data.Scaling, frame, source: str):
             f"(the model overflows there); nothing written"
         )
     if scaling.task != "classification":
-        return pd.DataFrame({scaling.target_name: scaling.target_units(outputs)})
-    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))  # softmax, in float64
-    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-    predicted = pd.Series(np.asarray(scaling.classes, dtype=object)[outputs.argmax(axis=1)])
+        units = np.stack([scaling.target_units(member) for member in outputs])
+        spread = {f"{scaling.target_name}_std": units.std(axis=0)} if ensemble else {}
+        return pd.DataFrame({scaling.target_name: units.mean(axis=0), **spread})
+    shifted = np.exp(outputs - outputs.max(axis=2, keepdims=True))  # softmax, in float64
+    probabilities = (shifted / shifted.sum(axis=2, keepdims=True)).mean(axis=0)
+    predicted = pd.Series(np.asarray(scaling.classes, dtype=object)[probabilities.argmax(axis=1)])
+    entropy = -np.sum(probabilities * np.log(np.maximum(probabilities, np.finfo(np.float64).tiny)), axis=1)
     return pd.DataFrame(
         {
             scaling.target_name: predicted,
             **{f"P({label})": probabilities[:, index] for index, label in enumerate(scaling.classes)},
+            **({"entropy": entropy} if ensemble else {}),
         }
     )

@@ -80,7 +80,8 @@ class Config:
     "auto" until the data is read, then "regression" or "classification" (`data.load`); `missing`: what to do
     with empty cells (`data.MISSING`); `early_stopping`: a `validation_fraction` of the training rows
     (`data.validation_rows`) scored at each epoch's end, the run ending after `patience` epochs without
-    improvement, with the best params."""
+    improvement, with the best params; `ensemble`: how many members, seeded seed, seed + 1, …, trained as one
+    program (1: one model, a plain run)."""
 
     dataset: str = "diabetes"
     target: str | None = None
@@ -97,6 +98,7 @@ class Config:
     early_stopping: bool = False
     validation_fraction: float = 0.1
     patience: int = 10
+    ensemble: int = 1
 
     def __post_init__(self):
         if self.split_seed is None:
@@ -113,8 +115,9 @@ class Config:
     @classmethod
     def from_record(cls, record: dict, where: str) -> "Config":
         """The Config in a checkpoint's record (one written before classification: regression, empty cells
-        refused; before early stopping: none); CheckpointError if its keys are not this version's."""
-        before = {"task": "regression", "missing": "error", "early_stopping": False}
+        refused; before early stopping: none; before ensembles: one model); CheckpointError if its keys are not
+        this version's."""
+        before = {"task": "regression", "missing": "error", "early_stopping": False, "ensemble": 1}
         record = before | {"validation_fraction": 0.1, "patience": 10} | record
         _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
         values: dict[str, Any] = {
@@ -271,6 +274,41 @@ def scores(model: bp_jax.Model, split: data.Split, *, ensemble: bool = False) ->
     return on_host
 
 
+def ensemble_scores(model: bp_jax.Model, split: data.Split) -> Callable:
+    """`params -> metrics` (float64) of an ensemble's prediction, params with a leading member axis, from one
+    compiled program. Regression: the mean of the members' outputs ō, train_mse and held_out_mse of ō, and
+    held_out_coverage_2sd, the share of held-out rows with |y − ō| ≤ 2·σ (σ: the members' std, ddof 0; the same in
+    the target's units, a linear map of the standardised one). Classification: the averaged probabilities p̄,
+    train_/held_out_accuracy of argmax p̄ and train_/held_out_log_loss, the mean −log p̄_y."""
+    classify = split.scaling.task == "classification"
+    parts = (("train", split.x_train, split.y_train), ("held_out", split.x_test, split.y_test))
+    outputs = jax.vmap(model.apply, (0, None))
+
+    @jax.jit
+    def measured(params):
+        metrics = {}
+        for name, x, y in parts:
+            members = outputs(params, x)  # (members, rows, outputs)
+            if classify:
+                mean = jnp.mean(jax.nn.softmax(members, axis=-1), axis=0)
+                metrics[f"{name}_accuracy"] = jnp.sum(jnp.argmax(mean, axis=1) == y)
+                metrics[f"{name}_log_loss"] = -jnp.mean(jnp.log(jnp.take_along_axis(mean, y[:, None], axis=1)))
+            else:
+                mean, std = jnp.mean(members, axis=0), jnp.std(members, axis=0)
+                metrics[f"{name}_mse"] = jnp.mean((mean - y.reshape(mean.shape)) ** 2)
+                if name == "held_out":
+                    metrics["held_out_coverage_2sd"] = jnp.sum(jnp.abs(y.reshape(mean.shape) - mean) <= 2 * std)
+        return metrics
+
+    counted = {"train_accuracy": len(split.y_train), "held_out_accuracy": len(split.y_test)}
+    counted["held_out_coverage_2sd"] = len(split.y_test)
+
+    def on_host(params) -> dict:  # counts divided exactly here, as `scores` does
+        return {name: float(value) / counted.get(name, 1) for name, value in measured(params).items()}
+
+    return on_host
+
+
 def baseline(split: data.Split) -> dict:
     """What a model must beat on the held-out rows: the MSE of predicting the training split's mean target
     for every row, or the accuracy of predicting its most frequent class."""
@@ -313,7 +351,11 @@ def state_from_key(model: bp_jax.Model, transform: optax.GradientTransformation 
 def initial_state(model: bp_jax.Model, config: Config) -> dict:
     """The state at step 0 of the run `config` describes, made from the seed by one compiled program (eager, each
     small op, the key's included, would be a program of its own); with early stopping, also the rule's state
-    ("rule", `early_stopping_state`)."""
+    ("rule", `early_stopping_state`); an ensemble's (`member_states` of seeds seed, …, seed + ensemble − 1) has a
+    leading member axis on every leaf (an ensemble has no early stopping: `train` refuses the two together)."""
+    if config.ensemble > 1:
+        seeds = np.arange(config.seed, config.seed + config.ensemble, dtype=np.uint32)
+        return member_states(model, optimizer(config), seeds, 1)
     make = state_from_key(model, optimizer(config))
 
     def state(seed):
@@ -341,6 +383,36 @@ def best_params(state: dict):
     ended), else the last step's."""
     rule = state.get("rule")
     return state["params"] if rule is None or int(rule["best_epoch"]) < 0 else rule["params"]
+
+
+def member_states(
+    model: bp_jax.Model, transform: optax.GradientTransformation | None, seeds: np.ndarray, copies: int
+) -> dict:
+    """The step-0 states of `copies` × len(seeds) members, lr-major (member i has seed seeds[i % len(seeds)]),
+    each what `bp-jax train --seed s` starts from (`state_from_key` of `jax.random.key(s)`): one
+    compiled program of the seed array, vmapped, so set-up is O(members) work in a program of fixed size."""
+    state_from_seed = state_from_key(model, transform)
+
+    @jax.jit
+    def states(seeds):
+        per_seed = jax.vmap(lambda seed: state_from_seed(jax.random.key(seed)))(seeds)
+        return jax.tree.map(lambda leaf: jnp.tile(leaf, (copies,) + (1,) * (leaf.ndim - 1)), per_seed)
+
+    return states(jnp.asarray(seeds, jnp.uint32))
+
+
+def member_mesh(devices: int | None, members: int, what: str) -> jax.sharding.Mesh | None:
+    """The `ensemble_mesh` splitting `members` (`what` they are, for the message) over --devices (None: all), or
+    None for one device; UsageError when the devices are too many or do not divide the members."""
+    if devices == 1:
+        return None
+    try:
+        mesh = bp_jax.ensemble_mesh(devices)
+    except ValueError as err:
+        raise UsageError(f"--devices: {err}") from None
+    if members % mesh.devices.size:
+        raise UsageError(f"the {members} members ({what}) do not split evenly over {mesh.devices.size} devices")
+    return mesh
 
 
 class Run(NamedTuple):

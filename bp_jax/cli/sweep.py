@@ -8,7 +8,7 @@ and data order. Writes sweep.json (one entry per member: lr, seed, train and hel
 target train and held-out accuracy and log loss, the step it diverged at or null) and sweep.png into --out,
 and prints a table per learning rate. Diverged members are frozen and shown, and do not fail the sweep. A
 sweep that cannot fit in memory (estimated before anything is allocated: `runs.bytes_needed`) is refused in
-one line. Set-up is one compiled program whatever the number of members (`member_states`). SIGINT/SIGTERM end
+one line. Set-up is one compiled program whatever the number of members (`runs.member_states`). SIGINT/SIGTERM end
 the process at once during set-up and compile, stop at the end of the current chunk once training runs and
 write what was trained so far, and let the results being written finish (exit 130/143; see `interrupts`).
 """
@@ -70,7 +70,7 @@ def run(args) -> int:
     runs.check_total_steps(total)
     runs.check_memory(config, split, members=members, steps=total, fewer="fewer learning rates or seeds")
     seeds = list(range(config.seed, config.seed + args.seeds))
-    mesh = _mesh(args.devices, members)
+    mesh = runs.member_mesh(args.devices, members, "learning rates × seeds")
     out = args.out or folders.create_unique(Path("runs"), f"sweep-{config.name}")
     signals = interrupts.current()
     with folders.claimed(out, resumable=False), console.progress_bar("sweep") as progress:
@@ -90,36 +90,6 @@ def run(args) -> int:
     return 0
 
 
-def _mesh(devices: int | None, members: int) -> jax.sharding.Mesh | None:
-    if devices == 1:
-        return None
-    try:
-        mesh = bp_jax.ensemble_mesh(devices)
-    except ValueError as err:
-        raise UsageError(f"--devices: {err}") from None
-    if members % mesh.devices.size:
-        raise UsageError(
-            f"the {members} members (learning rates × seeds) do not split evenly over {mesh.devices.size} devices"
-        )
-    return mesh
-
-
-def member_states(
-    model: bp_jax.Model, transform: optax.GradientTransformation | None, seeds: np.ndarray, copies: int
-) -> dict:
-    """The step-0 states of `copies` × len(seeds) members, lr-major (member i has seed seeds[i % len(seeds)]),
-    each what `bp-jax train --seed s` starts from (`runs.state_from_key` of `jax.random.key(s)`): one
-    compiled program of the seed array, vmapped, so set-up is O(members) work in a program of fixed size."""
-    state_from_key = runs.state_from_key(model, transform)
-
-    @jax.jit
-    def states(seeds):
-        per_seed = jax.vmap(lambda seed: state_from_key(jax.random.key(seed)))(seeds)
-        return jax.tree.map(lambda leaf: jnp.tile(leaf, (copies,) + (1,) * (leaf.ndim - 1)), per_seed)
-
-    return states(jnp.asarray(seeds, jnp.uint32))
-
-
 def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResult:
     """The ensemble trained to `watch.total` steps, or to where a stop signal ended it. Members run
     lr-major: member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised as `bp-jax train`
@@ -129,7 +99,7 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
     if make is not None:  # one learning rate per member, held in the optimizer state
         optimizer = make  # bound here: the lambda below needs it narrowed
         transform = optax.inject_hyperparams(lambda learning_rate: optimizer(learning_rate))(learning_rate=lrs[0])
-    state = member_states(model, transform, np.asarray(seeds, np.uint32), len(lrs))
+    state = runs.member_states(model, transform, np.asarray(seeds, np.uint32), len(lrs))
     member_lrs = np.repeat(np.asarray(lrs), len(seeds))
     if transform is not None:
         state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(member_lrs, jnp.float32)
@@ -156,7 +126,7 @@ def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
     diverged at or None."""
     model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
     scores = runs.scores(model, split, ensemble=True)(result.params)
-    shared = {name: value for name, value in config.to_record().items() if name not in ("lr", "seed")}
+    shared = {name: value for name, value in config.to_record().items() if name not in ("lr", "seed", "ensemble")}
     return {
         "config": shared,
         "learning_rates": list(lrs),

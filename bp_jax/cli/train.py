@@ -11,7 +11,8 @@ ends with the best params. SIGINT and SIGTERM end the
 process at once before the first chunk is done (nothing to save yet), stop training at the end of the
 current chunk once it runs, checkpointed, and let metrics.json and the curve be written whole (exit status
 128 + the signal's number; see `interrupts`); a diverged run keeps its last finite params and exits with
-status 1.
+status 1. With --ensemble K the one call is `fit_ensemble`: K members from seeds --seed … --seed + K − 1, held
+in one checkpoint with a leading member axis.
 """
 
 import dataclasses
@@ -43,6 +44,13 @@ def add_arguments(parser) -> None:
         parser, help="seeds the init and the data order, and the split unless --split-seed is given (default 0)"
     )
     options.add_split_seed(parser, default=None)
+    parser.add_argument(
+        "--ensemble",
+        type=options.positive_int,
+        metavar="K",
+        help="train K members, seeds --seed … --seed + K − 1 (init and data order; one split), as one program; "
+        "predict gives their mean and spread (default 1: one model)",
+    )
     options.add_out_folder(
         parser,
         holding="checkpoints, metrics.json and loss_curve.png",
@@ -138,6 +146,8 @@ def run(args) -> int:
     resumed = None if args.resume is None else runs.open_run(args.resume)
     _refuse_lone_stopping_flags(given, resumed)
     config = Config(**given) if resumed is None else _resumed_config(resumed, given)
+    if config.seed + config.ensemble > 2**32:
+        raise UsageError(f"--seed {config.seed} + --ensemble {config.ensemble} passes 2**32 − 1, the largest seed")
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     signals = interrupts.current()
     with plots.drawing(second_process=writer) as painter, console.progress_bar("train") as progress:
@@ -148,7 +158,9 @@ def run(args) -> int:
         if out is None:
             out = folders.create_unique(Path("runs"), config.name) if writer else Path("runs") / config.name
         with _run_folder(out, args.resume, writer) as manager:
-            watch = Watch(total, start=start.step, history=start.history, progress=progress, signals=signals)
+            watch = Watch(
+                total, start=start.step, history=start.history, progress=progress, signals=signals, average=np.mean
+            )
             own = args.resume is not None and args.resume.resolve() == out.resolve()  # its files, written again
             with jax.default_matmul_precision(args.matmul_precision):
                 result, diverged = _train(problem, start, watch, manager, args.checkpoint_every)
@@ -198,10 +210,21 @@ def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem
     """Read and split the data, check the batch size and that the run fits in memory, build the model and its
     initial state (`given`: the values set on the command line of a new run, see `runs.load_data`)."""
     config, split = runs.load_data(config, given)
+    if config.early_stopping and config.ensemble > 1:
+        raise UsageError(
+            f"--early-stopping trains one model; it does not combine with --ensemble {config.ensemble} (yet)"
+        )
     split, validation = _validation_split(config, split) if config.early_stopping else (split, None)
-    runs.check_memory(config, split)  # before the params are allocated
+    runs.check_memory(config, split, members=config.ensemble)  # before the params are allocated
     n_train, features = split.x_train.shape
-    mesh = mesh_for(devices, config.batch_size or n_train)
+    if config.ensemble == 1:
+        mesh = mesh_for(devices, config.batch_size or n_train)
+    elif jax.process_count() > 1:
+        raise UsageError(
+            f"--ensemble trains in one process (its members split over --devices), got {jax.process_count()}"
+        )
+    else:
+        mesh = runs.member_mesh(devices, config.ensemble, "--ensemble")
     model = runs.build_model(features, config, split.scaling.outputs)
     return Problem(config, split, model, mesh, runs.initial_state(model, config), validation)
 
@@ -312,30 +335,45 @@ def _record(problem: Problem, start: Start, watch: Watch, diverged_at: int | Non
     )
 
 
-def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_every: int | None):
-    """(result, diverged): the one `fit` call, from `start` to `watch.total`, checkpointed into `manager`
-    every `checkpoint_every` steps, at the end, when stopped, and at the last finite params when it
-    diverged (`diverged`: the NonFiniteLoss, else None)."""
-    config, split = problem.config, problem.split
+class MemberDiverged(FloatingPointError):
+    """An ensemble member's loss or update was not finite at `step` (`fit_ensemble` froze it at its last finite
+    params; the run stops at the end of that chunk)."""
 
-    def save(result: bp_jax.FitResult, diverged: bool = False) -> None:
+    def __init__(self, step: int, member: int, seed: int):
+        super().__init__(f"member {member} (seed {seed}): the loss or update became non-finite at step {step}")
+        self.step = step
+
+
+def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_every: int | None):
+    """(result, diverged): the one `fit` call (`fit_ensemble` for an ensemble, each member with its own data-order
+    key), from `start` to `watch.total`, checkpointed into `manager` every `checkpoint_every` steps, at the end,
+    when stopped, and when it diverged (`diverged`: the NonFiniteLoss or MemberDiverged, else None): one model at
+    its last finite params, an ensemble at the end of the chunk in which its first member diverged."""
+    config, split = problem.config, problem.split
+    ensemble = config.ensemble > 1
+
+    def save(result, diverged_at: int | None = None) -> None:
         if manager is not None:
             arrays = {"params": result.params, "opt_state": result.opt_state, "key": start.state["key"]}
             if result.rule_state is not None:
                 arrays["rule"] = result.rule_state._asdict()
-            if problem.mesh is not None:
+            if ensemble:  # members may be split over devices: gathered whole
+                arrays = jax.device_get(arrays)
+            elif problem.mesh is not None:
                 arrays = distributed.host_local(arrays)
             # a step checkpointed in this run before its loss proved non-finite is written again, marked
             checkpoints.save(
                 manager,
                 result.step,
                 arrays,
-                _record(problem, start, watch, result.step if diverged else None),
-                overwrite=diverged and result.step != start.step,
+                _record(problem, start, watch, diverged_at),
+                overwrite=diverged_at is not None and result.step != start.step,
             )
 
-    def on_chunk(result: bp_jax.FitResult) -> bool:
+    def on_chunk(result) -> bool:
         stop = watch.on_chunk(result)
+        if ensemble and (result.diverged >= 0).any():
+            return True  # saved, marked, once fit_ensemble returns
         if stop or result.step == watch.total or (checkpoint_every and result.step % checkpoint_every == 0):
             save(result)
         return stop
@@ -347,29 +385,35 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     if rule is not None and int(rule.init.count) >= config.patience:  # it stopped early already: nothing to run
         state = start.state
         return bp_jax.FitResult(state["params"], state["opt_state"], np.zeros(0), start.step, -1, rule.init), None
+    arguments = {
+        "steps": watch.total - start.step,
+        "batch_size": config.batch_size,
+        "lr": config.lr if transform is None else None,
+        "optimizer": transform,
+        "opt_state": start.state["opt_state"],
+        "key": jax.random.wrap_key_data(start.state["key"]),
+        "start_step": start.step,
+        "chunk_size": chunk_sizes,
+        "on_chunk": on_chunk,
+        "mesh": problem.mesh,
+        "keep_losses": False,  # the watch keeps the history, bounded
+    }
+    x, y = jax.device_put(split.x_train), jax.device_put(split.y_train)
+    if ensemble:
+        members = bp_jax.fit_ensemble(loss, start.state["params"], x, y, **arguments)
+        diverged = np.flatnonzero(members.diverged >= 0)
+        if not len(diverged):
+            return members, None
+        first = int(diverged[np.argmin(members.diverged[diverged])])
+        error = MemberDiverged(int(members.diverged[first]), first, config.seed + first)
+        save(members, error.step)
+        return members, error
     try:
-        result = bp_jax.fit(
-            loss,
-            start.state["params"],
-            jax.device_put(split.x_train),
-            jax.device_put(split.y_train),
-            steps=watch.total - start.step,
-            batch_size=config.batch_size,
-            lr=config.lr if transform is None else None,
-            optimizer=transform,
-            opt_state=start.state["opt_state"],
-            key=jax.random.wrap_key_data(start.state["key"]),
-            start_step=start.step,
-            chunk_size=chunk_sizes,
-            on_chunk=on_chunk,
-            mesh=problem.mesh,
-            stop_rule=rule,
-            keep_losses=False,  # the watch keeps the history, bounded
-        )
+        result = bp_jax.fit(loss, start.state["params"], x, y, stop_rule=rule, **arguments)
     except bp_jax.NonFiniteLoss as diverged:
         losses = distributed.host_local(diverged.result.losses)  # those of the chunk it stopped in, to its step
         watch.add_rest(losses, diverged.step + 1 - len(losses))
-        save(diverged.result, diverged=True)
+        save(diverged.result, diverged.step)
         return diverged.result, diverged
     if result.stopped_at >= 0:  # on_chunk saw no part-chunk: its losses and the checkpoint here
         watch.add_rest(distributed.host_local(result.losses), result.step - len(result.losses))
@@ -406,12 +450,32 @@ def _finish(
     painter: plots.Painter,
 ) -> dict:
     """The metrics of `result`, written with the loss curve (drawn by `painter`) into `out` by process 0: new
-    files, or replacing the resumed run's own (`replace`)."""
+    files, or replacing the resumed run's own (`replace`). An ensemble's scores are those of its prediction
+    (`runs.ensemble_scores`), each member's under "members"; its curve is the members' mean loss and their range."""
     split, config = problem.split, problem.config
-    rule_state = None if result.rule_state is None else result.rule_state._asdict()
-    params = distributed.host_local(runs.best_params({"params": result.params, "rule": rule_state}))
-    stopping = None if rule_state is None else _stopping_metrics(problem, distributed.host_local(rule_state), result)
-    scores = {name: float(value) for name, value in runs.scores(problem.model, split)(params).items()}
+    history, spread, stopping = watch.history, None, None
+    if config.ensemble > 1:
+        params = jax.device_get(result.params)
+        scores = runs.ensemble_scores(problem.model, split)(params)
+        each = runs.scores(problem.model, split, ensemble=True)(params)
+        scores["members"] = [
+            {"seed": config.seed + member, **{name: float(values[member]) for name, values in each.items()}}
+            for member in range(config.ensemble)
+        ]
+        losses = np.asarray([member_losses for _, member_losses in watch.history], np.float64).reshape(
+            -1, config.ensemble
+        )
+        steps = [step for step, _ in watch.history]
+        history = [[step, loss] for step, loss in zip(steps, np.mean(losses, axis=1).tolist())]
+        spread = [
+            [step, *low_high] for step, *low_high in zip(steps, np.min(losses, 1).tolist(), np.max(losses, 1).tolist())
+        ]
+    else:
+        rule_state = None if result.rule_state is None else result.rule_state._asdict()
+        params = distributed.host_local(runs.best_params({"params": result.params, "rule": rule_state}))
+        if rule_state is not None:
+            stopping = _stopping_metrics(problem, distributed.host_local(rule_state), result)
+        scores = {name: float(value) for name, value in runs.scores(problem.model, split)(params).items()}
     classify = config.task == "classification"
     if diverged is not None:
         stopped = {"step": result.step, "reason": "non-finite loss"}
@@ -422,7 +486,7 @@ def _finish(
     else:
         stopped = None
     metrics = {
-        **_record(problem, start, watch, None if diverged is None else result.step),
+        **_record(problem, start, watch, None if diverged is None else diverged.step),
         "resumed_from_step": start.step,
         "final_step": result.step,
         "stopped": stopped,
@@ -449,15 +513,16 @@ def _finish(
         folders.write_json(out / "metrics.json", metrics, replace=replace)
         title = (
             f"bp-jax train: {config.name}, hidden {','.join(map(str, config.hidden))}, "
-            f"{config.optimizer} lr {config.lr}"
+            f"{config.optimizer} lr {config.lr}" + (f", {config.ensemble} members" if config.ensemble > 1 else "")
         )
         ending = "final" if stopping is None else "best epoch's params"
         if classify:
             painter.draw(
                 "loss_curve",
                 out / "loss_curve.png",
-                watch.history,
+                history,
                 replace=replace,
+                spread=spread,
                 title=title,
                 loss="cross-entropy",
                 validation=_validation_curve(stopping),
@@ -471,8 +536,9 @@ def _finish(
             painter.draw(
                 "loss_curve",
                 out / "loss_curve.png",
-                watch.history,
+                history,
                 replace=replace,
+                spread=spread,
                 title=title,
                 validation=_validation_curve(stopping),
                 levels={
@@ -536,6 +602,16 @@ def _print_summary(config: Config, metrics: dict) -> None:
                 + ("stopped early" if stopping["stopped_early"] else "ran to the end"),
             )
         )
+    if config.ensemble > 1:
+        ranked = "held_out_accuracy" if classes else "held_out_mse"
+        member_scores = [member[ranked] for member in metrics["members"]]
+        scores.insert(
+            0, ("ensemble", f"{config.ensemble} members, seeds {config.seed}–{config.seed + config.ensemble - 1}")
+        )
+        label = "held-out accuracy" if classes else "held-out MSE"
+        scores.append((f"{label}, members", f"{min(member_scores):.4f} … {max(member_scores):.4f}"))
+        if not classes:
+            scores.append(("held-out coverage of mean ± 2 std", f"{metrics['held_out_coverage_2sd']:.1%}"))
     left_out = metrics["examples"].get("left_out", {})
     console.print_table(
         f"bp-jax train: {config.name}, step {metrics['final_step']}",

@@ -27,14 +27,14 @@ PROGRESS_EVERY = 1000
 MAX_HISTORY_POINTS = 2000
 
 
-def shown_loss(result) -> float:
-    """The loss the progress bar shows: the chunk's last, for an ensemble the median over the members that
-    have not diverged (NaN when none is left)."""
+def shown_loss(result, average: Callable = np.median) -> float:
+    """The loss the progress bar shows: the chunk's last, for an ensemble its `average` (the median, or the
+    mean) over the members that have not diverged (NaN when none is left)."""
     last = np.asarray(result.losses[-1])
     if last.ndim == 0:
         return float(last)
     live = last[np.asarray(result.diverged) < 0]
-    return float(np.median(live)) if len(live) else float("nan")
+    return float(average(live)) if len(live) else float("nan")
 
 
 class Watch:
@@ -42,7 +42,8 @@ class Watch:
 
     `history` continues a resumed run's [step, loss] pairs (those on this run's stride); an ensemble's loss is a
     list, one per member.
-    `progress(step, total, loss)` (process 0 only) and `signals` (an `interrupts.Signals`) are optional.
+    `progress(step, total, loss)` (process 0 only; an ensemble's loss its members' `average`, see `shown_loss`) and
+    `signals` (an `interrupts.Signals`) are optional.
     """
 
     def __init__(
@@ -53,8 +54,9 @@ class Watch:
         history: Sequence = (),
         progress: Callable | None = None,
         signals: interrupts.Signals | None = None,
+        average: Callable = np.median,
     ):
-        self.total, self.progress, self.signals = total, progress, signals
+        self.total, self.progress, self.signals, self.average = total, progress, signals, average
         self.stride = max(1, math.ceil(total / MAX_HISTORY_POINTS))
         self.history = [point for point in history if point[0] % self.stride == 0]  # a resumed run's, thinned alike
         self.step = start  # the losses of the steps before this one are in the history
@@ -83,7 +85,7 @@ class Watch:
         losses = distributed.host_local(result.losses)
         self.add_losses(losses, result.step - len(losses))
         if self.progress is not None and jax.process_index() == 0:
-            self.progress(result.step, self.total, shown_loss(result))
+            self.progress(result.step, self.total, shown_loss(result, self.average))
         received = self._agreed_signal()
         if received is not None and result.step < self.total:
             self.stopped_by = received
