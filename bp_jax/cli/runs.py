@@ -2,7 +2,7 @@
 read a run folder back.
 
     config, split = load_data(config, given)       # the data, target, feature columns and task resolved
-    model = build_model(inputs, config, outputs)   # bp_jax.mlp((inputs, *hidden, outputs), activation)
+    model = build_model(inputs, config, outputs)   # bp_jax.mlp((inputs, *hidden, outputs), activation, dropout=…)
     run = open_run(folder)                         # newest checkpoint: manager, step, Config, record
     state = run.restore(initial_state(model, run.config))   # or: model, params = run.model_and_params()
     run, model, params = read_trained(folder)      # the same, also while the run in `folder` is live
@@ -75,7 +75,7 @@ class Config:
     data file's absolute path; `target` and `features` are column names (None before the data is read:
     the last column, and all the others); `split_seed` chooses the held-out rows (None: `seed`); `task` is
     "auto" until the data is read, then "regression" or "classification" (`data.load`); `missing`: what to do
-    with empty cells (`data.MISSING`)."""
+    with empty cells (`data.MISSING`); `dropout`: the Dropout rate after each hidden activation (0: none)."""
 
     dataset: str = "diabetes"
     target: str | None = None
@@ -89,6 +89,7 @@ class Config:
     split_seed: int | None = None
     task: str = "auto"
     missing: str = "error"
+    dropout: float = 0.0
 
     def __post_init__(self):
         if self.split_seed is None:
@@ -105,8 +106,8 @@ class Config:
     @classmethod
     def from_record(cls, record: dict, where: str) -> "Config":
         """The Config in a checkpoint's record (one written before classification: regression, empty cells
-        refused); CheckpointError if its keys are not this version's."""
-        record = {"task": "regression", "missing": "error"} | record
+        refused; before dropout: none); CheckpointError if its keys are not this version's."""
+        record = {"task": "regression", "missing": "error", "dropout": 0.0} | record
         _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
         values: dict[str, Any] = {
             name: tuple(value) if isinstance(value, list) else value for name, value in record.items()
@@ -223,8 +224,9 @@ def mean_predictor_mse(split: data.Split) -> float:
 
 def build_model(inputs: int, config: Config, outputs: int = 1) -> bp_jax.Model:
     """Linear(inputs, h1), act, …, Linear(hk, outputs): the seed MLP for hidden = (5,), relu and one output;
-    a classifier has one output (logit) per class."""
-    return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation)
+    a classifier has one output (logit) per class; with `config.dropout` > 0, a Dropout after each activation
+    (applied in training only: `fit` draws its masks from the run's data-order key)."""
+    return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation, dropout=config.dropout)
 
 
 def loss(model: bp_jax.Model, scaling: data.Scaling) -> Callable:
