@@ -15,6 +15,7 @@ trace time and raise ValueError or TypeError naming the layer, the expected and 
 """
 
 import itertools
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -295,7 +296,7 @@ def Dropout(rate: float) -> Model:
       >>> sorted(set(y.tolist())), bool(abs(y.mean() - 1) < 0.1)   # kept elements scaled by 1/(1 − rate)
       ([0.0, 2.0], True)
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
         raise ValueError(f"Dropout rate must be a number in [0, 1), got {rate!r}")
     rate = float(rate)
 
@@ -458,7 +459,7 @@ def mlp(
         )
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    hidden_dropout = [Dropout(dropout)] if Dropout(dropout).stochastic else []
+    hidden_dropout = [layer for layer in [Dropout(dropout)] if layer.stochastic]
     if hidden_dropout and layout != "rows":
         raise ValueError(f"dropout needs layout 'rows', got layout {layout!r} with dropout {dropout!r}")
     layers = []
