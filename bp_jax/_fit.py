@@ -173,7 +173,7 @@ def is_stochastic(loss_fn) -> bool:
 
 @functools.partial(jax.jit, static_argnums=1)
 def noise_keys(key: jax.Array, members: int | None) -> jax.Array:
-    """The noise keys of a stochastic loss: step s of a model hands its loss `fold_in(noise, s)`, where `noise` is
+    """The noise keys of a stochastic loss: step s of a model hands its loss `hash_fold_in(noise, s)`, where `noise` is
     `fold_in(fold_in(k, NOISE_STREAM), j)` for the model's key k and its place j in its group: one key for `fit`
     (j = 0); (E,) keys for `fit_ensemble`, member i of G groups taking key k_g, g = i // (E/G), j = i mod (E/G)
     (one shared key: G = 1). The minibatch order hashes the key's bits without `jax.random`: the streams are apart."""
@@ -212,7 +212,7 @@ def fit(
     Each step is w ← w − lr·g (`sgd_step`) or the optax update (`optax_step`), g = ∇ loss_fn(params, x_b, y_b) on
     the full batch or the minibatch `minibatch_indices(key, step, n, batch_size, shuffle=shuffle)` (the same rows
     of every leaf when x or y is a pytree). A stochastic loss_fn (`loss_fn.stochastic`, e.g. a `loss_fn(model)`
-    whose model has dropout) is called as `loss_fn(params, x_b, y_b, key=k_s)`, k_s = `fold_in(noise, step)` with
+    whose model has dropout) is called as `loss_fn(params, x_b, y_b, key=k_s)`, k_s = `hash_fold_in(noise, step)` with
     `noise = noise_keys(key)`: fresh masks each step, a pure function of (key, step) apart from the order's. A
     step whose loss or new params are not finite is not applied. The chunking changes nothing but where
     `on_chunk` is called: stopping and resuming anywhere gives the bits of one uninterrupted run. The caller's

@@ -4,7 +4,7 @@ by `jax.vmap`, run for up to CAPACITY steps a call under `lax.while_loop`.
 `run(state, lr, key, x, y, rows, first_step, length, noise) -> (state, losses)`, where `state` is a `LoopState`
 pytree (donated) and every other argument is data: the first step and the length are traced, so any run length,
 chunk size or resume point reuses one program per configuration (`compiled_loop`). `noise` is None, or for a
-stochastic loss (dropout) each model's noise key: step s hands the loss `jax.random.fold_in(noise, s)`, a pure
+stochastic loss (dropout) each model's noise key: step s hands the loss `hash_fold_in(noise, s)`, a pure
 function of (noise, step) apart from the minibatch order (which hashes `key`'s bits, no `jax.random`). x and y
 are arrays or pytrees of them, examples on every leaf's leading axis; a minibatch gathers the same rows of every
 leaf. A step whose loss or new params are not finite is not applied: the model is frozen and the step recorded in
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bp_jax._layers import hash_fold_in
 from bp_jax._mesh import MODELS_AXIS, batch_sharded, member_sharded, replicated
 from bp_jax._order import minibatch_indices
 from bp_jax._steps import optax_update, sgd_update
@@ -220,7 +221,7 @@ def _build_loop(
     step vmapped over one shared minibatch; `large_row_sets`: every row count is ≥ LARGE_DOMAIN (the order takes
     its fewer rounds). `stop_update` is a StopRule's update (its state in `state.rule`; `rule_touches_opt_state`:
     it also takes and returns the optimizer state); `shuffle` False: the minibatches in order. `noise` (None, or
-    each model's noise key: (E,) keys for an ensemble) makes step s's key `jax.random.fold_in(noise, s)`, handed to
+    each model's noise key: (E,) keys for an ensemble) makes step s's key `hash_fold_in(noise, s)`, handed to
     the stochastic loss."""
     guarded = _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state)
     data_parallel = mesh is not None and not ensemble
@@ -239,7 +240,7 @@ def _build_loop(
             xb, yb = gather(x, rows), gather(y, rows)
             if data_parallel:  # each device gathers only its own rows of the minibatch
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
-        return guarded(state, lr, xb, yb, step, None if noise is None else jax.random.fold_in(noise, step))
+        return guarded(state, lr, xb, yb, step, None if noise is None else hash_fold_in(noise, step))
 
     if ensemble:
         model_step = _vmapped_step(model_step, key_axis, own_rows, group_size)

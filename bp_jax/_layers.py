@@ -15,6 +15,7 @@ trace time and raise ValueError or TypeError naming the layer, the expected and 
 """
 
 import itertools
+import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from bp_jax._order import mix32
 
 Params = Any
 Array = jax.Array
@@ -271,9 +274,40 @@ def Tanh() -> Model:
     return elementwise("tanh")
 
 
+def _words(key: Array) -> Array:
+    """The key's data as uint32 words (a raw uint32 key is its own data)."""
+    return jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
+def hash_fold_in(key: Array, data) -> Array:
+    """A new key of `key`'s kind for the integer `data`, as `jax.random.fold_in` gives, by hashing instead of
+    threefry's rounds: word i becomes mix32(wᵢ ⊕ mix32((d + i·φ) ⊕ wᵢ₊₁)), φ = 0x9E3779B9, the words cyclic. A
+    bijection of d for a fixed key (distinct data, distinct keys), and a few integer ops: in `fit`'s loop, where
+    every step derives keys, about a fifth of a tiny step's time against twice it for `jax.random.fold_in` on CPU."""
+    words = _words(key).astype(jnp.uint32)
+    flat, data = jnp.ravel(words), jnp.asarray(data).astype(jnp.uint32)
+    mixed = [
+        mix32(word ^ mix32((data + jnp.uint32(i * 0x9E3779B9 % 2**32)) ^ flat[(i + 1) % flat.size]))
+        for i, word in enumerate(flat)
+    ]
+    new = jnp.stack(mixed).reshape(words.shape)
+    return jax.random.wrap_key_data(new, impl=jax.random.key_impl(key)) if words is not key else new
+
+
+def hashed_bits(key: Array, shape: tuple[int, ...]) -> Array:
+    """32 pseudo-random bits per element of `shape`: the element's index hashed with each 32-bit word of the key's
+    data in turn (`mix32`), u = mix32(… mix32(mix32(i ⊕ w₀) ⊕ w₁) …). One hash per word and element: several
+    times cheaper than `jax.random.bits`' threefry rounds on CPU, and as fresh as the key (a new key, new bits)."""
+    words = _words(key)
+    bits = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    for word in jnp.ravel(words).astype(jnp.uint32):
+        bits = mix32(bits ^ word)
+    return bits
+
+
 def Dropout(rate: float) -> Model:
     """Inverted dropout, as torch.nn.Dropout: y = x·m/(1 − rate), m ~ Bernoulli(1 − rate) per element, drawn
-    from `key`; no key (inference) is the identity.
+    from `key` (m = [u ≥ rate·2³²] for the element's `hashed_bits` u); no key (inference) is the identity.
 
     Backward: dx = dy·m/(1 − rate), the same mask (the layer is linear in x for a fixed mask).
 
@@ -300,9 +334,11 @@ def Dropout(rate: float) -> Model:
         raise ValueError(f"Dropout rate must be a number in [0, 1), got {rate!r}")
     rate = float(rate)
 
+    threshold = jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+
     def scale(x, key):
-        """m/(1 − rate) in x's dtype, m ~ Bernoulli(1 − rate) per element of x."""
-        return jax.random.bernoulli(key, 1 - rate, jnp.shape(x)).astype(jnp.result_type(x)) / (1 - rate)
+        """m/(1 − rate) in x's dtype, m = [u ≥ rate·2³²] per element of x, u its `hashed_bits`."""
+        return (hashed_bits(key, jnp.shape(x)) >= threshold).astype(jnp.result_type(x)) / (1 - rate)
 
     def apply(params, x, *, key=None):
         check_params("Dropout", params, {})
@@ -330,7 +366,7 @@ def Sequential(*layers: Model) -> Model:
     """Layers applied in order, as torch.nn.Sequential; params is a tuple with one entry per layer.
 
     Backward applies each layer's hand-written backward in reverse order (the chain rule). `init` splits
-    its key once per layer; `apply` and `vjp` give stochastic layer i the key `jax.random.fold_in(key, i)`
+    its key once per layer; `apply` and `vjp` give stochastic layer i the key `hash_fold_in(key, i)`
     (the same key, the same masks). An error in a layer's checks names the layer's index.
 
     Args:
@@ -365,7 +401,7 @@ def Sequential(*layers: Model) -> Model:
             raise ValueError(f"Sequential of {len(layers)} layers expects a tuple of {len(layers)} params, got {got}")
 
     def layer_key(key, index: int):
-        return None if key is None or not layers[index].stochastic else jax.random.fold_in(key, index)
+        return None if key is None or not layers[index].stochastic else hash_fold_in(key, index)
 
     def apply(params, x, *, key=None):
         check_length(params)
