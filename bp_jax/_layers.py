@@ -274,33 +274,36 @@ def Tanh() -> Model:
     return elementwise("tanh")
 
 
+def _is_typed(key: Array) -> bool:
+    return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
 def _words(key: Array) -> Array:
     """The key's data as uint32 words (a raw uint32 key is its own data)."""
-    return jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return (jax.random.key_data(key) if _is_typed(key) else key).astype(jnp.uint32)
 
 
 def hash_fold_in(key: Array, data) -> Array:
     """A new key of `key`'s kind for the integer `data`, as `jax.random.fold_in` gives, by hashing instead of
     threefry's rounds: word i becomes mix32(wᵢ ⊕ mix32((d + i·φ) ⊕ wᵢ₊₁)), φ = 0x9E3779B9, the words cyclic. A
-    bijection of d for a fixed key (distinct data, distinct keys), and a few integer ops: in `fit`'s loop, where
-    every step derives keys, about a fifth of a tiny step's time against twice it for `jax.random.fold_in` on CPU."""
-    words = _words(key).astype(jnp.uint32)
+    bijection of d for a fixed key (distinct data, distinct keys), and a few integer ops: `fit` derives keys in
+    every step, where threefry's rounds cost more than a small model's step itself on CPU."""
+    words = _words(key)
     flat, data = jnp.ravel(words), jnp.asarray(data).astype(jnp.uint32)
     mixed = [
         mix32(word ^ mix32((data + jnp.uint32(i * 0x9E3779B9 % 2**32)) ^ flat[(i + 1) % flat.size]))
         for i, word in enumerate(flat)
     ]
     new = jnp.stack(mixed).reshape(words.shape)
-    return jax.random.wrap_key_data(new, impl=jax.random.key_impl(key)) if words is not key else new
+    return jax.random.wrap_key_data(new, impl=jax.random.key_impl(key)) if _is_typed(key) else new
 
 
 def hashed_bits(key: Array, shape: tuple[int, ...]) -> Array:
     """32 pseudo-random bits per element of `shape`: the element's index hashed with each 32-bit word of the key's
     data in turn (`mix32`), u = mix32(… mix32(mix32(i ⊕ w₀) ⊕ w₁) …). One hash per word and element: several
     times cheaper than `jax.random.bits`' threefry rounds on CPU, and as fresh as the key (a new key, new bits)."""
-    words = _words(key)
     bits = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-    for word in jnp.ravel(words).astype(jnp.uint32):
+    for word in jnp.ravel(_words(key)):
         bits = mix32(bits ^ word)
     return bits
 
@@ -309,7 +312,9 @@ def Dropout(rate: float) -> Model:
     """Inverted dropout, as torch.nn.Dropout: y = x·m/(1 − rate), m ~ Bernoulli(1 − rate) per element, drawn
     from `key` (m = [u ≥ rate·2³²] for the element's `hashed_bits` u); no key (inference) is the identity.
 
-    Backward: dx = dy·m/(1 − rate), the same mask (the layer is linear in x for a fixed mask).
+    Backward: dx = dy·m/(1 − rate), the same mask (the layer is linear in x for a fixed mask). The bits come
+    from integer hashing, not threefry: a step of `fit` with dropout costs about 1.1× one without on CPU, against
+    3.8× with `jax.random.bernoulli` (an mlp 10 → 32 → 32 → 1, batches of 32, process CPU time).
 
     Args:
       rate: the probability of dropping an element, in [0, 1); 0 is the identity, and not `stochastic`.
@@ -333,12 +338,12 @@ def Dropout(rate: float) -> Model:
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
         raise ValueError(f"Dropout rate must be a number in [0, 1), got {rate!r}")
     rate = float(rate)
-
-    threshold = jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+    threshold = min(round(rate * 2**32), 2**32 - 1)
 
     def scale(x, key):
         """m/(1 − rate) in x's dtype, m = [u ≥ rate·2³²] per element of x, u its `hashed_bits`."""
-        return (hashed_bits(key, jnp.shape(x)) >= threshold).astype(jnp.result_type(x)) / (1 - rate)
+        kept = hashed_bits(key, jnp.shape(x)) >= jnp.uint32(threshold)
+        return kept.astype(jnp.result_type(x)) / (1 - rate)
 
     def apply(params, x, *, key=None):
         check_params("Dropout", params, {})
