@@ -176,7 +176,8 @@ def noise_keys(key: jax.Array, members: int | None) -> jax.Array:
     """The noise keys of a stochastic loss: step s of a model hands its loss `hash_fold_in(noise, s)`, where `noise` is
     `fold_in(fold_in(k, NOISE_STREAM), j)` for the model's key k and its place j in its group: one key for `fit`
     (j = 0); (E,) keys for `fit_ensemble`, member i of G groups taking key k_g, g = i // (E/G), j = i mod (E/G)
-    (one shared key: G = 1). The minibatch order hashes the key's bits without `jax.random`: the streams are apart."""
+    (one shared key: G = 1). Threefry's fold_in here, once a run, puts the noise apart from the minibatch order,
+    which hashes the key's own bits."""
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
     member = lambda group_key, j: jax.random.fold_in(jax.random.fold_in(group_key, NOISE_STREAM), j)

@@ -5,7 +5,7 @@ by `jax.vmap`, run for up to CAPACITY steps a call under `lax.while_loop`.
 pytree (donated) and every other argument is data: the first step and the length are traced, so any run length,
 chunk size or resume point reuses one program per configuration (`compiled_loop`). `noise` is None, or for a
 stochastic loss (dropout) each model's noise key: step s hands the loss `hash_fold_in(noise, s)`, a pure
-function of (noise, step) apart from the minibatch order (which hashes `key`'s bits, no `jax.random`). x and y
+function of (noise, step) apart from the minibatch order (which hashes `key`'s own bits). x and y
 are arrays or pytrees of them, examples on every leaf's leading axis; a minibatch gathers the same rows of every
 leaf. A step whose loss or new params are not finite is not applied: the model is frozen and the step recorded in
 its `Divergence`.
