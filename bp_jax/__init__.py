@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 #: public name -> the submodule it lives in (the module itself for a submodule such as `manual`)
 _EXPORTS = {
     "ACTIVATIONS": "_layers",
+    "Dropout": "_layers",
     "Linear": "_layers",
     "Model": "_layers",
     "ReLU": "_layers",
@@ -72,7 +73,19 @@ if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` imports e
     from bp_jax._early_stopping import EarlyStopping, early_stopping  # noqa: F401
     from bp_jax._explain import Graph, Node, explain  # noqa: F401
     from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, StopRule, fit, fit_ensemble  # noqa: F401
-    from bp_jax._layers import ACTIVATIONS, Linear, Model, ReLU, Sequential, Sigmoid, Tanh, mlp, neuron, tiny_net  # noqa: F401
+    from bp_jax._layers import (  # noqa: F401
+        ACTIVATIONS,
+        Dropout,
+        Linear,
+        Model,
+        ReLU,
+        Sequential,
+        Sigmoid,
+        Tanh,
+        mlp,
+        neuron,
+        tiny_net,
+    )
     from bp_jax._losses import loss_fn, mse, softmax_cross_entropy, squared_error  # noqa: F401
     from bp_jax._mesh import data_parallel_mesh, ensemble_mesh  # noqa: F401
     from bp_jax._order import minibatch_indices  # noqa: F401

@@ -7,8 +7,9 @@ of a run executes the same compiled loop body; stopping and resuming anywhere gi
 uninterrupted run by construction. A call runs at most CAPACITY steps (`lax.while_loop`, no masked
 steps); longer chunks are several calls. Between chunks the host may report progress or checkpoint.
 Minibatch order is a pure function of (key, step) costing O(batch) (`minibatch_indices`), or the rows in order
-(`shuffle=False`). x and y are arrays or pytrees of arrays (e.g. y = {"target": t, "weight": w}), examples on
-every leaf's leading axis: a minibatch is the same rows of every leaf.
+(`shuffle=False`); so is a stochastic loss's (dropout's) noise, drawn from a stream of its own (`noise_keys`).
+x and y are arrays or pytrees of arrays (e.g. y = {"target": t, "weight": w}), examples on every leaf's leading
+axis: a minibatch is the same rows of every leaf.
 
 Here: the public results, the set-up both functions share and the host's chunk loop; the argument checks are in
 `_fit_checks`, the compiled loop in `_fit_loop`.
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -37,6 +39,9 @@ from bp_jax._fit_loop import (
 from bp_jax._mesh import MODELS_AXIS, batch_sharded, data_devices, member_devices, member_sharded, place, replicated
 from bp_jax._order import LARGE_DOMAIN
 from bp_jax._steps import check_lr
+
+#: The number `noise_keys` folds into the run's key: dropout's stream, apart from anything else drawn from the key.
+NOISE_STREAM = 0x6E6F6973  # "nois"
 
 
 class FitResult(NamedTuple):
@@ -157,8 +162,8 @@ class StopRule(NamedTuple):
 
 class _Run(NamedTuple):
     """A checked call of `fit` or `fit_ensemble`, ready to run: the compiled loop, its first state (fresh buffers:
-    the loop donates them), its data `(lr, key, x, y, rows, rule_data)`, the steps and chunk sizes, and the members
-    (None for one model)."""
+    the loop donates them), its data `(lr, key, x, y, rows, rule_data)`, the steps and chunk sizes, the members
+    (None for one model) and the noise keys of a stochastic loss (None otherwise)."""
 
     loop: Callable
     state: LoopState
@@ -167,6 +172,29 @@ class _Run(NamedTuple):
     end: int
     chunk_sizes: tuple[int, ...]
     members: int | None
+    noise: jax.Array | None = None
+
+
+def is_stochastic(loss_fn) -> bool:
+    """Whether `loss_fn` takes a `key` (its `stochastic` attribute, e.g. a `LossFn` whose model has dropout)."""
+    return bool(getattr(loss_fn, "stochastic", False))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def noise_keys(key: jax.Array, members: int | None) -> jax.Array:
+    """The noise keys of a stochastic loss: step s of a model hands its loss `hash_fold_in(noise, s)`, where `noise` is
+    `fold_in(fold_in(k, NOISE_STREAM), j)` for the model's key k and its place j in its group: one key for `fit`
+    (j = 0); (E,) keys for `fit_ensemble`, member i of G groups taking key k_g, g = i // (E/G), j = i mod (E/G)
+    (one shared key: G = 1). Threefry's fold_in here, once a run, puts the noise apart from the minibatch order,
+    which hashes the key's own bits."""
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    member = lambda group_key, j: jax.random.fold_in(jax.random.fold_in(group_key, NOISE_STREAM), j)
+    if members is None:
+        return member(key, 0)
+    group_keys = jnp.reshape(key, (-1,))
+    places = jnp.arange(members // group_keys.shape[0])
+    return jax.vmap(lambda group_key: jax.vmap(lambda j: member(group_key, j))(places))(group_keys).reshape(members)
 
 
 def fit(
@@ -193,12 +221,16 @@ def fit(
 
     Each step is w ← w − lr·g (`sgd_step`) or the optax update (`optax_step`), g = ∇ loss_fn(params, x_b, y_b) on
     the full batch or the minibatch `minibatch_indices(key, step, n, batch_size, shuffle=shuffle)` (the same rows
-    of every leaf when x or y is a pytree). A step whose loss or new params are not finite is not applied. The
-    chunking changes nothing but where `on_chunk` is called: stopping and resuming anywhere gives the bits of one
-    uninterrupted run. The caller's params are never donated.
+    of every leaf when x or y is a pytree). A stochastic loss_fn (`loss_fn.stochastic`, e.g. a `loss_fn(model)`
+    whose model has dropout) is called as `loss_fn(params, x_b, y_b, key=k_s)`, k_s = `hash_fold_in(noise, step)` with
+    `noise = noise_keys(key)`: fresh masks each step, a pure function of (key, step) apart from the order's. A
+    step whose loss or new params are not finite is not applied. The chunking changes nothing but where
+    `on_chunk` is called: stopping and resuming anywhere gives the bits of one uninterrupted run. The caller's
+    params are never donated.
 
     Args:
-        loss_fn: `loss_fn(params, x, y) -> scalar`; one compiled loop per function object.
+        loss_fn: `loss_fn(params, x, y) -> scalar` (with `key=` if `loss_fn.stochastic`); one compiled loop per
+            function object.
         params: the params pytree to start from.
         x: inputs, examples on the leading axis: an array, or a pytree of arrays (a dict, NamedTuple, …; a plain
             list or tuple is one array, as numpy reads it) whose leaves share that axis.
@@ -209,7 +241,8 @@ def fit(
         lr: the hand-written SGD's learning rate (data: a new value does not recompile); exactly one of lr and
             optimizer.
         optimizer: any optax GradientTransformation.
-        key: the PRNG key of the minibatch order (needed with a batch_size, unused with shuffle=False).
+        key: the PRNG key of the minibatch order (needed with a batch_size, unused with shuffle=False) and of a
+            stochastic loss's noise (needed then, full batch too).
         opt_state: the optimizer's state to resume from (`optimizer.init(params)` when None).
         start_step: the first step's number (a resumed run's `result.step`).
         chunk_size: chunk boundaries fall on its multiples (or on those of each of several sizes, e.g.
@@ -301,7 +334,8 @@ def fit_ensemble(
     """Train E models at once, as one program: `fit`'s loop under `jax.vmap` over the members.
 
     Member i ends where `fit(loss_fn, params[i], ..., lr=lr[i], key=key[g])` ends, g its group, up to float
-    rounding. Stacked keys make groups: member i is in group i // (E/G), and a group's members read the same
+    rounding (for a stochastic loss when it is its group's first member: each member of a group draws its own
+    noise, `noise_keys`). Stacked keys make groups: member i is in group i // (E/G), and a group's members read the same
     minibatches, drawn by `minibatch_indices` from its key as in `fit` (G = E: one order each); a group's minibatch
     is gathered once and its members' matmuls run as one. A member whose loss or update turns non-finite is frozen
     at its last finite params and reported in `diverged`; the others carry on.
@@ -318,7 +352,7 @@ def fit_ensemble(
             hyperparameters through `optax.inject_hyperparams`, with `opt_state.hyperparams[name]` an (E,) array.
         batch_size: rows per minibatch; None for the full batch.
         key: one key (every member reads the same minibatches) or G stacked keys, G dividing E; unused with
-            shuffle=False.
+            shuffle=False unless the loss is stochastic (needed then: each member its own noise stream).
         opt_state: the members' optimizer state (`jax.vmap(optimizer.init)(params)` when None).
         start_step: the first step's number.
         chunk_size: as `fit`'s.
@@ -400,6 +434,10 @@ def _set_up(
     """The checks, first state, data layout and compiled loop of `fit` (one model) or `fit_ensemble` (E members,
     the state's leaves with a leading member axis)."""
     members = checks.member_count(params) if ensemble else None
+    if is_stochastic(loss_fn) and key is None:
+        raise ValueError(
+            "loss_fn is stochastic (its model has dropout): pass key=, the PRNG key its masks are drawn from; got None"
+        )
     optimizer = checks.check_update_rule(params, lr, optimizer, opt_state, ensemble=ensemble)
     steps, start_step = checks.check_steps(steps, start_step)
     chunk_sizes = checks.chunk_sizes(chunk_size)
@@ -427,6 +465,7 @@ def _set_up(
     if optimizer is not None and opt_state is None:
         opt_state = _initial_opt_state(optimizer, ensemble)(params)
     stop_update, touches_opt_state, touches_params = _stop_update(stop_rule, optimizer)
+    noise = noise_keys(key, members) if is_stochastic(loss_fn) else None
     if not shuffle:
         key = None  # the rows in order: no key enters the program
     shape = () if members is None else (members,)
@@ -436,6 +475,8 @@ def _set_up(
     data = (lr, key, x, y, member_rows, rule_data)
     if mesh is not None:
         state, data = _laid_out(mesh, state, data, batch_size, members, groups)
+        if noise is not None:
+            noise = place(noise, replicated(mesh) if members is None else member_sharded(mesh))
     loop = compiled_loop(
         loss_fn,
         optimizer,
@@ -453,7 +494,7 @@ def _set_up(
     )
     params, opt_state, rule = copy_tree((state.params, state.opt_state, state.rule))
     state = state._replace(params=params, opt_state=opt_state, rule=rule)
-    return _Run(loop, state, data, start_step, start_step + steps, chunk_sizes, members)
+    return _Run(loop, state, data, start_step, start_step + steps, chunk_sizes, members, noise)
 
 
 @functools.lru_cache(maxsize=32)  # one jitted init per optimizer: a new vmap each call would compile again
@@ -530,7 +571,7 @@ def _run_in_chunks(run: _Run, on_chunk, result, keep_losses: bool) -> tuple[Loop
         chunk: list[np.ndarray] = []
         while step < chunk_end:
             length = min(chunk_end - step, CAPACITY)
-            state, piece = run.loop(state, *run.data, step, length)
+            state, piece = run.loop(state, *run.data, step, length, run.noise)
             chunk.append(to_host(piece)[:length])
             step += length
             if run.members is None and (to_host(state.divergence.step) >= 0 or _stopped_at(state) >= 0):

@@ -1,10 +1,12 @@
 """The compiled loop behind `fit` and `fit_ensemble`: one model's guarded step, lifted over an ensemble's members
 by `jax.vmap`, run for up to CAPACITY steps a call under `lax.while_loop`.
 
-`run(state, lr, key, x, y, rows, rule_data, first_step, length) -> (state, losses)`, where `state` is a `LoopState`
-pytree (donated) and every other argument is data (`rule_data`: a `StopRule`'s data, e.g. a validation set): the
-first step and the length are traced, so any run length, chunk size or resume point reuses one program per
-configuration (`compiled_loop`). x and y are arrays or pytrees of them, examples on every leaf's leading axis; a
+`run(state, lr, key, x, y, rows, rule_data, first_step, length, noise) -> (state, losses)`, where `state` is a
+`LoopState` pytree (donated) and every other argument is data (`rule_data`: a `StopRule`'s data, e.g. a validation
+set): the first step and the length are traced, so any run length, chunk size or resume point reuses one program
+per configuration (`compiled_loop`). `noise` is None, or for a stochastic loss (dropout) each model's noise key:
+step s hands the loss `hash_fold_in(noise, s)`, a pure function of (noise, step) apart from the minibatch order
+(which hashes `key`'s own bits). x and y are arrays or pytrees of them, examples on every leaf's leading axis; a
 minibatch gathers the same rows of every leaf. A step whose loss or new params are not finite is not applied: the
 model is frozen and the step recorded in its `Divergence`.
 """
@@ -18,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bp_jax._layers import hash_fold_in
 from bp_jax._mesh import MODELS_AXIS, batch_sharded, member_sharded, replicated
 from bp_jax._order import minibatch_indices
 from bp_jax._steps import optax_update, sgd_update
@@ -97,21 +100,21 @@ def _all_finite(tree) -> jax.Array:
 def _guarded_update(
     loss_fn, optimizer, stop_update, rule_touches_opt_state: bool = False, rule_touches_params: bool = False
 ) -> Callable:
-    """One model's `(state, lr, x, y, step, rule_data) -> (state, loss)`: the update, applied only if its loss and
-    new params are finite and the model is `running`; an applied step also advances the stop rule (`stop_update`,
-    which with `rule_touches_opt_state` also takes and returns the new optimizer state, with `rule_touches_params`
-    sees the new params as `params=`, and sees `data=rule_data` unless that is None). Otherwise the old state is
-    kept, and for a running model the first bad step and its cause recorded. A diverged or stopped model's loss
-    reads NaN."""
+    """One model's `(state, lr, x, y, step, rule_data, key) -> (state, loss)`: the update (`key`: the stochastic
+    loss's, or None), applied only if its loss and new params are finite and the model is `running`; an applied
+    step also advances the stop rule (`stop_update`, which with `rule_touches_opt_state` also takes and returns the
+    new optimizer state, with `rule_touches_params` sees the new params as `params=`, and sees `data=rule_data`
+    unless that is None). Otherwise the old state is kept, and for a running model the first bad step and its
+    cause recorded. A diverged or stopped model's loss reads NaN."""
     if optimizer is None:
         sgd = sgd_update(loss_fn)
 
-        def update(params, opt_state, x, y, lr):
-            params, loss = sgd(params, x, y, lr)
+        def update(params, opt_state, x, y, lr, key):
+            params, loss = sgd(params, x, y, lr, key)
             return params, opt_state, loss
     else:
         optax_rule = optax_update(loss_fn, optimizer)
-        update = lambda params, opt_state, x, y, lr: optax_rule(params, opt_state, x, y)
+        update = lambda params, opt_state, x, y, lr, key: optax_rule(params, opt_state, x, y, key)
 
     def advanced(rule: RuleState | None, step, loss, params, opt_state, rule_data) -> tuple[Any, RuleState | None]:
         """(the optimizer state, the rule's progress) after an applied step."""
@@ -124,8 +127,8 @@ def _guarded_update(
             rule_state, stop = stop_update(rule.state, step, loss, **extra)
         return opt_state, RuleState(rule_state, jnp.where(stop, step, rule.stopped_at))
 
-    def guarded(state: LoopState, lr, x, y, step, rule_data) -> tuple[LoopState, jax.Array]:
-        new_params, new_opt_state, loss = update(state.params, state.opt_state, x, y, lr)
+    def guarded(state: LoopState, lr, x, y, step, rule_data, key) -> tuple[LoopState, jax.Array]:
+        new_params, new_opt_state, loss = update(state.params, state.opt_state, x, y, lr, key)
         loss_finite = jnp.isfinite(loss)
         live = running(state)
         apply = loss_finite & _all_finite(new_params) & live
@@ -146,22 +149,22 @@ def _guarded_update(
 
 
 def _vmapped_step(model_step, key_axis: int | None, own_rows: bool, group_size: int) -> Callable:
-    """`model_step` over the members (a leading axis E on the state and lr): vmapped once where every member has
-    its own key and rows or all share them (group_size 1); otherwise vmapped over a group's members (key, rows and
-    so the minibatch shared: one gather, and x·W over the members one matmul) and then over the groups. The stop
-    rule's data is shared by every member."""
+    """`model_step` over the members (a leading axis E on the state, lr and noise keys): vmapped once where every
+    member has its own key and rows or all share them (group_size 1); otherwise vmapped over a group's members
+    (key, rows and so the minibatch shared: one gather, and x·W over the members one matmul) and then over the
+    groups. The stop rule's data is shared by every member."""
     rows_axis = 0 if own_rows else None
     if group_size == 1:
-        return jax.vmap(model_step, in_axes=(0, 0, key_axis, None, None, rows_axis, None, None))
+        return jax.vmap(model_step, in_axes=(0, 0, key_axis, None, None, rows_axis, None, None, 0))
     group_step = jax.vmap(
-        jax.vmap(model_step, in_axes=(0, 0, None, None, None, None, None, None)),
-        in_axes=(0, 0, key_axis, None, None, rows_axis, None, None),
+        jax.vmap(model_step, in_axes=(0, 0, None, None, None, None, None, None, 0)),
+        in_axes=(0, 0, key_axis, None, None, rows_axis, None, None, 0),
     )
 
-    def step_by_group(state, lr, key, x, y, member_rows, rule_data, step):
+    def step_by_group(state, lr, key, x, y, member_rows, rule_data, step, noise):
         by_group = lambda leaf: leaf.reshape(-1, group_size, *leaf.shape[1:])
-        state, lr = jax.tree.map(by_group, (state, lr))
-        outputs = group_step(state, lr, key, x, y, member_rows, rule_data, step)
+        state, lr, noise = jax.tree.map(by_group, (state, lr, noise))
+        outputs = group_step(state, lr, key, x, y, member_rows, rule_data, step, noise)
         return jax.tree.map(lambda leaf: leaf.reshape(-1, *leaf.shape[2:]), outputs)
 
     return step_by_group
@@ -211,9 +214,9 @@ def _build_loop(
     large_row_sets: bool = False,
     shuffle: bool = True,
 ) -> Callable:
-    """jit of `run(state, lr, key, x, y, rows, rule_data, first_step, length) -> (state, losses)`: steps first_step …
-    first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early once no model
-    is `running`; losses[i] is step first_step + i's loss, NaN past the last step run.
+    """jit of `run(state, lr, key, x, y, rows, rule_data, first_step, length, noise) -> (state, losses)`: steps
+    first_step … first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early
+    once no model is `running`; losses[i] is step first_step + i's loss, NaN past the last step run.
 
     The step reads the full batch (`batch_size` None) or the rows `minibatch_indices(key, step, n, batch_size,
     shuffle=shuffle)` of every leaf of x and y.
@@ -223,11 +226,12 @@ def _build_loop(
     step vmapped over one shared minibatch; `large_row_sets`: every row count is ≥ LARGE_DOMAIN (the order takes
     its fewer rounds). `stop_update` is a StopRule's update (its state in `state.rule`, its data `rule_data`;
     `rule_touches_opt_state`: it also takes and returns the optimizer state; `rule_touches_params`: it sees the
-    params); `shuffle` False: the minibatches in order."""
+    params); `shuffle` False: the minibatches in order. `noise` (None, or each model's noise key: (E,) keys for an
+    ensemble) makes step s's key `hash_fold_in(noise, s)`, handed to the stochastic loss."""
     guarded = _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state, rule_touches_params)
     data_parallel = mesh is not None and not ensemble
 
-    def model_step(state: LoopState, lr, key, x, y, member_rows, rule_data, step) -> tuple[LoopState, jax.Array]:
+    def model_step(state: LoopState, lr, key, x, y, member_rows, rule_data, step, noise) -> tuple[LoopState, jax.Array]:
         if batch_size is None:
             xb, yb = x, y
         else:
@@ -241,7 +245,7 @@ def _build_loop(
             xb, yb = gather(x, rows), gather(y, rows)
             if data_parallel:  # each device gathers only its own rows of the minibatch
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
-        return guarded(state, lr, xb, yb, step, rule_data)
+        return guarded(state, lr, xb, yb, step, rule_data, None if noise is None else hash_fold_in(noise, step))
 
     if ensemble:
         model_step = _vmapped_step(model_step, key_axis, own_rows, group_size)
@@ -258,13 +262,13 @@ def _build_loop(
     @functools.partial(
         jax.jit, donate_argnums=0, out_shardings=out_shardings, compiler_options=loop_compiler_options(platform)
     )
-    def run(state: LoopState, lr, key, x, y, member_rows, rule_data, first_step, length):
-        loss_shape = jax.eval_shape(model_step, state, lr, key, x, y, member_rows, rule_data, first_step)[1]
+    def run(state: LoopState, lr, key, x, y, member_rows, rule_data, first_step, length, noise=None):
+        loss_shape = jax.eval_shape(model_step, state, lr, key, x, y, member_rows, rule_data, first_step, noise)[1]
         buffer = jnp.full((CAPACITY, *loss_shape.shape), jnp.nan, loss_shape.dtype)
 
         def body(carry: tuple[jax.Array, LoopState, jax.Array]):
             i, state, losses = carry
-            state, loss = model_step(state, lr, key, x, y, member_rows, rule_data, first_step + i)
+            state, loss = model_step(state, lr, key, x, y, member_rows, rule_data, first_step + i, noise)
             return i + 1, state, losses.at[i].set(loss)
 
         def more(carry):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bp_jax._layers import Model
+from bp_jax._layers import Model, call
 
 
 def _check_same_shape(loss: str, pred, target) -> None:
@@ -119,28 +119,35 @@ def softmax_cross_entropy(logits, labels):
 
 @dataclass(frozen=True)
 class LossFn:
-    """`f(params, x, y) = loss(model.apply(params, x), y)`: equal (and equally hashed) for the same model and
-    loss, so the compiled programs cached on it are reused by a fresh `loss_fn(model)`."""
+    """`f(params, x, y, *, key=None) = loss(model.apply(params, x, key=key), y)`: equal (and equally hashed) for
+    the same model and loss, so the compiled programs cached on it are reused by a fresh `loss_fn(model)`."""
 
     model: Model
     loss: Callable = mse
 
-    def __call__(self, params, x, y):
-        return self.loss(self.model.apply(params, x), y)
+    @property
+    def stochastic(self) -> bool:
+        """Whether the loss takes a key (its model is stochastic): `fit` then draws one per step."""
+        return self.model.stochastic
+
+    def __call__(self, params, x, y, *, key=None):
+        return self.loss(call(self.model.apply, self.model, params, x, key), y)
 
 
 def loss_fn(model: Model, loss: Callable = mse) -> LossFn:
-    """`f(params, x, y) = loss(model.apply(params, x), y)`, the function that gets differentiated.
+    """`f(params, x, y, *, key=None) = loss(model.apply(params, x, key=key), y)`, the function that gets
+    differentiated.
 
     Equal arguments give equal (and equally hashed) functions: one compilation for `fit` however often it
-    is called.
+    is called. A stochastic model (with dropout) makes the loss `stochastic`: `key` draws its masks, no key is
+    inference; a deterministic model's loss ignores the key.
 
     Args:
       model: the Model whose `apply` makes the predictions.
       loss: `loss(pred, target) -> scalar`, e.g. `mse` or `softmax_cross_entropy`.
 
     Returns:
-      The callable `f(params, x, y)`, a LossFn.
+      The callable `f(params, x, y, *, key=None)`, a LossFn.
 
     Examples:
       >>> from bp_jax import loss_fn, tiny_net

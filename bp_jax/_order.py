@@ -22,7 +22,7 @@ ROUNDS = 6
 SMALL_DOMAIN_BITS, SMALL_DOMAIN_ROUNDS = 6, 24
 
 
-def _mix32(x: jax.Array) -> jax.Array:
+def mix32(x: jax.Array) -> jax.Array:
     """A 32-bit integer hash (lowbias32: xor-shift, multiply, xor-shift, multiply, xor-shift)."""
     x = x ^ (x >> 16)
     x = x * jnp.uint32(0x7FEB352D)
@@ -43,7 +43,7 @@ def _feistel(value: jax.Array, round_keys: Sequence[jax.Array], bits, active_rou
     left_bits, right_bits = bits // 2, bits - bits // 2
     left, right = value >> jnp.asarray(right_bits, jnp.uint32), value & _low_mask(right_bits)
     for index, round_key in enumerate(round_keys):
-        mixed = _mix32(right ^ round_key) & _low_mask(left_bits)
+        mixed = mix32(right ^ round_key) & _low_mask(left_bits)
         swapped = (right, left ^ mixed, right_bits, left_bits)
         if active_rounds is None:
             left, right, left_bits, right_bits = swapped
@@ -59,10 +59,10 @@ def _round_keys(key: jax.Array, epoch, rounds: int) -> list[jax.Array]:
     """`rounds` 32-bit round keys hashed from the key's bits and the epoch: cheap enough to recompute
     every step, and fused by XLA with the network itself."""
     words = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    digest = _mix32(jnp.asarray(epoch).astype(jnp.uint32) ^ jnp.uint32(0x9E3779B9))
+    digest = mix32(jnp.asarray(epoch).astype(jnp.uint32) ^ jnp.uint32(0x9E3779B9))
     for word in jnp.ravel(words).astype(jnp.uint32):
-        digest = _mix32(digest ^ word)
-    return [_mix32(digest + jnp.uint32((i + 1) * 0x85EBCA6B % 2**32)) for i in range(rounds)]
+        digest = mix32(digest ^ word)
+    return [mix32(digest + jnp.uint32((i + 1) * 0x85EBCA6B % 2**32)) for i in range(rounds)]
 
 
 def _cycle_walk(walk, value: jax.Array, num_examples) -> jax.Array:

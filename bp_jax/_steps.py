@@ -34,25 +34,31 @@ def check_optimizer(optimizer) -> optax.GradientTransformation:
     return optimizer
 
 
+def _keyed(key) -> dict:
+    """The keyword arguments handing a stochastic loss its `key`: none without one."""
+    return {} if key is None else {"key": key}
+
+
 def sgd_update(loss_fn: Callable) -> Callable:
-    """Unjitted `(params, x, y, lr) -> (params, loss)` with w ← w − lr·dL/dw; lr may be traced, and is
-    taken in each weight's dtype (as a Python float would be)."""
+    """Unjitted `(params, x, y, lr, key=None) -> (params, loss)` with w ← w − lr·dL/dw; lr may be traced, and is
+    taken in each weight's dtype (as a Python float would be); a key goes to a stochastic loss_fn."""
     value_and_grad = jax.value_and_grad(loss_fn)
 
-    def update(params, x, y, lr):
-        loss, grads = value_and_grad(params, x, y)
+    def update(params, x, y, lr, key=None):
+        loss, grads = value_and_grad(params, x, y, **_keyed(key))
         return jax.tree.map(lambda w, g: w - jnp.asarray(lr, g.dtype) * g, params, grads), loss
 
     return update
 
 
 def optax_update(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-    """Unjitted `(params, opt_state, x, y) -> (params, opt_state, loss)` for an optax optimizer."""
+    """Unjitted `(params, opt_state, x, y, key=None) -> (params, opt_state, loss)` for an optax optimizer; a key
+    goes to a stochastic loss_fn."""
     optimizer = check_optimizer(optimizer)
     value_and_grad = jax.value_and_grad(loss_fn)
 
-    def update(params, opt_state, x, y):
-        loss, grads = value_and_grad(params, x, y)
+    def update(params, opt_state, x, y, key=None):
+        loss, grads = value_and_grad(params, x, y, **_keyed(key))
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 

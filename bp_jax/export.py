@@ -12,7 +12,8 @@ Both compute one function of raw float32 rows x, shape (rows, inputs), the numbe
 
     x̃ = where(isnan(x), fill, x)       only with `fill`: a NaN input takes its fill value
     z = (x̃ − x_mean) / x_std            only with `x_mean` and `x_std`: the training standardisation
-    o = model.apply(params, z)          params baked in as float32 constants, matmuls at "highest" precision
+    o = model.apply(params, z)          params baked in as float32 constants, matmuls at "highest" precision;
+                                        no key: inference (Dropout layers are the identity)
     y = o·y_std + y_mean                only with `y_mean` and `y_std`: a regression's target units
     p = softmax(o) over the last axis   only with `probabilities=True`: a classifier's class probabilities
 
@@ -23,8 +24,9 @@ members' outputs o_k are combined:
     p̄ = mean_k softmax(o_k), H = −Σ_c p̄_c log p̄_c             probabilities: (rows, classes + 1), [p̄, H]
 
 (std with divisor K, times |y_std|; H in nats, 0·log 0 = 0). `to_jax_export` takes any Model; `to_onnx` a
-Sequential of Linear, ReLU, Sigmoid and Tanh layers (as `mlp` builds), read from `model.name`. The names are
-`bp_jax.Scaling`, `bp_jax.to_jax_export` and `bp_jax.to_onnx`; `bp-jax export` wraps them for a trained run.
+Sequential of Linear, ReLU, Sigmoid, Tanh and Dropout layers (as `mlp` builds; Dropout exported as the identity it
+is at inference), read from `model.name`. The names are `bp_jax.Scaling`, `bp_jax.to_jax_export` and
+`bp_jax.to_onnx`; `bp-jax export` wraps them for a trained run.
 """
 
 import re
@@ -46,7 +48,7 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 #: ONNX opset and IR version of `to_onnx`'s graphs (opset 17 has every operator used; IR 8 is read by
 #: onnxruntime ≥ 1.10)
 ONNX_OPSET, ONNX_IR_VERSION = 17, 8
-_LAYER = re.compile(r"Linear\((\d+), (\d+)(, bias=False)?\)|(ReLU|Sigmoid|Tanh)\(\)")
+_LAYER = re.compile(r"Linear\((\d+), (\d+)(, bias=False)?\)|(ReLU|Sigmoid|Tanh)\(\)|(Dropout)\([0-9.e-]+\)")
 _ONNX_ACTIVATIONS = {"ReLU": "Relu", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}
 
 
@@ -206,16 +208,19 @@ def to_jax_export(
 
 
 def _layers(model: Model) -> list[tuple]:
-    """`model.name` read as layers: ("Linear", in, out, bias) or ("ReLU" | "Sigmoid" | "Tanh",); [] when the
-    name is not a Sequential (or a single layer) of those."""
+    """`model.name` read as layers: ("Linear", in, out, bias) or ("ReLU" | "Sigmoid" | "Tanh" | "Dropout",); []
+    when the name is not a Sequential (or a single layer) of those."""
     name = model.name or ""
     body = name[len("Sequential(") : -1] if name.startswith("Sequential(") and name.endswith(")") else name
     layers, position = [], 0
     for match in _LAYER.finditer(body):
         if body[position : match.start()].strip(", "):
             return []
-        linear_in, linear_out, no_bias, activation = match.groups()
-        layers.append(("Linear", int(linear_in), int(linear_out), not no_bias) if activation is None else (activation,))
+        linear_in, linear_out, no_bias, activation, dropout = match.groups()
+        parameter_free = activation or dropout
+        layers.append(
+            ("Linear", int(linear_in), int(linear_out), not no_bias) if not parameter_free else (parameter_free,)
+        )
         position = match.end()
     return layers if body and not body[position:].strip(", ") else []
 
@@ -232,7 +237,8 @@ def to_onnx(
     from ReduceMean of the squared deviations, Sqrt; the entropy from Max, Log, Mul, ReduceSum) and Concat.
 
     Args:
-        model: A Sequential of Linear, ReLU, Sigmoid and Tanh layers (as `bp_jax.mlp` builds), read from its name.
+        model: A Sequential of Linear, ReLU, Sigmoid, Tanh and Dropout layers (as `bp_jax.mlp` builds), read from
+            its name; a Dropout layer adds no node (inference).
         params: Its trained params, of its layers' shapes.
         scaling: What surrounds the model (fill, standardisation, target units or probabilities); None exports
             the bare model.
@@ -261,7 +267,8 @@ def to_onnx(
     layers = _layers(model)
     if not layers:
         raise ValueError(
-            f"to_onnx exports a Sequential of Linear, ReLU, Sigmoid and Tanh layers (as bp_jax.mlp builds); "
+            "to_onnx exports a Sequential of Linear, ReLU, Sigmoid and Tanh layers, Dropout too (as bp_jax.mlp "
+            "builds); "
             f"got {model.name or 'a model without a name'}"
         )
     layer_params = tuple(params) if (model.name or "").startswith("Sequential(") else (params,)
@@ -297,6 +304,8 @@ def to_onnx(
     members = (np.shape(layer_params[first_linear]["weight"]) or (0,))[0]
     shape = lambda *sizes: (members, *sizes) if ensemble else sizes
     for index, (layer, layer_param) in enumerate(zip(layers, layer_params, strict=True)):
+        if layer[0] == "Dropout":
+            continue  # the identity at inference
         if layer[0] != "Linear":
             node(_ONNX_ACTIVATIONS[layer[0]], [current], f"{index}.{layer[0].lower()}")
             continue

@@ -2,10 +2,10 @@
 
 Nothing here calls jax autodiff. `neuron_grad`, `tiny_net_backward` and `tiny_net_grads` are the
 documents' formulas; `value_and_grad` is the four-step algorithm for any Sequential of Linear, ReLU,
-Sigmoid and Tanh: a forward pass that keeps what each layer needs, the loss, then each layer's
-hand-written backward (`Model.vjp`) applied in reverse order. `per_example_grads` is that backward pass
-once per example (`jax.vmap`, which vectorises and does not differentiate); `tiny_net_hessian` the tiny
-network's second derivatives.
+Sigmoid, Tanh and Dropout: a forward pass that keeps what each layer needs (a Dropout layer its mask), the
+loss, then each layer's hand-written backward (`Model.vjp`) applied in reverse order. `per_example_grads` is
+that backward pass once per example (`jax.vmap`, which vectorises and does not differentiate);
+`tiny_net_hessian` the tiny network's second derivatives.
 """
 
 from collections.abc import Callable
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bp_jax._layers import Model, activation
+from bp_jax._layers import Model, activation, call
 from bp_jax._losses import mse, softmax_cross_entropy
 
 
@@ -174,17 +174,20 @@ def tiny_net_grads(w1, w2, x, t) -> dict:
 
 
 def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
-    """`f(params, x, y) -> (loss, grads)` by a hand-written forward and backward pass.
+    """`f(params, x, y, *, key=None) -> (loss, grads)` by a hand-written forward and backward pass.
 
-    Same contract as `jax.value_and_grad(loss_fn(model, loss))`: forward through `model.vjp`, keeping each
-    layer's input; the loss; then dL/dpred (LOSS_GRADS) through each layer's backward, last layer first.
+    Same contract as `jax.value_and_grad(loss_fn(model, loss))`, the key included: forward through
+    `model.vjp`, keeping each layer's input (a Dropout layer its mask m, drawn from the key as `apply` draws
+    it); the loss; then dL/dpred (LOSS_GRADS) through each layer's backward, last layer first (Dropout's:
+    dL/dx = dL/dy·m/(1 − rate)).
 
     Args:
-      model: a model with a hand-written `vjp`: a Sequential of Linear, ReLU, Sigmoid and Tanh (e.g. `mlp`).
+      model: a model with a hand-written `vjp`: a Sequential of Linear, ReLU, Sigmoid, Tanh and Dropout (e.g.
+        `mlp`).
       loss: one of LOSS_GRADS: `bp_jax.mse` or `bp_jax.softmax_cross_entropy`.
 
     Returns:
-      The function `f(params, x, y) -> (loss, grads)`, grads in the structure of params.
+      The function `f(params, x, y, *, key=None) -> (loss, grads)`, grads in the structure of params.
 
     Raises:
       TypeError: a model without a hand-written `vjp`.
@@ -205,7 +208,7 @@ def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
     if forward is None:
         raise TypeError(
             "manual.value_and_grad needs a model built from layers with hand-written "
-            "derivatives (Sequential of Linear, ReLU, Sigmoid, Tanh)"
+            "derivatives (Sequential of Linear, ReLU, Sigmoid, Tanh, Dropout)"
         )
     if loss not in LOSS_GRADS:
         raise ValueError(
@@ -213,8 +216,8 @@ def value_and_grad(model: Model, loss: Callable = mse) -> Callable:
         )
     loss_grad = LOSS_GRADS[loss]
 
-    def f(params, x, y):
-        pred, backward = forward(params, x)  # steps 1–2: forward, keeping each layer's input
+    def f(params, x, y, *, key=None):
+        pred, backward = call(forward, model, params, x, key)  # steps 1–2: forward, keeping each layer's input
         value = loss(pred, y)  # step 3: loss
         grads, _ = backward(loss_grad(pred, jnp.asarray(y)))  # step 4: chain rule, last layer first
         return value, grads

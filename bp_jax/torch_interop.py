@@ -5,7 +5,7 @@
     to_torch(params, torch_model, model=model)    # writes params into the module in place, returns it
 
 Layers map one to one: nn.Linear -> {"weight": (out, in), "bias": (out,)} (PyTorch's layout, no transposes;
-no "bias" for bias=False), nn.ReLU, nn.Sigmoid, nn.Tanh -> {}, nn.Sequential -> a tuple with one entry per
+no "bias" for bias=False), nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Dropout -> {}, nn.Sequential -> a tuple with one entry per
 layer. Any other module is a TypeError naming its place and type. Given a `model`, its `name` must be the
 module's (same layers, same activations): a Tanh network's weights never go silently into a ReLU one. Values
 are copied, never shared.
@@ -25,8 +25,8 @@ except ImportError as err:
 
 from bp_jax._layers import Model, Params
 
-PARAMETER_FREE = (nn.ReLU, nn.Sigmoid, nn.Tanh)
-SUPPORTED = "supported: nn.Sequential, nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh"
+PARAMETER_FREE = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Dropout)
+SUPPORTED = "supported: nn.Sequential, nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Dropout"
 
 
 def _to_jax(tensor: torch.Tensor | np.ndarray) -> jax.Array:
@@ -62,6 +62,8 @@ def _module_name(module: nn.Module) -> str:
         return f"Sequential({', '.join(map(_module_name, module))})"
     if isinstance(module, nn.Linear):
         return f"Linear({module.in_features}, {module.out_features}{'' if module.bias is not None else ', bias=False'})"
+    if isinstance(module, nn.Dropout):
+        return f"Dropout({float(module.p)})"
     return f"{type(module).__name__}()"
 
 
@@ -118,7 +120,7 @@ def from_torch(module_or_state_dict: nn.Module | Mapping, model: Model | None = 
     """Params for the bp_jax model matching a torch module or an nn.Sequential's state_dict.
 
     Args:
-      module_or_state_dict: an nn.Sequential (possibly nested) of nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh,
+      module_or_state_dict: an nn.Sequential (possibly nested) of nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Dropout,
         one such layer, or an nn.Sequential's `state_dict()` (keys "<index>.weight", "<index>.bias").
       model: the matching bp_jax model. When given, every layer's keys and shapes are checked against
         `jax.eval_shape(model.init, key)` and a mismatch is a ValueError naming the layer index; a module's

@@ -63,3 +63,14 @@ check(
 )
 check("hand-written sgd, minibatch 7", loss, params, x, y, batch_size=7, key=jax.random.key(2), lr=0.03)
 check("adam, full batch", loss, params, x, y, optimizer=optax.adam(1e-3))
+dropout = bp_jax.mlp((10, 16, 5, 1), "tanh", dropout=0.25)  # a key per step: hash_fold_in(noise, step)
+check(
+    "dropout, hand-written sgd, minibatch 16",
+    bp_jax.loss_fn(dropout),
+    dropout.init(jax.random.key(0)),
+    x,
+    y,
+    batch_size=16,
+    key=jax.random.key(3),
+    lr=0.03,
+)

@@ -299,7 +299,7 @@ def edit_record(run: Path, step: int, edit):
     "edit, message",
     [
         (lambda r: r | {"config": {k: v for k, v in r["config"].items() if k != "split_seed"}}, "lacks split_seed"),
-        (lambda r: r | {"config": r["config"] | {"dropout": 0.5}}, "has unknown dropout"),
+        (lambda r: r | {"config": r["config"] | {"future_setting": 0.5}}, "has unknown future_setting"),
         (lambda r: r | {"config": r["config"] | {"hidden": [7]}}, "holds arrays that do not match its record"),
     ],
 )

@@ -66,6 +66,17 @@ def learning_rates(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def dropout_rate(text: str) -> float:
+    """A Dropout rate: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def hidden_sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(positive_int(part) for part in text.split(","))
@@ -213,6 +224,13 @@ def add_problem_options(parser) -> None:
         "--hidden", type=hidden_sizes, help="hidden layer sizes, e.g. 5 or 16,8 (default 5; 16 for classes)"
     )
     parser.add_argument("--activation", choices=ACTIVATIONS, help="default relu")
+    parser.add_argument(
+        "--dropout",
+        type=dropout_rate,
+        metavar="P",
+        help="dropout rate after every hidden activation, in [0, 1) (default 0: none); training only, predict and "
+        "export never drop",
+    )
     parser.add_argument(
         "--optimizer",
         choices=list(OPTIMIZERS),

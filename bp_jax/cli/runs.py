@@ -2,7 +2,7 @@
 read a run folder back.
 
     config, split = load_data(config, given)       # the data, target, feature columns and task resolved
-    model = build_model(inputs, config, outputs)   # bp_jax.mlp((inputs, *hidden, outputs), activation)
+    model = build_model(inputs, config, outputs)   # bp_jax.mlp((inputs, *hidden, outputs), activation, dropout=…)
     run = open_run(folder)                         # newest checkpoint: manager, step, Config, record
     state = run.restore(initial_state(model, run.config))   # or: model, params = run.model_and_params()
     run, model, params = read_trained(folder)      # the same, also while the run in `folder` is live
@@ -81,7 +81,7 @@ class Config:
     with empty cells (`data.MISSING`); `early_stopping`: a `validation_fraction` of the training rows
     (`data.validation_rows`) scored at each epoch's end, the run ending after `patience` epochs without
     improvement, with the best params; `ensemble`: how many members, seeded seed, seed + 1, …, trained as one
-    program (1: one model, a plain run)."""
+    program (1: one model, a plain run); `dropout`: the Dropout rate after each hidden activation (0: none)."""
 
     dataset: str = "diabetes"
     target: str | None = None
@@ -99,6 +99,7 @@ class Config:
     validation_fraction: float = 0.1
     patience: int = 10
     ensemble: int = 1
+    dropout: float = 0.0
 
     def __post_init__(self):
         if self.split_seed is None:
@@ -115,9 +116,9 @@ class Config:
     @classmethod
     def from_record(cls, record: dict, where: str) -> "Config":
         """The Config in a checkpoint's record (one written before classification: regression, empty cells
-        refused; before early stopping: none; before ensembles: one model); CheckpointError if its keys are not
-        this version's."""
-        before = {"task": "regression", "missing": "error", "early_stopping": False, "ensemble": 1}
+        refused; before early stopping: none; before ensembles: one model; before dropout: none); CheckpointError if
+        its keys are not this version's."""
+        before = {"task": "regression", "missing": "error", "early_stopping": False, "ensemble": 1, "dropout": 0.0}
         record = before | {"validation_fraction": 0.1, "patience": 10} | record
         _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
         values: dict[str, Any] = {
@@ -235,8 +236,9 @@ def mean_predictor_mse(split: data.Split) -> float:
 
 def build_model(inputs: int, config: Config, outputs: int = 1) -> bp_jax.Model:
     """Linear(inputs, h1), act, …, Linear(hk, outputs): the seed MLP for hidden = (5,), relu and one output;
-    a classifier has one output (logit) per class."""
-    return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation)
+    a classifier has one output (logit) per class; with `config.dropout` > 0, a Dropout after each activation
+    (applied in training only: `fit` draws its masks from the run's data-order key)."""
+    return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation, dropout=config.dropout)
 
 
 def loss(model: bp_jax.Model, scaling: data.Scaling) -> Callable:

@@ -620,7 +620,8 @@ def _print_summary(config: Config, metrics: dict) -> None:
             (
                 "model",
                 " → ".join(map(str, (metrics["examples"]["features"], *config.hidden, len(classes) or 1)))
-                + f", {config.activation}",
+                + f", {config.activation}"
+                + (f", dropout {config.dropout}" if config.dropout else ""),
             ),
             ("optimizer", f"{config.optimizer}, lr {config.lr}, batch {config.batch_size or 'full'}"),
             *[
