@@ -273,14 +273,15 @@ def test_parquet_trains_and_predicts_as_the_same_csv_does(tmp_path):
 
 @pytest.mark.slow
 def test_runs_recorded_before_classification_still_predict_and_resume(tmp_path):
-    """A record without task, missing, classes, categories or fill: a regression run on numbers."""
+    """A record without task, missing, classes, categories or fill (a regression run on numbers), nor the schedule,
+    weight decay and weights (constant, none)."""
     table = animals(150).drop(columns=["island", "sex", "species"])
     table.to_csv(tmp_path / "numbers.csv", index=False)
     run_cli("train", "--data", tmp_path / "numbers.csv", "--steps", 20, "--out", tmp_path / "run")
     before = run_cli("predict", tmp_path / "run", "--data", tmp_path / "numbers.csv").stdout
     path = tmp_path / "run" / "checkpoints" / "20" / "record" / "metadata"
     record = json.loads(path.read_text())
-    for name in ("task", "missing"):
+    for name in ("task", "missing", "schedule", "warmup_epochs", "weight_decay", "class_weight", "sample_weight"):
         del record["config"][name]
     for name in ("task", "classes", "categories", "fill"):
         del record["data"]["scaling"][name]

@@ -34,6 +34,7 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 
 def add_arguments(parser) -> None:
     options.add_problem_options(parser)
+    options.add_schedule_and_weights(parser)
     parser.add_argument("--lr", type=options.learning_rate, help="learning rate (default 0.01; 0.1 for classes)")
     options.add_seed(
         parser, help="seeds the init and the data order, and the split unless --split-seed is given (default 0)"
@@ -211,7 +212,8 @@ def _resume(problem: Problem, resumed: runs.Run) -> Start:
 
 def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int | None) -> int:
     """The step to train to: --steps, --epochs × steps per epoch, or the checkpoint's; UsageError, worded in
-    the flag given, when it is before the checkpoint's step."""
+    the flag given, when it is before the checkpoint's step, or when the schedule does not fit it
+    (`runs.check_schedule`)."""
     per_epoch = runs.steps_per_epoch(len(problem.split.x_train), problem.config.batch_size)
     total = steps if epochs is None else epochs * per_epoch
     total = start.total_steps if total is None else total
@@ -226,6 +228,7 @@ def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int 
         )
     if total < start.step:
         raise UsageError(f"the checkpoint is at step {start.step}; --steps must be at least that, got {total}")
+    runs.check_schedule(problem.config, total, per_epoch, start.total_steps)
     return total
 
 
@@ -282,14 +285,16 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
             save(result)
         return stop
 
-    transform = runs.optimizer(config)
+    per_epoch = runs.steps_per_epoch(len(split.x_train), config.batch_size)
+    transform = runs.optimizer(config, watch.total, per_epoch)
+    y = runs.targets(config, split)
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
     try:
         result = bp_jax.fit(
-            runs.loss(problem.model, split.scaling),
+            runs.loss(problem.model, split.scaling, weighted=isinstance(y, dict)),
             start.state["params"],
             jax.device_put(split.x_train),
-            jax.device_put(split.y_train),
+            jax.device_put(y),
             steps=watch.total - start.step,
             batch_size=config.batch_size,
             lr=config.lr if transform is None else None,
@@ -300,6 +305,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
             chunk_size=chunk_sizes,
             on_chunk=on_chunk,
             mesh=problem.mesh,
+            stop_rule=runs.plateau_rule(config, per_epoch),
             keep_losses=False,  # the watch keeps the history, bounded
         )
     except bp_jax.NonFiniteLoss as diverged:
@@ -342,6 +348,7 @@ def _finish(
         "task": config.task,
         **scores,
         **runs.baseline(split),
+        "weights": runs.weights_record(config, split),
         "examples": {
             "train": len(split.x_train),
             "held_out": len(split.x_test),
@@ -417,7 +424,13 @@ def _print_summary(config: Config, metrics: dict) -> None:
                 " → ".join(map(str, (metrics["examples"]["features"], *config.hidden, len(classes) or 1)))
                 + f", {config.activation}",
             ),
-            ("optimizer", f"{config.optimizer}, lr {config.lr}, batch {config.batch_size or 'full'}"),
+            (
+                "optimizer",
+                f"{config.optimizer}, lr {config.lr}"
+                + f", {config.schedule} schedule" * (config.schedule != "constant")
+                + f", weight decay {config.weight_decay}" * bool(config.weight_decay)
+                + f", batch {config.batch_size or 'full'}",
+            ),
             *[
                 (
                     "rows",
