@@ -3,6 +3,7 @@ COLUMN`: the optimizer they make, plateau's rule inside the loop against optax's
 mean loss, the weighted loss Σ wᵢ·ℓᵢ / Σ wᵢ (loss, gradient and `fit`, float64), what metrics.json records, a resumed
 run continuing its schedule bit for bit, predict without the weight column, and the bad values."""
 
+import dataclasses
 import shutil
 
 import jax
@@ -144,12 +145,18 @@ def test_the_schedules_follow_their_formulas_over_the_run():
     steps, per_epoch, lr = 100, 10, 0.5
     t = np.arange(steps)
     cosine = runs.learning_rate(runs.Config(lr=lr, schedule="cosine"), steps, per_epoch)
-    warm = runs.learning_rate(runs.Config(lr=lr, schedule="warmup-cosine", warmup_epochs=2), steps, per_epoch)
+    warm_config = runs.Config(optimizer="momentum", lr=lr, schedule="warmup-cosine", warmup_epochs=2)
+    warm = runs.learning_rate(warm_config, steps, per_epoch)
     np.testing.assert_allclose(jax.vmap(cosine)(t), lr * (1 + np.cos(np.pi * t / steps)) / 2, rtol=1e-5, atol=1e-7)
     warmup = np.where(t < 20, lr * t / 20, lr * (1 + np.cos(np.pi * (t - 20) / 80)) / 2)
     np.testing.assert_allclose(jax.vmap(warm)(t), warmup, rtol=1e-5, atol=1e-7)
     assert runs.optimizer(runs.Config()) is None  # the hand-written update, as before
     assert runs.optimizer(runs.Config(schedule="cosine")) is not None  # sgd with a schedule: optax's
+    per_member = optax.inject_hyperparams(  # as sweep holds each member's rate: η traced
+        lambda learning_rate: runs.optimizer(dataclasses.replace(warm_config, lr=learning_rate), steps, per_epoch)
+    )(learning_rate=lr)
+    w = {"w": jnp.ones(2)}
+    assert not np.any(per_member.update(w, per_member.init(w), w)[0]["w"])  # η_0 = 0: the warm-up's start
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
@@ -200,6 +207,11 @@ def test_plateau_scales_the_rate_as_optax_given_each_epochs_mean_loss_and_resume
     first = train(params, 21)  # 10½ epochs: the scale is about to change
     rest = train(first.params, epochs * per_epoch - 21, start_step=21, opt_state=first.opt_state)
     jax.tree.map(np.testing.assert_array_equal, (rest.params, rest.opt_state), (result.params, result.opt_state))
+    per_member = optax.inject_hyperparams(  # as sweep holds each member's rate: the rule finds the plateau inside
+        lambda learning_rate: runs.optimizer(dataclasses.replace(config, lr=learning_rate), 46, per_epoch)
+    )(learning_rate=1e-9)
+    advanced = rule.update({}, 0, jnp.float32(1.0), per_member.init(params))[2]
+    assert int(advanced.inner_state[1].count) == 1 and float(advanced.inner_state[1].avg_value) == 1.0
 
 
 def test_a_resumed_run_continues_its_schedule_and_weights_bit_for_bit(tmp_path):

@@ -331,12 +331,16 @@ def class_counts(split: data.Split) -> dict:
 def learning_rate(config: Config, steps: int, steps_per_epoch: int) -> float | optax.Schedule:
     """η_t, t the step, for `config.schedule` over a run of T = `steps` steps: constant and plateau η (plateau
     scales the update instead: `plateau_rule`); cosine η·½(1 + cos(π·t/T)); warmup-cosine η·t/W for t < W =
-    warmup_epochs × `steps_per_epoch`, then η·½(1 + cos(π·(t − W)/(T − W))) (optax's schedules)."""
+    warmup_epochs × `steps_per_epoch`, then η·½(1 + cos(π·(t − W)/(T − W))): η times optax's schedule from 1 (so η
+    may be traced: a sweep's per-member rate)."""
+    if config.schedule not in ("cosine", "warmup-cosine"):
+        return config.lr
     if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(config.lr, steps)
-    if config.schedule == "warmup-cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup_epochs * steps_per_epoch, steps)
-    return config.lr
+        unit = optax.cosine_decay_schedule(1.0, steps)
+    else:
+        unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, config.warmup_epochs * steps_per_epoch, steps)
+    lr = config.lr
+    return lambda step: lr * unit(step)
 
 
 def optimizer(config: Config, steps: int = MAX_STEP, steps_per_epoch: int = 1) -> optax.GradientTransformation | None:
@@ -369,10 +373,11 @@ def _scaled_by_plateau() -> optax.GradientTransformation:
 def _plateau_update(steps_per_epoch: int) -> Callable:
     plateau = optax.contrib.reduce_on_plateau(**PLATEAU, accumulation_size=steps_per_epoch)
 
-    def update(state, step, loss, opt_state):
-        transform_state, plateau_state = opt_state
-        _, plateau_state = plateau.update(None, plateau_state, value=loss)
-        return state, jnp.zeros((), bool), (transform_state, plateau_state)
+    watched = lambda node: isinstance(node, optax.contrib.ReduceLROnPlateauState)
+    advance = lambda node, loss: plateau.update(None, node, value=loss)[1] if watched(node) else node
+
+    def update(state, step, loss, opt_state):  # the plateau state wherever it is (inject_hyperparams' inner state)
+        return state, jnp.zeros((), bool), jax.tree.map(lambda node: advance(node, loss), opt_state, is_leaf=watched)
 
     return update
 
