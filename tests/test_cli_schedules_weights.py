@@ -86,20 +86,25 @@ def test_fit_with_weight_two_everywhere_or_zero_on_a_row_trains_as_without():
 
 @pytest.fixture(scope="module")
 def weighted_run(tmp_path_factory):
-    """A class run with balanced class weights, row weights and the plateau schedule, and its table."""
+    """A class run with balanced class weights, row weights, AdamW and the warmup-cosine schedule, checkpointed every
+    5 steps (4 an epoch), and its table."""
     folder = tmp_path_factory.mktemp("weighted")
     table().to_csv(folder / "t.csv", index=False)
-    flags = ("--target", "cls", "--features", "a,b", "--class-weight", "balanced", "--sample-weight", "w")
-    flags += ("--optimizer", "momentum", "--schedule", "plateau")
-    run_cli("train", "--data", folder / "t.csv", *flags, "--epochs", 3, "--out", folder / "run")
+    run_cli(
+        "train",
+        *("--data", folder / "t.csv", "--target", "cls", "--features", "a,b", "--seed", 2),
+        *("--class-weight", "balanced", "--sample-weight", "w", "--optimizer", "adam", "--weight-decay", 0.01),
+        *("--schedule", "warmup-cosine", "--warmup-epochs", 1, "--epochs", 3, "--batch-size", 8),
+        *("--checkpoint-every", 5, "--out", folder / "run"),
+    )
     return folder
 
 
 def test_metrics_record_the_balanced_weights_and_predict_needs_no_weight_column(weighted_run):
     metrics = strict_json(weighted_run / "run" / "metrics.json")
     assert metrics["config"]["class_weight"] == "balanced" and metrics["config"]["sample_weight"] == "w"
-    assert metrics["config"]["schedule"] == "plateau"
-    split = data.load(str(weighted_run / "t.csv"), target="cls", features=("a", "b"), sample_weight="w")
+    assert metrics["config"]["schedule"] == "warmup-cosine" and metrics["config"]["weight_decay"] == 0.01
+    split = data.load(str(weighted_run / "t.csv"), target="cls", features=("a", "b"), split_seed=2, sample_weight="w")
     labels = np.asarray(split.scaling.classes)[split.y_train]
     balanced = compute_class_weight("balanced", classes=np.unique(labels), y=labels)  # n / (k·n_c)
     assert metrics["weights"]["class_weight"] == pytest.approx(dict(zip(np.unique(labels), balanced)), rel=1e-12)
@@ -214,16 +219,9 @@ def test_plateau_scales_the_rate_as_optax_given_each_epochs_mean_loss_and_resume
     assert int(advanced.inner_state[1].count) == 1 and float(advanced.inner_state[1].avg_value) == 1.0
 
 
-def test_a_resumed_run_continues_its_schedule_and_weights_bit_for_bit(tmp_path):
+def test_a_resumed_run_continues_its_schedule_and_weights_bit_for_bit(tmp_path, weighted_run):
     """A run resumed from its checkpoint in the middle of an epoch ends with the bits of the run never stopped."""
-    table().to_csv(tmp_path / "t.csv", index=False)
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    args = (
-        *("--data", tmp_path / "t.csv", "--target", "cls", "--features", "a,b", "--seed", 2),
-        *("--class-weight", "balanced", "--sample-weight", "w", "--optimizer", "adam", "--weight-decay", 0.01),
-        *("--schedule", "warmup-cosine", "--warmup-epochs", 1, "--epochs", 3, "--batch-size", 8),  # 4 steps an epoch
-    )
-    run_cli("train", "--out", whole, *args, "--checkpoint-every", 5)
+    whole, resumed = weighted_run / "run", tmp_path / "resumed"
     assert checkpoint_steps(whole) == [5, 10, 12]
     shutil.copytree(whole, resumed)
     for step in (10, 12):
@@ -231,7 +229,7 @@ def test_a_resumed_run_continues_its_schedule_and_weights_bit_for_bit(tmp_path):
     run_cli("train", "--resume", resumed)
     assert_same_state(whole, resumed)
     metrics = strict_json(resumed / "metrics.json")
-    assert metrics["resumed_from_step"] == 5 and metrics["config"]["schedule"] == "warmup-cosine"
+    assert metrics["resumed_from_step"] == 5 and metrics["config"] == strict_json(whole / "metrics.json")["config"]
     longer = run_cli("train", "--resume", resumed, "--epochs", 4, check=False)
     assert longer.returncode == 2 and len(longer.stderr.strip().splitlines()) == 1
     assert "the run's warmup-cosine schedule spans its 12 steps; resume it to step 12" in longer.stderr
