@@ -393,14 +393,18 @@ def plateau_rule(config: Config, steps_per_epoch: int) -> bp_jax.StopRule | None
     return bp_jax.StopRule(_plateau_update(steps_per_epoch), {}, touches_opt_state=True)
 
 
-def check_schedule(config: Config, steps: int, steps_per_epoch: int, planned: int | None) -> None:
-    """UsageError when --warmup-epochs goes without warmup-cosine or is not shorter than the run (`steps` steps of
-    `steps_per_epoch` an epoch), or when a cosine schedule, which spans the `planned` steps of the run resumed, is
-    asked to end elsewhere."""
+def check_warmup(config: Config) -> None:
+    """UsageError when --warmup-epochs goes without warmup-cosine (known before the data is read)."""
     if config.warmup_epochs and config.schedule != "warmup-cosine":
         raise UsageError(
             f"--warmup-epochs {config.warmup_epochs} goes with --schedule warmup-cosine, not {config.schedule}"
         )
+
+
+def check_schedule(config: Config, steps: int, steps_per_epoch: int, planned: int | None) -> None:
+    """UsageError when warmup-cosine's warm-up is not shorter than the run (`steps` steps of `steps_per_epoch` an
+    epoch), or when a cosine schedule, which spans the `planned` steps of the run resumed, is asked to end
+    elsewhere."""
     if config.schedule == "warmup-cosine" and not 1 <= config.warmup_epochs * steps_per_epoch < steps:
         given = (
             f"{config.warmup_epochs} ({config.warmup_epochs * steps_per_epoch} steps)"

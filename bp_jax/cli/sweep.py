@@ -59,6 +59,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     given = options.given_config(args)
     config = Config(**given)
+    runs.check_warmup(config)
     repeated = sorted({lr for lr in args.lrs if args.lrs.count(lr) > 1})
     if repeated:
         raise UsageError(f"--lr lists {', '.join(f'{lr:g}' for lr in repeated)} more than once")

@@ -112,6 +112,7 @@ def run(args) -> int:
         raise folders.in_use(args.resume, holder, "wait for it to end, then resume it")
     resumed = None if args.resume is None else runs.open_run(args.resume)
     config = Config(**given) if resumed is None else _resumed_config(resumed, given)
+    runs.check_warmup(config)
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     signals = interrupts.current()
     with plots.drawing(second_process=writer) as painter, console.progress_bar("train") as progress:
