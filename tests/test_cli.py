@@ -30,7 +30,7 @@ def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path, 
     assert len(held[0].losses) == 660 - 600  # the host keeps the last chunk's losses, not every step's
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["hidden"] == [5] and metrics["config"]["dataset"] == "diabetes"
-    assert metrics["examples"] == {"train": 354, "held_out": 88, "features": 10}
+    assert metrics["examples"] == {"train": 354, "held_out": 88, "features": 10} and metrics["weights"] is None
     assert metrics["final_step"] == 60 * (354 // 32)
     assert metrics["held_out_mse"] < 0.8 * metrics["baseline_held_out_mse"]  # it learnt something
     assert metrics["loss_history"][0][0] == 0 and len(metrics["loss_history"]) == metrics["final_step"]

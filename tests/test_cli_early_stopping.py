@@ -87,6 +87,7 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does_with_its_bits(stopp
         ),
         (["--early-stopping", "--validation-fraction", "0.05"], "leaves 336 training and 18 validation rows"),
         (["--early-stopping", "--ensemble", "2"], "does not combine with --ensemble 2"),
+        (["--early-stopping", "--schedule", "plateau"], "does not combine with --early-stopping"),
     ],
 )
 def test_bad_early_stopping_flags_are_one_line_exit_2_and_write_nothing(tmp_path, flags, message):

@@ -273,15 +273,17 @@ def test_parquet_trains_and_predicts_as_the_same_csv_does(tmp_path):
 
 @pytest.mark.slow
 def test_runs_recorded_before_classification_still_predict_and_resume(tmp_path):
-    """A record without task, missing, classes, categories or fill (nor the early-stopping, ensemble and dropout
-    settings): a regression run on numbers."""
+    """A record without task, missing, classes, categories or fill (a regression run on numbers), nor the later
+    settings (early stopping, ensemble, dropout, schedule, weight decay, weights: off)."""
     table = animals(150).drop(columns=["island", "sex", "species"])
     table.to_csv(tmp_path / "numbers.csv", index=False)
     run_cli("train", "--data", tmp_path / "numbers.csv", "--steps", 20, "--out", tmp_path / "run")
     before = run_cli("predict", tmp_path / "run", "--data", tmp_path / "numbers.csv").stdout
     path = tmp_path / "run" / "checkpoints" / "20" / "record" / "metadata"
     record = json.loads(path.read_text())
-    for name in ("task", "missing", "early_stopping", "validation_fraction", "patience", "ensemble", "dropout"):
+    later = ("early_stopping", "validation_fraction", "patience", "ensemble", "dropout")
+    later += ("schedule", "warmup_epochs", "weight_decay", "class_weight", "sample_weight")
+    for name in ("task", "missing", *later):
         del record["config"][name]
     for name in ("task", "classes", "categories", "fill"):
         del record["data"]["scaling"][name]

@@ -55,9 +55,15 @@ def test_every_member_is_reported_and_diverged_ones_do_not_fail_the_sweep(sweep)
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("optimizer, lr, seed", [("sgd", 0.03, 5), ("momentum", 0.003, 6)])
+@pytest.mark.parametrize(
+    "optimizer, lr, seed, more",
+    [
+        ("sgd", 0.03, 5, ()),
+        ("momentum", 0.003, 6, ("--schedule", "plateau", "--weight-decay", 0.01)),  # the plateau rule per member
+    ],
+)
 @pytest.mark.slow
-def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_path, sweep, optimizer, lr, seed):
+def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_path, sweep, optimizer, lr, seed, more):
     out, _ = sweep
     if optimizer != "sgd":  # a sweep of its own with that optimizer
         out = tmp_path / "sweep"
@@ -73,6 +79,7 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
             STEPS,
             "--optimizer",
             optimizer,
+            *more,
             "--out",
             out,
             "--compile-cache",
@@ -91,6 +98,7 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
         STEPS,
         "--optimizer",
         optimizer,
+        *more,
         "--out",
         tmp_path / "train",
     )

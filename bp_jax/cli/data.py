@@ -15,7 +15,8 @@ one-hot, one input per category of the training split; dates and free text (many
 naming the `--features` that leaves them out. Empty cells: `missing="error"` refuses them, naming the columns and
 counts; "drop" leaves out their rows; "impute" gives every feature a fill, the training split's mean or most
 frequent category, used wherever a cell is empty (in training, predict and the exports alike); a row without a
-target is never used. Every used numeric cell must be a number float32 holds (finite, |x| ≤ 3.4e38), and so must
+target is never used. A column of row weights (`sample_weight`) is no feature: each used cell a number ≥ 0, the
+training rows' not all 0. Every used numeric cell must be a number float32 holds (finite, |x| ≤ 3.4e38), and so must
 its standardised value: anything else is a DataError naming the file, the column and the row (from 1, after the
 header).
 """
@@ -163,7 +164,8 @@ class Split(NamedTuple):
     """Standardised float32 inputs; targets standardised float32 of shape (n, 1), like the documents'
     y = randn(32, 1), or int32 class indices of shape (n,); the Scaling that made them, a fingerprint of the raw
     data (to check a resumed run reads the same), notes on what was read (a left-out index column, rows left out)
-    for the command to print, and how many rows were left out (without a target; for an empty feature cell)."""
+    for the command to print, how many rows were left out (without a target; for an empty feature cell), and the
+    training rows' weights (float64, from the `sample_weight` column; None without one)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -173,6 +175,7 @@ class Split(NamedTuple):
     fingerprint: str
     notes: tuple[str, ...] = ()
     left_out: Mapping[str, int] = MappingProxyType({"no_target": 0, "empty_feature": 0})
+    w_train: np.ndarray | None = None
 
 
 def validation_rows(y: np.ndarray, fraction: float, seed: int, *, classify: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -390,8 +393,9 @@ def _class_index(classes: tuple, values) -> np.ndarray:
     return np.asarray([position[_label(value)] for value in values], np.int32)
 
 
-def _choose(frame, source: str, target: str | None, features: tuple[str, ...] | None):
-    """(frame with str column names, feature names, target name); DataError naming what is missing."""
+def _choose(frame, source: str, target: str | None, features: tuple[str, ...] | None, weight: str | None = None):
+    """(frame with str column names, feature names, target name); DataError naming what is missing, or a `weight`
+    column that is the target or a feature (it is left out of the default features)."""
     names = [str(name) for name in frame.columns]
     frame = frame.set_axis(names, axis=1)
     if len(names) < 2:
@@ -399,7 +403,17 @@ def _choose(frame, source: str, target: str | None, features: tuple[str, ...] | 
     target = names[-1] if target is None else target
     if target not in names:
         raise DataError(f"{source}: no target column {target!r}; the columns are {', '.join(map(repr, names))}")
-    features = tuple(name for name in names if name != target) if features is None else tuple(features)
+    if weight is not None and weight not in names:
+        raise DataError(
+            f"{source}: no column {weight!r} for --sample-weight; the columns are {', '.join(map(repr, names))}"
+        )
+    if weight == target:
+        raise DataError(f"{source}: the target {target!r} cannot also be the --sample-weight column")
+    if features is None:
+        features = tuple(name for name in names if name not in (target, weight))
+    elif weight in features:
+        raise DataError(f"{source}: the --sample-weight column {weight!r} cannot also be a feature")
+    features = tuple(features)
     missing = [name for name in features if name not in names]
     if missing:
         raise DataError(
@@ -475,17 +489,30 @@ def _missing_cells(frame, source: str, features: tuple[str, ...], target: str, m
     return keep, left_out, notes
 
 
-def _fingerprint(frame, features: tuple[str, ...], target: str) -> str:
-    """sha256 of the used columns' cells and names: numbers as float64 bytes (as they always were, so older
-    runs resume), a table with text by pandas' hash of each row."""
+def _fingerprint(frame, features: tuple[str, ...], target: str, weight: str | None = None) -> str:
+    """sha256 of the used columns' cells and names (the weight column's last, where there is one): numbers as
+    float64 bytes (as they always were, so older runs resume), a table with text by pandas' hash of each row."""
     import pandas as pd
 
-    used = frame[[*features, target]]
+    used = frame[[*features, target, *([weight] if weight else [])]]
     if all(pd.api.types.is_numeric_dtype(used[name]) for name in used.columns):
         content = np.ascontiguousarray(used.to_numpy(np.float64, na_value=np.nan)).tobytes()
     else:
         content = pd.util.hash_pandas_object(used, index=False).to_numpy().tobytes()
     return hashlib.sha256(content + repr((tuple(features), target)).encode()).hexdigest()
+
+
+def _row_weights(frame, source: str, weight: str) -> np.ndarray:
+    """The `weight` column as float64; DataError naming the first cell that is empty, not a number, infinite or
+    negative."""
+    weights = _numeric(frame, (weight,), source)[:, 0]
+    negative = np.flatnonzero(weights < 0)
+    if len(negative):
+        raise DataError(
+            f"{source}: column {weight!r}, row {frame.index[negative[0]] + 1}: the weight {weights[negative[0]]} is "
+            f"negative; --sample-weight takes numbers ≥ 0"
+        )
+    return weights
 
 
 def load(
@@ -497,10 +524,12 @@ def load(
     test_fraction: float = 0.2,
     task: str = "auto",
     missing: str = "error",
+    sample_weight: str | None = None,
 ) -> Split:
     """Read `source` (see `read`), leave out rows with empty cells as `missing` says, hold out
     round(test_fraction · rows) rows (at least one) chosen by `split_seed`, and encode and standardise with the
-    training rows' statistics: categories, fill values, means and deviations (see `Scaling`)."""
+    training rows' statistics: categories, fill values, means and deviations (see `Scaling`); `sample_weight`
+    names a column of row weights (`Split.w_train`)."""
     import pandas as pd
 
     frame = read(source, seed=split_seed)
@@ -509,10 +538,10 @@ def load(
             f"{source}: holds no array 'y', the target to train on (x only); add y, or name a column of x "
             f"(x0, x1, …) with --target"
         )
-    frame, features, target = _choose(frame, source, target, features)
+    frame, features, target = _choose(frame, source, target, features, sample_weight)
     if len(frame) == 0:
         raise DataError(f"{source}: no rows")
-    fingerprint, task = _fingerprint(frame, features, target), _task(frame, target, task)
+    fingerprint, task = _fingerprint(frame, features, target, sample_weight), _task(frame, target, task)
     integer_classes = task == "classification" and _integers_read_as_floats(source, frame[target])
     _refuse_unusable(frame, source, features)
     keep, left_out, notes = _missing_cells(frame, source, features, target, missing)
@@ -526,6 +555,11 @@ def load(
     order = np.random.default_rng(split_seed).permutation(len(frame))
     n_test = max(1, round(len(frame) * test_fraction))
     test, train = order[:n_test], order[n_test:]
+    w_train = None if sample_weight is None else _row_weights(frame, source, sample_weight)[train]
+    if w_train is not None and not w_train.sum() > 0:
+        raise DataError(
+            f"{source}: column {sample_weight!r} weighs 0 in every training row; --sample-weight needs a weight > 0"
+        )
     training = frame.iloc[train]
     text = [name for name in features if _kind(frame[name]) == "text"]
     fill: dict = {}
@@ -578,4 +612,4 @@ def load(
         if values
     )
     x, y = scaling.standardise(x, source, rows), scaling.target(labels, source, rows)  # every row checked
-    return Split(x[train], y[train], x[test], y[test], scaling, fingerprint, notes, MappingProxyType(left_out))
+    return Split(x[train], y[train], x[test], y[test], scaling, fingerprint, notes, MappingProxyType(left_out), w_train)

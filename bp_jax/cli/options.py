@@ -10,6 +10,7 @@ commands take, the problem options of `train` and `sweep`, and the Config values
     add_trained_run(parser, verb=...)     # RUN_DIR and --allow-diverged: predict, export
     add_data_file(parser, help=...)       # --data FILE: predict, and train and sweep beside --dataset
     add_problem_options(parser)           # --dataset/--data, --target, --task, --features, --missing, --hidden, …
+    add_schedule_and_weights(parser)      # --schedule, --warmup-epochs, --weight-decay, --class-weight, --sample-weight
     Config(**given_config(args))          # the values given on the command line, the rest defaulted
 
 Only `data`'s names are imported here (`runs`, with jax and optax, when the problem options are added or read),
@@ -74,6 +75,16 @@ def dropout_rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def weight_decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
     return value
 
 
@@ -240,6 +251,39 @@ def add_problem_options(parser) -> None:
     length.add_argument("--steps", type=positive_int, help="total training steps")
     length.add_argument("--epochs", type=positive_int, help="passes over the training split (default 100)")
     parser.add_argument("--batch-size", type=batch_size, help="minibatch size, or 'full' (default 32)")
+
+
+def add_schedule_and_weights(parser) -> None:
+    """The learning-rate schedule, weight decay and row weights (`runs.optimizer`, `runs.row_weights`)."""
+    from bp_jax.cli.runs import CLASS_WEIGHTS, PLATEAU, SCHEDULES
+
+    group = parser.add_argument_group("schedule, weight decay and weights")
+    group.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="the learning rate over the run: constant (default); cosine, from --lr to 0; warmup-cosine, from 0 to "
+        "--lr over --warmup-epochs, then cosine to 0; plateau, × "
+        f"{PLATEAU['factor']} after {PLATEAU['patience']} epochs without a better mean training loss",
+    )
+    group.add_argument(
+        "--warmup-epochs", type=positive_int, metavar="E", help="warmup-cosine's linear warm-up, fewer than the run's"
+    )
+    group.add_argument(
+        "--weight-decay",
+        type=weight_decay,
+        metavar="W",
+        help="decoupled weight decay (default 0): AdamW for adam, the others take g + W·w",
+    )
+    group.add_argument(
+        "--class-weight",
+        choices=CLASS_WEIGHTS,
+        help="balanced: each row of class c weighs n / (k·n_c), from the training rows (scikit-learn's)",
+    )
+    group.add_argument(
+        "--sample-weight",
+        metavar="COLUMN",
+        help="a column of row weights (numbers ≥ 0, not a feature); the loss is Σ w·loss / Σ w",
+    )
 
 
 def given_config(args) -> dict:

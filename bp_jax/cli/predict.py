@@ -4,13 +4,13 @@ and each class's probability.
     bp-jax predict RUN_DIR --data FILE [--out FILE] [--allow-diverged]
 
 Loads the run's newest checkpoint and its record (feature names, standardisation statistics, model config),
-reads FILE with the same loader as `train` (its columns must be the run's features; the target column may be
-present and is ignored; text columns are one-hot encoded with the training categories, empty cells filled with
-the run's fill values if it imputed them), and writes one prediction per row as CSV: to stdout, or atomically to
-a new --out file. A live run is read at its newest checkpoint (`runs.read_trained`). A run that stopped on
-divergence is refused unless --allow-diverged; a prediction that is not finite is never written: the rows are
-named instead. An ensemble (`train --ensemble K`) predicts the members' mean with "<target>_std", their spread,
-or the averaged class probabilities with their "entropy" (`predictions`).
+reads FILE with the same loader as `train` (its columns must be the run's features; the target column and the
+run's --sample-weight column may be present and are ignored; text columns are one-hot encoded with the training
+categories, empty cells filled with the run's fill values if it imputed them), and writes one prediction per row
+as CSV: to stdout, or atomically to a new --out file. A live run is read at its newest checkpoint
+(`runs.read_trained`). A run that stopped on divergence is refused unless --allow-diverged; a prediction that is
+not finite is never written: the rows are named instead. An ensemble (`train --ensemble K`) predicts the members'
+mean with "<target>_std", their spread, or the averaged class probabilities with their "entropy" (`predictions`).
 """
 
 import sys
@@ -39,6 +39,9 @@ def run(args) -> int:
     trained, model, params = runs.read_trained(args.run_dir)
     runs.refuse_diverged(trained, args.run_dir, allowed=args.allow_diverged)
     table = data.read(str(args.data))
+    weight = trained.config.sample_weight  # a column of row weights is no feature: present or not, it is not read
+    if weight is not None and weight in table.columns:
+        table = table.drop(columns=[weight])
     print(*(f"bp-jax: note: {note}\n" for note in table.attrs.get("notes", ())), sep="", end="", file=sys.stderr)
     frame = predictions(model, params, trained.scaling, table, str(args.data), ensemble=trained.config.ensemble > 1)
     with interrupts.current().writing():  # a signal now lets the CSV be written whole

@@ -2,6 +2,8 @@
 read a run folder back.
 
     config, split = load_data(config, given)       # the data, target, feature columns and task resolved
+    y = targets(config, split)                     # y_train, or {"target": y_train, "weight": w} (`row_weights`)
+    transform = optimizer(config, steps, per_epoch)   # --optimizer with --schedule and --weight-decay
     model = build_model(inputs, config, outputs)   # bp_jax.mlp((inputs, *hidden, outputs), activation, dropout=…)
     run = open_run(folder)                         # newest checkpoint: manager, step, Config, record
     state = run.restore(initial_state(model, run.config))   # or: model, params = run.model_and_params()
@@ -12,6 +14,7 @@ trains many at once).
 """
 
 import dataclasses
+import functools
 import itertools
 import os
 import shutil
@@ -49,6 +52,28 @@ LIVE_READS = 20
 #: a class target's defaults where they differ from Config's: a first run on a few hundred rows (100 epochs of
 #: minibatches of 32) then beats the majority class clearly (the iris and penguin-like tables of the README and tests)
 CLASSIFICATION_DEFAULTS = {"hidden": (16,), "lr": 0.1}
+#: --schedule: the learning rate over a run (`learning_rate`, `optimizer`)
+SCHEDULES = ("constant", "cosine", "warmup-cosine", "plateau")
+#: --schedule plateau: optax.contrib.reduce_on_plateau's settings: η × 0.1 once 10 epochs in a row failed to
+#: bring the epoch's mean training loss below (1 − 1e-4) × the best so far
+PLATEAU = {"factor": 0.1, "patience": 10, "rtol": 1e-4}
+#: --class-weight
+CLASS_WEIGHTS = ("balanced",)
+#: the Config of a record written before each field was added: what such a run did
+OLDER_CONFIG = {
+    "task": "regression",  # before classification
+    "missing": "error",  # before --missing
+    "early_stopping": False,  # before --early-stopping
+    "validation_fraction": 0.1,
+    "patience": 10,
+    "ensemble": 1,  # before --ensemble
+    "dropout": 0.0,  # before --dropout
+    "schedule": "constant",  # before --schedule, --weight-decay and the weights
+    "warmup_epochs": 0,
+    "weight_decay": 0.0,
+    "class_weight": None,
+    "sample_weight": None,
+}
 RECORD_KEYS = {"config", "data", "total_steps", "loss_history", "wall_time_s", "diverged_at"}
 #: the optimizer state's size, in copies of the params (inject_hyperparams adds a few scalars)
 OPTIMIZER_COPIES = {"sgd": 0, "optax-sgd": 0, "momentum": 1, "adam": 2}
@@ -81,7 +106,10 @@ class Config:
     with empty cells (`data.MISSING`); `early_stopping`: a `validation_fraction` of the training rows
     (`data.validation_rows`) scored at each epoch's end, the run ending after `patience` epochs without
     improvement, with the best params; `ensemble`: how many members, seeded seed, seed + 1, …, trained as one
-    program (1: one model, a plain run); `dropout`: the Dropout rate after each hidden activation (0: none)."""
+    program (1: one model, a plain run); `dropout`: the Dropout rate after each hidden activation (0: none);
+    `schedule` (SCHEDULES, with `warmup_epochs` for warmup-cosine) and `weight_decay`: see `optimizer`;
+    `class_weight` ("balanced" or None) and `sample_weight` (a column of row weights, or None): see
+    `row_weights`."""
 
     dataset: str = "diabetes"
     target: str | None = None
@@ -100,6 +128,11 @@ class Config:
     patience: int = 10
     ensemble: int = 1
     dropout: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    weight_decay: float = 0.0
+    class_weight: str | None = None
+    sample_weight: str | None = None
 
     def __post_init__(self):
         if self.split_seed is None:
@@ -115,11 +148,9 @@ class Config:
 
     @classmethod
     def from_record(cls, record: dict, where: str) -> "Config":
-        """The Config in a checkpoint's record (one written before classification: regression, empty cells
-        refused; before early stopping: none; before ensembles: one model; before dropout: none); CheckpointError if
-        its keys are not this version's."""
-        before = {"task": "regression", "missing": "error", "early_stopping": False, "ensemble": 1, "dropout": 0.0}
-        record = before | {"validation_fraction": 0.1, "patience": 10} | record
+        """The Config in a checkpoint's record (the fields an older one lacks: OLDER_CONFIG); CheckpointError if its
+        keys are not this version's."""
+        record = OLDER_CONFIG | record
         _check_keys("config", record, {field.name for field in dataclasses.fields(cls)}, where)
         values: dict[str, Any] = {
             name: tuple(value) if isinstance(value, list) else value for name, value in record.items()
@@ -140,7 +171,8 @@ class Config:
 def load_data(config: Config, given=None) -> tuple[Config, data.Split]:
     """The split `config` names, and `config` with its target, feature columns and task resolved: a new run
     (`given`: the names set on the command line) of a class target takes CLASSIFICATION_DEFAULTS for the values
-    not given; UsageError when the batch size does not fit the training rows."""
+    not given; UsageError when the batch size does not fit the training rows, or class weights are asked of a
+    regression."""
     assert config.split_seed is not None  # Config.__post_init__ sets it
     split = data.load(
         config.dataset,
@@ -149,11 +181,17 @@ def load_data(config: Config, given=None) -> tuple[Config, data.Split]:
         split_seed=config.split_seed,
         task=config.task,
         missing=config.missing,
+        sample_weight=config.sample_weight,
     )
     print(*(f"bp-jax: note: {note}\n" for note in split.notes), sep="", end="", file=sys.stderr)
     config = dataclasses.replace(
         config, target=split.scaling.target_name, features=split.scaling.feature_names, task=split.scaling.task
     )
+    if config.class_weight is not None and config.task != "classification":
+        raise UsageError(
+            f"--class-weight {config.class_weight} weighs classes; the target {config.target!r} is a regression "
+            f"target (numbers); pass --task classification if its values are classes"
+        )
     if given is not None and config.task == "classification":
         defaults: dict[str, Any] = {name: value for name, value in CLASSIFICATION_DEFAULTS.items() if name not in given}
         config = dataclasses.replace(config, **defaults)
@@ -241,10 +279,25 @@ def build_model(inputs: int, config: Config, outputs: int = 1) -> bp_jax.Model:
     return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation, dropout=config.dropout)
 
 
-def loss(model: bp_jax.Model, scaling: data.Scaling) -> Callable:
-    """The training loss: softmax cross-entropy over the classes, or the MSE of the standardised target."""
+@dataclasses.dataclass(frozen=True)
+class Weighted:
+    """Σᵢ wᵢ·ℓᵢ / Σᵢ wᵢ over the rows of y = {"target": t, "weight": w}, ℓᵢ = `loss` of row i alone; 0 where Σw = 0
+    (a minibatch of rows that weigh nothing takes no step). Equal for equal losses: one compiled loop."""
+
+    loss: Callable
+
+    def __call__(self, pred, y):
+        each = jax.vmap(lambda row, target: self.loss(row[None], target[None]))(pred, y["target"])
+        total = jnp.sum(y["weight"])
+        return jnp.sum(y["weight"] * each) / jnp.where(total > 0, total, 1)
+
+
+def loss(model: bp_jax.Model, scaling: data.Scaling, *, weighted: bool = False) -> Callable:
+    """The training loss: softmax cross-entropy over the classes, or the MSE of the standardised target; with
+    `weighted`, their `Weighted` mean over y = {"target": t, "weight": w}."""
     classify = scaling.task == "classification"
-    return bp_jax.loss_fn(model, bp_jax.softmax_cross_entropy if classify else bp_jax.mse)
+    each = bp_jax.softmax_cross_entropy if classify else bp_jax.mse
+    return bp_jax.loss_fn(model, Weighted(each) if weighted else each)
 
 
 def scores(model: bp_jax.Model, split: data.Split, *, ensemble: bool = False) -> Callable:
@@ -328,10 +381,135 @@ def class_counts(split: data.Split) -> dict:
     return {"train": count(split.y_train), "held_out": count(split.y_test)}
 
 
-def optimizer(config: Config) -> optax.GradientTransformation | None:
-    """The optax transformation, or None for the hand-written update."""
+def learning_rate(config: Config, steps: int, steps_per_epoch: int) -> float | optax.Schedule:
+    """η_t, t the step, for `config.schedule` over a run of T = `steps` steps: constant and plateau η (plateau
+    scales the update instead: `plateau_rule`); cosine η·½(1 + cos(π·t/T)); warmup-cosine η·t/W for t < W =
+    warmup_epochs × `steps_per_epoch`, then η·½(1 + cos(π·(t − W)/(T − W))): η times optax's schedule from 1 (so η
+    may be traced: a sweep's per-member rate)."""
+    if config.schedule not in ("cosine", "warmup-cosine"):
+        return config.lr
+    if config.schedule == "cosine":
+        unit = optax.cosine_decay_schedule(1.0, steps)
+    else:
+        unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, config.warmup_epochs * steps_per_epoch, steps)
+    lr = config.lr
+    return lambda step: lr * unit(step)
+
+
+def optimizer(config: Config, steps: int = MAX_STEP, steps_per_epoch: int = 1) -> optax.GradientTransformation | None:
+    """The optax transformation of a run of `steps` steps, `steps_per_epoch` an epoch (the schedule's length: the
+    state has one structure for any), or None for the hand-written update w ← w − η·g. sgd with a schedule or weight
+    decay is optax's sgd (the same update, with η_t). Weight decay λ is decoupled: adam is optax.adamw,
+    w ← w − η_t·(adam(g) + λ·w); the others take g + λ·w (optax.add_decayed_weights first). plateau multiplies the
+    update by reduce_on_plateau's scale, which `plateau_rule` sets."""
     make = OPTIMIZERS[config.optimizer]
-    return None if make is None else make(config.lr)
+    if make is None and config.schedule == "constant" and not config.weight_decay:
+        return None
+    make = optax.sgd if make is None else make
+    lr = learning_rate(config, steps, steps_per_epoch)
+    if config.weight_decay and config.optimizer == "adam":
+        transform = optax.adamw(lr, weight_decay=config.weight_decay)
+    elif config.weight_decay:
+        transform = optax.chain(optax.add_decayed_weights(config.weight_decay), make(lr))
+    else:
+        transform = make(lr)
+    return optax.chain(transform, _scaled_by_plateau()) if config.schedule == "plateau" else transform
+
+
+def _scaled_by_plateau() -> optax.GradientTransformation:
+    """The update × the scale of a reduce_on_plateau state, which it leaves as it is (`plateau_rule` advances it)."""
+    scaled = lambda updates, state, params=None: (jax.tree.map(lambda u: state.scale * u, updates), state)
+    return optax.GradientTransformation(optax.contrib.reduce_on_plateau(**PLATEAU).init, scaled)
+
+
+@functools.lru_cache(maxsize=16)  # one update per epoch length: one compiled loop for the runs that share it
+def _plateau_update(steps_per_epoch: int) -> Callable:
+    plateau = optax.contrib.reduce_on_plateau(**PLATEAU, accumulation_size=steps_per_epoch)
+
+    watched = lambda node: isinstance(node, optax.contrib.ReduceLROnPlateauState)
+    advance = lambda node, loss: plateau.update(None, node, value=loss)[1] if watched(node) else node
+
+    def update(state, step, loss, opt_state):  # the plateau state wherever it is (inject_hyperparams' inner state)
+        return state, jnp.zeros((), bool), jax.tree.map(lambda node: advance(node, loss), opt_state, is_leaf=watched)
+
+    return update
+
+
+def plateau_rule(config: Config, steps_per_epoch: int) -> bp_jax.StopRule | None:
+    """--schedule plateau's `StopRule` (it never stops), None for the other schedules: each applied step's training
+    loss goes to reduce_on_plateau (PLATEAU), whose state in the optimizer's (so checkpointed and resumed with it)
+    averages an epoch's `steps_per_epoch` losses and, at the epoch's end, sets the scale `optimizer` multiplies the
+    update by. To watch a validation loss instead, build `plateau` with accumulation_size=1 and give it the epoch's
+    validation loss at the epoch's end, in the rule that computes it."""
+    if config.schedule != "plateau":
+        return None
+    return bp_jax.StopRule(_plateau_update(steps_per_epoch), {}, touches_opt_state=True)
+
+
+def check_warmup(config: Config) -> None:
+    """UsageError when --warmup-epochs goes without warmup-cosine (known before the data is read)."""
+    if config.warmup_epochs and config.schedule != "warmup-cosine":
+        raise UsageError(
+            f"--warmup-epochs {config.warmup_epochs} goes with --schedule warmup-cosine, not {config.schedule}"
+        )
+
+
+def check_schedule(config: Config, steps: int, steps_per_epoch: int, planned: int | None) -> None:
+    """UsageError when warmup-cosine's warm-up is not shorter than the run (`steps` steps of `steps_per_epoch` an
+    epoch), or when a cosine schedule, which spans the `planned` steps of the run resumed, is asked to end
+    elsewhere."""
+    if config.schedule == "warmup-cosine" and not 1 <= config.warmup_epochs * steps_per_epoch < steps:
+        given = (
+            f"{config.warmup_epochs} ({config.warmup_epochs * steps_per_epoch} steps)"
+            if config.warmup_epochs
+            else "none"
+        )
+        raise UsageError(
+            f"--schedule warmup-cosine needs --warmup-epochs E, a warm-up shorter than the run's {steps} steps "
+            f"({steps_per_epoch} an epoch), got {given}"
+        )
+    if config.schedule in ("cosine", "warmup-cosine") and planned is not None and steps != planned:
+        raise UsageError(
+            f"the run's {config.schedule} schedule spans its {planned} steps; resume it to step {planned} "
+            f"(a run of {steps} steps is a new run), got {steps}"
+        )
+
+
+def class_weights(split: data.Split) -> np.ndarray:
+    """scikit-learn's balanced class weights from the training rows: n / (k·n_c) for class c with n_c of the n rows
+    (k the classes among them; 0 for a class with none)."""
+    counts = np.bincount(split.y_train, minlength=split.scaling.outputs)
+    present = counts > 0
+    return np.where(present, len(split.y_train) / (present.sum() * np.maximum(counts, 1)), 0.0)
+
+
+def row_weights(config: Config, split: data.Split) -> np.ndarray | None:
+    """Each training row's weight, float32: its --sample-weight cell times its class's `class_weights` (each 1
+    where not asked), or None when neither is asked (the unweighted program)."""
+    if config.class_weight is None and split.w_train is None:
+        return None
+    weights = np.ones(len(split.y_train)) if split.w_train is None else split.w_train
+    if config.class_weight is not None:
+        weights = weights * class_weights(split)[split.y_train]
+    return weights.astype(np.float32)
+
+
+def targets(config: Config, split: data.Split):
+    """What `fit` trains on as y: the training targets, or {"target": targets, "weight": `row_weights`}."""
+    weights = row_weights(config, split)
+    return split.y_train if weights is None else {"target": split.y_train, "weight": weights}
+
+
+def weights_record(config: Config, split: data.Split) -> dict | None:
+    """metrics.json's account of the weights: the class weights by class (or None), the --sample-weight column (or
+    None) and the sum of the training rows' weights; None for an unweighted run."""
+    weights = row_weights(config, split)
+    if weights is None:
+        return None
+    by_class = None
+    if config.class_weight is not None:
+        by_class = dict(zip(map(str, split.scaling.classes), class_weights(split).tolist()))
+    return {"class_weight": by_class, "sample_weight": config.sample_weight, "train_sum": float(weights.sum())}
 
 
 def state_from_key(model: bp_jax.Model, transform: optax.GradientTransformation | None) -> Callable:

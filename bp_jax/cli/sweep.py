@@ -13,6 +13,7 @@ the process at once during set-up and compile, stop at the end of the current ch
 write what was trained so far, and let the results being written finish (exit 130/143; see `interrupts`).
 """
 
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -49,6 +50,7 @@ def add_arguments(parser) -> None:
     options.add_seed(parser, help="the first seed (default 0)")
     options.add_split_seed(parser, default=0)
     options.add_problem_options(parser)
+    options.add_schedule_and_weights(parser)
     options.add_out_folder(parser, holding="sweep.json and sweep.png", default="a new runs/sweep-DATASET-TIME")
     options.add_devices(parser, splits="the members")
     options.add_compile_cache(parser)
@@ -57,6 +59,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     given = options.given_config(args)
     config = Config(**given)
+    runs.check_warmup(config)
     repeated = sorted({lr for lr in args.lrs if args.lrs.count(lr) > 1})
     if repeated:
         raise UsageError(f"--lr lists {', '.join(f'{lr:g}' for lr in repeated)} more than once")
@@ -66,8 +69,10 @@ def run(args) -> int:
     n_train = len(split.x_train)
     members = len(args.lrs) * args.seeds
     epochs = 100 if args.epochs is args.steps is None else args.epochs
-    total = args.steps or epochs * runs.steps_per_epoch(n_train, config.batch_size)
+    per_epoch = runs.steps_per_epoch(n_train, config.batch_size)
+    total = args.steps or epochs * per_epoch
     runs.check_total_steps(total)
+    runs.check_schedule(config, total, per_epoch, None)
     runs.check_memory(config, split, members=members, steps=total, fewer="fewer learning rates or seeds")
     seeds = list(range(config.seed, config.seed + args.seeds))
     mesh = runs.member_mesh(args.devices, members, "learning rates × seeds")
@@ -92,22 +97,25 @@ def run(args) -> int:
 
 def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResult:
     """The ensemble trained to `watch.total` steps, or to where a stop signal ended it. Members run
-    lr-major: member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised as `bp-jax train`
-    would."""
+    lr-major: member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised and trained (schedule,
+    weight decay, weights) as `bp-jax train` would."""
     model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
-    make, transform = runs.OPTIMIZERS[config.optimizer], None  # None: the hand-written update, lr as data
-    if make is not None:  # one learning rate per member, held in the optimizer state
-        optimizer = make  # bound here: the lambda below needs it narrowed
-        transform = optax.inject_hyperparams(lambda learning_rate: optimizer(learning_rate))(learning_rate=lrs[0])
+    per_epoch = runs.steps_per_epoch(len(split.x_train), config.batch_size)
+    transform = None  # the hand-written update, lr as data
+    if runs.optimizer(config) is not None:  # one learning rate per member, held in the optimizer state
+        transform = optax.inject_hyperparams(
+            lambda learning_rate: runs.optimizer(dataclasses.replace(config, lr=learning_rate), watch.total, per_epoch)
+        )(learning_rate=lrs[0])
     state = runs.member_states(model, transform, np.asarray(seeds, np.uint32), len(lrs))
     member_lrs = np.repeat(np.asarray(lrs), len(seeds))
     if transform is not None:
         state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(member_lrs, jnp.float32)
+    y = runs.targets(config, split)
     return bp_jax.fit_ensemble(
-        runs.loss(model, split.scaling),
+        runs.loss(model, split.scaling, weighted=isinstance(y, dict)),
         state["params"],
         jax.device_put(split.x_train),
-        jax.device_put(split.y_train),
+        jax.device_put(y),
         steps=watch.total,
         lr=None if transform is not None else member_lrs,
         optimizer=transform,
@@ -117,6 +125,7 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
         chunk_size=PROGRESS_EVERY,
         on_chunk=watch.on_chunk,
         mesh=mesh,
+        stop_rule=runs.plateau_rule(config, per_epoch),
         keep_losses=False,  # the watch keeps the history, bounded
     )
 
@@ -143,6 +152,7 @@ def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
             for i in range(len(lrs) * len(seeds))
         ],
         **runs.baseline(split),
+        "weights": runs.weights_record(config, split),
         "examples": {"train": len(split.x_train), "held_out": len(split.x_test)},
         "wall_time_s": watch.elapsed_s,
         "device": console.device_description(),

@@ -39,6 +39,7 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 
 def add_arguments(parser) -> None:
     options.add_problem_options(parser)
+    options.add_schedule_and_weights(parser)
     parser.add_argument("--lr", type=options.learning_rate, help="learning rate (default 0.01; 0.1 for classes)")
     options.add_seed(
         parser, help="seeds the init and the data order, and the split unless --split-seed is given (default 0)"
@@ -148,6 +149,7 @@ def run(args) -> int:
     config = Config(**given) if resumed is None else _resumed_config(resumed, given)
     if config.seed + config.ensemble > 2**32:
         raise UsageError(f"--seed {config.seed} + --ensemble {config.ensemble} passes 2**32 − 1, the largest seed")
+    runs.check_warmup(config)
     epochs = 100 if args.epochs is args.steps is args.resume is None else args.epochs
     signals = interrupts.current()
     with plots.drawing(second_process=writer) as painter, console.progress_bar("train") as progress:
@@ -214,6 +216,10 @@ def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem
         raise UsageError(
             f"--early-stopping trains one model; it does not combine with --ensemble {config.ensemble} (yet)"
         )
+    if config.early_stopping and config.schedule == "plateau":
+        raise UsageError(
+            "--schedule plateau watches the training loss; it does not combine with --early-stopping (yet)"
+        )
     split, validation = _validation_split(config, split) if config.early_stopping else (split, None)
     runs.check_memory(config, split, members=config.ensemble)  # before the params are allocated
     n_train, features = split.x_train.shape
@@ -254,7 +260,8 @@ def _validation_split(config: Config, split: data.Split) -> tuple[data.Split, tu
         )
     rows = lambda part: (split.x_train[part], split.y_train[part])
     x_train, y_train = rows(train)
-    return split._replace(x_train=x_train, y_train=y_train), rows(held)
+    w_train = None if split.w_train is None else split.w_train[train]
+    return split._replace(x_train=x_train, y_train=y_train, w_train=w_train), rows(held)
 
 
 def _resumed_config(resumed: runs.Run, given: dict) -> Config:
@@ -290,7 +297,8 @@ def _resume(problem: Problem, resumed: runs.Run) -> Start:
 
 def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int | None) -> int:
     """The step to train to: --steps, --epochs × steps per epoch, or the checkpoint's; UsageError, worded in
-    the flag given, when it is before the checkpoint's step."""
+    the flag given, when it is before the checkpoint's step, or when the schedule does not fit it
+    (`runs.check_schedule`)."""
     per_epoch = runs.steps_per_epoch(len(problem.split.x_train), problem.config.batch_size)
     total = steps if epochs is None else epochs * per_epoch
     total = start.total_steps if total is None else total
@@ -305,6 +313,7 @@ def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int 
         )
     if total < start.step:
         raise UsageError(f"the checkpoint is at step {start.step}; --steps must be at least that, got {total}")
+    runs.check_schedule(problem.config, total, per_epoch, start.total_steps)
     return total
 
 
@@ -355,7 +364,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     def save(result, diverged_at: int | None = None) -> None:
         if manager is not None:
             arrays = {"params": result.params, "opt_state": result.opt_state, "key": start.state["key"]}
-            if result.rule_state is not None:
+            if config.early_stopping:  # the rule's state (a plateau schedule's is in the optimizer state)
                 arrays["rule"] = result.rule_state._asdict()
             if ensemble:  # members may be split over devices: gathered whole
                 arrays = jax.device_get(arrays)
@@ -378,11 +387,15 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
             save(result)
         return stop
 
-    transform = runs.optimizer(config)
+    per_epoch = runs.steps_per_epoch(len(split.x_train), config.batch_size)
+    transform = runs.optimizer(config, watch.total, per_epoch)
+    y = runs.targets(config, split)
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
-    loss = runs.loss(problem.model, split.scaling)
-    rule = _stop_rule(problem, start, loss)
-    if rule is not None and int(rule.init.count) >= config.patience:  # it stopped early already: nothing to run
+    loss = runs.loss(problem.model, split.scaling, weighted=isinstance(y, dict))
+    # the validation loss is unweighted (as Keras's class_weight): the rows as they come
+    rule = _stop_rule(problem, start, runs.loss(problem.model, split.scaling)) or runs.plateau_rule(config, per_epoch)
+    if rule is not None and config.early_stopping and int(rule.init.count) >= config.patience:
+        # a resumed run that stopped early already: nothing to run
         state = start.state
         return bp_jax.FitResult(state["params"], state["opt_state"], np.zeros(0), start.step, -1, rule.init), None
     arguments = {
@@ -396,9 +409,10 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         "chunk_size": chunk_sizes,
         "on_chunk": on_chunk,
         "mesh": problem.mesh,
+        "stop_rule": rule,
         "keep_losses": False,  # the watch keeps the history, bounded
     }
-    x, y = jax.device_put(split.x_train), jax.device_put(split.y_train)
+    x, y = jax.device_put(split.x_train), jax.device_put(y)
     if ensemble:
         members = bp_jax.fit_ensemble(loss, start.state["params"], x, y, **arguments)
         diverged = np.flatnonzero(members.diverged >= 0)
@@ -409,7 +423,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         save(members, error.step)
         return members, error
     try:
-        result = bp_jax.fit(loss, start.state["params"], x, y, stop_rule=rule, **arguments)
+        result = bp_jax.fit(loss, start.state["params"], x, y, **arguments)
     except bp_jax.NonFiniteLoss as diverged:
         losses = distributed.host_local(diverged.result.losses)  # those of the chunk it stopped in, to its step
         watch.add_rest(losses, diverged.step + 1 - len(losses))
@@ -471,7 +485,7 @@ def _finish(
             [step, *low_high] for step, *low_high in zip(steps, np.min(losses, 1).tolist(), np.max(losses, 1).tolist())
         ]
     else:
-        rule_state = None if result.rule_state is None else result.rule_state._asdict()
+        rule_state = result.rule_state._asdict() if config.early_stopping else None
         params = distributed.host_local(runs.best_params({"params": result.params, "rule": rule_state}))
         if rule_state is not None:
             stopping = _stopping_metrics(problem, distributed.host_local(rule_state), result)
@@ -493,6 +507,7 @@ def _finish(
         "task": config.task,
         **scores,
         **runs.baseline(split),
+        "weights": runs.weights_record(config, split),
         "examples": {
             "train": len(split.x_train),
             "held_out": len(split.x_test),
@@ -623,7 +638,13 @@ def _print_summary(config: Config, metrics: dict) -> None:
                 + f", {config.activation}"
                 + (f", dropout {config.dropout}" if config.dropout else ""),
             ),
-            ("optimizer", f"{config.optimizer}, lr {config.lr}, batch {config.batch_size or 'full'}"),
+            (
+                "optimizer",
+                f"{config.optimizer}, lr {config.lr}"
+                + f", {config.schedule} schedule" * (config.schedule != "constant")
+                + f", weight decay {config.weight_decay}" * bool(config.weight_decay)
+                + f", batch {config.batch_size or 'full'}",
+            ),
             *[
                 (
                     "rows",
