@@ -115,12 +115,14 @@ def test_partial_fit_counts_and_divides_as_sklearns():
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_early_stopping_counts_and_divides_on_the_validation_score_as_sklearns(schedule):
-    """With early stopping the count is on the validation score, on the host, which sets η between epochs."""
+    """With early stopping the count is on the validation score, on the host, which sets η between epochs. Both
+    first fits: the same initial weights, and the validation rows drawn by the RandomState that drew them,
+    continued (a fresh one splits otherwise)."""
     x, y = np.concatenate([X, X[:10] + 0.1]), np.concatenate([Y, Y[:10]])  # 30 rows to train on, 10 to validate
     config = COMMON | SCHEDULES[schedule] | {"solver": "sgd", "shuffle": False}
     config |= {"early_stopping": True, "validation_fraction": 0.25, "tol": 0.01, "n_iter_no_change": 1}
     ours = estimators.MLPRegressor(**config).fit(x, y)
-    theirs = sklearn_twin("MLPRegressor", x, y, **config).fit(x, y)
+    theirs = neural_network.MLPRegressor(**config).fit(x, y)
     assert_same_run(ours, theirs)
 
 

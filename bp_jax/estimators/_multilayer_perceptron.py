@@ -231,12 +231,12 @@ class BaseMLP(BaseEstimator):
             self.validation_scores_ = [] if early else None
             self.best_validation_score_ = -np.inf if early else None
 
-    def _initial_layers(self, X, *, first: bool) -> tuple:
-        """bp_jax params to train from: Glorot's initialisation if `first`, else the fitted (or hand-set) weights
-        in X's dtype."""
+    def _initial_layers(self, X, *, first: bool, rng: np.random.RandomState) -> tuple:
+        """bp_jax params to train from: Glorot's initialisation drawn from `rng` if `first`, else the fitted (or
+        hand-set) weights in X's dtype."""
         if first:
             sizes = (X.shape[1], *self._hidden_sizes(), self.n_outputs_)
-            return glorot(self._seed, sizes, self.activation, X.dtype)
+            return glorot(rng, sizes, self.activation, X.dtype)
         cast = lambda arrays: [np.asarray(array, X.dtype) for array in arrays]
         return from_sklearn(cast(self.coefs_), cast(self.intercepts_))
 
@@ -250,7 +250,7 @@ class BaseMLP(BaseEstimator):
         from Glorot's initialisation, or from the fitted weights (warm_start, or the regressor's partial_fit, as
         sklearn's)."""
         result = compiled(self._objective(X.shape[1]), members=False)(
-            self._initial_layers(X, first=first),
+            self._initial_layers(X, first=first, rng=np.random.RandomState(self._seed)),
             np.asarray(self.alpha / X.shape[0], X.dtype),
             X,
             targets,
@@ -302,10 +302,14 @@ class BaseMLP(BaseEstimator):
     def _run_epochs(self, X, y, targets, sample_weight, *, first: bool, incremental: bool, early: bool):
         """(TrainRun, the Plan it ran, its Stopping): the params to start from (Glorot or the fitted ones), then
         `fit_epochs` (row weights, if any, a targets leaf); with early stopping, on the rows left after the
-        validation split, which it scores (weighted, as sklearn's)."""
+        validation split, which it scores (weighted, as sklearn's).
+
+        As sklearn's `_fit`, each call makes a RandomState (here from the seed: sklearn's own for an int
+        `random_state`); a first fit draws the initial weights from it, and the validation split continues it."""
         steps = plan(self.batch_size, X.shape[0])
         loss_fn, transform = self._program(X.shape[1])
-        layers = self._initial_layers(X, first=first)
+        rng = np.random.RandomState(self._seed)
+        layers = self._initial_layers(X, first=first, rng=rng)
         if first:
             self._best_coefs, self._best_intercepts = to_sklearn(layers)
         score = None
@@ -314,7 +318,7 @@ class BaseMLP(BaseEstimator):
             binary = self._classifier and self.n_outputs_ == 1
             kept, held = train_test_split(
                 np.arange(X.shape[0]),
-                random_state=self._seed,
+                random_state=rng,
                 test_size=self.validation_fraction,
                 stratify=targets.astype(bool) if binary else None,
             )
