@@ -1,7 +1,15 @@
 """What scikit-learn's MLPRegressor and MLPClassifier share, on bp_jax's fused loop: `BaseMLP`, holding the parameters,
 checks, training run (sgd, adam, lbfgs; warm start, partial_fit, early stopping) and prediction, as
 `sklearn/neural_network/_multilayer_perceptron.py`'s base class; the two estimators are `_regressor` and
-`_classifier`."""
+`_classifier`.
+
+It follows sklearn's `_fit` step by step: each call's RandomState (from the seed) draws the initial weights, then
+early stopping's validation split; an epoch is ⌈n / b⌉ minibatches, the last one short (sklearn's, through
+zero-weight padding); adam is sklearn's (ε added to the uncorrected √v). Deliberately different (the package
+docstring lists every difference): with shuffle=True each epoch's order is drawn inside the compiled loop from a JAX
+key (`minibatch_indices`: every row once, the short batch last), not by sklearn's RandomState, so no epoch returns
+to the host and no order table is stored; the minibatches differ from sklearn's (with shuffle=False they are its
+own)."""
 
 import functools
 import numbers
