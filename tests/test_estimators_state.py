@@ -96,6 +96,27 @@ def test_warm_start_continues_as_sklearns(config, name, y):
     assert len(ours.loss_curve_) > ours.n_iter_
 
 
+def test_early_stopping_then_warm_start_as_sklearns_own_first_fit():
+    """Both first fits from random_state (the same weights and validation rows) stop early and restore their best
+    weights; a warm-start fit continues from them with the count, best score and histories carried, and keeps its
+    new best. A warm-start fit that never beats the best keeps it here, where sklearn ends with its last weights
+    (its restored best arrays are the ones it trains in place): the one difference."""
+    config = EARLY | {"random_state": 0, "learning_rate_init": 0.2, "max_iter": 40}
+    ours = estimators.MLPClassifier(**config).fit(X, LABELS)
+    theirs = neural_network.MLPClassifier(**config).fit(X, LABELS)
+    assert_same_state(ours, theirs)
+    assert ours.n_iter_ < config["max_iter"]
+    ours.set_params(warm_start=True, max_iter=8).fit(X, LABELS)
+    theirs.set_params(warm_start=True, max_iter=8).fit(X, LABELS)
+    assert_same_state(ours, theirs)
+    best = [*ours.coefs_]
+    ours.fit(X, LABELS)
+    theirs.fit(X, LABELS)
+    assert ours.n_iter_ == theirs.n_iter_ < 8 and ours.best_validation_score_ == theirs.best_validation_score_
+    chex.assert_trees_all_equal(ours.coefs_, best)
+    assert not np.allclose(theirs.coefs_[0], best[0])
+
+
 def test_lbfgs_warm_start_starts_from_the_fitted_weights_as_sklearns():
     config = COMMON | {"solver": "lbfgs", "max_iter": 3, "warm_start": True}
     ours = estimators.MLPRegressor(**config).fit(X, Y)
