@@ -117,6 +117,46 @@ def test_early_stopping_then_warm_start_as_sklearns_own_first_fit():
     assert not np.allclose(theirs.coefs_[0], best[0])
 
 
+@pytest.mark.parametrize("early", [False, True])
+def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, early):
+    """A KeyboardInterrupt in fit, taken as sklearn's `_fit_stochastic` takes it: the warning "Training interrupted
+    by user." and the estimator fitted with the epochs done, as a fit of that many epochs: verbose's line of epoch
+    3 interrupted keeps 3; early stopping's score of epoch 3 interrupted keeps 2, and their best weights."""
+    from bp_jax.estimators import _multilayer_perceptron
+
+    name, config, y = ("MLPClassifier", EARLY, LABELS) if early else ("MLPRegressor", SGD, Y)
+    config = config | {"n_iter_no_change": 100, "verbose": not early}
+    kept = 2 if early else 3
+    if early:
+        scored, score = [], getattr(estimators, name)._score_params
+
+        def interrupting(self, *args, **kwargs):
+            scored.append(None)
+            if len(scored) == 3:
+                raise KeyboardInterrupt
+            return score(self, *args, **kwargs)
+
+        monkeypatch.setattr(getattr(estimators, name), "_score_params", interrupting)
+    else:
+
+        class Interrupting(_multilayer_perceptron.Progress):
+            def __call__(self, *args):
+                super().__call__(*args)
+                if self.iteration == 3:
+                    raise KeyboardInterrupt
+
+        monkeypatch.setattr(_multilayer_perceptron, "Progress", Interrupting)
+    with pytest.warns(UserWarning, match=r"^Training interrupted by user\.$"):
+        ours = getattr(estimators, name)(**config | {"max_iter": 10}).fit(X, y)
+    monkeypatch.undo()
+    epochs = getattr(estimators, name)(**config | {"max_iter": kept, "verbose": False}).fit(X, y)
+    assert ours.n_iter_ == len(ours.loss_curve_) == kept and ours.t_ == epochs.t_
+    np.testing.assert_allclose(ours.loss_curve_, epochs.loss_curve_, rtol=1e-12)
+    np.testing.assert_allclose(ours.validation_scores_ or [], epochs.validation_scores_ or [], rtol=1e-12)
+    chex.assert_trees_all_close((ours.coefs_, ours.intercepts_), (epochs.coefs_, epochs.intercepts_), rtol=1e-12)
+    np.testing.assert_allclose(ours.predict(X), epochs.predict(X), rtol=1e-12)
+
+
 def test_lbfgs_warm_start_starts_from_the_fitted_weights_as_sklearns():
     config = COMMON | {"solver": "lbfgs", "max_iter": 3, "warm_start": True}
     ours = estimators.MLPRegressor(**config).fit(X, Y)

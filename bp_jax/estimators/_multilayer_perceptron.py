@@ -283,11 +283,14 @@ class BaseMLP(BaseEstimator):
     def _adopt(self, run: TrainRun, steps: Plan, *, incremental: bool, stopping: Stopping | None):
         """Take a training run's result as the fitted state, after the history so far (`_start`, or the fits it
         continues), from `fit`'s own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best
-        params are kept (those of an earlier fit when this one's scores never beat them, as sklearn's)."""
+        params are kept (those of an earlier fit when this one's scores never beat them, as sklearn's). An
+        interrupted run (KeyboardInterrupt) is kept up to its last complete epoch with sklearn's warning, "Training
+        interrupted by user."."""
         self._set_weights(run.coefs, run.intercepts)
         self._opt_state, self._step, self._no_improvement_count = run.opt_state, run.step, run.no_improvement
         self.loss_curve_ = [*self.loss_curve_, *run.curve]
-        self.loss_ = self.loss_curve_[-1]
+        if self.loss_curve_:  # as sklearn's, no loss_ before an epoch ends
+            self.loss_ = self.loss_curve_[-1]
         self.n_iter_ = len(run.curve)  # this call's epochs, as sklearn's
         self.t_ += len(run.curve) * steps.rows
         if stopping is not None:
@@ -297,8 +300,10 @@ class BaseMLP(BaseEstimator):
                 self._best_coefs, self._best_intercepts = to_sklearn(stopping.best_params["layers"])
             self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
         else:
-            self.best_loss_ = float(min(np.inf if self.best_loss_ is None else self.best_loss_, *run.curve))
-        if not incremental and not run.stopped:
+            self.best_loss_ = float(min([np.inf if self.best_loss_ is None else self.best_loss_, *run.curve]))
+        if run.interrupted:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
+        elif not incremental and not run.stopped:
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
                 "hasn't converged yet.",

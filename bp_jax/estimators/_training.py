@@ -265,6 +265,7 @@ class TrainRun(NamedTuple):
         scores: each epoch's validation score (early stopping; else empty).
         stopped: whether the stopping rule ended the run.
         no_improvement: the epochs without improvement at the end (sklearn's `_no_improvement_count`).
+        interrupted: a KeyboardInterrupt ended the run: the rest is the last complete epoch's.
     """
 
     coefs: list[np.ndarray]
@@ -275,6 +276,7 @@ class TrainRun(NamedTuple):
     scores: list[float]
     stopped: bool
     no_improvement: int
+    interrupted: bool = False
 
 
 def non_finite_error(step: int | None = None, cause: str = "loss or update") -> ValueError:
@@ -293,17 +295,23 @@ def _learning_rate(opt_state) -> float:
     return float(opt_state.hyperparams["learning_rate"])
 
 
-def _epoch_reporter(on_epoch, steps: Plan, opt_state):
+class _EpochReporter:
     """`fit`'s `on_chunk` for chunks of one epoch: `on_epoch` with the epoch's loss and η before and after it
-    (`stopped=True` for the epoch at which the rule stopped, whose chunk `fit` does not report)."""
-    rates = [_learning_rate(opt_state)]
+    (`stopped=True` for the epoch at which the rule stopped, whose chunk `fit` does not report), keeping the last
+    reported epoch's state as `fit_epochs`' `done` (what an interrupt keeps)."""
 
-    def report(result, stopped: bool = False) -> None:
-        rates.append(_learning_rate(result.opt_state))
-        loss = epoch_means(result.losses[-steps.steps_per_epoch :], steps.batch_rows())[0]
-        on_epoch(float(loss), None, stopped, *rates[-2:])
+    def __init__(self, on_epoch, steps: Plan, done: tuple):
+        self.on_epoch, self.steps, self.done = on_epoch, steps, done
+        self.rates = [_learning_rate(done[1])]
 
-    return report
+    def __call__(self, result, stopped: bool = False) -> None:
+        self.rates.append(_learning_rate(result.opt_state))
+        epoch = result.losses[-self.steps.steps_per_epoch :]
+        final = jax.device_get(result.rule_state)
+        state = {name: np.asarray(final[name]) for name in self.done[4]}
+        self.done = (result.params, result.opt_state, (*self.done[2], epoch), (), state, None)
+        loss = epoch_means(epoch, self.steps.batch_rows())[0]
+        self.on_epoch(float(loss), None, stopped, *self.rates[-2:])
 
 
 def with_learning_rate(opt_state, lr):
@@ -332,6 +340,8 @@ def fit_epochs(
     """Up to `epochs` epochs of `fit` from `start_step` (a multiple of the steps per epoch), stopping and setting η
     where sklearn's rule would.
 
+    A KeyboardInterrupt ends the run at the last complete epoch it knows of (`TrainRun.interrupted`): with early
+    stopping or an `on_epoch`, the last one ended on the host; otherwise, the whole run being one call, the start.
     With a `score` (early stopping): one `fit` call an epoch, `stopping` updated on the host and η set between
     them. Otherwise `stopping`'s `epoch_rule` inside the loop, all epochs one call (one chunk per epoch with an
     `on_epoch`: the same bits); its final state is written back to `stopping.state`.
@@ -370,53 +380,73 @@ def fit_epochs(
         shuffle=shuffle,
         padding=steps.padding,
     )
-    scores: list[float] = []
+    # the last complete epoch's (params, opt_state, losses, scores, rule state, best params): what an interrupt keeps
+    done: tuple = (params, opt_state, (), (), stopping.state, stopping.best_params)
+    stopped = interrupted = False
     try:
         if score is None:
             rule = epoch_rule(per_epoch, steps.batch_size, stopping.state, jnp.result_type(float))
             end = start_step + epochs * per_epoch
-            report = None if on_epoch is None else _epoch_reporter(on_epoch, steps, opt_state)
-            result = train(
-                params,
-                x,
-                y,
-                opt_state=opt_state,
-                steps=end - start_step,
-                start_step=start_step,
-                chunk_size=end if report is None else per_epoch,
-                on_chunk=report,
-                stop_rule=rule,
-            )
-            if report is not None and result.stopped_at >= 0:  # the loop returns before the stopping epoch's chunk
-                report(result, stopped=True)
-            final = jax.device_get(result.rule_state)
-            stopping.state = {name: np.asarray(final[name]) for name in stopping.state}
-            params, opt_state, losses, stopped = result.params, result.opt_state, result.losses, result.stopped_at >= 0
+            report = None if on_epoch is None else _EpochReporter(on_epoch, steps, done)
+            try:
+                result = train(
+                    params,
+                    x,
+                    y,
+                    opt_state=opt_state,
+                    steps=end - start_step,
+                    start_step=start_step,
+                    chunk_size=end if report is None else per_epoch,
+                    on_chunk=report,
+                    stop_rule=rule,
+                )
+                if report is not None and result.stopped_at >= 0:  # the loop returns before the stopping epoch's chunk
+                    report(result, stopped=True)
+            except KeyboardInterrupt:
+                interrupted, done = True, done if report is None else report.done
+            else:
+                final = jax.device_get(result.rule_state)
+                state = {name: np.asarray(final[name]) for name in stopping.state}
+                done, stopped = (
+                    (result.params, result.opt_state, (result.losses,), (), state, None),
+                    result.stopped_at >= 0,
+                )
         else:
             x, y = jax.device_put((x, y))  # once: each epoch is a call
-            epoch_losses, stopped, step = [], False, start_step
-            for _ in range(epochs):
-                result = train(
-                    params, x, y, opt_state=opt_state, steps=per_epoch, start_step=step, chunk_size=per_epoch
-                )
-                params, step = result.params, result.step
-                epoch_losses.append(result.losses)
-                scores.append(score(params))
-                before = _learning_rate(result.opt_state)
-                stopped, lr = stopping.update(scores[-1], params, before)
-                opt_state = with_learning_rate(result.opt_state, lr)
-                if on_epoch is not None:
-                    on_epoch(float(epoch_means(result.losses, batch_rows)[0]), scores[-1], stopped, before, lr)
-                if stopped:
-                    break
-            losses = np.concatenate(epoch_losses)
+            step = start_step
+            try:
+                for _ in range(epochs):
+                    result = train(
+                        params, x, y, opt_state=opt_state, steps=per_epoch, start_step=step, chunk_size=per_epoch
+                    )
+                    params, step, epoch_score = result.params, result.step, score(result.params)
+                    before = _learning_rate(result.opt_state)
+                    stopped, lr = stopping.update(epoch_score, params, before)
+                    opt_state = with_learning_rate(result.opt_state, lr)
+                    _, _, losses, scores, _, _ = done
+                    done = (
+                        params,
+                        opt_state,
+                        (*losses, result.losses),
+                        (*scores, epoch_score),
+                        stopping.state,
+                        stopping.best_params,
+                    )
+                    if on_epoch is not None:
+                        on_epoch(float(epoch_means(result.losses, batch_rows)[0]), epoch_score, stopped, before, lr)
+                    if stopped:
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
     except NonFiniteLoss as error:
         raise non_finite_error(error.step, error.cause) from None
-    curve = epoch_means(losses, batch_rows).tolist()
+    params, opt_state, losses, scores, stopping.state, stopping.best_params = done
+    curve: list[float] = epoch_means(np.concatenate(losses), batch_rows).tolist() if losses else []
     coefs, intercepts = to_sklearn(params["layers"])
     step = start_step + len(curve) * per_epoch
     count = int(stopping.state["count"])
-    return TrainRun(coefs, intercepts, jax.device_get(opt_state), step, curve, scores, bool(stopped), count)
+    opt_state = jax.device_get(opt_state)
+    return TrainRun(coefs, intercepts, opt_state, step, curve, list(scores), bool(stopped), count, interrupted)
 
 
 def epoch_means(losses, batch_rows) -> np.ndarray:
