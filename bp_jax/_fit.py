@@ -216,6 +216,7 @@ def fit(
     stop_rule: StopRule | None = None,
     keep_losses: bool = True,
     shuffle: bool = True,
+    padding: int = 0,
 ) -> FitResult:
     """Train for `steps` steps from `start_step` in one compiled loop.
 
@@ -259,6 +260,10 @@ def fit(
             losses are the last chunk's, a NonFiniteLoss's those of the chunk it stopped in.
         shuffle: False reads the minibatches in order, step s the rows (s mod n // b)·b … + b − 1 (scikit-learn's
             shuffle=False; static: a program of its own); no effect on the full batch.
+        padding: P, how many of x's n rows, the last ones, are padding: the order shuffles the first n − P and
+            reads the P last in each epoch (`minibatch_indices`), e.g. P < b zero-weight rows making n a multiple
+            of b, so that an epoch's last batch holds (n − P) mod b real rows (scikit-learn's short last batch;
+            static); no effect on the full batch.
 
     Returns:
         The `FitResult`.
@@ -296,6 +301,7 @@ def fit(
         mesh=mesh,
         stop_rule=stop_rule,
         shuffle=shuffle,
+        padding=padding,
     )
     state, losses, step = _run_in_chunks(run, on_chunk, _fit_result, keep_losses)
     first = step - len(losses)  # the step of losses[0]: start_step, unless only the last chunk's are kept
@@ -330,6 +336,7 @@ def fit_ensemble(
     stop_rule: StopRule | None = None,
     keep_losses: bool = True,
     shuffle: bool = True,
+    padding=0,
 ) -> EnsembleResult:
     """Train E models at once, as one program: `fit`'s loop under `jax.vmap` over the members.
 
@@ -368,6 +375,8 @@ def fit_ensemble(
             its rule says stop (frozen there, NaN losses from then on, that step in `stopped_at`).
         keep_losses: as `fit`'s.
         shuffle: as `fit`'s: False reads every member's minibatches (of x, or of its group's rows) in order.
+        padding: as `fit`'s, for x; with rows, the last padding[g] of group g's row_counts[g] rows (one int for
+            all groups, or (G,) ints; data).
 
     Returns:
         The `EnsembleResult`.
@@ -406,6 +415,7 @@ def fit_ensemble(
         rows=rows,
         row_counts=row_counts,
         shuffle=shuffle,
+        padding=padding,
     )
     return _ensemble_result(*_run_in_chunks(run, on_chunk, _ensemble_result, keep_losses))
 
@@ -430,6 +440,7 @@ def _set_up(
     rows=None,
     row_counts=None,
     shuffle=True,
+    padding=0,
 ) -> _Run:
     """The checks, first state, data layout and compiled loop of `fit` (one model) or `fit_ensemble` (E members,
     the state's leaves with a leading member axis)."""
@@ -454,7 +465,8 @@ def _set_up(
         lr = 0.0 if optimizer is not None else check_lr(lr)  # a Python float: traced weakly typed, as sgd_step's
     else:
         if rows is not None or row_counts is not None:
-            member_rows = checks.member_rows(rows, row_counts, members, num_examples, batch_size)
+            member_rows = checks.member_rows(rows, row_counts, members, num_examples, batch_size, padding)
+            padding = 0
         key_groups = None if key is None else checks.key_groups(key, members)
         if not shuffle:  # the rows in order: keys group nothing
             key_groups = None
@@ -462,6 +474,9 @@ def _set_up(
         key_axis = None if key_groups is None else 0
         float_dtype = jax.dtypes.canonicalize_dtype(float)
         lr = checks.member_lrs(lr, members) if optimizer is None else np.zeros(members, float_dtype)
+    padding = checks.check_padding(padding, num_examples)
+    if batch_size is None or not shuffle:  # no order, or the rows in order: the padding is read last anyway
+        padding = 0
     if optimizer is not None and opt_state is None:
         opt_state = _initial_opt_state(optimizer, ensemble)(params)
     stop_update, touches_opt_state, touches_params = _stop_update(stop_rule, optimizer)
@@ -489,8 +504,11 @@ def _set_up(
         rule_touches_opt_state=touches_opt_state,
         rule_touches_params=touches_params,
         group_size=members // groups if members and groups else 1,
-        large_row_sets=shuffle and member_rows is not None and bool(np.all(member_rows.counts >= LARGE_DOMAIN)),
+        large_row_sets=shuffle
+        and member_rows is not None
+        and bool(np.all(member_rows.counts - member_rows.padding >= LARGE_DOMAIN)),
         shuffle=shuffle,
+        padding=padding,
     )
     params, opt_state, rule = copy_tree((state.params, state.opt_state, state.rule))
     state = state._replace(params=params, opt_state=opt_state, rule=rule)

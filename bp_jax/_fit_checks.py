@@ -183,9 +183,9 @@ def member_lrs(lr, members: int) -> np.ndarray:
     return lrs
 
 
-def member_rows(rows, row_counts, members: int, num_examples: int, batch_size) -> MemberRows:
-    """rows (G, R) and row_counts (G,) as int32 arrays, G dividing E; ValueError or TypeError naming what does
-    not fit."""
+def member_rows(rows, row_counts, members: int, num_examples: int, batch_size, padding=0) -> MemberRows:
+    """rows (G, R) and row_counts (G,) as int32 arrays, G dividing E, and each group's padding (one int for all, or
+    (G,)) in [0, its count); ValueError or TypeError naming what does not fit."""
     if rows is None or row_counts is None:
         raise ValueError("rows and row_counts come together: per-group row indices (G, R) and counts (G,)")
     if batch_size is None:
@@ -205,7 +205,21 @@ def member_rows(rows, row_counts, members: int, num_examples: int, batch_size) -
     used = np.arange(rows.shape[1]) < row_counts[:, None]
     if np.any(used & ((rows < 0) | (rows >= num_examples))):
         raise ValueError(f"rows must index x's {num_examples} examples, got values in [{rows.min()}, {rows.max()}]")
-    return MemberRows(rows.astype(np.int32), row_counts.astype(np.int32))
+    padding = np.asarray(jax.device_get(padding))
+    if padding.dtype.kind not in "iu" or padding.shape not in ((), row_counts.shape):
+        raise ValueError(f"padding must be one integer or one per row set {row_counts.shape}, got {padding!r}")
+    if np.any(padding < 0) or np.any(padding >= row_counts):
+        raise ValueError(f"padding must lie in [0, row count) = [0, {row_counts.tolist()}), got {padding.tolist()}")
+    padding = np.broadcast_to(padding, row_counts.shape).astype(np.int32)
+    return MemberRows(rows.astype(np.int32), row_counts.astype(np.int32), padding)
+
+
+def check_padding(padding, num_examples: int) -> int:
+    """padding as an int in [0, num_examples); ValueError naming it otherwise."""
+    padding = count("padding", padding, 0)
+    if padding >= num_examples:
+        raise ValueError(f"padding must be fewer than the {num_examples} examples, got {padding}")
+    return padding
 
 
 def key_groups(key, members: int) -> int | None:

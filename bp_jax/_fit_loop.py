@@ -59,10 +59,12 @@ class LoopState(NamedTuple):
 
 
 class MemberRows(NamedTuple):
-    """Each member group's rows of x: indices (G, R) and how many of them it uses (G,)."""
+    """Each member group's rows of x: indices (G, R), how many of them it uses (G,) and how many of those, the last
+    ones, are padding read at the end of each epoch (G,; `minibatch_indices`' padding)."""
 
     indices: Any
     counts: Any
+    padding: Any
 
 
 def running(state: LoopState):
@@ -213,13 +215,14 @@ def _build_loop(
     group_size: int = 1,
     large_row_sets: bool = False,
     shuffle: bool = True,
+    padding: int = 0,
 ) -> Callable:
     """jit of `run(state, lr, key, x, y, rows, rule_data, first_step, length, noise) -> (state, losses)`: steps
     first_step … first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early
     once no model is `running`; losses[i] is step first_step + i's loss, NaN past the last step run.
 
     The step reads the full batch (`batch_size` None) or the rows `minibatch_indices(key, step, n, batch_size,
-    shuffle=shuffle)` of every leaf of x and y.
+    shuffle=shuffle, padding=padding)` of every leaf of x and y.
     For an `ensemble` the per-model step is vmapped over the members, with the key shared (`key_axis` None) or
     stacked (0), and with `own_rows` minibatches drawn from row sets (`rows`, a MemberRows; None otherwise);
     stacked keys and row sets belong to groups of `group_size` consecutive members, each group's step the members'
@@ -237,11 +240,17 @@ def _build_loop(
         else:
             if own_rows:
                 order = minibatch_indices(
-                    key, step, member_rows.counts, batch_size, large=large_row_sets, shuffle=shuffle
+                    key,
+                    step,
+                    member_rows.counts,
+                    batch_size,
+                    large=large_row_sets,
+                    shuffle=shuffle,
+                    padding=member_rows.padding,
                 )
                 rows = member_rows.indices[order]
             else:
-                rows = minibatch_indices(key, step, examples(x), batch_size, shuffle=shuffle)
+                rows = minibatch_indices(key, step, examples(x), batch_size, shuffle=shuffle, padding=padding)
             xb, yb = gather(x, rows), gather(y, rows)
             if data_parallel:  # each device gathers only its own rows of the minibatch
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))

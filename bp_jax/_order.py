@@ -8,6 +8,8 @@ average. Computing one row is O(1), so a step's cost does not grow with the data
 is stored. n may also be traced (an array: e.g. one row count per ensemble member): then k and the number of
 rounds are computed in the program and rounds past that number are skipped, giving the same bits as the
 static n. Unshuffled (`shuffle=False`, scikit-learn's `shuffle=False`), π_e is the identity: the rows in order.
+With `padding` P, π_e permutes the first n − P rows and leaves the last P in place: each epoch reads them last
+(e.g. zero-weight rows filling scikit-learn's short last batch, n − P not a multiple of the batch size).
 """
 
 import functools
@@ -105,14 +107,23 @@ def traced_index_shuffle(
 
 
 def minibatch_indices(
-    key: jax.Array | None, step, num_examples, batch_size: int, *, large: bool = False, shuffle: bool = True
+    key: jax.Array | None,
+    step,
+    num_examples,
+    batch_size: int,
+    *,
+    large: bool = False,
+    shuffle: bool = True,
+    padding=0,
 ) -> jax.Array:
     """Rows of minibatch `step`: π_e(p·b), …, π_e(p·b + b − 1), O(b) work however many rows there are.
 
     Epoch e = step // (n // b), position p = step mod (n // b), π_e the bijection of [0, n) keyed by
     (key, e). Each epoch takes n // b full batches; the n mod b rows π_e places last wait for a later epoch.
     With `shuffle=False` π_e is the identity: rows p·b … p·b + b − 1, every epoch the same n // b batches in
-    order (the last n mod b rows never read).
+    order (the last n mod b rows never read). With `padding` P, π_e permutes [0, n − P) and fixes the rest:
+    for n a multiple of b, each epoch reads the n − P rows once and the P padding rows last (P < b: scikit-learn's
+    epoch of ⌈(n − P)/b⌉ batches, the last one short, once the caller gives the padding zero weight).
 
     Args:
       key: the PRNG key the order is drawn from (a typed key or raw uint32 key data); unused (None welcome)
@@ -121,15 +132,17 @@ def minibatch_indices(
       num_examples (int | jax.Array): n, the number of rows. An int, or a traced array (b ≤ n is then
         unchecked): the same rows as for that n given as an int.
       batch_size: b, the rows per minibatch, in [1, n].
-      large: promises a traced n ≥ LARGE_DOMAIN (fewer rounds computed, the same rows).
+      large: promises a traced n − padding ≥ LARGE_DOMAIN (fewer rounds computed, the same rows).
       shuffle: False reads the rows in order (static: a program of its own).
+      padding (int | jax.Array): P, how many of the n rows, the last ones, are read in place (never shuffled);
+        0 ≤ P < n (unchecked when traced).
 
     Returns:
       (jax.Array): the b row indices, int32.
 
     Raises:
-      ValueError: a batch_size outside [1, n] (for an int n), a step that is not an integer ≥ 0, or no key to
-        shuffle with.
+      ValueError: a batch_size outside [1, n] (for an int n), a step that is not an integer ≥ 0, a padding
+        outside [0, n) (for ints), or no key to shuffle with.
 
     Examples:
       >>> import jax
@@ -140,10 +153,15 @@ def minibatch_indices(
       (4, 8)
       >>> minibatch_indices(None, 3, 10, 4, shuffle=False).tolist()  # epoch 1, position 1
       [4, 5, 6, 7]
+      >>> minibatch_indices(key, 2, 12, 4, padding=2).tolist()[2:]  # 10 rows and 2 of padding: 3 batches an epoch
+      [10, 11]
     """
     traced = isinstance(num_examples, (jax.Array, jax.core.Tracer))
     if not traced and not 1 <= batch_size <= num_examples:
         raise ValueError(f"batch_size must be in [1, {num_examples}] (the number of examples), got {batch_size}")
+    padded = isinstance(padding, (jax.Array, jax.core.Tracer)) or padding != 0
+    if not traced and not isinstance(padding, (jax.Array, jax.core.Tracer)) and not 0 <= padding < num_examples:
+        raise ValueError(f"padding must be in [0, {num_examples}) (fewer than the examples), got {padding}")
     if not jnp.issubdtype(jnp.result_type(step), jnp.integer) or (isinstance(step, int) and step < 0):
         raise ValueError(f"step must be an integer ≥ 0, got {step!r}")
     epoch, position = jnp.divmod(step, num_examples // batch_size)
@@ -152,6 +170,16 @@ def minibatch_indices(
         return positions.astype(jnp.int32)
     if key is None:
         raise ValueError("minibatch_indices needs a PRNG key to shuffle (None only with shuffle=False)")
-    if traced:
+    if not padded:
+        return _shuffled(key, epoch, positions, num_examples, large)
+    shuffled = num_examples - padding
+    inside = positions < shuffled
+    rows = _shuffled(key, epoch, jnp.where(inside, positions, 0), shuffled, large)
+    return jnp.where(inside, rows, positions).astype(jnp.int32)
+
+
+def _shuffled(key, epoch, positions, num_examples, large: bool) -> jax.Array:
+    """π_epoch(positions) of [0, num_examples), num_examples static (an int) or traced."""
+    if isinstance(num_examples, (jax.Array, jax.core.Tracer)):
         return traced_index_shuffle(key, epoch, positions, num_examples, large=large)
     return index_shuffle(key, epoch, positions, num_examples)

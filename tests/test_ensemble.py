@@ -353,6 +353,10 @@ def test_resuming_members_on_their_own_rows_is_bit_identical():
         ({"rows": np.zeros((MEMBERS, 48)), "row_counts": np.full(MEMBERS, 48)}, "integers"),
         ({"rows": np.zeros((MEMBERS, 48), int), "row_counts": np.full(MEMBERS, 4)}, r"\[8, 48\]"),
         ({"rows": np.full((MEMBERS, 48), 48), "row_counts": np.full(MEMBERS, 48)}, "index x's 48"),
+        (
+            {"rows": np.zeros((MEMBERS, 48), int), "row_counts": np.full(MEMBERS, 48), "padding": 48},
+            r"padding must lie in \[0, row count\)",
+        ),
     ],
 )
 def test_bad_member_rows_are_refused(kwargs, message):

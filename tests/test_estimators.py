@@ -165,7 +165,7 @@ def test_a_rule_stopping_at_the_last_epoch_or_never_warns_as_sklearns(patience):
 def test_an_endless_patience_is_int32s_largest_in_the_rule_of_a_grid():
     from bp_jax.estimators import epoch_rule, rule_state
 
-    rule = epoch_rule(3, rule_state([1e-4, 1e-4], [1, np.inf]), np.float32)
+    rule = epoch_rule(3, 10, rule_state([1e-4, 1e-4], [1, np.inf]), np.float32)
     assert rule.init["patience"].tolist() == [1, np.iinfo(np.int32).max]
 
 
@@ -700,11 +700,11 @@ def test_n_jobs_splits_the_members_over_concurrent_programs_and_changes_no_resul
 @pytest.mark.slow
 def test_n_jobs_parts_of_one_size_share_one_compiled_program(hidden, grid, n_jobs):
     """A cold search (a configuration no other test uses: nothing is cached) compiles the members' loop once, not
-    once a part, on 3 folds of 100 rows."""
+    once a part, on 3 folds of 100 rows (66 and 67: ⌈n / 12⌉ = 6 batches an epoch, the last of 6 or 7 rows)."""
     from bp_jax.estimators import GridSearchCV
 
     x, y = make_regression(100, 7, noise=5.0, random_state=1)
-    estimator = MLPRegressor(hidden_layer_sizes=hidden, solver="sgd", batch_size=11, max_iter=3, random_state=0)
+    estimator = MLPRegressor(hidden_layer_sizes=hidden, solver="sgd", batch_size=12, max_iter=3, random_state=0)
     search = lambda: GridSearchCV(estimator, grid, cv=3, n_jobs=n_jobs, refit=False).fit(x, y / y.std())
     assert _compilations(search, "jit(run)") == 1
 

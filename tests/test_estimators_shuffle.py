@@ -1,5 +1,5 @@
 """bp_jax.estimators with shuffle=False and minibatches: each epoch reads rows 0 … b − 1, b … 2b − 1, … in order,
-as scikit-learn's does (its short last batch aside)."""
+the last batch short (n mod b rows), as scikit-learn's does."""
 
 import warnings
 
@@ -23,7 +23,7 @@ def _half_mse(params, x, y):
 
 
 def test_shuffle_false_trains_each_epoch_on_the_rows_in_order_as_sgd_step_in_a_python_loop():
-    x, y = make_regression(36, 4, random_state=0)  # 4 batches of 8 an epoch; the last 4 rows are never read
+    x, y = make_regression(36, 4, random_state=0)  # 4 batches of 8 an epoch, then one of the last 4 rows
     x, y = x.astype(np.float32), (y / y.std()).astype(np.float32).reshape(-1, 1)
     model = MLPRegressor(
         hidden_layer_sizes=(3,),
@@ -37,10 +37,10 @@ def test_shuffle_false_trains_each_epoch_on_the_rows_in_order_as_sgd_step_in_a_p
     )
     model.partial_fit(x[:8], y[:8, 0])  # one full-batch step: the loop's step count is 1
     params = jax.tree.map(jnp.asarray, (model.coefs_, model.intercepts_))
-    model.partial_fit(x, y[:, 0])  # one epoch from those weights, from step 4 (position 0): rows 0 … 7 first
+    model.partial_fit(x, y[:, 0])  # one epoch from those weights, from step 5 (position 0): rows 0 … 7 first
     step = bp_jax.sgd_step(_half_mse, 0.05)
-    for batch in range(4):
-        params, _ = step(params, x[batch * 8 : batch * 8 + 8], y[batch * 8 : batch * 8 + 8])
+    for start in range(0, 36, 8):
+        params, _ = step(params, x[start : start + 8], y[start : start + 8])
     for fitted, looped in zip((*model.coefs_, *model.intercepts_), (*params[0], *params[1])):
         np.testing.assert_allclose(fitted, looped, rtol=1e-5, atol=1e-6)
     with warnings.catch_warnings():
@@ -48,3 +48,30 @@ def test_shuffle_false_trains_each_epoch_on_the_rows_in_order_as_sgd_step_in_a_p
         xc, yc = make_classification(40, 4, random_state=0)
         classifier = MLPClassifier(hidden_layer_sizes=(3,), batch_size=8, shuffle=False, max_iter=2).fit(xc, yc)
     assert classifier.n_iter_ == 2 and classifier.t_ == 80
+
+
+def test_shuffle_true_reads_every_row_once_an_epoch_in_its_own_order_not_sklearns():
+    """shuffle=True: an epoch is `minibatch_indices`' order of the 10 rows (padded to 12, b = 4), drawn from the
+    seed's JAX key inside the loop: every row once, the short batch of 2 last; sklearn's RandomState order differs
+    deliberately, so its weights differ (with shuffle=False they are equal: test_sklearn_parity_solvers.py)."""
+    from sklearn.neural_network import MLPRegressor as SklearnMLPRegressor
+
+    x, y = make_regression(10, 4, random_state=0)
+    x, y = x.astype(np.float32), (y / y.std()).astype(np.float32).reshape(-1, 1)
+    config = dict(hidden_layer_sizes=(3,), solver="sgd", learning_rate_init=0.05, batch_size=4, momentum=0.0)
+    config |= dict(alpha=0.0, random_state=0)
+    model = MLPRegressor(**config).partial_fit(x, y[:, 0])
+    initial = bp_jax.estimators.glorot(0, (4, 3, 1), "relu", np.float32)
+    params = jax.tree.map(jnp.asarray, bp_jax.estimators.to_sklearn(initial))
+    step, batches = bp_jax.sgd_step(_half_mse, 0.05), []
+    for position in range(3):
+        rows = np.asarray(bp_jax.minibatch_indices(jax.random.key(0), position, 12, 4, padding=2))
+        batches.append(rows[rows < 10])  # the padding rows 10, 11 weigh 0
+        params, _ = step(params, x[batches[-1]], y[batches[-1]])
+    assert sorted(np.concatenate(batches).tolist()) == list(range(10)) and list(map(len, batches)) == [4, 4, 2]
+    for fitted, looped in zip((*model.coefs_, *model.intercepts_), (*params[0], *params[1])):
+        np.testing.assert_allclose(fitted, looped, rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = SklearnMLPRegressor(**config).partial_fit(x, y[:, 0])
+    assert not np.allclose(model.coefs_[0], theirs.coefs_[0], atol=1e-3)

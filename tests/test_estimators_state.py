@@ -96,6 +96,67 @@ def test_warm_start_continues_as_sklearns(config, name, y):
     assert len(ours.loss_curve_) > ours.n_iter_
 
 
+def test_early_stopping_then_warm_start_as_sklearns_own_first_fit():
+    """Both first fits from random_state (the same weights and validation rows) stop early and restore their best
+    weights; a warm-start fit continues from them with the count, best score and histories carried, and keeps its
+    new best. A warm-start fit that never beats the best keeps it here, where sklearn ends with its last weights
+    (its restored best arrays are the ones it trains in place): the one difference."""
+    config = EARLY | {"random_state": 0, "learning_rate_init": 0.2, "max_iter": 40}
+    ours = estimators.MLPClassifier(**config).fit(X, LABELS)
+    theirs = neural_network.MLPClassifier(**config).fit(X, LABELS)
+    assert_same_state(ours, theirs)
+    assert ours.n_iter_ < config["max_iter"]
+    ours.set_params(warm_start=True, max_iter=8).fit(X, LABELS)
+    theirs.set_params(warm_start=True, max_iter=8).fit(X, LABELS)
+    assert_same_state(ours, theirs)
+    best = [*ours.coefs_]
+    ours.fit(X, LABELS)
+    theirs.fit(X, LABELS)
+    assert ours.n_iter_ == theirs.n_iter_ < 8 and ours.best_validation_score_ == theirs.best_validation_score_
+    chex.assert_trees_all_equal(ours.coefs_, best)
+    assert not np.allclose(theirs.coefs_[0], best[0])
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, early):
+    """A KeyboardInterrupt in fit, taken as sklearn's `_fit_stochastic` takes it: the warning "Training interrupted
+    by user." and the estimator fitted with the epochs done, as a fit of that many epochs: verbose's line of epoch
+    3 interrupted keeps 3; early stopping's score of epoch 3 interrupted keeps 2, and their best weights."""
+    from bp_jax.estimators import _multilayer_perceptron
+
+    name, config, y = ("MLPClassifier", EARLY, LABELS) if early else ("MLPRegressor", SGD, Y)
+    config = config | {"n_iter_no_change": 100, "verbose": not early}
+    kept = 2 if early else 3
+    if early:
+        scored, score = [], getattr(estimators, name)._score_params
+
+        def interrupting(self, *args, **kwargs):
+            scored.append(None)
+            if len(scored) == 3:
+                raise KeyboardInterrupt
+            return score(self, *args, **kwargs)
+
+        monkeypatch.setattr(getattr(estimators, name), "_score_params", interrupting)
+    else:
+
+        class Interrupting(_multilayer_perceptron.Progress):
+            def __call__(self, *args):
+                super().__call__(*args)
+                if self.iteration == 3:
+                    raise KeyboardInterrupt
+
+        monkeypatch.setattr(_multilayer_perceptron, "Progress", Interrupting)
+    with pytest.warns(UserWarning, match=r"^Training interrupted by user\.$"):
+        ours = getattr(estimators, name)(**config | {"max_iter": 10}).fit(X, y)
+    monkeypatch.undo()
+    epochs = getattr(estimators, name)(**config | {"max_iter": kept, "verbose": False}).fit(X, y)
+    assert ours.n_iter_ == len(ours.loss_curve_) == kept and ours.t_ == epochs.t_
+    np.testing.assert_allclose(ours.loss_curve_, epochs.loss_curve_, rtol=1e-12)
+    np.testing.assert_allclose(ours.validation_scores_ or [], epochs.validation_scores_ or [], rtol=1e-12)
+    chex.assert_trees_all_close((ours.coefs_, ours.intercepts_), (epochs.coefs_, epochs.intercepts_), rtol=1e-12)
+    np.testing.assert_allclose(ours.predict(X), epochs.predict(X), rtol=1e-12)
+
+
 def test_lbfgs_warm_start_starts_from_the_fitted_weights_as_sklearns():
     config = COMMON | {"solver": "lbfgs", "max_iter": 3, "warm_start": True}
     ours = estimators.MLPRegressor(**config).fit(X, Y)

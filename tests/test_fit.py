@@ -174,6 +174,7 @@ def test_fit_does_not_donate_the_callers_params():
         ({"lr": 0.1, "batch_size": 8}, "needs a PRNG key"),
         ({"lr": 0.1, "chunk_size": 0}, "chunk_size must be an integer ≥ 1, got 0"),
         ({"lr": 0.1, "start_step": -3}, "start_step must be an integer ≥ 0, got -3"),
+        ({"lr": 0.1, "padding": 64}, "padding must be fewer than the 64 examples, got 64"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, message):

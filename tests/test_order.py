@@ -120,3 +120,20 @@ def test_unshuffled_minibatches_are_the_rows_in_order_for_a_static_or_traced_row
         assert batches == expected
     with pytest.raises(ValueError, match="needs a PRNG key to shuffle"):
         bp_jax.minibatch_indices(None, 0, 10, 4)
+
+
+def test_padding_is_read_last_and_the_other_rows_once_per_epoch_for_a_static_or_traced_count():
+    """12 rows, the last 2 padding, b = 4: each epoch reads rows 0 … 9 once in its first 10 positions (shuffled anew
+    each epoch, the same for a traced count and padding) and rows 10, 11 last."""
+    key = jax.random.key(3)
+    epoch = lambda e, rows, pad: np.concatenate(
+        [bp_jax.minibatch_indices(key, 3 * e + i, rows, 4, padding=pad) for i in range(3)]
+    )
+    orders = [epoch(e, 12, 2) for e in (0, 1)]
+    for e, order in enumerate(orders):
+        np.testing.assert_array_equal(epoch(e, jnp.int32(12), jnp.int32(2)), order)
+        np.testing.assert_array_equal(np.sort(order[:10]), np.arange(10))
+        assert order[10:].tolist() == [10, 11]
+    assert not np.array_equal(*orders)
+    with pytest.raises(ValueError, match=r"padding must be in \[0, 12\)"):
+        bp_jax.minibatch_indices(key, 0, 12, 4, padding=12)

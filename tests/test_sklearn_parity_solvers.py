@@ -115,12 +115,14 @@ def test_partial_fit_counts_and_divides_as_sklearns():
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_early_stopping_counts_and_divides_on_the_validation_score_as_sklearns(schedule):
-    """With early stopping the count is on the validation score, on the host, which sets η between epochs."""
+    """With early stopping the count is on the validation score, on the host, which sets η between epochs. Both
+    first fits: the same initial weights, and the validation rows drawn by the RandomState that drew them,
+    continued (a fresh one splits otherwise)."""
     x, y = np.concatenate([X, X[:10] + 0.1]), np.concatenate([Y, Y[:10]])  # 30 rows to train on, 10 to validate
     config = COMMON | SCHEDULES[schedule] | {"solver": "sgd", "shuffle": False}
     config |= {"early_stopping": True, "validation_fraction": 0.25, "tol": 0.01, "n_iter_no_change": 1}
     ours = estimators.MLPRegressor(**config).fit(x, y)
-    theirs = sklearn_twin("MLPRegressor", x, y, **config).fit(x, y)
+    theirs = neural_network.MLPRegressor(**config).fit(x, y)
     assert_same_run(ours, theirs)
 
 
@@ -132,13 +134,25 @@ def test_shuffle_false_minibatches_take_sklearns_steps():
     assert_same_run(ours, theirs)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_a_short_last_batch_takes_sklearns_steps(solver):
+    """n = 10, b = 4: an epoch is sklearn's ⌈10 / 4⌉ = 3 batches, the last of rows 8 and 9 (its loss their mean plus
+    α/(2·2)·Σ‖W‖²), its loss Σ (batch loss · rows) / 10; adam's step count 3 an epoch, as sklearn's."""
+    config = COMMON | {"solver": solver, "batch_size": 4, "shuffle": False, "alpha": 0.5, "max_iter": 5}
+    ours = estimators.MLPRegressor(**config).fit(X[:10], Y[:10])
+    theirs = neural_network.MLPRegressor(**config).fit(X[:10], Y[:10])
+    assert_same_run(ours, theirs)
+    if solver == "adam":
+        assert int(ours._opt_state.inner_state.t) == theirs._optimizer.t == 15
+
+
 @pytest.mark.slow
 def test_a_grid_over_the_schedule_and_the_solvers_hyperparameters_is_one_program():
     """learning_rate, power_t and nesterovs_momentum are data: 8 candidates × 2 folds, one compiled loop, each
     member's scores those of its own fit."""
     from sklearn.model_selection import GridSearchCV as SklearnGridSearchCV
 
-    estimator = estimators.MLPRegressor(**COMMON | {"solver": "sgd", "batch_size": 5, "max_iter": 6})
+    estimator = estimators.MLPRegressor(**COMMON | {"solver": "sgd", "batch_size": 4, "max_iter": 6})  # 15 = 3·4 + 3
     grid = {"learning_rate": ["constant", "invscaling"], "power_t": [0.3, 0.6], "nesterovs_momentum": [True, False]}
     search = estimators.GridSearchCV(estimator, grid, cv=2, refit=False)
     assert compilations(lambda: search.fit(X, Y), "jit(run)") == 1

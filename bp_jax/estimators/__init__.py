@@ -18,22 +18,35 @@ sklearn ≥ 1.7's Σwℓ/Σw + ½·α/Σw·Σ‖W‖² a minibatch and a weighte
 one more program, the unweighted one unchanged). State carries over as scikit-learn's:
 `warm_start=True` fits from the fitted (or hand-set) weights with a fresh optimizer, continuing `loss_curve_`, `t_`,
 `best_loss_`, the no-improvement count and the validation scores; `partial_fit` also continues the optimizer;
-`n_iter_` counts the last call's epochs (partial_fit: 1). `verbose` prints scikit-learn's lines for sgd and adam
+`n_iter_` counts the last call's epochs (partial_fit: 1). Each fit's RandomState is made afresh from the seed, as
+sklearn's `_fit` makes its own: a first fit draws the initial weights from it and early stopping's validation split
+continues it (a warm-start fit's split draws from a fresh one), so an int `random_state` gives sklearn's weights
+and validation rows. `verbose` prints scikit-learn's lines for sgd and adam
 (the fit then runs one epoch per chunk of the same loop: the same bits), nothing for lbfgs (as scikit-learn's with
 scipy ≥ 1.15). A warm-start fit with early stopping that never beats the best score keeps the best weights
 (scikit-learn's ends with its last: its restored best arrays are trained in place).
 What differs, and why:
-- Each epoch takes n // batch_size full minibatches in `minibatch_indices` order (a pure function of the
-  key and the step); the n mod batch_size rows left over wait for a later epoch (sklearn adds a short batch);
-  `t_` (so invscaling's η = η₀/(t_ + 1)^power_t) adds n an epoch, as sklearn's.
-  `shuffle=False` reads them in order, each epoch rows 0 … b − 1, b … 2b − 1, … (the last n mod b never read).
+- An epoch is sklearn's: ⌈n / b⌉ minibatches, the last one short (n mod b rows, filled with zero-weight padding
+  rows read at the end of each epoch: its loss the mean over its rows plus α/(2·its rows)·Σ‖W‖², weighted: its
+  weights' sum), the epoch's loss Σ (batch loss · batch rows) / n, and `t_` (so invscaling's
+  η = η₀/(t_ + 1)^power_t) adds n an epoch; adam counts ⌈n / b⌉ steps an epoch. `shuffle=False` reads the rows in
+  order, each epoch rows 0 … b − 1, b … 2b − 1, …: sklearn's batches.
+- `shuffle=True` draws each epoch's order differently from sklearn, deliberately: inside the compiled loop, from a
+  JAX key (`minibatch_indices`, a pure function of the key and the step costing O(b) a step), with no trip to the
+  host and no stored order, where sklearn permutes the rows with its RandomState each epoch. Each epoch still reads
+  every row once, the short batch last; the minibatches, and so the fit, differ from sklearn's.
 - sgd and adam are sklearn's SGDOptimizer and AdamOptimizer (v ← μv − ηg; adam's ε added to the uncorrected √v),
   and the stopping rule and `learning_rate` schedule are sklearn's, checked per epoch (`epoch_end`): with
   `early_stopping=False` inside the compiled loop (`epoch_rule`, a `StopRule` that also sets η), so a whole fit is
   one call of the loop with no trip to the host between epochs; it compares epoch means in the data's precision
   (t_ held as a float there). With `early_stopping=True` each epoch is one call,
   the validation score taken on the host, η set between calls and the best params kept. Given the same weights
-  and full batches, `loss_curve_` equals sklearn's to 1e-8 in float64 (tests/test_sklearn_parity_solvers.py).
+  and full batches or `shuffle=False`, `loss_curve_` equals sklearn's to 1e-8 in float64
+  (tests/test_sklearn_parity_solvers.py).
+- A KeyboardInterrupt in an sgd or adam fit is taken as sklearn's: the warning "Training interrupted by user." and
+  the fitted estimator returned with the epochs done (with early stopping, their best weights). But bp_jax knows
+  an epoch done once it is back on the host: between epochs with early stopping or `verbose`; otherwise the whole
+  fit is one call, and an interrupt keeps the weights it started from (sklearn keeps those of its last step).
 - `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
   fit, n_iter_ and ConvergenceWarning; but in the data's precision (float32 X: float32), where scipy always

@@ -275,13 +275,14 @@ def objective(
     return Objective(model, LOSSES[loss])
 
 
-def glorot(seed: int, sizes: tuple[int, ...], activation: str, dtype) -> tuple:
+def glorot(seed: int | np.random.RandomState, sizes: tuple[int, ...], activation: str, dtype) -> tuple:
     """sklearn's initialisation: W and b ~ U(−s, s), s = √(f / (fan_in + fan_out)), f = 2 for logistic, else 6,
     drawn as sklearn's `_initialize` draws them (one RandomState, each layer's W then its b), so the same
     `random_state` gives sklearn's initial weights.
 
     Args:
-        seed: the seed of the numpy RandomState that draws them.
+        seed: the seed of the numpy RandomState that draws them, or that RandomState (continued: sklearn's
+            early-stopping split draws from it next).
         sizes: the layer widths, input first.
         activation: sklearn's name of the hidden activation.
         dtype: the arrays' dtype.
@@ -289,7 +290,8 @@ def glorot(seed: int, sizes: tuple[int, ...], activation: str, dtype) -> tuple:
     Returns:
         bp_jax layer params (weights (out, in)), an empty dict between Linear layers.
     """
-    rng, factor, layers = np.random.RandomState(seed), 2.0 if activation == "logistic" else 6.0, []
+    rng = seed if isinstance(seed, np.random.RandomState) else np.random.RandomState(seed)
+    factor, layers = 2.0 if activation == "logistic" else 6.0, []
     for fan_in, fan_out in itertools.pairwise(sizes):
         bound = np.sqrt(factor / (fan_in + fan_out))
         weight = rng.uniform(-bound, bound, (fan_in, fan_out)).T

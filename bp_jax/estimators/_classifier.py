@@ -33,7 +33,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         power_t: the exponent of "invscaling".
         max_iter: the most epochs to train (lbfgs: iterations).
         shuffle: False reads the minibatches in order (rows 0 … b − 1, b … 2b − 1, … each epoch).
-        random_state: the seed of the initialisation and the minibatch order (int, None or RandomState).
+        random_state: the seed of the initialisation, the early-stopping split (sklearn's for an int) and the
+            minibatch order (int, None or RandomState).
         tol: the improvement an epoch's loss (or validation score) must make to count as one (lbfgs: the largest
             |gradient| component of a converged fit).
         verbose: print sklearn's lines for sgd and adam (each epoch's loss, the validation score, the rule's

@@ -70,7 +70,7 @@ def train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: list[Me
     """
     settings = [(setting, setting.value) for setting in _THREAD_SETTINGS]
     parts = split_members(members, jobs)
-    shape = _data_shape(parts, blocks)
+    shape = _data_shape(parts, blocks, steps)
     stops = can_stop(min(member.estimator.n_iter_no_change for member in members), max_iter) or any(
         member.estimator.solver == "sgd" and member.estimator.learning_rate != "constant" for member in members
     )
@@ -89,15 +89,17 @@ def train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: list[Me
         return list(pool.map(train_part, parts))
 
 
-def _data_shape(parts: list[list[Member]], blocks: dict) -> tuple[int, int]:
-    """(rows of x, width of the row-index array) that every part's `train_members` pads its data to: the most rows
-    of a part's blocks stacked, and of one block. Folds differ in size by a row, so unpadded, parts of one size
-    would each compile a program of their own."""
+def _data_shape(parts: list[list[Member]], blocks: dict, steps: Plan) -> tuple[int, int, bool]:
+    """(rows of x, width of the row-index array, short) that every part's `train_members` pads its data to: the
+    most rows of a part's blocks stacked, and of one block; `short` where some block's rows are not a multiple of b:
+    then one row more (the zero-weight row that fills the short batches) and ⌈n / b⌉·b columns. Folds differ in size
+    by a row, so unpadded, parts of one size would each compile a program of their own."""
     used = [{member.block for member in part} for part in parts]
-    return (
-        max(sum(len(blocks[block].x) for block in part) for part in used),
-        max(len(blocks[block].x) for part in used for block in part),
-    )
+    rows = max(sum(len(blocks[block].x) for block in part) for part in used)
+    width = max(len(blocks[block].x) for part in used for block in part)
+    if any(len(blocks[block].x) % steps.batch_size for part in used for block in part):
+        return rows + 1, max(width, steps.steps_per_epoch * steps.batch_size), True
+    return rows, width, False
 
 
 def sharing(members: list[Member]) -> tuple[list[Member], int]:
@@ -134,11 +136,12 @@ def train_members(
     max_iter: int,
     members: list[Member],
     blocks: dict,
-    shape: tuple[int, int],
+    shape: tuple[int, int, bool],
     stops: bool,
 ) -> list:
     """One `fit_ensemble` call for members of one program shape, over their blocks stacked (x padded to shape[0]
-    rows that no minibatch reads, the row indices to shape[1] columns), each member on its own block's rows and
+    rows, the row indices to shape[1] columns), each member on its own block's rows (where b does not divide them,
+    followed by the zero-weight last row of x up to ⌈n / b⌉·b, `fit_ensemble`'s padding: sklearn's short batch) and
     (`stops`) stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or (None, the
     step it diverged at). Members of one block and seed read the same minibatches: they form the program's groups
     (sizes the gcd of theirs), a group's gather and matmuls shared."""
@@ -150,10 +153,15 @@ def train_members(
     )
     padded = lambda arrays: jax.tree.map(lambda *leaves: pad(leaves), *arrays)  # each leaf of pytree targets alike
     x_all = padded([blocks[block].x for block in used])
-    targets_all = padded([blocks[block].targets for block in used])
+    targets = [blocks[block].targets for block in used]
+    if shape[2]:  # shaped for short batches (`_data_shape`): every part weighted, the last row of x weight 0
+        targets = [t if isinstance(t, dict) else {"target": t, "weight": np.ones(len(t), t.dtype)} for t in targets]
+    targets_all = padded(targets)
     offsets = dict(zip(used, np.cumsum([0] + [len(blocks[block].x) for block in used])))
     counts = np.array([len(blocks[leader.block].x) for leader in leaders])
-    rows = np.zeros((len(leaders), shape[1]), np.int32)
+    per_epoch = steps.steps_per_epoch
+    padding = per_epoch * steps.batch_size - counts
+    rows = np.full((len(leaders), shape[1]), shape[0] - 1, np.int32)
     for index, leader in enumerate(leaders):
         rows[index, : counts[index]] = offsets[leader.block] + np.arange(counts[index])
     estimators = [member.estimator for member in ordered]
@@ -164,12 +172,11 @@ def train_members(
     }
     each = [hyperparams(estimator) for estimator in estimators]
     opt_state = initial_state(transform, params, {name: [one[name] for one in each] for name in each[0]}, members=True)
-    per_epoch = steps.steps_per_epoch
     states = [  # each member's t_ grows by its own fold's rows an epoch
         member.estimator._rule_state(steps._replace(rows=len(blocks[member.block].x)), first=True) for member in ordered
     ]
     state = {name: np.stack([one[name] for one in states]) for name in states[0]}
-    rule = epoch_rule(per_epoch, state, jnp.result_type(float)) if stops else None
+    rule = epoch_rule(per_epoch, steps.batch_size, state, jnp.result_type(float)) if stops else None
     result = fit_ensemble(
         loss_fn,
         params,
@@ -181,11 +188,13 @@ def train_members(
         batch_size=steps.batch_size,
         key=_keys(np.asarray([leader.seed for leader in leaders])),
         rows=rows,
-        row_counts=counts,
+        row_counts=counts + padding,
+        padding=padding,
         chunk_size=max_iter * per_epoch,
         stop_rule=rule,
     )
-    curves = epoch_means(result.losses, per_epoch)
+    rows_of_members = [steps._replace(rows=len(blocks[member.block].x)).batch_rows() for member in ordered]
+    curves = epoch_means(result.losses, np.stack(rows_of_members, axis=1))
     coefs, intercepts = to_sklearn(result.params["layers"])
     opt_states = jax.device_get(result.opt_state)
     stopped_at = np.full(len(ordered), -1) if result.stopped_at is None else result.stopped_at

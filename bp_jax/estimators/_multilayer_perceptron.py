@@ -1,7 +1,15 @@
 """What scikit-learn's MLPRegressor and MLPClassifier share, on bp_jax's fused loop: `BaseMLP`, holding the parameters,
 checks, training run (sgd, adam, lbfgs; warm start, partial_fit, early stopping) and prediction, as
 `sklearn/neural_network/_multilayer_perceptron.py`'s base class; the two estimators are `_regressor` and
-`_classifier`."""
+`_classifier`.
+
+It follows sklearn's `_fit` step by step: each call's RandomState (from the seed) draws the initial weights, then
+early stopping's validation split; an epoch is ⌈n / b⌉ minibatches, the last one short (sklearn's, through
+zero-weight padding); adam is sklearn's (ε added to the uncorrected √v). Deliberately different (the package
+docstring lists every difference): with shuffle=True each epoch's order is drawn inside the compiled loop from a JAX
+key (`minibatch_indices`: every row once, the short batch last), not by sklearn's RandomState, so no epoch returns
+to the host and no order table is stored; the minibatches differ from sklearn's (with shuffle=False they are its
+own)."""
 
 import functools
 import numbers
@@ -231,12 +239,12 @@ class BaseMLP(BaseEstimator):
             self.validation_scores_ = [] if early else None
             self.best_validation_score_ = -np.inf if early else None
 
-    def _initial_layers(self, X, *, first: bool) -> tuple:
-        """bp_jax params to train from: Glorot's initialisation if `first`, else the fitted (or hand-set) weights
-        in X's dtype."""
+    def _initial_layers(self, X, *, first: bool, rng: np.random.RandomState) -> tuple:
+        """bp_jax params to train from: Glorot's initialisation drawn from `rng` if `first`, else the fitted (or
+        hand-set) weights in X's dtype."""
         if first:
             sizes = (X.shape[1], *self._hidden_sizes(), self.n_outputs_)
-            return glorot(self._seed, sizes, self.activation, X.dtype)
+            return glorot(rng, sizes, self.activation, X.dtype)
         cast = lambda arrays: [np.asarray(array, X.dtype) for array in arrays]
         return from_sklearn(cast(self.coefs_), cast(self.intercepts_))
 
@@ -250,7 +258,7 @@ class BaseMLP(BaseEstimator):
         from Glorot's initialisation, or from the fitted weights (warm_start, or the regressor's partial_fit, as
         sklearn's)."""
         result = compiled(self._objective(X.shape[1]), members=False)(
-            self._initial_layers(X, first=first),
+            self._initial_layers(X, first=first, rng=np.random.RandomState(self._seed)),
             np.asarray(self.alpha / X.shape[0], X.dtype),
             X,
             targets,
@@ -275,11 +283,14 @@ class BaseMLP(BaseEstimator):
     def _adopt(self, run: TrainRun, steps: Plan, *, incremental: bool, stopping: Stopping | None):
         """Take a training run's result as the fitted state, after the history so far (`_start`, or the fits it
         continues), from `fit`'s own run or as a GridSearchCV member; `stopping`: early stopping's rule, whose best
-        params are kept (those of an earlier fit when this one's scores never beat them, as sklearn's)."""
+        params are kept (those of an earlier fit when this one's scores never beat them, as sklearn's). An
+        interrupted run (KeyboardInterrupt) is kept up to its last complete epoch with sklearn's warning, "Training
+        interrupted by user."."""
         self._set_weights(run.coefs, run.intercepts)
         self._opt_state, self._step, self._no_improvement_count = run.opt_state, run.step, run.no_improvement
         self.loss_curve_ = [*self.loss_curve_, *run.curve]
-        self.loss_ = self.loss_curve_[-1]
+        if self.loss_curve_:  # as sklearn's, no loss_ before an epoch ends
+            self.loss_ = self.loss_curve_[-1]
         self.n_iter_ = len(run.curve)  # this call's epochs, as sklearn's
         self.t_ += len(run.curve) * steps.rows
         if stopping is not None:
@@ -289,8 +300,10 @@ class BaseMLP(BaseEstimator):
                 self._best_coefs, self._best_intercepts = to_sklearn(stopping.best_params["layers"])
             self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
         else:
-            self.best_loss_ = float(min(np.inf if self.best_loss_ is None else self.best_loss_, *run.curve))
-        if not incremental and not run.stopped:
+            self.best_loss_ = float(min([np.inf if self.best_loss_ is None else self.best_loss_, *run.curve]))
+        if run.interrupted:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
+        elif not incremental and not run.stopped:
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
                 "hasn't converged yet.",
@@ -302,10 +315,14 @@ class BaseMLP(BaseEstimator):
     def _run_epochs(self, X, y, targets, sample_weight, *, first: bool, incremental: bool, early: bool):
         """(TrainRun, the Plan it ran, its Stopping): the params to start from (Glorot or the fitted ones), then
         `fit_epochs` (row weights, if any, a targets leaf); with early stopping, on the rows left after the
-        validation split, which it scores (weighted, as sklearn's)."""
+        validation split, which it scores (weighted, as sklearn's).
+
+        As sklearn's `_fit`, each call makes a RandomState (here from the seed: sklearn's own for an int
+        `random_state`); a first fit draws the initial weights from it, and the validation split continues it."""
         steps = plan(self.batch_size, X.shape[0])
         loss_fn, transform = self._program(X.shape[1])
-        layers = self._initial_layers(X, first=first)
+        rng = np.random.RandomState(self._seed)
+        layers = self._initial_layers(X, first=first, rng=rng)
         if first:
             self._best_coefs, self._best_intercepts = to_sklearn(layers)
         score = None
@@ -314,7 +331,7 @@ class BaseMLP(BaseEstimator):
             binary = self._classifier and self.n_outputs_ == 1
             kept, held = train_test_split(
                 np.arange(X.shape[0]),
-                random_state=self._seed,
+                random_state=rng,
                 test_size=self.validation_fraction,
                 stratify=targets.astype(bool) if binary else None,
             )

@@ -2,9 +2,11 @@
 `n_iter_no_change` rule with the schedule it drives (`epoch_end`: inside the compiled loop, or on the host with early
 stopping) and one model's training run (`fit_epochs`).
 
-An epoch is n // b minibatches of b rows in `minibatch_indices` order (with shuffle=False the rows in order, an
-epoch starting at a step that is a multiple of n // b reading rows 0 … b − 1 first); its loss is the mean of its
-steps' losses.
+An epoch is sklearn's ⌈n / b⌉ minibatches in `minibatch_indices` order, the last one short (n mod b rows) when b does
+not divide n: the rows are padded to a multiple of b with zero-weight rows (`padded`) that each epoch reads last
+(`fit`'s padding), so the short batch's loss is its rows' mean and its L2 term α/(2·its rows)·Σ‖W‖² (weighted: its
+weights' sum). With shuffle=False the rows in order, an epoch starting at a step that is a multiple of ⌈n / b⌉
+reading rows 0 … b − 1 first. The epoch's loss is sklearn's Σ (batch loss · batch rows) / n.
 """
 
 import functools
@@ -33,9 +35,20 @@ class Plan(NamedTuple):
     steps_per_epoch: int
     rows: int
 
+    @property
+    def padding(self) -> int:
+        """The zero-weight rows that fill the last minibatch: ⌈n / b⌉·b − n."""
+        return self.steps_per_epoch * self.batch_size - self.rows
+
+    def batch_rows(self) -> np.ndarray:
+        """The rows of each minibatch of an epoch: b, …, b, n − (⌈n / b⌉ − 1)·b."""
+        rows = np.full(self.steps_per_epoch, self.batch_size)
+        rows[-1] = self.rows - (self.steps_per_epoch - 1) * self.batch_size
+        return rows
+
 
 def plan(batch_size, rows: int) -> Plan:
-    """sklearn's batch size and n // b steps per epoch.
+    """sklearn's batch size and ⌈n / b⌉ steps per epoch.
 
     Args:
         batch_size: "auto" (min(200, n)) or an int (clipped to n, with a warning, when larger).
@@ -52,7 +65,28 @@ def plan(batch_size, rows: int) -> Plan:
                 "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=3
             )
         batch = min(max(int(batch_size), 1), rows)
-    return Plan(batch, rows // batch, rows)
+    return Plan(batch, -(-rows // batch), rows)
+
+
+def padded(x, y, steps: Plan):
+    """(x, y) as the training loop reads them: with `steps.padding` P > 0, P zero rows appended to x and y given
+    zero weights (y becomes {"target": t, "weight": w} if it was t, w = 1 on the rows), which `fit` reads at the end
+    of each epoch (`fit`'s padding); else x and y as they are.
+
+    Args:
+        x: (n, features) inputs.
+        y: the targets, or {"target": t, "weight": w} (`weighted`).
+        steps: the `Plan`.
+
+    Returns:
+        (x, y), n + P rows.
+    """
+    if not steps.padding:
+        return x, y
+    if not isinstance(y, dict):
+        y = {"target": y, "weight": np.ones(len(y), y.dtype)}
+    pad = lambda array: np.pad(array, [(0, steps.padding)] + [(0, 0)] * (array.ndim - 1))
+    return pad(x), {name: pad(leaf) for name, leaf in y.items()}
 
 
 #: sklearn's `learning_rate` schedules, as the rule's state holds them (data).
@@ -165,28 +199,31 @@ class Stopping:
         return bool(stop), float(lr)
 
 
-@functools.lru_cache(maxsize=64)  # one update per epoch length: every fit of that length shares one program
-def _epoch_rule_update(steps_per_epoch: int):
+@functools.lru_cache(maxsize=64)  # one update per epoch length and batch: every such fit shares one program
+def _epoch_rule_update(steps_per_epoch: int, batch_size: int):
     def end_of_epoch(state, total, opt_state):
         rates = opt_state.hyperparams
-        state, stop, lr = epoch_end(jnp, state, total / steps_per_epoch, rates["learning_rate"])
+        state, stop, lr = epoch_end(jnp, state, total / state["rows"], rates["learning_rate"])
         rates = rates | {"learning_rate": lr.astype(rates["learning_rate"].dtype)}
         return state | {"total": jnp.zeros_like(total)}, stop, opt_state._replace(hyperparams=rates)
 
     def update(state, step, loss, opt_state):
-        total = state["total"] + loss
+        last = (step + 1) % steps_per_epoch == 0
+        total = state["total"] + loss * jnp.where(last, state["rows"] - (steps_per_epoch - 1) * batch_size, batch_size)
         within_epoch = lambda state, total, opt_state: (state | {"total": total}, jnp.zeros((), bool), opt_state)
-        return jax.lax.cond((step + 1) % steps_per_epoch == 0, end_of_epoch, within_epoch, state, total, opt_state)
+        return jax.lax.cond(last, end_of_epoch, within_epoch, state, total, opt_state)
 
     return update
 
 
-def epoch_rule(steps_per_epoch: int, state: dict, dtype) -> StopRule:
+def epoch_rule(steps_per_epoch: int, batch_size: int, state: dict, dtype) -> StopRule:
     """sklearn's rule without early stopping, as a `StopRule` run inside the loop (steps counted from 0): at the end
-    of each epoch `epoch_end` on its mean loss, setting the optimizer's `hyperparams["learning_rate"]`.
+    of each epoch `epoch_end` on its loss Σ (step loss · its rows) / n (the last step n − (steps − 1)·b rows, n
+    the state's `rows`), setting the optimizer's `hyperparams["learning_rate"]`.
 
     Args:
         steps_per_epoch: the steps of an epoch.
+        batch_size: b, the rows of its every step but the last.
         state: the `rule_state` to start from (one value, or one per ensemble member: data).
         dtype: the dtype of the losses summed.
 
@@ -200,7 +237,7 @@ def epoch_rule(steps_per_epoch: int, state: dict, dtype) -> StopRule:
         "patience": np.minimum(state["patience"], largest).astype(np.int32),  # np.inf: never fires
         "schedule": state["schedule"],
     }
-    return StopRule(_epoch_rule_update(steps_per_epoch), init, touches_opt_state=True)
+    return StopRule(_epoch_rule_update(steps_per_epoch, batch_size), init, touches_opt_state=True)
 
 
 def can_stop(n_iter_no_change: float, epochs: int) -> bool:
@@ -228,6 +265,7 @@ class TrainRun(NamedTuple):
         scores: each epoch's validation score (early stopping; else empty).
         stopped: whether the stopping rule ended the run.
         no_improvement: the epochs without improvement at the end (sklearn's `_no_improvement_count`).
+        interrupted: a KeyboardInterrupt ended the run: the rest is the last complete epoch's.
     """
 
     coefs: list[np.ndarray]
@@ -238,6 +276,7 @@ class TrainRun(NamedTuple):
     scores: list[float]
     stopped: bool
     no_improvement: int
+    interrupted: bool = False
 
 
 def non_finite_error(step: int | None = None, cause: str = "loss or update") -> ValueError:
@@ -256,16 +295,23 @@ def _learning_rate(opt_state) -> float:
     return float(opt_state.hyperparams["learning_rate"])
 
 
-def _epoch_reporter(on_epoch, per_epoch: int, opt_state):
-    """`fit`'s `on_chunk` for chunks of one epoch: `on_epoch` with the epoch's mean loss and η before and after it
-    (`stopped=True` for the epoch at which the rule stopped, whose chunk `fit` does not report)."""
-    rates = [_learning_rate(opt_state)]
+class _EpochReporter:
+    """`fit`'s `on_chunk` for chunks of one epoch: `on_epoch` with the epoch's loss and η before and after it
+    (`stopped=True` for the epoch at which the rule stopped, whose chunk `fit` does not report), keeping the last
+    reported epoch's state as `fit_epochs`' `done` (what an interrupt keeps)."""
 
-    def report(result, stopped: bool = False) -> None:
-        rates.append(_learning_rate(result.opt_state))
-        on_epoch(float(np.mean(result.losses[-per_epoch:], dtype=np.float64)), None, stopped, *rates[-2:])
+    def __init__(self, on_epoch, steps: Plan, done: tuple):
+        self.on_epoch, self.steps, self.done = on_epoch, steps, done
+        self.rates = [_learning_rate(done[1])]
 
-    return report
+    def __call__(self, result, stopped: bool = False) -> None:
+        self.rates.append(_learning_rate(result.opt_state))
+        epoch = result.losses[-self.steps.steps_per_epoch :]
+        final = jax.device_get(result.rule_state)
+        state = {name: np.asarray(final[name]) for name in self.done[4]}
+        self.done = (result.params, result.opt_state, (*self.done[2], epoch), (), state, None)
+        loss = epoch_means(epoch, self.steps.batch_rows())[0]
+        self.on_epoch(float(loss), None, stopped, *self.rates[-2:])
 
 
 def with_learning_rate(opt_state, lr):
@@ -294,6 +340,8 @@ def fit_epochs(
     """Up to `epochs` epochs of `fit` from `start_step` (a multiple of the steps per epoch), stopping and setting η
     where sklearn's rule would.
 
+    A KeyboardInterrupt ends the run at the last complete epoch it knows of (`TrainRun.interrupted`): with early
+    stopping or an `on_epoch`, the last one ended on the host; otherwise, the whole run being one call, the start.
     With a `score` (early stopping): one `fit` call an epoch, `stopping` updated on the host and η set between
     them. Otherwise `stopping`'s `epoch_rule` inside the loop, all epochs one call (one chunk per epoch with an
     `on_epoch`: the same bits); its final state is written back to `stopping.state`.
@@ -304,7 +352,7 @@ def fit_epochs(
         params: the params to start from.
         opt_state: the optimizer state to start from.
         x: (n, features) inputs.
-        y: targets, encoded.
+        y: targets, encoded (with row weights: {"target": t, "weight": w}); with x, `padded` here.
         key: the PRNG key of the minibatch order.
         steps: the `Plan`.
         epochs: the most epochs to run.
@@ -321,7 +369,8 @@ def fit_epochs(
     Raises:
         ValueError: a step's loss or update was not finite (sklearn's message; the step in a note).
     """
-    per_epoch = steps.steps_per_epoch
+    per_epoch, batch_rows = steps.steps_per_epoch, steps.batch_rows()
+    x, y = padded(x, y, steps)
     train = functools.partial(
         fit,
         loss_fn,
@@ -329,65 +378,88 @@ def fit_epochs(
         optimizer=transform,
         key=key,
         shuffle=shuffle,
+        padding=steps.padding,
     )
-    scores: list[float] = []
+    # the last complete epoch's (params, opt_state, losses, scores, rule state, best params): what an interrupt keeps
+    done: tuple = (params, opt_state, (), (), stopping.state, stopping.best_params)
+    stopped = interrupted = False
     try:
         if score is None:
-            rule = epoch_rule(per_epoch, stopping.state, jnp.result_type(float))
+            rule = epoch_rule(per_epoch, steps.batch_size, stopping.state, jnp.result_type(float))
             end = start_step + epochs * per_epoch
-            report = None if on_epoch is None else _epoch_reporter(on_epoch, per_epoch, opt_state)
-            result = train(
-                params,
-                x,
-                y,
-                opt_state=opt_state,
-                steps=end - start_step,
-                start_step=start_step,
-                chunk_size=end if report is None else per_epoch,
-                on_chunk=report,
-                stop_rule=rule,
-            )
-            if report is not None and result.stopped_at >= 0:  # the loop returns before the stopping epoch's chunk
-                report(result, stopped=True)
-            final = jax.device_get(result.rule_state)
-            stopping.state = {name: np.asarray(final[name]) for name in stopping.state}
-            params, opt_state, losses, stopped = result.params, result.opt_state, result.losses, result.stopped_at >= 0
+            report = None if on_epoch is None else _EpochReporter(on_epoch, steps, done)
+            try:
+                result = train(
+                    params,
+                    x,
+                    y,
+                    opt_state=opt_state,
+                    steps=end - start_step,
+                    start_step=start_step,
+                    chunk_size=end if report is None else per_epoch,
+                    on_chunk=report,
+                    stop_rule=rule,
+                )
+                if report is not None and result.stopped_at >= 0:  # the loop returns before the stopping epoch's chunk
+                    report(result, stopped=True)
+            except KeyboardInterrupt:
+                interrupted, done = True, done if report is None else report.done
+            else:
+                final = jax.device_get(result.rule_state)
+                state = {name: np.asarray(final[name]) for name in stopping.state}
+                done, stopped = (
+                    (result.params, result.opt_state, (result.losses,), (), state, None),
+                    result.stopped_at >= 0,
+                )
         else:
             x, y = jax.device_put((x, y))  # once: each epoch is a call
-            epoch_losses, stopped, step = [], False, start_step
-            for _ in range(epochs):
-                result = train(
-                    params, x, y, opt_state=opt_state, steps=per_epoch, start_step=step, chunk_size=per_epoch
-                )
-                params, step = result.params, result.step
-                epoch_losses.append(result.losses)
-                scores.append(score(params))
-                before = _learning_rate(result.opt_state)
-                stopped, lr = stopping.update(scores[-1], params, before)
-                opt_state = with_learning_rate(result.opt_state, lr)
-                if on_epoch is not None:
-                    on_epoch(float(np.mean(result.losses, dtype=np.float64)), scores[-1], stopped, before, lr)
-                if stopped:
-                    break
-            losses = np.concatenate(epoch_losses)
+            step = start_step
+            try:
+                for _ in range(epochs):
+                    result = train(
+                        params, x, y, opt_state=opt_state, steps=per_epoch, start_step=step, chunk_size=per_epoch
+                    )
+                    params, step, epoch_score = result.params, result.step, score(result.params)
+                    before = _learning_rate(result.opt_state)
+                    stopped, lr = stopping.update(epoch_score, params, before)
+                    opt_state = with_learning_rate(result.opt_state, lr)
+                    _, _, losses, scores, _, _ = done
+                    done = (
+                        params,
+                        opt_state,
+                        (*losses, result.losses),
+                        (*scores, epoch_score),
+                        stopping.state,
+                        stopping.best_params,
+                    )
+                    if on_epoch is not None:
+                        on_epoch(float(epoch_means(result.losses, batch_rows)[0]), epoch_score, stopped, before, lr)
+                    if stopped:
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
     except NonFiniteLoss as error:
         raise non_finite_error(error.step, error.cause) from None
-    curve = epoch_means(losses, per_epoch).tolist()
+    params, opt_state, losses, scores, stopping.state, stopping.best_params = done
+    curve: list[float] = epoch_means(np.concatenate(losses), batch_rows).tolist() if losses else []
     coefs, intercepts = to_sklearn(params["layers"])
     step = start_step + len(curve) * per_epoch
     count = int(stopping.state["count"])
-    return TrainRun(coefs, intercepts, jax.device_get(opt_state), step, curve, scores, bool(stopped), count)
+    opt_state = jax.device_get(opt_state)
+    return TrainRun(coefs, intercepts, opt_state, step, curve, list(scores), bool(stopped), count, interrupted)
 
 
-def epoch_means(losses, steps_per_epoch: int) -> np.ndarray:
-    """Each epoch's mean step loss, in float64.
+def epoch_means(losses, batch_rows) -> np.ndarray:
+    """Each epoch's loss as sklearn's: Σ (step loss · its rows) / Σ rows, in float64.
 
     Args:
         losses: (steps, …) step losses, whole epochs; any axes after the first kept (e.g. an ensemble's members).
-        steps_per_epoch: the steps of an epoch.
+        batch_rows: the rows of each step of an epoch (`Plan.batch_rows`), (steps per epoch,) or shaped as an
+            epoch of losses (e.g. one column per member).
 
     Returns:
         (epochs, …) means.
     """
-    losses = np.asarray(losses, np.float64)
-    return losses.reshape(-1, steps_per_epoch, *losses.shape[1:]).mean(axis=1)
+    losses, rows = np.asarray(losses, np.float64), np.asarray(batch_rows, np.float64)
+    rows = rows.reshape(rows.shape + (1,) * (losses.ndim - rows.ndim))
+    return (losses.reshape(-1, *rows.shape[:1], *losses.shape[1:]) * rows).sum(axis=1) / rows.sum(axis=0)
