@@ -85,22 +85,23 @@ def _clipped(p):
 
 def log_loss(z, y, weight=None):
     """sklearn's log-loss of the softmax p = softmax(z): −(weighted) mean over rows of Σ_k y_k·log p_k, p clipped to
-    [ε, 1 − ε].
+    [ε, 1 − ε]. With one-hot rows the sum is the log of the row's class's p, Σ_k y_k·p_k: one log a row, not k.
 
     Args:
         z: the raw outputs (logits), (n, k).
-        y: one-hot targets, (n, k).
+        y: one-hot targets, (n, k): each row one 1.
         weight: (n,) row weights w, or None (all 1).
 
     Returns:
         The scalar loss.
     """
-    return -jnp.sum(_row_mean(y * jnp.log(_clipped(jax.nn.softmax(z))), weight))
+    return -jnp.sum(_row_mean(jnp.log(_clipped(jnp.sum(y * jax.nn.softmax(z), axis=-1, keepdims=True))), weight))
 
 
 def binary_log_loss(z, y, weight=None):
     """sklearn's binary log-loss of p = σ(z), one per output: Σ over outputs of −(weighted) mean over rows of
-    y·log p + (1 − y)·log(1 − p), p clipped to [ε, 1 − ε] (computed as sklearn computes it, 1 − p included).
+    y·log p + (1 − y)·log(1 − p), p clipped to [ε, 1 − ε] (computed as sklearn computes it, 1 − p included). For
+    y ∈ {0, 1} one of the two terms is 0: the log of p where y = 1, of 1 − p where y = 0, one log an entry.
 
     Args:
         z: the raw outputs, (n, k).
@@ -111,7 +112,7 @@ def binary_log_loss(z, y, weight=None):
         The scalar loss.
     """
     p = _clipped(jax.nn.sigmoid(z))
-    return -jnp.sum(_row_mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p), weight))
+    return -jnp.sum(_row_mean(jnp.log(jnp.where(y == 1, p, 1 - p)), weight))
 
 
 def _with_sklearns_gradient(value, out_activation: str):
