@@ -13,6 +13,7 @@ import contextlib
 import functools
 import itertools
 import numbers
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -276,6 +277,19 @@ def objective(
     return Objective(model, LOSSES[loss])
 
 
+_RANDOM_STATES = threading.local()
+
+
+def _random_state(seed: int) -> np.random.RandomState:
+    """This thread's numpy RandomState, reseeded: the stream of `RandomState(seed)` without building one (building
+    one draws OS entropy first, ~100× the cost of reseeding)."""
+    rng = getattr(_RANDOM_STATES, "rng", None)
+    if rng is None:
+        rng = _RANDOM_STATES.rng = np.random.RandomState()
+    rng.seed(seed)
+    return rng
+
+
 def glorot(seed: int, sizes: tuple[int, ...], activation: str, dtype) -> tuple:
     """sklearn's initialisation: W and b ~ U(−s, s), s = √(f / (fan_in + fan_out)), f = 2 for logistic, else 6,
     drawn as sklearn's `_initialize` draws them (one RandomState, each layer's W then its b), so the same
@@ -290,7 +304,7 @@ def glorot(seed: int, sizes: tuple[int, ...], activation: str, dtype) -> tuple:
     Returns:
         bp_jax layer params (weights (out, in)), an empty dict between Linear layers.
     """
-    rng, factor, layers = np.random.RandomState(seed), 2.0 if activation == "logistic" else 6.0, []
+    rng, factor, layers = _random_state(seed), 2.0 if activation == "logistic" else 6.0, []
     for fan_in, fan_out in itertools.pairwise(sizes):
         bound = np.sqrt(factor / (fan_in + fan_out))
         weight = rng.uniform(-bound, bound, (fan_in, fan_out)).T
