@@ -425,6 +425,24 @@ def accuracy(y_true, y_pred, sample_weight=None) -> float | np.ndarray:
     return _metric_value(np.average(equal, axis=-1, weights=sample_weight))
 
 
+def prng_key(seed: int) -> jax.Array:
+    """`jax.random.key(seed)` (in the current x64 mode), made once per seed: keys are immutable, and making one is
+    a dispatch (~40 µs, about 0.4 % of the sklearn suite's regressor fit).
+
+    Args:
+        seed: the int seed.
+
+    Returns:
+        The typed PRNG key.
+    """
+    return _prng_key(seed, jax.dtypes.canonicalize_dtype(np.float64) == np.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _prng_key(seed: int, x64: bool) -> jax.Array:
+    return jax.random.key(seed)
+
+
 def seed_of(random_state) -> int:
     """An int seed from sklearn's `random_state`.
 

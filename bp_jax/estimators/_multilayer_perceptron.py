@@ -9,7 +9,6 @@ import warnings
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import OptimizeResult
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -26,6 +25,7 @@ from bp_jax.estimators._base import (
     member_layout,
     objective,
     precision,
+    prng_key,
     seed_of,
     to_sklearn,
     weighted,
@@ -327,7 +327,7 @@ class BaseMLP(BaseEstimator):
             X, targets = X[kept], targets[kept]
             sample_weight = None if sample_weight is None else sample_weight[kept]
             steps = plan(self.batch_size, len(kept))
-        params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
+        params = {"layers": layers, "l2": np.asarray(self.alpha / steps.batch_size, X.dtype)}
         # sklearn's optimizer: continued by partial_fit, fresh in each fit (also a warm_start one)
         fresh = first or not incremental or self._opt_state is None
         opt_state = initial_state(transform, params, hyperparams(self)) if fresh else self._opt_state
@@ -345,7 +345,7 @@ class BaseMLP(BaseEstimator):
             opt_state,
             X,
             weighted(targets, sample_weight),
-            key=jax.random.key(self._seed),
+            key=prng_key(self._seed),
             steps=steps,
             epochs=1 if incremental else self.max_iter,
             start_step=start,
