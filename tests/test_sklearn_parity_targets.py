@@ -22,6 +22,7 @@ from sklearn.neural_network import _base as sklearn_base
 from sklearn.preprocessing import LabelBinarizer
 
 from bp_jax import estimators
+from bp_jax.estimators._base import LOG_CHUNK
 
 ROWS, EPOCHS = 30, 6
 SGD = dict(
@@ -97,6 +98,18 @@ def test_each_loss_is_sklearns_value_with_sklearns_gradient(loss):
     value, gradient = jax.value_and_grad(estimators.LOSSES[loss])(z, y)
     np.testing.assert_allclose(value, sklearn_base.LOSS_FUNCTIONS[loss](y, out(z)), rtol=1e-12)
     np.testing.assert_allclose(gradient, (out(z) - y) / len(z), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("loss", ["log_loss", "binary_log_loss"])
+def test_the_log_losses_over_many_rows_are_sklearns(loss):
+    """Over more entries than one product of mantissas takes (LOG_CHUNK, the last chunk padded), unweighted and
+    weighted: sklearn's value."""
+    out, targets = OUTPUTS[loss]
+    z = np.random.default_rng(0).normal(scale=4, size=(LOG_CHUNK + 37, 3))
+    y, weight = targets(z), np.random.default_rng(1).uniform(size=len(z))
+    for w in (None, weight):
+        value = estimators.LOSSES[loss](z, y, w)
+        np.testing.assert_allclose(value, sklearn_base.LOSS_FUNCTIONS[loss](y, out(z), sample_weight=w), rtol=1e-13)
 
 
 #: labels and the classes given to a first partial_fit (None: fit's, from the labels)
