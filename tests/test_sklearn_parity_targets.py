@@ -19,8 +19,10 @@ from sklearn import linear_model, neural_network
 from sklearn.exceptions import DataConversionWarning
 from sklearn.metrics import mean_poisson_deviance
 from sklearn.neural_network import _base as sklearn_base
+from sklearn.preprocessing import LabelBinarizer
 
 from bp_jax import estimators
+from bp_jax.estimators._base import LOG_CHUNK
 
 ROWS, EPOCHS = 30, 6
 SGD = dict(
@@ -96,6 +98,42 @@ def test_each_loss_is_sklearns_value_with_sklearns_gradient(loss):
     value, gradient = jax.value_and_grad(estimators.LOSSES[loss])(z, y)
     np.testing.assert_allclose(value, sklearn_base.LOSS_FUNCTIONS[loss](y, out(z)), rtol=1e-12)
     np.testing.assert_allclose(gradient, (out(z) - y) / len(z), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("loss", ["log_loss", "binary_log_loss"])
+def test_the_log_losses_over_many_rows_are_sklearns(loss):
+    """Over more entries than one product of mantissas takes (LOG_CHUNK, the last chunk padded), unweighted and
+    weighted: sklearn's value."""
+    out, targets = OUTPUTS[loss]
+    z = np.random.default_rng(0).normal(scale=4, size=(LOG_CHUNK + 37, 3))
+    y, weight = targets(z), np.random.default_rng(1).uniform(size=len(z))
+    for w in (None, weight):
+        value = estimators.LOSSES[loss](z, y, w)
+        np.testing.assert_allclose(value, sklearn_base.LOSS_FUNCTIONS[loss](y, out(z), sample_weight=w), rtol=1e-13)
+
+
+#: labels and the classes given to a first partial_fit (None: fit's, from the labels)
+LABELS = {
+    "ints": (np.array([3, 1, 2, 1, 3]), None),
+    "strings, two classes": (np.array(["b", "a", "b"]), None),
+    "objects": (np.array(["x", "y", "z", "x"], dtype=object), None),
+    "floats, one class": (np.array([1.0, 1.0]), None),
+    "a subset of three classes": (np.array([0, 2, 2]), np.array([0, 1, 2])),
+    "one of two classes": (np.array(["no", "no"]), np.array(["no", "yes"])),
+    "multilabel": (np.array([[1, 0], [1, 1], [0, 1]]), None),
+}
+
+
+@pytest.mark.parametrize("name", LABELS)
+def test_the_classifiers_targets_are_label_binarizers(name):
+    """What the classifier trains on is sklearn's LabelBinarizer's encoding of y (fitted on the classes given, else
+    on y), however it computes it."""
+    labels, classes = LABELS[name]
+    model = estimators.MLPClassifier()
+    targets = model._encode_targets(labels, first=True, classes=classes)
+    expected = LabelBinarizer().fit(labels if classes is None else classes).transform(labels)
+    np.testing.assert_array_equal(targets, expected)
+    assert targets.shape == expected.shape == (len(labels), model.n_outputs_)
 
 
 @pytest.mark.parametrize("kind", TARGETS)

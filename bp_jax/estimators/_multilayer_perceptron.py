@@ -17,7 +17,6 @@ import warnings
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import OptimizeResult
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -34,6 +33,8 @@ from bp_jax.estimators._base import (
     member_layout,
     objective,
     precision,
+    prng_key,
+    random_state,
     seed_of,
     to_sklearn,
     weighted,
@@ -258,7 +259,7 @@ class BaseMLP(BaseEstimator):
         from Glorot's initialisation, or from the fitted weights (warm_start, or the regressor's partial_fit, as
         sklearn's)."""
         result = compiled(self._objective(X.shape[1]), members=False)(
-            self._initial_layers(X, first=first, rng=np.random.RandomState(self._seed)),
+            self._initial_layers(X, first=first, rng=random_state(self._seed)),
             np.asarray(self.alpha / X.shape[0], X.dtype),
             X,
             targets,
@@ -321,7 +322,7 @@ class BaseMLP(BaseEstimator):
         `random_state`); a first fit draws the initial weights from it, and the validation split continues it."""
         steps = plan(self.batch_size, X.shape[0])
         loss_fn, transform = self._program(X.shape[1])
-        rng = np.random.RandomState(self._seed)
+        rng = random_state(self._seed)
         layers = self._initial_layers(X, first=first, rng=rng)
         if first:
             self._best_coefs, self._best_intercepts = to_sklearn(layers)
@@ -344,7 +345,7 @@ class BaseMLP(BaseEstimator):
             X, targets = X[kept], targets[kept]
             sample_weight = None if sample_weight is None else sample_weight[kept]
             steps = plan(self.batch_size, len(kept))
-        params = {"layers": layers, "l2": jnp.asarray(self.alpha / steps.batch_size, X.dtype)}
+        params = {"layers": layers, "l2": np.asarray(self.alpha / steps.batch_size, X.dtype)}
         # sklearn's optimizer: continued by partial_fit, fresh in each fit (also a warm_start one)
         fresh = first or not incremental or self._opt_state is None
         opt_state = initial_state(transform, params, hyperparams(self)) if fresh else self._opt_state
@@ -362,7 +363,7 @@ class BaseMLP(BaseEstimator):
             opt_state,
             X,
             weighted(targets, sample_weight),
-            key=jax.random.key(self._seed),
+            key=prng_key(self._seed),
             steps=steps,
             epochs=1 if incremental else self.max_iter,
             start_step=start,
