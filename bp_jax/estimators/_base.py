@@ -242,10 +242,12 @@ def weighted(targets, sample_weight):
     return targets if sample_weight is None else {"target": targets, "weight": np.asarray(sample_weight, targets.dtype)}
 
 
-def contractions(sizes: tuple[int, ...], *, members: bool) -> tuple[str, ...]:
+def contractions(sizes: tuple[int, ...], *, members: bool, full_batch: bool = False) -> tuple[str, ...]:
     """Each Linear layer's contraction ("sum" or "dot", as `Linear` takes it).
 
-    One model: "sum" for all when every layer has at most SUM_CONTRACTION_WEIGHTS weights, else "dot". Members (a
+    One model: "sum" for all when every layer has at most SUM_CONTRACTION_WEIGHTS weights, else "dot"; on full
+    batches (lbfgs: every row each evaluation) "dot" for all, for there the sum's (rows, out, in) product costs more
+    than the matmul (float64, 353 rows, 10 → 5 → 1: a loss-and-gradient evaluation ~3× slower). Members (a
     grid's groups, one minibatch per group): the first layer's input is the group's shared minibatch, so its x·Wᵀ
     over the members is one matmul ("dot"); every later layer reads each member's own activations, where a tiny
     layer's batched matrix-vector products cost more than the fused product and sum ("sum").
@@ -253,13 +255,15 @@ def contractions(sizes: tuple[int, ...], *, members: bool) -> tuple[str, ...]:
     Args:
         sizes: the layer widths, input first.
         members: whether the layers belong to vmapped ensemble members.
+        full_batch: whether one model trains on full batches (ignored for members).
 
     Returns:
         One contraction per Linear layer.
     """
     weights = [fan_in * fan_out for fan_in, fan_out in itertools.pairwise(sizes)]
     if not members:
-        return ("sum" if max(weights) <= SUM_CONTRACTION_WEIGHTS else "dot",) * len(weights)
+        small = max(weights) <= SUM_CONTRACTION_WEIGHTS and not full_batch
+        return ("sum" if small else "dot",) * len(weights)
     return ("dot", *("sum" if count <= MEMBER_SUM_WEIGHTS else "dot" for count in weights[1:]))
 
 
@@ -278,7 +282,13 @@ def member_layout(sizes: tuple[int, ...], batch_size: int) -> str:
 
 @functools.lru_cache(maxsize=64)  # one objective per configuration: equal configurations share one program
 def objective(
-    sizes: tuple[int, ...], activation: str, loss: str, *, members: bool = False, layout: str = "rows"
+    sizes: tuple[int, ...],
+    activation: str,
+    loss: str,
+    *,
+    members: bool = False,
+    full_batch: bool = False,
+    layout: str = "rows",
 ) -> Objective:
     """The training objective of an MLP, one per configuration (equal configurations share one program).
 
@@ -287,12 +297,14 @@ def objective(
         activation: sklearn's name of the hidden activation ("identity", "relu", "tanh", "logistic").
         loss: sklearn's name of the loss, a key of `LOSSES`.
         members: for vmapped ensemble members (see `contractions`).
+        full_batch: for one model trained on full batches (see `contractions`).
         layout: the activations' layout, as `mlp` takes it.
 
     Returns:
         The `Objective`.
     """
-    model = mlp(sizes, ACTIVATIONS[activation], contraction=contractions(sizes, members=members), layout=layout)
+    contraction = contractions(sizes, members=members, full_batch=full_batch)
+    model = mlp(sizes, ACTIVATIONS[activation], contraction=contraction, layout=layout)
     return Objective(model, LOSSES[loss])
 
 
