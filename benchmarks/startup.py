@@ -37,19 +37,19 @@ def process(argv: Sequence[str], *, cwd: Path, env: dict | None = None) -> None:
 
 def run(smoke: bool) -> dict:
     record = SuiteRecord()
-    record.guarded(STARTUP, lambda: _row(record, repeats=1 if smoke else 9))
+    record.guarded(STARTUP, lambda: _row(record, repeats=1 if smoke else 9, jax_warmups=0 if smoke else 1))
     return record.as_dict(jax_only=JAX_ONLY, train=TRAIN)
 
 
-def _row(record: SuiteRecord, repeats: int) -> None:
+def _row(record: SuiteRecord, repeats: int, jax_warmups: int) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         cache = {"BP_JAX_COMPILE_CACHE": str(scratch / "cache")}
         train = lambda: process(
             ("-m", "bp_jax", "train", "--steps", "1", "--out", tempfile.mkdtemp(dir=scratch)), cwd=scratch, env=cache
         )
-        timers = {  # the train timer's warm-up fills the cache
-            JAX_ONLY: Timer(lambda: process(("-c", JAX_CODE), cwd=scratch), sync=lambda _: None),
+        timers = {  # the train timer's warm-up fills the cache (a smoke run's jax-only process needs none)
+            JAX_ONLY: Timer(lambda: process(("-c", JAX_CODE), cwd=scratch), sync=lambda _: None, warmup=jax_warmups),
             TRAIN: Timer(train, sync=lambda _: None),
         }
         for timer in timers.values():
