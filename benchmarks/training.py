@@ -58,7 +58,7 @@ def run(smoke: bool) -> dict:
             timers[name] = timer
 
     def command_fit(ensemble: int = 1, dropout: float = 0.0):
-        """(loss, state) of the run `bp-jax train [--ensemble E] [--dropout P]` starts from."""
+        """(loss, params, data-order key) of the run `bp-jax train [--ensemble E] [--dropout P]` starts from."""
         run_config = dataclasses.replace(config, ensemble=ensemble, dropout=dropout)
         model = runs.build_model(split.x_train.shape[1], run_config, split.scaling.outputs)
         state = runs.initial_state(model, run_config)
@@ -67,11 +67,11 @@ def run(smoke: bool) -> dict:
     # the validation rows carved as --early-stopping carves them; both contenders fit the rest
     fitting, held = data.validation_rows(split.y_train, config.validation_fraction, config.split_seed, classify=False)
     x, y = jax.device_put(split.x_train[fitting]), jax.device_put(split.y_train[fitting])
-    x_val, y_val = split.x_train[held], split.y_train[held]
+    x_val, y_val = jax.device_put(split.x_train[held]), jax.device_put(split.y_train[held])
     loss, params, key = command_fit()
     rule_epoch = runs.steps_per_epoch(len(fitting), config.batch_size)
     rule = bp_jax.early_stopping(  # the validation curve kept, as the command keeps it
-        loss, params, x_val, y_val, steps_per_epoch=rule_epoch, patience=steps, epochs=steps // rule_epoch
+        loss, params, x_val, y_val, steps_per_epoch=rule_epoch, patience=steps, epochs=runs.VALIDATION_CURVE_EPOCHS
     )
     plain = functools.partial(bp_jax.fit, loss, params, x, y, steps=steps, key=key, **fit_args)
     add(PLAIN, plain, steps)
