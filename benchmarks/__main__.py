@@ -1,4 +1,5 @@
-"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn,export,autodiff,startup] [--smoke]
+"""`python -m benchmarks [--suite seed,scaling,grad,data,ensemble,sklearn,export,autodiff,startup,
+training] [--smoke]
 [--out DIR]`: run, record, report."""
 
 import argparse
@@ -20,6 +21,7 @@ from benchmarks import (
     seed,
     startup,
     targets,
+    training,
 )
 
 SUITES = {
@@ -32,6 +34,7 @@ SUITES = {
     "export": export.run,
     "autodiff": autodiff.run,
     "startup": startup.run,
+    "training": training.run,
 }
 
 

@@ -373,6 +373,31 @@ def _startup_section(suite: dict) -> list[str]:
     ]
 
 
+def _training_section(suite: dict) -> list[str]:
+    rows = [
+        [
+            row["name"],
+            row["steps_per_call"],
+            _time(row["per_call_s"]["median"]),
+            *_timing_cells(row["per_step_s"]),
+            "–" if row["vs_base"] is None else f"{row['vs_base']:.3g}× {row['base']}",
+        ]
+        for row in suite["rows"]
+    ]
+    problem = suite["problem"]
+    return [
+        "## 10. Training options",
+        "",
+        f"The seed MLP on {problem['data']} as `bp-jax train` builds and calls it (batch {problem['batch']}, "
+        f"SGD lr {problem['lr']}), in turns: early stopping's validation check ({problem['validation_rows']} "
+        f"validation rows, every epoch), dropout {problem['dropout']}, and `--ensemble {problem['members']}` "
+        f"against one model over the command's default run ({problem['command_steps']} steps).",
+        "",
+        *(_table(["", "steps a call", "a call", "median a step", "IQR", "min – max", "over"], rows) if rows else []),
+        *_skipped(suite),
+    ]
+
+
 def _plot(results: dict, out: Path) -> list[str]:
     """PNG files written (none where matplotlib is missing)."""
     try:
@@ -563,6 +588,7 @@ def write(results: dict, out: Path) -> None:
         "export": _export_section,
         "autodiff": _autodiff_section,
         "startup": _startup_section,
+        "training": _training_section,
     }
     for name, suite in results["suites"].items():
         lines += sections[name](suite)

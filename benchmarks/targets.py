@@ -2,7 +2,7 @@
 
 import math
 
-from benchmarks import autodiff, data_size, ensemble, estimators, startup
+from benchmarks import autodiff, data_size, ensemble, estimators, startup, training
 from benchmarks.seed import CUDA_GRAPH, FIT, TORCH_EAGER
 
 
@@ -111,6 +111,7 @@ def evaluate(results: dict, platform: str) -> list[dict]:
     targets += _data_targets(results) + _ensemble_targets(results, platform, cpu_reason) + _sklearn_targets(results)
     targets.append(_per_example_target(results, platform, cpu_reason))
     targets.append(_startup_target(results))
+    targets += _training_targets(results)
 
     grad_rows = sorted(results.get("grad", {}).get("rows", []), key=lambda row: row["params"])
     reverse_text = "Reverse-mode gradient ≤ 4× the forward time at every size"
@@ -281,6 +282,44 @@ def _startup_target(results: dict) -> dict:
         f"{row['ratio']:.2f}× ({train:.2f} s vs {jax_only:.2f} s)",
         row["ratio"] <= 2,
     )
+
+
+def _training_targets(results: dict) -> list[dict]:
+    """Early stopping's in-loop check ≤ 1.3× the plain step, dropout ≤ 1.5×, `--ensemble 16` ≤ 3× one model's
+    training time (medians, in turns)."""
+    row = lambda name: _row(results, name, "training")
+    targets = [
+        _ratio_target(
+            "Validation early stopping (the check in the loop) ≤ 1.3× the plain fit step",
+            "any",
+            row(training.VALIDATION),
+            row(training.PLAIN),
+            1.3,
+        ),
+        _ratio_target(
+            f"Dropout ({training.DROPOUT_RATE}, masks drawn each step) ≤ 1.5× the plain fit step",
+            "any",
+            row(training.DROPOUT),
+            row(training.PLAIN),
+            1.5,
+        ),
+    ]
+    ensemble, one = row(training.ENSEMBLE), row(training.ONE_MODEL)
+    text = f"`bp-jax train --ensemble {training.MEMBERS}` trains in ≤ 3× one model's time (diabetes, fit calls)"
+    if ensemble and one:
+        ours, theirs = ensemble["per_call_s"]["median"], one["per_call_s"]["median"]
+        targets.append(
+            _target(
+                text, "any", f"{ours / theirs:.2f}× ({_time(ours)} vs {_time(theirs)} a training)", ours / theirs <= 3
+            )
+        )
+    else:
+        targets.append(_target(text, "any", None, None, "a row is missing in this run"))
+    return targets
+
+
+def _time(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms"
 
 
 def _us(row: dict) -> str:

@@ -24,6 +24,7 @@ HEADINGS = {
     "export": "## 7. export",
     "autodiff": "## 8. Autodiff beyond one gradient",
     "startup": "## 9. Start-up",
+    "training": "## 10. Training options",
 }
 PLOTS = {name: f"{name}.png" for name in ("seed", "scaling", "grad", "data", "ensemble", "autodiff")}
 
@@ -233,6 +234,24 @@ def _check_autodiff(results):
     )
 
 
+def _check_training(results):
+    rows = {row["name"]: row for row in results["suites"]["training"]["rows"]}
+    plain, one = "bp_jax fit (the command's plain run)", "bp-jax train: fit of one model (--seed 0)"
+    bases = {
+        "bp_jax fit with early_stopping (validation scored in the loop each epoch)": plain,
+        "bp_jax fit, mlp(..., dropout=0.1) (masks drawn each step)": plain,
+        "bp-jax train --ensemble 16: fit_ensemble of 16 members": one,
+    }
+    assert set(bases) | set(bases.values()) <= set(rows)
+    for name, base in bases.items():
+        assert rows[name]["base"] == base and _positive_finite(rows[name]["vs_base"])
+    for row in rows.values():
+        assert math.isclose(row["per_call_s"]["median"], row["per_step_s"]["median"] * row["steps_per_call"])
+    training = [t for t in results["targets"] if "dropout" in t["target"].lower() or "--ensemble" in t["target"]]
+    training += [t for t in results["targets"] if t["target"].startswith("Validation early stopping")]
+    assert len(training) == 3 and all(t["status"] in ("met", "missed") for t in training), training
+
+
 CHECKS = {
     "seed": _check_seed,
     "scaling": _check_scaling,
@@ -242,4 +261,5 @@ CHECKS = {
     "sklearn": _check_sklearn,
     "export": _check_export,
     "autodiff": _check_autodiff,
+    "training": _check_training,
 }

@@ -1,0 +1,119 @@
+"""Suite 10, training options: what `bp-jax train`'s early stopping, dropout and ensembles cost on diabetes.
+
+The seed MLP (10 → 5 → 1) on the diabetes training split `bp-jax train` reads by default, built and trained as
+the command builds and calls it (`bp_jax.cli.runs`: its Config, model, loss, initial state and data-order key;
+hand-written SGD, lr 0.01, minibatches of 32). Each pair is timed in turns, compilation excluded:
+
+- validation: `fit` with `bp_jax.early_stopping` (the command's `--early-stopping`: 10 % of the training rows
+  scored inside the loop at each epoch's end, patience set past the run so that both run every step) against
+  the same `fit` without the rule, on the same rows;
+- dropout: `fit` of the model with `--dropout 0.1` (a stochastic loss: fresh masks each step) against without;
+- ensemble: `fit_ensemble` of `--ensemble 16`'s members (seeds 0 … 15, one data order each) against `fit` of the
+  one model `--seed 0` trains, each the command's default run of 100 epochs (1100 steps, chunks of 1000); as a
+  diagnostic, the same members reading one shared data order (`fit_ensemble`'s groups: one gather a step). This
+  times the training the flag changes; the command's process start, data loading, checkpoints and plot are the
+  same work either way and metrics.json's wall_time_s also counts the loop's compilation, so the call is timed.
+"""
+
+import dataclasses
+import functools
+
+import jax
+
+import bp_jax
+from benchmarks.records import SuiteRecord
+from benchmarks.timing import Timer, scaled, time_interleaved
+from bp_jax.cli import data, runs
+from bp_jax.cli.watch import PROGRESS_EVERY
+
+PLAIN = "bp_jax fit (the command's plain run)"
+VALIDATION = "bp_jax fit with early_stopping (validation scored in the loop each epoch)"
+DROPOUT_RATE = 0.1
+DROPOUT = f"bp_jax fit, mlp(..., dropout={DROPOUT_RATE}) (masks drawn each step)"
+MEMBERS = 16
+ONE_MODEL = "bp-jax train: fit of one model (--seed 0)"
+ENSEMBLE = f"bp-jax train --ensemble {MEMBERS}: fit_ensemble of {MEMBERS} members"
+SHARED_ORDER = f"diagnostic: fit_ensemble of the {MEMBERS} members reading one data order (member 0's key)"
+BASES = {VALIDATION: PLAIN, DROPOUT: PLAIN, ENSEMBLE: ONE_MODEL, SHARED_ORDER: ONE_MODEL}  # each timed against
+EPOCHS = 100  # the command's default length
+
+
+def run(smoke: bool) -> dict:
+    steps, repeats = (200, 2) if smoke else (20_000, 9)
+    record = SuiteRecord()
+    config, split = runs.load_data(runs.Config())
+    per_epoch = runs.steps_per_epoch(len(split.x_train), config.batch_size)
+    command_steps = 2 * per_epoch if smoke else EPOCHS * per_epoch
+    fit_args = {"batch_size": config.batch_size, "lr": config.lr, "chunk_size": PROGRESS_EVERY, "keep_losses": False}
+    timers = {}
+
+    def add(name: str, call, steps_per_call: int) -> None:
+        timer = record.warmed(
+            name,
+            lambda: Timer(
+                lambda: call().params, steps_per_call=steps_per_call, calls_per_repeat=None, min_repeat_s=0.05
+            ),
+        )
+        if timer is not None:
+            timers[name] = timer
+
+    def command_fit(ensemble: int = 1, dropout: float = 0.0):
+        """(loss, params, data-order key) of the run `bp-jax train [--ensemble E] [--dropout P]` starts from."""
+        run_config = dataclasses.replace(config, ensemble=ensemble, dropout=dropout)
+        model = runs.build_model(split.x_train.shape[1], run_config, split.scaling.outputs)
+        state = runs.initial_state(model, run_config)
+        return runs.loss(model, split.scaling), state["params"], jax.random.wrap_key_data(state["key"])
+
+    # the validation rows carved as --early-stopping carves them; both contenders fit the rest
+    fitting, held = data.validation_rows(split.y_train, config.validation_fraction, config.split_seed, classify=False)
+    x, y = jax.device_put(split.x_train[fitting]), jax.device_put(split.y_train[fitting])
+    x_val, y_val = jax.device_put(split.x_train[held]), jax.device_put(split.y_train[held])
+    loss, params, key = command_fit()
+    rule_epoch = runs.steps_per_epoch(len(fitting), config.batch_size)
+    rule = bp_jax.early_stopping(  # the validation curve kept, as the command keeps it
+        loss, params, x_val, y_val, steps_per_epoch=rule_epoch, patience=steps, epochs=runs.VALIDATION_CURVE_EPOCHS
+    )
+    plain = functools.partial(bp_jax.fit, loss, params, x, y, steps=steps, key=key, **fit_args)
+    add(PLAIN, plain, steps)
+    add(VALIDATION, functools.partial(plain, stop_rule=rule), steps)
+    dropout_loss, dropout_params, _ = command_fit(dropout=DROPOUT_RATE)
+    add(
+        DROPOUT,
+        functools.partial(bp_jax.fit, dropout_loss, dropout_params, x, y, steps=steps, key=key, **fit_args),
+        steps,
+    )
+
+    x, y = jax.device_put(split.x_train), jax.device_put(split.y_train)
+    for name, fitter, members in ((ONE_MODEL, bp_jax.fit, 1), (ENSEMBLE, bp_jax.fit_ensemble, MEMBERS)):
+        loss, params, key = command_fit(ensemble=members)
+        train = functools.partial(fitter, loss, params, x, y, steps=command_steps, **fit_args)
+        add(name, functools.partial(train, key=key), command_steps)
+    add(SHARED_ORDER, functools.partial(train, key=key[0]), command_steps)
+
+    timings = time_interleaved(timers, repeats=repeats)
+    for name, per_step in timings.items():
+        base = BASES.get(name)
+        record.rows.append(
+            {
+                "name": name,
+                "per_step_s": per_step,
+                "per_call_s": scaled(per_step, timers[name].steps_per_call),
+                "steps_per_call": timers[name].steps_per_call,
+                "base": base,
+                "vs_base": per_step["median"] / timings[base]["median"] if base in timings else None,
+            }
+        )
+    return record.as_dict(
+        problem={
+            "data": f"diabetes, the {len(split.x_train)} training rows of bp-jax train's default split",
+            "sizes": [split.x_train.shape[1], *config.hidden, 1],
+            "batch": config.batch_size,
+            "lr": config.lr,
+            "validation_rows": len(held),
+            "dropout": DROPOUT_RATE,
+            "members": MEMBERS,
+            "steps_per_call": steps,
+            "command_steps": command_steps,
+        },
+        repeats="interleaved: one of each per round",
+    )
