@@ -6,8 +6,9 @@ This is the edge of the library: it reads data, writes files and draws; the trai
 from), `_run_folder` (the folder, locked), `_train` (the one `fit` call, watched by `watch.Watch`, which
 checkpoints between chunks) and `_finish` (metrics.json and the loss curve). With --early-stopping the
 validation rows are carved from the training rows (`_validation_split`) and scored inside `fit`'s loop
-(`bp_jax.early_stopping`); the rule's state (best params, curve) is checkpointed with the run, and the run
-ends with the best params. SIGINT and SIGTERM end the
+(`bp_jax.early_stopping`, one state per member of an ensemble; with --schedule plateau combined by
+`bp_jax.stop_rules` with a plateau on the validation loss); the rule's state (best params, curve) is checkpointed
+with the run, and the run ends with the best params. SIGINT and SIGTERM end the
 process at once before the first chunk is done (nothing to save yet), stop training at the end of the
 current chunk once it runs, checkpointed, and let metrics.json and the curve be written whole (exit status
 128 + the signal's number; see `interrupts`); a diverged run keeps its last finite params and exits with
