@@ -46,6 +46,7 @@ _EXPORTS = {
     "StopRule": "_fit",
     "fit": "_fit",
     "fit_ensemble": "_fit",
+    "stop_rules": "_fit",
     "data_parallel_mesh": "_mesh",
     "ensemble_mesh": "_mesh",
     "minibatch_indices": "_order",
@@ -72,7 +73,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` imports e
     from bp_jax import manual  # noqa: F401
     from bp_jax._early_stopping import EarlyStopping, early_stopping  # noqa: F401
     from bp_jax._explain import Graph, Node, explain  # noqa: F401
-    from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, StopRule, fit, fit_ensemble  # noqa: F401
+    from bp_jax._fit import EnsembleResult, FitResult, NonFiniteLoss, StopRule, fit, fit_ensemble, stop_rules  # noqa: F401
     from bp_jax._layers import (  # noqa: F401
         ACTIVATIONS,
         Dropout,

@@ -160,6 +160,69 @@ class StopRule(NamedTuple):
     data: Any = None
 
 
+def stop_rules(*rules: StopRule) -> StopRule:
+    """One `StopRule` made of several (`fit` takes one): after each step each rule is updated in turn, the optimizer
+    state threaded through those that touch it in their order, and the run stops once any says stop:
+    stop = stop₁ ∨ … ∨ stopₙ. Its state is the tuple of theirs (resume with `init=result.rule_state`), its data the
+    tuple of theirs (None if none has any), and it touches the optimizer state or the params where any of them does.
+    The update is one function per combination of updates, so the combined rule reuses its compiled loop.
+
+    Examples:
+        Early stopping on a validation set, and a rule halving the step every 10 steps:
+
+        >>> import jax, optax
+        >>> from bp_jax import StopRule, early_stopping, fit, loss_fn, mlp, stop_rules
+        >>> def halve(state, step, loss, opt_state):
+        ...     rate = opt_state.hyperparams["learning_rate"]
+        ...     rates = {"learning_rate": jax.numpy.where((step + 1) % 10 == 0, rate / 2, rate)}
+        ...     return state, False, opt_state._replace(hyperparams=rates)
+        >>> x = jax.numpy.linspace(-1, 1, 32).reshape(-1, 1)
+        >>> model = mlp((1, 8, 1), "tanh")
+        >>> params, loss = model.init(jax.random.key(0)), loss_fn(model)
+        >>> rule = stop_rules(early_stopping(loss, params, x[::3], 2 * x[::3], steps_per_epoch=4, patience=3),
+        ...                   StopRule(halve, {}, touches_opt_state=True))
+        >>> result = fit(loss, params, x, 2 * x, steps=40, batch_size=8, key=jax.random.key(1),
+        ...              optimizer=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), stop_rule=rule)
+        >>> round(float(result.opt_state.hyperparams["learning_rate"]), 6), int(result.rule_state[0].best_epoch)
+        (0.00625, 9)
+
+    Raises:
+        TypeError: no rules, or one that is not a `StopRule`.
+    """
+    if not rules or not all(isinstance(rule, StopRule) for rule in rules):
+        raise TypeError(f"stop_rules takes one or more bp_jax.StopRule, got {[type(r).__name__ for r in rules]}")
+    parts = tuple(
+        (rule.update, bool(rule.touches_opt_state), bool(rule.touches_params), rule.data is not None) for rule in rules
+    )
+    has_data = any(rule.data is not None for rule in rules)
+    return StopRule(
+        _combined_update(parts),
+        tuple(rule.init for rule in rules),
+        touches_opt_state=any(rule.touches_opt_state for rule in rules),
+        touches_params=any(rule.touches_params for rule in rules),
+        data=tuple(rule.data for rule in rules) if has_data else None,
+    )
+
+
+@functools.lru_cache(maxsize=32)  # one update per combination: the combined rule's program is reused
+def _combined_update(parts: tuple[tuple[Callable, bool, bool, bool], ...]) -> Callable:
+    def update(state, step, loss, *opt_state, params=None, data=None):
+        states, stop, opt_states = [], jnp.zeros((), bool), list(opt_state)
+        datas = (None,) * len(parts) if data is None else data
+        for part, rule_state, rule_data in zip(parts, state, datas):
+            rule_update, touches_opt_state, touches_params, has_data = part
+            extra = ({"params": params} if touches_params else {}) | ({"data": rule_data} if has_data else {})
+            if touches_opt_state:
+                rule_state, rule_stop, opt_states[0] = rule_update(rule_state, step, loss, opt_states[0], **extra)
+            else:
+                rule_state, rule_stop = rule_update(rule_state, step, loss, **extra)
+            states.append(rule_state)
+            stop = stop | jnp.asarray(rule_stop, bool)
+        return (tuple(states), stop, *opt_states)
+
+    return update
+
+
 class _Run(NamedTuple):
     """A checked call of `fit` or `fit_ensemble`, ready to run: the compiled loop, its first state (fresh buffers:
     the loop donates them), its data `(lr, key, x, y, rows, rule_data)`, the steps and chunk sizes, the members
@@ -372,7 +435,8 @@ def fit_ensemble(
             stacked.
         row_counts: (G,) how many of each group's rows it uses; data, like rows.
         stop_rule: a `StopRule` whose `init` has a leading member axis: a member stops after the step at which
-            its rule says stop (frozen there, NaN losses from then on, that step in `stopped_at`).
+            its rule says stop (frozen there, NaN losses from then on, that step in `stopped_at`); once every
+            member's rule has stopped it the run returns, `result.step` = max(stopped_at) + 1.
         keep_losses: as `fit`'s.
         shuffle: as `fit`'s: False reads every member's minibatches (of x, or of its group's rows) in order.
         padding: as `fit`'s, for x; with rows, the last padding[g] of group g's row_counts[g] rows (one int for
@@ -581,7 +645,8 @@ def _run_in_chunks(run: _Run, on_chunk, result, keep_losses: bool) -> tuple[Loop
     """The host side of both loops: calls the loop for at most CAPACITY steps at a time, gives `on_chunk` the
     `result(state, chunk losses, step)` after every chunk (boundaries on the multiples of each chunk size) and
     stops when it returns True; returns the state, the losses (steps, *members; the last chunk's alone unless
-    `keep_losses`) and the step reached. One model returns as soon as it diverged or its stop rule stopped it."""
+    `keep_losses`) and the step reached. One model returns as soon as it diverged or its stop rule stopped it, members
+    as soon as every one's rule has stopped it (the step reached: the last one's stop + 1)."""
     state, step = run.state, run.start_step
     losses: list[np.ndarray] = []
     while step < run.end:
@@ -594,6 +659,9 @@ def _run_in_chunks(run: _Run, on_chunk, result, keep_losses: bool) -> tuple[Loop
             step += length
             if run.members is None and (to_host(state.divergence.step) >= 0 or _stopped_at(state) >= 0):
                 return state, np.concatenate((losses if keep_losses else []) + chunk), step
+            if run.members is not None and state.rule is not None and np.all(to_host(state.rule.stopped_at) >= 0):
+                ended = int(np.max(to_host(state.rule.stopped_at))) + 1  # every member's rule stopped it: none steps on
+                return state, np.concatenate((losses if keep_losses else []) + chunk)[: ended - step or None], ended
         if not keep_losses:
             losses = []
         losses += chunk

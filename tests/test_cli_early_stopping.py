@@ -1,11 +1,20 @@
 """`bp-jax train --early-stopping`: validation rows carved from the training rows, scored inside the loop, the run
-ending with the best params; resumed bit for bit; bad flags refused before anything is written."""
+ending with the best params; with --ensemble each member on its own; with --schedule plateau the scale following
+optax's reduce_on_plateau given the validation losses; resumed bit for bit; bad flags refused before anything is
+written."""
+
+import re
+import shutil
 
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import assert_same_state, checkpoint_steps, run_cli, strict_json
 
+import bp_jax
 from bp_jax.cli import data, runs, train
 
 #: diabetes: 354 training rows, 35 of them for validation, 319 left: 9 steps an epoch. A wide net at a high rate
@@ -72,6 +81,110 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does_with_its_bits(stopp
     assert checkpoint_steps(out) == steps and strict_json(out / "metrics.json")["final_step"] == metrics["final_step"]
 
 
+#: three members from seeds 0, 1, 2 on a plateau schedule: two stop after epoch 6, the third after epoch 8.
+MEMBERS = (*ARGS, "--ensemble", 3, "--schedule", "plateau", "--checkpoint-every", 18)
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    """An ensemble run whose members the rule stopped, each on its own: its folder and metrics."""
+    out = tmp_path_factory.mktemp("members") / "run"
+    run_cli("train", "--out", out, "--epochs", EPOCHS, *MEMBERS)
+    return out, strict_json(out / "metrics.json")
+
+
+@pytest.mark.slow
+def test_each_member_stops_on_its_own_curve_ends_with_its_best_params_and_its_plateau_reads_it(members):
+    """Per member: the curve, best epoch and count as one model's; predict's params its best; the held-out MSE the
+    ensemble's of those; the plateau state reduce_on_plateau's given the member's validation losses on the host."""
+    out, metrics = members
+    stopping = metrics["early_stopping"]
+    assert [member["seed"] for member in stopping["members"]] == [0, 1, 2] and stopping["stopped_early"]
+    ends = []
+    for member in stopping["members"]:
+        curve, best = member["validation_loss"], member["best_epoch"]
+        assert member["stopped_early"] and member["epochs_without_improvement"] == PATIENCE
+        assert len(curve) == best + 1 + PATIENCE and best == int(np.argmin(curve))
+        assert member["best_step"] == (best + 1) * PER_EPOCH and member["best_validation_loss"] == curve[best]
+        ends.append((best + 1 + PATIENCE) * PER_EPOCH)
+    assert len(set(ends)) > 1 and metrics["final_step"] == max(ends) == checkpoint_steps(out)[-1]
+    run, model, params = runs.read_trained(out)
+    state = run.restore(runs.initial_state(model, run.config))
+    chex.assert_trees_all_equal(params, state["rule"]["params"])
+    config, split = runs.load_data(run.config)
+    split, (x_val, y_val) = train._validation_split(config, split)
+    validation = jax.vmap(runs.loss(model, split.scaling), (0, None, None))(params, x_val, y_val)
+    expected = [member["best_validation_loss"] for member in stopping["members"]]
+    np.testing.assert_allclose(np.asarray(validation), expected, rtol=1e-5)
+    held_out = runs.ensemble_scores(model, split)(params)["held_out_mse"]
+    np.testing.assert_allclose(float(held_out), metrics["held_out_mse"], rtol=1e-5)
+    is_plateau = lambda node: isinstance(node, optax.contrib.ReduceLROnPlateauState)
+    (saved,) = [node for node in jax.tree.leaves(state["opt_state"], is_leaf=is_plateau) if is_plateau(node)]
+    plateau = optax.contrib.reduce_on_plateau(**runs.PLATEAU, accumulation_size=1)
+    update = jax.jit(lambda state, value: plateau.update(None, state, value=value)[1])
+    for i, member in enumerate(stopping["members"]):
+        host = plateau.init(None)
+        for loss in member["validation_loss"]:
+            host = update(host, jnp.float32(loss))
+        chex.assert_trees_all_close(jax.tree.map(lambda leaf, i=i: leaf[i], saved), host, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_resumed_ensemble_stops_where_an_uninterrupted_one_does_with_its_bits(members, tmp_path):
+    """Resumed from step 54, before any member stopped, the members stop as they did, with the same bits."""
+    whole, metrics = members
+    out = tmp_path / "resumed"
+    shutil.copytree(whole, out)
+    for step in checkpoint_steps(out)[1:]:
+        shutil.rmtree(out / "checkpoints" / str(step))
+    assert checkpoint_steps(out) == [54]
+    run_cli("train", "--resume", out)
+    assert_same_state(whole, out)
+    assert strict_json(out / "metrics.json")["early_stopping"] == metrics["early_stopping"]
+
+
+def test_a_plateau_schedule_with_early_stopping_reads_the_validation_loss():
+    """Combined by `bp_jax.stop_rules`: a validation set the training fits ever worse (its targets the opposite),
+    while the training loss falls; at each epoch's end the scale is optax's reduce_on_plateau's fed the epochs'
+    validation losses, and the run stops when early stopping says so."""
+    x = jnp.linspace(-1, 1, 8).reshape(-1, 1)
+    model, per_epoch, patience = bp_jax.mlp((1, 8, 1), "tanh"), 2, 12
+    loss, params = bp_jax.loss_fn(model), model.init(jax.random.key(0))
+    config = runs.Config(optimizer="momentum", lr=0.05, schedule="plateau")
+    x_val, y_val = x[::2], -jnp.sin(3 * x[::2])
+    stopping = bp_jax.early_stopping(
+        loss, params, x_val, y_val, steps_per_epoch=per_epoch, patience=patience, epochs=30
+    )
+    rule = bp_jax.stop_rules(stopping, runs.plateau_rule(config, per_epoch, (loss, x_val, y_val)))
+    scales: list[float] = []
+    result = bp_jax.fit(
+        loss,
+        params,
+        x,
+        jnp.sin(3 * x),
+        steps=60 * per_epoch,
+        batch_size=4,
+        key=jax.random.key(1),
+        optimizer=runs.optimizer(config, 60 * per_epoch, per_epoch),
+        stop_rule=rule,
+        chunk_size=per_epoch,
+        on_chunk=lambda chunk: scales.append(float(chunk.opt_state[1].scale)),
+    )
+    state = result.rule_state[0]
+    epochs = int(state.best_epoch) + 1 + patience
+    assert result.stopped_at == epochs * per_epoch - 1 and result.losses[-1] < result.losses[0]
+    plateau = optax.contrib.reduce_on_plateau(**runs.PLATEAU, accumulation_size=1)
+    update = jax.jit(lambda state, value: plateau.update(None, state, value=value)[1])
+    host, expected = plateau.init(params), []
+    for value in np.asarray(state.losses[:epochs]):
+        host = update(host, value)
+        expected.append(float(host.scale))
+    assert expected[-1] < 1 and scales == pytest.approx(expected[: len(scales)], rel=1e-6)
+    assert float(result.opt_state[1].scale) == pytest.approx(expected[-1], rel=1e-6)
+    with pytest.raises(TypeError, match=re.escape("stop_rules takes one or more bp_jax.StopRule, got ['dict']")):
+        bp_jax.stop_rules({})
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -86,8 +199,6 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does_with_its_bits(stopp
             "batch (32 rows)",
         ),
         (["--early-stopping", "--validation-fraction", "0.05"], "leaves 336 training and 18 validation rows"),
-        (["--early-stopping", "--ensemble", "2"], "does not combine with --ensemble 2"),
-        (["--early-stopping", "--schedule", "plateau"], "does not combine with --early-stopping"),
     ],
 )
 def test_bad_early_stopping_flags_are_one_line_exit_2_and_write_nothing(tmp_path, flags, message):

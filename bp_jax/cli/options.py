@@ -263,7 +263,8 @@ def add_schedule_and_weights(parser) -> None:
         choices=SCHEDULES,
         help="the learning rate over the run: constant (default); cosine, from --lr to 0; warmup-cosine, from 0 to "
         "--lr over --warmup-epochs, then cosine to 0; plateau, × "
-        f"{PLATEAU['factor']} after {PLATEAU['patience']} epochs without a better mean training loss",
+        f"{PLATEAU['factor']} after {PLATEAU['patience']} epochs without a better mean training loss (validation "
+        "loss with --early-stopping)",
     )
     group.add_argument(
         "--warmup-epochs", type=positive_int, metavar="E", help="warmup-cosine's linear warm-up, fewer than the run's"

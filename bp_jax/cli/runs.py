@@ -422,28 +422,52 @@ def _scaled_by_plateau() -> optax.GradientTransformation:
     return optax.GradientTransformation(optax.contrib.reduce_on_plateau(**PLATEAU).init, scaled)
 
 
+def _advanced(plateau: optax.GradientTransformation, opt_state, value):
+    """`opt_state` with its reduce_on_plateau state (wherever it is: inject_hyperparams' inner state) given `value`."""
+    watched = lambda node: isinstance(node, optax.contrib.ReduceLROnPlateauState)
+    advance = lambda node: plateau.update(None, node, value=value)[1] if watched(node) else node
+    return jax.tree.map(advance, opt_state, is_leaf=watched)
+
+
 @functools.lru_cache(maxsize=16)  # one update per epoch length: one compiled loop for the runs that share it
 def _plateau_update(steps_per_epoch: int) -> Callable:
     plateau = optax.contrib.reduce_on_plateau(**PLATEAU, accumulation_size=steps_per_epoch)
 
-    watched = lambda node: isinstance(node, optax.contrib.ReduceLROnPlateauState)
-    advance = lambda node, loss: plateau.update(None, node, value=loss)[1] if watched(node) else node
-
-    def update(state, step, loss, opt_state):  # the plateau state wherever it is (inject_hyperparams' inner state)
-        return state, jnp.zeros((), bool), jax.tree.map(lambda node: advance(node, loss), opt_state, is_leaf=watched)
+    def update(state, step, loss, opt_state):
+        return state, jnp.zeros((), bool), _advanced(plateau, opt_state, loss)
 
     return update
 
 
-def plateau_rule(config: Config, steps_per_epoch: int) -> bp_jax.StopRule | None:
-    """--schedule plateau's `StopRule` (it never stops), None for the other schedules: each applied step's training
-    loss goes to reduce_on_plateau (PLATEAU), whose state in the optimizer's (so checkpointed and resumed with it)
-    averages an epoch's `steps_per_epoch` losses and, at the epoch's end, sets the scale `optimizer` multiplies the
-    update by. To watch a validation loss instead, build `plateau` with accumulation_size=1 and give it the epoch's
-    validation loss at the epoch's end, in the rule that computes it."""
+@functools.lru_cache(maxsize=16)  # one update per loss function: every validation set shares a program
+def _validation_plateau_update(loss_fn: Callable) -> Callable:
+    plateau = optax.contrib.reduce_on_plateau(**PLATEAU, accumulation_size=1)
+
+    def update(state, step, loss, opt_state, *, params, data):
+        epoch_end = (step + 1) % data["steps_per_epoch"] == 0  # the members share it: a cond even under vmap
+        scored = lambda opt_state: _advanced(plateau, opt_state, loss_fn(params, data["x"], data["y"]))
+        return state, jnp.zeros((), bool), jax.lax.cond(epoch_end, scored, lambda opt_state: opt_state, opt_state)
+
+    return update
+
+
+def plateau_rule(config: Config, steps_per_epoch: int, validation: tuple | None = None) -> bp_jax.StopRule | None:
+    """--schedule plateau's `StopRule` (it never stops), None for the other schedules. Without `validation`, each
+    applied step's training loss goes to reduce_on_plateau (PLATEAU), whose state in the optimizer's (so
+    checkpointed and resumed with it) averages an epoch's `steps_per_epoch` losses and, at the epoch's end, sets
+    the scale `optimizer` multiplies the update by. With `validation` = (loss_fn, x_val, y_val) (--early-stopping),
+    reduce_on_plateau (accumulation_size=1) is given the validation loss loss_fn(params, x_val, y_val) at each
+    epoch's end instead, the value early stopping scores (computed again: one more pass over the validation rows
+    an epoch); combine the two with `bp_jax.stop_rules`."""
     if config.schedule != "plateau":
         return None
-    return bp_jax.StopRule(_plateau_update(steps_per_epoch), {}, touches_opt_state=True)
+    if validation is None:
+        return bp_jax.StopRule(_plateau_update(steps_per_epoch), {}, touches_opt_state=True)
+    loss_fn, x_val, y_val = validation
+    data = {"x": x_val, "y": y_val, "steps_per_epoch": np.int32(steps_per_epoch)}
+    return bp_jax.StopRule(
+        _validation_plateau_update(loss_fn), {}, touches_opt_state=True, touches_params=True, data=data
+    )
 
 
 def check_warmup(config: Config) -> None:
@@ -532,17 +556,15 @@ def initial_state(model: bp_jax.Model, config: Config) -> dict:
     """The state at step 0 of the run `config` describes, made from the seed by one compiled program (eager, each
     small op, the key's included, would be a program of its own); with early stopping, also the rule's state
     ("rule", `early_stopping_state`); an ensemble's (`member_states` of seeds seed, …, seed + ensemble − 1) has a
-    leading member axis on every leaf (an ensemble has no early stopping: `train` refuses the two together)."""
+    leading member axis on every leaf, its rule state one per member."""
+    with_rule = lambda start: start | {"rule": early_stopping_state(start["params"])}
     if config.ensemble > 1:
         seeds = np.arange(config.seed, config.seed + config.ensemble, dtype=np.uint32)
-        return member_states(model, optimizer(config), seeds, 1)
+        states = member_states(model, optimizer(config), seeds, 1)
+        return jax.jit(jax.vmap(with_rule))(states) if config.early_stopping else states
     make = state_from_key(model, optimizer(config))
-
-    def state(seed):
-        start = make(jax.random.key(seed))
-        return start | {"rule": early_stopping_state(start["params"])} if config.early_stopping else start
-
-    return jax.jit(state)(np.uint32(config.seed))
+    first = lambda seed: with_rule(make(jax.random.key(seed))) if config.early_stopping else make(jax.random.key(seed))
+    return jax.jit(first)(np.uint32(config.seed))
 
 
 def early_stopping_state(params) -> dict:
@@ -560,9 +582,15 @@ def early_stopping_state(params) -> dict:
 
 def best_params(state: dict):
     """The params a run ends with: with early stopping, the best epoch's (the last step's before any epoch
-    ended), else the last step's."""
+    ended), else the last step's; an ensemble's, each member's own."""
     rule = state.get("rule")
-    return state["params"] if rule is None or int(rule["best_epoch"]) < 0 else rule["params"]
+    if rule is None:
+        return state["params"]
+    if np.ndim(rule["best_epoch"]) == 0:
+        return state["params"] if int(rule["best_epoch"]) < 0 else rule["params"]
+    scored = np.asarray(rule["best_epoch"]) >= 0
+    by_member = lambda leaf: scored.reshape(-1, *(1,) * (np.ndim(leaf) - 1))
+    return jax.tree.map(lambda best, last: np.where(by_member(last), best, last), rule["params"], state["params"])
 
 
 def member_states(

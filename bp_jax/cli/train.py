@@ -6,8 +6,9 @@ This is the edge of the library: it reads data, writes files and draws; the trai
 from), `_run_folder` (the folder, locked), `_train` (the one `fit` call, watched by `watch.Watch`, which
 checkpoints between chunks) and `_finish` (metrics.json and the loss curve). With --early-stopping the
 validation rows are carved from the training rows (`_validation_split`) and scored inside `fit`'s loop
-(`bp_jax.early_stopping`); the rule's state (best params, curve) is checkpointed with the run, and the run
-ends with the best params. SIGINT and SIGTERM end the
+(`bp_jax.early_stopping`, one state per member of an ensemble; with --schedule plateau combined by
+`bp_jax.stop_rules` with a plateau on the validation loss); the rule's state (best params, curve) is checkpointed
+with the run, and the run ends with the best params. SIGINT and SIGTERM end the
 process at once before the first chunk is done (nothing to save yet), stop training at the end of the
 current chunk once it runs, checkpointed, and let metrics.json and the curve be written whole (exit status
 128 + the signal's number; see `interrupts`); a diverged run keeps its last finite params and exits with
@@ -212,14 +213,6 @@ def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem
     """Read and split the data, check the batch size and that the run fits in memory, build the model and its
     initial state (`given`: the values set on the command line of a new run, see `runs.load_data`)."""
     config, split = runs.load_data(config, given)
-    if config.early_stopping and config.ensemble > 1:
-        raise UsageError(
-            f"--early-stopping trains one model; it does not combine with --ensemble {config.ensemble} (yet)"
-        )
-    if config.early_stopping and config.schedule == "plateau":
-        raise UsageError(
-            "--schedule plateau watches the training loss; it does not combine with --early-stopping (yet)"
-        )
     split, validation = _validation_split(config, split) if config.early_stopping else (split, None)
     runs.check_memory(config, split, members=config.ensemble)  # before the params are allocated
     n_train, features = split.x_train.shape
@@ -365,7 +358,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         if manager is not None:
             arrays = {"params": result.params, "opt_state": result.opt_state, "key": start.state["key"]}
             if config.early_stopping:  # the rule's state (a plateau schedule's is in the optimizer state)
-                arrays["rule"] = result.rule_state._asdict()
+                arrays["rule"] = _stopping_state(result)._asdict()
             if ensemble:  # members may be split over devices: gathered whole
                 arrays = jax.device_get(arrays)
             elif problem.mesh is not None:
@@ -392,12 +385,17 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     y = runs.targets(config, split)
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
     loss = runs.loss(problem.model, split.scaling, weighted=isinstance(y, dict))
-    # the validation loss is unweighted (as Keras's class_weight): the rows as they come
-    rule = _stop_rule(problem, start, runs.loss(problem.model, split.scaling)) or runs.plateau_rule(config, per_epoch)
-    if rule is not None and config.early_stopping and int(rule.init.count) >= config.patience:
-        # a resumed run that stopped early already: nothing to run
-        state = start.state
-        return bp_jax.FitResult(state["params"], state["opt_state"], np.zeros(0), start.step, -1, rule.init), None
+    rule = _stop_rule(problem, start, per_epoch)
+    if config.early_stopping and np.all(start.state["rule"]["count"] >= config.patience):
+        # a resumed run whose models all stopped early already: nothing to run
+        state, stopping = start.state, bp_jax.EarlyStopping(**start.state["rule"])
+        if ensemble:
+            never = np.full(config.ensemble, -1)
+            losses = np.zeros((0, config.ensemble))
+            return bp_jax.EnsembleResult(
+                state["params"], state["opt_state"], losses, start.step, never, never, stopping
+            ), None
+        return bp_jax.FitResult(state["params"], state["opt_state"], np.zeros(0), start.step, -1, stopping), None
     arguments = {
         "steps": watch.total - start.step,
         "batch_size": config.batch_size,
@@ -417,6 +415,9 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         members = bp_jax.fit_ensemble(loss, start.state["params"], x, y, **arguments)
         diverged = np.flatnonzero(members.diverged >= 0)
         if not len(diverged):
+            if members.stopped_at is not None and np.all(members.stopped_at >= 0):  # all stopped early: as below
+                watch.add_rest(members.losses, members.step - len(members.losses))
+                save(members)
             return members, None
         first = int(diverged[np.argmin(members.diverged[diverged])])
         error = MemberDiverged(int(members.diverged[first]), first, config.seed + first)
@@ -435,20 +436,35 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     return result, None
 
 
-def _stop_rule(problem: Problem, start: Start, loss) -> bp_jax.StopRule | None:
-    """With early stopping, `bp_jax.early_stopping` on the validation rows, from the rule state `start` holds."""
-    if problem.validation is None:
-        return None
+def _stop_rule(problem: Problem, start: Start, steps_per_epoch: int) -> bp_jax.StopRule | None:
+    """The run's `StopRule`, None without one: with early stopping, `bp_jax.early_stopping` on the validation rows
+    (one state per member of an ensemble), from the rule state `start` holds; with --schedule plateau,
+    `runs.plateau_rule`, on the validation loss with early stopping (the two combined by `bp_jax.stop_rules`)."""
     config = problem.config
-    rule = bp_jax.early_stopping(
+    if problem.validation is None:
+        return runs.plateau_rule(config, steps_per_epoch)
+    # the validation loss is unweighted (as Keras's class_weight): the rows as they come
+    loss = runs.loss(problem.model, problem.split.scaling)
+    x_val, y_val = map(jax.device_put, problem.validation)
+    stopping = bp_jax.early_stopping(
         loss,
         start.state["params"],
-        *map(jax.device_put, problem.validation),
-        steps_per_epoch=runs.steps_per_epoch(len(problem.split.x_train), config.batch_size),
+        x_val,
+        y_val,
+        steps_per_epoch=steps_per_epoch,
         patience=config.patience,
         epochs=runs.VALIDATION_CURVE_EPOCHS,
+        members=config.ensemble if config.ensemble > 1 else None,
     )
-    return rule._replace(init=bp_jax.EarlyStopping(**start.state["rule"]))
+    stopping = stopping._replace(init=bp_jax.EarlyStopping(**start.state["rule"]))
+    plateau = runs.plateau_rule(config, steps_per_epoch, (loss, x_val, y_val))
+    return stopping if plateau is None else bp_jax.stop_rules(stopping, plateau)
+
+
+def _stopping_state(result) -> bp_jax.EarlyStopping:
+    """The early stopping rule's state in `result` (the first of a combined rule's)."""
+    state = result.rule_state
+    return state if isinstance(state, bp_jax.EarlyStopping) else state[0]
 
 
 def _finish(
@@ -468,8 +484,12 @@ def _finish(
     (`runs.ensemble_scores`), each member's under "members"; its curve is the members' mean loss and their range."""
     split, config = problem.split, problem.config
     history, spread, stopping = watch.history, None, None
+    to_host = jax.device_get if config.ensemble > 1 else distributed.host_local  # members may be split over devices
+    rule_state = to_host(_stopping_state(result)._asdict()) if config.early_stopping else None
+    if rule_state is not None:
+        stopping = _stopping_metrics(problem, rule_state)
     if config.ensemble > 1:
-        params = jax.device_get(result.params)
+        params = runs.best_params({"params": jax.device_get(result.params), "rule": rule_state})
         scores = runs.ensemble_scores(problem.model, split)(params)
         each = runs.scores(problem.model, split, ensemble=True)(params)
         scores["members"] = [
@@ -480,15 +500,14 @@ def _finish(
             -1, config.ensemble
         )
         steps = [step for step, _ in watch.history]
-        history = [[step, loss] for step, loss in zip(steps, np.mean(losses, axis=1).tolist())]
+        # a member that stopped early has no loss from then on: the curve is the others'
+        history = [[step, loss] for step, loss in zip(steps, np.nanmean(losses, axis=1).tolist())]
         spread = [
-            [step, *low_high] for step, *low_high in zip(steps, np.min(losses, 1).tolist(), np.max(losses, 1).tolist())
+            [step, *low_high]
+            for step, *low_high in zip(steps, np.nanmin(losses, 1).tolist(), np.nanmax(losses, 1).tolist())
         ]
     else:
-        rule_state = result.rule_state._asdict() if config.early_stopping else None
         params = distributed.host_local(runs.best_params({"params": result.params, "rule": rule_state}))
-        if rule_state is not None:
-            stopping = _stopping_metrics(problem, distributed.host_local(rule_state), result)
         scores = {name: float(value) for name, value in runs.scores(problem.model, split)(params).items()}
     classify = config.task == "classification"
     if diverged is not None:
@@ -564,32 +583,53 @@ def _finish(
     return metrics
 
 
-def _stopping_metrics(problem: Problem, state: dict, result: bp_jax.FitResult) -> dict:
-    """metrics.json's "early_stopping": the validation loss after each epoch (`validation_loss[e]`: epoch e's,
-    counted from 0, the first VALIDATION_CURVE_EPOCHS), the best epoch, its step and loss (None before any epoch
-    ended), whether the rule stopped the run and the epochs since the best."""
-    per_epoch = runs.steps_per_epoch(len(problem.split.x_train), problem.config.batch_size)
-    best = int(state["best_epoch"])
-    scored = min(result.step // per_epoch, runs.VALIDATION_CURVE_EPOCHS)
-    return {
-        "validation_fraction": problem.config.validation_fraction,
-        "patience": problem.config.patience,
+def _stopping_metrics(problem: Problem, state: dict) -> dict:
+    """metrics.json's "early_stopping": the settings, then for one model (for each member of an ensemble, under
+    "members" with its seed, and "stopped_early" when all did) `_model_stopping`."""
+    config = problem.config
+    per_epoch = runs.steps_per_epoch(len(problem.split.x_train), config.batch_size)
+    settings = {
+        "validation_fraction": config.validation_fraction,
+        "patience": config.patience,
         "steps_per_epoch": per_epoch,
+    }
+    if config.ensemble == 1:
+        return settings | _model_stopping(state, config.patience, per_epoch)
+    members = [
+        {"seed": config.seed + member}
+        | _model_stopping({name: state[name][member] for name in state if name != "params"}, config.patience, per_epoch)
+        for member in range(config.ensemble)
+    ]
+    return settings | {"stopped_early": all(member["stopped_early"] for member in members), "members": members}
+
+
+def _model_stopping(state: dict, patience: int, per_epoch: int) -> dict:
+    """One model's early stopping: the validation loss after each epoch it scored (`validation_loss[e]`: epoch e's,
+    counted from 0; best epoch + 1 + the epochs since, the first VALIDATION_CURVE_EPOCHS), the best epoch, its step
+    and loss (None before any epoch ended), whether the rule stopped it and the epochs since the best."""
+    best, count = int(state["best_epoch"]), int(state["count"])
+    scored = min(best + 1 + count, runs.VALIDATION_CURVE_EPOCHS)
+    return {
         "validation_loss": np.asarray(state["losses"][:scored], np.float64).tolist(),
         "best_epoch": best if best >= 0 else None,
         "best_step": (best + 1) * per_epoch if best >= 0 else None,
         "best_validation_loss": float(state["best_loss"]) if best >= 0 else None,
-        "stopped_early": int(state["count"]) >= problem.config.patience,
-        "epochs_without_improvement": int(state["count"]),
+        "stopped_early": count >= patience,
+        "epochs_without_improvement": count,
     }
 
 
 def _validation_curve(stopping: dict | None) -> list:
-    """[step, validation loss] pairs for the loss plot: epoch e's loss at its last step, (e + 1) · steps per epoch."""
+    """[step, validation loss] pairs for the loss plot: epoch e's loss at its last step, (e + 1) · steps per epoch;
+    an ensemble's, the mean of the members that scored epoch e."""
     if stopping is None:
         return []
     per_epoch = stopping["steps_per_epoch"]
-    return [[(epoch + 1) * per_epoch, loss] for epoch, loss in enumerate(stopping["validation_loss"])]
+    curves = [member["validation_loss"] for member in stopping.get("members", [stopping])]
+    epochs = max(map(len, curves))
+    padded = np.asarray([curve + [np.nan] * (epochs - len(curve)) for curve in curves], np.float64)
+    means = np.nanmean(padded, axis=0) if epochs else []
+    return [[(epoch + 1) * per_epoch, float(loss)] for epoch, loss in enumerate(means)]
 
 
 def _print_summary(config: Config, metrics: dict) -> None:
@@ -609,7 +649,17 @@ def _print_summary(config: Config, metrics: dict) -> None:
             ("held-out MSE, mean predictor", f"{metrics['baseline_held_out_mse']:.4f}"),
         ]
     stopping = metrics.get("early_stopping")
-    if stopping is not None and stopping["best_epoch"] is not None:
+    if stopping is not None and "members" in stopping:
+        best = [member["best_epoch"] for member in stopping["members"] if member["best_epoch"] is not None]
+        stopped = sum(member["stopped_early"] for member in stopping["members"])
+        scores.append(
+            (
+                "early stopping",
+                (f"best epochs {min(best)} … {max(best)}, " if best else "")
+                + f"{stopped} of {config.ensemble} members stopped early",
+            )
+        )
+    elif stopping is not None and stopping["best_epoch"] is not None:
         scores.append(
             (
                 "early stopping",
