@@ -117,15 +117,17 @@ def test_early_stopping_then_warm_start_as_sklearns_own_first_fit():
     assert not np.allclose(theirs.coefs_[0], best[0])
 
 
-@pytest.mark.parametrize("early", [False, True])
-def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, early):
+@pytest.mark.parametrize("how", ["verbose", "early", "plain"])
+def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, how):
     """A KeyboardInterrupt in fit, taken as sklearn's `_fit_stochastic` takes it: the warning "Training interrupted
     by user." and the estimator fitted with the epochs done, as a fit of that many epochs: verbose's line of epoch
-    3 interrupted keeps 3; early stopping's score of epoch 3 interrupted keeps 2, and their best weights."""
-    from bp_jax.estimators import _multilayer_perceptron
+    3 interrupted keeps 3; early stopping's score of epoch 3 interrupted keeps 2, and their best weights; a plain
+    fit (chunks of 3 epochs here) interrupted after its first chunk keeps 3."""
+    from bp_jax.estimators import _multilayer_perceptron, _training
 
+    early = how == "early"
     name, config, y = ("MLPClassifier", EARLY, LABELS) if early else ("MLPRegressor", SGD, Y)
-    config = config | {"n_iter_no_change": 100, "verbose": not early}
+    config = config | {"n_iter_no_change": 100, "verbose": how == "verbose"}
     kept = 2 if early else 3
     if early:
         scored, score = [], getattr(estimators, name)._score_params
@@ -137,7 +139,7 @@ def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, earl
             return score(self, *args, **kwargs)
 
         monkeypatch.setattr(getattr(estimators, name), "_score_params", interrupting)
-    else:
+    elif how == "verbose":
 
         class Interrupting(_multilayer_perceptron.Progress):
             def __call__(self, *args):
@@ -146,6 +148,15 @@ def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, earl
                     raise KeyboardInterrupt
 
         monkeypatch.setattr(_multilayer_perceptron, "Progress", Interrupting)
+    else:
+        record = _training._Record.__call__
+
+        def interrupting_record(self, result):
+            record(self, result)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(_training, "CHUNK_STEPS", 3)  # batch_size = rows: an epoch a step
+        monkeypatch.setattr(_training._Record, "__call__", interrupting_record)
     with pytest.warns(UserWarning, match=r"^Training interrupted by user\.$"):
         ours = getattr(estimators, name)(**config | {"max_iter": 10}).fit(X, y)
     monkeypatch.undo()

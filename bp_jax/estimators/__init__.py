@@ -45,8 +45,9 @@ What differs, and why:
   (tests/test_sklearn_parity_solvers.py).
 - A KeyboardInterrupt in an sgd or adam fit is taken as sklearn's: the warning "Training interrupted by user." and
   the fitted estimator returned with the epochs done (with early stopping, their best weights). But bp_jax knows
-  an epoch done once it is back on the host: between epochs with early stopping or `verbose`; otherwise the whole
-  fit is one call, and an interrupt keeps the weights it started from (sklearn keeps those of its last step).
+  an epoch done once it is back on the host: between epochs with early stopping or `verbose`; otherwise between
+  chunks of whole epochs (at least `_training.CHUNK_STEPS` steps), so an interrupt keeps the last chunk's epochs
+  (sklearn keeps those of its last step).
 - `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
   fit, n_iter_ and ConvergenceWarning; but in the data's precision (float32 X: float32), where scipy always
