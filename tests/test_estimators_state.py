@@ -222,3 +222,21 @@ def test_warm_start_with_other_classes_raises_sklearns_error():
             model.fit(X, np.minimum(LABELS, 1))
         errors.append(str(error.value))
     assert errors[0] == errors[1] and errors[0].startswith("warm_start can only be used where `y` has the same")
+
+
+@pytest.mark.parametrize("fit", ["warm_start", "partial_fit"])
+def test_a_random_state_instance_is_drawn_from_at_every_fit_as_sklearns_check_random_state(fit):
+    """sklearn's `_fit` calls `check_random_state` at every call: a RandomState `random_state` gives each fit a
+    fresh seed (advancing it), here the minibatch order's: the same bits as int seeds of its successive draws (an
+    int changed between fits taken too), not those of its first draw kept."""
+    draws = np.random.RandomState(5).randint(np.iinfo(np.int32).max, size=2)
+    config = SGD | {"batch_size": 7, "warm_start": fit == "warm_start", "n_iter_no_change": 100, "max_iter": 2}
+    ours = estimators.MLPRegressor(**config | {"random_state": np.random.RandomState(5)})
+    seeded, kept = (estimators.MLPRegressor(**config | {"random_state": int(draws[0])}) for _ in range(2))
+    for model in (ours, seeded, kept):
+        model.fit(X, Y)
+    seeded.set_params(random_state=int(draws[1]))
+    for model in (ours, seeded, kept):
+        model.fit(X, Y) if fit == "warm_start" else model.partial_fit(X, Y)
+    chex.assert_trees_all_equal((ours.coefs_, ours.intercepts_), (seeded.coefs_, seeded.intercepts_))
+    assert not np.allclose(ours.coefs_[0], kept.coefs_[0])
