@@ -110,3 +110,40 @@ def test_sparse_x_is_dense_x():
         model = estimators.MLPRegressor(**config).fit(container(X), Y)
         chex.assert_trees_all_close(model.coefs_, dense.coefs_, rtol=1e-12)
         np.testing.assert_allclose(model.predict(container(X)), dense.predict(X), rtol=1e-12)
+
+
+def test_a_grid_with_sample_weight_trains_as_one_program_as_its_weighted_fits_one_by_one(
+    monkeypatch, count_compilations
+):
+    """The weights are data (a targets leaf): a weighted grid is one call of one program, compiled once (a
+    configuration no other test uses), each member's weighted test score that of its own weighted fit (1e-10)."""
+    from sklearn.model_selection import KFold
+
+    from bp_jax.estimators import GridSearchCV, _members
+
+    calls, fit_ensemble = [], _members.fit_ensemble
+    monkeypatch.setattr(
+        _members, "fit_ensemble", lambda *args, **kwargs: calls.append(1) or fit_ensemble(*args, **kwargs)
+    )
+    config = COMMON | {"hidden_layer_sizes": (2, 3), "batch_size": 9, "max_iter": 4}
+    grid = {"alpha": [1e-4, 1e-1], "learning_rate_init": [0.01, 0.05]}
+    with jax.enable_x64(True):
+        with count_compilations("jit(run)") as compiled:
+            search = GridSearchCV(estimators.MLPRegressor(**config), grid, cv=2, refit=False).fit(X, Y, sample_weight=W)
+        assert len(calls) == 1 and len(compiled) == 1
+        for index, candidate in enumerate(search.cv_results_["params"]):
+            for fold, (train, test) in enumerate(KFold(2).split(X)):
+                alone = estimators.MLPRegressor(**config | candidate).fit(X[train], Y[train], sample_weight=W[train])
+                score = alone.score(X[test], Y[test], sample_weight=W[test])
+                np.testing.assert_allclose(search.cv_results_[f"split{fold}_test_score"][index], score, rtol=1e-10)
+
+
+def test_a_sparse_x_too_large_to_densify_is_refused_in_one_line_naming_sizes(monkeypatch):
+    from bp_jax.estimators import _base
+
+    monkeypatch.setattr(_base, "DENSE_BYTES", 900)  # X dense: 40·3·8 = 960 bytes
+    with pytest.raises(MemoryError) as refused:
+        estimators.MLPRegressor(**COMMON).fit(sparse.csr_matrix(X), Y)
+    message = str(refused.value)
+    assert "\n" not in message and "(40, 3)" in message
+    assert f"{960 / 2**30:.3g} GiB dense, more than {900 / 2**30:.3g} GiB" in message

@@ -75,3 +75,31 @@ def test_shuffle_true_reads_every_row_once_an_epoch_in_its_own_order_not_sklearn
         warnings.simplefilter("ignore", ConvergenceWarning)
         theirs = SklearnMLPRegressor(**config).partial_fit(x, y[:, 0])
     assert not np.allclose(model.coefs_[0], theirs.coefs_[0], atol=1e-3)
+
+
+def test_a_grid_with_shuffle_false_trains_as_one_program_as_its_fits_one_by_one(monkeypatch, count_compilations):
+    """Candidates sharing shuffle=False (static in `fit_ensemble`) are members of one call of one compiled program,
+    compiled once (a configuration no other test uses), each member's test score that of its own fit on its fold
+    (float64, to 1e-10)."""
+    from sklearn.model_selection import KFold
+
+    from bp_jax.estimators import GridSearchCV, _members
+
+    x, y = make_regression(40, 3, noise=5.0, random_state=2)  # 2 folds of 20 rows: 3 batches of 7 an epoch, the last 6
+    y = y / y.std()
+    estimator = MLPRegressor(hidden_layer_sizes=(4,), solver="sgd", batch_size=7, max_iter=5, shuffle=False)
+    grid = {"learning_rate_init": [0.01, 0.03], "alpha": [1e-4, 1e-1], "random_state": [0, 1]}
+    calls, fit_ensemble = [], _members.fit_ensemble
+    monkeypatch.setattr(
+        _members, "fit_ensemble", lambda *args, **kwargs: calls.append(1) or fit_ensemble(*args, **kwargs)
+    )
+    with jax.enable_x64(True), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with count_compilations("jit(run)") as compiled:
+            search = GridSearchCV(estimator, grid, cv=2, refit=False).fit(x, y)
+        assert len(calls) == 1 and len(compiled) == 1
+        for index, candidate in enumerate(search.cv_results_["params"]):
+            for fold, (train, test) in enumerate(KFold(2).split(x)):
+                alone = MLPRegressor(**estimator.get_params() | candidate).fit(x[train], y[train])
+                score = search.cv_results_[f"split{fold}_test_score"][index]
+                np.testing.assert_allclose(score, alone.score(x[test], y[test]), rtol=1e-10)

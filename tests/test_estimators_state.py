@@ -117,15 +117,17 @@ def test_early_stopping_then_warm_start_as_sklearns_own_first_fit():
     assert not np.allclose(theirs.coefs_[0], best[0])
 
 
-@pytest.mark.parametrize("early", [False, True])
-def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, early):
+@pytest.mark.parametrize("how", ["verbose", "early", "plain"])
+def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, how):
     """A KeyboardInterrupt in fit, taken as sklearn's `_fit_stochastic` takes it: the warning "Training interrupted
     by user." and the estimator fitted with the epochs done, as a fit of that many epochs: verbose's line of epoch
-    3 interrupted keeps 3; early stopping's score of epoch 3 interrupted keeps 2, and their best weights."""
-    from bp_jax.estimators import _multilayer_perceptron
+    3 interrupted keeps 3; early stopping's score of epoch 3 interrupted keeps 2, and their best weights; a plain
+    fit (chunks of 3 epochs here) interrupted after its first chunk keeps 3."""
+    from bp_jax.estimators import _multilayer_perceptron, _training
 
+    early = how == "early"
     name, config, y = ("MLPClassifier", EARLY, LABELS) if early else ("MLPRegressor", SGD, Y)
-    config = config | {"n_iter_no_change": 100, "verbose": not early}
+    config = config | {"n_iter_no_change": 100, "verbose": how == "verbose"}
     kept = 2 if early else 3
     if early:
         scored, score = [], getattr(estimators, name)._score_params
@@ -137,7 +139,7 @@ def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, earl
             return score(self, *args, **kwargs)
 
         monkeypatch.setattr(getattr(estimators, name), "_score_params", interrupting)
-    else:
+    elif how == "verbose":
 
         class Interrupting(_multilayer_perceptron.Progress):
             def __call__(self, *args):
@@ -146,6 +148,15 @@ def test_an_interrupt_keeps_the_epochs_done_warns_and_predicts(monkeypatch, earl
                     raise KeyboardInterrupt
 
         monkeypatch.setattr(_multilayer_perceptron, "Progress", Interrupting)
+    else:
+        record = _training._Record.__call__
+
+        def interrupting_record(self, result):
+            record(self, result)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(_training, "CHUNK_STEPS", 3)  # batch_size = rows: an epoch a step
+        monkeypatch.setattr(_training._Record, "__call__", interrupting_record)
     with pytest.warns(UserWarning, match=r"^Training interrupted by user\.$"):
         ours = getattr(estimators, name)(**config | {"max_iter": 10}).fit(X, y)
     monkeypatch.undo()
@@ -211,3 +222,21 @@ def test_warm_start_with_other_classes_raises_sklearns_error():
             model.fit(X, np.minimum(LABELS, 1))
         errors.append(str(error.value))
     assert errors[0] == errors[1] and errors[0].startswith("warm_start can only be used where `y` has the same")
+
+
+@pytest.mark.parametrize("fit", ["warm_start", "partial_fit"])
+def test_a_random_state_instance_is_drawn_from_at_every_fit_as_sklearns_check_random_state(fit):
+    """sklearn's `_fit` calls `check_random_state` at every call: a RandomState `random_state` gives each fit a
+    fresh seed (advancing it), here the minibatch order's: the same bits as int seeds of its successive draws (an
+    int changed between fits taken too), not those of its first draw kept."""
+    draws = np.random.RandomState(5).randint(np.iinfo(np.int32).max, size=2)
+    config = SGD | {"batch_size": 7, "warm_start": fit == "warm_start", "n_iter_no_change": 100, "max_iter": 2}
+    ours = estimators.MLPRegressor(**config | {"random_state": np.random.RandomState(5)})
+    seeded, kept = (estimators.MLPRegressor(**config | {"random_state": int(draws[0])}) for _ in range(2))
+    for model in (ours, seeded, kept):
+        model.fit(X, Y)
+    seeded.set_params(random_state=int(draws[1]))
+    for model in (ours, seeded, kept):
+        model.fit(X, Y) if fit == "warm_start" else model.partial_fit(X, Y)
+    chex.assert_trees_all_equal((ours.coefs_, ours.intercepts_), (seeded.coefs_, seeded.intercepts_))
+    assert not np.allclose(ours.coefs_[0], kept.coefs_[0])

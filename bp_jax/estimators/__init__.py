@@ -18,10 +18,11 @@ sklearn ≥ 1.7's Σwℓ/Σw + ½·α/Σw·Σ‖W‖² a minibatch and a weighte
 one more program, the unweighted one unchanged). State carries over as scikit-learn's:
 `warm_start=True` fits from the fitted (or hand-set) weights with a fresh optimizer, continuing `loss_curve_`, `t_`,
 `best_loss_`, the no-improvement count and the validation scores; `partial_fit` also continues the optimizer;
-`n_iter_` counts the last call's epochs (partial_fit: 1). Each fit's RandomState is made afresh from the seed, as
-sklearn's `_fit` makes its own: a first fit draws the initial weights from it and early stopping's validation split
-continues it (a warm-start fit's split draws from a fresh one), so an int `random_state` gives sklearn's weights
-and validation rows. `verbose` prints scikit-learn's lines for sgd and adam
+`n_iter_` counts the last call's epochs (partial_fit: 1). Each fit's RandomState is made afresh from a seed, as
+sklearn's `_fit` makes its own (`check_random_state` at every call: an int `random_state` is the seed, None or a
+RandomState gives a fresh draw, advancing the instance): a first fit draws the initial weights from it and early
+stopping's validation split continues it (a warm-start fit's split draws from a fresh one), so an int `random_state`
+gives sklearn's weights and validation rows. `verbose` prints scikit-learn's lines for sgd and adam
 (the fit then runs one epoch per chunk of the same loop: the same bits), nothing for lbfgs (as scikit-learn's with
 scipy ≥ 1.15). A warm-start fit with early stopping that never beats the best score keeps the best weights
 (scikit-learn's ends with its last: its restored best arrays are trained in place).
@@ -45,8 +46,9 @@ What differs, and why:
   (tests/test_sklearn_parity_solvers.py).
 - A KeyboardInterrupt in an sgd or adam fit is taken as sklearn's: the warning "Training interrupted by user." and
   the fitted estimator returned with the epochs done (with early stopping, their best weights). But bp_jax knows
-  an epoch done once it is back on the host: between epochs with early stopping or `verbose`; otherwise the whole
-  fit is one call, and an interrupt keeps the weights it started from (sklearn keeps those of its last step).
+  an epoch done once it is back on the host: between epochs with early stopping or `verbose`; otherwise between
+  chunks of whole epochs (at least `_training.CHUNK_STEPS` steps), so an interrupt keeps the last chunk's epochs
+  (sklearn keeps those of its last step).
 - `solver="lbfgs"` is scipy's L-BFGS-B without bounds, ported: the same iterations, evaluations and stopping
   rules (max_iter, max_fun, tol on max|gᵢ|, scipy's default ftol), so from the same weights in float64 the same
   fit, n_iter_ and ConvergenceWarning; but in the data's precision (float32 X: float32), where scipy always

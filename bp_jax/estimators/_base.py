@@ -222,8 +222,8 @@ def densified(x):
     size = x.shape[0] * x.shape[1] * x.dtype.itemsize
     if size > DENSE_BYTES:
         raise MemoryError(
-            f"bp_jax trains on dense X: this sparse X {x.shape} would take {size / 2**30:.1f} GiB dense, more than "
-            f"{DENSE_BYTES / 2**30:.0f} GiB"
+            f"bp_jax trains on dense X: this sparse X {x.shape} would take {size / 2**30:.3g} GiB dense, more than "
+            f"{DENSE_BYTES / 2**30:.3g} GiB"
         )
     return x.toarray()
 

@@ -59,17 +59,19 @@ _THREAD_SETTINGS = (
 )
 
 
-def train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: list[Member], blocks: dict, jobs: int):
-    """`train_members` over `split_members(members, jobs)`, concurrently on threads where there are several (XLA
-    runs each call's program while its thread waits without the GIL), each thread under the caller's JAX settings (x64,
-    precision, device, …): per part, (its members, their runs, each member's share of the part's seconds). Parts
-    of one size share one compiled program: each reads its blocks' rows padded to the largest part's (`_data_shape`),
-    and all carry a stopping rule if any member's can stop or follows an sgd schedule (one that cannot fire changes
-    nothing); only folds that straddle LARGE_DOMAIN rows (a part's data order taking more rounds than another's)
-    still compile two.
+def train_parts(
+    loss_fn, transform, steps: Plan, max_iter: int, members: list[Member], blocks: dict, jobs: int, shuffle: bool
+):
+    """`train_members` over `split_members(members, jobs, shuffle)` (`shuffle`: the members' own, static), concurrently
+    on threads where there are several (XLA runs each call's program while its thread waits without the GIL), each
+    thread under the caller's JAX settings (x64, precision, device, …): per part, (its members, their runs, each
+    member's share of the part's seconds). Parts of one size share one compiled program: each reads its blocks' rows
+    padded to the largest part's (`_data_shape`), and all carry a stopping rule if any member's can stop or follows an
+    sgd schedule (one that cannot fire changes nothing); only folds that straddle LARGE_DOMAIN rows (a part's data order
+    taking more rounds than another's) still compile two.
     """
     settings = [(setting, setting.value) for setting in _THREAD_SETTINGS]
-    parts = split_members(members, jobs)
+    parts = split_members(members, jobs, shuffle)
     shape = _data_shape(parts, blocks, steps)
     stops = can_stop(min(member.estimator.n_iter_no_change for member in members), max_iter) or any(
         member.estimator.solver == "sgd" and member.estimator.learning_rate != "constant" for member in members
@@ -80,7 +82,7 @@ def train_parts(loss_fn, transform, steps: Plan, max_iter: int, members: list[Me
             for setting, value in settings:
                 stack.enter_context(setting(value))
             start = time.perf_counter()
-            runs = train_members(loss_fn, transform, steps, max_iter, part, blocks, shape, stops)
+            runs = train_members(loss_fn, transform, steps, max_iter, part, blocks, shape, stops, shuffle)
         return part, runs, (time.perf_counter() - start) / len(part)
 
     if len(parts) == 1:
@@ -102,21 +104,21 @@ def _data_shape(parts: list[list[Member]], blocks: dict, steps: Plan) -> tuple[i
     return rows, width, False
 
 
-def sharing(members: list[Member]) -> tuple[list[Member], int]:
-    """(members ordered by the minibatches they share: those of one block and seed together, in first-seen order;
-    the gcd of those groups' sizes)."""
+def sharing(members: list[Member], shuffle: bool = True) -> tuple[list[Member], int]:
+    """(members ordered by the minibatches they share: those of one block and seed together (shuffle=False: of one
+    block, their order the rows'), in first-seen order; the gcd of those groups' sizes)."""
     sharing: dict[tuple, list[Member]] = {}
     for member in members:
-        sharing.setdefault((member.block, member.seed), []).append(member)
+        sharing.setdefault((member.block, member.seed if shuffle else None), []).append(member)
     return [member for same in sharing.values() for member in same], math.gcd(*map(len, sharing.values()))
 
 
-def split_members(members: list[Member], jobs: int) -> list[list[Member]]:
-    """`members` of one program shape in at most `jobs` parts, for concurrent `fit_ensemble` calls. Members of one
-    block and seed share their minibatches (`train_members`: one gather, one matmul), so a part is whole units of d
-    members of one such group: d the groups' common size, or half of it where that makes the largest part smaller;
-    the units dealt out in order, the parts' unit counts differing by at most one."""
-    ordered, size = sharing(members)
+def split_members(members: list[Member], jobs: int, shuffle: bool = True) -> list[list[Member]]:
+    """`members` of one program shape in at most `jobs` parts, for concurrent `fit_ensemble` calls. Members of one block
+    and seed (shuffle=False: of one block) share their minibatches (`train_members`: one gather, one matmul), so a part
+    is whole units of d members of one such group: d the groups' common size, or half of it where that makes the largest
+    part smaller; the units dealt out in order, the parts' unit counts differing by at most one."""
+    ordered, size = sharing(members, shuffle)
     largest = lambda unit: -(-len(members) // unit // min(jobs, len(members) // unit)) * unit
     unit = min((size, size // 2) if size % 2 == 0 else (size,), key=lambda unit: (largest(unit), -unit))
     units = [ordered[start : start + unit] for start in range(0, len(ordered), unit)]
@@ -138,14 +140,15 @@ def train_members(
     blocks: dict,
     shape: tuple[int, int, bool],
     stops: bool,
+    shuffle: bool = True,
 ) -> list:
     """One `fit_ensemble` call for members of one program shape, over their blocks stacked (x padded to shape[0]
     rows, the row indices to shape[1] columns), each member on its own block's rows (where b does not divide them,
     followed by the zero-weight last row of x up to ⌈n / b⌉·b, `fit_ensemble`'s padding: sklearn's short batch) and
     (`stops`) stopped by its own `epoch_rule` inside the program: per member, (its TrainRun, −1), or (None, the
-    step it diverged at). Members of one block and seed read the same minibatches: they form the program's groups
-    (sizes the gcd of theirs), a group's gather and matmuls shared."""
-    ordered, group_size = sharing(members)
+    step it diverged at). Members of one block and seed (shuffle=False, `fit_ensemble`'s: of one block) read the same
+    minibatches: they form the program's groups (sizes the gcd of theirs), a group's gather and matmuls shared."""
+    ordered, group_size = sharing(members, shuffle)
     leaders = ordered[::group_size]
     used = list(dict.fromkeys(member.block for member in ordered))
     pad = lambda leaves: np.pad(
@@ -192,6 +195,7 @@ def train_members(
         padding=padding,
         chunk_size=max_iter * per_epoch,
         stop_rule=rule,
+        shuffle=shuffle,
     )
     rows_of_members = [steps._replace(rows=len(blocks[member.block].x)).batch_rows() for member in ordered]
     curves = epoch_means(result.losses, np.stack(rows_of_members, axis=1))

@@ -218,8 +218,11 @@ class BaseMLP(BaseEstimator):
         targets = self._encode_targets(y, first=first, classes=classes).astype(X.dtype)
         if incremental and self.early_stopping and self.solver != "lbfgs":
             raise ValueError("partial_fit does not support early_stopping=True")
+        seed = seed_of(self.random_state)  # each call, as sklearn's `check_random_state` in `_fit`
         if first:
-            self._start(seed_of(self.random_state))
+            self._start(seed)
+        else:
+            self._seed = seed
         with precision(X.dtype):
             if self.solver == "lbfgs":
                 return self._fit_lbfgs(X, weighted(targets, sample_weight), first=first)

@@ -62,20 +62,19 @@ class GridSearchCV(SklearnGridSearchCV):
 
     Every (grid point × fold) is a member of one `fit_ensemble` call, on its fold's rows as the pipeline's earlier steps
     transform them when fitted on that fold, with its own key, solver hyperparameters, α, learning-rate schedule and
-    stopping rule (stopped inside the program). Members of one fold and seed share their minibatches (one gather, one
-    matmul). Each fitted member is then scored on its test fold as sklearn scores it, and `cv_results_` laid out as
-    sklearn's.
+    stopping rule (stopped inside the program). Members of one fold and seed (shuffle=False: of one fold) share their
+    minibatches (one gather, one matmul). Each fitted member is then scored on its test fold as sklearn scores it, and
+    `cv_results_` laid out as sklearn's.
 
-    The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any other
-    is refused in one line naming it. Members sharing a program shape (features, outputs, batch size, steps per
-    epoch, max_iter) share one call of one program; n_jobs > 1 (or −1: every CPU) splits them into at most that many
+    The grid may vary the pipeline's earlier steps freely and the estimator's VECTORISED parameters only: any other is
+    refused in one line naming it. Members sharing a program shape (features, outputs, batch size, steps per epoch,
+    max_iter, shuffle) share one call of one program; n_jobs > 1 (or −1: every CPU) splits them into at most that many
     calls run concurrently on threads (the same results up to float rounding: a call's groups of members sharing a
-    minibatch may be smaller; calls of one size share one compiled program, folds straddling 33 rows aside);
-    programs of different shapes, and the fits trained one by one, run one after another. solver="lbfgs" is full
-    batch: the members of one fold are one call of the vmapped lbfgs program (a while loop in which each member stops
-    on its own: its own initialisation, α, tol, max_iter and max_fun), the folds one after another. Trained one by
-    one, as sklearn would: sgd and adam with early_stopping=True, full-batch folds (batch_size ≥ the fold's rows) or
-    shuffle=False.
+    minibatch may be smaller; calls of one size share one compiled program, folds straddling 33 rows aside); programs of
+    different shapes, and the fits trained one by one, run one after another. solver="lbfgs" is full batch: the members
+    of one fold are one call of the vmapped lbfgs program (a while loop in which each member stops on its own: its own
+    initialisation, α, tol, max_iter and max_fun), the folds one after another. Trained one by one, as sklearn would:
+    sgd and adam with early_stopping=True, and full-batch folds (batch_size ≥ the fold's rows).
 
     It takes sklearn's parameters (its `__init__` is sklearn's), with these meanings here:
 
@@ -383,7 +382,7 @@ def _fit_candidates(estimator, candidates, X, y, params, splits, *, jobs: int, r
                 raise refusal
             lbfgs = member.solver == "lbfgs"  # full batch, its members one vmapped program per fold
             other_params = bool(set(params) - {"sample_weight"}) or (name is not None and bool(params))
-            alone = other_params or (not lbfgs and (member.early_stopping or not member.shuffle))
+            alone = other_params or (not lbfgs and member.early_stopping)
             # the earlier steps' grid values by identity: members of one fold and the same values share a block
             block_key = (
                 fold,
@@ -411,13 +410,14 @@ def _fit_candidates(estimator, candidates, X, y, params, splits, *, jobs: int, r
         else:
             assert steps is not None  # sgd or adam on minibatches: the fits alone went above
             program = member._program(block.x.shape[1], members_batch=steps.batch_size)
-            shape = (program, steps._replace(rows=0), member.max_iter, block.x.dtype)  # rows: each member's data
+            # rows: each member's data; shuffle: static, a program of its own
+            shape = (program, steps._replace(rows=0), member.max_iter, block.x.dtype, bool(member.shuffle))
             programs.setdefault(shape, []).append(entry)
         prepared_in[index] = time.perf_counter() - start
     widest = np.result_type(np.float32, *(block.x.dtype for block in blocks.values()))
     with precision(widest):  # float64 folds train in float64, x64 scoped (`train_parts`' threads enter it too)
-        for ((loss_fn, transform), steps, max_iter, _), members in programs.items():
-            for part, runs, share in train_parts(loss_fn, transform, steps, max_iter, members, blocks, jobs):
+        for ((loss_fn, transform), steps, max_iter, _, shuffle), members in programs.items():
+            for part, runs, share in train_parts(loss_fn, transform, steps, max_iter, members, blocks, jobs, shuffle):
                 for member, (run, diverged_at) in zip(part, runs):
                     rows = len(blocks[member.block].x)
                     adopt = functools.partial(

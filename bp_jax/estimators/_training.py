@@ -295,21 +295,42 @@ def _learning_rate(opt_state) -> float:
     return float(opt_state.hyperparams["learning_rate"])
 
 
-class _EpochReporter:
+#: the fewest steps in a chunk of a fit with neither early stopping nor `verbose` (whole epochs): the host trip
+#: between chunks, where an interrupt's work done is recorded, costs nothing measurable beside them
+CHUNK_STEPS = 1024
+
+
+class _Record:
+    """`fit`'s `on_chunk` for chunks of whole epochs: keeps the last complete chunk's state as `fit_epochs`' `done`
+    (what an interrupt keeps: params, optimizer state, losses so far, rule state)."""
+
+    def __init__(self, done: tuple):
+        self.done = done
+
+    def __call__(self, result) -> None:
+        self.keep(result, result.losses)
+
+    def keep(self, result, losses) -> None:
+        """Record `result` as the run so far, its chunk's `losses` after those before."""
+        final = jax.device_get(result.rule_state)
+        state = {name: np.asarray(final[name]) for name in self.done[4]}
+        self.done = (result.params, result.opt_state, (*self.done[2], losses), (), state, None)
+
+
+class _EpochReporter(_Record):
     """`fit`'s `on_chunk` for chunks of one epoch: `on_epoch` with the epoch's loss and η before and after it
-    (`stopped=True` for the epoch at which the rule stopped, whose chunk `fit` does not report), keeping the last
-    reported epoch's state as `fit_epochs`' `done` (what an interrupt keeps)."""
+    (`stopped=True` for the epoch at which the rule stopped, whose chunk `fit` does not report), recording each
+    reported epoch as `_Record` does."""
 
     def __init__(self, on_epoch, steps: Plan, done: tuple):
-        self.on_epoch, self.steps, self.done = on_epoch, steps, done
+        super().__init__(done)
+        self.on_epoch, self.steps = on_epoch, steps
         self.rates = [_learning_rate(done[1])]
 
     def __call__(self, result, stopped: bool = False) -> None:
         self.rates.append(_learning_rate(result.opt_state))
         epoch = result.losses[-self.steps.steps_per_epoch :]
-        final = jax.device_get(result.rule_state)
-        state = {name: np.asarray(final[name]) for name in self.done[4]}
-        self.done = (result.params, result.opt_state, (*self.done[2], epoch), (), state, None)
+        self.keep(result, epoch)
         loss = epoch_means(epoch, self.steps.batch_rows())[0]
         self.on_epoch(float(loss), None, stopped, *self.rates[-2:])
 
@@ -340,11 +361,12 @@ def fit_epochs(
     """Up to `epochs` epochs of `fit` from `start_step` (a multiple of the steps per epoch), stopping and setting η
     where sklearn's rule would.
 
-    A KeyboardInterrupt ends the run at the last complete epoch it knows of (`TrainRun.interrupted`): with early
-    stopping or an `on_epoch`, the last one ended on the host; otherwise, the whole run being one call, the start.
-    With a `score` (early stopping): one `fit` call an epoch, `stopping` updated on the host and η set between
-    them. Otherwise `stopping`'s `epoch_rule` inside the loop, all epochs one call (one chunk per epoch with an
-    `on_epoch`: the same bits); its final state is written back to `stopping.state`.
+    A KeyboardInterrupt ends the run at the last complete epoch it knows of (`TrainRun.interrupted`), the last one
+    ended on the host: with early stopping or an `on_epoch`, the last epoch; otherwise the last chunk's (chunks of
+    whole epochs, at least `CHUNK_STEPS` steps). With a `score` (early stopping): one `fit` call an epoch,
+    `stopping` updated on the host and η set between them. Otherwise `stopping`'s `epoch_rule` inside the loop, in
+    chunks of that many steps (one epoch a chunk with an `on_epoch`; the same bits as one call); its final state is
+    written back to `stopping.state`.
 
     Args:
         loss_fn: the `Objective`.
@@ -388,6 +410,7 @@ def fit_epochs(
             rule = epoch_rule(per_epoch, steps.batch_size, stopping.state, jnp.result_type(float))
             end = start_step + epochs * per_epoch
             report = None if on_epoch is None else _EpochReporter(on_epoch, steps, done)
+            record = _Record(done) if report is None else report
             try:
                 result = train(
                     params,
@@ -396,14 +419,14 @@ def fit_epochs(
                     opt_state=opt_state,
                     steps=end - start_step,
                     start_step=start_step,
-                    chunk_size=end if report is None else per_epoch,
-                    on_chunk=report,
+                    chunk_size=per_epoch * -(-CHUNK_STEPS // per_epoch) if report is None else per_epoch,
+                    on_chunk=record,
                     stop_rule=rule,
                 )
                 if report is not None and result.stopped_at >= 0:  # the loop returns before the stopping epoch's chunk
                     report(result, stopped=True)
             except KeyboardInterrupt:
-                interrupted, done = True, done if report is None else report.done
+                interrupted, done = True, record.done
             else:
                 final = jax.device_get(result.rule_state)
                 state = {name: np.asarray(final[name]) for name in stopping.state}
