@@ -64,6 +64,18 @@ class LineSearch(NamedTuple):
     stmax: Any
     evaluations: Any
 
+    def packed(self, dtype):
+        """The state as one vector of `dtype` (the flags 0 or 1, the evaluations ≤ MAX_LINE_SEARCH, exact): one
+        buffer in the loop's carry, not fifteen scalars each copied every trip."""
+        return jnp.stack([jnp.asarray(field, dtype) for field in self])
+
+    @classmethod
+    def unpacked(cls, vector) -> "LineSearch":
+        """The state `packed` gives, back as its fields."""
+        fields = list(vector)
+        fields[1], fields[2], fields[-1] = fields[1] != 0, fields[2] != 0, fields[-1].astype(jnp.int32)
+        return cls(*fields)
+
 
 class Memory(NamedTuple):
     """The last MEMORY pairs, oldest first (unused rows zero, at the front): s and y (MEMORY, n), SᵀY and YᵀY
@@ -78,15 +90,16 @@ class Memory(NamedTuple):
 
 
 class State(NamedTuple):
-    """The loop's carry: the iterate x with f and g, the direction d and slope gᵀd, the line search, the memory,
-    the iterations and evaluations counted, and the reason it ended (−1: running)."""
+    """The loop's carry: the iterate x with f and g, the direction d and slope gᵀd, the line search
+    (`LineSearch.packed`), the memory, the iterations and evaluations counted, and the reason it ended (−1:
+    running)."""
 
     x: Any
     f: Any
     g: Any
     direction: Any
     slope: Any
-    search: LineSearch
+    search: Any
     memory: Memory
     iterations: Any
     evaluations: Any
@@ -270,15 +283,16 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
     d, slope = -g, -(g @ g)
     reason = jnp.where(jnp.max(jnp.abs(g)) <= tol, 0, jnp.where(slope >= 0, 4, -1))
     first_step = jnp.minimum(1 / jnp.sqrt(-slope), STEP_MAX)
-    state = State(flat, f, g, d, slope, start_search(f, slope, first_step), empty_memory(flat.size, flat.dtype),
-                  jnp.int32(0), jnp.int32(1), reason)  # fmt: skip
+    search = start_search(f, slope, first_step).packed(f.dtype)
+    state = State(flat, f, g, d, slope, search, empty_memory(flat.size, flat.dtype), jnp.int32(0), jnp.int32(1), reason)
 
     def trip(state: State) -> State:
-        step = state.search.step
+        search = LineSearch.unpacked(state.search)
+        step = search.step
         trial = state.x + step * state.direction
         f_t, g_t = value_and_grad(trial)
         slope_t = g_t @ state.direction
-        search = state.search._replace(evaluations=state.search.evaluations + 1)
+        search = search._replace(evaluations=search.evaluations + 1)
         done, search = dcsrch(search, state.f, state.slope, f_t, slope_t)
         failed = ~done & (search.evaluations >= MAX_LINE_SEARCH)
         fresh = done | failed  # a new line search starts
@@ -316,7 +330,7 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
         abnormal = (failed & (state.memory.count == 0)) | (fresh & (slope >= 0))
         reason = jnp.where(done, ended, -1)
         reason = jnp.where((reason < 0) & abnormal, 4, reason)
-        search = _select(fresh, start_search(f, slope, jnp.ones_like(f)), search)
+        search = _select(fresh, start_search(f, slope, jnp.ones_like(f)), search).packed(f.dtype)
         return State(x, f, g, d, slope, search, memory, iterations, evaluations, reason)
 
     state = jax.lax.while_loop(lambda state: state.reason < 0, trip, state)
