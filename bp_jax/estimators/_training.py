@@ -296,8 +296,9 @@ def _learning_rate(opt_state) -> float:
 
 
 #: the fewest steps in a chunk of a fit with neither early stopping nor `verbose` (whole epochs): the host trip
-#: between chunks, where an interrupt's work done is recorded, costs nothing measurable beside them
-CHUNK_STEPS = 1024
+#: between chunks, where an interrupt's work done is recorded, costs nothing measurable beside them (~40 ms of steps
+#: here; the sklearn suite's 2 200-step classifier fit, in turns: 14.2 ms in chunks of 1024, 13.4 ms in one, 2026-12-05)
+CHUNK_STEPS = 8192
 
 
 class _Record:
