@@ -26,25 +26,24 @@ from pathlib import Path
 from bp_jax.cli import _cache, data
 
 
-def positive_int(text: str) -> int:
+def _checked(text: str, parse, accepts, expected: str):
+    """`parse(text)` when it parses and `accepts` the value, else argparse's error "expected {expected}, got 'text'"."""
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not accepts(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _checked(text, int, lambda value: value >= 1, "a positive integer")
 
 
 def open_fraction(text: str) -> float:
     """A number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (both excluded), got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (both excluded), got {text!r}")
-    return value
+    return _checked(text, float, lambda value: 0 < value < 1, "a number between 0 and 1 (both excluded)")
 
 
 def learning_rate(text: str) -> float:
@@ -69,23 +68,11 @@ def learning_rates(text: str) -> tuple[float, ...]:
 
 def dropout_rate(text: str) -> float:
     """A Dropout rate: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+    return _checked(text, float, lambda value: 0 <= value < 1, "a number in [0, 1)")
 
 
 def weight_decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
-    return value
+    return _checked(text, float, lambda value: math.isfinite(value) and value >= 0, "a finite number ≥ 0")
 
 
 def hidden_sizes(text: str) -> tuple[int, ...]:
