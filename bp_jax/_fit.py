@@ -31,6 +31,7 @@ from bp_jax._fit_loop import (
     Divergence,
     LoopState,
     RuleState,
+    apply_rule,
     compiled_loop,
     copy_tree,
     examples,
@@ -191,9 +192,7 @@ def stop_rules(*rules: StopRule) -> StopRule:
     """
     if not rules or not all(isinstance(rule, StopRule) for rule in rules):
         raise TypeError(f"stop_rules takes one or more bp_jax.StopRule, got {[type(r).__name__ for r in rules]}")
-    parts = tuple(
-        (rule.update, bool(rule.touches_opt_state), bool(rule.touches_params), rule.data is not None) for rule in rules
-    )
+    parts = tuple((rule.update, bool(rule.touches_opt_state), bool(rule.touches_params)) for rule in rules)
     has_data = any(rule.data is not None for rule in rules)
     return StopRule(
         _combined_update(parts),
@@ -205,20 +204,17 @@ def stop_rules(*rules: StopRule) -> StopRule:
 
 
 @functools.lru_cache(maxsize=32)  # one update per combination: the combined rule's program is reused
-def _combined_update(parts: tuple[tuple[Callable, bool, bool, bool], ...]) -> Callable:
+def _combined_update(parts: tuple[tuple[Callable, bool, bool], ...]) -> Callable:
     def update(state, step, loss, *opt_state, params=None, data=None):
-        states, stop, opt_states = [], jnp.zeros((), bool), list(opt_state)
+        states, stop, carried = [], jnp.zeros((), bool), opt_state[0] if opt_state else None
         datas = (None,) * len(parts) if data is None else data
-        for part, rule_state, rule_data in zip(parts, state, datas):
-            rule_update, touches_opt_state, touches_params, has_data = part
-            extra = ({"params": params} if touches_params else {}) | ({"data": rule_data} if has_data else {})
-            if touches_opt_state:
-                rule_state, rule_stop, opt_states[0] = rule_update(rule_state, step, loss, opt_states[0], **extra)
-            else:
-                rule_state, rule_stop = rule_update(rule_state, step, loss, **extra)
+        for (rule_update, touches_opt_state, touches_params), rule_state, rule_data in zip(parts, state, datas):
+            rule_state, rule_stop, carried = apply_rule(
+                rule_update, touches_opt_state, touches_params, rule_state, step, loss, carried, params, rule_data
+            )
             states.append(rule_state)
             stop = stop | jnp.asarray(rule_stop, bool)
-        return (tuple(states), stop, *opt_states)
+        return (tuple(states), stop, carried) if opt_state else (tuple(states), stop)
 
     return update
 

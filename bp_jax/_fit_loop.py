@@ -99,6 +99,17 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
+def apply_rule(update, touches_opt_state: bool, touches_params: bool, state, step, loss, opt_state, params, data):
+    """(state, stop, opt_state) after a step, by a `StopRule`'s `update`: given the optimizer state (and returning
+    it) if it touches it, else the optimizer state unchanged; with `params=` if it touches the params, `data=` if
+    its data is not None."""
+    extra = ({"params": params} if touches_params else {}) | ({} if data is None else {"data": data})
+    if touches_opt_state:
+        return update(state, step, loss, opt_state, **extra)
+    state, stop = update(state, step, loss, **extra)
+    return state, stop, opt_state
+
+
 def _guarded_update(
     loss_fn, optimizer, stop_update, rule_touches_opt_state: bool = False, rule_touches_params: bool = False
 ) -> Callable:
@@ -122,11 +133,17 @@ def _guarded_update(
         """(the optimizer state, the rule's progress) after an applied step."""
         if rule is None:
             return opt_state, None
-        extra = ({"params": params} if rule_touches_params else {}) | ({} if rule_data is None else {"data": rule_data})
-        if rule_touches_opt_state:
-            rule_state, stop, opt_state = stop_update(rule.state, step, loss, opt_state, **extra)
-        else:
-            rule_state, stop = stop_update(rule.state, step, loss, **extra)
+        rule_state, stop, opt_state = apply_rule(
+            stop_update,
+            rule_touches_opt_state,
+            rule_touches_params,
+            rule.state,
+            step,
+            loss,
+            opt_state,
+            params,
+            rule_data,
+        )
         return opt_state, RuleState(rule_state, jnp.where(stop, step, rule.stopped_at))
 
     def guarded(state: LoopState, lr, x, y, step, rule_data, key) -> tuple[LoopState, jax.Array]:
