@@ -259,3 +259,21 @@ def assert_same_state(a: Path, b: Path):
     assert len(leaves_a) == len(leaves_b)
     for left, right in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(left, right)
+
+
+def weighted_table(rows: int = 40, seed: int = 0):
+    """A DataFrame of two features a and b, row weights w (0, 1 or 2), an unequal class cls tied to a, and a number
+    y: for the row and class weights (`--sample-weight w`, `--class-weight balanced` of cls)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(2, rows))
+    return pd.DataFrame(
+        {
+            "a": a,
+            "b": b,
+            "w": rng.integers(0, 3, rows).astype(float),
+            "cls": np.where(a + 0.5 * rng.normal(size=rows) > 0.6, "yes", "no"),
+            "y": 2 * a + b,
+        }
+    )

@@ -15,7 +15,7 @@ import pytest
 from helpers import assert_same_state, checkpoint_steps, run_cli, strict_json
 
 import bp_jax
-from bp_jax.cli import data, runs, train
+from bp_jax.cli import data, runs
 
 #: diabetes: 354 training rows, 35 of them for validation, 319 left: 9 steps an epoch. A wide net at a high rate
 #: over-fits within a few epochs, so the rule stops it long before 40 epochs.
@@ -60,7 +60,7 @@ def test_the_run_ends_with_the_best_params_and_its_scores_are_theirs(stopped):
     chex.assert_trees_all_equal(params, state["rule"]["params"])
     assert not np.array_equal(params[-1]["weight"], state["params"][-1]["weight"])
     config, split = runs.load_data(run.config)
-    split, (x_val, y_val) = train._validation_split(config, split)
+    split, (x_val, y_val) = runs.validation_split(config, split)
     validation_loss = float(runs.loss(model, split.scaling)(params, x_val, y_val))
     np.testing.assert_allclose(validation_loss, metrics["early_stopping"]["best_validation_loss"], rtol=1e-5)
     scores = runs.scores(model, split)(params)
@@ -112,7 +112,7 @@ def test_each_member_stops_on_its_own_curve_ends_with_its_best_params_and_its_pl
     state = run.restore(runs.initial_state(model, run.config))
     chex.assert_trees_all_equal(params, state["rule"]["params"])
     config, split = runs.load_data(run.config)
-    split, (x_val, y_val) = train._validation_split(config, split)
+    split, (x_val, y_val) = runs.validation_split(config, split)
     validation = jax.vmap(runs.loss(model, split.scaling), (0, None, None))(params, x_val, y_val)
     expected = [member["best_validation_loss"] for member in stopping["members"]]
     np.testing.assert_allclose(np.asarray(validation), expected, rtol=1e-5)

@@ -10,28 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pandas as pd
 import pytest
-from helpers import assert_same_state, checkpoint_steps, run_cli, strict_json
+from helpers import assert_same_state, checkpoint_steps, run_cli, strict_json, weighted_table
 from sklearn.utils.class_weight import compute_class_weight
 
 import bp_jax
 from bp_jax.cli import data, runs
-
-
-def table(rows: int = 40, seed: int = 0) -> pd.DataFrame:
-    """Two features, row weights w (0, 1 or 2), an unequal class cls tied to a, and a number y."""
-    rng = np.random.default_rng(seed)
-    a, b = rng.normal(size=(2, rows))
-    return pd.DataFrame(
-        {
-            "a": a,
-            "b": b,
-            "w": rng.integers(0, 3, rows).astype(float),
-            "cls": np.where(a + 0.5 * rng.normal(size=rows) > 0.6, "yes", "no"),
-            "y": 2 * a + b,
-        }
-    )
 
 
 def problem(classify: bool, rows: int = 12):
@@ -87,7 +71,7 @@ def weighted_run(tmp_path_factory):
     """A class run with balanced class weights, row weights, AdamW and the warmup-cosine schedule, checkpointed every
     5 steps (4 an epoch), and its table."""
     folder = tmp_path_factory.mktemp("weighted")
-    table().to_csv(folder / "t.csv", index=False)
+    weighted_table().to_csv(folder / "t.csv", index=False)
     run_cli(
         "train",
         *("--data", folder / "t.csv", "--target", "cls", "--features", "a,b", "--seed", 2),
@@ -109,8 +93,8 @@ def test_metrics_record_the_balanced_weights_and_predict_needs_no_weight_column(
     rows = split.w_train * balanced[split.y_train]
     assert metrics["weights"]["sample_weight"] == "w"
     assert metrics["weights"]["train_sum"] == pytest.approx(rows.sum(), rel=1e-6)
-    table().drop(columns=["y", "w"]).to_csv(weighted_run / "new.csv", index=False)
-    table().drop(columns=["y"]).to_csv(weighted_run / "with_w.csv", index=False)
+    weighted_table().drop(columns=["y", "w"]).to_csv(weighted_run / "new.csv", index=False)
+    weighted_table().drop(columns=["y"]).to_csv(weighted_run / "with_w.csv", index=False)
     without = run_cli("predict", weighted_run / "run", "--data", weighted_run / "new.csv").stdout
     assert run_cli("predict", weighted_run / "run", "--data", weighted_run / "with_w.csv").stdout == without
 
@@ -130,7 +114,7 @@ def test_metrics_record_the_balanced_weights_and_predict_needs_no_weight_column(
     ],
 )
 def test_bad_weights_are_one_line_and_write_nothing(tmp_path, flags, cells, expected):
-    frame = table().drop(columns=["cls"])
+    frame = weighted_table().drop(columns=["cls"])
     for name, value in cells.items():
         frame[name] = frame[name].astype(object)
         if value == 0.0:

@@ -11,6 +11,7 @@ commands take, the problem options of `train` and `sweep`, and the Config values
     add_data_file(parser, help=...)       # --data FILE: predict, and train and sweep beside --dataset
     add_problem_options(parser)           # --dataset/--data, --target, --task, --features, --missing, --hidden, …
     add_schedule_and_weights(parser)      # --schedule, --warmup-epochs, --weight-decay, --class-weight, --sample-weight
+    add_early_stopping(parser)            # --early-stopping, --validation-fraction, --patience: train, sweep
     Config(**given_config(args))          # the values given on the command line, the rest defaulted
 
 Only `data`'s names are imported here (`runs`, with jax and optax, when the problem options are added or read),
@@ -271,6 +272,31 @@ def add_schedule_and_weights(parser) -> None:
         "--sample-weight",
         metavar="COLUMN",
         help="a column of row weights (numbers ≥ 0, not a feature); the loss is Σ w·loss / Σ w",
+    )
+
+
+def add_early_stopping(parser) -> None:
+    """--early-stopping, --validation-fraction F and --patience N (`runs.validation_split`, `runs.stop_rule`): train,
+    sweep."""
+    group = parser.add_argument_group("early stopping")
+    group.add_argument(
+        "--early-stopping",
+        action="store_true",
+        default=None,
+        help="score held-back training rows at each epoch's end, inside the compiled loop; stop after --patience "
+        "epochs without improvement and keep the best params",
+    )
+    group.add_argument(
+        "--validation-fraction",
+        type=open_fraction,
+        metavar="F",
+        help="the training rows held back for validation, stratified for classes (default 0.1; needs --early-stopping)",
+    )
+    group.add_argument(
+        "--patience",
+        type=positive_int,
+        metavar="N",
+        help="epochs without a lower validation loss before stopping (default 10; needs --early-stopping)",
     )
 
 

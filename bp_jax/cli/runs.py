@@ -212,7 +212,8 @@ def bytes_needed(
     config: Config, features: int, outputs: int, rows: int, members: int = 1, steps: int | None = None
 ) -> int:
     """About how many bytes training `members` models of `config` for `steps` steps (None: any number) needs,
-    from the per-member sizes (float32, 4 bytes): params, their gradients and the optimizer's copies of them; the
+    from the per-member sizes (float32, 4 bytes): params, their gradients and the optimizer's copies of them (with
+    early stopping, the best params and a validation curve of up to `steps` epochs, kept as Python floats too); the
     activations and their gradients for a batch, and the activations over all `rows` when the scores are
     evaluated; the losses of one fit call (CAPACITY steps) on the device and of one chunk on the host (fit keeps
     no others), and the history's Python floats (32 bytes each); plus each member's report entry."""
@@ -220,13 +221,15 @@ def bytes_needed(
     widths = (features, *config.hidden, outputs)
     params = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
     batch = config.batch_size or rows
+    curve = min(steps, VALIDATION_CURVE_EPOCHS) if config.early_stopping else 0
     floats = (
-        params * (2 + OPTIMIZER_COPIES[config.optimizer])
+        params * (2 + OPTIMIZER_COPIES[config.optimizer] + config.early_stopping)
         + (2 * batch + rows) * sum(widths)
         + CAPACITY
         + 2 * min(steps, PROGRESS_EVERY)
+        + curve
     )
-    return members * (4 * floats + 32 * min(steps + 1, MAX_HISTORY_POINTS) + REPORT_BYTES_PER_MEMBER)
+    return members * (4 * floats + 32 * (min(steps + 1, MAX_HISTORY_POINTS) + curve) + REPORT_BYTES_PER_MEMBER)
 
 
 def memory_limit() -> tuple[int, str]:
@@ -578,6 +581,115 @@ def early_stopping_state(params) -> dict:
         loss=jnp.float32(jnp.nan),
         losses=jnp.full(VALIDATION_CURVE_EPOCHS, jnp.nan, jnp.float32),
     )._asdict()
+
+
+def refuse_lone_stopping_flags(given: dict, early_stopping: bool) -> None:
+    """UsageError for --validation-fraction or --patience given without `early_stopping` (on the command line or
+    the resumed run): they would silently do nothing."""
+    lone = [f"--{name.replace('_', '-')}" for name in ("validation_fraction", "patience") if name in given]
+    if lone and not early_stopping:
+        raise UsageError(
+            f"{' and '.join(lone)} set how --early-stopping stops; add --early-stopping, or leave them out"
+        )
+
+
+def validation_split(config: Config, split: data.Split) -> tuple[data.Split, tuple]:
+    """(the split without the validation rows, (x_val, y_val)): `data.validation_rows` of the training rows (drawn by
+    the split seed: every member of a sweep or an ensemble holds back the same rows); UsageError when the training or
+    the validation rows would be fewer than a batch."""
+    classify = config.task == "classification"
+    assert config.split_seed is not None  # Config.__post_init__ sets it
+    train, held = data.validation_rows(split.y_train, config.validation_fraction, config.split_seed, classify=classify)
+    batch = config.batch_size or 1
+    if min(len(train), len(held)) < batch:
+        raise UsageError(
+            f"--validation-fraction {config.validation_fraction} leaves {len(train)} training and {len(held)} "
+            f"validation rows of {len(split.y_train)}; each needs at least a batch ({batch} row{'s' * (batch > 1)}): "
+            f"change the fraction or --batch-size"
+        )
+    rows = lambda part: (split.x_train[part], split.y_train[part])
+    x_train, y_train = rows(train)
+    w_train = None if split.w_train is None else split.w_train[train]
+    return split._replace(x_train=x_train, y_train=y_train, w_train=w_train), rows(held)
+
+
+def stop_rule(
+    config: Config,
+    model: bp_jax.Model,
+    split: data.Split,
+    validation: tuple | None,
+    params,
+    steps_per_epoch: int,
+    *,
+    members: int | None = None,
+    epochs: int = VALIDATION_CURVE_EPOCHS,
+    state: dict | None = None,
+) -> bp_jax.StopRule | None:
+    """A run's `StopRule`, None without one: without `validation`, `plateau_rule`'s; with `validation` = (x_val,
+    y_val), `bp_jax.early_stopping` on those rows from `params` (`members`: one state per member, stacked params),
+    its curve `epochs` long, starting from `state` (a checkpoint's "rule") if given, combined by `bp_jax.stop_rules`
+    with a plateau schedule on the validation loss. The validation loss is unweighted (as Keras's class_weight):
+    the rows as they come."""
+    if validation is None:
+        return plateau_rule(config, steps_per_epoch)
+    validation_loss = loss(model, split.scaling)
+    x_val, y_val = map(jax.device_put, validation)
+    stopping = bp_jax.early_stopping(
+        validation_loss,
+        params,
+        x_val,
+        y_val,
+        steps_per_epoch=steps_per_epoch,
+        patience=config.patience,
+        epochs=epochs,
+        members=members,
+    )
+    if state is not None:
+        stopping = stopping._replace(init=bp_jax.EarlyStopping(**state))
+    plateau = plateau_rule(config, steps_per_epoch, (validation_loss, x_val, y_val))
+    return stopping if plateau is None else bp_jax.stop_rules(stopping, plateau)
+
+
+def stopping_state(result) -> bp_jax.EarlyStopping:
+    """The early stopping rule's state in `result` (the first of a combined rule's)."""
+    state = result.rule_state
+    return state if isinstance(state, bp_jax.EarlyStopping) else state[0]
+
+
+def stopping_record(config: Config, steps_per_epoch: int, state: dict) -> dict:
+    """metrics.json's "early_stopping" for the rule `state` (on the host): the settings, then one model's
+    `model_stopping`, or for members (a leading axis on `state`) each one's under "members" and "stopped_early"
+    when all stopped."""
+    settings = {
+        "validation_fraction": config.validation_fraction,
+        "patience": config.patience,
+        "steps_per_epoch": steps_per_epoch,
+    }
+    if np.ndim(state["best_epoch"]) == 0:
+        return settings | model_stopping(state, config.patience, steps_per_epoch)
+    members = [
+        model_stopping(
+            {name: state[name][member] for name in state if name != "params"}, config.patience, steps_per_epoch
+        )
+        for member in range(len(state["best_epoch"]))
+    ]
+    return settings | {"stopped_early": all(member["stopped_early"] for member in members), "members": members}
+
+
+def model_stopping(state: dict, patience: int, steps_per_epoch: int) -> dict:
+    """One model's early stopping: the validation loss after each epoch it scored (`validation_loss[e]`: epoch e's,
+    counted from 0; best epoch + 1 + the epochs since, as far as the state's curve reaches), the best epoch, its step
+    and loss (None before any epoch ended), whether the rule stopped it and the epochs since the best."""
+    best, count = int(state["best_epoch"]), int(state["count"])
+    scored = min(best + 1 + count, len(state["losses"]))
+    return {
+        "validation_loss": np.asarray(state["losses"][:scored], np.float64).tolist(),
+        "best_epoch": best if best >= 0 else None,
+        "best_step": (best + 1) * steps_per_epoch if best >= 0 else None,
+        "best_validation_loss": float(state["best_loss"]) if best >= 0 else None,
+        "stopped_early": count >= patience,
+        "epochs_without_improvement": count,
+    }
 
 
 def best_params(state: dict):

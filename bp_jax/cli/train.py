@@ -5,9 +5,9 @@ This is the edge of the library: it reads data, writes files and draws; the trai
 `run` goes in named steps: `_prepare` (data, model, initial state), `_resume` (the checkpoint to carry on
 from), `_run_folder` (the folder, locked), `_train` (the one `fit` call, watched by `watch.Watch`, which
 checkpoints between chunks) and `_finish` (metrics.json and the loss curve). With --early-stopping the
-validation rows are carved from the training rows (`_validation_split`) and scored inside `fit`'s loop
-(`bp_jax.early_stopping`, one state per member of an ensemble; with --schedule plateau combined by
-`bp_jax.stop_rules` with a plateau on the validation loss); the rule's state (best params, curve) is checkpointed
+validation rows are carved from the training rows (`runs.validation_split`) and scored inside `fit`'s loop
+(`runs.stop_rule`: `bp_jax.early_stopping`, one state per member of an ensemble; with --schedule plateau combined
+by `bp_jax.stop_rules` with a plateau on the validation loss); the rule's state (best params, curve) is checkpointed
 with the run, and the run ends with the best params. SIGINT and SIGTERM end the
 process at once before the first chunk is done (nothing to save yet), stop training at the end of the
 current chunk once it runs, checkpointed, and let metrics.json and the curve be written whole (exit status
@@ -65,26 +65,7 @@ def add_arguments(parser) -> None:
         metavar="N",
         help="save every N steps (always at the end, and when interrupted)",
     )
-    stopping = parser.add_argument_group("early stopping")
-    stopping.add_argument(
-        "--early-stopping",
-        action="store_true",
-        default=None,
-        help="score held-back training rows at each epoch's end, inside the compiled loop; stop after --patience "
-        "epochs without improvement and keep the best params",
-    )
-    stopping.add_argument(
-        "--validation-fraction",
-        type=options.open_fraction,
-        metavar="F",
-        help="the training rows held back for validation, stratified for classes (default 0.1; needs --early-stopping)",
-    )
-    stopping.add_argument(
-        "--patience",
-        type=options.positive_int,
-        metavar="N",
-        help="epochs without a lower validation loss before stopping (default 10; needs --early-stopping)",
-    )
+    options.add_early_stopping(parser)
     parallel = parser.add_argument_group("devices, precision and multi-process runs")
     options.add_devices(parallel, splits="each batch")
     parallel.add_argument(
@@ -146,7 +127,9 @@ def run(args) -> int:
     if holder is not None:
         raise folders.in_use(args.resume, holder, "wait for it to end, then resume it")
     resumed = None if args.resume is None else runs.open_run(args.resume)
-    _refuse_lone_stopping_flags(given, resumed)
+    runs.refuse_lone_stopping_flags(
+        given, bool(given.get("early_stopping")) or (resumed is not None and resumed.config.early_stopping)
+    )
     config = Config(**given) if resumed is None else _resumed_config(resumed, given)
     if config.seed + config.ensemble > 2**32:
         raise UsageError(f"--seed {config.seed} + --ensemble {config.ensemble} passes 2**32 − 1, the largest seed")
@@ -213,7 +196,7 @@ def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem
     """Read and split the data, check the batch size and that the run fits in memory, build the model and its
     initial state (`given`: the values set on the command line of a new run, see `runs.load_data`)."""
     config, split = runs.load_data(config, given)
-    split, validation = _validation_split(config, split) if config.early_stopping else (split, None)
+    split, validation = runs.validation_split(config, split) if config.early_stopping else (split, None)
     runs.check_memory(config, split, members=config.ensemble)  # before the params are allocated
     n_train, features = split.x_train.shape
     if config.ensemble == 1:
@@ -226,35 +209,6 @@ def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem
         mesh = runs.member_mesh(devices, config.ensemble, "--ensemble")
     model = runs.build_model(features, config, split.scaling.outputs)
     return Problem(config, split, model, mesh, runs.initial_state(model, config), validation)
-
-
-def _refuse_lone_stopping_flags(given: dict, resumed: runs.Run | None) -> None:
-    """UsageError for --validation-fraction or --patience without --early-stopping (on a run that has none): they
-    would silently do nothing."""
-    lone = [f"--{name.replace('_', '-')}" for name in ("validation_fraction", "patience") if name in given]
-    if lone and not given.get("early_stopping") and not (resumed is not None and resumed.config.early_stopping):
-        raise UsageError(
-            f"{' and '.join(lone)} set how --early-stopping stops; add --early-stopping, or leave them out"
-        )
-
-
-def _validation_split(config: Config, split: data.Split) -> tuple[data.Split, tuple]:
-    """(the split without the validation rows, (x_val, y_val)): `data.validation_rows` of the training rows;
-    UsageError when the training or the validation rows would be fewer than a batch."""
-    classify = config.task == "classification"
-    assert config.split_seed is not None  # Config.__post_init__ sets it
-    train, held = data.validation_rows(split.y_train, config.validation_fraction, config.split_seed, classify=classify)
-    batch = config.batch_size or 1
-    if min(len(train), len(held)) < batch:
-        raise UsageError(
-            f"--validation-fraction {config.validation_fraction} leaves {len(train)} training and {len(held)} "
-            f"validation rows of {len(split.y_train)}; each needs at least a batch ({batch} row{'s' * (batch > 1)}): "
-            f"change the fraction or --batch-size"
-        )
-    rows = lambda part: (split.x_train[part], split.y_train[part])
-    x_train, y_train = rows(train)
-    w_train = None if split.w_train is None else split.w_train[train]
-    return split._replace(x_train=x_train, y_train=y_train, w_train=w_train), rows(held)
 
 
 def _resumed_config(resumed: runs.Run, given: dict) -> Config:
@@ -358,7 +312,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         if manager is not None:
             arrays = {"params": result.params, "opt_state": result.opt_state, "key": start.state["key"]}
             if config.early_stopping:  # the rule's state (a plateau schedule's is in the optimizer state)
-                arrays["rule"] = _stopping_state(result)._asdict()
+                arrays["rule"] = runs.stopping_state(result)._asdict()
             if ensemble:  # members may be split over devices: gathered whole
                 arrays = jax.device_get(arrays)
             elif problem.mesh is not None:
@@ -385,7 +339,16 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     y = runs.targets(config, split)
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
     loss = runs.loss(problem.model, split.scaling, weighted=isinstance(y, dict))
-    rule = _stop_rule(problem, start, per_epoch)
+    rule = runs.stop_rule(
+        config,
+        problem.model,
+        split,
+        problem.validation,
+        start.state["params"],
+        per_epoch,
+        members=config.ensemble if ensemble else None,
+        state=start.state.get("rule"),
+    )
     if config.early_stopping and np.all(start.state["rule"]["count"] >= config.patience):
         # a resumed run whose models all stopped early already: nothing to run
         state, stopping = start.state, bp_jax.EarlyStopping(**start.state["rule"])
@@ -436,37 +399,6 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     return result, None
 
 
-def _stop_rule(problem: Problem, start: Start, steps_per_epoch: int) -> bp_jax.StopRule | None:
-    """The run's `StopRule`, None without one: with early stopping, `bp_jax.early_stopping` on the validation rows
-    (one state per member of an ensemble), from the rule state `start` holds; with --schedule plateau,
-    `runs.plateau_rule`, on the validation loss with early stopping (the two combined by `bp_jax.stop_rules`)."""
-    config = problem.config
-    if problem.validation is None:
-        return runs.plateau_rule(config, steps_per_epoch)
-    # the validation loss is unweighted (as Keras's class_weight): the rows as they come
-    loss = runs.loss(problem.model, problem.split.scaling)
-    x_val, y_val = map(jax.device_put, problem.validation)
-    stopping = bp_jax.early_stopping(
-        loss,
-        start.state["params"],
-        x_val,
-        y_val,
-        steps_per_epoch=steps_per_epoch,
-        patience=config.patience,
-        epochs=runs.VALIDATION_CURVE_EPOCHS,
-        members=config.ensemble if config.ensemble > 1 else None,
-    )
-    stopping = stopping._replace(init=bp_jax.EarlyStopping(**start.state["rule"]))
-    plateau = runs.plateau_rule(config, steps_per_epoch, (loss, x_val, y_val))
-    return stopping if plateau is None else bp_jax.stop_rules(stopping, plateau)
-
-
-def _stopping_state(result) -> bp_jax.EarlyStopping:
-    """The early stopping rule's state in `result` (the first of a combined rule's)."""
-    state = result.rule_state
-    return state if isinstance(state, bp_jax.EarlyStopping) else state[0]
-
-
 def _finish(
     problem: Problem,
     start: Start,
@@ -485,7 +417,7 @@ def _finish(
     split, config = problem.split, problem.config
     history, spread, stopping = watch.history, None, None
     to_host = jax.device_get if config.ensemble > 1 else distributed.host_local  # members may be split over devices
-    rule_state = to_host(_stopping_state(result)._asdict()) if config.early_stopping else None
+    rule_state = to_host(runs.stopping_state(result)._asdict()) if config.early_stopping else None
     if rule_state is not None:
         stopping = _stopping_metrics(problem, rule_state)
     if config.ensemble > 1:
@@ -584,39 +516,12 @@ def _finish(
 
 
 def _stopping_metrics(problem: Problem, state: dict) -> dict:
-    """metrics.json's "early_stopping": the settings, then for one model (for each member of an ensemble, under
-    "members" with its seed, and "stopped_early" when all did) `_model_stopping`."""
+    """metrics.json's "early_stopping" (`runs.stopping_record`), an ensemble's members each with its seed."""
     config = problem.config
-    per_epoch = runs.steps_per_epoch(len(problem.split.x_train), config.batch_size)
-    settings = {
-        "validation_fraction": config.validation_fraction,
-        "patience": config.patience,
-        "steps_per_epoch": per_epoch,
-    }
-    if config.ensemble == 1:
-        return settings | _model_stopping(state, config.patience, per_epoch)
-    members = [
-        {"seed": config.seed + member}
-        | _model_stopping({name: state[name][member] for name in state if name != "params"}, config.patience, per_epoch)
-        for member in range(config.ensemble)
-    ]
-    return settings | {"stopped_early": all(member["stopped_early"] for member in members), "members": members}
-
-
-def _model_stopping(state: dict, patience: int, per_epoch: int) -> dict:
-    """One model's early stopping: the validation loss after each epoch it scored (`validation_loss[e]`: epoch e's,
-    counted from 0; best epoch + 1 + the epochs since, the first VALIDATION_CURVE_EPOCHS), the best epoch, its step
-    and loss (None before any epoch ended), whether the rule stopped it and the epochs since the best."""
-    best, count = int(state["best_epoch"]), int(state["count"])
-    scored = min(best + 1 + count, runs.VALIDATION_CURVE_EPOCHS)
-    return {
-        "validation_loss": np.asarray(state["losses"][:scored], np.float64).tolist(),
-        "best_epoch": best if best >= 0 else None,
-        "best_step": (best + 1) * per_epoch if best >= 0 else None,
-        "best_validation_loss": float(state["best_loss"]) if best >= 0 else None,
-        "stopped_early": count >= patience,
-        "epochs_without_improvement": count,
-    }
+    record = runs.stopping_record(config, runs.steps_per_epoch(len(problem.split.x_train), config.batch_size), state)
+    if config.ensemble > 1:
+        record["members"] = [{"seed": config.seed + i} | member for i, member in enumerate(record["members"])]
+    return record
 
 
 def _validation_curve(stopping: dict | None) -> list:
