@@ -1,16 +1,19 @@
 """`bp-jax sweep` end to end (in this process, or in its own where it needs fake devices): every (lr, seed)
 member is `bp-jax train` with that lr and seed and the sweep's split seed."""
 
+import io
 import os
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
-from helpers import commands_in_a_process, fake_devices, run_cli, strict_json
+from helpers import commands_in_a_process, fake_devices, run_cli, strict_json, weighted_table
 
 import bp_jax
 from benchmarks.compiles import counting
 from bp_jax.cli import runs
+from bp_jax.cli import sweep as sweep_command
 
 STEPS = "150"
 #: a member against `bp-jax train`: equal to float32 rounding, not bit for bit: the ensemble's vmapped
@@ -60,12 +63,13 @@ def test_every_member_is_reported_and_diverged_ones_do_not_fail_the_sweep(sweep)
     [
         ("sgd", 0.03, 5, ()),
         ("momentum", 0.003, 6, ("--schedule", "plateau", "--weight-decay", 0.01)),  # the plateau rule per member
+        ("sgd", 0.1, 5, ("--early-stopping", "--patience", 3, "--hidden", 32)),  # stops at step 63 of 150
     ],
 )
 @pytest.mark.slow
 def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_path, sweep, optimizer, lr, seed, more):
     out, _ = sweep
-    if optimizer != "sgd":  # a sweep of its own with that optimizer
+    if more:  # a sweep of its own with those options
         out = tmp_path / "sweep"
         run_cli(
             "sweep",
@@ -105,6 +109,73 @@ def test_a_member_equals_bp_jax_train_with_its_lr_seed_and_the_split_seed(tmp_pa
     metrics = strict_json(tmp_path / "train" / "metrics.json")
     for name in ("train_mse", "held_out_mse"):
         assert member[name] == pytest.approx(metrics[name], rel=MEMBER_TOLERANCE), name
+    if "--early-stopping" in more:
+        assert_same_stopping(member["early_stopping"], metrics["early_stopping"])
+        assert member["early_stopping"]["stopped_early"] and metrics["final_step"] < int(STEPS)
+
+
+def assert_same_stopping(member: dict, alone: dict) -> None:
+    """A sweep member's early stopping record is the one `bp-jax train` wrote for its run: the same epochs, the curve
+    to float32 rounding."""
+    assert {name: member[name] for name in member if "loss" not in name} == {
+        name: alone[name] for name in member if "loss" not in name
+    }
+    np.testing.assert_allclose(member["validation_loss"], alone["validation_loss"], rtol=MEMBER_TOLERANCE)
+    assert member["best_validation_loss"] == pytest.approx(alone["best_validation_loss"], rel=MEMBER_TOLERANCE)
+
+
+#: a class sweep with both weights and early stopping on `weighted_table(80)`: 64 training rows, 13 of them held back
+#: for validation, 6 steps an epoch
+WEIGHTED = (
+    *("--target", "cls", "--features", "a,b", "--class-weight", "balanced", "--sample-weight", "w", "--hidden", 8),
+    *("--early-stopping", "--validation-fraction", 0.2, "--patience", 2, "--batch-size", 8, "--epochs", 15),
+)
+
+
+@pytest.mark.slow  # a sweep, a train run, predict and export
+def test_a_weighted_early_stopped_sweeps_best_member_is_its_train_run_and_exports(tmp_path):
+    """The sweep records the weights and the stopping as train does; its best member, trained alone by `bp-jax train`
+    with its lr, seed and the split seed (a sweep keeps no params), has its scores and stop, and exports: the jax
+    program gives predict's probabilities."""
+    weighted_table(80).to_csv(tmp_path / "t.csv", index=False)
+    weighted_table(10, seed=1).drop(columns=["cls", "y", "w"]).to_csv(tmp_path / "new.csv", index=False)
+    lrs = ("--lr", "0.1,0.3", "--seeds", 2)
+    run_cli(
+        "sweep", "--data", tmp_path / "t.csv", *WEIGHTED, *lrs, "--out", tmp_path / "sweep", "--compile-cache", "off"
+    )
+    report = strict_json(tmp_path / "sweep" / "sweep.json")
+    assert report["config"] | {"dataset": None, "features": None} == report["config"] | {
+        "dataset": None,
+        "features": None,
+        "class_weight": "balanced",
+        "sample_weight": "w",
+        "early_stopping": True,
+        "validation_fraction": 0.2,
+        "patience": 2,
+    }
+    assert report["examples"] == {"train": 51, "held_out": 16, "validation": 13} and report["weights"]["train_sum"] > 0
+    assert report["early_stopping"]["steps_per_epoch"] == 6
+    ranked = sweep_command.score(report)
+    best = ranked.best(report["runs"], lambda run: run[ranked.key])  # the table's ★ and best seed
+    assert best["early_stopping"]["stopped_early"]
+    assert {run["early_stopping"]["stopped_early"] for run in report["runs"]} == {True, False}  # each on its own
+    alone = tmp_path / "best"
+    run_cli(
+        "train",
+        *("--data", tmp_path / "t.csv", *WEIGHTED, "--lr", best["lr"], "--seed", best["seed"], "--split-seed", 0),
+        *("--out", alone),
+    )
+    metrics = strict_json(alone / "metrics.json")
+    assert metrics["held_out_accuracy"] == best["held_out_accuracy"]
+    for name in ("train_log_loss", "held_out_log_loss"):
+        assert best[name] == pytest.approx(metrics[name], rel=MEMBER_TOLERANCE), name
+    assert_same_stopping(best["early_stopping"], metrics["early_stopping"])
+    assert metrics["weights"] == report["weights"]
+    predicted = pd.read_csv(io.StringIO(run_cli("predict", alone, "--data", tmp_path / "new.csv").stdout))
+    run_cli("export", alone, "--format", "jax", "--out", tmp_path / "best.jax")
+    exported = jax.export.deserialize(bytearray((tmp_path / "best.jax").read_bytes()))
+    x = pd.read_csv(tmp_path / "new.csv").to_numpy(np.float32)
+    np.testing.assert_allclose(exported.call(x), predicted[["P(no)", "P(yes)"]], rtol=1e-5, atol=1e-6)
 
 
 #: a sweep whose members do not split over the devices it asks for
@@ -157,6 +228,12 @@ def test_members_split_over_4_devices_equal_one_device(on_4_devices, sweep):
         ),
         (["--lr", "0.01", "--seeds", "99999999999"], "--seed 0 + --seeds 99999999999 passes 2**32 − 1, the largest"),
         (["--lr", "0.01", "--seeds", "4000000000"], "4,000,000,000 members × 5 steps need about"),
+        (["--lr", "0.1", "--patience", "3"], "--patience set how --early-stopping stops; add --early-stopping"),
+        (["--lr", "0.1", "--early-stopping", "--validation-fraction", "1"], "between 0 and 1 (both excluded), got '1'"),
+        (["--lr", "0.1", "--early-stopping", "--validation-fraction", "0.95"], "0.95 leaves 18 training and 336"),
+        (["--lr", "0.1", "--class-weight", "balanced"], "--class-weight balanced weighs classes; the target"),
+        (["--lr", "0.1", "--sample-weight", "q"], "no column 'q' for --sample-weight"),
+        (["--lr", "0.1", "--schedule", "warmup-cosine"], "needs --warmup-epochs E, a warm-up shorter than the run's"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

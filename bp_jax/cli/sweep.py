@@ -5,12 +5,14 @@
 Member (lr, s) is `bp-jax train --lr lr --seed s --split-seed S` with the same other options: all members
 share the split chosen by --split-seed (default 0); seed s (--seed, --seed + 1, …) sets the member's init
 and data order. Writes sweep.json (one entry per member: lr, seed, train and held-out MSE, or for a class
-target train and held-out accuracy and log loss, the step it diverged at or null) and sweep.png into --out,
-and prints a table per learning rate. Diverged members are frozen and shown, and do not fail the sweep. A
-sweep that cannot fit in memory (estimated before anything is allocated: `runs.bytes_needed`) is refused in
-one line. Set-up is one compiled program whatever the number of members (`runs.member_states`). SIGINT/SIGTERM end
-the process at once during set-up and compile, stop at the end of the current chunk once training runs and
-write what was trained so far, and let the results being written finish (exit 130/143; see `interrupts`).
+target train and held-out accuracy and log loss, the step it diverged at or null; with --early-stopping, each
+member stopped by its own rule inside the one program, its scores its best params', and its curve, best epoch and
+stop as train's metrics.json records them) and sweep.png into --out, and prints a table per learning rate.
+Diverged members are frozen and shown, and do not fail the sweep. A sweep that cannot fit in memory (estimated
+before anything is allocated: `runs.bytes_needed`) is refused in one line. Set-up is one compiled program
+whatever the number of members (`runs.member_states`). SIGINT/SIGTERM end the process at once during set-up
+and compile, stop at the end of the current chunk once training runs and write what was trained so far, and let
+the results being written finish (exit 130/143; see `interrupts`).
 """
 
 import dataclasses
@@ -51,6 +53,7 @@ def add_arguments(parser) -> None:
     options.add_split_seed(parser, default=0)
     options.add_problem_options(parser)
     options.add_schedule_and_weights(parser)
+    options.add_early_stopping(parser)
     options.add_out_folder(parser, holding="sweep.json and sweep.png", default="a new runs/sweep-DATASET-TIME")
     options.add_devices(parser, splits="the members")
     options.add_compile_cache(parser)
@@ -58,6 +61,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     given = options.given_config(args)
+    runs.refuse_lone_stopping_flags(given, bool(given.get("early_stopping")))
     config = Config(**given)
     runs.check_warmup(config)
     repeated = sorted({lr for lr in args.lrs if args.lrs.count(lr) > 1})
@@ -66,6 +70,7 @@ def run(args) -> int:
     if config.seed + args.seeds > 2**32:
         raise UsageError(f"--seed {config.seed} + --seeds {args.seeds} passes 2**32 − 1, the largest seed")
     config, split = runs.load_data(config, given)
+    split, validation = runs.validation_split(config, split) if config.early_stopping else (split, None)
     n_train = len(split.x_train)
     members = len(args.lrs) * args.seeds
     epochs = 100 if args.epochs is args.steps is None else args.epochs
@@ -81,9 +86,9 @@ def run(args) -> int:
     with folders.claimed(out, resumable=False), console.progress_bar("sweep") as progress:
         watch = Watch(total, progress=progress, signals=signals)
         with jax.default_matmul_precision("highest"):
-            result = _train(config, split, args.lrs, seeds, mesh, watch)
+            result = _train(config, split, validation, args.lrs, seeds, mesh, watch)
             with signals.writing():
-                report = _report(config, split, args.lrs, seeds, result, watch)
+                report = _report(config, split, validation, args.lrs, seeds, result, watch)
                 folders.write_json(out / "sweep.json", report)
                 _plot(out / "sweep.png", report, watch.history)
     _print_tables(report, out)
@@ -95,10 +100,11 @@ def run(args) -> int:
     return 0
 
 
-def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResult:
-    """The ensemble trained to `watch.total` steps, or to where a stop signal ended it. Members run
-    lr-major: member i has lrs[i // len(seeds)] and seeds[i % len(seeds)], initialised and trained (schedule,
-    weight decay, weights) as `bp-jax train` would."""
+def _train(config, split, validation, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResult:
+    """The ensemble trained to `watch.total` steps, to where a stop signal ended it, or, with early stopping on the
+    `validation` rows, until every member's rule stopped it. Members run lr-major: member i has lrs[i // len(seeds)]
+    and seeds[i % len(seeds)], initialised and trained (schedule, weight decay, weights, dropout, early stopping) as
+    `bp-jax train` would; a member's early stopping keeps its curve for the run's epochs."""
     model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
     per_epoch = runs.steps_per_epoch(len(split.x_train), config.batch_size)
     transform = None  # the hand-written update, lr as data
@@ -111,7 +117,17 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
     if transform is not None:
         state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(member_lrs, jnp.float32)
     y = runs.targets(config, split)
-    return bp_jax.fit_ensemble(
+    rule = runs.stop_rule(
+        config,
+        model,
+        split,
+        validation,
+        state["params"],
+        per_epoch,
+        members=len(member_lrs),
+        epochs=min(watch.total // per_epoch, runs.VALIDATION_CURVE_EPOCHS),
+    )
+    result = bp_jax.fit_ensemble(
         runs.loss(model, split.scaling, weighted=isinstance(y, dict)),
         state["params"],
         jax.device_put(split.x_train),
@@ -125,16 +141,27 @@ def _train(config, split, lrs, seeds, mesh, watch: Watch) -> bp_jax.EnsembleResu
         chunk_size=PROGRESS_EVERY,
         on_chunk=watch.on_chunk,
         mesh=mesh,
-        stop_rule=runs.plateau_rule(config, per_epoch),
+        stop_rule=rule,
         keep_losses=False,  # the watch keeps the history, bounded
     )
+    if result.stopped_at is not None and np.all(result.stopped_at >= 0):  # on_chunk saw no part-chunk: its losses
+        watch.add_rest(result.losses, result.step - len(result.losses))
+    return result
 
 
-def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
-    """sweep.json: the shared config, then one entry per member: its scores (`runs.scores`), and the step it
-    diverged at or None."""
+def _report(config, split, validation, lrs, seeds, result, watch: Watch) -> dict:
+    """sweep.json: the shared config, then one entry per member: its scores (`runs.scores`; with early stopping of
+    its best params, and its "early_stopping" as `bp-jax train` records it, `runs.stopping_record`), and the step
+    it diverged at or None."""
     model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
-    scores = runs.scores(model, split, ensemble=True)(result.params)
+    rule = jax.device_get(runs.stopping_state(result)._asdict()) if config.early_stopping else None
+    params = runs.best_params({"params": jax.device_get(result.params), "rule": rule})
+    scores = runs.scores(model, split, ensemble=True)(params)
+    stopping: dict | None = None
+    each: list[dict] = [{}] * (len(lrs) * len(seeds))  # entries of each member's own beyond its scores
+    if rule is not None:
+        stopping = runs.stopping_record(config, runs.steps_per_epoch(len(split.x_train), config.batch_size), rule)
+        each = [{"early_stopping": member} for member in stopping.pop("members")]
     shared = {name: value for name, value in config.to_record().items() if name not in ("lr", "seed", "ensemble")}
     return {
         "config": shared,
@@ -148,12 +175,18 @@ def _report(config, split, lrs, seeds, result, watch: Watch) -> dict:
                 "seed": seeds[i % len(seeds)],
                 **{name: float(values[i]) for name, values in scores.items()},
                 "diverged_at": None if result.diverged[i] < 0 else int(result.diverged[i]),
+                **each[i],
             }
             for i in range(len(lrs) * len(seeds))
         ],
         **runs.baseline(split),
         "weights": runs.weights_record(config, split),
-        "examples": {"train": len(split.x_train), "held_out": len(split.x_test)},
+        "examples": {
+            "train": len(split.x_train),
+            "held_out": len(split.x_test),
+            **({"validation": len(validation[1])} if validation is not None else {}),
+        },
+        **({"early_stopping": stopping} if stopping is not None else {}),
         "wall_time_s": watch.elapsed_s,
         "device": console.device_description(),
         "jax": jax.__version__,
@@ -183,7 +216,7 @@ def score(report: dict) -> Score:
 
 def summary(report: dict) -> list[dict]:
     """Per learning rate: the held-out score's (`score`) mean and std over the seeds that did not diverge, the
-    best seed, and how many diverged."""
+    best seed, how many diverged, and with early stopping how many its rule stopped."""
     rows, ranked = [], score(report)
     for lr in report["learning_rates"]:
         members = [run for run in report["runs"] if run["lr"] == lr]
@@ -198,6 +231,7 @@ def summary(report: dict) -> list[dict]:
                 "best_seed": best and best["seed"],
                 "best": best and best[ranked.key],
                 "diverged": len(members) - len(finished),
+                "stopped_early": sum(run.get("early_stopping", {}).get("stopped_early", False) for run in members),
                 "seeds": len(members),
             }
         )
@@ -207,10 +241,12 @@ def summary(report: dict) -> list[dict]:
 def _print_tables(report: dict, out: Path) -> None:
     rows, ranked = summary(report), score(report)
     best = ranked.best([row for row in rows if row["best"] is not None], lambda row: row["best"])
+    stopping = "early_stopping" in report
     console.print_table(
         f"bp-jax sweep: {len(report['runs'])} members, {report['steps']} steps, {ranked.label} "
         f"({ranked.baseline_label} {report[ranked.baseline_key]:.4f})",
-        ("lr", f"{ranked.label}, mean ± std", "best seed", f"its {ranked.label}", "diverged"),
+        ("lr", f"{ranked.label}, mean ± std", "best seed", f"its {ranked.label}", "diverged")
+        + ("stopped early",) * stopping,
         [
             (
                 f"{row['lr']:g}" + (" ★" if row is best else ""),
@@ -219,6 +255,7 @@ def _print_tables(report: dict, out: Path) -> None:
                 "—" if row["best"] is None else f"{row['best']:.4f}",
                 f"{row['diverged']} of {row['seeds']}",
             )
+            + (f"{row['stopped_early']} of {row['seeds']}",) * stopping
             for row in rows
         ],
     )

@@ -29,11 +29,12 @@ MAX_HISTORY_POINTS = 2000
 
 def shown_loss(result, average: Callable = np.median) -> float:
     """The loss the progress bar shows: the chunk's last, for an ensemble its `average` (the median, or the
-    mean) over the members that have not diverged (NaN when none is left)."""
+    mean) over the members still training: not diverged, not stopped by a stop rule (NaN losses; NaN when none is
+    left)."""
     last = np.asarray(result.losses[-1])
     if last.ndim == 0:
         return float(last)
-    live = last[np.asarray(result.diverged) < 0]
+    live = last[(np.asarray(result.diverged) < 0) & ~np.isnan(last)]
     return float(average(live)) if len(live) else float("nan")
 
 
