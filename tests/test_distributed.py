@@ -10,7 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, bp_jax_cli, command, commands_in_a_process, fake_devices, final_state, run_cli
+from helpers import (
+    ROOT,
+    bp_jax_cli,
+    command,
+    commands_in_a_process,
+    fake_devices,
+    final_state,
+    run_cli,
+    strict_json,
+    weighted_table,
+)
 
 TOLERANCE = 1e-5  # float32: sums split over devices round differently
 TRAIN = ("--dataset", "synthetic", "--steps", 120, "--batch-size", 32, "--optimizer", "momentum", "--seed", 2)
@@ -83,13 +93,29 @@ BAD_SETTINGS = [
 ]
 
 
+def combos(table: Path) -> dict:
+    """The training options' combinations run on 2 devices and on 1, on `weighted_table(80)` (64 training rows, 8 a
+    batch): an ensemble with dropout and early stopping (its 2 members split over the devices), dropout and both
+    weights (each batch split over them), and a weighted class sweep with early stopping (its members split)."""
+    data = ("--data", table, "--features", "a,b", "--batch-size", 8)
+    weights = ("--class-weight", "balanced", "--sample-weight", "w")
+    stopping = ("--early-stopping", "--validation-fraction", 0.2, "--patience", 2, "--epochs", 10)
+    return {
+        "ensemble": ["train", *data, "--target", "y", "--lr", 0.1, "--ensemble", 2, "--dropout", 0.2, *stopping],
+        "dropout": ["train", *data, "--target", "y", "--dropout", 0.3, "--epochs", 3],
+        "weights": ["train", *data, "--target", "cls", *weights, "--epochs", 3],
+        "sweep": ["sweep", *data, "--target", "cls", *weights, *stopping, "--lr", "0.1,1"],
+    }
+
+
 @pytest.fixture(scope="module")
 def on_8_devices(tmp_path_factory) -> tuple[dict, Path]:
     """The file's `bp-jax train` commands on 8 devices, one after another in one process of 8 devices
-    (commands_in_a_process): each of BAD_SETTINGS ("refused 0", …), TRAIN on all of them ("all"), and TRAIN resumed
-    on 8 from a one-device checkpoint at step 50 trained here ("resumed"). {name: its result}, and the folder
-    holding the runs."""
+    (commands_in_a_process): each of BAD_SETTINGS ("refused 0", …), TRAIN on all of them ("all"), TRAIN resumed
+    on 8 from a one-device checkpoint at step 50 trained here ("resumed"), and each of `combos` on 2 devices ("2
+    ensemble", …; the table in the folder). {name: its result}, and the folder holding the runs."""
     folder = tmp_path_factory.mktemp("eight-devices")
+    weighted_table(80).to_csv(folder / "table.csv", index=False)
     run_cli("train", "--out", folder / "resumed", "--devices", 1, *TRAIN[:2], "--steps", 50, *TRAIN[4:])
     commands = {
         **{
@@ -98,6 +124,10 @@ def on_8_devices(tmp_path_factory) -> tuple[dict, Path]:
         },
         "all": ["train", "--out", folder / "all", "--devices", "all", *TRAIN],
         "resumed": ["train", "--resume", folder / "resumed", "--steps", 120, "--devices", 8],
+        **{
+            f"2 {name}": [*argv, "--devices", 2, "--out", folder / f"2-{name}"]
+            for name, argv in combos(folder / "table.csv").items()
+        },
     }
     results = commands_in_a_process(commands.values(), env=os.environ | fake_devices(8))
     return dict(zip(commands, results)), folder
@@ -118,6 +148,45 @@ def test_resume_on_8_devices_from_a_one_device_checkpoint(on_8_devices, one_devi
     results, folder = on_8_devices
     assert results["resumed"].returncode == 0, results["resumed"].stderr
     assert_close_runs(folder / "resumed", one_device_run)
+
+
+def assert_same_stops(ours: list[dict], theirs: list[dict]) -> None:
+    """Early stopping records alike: the same epochs and stops, the losses to float32 rounding; one member stopped
+    early, the other ran to the end."""
+    losses = lambda record: {name: value for name, value in record.items() if "loss" in name}
+    assert {record["stopped_early"] for record in theirs} == {True, False}
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert mine | losses(reference) == reference
+        np.testing.assert_allclose(mine["validation_loss"], reference["validation_loss"], rtol=TOLERANCE)
+
+
+@pytest.mark.slow  # a process of its own, 8 devices
+def test_ensembles_dropout_weights_and_early_stopping_on_2_devices_equal_1(on_8_devices):
+    """Each of `combos` on 2 devices ends as on 1 (run here) to float32 rounding: the checkpoint's arrays (params,
+    optimizer state, the rule's best params and curve) and the scores; a sweep's members their scores and stops."""
+    results, folder = on_8_devices
+    for name, argv in combos(folder / "table.csv").items():
+        assert results[f"2 {name}"].returncode == 0, results[f"2 {name}"].stderr
+        run_cli(*argv, "--out", folder / f"1-{name}")
+        two, one = folder / f"2-{name}", folder / f"1-{name}"
+        if name == "sweep":
+            ours, theirs = strict_json(two / "sweep.json")["runs"], strict_json(one / "sweep.json")["runs"]
+            assert_same_stops([run["early_stopping"] for run in ours], [run["early_stopping"] for run in theirs])
+            for mine, reference in zip(ours, theirs, strict=True):
+                for score in ("held_out_log_loss", "train_log_loss", "held_out_accuracy"):
+                    assert mine[score] == pytest.approx(reference[score], rel=TOLERANCE), (name, score)
+            continue
+        (step_two, leaves_two), (step_one, leaves_one) = final_state(two), final_state(one)
+        assert step_two == step_one and len(leaves_two) == len(leaves_one)
+        for left, right in zip(leaves_two, leaves_one):
+            np.testing.assert_allclose(left, right, rtol=TOLERANCE, atol=TOLERANCE, err_msg=name)
+        metrics_two, metrics_one = strict_json(two / "metrics.json"), strict_json(one / "metrics.json")
+        assert metrics_two["devices"] == 2 and metrics_one["devices"] == 1
+        if "early_stopping" in metrics_one:
+            assert_same_stops(metrics_two["early_stopping"]["members"], metrics_one["early_stopping"]["members"])
+        for score in ("held_out_mse", "held_out_log_loss", "held_out_coverage_2sd"):
+            if score in metrics_one:
+                assert metrics_two[score] == pytest.approx(metrics_one[score], rel=TOLERANCE), (name, score)
 
 
 @pytest.mark.parametrize("case", range(len(BAD_SETTINGS)), ids=[message for _, message in BAD_SETTINGS])
