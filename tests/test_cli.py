@@ -5,6 +5,7 @@ import ast
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,12 +15,21 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, assert_same_state, checkpoint_steps, command, final_state, run_cli, strict_json
+from helpers import (
+    ROOT,
+    assert_same_state,
+    checkpoint_steps,
+    command,
+    final_state,
+    run_cli,
+    strict_json,
+    weighted_table,
+)
 
 import bp_jax
 from bp_jax import cli
 from bp_jax.cli.interrupts import Signals
-from bp_jax.cli.watch import Watch
+from bp_jax.cli.watch import Watch, shown_loss
 
 
 def test_train_learns_diabetes_and_writes_metrics_plot_and_checkpoint(tmp_path, monkeypatch):
@@ -313,6 +323,53 @@ def test_a_record_from_another_version_or_not_matching_its_arrays_is_one_line(tm
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+#: the Config fields issue 31 added (early stopping, ensembles, dropout, schedules, weight decay, weights)
+ISSUE_31_FIELDS = (
+    *("early_stopping", "validation_fraction", "patience", "ensemble", "dropout", "schedule", "warmup_epochs"),
+    *("weight_decay", "class_weight", "sample_weight"),
+)
+
+
+@pytest.mark.slow  # train, predict twice, export, resume
+def test_a_run_recorded_before_the_training_options_predicts_exports_and_resumes(tmp_path):
+    """A checkpoint whose record lacks the fields issue 31 added predicts as it did, exports (the jax program gives
+    predict's numbers) and resumes to the bits of the run never stopped."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    weighted_table(40).to_csv(tmp_path / "t.csv", index=False)
+    weighted_table(6, seed=1)[["a", "b"]].to_csv(tmp_path / "new.csv", index=False)
+    args = ("--data", tmp_path / "t.csv", "--target", "y", "--features", "a,b", "--batch-size", 8)
+    run_cli(
+        "train", *args, "--optimizer", "momentum", "--steps", 20, "--checkpoint-every", 10, "--out", tmp_path / "whole"
+    )
+    for name in ("current", "old"):
+        shutil.copytree(tmp_path / "whole", tmp_path / name, ignore=shutil.ignore_patterns("*.json", "*.png"))
+        shutil.rmtree(tmp_path / name / "checkpoints" / "20")
+    edit_record(
+        tmp_path / "old",
+        10,
+        lambda r: r | {"config": {k: v for k, v in r["config"].items() if k not in ISSUE_31_FIELDS}},
+    )
+    predict = lambda name: run_cli("predict", tmp_path / name, "--data", tmp_path / "new.csv").stdout
+    predicted = predict("old")
+    assert predicted == predict("current") and len(predicted.splitlines()) == 7
+    x = np.loadtxt(tmp_path / "new.csv", delimiter=",", skiprows=1, dtype=np.float32)
+    expected = np.loadtxt(predicted.splitlines()[1:])
+    for format in ("jax", "onnx"):
+        run_cli("export", tmp_path / "old", "--format", format, "--out", tmp_path / f"old.{format}")
+    exported = jax.export.deserialize(bytearray((tmp_path / "old.jax").read_bytes()))
+    (onnx_y,) = onnxruntime.InferenceSession(tmp_path / "old.onnx", providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    for y in (np.asarray(exported.call(x)), onnx_y):
+        np.testing.assert_allclose(y[:, 0], expected, rtol=1e-5, atol=1e-5)
+    run_cli("train", "--resume", tmp_path / "old", "--steps", 20)
+    assert_same_state(tmp_path / "whole", tmp_path / "old")
+    assert (
+        strict_json(tmp_path / "old" / "metrics.json")["config"]
+        == strict_json(tmp_path / "whole" / "metrics.json")["config"]
+    )
+
+
 def test_a_leftover_temporary_checkpoint_is_cleaned_up_by_the_next_run(tmp_path):
     run_cli("train", "--out", tmp_path, "--dataset", "synthetic", "--steps", 20)
     leftover = tmp_path / "checkpoints" / "30.orbax-checkpoint-tmp"  # as a save killed midway leaves it
@@ -456,3 +513,17 @@ def test_watch_keeps_every_kth_loss_and_a_signal_stops_fit_at_the_next_chunk():
     # resumed towards 8000 steps: the history so far is thinned to the new stride, ⌈8000 / 2000⌉ = 4
     resumed = Watch(8000, start=result.step, history=watch.history)
     assert [step for step, _ in resumed.history] == list(range(0, 2000, 12))
+
+
+def test_the_progress_loss_of_an_ensemble_leaves_out_diverged_and_stopped_members():
+    """shown_loss: the average of the last losses of the members still training; a stopped member's loss is NaN."""
+    chunk = bp_jax.EnsembleResult(
+        params=None,
+        opt_state=None,
+        losses=np.array([[9.0, 9.0, 9.0, 9.0, 9.0], [5.0, 1.0, np.nan, 4.0, 2.0]]),
+        step=2,
+        diverged=np.array([1, -1, -1, -1, -1]),
+    )
+    assert shown_loss(chunk) == 2.0 and shown_loss(chunk, np.mean) == pytest.approx(7 / 3)
+    gone = chunk._replace(losses=np.array([[np.inf, np.nan, np.nan, np.nan, np.nan]]))
+    assert np.isnan(shown_loss(gone))
