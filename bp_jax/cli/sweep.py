@@ -262,9 +262,22 @@ def _print_tables(report: dict, out: Path) -> None:
     print(f"wrote {out}/sweep.json and {out}/sweep.png")
 
 
+def _validation_medians(report: dict, lr: float) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, losses): the median over the seeds of learning rate `lr` of epoch e's validation loss, at the epoch's
+    last step (e + 1) · steps per epoch, over the seeds that scored epoch e (those that stopped before did not)."""
+    curves = [run["early_stopping"]["validation_loss"] for run in report["runs"] if run["lr"] == lr]
+    epochs = max(map(len, curves))
+    padded = np.asarray([curve + [np.nan] * (epochs - len(curve)) for curve in curves], np.float64)
+    with warnings.catch_warnings():  # an epoch no seed scored (all diverged): left blank
+        warnings.simplefilter("ignore", RuntimeWarning)
+        medians = np.nanmedian(padded, axis=0) if epochs else np.zeros(0)
+    return (np.arange(epochs) + 1) * report["early_stopping"]["steps_per_epoch"], medians
+
+
 def _plot(path: Path, report: dict, history: list) -> None:
     """Left: the training loss by step per learning rate (median over seeds, 25–75 % band; dashed where a
-    seed diverged), from the watch's [step, losses of every member] history. Right: the held-out score
+    seed diverged), from the watch's [step, losses of every member] history; with early stopping, dotted, the
+    validation loss at each epoch's end (median over the seeds that scored it). Right: the held-out score
     (`score`: MSE, or accuracy for classification) against learning rate, one dot per seed, the mean over finished
     seeds, the best marked, diverged members as red crosses along the top."""
     x = np.asarray([step for step, _ in history])
@@ -287,7 +300,13 @@ def _plot(path: Path, report: dict, history: list) -> None:
             curves.fill_between(x, low, high, alpha=0.2, color=line.get_color())
             if row["diverged"] < row["seeds"]:
                 finished_medians.append(median)
-        curves.set(xlabel="step", ylabel="training loss (median over seeds)", yscale="log")
+            if "early_stopping" in report:
+                steps, validation = _validation_medians(report, row["lr"])
+                curves.plot(
+                    steps, validation, ls=":", lw=1.5, color=line.get_color(), label=f"lr {row['lr']:g}, validation"
+                )
+        loss = "loss" if "early_stopping" in report else "training loss"
+        curves.set(xlabel="step", ylabel=f"{loss} (median over seeds)", yscale="log")
         if finished_medians:  # diverging curves would stretch the axis over many decades
             curves.set_ylim(0.5 * np.nanmin(finished_medians), 3 * np.nanmax(finished_medians))
 
