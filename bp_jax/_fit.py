@@ -276,6 +276,7 @@ def fit(
     keep_losses: bool = True,
     shuffle: bool = True,
     padding: int = 0,
+    shard_rows=None,
 ) -> FitResult:
     """Train for `steps` steps from `start_step` in one compiled loop.
 
@@ -323,6 +324,12 @@ def fit(
             reads the P last in each epoch (`minibatch_indices`), e.g. P < b zero-weight rows making n a multiple
             of b, so that an epoch's last batch holds (n − P) mod b real rows (scikit-learn's short last batch;
             static); no effect on the full batch.
+        shard_rows: with a `mesh` of D "data" devices and a batch_size b, each device's row count n_d (D ints):
+            x and y hold D blocks of n / D rows, block d on the mesh's d-th device (a jax.Array laid out so, as
+            each process builds from its own rows, or a host array), its first n_d rows real, the rest never
+            read. Device d draws its b / D rows of each minibatch from its own block,
+            `minibatch_indices(fold_in(key, d), step, n_d, b / D)`: no row crosses devices, no process needs
+            another's rows.
 
     Returns:
         The `FitResult`.
@@ -361,6 +368,7 @@ def fit(
         stop_rule=stop_rule,
         shuffle=shuffle,
         padding=padding,
+        shard_rows=shard_rows,
     )
     state, losses, step = _run_in_chunks(run, on_chunk, _fit_result, keep_losses)
     first = step - len(losses)  # the step of losses[0]: start_step, unless only the last chunk's are kept
@@ -501,6 +509,7 @@ def _set_up(
     row_counts=None,
     shuffle=True,
     padding=0,
+    shard_rows=None,
 ) -> _Run:
     """The checks, first state, data layout and compiled loop of `fit` (one model) or `fit_ensemble` (E members,
     the state's leaves with a leading member axis)."""
@@ -535,6 +544,8 @@ def _set_up(
         float_dtype = jax.dtypes.canonicalize_dtype(float)
         lr = checks.member_lrs(lr, members) if optimizer is None else np.zeros(members, float_dtype)
     padding = checks.check_padding(padding, num_examples)
+    if shard_rows is not None:  # each device's row count, where the loop takes an ensemble's row sets
+        shard_rows = checks.shard_rows(shard_rows, mesh if members is None else None, num_examples, batch_size, padding)
     if batch_size is None or not shuffle:  # no order, or the rows in order: the padding is read last anyway
         padding = 0
     if optimizer is not None and opt_state is None:
@@ -547,9 +558,9 @@ def _set_up(
     rule = None if stop_rule is None else RuleState(stop_rule.init, np.full(shape, -1, np.int32))
     state = LoopState(params, opt_state, Divergence(np.full(shape, -1, np.int32), np.zeros(shape, np.int32)), rule)
     rule_data = None if stop_rule is None else jax.device_put(stop_rule.data)  # once, not at every chunk
-    data = (lr, key, x, y, member_rows, rule_data)
+    data = (lr, key, x, y, member_rows if shard_rows is None else shard_rows, rule_data)
     if mesh is not None:
-        state, data = _laid_out(mesh, state, data, batch_size, members, groups)
+        state, data = _laid_out(mesh, state, data, batch_size, members, groups, shard_rows is not None)
         if noise is not None:
             noise = place(noise, replicated(mesh) if members is None else member_sharded(mesh))
     loop = compiled_loop(
@@ -569,6 +580,7 @@ def _set_up(
         and bool(np.all(member_rows.counts - member_rows.padding >= LARGE_DOMAIN)),
         shuffle=shuffle,
         padding=padding,
+        shard_rows=shard_rows is not None,
     )
     params, opt_state, rule = copy_tree((state.params, state.opt_state, state.rule))
     state = state._replace(params=params, opt_state=opt_state, rule=rule)
@@ -599,9 +611,12 @@ def _stop_update(stop_rule, optimizer) -> tuple[Callable | None, bool, bool]:
     return stop_rule.update, bool(stop_rule.touches_opt_state), bool(stop_rule.touches_params)
 
 
-def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | None, groups: int | None):
+def _laid_out(
+    mesh, state: LoopState, data: tuple, batch_size, members: int | None, groups: int | None, sharded: bool = False
+):
     """(state, data) placed on `mesh`. One model (a `data_parallel_mesh`): the state and key replicated, the full
-    batch split over "data" (a minibatch's rows are split in the loop). Members (an `ensemble_mesh`): the state
+    batch split over "data" (a minibatch's rows are split in the loop), or with `sharded` rows x, y and the
+    row counts split over "data". Members (an `ensemble_mesh`): the state
     and learning rates split over "models", keys and row sets too where each member has its own, x and y
     replicated. ValueError where the batch or the members do not split evenly."""
     lr, key, x, y, member_rows, rule_data = data
@@ -616,7 +631,8 @@ def _laid_out(mesh, state: LoopState, data: tuple, batch_size, members: int | No
         params, opt_state, key, rule = jax.tree.map(
             lambda leaf: place(leaf, replicated(mesh)), (state.params, state.opt_state, key, state.rule)
         )
-        data_layout = batch_sharded(mesh) if batch_size is None else replicated(mesh)
+        data_layout = batch_sharded(mesh) if batch_size is None or sharded else replicated(mesh)
+        member_rows = None if member_rows is None else place(member_rows, batch_sharded(mesh))  # sharded: counts
         state = state._replace(params=params, opt_state=opt_state, rule=rule)
         return state, (lr, key, *_placed((x, y), data_layout), member_rows, rule_data)
     if members % member_devices(mesh):

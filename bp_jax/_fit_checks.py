@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from bp_jax._fit_loop import MemberRows
+from bp_jax._mesh import DATA_AXIS
 from bp_jax._steps import check_optimizer
 
 #: The step counter inside the loop is an int32.
@@ -212,6 +213,29 @@ def member_rows(rows, row_counts, members: int, num_examples: int, batch_size, p
         raise ValueError(f"padding must lie in [0, row count) = [0, {row_counts.tolist()}), got {padding.tolist()}")
     padding = np.broadcast_to(padding, row_counts.shape).astype(np.int32)
     return MemberRows(rows.astype(np.int32), row_counts.astype(np.int32), padding)
+
+
+def shard_rows(counts, mesh, num_examples: int, batch_size, padding) -> np.ndarray:
+    """Each "data" device's real rows, (D,) int32: D the mesh's "data" devices, D dividing x's rows (D blocks of
+    n / D) and the batch size, each count in [batch_size / D, n / D]; ValueError naming what does not fit."""
+    if mesh is None or DATA_AXIS not in mesh.shape:
+        raise ValueError("shard_rows splits x over a data_parallel_mesh: pass mesh=data_parallel_mesh(...)")
+    if batch_size is None or padding:
+        raise ValueError("shard_rows needs a batch_size and no padding (each device draws minibatch rows of its own)")
+    counts, devices = np.asarray(jax.device_get(counts)), mesh.shape[DATA_AXIS]
+    if counts.dtype.kind not in "iu" or counts.shape != (devices,):
+        raise ValueError(f"shard_rows must be {devices} integers, one per 'data' device, got {counts!r}")
+    if num_examples % devices or batch_size % devices:
+        raise ValueError(
+            f"shard_rows: x's {num_examples} rows and the batch of {batch_size} must split evenly over "
+            f"{devices} devices"
+        )
+    block, share = num_examples // devices, batch_size // devices
+    if np.any(counts < share) or np.any(counts > block):
+        raise ValueError(
+            f"each of shard_rows must lie in [batch_size / D, rows / D] = [{share}, {block}], got {counts.tolist()}"
+        )
+    return counts.astype(np.int32)
 
 
 def check_padding(padding, num_examples: int) -> int:

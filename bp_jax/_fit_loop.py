@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from bp_jax._layers import hash_fold_in
-from bp_jax._mesh import MODELS_AXIS, batch_sharded, member_sharded, replicated
+from bp_jax._mesh import DATA_AXIS, MODELS_AXIS, batch_sharded, member_sharded, replicated
 from bp_jax._order import minibatch_indices
 from bp_jax._steps import optax_update, sgd_update
 
@@ -233,27 +234,46 @@ def _build_loop(
     large_row_sets: bool = False,
     shuffle: bool = True,
     padding: int = 0,
+    shard_rows: bool = False,
 ) -> Callable:
     """jit of `run(state, lr, key, x, y, rows, rule_data, first_step, length, noise) -> (state, losses)`: steps
-    first_step … first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early
-    once no model is `running`; losses[i] is step first_step + i's loss, NaN past the last step run.
+        first_step … first_step + length − 1 (length ≤ CAPACITY, both traced) under `lax.while_loop`, stopping early
+        once no model is `running`; losses[i] is step first_step + i's loss, NaN past the last step run.
 
-    The step reads the full batch (`batch_size` None) or the rows `minibatch_indices(key, step, n, batch_size,
-    shuffle=shuffle, padding=padding)` of every leaf of x and y.
-    For an `ensemble` the per-model step is vmapped over the members, with the key shared (`key_axis` None) or
-    stacked (0), and with `own_rows` minibatches drawn from row sets (`rows`, a MemberRows; None otherwise);
-    stacked keys and row sets belong to groups of `group_size` consecutive members, each group's step the members'
-    step vmapped over one shared minibatch; `large_row_sets`: every row count is ≥ LARGE_DOMAIN (the order takes
-    its fewer rounds). `stop_update` is a StopRule's update (its state in `state.rule`, its data `rule_data`;
-    `rule_touches_opt_state`: it also takes and returns the optimizer state; `rule_touches_params`: it sees the
-    params); `shuffle` False: the minibatches in order. `noise` (None, or each model's noise key: (E,) keys for an
-    ensemble) makes step s's key `hash_fold_in(noise, s)`, handed to the stochastic loss."""
+        The step reads the full batch (`batch_size` None) or the rows `minibatch_indices(key, step, n, batch_size,
+        shuffle=shuffle, padding=padding)` of every leaf of x and y.
+        For an `ensemble` the per-model step is vmapped over the members, with the key shared (`key_axis` None) or
+        stacked (0), and with `own_rows` minibatches drawn from row sets (`rows`, a MemberRows; None otherwise);
+        stacked keys and row sets belong to groups of `group_size` consecutive members, each group's step the members'
+        step vmapped over one shared minibatch; `large_row_sets`: every row count is ≥ LARGE_DOMAIN (the order takes
+        its fewer rounds). `stop_update` is a StopRule's update (its state in `state.rule`, its data `rule_data`;
+        `rule_touches_opt_state`: it also takes and returns the optimizer state; `rule_touches_params`: it sees the
+        params); `shuffle` False: the minibatches in order. `shard_rows` (one model on a mesh): `rows` is each "data"
+    device's row count (D,), x and y D blocks, one a device, and each device gathers its share of the minibatch from
+    its own block (`shard_map`). `noise` (None, or each model's noise key: (E,) keys for an
+        ensemble) makes step s's key `hash_fold_in(noise, s)`, handed to the stochastic loss."""
     guarded = _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state, rule_touches_params)
     data_parallel = mesh is not None and not ensemble
+
+    if shard_rows:
+        share = batch_size // mesh.shape[DATA_AXIS]
+
+        def device_rows(key, x, y, count, step):
+            """Device d's b / D rows of the minibatch, drawn from its own block by fold_in(key, d)."""
+            own_key = None if key is None else jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
+            rows = minibatch_indices(own_key, step, count[0], share, shuffle=shuffle)
+            return gather(x, rows), gather(y, rows)
+
+        split, whole = PartitionSpec(DATA_AXIS), PartitionSpec()
+        _own_rows = jax.shard_map(
+            device_rows, mesh=mesh, in_specs=(whole, split, split, split, whole), out_specs=split, check_vma=False
+        )
 
     def model_step(state: LoopState, lr, key, x, y, member_rows, rule_data, step, noise) -> tuple[LoopState, jax.Array]:
         if batch_size is None:
             xb, yb = x, y
+        elif shard_rows:
+            xb, yb = _own_rows(key, x, y, member_rows, step)
         else:
             if own_rows:
                 order = minibatch_indices(

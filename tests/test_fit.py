@@ -624,3 +624,27 @@ def test_the_new_keywords_at_their_defaults_compile_nothing_new(count_compilatio
         chex.assert_trees_all_equal(run(batch_size=16, shuffle=True).params, minibatches.params)
         chex.assert_trees_all_equal(run(shuffle=False).params, full.params)  # the full batch has no order
     assert compiled == []
+
+
+@pytest.mark.slow  # a float64 loop of its own: ~3 s here
+def test_shard_rows_draw_each_devices_minibatch_from_its_own_rows():
+    """fit(shard_rows=) on a one-device mesh equals sgd_step on minibatch_indices(fold_in(key, 0), step, n_0, b) of the
+    block's real rows; the block's padding (NaN) is never read. The multi-device case: tests/test_shards.py."""
+    with jax.enable_x64(True):
+        model, params, x, y = problem(3, n=12, features=3)
+        x, y = np.array(x), np.array(y)
+        x[9:], y[9:] = np.nan, np.nan  # 9 real rows, 3 of padding
+        loss, key = bp_jax.loss_fn(model), jax.random.key(5)
+        mesh = bp_jax.data_parallel_mesh(1)
+        result = bp_jax.fit(loss, params, x, y, steps=6, batch_size=4, lr=0.1, key=key, mesh=mesh, shard_rows=[9])
+        step, looped = bp_jax.sgd_step(loss, 0.1), copy(params)
+        for i in range(6):
+            rows = np.asarray(bp_jax.minibatch_indices(jax.random.fold_in(key, 0), i, 9, 4))
+            looped, _ = step(looped, x[rows], y[rows])
+        chex.assert_trees_all_close(result.params, looped, rtol=1e-10, atol=1e-10)
+        assert np.all(np.isfinite(result.losses))
+        for counts, message in [([13], r"\[4, 12\]"), ([9, 9], "one per 'data' device")]:
+            with pytest.raises(ValueError, match=message):
+                bp_jax.fit(loss, params, x, y, steps=1, batch_size=4, lr=0.1, key=key, mesh=mesh, shard_rows=counts)
+        with pytest.raises(ValueError, match="data_parallel_mesh"):
+            bp_jax.fit(loss, params, x, y, steps=1, batch_size=4, lr=0.1, key=key, shard_rows=[9])
