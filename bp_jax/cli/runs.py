@@ -73,6 +73,7 @@ OLDER_CONFIG = {
     "weight_decay": 0.0,
     "class_weight": None,
     "sample_weight": None,
+    "shard_data": False,  # before --shard-data
 }
 RECORD_KEYS = {"config", "data", "total_steps", "loss_history", "wall_time_s", "diverged_at"}
 #: the optimizer state's size, in copies of the params (inject_hyperparams adds a few scalars)
@@ -109,7 +110,7 @@ class Config:
     program (1: one model, a plain run); `dropout`: the Dropout rate after each hidden activation (0: none);
     `schedule` (SCHEDULES, with `warmup_epochs` for warmup-cosine) and `weight_decay`: see `optimizer`;
     `class_weight` ("balanced" or None) and `sample_weight` (a column of row weights, or None): see
-    `row_weights`."""
+    `row_weights`; `shard_data`: each process reads only its devices' blocks of the file (`shards`)."""
 
     dataset: str = "diabetes"
     target: str | None = None
@@ -133,6 +134,7 @@ class Config:
     weight_decay: float = 0.0
     class_weight: str | None = None
     sample_weight: str | None = None
+    shard_data: bool = False
 
     def __post_init__(self):
         if self.split_seed is None:

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 import bp_jax
-from bp_jax.cli import checkpoints, console, data, distributed, folders, interrupts, options, plots, runs
+from bp_jax.cli import checkpoints, console, data, distributed, folders, interrupts, options, plots, runs, shards
 from bp_jax.cli._args import UsageError
 from bp_jax.cli.runs import Config
 from bp_jax.cli.watch import PROGRESS_EVERY, Watch
@@ -82,6 +82,13 @@ def add_arguments(parser) -> None:
     parallel.add_argument("--num-processes", type=options.positive_int, help="env BP_JAX_NUM_PROCESSES")
     parallel.add_argument("--process-id", type=int, help="0 … num-processes − 1 (env BP_JAX_PROCESS_ID)")
     parallel.add_argument(
+        "--shard-data",
+        action="store_true",
+        default=None,
+        help="each process reads only its devices' blocks of a .parquet or .csv file, each device drawing its "
+        "minibatch rows from its own block (docs/guides/devices.md)",
+    )
+    parallel.add_argument(
         "--init-timeout",
         type=options.positive_int,
         default=120,
@@ -93,8 +100,9 @@ def add_arguments(parser) -> None:
 
 class Problem(NamedTuple):
     """What is trained: the config (target and features resolved), the data (with early stopping, the training
-    rows without the validation rows), the model, the mesh, the state a checkpoint holds (params, optimizer
-    state, data-order key; with early stopping the rule's state) and the validation rows (x, y) or None."""
+    rows without the validation rows; with --shard-data this process's rows), the model, the mesh, the state a
+    checkpoint holds (params, optimizer state, data-order key; with early stopping the rule's state), the validation
+    rows (x, y) or None, and with --shard-data the training rows of every process (`shards.Rows`)."""
 
     config: Config
     split: data.Split
@@ -102,6 +110,7 @@ class Problem(NamedTuple):
     mesh: jax.sharding.Mesh | None
     state: dict
     validation: tuple | None = None
+    rows: shards.Rows | None = None  # --shard-data: the training rows as `fit` reads them, from every process
 
 
 class Start(NamedTuple):
@@ -195,6 +204,8 @@ def mesh_for(devices: int | None, global_batch: int) -> jax.sharding.Mesh | None
 def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem:
     """Read and split the data, check the batch size and that the run fits in memory, build the model and its
     initial state (`given`: the values set on the command line of a new run, see `runs.load_data`)."""
+    if config.shard_data:
+        return _prepare_sharded(config, devices)
     config, split = runs.load_data(config, given)
     split, validation = runs.validation_split(config, split) if config.early_stopping else (split, None)
     runs.check_memory(config, split, members=config.ensemble)  # before the params are allocated
@@ -209,6 +220,18 @@ def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem
         mesh = runs.member_mesh(devices, config.ensemble, "--ensemble")
     model = runs.build_model(features, config, split.scaling.outputs)
     return Problem(config, split, model, mesh, runs.initial_state(model, config), validation)
+
+
+def _prepare_sharded(config: Config, devices: int | None) -> Problem:
+    """`_prepare` with --shard-data: the mesh first (one device at least), then only its blocks of the file read by
+    this process (`shards.load`)."""
+    shards.check(config, config.dataset)
+    assert config.batch_size is not None  # shards.check
+    mesh = mesh_for(devices, config.batch_size) or bp_jax.data_parallel_mesh(1)
+    config, split, rows = shards.load(config, mesh)
+    runs.check_memory(config, split)  # this process's rows
+    model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
+    return Problem(config, split, model, mesh, runs.initial_state(model, config), rows=rows)
 
 
 def _resumed_config(resumed: runs.Run, given: dict) -> Config:
@@ -246,7 +269,7 @@ def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int 
     """The step to train to: --steps, --epochs × steps per epoch, or the checkpoint's; UsageError, worded in
     the flag given, when it is before the checkpoint's step, or when the schedule does not fit it
     (`runs.check_schedule`)."""
-    per_epoch = runs.steps_per_epoch(len(problem.split.x_train), problem.config.batch_size)
+    per_epoch = runs.steps_per_epoch(_training_rows(problem), problem.config.batch_size)
     total = steps if epochs is None else epochs * per_epoch
     total = start.total_steps if total is None else total
     if total is None:
@@ -262,6 +285,11 @@ def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int 
         raise UsageError(f"the checkpoint is at step {start.step}; --steps must be at least that, got {total}")
     runs.check_schedule(problem.config, total, per_epoch, start.total_steps)
     return total
+
+
+def _training_rows(problem: Problem) -> int:
+    """The training rows of the run: this process's, or with --shard-data every process's."""
+    return len(problem.split.x_train) if problem.rows is None else problem.rows.train
 
 
 @contextmanager
@@ -334,7 +362,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
             save(result)
         return stop
 
-    per_epoch = runs.steps_per_epoch(len(split.x_train), config.batch_size)
+    per_epoch = runs.steps_per_epoch(_training_rows(problem), config.batch_size)
     transform = runs.optimizer(config, watch.total, per_epoch)
     y = runs.targets(config, split)
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
@@ -373,7 +401,10 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         "stop_rule": rule,
         "keep_losses": False,  # the watch keeps the history, bounded
     }
-    x, y = jax.device_put(split.x_train), jax.device_put(y)
+    if problem.rows is not None:
+        x, y, arguments["shard_rows"] = problem.rows.x, problem.rows.y, problem.rows.counts
+    else:
+        x, y = jax.device_put(split.x_train), jax.device_put(y)
     if ensemble:
         members = bp_jax.fit_ensemble(loss, start.state["params"], x, y, **arguments)
         diverged = np.flatnonzero(members.diverged >= 0)
@@ -440,7 +471,12 @@ def _finish(
         ]
     else:
         params = distributed.host_local(runs.best_params({"params": result.params, "rule": rule_state}))
-        scores = {name: float(value) for name, value in runs.scores(problem.model, split)(params).items()}
+        measure = (
+            runs.scores(problem.model, split)
+            if problem.rows is None
+            else shards.scores(problem.model, split, problem.rows)
+        )
+        scores = {name: float(value) for name, value in measure(params).items()}
     classify = config.task == "classification"
     if diverged is not None:
         stopped = {"step": result.step, "reason": "non-finite loss"}
@@ -457,11 +493,11 @@ def _finish(
         "stopped": stopped,
         "task": config.task,
         **scores,
-        **runs.baseline(split),
+        **(runs.baseline(split) if problem.rows is None else {}),  # shards.scores has it
         "weights": runs.weights_record(config, split),
         "examples": {
-            "train": len(split.x_train),
-            "held_out": len(split.x_test),
+            "train": _training_rows(problem),
+            "held_out": len(split.x_test) if problem.rows is None else problem.rows.held_out,
             "features": split.x_train.shape[1],
             **({"left_out": dict(split.left_out)} if any(split.left_out.values()) else {}),
             **({"classes": runs.class_counts(split)} if classify else {}),
