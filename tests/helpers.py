@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -222,6 +223,13 @@ def without_coverage() -> dict:
     """This process's variables less coverage's, for a subprocess that coverage must not measure: one whose
     files cannot grow (coverage could not write its data) or whose own timing loops it would slow many times."""
     return {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on now (a multi-process run's coordinator)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def fake_devices(count: int) -> dict:

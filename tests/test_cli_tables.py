@@ -282,7 +282,7 @@ def test_runs_recorded_before_classification_still_predict_and_resume(tmp_path):
     path = tmp_path / "run" / "checkpoints" / "20" / "record" / "metadata"
     record = json.loads(path.read_text())
     later = ("early_stopping", "validation_fraction", "patience", "ensemble", "dropout")
-    later += ("schedule", "warmup_epochs", "weight_decay", "class_weight", "sample_weight")
+    later += ("schedule", "warmup_epochs", "weight_decay", "class_weight", "sample_weight", "shard_data")
     for name in ("task", "missing", *later):
         del record["config"][name]
     for name in ("task", "classes", "categories", "fill"):

@@ -3,7 +3,6 @@ read when JAX starts, so this pytest process keeps its single device: the one-de
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from helpers import (
     commands_in_a_process,
     fake_devices,
     final_state,
+    free_port,
     run_cli,
     strict_json,
     weighted_table,
@@ -42,12 +42,6 @@ def assert_close_runs(a: Path, b: Path):
     for left, right in zip(leaves_a, leaves_b):
         np.testing.assert_allclose(left, right, rtol=TOLERANCE, atol=TOLERANCE)
     np.testing.assert_allclose(losses_a, losses_b, rtol=TOLERANCE, atol=TOLERANCE)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -104,12 +104,16 @@ def held_out(rows: np.ndarray, seed: int, fraction: float = TEST_FRACTION) -> np
     return (z ^ (z >> np.uint64(31))) < np.uint64(int(fraction * 2.0**64))
 
 
-def moments(values: np.ndarray) -> np.ndarray:
-    """(n, mean, M2) of each column of `values` (rows × columns), float64 of shape (3, columns); zeros for no rows."""
-    if not len(values):
-        return np.zeros((3, values.shape[1]))
-    mean = values.mean(0)
-    return np.stack([np.full(values.shape[1], float(len(values))), mean, ((values - mean) ** 2).sum(0)])
+def moments(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(n, mean, M2 = Σ(v − mean)²) of each column of values[where] (rows × columns), float64 of shape
+    (3, columns), a column at a time; zeros for no rows."""
+    result = np.zeros((3, values.shape[1]))
+    result[0] = where.sum()
+    for index in range(values.shape[1]) if where.any() else ():
+        column = values[where, index]
+        result[1, index] = column.mean()
+        result[2, index] = np.square(column - result[1, index]).sum()
+    return result
 
 
 def combined(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,18 +168,46 @@ def _columns(source: str, config: runs.Config) -> tuple[tuple[str, ...], str]:
     return features, target
 
 
-def _read_block(source: str, block, used: list[str]):
-    """One block's used columns as a DataFrame: row groups of a parquet file, or a CSV's byte range."""
+def _read_block(source: str, block, used: list[str]) -> np.ndarray:
+    """One block's used columns as float64, rows × columns, empty cells NaN: row groups of a parquet file (read one
+    at a time into the block's array), or the lines of a CSV's byte range; DataError naming the columns that are not
+    numbers."""
     import pandas as pd
 
     path = Path(source)
     if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).read_row_groups(list(block), columns=used).to_pandas()
-    header, first, end = block
+        file = pq.ParquetFile(path)
+        number = lambda kind: pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+        _refuse_text(source, [name for name in used if not number(file.schema_arrow.field(name).type)])
+        sizes = [file.metadata.row_group(group).num_rows for group in block]
+        values = np.empty((sum(sizes), len(used)))
+        for group, first in zip(block, np.cumsum([0, *sizes[:-1]])):  # a row group at a time: its copy beside them
+            table = file.read_row_group(group, columns=used)
+            for column, name in enumerate(used):
+                values[first : first + table.num_rows, column] = table.column(name).cast(pa.float64()).to_numpy()
+            del table
+            pa.default_memory_pool().release_unused()  # the row group's buffers, which the pool would keep
+        return values
+    header, first, end = block  # a chunk of rows at a time: the block's text, its numbers and one chunk's frame
     text = lines_in(path, first, end, len(header))
-    return pd.read_csv(io.BytesIO(header + text), usecols=used)[used] if text else pd.DataFrame(columns=used)
+    if not text:
+        return np.zeros((0, len(used)))
+    parts = []
+    for frame in pd.read_csv(io.BytesIO(header + text), usecols=used, chunksize=CHUNK):
+        _refuse_text(source, [name for name in used if not pd.api.types.is_numeric_dtype(frame[name])])
+        parts.append(frame[used].to_numpy(np.float64, na_value=np.nan))
+    return np.concatenate(parts)
+
+
+def _refuse_text(source: str, text: list[str]) -> None:
+    if text:
+        raise data.DataError(
+            f"{source}: column(s) {', '.join(map(repr, text))} hold text; --shard-data reads numeric features and a "
+            f"numeric target (a regression): leave them out with --features"
+        )
 
 
 def _blocks(source: str, devices: int) -> list:
@@ -190,19 +222,6 @@ def _blocks(source: str, devices: int) -> list:
     with open(path, "rb") as file:
         header = file.readline()
     return [(header, first, end) for first, end in byte_ranges(len(header), path.stat().st_size, devices)]
-
-
-def _values(frame, source: str, names: list[str], first_row: int) -> np.ndarray:
-    """The used columns as float64 (rows × columns), empty cells NaN; DataError for a column that is not numbers."""
-    import pandas as pd
-
-    text = [name for name in names if not pd.api.types.is_numeric_dtype(frame[name])]
-    if text:
-        raise data.DataError(
-            f"{source}: column(s) {', '.join(map(repr, text))} hold text (rows {first_row + 1} on); --shard-data "
-            f"reads numeric features and a numeric target (a regression): leave them out with --features"
-        )
-    return frame.to_numpy(np.float64, na_value=np.nan)
 
 
 def check(config: runs.Config, source: str) -> None:
@@ -232,34 +251,33 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh) -> tuple[runs.Config, dat
     assert batch is not None and seed is not None  # `check`, Config.__post_init__
     features, target = _columns(source, config)
     used, devices, places = [*features, target], mesh.devices.size, mine(mesh)
-    frames: list = []
+    values: list = []  # this process's blocks, float64 rows × used columns; None once standardised
 
     def read() -> dict:
         plan = _blocks(source, devices)
-        frames.extend(_read_block(source, plan[place], used) for place in places)
-        return {"rows": np.asarray([len(frame) for frame in frames], np.int64)}
+        values.extend(_read_block(source, plan[place], used) for place in places)
+        return {"rows": np.asarray([len(block) for block in values], np.int64)}
 
     counts = _gathered(mesh, source, read, {"rows": np.zeros(len(places), np.int64)})["rows"]
     firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    blocks: list = []
+    numbered: list = []  # each block's (row numbers of its positions, held out)
 
     def summarise() -> dict:
         stats, digests, sizes = [], [], []
-        for frame, place in zip(frames, places):
-            values, rows = _values(frame, source, used, int(firsts[place])), firsts[place] + np.arange(len(frame))
-            digests.append(np.frombuffer(hashlib.sha256(values.tobytes()).digest(), np.uint8))
-            empty = np.isnan(values)
-            if empty.any() and config.missing == "error":
-                column = int(np.flatnonzero(empty.any(0))[0])
-                raise data.DataError(
-                    f"{source}: column {used[column]!r} has empty cells (the first in row "
-                    f"{rows[np.flatnonzero(empty[:, column])[0]] + 1}); pass --missing drop to leave those rows out"
-                )
-            keep = ~empty.any(1)
-            values, rows = _checked(values[keep], used, rows[keep], source), rows[keep]
-            test = held_out(rows, seed)
-            blocks.append((values[~test], rows[~test], values[test], rows[test]))
-            stats.append(moments(values[~test]))
+        for index, place in enumerate(places):
+            block, first = values[index], int(firsts[place])
+            digests.append(np.frombuffer(hashlib.sha256(np.ascontiguousarray(block).data).digest(), np.uint8))
+            keep = _kept(block, used, first, source, config.missing)
+            kept = None if keep.all() else np.flatnonzero(keep)
+            if kept is not None:
+                block = values[index] = block[kept]
+            number = _numbering(first, kept)
+            _check_cells(block, used, number, source)
+            test = np.zeros(len(block), bool)
+            for start, end in _chunks(len(block)):
+                test[start:end] = held_out(number(np.arange(start, end)), seed)
+            numbered.append((number, test))
+            stats.append(moments(block, ~test))
             sizes.append([(~test).sum(), test.sum(), (~keep).sum()])
         return {"moments": np.asarray(stats), "digests": np.asarray(digests), "sizes": np.asarray(sizes, np.int64)}
 
@@ -273,40 +291,48 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh) -> tuple[runs.Config, dat
     scaling = data.Scaling(
         features, target, tuple(mean[:-1].tolist()), tuple(std[:-1].tolist()), float(mean[-1]), float(std[-1])
     )
-    share, sizes = batch // devices, agreed["sizes"]
-    if sizes[:, 0].min() < share:
+    sizes = agreed["sizes"]
+    if sizes[:, 0].min() < batch // devices:
         raise UsageError(
             f"{source}: block {int(sizes[:, 0].argmin())} of {devices} holds {sizes[:, 0].min()} training rows, fewer "
-            f"than a device's share of the batch ({config.batch_size} / {devices}); use a smaller --batch-size"
+            f"than a device's share of the batch ({batch} / {devices}); use a smaller --batch-size"
         )
     if sizes[:, 1].sum() == 0:
         raise data.DataError(f"{source}: no row is held out ({int(sizes[:, 0].sum())} rows); need at least one")
     fingerprint = hashlib.sha256(agreed["digests"].tobytes() + repr((features, target, "shards")).encode())
-    prepared: list = []
+    length, inputs = int(sizes[:, 0].max()), len(features)
+    prepared: list = []  # each block's (x, y) of its training rows padded to `length`, and of its held-out rows
 
-    def standardise() -> dict:  # a cell whose standardised value float32 cannot hold: refused everywhere
-        for x_train, rows_train, x_test, rows_test in blocks:
-            prepared.append(
-                [
-                    (scaling.standardise(x[:, :-1], source, rows + 1), scaling.target(x[:, -1], source, rows + 1))
-                    for x, rows in ((x_train, rows_train), (x_test, rows_test))
-                ]
-            )
+    def standardise() -> dict:  # a cell whose standardised value float32 cannot hold: refused in every process
+        for index, (number, test) in enumerate(numbered):
+            train, held = np.flatnonzero(~test), np.flatnonzero(test)
+            arrays = [np.zeros((length, inputs), np.float32), np.zeros((length, 1), np.float32)]
+            arrays += [np.empty((len(held), inputs), np.float32), np.empty((len(held), 1), np.float32)]
+            _standardise_into(arrays[:2], values[index], train, number, scaling, source)
+            _standardise_into(arrays[2:], values[index], held, number, scaling, source)
+            values[index] = None
+            prepared.append(arrays)
         return {}
 
     _gathered(mesh, source, standardise, {})
     left_out = int(sizes[:, 2].sum())
     notes = (f"{source}: left out {left_out} row(s) with an empty cell (--missing drop)",) * bool(left_out)
     print(*(f"bp-jax: note: {note}\n" for note in notes), sep="", end="", file=sys.stderr)
-    local = lambda part, which: np.concatenate([block[part][which] for block in prepared])
+    trained = [int((~test).sum()) for _, test in numbered]
+    joined = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # one block: no copy
     split = data.Split(
-        local(0, 0), local(0, 1), local(1, 0), local(1, 1), scaling, fingerprint.hexdigest(), notes,
+        joined([arrays[0][:n] for arrays, n in zip(prepared, trained)]),
+        joined([arrays[1][:n] for arrays, n in zip(prepared, trained)]),
+        joined([arrays[2] for arrays in prepared]),
+        joined([arrays[3] for arrays in prepared]),
+        scaling,
+        fingerprint.hexdigest(),
+        notes,
         MappingProxyType({"no_target": 0, "empty_feature": left_out}),
-    )  # fmt: skip
-    length = int(sizes[:, 0].max())
+    )
     rows = Rows(
-        _laid_out([block[0][0] for block in prepared], mesh, length),
-        _laid_out([block[0][1] for block in prepared], mesh, length),
+        _laid_out([arrays[0] for arrays in prepared], mesh),
+        _laid_out([arrays[1] for arrays in prepared], mesh),
         sizes[:, 0].astype(np.int32),
         int(sizes[:, 0].sum()),
         int(sizes[:, 1].sum()),
@@ -314,26 +340,67 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh) -> tuple[runs.Config, dat
     return dataclasses.replace(config, target=target, features=features, task="regression"), split, rows
 
 
-def _checked(values: np.ndarray, names: list[str], rows: np.ndarray, source: str) -> np.ndarray:
-    """`values`; DataError naming the first cell that is not a number float32 holds (finite, |x| ≤ 3.4e38)."""
-    bad = np.argwhere(~(np.abs(values) <= data.FLOAT32_MAX))
-    if len(bad):
-        row, column = bad[0]
-        number = values[row, column]
-        what = "not a finite number" if np.isinf(number) else f"beyond float32's range (±{data.FLOAT32_MAX:.3g})"
+#: rows checked, drawn or standardised at a time: the temporaries stay small beside the block
+CHUNK = 16384
+
+
+def _chunks(rows: int):
+    """(start, end) of each CHUNK of `rows` rows."""
+    return ((start, min(start + CHUNK, rows)) for start in range(0, rows, CHUNK))
+
+
+def _numbering(first: int, kept: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
+    """`positions -> row numbers` in the file (from 0) of a block whose first row is row `first`, of which the rows
+    `kept` (None: all) are left."""
+    return lambda positions: first + (positions if kept is None else kept[positions])
+
+
+def _kept(block: np.ndarray, names: list[str], first: int, source: str, missing: str) -> np.ndarray:
+    """Which rows have every cell (`missing` "drop" keeps those); DataError for any empty cell under "error"."""
+    keep = np.empty(len(block), bool)
+    for start, end in _chunks(len(block)):
+        keep[start:end] = ~np.isnan(block[start:end]).any(1)
+    if missing == "error" and not keep.all():
+        row = int(np.flatnonzero(~keep)[0])
+        column = int(np.flatnonzero(np.isnan(block[row]))[0])
         raise data.DataError(
-            f"{source}: column {names[column]!r}, row {rows[row] + 1}: the cell holds {number}, {what}"
+            f"{source}: column {names[column]!r}, row {first + row + 1}: the cell is empty or NaN; pass --missing drop "
+            "to leave the rows with empty cells out"
         )
-    return values
+    return keep
 
 
-def _laid_out(blocks: list[np.ndarray], mesh: jax.sharding.Mesh, length: int) -> jax.Array:
-    """This process's blocks, each padded with zeros to `length` rows, as one array split over the mesh's axis:
-    block d on its d-th device."""
-    devices, places = list(mesh.devices.flat), mine(mesh)
-    pad = lambda block: np.concatenate([block, np.zeros((length - len(block), *block.shape[1:]), block.dtype)])
-    pieces = [jax.device_put(pad(block), devices[place]) for block, place in zip(blocks, places)]
-    shape = (len(devices) * length, *blocks[0].shape[1:])
+def _check_cells(block: np.ndarray, names: list[str], number: Callable, source: str) -> None:
+    """DataError naming the first cell that is not a number float32 holds (finite, |x| ≤ 3.4e38) by its row
+    (`number`: positions → row numbers)."""
+    for start, end in _chunks(len(block)):
+        bad = np.argwhere(~(np.abs(block[start:end]) <= data.FLOAT32_MAX))
+        if len(bad):
+            row, column = bad[0]
+            cell = block[start + row, column]
+            what = "not a finite number" if np.isinf(cell) else f"beyond float32's range (±{data.FLOAT32_MAX:.3g})"
+            raise data.DataError(
+                f"{source}: column {names[column]!r}, row {number(start + row) + 1}: the cell holds {cell}, {what}"
+            )
+
+
+def _standardise_into(
+    out: Sequence[np.ndarray], block: np.ndarray, which: np.ndarray, number: Callable, scaling, source: str
+):
+    """out = (x, y): the block's rows `which`, standardised by `scaling` (`Scaling.standardise`, `Scaling.target`),
+    CHUNK rows at a time, into the first len(which) rows of x and y."""
+    x, y = out
+    for start, end in _chunks(len(which)):
+        part = which[start:end]
+        x[start:end] = scaling.standardise(block[part, :-1], source, number(part) + 1)
+        y[start:end] = scaling.target(block[part, -1], source, number(part) + 1)
+
+
+def _laid_out(blocks: list[np.ndarray], mesh: jax.sharding.Mesh) -> jax.Array:
+    """This process's blocks (of one shape) as one array split over the mesh's axis: block d on its d-th device."""
+    devices = list(mesh.devices.flat)
+    pieces = [jax.device_put(block, devices[place]) for block, place in zip(blocks, mine(mesh))]
+    shape = (len(devices) * len(blocks[0]), *blocks[0].shape[1:])
     return jax.make_array_from_single_device_arrays(
         shape, NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])), pieces
     )

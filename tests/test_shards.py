@@ -1,0 +1,162 @@
+"""`bp-jax train --shard-data` (bp_jax/cli/shards.py): the blocks, the held-out draw, the combined statistics, the
+command on one device here, and two processes on localhost against one process over two devices
+(tests/shards_worker.py)."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import ROOT, fake_devices, free_port, run_cli, strict_json
+
+import bp_jax
+from bp_jax.cli import shards
+
+
+def table(rows: int, seed: int = 0) -> pd.DataFrame:
+    """Five N(0, 1) features and y = sin(x·a) + noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 5))
+    return pd.DataFrame({**{f"f{i}": x[:, i] for i in range(5)}, "y": np.sin(x @ rng.standard_normal(5))})
+
+
+def parquet(path, frame: pd.DataFrame, row_group_size: int):
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=row_group_size)
+    return path
+
+
+def test_row_groups_split_into_contiguous_blocks_even_in_rows():
+    assert shards.row_group_blocks([10] * 8, 4) == [range(0, 2), range(2, 4), range(4, 6), range(6, 8)]
+    assert shards.row_group_blocks([100, 1, 1, 1, 100], 2) == [range(0, 2), range(2, 5)]  # cut nearest 101.5
+    assert shards.row_group_blocks([1, 1, 1000], 3) == [range(0, 1), range(1, 2), range(2, 3)]  # one group each
+    with pytest.raises(shards.data.DataError, match=r"t.parquet: 2 row group\(s\), fewer than the 3 devices"):
+        shards.row_group_blocks([5, 5], 3, "t.parquet")
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 7, 40])
+def test_byte_ranges_give_every_line_to_one_block(tmp_path, blocks):
+    """Lines of lengths 1 to 20 bytes (a cut anywhere: inside a line, on its newline, just after it)."""
+    rng = np.random.default_rng(blocks)
+    lines = [b"a,b\n"] + [b"x" * int(n) + b"\n" for n in rng.integers(0, 20, 30)]
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"".join(lines))
+    ranges = shards.byte_ranges(len(lines[0]), path.stat().st_size, blocks)
+    assert ranges[0][0] == len(lines[0]) and ranges[-1][1] == path.stat().st_size and len(ranges) == blocks
+    assert b"".join(shards.lines_in(path, first, end, len(lines[0])) for first, end in ranges) == b"".join(lines[1:])
+
+
+def test_held_out_rows_are_a_seeded_draw_of_each_row_number():
+    rows = np.arange(100_000)
+    held = shards.held_out(rows, 3)
+    assert abs(held.sum() - 20_000) < 5 * np.sqrt(100_000 * 0.2 * 0.8)  # Bernoulli(0.2) each
+    assert np.array_equal(shards.held_out(rows[::-1], 3), held[::-1])  # a function of the number alone
+    assert (held != shards.held_out(rows, 4)).mean() > 0.25  # another seed, another draw
+
+
+def test_combined_moments_are_the_unions_mean_and_deviation():
+    rng = np.random.default_rng(0)
+    values = rng.normal(3.0, 2.0, (500, 4))
+    cuts = [0, 0, 7, 300, 300, 500]  # blocks of 0, 7, 293, 0 and 200 rows
+    where = rng.random(500) < 0.8
+    blocks = np.stack([shards.moments(values[a:b], where[a:b]) for a, b in itertools.pairwise(cuts)])
+    mean, std = shards.combined(blocks)
+    np.testing.assert_allclose(mean, values[where].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std, values[where].std(0), rtol=1e-12)
+    assert np.array_equal(shards.combined(np.stack([shards.moments(np.ones((3, 1)), np.ones(3, bool))]))[1], [1.0])
+
+
+def test_parquet_and_csv_load_alike_with_the_training_rows_statistics(tmp_path):
+    """One device, one block: the scaling is the mean and population deviation of the training rows (those
+    `held_out` leaves), the same for a parquet and a CSV of the table, and so are the rows."""
+    frame, loaded = table(600), []
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    for path in (parquet(tmp_path / "t.parquet", frame, 100), tmp_path / "t.csv"):
+        config = shards.runs.Config(dataset=str(path), batch_size=8, shard_data=True)
+        loaded.append(shards.load(config, bp_jax.data_parallel_mesh(1)))
+    train = frame[~shards.held_out(np.arange(600), 0)].to_numpy()
+    for config, split, rows in loaded:
+        scaling = split.scaling
+        np.testing.assert_allclose([*scaling.x_mean, scaling.y_mean], train.mean(0), rtol=1e-10)
+        np.testing.assert_allclose([*scaling.x_std, scaling.y_std], train.std(0), rtol=1e-10)
+        assert (rows.train, rows.held_out, rows.counts.tolist()) == (len(train), 600 - len(train), [len(train)])
+        assert config.features == tuple(f"f{i}" for i in range(5)) and config.target == "y"
+    (_, parquet_split, parquet_rows), (_, csv_split, _) = loaded
+    np.testing.assert_allclose(parquet_split.x_test, csv_split.x_test, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(np.asarray(parquet_rows.x), parquet_split.x_train)
+
+
+@pytest.mark.slow  # a command's compilations
+def test_train_with_shard_data_on_one_device(tmp_path):
+    path = parquet(tmp_path / "t.parquet", table(600), 100)
+    run_cli("train", "--data", path, "--shard-data", "--steps", 5, "--out", tmp_path / "run")
+    metrics = strict_json(tmp_path / "run" / "metrics.json")
+    held = int(shards.held_out(np.arange(600), 0).sum())
+    assert metrics["examples"] == {"train": 600 - held, "held_out": held, "features": 5}
+    assert metrics["config"]["shard_data"] is True and metrics["devices"] == 1
+    assert metrics["held_out_mse"] > 0 and metrics["baseline_held_out_mse"] > 0
+
+
+REFUSED = [
+    (["--dataset", "diabetes"], "--shard-data trains on a .parquet or .csv file (--data)"),
+    (["--batch-size", "full"], "--shard-data trains on minibatches (a --batch-size)"),
+    (["--ensemble", 2], "--shard-data trains on one model (no --ensemble)"),
+    (["--early-stopping"], "--shard-data trains on no --early-stopping"),
+    (["--missing", "impute"], "--shard-data trains on --missing error or drop"),
+    (["--target", "name"], "column(s) 'name' hold text"),
+    (["--features", "f0,f1"], "column 'f1', row 4: the cell is empty or NaN; pass --missing drop"),
+    (["--features", "f0", "--batch-size", 64], "block 0 of 1 holds 14 training rows, fewer than a device's share"),
+]
+
+
+@pytest.mark.parametrize("argv, message", REFUSED, ids=[message for _, message in REFUSED])
+def test_what_a_sharded_run_refuses_in_one_line(tmp_path, argv, message):
+    frame = table(16).assign(name=[f"n{i}" for i in range(16)])
+    frame.loc[3, "f1"] = np.nan
+    path = parquet(tmp_path / "t.parquet", frame[["name", "f0", "f1", "y"]], 4)
+    argv = ["--data", path, *argv] if "--dataset" not in argv else argv
+    result = run_cli("train", *argv, "--shard-data", "--steps", 1, "--out", tmp_path / "run", check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # three processes of their own
+def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_path):
+    """The params of a float64 fit on the blocks (to 1e-10), the scaling and the fingerprint of two processes
+    equal one process's over two devices; each process reads half the rows, and its load's peak of numpy buffers
+    (tracemalloc) is under 3/4 of one process's reading them all (its float64 block and float32 copy)."""
+    path = parquet(tmp_path / "t.parquet", table(400_000), 50_000)  # 18 MiB of float64
+    warm_up = parquet(tmp_path / "warm.parquet", table(64), 8)
+    worker = [sys.executable, str(ROOT / "tests" / "shards_worker.py"), path]
+    coordinator = f"127.0.0.1:{free_port()}"
+    commands = [([*worker, "-", 1, 0, warm_up], 2)] + [([*worker, coordinator, 2, i, warm_up], 1) for i in range(2)]
+    processes = [
+        subprocess.Popen(list(map(str, argv)), env=os.environ | fake_devices(devices), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for argv, devices in commands
+    ]  # fmt: skip
+    try:
+        outputs = [process.communicate(timeout=240) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+    one, *two = [json.loads(stdout.splitlines()[-1]) for stdout, _ in outputs]
+    assert one["dtypes"] == ["float64"]
+    for process in two:
+        for left, right in zip(process["params"], one["params"], strict=True):
+            np.testing.assert_allclose(left, right, rtol=1e-10, atol=1e-10)
+        assert (process["scaling"], process["fingerprint"], process["rows"]) == (
+            one["scaling"],
+            one["fingerprint"],
+            one["rows"],
+        )
+        assert process["traced_mib"] < 0.75 * one["traced_mib"], (process["traced_mib"], one["traced_mib"])
+    read = [process["local"]["train"] + process["local"]["held_out"] for process in two]
+    assert sum(read) == 400_000 and read[0] == 200_000  # row groups 0-3 and 4-7
