@@ -312,10 +312,11 @@ def scores(model: bp_jax.Model, split: data.Split, *, ensemble: bool = False) ->
     fn = loss(model, split.scaling)
     classify = split.scaling.task == "classification"
     parts = (("train", split.x_train, split.y_train), ("held_out", split.x_test, split.y_test))
+    arrays = [(x, y) for _, x, y in parts]  # arguments, not constants: a program holds no rows (nor a cache entry)
 
-    def measured(params):
+    def measured(params, arrays):
         metrics = {}
-        for name, x, y in parts:
+        for (name, _, _), (x, y) in zip(parts, arrays, strict=True):
             if classify:
                 metrics[f"{name}_accuracy"] = jnp.sum(jnp.argmax(model.apply(params, x), axis=1) == y)
                 metrics[f"{name}_log_loss"] = fn(params, x, y)
@@ -323,10 +324,10 @@ def scores(model: bp_jax.Model, split: data.Split, *, ensemble: bool = False) ->
                 metrics[f"{name}_mse"] = fn(params, x, y)
         return metrics
 
-    program = jax.jit(jax.vmap(measured) if ensemble else measured)
+    program = jax.jit(jax.vmap(measured, (0, None)) if ensemble else measured)
 
     def on_host(params) -> dict:
-        metrics = {name: np.asarray(value, np.float64) for name, value in program(params).items()}
+        metrics = {name: np.asarray(value, np.float64) for name, value in program(params, arrays).items()}
         for name, _, y in parts if classify else ():
             metrics[f"{name}_accuracy"] /= len(y)
         return metrics
@@ -342,12 +343,13 @@ def ensemble_scores(model: bp_jax.Model, split: data.Split) -> Callable:
     train_/held_out_accuracy of argmax p̄ and train_/held_out_log_loss, the mean −log p̄_y."""
     classify = split.scaling.task == "classification"
     parts = (("train", split.x_train, split.y_train), ("held_out", split.x_test, split.y_test))
+    arrays = [(x, y) for _, x, y in parts]  # arguments, not constants, as in `scores`
     outputs = jax.vmap(model.apply, (0, None))
 
     @jax.jit
-    def measured(params):
+    def measured(params, arrays):
         metrics = {}
-        for name, x, y in parts:
+        for (name, _, _), (x, y) in zip(parts, arrays, strict=True):
             members = outputs(params, x)  # (members, rows, outputs)
             if classify:
                 mean = jnp.mean(jax.nn.softmax(members, axis=-1), axis=0)
@@ -364,7 +366,7 @@ def ensemble_scores(model: bp_jax.Model, split: data.Split) -> Callable:
     counted["held_out_coverage_2sd"] = len(split.y_test)
 
     def on_host(params) -> dict:  # counts divided exactly here, as `scores` does
-        return {name: float(value) / counted.get(name, 1) for name, value in measured(params).items()}
+        return {name: float(value) / counted.get(name, 1) for name, value in measured(params, arrays).items()}
 
     return on_host
 
