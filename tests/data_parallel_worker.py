@@ -65,6 +65,25 @@ report["stop_rule"] = {
     ),
 }
 
+# shard_rows: device d draws its minibatch share from its own block (block_rows[d] real rows, the rest NaN padding),
+# as sgd_step on minibatch_indices(fold_in(key, d), step, block_rows[d], 16 / 4) of each block, in a Python loop.
+block_rows, block = np.array([13, 16, 9, 12]), 16
+blocks_x, blocks_y = np.full((64, x.shape[1]), np.nan, np.float32), np.full((64, y.shape[1]), np.nan, np.float32)
+for d, count in enumerate(block_rows):
+    blocks_x[d * block : d * block + count], blocks_y[d * block : d * block + count] = x[:count], y[d : d + count]
+sharded = bp_jax.fit(
+    loss, params, blocks_x, blocks_y, steps=5, batch_size=16, lr=0.05, key=key, mesh=bp_jax.data_parallel_mesh(4),
+    shard_rows=block_rows,
+)  # fmt: skip
+looped, sgd = jax.tree.map(jnp.copy, params), bp_jax.sgd_step(loss, 0.05)  # sgd_step donates its params
+for step in range(5):
+    rows = np.concatenate(
+        [d * block + np.asarray(bp_jax.minibatch_indices(jax.random.fold_in(key, d), step, int(n), 4))
+         for d, n in enumerate(block_rows)]
+    )  # fmt: skip
+    looped, _ = sgd(looped, blocks_x[rows], blocks_y[rows])
+report["shard_rows"] = max_abs_difference(sharded.params, looped)
+
 # The steps take sharded inputs as they are: jit propagates the shardings and reduces the gradients.
 mesh = bp_jax.data_parallel_mesh(8)
 replicate = lambda tree: jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

@@ -70,6 +70,7 @@ def test_sharded_fit_and_steps_equal_one_device():
     assert stop["stopped_at"][0] == stop["stopped_at"][1] <= 20 and stop["step"] == [stop["stopped_at"][0] + 1] * 2
     assert stop["difference"] < TOLERANCE
     assert max(report["steps"].values()) < TOLERANCE and report["step_output_devices"] == 8
+    assert report["shard_rows"] < TOLERANCE  # fit(shard_rows=) on 4 devices against sgd_step on its blocks' rows
     assert report["all_reduce"] == {"sgd_step": True, "fit": True}
     errors = report["errors"]
     assert "global batch of 12 examples does not split evenly over the mesh's 8" in errors["indivisible batch"]
