@@ -59,6 +59,16 @@ def test_held_out_rows_are_a_seeded_draw_of_each_row_number():
     assert (held != shards.held_out(rows, 4)).mean() > 0.25  # another seed, another draw
 
 
+def test_row_sums_of_blocks_add_up_to_the_tables():
+    values = np.random.default_rng(1).standard_normal((1000, 3))
+    values[7, 1] = np.nan
+    blocks = [shards.row_sum(values[a:b], a) for a, b in itertools.pairwise([0, 1, 400, 400, 1000])]
+    assert np.sum(blocks, dtype=np.uint64) == shards.row_sum(values, 0) != shards.row_sum(values[::-1].copy(), 0)
+    changed = values.copy()
+    changed[999, 2] = np.nextafter(changed[999, 2], np.inf)
+    assert shards.row_sum(changed, 0) != shards.row_sum(values, 0)
+
+
 def test_combined_moments_are_the_unions_mean_and_deviation():
     rng = np.random.default_rng(0)
     values = rng.normal(3.0, 2.0, (500, 4))
@@ -73,7 +83,7 @@ def test_combined_moments_are_the_unions_mean_and_deviation():
 
 def test_parquet_and_csv_load_alike_with_the_training_rows_statistics(tmp_path):
     """One device, one block: the scaling is the mean and population deviation of the training rows (those
-    `held_out` leaves), the same for a parquet and a CSV of the table, and so are the rows."""
+    `held_out` leaves), the same for a parquet and a CSV of the table, and so are the rows and the fingerprint."""
     frame, loaded = table(600), []
     frame.to_csv(tmp_path / "t.csv", index=False)
     for path in (parquet(tmp_path / "t.parquet", frame, 100), tmp_path / "t.csv"):
@@ -88,6 +98,7 @@ def test_parquet_and_csv_load_alike_with_the_training_rows_statistics(tmp_path):
         assert config.features == tuple(f"f{i}" for i in range(5)) and config.target == "y"
     (_, parquet_split, parquet_rows), (_, csv_split, _) = loaded
     np.testing.assert_allclose(parquet_split.x_test, csv_split.x_test, rtol=1e-6, atol=1e-6)
+    assert parquet_split.fingerprint == csv_split.fingerprint  # the same numbers
     assert np.array_equal(np.asarray(parquet_rows.x), parquet_split.x_train)
 
 

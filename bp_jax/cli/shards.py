@@ -19,8 +19,8 @@ order:
 - Standardisation (`combined`): each block's training rows give per column (n_d, mean_d, M2_d = Σ(v − mean_d)²),
   all-gathered and combined in block order: n = Σ n_d, mean = Σ n_d·mean_d / n, M2 = Σ M2_d + n_d·(mean_d − mean)²,
   std = √(M2 / n) (1 where 0), the training rows' population statistics, as `data.load` computes them.
-- Fingerprint: sha256 of the blocks' sha256 (their used cells as float64) in block order, then the column names:
-  a run resumes on the same file and the same number of devices.
+- Fingerprint (`row_sum`): sha256 of Σ_g h(g, row g's used cells) mod 2⁶⁴ (a sum of every block's sums) and the
+  column names: the same for any layout, a parquet file or a CSV of the same numbers.
 - Scope: numeric features and a numeric (regression) target, `--missing error` or `drop`, minibatches; each
   block needs at least b/D training rows.
 """
@@ -96,12 +96,30 @@ def lines_in(path: Path, first: int, end: int, body: int) -> bytes:
         return text if text.endswith(b"\n") else text + file.readline()
 
 
-def held_out(rows: np.ndarray, seed: int, fraction: float = TEST_FRACTION) -> np.ndarray:
-    """Whether each row number g is held out: splitmix64(g + (seed + 1)·GOLDEN) < fraction·2⁶⁴."""
-    z = rows.astype(np.uint64) + np.uint64((seed + 1) * GOLDEN % 2**64)
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser of z + GOLDEN (uint64, wrapping): a 64-bit hash of each value."""
+    z = z.astype(np.uint64) + np.uint64(GOLDEN)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return (z ^ (z >> np.uint64(31))) < np.uint64(int(fraction * 2.0**64))
+    return z ^ (z >> np.uint64(31))
+
+
+def held_out(rows: np.ndarray, seed: int, fraction: float = TEST_FRACTION) -> np.ndarray:
+    """Whether each row number g is held out: splitmix64(g + (seed + 1)·GOLDEN) < fraction·2⁶⁴."""
+    return splitmix64(rows.astype(np.uint64) + np.uint64(seed * GOLDEN % 2**64)) < np.uint64(int(fraction * 2.0**64))
+
+
+def row_sum(values: np.ndarray, first: int) -> np.uint64:
+    """Σ over the rows (mod 2⁶⁴) of h(g, cells), g = first, first + 1, … the rows' numbers: h = splitmix64 of g,
+    then of h ⊕ each cell's float64 bits (every NaN one NaN). Any cut of the table into blocks gives the same total
+    of their sums: the data's fingerprint, whatever the layout."""
+    total = np.zeros((), np.uint64)  # an array: its sums wrap silently, a numpy scalar's warn
+    for start, end in _chunks(len(values)):
+        h = splitmix64(np.arange(first + start, first + end, dtype=np.uint64))
+        for column in values[start:end].T:
+            h = splitmix64(h ^ np.where(np.isnan(column), np.nan, column).view(np.uint64))
+        total += h.sum(dtype=np.uint64)
+    return np.uint64(total)
 
 
 def moments(values: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -266,7 +284,7 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh) -> tuple[runs.Config, dat
         stats, digests, sizes = [], [], []
         for index, place in enumerate(places):
             block, first = values[index], int(firsts[place])
-            digests.append(np.frombuffer(hashlib.sha256(np.ascontiguousarray(block).data).digest(), np.uint8))
+            digests.append(row_sum(block, first))
             keep = _kept(block, used, first, source, config.missing)
             kept = None if keep.all() else np.flatnonzero(keep)
             if kept is not None:
@@ -279,11 +297,15 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh) -> tuple[runs.Config, dat
             numbered.append((number, test))
             stats.append(moments(block, ~test))
             sizes.append([(~test).sum(), test.sum(), (~keep).sum()])
-        return {"moments": np.asarray(stats), "digests": np.asarray(digests), "sizes": np.asarray(sizes, np.int64)}
+        return {
+            "moments": np.asarray(stats),
+            "digests": np.asarray(digests, np.uint64),
+            "sizes": np.asarray(sizes, np.int64),
+        }
 
     empty = {
         "moments": np.zeros((len(places), 3, len(used))),
-        "digests": np.zeros((len(places), 32), np.uint8),
+        "digests": np.zeros(len(places), np.uint64),
         "sizes": np.zeros((len(places), 3), np.int64),
     }
     agreed = _gathered(mesh, source, summarise, empty)
@@ -299,7 +321,8 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh) -> tuple[runs.Config, dat
         )
     if sizes[:, 1].sum() == 0:
         raise data.DataError(f"{source}: no row is held out ({int(sizes[:, 0].sum())} rows); need at least one")
-    fingerprint = hashlib.sha256(agreed["digests"].tobytes() + repr((features, target, "shards")).encode())
+    digest = np.sum(agreed["digests"], dtype=np.uint64)  # the rows' hashes summed over every block
+    fingerprint = hashlib.sha256(digest.tobytes() + repr((features, target, "shards")).encode())
     length, inputs = int(sizes[:, 0].max()), len(features)
     prepared: list = []  # each block's (x, y) of its training rows padded to `length`, and of its held-out rows
 
