@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, fake_devices, free_port, run_cli, strict_json
+from helpers import ROOT, fake_devices, final_state, free_port, run_cli, strict_json
 
 import bp_jax
 from bp_jax.cli import shards
@@ -140,12 +140,14 @@ def test_what_a_sharded_run_refuses_in_one_line(tmp_path, argv, message):
 def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_path):
     """The params of a float64 fit on the blocks (to 1e-10), the scaling and the fingerprint of two processes
     equal one process's over two devices; each process reads half the rows, and its load's peak of numpy buffers
-    (tracemalloc) is under 3/4 of one process's reading them all (its float64 block and float32 copy)."""
+    (tracemalloc) is under 3/4 of one process's reading them all (its float64 block and float32 copy); then
+    `bp-jax train --shard-data` in the same processes: the same loss history and checkpoint."""
     path = parquet(tmp_path / "t.parquet", table(400_000), 50_000)  # 18 MiB of float64
     warm_up = parquet(tmp_path / "warm.parquet", table(64), 8)
     worker = [sys.executable, str(ROOT / "tests" / "shards_worker.py"), path]
     coordinator = f"127.0.0.1:{free_port()}"
-    commands = [([*worker, "-", 1, 0, warm_up], 2)] + [([*worker, coordinator, 2, i, warm_up], 1) for i in range(2)]
+    commands = [([*worker, "-", 1, 0, warm_up, tmp_path / "one"], 2)]
+    commands += [([*worker, coordinator, 2, i, warm_up, tmp_path / "two"], 1) for i in range(2)]
     processes = [
         subprocess.Popen(list(map(str, argv)), env=os.environ | fake_devices(devices), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -171,3 +173,10 @@ def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_
         assert process["traced_mib"] < 0.75 * one["traced_mib"], (process["traced_mib"], one["traced_mib"])
     read = [process["local"]["train"] + process["local"]["held_out"] for process in two]
     assert sum(read) == 400_000 and read[0] == 200_000  # row groups 0-3 and 4-7
+    # `bp-jax train --shard-data` (float32): the same losses and params
+    assert [process["status"] for process in (one, *two)] == [0, 0, 0]
+    runs = [strict_json(tmp_path / name / "metrics.json") for name in ("one", "two")]
+    assert [(run["devices"], run["processes"]) for run in runs] == [(2, 1), (2, 2)]
+    assert runs[0]["loss_history"] == runs[1]["loss_history"] and runs[0]["examples"] == runs[1]["examples"]
+    for left, right in zip(final_state(tmp_path / "one")[1], final_state(tmp_path / "two")[1], strict=True):
+        np.testing.assert_allclose(left, right, rtol=1e-6, atol=1e-6)
