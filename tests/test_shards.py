@@ -122,6 +122,8 @@ REFUSED = [
     (["--target", "name"], "column(s) 'name' hold text"),
     (["--features", "f0,f1"], "column 'f1', row 4: the cell is empty or NaN; pass --missing drop"),
     (["--features", "f0", "--batch-size", 64], "block 0 of 1 holds 14 training rows, fewer than a device's share"),
+    (["--target", "nothing"], "no target column 'nothing'"),
+    (["--data", "missing.csv"], "missing.csv: cannot be read: [Errno 2] No such file or directory"),
 ]
 
 
@@ -130,7 +132,7 @@ def test_what_a_sharded_run_refuses_in_one_line(tmp_path, argv, message):
     frame = table(16).assign(name=[f"n{i}" for i in range(16)])
     frame.loc[3, "f1"] = np.nan
     path = parquet(tmp_path / "t.parquet", frame[["name", "f0", "f1", "y"]], 4)
-    argv = ["--data", path, *argv] if "--dataset" not in argv else argv
+    argv = argv if {"--dataset", "--data"} & set(argv) else ["--data", path, *argv]
     result = run_cli("train", *argv, "--shard-data", "--steps", 1, "--out", tmp_path / "run", check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

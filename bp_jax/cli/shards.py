@@ -169,8 +169,8 @@ def _gathered(mesh, source: str, compute: Callable[[], dict], empty: dict) -> di
     return {name: np.stack([np.asarray(everyone[name])[p][i] for p, i in places]) for name in local}
 
 
-def _columns(source: str, config: runs.Config) -> tuple[tuple[str, ...], str]:
-    """(the features, the target) from the table's header or schema alone."""
+def _columns(source: str, config: runs.Config) -> list[str]:
+    """The features, then the target, from the table's header or schema alone."""
     import pandas as pd
 
     path = Path(source)
@@ -183,7 +183,7 @@ def _columns(source: str, config: runs.Config) -> tuple[tuple[str, ...], str]:
         if names and names[0].startswith("Unnamed: 0"):  # a row index, as `data.read` leaves it out
             names = names[1:]
     _, features, target = data._choose(pd.DataFrame(columns=names), source, config.target, config.features)
-    return features, target
+    return [*features, target]
 
 
 def _read_block(source: str, block, used: list[str]) -> np.ndarray:
@@ -267,16 +267,23 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh) -> tuple[runs.Config, dat
     check(config, source)
     batch, seed = config.batch_size, config.split_seed
     assert batch is not None and seed is not None  # `check`, Config.__post_init__
-    features, target = _columns(source, config)
-    used, devices, places = [*features, target], mesh.devices.size, mine(mesh)
+    devices, places = mesh.devices.size, mine(mesh)
+    used: list[str] = []  # the features, then the target
     values: list = []  # this process's blocks, float64 rows × used columns; None once standardised
 
-    def read() -> dict:
-        plan = _blocks(source, devices)
-        values.extend(_read_block(source, plan[place], used) for place in places)
+    def read() -> dict:  # a file this host cannot read stops every process, not only this one
+        try:
+            used.extend(_columns(source, config))
+            plan = _blocks(source, devices)
+            values.extend(_read_block(source, plan[place], used) for place in places)
+        except UsageError:
+            raise
+        except (OSError, ValueError) as err:  # missing, unreadable, not parquet or CSV, unparsable
+            raise data.DataError(f"{source}: cannot be read: {str(err).strip().splitlines()[0]}") from None
         return {"rows": np.asarray([len(block) for block in values], np.int64)}
 
     counts = _gathered(mesh, source, read, {"rows": np.zeros(len(places), np.int64)})["rows"]
+    features, target = tuple(used[:-1]), used[-1]
     firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     numbered: list = []  # each block's (row numbers of its positions, held out)
 
