@@ -179,30 +179,26 @@ def start_search(f, slope, step) -> LineSearch:
     )  # fmt: skip
 
 
-def dcsrch(search: LineSearch, finit, ginit, f, g):
-    """One step of MINPACK-2's dcsrch, given the value f and slope g at the trial step.
-
-    Args:
-        search: the line search's state.
-        finit: the value at step 0.
-        ginit: the slope at step 0.
-        f: the value at `search.step`.
-        g: the slope there.
-
-    Returns:
-        (done: the trial step is accepted (converged, or a warning: no better one can be found); the state with
-        the next trial step, for when it is not).
-    """
+def accepted(search: LineSearch, finit, ginit, f, g):
+    """dcsrch's test of the trial step, given the value f and slope g there: whether it is accepted (converged, or a
+    warning: no better one can be found)."""
     stp = search.step
     ftest = finit + stp * search.gtest
-    second_stage = search.second_stage | ((f <= ftest) & (g >= 0))
     warned = (
         (search.bracketed & ((stp <= search.stmin) | (stp >= search.stmax)))
         | (search.bracketed & (search.stmax - search.stmin <= XTOL * search.stmax))
         | ((stp == STEP_MAX) & (f <= ftest) & (g <= search.gtest))
         | ((stp == 0) & ((f > ftest) | (g >= search.gtest)))
     )
-    done = warned | ((f <= ftest) & (jnp.abs(g) <= CURVATURE * -ginit))
+    return warned | ((f <= ftest) & (jnp.abs(g) <= CURVATURE * -ginit))
+
+
+def dcsrch(search: LineSearch, finit, f, g) -> LineSearch:
+    """One step of MINPACK-2's dcsrch after a trial step that was not `accepted`: the state with the next trial
+    step, given the value at step 0 and the value f and slope g at the trial step."""
+    stp = search.step
+    ftest = finit + stp * search.gtest
+    second_stage = search.second_stage | ((f <= ftest) & (g >= 0))
     # in the first stage, a lower value without sufficient decrease: step on ψ(α) = f(α) − α·gtest instead
     shift = jnp.where(~second_stage & (f <= search.fx) & (f > ftest), search.gtest, 0)
     stx, fx, gx, sty, fy, gy, step, bracketed = dcstep(
@@ -220,11 +216,10 @@ def dcsrch(search: LineSearch, finit, ginit, f, g):
     step = jnp.clip(step, 0, STEP_MAX)
     stuck = bracketed & ((step <= stmin) | (step >= stmax) | (stmax - stmin <= XTOL * stmax))
     step = jnp.where(stuck, stx, step)
-    following = LineSearch(
+    return LineSearch(
         step, bracketed, second_stage, search.gtest, width, width1, stx, fx, gx, sty, fy, gy, stmin, stmax,
         search.evaluations,
     )  # fmt: skip
-    return done, following
 
 
 def empty_memory(n: int, dtype) -> Memory:
@@ -293,44 +288,48 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
         f_t, g_t = value_and_grad(trial)
         slope_t = g_t @ state.direction
         search = search._replace(evaluations=search.evaluations + 1)
-        done, search = dcsrch(search, state.f, state.slope, f_t, slope_t)
+        done = accepted(search, state.f, state.slope, f_t, slope_t)
         failed = ~done & (search.evaluations >= MAX_LINE_SEARCH)
         fresh = done | failed  # a new line search starts
         iterations, evaluations = state.iterations + done, state.evaluations + 1
-        ended = jnp.select(
-            [
-                iterations >= max_iter,
-                evaluations > max_fun,
-                jnp.max(jnp.abs(g_t)) <= tol,
-                state.f - f_t <= FTOL * jnp.maximum(jnp.maximum(jnp.abs(state.f), jnp.abs(f_t)), 1),
-            ],
-            [2, 3, 0, 1],
-            -1,
-        )
-        sy = step * (slope_t - state.slope)
-        kept = sy > jnp.finfo(sy.dtype).eps * -(state.slope * step)
         x, f, g = _select(done, (trial, f_t, g_t), (state.x, state.f, state.g))
 
         def turn(memory: Memory):
-            """A new line search's memory, direction and slope."""
+            """A new line search: its memory, direction, slope and search state, and the reason the run ended."""
+            ended = jnp.select(
+                [
+                    iterations >= max_iter,
+                    evaluations > max_fun,
+                    jnp.max(jnp.abs(g_t)) <= tol,
+                    state.f - f_t <= FTOL * jnp.maximum(jnp.maximum(jnp.abs(state.f), jnp.abs(f_t)), 1),
+                ],
+                [2, 3, 0, 1],
+                -1,
+            )
+            sy = step * (slope_t - state.slope)
+            kept = sy > jnp.finfo(sy.dtype).eps * -(state.slope * step)
             cleared = empty_memory(state.x.size, state.x.dtype)
+            abnormal = failed & (memory.count == 0)
             memory = _select(failed, cleared, memory)
             memory = _select(done & kept, push(memory, step * state.direction, g_t - state.g, sy), memory)
             d = direction(memory, g)
             slope = g @ d
             uphill = slope >= 0  # no descent along −H·g: drop the pairs and go along −g
             memory = _select(uphill, cleared, memory)
-            return memory, *_select(uphill, (-g, -(g @ g)), (d, slope))
+            d, slope = _select(uphill, (-g, -(g @ g)), (d, slope))
+            reason = jnp.where(done, ended, -1)
+            reason = jnp.where((reason < 0) & (abnormal | (slope >= 0)), 4, reason)
+            search = start_search(f, slope, jnp.ones_like(f))
+            return memory, d, slope, search.packed(f.dtype), reason.astype(state.reason.dtype)
 
-        # a cond, not selects: a trip inside a line search skips the memory's update and the direction (a quarter
-        # of the benchmark's trips; under vmap a select again)
-        memory, d, slope = jax.lax.cond(
-            fresh, turn, lambda memory: (memory, state.direction, state.slope), state.memory
-        )
-        abnormal = (failed & (state.memory.count == 0)) | (fresh & (slope >= 0))
-        reason = jnp.where(done, ended, -1)
-        reason = jnp.where((reason < 0) & abnormal, 4, reason)
-        search = _select(fresh, start_search(f, slope, jnp.ones_like(f)), search).packed(f.dtype)
+        def inside(memory: Memory):
+            """A trip inside a line search: dcsrch's next trial step, the rest kept."""
+            following = dcsrch(search, state.f, f_t, slope_t).packed(f.dtype)
+            return memory, state.direction, state.slope, following, jnp.full_like(state.reason, -1)
+
+        # a cond, not selects: a trip runs either the memory's update and the direction (a new line search, three
+        # quarters of the benchmark's trips) or dcsrch's next step, never both (under vmap a select again)
+        memory, d, slope, search, reason = jax.lax.cond(fresh, turn, inside, state.memory)
         return State(x, f, g, d, slope, search, memory, iterations, evaluations, reason)
 
     state = jax.lax.while_loop(lambda state: state.reason < 0, trip, state)
