@@ -341,11 +341,31 @@ def counts(*values) -> tuple[np.ndarray, ...]:
     return tuple(np.minimum(np.asarray(value, np.int64), np.iinfo(np.int32).max).astype(np.int32) for value in values)
 
 
+def packed(result: Result):
+    """A run's `Result` as two arrays, one transfer each: the params raveled with f appended, and (iterations,
+    evaluations, reason) as int32."""
+    flat, _ = ravel_pytree(result.params)
+    numbers = jnp.stack([result.iterations, result.evaluations, result.reason.astype(jnp.int32)])
+    return jnp.append(flat, result.loss), numbers
+
+
+def unpacked(layers, values, numbers) -> Result:
+    """The `Result` that `packed` gave (numpy, fetched), its params shaped as `layers`, the initial params (leading
+    axes of `values`, e.g. members, leading each leaf)."""
+    leaves, treedef = jax.tree.flatten(layers)
+    lead = values.shape[:-1]
+    shapes = [np.shape(leaf)[len(lead) :] for leaf in leaves]
+    ends = np.cumsum([int(np.prod(shape)) for shape in shapes])
+    parts = np.split(values[..., :-1], ends[:-1], axis=-1)
+    params = jax.tree.unflatten(treedef, [part.reshape(*lead, *shape) for part, shape in zip(parts, shapes)])
+    return Result(params, values[..., -1], numbers[..., 0], numbers[..., 1], numbers[..., 2])
+
+
 @functools.lru_cache(maxsize=64)  # one program per objective: a second fit of any α, tol, max_iter, max_fun or seed
 def compiled(loss_fn, members: bool):
     """`minimize` of `loss_fn` jitted, with its members (`vmap`: params, l2, tol, max_iter, max_fun one per member,
-    x and y shared) when `members`."""
-    run = functools.partial(minimize, loss_fn)
+    x and y shared) when `members`; its result `packed` (two transfers, not one a leaf: `unpacked` reads them)."""
+    run = lambda *args: packed(minimize(loss_fn, *args))
     if members:
         run = jax.vmap(run, in_axes=(0, 0, None, None, 0, 0, 0))
     return jax.jit(run, compiler_options=loop_compiler_options(jax.default_backend()))

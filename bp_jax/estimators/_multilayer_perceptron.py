@@ -40,7 +40,7 @@ from bp_jax.estimators._base import (
     weighted,
 )
 from bp_jax.estimators._constraints import MLP_CONSTRAINTS
-from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts
+from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts, unpacked
 from bp_jax.estimators._reporting import Progress
 from bp_jax.estimators._stochastic_optimizers import hyperparams, initial_state, solver_transform
 from bp_jax.estimators._training import Plan, Stopping, TrainRun, fit_epochs, non_finite_error, plan, rule_state
@@ -264,15 +264,16 @@ class BaseMLP(BaseEstimator):
         """sklearn's lbfgs: the whole optimisation one call of one compiled program (`_lbfgs.compiled`) on every row,
         from Glorot's initialisation, or from the fitted weights (warm_start, or the regressor's partial_fit, as
         sklearn's)."""
+        layers = self._initial_layers(X, first=first, rng=random_state(self._seed))
         result = compiled(self._objective(X.shape[1], full_batch=True), members=False)(
-            self._initial_layers(X, first=first, rng=random_state(self._seed)),
+            layers,
             np.asarray(self.alpha / X.shape[0], X.dtype),
             X,
             targets,
             np.asarray(self.tol, X.dtype),
             *counts(self.max_iter, self.max_fun),
         )
-        return self._adopt_lbfgs(jax.device_get(result))
+        return self._adopt_lbfgs(unpacked(layers, *jax.device_get(result)))
 
     def _adopt_lbfgs(self, result: Result):
         """Take an lbfgs run as the fitted state, as sklearn's `_fit_lbfgs` sets it (no loss curve; n_iter_ and the
