@@ -282,14 +282,13 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
     state = State(flat, f, g, d, slope, search, empty_memory(flat.size, flat.dtype), jnp.int32(0), jnp.int32(1), reason)
 
     def trip(state: State) -> State:
-        search = LineSearch.unpacked(state.search)
+        search = LineSearch.unpacked(state.search)  # read here as slices, each fused into its reader
         step = search.step
         trial = state.x + step * state.direction
         f_t, g_t = value_and_grad(trial)
         slope_t = g_t @ state.direction
-        search = search._replace(evaluations=search.evaluations + 1)
         done = accepted(search, state.f, state.slope, f_t, slope_t)
-        failed = ~done & (search.evaluations >= MAX_LINE_SEARCH)
+        failed = ~done & (search.evaluations + 1 >= MAX_LINE_SEARCH)
         fresh = done | failed  # a new line search starts
         iterations, evaluations = state.iterations + done, state.evaluations + 1
         x, f, g = _select(done, (trial, f_t, g_t), (state.x, state.f, state.g))
@@ -324,6 +323,8 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
 
         def inside(memory: Memory):
             """A trip inside a line search: dcsrch's next trial step, the rest kept."""
+            search = LineSearch.unpacked(state.search)  # from the one vector: not fifteen operands of the cond
+            search = search._replace(evaluations=search.evaluations + 1)
             following = dcsrch(search, state.f, f_t, slope_t).packed(f.dtype)
             return memory, state.direction, state.slope, following, jnp.full_like(state.reason, -1)
 
