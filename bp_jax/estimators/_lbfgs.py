@@ -78,13 +78,12 @@ class LineSearch(NamedTuple):
 
 
 class Memory(NamedTuple):
-    """The last MEMORY pairs, oldest first (unused rows zero, at the front): s and y (MEMORY, n), SᵀY and YᵀY
-    (MEMORY, MEMORY), how many are used, and γ."""
+    """The last MEMORY pairs, oldest first (unused rows zero, at the front): the pairs (2·MEMORY, n), the rows of
+    S then of Y, one array so that one product reads both; their products (2, MEMORY, MEMORY), SᵀY then YᵀY
+    (sᵢ·yⱼ and yᵢ·yⱼ); how many are used, and γ."""
 
-    s: Any
-    y: Any
-    sy: Any
-    yy: Any
+    pairs: Any
+    products: Any
     count: Any
     gamma: Any
 
@@ -224,35 +223,32 @@ def dcsrch(search: LineSearch, finit, f, g) -> LineSearch:
 
 def empty_memory(n: int, dtype) -> Memory:
     """No pairs: H = I."""
-    zeros = jnp.zeros((MEMORY, MEMORY), dtype)
-    return Memory(jnp.zeros((MEMORY, n), dtype), jnp.zeros((MEMORY, n), dtype), zeros, zeros, jnp.int32(0),
-                  jnp.ones((), dtype))  # fmt: skip
+    zeros = jnp.zeros((2, MEMORY, MEMORY), dtype)
+    return Memory(jnp.zeros((2 * MEMORY, n), dtype), zeros, jnp.int32(0), jnp.ones((), dtype))
 
 
 def push(memory: Memory, s, y, sy) -> Memory:
     """The memory with the pair (s, y) of sᵀy = `sy` added as the newest, the oldest dropped when full."""
-    new_s = jnp.roll(memory.s, -1, axis=0).at[-1].set(s)
-    new_y = jnp.roll(memory.y, -1, axis=0).at[-1].set(y)
-    yy_last = new_y @ y
-    return Memory(
-        new_s,
-        new_y,
-        jnp.roll(memory.sy, (-1, -1), axis=(0, 1)).at[-1].set(new_y @ s).at[:, -1].set(new_s @ y),
-        jnp.roll(memory.yy, (-1, -1), axis=(0, 1)).at[-1].set(yy_last).at[:, -1].set(yy_last),
-        jnp.minimum(memory.count + 1, MEMORY),
-        sy / yy_last[-1],
-    )
+    pairs = jnp.roll(memory.pairs.reshape(2, MEMORY, -1), -1, axis=1).at[:, -1].set(jnp.stack([s, y]))
+    pairs = pairs.reshape(2 * MEMORY, -1)
+    with_s, with_y = pairs @ s, pairs @ y  # (sᵢ·s, yᵢ·s), (sᵢ·y, yᵢ·y)
+    rows = jnp.stack([with_s[MEMORY:], with_y[MEMORY:]])  # the newest rows: s·yⱼ and y·yⱼ
+    columns = jnp.stack([with_y[:MEMORY], with_y[MEMORY:]])  # the newest columns: sᵢ·y and yᵢ·y
+    products = jnp.roll(memory.products, (-1, -1), axis=(1, 2)).at[:, -1].set(rows).at[:, :, -1].set(columns)
+    return Memory(pairs, products, jnp.minimum(memory.count + 1, MEMORY), sy / with_y[-1])
 
 
 def direction(memory: Memory, g):
     """−H·g by the compact form (module docstring); the unused pairs (zero rows) take a unit diagonal in R."""
     unused = jnp.arange(MEMORY) < MEMORY - memory.count
-    r = jnp.triu(memory.sy) + jnp.diag(unused.astype(g.dtype))
+    sy, yy = memory.products
+    r = jnp.triu(sy) + jnp.diag(unused.astype(g.dtype))
     gamma = memory.gamma
-    u = solve_triangular(r, memory.s @ g, lower=False)
-    rhs = jnp.diagonal(memory.sy) * u + gamma * (memory.yy @ u) - gamma * (memory.y @ g)
+    sg, yg = jnp.split(memory.pairs @ g, 2)  # Sᵀg, Yᵀg
+    u = solve_triangular(r, sg, lower=False)
+    rhs = jnp.diagonal(sy) * u + gamma * (yy @ u) - gamma * yg
     w = solve_triangular(r, rhs, lower=False, trans="T")
-    return -(gamma * g + w @ memory.s - gamma * (u @ memory.y))
+    return -(gamma * g + jnp.concatenate([w, -gamma * u]) @ memory.pairs)
 
 
 def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
