@@ -78,13 +78,12 @@ class LineSearch(NamedTuple):
 
 
 class Memory(NamedTuple):
-    """The last MEMORY pairs, oldest first (unused rows zero, at the front): s and y (MEMORY, n), SᵀY and YᵀY
-    (MEMORY, MEMORY), how many are used, and γ."""
+    """The last MEMORY pairs, oldest first (unused rows zero, at the front): the pairs (2·MEMORY, n), the rows of
+    S then of Y, one array so that one product reads both; their products (2, MEMORY, MEMORY), SᵀY then YᵀY
+    (sᵢ·yⱼ and yᵢ·yⱼ); how many are used, and γ."""
 
-    s: Any
-    y: Any
-    sy: Any
-    yy: Any
+    pairs: Any
+    products: Any
     count: Any
     gamma: Any
 
@@ -179,30 +178,26 @@ def start_search(f, slope, step) -> LineSearch:
     )  # fmt: skip
 
 
-def dcsrch(search: LineSearch, finit, ginit, f, g):
-    """One step of MINPACK-2's dcsrch, given the value f and slope g at the trial step.
-
-    Args:
-        search: the line search's state.
-        finit: the value at step 0.
-        ginit: the slope at step 0.
-        f: the value at `search.step`.
-        g: the slope there.
-
-    Returns:
-        (done: the trial step is accepted (converged, or a warning: no better one can be found); the state with
-        the next trial step, for when it is not).
-    """
+def accepted(search: LineSearch, finit, ginit, f, g):
+    """dcsrch's test of the trial step, given the value f and slope g there: whether it is accepted (converged, or a
+    warning: no better one can be found)."""
     stp = search.step
     ftest = finit + stp * search.gtest
-    second_stage = search.second_stage | ((f <= ftest) & (g >= 0))
     warned = (
         (search.bracketed & ((stp <= search.stmin) | (stp >= search.stmax)))
         | (search.bracketed & (search.stmax - search.stmin <= XTOL * search.stmax))
         | ((stp == STEP_MAX) & (f <= ftest) & (g <= search.gtest))
         | ((stp == 0) & ((f > ftest) | (g >= search.gtest)))
     )
-    done = warned | ((f <= ftest) & (jnp.abs(g) <= CURVATURE * -ginit))
+    return warned | ((f <= ftest) & (jnp.abs(g) <= CURVATURE * -ginit))
+
+
+def dcsrch(search: LineSearch, finit, f, g) -> LineSearch:
+    """One step of MINPACK-2's dcsrch after a trial step that was not `accepted`: the state with the next trial
+    step, given the value at step 0 and the value f and slope g at the trial step."""
+    stp = search.step
+    ftest = finit + stp * search.gtest
+    second_stage = search.second_stage | ((f <= ftest) & (g >= 0))
     # in the first stage, a lower value without sufficient decrease: step on ψ(α) = f(α) − α·gtest instead
     shift = jnp.where(~second_stage & (f <= search.fx) & (f > ftest), search.gtest, 0)
     stx, fx, gx, sty, fy, gy, step, bracketed = dcstep(
@@ -220,44 +215,40 @@ def dcsrch(search: LineSearch, finit, ginit, f, g):
     step = jnp.clip(step, 0, STEP_MAX)
     stuck = bracketed & ((step <= stmin) | (step >= stmax) | (stmax - stmin <= XTOL * stmax))
     step = jnp.where(stuck, stx, step)
-    following = LineSearch(
+    return LineSearch(
         step, bracketed, second_stage, search.gtest, width, width1, stx, fx, gx, sty, fy, gy, stmin, stmax,
         search.evaluations,
     )  # fmt: skip
-    return done, following
 
 
 def empty_memory(n: int, dtype) -> Memory:
     """No pairs: H = I."""
-    zeros = jnp.zeros((MEMORY, MEMORY), dtype)
-    return Memory(jnp.zeros((MEMORY, n), dtype), jnp.zeros((MEMORY, n), dtype), zeros, zeros, jnp.int32(0),
-                  jnp.ones((), dtype))  # fmt: skip
+    zeros = jnp.zeros((2, MEMORY, MEMORY), dtype)
+    return Memory(jnp.zeros((2 * MEMORY, n), dtype), zeros, jnp.int32(0), jnp.ones((), dtype))
 
 
 def push(memory: Memory, s, y, sy) -> Memory:
     """The memory with the pair (s, y) of sᵀy = `sy` added as the newest, the oldest dropped when full."""
-    new_s = jnp.roll(memory.s, -1, axis=0).at[-1].set(s)
-    new_y = jnp.roll(memory.y, -1, axis=0).at[-1].set(y)
-    yy_last = new_y @ y
-    return Memory(
-        new_s,
-        new_y,
-        jnp.roll(memory.sy, (-1, -1), axis=(0, 1)).at[-1].set(new_y @ s).at[:, -1].set(new_s @ y),
-        jnp.roll(memory.yy, (-1, -1), axis=(0, 1)).at[-1].set(yy_last).at[:, -1].set(yy_last),
-        jnp.minimum(memory.count + 1, MEMORY),
-        sy / yy_last[-1],
-    )
+    pairs = jnp.roll(memory.pairs.reshape(2, MEMORY, -1), -1, axis=1).at[:, -1].set(jnp.stack([s, y]))
+    pairs = pairs.reshape(2 * MEMORY, -1)
+    with_s, with_y = pairs @ s, pairs @ y  # (sᵢ·s, yᵢ·s), (sᵢ·y, yᵢ·y)
+    rows = jnp.stack([with_s[MEMORY:], with_y[MEMORY:]])  # the newest rows: s·yⱼ and y·yⱼ
+    columns = jnp.stack([with_y[:MEMORY], with_y[MEMORY:]])  # the newest columns: sᵢ·y and yᵢ·y
+    products = jnp.roll(memory.products, (-1, -1), axis=(1, 2)).at[:, -1].set(rows).at[:, :, -1].set(columns)
+    return Memory(pairs, products, jnp.minimum(memory.count + 1, MEMORY), sy / with_y[-1])
 
 
 def direction(memory: Memory, g):
     """−H·g by the compact form (module docstring); the unused pairs (zero rows) take a unit diagonal in R."""
     unused = jnp.arange(MEMORY) < MEMORY - memory.count
-    r = jnp.triu(memory.sy) + jnp.diag(unused.astype(g.dtype))
+    sy, yy = memory.products
+    r = jnp.triu(sy) + jnp.diag(unused.astype(g.dtype))
     gamma = memory.gamma
-    u = solve_triangular(r, memory.s @ g, lower=False)
-    rhs = jnp.diagonal(memory.sy) * u + gamma * (memory.yy @ u) - gamma * (memory.y @ g)
+    sg, yg = jnp.split(memory.pairs @ g, 2)  # Sᵀg, Yᵀg
+    u = solve_triangular(r, sg, lower=False)
+    rhs = jnp.diagonal(sy) * u + gamma * (yy @ u) - gamma * yg
     w = solve_triangular(r, rhs, lower=False, trans="T")
-    return -(gamma * g + w @ memory.s - gamma * (u @ memory.y))
+    return -(gamma * g + jnp.concatenate([w, -gamma * u]) @ memory.pairs)
 
 
 def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
@@ -287,50 +278,55 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
     state = State(flat, f, g, d, slope, search, empty_memory(flat.size, flat.dtype), jnp.int32(0), jnp.int32(1), reason)
 
     def trip(state: State) -> State:
-        search = LineSearch.unpacked(state.search)
+        search = LineSearch.unpacked(state.search)  # read here as slices, each fused into its reader
         step = search.step
         trial = state.x + step * state.direction
         f_t, g_t = value_and_grad(trial)
         slope_t = g_t @ state.direction
-        search = search._replace(evaluations=search.evaluations + 1)
-        done, search = dcsrch(search, state.f, state.slope, f_t, slope_t)
-        failed = ~done & (search.evaluations >= MAX_LINE_SEARCH)
+        done = accepted(search, state.f, state.slope, f_t, slope_t)
+        failed = ~done & (search.evaluations + 1 >= MAX_LINE_SEARCH)
         fresh = done | failed  # a new line search starts
         iterations, evaluations = state.iterations + done, state.evaluations + 1
-        ended = jnp.select(
-            [
-                iterations >= max_iter,
-                evaluations > max_fun,
-                jnp.max(jnp.abs(g_t)) <= tol,
-                state.f - f_t <= FTOL * jnp.maximum(jnp.maximum(jnp.abs(state.f), jnp.abs(f_t)), 1),
-            ],
-            [2, 3, 0, 1],
-            -1,
-        )
-        sy = step * (slope_t - state.slope)
-        kept = sy > jnp.finfo(sy.dtype).eps * -(state.slope * step)
         x, f, g = _select(done, (trial, f_t, g_t), (state.x, state.f, state.g))
 
         def turn(memory: Memory):
-            """A new line search's memory, direction and slope."""
+            """A new line search: its memory, direction, slope and search state, and the reason the run ended."""
+            ended = jnp.select(
+                [
+                    iterations >= max_iter,
+                    evaluations > max_fun,
+                    jnp.max(jnp.abs(g_t)) <= tol,
+                    state.f - f_t <= FTOL * jnp.maximum(jnp.maximum(jnp.abs(state.f), jnp.abs(f_t)), 1),
+                ],
+                [2, 3, 0, 1],
+                -1,
+            )
+            sy = step * (slope_t - state.slope)
+            kept = sy > jnp.finfo(sy.dtype).eps * -(state.slope * step)
             cleared = empty_memory(state.x.size, state.x.dtype)
+            abnormal = failed & (memory.count == 0)
             memory = _select(failed, cleared, memory)
             memory = _select(done & kept, push(memory, step * state.direction, g_t - state.g, sy), memory)
             d = direction(memory, g)
             slope = g @ d
             uphill = slope >= 0  # no descent along −H·g: drop the pairs and go along −g
             memory = _select(uphill, cleared, memory)
-            return memory, *_select(uphill, (-g, -(g @ g)), (d, slope))
+            d, slope = _select(uphill, (-g, -(g @ g)), (d, slope))
+            reason = jnp.where(done, ended, -1)
+            reason = jnp.where((reason < 0) & (abnormal | (slope >= 0)), 4, reason)
+            search = start_search(f, slope, jnp.ones_like(f))
+            return memory, d, slope, search.packed(f.dtype), reason.astype(state.reason.dtype)
 
-        # a cond, not selects: a trip inside a line search skips the memory's update and the direction (a quarter
-        # of the benchmark's trips; under vmap a select again)
-        memory, d, slope = jax.lax.cond(
-            fresh, turn, lambda memory: (memory, state.direction, state.slope), state.memory
-        )
-        abnormal = (failed & (state.memory.count == 0)) | (fresh & (slope >= 0))
-        reason = jnp.where(done, ended, -1)
-        reason = jnp.where((reason < 0) & abnormal, 4, reason)
-        search = _select(fresh, start_search(f, slope, jnp.ones_like(f)), search).packed(f.dtype)
+        def inside(memory: Memory):
+            """A trip inside a line search: dcsrch's next trial step, the rest kept."""
+            search = LineSearch.unpacked(state.search)  # from the one vector: not fifteen operands of the cond
+            search = search._replace(evaluations=search.evaluations + 1)
+            following = dcsrch(search, state.f, f_t, slope_t).packed(f.dtype)
+            return memory, state.direction, state.slope, following, jnp.full_like(state.reason, -1)
+
+        # a cond, not selects: a trip runs either the memory's update and the direction (a new line search, three
+        # quarters of the benchmark's trips) or dcsrch's next step, never both (under vmap a select again)
+        memory, d, slope, search, reason = jax.lax.cond(fresh, turn, inside, state.memory)
         return State(x, f, g, d, slope, search, memory, iterations, evaluations, reason)
 
     state = jax.lax.while_loop(lambda state: state.reason < 0, trip, state)
@@ -342,11 +338,31 @@ def counts(*values) -> tuple[np.ndarray, ...]:
     return tuple(np.minimum(np.asarray(value, np.int64), np.iinfo(np.int32).max).astype(np.int32) for value in values)
 
 
+def packed(result: Result):
+    """A run's `Result` as two arrays, one transfer each: the params raveled with f appended, and (iterations,
+    evaluations, reason) as int32."""
+    flat, _ = ravel_pytree(result.params)
+    numbers = jnp.stack([result.iterations, result.evaluations, result.reason.astype(jnp.int32)])
+    return jnp.append(flat, result.loss), numbers
+
+
+def unpacked(layers, values, numbers) -> Result:
+    """The `Result` that `packed` gave (numpy, fetched), its params shaped as `layers`, the initial params (leading
+    axes of `values`, e.g. members, leading each leaf)."""
+    leaves, treedef = jax.tree.flatten(layers)
+    lead = values.shape[:-1]
+    shapes = [np.shape(leaf)[len(lead) :] for leaf in leaves]
+    ends = np.cumsum([int(np.prod(shape)) for shape in shapes])
+    parts = np.split(values[..., :-1], ends[:-1], axis=-1)
+    params = jax.tree.unflatten(treedef, [part.reshape(*lead, *shape) for part, shape in zip(parts, shapes)])
+    return Result(params, values[..., -1], numbers[..., 0], numbers[..., 1], numbers[..., 2])
+
+
 @functools.lru_cache(maxsize=64)  # one program per objective: a second fit of any α, tol, max_iter, max_fun or seed
 def compiled(loss_fn, members: bool):
     """`minimize` of `loss_fn` jitted, with its members (`vmap`: params, l2, tol, max_iter, max_fun one per member,
-    x and y shared) when `members`."""
-    run = functools.partial(minimize, loss_fn)
+    x and y shared) when `members`; its result `packed` (two transfers, not one a leaf: `unpacked` reads them)."""
+    run = lambda *args: packed(minimize(loss_fn, *args))
     if members:
         run = jax.vmap(run, in_axes=(0, 0, None, None, 0, 0, 0))
     return jax.jit(run, compiler_options=loop_compiler_options(jax.default_backend()))

@@ -21,7 +21,7 @@ import numpy as np
 
 from bp_jax._fit import fit_ensemble
 from bp_jax.estimators._base import glorot, to_sklearn
-from bp_jax.estimators._lbfgs import Result, compiled, counts
+from bp_jax.estimators._lbfgs import Result, compiled, counts, unpacked
 from bp_jax.estimators._stochastic_optimizers import hyperparams, initial_state
 from bp_jax.estimators._training import Plan, TrainRun, can_stop, epoch_means, epoch_rule
 
@@ -237,13 +237,14 @@ def train_lbfgs(loss_fn, members: list[Member], block: Block) -> list[Result]:
     shared, each member from its seed's initialisation with its own α/n, tol, max_iter and max_fun, stopping on its
     own; per member its `Result` in numpy."""
     x, estimators = block.x, [member.estimator for member in members]
+    layers = _initial_layers(members, x.shape[1], x.dtype)
     result = compiled(loss_fn, members=True)(
-        _initial_layers(members, x.shape[1], x.dtype),
+        layers,
         np.asarray([estimator.alpha / len(x) for estimator in estimators], x.dtype),
         x,
         block.targets,
         np.asarray([estimator.tol for estimator in estimators], x.dtype),
         *counts([estimator.max_iter for estimator in estimators], [estimator.max_fun for estimator in estimators]),
     )
-    result = jax.device_get(result)
+    result = unpacked(layers, *jax.device_get(result))
     return [jax.tree.map(lambda leaf, index=index: leaf[index], result) for index in range(len(members))]
