@@ -150,15 +150,15 @@ class BaseMLP(BaseEstimator):
         """The check scikit-learn makes in `_fit`, beyond its parameter constraints: hidden_layer_sizes' elements."""
         self._hidden_sizes()
 
-    def _objective(self, features: int, *, members_batch: int | None = None, full_batch: bool = False):
+    def _objective(self, features: int, *, members_batch: int | None = None):
         """The objective, shared by every estimator of this configuration (`members_batch`: as a member of an
-        ensemble trained on minibatches of this size; `full_batch`: as one model trained on every row, lbfgs). Its
-        loss is sklearn's: `loss`, where log-loss over logistic outputs is the binary log-loss."""
+        ensemble trained on minibatches of this size). Its loss is sklearn's: `loss`, where log-loss over logistic
+        outputs is the binary log-loss."""
         sizes = (features, *self._hidden_sizes(), self.n_outputs_)
         layout = "rows" if members_batch is None else member_layout(sizes, members_batch)
         loss = "binary_log_loss" if self.out_activation_ == "logistic" else self.loss
         members = members_batch is not None
-        return objective(sizes, self.activation, loss, members=members, full_batch=full_batch, layout=layout)
+        return objective(sizes, self.activation, loss, members=members, layout=layout)
 
     def _program(self, features: int, *, members_batch: int | None = None):
         """(objective, optimizer) of sgd or adam: shared by every estimator of this configuration (its solver's
@@ -262,7 +262,7 @@ class BaseMLP(BaseEstimator):
         """sklearn's lbfgs: the whole optimisation one call of one compiled program (`_lbfgs.compiled`) on every row,
         from Glorot's initialisation, or from the fitted weights (warm_start, or the regressor's partial_fit, as
         sklearn's)."""
-        result = compiled(self._objective(X.shape[1], full_batch=True), members=False)(
+        result = compiled(self._objective(X.shape[1]), members=False)(
             self._initial_layers(X, first=first, rng=random_state(self._seed)),
             np.asarray(self.alpha / X.shape[0], X.dtype),
             X,
