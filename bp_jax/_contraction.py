@@ -3,8 +3,17 @@
 "dot" is a matmul; "sum" is yᵢ = Σⱼ xⱼ·Wᵢⱼ, an elementwise product and a sum that XLA fuses with its neighbours
 (the same function up to float rounding). "auto" picks one per layer at trace time with `choose`, from the
 layer's shape, the rows it reads and the backend; `Linear`, `mlp` and the estimators all ask `choose`.
+
+Under `fit_ensemble` the layers are vmapped members: its step is traced inside `members(shared)`, so that "auto"
+gives a layer reading one of the arrays every member shares (its minibatch) the matmul, which vmap turns into one
+wide matmul x·[W₁ … W_E], and a layer reading the members' own activations the product and sum while it is tiny.
+A trace-time scope, not `jax.custom_batching.custom_vmap` (whose rule would see which inputs are batched): a
+custom_vmap function has no reverse-mode derivative (jax 0.10: `vmap(grad(f))` fails to linearize; jax issue
+#9073, PR #25259 still open), and the members' step is `vmap(grad(loss))`.
 """
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -53,20 +62,44 @@ def choose(fan_in: int, fan_out: int, rows: int, *, platform: str, inputs: str =
     return "sum" if rows * fan_in * fan_out <= SUM_MAX_PRODUCTS else "dot"
 
 
-def resolve(contraction: str, weight: jax.Array, rows) -> str:
-    """`contraction` itself, or for "auto" `choose`'s pick for one model reading `rows` rows on this backend; "dot"
-    for a symbolic row count (`jax.export`'s any number of rows)."""
+#: The arrays vmapped members share while `fit_ensemble`'s step is traced (None outside it).
+_SHARED: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("bp_jax_shared_inputs", default=None)
+
+
+@contextlib.contextmanager
+def members(shared):
+    """Trace vmapped members' layers: an "auto" layer reading a leaf of `shared` (a pytree of arrays every member
+    reads, e.g. the minibatch) takes `choose`'s rule for a shared input, any other layer the rule for their own."""
+    token = _SHARED.set(tuple(jax.tree.leaves(shared)))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def inputs_of(x) -> str:
+    """What `x` is to a layer, one of INPUTS: one model's input outside `members`; inside, "shared" when x is one
+    of the shared arrays itself (the same object: a layer reading a function of it reads the members' own)."""
+    shared = _SHARED.get()
+    if shared is None:
+        return "model"
+    return "shared" if any(x is leaf for leaf in shared) else "own"
+
+
+def resolve(contraction: str, weight: jax.Array, rows, inputs: str = "model") -> str:
+    """`contraction` itself, or for "auto" `choose`'s pick for a layer reading `rows` rows of `inputs` on this
+    backend; "dot" for one model's symbolic row count (`jax.export`'s any number of rows)."""
     if contraction != "auto":
         return contraction
-    if not isinstance(rows, int):
+    if inputs == "model" and not isinstance(rows, int):
         return "dot"
     fan_out, fan_in = jnp.shape(weight)
-    return choose(fan_in, fan_out, rows, platform=jax.default_backend())
+    return choose(fan_in, fan_out, rows, platform=jax.default_backend(), inputs=inputs)
 
 
 def contract(x: jax.Array, weight: jax.Array, contraction: str) -> jax.Array:
     """x·Wᵀ over any leading dims of x (…, in) with W (out, in), by `contraction` (`resolve`d)."""
-    if resolve(contraction, weight, math.prod(jnp.shape(x)[:-1])) == "sum":
+    if resolve(contraction, weight, math.prod(jnp.shape(x)[:-1]), inputs_of(x)) == "sum":
         weight = jnp.expand_dims(weight, tuple(range(jnp.ndim(x) - 1)))  # (1, …, out, in)
         return jnp.sum(jnp.expand_dims(x, -2) * weight, axis=-1)
     return x @ weight.T

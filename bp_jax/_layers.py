@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bp_jax._contraction import CONTRACTIONS, contract, resolve
+from bp_jax._contraction import CONTRACTIONS, contract, inputs_of, resolve
 from bp_jax._order import mix32
 
 Params = Any
@@ -510,7 +510,8 @@ def mlp(
         lift = lambda array, rank: jnp.expand_dims(array, tuple(range(rank - array.ndim)))  # leading axes of 1
         for index, (linear, layer_contraction) in enumerate(zip(params[::2], contractions)):
             weight, bias = linear["weight"], linear["bias"]
-            if resolve(layer_contraction, weight, math.prod(jnp.shape(h)[:-2]) * jnp.shape(h)[-1]) == "sum":
+            count = math.prod(jnp.shape(h)[:-2]) * jnp.shape(h)[-1]  # the rows
+            if resolve(layer_contraction, weight, count, inputs_of(x if index == 0 else h)) == "sum":
                 inputs = jnp.expand_dims(h, -3)  # (…, 1, in, rows)
                 h = jnp.sum(lift(weight[:, :, None], inputs.ndim) * inputs, axis=-2)
             else:
