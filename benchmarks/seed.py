@@ -2,8 +2,9 @@
 
 Rows give seconds per training step; `speedup_vs_torch_eager` is the documents' train_step's median
 over the row's median, both measured in this run, their repeats interleaved. The seed MLP is timed with
-Linear's matmul and with contraction="sum", and diagnostics show where the sum stops paying: a hidden layer
-of 16, and 256 seed MLPs under vmap (`fit_ensemble`; per ensemble step); and, on CPU, what the fused loop's
+Linear's default contraction ("auto"), and with contraction="dot" and "sum" each; diagnostics show where the
+sum stops paying: a hidden layer of 16, and 256 seed MLPs under vmap (`fit_ensemble`; per ensemble step); and,
+on CPU, what the fused loop's
 compiler options change: one scan of 256 members' updates compiled with XLA's default fusions and with them.
 """
 
@@ -27,6 +28,8 @@ MINIBATCH = f"bp_jax fit, minibatch {SEED_BATCH} of {SEED_ROWS} rows"
 BARE_SCAN = "diagnostic: bare lax.scan of the SGD update (unroll 1; no finite guard, no chunks)"
 FIT_SUM = "bp_jax fit, fused, contraction='sum' (full batch 32, chunk 1000)"
 MINIBATCH_SUM = f"bp_jax fit, contraction='sum', minibatch {SEED_BATCH} of {SEED_ROWS} rows"
+FIT_DOT = "bp_jax fit, fused, contraction='dot' (full batch 32, chunk 1000)"
+MINIBATCH_DOT = f"bp_jax fit, contraction='dot', minibatch {SEED_BATCH} of {SEED_ROWS} rows"
 #: Where the sum contraction stops paying: a hidden layer of 16 (160 weights), and the seed MLP under vmap.
 WIDER = 16
 WIDER_DOT = f"diagnostic: fit, 10 → {WIDER} → 1, matmul (minibatch {SEED_BATCH} of {SEED_ROWS} rows)"
@@ -103,6 +106,7 @@ def run(smoke: bool) -> dict:
     _, _, rows_x, rows_y = mlp_problem(SEED_SIZES, SEED_ROWS)
     full, minibatch = dict(x=x, y=y), dict(x=rows_x, y=rows_y, batch_size=SEED_BATCH, key=jax.random.key(0))
     summed = bp_jax.loss_fn(bp_jax.mlp(SEED_SIZES, contraction="sum"))
+    matmul = bp_jax.loss_fn(bp_jax.mlp(SEED_SIZES, contraction="dot"))
     wider = [bp_jax.mlp((SEED_SIZES[0], WIDER, SEED_SIZES[-1]), contraction=kind) for kind in ("dot", "sum")]
     wider_params = wider[0].init(jax.random.key(1))
     for name, loss_of, start, data in (
@@ -110,6 +114,8 @@ def run(smoke: bool) -> dict:
         (MINIBATCH, loss, params, minibatch),
         (FIT_SUM, summed, params, full),
         (MINIBATCH_SUM, summed, params, minibatch),
+        (FIT_DOT, matmul, params, full),
+        (MINIBATCH_DOT, matmul, params, minibatch),
         (WIDER_DOT, bp_jax.loss_fn(wider[0]), wider_params, minibatch),
         (WIDER_SUM, bp_jax.loss_fn(wider[1]), wider_params, minibatch),
     ):
@@ -117,7 +123,7 @@ def run(smoke: bool) -> dict:
         add(name, "bp_jax", lambda fused=fused: Timer(lambda: fused().losses, steps_per_call=fit_steps))
     members = jax.vmap(model.init)(jax.random.split(jax.random.key(2), ENSEMBLE_MEMBERS))
     ensemble_steps = fit_steps // 10
-    for name, loss_of in ((ENSEMBLE_DOT, loss), (ENSEMBLE_SUM, summed)):
+    for name, loss_of in ((ENSEMBLE_DOT, matmul), (ENSEMBLE_SUM, summed)):
         fused = functools.partial(
             bp_jax.fit_ensemble, loss_of, members, x, y, steps=ensemble_steps, lr=0.01, chunk_size=1000
         )
@@ -133,7 +139,7 @@ def run(smoke: bool) -> dict:
     if options:
         members_scan = jax.jit(
             lambda members: jax.lax.scan(
-                lambda members, _: jax.vmap(update, in_axes=(0, None, None, None))(members, x, y, 0.01),
+                lambda members, _: jax.vmap(sgd_update(matmul), in_axes=(0, None, None, None))(members, x, y, 0.01),
                 members,
                 length=ensemble_steps,
             )[1]

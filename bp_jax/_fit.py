@@ -411,8 +411,10 @@ def fit_ensemble(
     rounding (for a stochastic loss when it is its group's first member: each member of a group draws its own
     noise, `noise_keys`). Stacked keys make groups: member i is in group i // (E/G), and a group's members read the same
     minibatches, drawn by `minibatch_indices` from its key as in `fit` (G = E: one order each); a group's minibatch
-    is gathered once and its members' matmuls run as one. A member whose loss or update turns non-finite is frozen
-    at its last finite params and reported in `diverged`; the others carry on.
+    is gathered once and its members' matmuls run as one. Layers of "auto" contraction are chosen as members'
+    (`bp_jax._contraction.members`): one wide matmul x·[W₁ … W_E] where they read the shared minibatch, the fused
+    product and sum for tiny layers reading each member's own activations. A member whose loss or update turns
+    non-finite is frozen at its last finite params and reported in `diverged`; the others carry on.
 
     Args:
         loss_fn: `loss_fn(params, x, y) -> scalar` for one member.

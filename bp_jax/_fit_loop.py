@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from bp_jax._contraction import members
 from bp_jax._layers import hash_fold_in
 from bp_jax._mesh import DATA_AXIS, MODELS_AXIS, batch_sharded, member_sharded, replicated
 from bp_jax._order import minibatch_indices
@@ -254,6 +255,8 @@ def _build_loop(
         ensemble) makes step s's key `hash_fold_in(noise, s)`, handed to the stochastic loss."""
     guarded = _guarded_update(loss_fn, optimizer, stop_update, rule_touches_opt_state, rule_touches_params)
     data_parallel = mesh is not None and not ensemble
+    # the members (of a group) read one minibatch: its layers' "auto" contractions are chosen as members'
+    shared_rows = (key_axis is None and not own_rows) or group_size > 1
 
     if shard_rows:
         share = batch_size // mesh.shape[DATA_AXIS]
@@ -291,7 +294,11 @@ def _build_loop(
             xb, yb = gather(x, rows), gather(y, rows)
             if data_parallel:  # each device gathers only its own rows of the minibatch
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharded(mesh))
-        return guarded(state, lr, xb, yb, step, rule_data, None if noise is None else hash_fold_in(noise, step))
+        noise_key = None if noise is None else hash_fold_in(noise, step)
+        if not ensemble:
+            return guarded(state, lr, xb, yb, step, rule_data, noise_key)
+        with members(shared=(xb, rule_data) if shared_rows else rule_data):
+            return guarded(state, lr, xb, yb, step, rule_data, noise_key)
 
     if ensemble:
         model_step = _vmapped_step(model_step, key_axis, own_rows, group_size)

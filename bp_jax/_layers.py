@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from bp_jax._contraction import CONTRACTIONS, contract, inputs_of, resolve
 from bp_jax._order import mix32
 
 Params = Any
@@ -128,11 +129,7 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-#: How a Linear layer forms x·Wᵀ: a matmul, or elementwise products summed over the inputs.
-CONTRACTIONS = ("dot", "sum")
-
-
-def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None, contraction: str = "dot") -> Model:
+def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None, contraction: str = "auto") -> Model:
     """Fully connected layer y = x·Wᵀ + b over any leading batch dims, as torch.nn.Linear.
 
     Params `{"weight": (out, in), "bias": (out,)}` (PyTorch's layout), both drawn from
@@ -144,11 +141,11 @@ def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None
       bias: whether the layer adds b (params without "bias" otherwise).
       dtype (jax.typing.DTypeLike | None): the params' dtype; default float (float64 under
         `jax.enable_x64`, float32 otherwise).
-      contraction: "dot" forms x·Wᵀ as a matmul; "sum" as yᵢ = Σⱼ xⱼ·Wᵢⱼ, an elementwise product and a
-        sum that XLA fuses with its neighbours (the same function up to float rounding; on CPU up to 2×
-        faster for a tiny layer of one model; in `fit`'s loop about as fast as a matmul at 160 weights and
-        under vmap, outside it several times slower there under XLA's default CPU fusions:
-        benchmarks/README.md).
+      contraction: "auto" (default) picks per call at trace time, from the layer's size, the rows of x and the
+        backend: on CPU "sum" while rows·in·out ≤ 5120 (2× faster a `fit` step for the seed MLP), else and off
+        the CPU "dot" (`bp_jax._contraction.choose`, measured in benchmarks/README.md). "dot" forms x·Wᵀ as a
+        matmul; "sum" as yᵢ = Σⱼ xⱼ·Wᵢⱼ, an elementwise product and a sum that XLA fuses with its neighbours.
+        All three are the same function up to float rounding.
 
     Returns:
       The layer as a Model, with its hand-written `vjp`.
@@ -171,7 +168,7 @@ def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None
     _check_positive_int("out_features", out_features)
     if contraction not in CONTRACTIONS:
         raise ValueError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}")
-    options = ("" if bias else ", bias=False") + ("" if contraction == "dot" else f", contraction={contraction!r}")
+    options = ("" if bias else ", bias=False") + ("" if contraction == "auto" else f", contraction={contraction!r}")
     name = f"Linear({in_features}, {out_features}{options})"
     shapes = {"weight": (out_features, in_features)} | ({"bias": (out_features,)} if bias else {})
 
@@ -189,11 +186,7 @@ def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None
 
     def apply(params, x, *, key=None):
         check_input(params, x)
-        if contraction == "sum":
-            weight = jnp.expand_dims(params["weight"], tuple(range(jnp.ndim(x) - 1)))  # (1, …, out, in)
-            y = jnp.sum(jnp.expand_dims(x, -2) * weight, axis=-1)
-        else:
-            y = x @ params["weight"].T
+        y = contract(x, params["weight"], contraction)
         return y + jnp.broadcast_to(params["bias"], y.shape) if bias else y
 
     def vjp(params, x, *, key=None):
@@ -449,7 +442,7 @@ def mlp(
     activation_name: str = "relu",
     *,
     dtype=None,
-    contraction: str | Sequence[str] = "dot",
+    contraction: str | Sequence[str] = "auto",
     layout: str = "rows",
     dropout: float = 0.0,
 ) -> Model:
@@ -517,7 +510,8 @@ def mlp(
         lift = lambda array, rank: jnp.expand_dims(array, tuple(range(rank - array.ndim)))  # leading axes of 1
         for index, (linear, layer_contraction) in enumerate(zip(params[::2], contractions)):
             weight, bias = linear["weight"], linear["bias"]
-            if layer_contraction == "sum":
+            count = math.prod(jnp.shape(h)[:-2]) * jnp.shape(h)[-1]  # the rows
+            if resolve(layer_contraction, weight, count, inputs_of(x if index == 0 else h)) == "sum":
                 inputs = jnp.expand_dims(h, -3)  # (…, 1, in, rows)
                 h = jnp.sum(lift(weight[:, :, None], inputs.ndim) * inputs, axis=-2)
             else:

@@ -48,7 +48,9 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 #: ONNX opset and IR version of `to_onnx`'s graphs (opset 17 has every operator used; IR 8 is read by
 #: onnxruntime ≥ 1.10)
 ONNX_OPSET, ONNX_IR_VERSION = 17, 8
-_LAYER = re.compile(r"Linear\((\d+), (\d+)(, bias=False)?\)|(ReLU|Sigmoid|Tanh)\(\)|(Dropout)\([0-9.e-]+\)")
+_LAYER = re.compile(
+    r"Linear\((\d+), (\d+)(, bias=False)?(?:, contraction='\w+')?\)|(ReLU|Sigmoid|Tanh)\(\)|(Dropout)\([0-9.e-]+\)"
+)
 _ONNX_ACTIVATIONS = {"ReLU": "Relu", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}
 
 

@@ -11,6 +11,7 @@ module's (same layers, same activations): a Tanh network's weights never go sile
 are copied, never shared.
 """
 
+import re
 from collections.abc import Mapping
 
 import jax
@@ -56,6 +57,10 @@ def _module_params(module: nn.Module, where: str) -> Params:
     )
 
 
+#: A Linear's contraction option in a model's name.
+_CONTRACTION = re.compile(r", contraction='\w+'")
+
+
 def _module_name(module: nn.Module) -> str:
     """The module as the bp_jax constructor call naming the same layers: `Model.name`'s form."""
     if isinstance(module, nn.Sequential):
@@ -68,8 +73,9 @@ def _module_name(module: nn.Module) -> str:
 
 
 def _check_layers(module: nn.Module, model: Model | None) -> None:
-    """ValueError unless the module has the model's layers and activations (where the model's name is known)."""
-    if model is not None and model.name is not None and _module_name(module) != model.name:
+    """ValueError unless the module has the model's layers and activations (where the model's name is known; a
+    Linear's contraction is how it computes the same function, so it is left out of the comparison)."""
+    if model is not None and model.name is not None and _module_name(module) != _CONTRACTION.sub("", model.name):
         raise ValueError(
             f"the torch module is {_module_name(module)} but the model is {model.name}: they compute "
             "different functions"

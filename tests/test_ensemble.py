@@ -17,6 +17,7 @@ import optax
 import pytest
 
 import bp_jax
+from bp_jax._contraction import inputs_of, members
 
 MEMBERS = 4
 
@@ -89,6 +90,37 @@ def test_per_member_learning_rates_through_inject_hyperparams():
     for i in range(MEMBERS):
         single = bp_jax.fit(loss, member(params, i), x, y, steps=40, optimizer=optax.adam(float(lrs[i])))
         chex.assert_trees_all_close(member(result.params, i), single.params, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_member_keys, inputs", [(False, "shared"), (True, "own")])
+def test_the_members_step_is_traced_with_their_minibatch_shared_or_their_own(per_member_keys, inputs):
+    """Inside fit_ensemble's step, a layer reading the minibatch every member reads is told it is shared (its
+    "auto" contraction: one wide matmul), with a key per member it is the member's own; outside, one model's."""
+    loss, params, x, y = problem()
+    seen = []
+
+    def recording(params, x, y):
+        seen.append(inputs_of(x))
+        return loss(params, x, y)
+
+    keys = jax.random.split(jax.random.key(7), MEMBERS) if per_member_keys else jax.random.key(7)
+    bp_jax.fit_ensemble(recording, params, x, y, steps=1, lr=0.01, batch_size=12, key=keys)
+    assert set(seen) == {inputs} and inputs_of(x) == "model"
+
+
+@pytest.mark.parametrize("shared, dots", [(True, 1), (False, 0)])
+def test_members_take_one_wide_matmul_on_a_shared_input_and_the_sum_on_their_own(shared, dots):
+    """mlp((4, 4, 1)) of 3 members on 32 rows: the first layer (16 weights) a matmul when its input is shared, the
+    product and sum when it is the members' own; the second (4 weights) the sum either way."""
+    model = bp_jax.mlp((4, 4, 1))
+    params = jax.vmap(model.init)(jax.random.split(jax.random.key(0), 3))
+
+    def program(params, x):
+        with members(shared=x if shared else ()):
+            return jax.vmap(model.apply, (0, None))(params, x)
+
+    jaxpr = str(jax.make_jaxpr(program)(params, jnp.ones((32, 4))))
+    assert jaxpr.count("dot_general") == (dots if jax.default_backend() == "cpu" else 2)
 
 
 def test_a_diverging_member_is_frozen_and_reported_while_the_others_carry_on():

@@ -6,6 +6,7 @@ import pytest
 from helpers import normal, params_of, together
 
 import bp_jax
+from bp_jax._contraction import choose
 
 KEY = jax.random.key(0)
 
@@ -191,7 +192,7 @@ def test_every_contraction_and_layout_is_the_same_function_and_derivatives_as_th
     """contraction="sum" forms x·Wᵀ as products summed, layout="columns" carries the activations as (features,
     rows): each equal to the plain matmul in value, gradient and forward-mode tangent (float rounding only), for one
     row, a batch and leading batch dims, under vmap too. Both models' numbers come from one jitted program."""
-    dot = bp_jax.mlp((4, 3, 2), "tanh")
+    dot = bp_jax.mlp((4, 3, 2), "tanh", contraction="dot")
     other = bp_jax.mlp((4, 3, 2), "tanh", contraction=contraction, layout=layout)
     params = params_of(dot)
     x = normal(1, *shape)
@@ -224,7 +225,7 @@ def test_a_columns_mlp_is_named_checked_and_keeps_the_hand_written_backward(prec
         params, x, y
     )
     chex.assert_trees_all_close(by_hand, by_jax, rtol=precision, atol=precision)
-    with pytest.raises(ValueError, match=r"Linear\(4, 3\) expects x with 4 features in its last axis, got shape"):
+    with pytest.raises(ValueError, match=r"Linear\(4, 3, contraction='dot'\) expects x with 4 features"):
         model.apply(params, jnp.ones((5, 3)))
     with pytest.raises(ValueError, match=r"layout must be one of \('rows', 'columns'\), got 'cols'"):
         bp_jax.mlp((4, 3, 2), layout="cols")
@@ -232,13 +233,25 @@ def test_a_columns_mlp_is_named_checked_and_keeps_the_hand_written_backward(prec
 
 def test_a_contraction_is_named_and_checked():
     assert bp_jax.Linear(3, 2, contraction="sum").name == "Linear(3, 2, contraction='sum')"
-    assert bp_jax.Linear(3, 2, contraction="dot").name == "Linear(3, 2)"
-    with pytest.raises(ValueError, match=r"contraction must be one of \('dot', 'sum'\), got 'einsum'"):
+    assert bp_jax.Linear(3, 2, contraction="dot").name == "Linear(3, 2, contraction='dot')"
+    assert bp_jax.Linear(3, 2).name == "Linear(3, 2)"
+    with pytest.raises(ValueError, match=r"contraction must be one of \('auto', 'dot', 'sum'\), got 'einsum'"):
         bp_jax.Linear(3, 2, contraction="einsum")
+
+
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_the_default_contraction_is_the_sum_for_few_products_on_cpu_and_the_matmul_beyond(layout):
+    """The "auto" contraction: the sum while rows·in·out ≤ SUM_MAX_PRODUCTS (10 → 5 → 1 on 32 rows: no
+    dot_general in the program), the matmul past it (1 100 rows: both layers); the matmul off the CPU."""
+    model = bp_jax.mlp((10, 5, 1), layout=layout)
+    params = params_of(model)
+    dots = lambda rows: str(jax.make_jaxpr(model.apply)(params, jnp.ones((rows, 10)))).count("dot_general")
+    assert (dots(32), dots(1100)) == ((0, 2) if jax.default_backend() == "cpu" else (2, 2))
+    assert [choose(10, 5, 32, platform=platform) for platform in ("cpu", "gpu", "tpu")] == ["sum", "dot", "dot"]
 
 
 def test_an_mlp_takes_one_contraction_per_layer():
     model = bp_jax.mlp((4, 3, 2), contraction=("dot", "sum"))
-    assert model.name == "Sequential(Linear(4, 3), ReLU(), Linear(3, 2, contraction='sum'))"
+    assert model.name == "Sequential(Linear(4, 3, contraction='dot'), ReLU(), Linear(3, 2, contraction='sum'))"
     with pytest.raises(ValueError, match=r"contraction must be one name or one per Linear layer \(2\), got 3"):
         bp_jax.mlp((4, 3, 2), contraction=("dot", "sum", "sum"))

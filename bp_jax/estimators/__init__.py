@@ -66,8 +66,6 @@ What differs, and why:
 
 from bp_jax.estimators._base import (
     LOSSES,
-    MEMBER_SUM_WEIGHTS,
-    SUM_CONTRACTION_WEIGHTS,
     Objective,
     accuracy,
     contractions,
@@ -99,8 +97,6 @@ from bp_jax.estimators._training import (
 
 __all__ = [
     "LOSSES",
-    "MEMBER_SUM_WEIGHTS",
-    "SUM_CONTRACTION_WEIGHTS",
     "VECTORISED",
     "GridSearchCV",
     "MLPClassifier",

@@ -27,6 +27,7 @@ from scipy.special import expit, softmax
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.utils import check_random_state
 
+from bp_jax._contraction import choose
 from bp_jax._layers import mlp
 from bp_jax._losses import mse
 
@@ -36,11 +37,6 @@ _NUMPY_ACTIVATIONS = {"identity": lambda z: z, "relu": lambda z: np.maximum(z, 0
 #: sklearn's output activations (`out_activation_`), in numpy and in jax.
 _NUMPY_OUTPUTS = _NUMPY_ACTIVATIONS | {"exp": np.exp, "softmax": functools.partial(softmax, axis=-1)}
 _OUTPUTS = {"identity": lambda z: z, "exp": jnp.exp, "logistic": jax.nn.sigmoid, "softmax": jax.nn.softmax}
-#: Layers of at most this many weights form x·Wᵀ as a fused product and sum (Linear's contraction="sum") in a
-#: one-model fit when every layer is this small: on CPU about 2× faster a step than a matmul at the seed MLP's sizes.
-SUM_CONTRACTION_WEIGHTS = 64
-#: An ensemble member's layers after the first of at most this many weights do the same (benchmarks/README.md).
-MEMBER_SUM_WEIGHTS = 32
 
 
 def _row_mean(values, weight):
@@ -242,29 +238,27 @@ def weighted(targets, sample_weight):
     return targets if sample_weight is None else {"target": targets, "weight": np.asarray(sample_weight, targets.dtype)}
 
 
-def contractions(sizes: tuple[int, ...], *, members: bool, full_batch: bool = False) -> tuple[str, ...]:
-    """Each Linear layer's contraction ("sum" or "dot", as `Linear` takes it).
+def contractions(sizes: tuple[int, ...], *, members: bool) -> tuple[str, ...]:
+    """Each Linear layer's contraction, as `Linear` takes it: `bp_jax._contraction.choose`'s rule, the one rule.
 
-    One model: "sum" for all when every layer has at most SUM_CONTRACTION_WEIGHTS weights, else "dot"; on full
-    batches (lbfgs: every row each evaluation) "dot" for all, for there the sum's (rows, out, in) product costs more
-    than the matmul (float64, 353 rows, 10 → 5 → 1: a loss-and-gradient evaluation ~3× slower). Members (a
-    grid's groups, one minibatch per group): the first layer's input is the group's shared minibatch, so its x·Wᵀ
-    over the members is one matmul ("dot"); every later layer reads each member's own activations, where a tiny
-    layer's batched matrix-vector products cost more than the fused product and sum ("sum").
+    One model: "auto" for every layer (chosen at trace time from the rows it reads: a minibatch's, or every row
+    for lbfgs). Members (a grid's groups, one minibatch per group): the first layer's input is the group's shared
+    minibatch, so its x·Wᵀ over the members is one matmul; every later layer reads each member's own activations.
 
     Args:
         sizes: the layer widths, input first.
         members: whether the layers belong to vmapped ensemble members.
-        full_batch: whether one model trains on full batches (ignored for members).
 
     Returns:
         One contraction per Linear layer.
     """
-    weights = [fan_in * fan_out for fan_in, fan_out in itertools.pairwise(sizes)]
     if not members:
-        small = max(weights) <= SUM_CONTRACTION_WEIGHTS and not full_batch
-        return ("sum" if small else "dot",) * len(weights)
-    return ("dot", *("sum" if count <= MEMBER_SUM_WEIGHTS else "dot" for count in weights[1:]))
+        return ("auto",) * (len(sizes) - 1)
+    platform = jax.default_backend()
+    return tuple(
+        choose(fan_in, fan_out, 0, platform=platform, inputs="own" if index else "shared")
+        for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes))
+    )
 
 
 def member_layout(sizes: tuple[int, ...], batch_size: int) -> str:
@@ -287,7 +281,6 @@ def objective(
     loss: str,
     *,
     members: bool = False,
-    full_batch: bool = False,
     layout: str = "rows",
 ) -> Objective:
     """The training objective of an MLP, one per configuration (equal configurations share one program).
@@ -297,13 +290,12 @@ def objective(
         activation: sklearn's name of the hidden activation ("identity", "relu", "tanh", "logistic").
         loss: sklearn's name of the loss, a key of `LOSSES`.
         members: for vmapped ensemble members (see `contractions`).
-        full_batch: for one model trained on full batches (see `contractions`).
         layout: the activations' layout, as `mlp` takes it.
 
     Returns:
         The `Objective`.
     """
-    contraction = contractions(sizes, members=members, full_batch=full_batch)
+    contraction = contractions(sizes, members=members)
     model = mlp(sizes, ACTIVATIONS[activation], contraction=contraction, layout=layout)
     return Objective(model, LOSSES[loss])
 

@@ -160,7 +160,7 @@ class BaseMLP(BaseEstimator):
         layout = ("columns" if full_batch else "rows") if members_batch is None else member_layout(sizes, members_batch)
         loss = "binary_log_loss" if self.out_activation_ == "logistic" else self.loss
         members = members_batch is not None
-        return objective(sizes, self.activation, loss, members=members, full_batch=full_batch, layout=layout)
+        return objective(sizes, self.activation, loss, members=members, layout=layout)
 
     def _program(self, features: int, *, members_batch: int | None = None):
         """(objective, optimizer) of sgd or adam: shared by every estimator of this configuration (its solver's
