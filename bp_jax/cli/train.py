@@ -384,7 +384,8 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     transform = runs.optimizer(config, watch.total, per_epoch)
     y = runs.targets(config, split)
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
-    loss = runs.loss(problem.model, split.scaling, weighted=isinstance(y, dict))
+    model = runs.training_model(split.x_train.shape[1], config, split.scaling.outputs)
+    loss = runs.loss(model, split.scaling, weighted=isinstance(y, dict))
     rule = _stop_rule(problem, start, per_epoch)
     if config.early_stopping and np.all(start.state["rule"]["count"] >= config.patience):
         # a resumed run whose models all stopped early already: nothing to run
