@@ -60,7 +60,7 @@ def run(smoke: bool) -> dict:
     def command_fit(ensemble: int = 1, dropout: float = 0.0):
         """(loss, params, data-order key) of the run `bp-jax train [--ensemble E] [--dropout P]` starts from."""
         run_config = dataclasses.replace(config, ensemble=ensemble, dropout=dropout)
-        model = runs.build_model(split.x_train.shape[1], run_config, split.scaling.outputs)
+        model = runs.training_model(split.x_train.shape[1], run_config, split.scaling.outputs)
         state = runs.initial_state(model, run_config)
         return runs.loss(model, split.scaling), state["params"], jax.random.wrap_key_data(state["key"])
 

@@ -16,7 +16,7 @@ from bp_jax._order import LARGE_DOMAIN
 model = bp_jax.Sequential(bp_jax.Linear(5, 8), bp_jax.ReLU(), bp_jax.Linear(8, 1))
 keys = jax.random.split(jax.random.key(0), 3)
 params = jax.vmap(model.init)(jax.random.split(keys[0], 16))
-x, y = jax.random.normal(keys[1], (40, 5)), jax.random.normal(keys[2], (40, 1))
+x, y = jax.random.normal(keys[1], (80, 5)), jax.random.normal(keys[2], (80, 1))
 lrs = jnp.geomspace(1e-3, 1e36, 16)  # the last members diverge
 arguments = dict(steps=60, lr=lrs, batch_size=8, key=jax.random.split(jax.random.key(1), 16))
 loss = bp_jax.loss_fn(model)
@@ -37,7 +37,7 @@ own_rows = dict(
     lr=0.01,
     batch_size=8,
     key=jax.random.split(jax.random.key(2), 16),
-    rows=np.stack([np.roll(np.arange(40), 3 * member) for member in range(16)]),
+    rows=np.stack([np.roll(np.arange(80), 3 * member) for member in range(16)]),
     row_counts=LARGE_DOMAIN + np.arange(16) % 8,
 )
 own_one = bp_jax.fit_ensemble(loss, params, x, y, stop_rule=below, **own_rows)

@@ -81,8 +81,8 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does_with_its_bits(stopp
     assert checkpoint_steps(out) == steps and strict_json(out / "metrics.json")["final_step"] == metrics["final_step"]
 
 
-#: three members from seeds 0, 1, 2 on a plateau schedule: two stop after epoch 6, the third after epoch 8.
-MEMBERS = (*ARGS, "--ensemble", 3, "--schedule", "plateau", "--checkpoint-every", 18)
+#: three members from seeds 0, 1, 2 on a plateau schedule: they stop after epochs 7, 9 and 5 (steps 72, 90 and 54).
+MEMBERS = (*ARGS, "--ensemble", 3, "--schedule", "plateau", "--checkpoint-every", 45)
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +131,13 @@ def test_each_member_stops_on_its_own_curve_ends_with_its_best_params_and_its_pl
 
 @pytest.mark.slow
 def test_a_resumed_ensemble_stops_where_an_uninterrupted_one_does_with_its_bits(members, tmp_path):
-    """Resumed from step 54, before any member stopped, the members stop as they did, with the same bits."""
+    """Resumed from step 45, before any member stopped, the members stop as they did, with the same bits."""
     whole, metrics = members
     out = tmp_path / "resumed"
     shutil.copytree(whole, out)
     for step in checkpoint_steps(out)[1:]:
         shutil.rmtree(out / "checkpoints" / str(step))
-    assert checkpoint_steps(out) == [54]
+    assert checkpoint_steps(out) == [45]
     run_cli("train", "--resume", out)
     assert_same_state(whole, out)
     assert strict_json(out / "metrics.json")["early_stopping"] == metrics["early_stopping"]

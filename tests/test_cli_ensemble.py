@@ -1,6 +1,7 @@
 """`bp-jax train --ensemble K`: K members trained as one program, each its own one-model run; metrics, predict and
 the jax and ONNX exports give the members' mean and spread (regression) or averaged probabilities and entropy."""
 
+import dataclasses
 import json
 import shutil
 
@@ -182,3 +183,23 @@ def test_a_bare_ensembles_onnx_gives_the_members_mean_and_std():
     )
     with pytest.raises(ValueError, match=r"a leading member axis; layer 0's weight has shape \(4, 2\)"):
         bp_jax.to_onnx(model, jax.tree.map(lambda leaf: leaf[0], params), ensemble=True)
+
+
+def test_an_ensemble_trains_build_models_function_with_the_rows_minor():
+    """`training_model`: for an ensemble of minibatches, `build_model`'s function of the same params (float64) in
+    mlp's "columns" layout; one model, dropout, the full batch or a hidden layer wider than the batch: build_model's."""
+    config = runs.Config(ensemble=4, hidden=(5, 3), batch_size=8)
+    plain = runs.build_model(6, config, 2)
+    trained = runs.training_model(6, config, 2)
+    assert "layout='columns'" in trained.name
+
+    @jax.jit  # one program: eager calls would compile each small op
+    def both(key):
+        params, x = plain.init(key), jax.random.normal(key, (7, 6))
+        return trained.apply(params, x), plain.apply(params, x)
+
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(*both(jax.random.key(0)), rtol=1e-10, atol=1e-12)
+    for other in ({"ensemble": 1}, {"dropout": 0.1}, {"batch_size": None}, {"batch_size": 4}):
+        changed = dataclasses.replace(config, **other)
+        assert runs.training_model(6, changed, 2).name == runs.build_model(6, changed, 2).name

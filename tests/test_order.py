@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bp_jax
-from bp_jax._order import index_shuffle
+from bp_jax._order import LARGE_DOMAIN, index_shuffle
 
 
 def test_every_example_is_seen_once_per_epoch():
@@ -20,10 +20,11 @@ def test_every_example_is_seen_once_per_epoch():
     assert not np.array_equal(next_epoch, epoch[:6])
 
 
-def test_a_minibatch_costs_o_batch_no_array_of_the_data_sets_size_and_no_sort():
+def test_a_minibatch_costs_o_batch_no_array_of_the_data_sets_size_no_sort_and_no_loop():
     rows = 1_000_000
     hlo = jax.jit(bp_jax.minibatch_indices, static_argnums=(2, 3)).lower(jax.random.key(0), 5, rows, 32).as_text()
     assert "sort" not in hlo and f"tensor<{rows}" not in hlo and f"{rows}x" not in hlo
+    assert "while" not in hlo  # a fixed number of rounds: every row of every member costs the same
     indices = bp_jax.minibatch_indices(jax.random.key(0), 5, rows, 32)
     assert indices.shape == (32,) and len(set(indices.tolist())) == 32 and int(indices.max()) < rows
 
@@ -47,6 +48,23 @@ def test_every_position_is_equally_likely_for_every_row():
     expected = trials / rows
     chi_squared = ((counts - expected) ** 2 / expected).sum()
     assert chi_squared < 120  # 49 degrees of freedom: the 99.99th percentile is about 95
+
+
+def test_a_large_domain_order_is_uniform_over_rows_positions_and_the_next_row():
+    """n = 100 (ROUNDS rounds, the small-domain tests take more): 4000 keys' epochs; rows and positions in 10 bins
+    each are independent, and the row after row r is (r + d) mod n with every d in [1, n) equally likely."""
+    rows, trials = 100, 4000
+    orders = np.asarray(
+        jax.jit(jax.vmap(lambda seed: index_shuffle(jax.random.key(seed), 0, jnp.arange(rows), rows)))(
+            jnp.arange(trials)
+        )
+    )
+    bins = np.arange(rows) // 10
+    counts = np.zeros((10, 10))
+    np.add.at(counts, (np.tile(bins, trials), bins[orders.reshape(-1)]), 1)
+    assert ((counts - trials) ** 2 / trials).sum() < 140  # 81 degrees of freedom: 99.99th percentile ≈ 137
+    steps = np.bincount(((orders[:, 1:] - orders[:, :-1]) % rows).reshape(-1), minlength=rows)[1:]
+    assert ((steps - trials) ** 2 / trials).sum() < 162  # 98 degrees of freedom: 99.99th percentile ≈ 159
 
 
 @pytest.mark.parametrize("step", [-1, 2.5])
@@ -91,11 +109,9 @@ def test_a_traced_row_count_gives_the_rows_of_the_static_one(batch_rows, step, s
 
 
 @settings(max_examples=25, deadline=None)
-@given(batch_and_rows(33), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
+@given(batch_and_rows(LARGE_DOMAIN), st.integers(0, 10_000), st.integers(0, 2**31 - 1))
 @pytest.mark.slow
 def test_a_large_traced_row_count_takes_fewer_rounds_and_the_same_rows(batch_rows, step, seed):
-    from bp_jax._order import LARGE_DOMAIN
-
     batch, rows = batch_rows
     assert rows >= LARGE_DOMAIN
     key = jax.random.key(seed)
@@ -107,7 +123,7 @@ def test_a_large_traced_row_count_takes_fewer_rounds_and_the_same_rows(batch_row
 @pytest.mark.slow
 def test_one_program_serves_every_traced_row_count():
     traced = jax.jit(lambda n: bp_jax.minibatch_indices(jax.random.key(1), 3, n, 4))
-    for rows in (4, 31, 32, 33, 64, 1000):  # across the small-domain round count and several bit widths
+    for rows in (4, 31, 32, 64, 65, 1000):  # across the small-domain round count and several bit widths
         np.testing.assert_array_equal(traced(jnp.int32(rows)), bp_jax.minibatch_indices(jax.random.key(1), 3, rows, 4))
     assert traced._cache_size() == 1
 

@@ -284,6 +284,18 @@ def build_model(inputs: int, config: Config, outputs: int = 1) -> bp_jax.Model:
     return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation, dropout=config.dropout)
 
 
+def training_model(inputs: int, config: Config, outputs: int = 1) -> bp_jax.Model:
+    """The model the run trains: `build_model`'s, or for an ensemble of minibatches without dropout whose hidden
+    layers are no wider than a batch, the same function of the same params computed with the activations held as
+    (features, rows) (`mlp`'s layout "columns", each layer a matmul). Each member reads its own minibatch, and
+    XLA:CPU runs the members' matmuls with the rows minor about 2× faster (`--ensemble 16` on diabetes:
+    benchmarks/training.py). Predict and export read `build_model`'s Sequential."""
+    batch = config.batch_size
+    if config.ensemble == 1 or config.dropout > 0 or batch is None or max(config.hidden, default=0) > batch:
+        return build_model(inputs, config, outputs)
+    return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation, contraction="dot", layout="columns")
+
+
 @dataclasses.dataclass(frozen=True)
 class Weighted:
     """Σᵢ wᵢ·ℓᵢ / Σᵢ wᵢ over the rows of y = {"target": t, "weight": w}, ℓᵢ = `loss` of row i alone; 0 where Σw = 0

@@ -366,7 +366,8 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
     transform = runs.optimizer(config, watch.total, per_epoch)
     y = runs.targets(config, split)
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
-    loss = runs.loss(problem.model, split.scaling, weighted=isinstance(y, dict))
+    model = runs.training_model(split.x_train.shape[1], config, split.scaling.outputs)
+    loss = runs.loss(model, split.scaling, weighted=isinstance(y, dict))
     rule = runs.stop_rule(
         config,
         problem.model,
