@@ -270,12 +270,13 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
     """
     flat, unravel = ravel_pytree(layers)
     value_and_grad = jax.value_and_grad(lambda v: loss_fn({"layers": unravel(v), "l2": l2}, x, y))
-    f, g = value_and_grad(flat)
-    d, slope = -g, -(g @ g)
-    reason = jnp.where(jnp.max(jnp.abs(g)) <= tol, 0, jnp.where(slope >= 0, 4, -1))
-    first_step = jnp.minimum(1 / jnp.sqrt(-slope), STEP_MAX)
-    search = start_search(f, slope, first_step).packed(f.dtype)
-    state = State(flat, f, g, d, slope, search, empty_memory(flat.size, flat.dtype), jnp.int32(0), jnp.int32(1), reason)
+    # the first evaluation is the loop's first trip (one evaluation in the program, not two): a step of 0 along
+    # d = 0, taken as a new line search's start that ends no iteration
+    zero = jnp.zeros((), flat.dtype)
+    search = start_search(zero, zero, zero).packed(flat.dtype)
+    memory = empty_memory(flat.size, flat.dtype)
+    none = jnp.zeros_like(flat)
+    state = State(flat, zero, none, none, zero, search, memory, jnp.int32(0), jnp.int32(0), jnp.int32(-1))
 
     def trip(state: State) -> State:
         search = LineSearch.unpacked(state.search)  # read here as slices, each fused into its reader
@@ -283,26 +284,28 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
         trial = state.x + step * state.direction
         f_t, g_t = value_and_grad(trial)
         slope_t = g_t @ state.direction
-        done = accepted(search, state.f, state.slope, f_t, slope_t)
+        starting = state.evaluations == 0
+        done = starting | accepted(search, state.f, state.slope, f_t, slope_t)
         failed = ~done & (search.evaluations + 1 >= MAX_LINE_SEARCH)
         fresh = done | failed  # a new line search starts
-        iterations, evaluations = state.iterations + done, state.evaluations + 1
+        iterations, evaluations = state.iterations + (done & ~starting), state.evaluations + 1
         x, f, g = _select(done, (trial, f_t, g_t), (state.x, state.f, state.g))
 
         def turn(memory: Memory):
             """A new line search: its memory, direction, slope and search state, and the reason the run ended."""
             ended = jnp.select(
                 [
+                    starting,
                     iterations >= max_iter,
                     evaluations > max_fun,
                     jnp.max(jnp.abs(g_t)) <= tol,
                     state.f - f_t <= FTOL * jnp.maximum(jnp.maximum(jnp.abs(state.f), jnp.abs(f_t)), 1),
                 ],
-                [2, 3, 0, 1],
+                [jnp.where(jnp.max(jnp.abs(g_t)) <= tol, 0, -1), 2, 3, 0, 1],
                 -1,
             )
             sy = step * (slope_t - state.slope)
-            kept = sy > jnp.finfo(sy.dtype).eps * -(state.slope * step)
+            kept = ~starting & (sy > jnp.finfo(sy.dtype).eps * -(state.slope * step))
             cleared = empty_memory(state.x.size, state.x.dtype)
             abnormal = failed & (memory.count == 0)
             memory = _select(failed, cleared, memory)
@@ -314,7 +317,7 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
             d, slope = _select(uphill, (-g, -(g @ g)), (d, slope))
             reason = jnp.where(done, ended, -1)
             reason = jnp.where((reason < 0) & (abnormal | (slope >= 0)), 4, reason)
-            search = start_search(f, slope, jnp.ones_like(f))
+            search = start_search(f, slope, jnp.where(starting, jnp.minimum(1 / jnp.sqrt(-slope), STEP_MAX), 1))
             return memory, d, slope, search.packed(f.dtype), reason.astype(state.reason.dtype)
 
         def inside(memory: Memory):
