@@ -17,6 +17,7 @@ iteration no longer lowers f.
 """
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -338,7 +339,13 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
 
 def counts(*values) -> tuple[np.ndarray, ...]:
     """max_iter and max_fun (one value or one per member) as int32 data, capped at its largest."""
-    return tuple(np.minimum(np.asarray(value, np.int64), np.iinfo(np.int32).max).astype(np.int32) for value in values)
+    cap = np.iinfo(np.int32).max
+    return tuple(
+        np.minimum(np.asarray(value, np.int64), cap).astype(np.int32)
+        if np.ndim(value)
+        else np.asarray(min(value, cap), np.int32)
+        for value in values
+    )
 
 
 def packed(result: Result):
@@ -350,21 +357,24 @@ def packed(result: Result):
 
 
 def unpacked(layers, values, numbers) -> Result:
-    """The `Result` that `packed` gave (numpy, fetched), its params shaped as `layers`, the initial params (leading
-    axes of `values`, e.g. members, leading each leaf)."""
+    """The `Result` that `packed` gave (its two arrays, fetched here), its params shaped as `layers`, the initial
+    params (leading axes of `values`, e.g. members, leading each leaf): views of the one fetched vector."""
+    values, numbers = np.asarray(values), np.asarray(numbers)  # one copy each (jax.device_get: ~10× the host time)
     leaves, treedef = jax.tree.flatten(layers)
-    lead = values.shape[:-1]
-    shapes = [np.shape(leaf)[len(lead) :] for leaf in leaves]
-    ends = np.cumsum([int(np.prod(shape)) for shape in shapes])
-    parts = np.split(values[..., :-1], ends[:-1], axis=-1)
-    params = jax.tree.unflatten(treedef, [part.reshape(*lead, *shape) for part, shape in zip(parts, shapes)])
+    lead, start, parts = values.shape[:-1], 0, []
+    for leaf in leaves:
+        shape = np.shape(leaf)[len(lead) :]
+        end = start + math.prod(shape)
+        parts.append(values[..., start:end].reshape(*lead, *shape))
+        start = end
+    params = jax.tree.unflatten(treedef, parts)
     return Result(params, values[..., -1], numbers[..., 0], numbers[..., 1], numbers[..., 2])
 
 
 @functools.lru_cache(maxsize=64)  # one program per objective: a second fit of any α, tol, max_iter, max_fun or seed
 def compiled(loss_fn, members: bool):
     """`minimize` of `loss_fn` jitted, with its members (`vmap`: params, l2, tol, max_iter, max_fun one per member,
-    x and y shared) when `members`; its result `packed` (two transfers, not one a leaf: `unpacked` reads them)."""
+    x and y shared) when `members`; its result `packed` (two transfers, not one a leaf: `unpacked` fetches them)."""
     run = lambda *args: packed(minimize(loss_fn, *args))
     if members:
         run = jax.vmap(run, in_axes=(0, 0, None, None, 0, 0, 0))
