@@ -346,7 +346,9 @@ def to_sklearn(layers) -> tuple[list[np.ndarray], list[np.ndarray]]:
     Returns:
         (coefs_, intercepts_): numpy arrays of shapes (…, n_in, n_out) and (…, n_out).
     """
-    linear = jax.device_get(layers[::2])
+    linear = layers[::2]
+    if any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(linear)):  # numpy leaves (lbfgs): no tree_map
+        linear = jax.device_get(linear)  # every leaf's transfer started before one is waited for
     return [np.swapaxes(np.array(layer["weight"]), -1, -2) for layer in linear], [
         np.array(layer["bias"]) for layer in linear
     ]

@@ -17,6 +17,7 @@ iteration no longer lowers f.
 """
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -270,12 +271,13 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
     """
     flat, unravel = ravel_pytree(layers)
     value_and_grad = jax.value_and_grad(lambda v: loss_fn({"layers": unravel(v), "l2": l2}, x, y))
-    f, g = value_and_grad(flat)
-    d, slope = -g, -(g @ g)
-    reason = jnp.where(jnp.max(jnp.abs(g)) <= tol, 0, jnp.where(slope >= 0, 4, -1))
-    first_step = jnp.minimum(1 / jnp.sqrt(-slope), STEP_MAX)
-    search = start_search(f, slope, first_step).packed(f.dtype)
-    state = State(flat, f, g, d, slope, search, empty_memory(flat.size, flat.dtype), jnp.int32(0), jnp.int32(1), reason)
+    # the first evaluation is the loop's first trip (one evaluation in the program, not two): a step of 0 along
+    # d = 0, taken as a new line search's start that ends no iteration
+    zero = jnp.zeros((), flat.dtype)
+    search = start_search(zero, zero, zero).packed(flat.dtype)
+    memory = empty_memory(flat.size, flat.dtype)
+    none = jnp.zeros_like(flat)
+    state = State(flat, zero, none, none, zero, search, memory, jnp.int32(0), jnp.int32(0), jnp.int32(-1))
 
     def trip(state: State) -> State:
         search = LineSearch.unpacked(state.search)  # read here as slices, each fused into its reader
@@ -283,26 +285,28 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
         trial = state.x + step * state.direction
         f_t, g_t = value_and_grad(trial)
         slope_t = g_t @ state.direction
-        done = accepted(search, state.f, state.slope, f_t, slope_t)
+        starting = state.evaluations == 0
+        done = starting | accepted(search, state.f, state.slope, f_t, slope_t)
         failed = ~done & (search.evaluations + 1 >= MAX_LINE_SEARCH)
         fresh = done | failed  # a new line search starts
-        iterations, evaluations = state.iterations + done, state.evaluations + 1
+        iterations, evaluations = state.iterations + (done & ~starting), state.evaluations + 1
         x, f, g = _select(done, (trial, f_t, g_t), (state.x, state.f, state.g))
 
         def turn(memory: Memory):
             """A new line search: its memory, direction, slope and search state, and the reason the run ended."""
             ended = jnp.select(
                 [
+                    starting,
                     iterations >= max_iter,
                     evaluations > max_fun,
                     jnp.max(jnp.abs(g_t)) <= tol,
                     state.f - f_t <= FTOL * jnp.maximum(jnp.maximum(jnp.abs(state.f), jnp.abs(f_t)), 1),
                 ],
-                [2, 3, 0, 1],
+                [jnp.where(jnp.max(jnp.abs(g_t)) <= tol, 0, -1), 2, 3, 0, 1],
                 -1,
             )
             sy = step * (slope_t - state.slope)
-            kept = sy > jnp.finfo(sy.dtype).eps * -(state.slope * step)
+            kept = ~starting & (sy > jnp.finfo(sy.dtype).eps * -(state.slope * step))
             cleared = empty_memory(state.x.size, state.x.dtype)
             abnormal = failed & (memory.count == 0)
             memory = _select(failed, cleared, memory)
@@ -314,7 +318,7 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
             d, slope = _select(uphill, (-g, -(g @ g)), (d, slope))
             reason = jnp.where(done, ended, -1)
             reason = jnp.where((reason < 0) & (abnormal | (slope >= 0)), 4, reason)
-            search = start_search(f, slope, jnp.ones_like(f))
+            search = start_search(f, slope, jnp.where(starting, jnp.minimum(1 / jnp.sqrt(-slope), STEP_MAX), 1))
             return memory, d, slope, search.packed(f.dtype), reason.astype(state.reason.dtype)
 
         def inside(memory: Memory):
@@ -335,7 +339,13 @@ def minimize(loss_fn, layers, l2, x, y, tol, max_iter, max_fun) -> Result:
 
 def counts(*values) -> tuple[np.ndarray, ...]:
     """max_iter and max_fun (one value or one per member) as int32 data, capped at its largest."""
-    return tuple(np.minimum(np.asarray(value, np.int64), np.iinfo(np.int32).max).astype(np.int32) for value in values)
+    cap = np.iinfo(np.int32).max
+    return tuple(
+        np.minimum(np.asarray(value, np.int64), cap).astype(np.int32)
+        if np.ndim(value)
+        else np.asarray(min(value, cap), np.int32)
+        for value in values
+    )
 
 
 def packed(result: Result):
@@ -347,21 +357,24 @@ def packed(result: Result):
 
 
 def unpacked(layers, values, numbers) -> Result:
-    """The `Result` that `packed` gave (numpy, fetched), its params shaped as `layers`, the initial params (leading
-    axes of `values`, e.g. members, leading each leaf)."""
+    """The `Result` that `packed` gave (its two arrays, fetched here), its params shaped as `layers`, the initial
+    params (leading axes of `values`, e.g. members, leading each leaf): views of the one fetched vector."""
+    values, numbers = np.asarray(values), np.asarray(numbers)  # one copy each (jax.device_get: ~10× the host time)
     leaves, treedef = jax.tree.flatten(layers)
-    lead = values.shape[:-1]
-    shapes = [np.shape(leaf)[len(lead) :] for leaf in leaves]
-    ends = np.cumsum([int(np.prod(shape)) for shape in shapes])
-    parts = np.split(values[..., :-1], ends[:-1], axis=-1)
-    params = jax.tree.unflatten(treedef, [part.reshape(*lead, *shape) for part, shape in zip(parts, shapes)])
+    lead, start, parts = values.shape[:-1], 0, []
+    for leaf in leaves:
+        shape = np.shape(leaf)[len(lead) :]
+        end = start + math.prod(shape)
+        parts.append(values[..., start:end].reshape(*lead, *shape))
+        start = end
+    params = jax.tree.unflatten(treedef, parts)
     return Result(params, values[..., -1], numbers[..., 0], numbers[..., 1], numbers[..., 2])
 
 
 @functools.lru_cache(maxsize=64)  # one program per objective: a second fit of any α, tol, max_iter, max_fun or seed
 def compiled(loss_fn, members: bool):
     """`minimize` of `loss_fn` jitted, with its members (`vmap`: params, l2, tol, max_iter, max_fun one per member,
-    x and y shared) when `members`; its result `packed` (two transfers, not one a leaf: `unpacked` reads them)."""
+    x and y shared) when `members`; its result `packed` (two transfers, not one a leaf: `unpacked` fetches them)."""
     run = lambda *args: packed(minimize(loss_fn, *args))
     if members:
         run = jax.vmap(run, in_axes=(0, 0, None, None, 0, 0, 0))

@@ -246,5 +246,5 @@ def train_lbfgs(loss_fn, members: list[Member], block: Block) -> list[Result]:
         np.asarray([estimator.tol for estimator in estimators], x.dtype),
         *counts([estimator.max_iter for estimator in estimators], [estimator.max_fun for estimator in estimators]),
     )
-    result = unpacked(layers, *jax.device_get(result))
+    result = unpacked(layers, *result)
     return [jax.tree.map(lambda leaf, index=index: leaf[index], result) for index in range(len(members))]

@@ -16,7 +16,6 @@ import numbers
 import warnings
 from typing import Any
 
-import jax
 import numpy as np
 from scipy.optimize import OptimizeResult
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -273,7 +272,7 @@ class BaseMLP(BaseEstimator):
             np.asarray(self.tol, X.dtype),
             *counts(self.max_iter, self.max_fun),
         )
-        return self._adopt_lbfgs(unpacked(layers, *jax.device_get(result)))
+        return self._adopt_lbfgs(unpacked(layers, *result))
 
     def _adopt_lbfgs(self, result: Result):
         """Take an lbfgs run as the fitted state, as sklearn's `_fit_lbfgs` sets it (no loss curve; n_iter_ and the
@@ -284,7 +283,7 @@ class BaseMLP(BaseEstimator):
         reason = int(result.reason)
         ended = OptimizeResult(nit=int(result.iterations), status=STATUS[reason], message=MESSAGES[reason])
         self.n_iter_ = _check_optimize_result("lbfgs", ended, self.max_iter)
-        if not all(np.all(np.isfinite(weights)) for weights in (*self.coefs_, *self.intercepts_)):
+        if not all(np.isfinite(weights).all() for weights in (*self.coefs_, *self.intercepts_)):
             raise non_finite_error()
         return self
 
