@@ -232,6 +232,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def finished(processes, timeout: float = 240) -> list[tuple[str, str]]:
+    """Each process's (stdout, stderr) once all have exited, each having exited 0 (all are killed on a timeout)."""
+    try:
+        outputs = [process.communicate(timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+    return outputs
+
+
 def fake_devices(count: int) -> dict:
     """The variables that give a `bp-jax` subprocess `count` CPU devices (read when JAX starts)."""
     return {"JAX_NUM_CPU_DEVICES": str(count), "PYTHONPATH": str(ROOT)}

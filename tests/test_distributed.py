@@ -16,6 +16,7 @@ from helpers import (
     commands_in_a_process,
     fake_devices,
     final_state,
+    finished,
     free_port,
     run_cli,
     strict_json,
@@ -221,13 +222,7 @@ def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
         )
         for i in range(2)
     ]
-    try:
-        outputs = [process.communicate(timeout=240) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    for process, (_, stderr) in zip(processes, outputs):
-        assert process.returncode == 0, stderr
+    outputs = finished(processes)
     metrics = json.loads((tmp_path / "process-0" / "metrics.json").read_text())
     assert (metrics["devices"], metrics["processes"]) == (4, 2)
     assert not (tmp_path / "process-1").exists(), "only process 0 writes files"

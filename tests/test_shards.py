@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, fake_devices, final_state, free_port, run_cli, strict_json
+from helpers import ROOT, fake_devices, final_state, finished, free_port, run_cli, strict_json
 
 import bp_jax
 from bp_jax.cli import shards
@@ -155,13 +155,7 @@ def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_
                          stderr=subprocess.PIPE, text=True)
         for argv, devices in commands
     ]  # fmt: skip
-    try:
-        outputs = [process.communicate(timeout=240) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    for process, (_, stderr) in zip(processes, outputs):
-        assert process.returncode == 0, stderr
+    outputs = finished(processes)
     one, *two = [json.loads(stdout.splitlines()[-1]) for stdout, _ in outputs]
     assert one["dtypes"] == ["float64"]
     for process in two:
