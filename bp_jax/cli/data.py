@@ -230,7 +230,6 @@ def read(source: str, *, seed: int = 0, columns: Sequence[str] | None = None):
     A CSV's first column unnamed in the header is a row index: left out, with a note in `frame.attrs["notes"]`.
     With `columns`, only those are read (in the file's order: a parquet's column projection, a CSV's usecols),
     and a file is refused before it is read when they would not fit in the memory available (`refuse_too_big`)."""
-    import pandas as pd
 
     if source in NAMES:
         frame = _built_in(source, seed)
@@ -240,9 +239,9 @@ def read(source: str, *, seed: int = 0, columns: Sequence[str] | None = None):
         suffix = path.suffix.lower()
         if columns is not None:
             refuse_too_big(source, _rows(path), len(columns))
-        if suffix == ".parquet":  # split_blocks and self_destruct: each column converted alone, arrow's copy freed
-            arrow = {"split_blocks": True, "self_destruct": True}
-            return pd.read_parquet(path, columns=None if columns is None else list(columns), to_pandas_kwargs=arrow)
+        if suffix == ".parquet":
+            names = column_names(source)
+            return _read_parquet(path, names if columns is None else [name for name in names if name in columns])
         return _read_npz(path, columns) if suffix == ".npz" else _read_csv(path, columns)
 
 
@@ -354,6 +353,17 @@ def _read_csv(path: Path, columns: Sequence[str] | None):
     return frame
 
 
+def _read_parquet(path: Path, columns: Sequence[str]):
+    """The parquet's `columns` as pandas reads them, read a column at a time (its compressed pages not held
+    whole, its arrow copy freed as it is converted) into one DataFrame without copying: reading holds little
+    more than the columns themselves (reading all at once held about twice as much)."""
+    import pandas as pd
+
+    arrow = {"split_blocks": True, "self_destruct": True}
+    read = lambda name: pd.read_parquet(path, columns=[name], pre_buffer=False, to_pandas_kwargs=arrow)[name]
+    return pd.DataFrame({name: read(name) for name in columns}, copy=False)
+
+
 def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The shapes of the .npz's arrays, from their headers; DataError when it is no zip or lacks `x`."""
     if not zipfile.is_zipfile(path):
@@ -458,8 +468,8 @@ def _numbers(cells, name: str, source: str) -> np.ndarray:
 
 
 def _standardised(values: np.ndarray, mean, std, names, source: str, rows=None) -> np.ndarray:
-    """(values − mean) / std as float32 (columns named `names`, rows numbered `rows` in the file, default
-    1, 2, …); DataError naming the first cell whose standardised value float32 cannot hold."""
+    """(values − mean) / std as float32 (columns named `names`, the rows at `rows` in the file, from 0; default
+    0, 1, …); DataError naming the first cell whose standardised value float32 cannot hold (by its row from 1)."""
     with np.errstate(over="ignore"):
         standardised = ((values - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
     bad = np.argwhere(~np.isfinite(standardised))
@@ -471,7 +481,7 @@ def _standardised(values: np.ndarray, mean, std, names, source: str, rows=None) 
 
 def _beyond(source: str, name: str, row: int, rows, value: float, mean: float, std: float) -> str:
     return (
-        f"{source}: column {name!r}, row {row + 1 if rows is None else rows[row]}: the cell "
+        f"{source}: column {name!r}, row {(row if rows is None else rows[row]) + 1}: the cell "
         f"{value} standardises to beyond float32's range (the training rows' mean "
         f"{mean:.3g}, standard deviation {std:.3g})"
     )
@@ -482,8 +492,8 @@ def _standardised_inputs(columns, statistics, width: int, parts, rows: int, sour
     or None for all), from `columns`: per feature (name, values, inputs), its `Scaling.values` standardised,
     (x − mean) / std with (mean, std) = statistics(name, its first part's values), or its category indices
     one-hot over `inputs` inputs. Each part's values are gathered once and standardised in place. DataError
-    naming the first cell (by row, then input) whose standardised value float32 cannot hold (rows numbered by
-    `numbers` in the file; default 1, 2, …): after every column's own checks, as if all were standardised at once."""
+    naming the first cell (by row, then input) whose standardised value float32 cannot hold (the rows at `numbers`
+    in the file, from 0; default 0, 1, …): after every column's own checks, as if all were standardised at once."""
     outputs = [np.empty((rows if part is None else len(part), width), np.float32) for part in parts]
     first, offset = None, 0
     for name, values, inputs in columns:
@@ -812,7 +822,7 @@ def load(
             else float(pd.to_numeric(cells, errors="coerce").mean())
         )
     categories = {name: tuple(sorted(_text(column(name).iloc[train].dropna()).unique())) for name in text}
-    rows = (frame.index if kept is None else frame.index[kept]).to_numpy() + 1  # each row's number in the file
+    rows = frame.index if kept is None else frame.index[kept]  # each row's in the file (from 0: a RangeIndex mostly)
     if task == "classification":
         labels = column(target).to_numpy(np.int64 if integer_classes else None)  # spelled as in the file
         codes, distinct = pd.factorize(labels)
@@ -821,7 +831,7 @@ def load(
         if infinite:
             first = np.flatnonzero(np.isin(codes, infinite))[0]
             raise DataError(
-                f"{source}: column {target!r}, row {rows[first]}: the class {labels[first]} is not a "
+                f"{source}: column {target!r}, row {rows[first] + 1}: the class {labels[first]} is not a "
                 f"finite number; a class is text, a boolean or a finite number"
             )
         classes = tuple(sorted(set(spelled), key=lambda label: (str(type(label)), label)))
