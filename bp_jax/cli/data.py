@@ -137,7 +137,6 @@ class Scaling(NamedTuple):
         """One feature's cells as the model reads them, before standardising: float64 numbers (empty cells
         filled), or for a text feature each cell's index in `categories[name]` (int64). A category not among
         the training ones is an error (`unseen="error"`) or −1, no input set (`"zeros"`)."""
-        import pandas as pd
 
         if name in self.fill:
             cells = cells.fillna(self.fill[name])
@@ -149,17 +148,17 @@ class Scaling(NamedTuple):
             raise DataError(
                 f"{source}: column {name!r}, row {cells.index[np.flatnonzero(empty)[0]] + 1}: the cell is empty or NaN"
             )
-        text = _text(cells).to_numpy()
-        index = pd.Index(known).get_indexer(text)
+        text = _text(cells)
+        index = _category_index(text, known)
         if unseen == "error" and (index < 0).any():
             bad = np.flatnonzero(index < 0)[0]
             raise DataError(
-                f"{source}: column {name!r}, row {cells.index[bad] + 1}: {text[bad]!r} is not a "
+                f"{source}: column {name!r}, row {cells.index[bad] + 1}: {text.iloc[bad]!r} is not a "
                 f"category the run was trained on; the known ones are {', '.join(map(repr, known))}"
             )
-        return index.astype(np.int64)
+        return index
 
-    def target(self, y: np.ndarray, source: str, rows=None) -> np.ndarray:
+    def target(self, y, source: str, rows=None) -> np.ndarray:
         """Regression: (y − y_mean) / y_std as float32, of shape (rows, 1); classification: each value's index
         in `classes`, int32 of shape (rows,)."""
         if self.task == "classification":
@@ -494,23 +493,23 @@ def _standardised_inputs(columns, statistics, width: int, parts, rows: int, sour
     one-hot over `inputs` inputs. Each part's values are gathered once and standardised in place. DataError
     naming the first cell (by row, then input) whose standardised value float32 cannot hold (the rows at `numbers`
     in the file, from 0; default 0, 1, …): after every column's own checks, as if all were standardised at once."""
-    outputs = [np.empty((rows if part is None else len(part), width), np.float32) for part in parts]
+    outputs = [np.zeros((rows if part is None else len(part), width), np.float32) for part in parts]  # one-hot 0s
     first, offset = None, 0
     for name, values, inputs in columns:
         for index, (output, part) in enumerate(zip(outputs, parts, strict=True)):
             chosen = values if part is None else np.take(values, part)
             if values.dtype.kind != "f":
-                output[:, offset : offset + inputs] = 0
-                known = np.flatnonzero(chosen >= 0)
-                output[known, offset + chosen[known]] = 1
+                known = np.flatnonzero(chosen >= 0)  # a row's 1 at its category's input, by its flat position
+                np.put(output.reshape(-1), known * width + offset + chosen[known], 1)
                 continue
             if index == 0:
                 mean, std = statistics(name, chosen)
             with np.errstate(over="ignore"):
                 standardised = chosen - mean if part is None else np.subtract(chosen, mean, out=chosen)
                 standardised /= std
-                output[:, offset] = standardised  # as float32
-            bad = np.flatnonzero(~np.isfinite(output[:, offset]))
+                standardised = standardised.astype(np.float32)
+            output[:, offset] = standardised
+            bad = np.flatnonzero(~np.isfinite(standardised))
             row = (bad if part is None else part[bad]).min(initial=rows)
             if row < (rows if first is None else first[1]):  # on a tie the earlier input is first
                 first = (name, row, values[row], mean, std)
@@ -544,9 +543,13 @@ def _kind(column) -> str:
     if pd.api.types.is_datetime64_any_dtype(column) or isinstance(column.dtype, pd.PeriodDtype):
         return "date"
     cells = column.dropna()
-    if len(cells) and pd.to_numeric(cells, errors="coerce").notna().mean() > 0.5:
+    if not len(cells):
+        return "text"
+    distinct = cells.value_counts(sort=False)  # each distinct cell parsed once, counted as often as it comes
+    numbers = pd.to_numeric(distinct.index, errors="coerce").notna()
+    if distinct.to_numpy()[numbers].sum() / len(cells) > 0.5:
         return "numeric"
-    return "date" if len(cells) and _dates(cells) else "text"
+    return "date" if _dates(distinct.index) else "text"
 
 
 def _typed_numeric(column) -> bool:
@@ -563,14 +566,34 @@ def _text(cells):
     return cells if isinstance(cells.dtype, pd.StringDtype) else cells.map(str)
 
 
-def _dates(cells) -> bool:
-    """Whether every cell is text written as a date or time (DATE): the distinct cells matched by pyarrow at
-    once, those it leaves by Python's re (whose \\d and \\s take more than ASCII), stopping at the first other."""
+def _category_counts(cells, parts) -> tuple[list[str], list[np.ndarray]]:
+    """(the distinct texts of a column's filled cells, how often each comes in each part's rows)."""
     import pandas as pd
 
-    if not (isinstance(cells.dtype, pd.StringDtype) or pd.api.types.infer_dtype(cells, skipna=False) == "string"):
+    codes, distinct = pd.factorize(_text(cells))  # an empty cell: −1
+    counts = [np.bincount(chosen[chosen >= 0], minlength=len(distinct)) for chosen in (codes[part] for part in parts)]
+    return [str(text) for text in distinct], counts
+
+
+def _category_index(text, known: tuple[str, ...]) -> np.ndarray:
+    """Each cell's index in `known`, −1 for none of them (int64), by pyarrow over the column at once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cells = pa.array(text)
+    index = pc.index_in(cells, value_set=pa.array(known, type=cells.type))
+    return index.fill_null(-1).to_numpy().astype(np.int64)
+
+
+def _dates(distinct) -> bool:
+    """Whether every one of the `distinct` cells (an Index) is text written as a date or time (DATE): matched by
+    pyarrow at once, those it leaves by Python's re (whose \\d and \\s take more than ASCII), stopping at the
+    first other."""
+    import pandas as pd
+
+    if not (isinstance(distinct.dtype, pd.StringDtype) or pd.api.types.infer_dtype(distinct, skipna=False) == "string"):
         return False
-    distinct = pd.Series(cells.unique(), dtype="str")
+    distinct = pd.Series(distinct, dtype="str")
     if DATE.fullmatch(distinct.iloc[0]) is None:
         return False
     matched = distinct.str.fullmatch(DATE.pattern).to_numpy(bool)
@@ -605,7 +628,7 @@ def _class_index(classes: tuple, values) -> np.ndarray:
     import pandas as pd
 
     position = {label: index for index, label in enumerate(classes)}
-    codes, distinct = pd.factorize(np.asarray(values))
+    codes, distinct = pd.factorize(values)
     return np.asarray([position[_label(value)] for value in distinct], np.int32)[codes]
 
 
@@ -810,28 +833,33 @@ def load(
         raise DataError(
             f"{source}: column {sample_weight!r} weighs 0 in every training row; --sample-weight needs a weight > 0"
         )
-    text = [name for name in features if kinds[name] == "text"]
+    text = {name: _category_counts(column(name), (train, test)) for name in features if kinds[name] == "text"}
     fill: dict = {}
     for name in features if missing == "impute" else ():  # every feature: a gap may come in new rows only
-        cells = column(name).iloc[train].dropna()
-        if not len(cells):
+        value: float | str
+        if name in text:  # the most frequent category (the first in order on a tie)
+            ordered = sorted(zip(text[name][0], text[name][1][0], strict=True), key=lambda category: category[0])
+            value, count = max(ordered, key=lambda category: category[1], default=("", 0))
+        else:
+            cells = column(name).iloc[train].dropna()
+            value, count = float(pd.to_numeric(cells, errors="coerce").mean()), len(cells)  # the mean
+        if not count:
             raise DataError(f"{source}: column {name!r} has no value in the training rows to impute from")
-        fill[name] = (  # the most frequent category (the first in order on a tie), or the mean
-            _text(cells).value_counts().sort_index().idxmax()
-            if name in text
-            else float(pd.to_numeric(cells, errors="coerce").mean())
-        )
-    categories = {name: tuple(sorted(_text(column(name).iloc[train].dropna()).unique())) for name in text}
+        fill[name] = value
+    categories = {
+        name: tuple(sorted(category for category, count in zip(distinct, counts, strict=True) if count))
+        for name, (distinct, (counts, _)) in text.items()
+    }
     rows = frame.index if kept is None else frame.index[kept]  # each row's in the file (from 0: a RangeIndex mostly)
     if task == "classification":
-        labels = column(target).to_numpy(np.int64 if integer_classes else None)  # spelled as in the file
+        labels = column(target).astype(np.int64) if integer_classes else column(target)  # spelled as in the file
         codes, distinct = pd.factorize(labels)
         spelled = [_label(value) for value in distinct]
         infinite = [code for code, label in enumerate(spelled) if isinstance(label, float) and np.isinf(label)]
         if infinite:
             first = np.flatnonzero(np.isin(codes, infinite))[0]
             raise DataError(
-                f"{source}: column {target!r}, row {rows[first] + 1}: the class {labels[first]} is not a "
+                f"{source}: column {target!r}, row {rows[first] + 1}: the class {labels.iloc[first]} is not a "
                 f"finite number; a class is text, a boolean or a finite number"
             )
         classes = tuple(sorted(set(spelled), key=lambda label: (str(type(label)), label)))
@@ -860,8 +888,10 @@ def load(
     x_train, x_test = _standardised_inputs(columns, statistics, len(x_mean), (train, test), n, source, rows)
     scaling = scaling._replace(x_mean=tuple(x_mean), x_std=tuple(x_std))
     unseen = {
-        name: sorted(set(_text(column(name).iloc[test].dropna()).unique()) - set(known))
-        for name, known in categories.items()
+        name: sorted(
+            category for category, trained, held in zip(distinct, *counts, strict=True) if held and not trained
+        )
+        for name, (distinct, counts) in text.items()
     }
     notes += [
         f"{source}: column {name!r} holds {', '.join(map(repr, values))} in held-out rows only, not in "

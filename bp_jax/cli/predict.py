@@ -70,7 +70,7 @@ def predictions(model, params, scaling: data.Scaling, frame, source: str, *, ens
     import pandas as pd
 
     x = scaling.features(frame, source)
-    apply = jax.vmap(model.apply, (0, None)) if ensemble else lambda params, x: model.apply(params, x)[None]
+    apply = jax.jit(jax.vmap(model.apply, (0, None)) if ensemble else lambda params, x: model.apply(params, x)[None])
     with jax.default_matmul_precision("highest"):
         outputs = np.asarray(apply(params, jnp.asarray(x)), np.float64)  # (members, rows, outputs)
     bad = np.flatnonzero(~np.isfinite(outputs).all(axis=(0, 2))) + 1
