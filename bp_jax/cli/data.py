@@ -33,6 +33,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import sys
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -794,7 +795,6 @@ def load(
     least one) chosen by `split_seed`, and encode and standardise with the training rows' statistics:
     categories, fill values, means and deviations (see `Scaling`); `sample_weight` names a column of row
     weights (`Split.w_train`). Each column is checked and converted on its own, once, into the float32 inputs."""
-    import pandas as pd
 
     names = column_names(source)
     if target is None and Path(source).suffix.lower() == ".npz" and "y" not in names:
@@ -804,7 +804,37 @@ def load(
         )
     features, target = _choose(names, source, target, features, sample_weight)
     used = (*features, target, *([sample_weight] if sample_weight else []))
-    frame = read_columns(source, seed=split_seed, columns=used)
+    split = _split(
+        read_columns(source, seed=split_seed, columns=used),
+        source,
+        features,
+        target,
+        split_seed=split_seed,
+        test_fraction=test_fraction,
+        task=task,
+        missing=missing,
+        sample_weight=sample_weight,
+    )
+    if "pyarrow" in sys.modules:  # the table as read is freed: its memory back to the system now, not later
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    return split
+
+
+def _split(
+    frame,
+    source: str,
+    features: tuple[str, ...],
+    target: str,
+    *,
+    split_seed: int,
+    test_fraction: float,
+    task: str,
+    missing: str,
+    sample_weight: str | None,
+) -> Split:
+    """`load`'s work on the used columns as read: the checks, the split and the inputs, each column on its own."""
+    import pandas as pd
+
     if len(frame) == 0:
         raise DataError(f"{source}: no rows")
     fingerprint, task = _fingerprint(frame, features, target, sample_weight), _task(frame[target], task)
