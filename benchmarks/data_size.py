@@ -8,10 +8,18 @@ the 354 rows, and the same 10 → 5 → 3 network as an MSE regression, beside t
 rows drawn per step from the largest data set, all timed in turns. Compile rows: a `fit` of a configuration
 never compiled before (a new model's loss function), then one of the same configuration with new steps, chunk
 size and start step, in turns, with the number of XLA compilations each made. Command rows: wall time of
-`python -m bp_jax train` processes, in turns.
+`python -m bp_jax train` processes, in turns. Table rows (#34): the commands on tables of 2 000 000 rows the suite
+writes (10 numeric features and a target; the same with two of the features text and 1 % of three columns' cells
+empty), each a new process in turns with its baseline (`train --steps 1` on diabetes; pandas reading the table
+and writing a column of 2 000 000 numbers as CSV, what predict writes), with each process's peak memory
+(ru_maxrss, through a small process between: a child starts with its parent's peak), and `data.load` in this
+process in turns with `pandas.read_parquet`.
 """
 
 import functools
+import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +53,25 @@ CACHE_OFF = "bp-jax train --steps 1, BP_JAX_COMPILE_CACHE=off"
 FIRST_CALL = {"steps": 1000, "chunk_size": 1000}  # minibatches of 32 of 354 rows, as `bp-jax train`
 SECOND_CALL = {"steps": 1500, "chunk_size": 300, "start_step": 7}
 CHECKPOINT_STEPS = 20_000
+TABLE_ROWS = 2_000_000
+TABLE_FEATURES = 10
+NUMERIC = f"{TABLE_ROWS:,} × {TABLE_FEATURES} numbers".replace(",", " ")
+TEXT = f"{TABLE_ROWS:,} × {TABLE_FEATURES}, 2 text columns, 1 % empty cells in 3 columns".replace(",", " ")
+TABLE_DIABETES = "bp-jax train --dataset diabetes --steps 1 (warm cache)"
+TABLE_NUMERIC = f"bp-jax train --data numeric.parquet --steps 1 ({NUMERIC}; warm cache)"
+TABLE_TEXT = f"bp-jax train --data text.parquet --missing impute --steps 1 ({TEXT}; warm cache)"
+TABLE_PREDICT = f"bp-jax predict RUN --data numeric.parquet --out FILE ({NUMERIC}; warm cache)"
+TABLE_PANDAS = "python: pandas.read_parquet(numeric.parquet), its target column .to_csv(FILE)"
+TABLE_LOAD = "bp_jax.cli.data.load(numeric.parquet), in this process"
+TABLE_READ = "pandas.read_parquet(numeric.parquet), in this process"
+#: each row's baseline: what the goal allows it beyond (seconds): train 3 s over diabetes, text 6 s, predict 3 s
+#: over pandas reading and writing
+TABLE_BASELINES = {
+    TABLE_NUMERIC: (TABLE_DIABETES, 3.0),
+    TABLE_TEXT: (TABLE_DIABETES, 6.0),
+    TABLE_PREDICT: (TABLE_PANDAS, 3.0),
+    TABLE_LOAD: (TABLE_READ, None),
+}
 
 
 def spaced(count: int) -> str:
@@ -69,10 +96,11 @@ def run(smoke: bool) -> dict:
     record.guarded("fit step by data size", lambda: _step_rows(record, smoke, steps))
     record.guarded("compile and re-use", lambda: _compile_rows(record, repeats=2 if smoke else 5))
     if smoke:
-        for name in (COLD, WARM, CACHE_OFF, checkpoint_name(997), checkpoint_name(1000)):
+        for name in (COLD, WARM, CACHE_OFF, checkpoint_name(997), checkpoint_name(1000), *_TABLE_NAMES):
             record.skip(name, "not run in --smoke (each run is a new Python process that compiles: seconds)")
     else:
         record.guarded("bp-jax train", lambda: _command_rows(record, repeats=3))
+        record.guarded("tables of 2 000 000 rows", lambda: _table_rows(record, repeats=5))
     return record.as_dict(
         problem={
             "sizes": SEED_SIZES,
@@ -231,3 +259,114 @@ def _train(options: tuple[str, ...], cache: Callable[[], str], scratch: Path) ->
         cwd=scratch,
         env={"BP_JAX_COMPILE_CACHE": cache()},
     )
+
+
+_TABLE_NAMES = (TABLE_DIABETES, TABLE_NUMERIC, TABLE_TEXT, TABLE_PREDICT, TABLE_PANDAS, TABLE_LOAD, TABLE_READ)
+
+
+def _write_tables(folder: Path) -> None:
+    """numeric.parquet: x ~ N(0, 1) and y = sin(x·a) + noise; text.parquet: the same with x0 and x1 as text
+    (5 and 40 categories) and 1 % of x0, x1 and x2 empty."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((TABLE_ROWS, TABLE_FEATURES))
+    table = pd.DataFrame({f"x{i}": x[:, i] for i in range(TABLE_FEATURES)})
+    table["y"] = np.sin(x @ (rng.standard_normal(TABLE_FEATURES) / 3)) + 0.1 * rng.standard_normal(TABLE_ROWS)
+    table.to_parquet(folder / "numeric.parquet")
+    for name, categories in (("x0", 5), ("x1", 40)):
+        table[name] = pd.Series(
+            np.asarray([f"c{k}" for k in range(categories)])[rng.integers(0, categories, TABLE_ROWS)]
+        )
+    for name in ("x0", "x1", "x2"):
+        table.loc[rng.uniform(size=TABLE_ROWS) < 0.01, name] = None
+    table.to_parquet(folder / "text.parquet")
+
+
+#: run a command, then print its peak resident memory (ru_maxrss, KiB): a small process between this one and
+#: the command, whose memory Linux would count as the command's own (a child starts with its parent's peak)
+PEAK = (
+    "import os, subprocess, sys; process = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+    "_, status, usage = os.wait4(process.pid, 0); print(usage.ru_maxrss); sys.exit(os.waitstatus_to_exitcode(status))"
+)
+
+
+def _peak_process(argv: tuple[str, ...], cwd: Path, env: dict, peaks: list) -> None:
+    """Run `python ARGV` to its end, appending its peak resident memory (bytes) to `peaks`; RuntimeError with
+    the last line of its stderr if it fails."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=os.environ | env,
+    )
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no stderr"])[-1]
+        raise RuntimeError(f"python {' '.join(argv)} exited with {done.returncode}: {last}")
+    peaks.append(int(done.stdout.split()[-1]) * 1024)
+
+
+def _table_rows(record: SuiteRecord, repeats: int) -> None:
+    """The table rows, each command a new process in turns with its baseline, with its peak memory."""
+    import pandas as pd
+
+    from bp_jax.cli import data
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        _write_tables(scratch)
+        env = {"BP_JAX_COMPILE_CACHE": tempfile.mkdtemp(dir=scratch)}
+        out = lambda: tempfile.mkdtemp(dir=scratch)
+        train = ("-m", "bp_jax", "train", "--steps", "1")
+        _peak_process((*train, "--data", "numeric.parquet", "--out", str(scratch / "run")), scratch, env, [])
+        pandas_code = (
+            "import sys, pandas; pandas.read_parquet('numeric.parquet')[['y']].to_csv(sys.argv[1], index=False)"
+        )
+        commands = {
+            TABLE_DIABETES: lambda: (*train, "--dataset", "diabetes", "--out", out()),
+            TABLE_NUMERIC: lambda: (*train, "--data", "numeric.parquet", "--out", out()),
+            TABLE_TEXT: lambda: (*train, "--data", "text.parquet", "--missing", "impute", "--out", out()),
+            TABLE_PREDICT: lambda: (
+                "-m",
+                "bp_jax",
+                "predict",
+                "run",
+                "--data",
+                "numeric.parquet",
+                "--out",
+                out() + "/p.csv",
+            ),
+            TABLE_PANDAS: lambda: ("-c", pandas_code, out() + "/p.csv"),
+        }
+        peaks: dict[str, list] = {name: [] for name in commands}
+        timers = {
+            name: record.warmed(
+                name,
+                lambda argv=argv, name=name: Timer(
+                    lambda: _peak_process(argv(), scratch, env, peaks[name]), sync=lambda _: None
+                ),
+            )
+            for name, argv in commands.items()
+        }
+        source = str(scratch / "numeric.parquet")
+        timers[TABLE_LOAD] = record.warmed(TABLE_LOAD, lambda: Timer(lambda: data.load(source), sync=lambda _: None))
+        timers[TABLE_READ] = record.warmed(
+            TABLE_READ, lambda: Timer(lambda: pd.read_parquet(source), sync=lambda _: None)
+        )
+        timings = time_interleaved(
+            {name: timer for name, timer in timers.items() if timer is not None}, repeats=repeats
+        )
+    table_bytes = 8 * TABLE_ROWS * (TABLE_FEATURES + 1)
+    median_peak = {name: float(np.median(values[-repeats:])) for name, values in peaks.items() if values}
+    for name, timing in timings.items():
+        baseline, allowed = TABLE_BASELINES.get(name, (None, None))
+        row = {"name": name, "group": "table", "framework": "bp_jax", "seconds": timing}
+        if name in median_peak:
+            row["peak_memory_bytes"] = median_peak[name]
+        if baseline in timings:
+            row |= {"baseline": baseline, "over_baseline_s": timing["median"] - timings[baseline]["median"]}
+            row["allowed_over_baseline_s"] = allowed
+        if baseline in median_peak:
+            row["memory_over_baseline_in_tables"] = (median_peak[name] - median_peak[baseline]) / table_bytes
+        record.rows.append(row)

@@ -389,3 +389,76 @@ def test_an_unusable_compile_cache_flag_is_an_error_naming_the_flag(tmp_path):
         result = run_cli("train", "--steps", 5, "--out", tmp_path / "run", "--compile-cache", folder, check=False)
         _refused(result, f"--compile-cache {folder}: cannot ")
         assert not (tmp_path / "run").exists()
+
+
+def test_a_table_too_big_for_memory_is_refused_before_it_is_read(tmp_path, csv_run, monkeypatch):
+    """Train and predict name the table's size and the memory available, exit 2, and never read the cells."""
+    from bp_jax.cli import data
+
+    houses(100).to_csv(tmp_path / "houses.csv", index=False)
+    houses(100).to_parquet(tmp_path / "houses.parquet")
+    monkeypatch.setattr(data, "available_memory", lambda: 5_000)  # 100 rows × 5 columns: 4 000 bytes as float64
+    read_csv = pd.read_csv  # the header alone is read (nrows=1), the cells never
+    monkeypatch.setattr(
+        pd,
+        "read_csv",
+        lambda *args, **kwargs: (
+            read_csv(*args, **kwargs) if kwargs.get("nrows") == 1 else pytest.fail("the CSV's cells were read")
+        ),
+    )
+    monkeypatch.setattr(pd, "read_parquet", lambda *args, **kwargs: pytest.fail("the parquet's cells were read"))
+    for name in ("houses.csv", "houses.parquet"):
+        result = run_cli("train", "--data", tmp_path / name, "--steps", 10, "--out", tmp_path / "run", check=False)
+        _refused(result, f"{name}: the table is too big for memory: 100 rows × 5 columns (4e-06 GB as float64)")
+        assert "and 5e-06 GB is available" in result.stderr and not (tmp_path / "run").exists()
+    result = run_cli("predict", csv_run[0], "--data", tmp_path / "houses.parquet", check=False)
+    _refused(result, "houses.parquet: the table is too big for memory: 100 rows × 4 columns")
+
+
+def test_only_the_used_columns_are_read_and_each_table_fingerprinted_as_before(tmp_path, monkeypatch):
+    """`load` asks `read` for the target, features and weight alone, and a CSV or parquet gives just those; the
+    fingerprint, hashed CHUNK_ROWS rows at a time, is the sha256 of all rows at once as older runs recorded it:
+    float64 bytes of the rows of numbers, pandas' row hashes of a table with text."""
+    import hashlib
+
+    from bp_jax.cli import data
+
+    monkeypatch.setattr(data, "CHUNK_ROWS", 7)  # 50 rows: chunks of 7 and a last one of 1
+    table = houses(50).assign(flag=lambda frame: frame["rooms"] > 3, note="x")
+    table["rooms"] = table["rooms"].astype("Int64").where(table.index != 4)  # a gap in a nullable column
+    table.to_parquet(tmp_path / "t.parquet")
+    table.assign(note=[f"free text {i}" for i in range(50)]).to_csv(tmp_path / "t.csv")  # and an index column
+    asked = []
+    spy = lambda source, **kwargs: asked.append(kwargs["columns"]) or data.read(source, **kwargs)
+    for name, features, weight in [
+        ("t.parquet", ("size", "rooms", "flag"), "age"),
+        ("t.csv", ("size", "floors"), None),
+    ]:
+        split = data.load(
+            str(tmp_path / name),
+            target="price",
+            features=features,
+            sample_weight=weight,
+            missing="drop",
+            read_columns=spy,
+        )
+        features = split.scaling.feature_names
+        used = [*features, "price", *([weight] if weight else [])]
+        assert sorted(asked[-1]) == sorted(used) and "note" not in asked[-1]
+        assert sorted(data.read(str(tmp_path / name), columns=asked[-1]).columns) == sorted(used)
+        rows = data.read(str(tmp_path / name))[used]
+        content = (
+            rows.to_numpy(np.float64, na_value=np.nan).tobytes()
+            if all(pd.api.types.is_numeric_dtype(rows[column]) for column in used)
+            else pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()
+        )
+        assert split.fingerprint == hashlib.sha256(content + repr((features, "price")).encode()).hexdigest()
+
+
+def test_dates_are_told_by_pythons_re_where_pyarrow_differs():
+    """pyarrow's \\d and \\s are ASCII: a date in other digits is still a date, and text is not."""
+    from bp_jax.cli import data
+
+    assert data._kind(pd.Series(["2024-01-0\u0663", "2024-01-02", None])) == "date"  # ٣, an Arabic-Indic 3
+    assert data._kind(pd.Series(["2024-01-01", "2024-01-02x"])) == "text"
+    assert data._kind(pd.Series(["2024-01-01", 3.5], dtype=object)) == "text"

@@ -38,12 +38,13 @@ def run(args) -> int:
         raise UsageError(f"--out {args.out} already exists; choose a new file")
     trained, model, params = runs.read_trained(args.run_dir)
     runs.refuse_diverged(trained, args.run_dir, allowed=args.allow_diverged)
-    table = data.read(str(args.data))
+    source, scaling = str(args.data), trained.scaling
     weight = trained.config.sample_weight  # a column of row weights is no feature: present or not, it is not read
-    if weight is not None and weight in table.columns:
-        table = table.drop(columns=[weight])
+    names = [name for name in data.column_names(source) if name != weight]
+    table = data.read(source, columns=[name for name in names if name in scaling.feature_names])  # the features only
     print(*(f"bp-jax: note: {note}\n" for note in table.attrs.get("notes", ())), sep="", end="", file=sys.stderr)
-    frame = predictions(model, params, trained.scaling, table, str(args.data), ensemble=trained.config.ensemble > 1)
+    scaling.check_columns(names, source)
+    frame = predictions(model, params, scaling, table, source, ensemble=trained.config.ensemble > 1)
     with interrupts.current().writing():  # a signal now lets the CSV be written whole
         if args.out is None:
             try:
@@ -69,7 +70,7 @@ def predictions(model, params, scaling: data.Scaling, frame, source: str, *, ens
     import pandas as pd
 
     x = scaling.features(frame, source)
-    apply = jax.vmap(model.apply, (0, None)) if ensemble else lambda params, x: model.apply(params, x)[None]
+    apply = jax.jit(jax.vmap(model.apply, (0, None)) if ensemble else lambda params, x: model.apply(params, x)[None])
     with jax.default_matmul_precision("highest"):
         outputs = np.asarray(apply(params, jnp.asarray(x)), np.float64)  # (members, rows, outputs)
     bad = np.flatnonzero(~np.isfinite(outputs).all(axis=(0, 2))) + 1

@@ -323,12 +323,11 @@ def scores(model: bp_jax.Model, split: data.Split, *, ensemble: bool = False) ->
     (log loss: the mean softmax cross-entropy; accuracy: rows right over rows, divided exactly on the host)."""
     fn = loss(model, split.scaling)
     classify = split.scaling.task == "classification"
-    parts = (("train", split.x_train, split.y_train), ("held_out", split.x_test, split.y_test))
-    arrays = [(x, y) for _, x, y in parts]  # arguments, not constants: a program holds no rows (nor a cache entry)
+    parts = {"train": (split.x_train, split.y_train), "held_out": (split.x_test, split.y_test)}
 
-    def measured(params, arrays):
+    def measured(params, parts):  # the rows are arguments: as constants of the program they would be compiled in
         metrics = {}
-        for (name, _, _), (x, y) in zip(parts, arrays, strict=True):
+        for name, (x, y) in parts.items():
             if classify:
                 metrics[f"{name}_accuracy"] = jnp.sum(jnp.argmax(model.apply(params, x), axis=1) == y)
                 metrics[f"{name}_log_loss"] = fn(params, x, y)
@@ -339,8 +338,8 @@ def scores(model: bp_jax.Model, split: data.Split, *, ensemble: bool = False) ->
     program = jax.jit(jax.vmap(measured, (0, None)) if ensemble else measured)
 
     def on_host(params) -> dict:
-        metrics = {name: np.asarray(value, np.float64) for name, value in program(params, arrays).items()}
-        for name, _, y in parts if classify else ():
+        metrics = {name: np.asarray(value, np.float64) for name, value in program(params, parts).items()}
+        for name, (_, y) in parts.items() if classify else ():
             metrics[f"{name}_accuracy"] /= len(y)
         return metrics
 
@@ -354,14 +353,13 @@ def ensemble_scores(model: bp_jax.Model, split: data.Split) -> Callable:
     the target's units, a linear map of the standardised one). Classification: the averaged probabilities p̄,
     train_/held_out_accuracy of argmax p̄ and train_/held_out_log_loss, the mean −log p̄_y."""
     classify = split.scaling.task == "classification"
-    parts = (("train", split.x_train, split.y_train), ("held_out", split.x_test, split.y_test))
-    arrays = [(x, y) for _, x, y in parts]  # arguments, not constants, as in `scores`
+    parts = {"train": (split.x_train, split.y_train), "held_out": (split.x_test, split.y_test)}
     outputs = jax.vmap(model.apply, (0, None))
 
     @jax.jit
-    def measured(params, arrays):
+    def measured(params, parts):  # the rows as arguments, as in `scores`
         metrics = {}
-        for (name, _, _), (x, y) in zip(parts, arrays, strict=True):
+        for name, (x, y) in parts.items():
             members = outputs(params, x)  # (members, rows, outputs)
             if classify:
                 mean = jnp.mean(jax.nn.softmax(members, axis=-1), axis=0)
@@ -378,7 +376,7 @@ def ensemble_scores(model: bp_jax.Model, split: data.Split) -> Callable:
     counted["held_out_coverage_2sd"] = len(split.y_test)
 
     def on_host(params) -> dict:  # counts divided exactly here, as `scores` does
-        return {name: float(value) / counted.get(name, 1) for name, value in measured(params, arrays).items()}
+        return {name: float(value) / counted.get(name, 1) for name, value in measured(params, parts).items()}
 
     return on_host
 

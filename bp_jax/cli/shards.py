@@ -182,7 +182,7 @@ def _columns(source: str, config: runs.Config) -> list[str]:
         names = list(pd.read_csv(path, nrows=0).columns)
         if names and names[0].startswith("Unnamed: 0"):  # a row index, as `data.read` leaves it out
             names = names[1:]
-    _, features, target = data._choose(pd.DataFrame(columns=names), source, config.target, config.features)
+    features, target = data._choose(names, source, config.target, config.features)
     return [*features, target]
 
 
