@@ -120,8 +120,8 @@ class StopRule(NamedTuple):
     state per member, e.g. per-member thresholds as data) and `update` is vmapped, each member seeing its own
     optimizer state and params. With `touches_params`, `update` also sees the params the step produced (keyword
     `params=`), and a rule with `data` sees it as keyword `data=` (shared by the members): a validation set that
-    `update` scores, as `early_stopping`'s does. The state is what a checkpoint keeps (resume with
-    `rule._replace(init=result.rule_state)`); the data is not.
+    `update` scores, as `early_stopping`'s does. The state and the stop markers are what a checkpoint keeps (resume
+    with `stop_rule=rule._replace(init=result.rule_state), stopped_at=result.stopped_at`); the data is not.
 
     Attributes:
         update: `update(state, step, loss) -> (state, stop)`, or with `touches_opt_state`
@@ -269,6 +269,7 @@ def fit(
     key: jax.Array | None = None,
     opt_state=None,
     start_step: int = 0,
+    stopped_at=None,
     chunk_size: int | tuple[int, ...] = 1000,
     on_chunk: Callable[[FitResult], bool | None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
@@ -306,6 +307,8 @@ def fit(
             stochastic loss's noise (needed then, full batch too).
         opt_state: the optimizer's state to resume from (`optimizer.init(params)` when None).
         start_step: the first step's number (a resumed run's `result.step`).
+        stopped_at: a resumed run's `result.stopped_at` (None: the stop rule has not stopped the model): a step
+            before start_step returns at once, as the uninterrupted run would have ended there.
         chunk_size: chunk boundaries fall on its multiples (or on those of each of several sizes, e.g.
             (1000, checkpoint_every)).
         on_chunk: called after each chunk with the `FitResult` so far and that chunk's losses; returning True
@@ -363,6 +366,7 @@ def fit(
         key=key,
         opt_state=opt_state,
         start_step=start_step,
+        stopped_at=stopped_at,
         chunk_size=chunk_size,
         mesh=mesh,
         stop_rule=stop_rule,
@@ -377,7 +381,7 @@ def fit(
         partial = _fit_result(state, losses[: bad - first + 1], bad)
         raise NonFiniteLoss(bad, partial, CAUSES[int(to_host(state.divergence.cause))])
     stop = _stopped_at(state)
-    if stop >= 0:
+    if stop >= run.start_step:  # stopped in this call, not before it
         losses, step = losses[: stop - first + 1], stop + 1
     return _fit_result(state, losses, step)
 
@@ -395,6 +399,7 @@ def fit_ensemble(
     key: jax.Array | None = None,
     opt_state=None,
     start_step: int = 0,
+    stopped_at=None,
     chunk_size: int | tuple[int, ...] = 1000,
     on_chunk: Callable[[EnsembleResult], bool | None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
@@ -431,6 +436,8 @@ def fit_ensemble(
             shuffle=False unless the loss is stochastic (needed then: each member its own noise stream).
         opt_state: the members' optimizer state (`jax.vmap(optimizer.init)(params)` when None).
         start_step: the first step's number.
+        stopped_at: a resumed run's `result.stopped_at`, (E,) steps before start_step or −1 (None: none stopped):
+            the members the stop rule had stopped stay frozen, as in the uninterrupted run.
         chunk_size: as `fit`'s.
         on_chunk: as `fit`'s, called with an `EnsembleResult`.
         mesh: an `ensemble_mesh`: the members are split over its "models" axis, which must divide E; x and y are
@@ -479,6 +486,7 @@ def fit_ensemble(
         key=key,
         opt_state=opt_state,
         start_step=start_step,
+        stopped_at=stopped_at,
         chunk_size=chunk_size,
         mesh=mesh,
         stop_rule=stop_rule,
@@ -504,6 +512,7 @@ def _set_up(
     key,
     opt_state,
     start_step,
+    stopped_at,
     chunk_size,
     mesh,
     stop_rule,
@@ -557,7 +566,8 @@ def _set_up(
     if not shuffle:
         key = None  # the rows in order: no key enters the program
     shape = () if members is None else (members,)
-    rule = None if stop_rule is None else RuleState(stop_rule.init, np.full(shape, -1, np.int32))
+    stopped_at = checks.stopped_at(stopped_at, stop_rule, members, start_step)
+    rule = None if stop_rule is None else RuleState(stop_rule.init, stopped_at)
     state = LoopState(params, opt_state, Divergence(np.full(shape, -1, np.int32), np.zeros(shape, np.int32)), rule)
     rule_data = None if stop_rule is None else jax.device_put(stop_rule.data)  # once, not at every chunk
     data = (lr, key, x, y, member_rows if shard_rows is None else shard_rows, rule_data)
@@ -662,6 +672,9 @@ def _run_in_chunks(run: _Run, on_chunk, result, keep_losses: bool) -> tuple[Loop
     `keep_losses`) and the step reached. One model returns as soon as it diverged or its stop rule stopped it, members
     as soon as every one's rule has stopped it (the step reached: the last one's stop + 1)."""
     state, step = run.state, run.start_step
+    shape = () if run.members is None else (run.members,)
+    if state.rule is not None and np.all(to_host(state.rule.stopped_at) >= 0):  # resumed after the rule stopped all
+        return state, np.zeros((0, *shape), np.float32), step
     losses: list[np.ndarray] = []
     while step < run.end:
         chunk_end = min(run.end, *((step // size + 1) * size for size in run.chunk_sizes))
@@ -686,7 +699,6 @@ def _run_in_chunks(run: _Run, on_chunk, result, keep_losses: bool) -> tuple[Loop
             )
             if on_chunk(chunk_result) is True:
                 break
-    shape = () if run.members is None else (run.members,)
     return state, np.concatenate(losses) if losses else np.zeros((0, *shape), np.float32), step
 
 

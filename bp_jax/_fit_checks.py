@@ -184,6 +184,25 @@ def member_lrs(lr, members: int) -> np.ndarray:
     return lrs
 
 
+def stopped_at(stopped_at, stop_rule, members: int | None, start_step: int) -> np.ndarray:
+    """The stop markers a run resumes from, int32 of shape () or (E,): −1 (running, the default) or the step, before
+    start_step, after which the rule stopped the model; ValueError or TypeError naming what does not fit."""
+    shape = () if members is None else (members,)
+    if stopped_at is None:
+        return np.full(shape, -1, np.int32)
+    if stop_rule is None:
+        raise ValueError("stopped_at resumes a stop rule's run: pass the stop_rule too")
+    steps = np.asarray(jax.device_get(stopped_at))
+    if steps.dtype.kind not in "iu":
+        raise TypeError(f"stopped_at must be integers (−1: running), got dtype {steps.dtype}")
+    if steps.shape != shape or np.any((steps < -1) | (steps >= start_step)):
+        raise ValueError(
+            f"stopped_at must be {'one step' if members is None else f'one step per member ({members})'}, −1 or "
+            f"before start_step ({start_step}), got {steps.tolist()}"
+        )
+    return steps.astype(np.int32)
+
+
 def member_rows(rows, row_counts, members: int, num_examples: int, batch_size, padding=0) -> MemberRows:
     """rows (G, R) and row_counts (G,) as int32 arrays, G dividing E, and each group's padding (one int for all, or
     (G,)) in [0, its count); ValueError or TypeError naming what does not fit."""

@@ -81,8 +81,9 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does_with_its_bits(stopp
     assert checkpoint_steps(out) == steps and strict_json(out / "metrics.json")["final_step"] == metrics["final_step"]
 
 
-#: three members from seeds 0, 1, 2 on a plateau schedule: they stop after epochs 7, 9 and 5 (steps 72, 90 and 54).
-MEMBERS = (*ARGS, "--ensemble", 3, "--schedule", "plateau", "--checkpoint-every", 45)
+#: three members from seeds 0, 1, 2 on a plateau schedule: they stop after epochs 7, 9 and 5 (steps 71, 89 and 53),
+#: the last before the first checkpoint (step 60), the others after it.
+MEMBERS = (*ARGS, "--ensemble", 3, "--schedule", "plateau", "--checkpoint-every", 60)
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +132,23 @@ def test_each_member_stops_on_its_own_curve_ends_with_its_best_params_and_its_pl
 
 @pytest.mark.slow
 def test_a_resumed_ensemble_stops_where_an_uninterrupted_one_does_with_its_bits(members, tmp_path):
-    """Resumed from step 45, before any member stopped, the members stop as they did, with the same bits."""
+    """Resumed from step 60, after one member stopped (it stays frozen: no step taken twice) and before the others,
+    the members stop as they did, with the same bits; resumed again, all stopped, nothing more is trained."""
     whole, metrics = members
     out = tmp_path / "resumed"
     shutil.copytree(whole, out)
     for step in checkpoint_steps(out)[1:]:
         shutil.rmtree(out / "checkpoints" / str(step))
-    assert checkpoint_steps(out) == [45]
+    assert checkpoint_steps(out) == [60]
+    ends = [(member["best_epoch"] + 1 + PATIENCE) * PER_EPOCH for member in metrics["early_stopping"]["members"]]
+    assert min(ends) < 60 < max(ends)
     run_cli("train", "--resume", out)
     assert_same_state(whole, out)
     assert strict_json(out / "metrics.json")["early_stopping"] == metrics["early_stopping"]
+    steps = checkpoint_steps(out)
+    run_cli("train", "--resume", out)
+    assert checkpoint_steps(out) == steps and strict_json(out / "metrics.json")["final_step"] == metrics["final_step"]
+    assert_same_state(whole, out)
 
 
 def test_a_plateau_schedule_with_early_stopping_reads_the_validation_loss():

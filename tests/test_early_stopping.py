@@ -99,6 +99,75 @@ def test_each_ensemble_member_keeps_its_own_best_params_and_stops_on_its_own():
     assert len(set(result.stopped_at.tolist())) > 1  # the members stop at their own epochs
 
 
+def test_a_resumed_ensemble_keeps_the_members_its_rule_stopped_frozen_with_the_bits_of_one_run():
+    """Resumed at step 16: member 0 stopped after step 11, before it, member 1 stops after step 31; then resumed
+    again after both stopped, which runs nothing."""
+    with jax.enable_x64(True):
+        _, x, y, x_val, y_val = problem(jnp.float64)
+        stacked = jax.tree.map(
+            lambda leaf: leaf.astype(jnp.float64), jax.vmap(MODEL.init)(jax.random.split(jax.random.key(5), 2))
+        )
+        rule = rule_for(stacked, x_val, y_val, members=2)
+        options = {"lr": 0.3, "batch_size": BATCH, "key": jax.random.split(jax.random.key(1), 2)}
+        run_members = lambda params, rule, **more: bp_jax.fit_ensemble(
+            LOSS, params, x, y, stop_rule=rule, **options | more
+        )
+        whole = run_members(stacked, rule, steps=STEPS_PER_EPOCH * EPOCHS)
+        first = run_members(stacked, rule, steps=16)
+        assert first.stopped_at.tolist() == [11, -1] and whole.stopped_at.tolist() == [11, 31]
+        resumed = {"start_step": first.step, "stopped_at": first.stopped_at, "opt_state": first.opt_state}
+        rest = run_members(
+            first.params, rule._replace(init=first.rule_state), steps=STEPS_PER_EPOCH * EPOCHS - 16, **resumed
+        )
+        assert (rest.step, rest.stopped_at.tolist()) == (whole.step, whole.stopped_at.tolist())
+        np.testing.assert_array_equal(np.concatenate([first.losses, rest.losses]), whole.losses)  # NaN once stopped
+        chex.assert_trees_all_equal((rest.params, rest.rule_state), (whole.params, whole.rule_state))
+        done = {"start_step": whole.step, "stopped_at": whole.stopped_at}
+        after = run_members(whole.params, rule._replace(init=whole.rule_state), steps=10, **done)
+        assert (after.step, after.losses.shape, after.stopped_at.tolist()) == (whole.step, (0, 2), [11, 31])
+        chex.assert_trees_all_equal((after.params, after.rule_state), (whole.params, whole.rule_state))
+
+
+def test_one_model_resumed_after_its_rule_stopped_it_runs_nothing():
+    params, x, y, x_val, y_val = problem()
+    whole = run(rule_for(params, x_val, y_val), params, x, y)
+    rule = rule_for(params, x_val, y_val)._replace(init=whole.rule_state)
+    after = run(rule, whole.params, x, y, steps=8, start_step=whole.step, stopped_at=whole.stopped_at)
+    assert (after.step, after.losses.shape, after.stopped_at) == (whole.step, (0,), whole.stopped_at)
+    chex.assert_trees_all_equal((after.params, after.rule_state), (whole.params, whole.rule_state))
+    with pytest.raises(ValueError, match="stopped_at resumes a stop rule's run: pass the stop_rule too"):
+        run(None, whole.params, x, y, steps=8, start_step=whole.step, stopped_at=whole.stopped_at)
+
+
+@pytest.mark.parametrize(
+    ("stopped_at", "message"),
+    [
+        (np.array([3]), r"stopped_at must be one step per member \(2\), −1 or before start_step \(8\), got \[3\]"),
+        (
+            np.array([-1, 8]),
+            r"stopped_at must be one step per member \(2\), −1 or before start_step \(8\), got \[-1, 8\]",
+        ),
+        (np.array([1.0, 2.0]), "stopped_at must be integers"),
+    ],
+)
+def test_stop_markers_that_do_not_fit_the_members_or_the_start_step_are_errors_naming_them(stopped_at, message):
+    params, x, y, x_val, y_val = problem()
+    stacked = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), params)
+    error = TypeError if stopped_at.dtype.kind == "f" else ValueError
+    with pytest.raises(error, match=message):
+        bp_jax.fit_ensemble(
+            LOSS,
+            stacked,
+            x,
+            y,
+            steps=1,
+            lr=0.3,
+            start_step=8,
+            stopped_at=stopped_at,
+            stop_rule=rule_for(stacked, x_val, y_val, members=2),
+        )
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

@@ -706,6 +706,14 @@ def model_stopping(state: dict, patience: int, steps_per_epoch: int) -> dict:
     }
 
 
+def stopped_at(state: dict, patience: int, steps_per_epoch: int) -> np.ndarray:
+    """Per model, the step after which early stopping stopped it (−1: running), from its rule `state` (a checkpoint's
+    "rule"): its count reached patience at the end of epoch e = best_epoch + patience, step (e + 1)·steps_per_epoch − 1.
+    """
+    best, count = np.asarray(state["best_epoch"]), np.asarray(state["count"])
+    return np.where(count >= patience, (best + patience + 1) * steps_per_epoch - 1, -1)
+
+
 def best_params(state: dict):
     """The params a run ends with: with early stopping, the best epoch's (the last step's before any epoch
     ended), else the last step's; an ensemble's, each member's own."""

@@ -378,16 +378,8 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         members=config.ensemble if ensemble else None,
         state=start.state.get("rule"),
     )
-    if config.early_stopping and np.all(start.state["rule"]["count"] >= config.patience):
-        # a resumed run whose models all stopped early already: nothing to run
-        state, stopping = start.state, bp_jax.EarlyStopping(**start.state["rule"])
-        if ensemble:
-            never = np.full(config.ensemble, -1)
-            losses = np.zeros((0, config.ensemble))
-            return bp_jax.EnsembleResult(
-                state["params"], state["opt_state"], losses, start.step, never, never, stopping
-            ), None
-        return bp_jax.FitResult(state["params"], state["opt_state"], np.zeros(0), start.step, -1, stopping), None
+    # the models early stopping stopped before the checkpoint stay frozen: resumed, no step is taken twice
+    stopped_at = runs.stopped_at(start.state["rule"], config.patience, per_epoch) if config.early_stopping else None
     arguments = {
         "steps": watch.total - start.step,
         "batch_size": config.batch_size,
@@ -396,6 +388,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         "opt_state": start.state["opt_state"],
         "key": jax.random.wrap_key_data(start.state["key"]),
         "start_step": start.step,
+        "stopped_at": stopped_at,
         "chunk_size": chunk_sizes,
         "on_chunk": on_chunk,
         "mesh": problem.mesh,
