@@ -140,7 +140,8 @@ def _update(loss_fn: Callable) -> Callable:
     def update(state: EarlyStopping, step, loss, *, params, data: ValidationData):
         # lax.rem (step ≥ 0), not %: one fusion a step, not three; the members share it: a cond even under vmap
         epoch_end = jax.lax.rem(step + 1, data.steps_per_epoch.astype(step.dtype)) == 0
-        state = jax.lax.cond(epoch_end, score, lambda state, *_: state, state, step, params, data)
-        return state, state.count >= data.patience
+        stops = lambda state: (state, state.count >= data.patience)  # in each branch: no copy of count after it
+        scored = lambda *args: stops(score(*args))
+        return jax.lax.cond(epoch_end, scored, lambda state, *_: stops(state), state, step, params, data)
 
     return update
