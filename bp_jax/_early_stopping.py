@@ -120,21 +120,28 @@ def early_stopping(
 def _update(loss_fn: Callable) -> Callable:
     def score(state: EarlyStopping, step, params, data: ValidationData) -> EarlyStopping:
         loss = loss_fn(params, data.x, data.y)
-        epoch = (step + 1) // data.steps_per_epoch - 1
-        improved = loss < state.best_loss - data.min_delta
-        keep_better = lambda new, old: jnp.where(improved, new, old)
+        epoch = jax.lax.div(step + 1, data.steps_per_epoch.astype(step.dtype)) - 1  # step ≥ 0: floor division
+        # a cond on the improvement (under vmap, a select), not a where per field re-reading best_loss: the state is
+        # then updated in place, sparing the loop two scalar copies at every step, scored or not
+        best, best_loss, best_epoch, count = jax.lax.cond(
+            loss < state.best_loss - data.min_delta,
+            lambda: (params, loss, epoch.astype(state.best_epoch.dtype), jnp.zeros_like(state.count)),
+            lambda: (state.params, state.best_loss, state.best_epoch, state.count + 1),
+        )
         return EarlyStopping(
-            params=jax.tree.map(keep_better, params, state.params),
-            best_loss=keep_better(loss, state.best_loss),
-            best_epoch=keep_better(epoch, state.best_epoch),
-            count=jnp.where(improved, 0, state.count + 1),
+            params=best,
+            best_loss=best_loss,
+            best_epoch=best_epoch,
+            count=count,
             loss=loss,
             losses=state.losses.at[epoch].set(loss, mode="drop") if state.losses.size else state.losses,
         )
 
     def update(state: EarlyStopping, step, loss, *, params, data: ValidationData):
-        epoch_end = (step + 1) % data.steps_per_epoch == 0  # the members share it: a cond even under vmap
-        state = jax.lax.cond(epoch_end, score, lambda state, *_: state, state, step, params, data)
-        return state, state.count >= data.patience
+        # lax.rem (step ≥ 0), not %: one fusion a step, not three; the members share it: a cond even under vmap
+        epoch_end = jax.lax.rem(step + 1, data.steps_per_epoch.astype(step.dtype)) == 0
+        stops = lambda state: (state, state.count >= data.patience)  # in each branch: no copy of count after it
+        scored = lambda *args: stops(score(*args))
+        return jax.lax.cond(epoch_end, scored, lambda state, *_: stops(state), state, step, params, data)
 
     return update
