@@ -287,13 +287,15 @@ def build_model(inputs: int, config: Config, outputs: int = 1) -> bp_jax.Model:
 def training_model(inputs: int, config: Config, outputs: int = 1) -> bp_jax.Model:
     """The model the run trains: `build_model`'s, or for an ensemble of minibatches without dropout whose hidden
     layers are no wider than a batch, the same function of the same params computed with the activations held as
-    (features, rows) (`mlp`'s layout "columns", each layer a matmul). Each member reads its own minibatch, and
-    XLA:CPU runs the members' matmuls with the rows minor about 2× faster (`--ensemble 16` on diabetes:
-    benchmarks/training.py). Predict and export read `build_model`'s Sequential."""
+    (features, rows) (`mlp`'s layout "columns") and each layer contracted as `fit_ensemble`'s members'
+    ("auto": `bp_jax._contraction.choose`, on CPU a matmul for the first layer of each member's own minibatch and
+    the fused product and sum for a layer of at most MEMBER_SUM_WEIGHTS weights, e.g. 5 → 1). Each member reads
+    its own minibatch, and XLA:CPU runs the members' matmuls with the rows minor about 2× faster (`--ensemble 16`
+    on diabetes: benchmarks/training.py). Predict and export read `build_model`'s Sequential."""
     batch = config.batch_size
     if config.ensemble == 1 or config.dropout > 0 or batch is None or max(config.hidden, default=0) > batch:
         return build_model(inputs, config, outputs)
-    return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation, contraction="dot", layout="columns")
+    return bp_jax.mlp((inputs, *config.hidden, outputs), config.activation, layout="columns")
 
 
 @dataclasses.dataclass(frozen=True)
