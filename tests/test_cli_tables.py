@@ -182,6 +182,20 @@ def test_impute_fills_features_from_the_training_rows_and_predict_reuses_the_fil
     pd.testing.assert_frame_equal(predicted("new.csv"), predicted("filled.csv"))
 
 
+def test_impute_fills_a_nullable_integer_column_with_its_fractional_mean(tmp_path):
+    rng = np.random.default_rng(0)
+    counts = pd.array(rng.integers(0, 9, 60), dtype="Int64")
+    counts[[3, 17, 40]] = pd.NA
+    table = pd.DataFrame({"count": counts, "x": rng.normal(size=60), "y": rng.normal(size=60)})
+    table.to_parquet(tmp_path / "counts.parquet")
+    run_cli("train", "--data", tmp_path / "counts.parquet", "--missing", "impute", *QUICK, "--out", tmp_path / "run")
+    fill = strict_json(tmp_path / "run" / "metrics.json")["data"]["scaling"]["fill"]["count"]
+    assert fill != round(fill)  # the training rows' mean, not an integer the column's dtype could hold
+    table.astype({"count": "float64"}).fillna({"count": fill}).to_parquet(tmp_path / "filled.parquet")
+    predicted = lambda name: read_csv(run_cli("predict", tmp_path / "run", "--data", tmp_path / name).stdout)
+    pd.testing.assert_frame_equal(predicted("counts.parquet"), predicted("filled.parquet"))
+
+
 def test_dates_and_free_text_are_refused_suggesting_features(tmp_path):
     table = animals(120)
     table.insert(0, "day", pd.date_range("2024-01-01", periods=120).strftime("%Y-%m-%d"))

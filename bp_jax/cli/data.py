@@ -138,8 +138,9 @@ class Scaling(NamedTuple):
         """One feature's cells as the model reads them, before standardising: float64 numbers (empty cells
         filled), or for a text feature each cell's index in `categories[name]` (int64). A category not among
         the training ones is an error (`unseen="error"`) or −1, no input set (`"zeros"`)."""
-
         if name in self.fill:
+            if cells.dtype.kind in "iu":  # a nullable integer column (Int64) holds no fractional mean: as floats
+                cells = cells.astype(np.float64)
             cells = cells.fillna(self.fill[name])
         if name not in self.categories:
             return _numbers(cells, name, source)
