@@ -196,6 +196,14 @@ def test_impute_fills_a_nullable_integer_column_with_its_fractional_mean(tmp_pat
     pd.testing.assert_frame_equal(predicted("counts.parquet"), predicted("filled.parquet"))
 
 
+def test_a_parquet_column_of_lists_is_refused_in_one_line(tmp_path):
+    table = pd.DataFrame({"tags": [[1, 2], [3]] * 20, "x": np.arange(40.0), "y": np.arange(40.0)})
+    table.to_parquet(tmp_path / "nested.parquet")
+    line = error_line(run_cli("train", "--data", tmp_path / "nested.parquet", "--out", tmp_path / "run", check=False))
+    assert "'tags' hold nested values (list<" in line and "expected numbers or text" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_dates_and_free_text_are_refused_suggesting_features(tmp_path):
     table = animals(120)
     table.insert(0, "day", pd.date_range("2024-01-01", periods=120).strftime("%Y-%m-%d"))

@@ -363,7 +363,15 @@ def _read_parquet(path: Path, columns: Sequence[str]):
     whole, its arrow copy freed as it is converted) into one DataFrame without copying: reading holds little
     more than the columns themselves (reading all at once held about twice as much)."""
     import pandas as pd
+    import pyarrow.parquet as pq
 
+    schema = pq.read_schema(path)
+    nested = [name for name in columns if schema.field(name).type.num_fields > 0]  # list, struct, map columns
+    if nested:
+        raise DataError(
+            f"{path}: column(s) {', '.join(map(repr, nested))} hold nested values "
+            f"({', '.join(str(schema.field(name).type) for name in nested)}); expected numbers or text in each cell"
+        )
     arrow = {"split_blocks": True, "self_destruct": True}
     read = lambda name: pd.read_parquet(path, columns=[name], pre_buffer=False, to_pandas_kwargs=arrow)[name]
     return pd.DataFrame({name: read(name) for name in columns}, copy=False)
