@@ -26,6 +26,17 @@ def table(rows: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({**{f"f{i}": x[:, i] for i in range(5)}, "y": np.sin(x @ rng.standard_normal(5))})
 
 
+def mixed(rows: int, seed: int = 0) -> pd.DataFrame:
+    """A user's table: numbers, text, empty cells (every 7th x, 13th size, 11th colour, 17th label), row weights
+    and a class target spelled as text."""
+    rng = np.random.default_rng(seed)
+    x, size = rng.standard_normal(rows), rng.standard_normal(rows)
+    colour = rng.choice(["red", "green", "blue", "grey"], rows).astype(object)
+    label = np.where(x + (colour == "red") > 0.5, "yes", np.where(size > 0.3, "maybe", "no")).astype(object)
+    x[::7], size[::13], colour[::11], label[::17] = np.nan, np.nan, None, None
+    return pd.DataFrame({"x": x, "colour": colour, "size": size, "w": rng.uniform(0.5, 2.0, rows), "label": label})
+
+
 def parquet(path, frame: pd.DataFrame, row_group_size: int):
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=row_group_size)
     return path
@@ -62,11 +73,13 @@ def test_held_out_rows_are_a_seeded_draw_of_each_row_number():
 def test_row_sums_of_blocks_add_up_to_the_tables():
     values = np.random.default_rng(1).standard_normal((1000, 3))
     values[7, 1] = np.nan
-    blocks = [shards.row_sum(values[a:b], a) for a, b in itertools.pairwise([0, 1, 400, 400, 1000])]
-    assert np.sum(blocks, dtype=np.uint64) == shards.row_sum(values, 0) != shards.row_sum(values[::-1].copy(), 0)
+    blocks = [shards.row_sum(list(values[a:b].T), a) for a, b in itertools.pairwise([0, 1, 400, 400, 1000])]
+    assert (
+        np.sum(blocks, dtype=np.uint64) == shards.row_sum(list(values.T), 0) != shards.row_sum(list(values[::-1].T), 0)
+    )
     changed = values.copy()
     changed[999, 2] = np.nextafter(changed[999, 2], np.inf)
-    assert shards.row_sum(changed, 0) != shards.row_sum(values, 0)
+    assert shards.row_sum(list(changed.T), 0) != shards.row_sum(list(values.T), 0)
 
 
 def test_combined_moments_are_the_unions_mean_and_deviation():
@@ -74,11 +87,11 @@ def test_combined_moments_are_the_unions_mean_and_deviation():
     values = rng.normal(3.0, 2.0, (500, 4))
     cuts = [0, 0, 7, 300, 300, 500]  # blocks of 0, 7, 293, 0 and 200 rows
     where = rng.random(500) < 0.8
-    blocks = np.stack([shards.moments(values[a:b], where[a:b]) for a, b in itertools.pairwise(cuts)])
+    blocks = np.stack([shards.moments(list(values[a:b].T), where[a:b]) for a, b in itertools.pairwise(cuts)])
     mean, std = shards.combined(blocks)
     np.testing.assert_allclose(mean, values[where].mean(0), rtol=1e-12)
     np.testing.assert_allclose(std, values[where].std(0), rtol=1e-12)
-    assert np.array_equal(shards.combined(np.stack([shards.moments(np.ones((3, 1)), np.ones(3, bool))]))[1], [1.0])
+    assert np.array_equal(shards.combined(np.stack([shards.moments([np.ones(3)], np.ones(3, bool))]))[1], [1.0])
 
 
 def test_parquet_and_csv_load_alike_with_the_training_rows_statistics(tmp_path):
@@ -102,6 +115,57 @@ def test_parquet_and_csv_load_alike_with_the_training_rows_statistics(tmp_path):
     assert np.array_equal(np.asarray(parquet_rows.x), parquet_split.x_train)
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_what_the_blocks_agree_equals_what_data_load_finds_in_the_whole_table(tmp_path, suffix):
+    """Three blocks of a table with a text feature, empty cells, weights and text classes, given `data.load`'s own
+    held-out rows: the classes, categories, fills, class weights, the weights' sum and the numeric inputs'
+    statistics that the blocks agree are those `data.load` finds in the whole table."""
+    frame, source = mixed(300), str(tmp_path / f"t{suffix}")
+    parquet(source, frame, 50) if suffix == ".parquet" else frame.to_csv(source, index=False)
+    features, target = ("x", "colour", "size"), "label"
+    split = shards.data.load(source, target=target, split_seed=0, missing="impute", sample_weight="w")
+    n = int(frame[target].notna().sum())  # data.load's held-out rows: the first of its permutation of the kept rows
+    test = np.zeros(n, bool)
+    test[np.random.default_rng(0).permutation(n)[: round(0.2 * n)]] = True
+    used = [*features, target, "w"]
+    plan = shards._blocks(source, 3)
+    blocks = [shards.read_block(source, part, used, target) for part in plan]
+    types = shards.agreed_types([block.types for block in blocks])
+    kinds = shards.agreed_kinds([block.kinds for block in blocks])
+    summaries, kept_blocks, first, done = [], [], 0, 0
+    for block, part in zip(blocks, plan, strict=True):
+        rows = len(block.columns[target])
+        text = lambda names, part=part: shards._csv_text(shards._text_of(source, part), names)
+        block = shards.as_used(block, types, kinds, text, np.arange(first, first + rows), source, target, ["w"])
+        keep = np.flatnonzero(shards.kept(block, [*features, target], first, source, "impute"))
+        block = shards.only(block, keep)
+        kept_blocks.append((block, test[done : done + len(keep)]))
+        summaries.append(
+            shards.summary(block, test[done : done + len(keep)], features, target, "w", classify=True, fill=True)
+        )
+        first, done = first + rows, done + len(keep)
+    agreed = shards.agree(summaries, kinds, types, source=source, features=features, target=target,
+                          task="classification", missing="impute")  # fmt: skip
+    scaling = agreed.scaling
+    assert (scaling.classes, dict(scaling.categories)) == (split.scaling.classes, dict(split.scaling.categories))
+    assert scaling.fill["colour"] == split.scaling.fill["colour"]
+    np.testing.assert_allclose(
+        [scaling.fill["x"], scaling.fill["size"]], [split.scaling.fill[name] for name in ("x", "size")], rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        shards.runs.balanced(agreed.class_counts[0]), shards.runs.class_weights(split), rtol=1e-12
+    )
+    np.testing.assert_allclose(sum(each["weight"] for each in summaries), split.w_train.sum(), rtol=1e-12)
+    stats = [
+        shards.moments([shards.encoded(block, scaling)[name] for name in ("x", "size")], ~held)
+        for block, held in kept_blocks
+    ]
+    mean, std = shards.combined(np.stack(stats))
+    inputs = split.scaling.feature_inputs
+    np.testing.assert_allclose(mean, [split.scaling.x_mean[inputs[name][0]] for name in ("x", "size")], rtol=1e-10)
+    np.testing.assert_allclose(std, [split.scaling.x_std[inputs[name][0]] for name in ("x", "size")], rtol=1e-10)
+
+
 @pytest.mark.slow  # a command's compilations
 def test_train_with_shard_data_on_one_device(tmp_path):
     path = parquet(tmp_path / "t.parquet", table(600), 100)
@@ -118,8 +182,9 @@ REFUSED = [
     (["--batch-size", "full"], "--shard-data trains on minibatches (a --batch-size)"),
     (["--ensemble", 2], "--shard-data trains on one model (no --ensemble)"),
     (["--early-stopping"], "--shard-data trains on no --early-stopping"),
-    (["--missing", "impute"], "--shard-data trains on --missing error or drop"),
-    (["--target", "name"], "column(s) 'name' hold text"),
+    (["--missing", "impute"], "column 'name' holds free text (16 distinct values in 16 cells), which cannot be"),
+    (["--target", "name", "--task", "regression", "--features", "f0"], "column 'name', row 1: the cell holds 'n0'"),
+    (["--features", "f0", "--class-weight", "balanced"], "--class-weight balanced weighs classes; the target 'y' is"),
     (["--features", "f0,f1"], "column 'f1', row 4: the cell is empty or NaN; pass --missing drop"),
     (["--features", "f0", "--batch-size", 64], "block 0 of 1 holds 14 training rows, fewer than a device's share"),
     (["--target", "nothing"], "no target column 'nothing'"),
@@ -142,14 +207,16 @@ def test_what_a_sharded_run_refuses_in_one_line(tmp_path, argv, message):
 def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_path):
     """The params of a float64 fit on the blocks (to 1e-10), the scaling and the fingerprint of two processes
     equal one process's over two devices; each process reads half the rows, and its load's peak of numpy buffers
-    (tracemalloc) is under 3/4 of one process's reading them all (its float64 block and float32 copy); then
-    `bp-jax train --shard-data` in the same processes: the same loss history and checkpoint."""
+    (tracemalloc) is under 3/4 of one process's reading them all (its float64 block and float32 copy); the same
+    (but the memory) for a CSV of text, empty cells imputed, row and class weights and text classes; then
+    `bp-jax train --shard-data` of that CSV in the same processes: the same loss history, metrics and checkpoint."""
     path = parquet(tmp_path / "t.parquet", table(400_000), 50_000)  # 18 MiB of float64
     warm_up = parquet(tmp_path / "warm.parquet", table(64), 8)
+    mixed(2000).to_csv(tmp_path / "mixed.csv", index=False)
     worker = [sys.executable, str(ROOT / "tests" / "shards_worker.py"), path]
     coordinator = f"127.0.0.1:{free_port()}"
-    commands = [([*worker, "-", 1, 0, warm_up, tmp_path / "one"], 2)]
-    commands += [([*worker, coordinator, 2, i, warm_up, tmp_path / "two"], 1) for i in range(2)]
+    commands = [([*worker, "-", 1, 0, warm_up, tmp_path / "one", tmp_path / "mixed.csv"], 2)]
+    commands += [([*worker, coordinator, 2, i, warm_up, tmp_path / "two", tmp_path / "mixed.csv"], 1) for i in range(2)]
     processes = [
         subprocess.Popen(list(map(str, argv)), env=os.environ | fake_devices(devices), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -157,22 +224,32 @@ def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_
     ]  # fmt: skip
     outputs = finished(processes)
     one, *two = [json.loads(stdout.splitlines()[-1]) for stdout, _ in outputs]
-    assert one["dtypes"] == ["float64"]
+    assert one["dtypes"] == one["mixed"]["dtypes"] == ["float64"]
+    assert one["mixed"]["scaling"]["categories"] == {"colour": ["blue", "green", "grey", "red"]}
+    assert one["mixed"]["scaling"]["classes"] == ["maybe", "no", "yes"] and one["mixed"]["weights"]["class_weight"]
     for process in two:
-        for left, right in zip(process["params"], one["params"], strict=True):
-            np.testing.assert_allclose(left, right, rtol=1e-10, atol=1e-10)
-        assert (process["scaling"], process["fingerprint"], process["rows"]) == (
-            one["scaling"],
-            one["fingerprint"],
-            one["rows"],
+        for ran, reference in ((process, one), (process["mixed"], one["mixed"])):
+            for left, right in zip(ran["params"], reference["params"], strict=True):
+                np.testing.assert_allclose(left, right, rtol=1e-10, atol=1e-10)
+            assert (ran["scaling"], ran["fingerprint"], ran["rows"]) == (
+                reference["scaling"],
+                reference["fingerprint"],
+                reference["rows"],
+            )
+        assert (process["mixed"]["classes"], process["mixed"]["weights"]) == (
+            one["mixed"]["classes"],
+            one["mixed"]["weights"],
         )
         assert process["traced_mib"] < 0.75 * one["traced_mib"], (process["traced_mib"], one["traced_mib"])
     read = [process["local"]["train"] + process["local"]["held_out"] for process in two]
     assert sum(read) == 400_000 and read[0] == 200_000  # row groups 0-3 and 4-7
-    # `bp-jax train --shard-data` (float32): the same losses and params
+    # `bp-jax train --shard-data` (float32): the same losses, metrics and params
     assert [process["status"] for process in (one, *two)] == [0, 0, 0]
     runs = [strict_json(tmp_path / name / "metrics.json") for name in ("one", "two")]
     assert [(run["devices"], run["processes"]) for run in runs] == [(2, 1), (2, 2)]
     assert runs[0]["loss_history"] == runs[1]["loss_history"] and runs[0]["examples"] == runs[1]["examples"]
+    scores = ["train_accuracy", "held_out_accuracy", "baseline_held_out_accuracy", "weights"]  # counted: exact
+    assert [runs[0][name] for name in scores] == [runs[1][name] for name in scores]
+    np.testing.assert_allclose(runs[0]["held_out_log_loss"], runs[1]["held_out_log_loss"], rtol=1e-5)  # float32 means
     for left, right in zip(final_state(tmp_path / "one")[1], final_state(tmp_path / "two")[1], strict=True):
         np.testing.assert_allclose(left, right, rtol=1e-6, atol=1e-6)

@@ -556,14 +556,27 @@ def _kind(column) -> str:
         return "numeric"
     if pd.api.types.is_datetime64_any_dtype(column) or isinstance(column.dtype, pd.PeriodDtype):
         return "date"
-    cells = column.dropna()
+    return text_kind(*text_counts(column.dropna()))
+
+
+def text_counts(cells) -> tuple[int, int, bool]:
+    """(how many of the filled `cells` are numbers, how many there are, whether every distinct one is a date (DATE)
+    while numbers are at most half of them): what `text_kind` decides by, summed over any cut of the rows."""
+    import pandas as pd
+
     if not len(cells):
-        return "text"
+        return 0, 0, True
     distinct = cells.value_counts(sort=False)  # each distinct cell parsed once, counted as often as it comes
-    numbers = pd.to_numeric(distinct.index, errors="coerce").notna()
-    if distinct.to_numpy()[numbers].sum() / len(cells) > 0.5:
-        return "numeric"
-    return "date" if _dates(distinct.index) else "text"
+    numbers = int(distinct.to_numpy()[pd.to_numeric(distinct.index, errors="coerce").notna()].sum())
+    return numbers, len(cells), numbers / len(cells) <= 0.5 and _dates(distinct.index)
+
+
+def text_kind(numbers: int, cells: int, dates: bool) -> str:
+    """A column of text cells: "numeric" when most filled cells are numbers, else "date" when all are dates, else
+    "text" (no filled cell: text)."""
+    if not cells:
+        return "text"
+    return "numeric" if numbers / cells > 0.5 else "date" if dates else "text"
 
 
 def _typed_numeric(column) -> bool:
@@ -633,8 +646,12 @@ def _integers_read_as_floats(source: str, column) -> bool:
 
     if column.dtype.kind != "f" or not column.isna().any() or Path(source).suffix.lower() != ".csv":
         return False
-    cells = pd.read_csv(source, usecols=[column.name], dtype=str)[column.name].dropna()
-    return bool(cells.str.strip().str.fullmatch(r"[+-]?\d+").all())
+    return written_as_integers(pd.read_csv(source, usecols=[column.name], dtype=str)[column.name])
+
+
+def written_as_integers(cells) -> bool:
+    """Whether every filled one of the text `cells` (a CSV column read as str) is written as an integer."""
+    return bool(cells.dropna().str.strip().str.fullmatch(r"[+-]?\d+").all())
 
 
 def _class_index(classes: tuple, values) -> np.ndarray:
@@ -703,8 +720,19 @@ def _refuse_unusable(frame, source: str, features: tuple[str, ...], kinds: Mappi
         elif kinds[name] == "text":
             cells = frame[name].dropna()
             distinct = _text(cells).nunique()
-            if distinct > MAX_CATEGORIES or (distinct > 10 and distinct > len(cells) / 2):
+            if free_text(distinct, len(cells)):
                 unusable[name] = f"free text ({distinct} distinct values in {len(cells)} cells)"
+    refuse_unusable(source, features, unusable)
+
+
+def free_text(distinct: int, cells: int) -> bool:
+    """Whether a text column of `cells` filled cells with `distinct` values is free text or an identifier: over
+    MAX_CATEGORIES values, or over 10 and over half its cells."""
+    return distinct > MAX_CATEGORIES or (distinct > 10 and distinct > cells / 2)
+
+
+def refuse_unusable(source: str, features: tuple[str, ...], unusable: Mapping[str, str]) -> None:
+    """DataError naming each feature of `unusable` with what it holds, and the --features that leaves them out."""
     if unusable:
         quote = lambda name: f'"{name}"' if "," in name or '"' in name or name != name.strip() else name
         kept = ",".join(quote(name) for name in features if name not in unusable)
@@ -746,6 +774,49 @@ def _missing_cells(frame, source: str, features: tuple[str, ...], target: str, m
         left_out["empty_feature"]
     )
     return keep, left_out, notes
+
+
+def most_frequent(distinct: Sequence[str], counts) -> tuple[str, int]:
+    """(the category of `distinct` with the most `counts`, its count): the first in sorted order on a tie; ("", 0)
+    for none."""
+    ordered = sorted(zip(distinct, counts, strict=True), key=lambda category: category[0])
+    return max(ordered, key=lambda category: category[1], default=("", 0))
+
+
+def trained_categories(distinct: Sequence[str], counts) -> tuple[str, ...]:
+    """The categories of `distinct` that come in the training rows (`counts` > 0), sorted."""
+    return tuple(sorted(category for category, count in zip(distinct, counts, strict=True) if count))
+
+
+def class_set(labels, source: str, target: str) -> tuple:
+    """The distinct `labels` (spelled by `_label`) sorted by type, then value; DataError unless 2 to MAX_CLASSES."""
+    classes = tuple(sorted(set(labels), key=lambda label: (str(type(label)), label)))
+    if not 2 <= len(classes) <= MAX_CLASSES:
+        raise DataError(
+            f"{source}: the target {target!r} has {len(classes)} distinct value(s); classification "
+            f"needs between 2 and {MAX_CLASSES}" + "; use --task regression" * (len(classes) > 2)
+        )
+    return classes
+
+
+def unseen_note(source: str, name: str, distinct: Sequence[str], train, held) -> list[str]:
+    """The note (a list of none or one) naming the categories of `distinct` in held-out rows only (`held` > 0,
+    `train` 0)."""
+    unseen = sorted(
+        category for category, trained, out in zip(distinct, train, held, strict=True) if out and not trained
+    )
+    return [
+        f"{source}: column {name!r} holds {', '.join(map(repr, unseen))} in held-out rows only, not in "
+        f"the training rows: encoded there as no known category"
+    ] * bool(unseen)
+
+
+def not_a_class(source: str, target: str, row: int, value) -> DataError:
+    """The error for a class that is an infinite number, at `row` (from 0)."""
+    return DataError(
+        f"{source}: column {target!r}, row {row + 1}: the class {value} is not a finite number; a class is text, "
+        f"a boolean or a finite number"
+    )
 
 
 def _fingerprint(frame, features: tuple[str, ...], target: str, weight: str | None = None) -> str:
@@ -880,19 +951,15 @@ def _split(
     fill: dict = {}
     for name in features if missing == "impute" else ():  # every feature: a gap may come in new rows only
         value: float | str
-        if name in text:  # the most frequent category (the first in order on a tie)
-            ordered = sorted(zip(text[name][0], text[name][1][0], strict=True), key=lambda category: category[0])
-            value, count = max(ordered, key=lambda category: category[1], default=("", 0))
+        if name in text:
+            value, count = most_frequent(text[name][0], text[name][1][0])
         else:
             cells = column(name).iloc[train].dropna()
             value, count = float(pd.to_numeric(cells, errors="coerce").mean()), len(cells)  # the mean
         if not count:
             raise DataError(f"{source}: column {name!r} has no value in the training rows to impute from")
         fill[name] = value
-    categories = {
-        name: tuple(sorted(category for category, count in zip(distinct, counts, strict=True) if count))
-        for name, (distinct, (counts, _)) in text.items()
-    }
+    categories = {name: trained_categories(distinct, counts) for name, (distinct, (counts, _)) in text.items()}
     rows = frame.index if kept is None else frame.index[kept]  # each row's in the file (from 0: a RangeIndex mostly)
     if task == "classification":
         labels = column(target).astype(np.int64) if integer_classes else column(target)  # spelled as in the file
@@ -901,16 +968,8 @@ def _split(
         infinite = [code for code, label in enumerate(spelled) if isinstance(label, float) and np.isinf(label)]
         if infinite:
             first = np.flatnonzero(np.isin(codes, infinite))[0]
-            raise DataError(
-                f"{source}: column {target!r}, row {rows[first] + 1}: the class {labels.iloc[first]} is not a "
-                f"finite number; a class is text, a boolean or a finite number"
-            )
-        classes = tuple(sorted(set(spelled), key=lambda label: (str(type(label)), label)))
-        if not 2 <= len(classes) <= MAX_CLASSES:
-            raise DataError(
-                f"{source}: the target {target!r} has {len(classes)} distinct value(s); classification "
-                f"needs between 2 and {MAX_CLASSES}" + "; use --task regression" * (len(classes) > 2)
-            )
+            raise not_a_class(source, target, rows[first], labels.iloc[first])
+        classes = class_set(spelled, source, target)
         scaling = Scaling(features, target, (), (), 0.0, 1.0, task, classes)
     else:
         labels = _numbers(column(target), target, source)
@@ -930,17 +989,8 @@ def _split(
     columns = ((name, scaling.values(column(name), name, source, unseen="zeros"), inputs[name][1]) for name in features)
     x_train, x_test = _standardised_inputs(columns, statistics, len(x_mean), (train, test), n, source, rows)
     scaling = scaling._replace(x_mean=tuple(x_mean), x_std=tuple(x_std))
-    unseen = {
-        name: sorted(
-            category for category, trained, held in zip(distinct, *counts, strict=True) if held and not trained
-        )
-        for name, (distinct, counts) in text.items()
-    }
     notes += [
-        f"{source}: column {name!r} holds {', '.join(map(repr, values))} in held-out rows only, not in "
-        f"the training rows: encoded there as no known category"
-        for name, values in unseen.items()
-        if values
+        note for name, (distinct, counts) in text.items() for note in unseen_note(source, name, distinct, *counts)
     ]
     y = scaling.target(labels, source, rows)  # every row checked
     return Split(

@@ -186,9 +186,21 @@ def load_data(config: Config, given=None) -> tuple[Config, data.Split]:
         sample_weight=config.sample_weight,
     )
     print(*(f"bp-jax: note: {note}\n" for note in split.notes), sep="", end="", file=sys.stderr)
-    config = dataclasses.replace(
-        config, target=split.scaling.target_name, features=split.scaling.feature_names, task=split.scaling.task
-    )
+    config = resolved(config, split.scaling, given)
+    n_train = len(split.x_train)
+    if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
+        source = f"{config.dataset}: " if data.is_file(config.dataset) else ""
+        raise UsageError(
+            f"{source}--batch-size must be between 1 and {n_train} (the training examples), got {config.batch_size}"
+        )
+    return config, split
+
+
+def resolved(config: Config, scaling: data.Scaling, given=None) -> Config:
+    """`config` with the target, features and task of `scaling`, and for a new run (`given`: the names set on the
+    command line) of a class target CLASSIFICATION_DEFAULTS for the values not given; UsageError for class weights
+    asked of a regression."""
+    config = dataclasses.replace(config, target=scaling.target_name, features=scaling.feature_names, task=scaling.task)
     if config.class_weight is not None and config.task != "classification":
         raise UsageError(
             f"--class-weight {config.class_weight} weighs classes; the target {config.target!r} is a regression "
@@ -197,13 +209,7 @@ def load_data(config: Config, given=None) -> tuple[Config, data.Split]:
     if given is not None and config.task == "classification":
         defaults: dict[str, Any] = {name: value for name, value in CLASSIFICATION_DEFAULTS.items() if name not in given}
         config = dataclasses.replace(config, **defaults)
-    n_train = len(split.x_train)
-    if config.batch_size is not None and not 1 <= config.batch_size <= n_train:
-        source = f"{config.dataset}: " if data.is_file(config.dataset) else ""
-        raise UsageError(
-            f"{source}--batch-size must be between 1 and {n_train} (the training examples), got {config.batch_size}"
-        )
-    return config, split
+    return config
 
 
 def steps_per_epoch(n_train: int, batch_size: int | None) -> int:
@@ -521,9 +527,13 @@ def check_schedule(config: Config, steps: int, steps_per_epoch: int, planned: in
 def class_weights(split: data.Split) -> np.ndarray:
     """scikit-learn's balanced class weights from the training rows: n / (k·n_c) for class c with n_c of the n rows
     (k the classes among them; 0 for a class with none)."""
-    counts = np.bincount(split.y_train, minlength=split.scaling.outputs)
+    return balanced(np.bincount(split.y_train, minlength=split.scaling.outputs))
+
+
+def balanced(counts: np.ndarray) -> np.ndarray:
+    """n / (k·n_c) for each class c of `counts` (n_c rows of n; k the classes with a row), 0 for a class without."""
     present = counts > 0
-    return np.where(present, len(split.y_train) / (present.sum() * np.maximum(counts, 1)), 0.0)
+    return np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
 
 
 def row_weights(config: Config, split: data.Split) -> np.ndarray | None:

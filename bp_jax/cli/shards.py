@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import io
 import itertools
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,15 +51,19 @@ GOLDEN = 0x9E3779B97F4A7C15  # 2⁶⁴/φ: splitmix64's increment
 
 
 class Rows(NamedTuple):
-    """A sharded run's training rows as `fit` reads them: x and y in D blocks along the "data" axis (block d on
-    the mesh's d-th device, padded with zeros to the longest), each block's real rows (`fit`'s shard_rows), and
-    the training and held-out rows of all the blocks."""
+    """A sharded run's training rows as `fit` reads them: x and y (or {"target": y, "weight": w}) in D blocks along
+    the "data" axis (block d on the mesh's d-th device, padded to the longest with copies of its first row, which
+    are never drawn), each block's real rows (`fit`'s shard_rows), the training and held-out rows of all the blocks,
+    and for metrics.json the rows per class (`runs.class_counts`'s form) and the weights' record
+    (`runs.weights_record`'s), each of every block."""
 
     x: jax.Array
-    y: jax.Array
+    y: jax.Array | dict
     counts: np.ndarray
     train: int
     held_out: int
+    classes: dict | None = None
+    weights: dict | None = None
 
 
 def row_group_blocks(sizes: Sequence[int], blocks: int, source: str = "the file") -> list[range]:
@@ -109,28 +114,30 @@ def held_out(rows: np.ndarray, seed: int, fraction: float = TEST_FRACTION) -> np
     return splitmix64(rows.astype(np.uint64) + np.uint64(seed * GOLDEN % 2**64)) < np.uint64(int(fraction * 2.0**64))
 
 
-def row_sum(values: np.ndarray, first: int) -> np.uint64:
+def row_sum(columns: Sequence[np.ndarray], first: int) -> np.uint64:
     """Σ over the rows (mod 2⁶⁴) of h(g, cells), g = first, first + 1, … the rows' numbers: h = splitmix64 of g,
-    then of h ⊕ each cell's float64 bits (every NaN one NaN). Any cut of the table into blocks gives the same total
-    of their sums: the data's fingerprint, whatever the layout."""
+    then of h ⊕ each cell's 64 bits (`columns`: float64 numbers, their bits with every NaN one NaN, or uint64 bits
+    as `cell_bits` gives a text's). Any cut of the table into blocks gives the same total of their sums: the data's
+    fingerprint, whatever the layout."""
     total = np.zeros((), np.uint64)  # an array: its sums wrap silently, a numpy scalar's warn
-    for start, end in _chunks(len(values)):
+    bits = lambda cells: np.where(np.isnan(cells), np.nan, cells).view(np.uint64) if cells.dtype.kind == "f" else cells
+    for start, end in _chunks(len(columns[0])):
         h = splitmix64(np.arange(first + start, first + end, dtype=np.uint64))
-        for column in values[start:end].T:
-            h = splitmix64(h ^ np.where(np.isnan(column), np.nan, column).view(np.uint64))
+        for column in columns:
+            h = splitmix64(h ^ bits(column[start:end]))
         total += h.sum(dtype=np.uint64)
     return np.uint64(total)
 
 
-def moments(values: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """(n, mean, M2 = Σ(v − mean)²) of each column of values[where] (rows × columns), float64 of shape
-    (3, columns), a column at a time; zeros for no rows."""
-    result = np.zeros((3, values.shape[1]))
+def moments(columns: Sequence[np.ndarray], where: np.ndarray) -> np.ndarray:
+    """(n, mean, M2 = Σ(v − mean)²) of each column's cells `where`, float64 of shape (3, columns); zeros for no
+    rows."""
+    result = np.zeros((3, len(columns)))
     result[0] = where.sum()
-    for index in range(values.shape[1]) if where.any() else ():
-        column = values[where, index]
-        result[1, index] = column.mean()
-        result[2, index] = np.square(column - result[1, index]).sum()
+    for index, column in enumerate(columns) if where.any() else ():
+        cells = column[where]
+        result[1, index] = cells.mean()
+        result[2, index] = np.square(cells - result[1, index]).sum()
     return result
 
 
@@ -149,28 +156,33 @@ def mine(mesh: jax.sharding.Mesh) -> list[int]:
     return [place for place, device in enumerate(mesh.devices.flat) if device.process_index == jax.process_index()]
 
 
-def _gathered(mesh, source: str, compute: Callable[[], dict], empty: dict) -> dict:
-    """What `compute` gives in every process (a dict of arrays with a leading axis of this process's blocks),
-    gathered in one all-gather into arrays of all the blocks in mesh order; where any process's `compute` raised a
-    UsageError, every process raises: that error where it was raised, a line naming the process elsewhere."""
+def _gathered(mesh, source: str, compute: Callable[[], list]) -> list:
+    """What `compute` gives in every process (a list of one JSON value per block of this process, in mesh order),
+    gathered into the list of every block's value in mesh order by two all-gathers (the lengths, then the JSON
+    text padded to the longest); where any process's `compute` raised a UsageError, every process raises: that
+    error where it was raised, a line naming the process elsewhere."""
     try:
         local, error = compute(), None
     except UsageError as err:
-        local, error = empty, err
-    with jax.enable_x64(True):  # counts and moments stay int64 and float64
-        everyone = multihost_utils.process_allgather({"ok": np.int64(error is None), **local})
+        local, error = None, err
+    text = np.frombuffer(json.dumps(local, default=lambda value: value.tolist()).encode(), np.uint8)
+    with jax.enable_x64(True):  # the lengths stay int64
+        lengths = np.asarray(multihost_utils.process_allgather(np.int64(len(text)))).reshape(-1)
+        padded = np.zeros(int(lengths.max()), np.uint8)
+        padded[: len(text)] = text
+        everyone = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
     if error is not None:
         raise error
-    failed = np.flatnonzero(np.asarray(everyone["ok"]).reshape(-1) == 0)
-    if len(failed):
+    values = [json.loads(row[:length].tobytes()) for row, length in zip(everyone, lengths, strict=True)]
+    failed = [process for process, value in enumerate(values) if value is None]
+    if failed:
         raise data.DataError(f"{source}: process {failed[0]} cannot use its rows (its own message says why)")
     owners = [device.process_index for device in mesh.devices.flat]
-    places = [(owner, owners[:place].count(owner)) for place, owner in enumerate(owners)]  # (process, its block)
-    return {name: np.stack([np.asarray(everyone[name])[p][i] for p, i in places]) for name in local}
+    return [values[owner][owners[:place].count(owner)] for place, owner in enumerate(owners)]
 
 
 def _columns(source: str, config: runs.Config) -> list[str]:
-    """The features, then the target, from the table's header or schema alone."""
+    """The features, then the target, then the --sample-weight column if any, from the header or schema alone."""
     import pandas as pd
 
     path = Path(source)
@@ -182,50 +194,574 @@ def _columns(source: str, config: runs.Config) -> list[str]:
         names = list(pd.read_csv(path, nrows=0).columns)
         if names and names[0].startswith("Unnamed: 0"):  # a row index, as `data.read` leaves it out
             names = names[1:]
-    features, target = data._choose(names, source, config.target, config.features)
-    return [*features, target]
+    features, target = data._choose(names, source, config.target, config.features, config.sample_weight)
+    return [*features, target, *([config.sample_weight] if config.sample_weight else [])]
 
 
-def _read_block(source: str, block, used: list[str]) -> np.ndarray:
-    """One block's used columns as float64, rows × columns, empty cells NaN: row groups of a parquet file (read one
-    at a time into the block's array), or the lines of a CSV's byte range; DataError naming the columns that are not
-    numbers."""
+class Coded(NamedTuple):
+    """A column of cells that are not numbers, as `pandas.factorize` codes them: each cell's index in `distinct`
+    (−1: empty), and the distinct cells (a feature's as text, `data._text`; a class target's as they are)."""
+
+    codes: np.ndarray
+    distinct: list
+
+
+class Block(NamedTuple):
+    """One block's used columns as read: `columns`, each a float64 array (empty cells NaN) or `Coded`; `types`,
+    each column's type as read ("i", "f", "b": integers, floats or booleans, read as numbers; "t": anything else);
+    `kinds`, each column's (numbers, filled cells, whether all are dates, the first filled cell as text): what
+    `data.text_kind` decides by, summed over the blocks."""
+
+    columns: dict
+    types: dict
+    kinds: dict
+
+
+def read_block(source: str, part, used: Sequence[str], labels: str | None = None) -> Block:
+    """The `used` columns of one block of `source` (`part`: its row groups, or a CSV's (header line, first byte,
+    end byte)): a parquet file's row groups read one at a time (its numbers into one float64 array), or the lines
+    of a CSV's byte range a chunk of rows at a time; `labels`: the column coded as it is (a class target)."""
     import pandas as pd
 
     path = Path(source)
-    if path.suffix.lower() == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    if path.suffix.lower() != ".parquet":
+        header, first, end = part
+        text = lines_in(path, first, end, len(header))
+        if not text:
+            return Block({name: np.zeros(0) for name in used}, {}, {})
+        return _block(*_read_csv(header + text, used), labels)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-        file = pq.ParquetFile(path)
-        number = lambda kind: pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-        _refuse_text(source, [name for name in used if not number(file.schema_arrow.field(name).type)])
-        sizes = [file.metadata.row_group(group).num_rows for group in block]
-        values = np.empty((sum(sizes), len(used)))
-        for group, first in zip(block, np.cumsum([0, *sizes[:-1]])):  # a row group at a time: its copy beside them
-            table = file.read_row_group(group, columns=used)
-            for column, name in enumerate(used):
-                values[first : first + table.num_rows, column] = table.column(name).cast(pa.float64()).to_numpy()
-            del table
-            pa.default_memory_pool().release_unused()  # the row group's buffers, which the pool would keep
-        return values
-    header, first, end = block  # a chunk of rows at a time: the block's text, its numbers and one chunk's frame
-    text = lines_in(path, first, end, len(header))
-    if not text:
-        return np.zeros((0, len(used)))
-    parts = []
-    for frame in pd.read_csv(io.BytesIO(header + text), usecols=used, chunksize=CHUNK):
-        _refuse_text(source, [name for name in used if not pd.api.types.is_numeric_dtype(frame[name])])
-        parts.append(frame[used].to_numpy(np.float64, na_value=np.nan))
-    return np.concatenate(parts)
+    file = pq.ParquetFile(path)
+    types = {name: _arrow_type(file.schema_arrow.field(name).type) for name in used}
+    numeric = [name for name in used if types[name] != "t"]
+    sizes = [file.metadata.row_group(group).num_rows for group in part]
+    values = np.empty((sum(sizes), len(numeric)), order="F")  # a column's cells side by side
+    chunks: dict = {name: [] for name in used if types[name] == "t"}
+    for group, first in zip(part, np.cumsum([0, *sizes[:-1]]), strict=True):  # a row group at a time
+        table = file.read_row_group(group, columns=list(used))
+        for column, name in enumerate(numeric):
+            values[first : first + table.num_rows, column] = table.column(name).cast(pa.float64()).to_numpy()
+        for name, kept in chunks.items():
+            kept.extend(table.column(name).chunks)
+        del table
+        pa.default_memory_pool().release_unused()  # the row group's buffers, which the pool would keep
+    cells = {
+        name: pd.Series(pa.chunked_array(kept, file.schema_arrow.field(name).type).to_pandas())
+        for name, kept in chunks.items()
+    }
+    return _block({name: values[:, column] for column, name in enumerate(numeric)}, cells, types, labels)
 
 
-def _refuse_text(source: str, text: list[str]) -> None:
-    if text:
+def _arrow_type(kind) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_boolean(kind):
+        return "b"
+    return "i" if pa.types.is_integer(kind) else "f" if pa.types.is_floating(kind) else "t"
+
+
+def _read_csv(text: bytes, used: Sequence[str]) -> tuple[dict, dict, dict]:
+    """(numbers, cells, types) of a CSV's text (its header line first): a column read as numbers in every chunk of
+    rows as float64, else as text (read again as str where some chunk read numbers)."""
+    import pandas as pd
+
+    numbers: dict = {name: [] for name in used}
+    cells: dict = {name: [] for name in used}
+    types: dict = {name: set() for name in used}
+    for frame in pd.read_csv(io.BytesIO(text), usecols=list(used), chunksize=CHUNK):
+        for name in used:
+            column = frame[name]
+            if data._typed_numeric(column):
+                types[name].add("b" if pd.api.types.is_bool_dtype(column) else "f" if column.dtype.kind == "f" else "i")
+                numbers[name].append(column.to_numpy(np.float64, na_value=np.nan))
+            else:
+                types[name].add("t")
+                cells[name].append(column)
+    merged = {name: _merged(kinds) for name, kinds in types.items()}
+    text_columns = [name for name in used if merged[name] == "t"]
+    mixed = [name for name in text_columns if numbers[name]]
+    again = _csv_text(text, mixed) if mixed else {}
+    return (
+        {name: np.concatenate(numbers[name]) for name in used if merged[name] != "t"},
+        {name: again[name] if name in again else pd.concat(cells[name]) for name in text_columns},
+        merged,
+    )
+
+
+def _csv_text(text: bytes, names: Sequence[str]) -> dict:
+    """The columns `names` of a CSV's text read as str (empty cells NaN)."""
+    import pandas as pd
+
+    frame = pd.read_csv(io.BytesIO(text), usecols=list(names), dtype=str)
+    return {name: frame[name].reset_index(drop=True) for name in names}
+
+
+def _merged(types) -> str:
+    """One type for a column read as `types` in several parts: text where any part read text, the one type where
+    all agree, else floats."""
+    types = set(types)
+    return "t" if "t" in types else types.pop() if len(types) == 1 else "f"
+
+
+def _block(numbers: dict, cells: dict, types: dict, labels: str | None) -> Block:
+    """A Block of the columns read as numbers and those read as cells (coded: a feature's as text)."""
+    import pandas as pd
+
+    kinds = {}
+    for name, values in numbers.items():
+        filled = int((~np.isnan(values)).sum())
+        kinds[name] = (filled, filled, False, "")
+        if types[name] == "i" and filled < len(values):  # an integer column with gaps reads as floats
+            types = {**types, name: "f"}
+    for name, column in cells.items():
+        filled = column.dropna()
+        example = str(filled.iloc[0]) if len(filled) else ""
+        if pd.api.types.is_datetime64_any_dtype(column) or isinstance(column.dtype, pd.PeriodDtype):
+            kinds[name] = (0, len(filled), True, example)
+        else:
+            kinds[name] = (*data.text_counts(filled), example)
+    coded = {}
+    for name, column in cells.items():
+        codes, distinct = pd.factorize(column if name == labels else data._text(column))
+        coded[name] = Coded(np.asarray(codes, np.int64), list(distinct))
+    return Block({**numbers, **coded}, types, kinds)
+
+
+def agreed_types(types: Sequence[dict]) -> dict:
+    """Each column's type over the blocks' `types` (an empty block has none): `_merged`."""
+    seen: dict = {}
+    for block in types:
+        for name, kind in block.items():
+            seen.setdefault(name, set()).add(kind)
+    return {name: _merged(kinds) for name, kinds in seen.items()}
+
+
+def agreed_kinds(kinds: Sequence[dict]) -> dict:
+    """Each column's (kind, filled cells, first filled cell) over the blocks' `kinds`: `data.text_kind` of the
+    summed counts."""
+    names = {name for block in kinds for name in block}
+    result = {}
+    for name in names:
+        parts = [block[name] for block in kinds if name in block]
+        numbers, cells = sum(part[0] for part in parts), sum(part[1] for part in parts)
+        example = next((part[3] for part in parts if part[3]), "")
+        result[name] = (data.text_kind(numbers, cells, all(part[2] for part in parts)), cells, example)
+    return result
+
+
+def _task(task: str, kind: str, kind_of_cells: str) -> str:
+    """The task of a target read as `kind` ("t": cells of the kind `kind_of_cells`): as given, or under auto
+    classification for booleans or text, as `data._task` decides."""
+    if task != "auto":
+        return task
+    return "classification" if kind == "b" or (kind == "t" and kind_of_cells == "text") else "regression"
+
+
+def as_used(block: Block, agreed: dict, kinds: dict, text, rows: np.ndarray, source: str, classes: str | None,
+            numeric: Sequence[str] = ()):  # fmt: skip
+    """The block with each column as the run reads it: text read again where another block read text (`text(names)`:
+    the block's columns `names` as str), a column of text whose cells are mostly numbers, or one of `numeric` (a
+    regression target, the weights), as float64 (DataError naming a cell that is not a number, by its row: `rows`,
+    the block's row numbers), and the `classes` column coded whatever its type."""
+    import pandas as pd
+
+    again = [name for name, kind in agreed.items() if kind == "t" and block.types.get(name, "t") != "t"]
+    columns = dict(block.columns)
+    if again and len(rows):
+        read = text(again)
+        columns.update({name: _block({}, {name: read[name]}, {}, classes).columns[name] for name in again})
+    for name, column in columns.items():
+        if isinstance(column, Coded) and name != classes and (kinds[name][0] == "numeric" or name in numeric):
+            distinct = pd.Series(column.distinct, dtype=object)
+            numbers = pd.to_numeric(distinct, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+            bad = np.flatnonzero(np.isnan(numbers[column.codes]) & (column.codes >= 0))
+            if len(bad):  # data._numbers' own words for its first cell
+                data._numbers(pd.Series([distinct[column.codes[bad[0]]]], index=[rows[bad[0]]]), name, source)
+            columns[name] = np.where(column.codes >= 0, numbers[column.codes], np.nan)
+        elif name == classes and not isinstance(column, Coded):
+            codes, distinct = pd.factorize(column)
+            columns[name] = Coded(np.asarray(codes, np.int64), list(distinct))
+    return block._replace(columns=columns)
+
+
+def _empty(column) -> np.ndarray:
+    return column.codes < 0 if isinstance(column, Coded) else np.isnan(column)
+
+
+def kept(block: Block, names: Sequence[str], first: int, source: str, missing: str) -> np.ndarray:
+    """Which rows to use: those with every cell of `names` (the features and the target) under "drop", those with
+    a target under "impute"; DataError for the first empty cell (by row, then column) under "error"."""
+    target = _empty(block.columns[names[-1]])
+    if missing == "impute":
+        return ~target
+    empty = target.copy()
+    for name in names[:-1]:
+        empty |= _empty(block.columns[name])
+    if missing == "error" and empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        column = next(name for name in names if _empty(block.columns[name])[row])
         raise data.DataError(
-            f"{source}: column(s) {', '.join(map(repr, text))} hold text; --shard-data reads numeric features and a "
-            f"numeric target (a regression): leave them out with --features"
+            f"{source}: column {column!r}, row {first + row + 1}: the cell is empty or NaN; pass --missing drop "
+            "to leave the rows with empty cells out"
         )
+    return ~empty
+
+
+def only(block: Block, keep: np.ndarray) -> Block:
+    """The block's rows `keep` (positions)."""
+    pick = lambda column: Coded(column.codes[keep], column.distinct) if isinstance(column, Coded) else column[keep]
+    return block._replace(columns={name: pick(column) for name, column in block.columns.items()})
+
+
+def cell_bits(column) -> np.ndarray:
+    """A column for `row_sum`: numbers as they are, text as each cell's pandas hash (an empty cell NaN's bits)."""
+    import pandas as pd
+
+    if not isinstance(column, Coded):
+        return column
+    hashes = pd.util.hash_array(np.asarray([str(cell) for cell in column.distinct], dtype=object))
+    nan = np.asarray(np.nan).view(np.uint64)
+    return np.where(column.codes >= 0, hashes[column.codes] if len(hashes) else nan, nan).astype(np.uint64)
+
+
+def summary(block: Block, test: np.ndarray, features: Sequence[str], target: str, weight: str | None, *,
+            classify: bool, fill: bool) -> dict:  # fmt: skip
+    """What the run agrees from a block of the rows it uses (`test`: which are held out): each text feature's
+    distinct cells (None past MAX_CATEGORIES: free text) and their training and held-out counts, the class labels
+    (`data._label`; None past MAX_CLASSES) and theirs, with `fill` each numeric feature's training (sum, count)
+    of filled cells, and the training rows' weight."""
+    train = ~test
+    counted = lambda codes, width: [np.bincount(codes[part & (codes >= 0)], minlength=width) for part in (train, test)]
+    result: dict = {"text": {}, "sums": {}, "labels": None, "weight": 0.0}
+    for name in features:
+        column = block.columns[name]
+        if isinstance(column, Coded):
+            width = len(column.distinct)
+            parts = counted(column.codes, width) if width <= data.MAX_CATEGORIES else [np.zeros(0, np.int64)] * 2
+            listed = [str(cell) for cell in column.distinct] if width <= data.MAX_CATEGORIES else None
+            result["text"][name] = {"distinct": listed, "train": parts[0], "held": parts[1]}
+        elif fill:
+            filled = column[train & ~np.isnan(column)]
+            result["sums"][name] = [float(filled.sum()), len(filled)]
+    if classify:
+        labels = block.columns[target]
+        width = len(labels.distinct)
+        if width <= data.MAX_CLASSES:
+            train_counts, held_counts = counted(labels.codes, width)
+            spelled = [data._label(label) for label in labels.distinct]
+            result["labels"] = {"distinct": spelled, "train": train_counts, "held": held_counts}
+    if weight is not None:
+        result["weight"] = float(block.columns[weight][train].sum())
+    return result
+
+
+class Agreed(NamedTuple):
+    """What every process takes from the blocks' summaries: the Scaling without its statistics (task, classes,
+    categories, fills), the rows per class (training, held out; None for a regression) and notes."""
+
+    scaling: data.Scaling
+    class_counts: np.ndarray | None
+    notes: tuple[str, ...]
+
+
+def agree(summaries: Sequence[dict], kinds: dict, types: dict, *, source: str, features: tuple[str, ...],
+          target: str, task: str, missing: str) -> Agreed:  # fmt: skip
+    """The blocks' `summary`s combined, in block order: a text feature's categories are its distinct cells in the
+    training rows, sorted (`data.trained_categories`); with --missing impute a text feature's fill is its most
+    frequent training category (`data.most_frequent`), a numeric one's the mean Σ sums / Σ counts of its filled
+    training cells; the classes are the distinct labels spelled as the whole column reads them (integers where every
+    block's are, `data.class_set`). DataError for dates, free text (`data.free_text`), a feature without a
+    training value to impute from, or too few or many classes."""
+    unusable, categories, notes = {}, {}, []
+    fill: dict[str, float | str] = {}
+    for name in features:
+        kind, cells, example = kinds[name]
+        if types[name] == "t" and kind == "date":
+            unusable[name] = f"dates or times (such as {example!r})"
+        if types[name] != "t" or kind != "text":
+            continue
+        parts = [each["text"][name] for each in summaries if name in each["text"]]
+        if any(part["distinct"] is None for part in parts):
+            unusable[name] = f"free text (over {data.MAX_CATEGORIES} distinct values in {cells} cells)"
+            continue
+        distinct, train, held = _union(parts)
+        if data.free_text(len(distinct), cells):
+            unusable[name] = f"free text ({len(distinct)} distinct values in {cells} cells)"
+        categories[name] = data.trained_categories(distinct, train)
+        notes += data.unseen_note(source, name, distinct, train, held)
+        if missing == "impute":
+            fill[name], count = data.most_frequent(distinct, train)
+            if not count:
+                raise data.DataError(f"{source}: column {name!r} has no value in the training rows to impute from")
+    data.refuse_unusable(source, features, unusable)
+    for name in features if missing == "impute" else ():
+        if name not in categories:
+            total, count = np.sum([each["sums"][name] for each in summaries], axis=0)
+            if not count:
+                raise data.DataError(f"{source}: column {name!r} has no value in the training rows to impute from")
+            fill[name] = float(total / count)
+    scaling = data.Scaling(features, target, (), (), 0.0, 1.0, task)
+    scaling = scaling._replace(categories=MappingProxyType(categories), fill=MappingProxyType(fill))
+    if task != "classification":
+        return Agreed(scaling, None, tuple(notes))
+    parts = [each["labels"] for each in summaries if each["labels"] is not None or len(summaries) == 1]
+    if len(parts) < len(summaries) or any(part is None for part in parts):
+        raise data.DataError(
+            f"{source}: the target {target!r} has over {data.MAX_CLASSES} distinct values; classification needs "
+            f"between 2 and {data.MAX_CLASSES}; use --task regression"
+        )
+    distinct, train, held = _union(parts)
+    integers = types[target] == "i" or (types[target] == "f" and all(each.get("integral") for each in summaries))
+    spell = bool if types[target] == "b" else int if integers else float if types[target] == "f" else data._label
+    spelled = [spell(label) for label in distinct]
+    classes = data.class_set(spelled, source, target)
+    position = [classes.index(label) for label in spelled]
+    counts = np.zeros((2, len(classes)), np.int64)
+    np.add.at(counts, (0, position), train)
+    np.add.at(counts, (1, position), held)
+    return Agreed(scaling._replace(classes=classes), counts, tuple(notes))
+
+
+def _union(parts: Sequence[dict]) -> tuple[list, np.ndarray, np.ndarray]:
+    """(the distinct values of all the parts in order of first appearance, their summed training and held-out
+    counts)."""
+    distinct: dict = {}
+    for part in parts:
+        for value in part["distinct"]:
+            distinct.setdefault((type(value), value), len(distinct))
+    train, held = np.zeros(len(distinct), np.int64), np.zeros(len(distinct), np.int64)
+    for part in parts:
+        where = [distinct[(type(value), value)] for value in part["distinct"]]
+        np.add.at(train, where, np.asarray(part["train"], np.int64))
+        np.add.at(held, where, np.asarray(part["held"], np.int64))
+    return [value for _, value in distinct], train, held
+
+
+def encoded(block: Block, scaling: data.Scaling) -> dict:
+    """Each feature's values as `data._standardised_inputs` reads them: a numeric one's float64 cells (empty ones
+    filled), a text one's category index (`data._category_index`: −1 for none, an empty cell its fill's)."""
+    import pandas as pd
+
+    values = {}
+    for name in scaling.feature_names:
+        column = block.columns[name]
+        if not isinstance(column, Coded):
+            if name in scaling.fill:  # in place: the block's own column
+                column[np.isnan(column)] = scaling.fill[name]
+            values[name] = column
+            continue
+        known = scaling.categories[name]
+        text = pd.Series(column.distinct, dtype="str")
+        lookup = data._category_index(text, known) if len(text) else np.zeros(0, np.int64)
+        empty = known.index(scaling.fill[name]) if name in scaling.fill else -1
+        values[name] = np.where(column.codes >= 0, lookup[np.maximum(column.codes, 0)] if len(lookup) else -1, empty)
+    return values
+
+
+def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs.Config, data.Split, Rows]:
+    """(config with its target, features and task resolved (`runs.resolved`, `given`: a new run's command-line
+    names); this process's rows as a `data.Split`, encoded and standardised with what every block's training rows
+    give; the training rows laid out for `fit`), reading only the blocks of this process's devices (the module
+    docstring has the definitions)."""
+    source = config.dataset
+    check(config, source)
+    batch, seed = config.batch_size, config.split_seed
+    assert batch is not None and seed is not None  # `check`, Config.__post_init__
+    devices, places = mesh.devices.size, mine(mesh)
+    used: list[str] = []  # the features, the target, the weight column
+    blocks: list = []  # this process's blocks; None once standardised
+    plan: list = []
+
+    def read() -> list:  # a file this host cannot read stops every process, not only this one
+        try:
+            used.extend(_columns(source, config))
+            plan.extend(_blocks(source, devices))
+            target = used[len(used) - 1 - bool(config.sample_weight)]
+            blocks.extend(read_block(source, plan[place], used, target) for place in places)
+        except UsageError:
+            raise
+        except (OSError, ValueError) as err:  # missing, unreadable, not parquet or CSV, unparsable
+            raise data.DataError(f"{source}: cannot be read: {str(err).strip().splitlines()[0]}") from None
+        return [{"rows": len(block.columns[used[0]]), "types": block.types, "kinds": block.kinds} for block in blocks]
+
+    read_ = _gathered(mesh, source, read)
+    weight = config.sample_weight
+    features, target = tuple(used[: len(used) - 1 - bool(weight)]), used[len(used) - 1 - bool(weight)]
+    counts = np.asarray([each["rows"] for each in read_], np.int64)
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    types = agreed_types([each["types"] for each in read_])
+    kinds = agreed_kinds([each["kinds"] for each in read_])
+    task = _task(config.task, types[target], kinds[target][0])
+    classify = task == "classification"
+    if config.class_weight is not None and not classify:
+        runs.resolved(config, data.Scaling(features, target, (), (), 0.0, 1.0, task))  # its UsageError
+    numbered: list = []  # each block's (row numbers of its positions, held out)
+
+    def summarise() -> list:
+        results = []
+        for index, place in enumerate(places):
+            first = int(firsts[place])
+            rows = np.arange(first, first + counts[place])
+            text = lambda names, place=place: _csv_text(_text_of(source, plan[place]), names)
+            numbers = [*([] if classify else [target]), *([weight] if weight else [])]
+            block = as_used(blocks[index], types, kinds, text, rows, source, target if classify else None, numbers)
+            digest = row_sum([cell_bits(block.columns[name]) for name in used], first)
+            keep = kept(block, [*features, target], first, source, config.missing)
+            chosen = None if keep.all() else np.flatnonzero(keep)
+            block = blocks[index] = block if chosen is None else only(block, chosen)
+            number = _numbering(first, chosen)
+            test = np.zeros(len(keep) if chosen is None else len(chosen), bool)
+            for start, end in _chunks(len(test)):
+                test[start:end] = held_out(number(np.arange(start, end)), seed)
+            numbered.append((number, test))
+            if weight is not None:  # data._row_weights' refusals, by row
+                import pandas as pd
+
+                cells = pd.Series(block.columns[weight], index=number(np.arange(len(test))))
+                block.columns[weight] = data._row_weights(cells, source, weight)
+            part = summary(block, test, features, target, weight, classify=classify, fill=config.missing == "impute")
+            sizes = [int((~test).sum()), int(test.sum()), len(keep) - len(test)]
+            integral = classify and types[target] == "f" and Path(source).suffix.lower() == ".csv" and len(test) > 0
+            if integral:  # a CSV's integer classes read as floats for their empty cells, as `data.load` reads them
+                integral = data.written_as_integers(text([target])[target])
+            results.append({**part, "digest": int(digest), "sizes": sizes, "integral": integral})
+        return results
+
+    summaries = _gathered(mesh, source, summarise)
+    agreed = agree(summaries, kinds, types, source=source, features=features, target=target, task=task,
+                   missing=config.missing)  # fmt: skip
+    sizes = np.asarray([each["sizes"] for each in summaries], np.int64)
+    if sizes[:, 0].min() < batch // devices:
+        raise UsageError(
+            f"{source}: block {int(sizes[:, 0].argmin())} of {devices} holds {sizes[:, 0].min()} training rows, fewer "
+            f"than a device's share of the batch ({batch} / {devices}); use a smaller --batch-size"
+        )
+    if sizes[:, 1].sum() == 0:
+        raise data.DataError(f"{source}: no row is held out ({int(sizes[:, 0].sum())} rows); need at least one")
+    if weight is not None and not sum(each["weight"] for each in summaries) > 0:
+        raise data.DataError(
+            f"{source}: column {weight!r} weighs 0 in every training row; --sample-weight needs a weight > 0"
+        )
+    digest = np.sum(np.asarray([each["digest"] for each in summaries], np.uint64), dtype=np.uint64)
+    fingerprint = hashlib.sha256(digest.tobytes() + repr((features, target, "shards")).encode())
+    scaling = agreed.scaling
+    numeric = [name for name in features if name not in scaling.categories]
+    values: list = []  # each block's features as `data._standardised_inputs` reads them
+
+    def measure() -> list:
+        stats = []
+        for index, (number, test) in enumerate(numbered):
+            values.append(encoded(blocks[index], scaling))
+            columns = [values[index][name] for name in numeric]
+            columns += [] if classify else [blocks[index].columns[target]]
+            _check_cells(columns, [*numeric, *[target] * (not classify)], number, source)
+            if classify:
+                labels = blocks[index].columns[target]
+                infinite = [code for code, label in enumerate(labels.distinct) if _infinite(label)]
+                if infinite:
+                    row = int(np.flatnonzero(np.isin(labels.codes, infinite))[0])
+                    raise data.not_a_class(source, target, int(number(row)), labels.distinct[labels.codes[row]])
+            stats.append(moments(columns, ~test))
+        return stats
+
+    combined_mean, combined_std = combined(np.asarray(_gathered(mesh, source, measure)))
+    inputs = scaling.feature_inputs
+    x_mean, x_std = [0.0] * len(scaling.input_names), [1.0] * len(scaling.input_names)  # one-hot: 0, 1
+    for column, name in enumerate(numeric):
+        x_mean[inputs[name][0]], x_std[inputs[name][0]] = float(combined_mean[column]), float(combined_std[column])
+    scaling = scaling._replace(x_mean=tuple(x_mean), x_std=tuple(x_std))
+    if not classify:
+        scaling = scaling._replace(y_mean=float(combined_mean[-1]), y_std=float(combined_std[-1]))
+    counted = agreed.class_counts
+    class_weights = None if config.class_weight is None or counted is None else runs.balanced(counted[0])
+    length, width = int(sizes[:, 0].max()), len(x_mean)
+    prepared: list = []  # each block's training (x, y, weights) padded to `length`, and held-out (x, y)
+
+    def standardise() -> list:  # a value float32 cannot hold: refused in every process
+        sums = []  # each block's training rows' weights summed
+        for index, (number, test) in enumerate(numbered):
+            block = blocks[index]
+            train, held = np.flatnonzero(~test), np.flatnonzero(test)
+            padded = np.concatenate([train, np.zeros(length - len(train), np.int64)])  # rows past n_d never drawn
+            columns = ((name, values[index][name], inputs[name][1]) for name in features)
+            statistics = lambda name, _: (scaling.x_mean[inputs[name][0]], scaling.x_std[inputs[name][0]])
+            rows = number(np.arange(len(test)))
+            x = data._standardised_inputs(columns, statistics, width, (padded, held), len(test), source, rows)
+            labels = block.columns[target]
+            if classify:
+                y = (
+                    scaling.target(np.asarray(labels.distinct, dtype=object), source)[labels.codes]
+                    if len(labels.distinct)
+                    else np.zeros(0, np.int32)
+                )
+            else:
+                y = scaling.target(labels, source, rows)
+            w = None
+            if weight is not None or class_weights is not None:
+                w = np.ones(len(test)) if weight is None else block.columns[weight]
+                w = (w if class_weights is None else w * class_weights[y]).astype(np.float32)[padded]
+
+            sums.append(0.0 if w is None else float(w[: len(train)].sum(dtype=np.float64)))
+            blocks[index] = values[index] = None
+            prepared.append((x[0], y[padded], w, x[1], y[held]))
+        return sums
+
+    weight_sums = _gathered(mesh, source, standardise)
+    left_out = int(sizes[:, 2].sum())
+    impute = config.missing == "impute"
+    why = f"without a target ({target!r})" if impute else "with an empty cell (--missing drop)"
+    notes = (*agreed.notes, *(f"{source}: left out {left_out} row(s) {why}",) * bool(left_out))
+    print(*(f"bp-jax: note: {note}\n" for note in notes), sep="", end="", file=sys.stderr)
+    trained = [int((~test).sum()) for _, test in numbered]
+    joined = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # one block: no copy
+    split = data.Split(
+        joined([arrays[0][:n] for arrays, n in zip(prepared, trained, strict=True)]),
+        joined([arrays[1][:n] for arrays, n in zip(prepared, trained, strict=True)]),
+        joined([arrays[3] for arrays in prepared]),
+        joined([arrays[4] for arrays in prepared]),
+        scaling,
+        fingerprint.hexdigest(),
+        notes,
+        MappingProxyType({"no_target": left_out * impute, "empty_feature": left_out * (not impute)}),
+    )
+    y = _laid_out([arrays[1] for arrays in prepared], mesh)
+    weighed = prepared[0][2] is not None
+    rows = Rows(
+        _laid_out([arrays[0] for arrays in prepared], mesh),
+        {"target": y, "weight": _laid_out([arrays[2] for arrays in prepared], mesh)} if weighed else y,
+        sizes[:, 0].astype(np.int32),
+        int(sizes[:, 0].sum()),
+        int(sizes[:, 1].sum()),
+        None if agreed.class_counts is None else _class_record(scaling.classes, agreed.class_counts),
+        None if not weighed else {
+            "class_weight": None if class_weights is None else dict(zip(map(str, scaling.classes),
+                                                                       class_weights.tolist(), strict=True)),
+            "sample_weight": weight,
+            "train_sum": float(sum(weight_sums)),
+        },
+    )  # fmt: skip
+    config = dataclasses.replace(config, target=target, features=features)
+    return runs.resolved(config, scaling, given), split, rows
+
+
+def _class_record(classes: tuple, counts: np.ndarray) -> dict:
+    """Rows per class, training and held out, keyed by the class as text (as `runs.class_counts`)."""
+    return {
+        part: dict(zip(map(str, classes), row.tolist(), strict=True))
+        for part, row in zip(("train", "held_out"), counts, strict=True)
+    }
+
+
+def _infinite(label) -> bool:
+    return isinstance(label, float | np.floating) and bool(np.isinf(label))
+
+
+def _text_of(source: str, part) -> bytes:
+    """A CSV block's text, its header line first."""
+    header, first, end = part
+    return header + lines_in(Path(source), first, end, len(header))
 
 
 def _blocks(source: str, devices: int) -> list:
@@ -244,130 +780,16 @@ def _blocks(source: str, devices: int) -> list:
 
 def check(config: runs.Config, source: str) -> None:
     """UsageError for what a sharded run does not do (yet): a built-in data set or an .npz, the full batch, an
-    ensemble, early stopping, weights, imputing, a class target."""
+    ensemble, early stopping."""
     refused = {
         "a .parquet or .csv file (--data)": not data.is_file(source) or Path(source).suffix.lower() == ".npz",
         "minibatches (a --batch-size)": config.batch_size is None,
         "one model (no --ensemble)": config.ensemble > 1,
         "no --early-stopping": config.early_stopping,
-        "no --sample-weight or --class-weight": config.sample_weight is not None or config.class_weight is not None,
-        "--missing error or drop": config.missing == "impute",
-        "a regression (--task regression or auto)": config.task == "classification",
     }
     wanted = [what for what, bad in refused.items() if bad]
     if wanted:
         raise UsageError(f"--shard-data trains on {', '.join(wanted)}")
-
-
-def load(config: runs.Config, mesh: jax.sharding.Mesh) -> tuple[runs.Config, data.Split, Rows]:
-    """(config with its target, features and task resolved; this process's rows as a `data.Split`, standardised
-    with the statistics of every block's training rows; the training rows laid out for `fit`), reading only the
-    blocks of this process's devices (the module docstring has the definitions)."""
-    source = config.dataset
-    check(config, source)
-    batch, seed = config.batch_size, config.split_seed
-    assert batch is not None and seed is not None  # `check`, Config.__post_init__
-    devices, places = mesh.devices.size, mine(mesh)
-    used: list[str] = []  # the features, then the target
-    values: list = []  # this process's blocks, float64 rows × used columns; None once standardised
-
-    def read() -> dict:  # a file this host cannot read stops every process, not only this one
-        try:
-            used.extend(_columns(source, config))
-            plan = _blocks(source, devices)
-            values.extend(_read_block(source, plan[place], used) for place in places)
-        except UsageError:
-            raise
-        except (OSError, ValueError) as err:  # missing, unreadable, not parquet or CSV, unparsable
-            raise data.DataError(f"{source}: cannot be read: {str(err).strip().splitlines()[0]}") from None
-        return {"rows": np.asarray([len(block) for block in values], np.int64)}
-
-    counts = _gathered(mesh, source, read, {"rows": np.zeros(len(places), np.int64)})["rows"]
-    features, target = tuple(used[:-1]), used[-1]
-    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    numbered: list = []  # each block's (row numbers of its positions, held out)
-
-    def summarise() -> dict:
-        stats, digests, sizes = [], [], []
-        for index, place in enumerate(places):
-            block, first = values[index], int(firsts[place])
-            digests.append(row_sum(block, first))
-            keep = _kept(block, used, first, source, config.missing)
-            kept = None if keep.all() else np.flatnonzero(keep)
-            if kept is not None:
-                block = values[index] = block[kept]
-            number = _numbering(first, kept)
-            _check_cells(block, used, number, source)
-            test = np.zeros(len(block), bool)
-            for start, end in _chunks(len(block)):
-                test[start:end] = held_out(number(np.arange(start, end)), seed)
-            numbered.append((number, test))
-            stats.append(moments(block, ~test))
-            sizes.append([(~test).sum(), test.sum(), (~keep).sum()])
-        return {
-            "moments": np.asarray(stats),
-            "digests": np.asarray(digests, np.uint64),
-            "sizes": np.asarray(sizes, np.int64),
-        }
-
-    empty = {
-        "moments": np.zeros((len(places), 3, len(used))),
-        "digests": np.zeros(len(places), np.uint64),
-        "sizes": np.zeros((len(places), 3), np.int64),
-    }
-    agreed = _gathered(mesh, source, summarise, empty)
-    mean, std = combined(agreed["moments"])
-    scaling = data.Scaling(
-        features, target, tuple(mean[:-1].tolist()), tuple(std[:-1].tolist()), float(mean[-1]), float(std[-1])
-    )
-    sizes = agreed["sizes"]
-    if sizes[:, 0].min() < batch // devices:
-        raise UsageError(
-            f"{source}: block {int(sizes[:, 0].argmin())} of {devices} holds {sizes[:, 0].min()} training rows, fewer "
-            f"than a device's share of the batch ({batch} / {devices}); use a smaller --batch-size"
-        )
-    if sizes[:, 1].sum() == 0:
-        raise data.DataError(f"{source}: no row is held out ({int(sizes[:, 0].sum())} rows); need at least one")
-    digest = np.sum(agreed["digests"], dtype=np.uint64)  # the rows' hashes summed over every block
-    fingerprint = hashlib.sha256(digest.tobytes() + repr((features, target, "shards")).encode())
-    length, inputs = int(sizes[:, 0].max()), len(features)
-    prepared: list = []  # each block's (x, y) of its training rows padded to `length`, and of its held-out rows
-
-    def standardise() -> dict:  # a cell whose standardised value float32 cannot hold: refused in every process
-        for index, (number, test) in enumerate(numbered):
-            train, held = np.flatnonzero(~test), np.flatnonzero(test)
-            arrays = [np.zeros((length, inputs), np.float32), np.zeros((length, 1), np.float32)]
-            arrays += [np.empty((len(held), inputs), np.float32), np.empty((len(held), 1), np.float32)]
-            _standardise_into(arrays[:2], values[index], train, number, scaling, source)
-            _standardise_into(arrays[2:], values[index], held, number, scaling, source)
-            values[index] = None
-            prepared.append(arrays)
-        return {}
-
-    _gathered(mesh, source, standardise, {})
-    left_out = int(sizes[:, 2].sum())
-    notes = (f"{source}: left out {left_out} row(s) with an empty cell (--missing drop)",) * bool(left_out)
-    print(*(f"bp-jax: note: {note}\n" for note in notes), sep="", end="", file=sys.stderr)
-    trained = [int((~test).sum()) for _, test in numbered]
-    joined = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # one block: no copy
-    split = data.Split(
-        joined([arrays[0][:n] for arrays, n in zip(prepared, trained)]),
-        joined([arrays[1][:n] for arrays, n in zip(prepared, trained)]),
-        joined([arrays[2] for arrays in prepared]),
-        joined([arrays[3] for arrays in prepared]),
-        scaling,
-        fingerprint.hexdigest(),
-        notes,
-        MappingProxyType({"no_target": 0, "empty_feature": left_out}),
-    )
-    rows = Rows(
-        _laid_out([arrays[0] for arrays in prepared], mesh),
-        _laid_out([arrays[1] for arrays in prepared], mesh),
-        sizes[:, 0].astype(np.int32),
-        int(sizes[:, 0].sum()),
-        int(sizes[:, 1].sum()),
-    )
-    return dataclasses.replace(config, target=target, features=features, task="regression"), split, rows
 
 
 #: rows checked, drawn or standardised at a time: the temporaries stay small beside the block
@@ -385,51 +807,25 @@ def _numbering(first: int, kept: np.ndarray | None) -> Callable[[np.ndarray], np
     return lambda positions: first + (positions if kept is None else kept[positions])
 
 
-def _kept(block: np.ndarray, names: list[str], first: int, source: str, missing: str) -> np.ndarray:
-    """Which rows have every cell (`missing` "drop" keeps those); DataError for any empty cell under "error"."""
-    keep = np.empty(len(block), bool)
-    for start, end in _chunks(len(block)):
-        keep[start:end] = ~np.isnan(block[start:end]).any(1)
-    if missing == "error" and not keep.all():
-        row = int(np.flatnonzero(~keep)[0])
-        column = int(np.flatnonzero(np.isnan(block[row]))[0])
-        raise data.DataError(
-            f"{source}: column {names[column]!r}, row {first + row + 1}: the cell is empty or NaN; pass --missing drop "
-            "to leave the rows with empty cells out"
-        )
-    return keep
-
-
-def _check_cells(block: np.ndarray, names: list[str], number: Callable, source: str) -> None:
-    """DataError naming the first cell that is not a number float32 holds (finite, |x| ≤ 3.4e38) by its row
-    (`number`: positions → row numbers)."""
-    for start, end in _chunks(len(block)):
-        bad = np.argwhere(~(np.abs(block[start:end]) <= data.FLOAT32_MAX))
+def _check_cells(columns: Sequence[np.ndarray], names: Sequence[str], number: Callable, source: str) -> None:
+    """DataError naming the first cell (by row, then column) that is not a number float32 holds (finite,
+    |x| ≤ 3.4e38) by its row (`number`: positions → row numbers)."""
+    rows = len(columns[0]) if len(columns) else 0
+    for start, end in _chunks(rows):
+        bad = np.argwhere(~(np.abs(np.stack([column[start:end] for column in columns], 1)) <= data.FLOAT32_MAX))
         if len(bad):
             row, column = bad[0]
-            cell = block[start + row, column]
+            cell = columns[column][start + row]
             what = "not a finite number" if np.isinf(cell) else f"beyond float32's range (±{data.FLOAT32_MAX:.3g})"
             raise data.DataError(
                 f"{source}: column {names[column]!r}, row {number(start + row) + 1}: the cell holds {cell}, {what}"
             )
 
 
-def _standardise_into(
-    out: Sequence[np.ndarray], block: np.ndarray, which: np.ndarray, number: Callable, scaling, source: str
-):
-    """out = (x, y): the block's rows `which`, standardised by `scaling` (`Scaling.standardise`, `Scaling.target`),
-    CHUNK rows at a time, into the first len(which) rows of x and y."""
-    x, y = out
-    for start, end in _chunks(len(which)):
-        part = which[start:end]
-        x[start:end] = scaling.standardise(block[part, :-1], source, number(part) + 1)
-        y[start:end] = scaling.target(block[part, -1], source, number(part) + 1)
-
-
 def _laid_out(blocks: list[np.ndarray], mesh: jax.sharding.Mesh) -> jax.Array:
     """This process's blocks (of one shape) as one array split over the mesh's axis: block d on its d-th device."""
     devices = list(mesh.devices.flat)
-    pieces = [jax.device_put(block, devices[place]) for block, place in zip(blocks, mine(mesh))]
+    pieces = [jax.device_put(block, devices[place]) for block, place in zip(blocks, mine(mesh), strict=True)]
     shape = (len(devices) * len(blocks[0]), *blocks[0].shape[1:])
     return jax.make_array_from_single_device_arrays(
         shape, NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])), pieces
@@ -437,33 +833,37 @@ def _laid_out(blocks: list[np.ndarray], mesh: jax.sharding.Mesh) -> jax.Array:
 
 
 def scores(model: bp_jax.Model, split: data.Split, rows: Rows) -> Callable:
-    """`params -> metrics` over every process's rows: train_mse, held_out_mse and baseline_held_out_mse (the
-    held-out MSE of the training rows' mean target, ȳ = Σy/n: Σ(y − ȳ)² = Σy² − 2ȳΣy + n·ȳ²), from per-process sums
-    gathered in one all-gather."""
+    """`params -> metrics` over every process's rows, from per-process sums gathered in one all-gather: a
+    regression's train_mse, held_out_mse and baseline_held_out_mse (the held-out MSE of the training rows' mean
+    target, ȳ = Σy/n: Σ(y − ȳ)² = Σy² − 2ȳΣy + n·ȳ²); a classification's train_ and held_out_accuracy and log loss
+    (`runs.scores`' metrics, each a mean over the rows: Σ over processes of mean × rows, / rows) and
+    baseline_held_out_accuracy (the held-out share of the training rows' most frequent class)."""
     measured = runs.scores(model, split)
+    classify = split.scaling.task == "classification"
+    names = [
+        f"{part}_{metric}"
+        for part in ("train", "held_out")
+        for metric in (("accuracy", "log_loss") if classify else ("mse",))
+    ]
+    local_rows = {"train": len(split.y_train), "held_out": len(split.y_test)}
+    total_rows = {"train": rows.train, "held_out": rows.held_out}
+    part = lambda name: "train" if name.startswith("train") else "held_out"
 
     def on_host(params) -> dict:
-        local = measured(params) if len(split.y_test) else {"train_mse": 0.0, "held_out_mse": 0.0}
+        local = measured(params) if len(split.y_test) else dict.fromkeys(names, 0.0)
         y, y_train = split.y_test.astype(np.float64), split.y_train.astype(np.float64)
-        sums = np.asarray(
-            [
-                float(local["train_mse"]) * len(y_train),
-                float(local["held_out_mse"]) * len(y),
-                y_train.sum(),
-                y.sum(),
-                (y**2).sum(),
-            ]
-        )
+        sums = [float(local[name]) * local_rows[part(name)] for name in names]
+        sums += [] if classify else [y_train.sum(), y.sum(), (y**2).sum()]
         with jax.enable_x64(True):
-            train_se, test_se, train_y, test_y, test_y2 = (
-                np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, 5).sum(0)
-            )
+            gathered = np.asarray(multihost_utils.process_allgather(np.asarray(sums))).reshape(-1, len(sums)).sum(0)
+        metrics = {name: value / total_rows[part(name)] for name, value in zip(names, gathered, strict=False)}
+        if classify:
+            assert rows.classes is not None  # a classification's `load`
+            train, held = (np.asarray(list(rows.classes[part].values())) for part in ("train", "held_out"))
+            return {**metrics, "baseline_held_out_accuracy": held[train.argmax()] / rows.held_out}
+        train_y, test_y, test_y2 = gathered[len(names) :]
         mean = train_y / rows.train
         baseline = (test_y2 - 2 * mean * test_y + rows.held_out * mean**2) / rows.held_out
-        return {
-            "train_mse": train_se / rows.train,
-            "held_out_mse": test_se / rows.held_out,
-            "baseline_held_out_mse": baseline,
-        }
+        return {**metrics, "baseline_held_out_mse": baseline}
 
     return on_host

@@ -205,7 +205,7 @@ def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem
     """Read and split the data, check the batch size and that the run fits in memory, build the model and its
     initial state (`given`: the values set on the command line of a new run, see `runs.load_data`)."""
     if config.shard_data:
-        return _prepare_sharded(config, devices)
+        return _prepare_sharded(config, devices, given)
     config, split = runs.load_data(config, given)
     split, validation = runs.validation_split(config, split) if config.early_stopping else (split, None)
     runs.check_memory(config, split, members=config.ensemble)  # before the params are allocated
@@ -222,13 +222,13 @@ def _prepare(config: Config, devices: int | None, given: dict | None) -> Problem
     return Problem(config, split, model, mesh, runs.initial_state(model, config), validation)
 
 
-def _prepare_sharded(config: Config, devices: int | None) -> Problem:
+def _prepare_sharded(config: Config, devices: int | None, given: dict | None) -> Problem:
     """`_prepare` with --shard-data: the mesh first (one device at least), then only its blocks of the file read by
     this process (`shards.load`)."""
     shards.check(config, config.dataset)
     assert config.batch_size is not None  # shards.check
     mesh = mesh_for(devices, config.batch_size) or bp_jax.data_parallel_mesh(1)
-    config, split, rows = shards.load(config, mesh)
+    config, split, rows = shards.load(config, mesh, given)
     runs.check_memory(config, split)  # this process's rows
     model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
     return Problem(config, split, model, mesh, runs.initial_state(model, config), rows=rows)
@@ -364,7 +364,10 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
 
     per_epoch = runs.steps_per_epoch(_training_rows(problem), config.batch_size)
     transform = runs.optimizer(config, watch.total, per_epoch)
-    y = runs.targets(config, split)
+    if problem.rows is not None:  # every process's rows, weighed by what every block gives
+        x, y = problem.rows.x, problem.rows.y
+    else:
+        x, y = jax.device_put(split.x_train), jax.device_put(runs.targets(config, split))
     chunk_sizes = (PROGRESS_EVERY,) if checkpoint_every is None else (PROGRESS_EVERY, checkpoint_every)
     model = runs.training_model(split.x_train.shape[1], config, split.scaling.outputs)
     loss = runs.loss(model, split.scaling, weighted=isinstance(y, dict))
@@ -396,9 +399,7 @@ def _train(problem: Problem, start: Start, watch: Watch, manager, checkpoint_eve
         "keep_losses": False,  # the watch keeps the history, bounded
     }
     if problem.rows is not None:
-        x, y, arguments["shard_rows"] = problem.rows.x, problem.rows.y, problem.rows.counts
-    else:
-        x, y = jax.device_put(split.x_train), jax.device_put(y)
+        arguments["shard_rows"] = problem.rows.counts
     if ensemble:
         members = bp_jax.fit_ensemble(loss, start.state["params"], x, y, **arguments)
         diverged = np.flatnonzero(members.diverged >= 0)
@@ -488,13 +489,17 @@ def _finish(
         "task": config.task,
         **scores,
         **(runs.baseline(split) if problem.rows is None else {}),  # shards.scores has it
-        "weights": runs.weights_record(config, split),
+        "weights": runs.weights_record(config, split) if problem.rows is None else problem.rows.weights,
         "examples": {
             "train": _training_rows(problem),
             "held_out": len(split.x_test) if problem.rows is None else problem.rows.held_out,
             "features": split.x_train.shape[1],
             **({"left_out": dict(split.left_out)} if any(split.left_out.values()) else {}),
-            **({"classes": runs.class_counts(split)} if classify else {}),
+            **(
+                {"classes": runs.class_counts(split) if problem.rows is None else problem.rows.classes}
+                if classify
+                else {}
+            ),
             **({"validation": len(problem.validation[1])} if problem.validation is not None else {}),
         },
         **({"early_stopping": stopping} if stopping is not None else {}),
