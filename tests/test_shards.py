@@ -115,6 +115,38 @@ def test_parquet_and_csv_load_alike_with_the_training_rows_statistics(tmp_path):
     assert np.array_equal(np.asarray(parquet_rows.x), parquet_split.x_train)
 
 
+def agreed_blocks(source: str, split, features: tuple, target: str, weight: str | None, missing: str, blocks: int):
+    """The blocks' `shards.agree` (and each block's rows to use and which are held out), given `data.load`'s own
+    held-out rows (`split`'s: the first of its permutation of the kept rows) and the blocks' read types."""
+    kept_rows = len(split.y_train) + len(split.y_test)
+    test = np.zeros(kept_rows, bool)
+    test[np.random.default_rng(0).permutation(kept_rows)[: len(split.y_test)]] = True
+    used = [*features, target, *[weight] * bool(weight)]
+    plan = shards._blocks(source, blocks)
+    read = [shards.read_block(source, part, used, target) for part in plan]
+    types = shards.agreed_types([block.types for block in read])
+    kinds = shards.agreed_kinds([block.kinds for block in read])
+    summaries, used_blocks, first, done = [], [], 0, 0
+    for block, part in zip(read, plan, strict=True):
+        rows = len(block.columns[target])
+        text = lambda names, part=part: shards._csv_text(shards._text_of(source, part), names)
+        block = shards.as_used(block, types, kinds, text, np.arange(first, first + rows), source, target, [weight])
+        keep = np.flatnonzero(shards.kept(block, [*features, target], first, source, missing))
+        block, held = shards.only(block, keep), test[done : done + len(keep)]
+        used_blocks.append((block, held))
+        summary = shards.summary(block, held, features, target, weight, classify=True, fill=missing == "impute")
+        summaries.append(
+            {
+                **summary,
+                "integral": shards.integral_classes(types[target], source, lambda text=text: text([target])[target]),
+            }
+        )
+        first, done = first + rows, done + len(keep)
+    agreed = shards.agree(summaries, kinds, types, source=source, features=features, target=target,
+                          task="classification", missing=missing)  # fmt: skip
+    return agreed, summaries, used_blocks, [block.types for block in read]
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 def test_what_the_blocks_agree_equals_what_data_load_finds_in_the_whole_table(tmp_path, suffix):
     """Three blocks of a table with a text feature, empty cells, weights and text classes, given `data.load`'s own
@@ -124,46 +156,49 @@ def test_what_the_blocks_agree_equals_what_data_load_finds_in_the_whole_table(tm
     parquet(source, frame, 50) if suffix == ".parquet" else frame.to_csv(source, index=False)
     features, target = ("x", "colour", "size"), "label"
     split = shards.data.load(source, target=target, split_seed=0, missing="impute", sample_weight="w")
-    n = int(frame[target].notna().sum())  # data.load's held-out rows: the first of its permutation of the kept rows
-    test = np.zeros(n, bool)
-    test[np.random.default_rng(0).permutation(n)[: round(0.2 * n)]] = True
-    used = [*features, target, "w"]
-    plan = shards._blocks(source, 3)
-    blocks = [shards.read_block(source, part, used, target) for part in plan]
-    types = shards.agreed_types([block.types for block in blocks])
-    kinds = shards.agreed_kinds([block.kinds for block in blocks])
-    summaries, kept_blocks, first, done = [], [], 0, 0
-    for block, part in zip(blocks, plan, strict=True):
-        rows = len(block.columns[target])
-        text = lambda names, part=part: shards._csv_text(shards._text_of(source, part), names)
-        block = shards.as_used(block, types, kinds, text, np.arange(first, first + rows), source, target, ["w"])
-        keep = np.flatnonzero(shards.kept(block, [*features, target], first, source, "impute"))
-        block = shards.only(block, keep)
-        kept_blocks.append((block, test[done : done + len(keep)]))
-        summaries.append(
-            shards.summary(block, test[done : done + len(keep)], features, target, "w", classify=True, fill=True)
-        )
-        first, done = first + rows, done + len(keep)
-    agreed = shards.agree(summaries, kinds, types, source=source, features=features, target=target,
-                          task="classification", missing="impute")  # fmt: skip
+    agreed, summaries, blocks, _ = agreed_blocks(source, split, features, target, "w", "impute", 3)
     scaling = agreed.scaling
     assert (scaling.classes, dict(scaling.categories)) == (split.scaling.classes, dict(split.scaling.categories))
     assert scaling.fill["colour"] == split.scaling.fill["colour"]
+    numeric = ("x", "size")
     np.testing.assert_allclose(
-        [scaling.fill["x"], scaling.fill["size"]], [split.scaling.fill[name] for name in ("x", "size")], rtol=1e-12
+        [scaling.fill[name] for name in numeric], [split.scaling.fill[name] for name in numeric], rtol=1e-12
     )
     np.testing.assert_allclose(
         shards.runs.balanced(agreed.class_counts[0]), shards.runs.class_weights(split), rtol=1e-12
     )
     np.testing.assert_allclose(sum(each["weight"] for each in summaries), split.w_train.sum(), rtol=1e-12)
     stats = [
-        shards.moments([shards.encoded(block, scaling)[name] for name in ("x", "size")], ~held)
-        for block, held in kept_blocks
+        shards.moments([shards.encoded(block, scaling)[name] for name in numeric], ~held) for block, held in blocks
     ]
     mean, std = shards.combined(np.stack(stats))
     inputs = split.scaling.feature_inputs
-    np.testing.assert_allclose(mean, [split.scaling.x_mean[inputs[name][0]] for name in ("x", "size")], rtol=1e-10)
-    np.testing.assert_allclose(std, [split.scaling.x_std[inputs[name][0]] for name in ("x", "size")], rtol=1e-10)
+    np.testing.assert_allclose(mean, [split.scaling.x_mean[inputs[name][0]] for name in numeric], rtol=1e-10)
+    np.testing.assert_allclose(std, [split.scaling.x_std[inputs[name][0]] for name in numeric], rtol=1e-10)
+
+
+def test_a_text_column_one_block_reads_as_numbers_and_integer_classes_with_gaps_agree_as_data_loads(tmp_path):
+    """A CSV whose first block's `code` cells are all numbers (pandas reads them as numbers there, text elsewhere)
+    and integer classes with empty cells (read as floats): the blocks agree text categories and integer classes,
+    as `data.load` reads the whole file."""
+    rng = np.random.default_rng(1)
+    code = [str(value) for value in rng.integers(1, 3, 45)] + list(rng.choice(["a", "b"], 45))  # half: text
+    k = pd.array(rng.integers(0, 3, 90), dtype="Int64")  # written 0, 1, 2, and empty
+    k[::9] = pd.NA
+    source = str(tmp_path / "t.csv")
+    pd.DataFrame({"x": rng.standard_normal(90), "code": code, "k": k}).to_csv(source, index=False)
+    split = shards.data.load(source, target="k", split_seed=0, task="classification", missing="drop")
+    agreed, _, blocks, types = agreed_blocks(source, split, ("x", "code"), "k", None, "drop", 3)
+    assert types[0]["code"] == "i" and types[1]["code"] == "t" and types[0]["k"] == "f"  # the paths under test
+    first = shards.encoded(blocks[0][0], agreed.scaling)["code"]  # read again as text: its cells' categories
+    assert first.dtype.kind == "i" and set(first) == {0, 1}
+    assert agreed.scaling.classes == split.scaling.classes == (0, 1, 2)
+    assert (
+        [type(label) for label in agreed.scaling.classes]
+        == [type(label) for label in split.scaling.classes]
+        == [int] * 3
+    )
+    assert dict(agreed.scaling.categories) == dict(split.scaling.categories) == {"code": ("1", "2", "a", "b")}
 
 
 @pytest.mark.slow  # a command's compilations

@@ -1,28 +1,40 @@
 """Each process reads only its rows (`bp-jax train --shard-data`): a .parquet or .csv table cut into one block of
 rows per device of the data-parallel mesh, each process reading the blocks of its own devices, and everything the
-run needs from the whole table (row numbers, held-out rows, standardisation, fingerprint) agreed by small
-all-gathers of per-block numbers.
+run needs from the whole table (row numbers, held-out rows, classes, categories, fills, class counts,
+standardisation, fingerprint) agreed by small all-gathers of per-block summaries.
 
     config, split, rows = load(config, mesh)    # split: this process's rows; rows: what `fit` reads
     result = fit(loss, params, rows.x, rows.y, mesh=mesh, shard_rows=rows.counts, batch_size=b, …)
     metrics = scores(model, split, rows)(params)  # over every process's rows
 
 The definitions (docs/guides/devices.md), for D devices in mesh order and N rows numbered g = 0 … N − 1 in file
-order:
+order; each agreed quantity is the one `data.load` finds in the whole table from the same training rows:
 
 - Blocks (`row_group_blocks`, `byte_ranges`): a parquet file's row groups in D contiguous runs, block d ending at
   the row-group boundary nearest (d + 1)·N/D, each at least one group (fewer row groups than devices: refused); a
   CSV's bytes after its header in D equal ranges, a block holding the lines that begin in its range (a cell may
   not hold a line break). A block's first row number is the sum of the earlier blocks' row counts (gathered).
+- Types and kinds (`read_block`, `agreed_types`, `agreed_kinds`): a column is read as numbers, or as cells coded
+  by `pandas.factorize`; one read as text in any block is text in all (a CSV block reads it again as str, as
+  pandas reads the whole file), and a text column's kind is `data.text_kind` of the blocks' summed counts (numbers,
+  filled cells; dates where every block's are): mostly numbers are numbers, dates and free text are refused.
 - Held out (`held_out`): row g iff splitmix64(g + (s + 1)·φ) < f·2⁶⁴ (s the split seed, f = 0.2, φ = 0x9E37…15):
   each row's own draw, so any layout, one process or many, holds out the same rows.
-- Standardisation (`combined`): each block's training rows give per column (n_d, mean_d, M2_d = Σ(v − mean_d)²),
-  all-gathered and combined in block order: n = Σ n_d, mean = Σ n_d·mean_d / n, M2 = Σ M2_d + n_d·(mean_d − mean)²,
-  std = √(M2 / n) (1 where 0), the training rows' population statistics, as `data.load` computes them.
-- Fingerprint (`row_sum`): sha256 of Σ_g h(g, row g's used cells) mod 2⁶⁴ (a sum of every block's sums) and the
-  column names: the same for any layout, a parquet file or a CSV of the same numbers.
-- Scope: numeric features and a numeric (regression) target, `--missing error` or `drop`, minibatches; each
-  block needs at least b/D training rows.
+- Classes, categories, fills (`summary`, `agree`): each block gives its distinct class labels (`data._label`) and
+  text cells with their training and held-out counts, summed over the blocks: the classes are the labels spelled
+  as the whole column reads them (integers where every block's are) and sorted (`data.class_set`); a text
+  feature's categories those of its training rows (`data.trained_categories`); under --missing impute a text
+  feature's fill its most frequent training category (`data.most_frequent`), a numeric one's the mean
+  Σ_d sum_d / Σ_d n_d of its filled training cells. Encoding is `data`'s: `data._category_index`, one-hot by
+  `data._standardised_inputs`.
+- Weights: a row's --sample-weight cell times, with --class-weight balanced, n / (k·n_c) for its class c from the
+  summed class counts (`runs.balanced`).
+- Standardisation (`combined`): each block's training rows give per numeric input (filled) and a regression target
+  (n_d, mean_d, M2_d = Σ(v − mean_d)²), all-gathered and combined in block order: n = Σ n_d,
+  mean = Σ n_d·mean_d / n, M2 = Σ M2_d + n_d·(mean_d − mean)², std = √(M2 / n) (1 where 0).
+- Fingerprint (`row_sum`): sha256 of Σ_g h(g, row g's used cells) mod 2⁶⁴ (a number's float64 bits, a text's pandas
+  hash; a sum of every block's sums) and the column names: the same for any layout, a parquet file or a CSV.
+- Scope: minibatches, one model, no early stopping; each block needs at least b/D training rows.
 """
 
 import dataclasses
@@ -221,8 +233,6 @@ def read_block(source: str, part, used: Sequence[str], labels: str | None = None
     """The `used` columns of one block of `source` (`part`: its row groups, or a CSV's (header line, first byte,
     end byte)): a parquet file's row groups read one at a time (its numbers into one float64 array), or the lines
     of a CSV's byte range a chunk of rows at a time; `labels`: the column coded as it is (a class target)."""
-    import pandas as pd
-
     path = Path(source)
     if path.suffix.lower() != ".parquet":
         header, first, end = part
@@ -248,13 +258,13 @@ def read_block(source: str, part, used: Sequence[str], labels: str | None = None
         del table
         pa.default_memory_pool().release_unused()  # the row group's buffers, which the pool would keep
     cells = {
-        name: pd.Series(pa.chunked_array(kept, file.schema_arrow.field(name).type).to_pandas())
-        for name, kept in chunks.items()
+        name: pa.chunked_array(kept, file.schema_arrow.field(name).type).to_pandas() for name, kept in chunks.items()
     }
     return _block({name: values[:, column] for column, name in enumerate(numeric)}, cells, types, labels)
 
 
 def _arrow_type(kind) -> str:
+    """A parquet column's type as `Block.types` names it."""
     import pyarrow as pa
 
     if pa.types.is_boolean(kind):
@@ -376,14 +386,23 @@ def as_used(block: Block, agreed: dict, kinds: dict, text, rows: np.ndarray, sou
         if isinstance(column, Coded) and name != classes and (kinds[name][0] == "numeric" or name in numeric):
             distinct = pd.Series(column.distinct, dtype=object)
             numbers = pd.to_numeric(distinct, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-            bad = np.flatnonzero(np.isnan(numbers[column.codes]) & (column.codes >= 0))
+            columns[name] = np.append(numbers, np.nan)[column.codes]  # an empty cell (−1): the NaN after them
+            bad = np.flatnonzero(np.isnan(columns[name]) & (column.codes >= 0))
             if len(bad):  # data._numbers' own words for its first cell
                 data._numbers(pd.Series([distinct[column.codes[bad[0]]]], index=[rows[bad[0]]]), name, source)
-            columns[name] = np.where(column.codes >= 0, numbers[column.codes], np.nan)
         elif name == classes and not isinstance(column, Coded):
             codes, distinct = pd.factorize(column)
             columns[name] = Coded(np.asarray(codes, np.int64), list(distinct))
     return block._replace(columns=columns)
+
+
+def integral_classes(kind: str, source: str, text: Callable) -> bool:
+    """Whether a block's classes of the type `kind` are integers: read as integers, or a CSV's read as floats (for
+    empty cells) and written as integers (`text()`: the block's class column as str), as `data.load` reads the
+    whole file."""
+    if kind == "f" and Path(source).suffix.lower() == ".csv":
+        return data.written_as_integers(text())
+    return kind == "i"
 
 
 def _empty(column) -> np.ndarray:
@@ -422,8 +441,7 @@ def cell_bits(column) -> np.ndarray:
     if not isinstance(column, Coded):
         return column
     hashes = pd.util.hash_array(np.asarray([str(cell) for cell in column.distinct], dtype=object))
-    nan = np.asarray(np.nan).view(np.uint64)
-    return np.where(column.codes >= 0, hashes[column.codes] if len(hashes) else nan, nan).astype(np.uint64)
+    return np.append(hashes, np.asarray(np.nan).view(np.uint64))[column.codes]  # an empty cell (−1): NaN's bits
 
 
 def summary(block: Block, test: np.ndarray, features: Sequence[str], target: str, weight: str | None, *,
@@ -506,8 +524,8 @@ def agree(summaries: Sequence[dict], kinds: dict, types: dict, *, source: str, f
     scaling = scaling._replace(categories=MappingProxyType(categories), fill=MappingProxyType(fill))
     if task != "classification":
         return Agreed(scaling, None, tuple(notes))
-    parts = [each["labels"] for each in summaries if each["labels"] is not None or len(summaries) == 1]
-    if len(parts) < len(summaries) or any(part is None for part in parts):
+    parts = [each["labels"] for each in summaries]
+    if any(part is None for part in parts):
         raise data.DataError(
             f"{source}: the target {target!r} has over {data.MAX_CLASSES} distinct values; classification needs "
             f"between 2 and {data.MAX_CLASSES}; use --task regression"
@@ -556,15 +574,26 @@ def encoded(block: Block, scaling: data.Scaling) -> dict:
         text = pd.Series(column.distinct, dtype="str")
         lookup = data._category_index(text, known) if len(text) else np.zeros(0, np.int64)
         empty = known.index(scaling.fill[name]) if name in scaling.fill else -1
-        values[name] = np.where(column.codes >= 0, lookup[np.maximum(column.codes, 0)] if len(lookup) else -1, empty)
+        values[name] = np.append(lookup, empty)[column.codes]  # an empty cell (−1): its fill's, or none
     return values
+
+
+class Columns(NamedTuple):
+    """The roles of the used columns: the features, the target, the --sample-weight column (or None), and whether
+    the target's values are classes."""
+
+    features: tuple[str, ...]
+    target: str
+    weight: str | None
+    classify: bool
 
 
 def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs.Config, data.Split, Rows]:
     """(config with its target, features and task resolved (`runs.resolved`, `given`: a new run's command-line
     names); this process's rows as a `data.Split`, encoded and standardised with what every block's training rows
-    give; the training rows laid out for `fit`), reading only the blocks of this process's devices (the module
-    docstring has the definitions)."""
+    give; the training rows laid out for `fit`), reading only the blocks of this process's devices, in four
+    all-gathers: the blocks' rows, types and kinds; their `summary`s (agreed by `agree`); the numeric inputs'
+    `moments`; the weights' sums (and every block's go-ahead). The module docstring has the definitions."""
     source = config.dataset
     check(config, source)
     batch, seed = config.batch_size, config.split_seed
@@ -594,45 +623,116 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
     types = agreed_types([each["types"] for each in read_])
     kinds = agreed_kinds([each["kinds"] for each in read_])
     task = _task(config.task, types[target], kinds[target][0])
-    classify = task == "classification"
-    if config.class_weight is not None and not classify:
+    roles = Columns(features, target, weight, task == "classification")
+    if config.class_weight is not None and not roles.classify:
         runs.resolved(config, data.Scaling(features, target, (), (), 0.0, 1.0, task))  # its UsageError
     numbered: list = []  # each block's (row numbers of its positions, held out)
+    numbers = [target] * (not roles.classify) + ([weight] if weight else [])  # read as numbers whatever their kind
 
     def summarise() -> list:
         results = []
         for index, place in enumerate(places):
-            first = int(firsts[place])
-            rows = np.arange(first, first + counts[place])
             text = lambda names, place=place: _csv_text(_text_of(source, plan[place]), names)
-            numbers = [*([] if classify else [target]), *([weight] if weight else [])]
-            block = as_used(blocks[index], types, kinds, text, rows, source, target if classify else None, numbers)
-            digest = row_sum([cell_bits(block.columns[name]) for name in used], first)
-            keep = kept(block, [*features, target], first, source, config.missing)
-            chosen = None if keep.all() else np.flatnonzero(keep)
-            block = blocks[index] = block if chosen is None else only(block, chosen)
-            number = _numbering(first, chosen)
-            test = np.zeros(len(keep) if chosen is None else len(chosen), bool)
-            for start, end in _chunks(len(test)):
-                test[start:end] = held_out(number(np.arange(start, end)), seed)
+            rows = firsts[place] + np.arange(counts[place])
+            block = as_used(
+                blocks[index], types, kinds, text, rows, source, target if roles.classify else None, numbers
+            )
+            blocks[index], number, test, result = _summarised(block, int(firsts[place]), used, roles, config)
+            integral = roles.classify and integral_classes(
+                types[target], source, lambda text=text: text([target])[target]
+            )
             numbered.append((number, test))
-            if weight is not None:  # data._row_weights' refusals, by row
-                import pandas as pd
-
-                cells = pd.Series(block.columns[weight], index=number(np.arange(len(test))))
-                block.columns[weight] = data._row_weights(cells, source, weight)
-            part = summary(block, test, features, target, weight, classify=classify, fill=config.missing == "impute")
-            sizes = [int((~test).sum()), int(test.sum()), len(keep) - len(test)]
-            integral = classify and types[target] == "f" and Path(source).suffix.lower() == ".csv" and len(test) > 0
-            if integral:  # a CSV's integer classes read as floats for their empty cells, as `data.load` reads them
-                integral = data.written_as_integers(text([target])[target])
-            results.append({**part, "digest": int(digest), "sizes": sizes, "integral": integral})
+            results.append({**result, "integral": integral})
         return results
 
     summaries = _gathered(mesh, source, summarise)
     agreed = agree(summaries, kinds, types, source=source, features=features, target=target, task=task,
                    missing=config.missing)  # fmt: skip
     sizes = np.asarray([each["sizes"] for each in summaries], np.int64)
+    _check_sizes(sizes, summaries, batch, devices, source, weight)
+    digest = np.sum(np.asarray([each["digest"] for each in summaries], np.uint64), dtype=np.uint64)
+    fingerprint = hashlib.sha256(digest.tobytes() + repr((features, target, "shards")).encode())
+    numeric = [name for name in features if name not in agreed.scaling.categories]
+    values: list = []  # each block's features as `data._standardised_inputs` reads them
+
+    def measure() -> list:
+        stats = []
+        for index, (number, test) in enumerate(numbered):
+            values.append(encoded(blocks[index], agreed.scaling))
+            stats.append(_measured(blocks[index], values[index], numeric, roles, number, test, source))
+        return stats
+
+    scaling = _standardising(agreed.scaling, numeric, np.asarray(_gathered(mesh, source, measure)), roles.classify)
+    counted = agreed.class_counts
+    class_weights = None if config.class_weight is None or counted is None else runs.balanced(counted[0])
+    length, trained = int(sizes[:, 0].max()), [int((~test).sum()) for _, test in numbered]
+    prepared: list = []  # each block's training (x, y, weights) padded to `length`, and held-out (x, y)
+
+    def standardise() -> list:  # a value float32 cannot hold: refused in every process
+        for index, (number, test) in enumerate(numbered):
+            prepared.append(_standardised(blocks[index], values[index], scaling, roles, class_weights, number, test,
+                                          length, source))  # fmt: skip
+            blocks[index] = values[index] = None
+        return [0.0 if w is None else float(w[:n].sum(dtype=np.float64)) for (_, _, w, *_), n in zip(prepared, trained)]
+
+    weight_sums = _gathered(mesh, source, standardise)
+    left_out, impute = int(sizes[:, 2].sum()), config.missing == "impute"
+    why = f"without a target ({target!r})" if impute else "with an empty cell (--missing drop)"
+    notes = (*agreed.notes, *(f"{source}: left out {left_out} row(s) {why}",) * bool(left_out))
+    print(*(f"bp-jax: note: {note}\n" for note in notes), sep="", end="", file=sys.stderr)
+    joined = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # one block: no copy
+    split = data.Split(
+        joined([arrays[0][:n] for arrays, n in zip(prepared, trained, strict=True)]),
+        joined([arrays[1][:n] for arrays, n in zip(prepared, trained, strict=True)]),
+        joined([arrays[3] for arrays in prepared]),
+        joined([arrays[4] for arrays in prepared]),
+        scaling,
+        fingerprint.hexdigest(),
+        notes,
+        MappingProxyType({"no_target": left_out * impute, "empty_feature": left_out * (not impute)}),
+        None if weight is None else joined([arrays[5] for arrays in prepared]),
+    )
+    laid_out = lambda part: _laid_out([arrays[part] for arrays in prepared], mesh)
+    weighed = prepared[0][2] is not None
+    rows = Rows(
+        laid_out(0),
+        {"target": laid_out(1), "weight": laid_out(2)} if weighed else laid_out(1),
+        sizes[:, 0].astype(np.int32),
+        int(sizes[:, 0].sum()),
+        int(sizes[:, 1].sum()),
+        None if counted is None else _class_record(scaling.classes, counted),
+        None if not weighed else _weights_record(scaling.classes, class_weights, weight, sum(weight_sums)),
+    )
+    config = dataclasses.replace(config, target=target, features=features)
+    return runs.resolved(config, scaling, given), split, rows
+
+
+def _summarised(block: Block, first: int, used: Sequence[str], roles: Columns, config: runs.Config):
+    """(the block's rows to use, `positions -> row numbers`, which are held out, its `summary` with its
+    fingerprint's part and sizes (training rows, held out, left out)): the rows `kept`, weights checked
+    (`data._row_weights`)."""
+    import pandas as pd
+
+    features, target, weight, classify = roles
+    digest = row_sum([cell_bits(block.columns[name]) for name in used], first)
+    keep = kept(block, [*features, target], first, config.dataset, config.missing)
+    chosen = None if keep.all() else np.flatnonzero(keep)
+    block = block if chosen is None else only(block, chosen)
+    number = _numbering(first, chosen)
+    test = np.zeros(len(keep) if chosen is None else len(chosen), bool)
+    for start, end in _chunks(len(test)):
+        test[start:end] = held_out(number(np.arange(start, end)), config.split_seed or 0)
+    if weight is not None:  # data._row_weights' refusals, by row
+        cells = pd.Series(block.columns[weight], index=number(np.arange(len(test))))
+        block.columns[weight] = data._row_weights(cells, config.dataset, weight)
+    result = summary(block, test, features, target, weight, classify=classify, fill=config.missing == "impute")
+    sizes = [int((~test).sum()), int(test.sum()), len(keep) - len(test)]
+    return block, number, test, {**result, "digest": int(digest), "sizes": sizes}
+
+
+def _check_sizes(sizes: np.ndarray, summaries: Sequence[dict], batch: int, devices: int, source: str, weight) -> None:
+    """UsageError for a block of fewer training rows than a device's share of the batch; DataError for no held-out
+    row, or weights of 0 in every training row."""
     if sizes[:, 0].min() < batch // devices:
         raise UsageError(
             f"{source}: block {int(sizes[:, 0].argmin())} of {devices} holds {sizes[:, 0].min()} training rows, fewer "
@@ -644,106 +744,64 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
         raise data.DataError(
             f"{source}: column {weight!r} weighs 0 in every training row; --sample-weight needs a weight > 0"
         )
-    digest = np.sum(np.asarray([each["digest"] for each in summaries], np.uint64), dtype=np.uint64)
-    fingerprint = hashlib.sha256(digest.tobytes() + repr((features, target, "shards")).encode())
-    scaling = agreed.scaling
-    numeric = [name for name in features if name not in scaling.categories]
-    values: list = []  # each block's features as `data._standardised_inputs` reads them
 
-    def measure() -> list:
-        stats = []
-        for index, (number, test) in enumerate(numbered):
-            values.append(encoded(blocks[index], scaling))
-            columns = [values[index][name] for name in numeric]
-            columns += [] if classify else [blocks[index].columns[target]]
-            _check_cells(columns, [*numeric, *[target] * (not classify)], number, source)
-            if classify:
-                labels = blocks[index].columns[target]
-                infinite = [code for code, label in enumerate(labels.distinct) if _infinite(label)]
-                if infinite:
-                    row = int(np.flatnonzero(np.isin(labels.codes, infinite))[0])
-                    raise data.not_a_class(source, target, int(number(row)), labels.distinct[labels.codes[row]])
-            stats.append(moments(columns, ~test))
-        return stats
 
-    combined_mean, combined_std = combined(np.asarray(_gathered(mesh, source, measure)))
+def _measured(block: Block, values: dict, numeric: Sequence[str], roles: Columns, number, test, source: str):
+    """The `moments` of the block's numeric features (filled) and a regression's target over its training rows;
+    DataError for a cell float32 cannot hold or an infinite class."""
+    columns = [values[name] for name in numeric] + [block.columns[roles.target]] * (not roles.classify)
+    _check_cells(columns, [*numeric, *[roles.target] * (not roles.classify)], number, source)
+    labels = block.columns[roles.target]
+    infinite = [code for code, label in enumerate(labels.distinct) if _infinite(label)] if roles.classify else []
+    if infinite:
+        row = int(np.flatnonzero(np.isin(labels.codes, infinite))[0])
+        raise data.not_a_class(source, roles.target, int(number(row)), labels.distinct[labels.codes[row]])
+    return moments(columns, ~test)
+
+
+def _standardising(scaling: data.Scaling, numeric: Sequence[str], blocks: np.ndarray, classify: bool) -> data.Scaling:
+    """`scaling` with the `combined` statistics of the blocks' `moments`: the numeric inputs' and a regression
+    target's (a one-hot input: mean 0, deviation 1)."""
+    mean, std = combined(blocks)
     inputs = scaling.feature_inputs
-    x_mean, x_std = [0.0] * len(scaling.input_names), [1.0] * len(scaling.input_names)  # one-hot: 0, 1
+    x_mean, x_std = [0.0] * len(scaling.input_names), [1.0] * len(scaling.input_names)
     for column, name in enumerate(numeric):
-        x_mean[inputs[name][0]], x_std[inputs[name][0]] = float(combined_mean[column]), float(combined_std[column])
+        x_mean[inputs[name][0]], x_std[inputs[name][0]] = float(mean[column]), float(std[column])
     scaling = scaling._replace(x_mean=tuple(x_mean), x_std=tuple(x_std))
-    if not classify:
-        scaling = scaling._replace(y_mean=float(combined_mean[-1]), y_std=float(combined_std[-1]))
-    counted = agreed.class_counts
-    class_weights = None if config.class_weight is None or counted is None else runs.balanced(counted[0])
-    length, width = int(sizes[:, 0].max()), len(x_mean)
-    prepared: list = []  # each block's training (x, y, weights) padded to `length`, and held-out (x, y)
+    return scaling if classify else scaling._replace(y_mean=float(mean[-1]), y_std=float(std[-1]))
 
-    def standardise() -> list:  # a value float32 cannot hold: refused in every process
-        sums = []  # each block's training rows' weights summed
-        for index, (number, test) in enumerate(numbered):
-            block = blocks[index]
-            train, held = np.flatnonzero(~test), np.flatnonzero(test)
-            padded = np.concatenate([train, np.zeros(length - len(train), np.int64)])  # rows past n_d never drawn
-            columns = ((name, values[index][name], inputs[name][1]) for name in features)
-            statistics = lambda name, _: (scaling.x_mean[inputs[name][0]], scaling.x_std[inputs[name][0]])
-            rows = number(np.arange(len(test)))
-            x = data._standardised_inputs(columns, statistics, width, (padded, held), len(test), source, rows)
-            labels = block.columns[target]
-            if classify:
-                y = (
-                    scaling.target(np.asarray(labels.distinct, dtype=object), source)[labels.codes]
-                    if len(labels.distinct)
-                    else np.zeros(0, np.int32)
-                )
-            else:
-                y = scaling.target(labels, source, rows)
-            w = None
-            if weight is not None or class_weights is not None:
-                w = np.ones(len(test)) if weight is None else block.columns[weight]
-                w = (w if class_weights is None else w * class_weights[y]).astype(np.float32)[padded]
 
-            sums.append(0.0 if w is None else float(w[: len(train)].sum(dtype=np.float64)))
-            blocks[index] = values[index] = None
-            prepared.append((x[0], y[padded], w, x[1], y[held]))
-        return sums
+def _standardised(block: Block, values: dict, scaling: data.Scaling, roles: Columns, class_weights, number, test,
+                  length: int, source: str) -> tuple:  # fmt: skip
+    """The block's (x, y, weights) of its training rows, padded to `length` rows with copies of its first row (never
+    drawn), (x, y) of its held-out rows, and its training rows' sample weights (None without): x by
+    `data._standardised_inputs`, y by `Scaling.target`, weights the --sample-weight cell times the class's
+    `runs.balanced` weight (float32)."""
+    train, held = np.flatnonzero(~test), np.flatnonzero(test)
+    padded = np.concatenate([train, np.zeros(length - len(train), np.int64)])
+    inputs = scaling.feature_inputs
+    columns = ((name, values[name], inputs[name][1]) for name in scaling.feature_names)
+    statistics = lambda name, _: (scaling.x_mean[inputs[name][0]], scaling.x_std[inputs[name][0]])
+    rows = number(np.arange(len(test)))
+    width = len(scaling.x_mean)
+    x_train, x_test = data._standardised_inputs(columns, statistics, width, (padded, held), len(test), source, rows)
+    labels = block.columns[roles.target]
+    if roles.classify:
+        y = scaling.target(np.asarray(labels.distinct, dtype=object), source)[labels.codes]
+    else:
+        y = scaling.target(labels, source, rows)
+    sample = None if roles.weight is None else block.columns[roles.weight]
+    weights = None
+    if sample is not None or class_weights is not None:
+        weights = np.ones(len(test)) if sample is None else sample
+        weights = (weights if class_weights is None else weights * class_weights[y]).astype(np.float32)[padded]
+    return x_train, y[padded], weights, x_test, y[held], None if sample is None else sample[train]
 
-    weight_sums = _gathered(mesh, source, standardise)
-    left_out = int(sizes[:, 2].sum())
-    impute = config.missing == "impute"
-    why = f"without a target ({target!r})" if impute else "with an empty cell (--missing drop)"
-    notes = (*agreed.notes, *(f"{source}: left out {left_out} row(s) {why}",) * bool(left_out))
-    print(*(f"bp-jax: note: {note}\n" for note in notes), sep="", end="", file=sys.stderr)
-    trained = [int((~test).sum()) for _, test in numbered]
-    joined = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # one block: no copy
-    split = data.Split(
-        joined([arrays[0][:n] for arrays, n in zip(prepared, trained, strict=True)]),
-        joined([arrays[1][:n] for arrays, n in zip(prepared, trained, strict=True)]),
-        joined([arrays[3] for arrays in prepared]),
-        joined([arrays[4] for arrays in prepared]),
-        scaling,
-        fingerprint.hexdigest(),
-        notes,
-        MappingProxyType({"no_target": left_out * impute, "empty_feature": left_out * (not impute)}),
-    )
-    y = _laid_out([arrays[1] for arrays in prepared], mesh)
-    weighed = prepared[0][2] is not None
-    rows = Rows(
-        _laid_out([arrays[0] for arrays in prepared], mesh),
-        {"target": y, "weight": _laid_out([arrays[2] for arrays in prepared], mesh)} if weighed else y,
-        sizes[:, 0].astype(np.int32),
-        int(sizes[:, 0].sum()),
-        int(sizes[:, 1].sum()),
-        None if agreed.class_counts is None else _class_record(scaling.classes, agreed.class_counts),
-        None if not weighed else {
-            "class_weight": None if class_weights is None else dict(zip(map(str, scaling.classes),
-                                                                       class_weights.tolist(), strict=True)),
-            "sample_weight": weight,
-            "train_sum": float(sum(weight_sums)),
-        },
-    )  # fmt: skip
-    config = dataclasses.replace(config, target=target, features=features)
-    return runs.resolved(config, scaling, given), split, rows
+
+def _weights_record(classes: tuple, class_weights, weight: str | None, total: float) -> dict:
+    """metrics.json's account of the weights, as `runs.weights_record`'s, of every block's training rows."""
+    by_class = None if class_weights is None else dict(zip(map(str, classes), class_weights.tolist(), strict=True))
+    return {"class_weight": by_class, "sample_weight": weight, "train_sum": float(total)}
 
 
 def _class_record(classes: tuple, counts: np.ndarray) -> dict:
