@@ -283,6 +283,12 @@ def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_
     runs = [strict_json(tmp_path / name / "metrics.json") for name in ("one", "two")]
     assert [(run["devices"], run["processes"]) for run in runs] == [(2, 1), (2, 2)]
     assert runs[0]["loss_history"] == runs[1]["loss_history"] and runs[0]["examples"] == runs[1]["examples"]
+    whole = shards.data.load(str(tmp_path / "mixed.csv"), missing="impute", sample_weight="w")
+    assert (
+        runs[0]["examples"]["left_out"]
+        == dict(whole.left_out)
+        == {"no_target": len(range(0, 2000, 17)), "empty_feature": 0}
+    )
     scores = ["train_accuracy", "held_out_accuracy", "baseline_held_out_accuracy", "weights"]  # counted: exact
     assert [runs[0][name] for name in scores] == [runs[1][name] for name in scores]
     np.testing.assert_allclose(runs[0]["held_out_log_loss"], runs[1]["held_out_log_loss"], rtol=1e-5)  # float32 means

@@ -676,9 +676,13 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
         return [0.0 if w is None else float(w[:n].sum(dtype=np.float64)) for (_, _, w, *_), n in zip(prepared, trained)]
 
     weight_sums = _gathered(mesh, source, standardise)
-    left_out, impute = int(sizes[:, 2].sum()), config.missing == "impute"
-    why = f"without a target ({target!r})" if impute else "with an empty cell (--missing drop)"
-    notes = (*agreed.notes, *(f"{source}: left out {left_out} row(s) {why}",) * bool(left_out))
+    no_target, empty_feature = int(sizes[:, 2].sum()), int(sizes[:, 3].sum())
+    notes = (
+        *agreed.notes,
+        *(f"{source}: left out {no_target} row(s) without a target ({target!r})",) * bool(no_target),
+        *(f"{source}: left out {empty_feature} row(s) with an empty feature cell (--missing drop)",)
+        * bool(empty_feature),
+    )  # as data.load's
     print(*(f"bp-jax: note: {note}\n" for note in notes), sep="", end="", file=sys.stderr)
     joined = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # one block: no copy
     split = data.Split(
@@ -689,7 +693,7 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
         scaling,
         fingerprint.hexdigest(),
         notes,
-        MappingProxyType({"no_target": left_out * impute, "empty_feature": left_out * (not impute)}),
+        MappingProxyType({"no_target": no_target, "empty_feature": empty_feature}),
         None if weight is None else joined([arrays[5] for arrays in prepared]),
     )
     laid_out = lambda part: _laid_out([arrays[part] for arrays in prepared], mesh)
@@ -709,12 +713,14 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
 
 def _summarised(block: Block, first: int, used: Sequence[str], roles: Columns, config: runs.Config):
     """(the block's rows to use, `positions -> row numbers`, which are held out, its `summary` with its
-    fingerprint's part and sizes (training rows, held out, left out)): the rows `kept`, weights checked
+    fingerprint's part and sizes (training rows, held out, left out without a target, for an empty feature
+    cell)): the rows `kept`, weights checked
     (`data._row_weights`)."""
     import pandas as pd
 
     features, target, weight, classify = roles
     digest = row_sum([cell_bits(block.columns[name]) for name in used], first)
+    no_target = int(_empty(block.columns[target]).sum())
     keep = kept(block, [*features, target], first, config.dataset, config.missing)
     chosen = None if keep.all() else np.flatnonzero(keep)
     block = block if chosen is None else only(block, chosen)
@@ -726,7 +732,7 @@ def _summarised(block: Block, first: int, used: Sequence[str], roles: Columns, c
         cells = pd.Series(block.columns[weight], index=number(np.arange(len(test))))
         block.columns[weight] = data._row_weights(cells, config.dataset, weight)
     result = summary(block, test, features, target, weight, classify=classify, fill=config.missing == "impute")
-    sizes = [int((~test).sum()), int(test.sum()), len(keep) - len(test)]
+    sizes = [int((~test).sum()), int(test.sum()), no_target, len(keep) - len(test) - no_target]
     return block, number, test, {**result, "digest": int(digest), "sizes": sizes}
 
 
