@@ -317,7 +317,8 @@ def fit(
             optimizer state and results are replicated and the compiler reduces the gradients. A mesh spanning
             processes takes the same x and y in every process.
         stop_rule: a `StopRule`: the loop ends after the step at which it says stop (`result.stopped_at`;
-            `result.step` is the one after it; on_chunk sees no part-chunk).
+            `result.step` is the one after it; on_chunk sees no part-chunk). With a `mesh` its data is replicated,
+            but for arrays already laid out on that mesh (a validation set split over "data", as shard_rows' x).
         keep_losses: False keeps on the host only the losses of the chunk being run (on_chunk is handed each
             chunk's), so a long run watched by on_chunk holds O(chunk) losses, not O(steps): the result's
             losses are the last chunk's, a NonFiniteLoss's those of the chunk it stopped in.
@@ -569,7 +570,9 @@ def _set_up(
     stopped_at = checks.stopped_at(stopped_at, stop_rule, members, start_step)
     rule = None if stop_rule is None else RuleState(stop_rule.init, stopped_at)
     state = LoopState(params, opt_state, Divergence(np.full(shape, -1, np.int32), np.zeros(shape, np.int32)), rule)
-    rule_data = None if stop_rule is None else jax.device_put(stop_rule.data)  # once, not at every chunk
+    # once, not at every chunk; an array already on devices (a validation set laid out over processes) as it is
+    put = lambda leaf: leaf if isinstance(leaf, jax.Array) else jax.device_put(leaf)
+    rule_data = None if stop_rule is None else jax.tree.map(put, stop_rule.data)
     data = (lr, key, x, y, member_rows if shard_rows is None else shard_rows, rule_data)
     if mesh is not None:
         state, data = _laid_out(mesh, state, data, batch_size, members, groups, shard_rows is not None)
@@ -630,9 +633,12 @@ def _laid_out(
     batch split over "data" (a minibatch's rows are split in the loop), or with `sharded` rows x, y and the
     row counts split over "data". Members (an `ensemble_mesh`): the state
     and learning rates split over "models", keys and row sets too where each member has its own, x and y
-    replicated. ValueError where the batch or the members do not split evenly."""
+    replicated. A stop rule's data replicated, but for arrays already laid out on the mesh (a validation set split
+    over "data" stays split: the rule's loss sums over every device's rows). ValueError where the batch or the
+    members do not split evenly."""
     lr, key, x, y, member_rows, rule_data = data
-    rule_data = _placed(rule_data, replicated(mesh))  # every device, every member scores it
+    on_mesh = lambda leaf: isinstance(leaf, jax.Array) and getattr(leaf.sharding, "mesh", None) == mesh
+    rule_data = jax.tree.map(lambda leaf: leaf if on_mesh(leaf) else place(leaf, replicated(mesh)), rule_data)
     if members is None:
         devices, batch = data_devices(mesh), examples(x) if batch_size is None else batch_size
         if batch % devices:

@@ -1,12 +1,12 @@
-"""Run by tests/test_shards.py: `shards.load` of a table and a float64 `fit` on its blocks, the same of MIXED (text,
-empty cells imputed, row and class weights, text classes), then `bp-jax train --shard-data` on MIXED (in this
-process: a multi-process run's process when several), in one process over its JAX_NUM_CPU_DEVICES devices or as one
-of several processes. argv: TABLE COORDINATOR PROCESSES ID (COORDINATOR "-" for one process) WARM-UP (a table of
-TABLE's columns, loaded first: the imports and the all-gathers' programs are then in place) OUT (the command's run
-folder, which process 0 writes) MIXED. Prints, last, one JSON object: the params, the scaling, the rows, the
-fingerprint (each of TABLE, and of MIXED under "mixed"), the command's exit status, and the memory the load of TABLE
-took: the peak resident size after it less the resident size before it, and tracemalloc's peak (numpy's buffers),
-MiB."""
+"""Run by tests/test_shards.py: `shards.load` of a table and a float64 `fit` on its blocks, the same of MIXED
+(text, empty cells imputed, row and class weights, text classes, validation rows scored in the loop), then
+`bp-jax train --shard-data --early-stopping` on MIXED (in this process: a multi-process run's process when several),
+in one process over its JAX_NUM_CPU_DEVICES devices or as one of several processes. argv: TABLE COORDINATOR
+PROCESSES ID (COORDINATOR "-" for one process) WARM-UP (a table of TABLE's columns, loaded first: the imports and
+the all-gathers' programs are then in place) OUT (the command's run folder, which process 0 writes) MIXED. Prints,
+last, one JSON object: the params, the scaling, the rows, the fingerprint (each of TABLE, and of MIXED under
+"mixed"), the command's exit status, and the memory the load of TABLE took: the peak resident size after it less
+the resident size before it, and tracemalloc's peak (numpy's buffers), MiB."""
 
 import json
 import resource
@@ -41,28 +41,36 @@ load_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
 
 
 def fitted(split, rows, loss) -> dict:
-    """A float64 fit's params on the blocks, as lists, and their dtypes."""
+    """A float64 fit's params on the blocks, as lists, and their dtypes; with validation rows, scored every 5 steps
+    (`early_stopping`, the validation losses too)."""
     with jax.enable_x64(True):
         model = bp_jax.mlp((split.x_train.shape[1], 4, split.scaling.outputs), "tanh")
+        params = model.init(jax.random.key(0))
+        rule = None
+        if rows.validation is not None:
+            rule = bp_jax.early_stopping(runs.loss(model, split.scaling, weighted=True), params, *rows.validation,
+                                         steps_per_epoch=5, patience=100, epochs=8)  # fmt: skip
         result = bp_jax.fit(
-            loss(model), model.init(jax.random.key(0)), rows.x, rows.y, steps=40, batch_size=8, lr=0.05,
-            key=jax.random.key(1), mesh=mesh, shard_rows=rows.counts, chunk_size=40,
+            loss(model), params, rows.x, rows.y, steps=40, batch_size=8, lr=0.05, key=jax.random.key(1), mesh=mesh,
+            shard_rows=rows.counts, chunk_size=40, stop_rule=rule,
         )  # fmt: skip
         params = distributed.host_local(result.params)
+        scored = [] if rule is None else distributed.host_local(result.rule_state.losses).tolist()
     leaves = jax.tree.leaves(params)
     return {
         "params": [np.asarray(leaf).tolist() for leaf in leaves],
         "dtypes": sorted({str(leaf.dtype) for leaf in leaves}),
+        "validation_losses": scored,
     }
 
 
 params = fitted(split, rows, bp_jax.loss_fn)
-options = ["--missing", "impute", "--sample-weight", "w", "--class-weight", "balanced"]
+options = ["--missing", "impute", "--sample-weight", "w", "--class-weight", "balanced", "--early-stopping"]
 weighed = runs.Config(dataset=mixed, batch_size=8, shard_data=True, missing="impute", sample_weight="w",
-                      class_weight="balanced")  # fmt: skip
+                      class_weight="balanced", early_stopping=True)  # fmt: skip
 _, mixed_split, mixed_rows = shards.load(weighed, mesh)
 mixed_params = fitted(mixed_split, mixed_rows, lambda model: runs.loss(model, mixed_split.scaling, weighted=True))
-train = ["train", "--data", mixed, *options, "--shard-data", "--devices", "all", "--steps", 30, "--batch-size", 8]
+train = ["train", "--data", mixed, *options, "--shard-data", "--devices", "all", "--epochs", 2, "--batch-size", 8]
 train += ["--out", out, "--seed", 3]
 status = main(list(map(str, train)))  # a multi-process run already joined: the command takes it as it is
 print(

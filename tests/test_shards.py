@@ -68,6 +68,10 @@ def test_held_out_rows_are_a_seeded_draw_of_each_row_number():
     assert abs(held.sum() - 20_000) < 5 * np.sqrt(100_000 * 0.2 * 0.8)  # Bernoulli(0.2) each
     assert np.array_equal(shards.held_out(rows[::-1], 3), held[::-1])  # a function of the number alone
     assert (held != shards.held_out(rows, 4)).mean() > 0.25  # another seed, another draw
+    val = shards.validation(rows, 3, 0.1)  # --early-stopping's: a draw of its own
+    assert np.array_equal(shards.validation(rows[::-1], 3, 0.1), val[::-1])
+    assert abs(val.mean() - 0.1) < 5 * np.sqrt(0.1 * 0.9 / 100_000)
+    assert abs((val & held).mean() - 0.1 * held.mean()) < 5 * np.sqrt(0.02 / 100_000)  # independent of held out
 
 
 def test_row_sums_of_blocks_add_up_to_the_tables():
@@ -216,7 +220,10 @@ REFUSED = [
     (["--dataset", "diabetes"], "--shard-data trains on a .parquet or .csv file (--data)"),
     (["--batch-size", "full"], "--shard-data trains on minibatches (a --batch-size)"),
     (["--ensemble", 2], "--shard-data trains on one model (no --ensemble)"),
-    (["--early-stopping"], "--shard-data trains on no --early-stopping"),
+    (
+        ["--features", "f0", "--early-stopping", "--validation-fraction", 0.01, "--batch-size", 2],
+        "1 validation rows of 14",
+    ),
     (["--missing", "impute"], "column 'name' holds free text (16 distinct values in 16 cells), which cannot be"),
     (["--target", "name", "--task", "regression", "--features", "f0"], "column 'name', row 1: the cell holds 'n0'"),
     (["--features", "f0", "--class-weight", "balanced"], "--class-weight balanced weighs classes; the target 'y' is"),
@@ -243,8 +250,9 @@ def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_
     """The params of a float64 fit on the blocks (to 1e-10), the scaling and the fingerprint of two processes
     equal one process's over two devices; each process reads half the rows, and its load's peak of numpy buffers
     (tracemalloc) is under 3/4 of one process's reading them all (its float64 block and float32 copy); the same
-    (but the memory) for a CSV of text, empty cells imputed, row and class weights and text classes; then
-    `bp-jax train --shard-data` of that CSV in the same processes: the same loss history, metrics and checkpoint."""
+    (but the memory) for a CSV of text, empty cells imputed, row and class weights and text classes, with its
+    validation rows scored in the loop; then `bp-jax train --shard-data --early-stopping` of that CSV in the same
+    processes: the same loss history, metrics, validation losses and checkpoint."""
     path = parquet(tmp_path / "t.parquet", table(400_000), 50_000)  # 18 MiB of float64
     warm_up = parquet(tmp_path / "warm.parquet", table(64), 8)
     mixed(2000).to_csv(tmp_path / "mixed.csv", index=False)
@@ -262,10 +270,12 @@ def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_
     assert one["dtypes"] == one["mixed"]["dtypes"] == ["float64"]
     assert one["mixed"]["scaling"]["categories"] == {"colour": ["blue", "green", "grey", "red"]}
     assert one["mixed"]["scaling"]["classes"] == ["maybe", "no", "yes"] and one["mixed"]["weights"]["class_weight"]
+    assert len(one["mixed"]["validation_losses"]) == 8 and np.all(np.isfinite(one["mixed"]["validation_losses"]))
     for process in two:
         for ran, reference in ((process, one), (process["mixed"], one["mixed"])):
             for left, right in zip(ran["params"], reference["params"], strict=True):
                 np.testing.assert_allclose(left, right, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(ran["validation_losses"], reference["validation_losses"], rtol=1e-10)
             assert (ran["scaling"], ran["fingerprint"], ran["rows"]) == (
                 reference["scaling"],
                 reference["fingerprint"],
@@ -292,5 +302,8 @@ def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_
     scores = ["train_accuracy", "held_out_accuracy", "baseline_held_out_accuracy", "weights"]  # counted: exact
     assert [runs[0][name] for name in scores] == [runs[1][name] for name in scores]
     np.testing.assert_allclose(runs[0]["held_out_log_loss"], runs[1]["held_out_log_loss"], rtol=1e-5)  # float32 means
+    stopping = [run["early_stopping"] for run in runs]
+    assert len(stopping[0]["validation_loss"]) == 2 and stopping[0]["best_epoch"] == stopping[1]["best_epoch"]
+    np.testing.assert_allclose(stopping[0]["validation_loss"], stopping[1]["validation_loss"], rtol=1e-5)
     for left, right in zip(final_state(tmp_path / "one")[1], final_state(tmp_path / "two")[1], strict=True):
         np.testing.assert_allclose(left, right, rtol=1e-6, atol=1e-6)

@@ -655,11 +655,12 @@ def stop_rule(
     y_val), `bp_jax.early_stopping` on those rows from `params` (`members`: one state per member, stacked params),
     its curve `epochs` long, starting from `state` (a checkpoint's "rule") if given, combined by `bp_jax.stop_rules`
     with a plateau schedule on the validation loss. The validation loss is unweighted (as Keras's class_weight):
-    the rows as they come."""
+    the rows as they come; y_val = {"target": t, "weight": 1 or 0} (--shard-data's rows, laid out with padding)
+    is their `Weighted` mean over the rows of weight 1."""
     if validation is None:
         return plateau_rule(config, steps_per_epoch)
-    validation_loss = loss(model, split.scaling)
-    x_val, y_val = map(jax.device_put, validation)
+    validation_loss = loss(model, split.scaling, weighted=isinstance(validation[1], dict))
+    x_val, y_val = jax.tree.map(lambda leaf: leaf if isinstance(leaf, jax.Array) else jax.device_put(leaf), validation)
     stopping = bp_jax.early_stopping(
         validation_loss,
         params,

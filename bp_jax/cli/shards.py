@@ -19,7 +19,10 @@ order; each agreed quantity is the one `data.load` finds in the whole table from
   pandas reads the whole file), and a text column's kind is `data.text_kind` of the blocks' summed counts (numbers,
   filled cells; dates where every block's are): mostly numbers are numbers, dates and free text are refused.
 - Held out (`held_out`): row g iff splitmix64(g + (s + 1)·φ) < f·2⁶⁴ (s the split seed, f = 0.2, φ = 0x9E37…15):
-  each row's own draw, so any layout, one process or many, holds out the same rows.
+  each row's own draw, so any layout, one process or many, holds out the same rows. With --early-stopping a
+  training row is a validation row by the same draw with seed s + 2³² and f the --validation-fraction
+  (`validation`); the validation rows are laid out over the devices as the training rows, padded with rows of
+  weight 0, and scored in the loop by their `runs.Weighted` mean loss: a mean over every process's rows.
 - Classes, categories, fills (`summary`, `agree`): each block gives its distinct class labels (`data._label`) and
   text cells with their training and held-out counts, summed over the blocks: the classes are the labels spelled
   as the whole column reads them (integers where every block's are) and sorted (`data.class_set`); a text
@@ -34,7 +37,7 @@ order; each agreed quantity is the one `data.load` finds in the whole table from
   mean = Σ n_d·mean_d / n, M2 = Σ M2_d + n_d·(mean_d − mean)², std = √(M2 / n) (1 where 0).
 - Fingerprint (`row_sum`): sha256 of Σ_g h(g, row g's used cells) mod 2⁶⁴ (a number's float64 bits, a text's pandas
   hash; a sum of every block's sums) and the column names: the same for any layout, a parquet file or a CSV.
-- Scope: minibatches, one model, no early stopping; each block needs at least b/D training rows.
+- Scope: minibatches, one model (no --ensemble); each block needs at least b/D training rows.
 """
 
 import dataclasses
@@ -66,8 +69,9 @@ class Rows(NamedTuple):
     """A sharded run's training rows as `fit` reads them: x and y (or {"target": y, "weight": w}) in D blocks along
     the "data" axis (block d on the mesh's d-th device, padded to the longest with copies of its first row, which
     are never drawn), each block's real rows (`fit`'s shard_rows), the training and held-out rows of all the blocks,
-    and for metrics.json the rows per class (`runs.class_counts`'s form) and the weights' record
-    (`runs.weights_record`'s), each of every block."""
+    for metrics.json the rows per class (`runs.class_counts`'s form) and the weights' record
+    (`runs.weights_record`'s), each of every block; with --early-stopping the validation rows (x_val,
+    {"target": y_val, "weight": 1, 0 for the padding}), laid out as x, and their number."""
 
     x: jax.Array
     y: jax.Array | dict
@@ -76,6 +80,8 @@ class Rows(NamedTuple):
     held_out: int
     classes: dict | None = None
     weights: dict | None = None
+    validation: tuple | None = None
+    validation_rows: int = 0
 
 
 def row_group_blocks(sizes: Sequence[int], blocks: int, source: str = "the file") -> list[range]:
@@ -124,6 +130,12 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
 def held_out(rows: np.ndarray, seed: int, fraction: float = TEST_FRACTION) -> np.ndarray:
     """Whether each row number g is held out: splitmix64(g + (seed + 1)·GOLDEN) < fraction·2⁶⁴."""
     return splitmix64(rows.astype(np.uint64) + np.uint64(seed * GOLDEN % 2**64)) < np.uint64(int(fraction * 2.0**64))
+
+
+def validation(rows: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """Whether each training row number g is a validation row (--early-stopping): `held_out`'s draw with the seed
+    s + 2³², a stream of its own."""
+    return held_out(rows, seed + 2**32, fraction)
 
 
 def row_sum(columns: Sequence[np.ndarray], first: int) -> np.uint64:
@@ -445,11 +457,12 @@ def cell_bits(column) -> np.ndarray:
 
 
 def summary(block: Block, test: np.ndarray, features: Sequence[str], target: str, weight: str | None, *,
-            classify: bool, fill: bool) -> dict:  # fmt: skip
+            classify: bool, fill: bool, validation: np.ndarray | None = None) -> dict:  # fmt: skip
     """What the run agrees from a block of the rows it uses (`test`: which are held out): each text feature's
     distinct cells (None past MAX_CATEGORIES: free text) and their training and held-out counts, the class labels
-    (`data._label`; None past MAX_CLASSES) and theirs, with `fill` each numeric feature's training (sum, count)
-    of filled cells, and the training rows' weight."""
+    (`data._label`; None past MAX_CLASSES) and theirs (the training rows less the `validation` rows, as
+    `runs.validation_split` leaves them), with `fill` each numeric feature's training (sum, count) of filled
+    cells, and the training rows' weight."""
     train = ~test
     counted = lambda codes, width: [np.bincount(codes[part & (codes >= 0)], minlength=width) for part in (train, test)]
     result: dict = {"text": {}, "sums": {}, "labels": None, "weight": 0.0}
@@ -468,6 +481,8 @@ def summary(block: Block, test: np.ndarray, features: Sequence[str], target: str
         width = len(labels.distinct)
         if width <= data.MAX_CLASSES:
             train_counts, held_counts = counted(labels.codes, width)
+            if validation is not None:
+                train_counts -= np.bincount(labels.codes[validation], minlength=width)
             spelled = [data._label(label) for label in labels.distinct]
             result["labels"] = {"distinct": spelled, "train": train_counts, "held": held_counts}
     if weight is not None:
@@ -626,7 +641,7 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
     roles = Columns(features, target, weight, task == "classification")
     if config.class_weight is not None and not roles.classify:
         runs.resolved(config, data.Scaling(features, target, (), (), 0.0, 1.0, task))  # its UsageError
-    numbered: list = []  # each block's (row numbers of its positions, held out)
+    numbered: list = []  # each block's (row numbers of its positions, held out, validation rows)
     numbers = [target] * (not roles.classify) + ([weight] if weight else [])  # read as numbers whatever their kind
 
     def summarise() -> list:
@@ -637,11 +652,11 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
             block = as_used(
                 blocks[index], types, kinds, text, rows, source, target if roles.classify else None, numbers
             )
-            blocks[index], number, test, result = _summarised(block, int(firsts[place]), used, roles, config)
+            blocks[index], number, test, val, result = _summarised(block, int(firsts[place]), used, roles, config)
             integral = roles.classify and integral_classes(
                 types[target], source, lambda text=text: text([target])[target]
             )
-            numbered.append((number, test))
+            numbered.append((number, test, val))
             results.append({**result, "integral": integral})
         return results
 
@@ -649,7 +664,7 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
     agreed = agree(summaries, kinds, types, source=source, features=features, target=target, task=task,
                    missing=config.missing)  # fmt: skip
     sizes = np.asarray([each["sizes"] for each in summaries], np.int64)
-    _check_sizes(sizes, summaries, batch, devices, source, weight)
+    _check_sizes(sizes, summaries, batch, devices, source, config)
     digest = np.sum(np.asarray([each["digest"] for each in summaries], np.uint64), dtype=np.uint64)
     fingerprint = hashlib.sha256(digest.tobytes() + repr((features, target, "shards")).encode())
     numeric = [name for name in features if name not in agreed.scaling.categories]
@@ -657,7 +672,7 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
 
     def measure() -> list:
         stats = []
-        for index, (number, test) in enumerate(numbered):
+        for index, (number, test, _) in enumerate(numbered):
             values.append(encoded(blocks[index], agreed.scaling))
             stats.append(_measured(blocks[index], values[index], numeric, roles, number, test, source))
         return stats
@@ -665,15 +680,18 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
     scaling = _standardising(agreed.scaling, numeric, np.asarray(_gathered(mesh, source, measure)), roles.classify)
     counted = agreed.class_counts
     class_weights = None if config.class_weight is None or counted is None else runs.balanced(counted[0])
-    length, trained = int(sizes[:, 0].max()), [int((~test).sum()) for _, test in numbered]
-    prepared: list = []  # each block's training (x, y, weights) padded to `length`, and held-out (x, y)
+    lengths = (int(sizes[:, 0].max()), int(sizes[:, 4].max()))  # the training and validation rows of a block
+    trained = [int((~test & ~val).sum()) for _, test, val in numbered]
+    prepared: list = []  # each block's `Prepared`
 
     def standardise() -> list:  # a value float32 cannot hold: refused in every process
-        for index, (number, test) in enumerate(numbered):
-            prepared.append(_standardised(blocks[index], values[index], scaling, roles, class_weights, number, test,
-                                          length, source))  # fmt: skip
+        for index, (number, test, val) in enumerate(numbered):
+            prepared.append(_standardised(blocks[index], values[index], scaling, roles, class_weights, number,
+                                          (test, val), lengths, source))  # fmt: skip
             blocks[index] = values[index] = None
-        return [0.0 if w is None else float(w[:n].sum(dtype=np.float64)) for (_, _, w, *_), n in zip(prepared, trained)]
+        return [
+            0.0 if part.w is None else float(part.w[:n].sum(dtype=np.float64)) for part, n in zip(prepared, trained)
+        ]
 
     weight_sums = _gathered(mesh, source, standardise)
     no_target, empty_feature = int(sizes[:, 2].sum()), int(sizes[:, 3].sum())
@@ -686,35 +704,38 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
     print(*(f"bp-jax: note: {note}\n" for note in notes), sep="", end="", file=sys.stderr)
     joined = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # one block: no copy
     split = data.Split(
-        joined([arrays[0][:n] for arrays, n in zip(prepared, trained, strict=True)]),
-        joined([arrays[1][:n] for arrays, n in zip(prepared, trained, strict=True)]),
-        joined([arrays[3] for arrays in prepared]),
-        joined([arrays[4] for arrays in prepared]),
+        joined([part.x[:n] for part, n in zip(prepared, trained, strict=True)]),
+        joined([part.y[:n] for part, n in zip(prepared, trained, strict=True)]),
+        joined([part.x_test for part in prepared]),
+        joined([part.y_test for part in prepared]),
         scaling,
         fingerprint.hexdigest(),
         notes,
         MappingProxyType({"no_target": no_target, "empty_feature": empty_feature}),
-        None if weight is None else joined([arrays[5] for arrays in prepared]),
+        None if weight is None else joined([part.sample for part in prepared]),
     )
-    laid_out = lambda part: _laid_out([arrays[part] for arrays in prepared], mesh)
-    weighed = prepared[0][2] is not None
+    laid_out = lambda name: _laid_out([getattr(part, name) for part in prepared], mesh)
+    weighed = prepared[0].w is not None
+    validating = lambda: (laid_out("x_val"), {"target": laid_out("y_val"), "weight": laid_out("mask")})
     rows = Rows(
-        laid_out(0),
-        {"target": laid_out(1), "weight": laid_out(2)} if weighed else laid_out(1),
+        laid_out("x"),
+        {"target": laid_out("y"), "weight": laid_out("w")} if weighed else laid_out("y"),
         sizes[:, 0].astype(np.int32),
         int(sizes[:, 0].sum()),
         int(sizes[:, 1].sum()),
         None if counted is None else _class_record(scaling.classes, counted),
         None if not weighed else _weights_record(scaling.classes, class_weights, weight, sum(weight_sums)),
+        validating() if config.early_stopping else None,
+        int(sizes[:, 4].sum()),
     )
     config = dataclasses.replace(config, target=target, features=features)
     return runs.resolved(config, scaling, given), split, rows
 
 
 def _summarised(block: Block, first: int, used: Sequence[str], roles: Columns, config: runs.Config):
-    """(the block's rows to use, `positions -> row numbers`, which are held out, its `summary` with its
-    fingerprint's part and sizes (training rows, held out, left out without a target, for an empty feature
-    cell)): the rows `kept`, weights checked
+    """(the block's rows to use, `positions -> row numbers`, which are held out, which are validation rows, its
+    `summary` with its fingerprint's part and sizes (training rows less validation rows, held out, left out without
+    a target, left out for an empty feature cell, validation rows)): the rows `kept`, weights checked
     (`data._row_weights`)."""
     import pandas as pd
 
@@ -728,17 +749,24 @@ def _summarised(block: Block, first: int, used: Sequence[str], roles: Columns, c
     test = np.zeros(len(keep) if chosen is None else len(chosen), bool)
     for start, end in _chunks(len(test)):
         test[start:end] = held_out(number(np.arange(start, end)), config.split_seed or 0)
+    val = np.zeros(len(test), bool)
+    for start, end in _chunks(len(test)) if config.early_stopping else ():
+        drawn = validation(number(np.arange(start, end)), config.split_seed or 0, config.validation_fraction)
+        val[start:end] = drawn & ~test[start:end]
     if weight is not None:  # data._row_weights' refusals, by row
         cells = pd.Series(block.columns[weight], index=number(np.arange(len(test))))
         block.columns[weight] = data._row_weights(cells, config.dataset, weight)
-    result = summary(block, test, features, target, weight, classify=classify, fill=config.missing == "impute")
-    sizes = [int((~test).sum()), int(test.sum()), no_target, len(keep) - len(test) - no_target]
-    return block, number, test, {**result, "digest": int(digest), "sizes": sizes}
+    result = summary(block, test, features, target, weight, classify=classify, fill=config.missing == "impute",
+                     validation=val)  # fmt: skip
+    sizes = [int((~test & ~val).sum()), int(test.sum()), no_target, len(keep) - len(test) - no_target, int(val.sum())]
+    return block, number, test, val, {**result, "digest": int(digest), "sizes": sizes}
 
 
-def _check_sizes(sizes: np.ndarray, summaries: Sequence[dict], batch: int, devices: int, source: str, weight) -> None:
-    """UsageError for a block of fewer training rows than a device's share of the batch; DataError for no held-out
-    row, or weights of 0 in every training row."""
+def _check_sizes(sizes: np.ndarray, summaries: Sequence[dict], batch: int, devices: int, source: str,
+                 config: runs.Config) -> None:  # fmt: skip
+    """UsageError for a block of fewer training rows than a device's share of the batch, or validation rows
+    fewer than a batch; DataError for no held-out row, or weights of 0 in every training row."""
+    weight, early_stopping, fraction = config.sample_weight, config.early_stopping, config.validation_fraction
     if sizes[:, 0].min() < batch // devices:
         raise UsageError(
             f"{source}: block {int(sizes[:, 0].argmin())} of {devices} holds {sizes[:, 0].min()} training rows, fewer "
@@ -746,6 +774,12 @@ def _check_sizes(sizes: np.ndarray, summaries: Sequence[dict], batch: int, devic
         )
     if sizes[:, 1].sum() == 0:
         raise data.DataError(f"{source}: no row is held out ({int(sizes[:, 0].sum())} rows); need at least one")
+    if early_stopping and sizes[:, 4].sum() < batch:
+        raise UsageError(
+            f"--validation-fraction {fraction} leaves {int(sizes[:, 4].sum())} validation rows of "
+            f"{int(sizes[:, [0, 4]].sum())}; they need at least a batch ({batch} rows): change the fraction or "
+            f"--batch-size"
+        )
     if weight is not None and not sum(each["weight"] for each in summaries) > 0:
         raise data.DataError(
             f"{source}: column {weight!r} weighs 0 in every training row; --sample-weight needs a weight > 0"
@@ -777,20 +811,37 @@ def _standardising(scaling: data.Scaling, numeric: Sequence[str], blocks: np.nda
     return scaling if classify else scaling._replace(y_mean=float(mean[-1]), y_std=float(std[-1]))
 
 
-def _standardised(block: Block, values: dict, scaling: data.Scaling, roles: Columns, class_weights, number, test,
-                  length: int, source: str) -> tuple:  # fmt: skip
-    """The block's (x, y, weights) of its training rows, padded to `length` rows with copies of its first row (never
-    drawn), (x, y) of its held-out rows, and its training rows' sample weights (None without): x by
-    `data._standardised_inputs`, y by `Scaling.target`, weights the --sample-weight cell times the class's
-    `runs.balanced` weight (float32)."""
-    train, held = np.flatnonzero(~test), np.flatnonzero(test)
-    padded = np.concatenate([train, np.zeros(length - len(train), np.int64)])
+class Prepared(NamedTuple):
+    """A block's model rows: its training rows' x, y and weights (None without) padded to the longest block's
+    (with copies of its first row, never drawn), its held-out rows' x and y, its training rows' sample weights
+    (None without), and its validation rows' x, y and mask (1; 0 for the padding to the longest block's)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray | None
+    x_test: np.ndarray
+    y_test: np.ndarray
+    sample: np.ndarray | None
+    x_val: np.ndarray
+    y_val: np.ndarray
+    mask: np.ndarray
+
+
+def _standardised(block: Block, values: dict, scaling: data.Scaling, roles: Columns, class_weights, number, parts,
+                  lengths: tuple[int, int], source: str) -> Prepared:  # fmt: skip
+    """The block's `Prepared` rows (`parts`: which are held out, which are validation rows; `lengths`: the
+    training and validation rows to pad to): x by `data._standardised_inputs`, y by `Scaling.target`, weights the
+    --sample-weight cell times the class's `runs.balanced` weight (float32)."""
+    test, val = parts
+    train, held, validating = np.flatnonzero(~test & ~val), np.flatnonzero(test), np.flatnonzero(val)
+    pad = lambda rows, length: np.concatenate([rows, np.zeros(length - len(rows), np.int64)])
+    padded, padded_val = pad(train, lengths[0]), pad(validating, lengths[1])
     inputs = scaling.feature_inputs
     columns = ((name, values[name], inputs[name][1]) for name in scaling.feature_names)
     statistics = lambda name, _: (scaling.x_mean[inputs[name][0]], scaling.x_std[inputs[name][0]])
     rows = number(np.arange(len(test)))
     width = len(scaling.x_mean)
-    x_train, x_test = data._standardised_inputs(columns, statistics, width, (padded, held), len(test), source, rows)
+    x = data._standardised_inputs(columns, statistics, width, (padded, held, padded_val), len(test), source, rows)
     labels = block.columns[roles.target]
     if roles.classify:
         y = scaling.target(np.asarray(labels.distinct, dtype=object), source)[labels.codes]
@@ -801,7 +852,9 @@ def _standardised(block: Block, values: dict, scaling: data.Scaling, roles: Colu
     if sample is not None or class_weights is not None:
         weights = np.ones(len(test)) if sample is None else sample
         weights = (weights if class_weights is None else weights * class_weights[y]).astype(np.float32)[padded]
-    return x_train, y[padded], weights, x_test, y[held], None if sample is None else sample[train]
+    mask = (np.arange(lengths[1]) < len(validating)).astype(np.float32)
+    trained = None if sample is None else sample[train]
+    return Prepared(x[0], y[padded], weights, x[1], y[held], trained, x[2], y[padded_val], mask)
 
 
 def _weights_record(classes: tuple, class_weights, weight: str | None, total: float) -> dict:
@@ -844,12 +897,11 @@ def _blocks(source: str, devices: int) -> list:
 
 def check(config: runs.Config, source: str) -> None:
     """UsageError for what a sharded run does not do (yet): a built-in data set or an .npz, the full batch, an
-    ensemble, early stopping."""
+    ensemble."""
     refused = {
         "a .parquet or .csv file (--data)": not data.is_file(source) or Path(source).suffix.lower() == ".npz",
         "minibatches (a --batch-size)": config.batch_size is None,
         "one model (no --ensemble)": config.ensemble > 1,
-        "no --early-stopping": config.early_stopping,
     }
     wanted = [what for what, bad in refused.items() if bad]
     if wanted:

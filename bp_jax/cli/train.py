@@ -231,7 +231,7 @@ def _prepare_sharded(config: Config, devices: int | None, given: dict | None) ->
     config, split, rows = shards.load(config, mesh, given)
     runs.check_memory(config, split)  # this process's rows
     model = runs.build_model(split.x_train.shape[1], config, split.scaling.outputs)
-    return Problem(config, split, model, mesh, runs.initial_state(model, config), rows=rows)
+    return Problem(config, split, model, mesh, runs.initial_state(model, config), rows.validation, rows)
 
 
 def _resumed_config(resumed: runs.Run, given: dict) -> Config:
@@ -290,6 +290,12 @@ def _total_steps(problem: Problem, start: Start, steps: int | None, epochs: int 
 def _training_rows(problem: Problem) -> int:
     """The training rows of the run: this process's, or with --shard-data every process's."""
     return len(problem.split.x_train) if problem.rows is None else problem.rows.train
+
+
+def _validation_rows(problem: Problem) -> int:
+    """The validation rows of an early-stopping run: this process's, or with --shard-data every process's."""
+    assert problem.validation is not None
+    return len(problem.validation[1]) if problem.rows is None else problem.rows.validation_rows
 
 
 @contextmanager
@@ -500,7 +506,7 @@ def _finish(
                 if classify
                 else {}
             ),
-            **({"validation": len(problem.validation[1])} if problem.validation is not None else {}),
+            **({"validation": _validation_rows(problem)} if problem.validation is not None else {}),
         },
         **({"early_stopping": stopping} if stopping is not None else {}),
         "device": console.device_description(),
@@ -553,7 +559,7 @@ def _finish(
 def _stopping_metrics(problem: Problem, state: dict) -> dict:
     """metrics.json's "early_stopping" (`runs.stopping_record`), an ensemble's members each with its seed."""
     config = problem.config
-    record = runs.stopping_record(config, runs.steps_per_epoch(len(problem.split.x_train), config.batch_size), state)
+    record = runs.stopping_record(config, runs.steps_per_epoch(_training_rows(problem), config.batch_size), state)
     if config.ensemble > 1:
         record["members"] = [{"seed": config.seed + i} | member for i, member in enumerate(record["members"])]
     return record
