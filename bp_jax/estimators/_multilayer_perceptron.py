@@ -38,7 +38,7 @@ from bp_jax.estimators._base import (
     to_sklearn,
     weighted,
 )
-from bp_jax.estimators._constraints import MLP_CONSTRAINTS
+from bp_jax.estimators._constraints import MLP_CONSTRAINTS, validate_params
 from bp_jax.estimators._lbfgs import MESSAGES, STATUS, Result, compiled, counts, unpacked
 from bp_jax.estimators._reporting import Progress
 from bp_jax.estimators._stochastic_optimizers import hyperparams, initial_state, solver_transform
@@ -129,6 +129,17 @@ class BaseMLP(BaseEstimator):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
+
+    @classmethod
+    @functools.cache
+    def _get_param_names(cls) -> list[str]:
+        """scikit-learn's (the names of `__init__`'s parameters), read once a class: its `inspect.signature` is
+        most of `get_params`' time."""
+        return super()._get_param_names()
+
+    def _validate_params(self) -> None:
+        """scikit-learn's check of the parameters (`fit_context` calls it), remembering those that passed."""
+        validate_params(self)
 
     @property
     def _classifier(self) -> bool:
