@@ -164,13 +164,15 @@ class BaseMLP(BaseEstimator):
         """The objective, shared by every estimator of this configuration (`members_batch`: as a member of an
         ensemble trained on minibatches of this size; `full_batch`: as one model trained on every row, lbfgs, its
         activations as features × rows: a loss-and-gradient evaluation ~25 % faster, 10 → 5 → 1 on 353 rows in
-        float64, and no slower for wider nets). Its loss is sklearn's: `loss`, where log-loss over logistic outputs
-        is the binary log-loss."""
+        float64, and no slower for wider nets; and every layer a matmul, where the rule of minibatches gives a small
+        layer the product and sum: 10 → 5 → 1 on 353 rows in float64, 9.8 → 9.5 µs an lbfgs trip). Its loss is
+        sklearn's: `loss`, where log-loss over logistic outputs is the binary log-loss."""
         sizes = (features, *self._hidden_sizes(), self.n_outputs_)
         layout = ("columns" if full_batch else "rows") if members_batch is None else member_layout(sizes, members_batch)
         loss = "binary_log_loss" if self.out_activation_ == "logistic" else self.loss
         members = members_batch is not None
-        return objective(sizes, self.activation, loss, members=members, layout=layout)
+        contraction = "dot" if full_batch else None
+        return objective(sizes, self.activation, loss, members=members, layout=layout, contraction=contraction)
 
     def _program(self, features: int, *, members_batch: int | None = None):
         """(objective, optimizer) of sgd or adam: shared by every estimator of this configuration (its solver's
