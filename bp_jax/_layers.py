@@ -14,6 +14,7 @@ models (`call`), so a deterministic model may leave the keyword out. Layers chec
 trace time and raise ValueError or TypeError naming the layer, the expected and the received shapes.
 """
 
+import functools
 import itertools
 import math
 import numbers
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from bp_jax._contraction import CONTRACTIONS, contract, inputs_of, resolve
 from bp_jax._order import mix32
@@ -437,6 +439,28 @@ def Sequential(*layers: Model) -> Model:
 LAYOUTS = ("rows", "columns")
 
 
+@jax.custom_jvp
+def _input_product(weight, x):
+    """W·xᵀ of one model's rows × features input on CPU, from a copy of x laid out features × rows (made once,
+    outside a loop that reads x: XLA hoists it), so that the matmul reads both operands as it packs them; W·xᵀ of x
+    as it comes repacks x on every call (the lbfgs evaluation, 10 → 5 → 1 on 353 rows in float64: ~1 µs of its ~6).
+    Its tangent dW·xᵀ + W·dxᵀ reads x itself, so reverse mode's dW = G·x reads x as it comes: the plain product's
+    derivatives, the same numbers."""
+    return weight @ jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+
+@functools.partial(_input_product.defjvp, symbolic_zeros=True)
+def _input_product_jvp(primals, tangents):
+    """dW·xᵀ + W·dxᵀ without the terms of zero tangents (JAX calls the rule when at least one is not zero)."""
+    (weight, x), (weight_dot, x_dot) = primals, tangents
+    terms = []
+    if not isinstance(weight_dot, SymbolicZero):
+        terms.append(weight_dot @ jnp.swapaxes(x, -1, -2))
+    if not isinstance(x_dot, SymbolicZero):
+        terms.append(weight @ jnp.swapaxes(x_dot, -1, -2))
+    return _input_product(weight, x), sum(terms[1:], terms[0])
+
+
 def mlp(
     sizes: Sequence[int],
     activation_name: str = "relu",
@@ -514,6 +538,8 @@ def mlp(
             if resolve(layer_contraction, weight, count, inputs_of(x if index == 0 else h)) == "sum":
                 inputs = jnp.expand_dims(h, -3)  # (…, 1, in, rows)
                 h = jnp.sum(lift(weight[:, :, None], inputs.ndim) * inputs, axis=-2)
+            elif index == 0 and jnp.ndim(x) == 2 and inputs_of(x) == "model" and jax.default_backend() == "cpu":
+                h = _input_product(weight, x)
             else:
                 h = weight @ h
             h = h + lift(bias[:, None], h.ndim)

@@ -389,6 +389,28 @@ def test_invalid_parameters_raise_sklearns_error_word_for_word(params):
         assert errors[0] == errors[1]
 
 
+def test_parameters_that_passed_are_not_checked_again_and_a_failure_is_raised_every_time(monkeypatch):
+    """`validate_params` (scikit-learn's `_validate_params`) checks a set of parameters once, then remembers it (a
+    value's type included: tol=1 and tol=1.0 are two sets); unhashable ones (a list of sizes) and failures each
+    time."""
+    from bp_jax.estimators import _constraints
+
+    checked = []
+    check = _constraints.validate_parameter_constraints
+    monkeypatch.setattr(
+        _constraints,
+        "validate_parameter_constraints",
+        lambda *args, **kwargs: checked.append(1) or check(*args, **kwargs),
+    )
+    for tol in (1e-4, 1e-4, 1, 1.0):
+        _constraints.validate_params(MLPRegressor(alpha=0.123, tol=tol))
+    for _ in range(2):
+        _constraints.validate_params(MLPRegressor(hidden_layer_sizes=[4]))
+        with pytest.raises(ValueError, match="The 'alpha' parameter of MLPRegressor must be a float in the range"):
+            _constraints.validate_params(MLPRegressor(alpha=-0.123))
+    assert len(checked) == 3 + 2 + 2
+
+
 def test_partial_fit_checks_the_parameters_as_sklearns():
     from sklearn import neural_network
 

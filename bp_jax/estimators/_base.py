@@ -282,6 +282,7 @@ def objective(
     *,
     members: bool = False,
     layout: str = "rows",
+    contraction: str | None = None,
 ) -> Objective:
     """The training objective of an MLP, one per configuration (equal configurations share one program).
 
@@ -291,12 +292,13 @@ def objective(
         loss: sklearn's name of the loss, a key of `LOSSES`.
         members: for vmapped ensemble members (see `contractions`).
         layout: the activations' layout, as `mlp` takes it.
+        contraction: every layer's contraction, as `Linear` takes it; None: `contractions`' rule.
 
     Returns:
         The `Objective`.
     """
-    contraction = contractions(sizes, members=members)
-    model = mlp(sizes, ACTIVATIONS[activation], contraction=contraction, layout=layout)
+    chosen = contractions(sizes, members=members) if contraction is None else contraction
+    model = mlp(sizes, ACTIVATIONS[activation], contraction=chosen, layout=layout)
     return Objective(model, LOSSES[loss])
 
 

@@ -13,7 +13,10 @@ Without bounds, L-BFGS-B is this algorithm, and `minimize` follows it:
   (f_{k−1} − f_k) / max(|f_{k−1}|, |f_k|, 1) ≤ FTOL, tested in that order (scipy's `reason`, `MESSAGES`).
 
 It runs in the params' dtype (scipy always runs float64): in float32 the FTOL test can fire only once an
-iteration no longer lowers f.
+iteration no longer lowers f. In float64 its iterates are scipy's up to the order of float64 sums, which a
+non-convex fit amplifies: from the same weights on the sklearn benchmark's diabetes fit (10 → 5 → 1), the weights
+agree to 1e-13 (relative) after 10 iterations, 1e-9 after 40 and 1e-3 after 60, and the run stops (FTOL) after 132
+iterations where scikit-learn's stops after 116, at a loss 1e-6 relative from its.
 """
 
 import functools
