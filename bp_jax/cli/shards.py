@@ -45,7 +45,6 @@ import dataclasses
 import hashlib
 import io
 import itertools
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,7 +57,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 import bp_jax
-from bp_jax.cli import data, runs
+from bp_jax.cli import data, distributed, runs
 from bp_jax.cli._args import UsageError
 
 #: the held-out share of the rows, as `data.load`'s test_fraction
@@ -201,22 +200,16 @@ def mine(mesh: jax.sharding.Mesh) -> list[int]:
 
 def _gathered(mesh, source: str, compute: Callable[[], list]) -> list:
     """What `compute` gives in every process (a list of one JSON value per block of this process, in mesh order),
-    gathered into the list of every block's value in mesh order by two all-gathers (the lengths, then the JSON
-    text padded to the longest); where any process's `compute` raised a UsageError, every process raises: that
-    error where it was raised, a line naming the process elsewhere."""
+    gathered into the list of every block's value in mesh order (`distributed.gathered_json`); where any process's
+    `compute` raised a UsageError, every process raises: that error where it was raised, a line naming the process
+    elsewhere."""
     try:
         local, error = compute(), None
     except UsageError as err:
         local, error = None, err
-    text = np.frombuffer(json.dumps(local, default=lambda value: value.tolist()).encode(), np.uint8)
-    with jax.enable_x64(True):  # the lengths stay int64
-        lengths = np.asarray(multihost_utils.process_allgather(np.int64(len(text)))).reshape(-1)
-        padded = np.zeros(int(lengths.max()), np.uint8)
-        padded[: len(text)] = text
-        everyone = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    values = distributed.gathered_json(local)
     if error is not None:
         raise error
-    values = [json.loads(row[:length].tobytes()) for row, length in zip(everyone, lengths, strict=True)]
     failed = [process for process, value in enumerate(values) if value is None]
     if failed:
         raise data.DataError(f"{source}: process {failed[0]} cannot use its rows (its own message says why)")
