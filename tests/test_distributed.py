@@ -195,6 +195,20 @@ def test_bad_device_and_process_settings_give_one_line(on_8_devices, case):
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+def test_processes_started_with_other_options_are_refused_in_one_line(monkeypatch):
+    """Each process's options as `gathered_json` gives them (here: process 1's --lr and --ensemble changed)."""
+    from bp_jax.cli import distributed
+
+    ours = {"lr": 0.1, "ensemble": 2, "data": "t.csv"}
+    monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(distributed, "gathered_json", lambda value: [value, {**value, "lr": 0.5, "ensemble": None}])
+    message = r"process 1 was started with other options than process 0 \(--ensemble \(not given\) against 2, --lr 0\.5"
+    with pytest.raises(distributed.DistributedError, match=message):
+        distributed.agree(ours)
+    monkeypatch.setattr(distributed, "gathered_json", lambda value: [value, dict(value)])
+    distributed.agree(ours)
+
+
 @pytest.mark.slow  # processes of their own, 8 devices or 2 processes
 def test_two_processes_on_localhost_equal_one_process(one_device_run, tmp_path):
     coordinator = f"127.0.0.1:{free_port()}"

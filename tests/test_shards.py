@@ -62,6 +62,18 @@ def test_byte_ranges_give_every_line_to_one_block(tmp_path, blocks):
     assert b"".join(shards.lines_in(path, first, end, len(lines[0])) for first, end in ranges) == b"".join(lines[1:])
 
 
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_a_quoted_line_break_is_refused_in_every_block_it_touches(tmp_path, blocks):
+    """Cut in two, the cell's first half ends block 0 and its second half begins block 1: each block is refused."""
+    path = tmp_path / "t.csv"
+    path.write_bytes(b'a,b\n1,"say ""hi"""\n2,"' + b"x" * 20 + b"\n" + b"y" * 20 + b'"\n3,z\n')
+    body = len(b"a,b\n")
+    for first, end in shards.byte_ranges(body, path.stat().st_size, blocks):
+        with pytest.raises(shards.data.DataError, match=r"t\.csv: a quoted cell holds a line break .*--shard-data"):
+            shards.read_block(str(path), (b"a,b\n", first, end), ["a", "b"])
+    assert shards.read_block(str(path), (b"a,b\n", body, body + 5), ["a", "b"]).columns["a"].tolist() == [1.0]
+
+
 def test_held_out_rows_are_a_seeded_draw_of_each_row_number():
     rows = np.arange(100_000)
     held = shards.held_out(rows, 3)

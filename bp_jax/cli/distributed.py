@@ -5,6 +5,7 @@ from BP_JAX_COORDINATOR, BP_JAX_NUM_PROCESSES and BP_JAX_PROCESS_ID. The address
 to JAX's cluster detection (Cloud TPU pods, SLURM, Open MPI). Every wait is bounded by `timeout_s`.
 """
 
+import json
 import os
 import socket
 import time
@@ -90,6 +91,43 @@ def _wait_for(host: str, port: int, timeout_s: float, who: str) -> None:
                     f"({who}); start process 0 there first, or check the address"
                 ) from None
             time.sleep(0.2)
+
+
+def gathered_json(value) -> list:
+    """Every process's JSON-able `value`, in process order, by two all-gathers: the lengths of the JSON texts,
+    then the texts padded to the longest."""
+    from jax.experimental import multihost_utils
+
+    text = np.frombuffer(json.dumps(value, default=lambda item: item.tolist()).encode(), np.uint8)
+    with jax.enable_x64(True):  # the lengths stay int64
+        lengths = np.asarray(multihost_utils.process_allgather(np.int64(len(text)))).reshape(-1)
+        padded = np.zeros(int(lengths.max()), np.uint8)
+        padded[: len(text)] = text
+        everyone = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [json.loads(row[:length].tobytes()) for row, length in zip(everyone, lengths, strict=True)]
+
+
+def agree(options: dict) -> None:
+    """DistributedError in every process where some process was started with other `options` (flag → value) than
+    process 0: the first such process and its flags' values against process 0's, in one line. One process: nothing."""
+    if jax.process_count() == 1:
+        return
+    everyone = gathered_json(options)
+    for index, other in enumerate(everyone):
+        differ = sorted(name for name in everyone[0].keys() | other.keys() if everyone[0].get(name) != other.get(name))
+        if differ:
+            shown = ", ".join(
+                f"--{name.replace('_', '-')} {_shown(other, name)} against {_shown(everyone[0], name)}"
+                for name in differ
+            )
+            raise DistributedError(
+                f"process {index} was started with other options than process 0 ({shown}); start every process "
+                "with the same command but its --process-id"
+            )
+
+
+def _shown(options: dict, name: str) -> str:
+    return "(not given)" if options.get(name) is None else str(options[name])
 
 
 def host_local(tree):

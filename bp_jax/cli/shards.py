@@ -12,8 +12,9 @@ order; each agreed quantity is the one `data.load` finds in the whole table from
 
 - Blocks (`row_group_blocks`, `byte_ranges`): a parquet file's row groups in D contiguous runs, block d ending at
   the row-group boundary nearest (d + 1)·N/D, each at least one group (fewer row groups than devices: refused); a
-  CSV's bytes after its header in D equal ranges, a block holding the lines that begin in its range (a cell may
-  not hold a line break). A block's first row number is the sum of the earlier blocks' row counts (gathered).
+  CSV's bytes after its header in D equal ranges, a block holding the lines that begin in its range (a cell
+  holding a line break: refused, `unbroken`). A block's first row number is the sum of the earlier blocks' row
+  counts (gathered).
 - Types and kinds (`read_block`, `agreed_types`, `agreed_kinds`): a column is read as numbers, or as cells coded
   by `pandas.factorize`; one read as text in any block is text in all (a CSV block reads it again as str, as
   pandas reads the whole file), and a text column's kind is `data.text_kind` of the blocks' summed counts (numbers,
@@ -44,7 +45,6 @@ import dataclasses
 import hashlib
 import io
 import itertools
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,7 +57,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 import bp_jax
-from bp_jax.cli import data, runs
+from bp_jax.cli import data, distributed, runs
 from bp_jax.cli._args import UsageError
 
 #: the held-out share of the rows, as `data.load`'s test_fraction
@@ -117,6 +117,24 @@ def lines_in(path: Path, first: int, end: int, body: int) -> bytes:
             return b""
         text = file.read(end - begin)
         return text if text.endswith(b"\n") else text + file.readline()
+
+
+def unbroken(text: bytes, source: str) -> None:
+    """DataError where a quoted cell of a CSV block's `text` holds a line break: a newline with an odd count of
+    `"` before it (a doubled quote inside a cell counts two), which cutting the bytes at line ends would split."""
+    if b'"' not in text:
+        return
+    chars = np.frombuffer(text, np.uint8)
+    newlines = np.flatnonzero(chars == ord("\n"))
+    inside = np.searchsorted(np.flatnonzero(chars == ord('"')), newlines) % 2 == 1
+    if inside.any():
+        at = newlines[np.argmax(inside)]
+        begun = text.rfind(b"\n", 0, at) + 1
+        raise data.DataError(
+            f"{source}: a quoted cell holds a line break (in the line {text[begun:at][:40].decode(errors='replace')!r}"
+            "); --shard-data cuts a CSV at line ends: remove the line breaks, write the table as .parquet, or leave "
+            "out --shard-data"
+        )
 
 
 def splitmix64(z: np.ndarray) -> np.ndarray:
@@ -182,22 +200,16 @@ def mine(mesh: jax.sharding.Mesh) -> list[int]:
 
 def _gathered(mesh, source: str, compute: Callable[[], list]) -> list:
     """What `compute` gives in every process (a list of one JSON value per block of this process, in mesh order),
-    gathered into the list of every block's value in mesh order by two all-gathers (the lengths, then the JSON
-    text padded to the longest); where any process's `compute` raised a UsageError, every process raises: that
-    error where it was raised, a line naming the process elsewhere."""
+    gathered into the list of every block's value in mesh order (`distributed.gathered_json`); where any process's
+    `compute` raised a UsageError, every process raises: that error where it was raised, a line naming the process
+    elsewhere."""
     try:
         local, error = compute(), None
     except UsageError as err:
         local, error = None, err
-    text = np.frombuffer(json.dumps(local, default=lambda value: value.tolist()).encode(), np.uint8)
-    with jax.enable_x64(True):  # the lengths stay int64
-        lengths = np.asarray(multihost_utils.process_allgather(np.int64(len(text)))).reshape(-1)
-        padded = np.zeros(int(lengths.max()), np.uint8)
-        padded[: len(text)] = text
-        everyone = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    values = distributed.gathered_json(local)
     if error is not None:
         raise error
-    values = [json.loads(row[:length].tobytes()) for row, length in zip(everyone, lengths, strict=True)]
     failed = [process for process, value in enumerate(values) if value is None]
     if failed:
         raise data.DataError(f"{source}: process {failed[0]} cannot use its rows (its own message says why)")
@@ -251,6 +263,7 @@ def read_block(source: str, part, used: Sequence[str], labels: str | None = None
         text = lines_in(path, first, end, len(header))
         if not text:
             return Block({name: np.zeros(0) for name in used}, {}, {})
+        unbroken(text, source)
         return _block(*_read_csv(header + text, used), labels)
     import pyarrow as pa
     import pyarrow.parquet as pq

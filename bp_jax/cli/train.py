@@ -124,12 +124,22 @@ class Start(NamedTuple):
     total_steps: int | None = None
 
 
+PER_PROCESS = {"coordinator", "num_processes", "process_id", "init_timeout", "compile_cache", "out"}  # may differ
+
+
 def run(args) -> int:
     """Train, checkpoint and write metrics.json and loss_curve.png into --out (default: a new runs/NAME-TIME
     folder), then print the summary. In a multi-process run (`distributed.initialize`) every process trains
     and only process 0 writes files. Raises UsageError for bad values or a folder in use, CheckpointError
     for a checkpoint that cannot be resumed or written."""
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=args.init_timeout)
+    distributed.agree(
+        {
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in vars(args).items()
+            if name not in PER_PROCESS
+        }
+    )
     writer = jax.process_index() == 0
     given = options.given_config(args)
     holder = None if args.resume is None or not writer else folders.live_holder(args.resume)
