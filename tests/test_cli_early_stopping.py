@@ -27,7 +27,9 @@ EPOCHS, PER_EPOCH, PATIENCE = 40, 319 // 32, 3
 def stopped(tmp_path_factory):
     """A run the rule stopped: its folder and metrics."""
     out = tmp_path_factory.mktemp("early") / "run"
-    run_cli("train", "--out", out, "--epochs", EPOCHS, *ARGS)
+    summary = run_cli("train", "--out", out, "--epochs", EPOCHS, *ARGS).stdout
+    rows = " ".join(summary.replace("│", " ").split())  # a wrapped cell read as one line
+    assert "rows 319 train, 88 held out, 35 validation " in rows, summary  # the three add up to the table
     return out, strict_json(out / "metrics.json")
 
 

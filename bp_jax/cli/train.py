@@ -655,12 +655,17 @@ def _print_summary(config: Config, metrics: dict) -> None:
                 (
                     "rows",
                     f"{metrics['examples']['train']} train, {metrics['examples']['held_out']} held out"
+                    + (
+                        f", {metrics['examples']['validation']} validation"
+                        if "validation" in metrics["examples"]
+                        else ""
+                    )
                     + "".join(
                         f", {count} left out ({why.replace('_', ' ')})" for why, count in left_out.items() if count
                     ),
                 )
             ]
-            * bool(classes or left_out),
+            * bool(classes or left_out or "validation" in metrics["examples"]),
             *scores,
             ("wall time", f"{metrics['wall_time_s']:.2f} s"),
             (
