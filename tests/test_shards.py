@@ -257,6 +257,21 @@ def test_what_a_sharded_run_refuses_in_one_line(tmp_path, argv, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_blocks_too_big_for_this_processs_memory_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    """A parquet's blocks by their row groups' recorded rows, a CSV's by their share of its bytes: one line naming
+    their size and the memory available, and more processes as a way out; no block read, nothing written."""
+    frame = table(64)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    monkeypatch.setattr(shards.data, "available_memory", lambda: 5_000)  # 64 rows × 6 columns: 3 072 bytes
+    monkeypatch.setattr(shards, "read_block", lambda *args, **kwargs: pytest.fail("a block was read"))
+    for path in (parquet(tmp_path / "t.parquet", frame, 16), tmp_path / "t.csv"):
+        result = run_cli("train", "--data", path, "--shard-data", "--steps", 1, "--out", tmp_path / "run", check=False)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert f"{path.name}: this process's blocks are too big for memory: 64 rows × 6 columns" in result.stderr
+        assert "and 5e-06 GB is available; read fewer columns (--features) or more processes" in result.stderr
+        assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow  # three processes of their own
 def test_two_processes_equal_one_process_over_two_devices_each_reading_half(tmp_path):
     """The params of a float64 fit on the blocks (to 1e-10), the scaling and the fingerprint of two processes

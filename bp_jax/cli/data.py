@@ -243,7 +243,7 @@ def read(source: str, *, seed: int = 0, columns: Sequence[str] | None = None):
     with _reading(source):
         suffix = path.suffix.lower()
         if columns is not None:
-            refuse_too_big(source, _rows(path), len(columns))
+            refuse_too_big(source, estimated_rows(path), len(columns))
         if suffix == ".parquet":
             names = column_names(source)
             return _read_parquet(path, names if columns is None else [name for name in names if name in columns])
@@ -407,7 +407,7 @@ def _read_npz(path: Path, columns: Sequence[str] | None):
     return pd.DataFrame({name: cells for name, cells in named.items() if columns is None or name in columns})
 
 
-def _rows(path: Path) -> int:
+def estimated_rows(path: Path) -> int:
     """The table's rows: a parquet's or an .npz's as recorded, a CSV's estimated from its first MiB of lines."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -439,16 +439,18 @@ def available_memory() -> int:
     return limit
 
 
-def refuse_too_big(source: str, rows: int, columns: int) -> None:
-    """DataError, before anything is read, when loading `rows` × `columns` would take more than the memory
-    available: LOAD_FACTOR × 8 bytes a cell."""
+def refuse_too_big(
+    source: str, rows: int, columns: int, *, what: str = "the table is", advice: str = "fewer rows"
+) -> None:
+    """DataError, before anything is read, when loading `rows` × `columns` (`what`: the table, or a process's
+    blocks) would take more than the memory available: LOAD_FACTOR × 8 bytes a cell."""
     size, available = 8 * rows * columns, available_memory()
     if LOAD_FACTOR * size > available:
         gb = lambda bytes_: f"{bytes_ / 1e9:.3g} GB"
         raise DataError(
-            f"{source}: the table is too big for memory: {rows} rows × {columns} columns ({gb(size)} as float64) "
+            f"{source}: {what} too big for memory: {rows} rows × {columns} columns ({gb(size)} as float64) "
             f"need about {gb(LOAD_FACTOR * size)} to load, and {gb(available)} is available; read fewer columns "
-            f"(--features) or fewer rows"
+            f"(--features) or {advice}"
         )
 
 

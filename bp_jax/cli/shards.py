@@ -39,6 +39,8 @@ order; each agreed quantity is the one `data.load` finds in the whole table from
 - Fingerprint (`row_sum`): sha256 of Σ_g h(g, row g's used cells) mod 2⁶⁴ (a number's float64 bits, a text's pandas
   hash; a sum of every block's sums) and the column names: the same for any layout, a parquet file or a CSV.
 - Scope: minibatches, one model (no --ensemble); each block needs at least b/D training rows.
+- Memory (`_rows_of`): a process whose blocks would not fit in its memory (`data.refuse_too_big`) is refused before
+  it reads them.
 """
 
 import dataclasses
@@ -635,6 +637,10 @@ def load(config: runs.Config, mesh: jax.sharding.Mesh, given=None) -> tuple[runs
         try:
             used.extend(_columns(source, config))
             plan.extend(_blocks(source, devices))
+            data.refuse_too_big(
+                source, _rows_of(source, [plan[place] for place in places]), len(used),
+                what="this process's blocks are", advice="more processes (--num-processes)",
+            )  # fmt: skip
             target = used[len(used) - 1 - bool(config.sample_weight)]
             blocks.extend(read_block(source, plan[place], used, target) for place in places)
         except UsageError:
@@ -906,6 +912,19 @@ def _blocks(source: str, devices: int) -> list:
     with open(path, "rb") as file:
         header = file.readline()
     return [(header, first, end) for first, end in byte_ranges(len(header), path.stat().st_size, devices)]
+
+
+def _rows_of(source: str, parts: Sequence) -> int:
+    """The rows of these blocks: their row groups' as the parquet file records them, or a CSV's rows estimated by
+    the blocks' share of its bytes after the header (`data.estimated_rows`)."""
+    path = Path(source)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        metadata = pq.ParquetFile(path).metadata
+        return sum(metadata.row_group(group).num_rows for part in parts for group in part)
+    body = path.stat().st_size - len(parts[0][0]) if parts else 0
+    return round(data.estimated_rows(path) * sum(end - first for _, first, end in parts) / max(body, 1))
 
 
 def check(config: runs.Config, source: str) -> None:
