@@ -29,12 +29,15 @@ from bp_jax._fit_loop import (
     CAPACITY,
     CAUSES,
     Divergence,
+    InParts,
     LoopState,
     RuleState,
     apply_rule,
     compiled_loop,
     copy_tree,
+    core_count,
     examples,
+    member_parts,
     to_host,
 )
 from bp_jax._mesh import MODELS_AXIS, batch_sharded, data_devices, member_devices, member_sharded, place, replicated
@@ -597,8 +600,20 @@ def _set_up(
         padding=padding,
         shard_rows=shard_rows is not None,
     )
-    params, opt_state, rule = copy_tree((state.params, state.opt_state, state.rule))
-    state = state._replace(params=params, opt_state=opt_state, rule=rule)
+    count = 1
+    if members and mesh is None:
+        units = groups or members
+        weights = sum(np.size(leaf) for leaf in jax.tree.leaves(params)) // members
+        rows = num_examples if batch_size is None else batch_size
+        steps_per_call = min(steps, CAPACITY, *chunk_sizes)
+        unit_work = members // units * rows * weights
+        count = member_parts(units, unit_work, steps_per_call, jax.default_backend(), core_count())
+    if count > 1:
+        loop = InParts(loop, count, key_axis, member_rows is not None, state, data, noise)
+        state = loop.state
+    else:
+        params, opt_state, rule = copy_tree((state.params, state.opt_state, state.rule))
+        state = state._replace(params=params, opt_state=opt_state, rule=rule)
     return _Run(loop, state, data, start_step, start_step + steps, chunk_sizes, members, noise)
 
 

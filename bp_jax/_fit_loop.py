@@ -11,9 +11,12 @@ minibatch gathers the same rows of every leaf. A step whose loss or new params a
 model is frozen and the step recorded in its `Divergence`.
 """
 
+import contextlib
 import functools
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -332,3 +335,132 @@ def _build_loop(
         return state, losses
 
     return run
+
+
+def core_count() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this OS
+        return os.cpu_count() or 1
+
+
+#: The least work, in multiply-adds (rows · weights, summed over a part's members), that a part's step and a part's
+#: call must hold for an ensemble to run in parts on CPU. The seed MLP (55 weights, 32 rows) gains from 8 members a
+#: part and loses at 2; a call in parts costs ~0.25 ms more (a second dispatch, a thread's wake-up, the join), which
+#: 8 members' calls repay after ~150 steps, 128 members' after ~5 (benchmarks/README.md, the ensembles in parts).
+MIN_PART_STEP_WORK = 10_000
+MIN_PART_CALL_WORK = 2_000_000
+
+
+def member_parts(units: int, unit_work: int, steps_per_call: int, platform: str, cores: int) -> int:
+    """How many equal parts an ensemble's loop runs in, each part's call of the one compiled loop on its own thread.
+
+    On CPU, XLA runs concurrent calls of a program on separate cores, while one call of a small members' step keeps
+    to one core and pays for handing its thunks between threads: so the largest count ≤ cores that splits the
+    `units` (members, or groups of members sharing a minibatch; `unit_work` multiply-adds a step each) evenly, every
+    part the same program, and leaves each part at least MIN_PART_STEP_WORK a step and MIN_PART_CALL_WORK a call of
+    `steps_per_call` steps. Off the CPU one part."""
+    if platform != "cpu":
+        return 1
+
+    def worth_it(count: int) -> bool:
+        part_work = units // count * unit_work
+        return part_work >= MIN_PART_STEP_WORK and part_work * steps_per_call >= MIN_PART_CALL_WORK
+
+    return max(c for c in range(1, min(cores, units) + 1) if c == 1 or (units % c == 0 and worth_it(c)))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split(tree, count: int) -> list:
+    """`tree` as `count` equal parts of every leaf's leading axis."""
+    leaves, structure = jax.tree.flatten(tree)
+    pieces = [jnp.split(leaf, count) for leaf in leaves]
+    return [jax.tree.unflatten(structure, [piece[j] for piece in pieces]) for j in range(count)]
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _prepared(state, member_data, count: int):
+    """A copy of the first state, its parts and the parts of the members' data, in one program."""
+    return jax.tree.map(jnp.copy, state), _split(state, count), _split(member_data, count)
+
+
+@jax.jit
+def _joined(states, losses):
+    """The parts' states (members on axis 0) and losses (axis 1) as one state and one loss array."""
+    state = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *states)
+    return state, jnp.concatenate(losses, axis=1)
+
+
+def _same(tree, other) -> bool:
+    """Whether two pytrees hold the very same leaves."""
+    leaves, other_leaves = jax.tree.leaves(tree), jax.tree.leaves(other)
+    return len(leaves) == len(other_leaves) and all(a is b for a, b in zip(leaves, other_leaves))
+
+
+#: JAX's settings that hold per thread inside their `with` blocks: work handed to another thread enters its caller's.
+THREAD_SETTINGS = (
+    jax.enable_x64,
+    jax.default_matmul_precision,
+    jax.default_device,
+    jax.numpy_rank_promotion,
+    jax.numpy_dtype_promotion,
+    jax.default_prng_impl,
+)
+
+
+def with_callers_settings(function: Callable) -> Callable:
+    """`function`, run on whichever thread under the THREAD_SETTINGS in force on the calling thread now."""
+    settings = [(setting, setting.value) for setting in THREAD_SETTINGS]
+
+    def run(*args):
+        with contextlib.ExitStack() as stack:
+            for setting, value in settings:
+                stack.enter_context(setting(value))
+            return function(*args)
+
+    return run
+
+
+@functools.cache
+def _workers(count: int) -> ThreadPoolExecutor:
+    """The threads that make the calls of parts 1 … count − 1 (part 0's call is the caller's own), made once."""
+    return ThreadPoolExecutor(count - 1, thread_name_prefix="bp_jax-part")
+
+
+def _member_data(data: tuple, key_axis: int | None, own_rows: bool, noise) -> tuple:
+    """Of a loop's data `(lr, key, x, y, rows, rule_data)` and noise keys, what each member has its own of."""
+    lr, key, _, _, member_rows, _ = data
+    return lr, None if key_axis is None else key, member_rows if own_rows else None, noise
+
+
+class InParts:
+    """A members' loop of `_build_loop` run over `count` equal parts of the members, each part's call made from its
+    own thread (part 0's from the caller's), the parts' states and losses joined after each call: every member steps
+    as in one call.
+
+    The first state (`self.state`, a copy) and the members' own data (lr, stacked keys, row sets, noise keys) are split
+    once, here; a call given the state the previous call returned steps the parts it kept."""
+
+    def __init__(self, loop: Callable, count: int, key_axis: int | None, own_rows: bool, state, data: tuple, noise):
+        self.loop, self.count, self.key_axis, self.own_rows = loop, count, key_axis, own_rows
+        self.state, parts, self._data = _prepared(state, _member_data(data, key_axis, own_rows, noise), count)
+        self._kept: tuple | None = (self.state, parts)  # a state a call may be given, and its parts
+
+    def __call__(self, state, lr, key, x, y, member_rows, rule_data, first_step, length, noise=None):
+        kept, self._kept = self._kept, None  # the kept parts are donated below: a failed call leaves none
+        states = kept[1] if kept is not None and _same(state, kept[0]) else _split(state, self.count)
+
+        def call(j: int):
+            lr_j, key_j, rows_j, noise_j = self._data[j]
+            key_j = key if self.key_axis is None else key_j
+            rows_j = rows_j if self.own_rows else member_rows
+            out = self.loop(states[j], lr_j, key_j, x, y, rows_j, rule_data, first_step, length, noise_j)
+            return jax.block_until_ready(out)
+
+        others = [_workers(self.count).submit(with_callers_settings(call), j) for j in range(1, self.count)]
+        outputs = [call(0)] + [other.result() for other in others]
+        parts = [state for state, _ in outputs]
+        joined, losses = _joined(parts, [loss for _, loss in outputs])
+        self._kept = (joined, parts)
+        return joined, losses

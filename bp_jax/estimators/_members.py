@@ -8,7 +8,6 @@ Members of one fold and seed read the same minibatches: they form the program's 
 the group's members one matmul). Parts of one size share one compiled program: each pads its folds' rows alike.
 """
 
-import contextlib
 import itertools
 import math
 import time
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bp_jax._fit import fit_ensemble
+from bp_jax._fit_loop import with_callers_settings
 from bp_jax.estimators._base import glorot, to_sklearn
 from bp_jax.estimators._lbfgs import Result, compiled, counts, unpacked
 from bp_jax.estimators._stochastic_optimizers import hyperparams, initial_state
@@ -48,17 +48,6 @@ class Member(NamedTuple):
     seed: int
 
 
-#: JAX's settings that hold per thread inside their `with` blocks: `train_parts`' threads enter the caller's.
-_THREAD_SETTINGS = (
-    jax.enable_x64,
-    jax.default_matmul_precision,
-    jax.default_device,
-    jax.numpy_rank_promotion,
-    jax.numpy_dtype_promotion,
-    jax.default_prng_impl,
-)
-
-
 def train_parts(
     loss_fn, transform, steps: Plan, max_iter: int, members: list[Member], blocks: dict, jobs: int, shuffle: bool
 ):
@@ -70,19 +59,16 @@ def train_parts(
     sgd schedule (one that cannot fire changes nothing); only folds that straddle LARGE_DOMAIN rows (a part's data order
     taking more rounds than another's) still compile two.
     """
-    settings = [(setting, setting.value) for setting in _THREAD_SETTINGS]
     parts = split_members(members, jobs, shuffle)
     shape = _data_shape(parts, blocks, steps)
     stops = can_stop(min(member.estimator.n_iter_no_change for member in members), max_iter) or any(
         member.estimator.solver == "sgd" and member.estimator.learning_rate != "constant" for member in members
     )
 
+    @with_callers_settings
     def train_part(part):
-        with contextlib.ExitStack() as stack:
-            for setting, value in settings:
-                stack.enter_context(setting(value))
-            start = time.perf_counter()
-            runs = train_members(loss_fn, transform, steps, max_iter, part, blocks, shape, stops, shuffle)
+        start = time.perf_counter()
+        runs = train_members(loss_fn, transform, steps, max_iter, part, blocks, shape, stops, shuffle)
         return part, runs, (time.perf_counter() - start) / len(part)
 
     if len(parts) == 1:

@@ -1,0 +1,145 @@
+"""fit_ensemble in parts: on CPU the members are split into equal parts, each part's call of the one compiled loop made
+from its own thread; every member ends where it ends in one call."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bp_jax
+from bp_jax import _fit, _fit_loop
+from bp_jax._fit_loop import InParts, member_parts
+
+MEMBERS = 4
+
+
+@pytest.fixture
+def parts_used(monkeypatch):
+    """Every ensemble split into as many parts as divide it, up to 4 (a 4-core machine, no least work); yields the
+    part counts `fit_ensemble` chose, one a call."""
+    chosen: list[int] = []
+    monkeypatch.setattr(_fit, "core_count", lambda: 4)
+    monkeypatch.setattr(_fit_loop, "MIN_PART_STEP_WORK", 0)
+    monkeypatch.setattr(_fit_loop, "MIN_PART_CALL_WORK", 0)
+    monkeypatch.setattr(_fit, "member_parts", lambda *args: chosen.append(member_parts(*args)) or chosen[-1])
+    return chosen
+
+
+def in_one_call(monkeypatch, fit):
+    """`fit()` with the members in one part."""
+    with monkeypatch.context() as patch:
+        patch.setattr(_fit, "member_parts", lambda *args: 1)
+        return fit()
+
+
+def problem(dropout=0.0, n=48, features=6):
+    layers = [bp_jax.Linear(features, 8), bp_jax.Tanh()] + ([bp_jax.Dropout(dropout)] if dropout else [])
+    model = bp_jax.Sequential(*layers, bp_jax.Linear(8, 1))
+    init_key, x_key, y_key = jax.random.split(jax.random.key(0), 3)
+    params = jax.vmap(model.init)(jax.random.split(init_key, MEMBERS))
+    x = jax.random.normal(x_key, (n, features))
+    return model, params, x, jnp.sin(x[:, :1]) + 0.1 * jax.random.normal(y_key, (n, 1))
+
+
+def test_the_rule_splits_evenly_into_at_most_the_cores_and_only_where_the_work_repays_it():
+    seed_work = 32 * 55  # a seed MLP member: 32 rows, 55 weights
+    assert member_parts(256, seed_work, 1000, "cpu", 2) == 2
+    assert member_parts(256, seed_work, 1000, "cpu", 16) == 16
+    assert member_parts(256, seed_work, 1000, "gpu", 2) == 1
+    assert member_parts(6, seed_work * 4, 1000, "cpu", 4) == 3  # 4 does not divide 6
+    assert member_parts(7, seed_work * 4, 1000, "cpu", 2) == 1  # a prime: unequal parts would be two programs
+    assert member_parts(16, seed_work, 1000, "cpu", 2) == 2  # 8 seed members a part
+    assert member_parts(4, seed_work, 1000, "cpu", 2) == 1  # 2 a part: too little work a step
+    assert member_parts(16, seed_work, 100, "cpu", 2) == 1  # 100 steps a call: too little to repay the parts
+    assert member_parts(1, seed_work, 1000, "cpu", 2) == 1
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["full batch, SGD", "own keys and rows, adam", "groups of two keys", "dropout, early stopping"],
+)
+def test_members_in_parts_end_where_they_end_in_one_call(setting, parts_used, monkeypatch):
+    with jax.enable_x64(True):
+        model, params, x, y = problem(dropout=0.2 if "dropout" in setting else 0.0)
+        loss = bp_jax.loss_fn(model)
+        kwargs = {"steps": 60, "chunk_size": 25}
+        if setting == "full batch, SGD":
+            kwargs |= {"lr": jnp.asarray([0.003, 0.01, 0.03, 0.1])}
+        elif setting == "own keys and rows, adam":
+            rows = np.stack([np.random.default_rng(i).permutation(48) for i in range(MEMBERS)])
+            kwargs |= {"optimizer": optax.adam(0.01), "batch_size": 8, "rows": rows}
+            kwargs |= {"row_counts": np.array([48, 30, 33, 17]), "key": jax.random.split(jax.random.key(3), MEMBERS)}
+        elif setting == "groups of two keys":
+            kwargs |= {"lr": 0.05, "batch_size": 8, "key": jax.random.split(jax.random.key(5), 2)}
+        else:
+            rule = bp_jax.early_stopping(loss, params, x[:16], y[:16], steps_per_epoch=6, patience=2, members=MEMBERS)
+            kwargs |= {"lr": jnp.asarray([0.3, 0.01, 0.03, 0.1]), "batch_size": 8, "key": jax.random.key(9)}
+            kwargs |= {"stop_rule": rule}
+        fit = lambda: bp_jax.fit_ensemble(loss, params, x, y, **kwargs)
+        whole = in_one_call(monkeypatch, fit)
+        parted = fit()
+    assert parts_used == [2 if setting == "groups of two keys" else 4]
+    assert parted.step == whole.step
+    chex.assert_trees_all_close(
+        (parted.params, parted.opt_state, parted.rule_state),
+        (whole.params, whole.opt_state, whole.rule_state),
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    np.testing.assert_allclose(parted.losses, whole.losses, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(parted.diverged, whole.diverged)
+    if "early stopping" in setting:
+        assert (whole.stopped_at >= 0).any()  # the rule stopped some member: that path was taken
+        np.testing.assert_array_equal(parted.stopped_at, whole.stopped_at)
+
+
+def test_resuming_members_in_parts_is_bit_identical(parts_used):
+    model, params, x, y = problem()
+    loss, keys = bp_jax.loss_fn(model), jax.random.split(jax.random.key(1), MEMBERS)
+    fit = lambda params, steps, **kwargs: bp_jax.fit_ensemble(
+        loss, params, x, y, steps=steps, optimizer=optax.adam(0.01), batch_size=8, key=keys, **kwargs
+    )
+    whole = fit(params, 90)
+    first = fit(params, 31, chunk_size=7)
+    rest = fit(first.params, 59, opt_state=first.opt_state, start_step=first.step, chunk_size=10)
+    assert set(parts_used) == {4}
+    chex.assert_trees_all_equal((rest.params, rest.opt_state), (whole.params, whole.opt_state))
+    np.testing.assert_array_equal(np.concatenate([first.losses, rest.losses]), whole.losses)
+
+
+def test_a_first_ensemble_in_parts_compiles_its_loop_once(parts_used, count_compilations):
+    model, params, x, y = problem(n=40)
+    loss = bp_jax.loss_fn(model)
+    with count_compilations("jit(run)") as compiled:
+        bp_jax.fit_ensemble(
+            loss, params, x, y, steps=12, lr=jnp.full(MEMBERS, 0.01), batch_size=5, key=jax.random.key(2)
+        )
+    assert parts_used == [4] and compiled == ["jit(run)"]
+
+
+def test_a_part_that_fails_raises_in_the_caller_and_leaves_no_parts_behind():
+    """Part 1's call (made on another thread) raises: the caller gets its error, and the next call splits the state it
+    is given instead of stepping parts the failed call was given; a call given the state the last one returned
+    steps the very parts that call made."""
+    given, made, failing = [], [], [True]
+
+    def loop(state, lr, key, x, y, rows, rule_data, first_step, length, noise):
+        given.append(state)
+        if failing and float(lr[0]) > 1:
+            raise ValueError("part 1 failed")
+        made.append(state + 1)
+        return made[-1], jnp.zeros((length, state.shape[0]))
+
+    lrs = jnp.asarray([0.1, 0.1, 2.0, 2.0])
+    parted = InParts(loop, 2, None, False, jnp.arange(4.0), (lrs, None, None, None, None, None), None)
+    with pytest.raises(ValueError, match="part 1 failed"):
+        parted(parted.state, lrs, None, None, None, None, None, 0, 3)
+    failing.clear()
+    joined, losses = parted(parted.state, lrs, None, None, None, None, None, 0, 3)
+    np.testing.assert_array_equal(joined, [1, 2, 3, 4])
+    assert losses.shape == (3, 4)
+    again, _ = parted(joined, lrs, None, None, None, None, None, 3, 3)
+    np.testing.assert_array_equal(again, [2, 3, 4, 5])
+    assert sorted(map(id, given[-2:])) == sorted(map(id, made[-4:-2]))
