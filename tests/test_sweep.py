@@ -324,6 +324,10 @@ def test_sweeps_of_20_or_20000_members_compile_the_same_number_of_programs_and_f
     for seeds in (10, 10_000):
         with counting() as compiled:
             sweep(seeds)
-        counts.append(len(compiled))
+        # the first state's copy (one part), or its split and the parts' join (the members in parts on CPU, where
+        # their work repays it: 20000 members are, 20 are not) are one set-up program or two, none per member
+        counts.append(
+            len([name for name in compiled if name not in ("jit(copy_tree)", "jit(_prepared)", "jit(_joined)")])
+        )
     assert counts[0] == counts[1] >= 1
     assert len(strict_json(tmp_path / "10000" / "sweep.json")["runs"]) == 20_000
