@@ -425,6 +425,11 @@ def fit_ensemble(
     product and sum for tiny layers reading each member's own activations. A member whose loss or update turns
     non-finite is frozen at its last finite params and reported in `diverged`; the others carry on.
 
+    On CPU, without a mesh, the members run in equal parts, as many as the process has cores where their work
+    repays it (`bp_jax._fit_loop.member_parts`): the one compiled loop is called once a part, each call from its
+    own thread, so the parts run on separate cores (XLA:CPU keeps one call of a small step to one core); each
+    member's result is the one it has in one call, up to float rounding.
+
     Args:
         loss_fn: `loss_fn(params, x, y) -> scalar` for one member.
         params: the members' params, a leading member axis E on every leaf (e.g.
@@ -606,7 +611,8 @@ def _set_up(
         weights = sum(np.size(leaf) for leaf in jax.tree.leaves(params)) // members
         rows = num_examples if batch_size is None else batch_size
         steps_per_call = min(steps, CAPACITY, *chunk_sizes)
-        unit_work = members // units * rows * weights
+        own_minibatches = batch_size is not None and (groups or 1) > 1  # each group draws its own
+        unit_work = members // units * rows * weights * (2 if own_minibatches else 1)
         count = member_parts(units, unit_work, steps_per_call, jax.default_backend(), core_count())
     if count > 1:
         loop = InParts(loop, count, key_axis, member_rows is not None, state, data, noise)

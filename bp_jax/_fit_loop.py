@@ -9,6 +9,9 @@ step s hands the loss `hash_fold_in(noise, s)`, a pure function of (noise, step)
 (which hashes `key`'s own bits). x and y are arrays or pytrees of them, examples on every leaf's leading axis; a
 minibatch gathers the same rows of every leaf. A step whose loss or new params are not finite is not applied: the
 model is frozen and the step recorded in its `Divergence`.
+
+On CPU an ensemble's loop may run in parts (`member_parts`, `InParts`): the members split equally, each part's call
+of the one compiled loop made from its own thread.
 """
 
 import contextlib
@@ -345,12 +348,14 @@ def core_count() -> int:
         return os.cpu_count() or 1
 
 
-#: The least work, in multiply-adds (rows · weights, summed over a part's members), that a part's step and a part's
-#: call must hold for an ensemble to run in parts on CPU. The seed MLP (55 weights, 32 rows) gains from 8 members a
-#: part and loses at 2; a call in parts costs ~0.25 ms more (a second dispatch, a thread's wake-up, the join), which
-#: 8 members' calls repay after ~150 steps, 128 members' after ~5 (benchmarks/README.md, the ensembles in parts).
-MIN_PART_STEP_WORK = 10_000
-MIN_PART_CALL_WORK = 2_000_000
+#: The least work that a part's step and a part's call must hold for an ensemble to run in parts on CPU, in
+#: multiply-adds (rows · weights, summed over a part's members; doubled for members drawing their own minibatches,
+#: whose own order, gather and products cost about twice a shared one's). Measured on the seed MLP (55 weights, 32
+#: rows), 1 100-step fits in turns: 16 members sharing a minibatch gain nothing from two parts (8 a part: 14 080),
+#: 32 gain 26 %, 16 with their own minibatches 34 %; a call in parts costs ~0.6 ms more (a second dispatch, a
+#: thread's wake-up, the split and the join), which 256 shared members repay after ~15 steps (benchmarks/README.md).
+MIN_PART_STEP_WORK = 20_000
+MIN_PART_CALL_WORK = 4_000_000
 
 
 def member_parts(units: int, unit_work: int, steps_per_call: int, platform: str, cores: int) -> int:

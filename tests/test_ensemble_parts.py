@@ -44,16 +44,18 @@ def problem(dropout=0.0, n=48, features=6):
 
 
 def test_the_rule_splits_evenly_into_at_most_the_cores_and_only_where_the_work_repays_it():
-    seed_work = 32 * 55  # a seed MLP member: 32 rows, 55 weights
-    assert member_parts(256, seed_work, 1000, "cpu", 2) == 2
-    assert member_parts(256, seed_work, 1000, "cpu", 16) == 16
-    assert member_parts(256, seed_work, 1000, "gpu", 2) == 1
-    assert member_parts(6, seed_work * 4, 1000, "cpu", 4) == 3  # 4 does not divide 6
-    assert member_parts(7, seed_work * 4, 1000, "cpu", 2) == 1  # a prime: unequal parts would be two programs
-    assert member_parts(16, seed_work, 1000, "cpu", 2) == 2  # 8 seed members a part
-    assert member_parts(4, seed_work, 1000, "cpu", 2) == 1  # 2 a part: too little work a step
-    assert member_parts(16, seed_work, 100, "cpu", 2) == 1  # 100 steps a call: too little to repay the parts
-    assert member_parts(1, seed_work, 1000, "cpu", 2) == 1
+    seed = 32 * 55  # a seed MLP member's multiply-adds a step: 32 rows, 55 weights
+    assert member_parts(256, seed, 1000, "cpu", 2) == 2
+    assert member_parts(256, seed, 1000, "cpu", 16) == 16
+    assert member_parts(256, seed, 1000, "gpu", 2) == 1
+    assert member_parts(6, 8 * seed, 1000, "cpu", 4) == 3  # 4 does not divide 6
+    assert member_parts(7, 8 * seed, 1000, "cpu", 2) == 1  # unequal parts would be two programs
+    assert member_parts(32, seed, 1000, "cpu", 2) == 2  # 16 members a part
+    assert member_parts(16, seed, 1000, "cpu", 2) == 1  # 8 sharing a minibatch: too little work a step
+    assert member_parts(16, 2 * seed, 1000, "cpu", 2) == 2  # 8 drawing their own minibatches (twice the work)
+    assert member_parts(256, seed, 10, "cpu", 2) == 1  # 10 steps a call: too little to repay the parts
+    assert member_parts(256, seed, 20, "cpu", 2) == 2
+    assert member_parts(1, seed, 1000, "cpu", 2) == 1
 
 
 @pytest.mark.parametrize(
