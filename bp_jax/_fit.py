@@ -615,7 +615,7 @@ def _set_up(
         unit_work = members // units * rows * weights * (2 if own_minibatches else 1)
         count = member_parts(units, unit_work, steps_per_call, jax.default_backend(), core_count())
     if count > 1:
-        loop = InParts(loop, count, key_axis, member_rows is not None, state, data, noise)
+        loop = InParts(loop, count, units, key_axis, member_rows is not None, state, data, noise)
         state = loop.state
     else:
         params, opt_state, rule = copy_tree((state.params, state.opt_state, state.rule))

@@ -359,42 +359,53 @@ MIN_PART_CALL_WORK = 4_000_000
 
 
 def member_parts(units: int, unit_work: int, steps_per_call: int, platform: str, cores: int) -> int:
-    """How many equal parts an ensemble's loop runs in, each part's call of the one compiled loop on its own thread.
+    """How many parts an ensemble's loop runs in, each part's call of the one compiled loop on its own thread.
 
     On CPU, XLA runs concurrent calls of a program on separate cores, while one call of a small members' step keeps
-    to one core and pays for handing its thunks between threads: so the largest count ≤ cores that splits the
-    `units` (members, or groups of members sharing a minibatch; `unit_work` multiply-adds a step each) evenly, every
-    part the same program, and leaves each part at least MIN_PART_STEP_WORK a step and MIN_PART_CALL_WORK a call of
-    `steps_per_call` steps. Off the CPU one part."""
+    to one core and pays for handing its thunks between threads. So the count ≤ cores with the fewest `units`
+    (members, or groups of members sharing a minibatch; `unit_work` multiply-adds a step each) a part, ⌈units /
+    count⌉ (the smallest such count), among those leaving each part at least MIN_PART_STEP_WORK a step and
+    MIN_PART_CALL_WORK a call of `steps_per_call` steps. Every part is the same program: a count that does not divide
+    the units pads the last part with copies of the last unit (`InParts`). Off the CPU one part."""
     if platform != "cpu":
         return 1
 
     def worth_it(count: int) -> bool:
-        part_work = units // count * unit_work
+        part_work = -(-units // count) * unit_work
         return part_work >= MIN_PART_STEP_WORK and part_work * steps_per_call >= MIN_PART_CALL_WORK
 
-    return max(c for c in range(1, min(cores, units) + 1) if c == 1 or (units % c == 0 and worth_it(c)))
+    counts = [c for c in range(1, min(cores, units) + 1) if c == 1 or worth_it(c)]
+    return min(counts, key=lambda c: (-(-units // c), c))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _split(tree, count: int) -> list:
-    """`tree` as `count` equal parts of every leaf's leading axis."""
+def _padded(leaf, units: int, padded_units: int):
+    """`leaf` (a leading axis of `units` equal blocks) with its last block repeated up to `padded_units` blocks."""
+    block = leaf.shape[0] // units
+    return jnp.concatenate([leaf] + [leaf[leaf.shape[0] - block :]] * (padded_units - units))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _split(tree, count: int, units: int) -> list:
+    """`tree` (every leaf's leading axis `units` blocks: members or groups) as `count` equal parts of ⌈units / count⌉
+    blocks, the last block repeated where count does not divide units."""
+    padded_units = -(-units // count) * count
     leaves, structure = jax.tree.flatten(tree)
-    pieces = [jnp.split(leaf, count) for leaf in leaves]
+    pieces = [jnp.split(_padded(leaf, units, padded_units), count) for leaf in leaves]
     return [jax.tree.unflatten(structure, [piece[j] for piece in pieces]) for j in range(count)]
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _prepared(state, member_data, count: int):
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _prepared(state, member_data, count: int, units: int):
     """A copy of the first state, its parts and the parts of the members' data, in one program."""
-    return jax.tree.map(jnp.copy, state), _split(state, count), _split(member_data, count)
+    return jax.tree.map(jnp.copy, state), _split(state, count, units), _split(member_data, count, units)
 
 
-@jax.jit
-def _joined(states, losses):
-    """The parts' states (members on axis 0) and losses (axis 1) as one state and one loss array."""
-    state = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *states)
-    return state, jnp.concatenate(losses, axis=1)
+@functools.partial(jax.jit, static_argnums=2)
+def _joined(states, losses, members: int):
+    """The parts' states (members on axis 0) and losses (axis 1) as one state and one loss array of the first
+    `members` (the rest: copies padding the last part)."""
+    state = jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[:members], *states)
+    return state, jnp.concatenate(losses, axis=1)[:, :members]
 
 
 def _same(tree, other) -> bool:
@@ -440,21 +451,26 @@ def _member_data(data: tuple, key_axis: int | None, own_rows: bool, noise) -> tu
 
 
 class InParts:
-    """A members' loop of `_build_loop` run over `count` equal parts of the members, each part's call made from its
-    own thread (part 0's from the caller's), the parts' states and losses joined after each call: every member steps
-    as in one call.
+    """A members' loop of `_build_loop` run over `count` parts of the members, each part's call made from its own
+    thread (part 0's from the caller's), the parts' states and losses joined after each call: every member steps as in
+    one call. The parts hold ⌈units / count⌉ of the `units` (members, or groups sharing a minibatch) each, the last
+    one padded with copies of the last unit (their results dropped), so that every part is the same program.
 
     The first state (`self.state`, a copy) and the members' own data (lr, stacked keys, row sets, noise keys) are split
     once, here; a call given the state the previous call returned steps the parts it kept."""
 
-    def __init__(self, loop: Callable, count: int, key_axis: int | None, own_rows: bool, state, data: tuple, noise):
-        self.loop, self.count, self.key_axis, self.own_rows = loop, count, key_axis, own_rows
-        self.state, parts, self._data = _prepared(state, _member_data(data, key_axis, own_rows, noise), count)
+    def __init__(
+        self, loop: Callable, count: int, units: int, key_axis: int | None, own_rows: bool, state, data: tuple, noise
+    ):
+        self.loop, self.count, self.units, self.key_axis, self.own_rows = loop, count, units, key_axis, own_rows
+        self.members = jax.tree.leaves(state)[0].shape[0]
+        member_data = _member_data(data, key_axis, own_rows, noise)
+        self.state, parts, self._data = _prepared(state, member_data, count, units)
         self._kept: tuple | None = (self.state, parts)  # a state a call may be given, and its parts
 
     def __call__(self, state, lr, key, x, y, member_rows, rule_data, first_step, length, noise=None):
         kept, self._kept = self._kept, None  # the kept parts are donated below: a failed call leaves none
-        states = kept[1] if kept is not None and _same(state, kept[0]) else _split(state, self.count)
+        states = kept[1] if kept is not None and _same(state, kept[0]) else _split(state, self.count, self.units)
 
         def call(j: int):
             lr_j, key_j, rows_j, noise_j = self._data[j]
@@ -466,6 +482,6 @@ class InParts:
         others = [_workers(self.count).submit(with_callers_settings(call), j) for j in range(1, self.count)]
         outputs = [call(0)] + [other.result() for other in others]
         parts = [state for state, _ in outputs]
-        joined, losses = _joined(parts, [loss for _, loss in outputs])
+        joined, losses = _joined(parts, [loss for _, loss in outputs], self.members)
         self._kept = (joined, parts)
         return joined, losses

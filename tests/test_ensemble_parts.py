@@ -48,8 +48,9 @@ def test_the_rule_splits_evenly_into_at_most_the_cores_and_only_where_the_work_r
     assert member_parts(256, seed, 1000, "cpu", 2) == 2
     assert member_parts(256, seed, 1000, "cpu", 16) == 16
     assert member_parts(256, seed, 1000, "gpu", 2) == 1
-    assert member_parts(6, 8 * seed, 1000, "cpu", 4) == 3  # 4 does not divide 6
-    assert member_parts(7, 8 * seed, 1000, "cpu", 2) == 1  # unequal parts would be two programs
+    assert member_parts(6, 8 * seed, 1000, "cpu", 4) == 3  # 2 units a part, as with 4 parts (padded): the fewer
+    assert member_parts(7, 8 * seed, 1000, "cpu", 2) == 2  # 4 and 3 units, the last part padded with a copy
+    assert member_parts(255, seed, 1000, "cpu", 2) == 2
     assert member_parts(32, seed, 1000, "cpu", 2) == 2  # 16 members a part
     assert member_parts(16, seed, 1000, "cpu", 2) == 1  # 8 sharing a minibatch: too little work a step
     assert member_parts(16, 2 * seed, 1000, "cpu", 2) == 2  # 8 drawing their own minibatches (twice the work)
@@ -97,6 +98,34 @@ def test_members_in_parts_end_where_they_end_in_one_call(setting, parts_used, mo
         np.testing.assert_array_equal(parted.stopped_at, whole.stopped_at)
 
 
+@pytest.mark.parametrize("own_rows", [False, True], ids=["full batch", "own keys and rows, early stopping"])
+def test_a_count_the_cores_do_not_divide_pads_the_last_part_with_copies(own_rows, parts_used, monkeypatch):
+    """5 members on 2 cores: parts of 3, the second holding members 3 and 4 and a copy of member 4 whose results
+    are dropped; every member ends where it ends in one call."""
+    monkeypatch.setattr(_fit, "core_count", lambda: 2)
+    with jax.enable_x64(True):
+        model, params, x, y = problem()
+        params = jax.tree.map(lambda leaf: jnp.concatenate([leaf, leaf[:1] * 0.5]), params)  # a fifth member
+        loss, lrs = bp_jax.loss_fn(model), jnp.asarray([0.003, 0.01, 0.03, 0.1, 0.3])
+        kwargs = {"steps": 60, "chunk_size": 25, "lr": lrs}
+        if own_rows:
+            rows = np.stack([np.random.default_rng(i).permutation(48) for i in range(5)])
+            rule = bp_jax.early_stopping(loss, params, x[:16], y[:16], steps_per_epoch=6, patience=2, members=5)
+            kwargs |= {"batch_size": 8, "key": jax.random.split(jax.random.key(3), 5), "stop_rule": rule}
+            kwargs |= {"rows": rows, "row_counts": np.array([48, 30, 33, 17, 40])}
+        fit = lambda: bp_jax.fit_ensemble(loss, params, x, y, **kwargs)
+        whole = in_one_call(monkeypatch, fit)
+        parted = fit()
+    assert parts_used == [2]
+    assert parted.losses.shape == whole.losses.shape == (60, 5) and parted.step == whole.step
+    chex.assert_trees_all_close(
+        (parted.params, parted.rule_state), (whole.params, whole.rule_state), rtol=1e-10, atol=1e-10
+    )
+    np.testing.assert_allclose(parted.losses, whole.losses, rtol=1e-10, atol=1e-10)
+    if own_rows:
+        np.testing.assert_array_equal(parted.stopped_at, whole.stopped_at)
+
+
 def test_resuming_members_in_parts_is_bit_identical(parts_used):
     model, params, x, y = problem()
     loss, keys = bp_jax.loss_fn(model), jax.random.split(jax.random.key(1), MEMBERS)
@@ -135,7 +164,7 @@ def test_a_part_that_fails_raises_in_the_caller_and_leaves_no_parts_behind():
         return made[-1], jnp.zeros((length, state.shape[0]))
 
     lrs = jnp.asarray([0.1, 0.1, 2.0, 2.0])
-    parted = InParts(loop, 2, None, False, jnp.arange(4.0), (lrs, None, None, None, None, None), None)
+    parted = InParts(loop, 2, 4, None, False, jnp.arange(4.0), (lrs, None, None, None, None, None), None)
     with pytest.raises(ValueError, match="part 1 failed"):
         parted(parted.state, lrs, None, None, None, None, None, 0, 3)
     failing.clear()
