@@ -425,10 +425,11 @@ def fit_ensemble(
     product and sum for tiny layers reading each member's own activations. A member whose loss or update turns
     non-finite is frozen at its last finite params and reported in `diverged`; the others carry on.
 
-    On CPU, without a mesh, the members run in equal parts, as many as the process has cores where their work
-    repays it (`bp_jax._fit_loop.member_parts`): the one compiled loop is called once a part, each call from its
-    own thread, so the parts run on separate cores (XLA:CPU keeps one call of a small step to one core); each
-    member's result is the one it has in one call, up to float rounding.
+    On CPU, without a mesh, the members run in parts, up to as many as the process has cores where their work
+    repays it (`bp_jax._fit_loop.member_parts`; the last part padded with copies where the count does not divide
+    the members): the one compiled loop is called once a part, each call from its own thread, so the parts run on
+    separate cores (XLA:CPU keeps one call of a small step to one core); each member's result is the one it has in
+    one call, up to float rounding.
 
     Args:
         loss_fn: `loss_fn(params, x, y) -> scalar` for one member.
