@@ -1,6 +1,8 @@
 """fit_ensemble in parts: on CPU the members are split into equal parts, each part's call of the one compiled loop made
 from its own thread; every member ends where it ends in one call."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -140,14 +142,15 @@ def test_resuming_members_in_parts_is_bit_identical(parts_used):
     np.testing.assert_array_equal(np.concatenate([first.losses, rest.losses]), whole.losses)
 
 
-def test_a_first_ensemble_in_parts_compiles_its_loop_once(parts_used, count_compilations):
+def test_an_ensemble_in_parts_compiles_its_loop_once_and_a_new_length_nothing(parts_used, count_compilations):
     model, params, x, y = problem(n=40)
-    loss = bp_jax.loss_fn(model)
+    fit = functools.partial(bp_jax.fit_ensemble, bp_jax.loss_fn(model), params, x, y, lr=jnp.full(MEMBERS, 0.01))
+    key = jax.random.key(2)
     with count_compilations("jit(run)") as compiled:
-        bp_jax.fit_ensemble(
-            loss, params, x, y, steps=12, lr=jnp.full(MEMBERS, 0.01), batch_size=5, key=jax.random.key(2)
-        )
-    assert parts_used == [4] and compiled == ["jit(run)"]
+        fit(steps=12, batch_size=5, key=key)
+    with count_compilations() as compiled_again:
+        fit(steps=31, batch_size=5, key=key, chunk_size=7, start_step=3)
+    assert parts_used == [4, 4] and compiled == ["jit(run)"] and compiled_again == []
 
 
 def test_a_part_that_fails_raises_in_the_caller_and_leaves_no_parts_behind():
