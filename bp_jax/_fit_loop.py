@@ -10,8 +10,8 @@ step s hands the loss `hash_fold_in(noise, s)`, a pure function of (noise, step)
 minibatch gathers the same rows of every leaf. A step whose loss or new params are not finite is not applied: the
 model is frozen and the step recorded in its `Divergence`.
 
-On CPU an ensemble's loop may run in parts (`member_parts`, `InParts`): the members split equally, each part's call
-of the one compiled loop made from its own thread.
+On CPU an ensemble's loop may run in parts (`member_parts`, `InParts`): the members split into equal parts (the last
+padded with copies), each part's call of the one compiled loop made from its own thread.
 """
 
 import contextlib
@@ -438,9 +438,9 @@ def with_callers_settings(function: Callable) -> Callable:
     return run
 
 
-@functools.cache
+@functools.cache  # made once, like the compiled loops: threads that wait on XLA, holding no state of a fit
 def _workers(count: int) -> ThreadPoolExecutor:
-    """The threads that make the calls of parts 1 … count − 1 (part 0's call is the caller's own), made once."""
+    """The threads that make the calls of parts 1 … count − 1 (part 0's call is the caller's own)."""
     return ThreadPoolExecutor(count - 1, thread_name_prefix="bp_jax-part")
 
 
