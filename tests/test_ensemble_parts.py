@@ -2,6 +2,10 @@
 from its own thread; every member ends where it ends in one call."""
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import chex
 import jax
@@ -140,6 +144,15 @@ def test_resuming_members_in_parts_is_bit_identical(parts_used):
     assert set(parts_used) == {4}
     chex.assert_trees_all_equal((rest.params, rest.opt_state), (whole.params, whole.opt_state))
     np.testing.assert_array_equal(np.concatenate([first.losses, rest.losses]), whole.losses)
+
+
+def test_resuming_members_in_parts_is_bit_identical_under_avx2():
+    """The same under XLA_FLAGS=--xla_cpu_max_isa=AVX2, in a process of its own (5 members: 2 parts, one padded)."""
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip())
+    worker = Path(__file__).with_name("parts_resume_worker.py")
+    done = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bit-identical to one run" in done.stdout
 
 
 def test_an_ensemble_in_parts_compiles_its_loop_once_and_a_new_length_nothing(parts_used, count_compilations):
