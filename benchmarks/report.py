@@ -422,8 +422,17 @@ def _training_section(suite: dict) -> list[str]:
         f"against one model over the command's default run ({problem['command_steps']} steps).",
         "",
         *(_table(["", "steps a call", "a call", "median a step", "IQR", "min – max", "over"], rows) if rows else []),
+        *_process_times(suite["rows"]),
         *_skipped(suite),
     ]
+
+
+def _process_times(rows: list[dict]) -> list[str]:
+    """A line on the commands' process wall times (rows with `process_s`), if any."""
+    timed = [f"{row['name']}: {row['process_s']['median']:.3g} s" for row in rows if "process_s" in row]
+    if not timed:
+        return []
+    return ["", f"The commands' processes, start to exit (medians): {'; '.join(timed)}.", ""]
 
 
 def _plot(results: dict, out: Path) -> list[str]:

@@ -286,7 +286,7 @@ def _startup_target(results: dict) -> dict:
 
 def _training_targets(results: dict) -> list[dict]:
     """Early stopping's in-loop check ≤ 1.3× the plain step, dropout ≤ 1.5×, `--ensemble 16` ≤ 3× one model's
-    training time (medians, in turns)."""
+    training time (medians, in turns): its fit calls alone, and the command's own wall_time_s."""
     row = lambda name: _row(results, name, "training")
     targets = [
         _ratio_target(
@@ -304,17 +304,26 @@ def _training_targets(results: dict) -> list[dict]:
             1.5,
         ),
     ]
-    ensemble, one = row(training.ENSEMBLE), row(training.ONE_MODEL)
-    text = f"`bp-jax train --ensemble {training.MEMBERS}` trains in ≤ 3× one model's time (diabetes, fit calls)"
-    if ensemble and one:
-        ours, theirs = ensemble["per_call_s"]["median"], one["per_call_s"]["median"]
-        targets.append(
-            _target(
-                text, "any", f"{ours / theirs:.2f}× ({_time(ours)} vs {_time(theirs)} a training)", ours / theirs <= 3
-            )
-        )
-    else:
-        targets.append(_target(text, "any", None, None, "a row is missing in this run"))
+    members = training.MEMBERS
+    for text, members_row, one in (
+        (
+            f"`bp-jax train --ensemble {members}` trains in ≤ 3× one model's time (diabetes, the fit calls alone)",
+            row(training.ENSEMBLE),
+            row(training.ONE_MODEL),
+        ),
+        (
+            f"`bp-jax train --ensemble {members}` trains in ≤ 3× one model's wall time (diabetes, the command's "
+            "metrics.json wall_time_s, warm compile cache)",
+            row(training.COMMAND_ENSEMBLE),
+            row(training.COMMAND),
+        ),
+    ):
+        if members_row and one:
+            ours, theirs = members_row["per_call_s"]["median"], one["per_call_s"]["median"]
+            measured = f"{ours / theirs:.2f}× ({_time(ours)} vs {_time(theirs)} a training)"
+            targets.append(_target(text, "any", measured, ours / theirs <= 3))
+        else:
+            targets.append(_target(text, "any", None, None, "a row is missing in this run"))
     return targets
 
 

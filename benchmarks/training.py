@@ -12,16 +12,26 @@ hand-written SGD, lr 0.01, minibatches of 32). Each pair is timed in turns, comp
   one model `--seed 0` trains, each the command's default run of 100 epochs (1100 steps, chunks of 1000); as a
   diagnostic, the same members reading one shared data order (`fit_ensemble`'s groups: one gather a step). This
   times the training the flag changes; the command's process start, data loading, checkpoints and plot are the
-  same work either way and metrics.json's wall_time_s also counts the loop's compilation, so the call is timed.
+  same work either way and metrics.json's wall_time_s also counts the loop's compilation, so the call is timed;
+- the command itself: `python -m bp_jax train` and `python -m bp_jax train --ensemble 16` (the default 100 epochs,
+  each into a new `--out`, a compile cache that a first run of each filled, as a user's second run finds it),
+  in turns: the training's wall time as the command reports it (metrics.json's `wall_time_s`: from the first
+  step's compilation to the last checkpoint), and the process's.
 """
 
 import dataclasses
 import functools
+import json
+import tempfile
+import time
+from pathlib import Path
 
 import jax
+import numpy as np
 
 import bp_jax
 from benchmarks.records import SuiteRecord
+from benchmarks.startup import process
 from benchmarks.timing import Timer, scaled, time_interleaved
 from bp_jax.cli import data, runs
 from bp_jax.cli.watch import PROGRESS_EVERY
@@ -34,7 +44,15 @@ MEMBERS = 16
 ONE_MODEL = "bp-jax train: fit of one model (--seed 0)"
 ENSEMBLE = f"bp-jax train --ensemble {MEMBERS}: fit_ensemble of {MEMBERS} members"
 SHARED_ORDER = f"diagnostic: fit_ensemble of the {MEMBERS} members reading one data order (member 0's key)"
-BASES = {VALIDATION: PLAIN, DROPOUT: PLAIN, ENSEMBLE: ONE_MODEL, SHARED_ORDER: ONE_MODEL}  # each timed against
+COMMAND = "python -m bp_jax train (the command; metrics.json wall_time_s)"
+COMMAND_ENSEMBLE = f"python -m bp_jax train --ensemble {MEMBERS} (the command; metrics.json wall_time_s)"
+BASES = {  # each timed against
+    VALIDATION: PLAIN,
+    DROPOUT: PLAIN,
+    ENSEMBLE: ONE_MODEL,
+    SHARED_ORDER: ONE_MODEL,
+    COMMAND_ENSEMBLE: COMMAND,
+}
 EPOCHS = 100  # the command's default length
 
 
@@ -103,6 +121,9 @@ def run(smoke: bool) -> dict:
                 "vs_base": per_step["median"] / timings[base]["median"] if base in timings else None,
             }
         )
+    record.guarded(
+        COMMAND, lambda: _command_rows(record, repeats=1 if smoke else 7, epochs=2 if smoke else EPOCHS, warm=not smoke)
+    )
     return record.as_dict(
         problem={
             "data": f"diabetes, the {len(split.x_train)} training rows of bp-jax train's default split",
@@ -117,3 +138,49 @@ def run(smoke: bool) -> dict:
         },
         repeats="interleaved: one of each per round",
     )
+
+
+def _command_rows(record: SuiteRecord, repeats: int, epochs: int, warm: bool) -> None:
+    """COMMAND and COMMAND_ENSEMBLE in turns, new processes: each row's times are metrics.json's wall_time_s (per
+    call; per step over the run's steps), with the processes' wall times as `process_s`; `warm`: a first run of
+    each, not timed, fills the compile cache."""
+    arguments = {COMMAND: (), COMMAND_ENSEMBLE: ("--ensemble", str(MEMBERS))}
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        cache = {"BP_JAX_COMPILE_CACHE": str(scratch / "cache")}
+
+        def train(name: str) -> tuple[float, float, int]:
+            """(wall_time_s, the process's seconds, total_steps) of one run."""
+            out = Path(tempfile.mkdtemp(dir=scratch)) / "run"
+            start = time.perf_counter()
+            process(
+                ("-m", "bp_jax", "train", "--epochs", str(epochs), *arguments[name], "--out", str(out)),
+                cwd=scratch,
+                env=cache,
+            )
+            elapsed = time.perf_counter() - start
+            metrics = json.loads((out / "metrics.json").read_text())
+            return metrics["wall_time_s"], elapsed, metrics["total_steps"]
+
+        for name in arguments if warm else ():
+            train(name)
+        samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in arguments}
+        for _ in range(repeats):
+            for name in arguments:
+                samples[name].append(train(name))
+    medians = {name: float(np.median([wall for wall, _, _ in taken])) for name, taken in samples.items()}
+    for name, taken in samples.items():
+        steps = taken[0][2]
+        per_call = Timer(lambda: None, steps_per_call=1).summary([wall for wall, _, _ in taken])
+        base = BASES.get(name)
+        record.rows.append(
+            {
+                "name": name,
+                "per_step_s": scaled(per_call, 1 / steps),
+                "per_call_s": per_call,
+                "steps_per_call": steps,
+                "process_s": Timer(lambda: None).summary([seconds for _, seconds, _ in taken]),
+                "base": base,
+                "vs_base": medians[name] / medians[base] if base in medians else None,
+            }
+        )

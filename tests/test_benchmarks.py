@@ -241,6 +241,9 @@ def _check_training(results):
         "bp_jax fit with early_stopping (validation scored in the loop each epoch)": plain,
         "bp_jax fit, mlp(..., dropout=0.1) (masks drawn each step)": plain,
         "bp-jax train --ensemble 16: fit_ensemble of 16 members": one,
+        "python -m bp_jax train --ensemble 16 (the command; metrics.json wall_time_s)": (
+            "python -m bp_jax train (the command; metrics.json wall_time_s)"
+        ),
     }
     assert set(bases) | set(bases.values()) <= set(rows)
     for name, base in bases.items():
@@ -249,7 +252,9 @@ def _check_training(results):
         assert math.isclose(row["per_call_s"]["median"], row["per_step_s"]["median"] * row["steps_per_call"])
     training = [t for t in results["targets"] if "dropout" in t["target"].lower() or "--ensemble" in t["target"]]
     training += [t for t in results["targets"] if t["target"].startswith("Validation early stopping")]
-    assert len(training) == 3 and all(t["status"] in ("met", "missed") for t in training), training
+    assert len(training) == 4 and all(t["status"] in ("met", "missed") for t in training), training
+    commands = [row for row in rows.values() if "process_s" in row]
+    assert len(commands) == 2 and all(row["process_s"]["median"] > row["per_call_s"]["median"] for row in commands)
 
 
 CHECKS = {
