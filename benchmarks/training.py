@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 import bp_jax
 from benchmarks.records import SuiteRecord
@@ -168,19 +167,18 @@ def _command_rows(record: SuiteRecord, repeats: int, epochs: int, warm: bool) ->
         for _ in range(repeats):
             for name in arguments:
                 samples[name].append(train(name))
-    medians = {name: float(np.median([wall for wall, _, _ in taken])) for name, taken in samples.items()}
+    summary = Timer(lambda: None).summary  # median, quartiles and extremes of a list of seconds
+    walls = {name: summary([wall for wall, _, _ in taken]) for name, taken in samples.items()}
     for name, taken in samples.items():
-        steps = taken[0][2]
-        per_call = Timer(lambda: None, steps_per_call=1).summary([wall for wall, _, _ in taken])
-        base = BASES.get(name)
+        steps, base = taken[0][2], BASES.get(name)
         record.rows.append(
             {
                 "name": name,
-                "per_step_s": scaled(per_call, 1 / steps),
-                "per_call_s": per_call,
+                "per_step_s": scaled(walls[name], 1 / steps),
+                "per_call_s": walls[name],
                 "steps_per_call": steps,
-                "process_s": Timer(lambda: None).summary([seconds for _, seconds, _ in taken]),
+                "process_s": summary([seconds for _, seconds, _ in taken]),
                 "base": base,
-                "vs_base": medians[name] / medians[base] if base in medians else None,
+                "vs_base": walls[name]["median"] / walls[base]["median"] if base in walls else None,
             }
         )
